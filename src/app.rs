@@ -1,0 +1,162 @@
+//! Wiring for `herald serve`: load the config, start logging, open the store,
+//! bind the listener, tell systemd we are ready, serve until SIGTERM/SIGINT,
+//! reload on SIGHUP, and shut down gracefully.
+//!
+//! The documented ready line, logged once the store is open and the listener
+//! bound, is `herald ready listen=<ADDR> public_url=<URL>`; tests and scripts
+//! wait for it (with `listen = "127.0.0.1:0"` it carries the port picked).
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::config::{Config, LogFormat};
+use crate::contacts::model::ImportStatus;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Installs the global tracing subscriber. `RUST_LOG` overrides the config.
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Marks imports left `running` by a crash as `interrupted`, so they can be
+/// resumed and are reported truthfully.
+async fn recover_imports(store: &Store) -> anyhow::Result<()> {
+    let n = store
+        .write(|t| {
+            let mut n = 0u64;
+            for mut r in t.imports()? {
+                if r.status == ImportStatus::Running {
+                    r.status = ImportStatus::Interrupted;
+                    r.error = Some("the daemon stopped during the import".into());
+                    t.put_import(&r)?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+        .await?;
+    if n > 0 {
+        tracing::warn!(
+            imports = n,
+            "imports interrupted by the last stop are marked interrupted; resume them with ?resume=ID"
+        );
+    }
+    Ok(())
+}
+
+/// Runs the daemon until a termination signal.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let dir = config.storage.dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .context("store task")?
+        .context("cannot open the store")?;
+    recover_imports(&store).await?;
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = config.http.public_url.to_string();
+    let state = Arc::new(AppState {
+        config: RwLock::new(Arc::new(config)),
+        store: store.clone(),
+        metrics: Metrics::new(),
+        clock: Clock::system(),
+    });
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("herald ready listen={addr} public_url={public_url}");
+
+    let reload_state = state.clone();
+    let reloader = tokio::spawn(async move { reload_on_sighup(reload_state).await });
+    http::serve(listener, state.clone(), shutdown_signal()).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    reloader.abort();
+    drop(state);
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .ok();
+    tracing::info!("herald stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+async fn reload_on_sighup(state: Arc<AppState>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload is unavailable");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        let old = state.config();
+        let path = old.file.clone();
+        match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+            Ok(Ok(new)) => {
+                if new.http.listen != old.http.listen || new.storage.dir != old.storage.dir {
+                    tracing::warn!("http.listen and storage.path take effect only after a restart");
+                }
+                match state.config.write() {
+                    Ok(mut c) => *c = Arc::new(new),
+                    Err(p) => *p.into_inner() = Arc::new(new),
+                }
+                tracing::info!(file = %old.file.display(), "configuration reloaded");
+            }
+            Ok(Err(errors)) => {
+                for e in &errors.0 {
+                    tracing::error!("{e}");
+                }
+                tracing::error!("reload refused: the running configuration is unchanged");
+            }
+            Err(e) => tracing::error!(error = %e, "reload task failed"),
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// `herald check-config`: validates everything and prints a summary; never
+/// opens the store.
+pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> {
+    let c = Config::load(path)?;
+    Ok(format!(
+        "{}: OK\n  listen      {}\n  public_url  {}\n  storage     {}\n  segments    {}\n  automations {}\n",
+        path.display(),
+        c.http.listen,
+        c.http.public_url,
+        c.storage.db_file().display(),
+        c.paths.segments.display(),
+        c.paths.automations.display(),
+    ))
+}

@@ -1,0 +1,171 @@
+//! CLI commands that talk to a running daemon through its admin API (the
+//! daemon owns the store; the CLI never opens it). The address and token come
+//! from the config file, or from `--api` and `HERALD_TOKEN`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{Method, Request, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+
+use crate::config::Config;
+
+/// Where and how to reach the admin API.
+pub struct ApiTarget {
+    /// Base URL, e.g. `http://127.0.0.1:8025`.
+    pub base: url::Url,
+    /// Bearer token.
+    pub token: String,
+}
+
+impl ApiTarget {
+    /// From the config file (listen address and token), with overrides.
+    pub fn from_config(
+        config: &Config,
+        api: Option<&str>,
+        token: Option<String>,
+    ) -> anyhow::Result<ApiTarget> {
+        let base = match api {
+            Some(a) => url::Url::parse(a).with_context(|| format!("--api `{a}` is not a URL"))?,
+            None => {
+                let mut addr = config.http.listen;
+                if addr.ip().is_unspecified() {
+                    addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port());
+                }
+                url::Url::parse(&format!("http://{addr}"))?
+            }
+        };
+        Ok(ApiTarget {
+            base,
+            token: token.unwrap_or_else(|| config.admin.token.clone()),
+        })
+    }
+}
+
+/// Sends one request with a streamed body and returns (status, body text).
+async fn send(
+    target: &ApiTarget,
+    method: Method,
+    path_and_query: &str,
+    content_type: &str,
+    body: StreamBody<
+        futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::io::Error>>,
+    >,
+) -> anyhow::Result<(u16, String)> {
+    if target.base.scheme() != "http" {
+        bail!("the CLI speaks plain HTTP to the local admin API; use an http:// address");
+    }
+    let host = target.base.host_str().context("the API URL has no host")?;
+    let port = target.base.port_or_known_default().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .with_context(|| {
+            format!("cannot connect to herald at {host}:{port}; is `herald serve` running?")
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(header::HOST, format!("{host}:{port}"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", target.token))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .context("the request failed")?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Options of `herald contacts import`.
+#[derive(Debug, Default)]
+pub struct ImportArgs {
+    /// Add rows to this list.
+    pub list: Option<String>,
+    /// Create the list if missing.
+    pub create_list: bool,
+    /// Create unknown columns as text fields.
+    pub create_fields: bool,
+    /// Consent for rows without a consent column.
+    pub consent: Option<String>,
+    /// Resume an interrupted import.
+    pub resume: Option<u64>,
+}
+
+/// `herald contacts import FILE.csv`: streams the file to the daemon and
+/// prints the report. Returns the process exit code.
+pub async fn import(target: &ApiTarget, file: &Path, args: &ImportArgs) -> anyhow::Result<i32> {
+    let f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024)
+        .map(|r| r.map(Frame::data))
+        .boxed();
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(l) = &args.list {
+        q.append_pair("list", l);
+    }
+    if args.create_list {
+        q.append_pair("create_list", "true");
+    }
+    if args.create_fields {
+        q.append_pair("create_fields", "true");
+    }
+    if let Some(c) = &args.consent {
+        q.append_pair("consent", c);
+    }
+    if let Some(r) = args.resume {
+        q.append_pair("resume", &r.to_string());
+    }
+    let path = format!("/api/v1/contacts/import?{}", q.finish());
+    let (status, body) = send(
+        target,
+        Method::POST,
+        &path,
+        "text/csv",
+        StreamBody::new(stream),
+    )
+    .await?;
+    let json: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
+    if status != 200 {
+        let msg = json["error"]["message"].as_str().unwrap_or(&body);
+        eprintln!("import refused ({status}): {msg}");
+        return Ok(1);
+    }
+    println!(
+        "import {}: {} created, {} updated, {} unchanged, {} duplicates merged, {} rejected",
+        json["id"],
+        json["created"],
+        json["updated"],
+        json["unchanged"],
+        json["merged_duplicates"],
+        json["rejected"]
+    );
+    if let Some(rejects) = json["rejects"].as_array() {
+        for r in rejects {
+            println!(
+                "  line {}: {}",
+                r["line"],
+                r["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if json["rejects_truncated"].as_bool() == Some(true) {
+        println!(
+            "  … more rejects: GET /api/v1/contacts/import/{}/rejects",
+            json["id"]
+        );
+    }
+    Ok(0)
+}

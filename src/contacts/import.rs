@@ -1,0 +1,586 @@
+//! Streaming CSV import.
+//!
+//! The file is read record by record (constant memory), validated on the
+//! calling blocking thread and sent to the store writer in batches of
+//! [`BATCH_ROWS`] rows. Each batch is one transaction together with the import
+//! record's progress, so an import is all-or-nothing per batch: after a crash or
+//! a dropped upload, the record says exactly which records are committed and
+//! `resume` continues after them. While one batch commits, the next is parsed.
+//!
+//! Header problems (no `email` column, duplicate or unknown columns) refuse the
+//! whole file before anything is written. Row problems reject that row only,
+//! with its line number and reason; every rejected row is stored with the
+//! import and nothing is dropped silently.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::io::Read;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use super::model::*;
+use super::{
+    ContactError, ContactUpdate, UpsertOutcome, apply_upsert_salted, check_code, check_field_name,
+    check_tag,
+};
+use crate::store::{Store, StoreError};
+
+/// Rows per committed batch.
+pub const BATCH_ROWS: usize = 5000;
+
+/// How many rejected rows an import's reply lists inline; all of them are
+/// stored and can be paged with `GET /api/v1/contacts/import/{id}/rejects`.
+pub const INLINE_REJECTS: usize = 10_000;
+
+/// Options of one import.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    /// Add every imported contact to this list.
+    pub list: Option<String>,
+    /// Create the list if it does not exist.
+    pub create_list: bool,
+    /// Create unknown columns as text fields instead of refusing the file.
+    pub create_fields: bool,
+    /// Consent to record for rows without a `consent` value.
+    pub consent: Option<ConsentState>,
+    /// Continue an interrupted import after its committed records.
+    pub resume: Option<u64>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportReport {
+    /// The import record (counters, status, resume position).
+    #[serde(flatten)]
+    pub record: ImportRecord,
+    /// Rejected rows: line number and reason (the first [`INLINE_REJECTS`]).
+    pub rejects: Vec<Reject>,
+    /// True when more rejects exist than are listed here.
+    pub rejects_truncated: bool,
+}
+
+/// One rejected row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reject {
+    /// 1-based line number in the file (the header is line 1).
+    pub line: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// Why an import could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The header row is unusable; nothing was imported.
+    #[error("line {line}: {message}")]
+    Header { line: u64, message: String },
+    /// Bad options (unknown list, resume of a finished import…).
+    #[error(transparent)]
+    Contact(#[from] ContactError),
+    /// Reading the upload failed part-way; committed batches stand and the
+    /// import can be resumed.
+    #[error(
+        "import {id} interrupted after {records} committed records (line {line}): {message}; resume with ?resume={id}"
+    )]
+    Interrupted {
+        id: u64,
+        records: u64,
+        line: u64,
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+enum Column {
+    Email,
+    Language,
+    Site,
+    Consent,
+    Tags,
+    Field(FieldDef),
+}
+
+struct Row {
+    line: u64,
+    email: super::Email,
+    update: ContactUpdate,
+}
+
+struct Batch {
+    rows: Vec<Row>,
+    rejects: Vec<(u64, String)>,
+    merged: u64,
+    records: u64,
+    last_line: u64,
+}
+
+#[derive(Default)]
+struct BatchResult {
+    rejects: Vec<(u64, String)>,
+}
+
+/// Runs an import from `input`, blocking the calling thread (call it from
+/// `spawn_blocking`). `now` is the clock.
+pub fn run_import(
+    store: &Store,
+    input: impl Read,
+    opts: &ImportOptions,
+    now: impl Fn() -> DateTime<Utc>,
+) -> Result<ImportReport, ImportError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(input);
+    let mut record = csv::ByteRecord::new();
+
+    // Header.
+    let header = match reader.read_byte_record(&mut record) {
+        Ok(true) => record.clone(),
+        Ok(false) => {
+            return Err(ImportError::Header {
+                line: 1,
+                message: "the file is empty (a header row with an `email` column is required)"
+                    .into(),
+            });
+        }
+        Err(e) => {
+            return Err(ImportError::Header {
+                line: 1,
+                message: format!("cannot read the header: {e}"),
+            });
+        }
+    };
+    let fields: HashMap<String, FieldDef> = store
+        .read_blocking(|r| r.fields())?
+        .into_iter()
+        .map(|f| (f.name.clone(), f))
+        .collect();
+    let (names, unknown) = header_names(&header)?;
+    if !unknown.is_empty() && !opts.create_fields {
+        let missing: Vec<&str> = unknown
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !fields.contains_key(*n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ImportError::Header {
+                line: 1,
+                message: format!(
+                    "unknown column{} {}: create the field{} first (POST /api/v1/fields) or import with create_fields=true",
+                    if missing.len() == 1 { "" } else { "s" },
+                    missing
+                        .iter()
+                        .map(|m| format!("`{m}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if missing.len() == 1 { "" } else { "s" },
+                ),
+            });
+        }
+    }
+    for n in &unknown {
+        if let Err(e) = check_field_name(n) {
+            return Err(ImportError::Header {
+                line: 1,
+                message: format!("column `{n}`: {e}"),
+            });
+        }
+    }
+
+    // Side effects only after the header is known to be good.
+    let started = now();
+    let mut created_fields = Vec::new();
+    for n in &unknown {
+        if !fields.contains_key(n) {
+            created_fields.push(FieldDef {
+                name: n.clone(),
+                field_type: FieldType::Text,
+                choices: vec![],
+                label: None,
+                created_at: started,
+            });
+        }
+    }
+    let list_name = opts.list.clone();
+    let create_list = opts.create_list;
+    let resume = opts.resume;
+    let new_fields = created_fields.clone();
+    let (import, list_id) = wait(store.write_blocking(move |t| {
+        for f in &new_fields {
+            if t.field(&f.name)?.is_none() {
+                t.put_field(f)?;
+            }
+        }
+        let list_id = match &list_name {
+            None => None,
+            Some(name) => match t.list_id_by_name(name)? {
+                Some(id) => Some(id),
+                None if create_list => {
+                    let l = List {
+                        id: t.next_id("list")?,
+                        name: name.clone(),
+                        description: None,
+                        member_count: 0,
+                        created_at: started,
+                    };
+                    t.put_list(&l, None)?;
+                    Some(l.id)
+                }
+                None => {
+                    return Ok(Err(ContactError::NotFound(format!(
+                        "no list named `{name}` (create it, or import with create_list=true)"
+                    ))));
+                }
+            },
+        };
+        let record = match resume {
+            Some(id) => match t.import(id)? {
+                None => {
+                    return Ok(Err(ContactError::NotFound(format!(
+                        "no import with id {id}"
+                    ))));
+                }
+                Some(r)
+                    if matches!(r.status, ImportStatus::Interrupted | ImportStatus::Running) =>
+                {
+                    let mut r = r;
+                    r.status = ImportStatus::Running;
+                    r.error = None;
+                    r.finished_at = None;
+                    r
+                }
+                Some(r) => {
+                    return Ok(Err(ContactError::Conflict(format!(
+                        "import {id} is {:?}, only an interrupted import can be resumed",
+                        r.status
+                    ))));
+                }
+            },
+            None => ImportRecord {
+                id: t.next_id("import")?,
+                status: ImportStatus::Running,
+                started_at: started,
+                finished_at: None,
+                list: list_name.clone(),
+                records_committed: 0,
+                lines_committed: 1,
+                created: 0,
+                updated: 0,
+                unchanged: 0,
+                merged_duplicates: 0,
+                rejected: 0,
+                error: None,
+            },
+        };
+        t.put_import(&record)?;
+        Ok(Ok((record, list_id)))
+    })?)??;
+    let mut fields = fields;
+    for f in created_fields {
+        fields.insert(f.name.clone(), f);
+    }
+    let columns: Vec<Column> = names
+        .iter()
+        .map(|n| match n.as_str() {
+            "email" => Column::Email,
+            "language" => Column::Language,
+            "site" => Column::Site,
+            "consent" => Column::Consent,
+            "tags" => Column::Tags,
+            other => Column::Field(fields[other].clone()),
+        })
+        .collect();
+
+    let ctx = RowContext {
+        columns: &columns,
+        list_id,
+        default_consent: opts.consent,
+        import_id: import.id,
+    };
+    let skip = import.records_committed;
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut index: u64 = 0;
+    let mut pending: Option<oneshot::Receiver<Result<BatchResult, StoreError>>> = None;
+    let mut inline: Vec<Reject> = Vec::new();
+    let mut total_rejects: u64 = 0;
+    let mut batch = Batch {
+        rows: Vec::with_capacity(BATCH_ROWS),
+        rejects: Vec::new(),
+        merged: 0,
+        records: 0,
+        last_line: 1,
+    };
+
+    let collect = |res: BatchResult, inline: &mut Vec<Reject>, total: &mut u64| {
+        for (line, reason) in res.rejects {
+            *total += 1;
+            if inline.len() < INLINE_REJECTS {
+                inline.push(Reject { line, reason });
+            }
+        }
+    };
+
+    let read_error = loop {
+        let line = reader.position().line();
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break None,
+            Ok(true) => {}
+            Err(e) => break Some(format!("line {line}: {e}")),
+        }
+        index += 1;
+        if index <= skip {
+            continue;
+        }
+        let line = record.position().map_or(line, |p| p.line());
+        batch.records += 1;
+        batch.last_line = line;
+        match ctx.parse(&record, line) {
+            Ok(row) => {
+                let mut h = hasher.build_hasher();
+                row.email.key.hash(&mut h);
+                if !seen.insert(h.finish()) {
+                    batch.merged += 1;
+                }
+                batch.rows.push(row);
+            }
+            Err(reason) => batch.rejects.push((line, reason)),
+        }
+        if batch.rows.len() + batch.rejects.len() >= BATCH_ROWS {
+            let full = std::mem::replace(
+                &mut batch,
+                Batch {
+                    rows: Vec::with_capacity(BATCH_ROWS),
+                    rejects: Vec::new(),
+                    merged: 0,
+                    records: 0,
+                    last_line: line,
+                },
+            );
+            if let Some(p) = pending.take() {
+                collect(wait(p)?, &mut inline, &mut total_rejects);
+            }
+            pending = Some(send_batch(store, import.id, full, &now)?);
+        }
+    };
+    if let Some(p) = pending.take() {
+        collect(wait(p)?, &mut inline, &mut total_rejects);
+    }
+    if batch.records > 0 {
+        let p = send_batch(store, import.id, batch, &now)?;
+        collect(wait(p)?, &mut inline, &mut total_rejects);
+    }
+
+    // Close the record.
+    let id = import.id;
+    let finished = now();
+    let err = read_error.clone();
+    let record = wait(store.write_blocking(move |t| {
+        let Some(mut r) = t.import(id)? else {
+            return Err(StoreError::Corrupt {
+                table: "imports",
+                message: format!("import {id} vanished"),
+            });
+        };
+        r.finished_at = Some(finished);
+        match err {
+            None => r.status = ImportStatus::Completed,
+            Some(e) => {
+                r.status = ImportStatus::Interrupted;
+                r.error = Some(e);
+            }
+        }
+        t.put_import(&r)?;
+        Ok(r)
+    })?)?;
+    if let Some(message) = read_error {
+        return Err(ImportError::Interrupted {
+            id,
+            records: record.records_committed,
+            line: record.lines_committed,
+            message,
+        });
+    }
+    Ok(ImportReport {
+        rejects_truncated: total_rejects > inline.len() as u64,
+        record,
+        rejects: inline,
+    })
+}
+
+fn wait<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    rx.blocking_recv().map_err(|_| StoreError::Closed)?
+}
+
+fn send_batch(
+    store: &Store,
+    import_id: u64,
+    batch: Batch,
+    now: &impl Fn() -> DateTime<Utc>,
+) -> Result<oneshot::Receiver<Result<BatchResult, StoreError>>, StoreError> {
+    let at = now();
+    store.write_blocking(move |t| {
+        let salt = t.salt()?;
+        let Some(mut rec) = t.import(import_id)? else {
+            return Err(StoreError::Corrupt {
+                table: "imports",
+                message: format!("import {import_id} vanished"),
+            });
+        };
+        let mut rejects = batch.rejects;
+        for row in &batch.rows {
+            match apply_upsert_salted(t, &salt, &row.email, &row.update, true, at)? {
+                Ok((UpsertOutcome::Created, _)) => rec.created += 1,
+                Ok((UpsertOutcome::Updated, _)) => rec.updated += 1,
+                Ok((UpsertOutcome::Unchanged, _)) => rec.unchanged += 1,
+                Err(e) => rejects.push((row.line, e.to_string())),
+            }
+        }
+        rejects.sort_by_key(|r| r.0);
+        for (line, reason) in &rejects {
+            t.put_import_reject(import_id, *line, reason)?;
+        }
+        rec.rejected += rejects.len() as u64;
+        rec.merged_duplicates += batch.merged;
+        rec.records_committed += batch.records;
+        rec.lines_committed = batch.last_line;
+        t.put_import(&rec)?;
+        Ok(BatchResult { rejects })
+    })
+}
+
+/// Checks the header and returns the normalised column names and those that
+/// are not built-in attributes (custom field names).
+fn header_names(header: &csv::ByteRecord) -> Result<(Vec<String>, Vec<String>), ImportError> {
+    let mut names = Vec::new();
+    let mut unknown = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, raw) in header.iter().enumerate() {
+        let Ok(s) = std::str::from_utf8(raw) else {
+            return Err(ImportError::Header {
+                line: 1,
+                message: format!("column {} is not valid UTF-8", i + 1),
+            });
+        };
+        let name = s.trim().trim_start_matches('\u{feff}').to_lowercase();
+        if name.is_empty() {
+            return Err(ImportError::Header {
+                line: 1,
+                message: format!("column {} has no name", i + 1),
+            });
+        }
+        if !seen.insert(name.clone()) {
+            return Err(ImportError::Header {
+                line: 1,
+                message: format!("column `{name}` appears twice"),
+            });
+        }
+        if !super::BUILTIN_COLUMNS.contains(&name.as_str()) {
+            unknown.push(name.clone());
+        }
+        names.push(name);
+    }
+    if !seen.contains("email") {
+        return Err(ImportError::Header {
+            line: 1,
+            message: "no `email` column (the header must name one)".into(),
+        });
+    }
+    Ok((names, unknown))
+}
+
+struct RowContext<'a> {
+    columns: &'a [Column],
+    list_id: Option<u64>,
+    default_consent: Option<ConsentState>,
+    import_id: u64,
+}
+
+impl RowContext<'_> {
+    fn parse(&self, rec: &csv::ByteRecord, line: u64) -> Result<Row, String> {
+        if rec.len() != self.columns.len() {
+            if rec.len() == 1
+                && rec
+                    .get(0)
+                    .is_some_and(|c| c.iter().all(u8::is_ascii_whitespace))
+            {
+                return Err("empty line".into());
+            }
+            return Err(format!(
+                "has {} columns, the header has {}",
+                rec.len(),
+                self.columns.len()
+            ));
+        }
+        let mut email = None;
+        let mut update = ContactUpdate::default();
+        let mut consent = self.default_consent;
+        for (col, raw) in self.columns.iter().zip(rec.iter()) {
+            let Ok(cell) = std::str::from_utf8(raw) else {
+                return Err(format!("column `{}` is not valid UTF-8", col_name(col)));
+            };
+            let v = cell.trim();
+            match col {
+                Column::Email => {
+                    email = Some(super::normalize_email(cell).map_err(|e| e.to_string())?)
+                }
+                _ if v.is_empty() => {}
+                Column::Language => {
+                    update.language =
+                        Some(Some(check_code("language", v).map_err(|e| e.to_string())?))
+                }
+                Column::Site => {
+                    update.site = Some(Some(check_code("site", v).map_err(|e| e.to_string())?))
+                }
+                Column::Consent => consent = Some(ConsentState::parse(v).ok_or_else(|| {
+                    format!(
+                        "consent `{v}` is not one of: unknown, pending, granted, withdrawn, invalid"
+                    )
+                })?),
+                Column::Tags => {
+                    for t in v.split([',', ';']).filter(|t| !t.trim().is_empty()) {
+                        update
+                            .add_tags
+                            .insert(check_tag(t).map_err(|e| e.to_string())?);
+                    }
+                }
+                Column::Field(def) => {
+                    let value = super::parse_value(def, cell).map_err(|e| e.to_string())?;
+                    update.fields.insert(def.name.clone(), Some(value));
+                }
+            }
+        }
+        let email = email.ok_or_else(|| "no e-mail address".to_string())?;
+        if let Some(to) = consent {
+            update.consent = Some(super::ConsentChange {
+                to,
+                source: ConsentSource::Import,
+                ip: None,
+                user_agent: None,
+                note: Some(format!("import {} line {line}", self.import_id)),
+            });
+        }
+        if let Some(l) = self.list_id {
+            update.add_lists.insert(l);
+        }
+        Ok(Row {
+            line,
+            email,
+            update,
+        })
+    }
+}
+
+fn col_name(c: &Column) -> &str {
+    match c {
+        Column::Email => "email",
+        Column::Language => "language",
+        Column::Site => "site",
+        Column::Consent => "consent",
+        Column::Tags => "tags",
+        Column::Field(d) => &d.name,
+    }
+}

@@ -1,0 +1,606 @@
+//! Contacts, custom fields, lists, tags and consent: the rules.
+//!
+//! - Identity: one contact per address; the address is trimmed, its domain
+//!   lower-cased, and it is compared case-insensitively ([`normalize_email`]).
+//! - Fields: names of lower-case latin letters and `_`, typed values checked
+//!   against the field's type ([`parse_value`]).
+//! - Consent: five states and the transitions each source may make
+//!   ([`check_transition`]); every change is appended to the consent log.
+//! - Erasure leaves only a salted hash in the suppression list.
+//!
+//! Everything here that writes runs inside the store writer's transaction
+//! (a [`WriteTables`]), checks its input first and writes only if it passes.
+
+pub mod import;
+pub mod model;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::store::{StoreError, WriteTables, suppression_key};
+use model::*;
+
+/// Why a contact operation was refused. Each variant maps to one API error code.
+#[derive(Debug, thiserror::Error)]
+pub enum ContactError {
+    /// The e-mail address is not usable.
+    #[error("invalid e-mail address `{address}`: {reason}")]
+    InvalidEmail { address: String, reason: String },
+    /// The address was erased at the contact's request.
+    #[error("the address is suppressed ({reason}, {at}); it cannot be added again")]
+    Suppressed { reason: String, at: String },
+    /// A consent change the source is not allowed to make.
+    #[error("{0}")]
+    ConsentRefused(String),
+    /// A field that does not exist.
+    #[error("unknown field `{0}` (create it first with POST /api/v1/fields)")]
+    UnknownField(String),
+    /// A value that does not fit its field.
+    #[error("field `{field}`: {reason}")]
+    InvalidValue { field: String, reason: String },
+    /// Bad input of another kind (a name, a missing key…).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such contact, field, list or import.
+    #[error("{0}")]
+    NotFound(String),
+    /// Clashes with existing data (a duplicate name, an immutable property).
+    #[error("{0}")]
+    Conflict(String),
+    /// Still referenced by segments or automations.
+    #[error("{0}")]
+    InUse(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ContactError {
+    /// The stable machine-readable code used in API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ContactError::InvalidEmail { .. } => "invalid_email",
+            ContactError::Suppressed { .. } => "suppressed",
+            ContactError::ConsentRefused(_) => "consent_refused",
+            ContactError::UnknownField(_) => "unknown_field",
+            ContactError::InvalidValue { .. } => "invalid_value",
+            ContactError::Invalid(_) => "invalid",
+            ContactError::NotFound(_) => "not_found",
+            ContactError::Conflict(_) => "conflict",
+            ContactError::InUse(_) => "in_use",
+            ContactError::Store(_) => "store_error",
+        }
+    }
+}
+
+/// A normalised address: `display` keeps the local part's case, `key` is the
+/// fully lower-cased identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    /// Trimmed, domain lower-cased.
+    pub display: String,
+    /// Lower-cased; the identity.
+    pub key: String,
+}
+
+/// Normalises and checks an address.
+pub fn normalize_email(raw: &str) -> Result<Email, ContactError> {
+    let trimmed = raw.trim();
+    let bad = |reason: &str| ContactError::InvalidEmail {
+        address: trimmed.to_string(),
+        reason: reason.to_string(),
+    };
+    if trimmed.is_empty() {
+        return Err(bad("empty"));
+    }
+    if trimmed.len() > 254 {
+        return Err(bad("longer than 254 characters"));
+    }
+    let Some((local, domain)) = trimmed.rsplit_once('@') else {
+        return Err(bad("no @"));
+    };
+    if local.is_empty() || local.len() > 64 {
+        return Err(bad("the part before @ must be 1 to 64 characters"));
+    }
+    if local.contains('@') && !local.starts_with('"') {
+        return Err(bad("more than one @"));
+    }
+    let domain = domain.to_lowercase();
+    if domain.starts_with('[') {
+        return Err(bad("address literals are not accepted"));
+    }
+    if !domain.contains('.') || domain.split('.').any(|l| l.is_empty() || l.len() > 63) {
+        return Err(bad(
+            "the domain must be a full domain name such as example.com",
+        ));
+    }
+    let display = format!("{local}@{domain}");
+    if !email_address::EmailAddress::is_valid(&display) {
+        return Err(bad("not a valid address"));
+    }
+    let key = display.to_lowercase();
+    Ok(Email { display, key })
+}
+
+/// Checks a custom field name: lower-case latin letters and `_`, not a
+/// built-in attribute.
+pub fn check_field_name(name: &str) -> Result<(), ContactError> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(ContactError::Invalid(format!(
+            "field name `{name}` must be 1 to 64 characters"
+        )));
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(ContactError::Invalid(format!(
+            "field name `{name}` may only contain lower-case latin letters a-z and `_`"
+        )));
+    }
+    if BUILTIN_COLUMNS.contains(&name) || name == "id" || name == "lists" {
+        return Err(ContactError::Invalid(format!(
+            "`{name}` is a built-in contact attribute, not a custom field"
+        )));
+    }
+    Ok(())
+}
+
+/// Contact attributes that are not custom fields (also the CSV columns that map
+/// to them).
+pub const BUILTIN_COLUMNS: &[&str] = &["email", "language", "site", "consent", "tags"];
+
+/// Parses a value given as text (CSV cell, or a JSON string) for a field.
+pub fn parse_value(def: &FieldDef, raw: &str) -> Result<FieldValue, ContactError> {
+    let bad = |reason: String| ContactError::InvalidValue {
+        field: def.name.clone(),
+        reason,
+    };
+    let s = raw.trim();
+    match def.field_type {
+        FieldType::Text => {
+            if raw.len() > 4096 {
+                return Err(bad("longer than 4096 bytes".into()));
+            }
+            Ok(FieldValue::Text(raw.to_string()))
+        }
+        FieldType::Number => {
+            let (int, frac) = match s.split_once('.') {
+                Some((i, f)) => (i, Some(f)),
+                None => (s, None),
+            };
+            let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+            if !digits(int) || frac.is_some_and(|f| !digits(f)) || s.len() > 40 {
+                return Err(bad(format!(
+                    "`{s}` is not a number (digits and one decimal point only)"
+                )));
+            }
+            let int = int.trim_start_matches('0');
+            let int = if int.is_empty() { "0" } else { int };
+            Ok(FieldValue::Number(match frac {
+                Some(f) => format!("{int}.{f}"),
+                None => int.to_string(),
+            }))
+        }
+        FieldType::Date => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .map(FieldValue::Date)
+            .map_err(|_| bad(format!("`{s}` is not a date in the form YYYY-MM-DD"))),
+        FieldType::Boolean => match s.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "1" => Ok(FieldValue::Boolean(true)),
+            "false" | "no" | "0" => Ok(FieldValue::Boolean(false)),
+            _ => Err(bad(format!(
+                "`{s}` is not a boolean (true/false, yes/no, 1/0)"
+            ))),
+        },
+        FieldType::Choice => {
+            if def.choices.iter().any(|c| c == s) {
+                Ok(FieldValue::Choice(s.to_string()))
+            } else {
+                Err(bad(format!(
+                    "`{s}` is not one of: {}",
+                    def.choices.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+/// Parses a JSON value for a field (numbers and booleans may be given natively).
+pub fn parse_json_value(def: &FieldDef, v: &serde_json::Value) -> Result<FieldValue, ContactError> {
+    match (def.field_type, v) {
+        (_, serde_json::Value::String(s)) => parse_value(def, s),
+        (FieldType::Number, serde_json::Value::Number(n)) => parse_value(def, &n.to_string()),
+        (FieldType::Boolean, serde_json::Value::Bool(b)) => Ok(FieldValue::Boolean(*b)),
+        _ => Err(ContactError::InvalidValue {
+            field: def.name.clone(),
+            reason: format!("expected a {} value, got {v}", def.field_type.as_str()),
+        }),
+    }
+}
+
+/// Checks that `source` may move a contact from `from` to `to`.
+///
+/// The law: marketing needs `granted`; once a contact has `withdrawn` (or the
+/// address proved `invalid`), only the recipient's own confirmation (a `link`)
+/// may grant again. Imports and the API can record a withdrawal or an invalid
+/// address, but never undo one.
+pub fn check_transition(
+    from: ConsentState,
+    to: ConsentState,
+    source: ConsentSource,
+) -> Result<(), ContactError> {
+    use ConsentSource::*;
+    use ConsentState::*;
+    if from == to {
+        return Ok(());
+    }
+    let allowed = match source {
+        // The recipient's own confirmation link is the only way back to granted.
+        Link => matches!(to, Granted | Withdrawn),
+        // The recipient asked to subscribe: awaits confirmation, or withdrew.
+        Form => matches!(to, Pending | Withdrawn),
+        Bounce => to == Invalid,
+        Complaint => to == Withdrawn,
+        Import | Api => match from {
+            Withdrawn | Invalid => matches!(to, Withdrawn | Invalid),
+            Unknown | Pending | Granted => true,
+        },
+    };
+    if allowed {
+        return Ok(());
+    }
+    let why = match from {
+        Withdrawn => {
+            "the contact withdrew consent; only their own new confirmation (double opt-in) can grant it again"
+        }
+        Invalid => {
+            "the address is marked invalid (hard bounce); only a new confirmation by the recipient can change that"
+        }
+        _ => "this source may not make that change",
+    };
+    Err(ContactError::ConsentRefused(format!(
+        "consent cannot change from {from} to {to} by {}: {why}",
+        serde_json::to_value(source)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    )))
+}
+
+/// A requested consent change with its evidence.
+#[derive(Debug, Clone)]
+pub struct ConsentChange {
+    /// The new state.
+    pub to: ConsentState,
+    /// Who asks.
+    pub source: ConsentSource,
+    /// Recipient's IP, for recipient actions.
+    pub ip: Option<String>,
+    /// Recipient's user agent, for recipient actions.
+    pub user_agent: Option<String>,
+    /// Free text.
+    pub note: Option<String>,
+}
+
+/// An upsert of one contact: what to set, clear, add and remove. Built by the
+/// API and the CSV import, checked against field definitions before it reaches
+/// the writer.
+#[derive(Debug, Clone, Default)]
+pub struct ContactUpdate {
+    /// Field values to set (`Some`) or clear (`None`).
+    pub fields: BTreeMap<String, Option<FieldValue>>,
+    /// New language (`Some(None)` clears it).
+    pub language: Option<Option<String>>,
+    /// New site (`Some(None)` clears it).
+    pub site: Option<Option<String>>,
+    /// Consent change, if any.
+    pub consent: Option<ConsentChange>,
+    /// Lists to add the contact to.
+    pub add_lists: BTreeSet<u64>,
+    /// Lists to take the contact out of.
+    pub remove_lists: BTreeSet<u64>,
+    /// Tags to add.
+    pub add_tags: BTreeSet<String>,
+    /// Tags to remove.
+    pub remove_tags: BTreeSet<String>,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertOutcome {
+    /// A new contact.
+    Created,
+    /// An existing contact changed.
+    Updated,
+    /// The contact already looked like that.
+    Unchanged,
+}
+
+/// Checks a language or site code: 1-35 characters of letters, digits, `-`, `_`.
+pub fn check_code(what: &str, v: &str) -> Result<String, ContactError> {
+    let v = v.trim();
+    if v.is_empty()
+        || v.len() > 35
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ContactError::Invalid(format!(
+            "{what} `{v}` must be 1 to 35 letters, digits, `-` or `_` (e.g. `pl`, `en-GB`)"
+        )));
+    }
+    Ok(v.to_string())
+}
+
+/// Checks a tag: 1-64 characters, no control characters, trimmed.
+pub fn check_tag(v: &str) -> Result<String, ContactError> {
+    let v = v.trim();
+    if v.is_empty() || v.chars().count() > 64 || v.chars().any(char::is_control) {
+        return Err(ContactError::Invalid(format!(
+            "tag `{v}` must be 1 to 64 characters without control characters"
+        )));
+    }
+    Ok(v.to_string())
+}
+
+/// Applies an update to the contact with `email` (created if absent), inside the
+/// writer's transaction. Returns the outcome and the contact as stored.
+pub fn apply_upsert(
+    t: &mut WriteTables<'_>,
+    email: &Email,
+    update: &ContactUpdate,
+    create: bool,
+    now: DateTime<Utc>,
+) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
+    let salt = t.salt()?;
+    apply_upsert_salted(t, &salt, email, update, create, now)
+}
+
+/// [`apply_upsert`] with the installation salt already read (imports read it
+/// once per batch).
+pub fn apply_upsert_salted(
+    t: &mut WriteTables<'_>,
+    salt: &[u8],
+    email: &Email,
+    update: &ContactUpdate,
+    create: bool,
+    now: DateTime<Utc>,
+) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
+    if let Some(s) = t.suppression(&suppression_key(salt, &email.key))? {
+        return Ok(Err(ContactError::Suppressed {
+            reason: s.reason,
+            at: s.at.format("%Y-%m-%d").to_string(),
+        }));
+    }
+    let existing = match t.contact_id_by_email(&email.key)? {
+        Some(id) => t.contact(id)?,
+        None => None,
+    };
+    if existing.is_none() && !create {
+        return Ok(Err(ContactError::NotFound(format!(
+            "no contact with address {}",
+            email.display
+        ))));
+    }
+    apply_to(t, existing, Some(email), update, now)
+}
+
+/// Applies an update to an existing contact found by id.
+pub fn apply_update_by_id(
+    t: &mut WriteTables<'_>,
+    id: u64,
+    update: &ContactUpdate,
+    now: DateTime<Utc>,
+) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
+    match t.contact(id)? {
+        None => Ok(Err(ContactError::NotFound(format!(
+            "no contact with id {id}"
+        )))),
+        Some(c) => apply_to(t, Some(c), None, update, now),
+    }
+}
+
+fn apply_to(
+    t: &mut WriteTables<'_>,
+    existing: Option<Contact>,
+    email: Option<&Email>,
+    update: &ContactUpdate,
+    now: DateTime<Utc>,
+) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
+    // Check everything first; write only when all of it passes.
+    for l in update.add_lists.iter().chain(&update.remove_lists) {
+        if t.list(*l)?.is_none() {
+            return Ok(Err(ContactError::NotFound(format!("no list with id {l}"))));
+        }
+    }
+    let mut c = match &existing {
+        Some(c) => c.clone(),
+        None => {
+            let Some(email) = email else {
+                return Ok(Err(ContactError::Invalid(
+                    "a new contact needs an e-mail address".into(),
+                )));
+            };
+            Contact {
+                id: 0,
+                email: email.display.clone(),
+                consent: ConsentState::Unknown,
+                language: None,
+                site: None,
+                fields: BTreeMap::new(),
+                lists: BTreeSet::new(),
+                tags: BTreeSet::new(),
+                created_at: now,
+                updated_at: now,
+            }
+        }
+    };
+    let consent_event = match &update.consent {
+        Some(ch) if ch.to != c.consent => {
+            if let Err(e) = check_transition(c.consent, ch.to, ch.source) {
+                return Ok(Err(e));
+            }
+            let ev = ConsentEvent {
+                at: now,
+                from: c.consent,
+                to: ch.to,
+                source: ch.source,
+                ip: ch.ip.clone(),
+                user_agent: ch.user_agent.clone(),
+                note: ch.note.clone(),
+            };
+            c.consent = ch.to;
+            Some(ev)
+        }
+        _ => None,
+    };
+    for (k, v) in &update.fields {
+        match v {
+            Some(v) => {
+                c.fields.insert(k.clone(), v.clone());
+            }
+            None => {
+                c.fields.remove(k);
+            }
+        }
+    }
+    if let Some(l) = &update.language {
+        c.language = l.clone();
+    }
+    if let Some(s) = &update.site {
+        c.site = s.clone();
+    }
+    c.lists.extend(update.add_lists.iter().copied());
+    c.lists.retain(|l| !update.remove_lists.contains(l));
+    c.tags.extend(update.add_tags.iter().cloned());
+    c.tags.retain(|x| !update.remove_tags.contains(x));
+
+    let outcome = match &existing {
+        None => UpsertOutcome::Created,
+        Some(old) if *old == c => return Ok(Ok((UpsertOutcome::Unchanged, c))),
+        Some(_) => UpsertOutcome::Updated,
+    };
+    if existing.is_none() {
+        c.id = t.next_id("contact")?;
+    }
+    c.updated_at = now;
+    t.put_contact(&c, existing.as_ref())?;
+    if let Some(ev) = consent_event {
+        t.append_consent(c.id, &ev)?;
+    }
+    Ok(Ok((outcome, c)))
+}
+
+/// Erases a contact: data and consent log gone, a salted hash of the address
+/// kept in the suppression list so that no later import or API call can add it.
+pub fn erase(
+    t: &mut WriteTables<'_>,
+    id: u64,
+    now: DateTime<Utc>,
+) -> Result<Result<Contact, ContactError>, StoreError> {
+    let Some(c) = t.contact(id)? else {
+        return Ok(Err(ContactError::NotFound(format!(
+            "no contact with id {id}"
+        ))));
+    };
+    let salt = t.salt()?;
+    let key = suppression_key(&salt, &c.email.to_lowercase());
+    t.delete_contact(&c)?;
+    t.put_suppression(
+        &key,
+        &Suppression {
+            at: now,
+            reason: "erased at the contact's request".into(),
+        },
+    )?;
+    Ok(Ok(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ConsentSource::*;
+    use ConsentState::*;
+
+    fn def(t: FieldType) -> FieldDef {
+        FieldDef {
+            name: "f".into(),
+            field_type: t,
+            choices: vec!["a".into(), "b".into()],
+            label: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn emails_are_normalised_by_domain_and_compared_without_case() {
+        let e = normalize_email("  John.Doe@Example.COM ").unwrap();
+        assert_eq!(e.display, "John.Doe@example.com");
+        assert_eq!(e.key, "john.doe@example.com");
+        for bad in [
+            "",
+            "plain",
+            "a@b",
+            "a@@b.com",
+            "@b.com",
+            "a@[1.2.3.4]",
+            "a b@c.com",
+            "a@.com",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn field_names_are_lower_case_latin_and_underscore() {
+        assert!(check_field_name("first_name").is_ok());
+        for bad in ["First", "name2", "imię", "", "email", "a-b"] {
+            assert!(check_field_name(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn number_fields_take_digits_and_a_point_only() {
+        let d = def(FieldType::Number);
+        assert_eq!(
+            parse_value(&d, "0012.50").unwrap(),
+            FieldValue::Number("12.50".into())
+        );
+        assert_eq!(
+            parse_value(&d, "0").unwrap(),
+            FieldValue::Number("0".into())
+        );
+        for bad in ["+48123", "-1", "1,5", "1.2.3", ".5", "5.", "1e3", ""] {
+            assert!(parse_value(&d, bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn other_field_types_validate() {
+        assert!(parse_value(&def(FieldType::Date), "2024-02-29").is_ok());
+        assert!(parse_value(&def(FieldType::Date), "2023-02-29").is_err());
+        assert_eq!(
+            parse_value(&def(FieldType::Boolean), "Yes").unwrap(),
+            FieldValue::Boolean(true)
+        );
+        assert!(parse_value(&def(FieldType::Boolean), "maybe").is_err());
+        assert!(parse_value(&def(FieldType::Choice), "a").is_ok());
+        assert!(parse_value(&def(FieldType::Choice), "c").is_err());
+    }
+
+    #[test]
+    fn withdrawn_comes_back_only_through_the_recipients_confirmation() {
+        for src in [Import, Api, Form, Bounce, Complaint] {
+            assert!(
+                check_transition(Withdrawn, Granted, src).is_err(),
+                "{src:?}"
+            );
+            assert!(check_transition(Invalid, Granted, src).is_err(), "{src:?}");
+        }
+        assert!(check_transition(Withdrawn, Granted, Link).is_ok());
+        assert!(check_transition(Withdrawn, Pending, Form).is_ok());
+        assert!(check_transition(Withdrawn, Pending, Api).is_err());
+        assert!(check_transition(Unknown, Granted, Import).is_ok());
+        assert!(check_transition(Granted, Withdrawn, Api).is_ok());
+        assert!(check_transition(Granted, Invalid, Bounce).is_ok());
+        assert!(check_transition(Withdrawn, Withdrawn, Import).is_ok());
+    }
+}

@@ -1,0 +1,304 @@
+//! The contact data model: contacts, custom fields and their values, lists,
+//! consent states and the consent log, suppressions and import records.
+//!
+//! These types are what the store persists (as JSON) and what the admin API
+//! shows; rules about them (identity, field validation, consent transitions)
+//! live in the sibling modules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A contact: one per e-mail address, system-wide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    /// Stable id, assigned at creation and never reused.
+    pub id: u64,
+    /// The address as given: trimmed, domain lower-cased.
+    pub email: String,
+    /// Current consent state (the consent log says how it got there).
+    pub consent: ConsentState,
+    /// Language code such as `pl` or `en`, for templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// Site the contact belongs to, for multi-site shops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Custom field values by field name.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldValue>,
+    /// Ids of the static lists the contact is in.
+    #[serde(default)]
+    pub lists: BTreeSet<u64>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: BTreeSet<String>,
+    /// When the contact was created.
+    pub created_at: DateTime<Utc>,
+    /// When anything about the contact last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// System-wide consent (opt-in) state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentState {
+    /// Nothing known: no marketing mail.
+    Unknown,
+    /// Awaiting the recipient's confirmation (double opt-in).
+    Pending,
+    /// The recipient agreed: marketing mail allowed.
+    Granted,
+    /// The recipient withdrew; only their own new confirmation can undo it.
+    Withdrawn,
+    /// The address does not work (hard bounce).
+    Invalid,
+}
+
+impl ConsentState {
+    /// All states, in code order.
+    pub const ALL: [ConsentState; 5] = [
+        ConsentState::Unknown,
+        ConsentState::Pending,
+        ConsentState::Granted,
+        ConsentState::Withdrawn,
+        ConsentState::Invalid,
+    ];
+
+    /// Stable one-byte code used in the store's consent index.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The lower-case name used in the API, CSV and config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentState::Unknown => "unknown",
+            ConsentState::Pending => "pending",
+            ConsentState::Granted => "granted",
+            ConsentState::Withdrawn => "withdrawn",
+            ConsentState::Invalid => "invalid",
+        }
+    }
+
+    /// Parses a state name, case-insensitively.
+    pub fn parse(s: &str) -> Option<ConsentState> {
+        let s = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for ConsentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a consent change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentSource {
+    /// A CSV import.
+    Import,
+    /// The admin API.
+    Api,
+    /// A public signup form filled in by the recipient.
+    Form,
+    /// A link the recipient followed (confirmation, unsubscribe).
+    Link,
+    /// A hard bounce.
+    Bounce,
+    /// A spam complaint.
+    Complaint,
+}
+
+/// One entry of the append-only consent log: the proof GDPR asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentEvent {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// State before.
+    pub from: ConsentState,
+    /// State after.
+    pub to: ConsentState,
+    /// Who or what changed it.
+    pub source: ConsentSource,
+    /// The recipient's IP address, for recipient actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// The recipient's user agent, for recipient actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Free text: the import id, an admin's reason, the bounce reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The type of a custom field. Never changes once the field exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    /// Any text.
+    Text,
+    /// Digits with at most one decimal point.
+    Number,
+    /// A calendar date, `YYYY-MM-DD`.
+    Date,
+    /// `true`/`false` (CSV also takes yes/no, 1/0).
+    Boolean,
+    /// One of a closed set of values.
+    Choice,
+}
+
+impl FieldType {
+    /// Parses a type name.
+    pub fn parse(s: &str) -> Option<FieldType> {
+        match s {
+            "text" => Some(FieldType::Text),
+            "number" => Some(FieldType::Number),
+            "date" => Some(FieldType::Date),
+            "boolean" => Some(FieldType::Boolean),
+            "choice" => Some(FieldType::Choice),
+            _ => None,
+        }
+    }
+
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::Text => "text",
+            FieldType::Number => "number",
+            FieldType::Date => "date",
+            FieldType::Boolean => "boolean",
+            FieldType::Choice => "choice",
+        }
+    }
+}
+
+/// A custom field definition. Fields are global, not per list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldDef {
+    /// Lower-case latin letters and `_`; immutable.
+    pub name: String,
+    /// Immutable.
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    /// Allowed values of a `choice` field; editable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+    /// A human label for the admin UI; editable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// When the field was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A validated field value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FieldValue {
+    /// Text.
+    Text(String),
+    /// A canonical decimal number (digits, at most one point, no leading zeros).
+    Number(String),
+    /// A date.
+    Date(NaiveDate),
+    /// A boolean.
+    Boolean(bool),
+    /// One of the field's choices.
+    Choice(String),
+}
+
+impl FieldValue {
+    /// The value as JSON, as the API shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            FieldValue::Text(s) | FieldValue::Choice(s) => serde_json::Value::String(s.clone()),
+            FieldValue::Number(n) => serde_json::from_str::<serde_json::Number>(n)
+                .map(serde_json::Value::Number)
+                .unwrap_or_else(|_| serde_json::Value::String(n.clone())),
+            FieldValue::Date(d) => serde_json::Value::String(d.format("%Y-%m-%d").to_string()),
+            FieldValue::Boolean(b) => serde_json::Value::Bool(*b),
+        }
+    }
+}
+
+/// A static list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct List {
+    /// Stable id.
+    pub id: u64,
+    /// Unique name (compared case-insensitively).
+    pub name: String,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Number of contacts in the list, kept by the store.
+    #[serde(default)]
+    pub member_count: u64,
+    /// When the list was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What is kept of an erased contact: only a salted one-way hash of the address
+/// (the table key) and when and why, so a later import cannot mail them again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// When the address was suppressed.
+    pub at: DateTime<Utc>,
+    /// Why, e.g. `erased at the contact's request`.
+    pub reason: String,
+}
+
+/// The state of a CSV import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportStatus {
+    /// Still reading rows.
+    Running,
+    /// Every row was read; committed batches are durable.
+    Completed,
+    /// The upload stopped part-way (client gone, daemon restarted); the batches
+    /// up to `records_committed` are durable, and `resume` continues after them.
+    Interrupted,
+    /// Refused before any row was imported (bad header).
+    Failed,
+}
+
+/// One CSV import, kept so that it can be reported and resumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportRecord {
+    /// Import id.
+    pub id: u64,
+    /// Where it stands.
+    pub status: ImportStatus,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended, if it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The list rows were added to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// Data records (not counting the header) whose outcome is committed.
+    pub records_committed: u64,
+    /// The last file line whose outcome is committed.
+    pub lines_committed: u64,
+    /// Contacts created.
+    pub created: u64,
+    /// Existing contacts updated.
+    pub updated: u64,
+    /// Rows that changed nothing.
+    pub unchanged: u64,
+    /// Rows whose address already appeared earlier in the same file; they were
+    /// merged into that contact (later values win).
+    pub merged_duplicates: u64,
+    /// Rows rejected (each one is in the rejects list with line and reason).
+    pub rejected: u64,
+    /// Why the import failed or was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

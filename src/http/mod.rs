@@ -1,0 +1,377 @@
+//! The HTTP server (hyper): admin API, health, metrics, and later the public
+//! tracking and unsubscribe endpoints and the admin UI.
+//!
+//! [`serve`] takes an already-bound listener and a shutdown future (as
+//! mini-redis does), so tests run it on port 0 without signals. Every request
+//! goes through [`dispatch`]: the route table in [`route`] names each endpoint,
+//! admin routes check the bearer token first, and every response is counted in
+//! `/metrics` under its route name.
+
+pub mod reply;
+pub mod v1;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::store::Store;
+use reply::{ApiError, Body};
+
+/// Everything a request handler can reach.
+pub struct AppState {
+    /// The current config snapshot; SIGHUP swaps it.
+    pub config: RwLock<Arc<Config>>,
+    /// The store.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The clock.
+    pub clock: Clock,
+}
+
+impl AppState {
+    /// The current config snapshot.
+    pub fn config(&self) -> Arc<Config> {
+        // A poisoned lock only means a panic while swapping; the Arc inside is
+        // still a complete snapshot.
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// How long shutdown waits for open connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting and
+/// waits for in-flight requests (at most [`SHUTDOWN_GRACE`]).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(dispatch(state, peer, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("http: no longer accepting connections; waiting for in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("http: all connections closed"),
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("http: gave up waiting for open connections"),
+    }
+}
+
+/// Every endpoint, by name. The name is the `route` label in `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /healthz`
+    Health,
+    /// `GET /metrics`
+    Metrics,
+    /// `/api/v1/contacts`
+    Contacts,
+    /// `/api/v1/contacts/import`
+    Import,
+    /// `/api/v1/contacts/import/{id}`
+    ImportOne(String),
+    /// `/api/v1/contacts/import/{id}/rejects`
+    ImportRejects(String),
+    /// `/api/v1/contacts/{ref}`
+    Contact(String),
+    /// `/api/v1/contacts/{ref}/consent`
+    ContactConsent(String),
+    /// `/api/v1/contacts/{ref}/export`
+    ContactExport(String),
+    /// `/api/v1/fields`
+    Fields,
+    /// `/api/v1/fields/{name}`
+    Field(String),
+    /// `/api/v1/lists`
+    Lists,
+    /// `/api/v1/lists/{ref}`
+    List(String),
+    /// Anything else under `/api/`.
+    ApiUnknown,
+    /// Anything else.
+    Unknown,
+}
+
+impl Route {
+    /// The route's name for metrics and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Health => "healthz",
+            Route::Metrics => "metrics",
+            Route::Contacts => "contacts",
+            Route::Import => "contacts_import",
+            Route::ImportOne(_) => "contacts_import_one",
+            Route::ImportRejects(_) => "contacts_import_rejects",
+            Route::Contact(_) => "contact",
+            Route::ContactConsent(_) => "contact_consent",
+            Route::ContactExport(_) => "contact_export",
+            Route::Fields => "fields",
+            Route::Field(_) => "field",
+            Route::Lists => "lists",
+            Route::List(_) => "list",
+            Route::ApiUnknown => "api_unknown",
+            Route::Unknown => "unknown",
+        }
+    }
+
+    fn is_admin(&self) -> bool {
+        !matches!(self, Route::Health | Route::Metrics | Route::Unknown)
+    }
+}
+
+/// Maps a path to its route.
+pub fn route(path: &str) -> Route {
+    let decoded: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_decode(s))
+        .collect();
+    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    match segs.as_slice() {
+        ["healthz"] => Route::Health,
+        ["metrics"] => Route::Metrics,
+        ["api", "v1", "contacts"] => Route::Contacts,
+        ["api", "v1", "contacts", "import"] => Route::Import,
+        ["api", "v1", "contacts", "import", id] => Route::ImportOne(id.to_string()),
+        ["api", "v1", "contacts", "import", id, "rejects"] => Route::ImportRejects(id.to_string()),
+        ["api", "v1", "contacts", r] => Route::Contact(r.to_string()),
+        ["api", "v1", "contacts", r, "consent"] => Route::ContactConsent(r.to_string()),
+        ["api", "v1", "contacts", r, "export"] => Route::ContactExport(r.to_string()),
+        ["api", "v1", "fields"] => Route::Fields,
+        ["api", "v1", "fields", n] => Route::Field(n.to_string()),
+        ["api", "v1", "lists"] => Route::Lists,
+        ["api", "v1", "lists", r] => Route::List(r.to_string()),
+        ["api", ..] => Route::ApiUnknown,
+        _ => Route::Unknown,
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this endpoint accepts {allow}"),
+    )
+}
+
+fn check_token(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let unauthorized =
+        |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "missing header `Authorization: Bearer <token>`",
+        ));
+    };
+    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+        return Err(unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        ));
+    };
+    let config = state.config();
+    if bool::from(token.trim().as_bytes().ct_eq(config.admin.token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(unauthorized("wrong admin token"))
+    }
+}
+
+/// Handles one request: route, authorise, call the endpoint, count it.
+pub async fn dispatch(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let route = route(req.uri().path());
+    let method = req.method().clone();
+    let result = if route.is_admin() {
+        match check_token(&state, &req) {
+            Ok(()) => call(&state, &route, peer, req).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        call(&state, &route, peer, req).await
+    };
+    let response = result.unwrap_or_else(ApiError::into_response);
+    let status = response.status().as_u16();
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            route: route.name(),
+            method: method.as_str().to_string(),
+            status,
+        })
+        .inc();
+    tracing::debug!(route = route.name(), %method, status, "request");
+    response
+}
+
+async fn call(
+    state: &Arc<AppState>,
+    route: &Route,
+    _peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let m = req.method().clone();
+    use v1::{contacts, fields, import, lists};
+    match route {
+        Route::Health => match m {
+            Method::GET | Method::HEAD => {
+                state.store.read(|r| r.schema_version()).await?;
+                reply::ok(&serde_json::json!({"status": "ok"}))
+            }
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Metrics => match m {
+            Method::GET => {
+                let text = state.metrics.render(&state.store).await?;
+                Ok(reply::text_response(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ))
+            }
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Contacts => match m {
+            Method::GET => contacts::list(state, req).await,
+            Method::POST => contacts::upsert(state, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::Contact(r) => match m {
+            Method::GET => contacts::get(state, r).await,
+            Method::PATCH => contacts::update(state, r, req).await,
+            Method::DELETE => contacts::erase(state, r).await,
+            _ => Err(method_not_allowed("GET, PATCH, DELETE")),
+        },
+        Route::ContactConsent(r) => match m {
+            Method::GET => contacts::consent_log(state, r).await,
+            Method::POST => contacts::change_consent(state, r, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::ContactExport(r) => match m {
+            Method::GET => contacts::export(state, r).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Import => match m {
+            Method::POST => import::start(state, req).await,
+            Method::GET => import::list(state).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::ImportOne(id) => match m {
+            Method::GET => import::get(state, id).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::ImportRejects(id) => match m {
+            Method::GET => import::rejects(state, id, req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Fields => match m {
+            Method::GET => fields::list(state).await,
+            Method::POST => fields::create(state, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::Field(n) => match m {
+            Method::GET => fields::get(state, n).await,
+            Method::PATCH => fields::update(state, n, req).await,
+            Method::DELETE => fields::delete(state, n).await,
+            _ => Err(method_not_allowed("GET, PATCH, DELETE")),
+        },
+        Route::Lists => match m {
+            Method::GET => lists::list(state).await,
+            Method::POST => lists::create(state, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::List(r) => match m {
+            Method::GET => lists::get(state, r).await,
+            Method::PATCH => lists::update(state, r, req).await,
+            Method::DELETE => lists::delete(state, r).await,
+            _ => Err(method_not_allowed("GET, PATCH, DELETE")),
+        },
+        Route::ApiUnknown => Err(ApiError::not_found(format!(
+            "no API endpoint {} {}",
+            m,
+            req.uri().path()
+        ))),
+        Route::Unknown => Err(ApiError::not_found(format!(
+            "nothing at {}",
+            req.uri().path()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_named_and_decoded() {
+        assert_eq!(
+            route("/api/v1/contacts/a%40b.com"),
+            Route::Contact("a@b.com".into())
+        );
+        assert_eq!(
+            route("/api/v1/contacts/a+b%40c.com"),
+            Route::Contact("a+b@c.com".into())
+        );
+        assert_eq!(route("/api/v1/contacts/import"), Route::Import);
+        assert_eq!(route("/api/v1/nothing"), Route::ApiUnknown);
+        assert_eq!(route("/healthz"), Route::Health);
+        assert!(!Route::Metrics.is_admin());
+        assert!(Route::Fields.is_admin());
+    }
+}

@@ -1,0 +1,447 @@
+//! `/api/v1/contacts`: upsert, get, list, update, consent, export, erase.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::double_option;
+use crate::contacts::model::{ConsentSource, ConsentState, Contact, FieldDef};
+use crate::contacts::{
+    self, ConsentChange, ContactError, ContactUpdate, UpsertOutcome, check_code, check_tag,
+    normalize_email,
+};
+use crate::http::AppState;
+use crate::http::reply::{self, ApiError, Body};
+use crate::store::ContactIndex;
+
+/// Body of `POST /api/v1/contacts` (create or update by address).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertBody {
+    /// The address; the identity.
+    pub email: String,
+    /// Field values; `null` clears one.
+    #[serde(default)]
+    pub fields: BTreeMap<String, Value>,
+    /// Language code; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub language: Option<Option<String>>,
+    /// Site; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub site: Option<Option<String>>,
+    /// New consent state.
+    #[serde(default)]
+    pub consent: Option<String>,
+    /// Note for the consent log.
+    #[serde(default)]
+    pub consent_note: Option<String>,
+    /// Lists (by name) to add the contact to.
+    #[serde(default)]
+    pub lists: Vec<String>,
+    /// Tags to add.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Body of `PATCH /api/v1/contacts/{ref}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    /// Field values; `null` clears one.
+    #[serde(default)]
+    pub fields: BTreeMap<String, Value>,
+    /// Language code; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub language: Option<Option<String>>,
+    /// Site; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub site: Option<Option<String>>,
+    /// Lists (by name) to add.
+    #[serde(default)]
+    pub add_lists: Vec<String>,
+    /// Lists (by name) to leave.
+    #[serde(default)]
+    pub remove_lists: Vec<String>,
+    /// Tags to add.
+    #[serde(default)]
+    pub add_tags: Vec<String>,
+    /// Tags to remove.
+    #[serde(default)]
+    pub remove_tags: Vec<String>,
+}
+
+/// Body of `POST /api/v1/contacts/{ref}/consent`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentBody {
+    /// The new state.
+    pub state: String,
+    /// Why (kept in the consent log).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Resolves `{ref}`: a number is a contact id, anything else an address.
+async fn resolve(state: &AppState, r: &str) -> Result<u64, ApiError> {
+    if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) {
+        return r
+            .parse()
+            .map_err(|_| ApiError::not_found(format!("no contact with id {r}")));
+    }
+    let email = normalize_email(r).map_err(ApiError::from)?;
+    let key = email.key.clone();
+    state
+        .store
+        .read(move |v| v.contact_id_by_email(&key))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no contact with address {}", email.display)))
+}
+
+/// The JSON view of a contact.
+pub fn view(c: &Contact, list_names: &HashMap<u64, String>) -> Value {
+    let fields: serde_json::Map<String, Value> = c
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect();
+    let lists: Vec<&str> = c
+        .lists
+        .iter()
+        .filter_map(|l| list_names.get(l).map(String::as_str))
+        .collect();
+    json!({
+        "id": c.id,
+        "email": c.email,
+        "consent": c.consent,
+        "language": c.language,
+        "site": c.site,
+        "fields": fields,
+        "lists": lists,
+        "tags": c.tags,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    })
+}
+
+async fn list_names(state: &AppState) -> Result<HashMap<u64, String>, ApiError> {
+    Ok(state
+        .store
+        .read(|r| r.lists())
+        .await?
+        .into_iter()
+        .map(|l| (l.id, l.name))
+        .collect())
+}
+
+/// Turns wire values into a checked [`ContactUpdate`]; list names and field
+/// names are resolved against the store.
+async fn build_update(
+    state: &AppState,
+    fields: BTreeMap<String, Value>,
+    language: Option<Option<String>>,
+    site: Option<Option<String>>,
+    lists: (Vec<String>, Vec<String>),
+    tags: (Vec<String>, Vec<String>),
+) -> Result<ContactUpdate, ApiError> {
+    let (defs, all_lists) = state.store.read(|r| Ok((r.fields()?, r.lists()?))).await?;
+    let defs: HashMap<String, FieldDef> = defs.into_iter().map(|f| (f.name.clone(), f)).collect();
+    let by_name: HashMap<String, u64> = all_lists
+        .into_iter()
+        .map(|l| (l.name.to_lowercase(), l.id))
+        .collect();
+    let mut u = ContactUpdate::default();
+    for (name, v) in fields {
+        let def = defs
+            .get(&name)
+            .ok_or_else(|| ApiError::from(ContactError::UnknownField(name.clone())))?;
+        let value = match v {
+            Value::Null => None,
+            v => Some(contacts::parse_json_value(def, &v)?),
+        };
+        u.fields.insert(name, value);
+    }
+    let code =
+        |what: &str, v: Option<Option<String>>| -> Result<Option<Option<String>>, ApiError> {
+            Ok(match v {
+                Some(Some(s)) => Some(Some(check_code(what, &s)?)),
+                other => other,
+            })
+        };
+    u.language = code("language", language)?;
+    u.site = code("site", site)?;
+    let list_id = |n: &String| {
+        by_name
+            .get(&n.to_lowercase())
+            .copied()
+            .ok_or_else(|| ApiError::from(ContactError::NotFound(format!("no list named `{n}`"))))
+    };
+    u.add_lists = lists.0.iter().map(list_id).collect::<Result<_, _>>()?;
+    u.remove_lists = lists.1.iter().map(list_id).collect::<Result<_, _>>()?;
+    u.add_tags = tags
+        .0
+        .iter()
+        .map(|t| check_tag(t))
+        .collect::<Result<_, _>>()?;
+    u.remove_tags = tags
+        .1
+        .iter()
+        .map(|t| check_tag(t))
+        .collect::<Result<_, _>>()?;
+    Ok(u)
+}
+
+fn parse_state(s: &str) -> Result<ConsentState, ApiError> {
+    ConsentState::parse(s).ok_or_else(|| {
+        ApiError::invalid(
+            "invalid_value",
+            format!("consent `{s}` is not one of: unknown, pending, granted, withdrawn, invalid"),
+        )
+    })
+}
+
+/// `POST /api/v1/contacts`: create or update by address. 201 when created.
+pub async fn upsert(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let limit = state.config().http.max_body_bytes;
+    let body: UpsertBody = reply::read_json(req, limit).await?;
+    let email = normalize_email(&body.email)?;
+    let mut update = build_update(
+        state,
+        body.fields,
+        body.language,
+        body.site,
+        (body.lists, vec![]),
+        (body.tags, vec![]),
+    )
+    .await?;
+    if let Some(s) = &body.consent {
+        update.consent = Some(ConsentChange {
+            to: parse_state(s)?,
+            source: ConsentSource::Api,
+            ip: None,
+            user_agent: None,
+            note: body.consent_note.clone(),
+        });
+    }
+    let now = state.clock.now();
+    let (outcome, c) = state
+        .store
+        .write(move |t| contacts::apply_upsert(t, &email, &update, true, now))
+        .await??;
+    let status = if outcome == UpsertOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let names = list_names(state).await?;
+    Ok(reply::json_response(
+        status,
+        &json!({"outcome": outcome_name(outcome), "contact": view(&c, &names)}),
+    ))
+}
+
+fn outcome_name(o: UpsertOutcome) -> &'static str {
+    match o {
+        UpsertOutcome::Created => "created",
+        UpsertOutcome::Updated => "updated",
+        UpsertOutcome::Unchanged => "unchanged",
+    }
+}
+
+/// `GET /api/v1/contacts/{ref}`
+pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiError> {
+    let id = resolve(state, r).await?;
+    let c = state.store.read(move |v| v.contact(id)).await?;
+    let c = c.ok_or_else(|| ApiError::not_found(format!("no contact with id {id}")))?;
+    let names = list_names(state).await?;
+    reply::ok(&view(&c, &names))
+}
+
+/// `PATCH /api/v1/contacts/{ref}`
+pub async fn update(
+    state: &Arc<AppState>,
+    r: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let id = resolve(state, r).await?;
+    let limit = state.config().http.max_body_bytes;
+    let body: UpdateBody = reply::read_json(req, limit).await?;
+    let update = build_update(
+        state,
+        body.fields,
+        body.language,
+        body.site,
+        (body.add_lists, body.remove_lists),
+        (body.add_tags, body.remove_tags),
+    )
+    .await?;
+    let now = state.clock.now();
+    let (outcome, c) = state
+        .store
+        .write(move |t| contacts::apply_update_by_id(t, id, &update, now))
+        .await??;
+    let names = list_names(state).await?;
+    reply::ok(&json!({"outcome": outcome_name(outcome), "contact": view(&c, &names)}))
+}
+
+/// `POST /api/v1/contacts/{ref}/consent`
+pub async fn change_consent(
+    state: &Arc<AppState>,
+    r: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let id = resolve(state, r).await?;
+    let limit = state.config().http.max_body_bytes;
+    let body: ConsentBody = reply::read_json(req, limit).await?;
+    let update = ContactUpdate {
+        consent: Some(ConsentChange {
+            to: parse_state(&body.state)?,
+            source: ConsentSource::Api,
+            ip: None,
+            user_agent: None,
+            note: body.note,
+        }),
+        ..Default::default()
+    };
+    let now = state.clock.now();
+    let (_, c) = state
+        .store
+        .write(move |t| contacts::apply_update_by_id(t, id, &update, now))
+        .await??;
+    let log = state.store.read(move |v| v.consent_log(id)).await?;
+    reply::ok(&json!({"id": c.id, "consent": c.consent, "log": log}))
+}
+
+/// `GET /api/v1/contacts/{ref}/consent`
+pub async fn consent_log(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiError> {
+    let id = resolve(state, r).await?;
+    let (c, log) = state
+        .store
+        .read(move |v| Ok((v.contact(id)?, v.consent_log(id)?)))
+        .await?;
+    let c = c.ok_or_else(|| ApiError::not_found(format!("no contact with id {id}")))?;
+    reply::ok(&json!({"id": c.id, "consent": c.consent, "log": log}))
+}
+
+/// `GET /api/v1/contacts/{ref}/export`: everything Herald holds about one
+/// person (GDPR right of access), as a JSON download.
+pub async fn export(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiError> {
+    let id = resolve(state, r).await?;
+    let (c, log) = state
+        .store
+        .read(move |v| Ok((v.contact(id)?, v.consent_log(id)?)))
+        .await?;
+    let c = c.ok_or_else(|| ApiError::not_found(format!("no contact with id {id}")))?;
+    let names = list_names(state).await?;
+    let doc = json!({
+        "exported_at": state.clock.now(),
+        "contact": view(&c, &names),
+        "consent_log": log,
+    });
+    let mut resp = reply::json_response(StatusCode::OK, &doc);
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"contact-{id}.json\"")) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+/// `DELETE /api/v1/contacts/{ref}`: GDPR erasure. The data and consent log are
+/// removed; a salted hash of the address is kept so it cannot be re-imported.
+pub async fn erase(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiError> {
+    let id = resolve(state, r).await?;
+    let now = state.clock.now();
+    let c = state
+        .store
+        .write(move |t| contacts::erase(t, id, now))
+        .await??;
+    tracing::info!(
+        contact = c.id,
+        "contact erased on request; address suppressed"
+    );
+    reply::ok(&json!({"erased": c.id, "suppressed": true}))
+}
+
+/// The most contacts one page returns.
+const MAX_PAGE: usize = 1000;
+
+/// `GET /api/v1/contacts?list=&tag=&consent=&after=&limit=`
+pub async fn list(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let q = reply::query_pairs(req.uri().query());
+    reply::only_params(&q, &["list", "tag", "consent", "after", "limit", "email"])?;
+    if let Some(e) = reply::query_str(&q, "email") {
+        return get(state, e).await;
+    }
+    let limit = reply::query_u64(&q, "limit")?
+        .unwrap_or(100)
+        .clamp(1, MAX_PAGE as u64) as usize;
+    let after = reply::query_u64(&q, "after")?.unwrap_or(0);
+    let consent = reply::query_str(&q, "consent")
+        .map(parse_state)
+        .transpose()?;
+    let tag = reply::query_str(&q, "tag").map(str::to_string);
+    let list = match reply::query_str(&q, "list") {
+        None => None,
+        Some(n) => {
+            let n2 = n.to_string();
+            Some(
+                state
+                    .store
+                    .read(move |v| v.list_id_by_name(&n2))
+                    .await?
+                    .ok_or_else(|| ApiError::not_found(format!("no list named `{n}`")))?,
+            )
+        }
+    };
+    let index = match (&list, &tag, &consent) {
+        (Some(l), _, _) => ContactIndex::List(*l),
+        (None, Some(t), _) => ContactIndex::Tag(t.clone()),
+        (None, None, Some(c)) => ContactIndex::Consent(*c),
+        _ => ContactIndex::All,
+    };
+    let (page, next) = state
+        .store
+        .read(move |v| {
+            // Walk one index and filter by the others; scanning is bounded so a
+            // sparse filter returns a short page with a cursor, not a timeout.
+            let mut out = Vec::new();
+            let mut cursor = after;
+            let mut scanned = 0usize;
+            loop {
+                let ids = v.contact_ids(&index, cursor, 1000)?;
+                let exhausted = ids.len() < 1000;
+                for id in ids {
+                    cursor = id;
+                    scanned += 1;
+                    let Some(c) = v.contact(id)? else { continue };
+                    let keep = list.is_none_or(|l| c.lists.contains(&l))
+                        && tag.as_ref().is_none_or(|t| c.tags.contains(t))
+                        && consent.is_none_or(|s| c.consent == s);
+                    if keep {
+                        out.push(c);
+                        if out.len() == limit {
+                            return Ok((out, Some(cursor)));
+                        }
+                    }
+                }
+                if exhausted {
+                    return Ok((out, None));
+                }
+                if scanned >= 100_000 {
+                    return Ok((out, Some(cursor)));
+                }
+            }
+        })
+        .await?;
+    let names = list_names(state).await?;
+    let contacts: Vec<Value> = page.iter().map(|c| view(c, &names)).collect();
+    reply::ok(&json!({"contacts": contacts, "next_after": next}))
+}

@@ -1,0 +1,197 @@
+//! `/api/v1/contacts/import`: streaming CSV import, its records and rejects.
+//!
+//! The request body is pumped frame by frame into a bounded channel that a
+//! blocking thread reads as `std::io::Read`, so a file of millions of rows is
+//! never held in memory: the socket is read only as fast as rows are committed.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::contacts::import::{ImportOptions, run_import};
+use crate::contacts::model::ConsentState;
+use crate::http::AppState;
+use crate::http::reply::{self, ApiError, Body};
+use crate::metrics::OutcomeLabels;
+
+/// A blocking reader over body chunks sent from the async side.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, String>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while !self.current.has_remaining() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.remaining());
+        self.current.copy_to_slice(&mut buf[..n]);
+        Ok(n)
+    }
+}
+
+fn options(q: &[(String, String)]) -> Result<ImportOptions, ApiError> {
+    reply::only_params(
+        q,
+        &["list", "create_list", "create_fields", "consent", "resume"],
+    )?;
+    let consent = match reply::query_str(q, "consent") {
+        None => None,
+        Some(s) => Some(ConsentState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!("query parameter `consent`: `{s}` is not one of: unknown, pending, granted, withdrawn, invalid"))
+        })?),
+    };
+    Ok(ImportOptions {
+        list: reply::query_str(q, "list").map(str::to_string),
+        create_list: reply::query_bool(q, "create_list")?,
+        create_fields: reply::query_bool(q, "create_fields")?,
+        consent,
+        resume: reply::query_u64(q, "resume")?,
+    })
+}
+
+/// `POST /api/v1/contacts/import?list=&create_list=&create_fields=&consent=&resume=`
+/// with a `text/csv` body.
+pub async fn start(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let q = reply::query_pairs(req.uri().query());
+    let opts = options(&q)?;
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !(ct.starts_with("text/csv")
+            || ct.starts_with("application/csv")
+            || ct.starts_with("text/plain"))
+        {
+            return Err(ApiError::new(
+                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected Content-Type: text/csv, got `{ct}`"),
+            ));
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(16);
+    let mut body = req.into_body();
+    let pump = tokio::spawn(async move {
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if tx.send(Ok(data)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(format!("the upload was cut off: {e}"))).await;
+                    break;
+                }
+            }
+        }
+    });
+    let store = state.store.clone();
+    let clock = state.clock.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx,
+            current: Bytes::new(),
+        };
+        run_import(&store, reader, &opts, || clock.now())
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("import task failed: {e}"),
+        )
+    })?;
+    pump.abort();
+    let report = result?;
+    let r = &report.record;
+    for (outcome, n) in [
+        ("created", r.created),
+        ("updated", r.updated),
+        ("unchanged", r.unchanged),
+        ("rejected", r.rejected),
+    ] {
+        state
+            .metrics
+            .import_rows
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(n);
+    }
+    tracing::info!(
+        import = r.id,
+        created = r.created,
+        updated = r.updated,
+        unchanged = r.unchanged,
+        merged = r.merged_duplicates,
+        rejected = r.rejected,
+        "import completed"
+    );
+    reply::ok(&report)
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::not_found(format!("no import `{id}`")))
+}
+
+/// `GET /api/v1/contacts/import`
+pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+    let imports = state.store.read(|r| r.imports()).await?;
+    reply::ok(&json!({"imports": imports}))
+}
+
+/// `GET /api/v1/contacts/import/{id}`
+pub async fn get(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
+    let n = parse_id(id)?;
+    let rec = state.store.read(move |r| r.import(n)).await?;
+    reply::ok(&rec.ok_or_else(|| ApiError::not_found(format!("no import {n}")))?)
+}
+
+/// `GET /api/v1/contacts/import/{id}/rejects?after=LINE&limit=N`
+pub async fn rejects(
+    state: &Arc<AppState>,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let n = parse_id(id)?;
+    let q = reply::query_pairs(req.uri().query());
+    reply::only_params(&q, &["after", "limit"])?;
+    let after = reply::query_u64(&q, "after")?.unwrap_or(0);
+    let limit = reply::query_u64(&q, "limit")?
+        .unwrap_or(1000)
+        .clamp(1, 10_000) as usize;
+    let (rec, rows) = state
+        .store
+        .read(move |r| Ok((r.import(n)?, r.import_rejects(n, after, limit)?)))
+        .await?;
+    if rec.is_none() {
+        return Err(ApiError::not_found(format!("no import {n}")));
+    }
+    let next = if rows.len() == limit {
+        rows.last().map(|r| r.0)
+    } else {
+        None
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|(line, reason)| json!({"line": line, "reason": reason}))
+        .collect();
+    reply::ok(&json!({"rejects": rows, "next_after": next}))
+}

@@ -1,0 +1,14 @@
+//! Herald: a self-hosted mail-transfer and engagement appliance.
+//!
+//! The crate is a library plus the `herald` binary (`src/main.rs`), so that
+//! integration tests and benchmarks can reach the same modules the daemon
+//! uses. See `ARCHITECTURE.md` for the data flow and the code map.
+
+pub mod app;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod contacts;
+pub mod http;
+pub mod metrics;
+pub mod store;

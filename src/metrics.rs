@@ -1,0 +1,126 @@
+//! Prometheus metrics (`GET /metrics`), with the prometheus-client crate.
+//!
+//! Counters are updated where things happen; gauges that mirror the store
+//! (contacts per consent state) are read from it at scrape time, so they are
+//! exact and cost nothing between scrapes.
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::store::{Store, StoreError};
+
+/// Labels of an HTTP request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route name (a fixed set, never the raw path).
+    pub route: &'static str,
+    /// HTTP method.
+    pub method: String,
+    /// Response status code.
+    pub status: u16,
+}
+
+/// Labels for contacts by consent state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsentLabels {
+    /// Consent state name.
+    pub consent: &'static str,
+}
+
+/// Labels for import row outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// created, updated, unchanged, rejected.
+    pub outcome: &'static str,
+}
+
+/// Every metric Herald exports.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests served.
+    pub http_requests: Family<RequestLabels, Counter>,
+    /// Contacts per consent state (refreshed at scrape time).
+    contacts: Family<ConsentLabels, Gauge>,
+    /// Import rows by outcome.
+    pub import_rows: Family<OutcomeLabels, Counter>,
+    /// Store write transactions committed.
+    store_commits: Gauge,
+    /// Store write jobs committed.
+    store_jobs: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Builds the registry.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("herald");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by route, method and status",
+            http_requests.clone(),
+        );
+        let contacts = Family::<ConsentLabels, Gauge>::default();
+        registry.register(
+            "contacts",
+            "Contacts in the store, by consent state",
+            contacts.clone(),
+        );
+        let import_rows = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "import_rows",
+            "CSV import rows, by outcome",
+            import_rows.clone(),
+        );
+        let store_commits = Gauge::default();
+        registry.register(
+            "store_commits",
+            "Store write transactions committed since start",
+            store_commits.clone(),
+        );
+        let store_jobs = Gauge::default();
+        registry.register(
+            "store_jobs",
+            "Store write jobs committed since start (grouped into commits)",
+            store_jobs.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            contacts,
+            import_rows,
+            store_commits,
+            store_jobs,
+        }
+    }
+
+    /// Refreshes the store-backed gauges and renders the text exposition format.
+    pub async fn render(&self, store: &Store) -> Result<String, StoreError> {
+        let counts = store.read(|r| r.consent_counts()).await?;
+        for (state, n) in counts {
+            self.contacts
+                .get_or_create(&ConsentLabels {
+                    consent: state.as_str(),
+                })
+                .set(n as i64);
+        }
+        self.store_commits
+            .set(store.stats.commits.load(Ordering::Relaxed) as i64);
+        self.store_jobs
+            .set(store.stats.jobs.load(Ordering::Relaxed) as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .map_err(|e| StoreError::Io(format!("cannot encode metrics: {e}")))?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,925 @@
+//! The store: the only code that knows redb.
+//!
+//! One redb file (`herald.redb` in the storage directory), opened and locked by
+//! `herald serve`. Writes go through one writer thread that takes every job
+//! waiting in its queue, runs them all in a single write transaction, commits
+//! once (an fsync) and only then answers each caller: the "one writer, group
+//! commit" pattern that keeps acknowledged work durable without an fsync per
+//! request. Reads run concurrently in their own read transactions on blocking
+//! threads, never on the async runtime's workers.
+//!
+//! Domain logic (what an upsert means, consent rules) lives in the domain
+//! modules; they receive a [`WriteTables`] or [`ReadView`] whose typed methods
+//! are the whole vocabulary they have for the data.
+
+pub mod tables;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::contacts::model::{
+    ConsentEvent, ConsentState, Contact, FieldDef, ImportRecord, List, Suppression,
+};
+use tables::*;
+
+/// Why a store operation failed. These are failures of the store itself (disk,
+/// corruption, version), never of the caller's input.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the file.
+    #[error("the store {0} is in use by another herald process")]
+    Locked(PathBuf),
+    /// The file was written by a newer Herald.
+    #[error(
+        "the store {path} has schema version {found}, newer than this herald understands ({known}); \
+         run the newer herald or restore a backup"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u64,
+        known: u64,
+    },
+    /// The file is older than any schema this binary can upgrade.
+    #[error(
+        "the store {path} has schema version {found}, older than this herald can upgrade \
+         (oldest {oldest}); upgrade it with an intermediate release first"
+    )]
+    TooOld {
+        path: PathBuf,
+        found: u64,
+        oldest: u64,
+    },
+    /// The file is a redb file but not Herald's.
+    #[error("{0} is not a Herald store (it has tables but no schema version)")]
+    Foreign(PathBuf),
+    /// redb reported a problem.
+    #[error("storage error: {0}")]
+    Redb(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt record in {table}: {message}")]
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
+    /// The writer thread is gone (shutting down).
+    #[error("the store is shutting down")]
+    Closed,
+    /// An I/O error around the store file.
+    #[error("{0}")]
+    Io(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Redb(e.to_string()) }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn for<'a> FnOnce(&mut WriteTables<'a>) -> (bool, Completion) + Send>;
+
+/// Largest number of jobs folded into one transaction.
+const MAX_BATCH_JOBS: usize = 512;
+
+/// Counters about the writer, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Write transactions committed.
+    pub commits: AtomicU64,
+    /// Jobs committed (one API write, one import batch…).
+    pub jobs: AtomicU64,
+}
+
+/// A handle to the open store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    writer: mpsc::Sender<Job>,
+    path: PathBuf,
+    /// Writer statistics.
+    pub stats: Arc<StoreStats>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, checks its schema version
+    /// and upgrades or refuses it, and starts the writer thread.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Io(format!(
+                "cannot create the storage directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join("herald.redb");
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked(path)),
+            Err(e) => {
+                return Err(StoreError::Redb(format!(
+                    "cannot open {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        prepare_schema(&db, &path)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Job>(1024);
+        let stats = Arc::new(StoreStats::default());
+        let thread = {
+            let db = db.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name("herald-store-writer".into())
+                .spawn(move || writer_loop(&db, rx, &stats))
+                .map_err(|e| StoreError::Io(format!("cannot start the store writer: {e}")))?
+        };
+        Ok(Store {
+            db,
+            writer: tx,
+            path,
+            stats,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
+    }
+
+    /// The redb file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn job<R: Send + 'static>(
+        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
+        reply: oneshot::Sender<Result<R, StoreError>>,
+    ) -> Job {
+        Box::new(move |t| {
+            let result = f(t);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit| {
+                let _ = reply.send(commit.and(result));
+            });
+            (ok, completion)
+        })
+    }
+
+    /// Runs `f` in the next group-committed write transaction and returns its
+    /// result once the transaction is durably committed. `f` must check its
+    /// input before it writes anything: a returned `Err` aborts the whole batch
+    /// (it is meant for storage failures, not for rejected input).
+    pub async fn write<R: Send + 'static>(
+        &self,
+        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Self::job(f, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Like [`Store::write`], for blocking threads (imports). Returns a receiver
+    /// so that the caller can prepare the next batch while this one commits.
+    pub fn write_blocking<R: Send + 'static>(
+        &self,
+        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<R, StoreError>>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .blocking_send(Self::job(f, reply))
+            .map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Runs `f` over a consistent snapshot on a blocking thread.
+    pub async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReadView) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let view = ReadView {
+                txn: db.begin_read()?,
+            };
+            f(&view)
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("read task failed: {e}")))?
+    }
+
+    /// Runs `f` over a consistent snapshot on the calling (blocking) thread.
+    pub fn read_blocking<R>(
+        &self,
+        f: impl FnOnce(&ReadView) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let view = ReadView {
+            txn: self.db.begin_read()?,
+        };
+        f(&view)
+    }
+
+    /// Stops accepting writes from this handle and, once no other handle is
+    /// left, waits (up to ten seconds) for the writer to commit what it has and
+    /// close the file cleanly.
+    pub fn close(self) {
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        let Store { writer, db, .. } = self;
+        drop(writer);
+        drop(db);
+        if let Some(t) = thread {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("the store writer is still busy; other handles are open");
+            }
+        }
+    }
+}
+
+fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    let has_tables = txn.list_tables()?.next().is_some();
+    {
+        let mut meta = txn.open_table(META)?;
+        let version = meta.get("schema_version")?.map(|v| decode_u64(v.value()));
+        match version {
+            None if has_tables && meta.len()? == 0 && !only_meta(&txn)? => {
+                return Err(StoreError::Foreign(path.to_path_buf()));
+            }
+            None => {
+                meta.insert("schema_version", SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                let salt: [u8; 32] = rand::random();
+                meta.insert("salt", salt.as_slice())?;
+                tracing::info!(path = %path.display(), schema = SCHEMA_VERSION, "created a new store");
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::TooNew {
+                    path: path.to_path_buf(),
+                    found: v,
+                    known: SCHEMA_VERSION,
+                });
+            }
+            Some(v) if v < OLDEST_UPGRADABLE => {
+                return Err(StoreError::TooOld {
+                    path: path.to_path_buf(),
+                    found: v,
+                    oldest: OLDEST_UPGRADABLE,
+                });
+            }
+            Some(v) => {
+                // Migrations from v to SCHEMA_VERSION go here, one step each, in
+                // this same transaction so an upgrade is all or nothing.
+                tracing::info!(from = v, to = SCHEMA_VERSION, "upgrading the store schema");
+                meta.insert("schema_version", SCHEMA_VERSION.to_be_bytes().as_slice())?;
+            }
+        }
+    }
+    // Create every table so that read transactions can open them.
+    txn.open_table(CONTACTS)?;
+    txn.open_table(CONTACT_BY_EMAIL)?;
+    txn.open_table(CONTACT_BY_CONSENT)?;
+    txn.open_table(LIST_MEMBERS)?;
+    txn.open_table(TAG_MEMBERS)?;
+    txn.open_table(CONSENT_LOG)?;
+    txn.open_table(FIELDS)?;
+    txn.open_table(LISTS)?;
+    txn.open_table(LIST_BY_NAME)?;
+    txn.open_table(SUPPRESSIONS)?;
+    txn.open_table(IMPORTS)?;
+    txn.open_table(IMPORT_REJECTS)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn only_meta(txn: &redb::WriteTransaction) -> Result<bool, StoreError> {
+    Ok(txn
+        .list_tables()?
+        .all(|t| redb::TableHandle::name(&t) == "meta"))
+}
+
+fn decode_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[8 - n..].copy_from_slice(&b[b.len() - n..]);
+    u64::from_be_bytes(a)
+}
+
+fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Job>, stats: &StoreStats) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH_JOBS {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let n = jobs.len() as u64;
+        let completions = run_batch(db, jobs);
+        match completions {
+            Ok(done) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.jobs.fetch_add(n, Ordering::Relaxed);
+                for c in done {
+                    c(Ok(()));
+                }
+            }
+            Err((e, done)) => {
+                tracing::error!(error = %e, jobs = n, "store write transaction failed; the batch was not committed");
+                for c in done {
+                    c(Err(StoreError::Redb(format!(
+                        "write transaction failed: {e}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+type BatchResult = Result<Vec<Completion>, (StoreError, Vec<Completion>)>;
+
+fn run_batch(db: &Database, jobs: Vec<Job>) -> BatchResult {
+    // If no transaction can be started, dropping the jobs drops their reply
+    // channels, and every caller sees the store as unavailable.
+    let txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => return Err((e.into(), Vec::new())),
+    };
+    let mut completions = Vec::with_capacity(jobs.len());
+    let mut failed = None;
+    match WriteTables::open(&txn) {
+        Ok(mut tables) => {
+            for job in jobs {
+                if failed.is_some() {
+                    drop(job);
+                    continue;
+                }
+                let (ok, completion) = job(&mut tables);
+                completions.push(completion);
+                if !ok {
+                    failed = Some(StoreError::Redb("a job in the batch failed".into()));
+                }
+            }
+        }
+        Err(e) => failed = Some(e),
+    }
+    if let Some(e) = failed {
+        let _ = txn.abort();
+        return Err((e, completions));
+    }
+    match txn.commit() {
+        Ok(()) => Ok(completions),
+        Err(e) => Err((e.into(), completions)),
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain data types to JSON cannot fail: they hold only
+    // strings, numbers, dates and maps with string keys.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn from_json<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt {
+        table,
+        message: e.to_string(),
+    })
+}
+
+/// Salted SHA-256 of a normalised address, the key of the suppression list.
+pub fn suppression_key(salt: &[u8], email_key: &str) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(salt);
+    h.update(email_key.as_bytes());
+    h.finalize().to_vec()
+}
+
+// Read helpers shared by write and read views (generic over redb's traits).
+
+fn get_json<'k, K: redb::Key + 'static, T: DeserializeOwned>(
+    t: &impl ReadableTable<K, &'static [u8]>,
+    name: &'static str,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+) -> Result<Option<T>, StoreError> {
+    match t.get(key)? {
+        Some(v) => Ok(Some(from_json(name, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn meta_u64(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64, StoreError> {
+    Ok(t.get(key)?.map(|v| decode_u64(v.value())).unwrap_or(0))
+}
+
+/// Keys under which per-consent-state counts are kept in META.
+fn consent_count_key(s: ConsentState) -> String {
+    format!("count.consent.{}", s.as_str())
+}
+
+/// Every table, open in one write transaction. The methods are the domain
+/// modules' whole vocabulary for changing data.
+pub struct WriteTables<'t> {
+    meta: Table<'t, &'static str, &'static [u8]>,
+    contacts: Table<'t, u64, &'static [u8]>,
+    by_email: Table<'t, &'static str, u64>,
+    by_consent: Table<'t, (u8, u64), ()>,
+    list_members: Table<'t, (u64, u64), ()>,
+    tag_members: Table<'t, (&'static str, u64), ()>,
+    consent_log: Table<'t, (u64, u64), &'static [u8]>,
+    fields: Table<'t, &'static str, &'static [u8]>,
+    lists: Table<'t, u64, &'static [u8]>,
+    list_by_name: Table<'t, &'static str, u64>,
+    suppressions: Table<'t, &'static [u8], &'static [u8]>,
+    imports: Table<'t, u64, &'static [u8]>,
+    import_rejects: Table<'t, (u64, u64), &'static str>,
+}
+
+impl<'t> WriteTables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(WriteTables {
+            meta: txn.open_table(META)?,
+            contacts: txn.open_table(CONTACTS)?,
+            by_email: txn.open_table(CONTACT_BY_EMAIL)?,
+            by_consent: txn.open_table(CONTACT_BY_CONSENT)?,
+            list_members: txn.open_table(LIST_MEMBERS)?,
+            tag_members: txn.open_table(TAG_MEMBERS)?,
+            consent_log: txn.open_table(CONSENT_LOG)?,
+            fields: txn.open_table(FIELDS)?,
+            lists: txn.open_table(LISTS)?,
+            list_by_name: txn.open_table(LIST_BY_NAME)?,
+            suppressions: txn.open_table(SUPPRESSIONS)?,
+            imports: txn.open_table(IMPORTS)?,
+            import_rejects: txn.open_table(IMPORT_REJECTS)?,
+        })
+    }
+
+    fn bump(&mut self, key: &str, delta: i64) -> Result<u64, StoreError> {
+        let now = meta_u64(&self.meta, key)?;
+        let next = now.saturating_add_signed(delta);
+        self.meta.insert(key, next.to_be_bytes().as_slice())?;
+        Ok(next)
+    }
+
+    /// Allocates the next id of a sequence (`contact`, `list`, `import`, …).
+    pub fn next_id(&mut self, sequence: &str) -> Result<u64, StoreError> {
+        self.bump(&format!("seq.{sequence}"), 1)
+    }
+
+    /// The installation's salt for suppression hashes.
+    pub fn salt(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .meta
+            .get("salt")?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default())
+    }
+
+    /// A contact by id.
+    pub fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
+        get_json(&self.contacts, "contacts", id)
+    }
+
+    /// The id of the contact with this normalised (lower-cased) address.
+    pub fn contact_id_by_email(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.by_email.get(key)?.map(|v| v.value()))
+    }
+
+    /// Writes a contact and keeps every index and count in step with `before`,
+    /// the previously stored version (None for a new contact).
+    pub fn put_contact(&mut self, c: &Contact, before: Option<&Contact>) -> Result<(), StoreError> {
+        let key = c.email.to_lowercase();
+        match before {
+            None => {
+                self.by_email.insert(key.as_str(), c.id)?;
+                self.by_consent.insert((c.consent.code(), c.id), ())?;
+                self.bump(&consent_count_key(c.consent), 1)?;
+            }
+            Some(b) => {
+                let old_key = b.email.to_lowercase();
+                if old_key != key {
+                    self.by_email.remove(old_key.as_str())?;
+                    self.by_email.insert(key.as_str(), c.id)?;
+                }
+                if b.consent != c.consent {
+                    self.by_consent.remove((b.consent.code(), c.id))?;
+                    self.by_consent.insert((c.consent.code(), c.id), ())?;
+                    self.bump(&consent_count_key(b.consent), -1)?;
+                    self.bump(&consent_count_key(c.consent), 1)?;
+                }
+            }
+        }
+        let empty_lists = Default::default();
+        let empty_tags = Default::default();
+        let (old_lists, old_tags) =
+            before.map_or((&empty_lists, &empty_tags), |b| (&b.lists, &b.tags));
+        for l in c.lists.difference(old_lists) {
+            self.list_members.insert((*l, c.id), ())?;
+            self.list_count(*l, 1)?;
+        }
+        for l in old_lists.difference(&c.lists) {
+            self.list_members.remove((*l, c.id))?;
+            self.list_count(*l, -1)?;
+        }
+        for t in c.tags.difference(old_tags) {
+            self.tag_members.insert((t.as_str(), c.id), ())?;
+        }
+        for t in old_tags.difference(&c.tags) {
+            self.tag_members.remove((t.as_str(), c.id))?;
+        }
+        self.contacts.insert(c.id, to_json(c).as_slice())?;
+        Ok(())
+    }
+
+    fn list_count(&mut self, list_id: u64, delta: i64) -> Result<(), StoreError> {
+        if let Some(mut l) = self.list(list_id)? {
+            l.member_count = l.member_count.saturating_add_signed(delta);
+            self.lists.insert(list_id, to_json(&l).as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Removes a contact, its indexes and its consent log.
+    pub fn delete_contact(&mut self, c: &Contact) -> Result<(), StoreError> {
+        let mut gone = c.clone();
+        gone.lists.clear();
+        gone.tags.clear();
+        self.put_contact(&gone, Some(c))?;
+        self.by_email.remove(c.email.to_lowercase().as_str())?;
+        self.by_consent.remove((c.consent.code(), c.id))?;
+        self.bump(&consent_count_key(c.consent), -1)?;
+        self.contacts.remove(c.id)?;
+        let seqs: Vec<u64> = self
+            .consent_log
+            .range((c.id, 0)..=(c.id, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for s in seqs {
+            self.consent_log.remove((c.id, s))?;
+        }
+        Ok(())
+    }
+
+    /// Appends to a contact's consent log.
+    pub fn append_consent(&mut self, contact_id: u64, e: &ConsentEvent) -> Result<(), StoreError> {
+        let seq = self.next_id("consent")?;
+        self.consent_log
+            .insert((contact_id, seq), to_json(e).as_slice())?;
+        Ok(())
+    }
+
+    /// Whether the salted hash of this address is suppressed.
+    pub fn suppression(&self, hash: &[u8]) -> Result<Option<Suppression>, StoreError> {
+        get_json(&self.suppressions, "suppressions", hash)
+    }
+
+    /// Suppresses an address hash.
+    pub fn put_suppression(&mut self, hash: &[u8], s: &Suppression) -> Result<(), StoreError> {
+        self.suppressions.insert(hash, to_json(s).as_slice())?;
+        Ok(())
+    }
+
+    /// A field definition.
+    pub fn field(&self, name: &str) -> Result<Option<FieldDef>, StoreError> {
+        get_json(&self.fields, "fields", name)
+    }
+
+    /// Writes a field definition.
+    pub fn put_field(&mut self, f: &FieldDef) -> Result<(), StoreError> {
+        self.fields.insert(f.name.as_str(), to_json(f).as_slice())?;
+        Ok(())
+    }
+
+    /// Deletes a field and removes its values from every contact. Returns how
+    /// many contacts had a value.
+    pub fn delete_field(&mut self, name: &str) -> Result<u64, StoreError> {
+        self.fields.remove(name)?;
+        let mut changed = Vec::new();
+        for r in self.contacts.iter()? {
+            let (_, v) = r?;
+            let mut c: Contact = from_json("contacts", v.value())?;
+            if c.fields.remove(name).is_some() {
+                changed.push(c);
+            }
+        }
+        for c in &changed {
+            self.contacts.insert(c.id, to_json(c).as_slice())?;
+        }
+        Ok(changed.len() as u64)
+    }
+
+    /// A list by id.
+    pub fn list(&self, id: u64) -> Result<Option<List>, StoreError> {
+        get_json(&self.lists, "lists", id)
+    }
+
+    /// A list id by name (case-insensitive).
+    pub fn list_id_by_name(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .list_by_name
+            .get(name.to_lowercase().as_str())?
+            .map(|v| v.value()))
+    }
+
+    /// Writes a list, keeping the name index in step with `old_name`.
+    pub fn put_list(&mut self, l: &List, old_name: Option<&str>) -> Result<(), StoreError> {
+        if let Some(old) = old_name {
+            self.list_by_name.remove(old.to_lowercase().as_str())?;
+        }
+        self.list_by_name
+            .insert(l.name.to_lowercase().as_str(), l.id)?;
+        self.lists.insert(l.id, to_json(l).as_slice())?;
+        Ok(())
+    }
+
+    /// Deletes a list and takes every member out of it.
+    pub fn delete_list(&mut self, l: &List) -> Result<(), StoreError> {
+        let members: Vec<u64> = self
+            .list_members
+            .range((l.id, 0)..=(l.id, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for id in members {
+            self.list_members.remove((l.id, id))?;
+            if let Some(mut c) = self.contact(id)? {
+                c.lists.remove(&l.id);
+                self.contacts.insert(c.id, to_json(&c).as_slice())?;
+            }
+        }
+        self.list_by_name.remove(l.name.to_lowercase().as_str())?;
+        self.lists.remove(l.id)?;
+        Ok(())
+    }
+
+    /// Every field definition.
+    pub fn fields(&self) -> Result<Vec<FieldDef>, StoreError> {
+        all_json(&self.fields, "fields")
+    }
+
+    /// An import record.
+    pub fn import(&self, id: u64) -> Result<Option<ImportRecord>, StoreError> {
+        get_json(&self.imports, "imports", id)
+    }
+
+    /// Writes an import record.
+    pub fn put_import(&mut self, r: &ImportRecord) -> Result<(), StoreError> {
+        self.imports.insert(r.id, to_json(r).as_slice())?;
+        Ok(())
+    }
+
+    /// Every import record.
+    pub fn imports(&self) -> Result<Vec<ImportRecord>, StoreError> {
+        all_json(&self.imports, "imports")
+    }
+
+    /// Records a rejected import row.
+    pub fn put_import_reject(
+        &mut self,
+        import: u64,
+        line: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.import_rejects.insert((import, line), reason)?;
+        Ok(())
+    }
+}
+
+fn all_json<K: redb::Key + 'static, T: DeserializeOwned>(
+    t: &impl ReadableTable<K, &'static [u8]>,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for r in t.iter()? {
+        let (_, v) = r?;
+        out.push(from_json(name, v.value())?);
+    }
+    Ok(out)
+}
+
+/// Which index a contact listing walks.
+#[derive(Debug, Clone)]
+pub enum ContactIndex {
+    /// Every contact, by id.
+    All,
+    /// Members of a list.
+    List(u64),
+    /// Contacts with a tag.
+    Tag(String),
+    /// Contacts in a consent state.
+    Consent(ConsentState),
+}
+
+/// A consistent read-only snapshot of the store.
+pub struct ReadView {
+    txn: ReadTransaction,
+}
+
+impl ReadView {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: redb::TableDefinition<K, V>,
+    ) -> Result<redb::ReadOnlyTable<K, V>, StoreError> {
+        Ok(self.txn.open_table(def)?)
+    }
+
+    /// A contact by id.
+    pub fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
+        get_json(&self.table(CONTACTS)?, "contacts", id)
+    }
+
+    /// The id of the contact with this normalised (lower-cased) address.
+    pub fn contact_id_by_email(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.table(CONTACT_BY_EMAIL)?.get(key)?.map(|v| v.value()))
+    }
+
+    /// Up to `limit` contact ids from `index`, greater than `after`, in id order.
+    pub fn contact_ids(
+        &self,
+        index: &ContactIndex,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let start = after.saturating_add(1);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        macro_rules! take {
+            ($iter:expr, $map:expr) => {
+                for r in $iter {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, _) = r?;
+                    out.push($map(k.value()));
+                }
+            };
+        }
+        match index {
+            ContactIndex::All => take!(self.table(CONTACTS)?.range(start..)?, |k: u64| k),
+            ContactIndex::List(l) => {
+                take!(
+                    self.table(LIST_MEMBERS)?
+                        .range((*l, start)..=(*l, u64::MAX))?,
+                    |k: (u64, u64)| k.1
+                )
+            }
+            ContactIndex::Consent(s) => {
+                let c = s.code();
+                take!(
+                    self.table(CONTACT_BY_CONSENT)?
+                        .range((c, start)..=(c, u64::MAX))?,
+                    |k: (u8, u64)| k.1
+                )
+            }
+            ContactIndex::Tag(t) => {
+                take!(
+                    self.table(TAG_MEMBERS)?
+                        .range((t.as_str(), start)..=(t.as_str(), u64::MAX))?,
+                    |k: (&str, u64)| k.1
+                )
+            }
+        }
+        Ok(out)
+    }
+
+    /// A contact's consent log, oldest first.
+    pub fn consent_log(&self, contact_id: u64) -> Result<Vec<ConsentEvent>, StoreError> {
+        let t = self.table(CONSENT_LOG)?;
+        let mut out = Vec::new();
+        for r in t.range((contact_id, 0)..=(contact_id, u64::MAX))? {
+            let (_, v) = r?;
+            out.push(from_json("consent_log", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Number of contacts in each consent state.
+    pub fn consent_counts(&self) -> Result<Vec<(ConsentState, u64)>, StoreError> {
+        let meta = self.table(META)?;
+        ConsentState::ALL
+            .into_iter()
+            .map(|s| Ok((s, meta_u64(&meta, &consent_count_key(s))?)))
+            .collect()
+    }
+
+    /// The installation's salt for suppression hashes.
+    pub fn salt(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .table(META)?
+            .get("salt")?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default())
+    }
+
+    /// The stored schema version.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        meta_u64(&self.table(META)?, "schema_version")
+    }
+
+    /// Whether the hash is suppressed.
+    pub fn suppression(&self, hash: &[u8]) -> Result<Option<Suppression>, StoreError> {
+        get_json(&self.table(SUPPRESSIONS)?, "suppressions", hash)
+    }
+
+    /// A field definition.
+    pub fn field(&self, name: &str) -> Result<Option<FieldDef>, StoreError> {
+        get_json(&self.table(FIELDS)?, "fields", name)
+    }
+
+    /// Every field definition, by name.
+    pub fn fields(&self) -> Result<Vec<FieldDef>, StoreError> {
+        all_json(&self.table(FIELDS)?, "fields")
+    }
+
+    /// A list by id.
+    pub fn list(&self, id: u64) -> Result<Option<List>, StoreError> {
+        get_json(&self.table(LISTS)?, "lists", id)
+    }
+
+    /// A list id by name.
+    pub fn list_id_by_name(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .table(LIST_BY_NAME)?
+            .get(name.to_lowercase().as_str())?
+            .map(|v| v.value()))
+    }
+
+    /// Every list, by id.
+    pub fn lists(&self) -> Result<Vec<List>, StoreError> {
+        all_json(&self.table(LISTS)?, "lists")
+    }
+
+    /// An import record.
+    pub fn import(&self, id: u64) -> Result<Option<ImportRecord>, StoreError> {
+        get_json(&self.table(IMPORTS)?, "imports", id)
+    }
+
+    /// Every import record.
+    pub fn imports(&self) -> Result<Vec<ImportRecord>, StoreError> {
+        all_json(&self.table(IMPORTS)?, "imports")
+    }
+
+    /// Up to `limit` rejected rows of an import with line numbers after `after`.
+    pub fn import_rejects(
+        &self,
+        import: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let t = self.table(IMPORT_REJECTS)?;
+        let mut out = Vec::new();
+        for r in t
+            .range((import, after.saturating_add(1))..=(import, u64::MAX))?
+            .take(limit)
+        {
+            let (k, v) = r?;
+            out.push((k.value().1, v.value().to_string()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_version_is_written_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.read_blocking(|r| r.schema_version()).unwrap(),
+            SCHEMA_VERSION
+        );
+        drop(store);
+    }
+
+    #[test]
+    fn decode_u64_reads_big_endian() {
+        assert_eq!(decode_u64(&7u64.to_be_bytes()), 7);
+        assert_eq!(decode_u64(&[]), 0);
+    }
+}

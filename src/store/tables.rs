@@ -1,0 +1,58 @@
+//! Every redb table Herald keeps, in one place.
+//!
+//! Table names carry a version suffix: a change to a table's key or value
+//! layout creates a new name and a migration in `store::migrate`, so an old
+//! file is never read with a new layout. Values are JSON documents of the
+//! domain types (serde), which lets optional fields be added without a
+//! migration.
+
+use redb::TableDefinition;
+
+/// The schema this binary writes. Bump it together with a migration.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// The oldest schema this binary can upgrade from.
+pub const OLDEST_UPGRADABLE: u64 = 1;
+
+/// Unversioned: `schema_version`, id counters, per-state contact counts and the
+/// installation salt. Its layout never changes.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Contact id → `Contact` (JSON).
+pub const CONTACTS: TableDefinition<u64, &[u8]> = TableDefinition::new("contacts_v1");
+
+/// Lower-cased e-mail → contact id. The identity index.
+pub const CONTACT_BY_EMAIL: TableDefinition<&str, u64> =
+    TableDefinition::new("contact_by_email_v1");
+
+/// (consent state code, contact id) → (). For listing contacts by consent.
+pub const CONTACT_BY_CONSENT: TableDefinition<(u8, u64), ()> =
+    TableDefinition::new("contact_by_consent_v1");
+
+/// (list id, contact id) → (). Static list membership.
+pub const LIST_MEMBERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("list_members_v1");
+
+/// (tag, contact id) → ().
+pub const TAG_MEMBERS: TableDefinition<(&str, u64), ()> = TableDefinition::new("tag_members_v1");
+
+/// (contact id, sequence) → `ConsentEvent` (JSON). Append-only until erasure.
+pub const CONSENT_LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("consent_log_v1");
+
+/// Field name → `FieldDef` (JSON).
+pub const FIELDS: TableDefinition<&str, &[u8]> = TableDefinition::new("fields_v1");
+
+/// List id → `List` (JSON).
+pub const LISTS: TableDefinition<u64, &[u8]> = TableDefinition::new("lists_v1");
+
+/// Lower-cased list name → list id.
+pub const LIST_BY_NAME: TableDefinition<&str, u64> = TableDefinition::new("list_by_name_v1");
+
+/// Salted SHA-256 of an erased address → `Suppression` (JSON).
+pub const SUPPRESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("suppressions_v1");
+
+/// Import id → `ImportRecord` (JSON).
+pub const IMPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("imports_v1");
+
+/// (import id, line) → rejection reason. Every rejected row of every import.
+pub const IMPORT_REJECTS: TableDefinition<(u64, u64), &str> =
+    TableDefinition::new("import_rejects_v1");
