@@ -1,0 +1,314 @@
+//! Test harness: starts the real `herald` binary in a temporary directory with
+//! its own config and store, waits for the documented ready line
+//! (`herald ready listen=ADDR …`) to learn the port, and talks HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TOKEN: &str = "test-token-0123456789abcdef0123";
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_herald")
+}
+
+/// A config file's text with the given storage dir and extra TOML appended.
+pub fn config_text(data: &Path, extra: &str) -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\n[storage]\npath = \"{}\"\n[admin]\ntoken = \"{TOKEN}\"\n[log]\nlevel = \"info\"\n{extra}",
+        data.display()
+    )
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Vec<String>,
+    ready: Option<SocketAddr>,
+    closed: bool,
+}
+
+/// A running daemon.
+pub struct Herald {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: Arc<(Mutex<Log>, Condvar)>,
+    pub addr: SocketAddr,
+    agent: ureq::Agent,
+}
+
+/// An HTTP reply: status and parsed JSON (or a JSON string of the raw body).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Herald {
+    /// Starts a daemon with a fresh data dir.
+    pub fn start() -> Herald {
+        Self::start_with("")
+    }
+
+    /// Starts a daemon with extra config appended.
+    pub fn start_with(extra: &str) -> Herald {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("herald.toml");
+        std::fs::write(&config, config_text(&dir.path().join("data"), extra))
+            .expect("write config");
+        Self::start_in(dir, config)
+    }
+
+    /// Starts a daemon on an existing directory and config.
+    pub fn start_in(dir: tempfile::TempDir, config: PathBuf) -> Herald {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        let mut h = Herald {
+            dir,
+            config,
+            child: None,
+            log: Arc::new((Mutex::new(Log::default()), Condvar::new())),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            agent,
+        };
+        h.spawn();
+        h
+    }
+
+    fn spawn(&mut self) {
+        self.log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn herald");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let (m, cv) = &*log;
+                let mut l = m.lock().unwrap();
+                if let Some(rest) = line.split("herald ready listen=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    l.ready = addr.parse().ok();
+                }
+                l.lines.push(line);
+                cv.notify_all();
+            }
+            let (m, cv) = &*log;
+            m.lock().unwrap().closed = true;
+            cv.notify_all();
+        });
+        self.child = Some(child);
+        let (m, cv) = &*self.log;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut l = m.lock().unwrap();
+        while l.ready.is_none() && !l.closed && Instant::now() < deadline {
+            l = cv.wait_timeout(l, Duration::from_millis(100)).unwrap().0;
+        }
+        match l.ready {
+            Some(a) => self.addr = a,
+            None => panic!("herald did not become ready:\n{}", l.lines.join("\n")),
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.0.lock().unwrap().lines.join("\n")
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("herald did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGHUP.
+    pub fn hup(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-HUP")
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    /// Starts the daemon again on the same directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+        let mut resp = resp.expect("HTTP request failed");
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {TOKEN}")
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        Self::finish(
+            self.agent
+                .get(self.url(path))
+                .header("Authorization", self.auth())
+                .call(),
+        )
+    }
+
+    pub fn get_noauth(&self, path: &str, auth: Option<&str>) -> Reply {
+        let mut r = self.agent.get(self.url(path));
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        Self::finish(r.call())
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        Self::finish(
+            self.agent
+                .delete(self.url(path))
+                .header("Authorization", self.auth())
+                .call(),
+        )
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Reply {
+        Self::finish(
+            self.agent
+                .post(self.url(path))
+                .header("Authorization", self.auth())
+                .header("Content-Type", "application/json")
+                .send(body),
+        )
+    }
+
+    pub fn post_json(&self, path: &str, body: Value) -> Reply {
+        self.post(path, &body.to_string())
+    }
+
+    pub fn patch_json(&self, path: &str, body: Value) -> Reply {
+        Self::finish(
+            self.agent
+                .patch(self.url(path))
+                .header("Authorization", self.auth())
+                .header("Content-Type", "application/json")
+                .send(body.to_string()),
+        )
+    }
+
+    pub fn post_csv(&self, path: &str, body: impl AsRef<[u8]>) -> Reply {
+        Self::finish(
+            self.agent
+                .post(self.url(path))
+                .header("Authorization", self.auth())
+                .header("Content-Type", "text/csv")
+                .send(body.as_ref()),
+        )
+    }
+
+    /// Creates a field, asserting success.
+    pub fn field(&self, name: &str, t: &str) {
+        let r = self.post_json(
+            "/api/v1/fields",
+            serde_json::json!({"name": name, "type": t}),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+
+    /// Creates a list, asserting success; returns its id.
+    pub fn list(&self, name: &str) -> u64 {
+        let r = self.post_json("/api/v1/lists", serde_json::json!({"name": name}));
+        assert_eq!(r.status, 201, "{r:?}");
+        r.body["id"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs `herald --config PATH ARGS…` and returns (exit code, stdout, stderr).
+pub fn run(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run herald");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
