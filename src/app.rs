@@ -64,7 +64,8 @@ async fn recover_imports(store: &Store) -> anyhow::Result<()> {
 /// Runs the daemon until a termination signal.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let dir = config.storage.dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+    let cache = config.storage.cache_bytes;
+    let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&dir, cache))
         .await
         .context("store task")?
         .context("cannot open the store")?;

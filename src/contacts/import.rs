@@ -13,7 +13,7 @@
 //! import and nothing is dropped silently.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io::Read;
 
 use chrono::{DateTime, Utc};
@@ -27,7 +27,7 @@ use super::{
 use crate::store::{Store, StoreError};
 
 /// Rows per committed batch.
-pub const BATCH_ROWS: usize = 5000;
+pub const BATCH_ROWS: usize = 20_000;
 
 /// How many rejected rows an import's reply lists inline; all of them are
 /// stored and can be paged with `GET /api/v1/contacts/import/{id}/rejects`.
@@ -304,6 +304,7 @@ pub fn run_import(
     let hasher = std::collections::hash_map::RandomState::new();
     let mut seen: HashSet<u64> = HashSet::new();
     let mut index: u64 = 0;
+    let mut embedded_newlines: u64 = 0;
     let mut pending: Option<oneshot::Receiver<Result<BatchResult, StoreError>>> = None;
     let mut inline: Vec<Reject> = Vec::new();
     let mut total_rejects: u64 = 0;
@@ -333,16 +334,24 @@ pub fn run_import(
         }
         index += 1;
         if index <= skip {
+            embedded_newlines += record
+                .iter()
+                .map(|f| f.iter().filter(|&&b| b == b'\n').count() as u64)
+                .sum::<u64>();
             continue;
         }
-        let line = record.position().map_or(line, |p| p.line());
+        // csv counts record terminators, not newlines inside quoted fields;
+        // add those so reported line numbers match the file an admin opens.
+        let line = record.position().map_or(line, |p| p.line()) + embedded_newlines;
+        embedded_newlines += record
+            .iter()
+            .map(|f| f.iter().filter(|&&b| b == b'\n').count() as u64)
+            .sum::<u64>();
         batch.records += 1;
         batch.last_line = line;
         match ctx.parse(&record, line) {
             Ok(row) => {
-                let mut h = hasher.build_hasher();
-                row.email.key.hash(&mut h);
-                if !seen.insert(h.finish()) {
+                if !seen.insert(hasher.hash_one(&row.email.key)) {
                     batch.merged += 1;
                 }
                 batch.rows.push(row);

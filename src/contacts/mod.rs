@@ -407,7 +407,7 @@ fn apply_to(
 ) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
     // Check everything first; write only when all of it passes.
     for l in update.add_lists.iter().chain(&update.remove_lists) {
-        if t.list(*l)?.is_none() {
+        if !t.list_exists(*l)? {
             return Ok(Err(ContactError::NotFound(format!("no list with id {l}"))));
         }
     }

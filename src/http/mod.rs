@@ -171,7 +171,7 @@ pub fn route(path: &str) -> Route {
     let decoded: Vec<String> = path
         .trim_start_matches('/')
         .split('/')
-        .map(|s| percent_decode(s))
+        .map(percent_decode)
         .collect();
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match segs.as_slice() {

@@ -96,6 +96,9 @@ from_redb!(
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn for<'a> FnOnce(&mut WriteTables<'a>) -> (bool, Completion) + Send>;
 
+/// redb page cache used unless the config says otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
+
 /// Largest number of jobs folded into one transaction.
 const MAX_BATCH_JOBS: usize = 512;
 
@@ -123,6 +126,12 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`, checks its schema version
     /// and upgrades or refuses it, and starts the writer thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like [`Store::open`] with redb's page cache limited to `cache_bytes`
+    /// (redb's own default is 1 GiB, which would dominate the daemon's memory).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Io(format!(
                 "cannot create the storage directory {}: {e}",
@@ -130,7 +139,10 @@ impl Store {
             ))
         })?;
         let path = dir.join("herald.redb");
-        let db = match Database::create(&path) {
+        let db = match Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked(path)),
             Err(e) => {
@@ -382,6 +394,11 @@ fn run_batch(db: &Database, jobs: Vec<Job>) -> BatchResult {
                     failed = Some(StoreError::Redb("a job in the batch failed".into()));
                 }
             }
+            if failed.is_none()
+                && let Err(e) = tables.flush()
+            {
+                failed = Some(e);
+            }
         }
         Err(e) => failed = Some(e),
     }
@@ -458,6 +475,11 @@ pub struct WriteTables<'t> {
     suppressions: Table<'t, &'static [u8], &'static [u8]>,
     imports: Table<'t, u64, &'static [u8]>,
     import_rejects: Table<'t, (u64, u64), &'static str>,
+    /// Counters (id sequences, per-state counts) read once and written back
+    /// once per transaction by `flush`, instead of once per row.
+    counters: std::collections::HashMap<String, u64>,
+    /// Pending changes to lists' member counts, applied by `flush`.
+    list_deltas: std::collections::HashMap<u64, i64>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -476,14 +498,34 @@ impl<'t> WriteTables<'t> {
             suppressions: txn.open_table(SUPPRESSIONS)?,
             imports: txn.open_table(IMPORTS)?,
             import_rejects: txn.open_table(IMPORT_REJECTS)?,
+            counters: Default::default(),
+            list_deltas: Default::default(),
         })
     }
 
     fn bump(&mut self, key: &str, delta: i64) -> Result<u64, StoreError> {
-        let now = meta_u64(&self.meta, key)?;
+        let now = match self.counters.get(key) {
+            Some(v) => *v,
+            None => meta_u64(&self.meta, key)?,
+        };
         let next = now.saturating_add_signed(delta);
-        self.meta.insert(key, next.to_be_bytes().as_slice())?;
+        self.counters.insert(key.to_string(), next);
         Ok(next)
+    }
+
+    /// Writes cached counters and list member counts back. Called by the
+    /// writer once per transaction, before commit.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for (k, v) in std::mem::take(&mut self.counters) {
+            self.meta.insert(k.as_str(), v.to_be_bytes().as_slice())?;
+        }
+        for (id, delta) in std::mem::take(&mut self.list_deltas) {
+            if let Some(mut l) = get_json::<u64, List>(&self.lists, "lists", id)? {
+                l.member_count = l.member_count.saturating_add_signed(delta);
+                self.lists.insert(id, to_json(&l).as_slice())?;
+            }
+        }
+        Ok(())
     }
 
     /// Allocates the next id of a sequence (`contact`, `list`, `import`, …).
@@ -557,10 +599,7 @@ impl<'t> WriteTables<'t> {
     }
 
     fn list_count(&mut self, list_id: u64, delta: i64) -> Result<(), StoreError> {
-        if let Some(mut l) = self.list(list_id)? {
-            l.member_count = l.member_count.saturating_add_signed(delta);
-            self.lists.insert(list_id, to_json(&l).as_slice())?;
-        }
+        *self.list_deltas.entry(list_id).or_default() += delta;
         Ok(())
     }
 
@@ -633,9 +672,18 @@ impl<'t> WriteTables<'t> {
         Ok(changed.len() as u64)
     }
 
-    /// A list by id.
+    /// A list by id (with member-count changes of this transaction applied).
     pub fn list(&self, id: u64) -> Result<Option<List>, StoreError> {
-        get_json(&self.lists, "lists", id)
+        let mut l: Option<List> = get_json(&self.lists, "lists", id)?;
+        if let (Some(l), Some(d)) = (l.as_mut(), self.list_deltas.get(&id)) {
+            l.member_count = l.member_count.saturating_add_signed(*d);
+        }
+        Ok(l)
+    }
+
+    /// Whether a list exists (cheaper than [`WriteTables::list`]).
+    pub fn list_exists(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.lists.get(id)?.is_some())
     }
 
     /// A list id by name (case-insensitive).
@@ -673,6 +721,7 @@ impl<'t> WriteTables<'t> {
         }
         self.list_by_name.remove(l.name.to_lowercase().as_str())?;
         self.lists.remove(l.id)?;
+        self.list_deltas.remove(&l.id);
         Ok(())
     }
 

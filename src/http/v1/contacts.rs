@@ -254,13 +254,33 @@ fn outcome_name(o: UpsertOutcome) -> &'static str {
     }
 }
 
-/// `GET /api/v1/contacts/{ref}`
+/// `GET /api/v1/contacts/{ref}`: one read transaction for lookup, contact and
+/// list names.
 pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiError> {
-    let id = resolve(state, r).await?;
-    let c = state.store.read(move |v| v.contact(id)).await?;
-    let c = c.ok_or_else(|| ApiError::not_found(format!("no contact with id {id}")))?;
-    let names = list_names(state).await?;
-    reply::ok(&view(&c, &names))
+    let by_id = !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit());
+    let key = if by_id {
+        None
+    } else {
+        Some(normalize_email(r)?)
+    };
+    let id = if by_id { r.parse::<u64>().ok() } else { None };
+    let found = state
+        .store
+        .read(move |v| {
+            let id = match (id, &key) {
+                (Some(id), _) => Some(id),
+                (None, Some(e)) => v.contact_id_by_email(&e.key)?,
+                (None, None) => None,
+            };
+            let Some(c) = id.map(|id| v.contact(id)).transpose()?.flatten() else {
+                return Ok(None);
+            };
+            let names: HashMap<u64, String> =
+                v.lists()?.into_iter().map(|l| (l.id, l.name)).collect();
+            Ok(Some(view(&c, &names)))
+        })
+        .await?;
+    reply::ok(&found.ok_or_else(|| ApiError::not_found(format!("no contact `{r}`")))?)
 }
 
 /// `PATCH /api/v1/contacts/{ref}`

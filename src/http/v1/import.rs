@@ -89,10 +89,10 @@ pub async fn start(
             match body.frame().await {
                 None => break,
                 Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        if tx.send(Ok(data)).await.is_err() {
-                            break;
-                        }
+                    if let Ok(data) = frame.into_data()
+                        && tx.send(Ok(data)).await.is_err()
+                    {
+                        break;
                     }
                 }
                 Some(Err(e)) => {

@@ -161,12 +161,12 @@ pub async fn update(
             };
             let old = l.name.clone();
             if let Some(n) = new_name {
-                if let Some(other) = w.list_id_by_name(&n)? {
-                    if other != id {
-                        return Ok(Err(ContactError::Conflict(format!(
-                            "a list named `{n}` already exists"
-                        ))));
-                    }
+                if let Some(other) = w.list_id_by_name(&n)?
+                    && other != id
+                {
+                    return Ok(Err(ContactError::Conflict(format!(
+                        "a list named `{n}` already exists"
+                    ))));
                 }
                 l.name = n;
             }
