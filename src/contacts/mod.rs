@@ -364,7 +364,9 @@ pub fn apply_upsert_salted(
     create: bool,
     now: DateTime<Utc>,
 ) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
-    if let Some(s) = t.suppression(&suppression_key(salt, &email.key))? {
+    if t.any_suppressed()
+        && let Some(s) = t.suppression(&suppression_key(salt, &email.key))?
+    {
         return Ok(Err(ContactError::Suppressed {
             reason: s.reason,
             at: s.at.format("%Y-%m-%d").to_string(),

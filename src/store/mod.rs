@@ -480,10 +480,15 @@ pub struct WriteTables<'t> {
     counters: std::collections::HashMap<String, u64>,
     /// Pending changes to lists' member counts, applied by `flush`.
     list_deltas: std::collections::HashMap<u64, i64>,
+    /// Whether any address is suppressed; read once per transaction so that
+    /// imports into an installation without erasures skip the hash lookup.
+    any_suppressed: bool,
 }
 
 impl<'t> WriteTables<'t> {
     fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        let suppressions = txn.open_table(SUPPRESSIONS)?;
+        let any_suppressed = !suppressions.is_empty()?;
         Ok(WriteTables {
             meta: txn.open_table(META)?,
             contacts: txn.open_table(CONTACTS)?,
@@ -495,9 +500,10 @@ impl<'t> WriteTables<'t> {
             fields: txn.open_table(FIELDS)?,
             lists: txn.open_table(LISTS)?,
             list_by_name: txn.open_table(LIST_BY_NAME)?,
-            suppressions: txn.open_table(SUPPRESSIONS)?,
+            suppressions,
             imports: txn.open_table(IMPORTS)?,
             import_rejects: txn.open_table(IMPORT_REJECTS)?,
+            any_suppressed,
             counters: Default::default(),
             list_deltas: Default::default(),
         })
@@ -637,8 +643,15 @@ impl<'t> WriteTables<'t> {
         get_json(&self.suppressions, "suppressions", hash)
     }
 
+    /// Whether any address is suppressed at all (cheap; lets callers skip
+    /// hashing when the list is empty).
+    pub fn any_suppressed(&self) -> bool {
+        self.any_suppressed
+    }
+
     /// Suppresses an address hash.
     pub fn put_suppression(&mut self, hash: &[u8], s: &Suppression) -> Result<(), StoreError> {
+        self.any_suppressed = true;
         self.suppressions.insert(hash, to_json(s).as_slice())?;
         Ok(())
     }
