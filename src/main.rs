@@ -66,6 +66,19 @@ fn load_or_report(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// Builds a tokio runtime, or reports why it cannot be built.
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().map_err(|e| {
+        eprintln!("herald: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -85,15 +98,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             app::init_logging(&config.log.level, config.log.format);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(true) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("herald: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(app::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -135,15 +142,9 @@ fn main() -> ExitCode {
                 };
                 client::import(&target, &file, &args).await
             };
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(false) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("herald: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(run) {
                 Ok(code) => ExitCode::from(code as u8),
