@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::clock::Clock;
 use crate::config::{Config, LogFormat};
@@ -82,12 +83,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         clock: Clock::system(),
     });
 
+    // Signal handlers go in before readiness is announced: SIGHUP's default
+    // action is to terminate, so a reload sent right after "ready" must find
+    // the handler in place.
+    let hup = install(SignalKind::hangup())?;
+    let term = install(SignalKind::terminate())?;
+    let int = install(SignalKind::interrupt())?;
+    let reload_state = state.clone();
+    let reloader = tokio::spawn(async move { reload_on_sighup(reload_state, hup).await });
+
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!("herald ready listen={addr} public_url={public_url}");
 
-    let reload_state = state.clone();
-    let reloader = tokio::spawn(async move { reload_on_sighup(reload_state).await });
-    http::serve(listener, state.clone(), shutdown_signal()).await;
+    http::serve(listener, state.clone(), shutdown_signal(term, int)).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     reloader.abort();
     drop(state);
@@ -98,28 +106,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
+fn install(kind: SignalKind) -> anyhow::Result<Signal> {
+    signal(kind).with_context(|| {
+        format!(
+            "cannot install the handler for signal {}",
+            kind.as_raw_value()
+        )
+    })
+}
+
+async fn shutdown_signal(mut term: Signal, mut int: Signal) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
 }
 
-async fn reload_on_sighup(state: Arc<AppState>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; reload is unavailable");
-        return;
-    };
+async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
     while hup.recv().await.is_some() {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         let old = state.config();

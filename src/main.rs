@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use herald::config::{Config, DEFAULT_CONFIG_PATH};
 use herald::{app, client};
 
+/// mimalloc instead of glibc's allocator: imports allocate rows on one thread
+/// and free them on the store writer, which glibc's arenas handle slowly
+/// (measured: see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Herald: self-hosted mail-transfer and engagement appliance.
 #[derive(Parser)]
 #[command(name = "herald", version, about)]

@@ -191,16 +191,9 @@ fn sighup_reloads_references_and_keeps_the_old_config_when_the_new_one_is_bad() 
     )
     .unwrap();
     h.hup();
-    let mut refused = None;
-    for _ in 0..100 {
-        let r = h.delete("/api/v1/lists/vip");
-        if r.status == 409 {
-            refused = Some(r);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let r = refused.expect("delete of a referenced list was not refused after SIGHUP");
+    wait_for_log(&h, "configuration reloaded", 1);
+    let r = h.delete("/api/v1/lists/vip");
+    assert_eq!(r.status, 409, "{r:?}");
     assert_eq!(r.body["error"]["code"], "in_use");
     assert!(
         r.body["error"]["message"]
@@ -213,13 +206,7 @@ fn sighup_reloads_references_and_keeps_the_old_config_when_the_new_one_is_bad() 
     // A broken config is refused on reload; the daemon keeps serving.
     std::fs::write(&config, "[http]\nlisten = 5\n").unwrap();
     h.hup();
-    for _ in 0..100 {
-        if h.log().contains("reload refused") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(h.log().contains("reload refused"), "{}", h.log());
+    wait_for_log(&h, "reload refused", 1);
     assert!(h.log().contains("`http.listen`"), "{}", h.log());
     assert_eq!(h.get("/healthz").status, 200);
     assert_eq!(
@@ -227,6 +214,25 @@ fn sighup_reloads_references_and_keeps_the_old_config_when_the_new_one_is_bad() 
         200,
         "the old token must still work"
     );
+}
+
+/// Waits until `needle` has been logged at least `times` times.
+fn wait_for_log(h: &Herald, needle: &str, times: usize) {
+    for _ in 0..400 {
+        if h.log().matches(needle).count() >= times {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("`{needle}` was not logged {times} time(s):\n{}", h.log());
+}
+
+#[test]
+fn a_sighup_right_after_ready_reloads_instead_of_killing() {
+    let h = Herald::start();
+    h.hup();
+    wait_for_log(&h, "configuration reloaded", 1);
+    assert_eq!(h.get("/healthz").status, 200);
 }
 
 #[test]

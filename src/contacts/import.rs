@@ -24,10 +24,17 @@ use super::{
     ContactError, ContactUpdate, UpsertOutcome, apply_upsert_salted, check_code, check_field_name,
     check_tag,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Sequence, Store, StoreError};
 
-/// Rows per committed batch.
-pub const BATCH_ROWS: usize = 20_000;
+/// Rows per batch: the unit of progress an import records (and resumes after).
+pub const BATCH_ROWS: usize = 10_000;
+
+/// Batches handed to the store writer and not yet committed. The writer folds
+/// every batch waiting into one transaction, so while it commits, the next
+/// ones queue up and commit together: fewer, larger transactions, which is
+/// what keeps random inserts into the e-mail index cheap. Bounded, so memory
+/// stays flat (at most this many batches of parsed rows).
+const MAX_IN_FLIGHT: usize = 2;
 
 /// How many rejected rows an import's reply lists inline; all of them are
 /// stored and can be paged with `GET /api/v1/contacts/import/{id}/rejects`.
@@ -220,7 +227,7 @@ pub fn run_import(
                 Some(id) => Some(id),
                 None if create_list => {
                     let l = List {
-                        id: t.next_id("list")?,
+                        id: t.next_id(Sequence::List)?,
                         name: name.clone(),
                         description: None,
                         member_count: 0,
@@ -260,7 +267,7 @@ pub fn run_import(
                 }
             },
             None => ImportRecord {
-                id: t.next_id("import")?,
+                id: t.next_id(Sequence::Import)?,
                 status: ImportStatus::Running,
                 started_at: started,
                 finished_at: None,
@@ -305,7 +312,9 @@ pub fn run_import(
     let mut seen: HashSet<u64> = HashSet::new();
     let mut index: u64 = 0;
     let mut embedded_newlines: u64 = 0;
-    let mut pending: Option<oneshot::Receiver<Result<BatchResult, StoreError>>> = None;
+    let mut pending: std::collections::VecDeque<
+        oneshot::Receiver<Result<BatchResult, StoreError>>,
+    > = std::collections::VecDeque::new();
     let mut inline: Vec<Reject> = Vec::new();
     let mut total_rejects: u64 = 0;
     let mut batch = Batch {
@@ -369,17 +378,18 @@ pub fn run_import(
                     last_line: line,
                 },
             );
-            if let Some(p) = pending.take() {
+            if pending.len() >= MAX_IN_FLIGHT
+                && let Some(p) = pending.pop_front()
+            {
                 collect(wait(p)?, &mut inline, &mut total_rejects);
             }
-            pending = Some(send_batch(store, import.id, full, &now)?);
+            pending.push_back(send_batch(store, import.id, full, &now)?);
         }
     };
-    if let Some(p) = pending.take() {
-        collect(wait(p)?, &mut inline, &mut total_rejects);
-    }
     if batch.records > 0 {
-        let p = send_batch(store, import.id, batch, &now)?;
+        pending.push_back(send_batch(store, import.id, batch, &now)?);
+    }
+    while let Some(p) = pending.pop_front() {
         collect(wait(p)?, &mut inline, &mut total_rejects);
     }
 
@@ -440,8 +450,8 @@ fn send_batch(
             });
         };
         let mut rejects = batch.rejects;
-        for row in &batch.rows {
-            match apply_upsert_salted(t, &salt, &row.email, &row.update, true, at)? {
+        for row in batch.rows {
+            match apply_upsert_salted(t, &salt, &row.email, row.update, true, at)? {
                 Ok((UpsertOutcome::Created, _)) => rec.created += 1,
                 Ok((UpsertOutcome::Updated, _)) => rec.updated += 1,
                 Ok((UpsertOutcome::Unchanged, _)) => rec.unchanged += 1,

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::store::{StoreError, WriteTables, suppression_key};
+use crate::store::{Sequence, StoreError, WriteTables, suppression_key};
 use model::*;
 
 /// Why a contact operation was refused. Each variant maps to one API error code.
@@ -346,7 +346,7 @@ pub fn check_tag(v: &str) -> Result<String, ContactError> {
 pub fn apply_upsert(
     t: &mut WriteTables<'_>,
     email: &Email,
-    update: &ContactUpdate,
+    update: ContactUpdate,
     create: bool,
     now: DateTime<Utc>,
 ) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
@@ -360,7 +360,7 @@ pub fn apply_upsert_salted(
     t: &mut WriteTables<'_>,
     salt: &[u8],
     email: &Email,
-    update: &ContactUpdate,
+    update: ContactUpdate,
     create: bool,
     now: DateTime<Utc>,
 ) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
@@ -389,7 +389,7 @@ pub fn apply_upsert_salted(
 pub fn apply_update_by_id(
     t: &mut WriteTables<'_>,
     id: u64,
-    update: &ContactUpdate,
+    update: ContactUpdate,
     now: DateTime<Utc>,
 ) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
     match t.contact(id)? {
@@ -404,7 +404,7 @@ fn apply_to(
     t: &mut WriteTables<'_>,
     existing: Option<Contact>,
     email: Option<&Email>,
-    update: &ContactUpdate,
+    update: ContactUpdate,
     now: DateTime<Utc>,
 ) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
     // Check everything first; write only when all of it passes.
@@ -435,7 +435,17 @@ fn apply_to(
             }
         }
     };
-    let consent_event = match &update.consent {
+    let ContactUpdate {
+        fields,
+        language,
+        site,
+        consent,
+        add_lists,
+        remove_lists,
+        add_tags,
+        remove_tags,
+    } = update;
+    let consent_event = match consent {
         Some(ch) if ch.to != c.consent => {
             if let Err(e) = check_transition(c.consent, ch.to, ch.source) {
                 return Ok(Err(e));
@@ -445,35 +455,35 @@ fn apply_to(
                 from: c.consent,
                 to: ch.to,
                 source: ch.source,
-                ip: ch.ip.clone(),
-                user_agent: ch.user_agent.clone(),
-                note: ch.note.clone(),
+                ip: ch.ip,
+                user_agent: ch.user_agent,
+                note: ch.note,
             };
             c.consent = ch.to;
             Some(ev)
         }
         _ => None,
     };
-    for (k, v) in &update.fields {
+    for (k, v) in fields {
         match v {
             Some(v) => {
-                c.fields.insert(k.clone(), v.clone());
+                c.fields.insert(k, v);
             }
             None => {
-                c.fields.remove(k);
+                c.fields.remove(&k);
             }
         }
     }
-    if let Some(l) = &update.language {
-        c.language = l.clone();
+    if let Some(l) = language {
+        c.language = l;
     }
-    if let Some(s) = &update.site {
-        c.site = s.clone();
+    if let Some(s) = site {
+        c.site = s;
     }
-    c.lists.extend(update.add_lists.iter().copied());
-    c.lists.retain(|l| !update.remove_lists.contains(l));
-    c.tags.extend(update.add_tags.iter().cloned());
-    c.tags.retain(|x| !update.remove_tags.contains(x));
+    c.lists.extend(add_lists);
+    c.lists.retain(|l| !remove_lists.contains(l));
+    c.tags.extend(add_tags);
+    c.tags.retain(|x| !remove_tags.contains(x));
 
     let outcome = match &existing {
         None => UpsertOutcome::Created,
@@ -481,7 +491,7 @@ fn apply_to(
         Some(_) => UpsertOutcome::Updated,
     };
     if existing.is_none() {
-        c.id = t.next_id("contact")?;
+        c.id = t.next_id(Sequence::Contact)?;
     }
     c.updated_at = now;
     t.put_contact(&c, existing.as_ref())?;

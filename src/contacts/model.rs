@@ -11,6 +11,44 @@ use std::fmt;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+/// Storage encodings that keep stored records small and cheap to write:
+/// timestamps as milliseconds since the epoch, dates as days since 0001-01-01.
+/// The admin API formats them as RFC 3339 / `YYYY-MM-DD` itself.
+pub mod compact {
+    use chrono::{DateTime, Datelike, NaiveDate, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// `DateTime<Utc>` as integer milliseconds.
+    pub mod millis {
+        use super::*;
+        /// Serializes.
+        pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_i64(t.timestamp_millis())
+        }
+        /// Deserializes.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+            let ms = i64::deserialize(d)?;
+            DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| serde::de::Error::custom(format!("timestamp {ms} out of range")))
+        }
+    }
+
+    /// `NaiveDate` as days since 0001-01-01 (day 1).
+    pub mod days {
+        use super::*;
+        /// Serializes.
+        pub fn serialize<S: Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_i32(d.num_days_from_ce())
+        }
+        /// Deserializes.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
+            let n = i32::deserialize(d)?;
+            NaiveDate::from_num_days_from_ce_opt(n)
+                .ok_or_else(|| serde::de::Error::custom(format!("day {n} out of range")))
+        }
+    }
+}
+
 /// A contact: one per e-mail address, system-wide.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Contact {
@@ -27,17 +65,19 @@ pub struct Contact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
     /// Custom field values by field name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, FieldValue>,
     /// Ids of the static lists the contact is in.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub lists: BTreeSet<u64>,
     /// Tags.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub tags: BTreeSet<String>,
     /// When the contact was created.
+    #[serde(with = "compact::millis")]
     pub created_at: DateTime<Utc>,
     /// When anything about the contact last changed.
+    #[serde(with = "compact::millis")]
     pub updated_at: DateTime<Utc>,
 }
 
@@ -120,6 +160,7 @@ pub enum ConsentSource {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsentEvent {
     /// When it happened.
+    #[serde(with = "compact::millis")]
     pub at: DateTime<Utc>,
     /// State before.
     pub from: ConsentState,
@@ -197,19 +238,47 @@ pub struct FieldDef {
     pub created_at: DateTime<Utc>,
 }
 
-/// A validated field value.
+/// A validated field value. Stored with one-letter tags (`{"s": "Ann"}`) to
+/// keep contact records small; the API shows plain JSON values (`to_json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FieldValue {
     /// Text.
+    #[serde(rename = "s")]
     Text(String),
     /// A canonical decimal number (digits, at most one point, no leading zeros).
+    #[serde(rename = "n")]
     Number(String),
     /// A date.
+    #[serde(rename = "d", with = "compact::days")]
     Date(NaiveDate),
     /// A boolean.
+    #[serde(rename = "b")]
     Boolean(bool),
     /// One of the field's choices.
+    #[serde(rename = "c")]
     Choice(String),
+}
+
+impl ConsentEvent {
+    /// The event as the API shows it (RFC 3339 time).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "at": self.at,
+            "from": self.from,
+            "to": self.to,
+            "source": self.source,
+        });
+        for (k, x) in [
+            ("ip", &self.ip),
+            ("user_agent", &self.user_agent),
+            ("note", &self.note),
+        ] {
+            if let Some(x) = x {
+                v[k] = serde_json::Value::String(x.clone());
+            }
+        }
+        v
+    }
 }
 
 impl FieldValue {

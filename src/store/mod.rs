@@ -454,9 +454,39 @@ fn meta_u64(
     Ok(t.get(key)?.map(|v| decode_u64(v.value())).unwrap_or(0))
 }
 
+/// The id sequences kept in META.
+#[derive(Debug, Clone, Copy)]
+pub enum Sequence {
+    /// Contact ids.
+    Contact,
+    /// List ids.
+    List,
+    /// Import ids.
+    Import,
+    /// Consent log entries.
+    Consent,
+}
+
+impl Sequence {
+    fn key(self) -> &'static str {
+        match self {
+            Sequence::Contact => "seq.contact",
+            Sequence::List => "seq.list",
+            Sequence::Import => "seq.import",
+            Sequence::Consent => "seq.consent",
+        }
+    }
+}
+
 /// Keys under which per-consent-state counts are kept in META.
-fn consent_count_key(s: ConsentState) -> String {
-    format!("count.consent.{}", s.as_str())
+fn consent_count_key(s: ConsentState) -> &'static str {
+    match s {
+        ConsentState::Unknown => "count.consent.unknown",
+        ConsentState::Pending => "count.consent.pending",
+        ConsentState::Granted => "count.consent.granted",
+        ConsentState::Withdrawn => "count.consent.withdrawn",
+        ConsentState::Invalid => "count.consent.invalid",
+    }
 }
 
 /// Every table, open in one write transaction. The methods are the domain
@@ -477,7 +507,7 @@ pub struct WriteTables<'t> {
     import_rejects: Table<'t, (u64, u64), &'static str>,
     /// Counters (id sequences, per-state counts) read once and written back
     /// once per transaction by `flush`, instead of once per row.
-    counters: std::collections::HashMap<String, u64>,
+    counters: std::collections::HashMap<&'static str, u64>,
     /// Pending changes to lists' member counts, applied by `flush`.
     list_deltas: std::collections::HashMap<u64, i64>,
     /// Whether any address is suppressed; read once per transaction so that
@@ -509,13 +539,13 @@ impl<'t> WriteTables<'t> {
         })
     }
 
-    fn bump(&mut self, key: &str, delta: i64) -> Result<u64, StoreError> {
+    fn bump(&mut self, key: &'static str, delta: i64) -> Result<u64, StoreError> {
         let now = match self.counters.get(key) {
             Some(v) => *v,
             None => meta_u64(&self.meta, key)?,
         };
         let next = now.saturating_add_signed(delta);
-        self.counters.insert(key.to_string(), next);
+        self.counters.insert(key, next);
         Ok(next)
     }
 
@@ -523,7 +553,7 @@ impl<'t> WriteTables<'t> {
     /// writer once per transaction, before commit.
     fn flush(&mut self) -> Result<(), StoreError> {
         for (k, v) in std::mem::take(&mut self.counters) {
-            self.meta.insert(k.as_str(), v.to_be_bytes().as_slice())?;
+            self.meta.insert(k, v.to_be_bytes().as_slice())?;
         }
         for (id, delta) in std::mem::take(&mut self.list_deltas) {
             if let Some(mut l) = get_json::<u64, List>(&self.lists, "lists", id)? {
@@ -534,9 +564,9 @@ impl<'t> WriteTables<'t> {
         Ok(())
     }
 
-    /// Allocates the next id of a sequence (`contact`, `list`, `import`, …).
-    pub fn next_id(&mut self, sequence: &str) -> Result<u64, StoreError> {
-        self.bump(&format!("seq.{sequence}"), 1)
+    /// Allocates the next id of a sequence.
+    pub fn next_id(&mut self, sequence: Sequence) -> Result<u64, StoreError> {
+        self.bump(sequence.key(), 1)
     }
 
     /// The installation's salt for suppression hashes.
@@ -561,14 +591,19 @@ impl<'t> WriteTables<'t> {
     /// Writes a contact and keeps every index and count in step with `before`,
     /// the previously stored version (None for a new contact).
     pub fn put_contact(&mut self, c: &Contact, before: Option<&Contact>) -> Result<(), StoreError> {
-        let key = c.email.to_lowercase();
+        // The lower-cased key is needed only when the index changes.
+        let key = if before.is_some_and(|b| b.email == c.email) {
+            String::new()
+        } else {
+            c.email.to_lowercase()
+        };
         match before {
             None => {
                 self.by_email.insert(key.as_str(), c.id)?;
                 self.by_consent.insert((c.consent.code(), c.id), ())?;
-                self.bump(&consent_count_key(c.consent), 1)?;
+                self.bump(consent_count_key(c.consent), 1)?;
             }
-            Some(b) => {
+            Some(b) if b.email != c.email => {
                 let old_key = b.email.to_lowercase();
                 if old_key != key {
                     self.by_email.remove(old_key.as_str())?;
@@ -577,8 +612,16 @@ impl<'t> WriteTables<'t> {
                 if b.consent != c.consent {
                     self.by_consent.remove((b.consent.code(), c.id))?;
                     self.by_consent.insert((c.consent.code(), c.id), ())?;
-                    self.bump(&consent_count_key(b.consent), -1)?;
-                    self.bump(&consent_count_key(c.consent), 1)?;
+                    self.bump(consent_count_key(b.consent), -1)?;
+                    self.bump(consent_count_key(c.consent), 1)?;
+                }
+            }
+            Some(b) => {
+                if b.consent != c.consent {
+                    self.by_consent.remove((b.consent.code(), c.id))?;
+                    self.by_consent.insert((c.consent.code(), c.id), ())?;
+                    self.bump(consent_count_key(b.consent), -1)?;
+                    self.bump(consent_count_key(c.consent), 1)?;
                 }
             }
         }
@@ -617,7 +660,7 @@ impl<'t> WriteTables<'t> {
         self.put_contact(&gone, Some(c))?;
         self.by_email.remove(c.email.to_lowercase().as_str())?;
         self.by_consent.remove((c.consent.code(), c.id))?;
-        self.bump(&consent_count_key(c.consent), -1)?;
+        self.bump(consent_count_key(c.consent), -1)?;
         self.contacts.remove(c.id)?;
         let seqs: Vec<u64> = self
             .consent_log
@@ -632,7 +675,7 @@ impl<'t> WriteTables<'t> {
 
     /// Appends to a contact's consent log.
     pub fn append_consent(&mut self, contact_id: u64, e: &ConsentEvent) -> Result<(), StoreError> {
-        let seq = self.next_id("consent")?;
+        let seq = self.next_id(Sequence::Consent)?;
         self.consent_log
             .insert((contact_id, seq), to_json(e).as_slice())?;
         Ok(())
@@ -883,7 +926,7 @@ impl ReadView {
         let meta = self.table(META)?;
         ConsentState::ALL
             .into_iter()
-            .map(|s| Ok((s, meta_u64(&meta, &consent_count_key(s))?)))
+            .map(|s| Ok((s, meta_u64(&meta, consent_count_key(s))?)))
             .collect()
     }
 

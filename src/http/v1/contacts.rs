@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::double_option;
-use crate::contacts::model::{ConsentSource, ConsentState, Contact, FieldDef};
+use crate::contacts::model::{ConsentEvent, ConsentSource, ConsentState, Contact, FieldDef};
 use crate::contacts::{
     self, ConsentChange, ContactError, ContactUpdate, UpsertOutcome, check_code, check_tag,
     normalize_email,
@@ -127,6 +127,10 @@ pub fn view(c: &Contact, list_names: &HashMap<u64, String>) -> Value {
     })
 }
 
+fn log_view(log: &[ConsentEvent]) -> Vec<Value> {
+    log.iter().map(ConsentEvent::to_json).collect()
+}
+
 async fn list_names(state: &AppState) -> Result<HashMap<u64, String>, ApiError> {
     Ok(state
         .store
@@ -232,7 +236,7 @@ pub async fn upsert(
     let now = state.clock.now();
     let (outcome, c) = state
         .store
-        .write(move |t| contacts::apply_upsert(t, &email, &update, true, now))
+        .write(move |t| contacts::apply_upsert(t, &email, update, true, now))
         .await??;
     let status = if outcome == UpsertOutcome::Created {
         StatusCode::CREATED
@@ -304,7 +308,7 @@ pub async fn update(
     let now = state.clock.now();
     let (outcome, c) = state
         .store
-        .write(move |t| contacts::apply_update_by_id(t, id, &update, now))
+        .write(move |t| contacts::apply_update_by_id(t, id, update, now))
         .await??;
     let names = list_names(state).await?;
     reply::ok(&json!({"outcome": outcome_name(outcome), "contact": view(&c, &names)}))
@@ -332,10 +336,10 @@ pub async fn change_consent(
     let now = state.clock.now();
     let (_, c) = state
         .store
-        .write(move |t| contacts::apply_update_by_id(t, id, &update, now))
+        .write(move |t| contacts::apply_update_by_id(t, id, update, now))
         .await??;
     let log = state.store.read(move |v| v.consent_log(id)).await?;
-    reply::ok(&json!({"id": c.id, "consent": c.consent, "log": log}))
+    reply::ok(&json!({"id": c.id, "consent": c.consent, "log": log_view(&log)}))
 }
 
 /// `GET /api/v1/contacts/{ref}/consent`
@@ -346,7 +350,7 @@ pub async fn consent_log(state: &Arc<AppState>, r: &str) -> Result<Response<Body
         .read(move |v| Ok((v.contact(id)?, v.consent_log(id)?)))
         .await?;
     let c = c.ok_or_else(|| ApiError::not_found(format!("no contact with id {id}")))?;
-    reply::ok(&json!({"id": c.id, "consent": c.consent, "log": log}))
+    reply::ok(&json!({"id": c.id, "consent": c.consent, "log": log_view(&log)}))
 }
 
 /// `GET /api/v1/contacts/{ref}/export`: everything Herald holds about one
@@ -362,7 +366,7 @@ pub async fn export(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, Ap
     let doc = json!({
         "exported_at": state.clock.now(),
         "contact": view(&c, &names),
-        "consent_log": log,
+        "consent_log": log_view(&log),
     });
     let mut resp = reply::json_response(StatusCode::OK, &doc);
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"contact-{id}.json\"")) {

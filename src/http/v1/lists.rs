@@ -13,6 +13,7 @@ use crate::contacts::ContactError;
 use crate::contacts::model::List;
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
+use crate::store::Sequence;
 
 /// Body of `POST /api/v1/lists`.
 #[derive(Debug, Deserialize)]
@@ -110,7 +111,7 @@ pub async fn create(
                 ))));
             }
             let l = List {
-                id: w.next_id("list")?,
+                id: w.next_id(Sequence::List)?,
                 name,
                 description: body.description,
                 member_count: 0,
