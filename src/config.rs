@@ -125,7 +125,7 @@ pub struct RawStorage {
     /// Directory holding `herald.redb`; relative paths are relative to the
     /// config file's directory.
     pub path: Option<Spanned<String>>,
-    /// Memory for redb's page cache, in MiB (default 128). More speeds up
+    /// Memory for redb's page cache, in MiB (default 64). More speeds up
     /// large imports and segment scans; the OS page cache helps either way.
     pub cache_mb: Option<Spanned<i64>>,
 }
@@ -451,9 +451,17 @@ fn blank(text: &mut String, range: Range<usize>) -> bool {
     if start >= end {
         return false;
     }
+    // One space per byte (newlines kept), so every later byte offset, and
+    // with it every reported position, stays exactly as in the original text.
     let replaced: String = text[start..end]
         .chars()
-        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .map(|c| {
+            if c == '\n' {
+                "\n".to_string()
+            } else {
+                " ".repeat(c.len_utf8())
+            }
+        })
         .collect();
     if replaced == text[start..end] {
         return false;
@@ -464,7 +472,10 @@ fn blank(text: &mut String, range: Range<usize>) -> bool {
 
 /// 1-based line and column of byte `offset` in `text`.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before
@@ -941,6 +952,17 @@ mod tests {
         let text = good().replace(&format!("token = \"{TOKEN}\""), "token_file = \"nope.txt\"");
         let all = load(&text).unwrap_err().join("\n");
         assert!(all.contains("`admin.token_file`: cannot read"), "{all}");
+    }
+
+    #[test]
+    fn positions_stay_right_after_a_blanked_line_with_non_ascii_text() {
+        let errs = load("[http]\nx = \"żżżżżżżżżżż\"\n# ą\nlisten = \"nowhere\"\n").unwrap_err();
+        let all = errs.join("\n");
+        assert!(all.contains("F:2:1: `http.x`: unknown field"), "{all}");
+        assert!(
+            all.contains("F:4:10: `http.listen`: `nowhere` is not an address"),
+            "{all}"
+        );
     }
 
     #[test]

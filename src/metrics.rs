@@ -19,8 +19,8 @@ use crate::store::{Store, StoreError};
 pub struct RequestLabels {
     /// The route name (a fixed set, never the raw path).
     pub route: &'static str,
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method (`other` for non-standard ones).
+    pub method: &'static str,
     /// Response status code.
     pub status: u16,
 }

@@ -12,9 +12,12 @@
 //! with its line number and reason; every rejected row is stored with the
 //! import and nothing is dropped silently.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::io::Read;
+use std::rc::Rc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
@@ -137,10 +140,15 @@ pub fn run_import(
     opts: &ImportOptions,
     now: impl Fn() -> DateTime<Utc>,
 ) -> Result<ImportReport, ImportError> {
+    let newlines = Rc::new(RefCell::new(LineIndex::default()));
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(input);
+        .from_reader(NewlineTracker {
+            inner: input,
+            offset: 0,
+            index: newlines.clone(),
+        });
     let mut record = csv::ByteRecord::new();
 
     // Header.
@@ -216,56 +224,69 @@ pub fn run_import(
     let resume = opts.resume;
     let new_fields = created_fields.clone();
     let (import, list_id) = wait(store.write_blocking(move |t| {
-        for f in &new_fields {
-            if t.field(&f.name)?.is_none() {
-                t.put_field(f)?;
-            }
-        }
-        let list_id = match &list_name {
+        // Every check first: a refused import writes nothing at all.
+        let existing_list = match &list_name {
+            Some(name) => t.list_id_by_name(name)?,
             None => None,
-            Some(name) => match t.list_id_by_name(name)? {
-                Some(id) => Some(id),
-                None if create_list => {
-                    let l = List {
-                        id: t.next_id(Sequence::List)?,
-                        name: name.clone(),
-                        description: None,
-                        member_count: 0,
-                        created_at: started,
-                    };
-                    t.put_list(&l, None)?;
-                    Some(l.id)
-                }
-                None => {
-                    return Ok(Err(ContactError::NotFound(format!(
-                        "no list named `{name}` (create it, or import with create_list=true)"
-                    ))));
-                }
-            },
         };
-        let record = match resume {
+        if let Some(name) = &list_name
+            && existing_list.is_none()
+            && !create_list
+        {
+            return Ok(Err(ContactError::NotFound(format!(
+                "no list named `{name}` (create it, or import with create_list=true)"
+            ))));
+        }
+        let resumed = match resume {
+            None => None,
             Some(id) => match t.import(id)? {
                 None => {
                     return Ok(Err(ContactError::NotFound(format!(
                         "no import with id {id}"
                     ))));
                 }
-                Some(r)
-                    if matches!(r.status, ImportStatus::Interrupted | ImportStatus::Running) =>
-                {
-                    let mut r = r;
-                    r.status = ImportStatus::Running;
-                    r.error = None;
-                    r.finished_at = None;
-                    r
-                }
+                // Only an interrupted import resumes: a running one still has a
+                // writer, and two would both advance its progress.
+                Some(r) if r.status == ImportStatus::Interrupted => Some(r),
                 Some(r) => {
                     return Ok(Err(ContactError::Conflict(format!(
-                        "import {id} is {:?}, only an interrupted import can be resumed",
-                        r.status
+                        "import {id} is {}, only an interrupted import can be resumed",
+                        serde_json::to_value(r.status)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
                     ))));
                 }
             },
+        };
+        // Then the writes.
+        for f in &new_fields {
+            if t.field(&f.name)?.is_none() {
+                t.put_field(f)?;
+            }
+        }
+        let list_id = match (&list_name, existing_list) {
+            (None, _) => None,
+            (Some(_), Some(id)) => Some(id),
+            (Some(name), None) => {
+                let l = List {
+                    id: t.next_id(Sequence::List)?,
+                    name: name.clone(),
+                    description: None,
+                    member_count: 0,
+                    created_at: started,
+                };
+                t.put_list(&l, None)?;
+                Some(l.id)
+            }
+        };
+        let record = match resumed {
+            Some(mut r) => {
+                r.status = ImportStatus::Running;
+                r.error = None;
+                r.finished_at = None;
+                r
+            }
             None => ImportRecord {
                 id: t.next_id(Sequence::Import)?,
                 status: ImportStatus::Running,
@@ -311,10 +332,6 @@ pub fn run_import(
     let hasher = std::collections::hash_map::RandomState::new();
     let mut seen: HashSet<u64> = HashSet::new();
     let mut index: u64 = 0;
-    let mut embedded_newlines: u64 = 0;
-    let mut pending: std::collections::VecDeque<
-        oneshot::Receiver<Result<BatchResult, StoreError>>,
-    > = std::collections::VecDeque::new();
     let mut inline: Vec<Reject> = Vec::new();
     let mut total_rejects: u64 = 0;
     let mut batch = Batch {
@@ -334,64 +351,103 @@ pub fn run_import(
         }
     };
 
-    let read_error = loop {
-        let line = reader.position().line();
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break None,
-            Ok(true) => {}
-            Err(e) => break Some(format!("line {line}: {e}")),
-        }
-        index += 1;
-        if index <= skip {
-            embedded_newlines += record
-                .iter()
-                .map(|f| f.iter().filter(|&&b| b == b'\n').count() as u64)
-                .sum::<u64>();
-            continue;
-        }
-        // csv counts record terminators, not newlines inside quoted fields;
-        // add those so reported line numbers match the file an admin opens.
-        let line = record.position().map_or(line, |p| p.line()) + embedded_newlines;
-        embedded_newlines += record
-            .iter()
-            .map(|f| f.iter().filter(|&&b| b == b'\n').count() as u64)
-            .sum::<u64>();
-        batch.records += 1;
-        batch.last_line = line;
-        match ctx.parse(&record, line) {
-            Ok(row) => {
-                if !seen.insert(hasher.hash_one(&row.email.key)) {
-                    batch.merged += 1;
+    // Expected `records_committed` before the next batch: each batch checks it
+    // inside its transaction, so a batch after a failed one can never commit
+    // and make the record lie about what is stored.
+    let mut sent: u64 = skip;
+    let mut run = |pending: &mut VecDeque<Pending>| -> Result<Option<String>, ImportError> {
+        let read_error = loop {
+            match reader.read_byte_record(&mut record) {
+                Ok(false) => break None,
+                Ok(true) => {}
+                Err(e) => {
+                    let line = newlines.borrow_mut().line_at(reader.position().byte());
+                    break Some(format!("line {line}: {e}"));
                 }
-                batch.rows.push(row);
             }
-            Err(reason) => batch.rejects.push((line, reason)),
-        }
-        if batch.rows.len() + batch.rejects.len() >= BATCH_ROWS {
-            let full = std::mem::replace(
+            index += 1;
+            if index <= skip {
+                continue;
+            }
+            // Line numbers come from byte offsets, so quoted newlines and CRLF
+            // count exactly as in the file an admin opens.
+            let line = newlines
+                .borrow_mut()
+                .line_at(record.position().map_or(0, |p| p.byte()));
+            batch.records += 1;
+            batch.last_line = line;
+            match ctx.parse(&record, line) {
+                Ok(row) => {
+                    if !seen.insert(hasher.hash_one(&row.email.key)) {
+                        batch.merged += 1;
+                    }
+                    batch.rows.push(row);
+                }
+                Err(reason) => batch.rejects.push((line, reason)),
+            }
+            if batch.rows.len() + batch.rejects.len() >= BATCH_ROWS {
+                let full = std::mem::replace(
+                    &mut batch,
+                    Batch {
+                        rows: Vec::with_capacity(BATCH_ROWS),
+                        rejects: Vec::new(),
+                        merged: 0,
+                        records: 0,
+                        last_line: line,
+                    },
+                );
+                if pending.len() >= MAX_IN_FLIGHT
+                    && let Some(p) = pending.pop_front()
+                {
+                    collect(finish(p)?, &mut inline, &mut total_rejects);
+                }
+                let n = full.records;
+                pending.push_back(send_batch(store, import.id, sent, full, &now)?);
+                sent += n;
+            }
+        };
+        if batch.records > 0 {
+            let last = std::mem::replace(
                 &mut batch,
                 Batch {
-                    rows: Vec::with_capacity(BATCH_ROWS),
+                    rows: Vec::new(),
                     rejects: Vec::new(),
                     merged: 0,
                     records: 0,
-                    last_line: line,
+                    last_line: 0,
                 },
             );
-            if pending.len() >= MAX_IN_FLIGHT
-                && let Some(p) = pending.pop_front()
-            {
-                collect(wait(p)?, &mut inline, &mut total_rejects);
+            pending.push_back(send_batch(store, import.id, sent, last, &now)?);
+        }
+        while let Some(p) = pending.pop_front() {
+            collect(finish(p)?, &mut inline, &mut total_rejects);
+        }
+        Ok(read_error)
+    };
+    let mut pending = VecDeque::new();
+    let read_error = match run(&mut pending) {
+        Ok(r) => r,
+        Err(e) => {
+            // Let what is in flight settle, then record the stop truthfully
+            // (best effort: the store may be what failed).
+            while let Some(p) = pending.pop_front() {
+                let _ = p.blocking_recv();
             }
-            pending.push_back(send_batch(store, import.id, full, &now)?);
+            let (id, message, at) = (import.id, e.to_string(), now());
+            if let Ok(rx) = store.write_blocking(move |t| {
+                if let Some(mut r) = t.import(id)? {
+                    r.status = ImportStatus::Interrupted;
+                    r.error = Some(message);
+                    r.finished_at = Some(at);
+                    t.put_import(&r)?;
+                }
+                Ok(())
+            }) {
+                let _ = wait(rx);
+            }
+            return Err(e);
         }
     };
-    if batch.records > 0 {
-        pending.push_back(send_batch(store, import.id, batch, &now)?);
-    }
-    while let Some(p) = pending.pop_front() {
-        collect(wait(p)?, &mut inline, &mut total_rejects);
-    }
 
     // Close the record.
     let id = import.id;
@@ -434,21 +490,33 @@ fn wait<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError
     rx.blocking_recv().map_err(|_| StoreError::Closed)?
 }
 
+type Pending = oneshot::Receiver<Result<Result<BatchResult, String>, StoreError>>;
+
+/// Waits for a batch; a store failure or a refused batch ends the import.
+fn finish(p: Pending) -> Result<BatchResult, ImportError> {
+    wait(p)?.map_err(|m| ImportError::Contact(ContactError::Conflict(m)))
+}
+
 fn send_batch(
     store: &Store,
     import_id: u64,
+    expected: u64,
     batch: Batch,
     now: &impl Fn() -> DateTime<Utc>,
-) -> Result<oneshot::Receiver<Result<BatchResult, StoreError>>, StoreError> {
+) -> Result<Pending, StoreError> {
     let at = now();
     store.write_blocking(move |t| {
         let salt = t.salt()?;
         let Some(mut rec) = t.import(import_id)? else {
-            return Err(StoreError::Corrupt {
-                table: "imports",
-                message: format!("import {import_id} vanished"),
-            });
+            return Ok(Err(format!("import {import_id} vanished")));
         };
+        if rec.status != ImportStatus::Running || rec.records_committed != expected {
+            return Ok(Err(format!(
+                "import {import_id} is no longer where this upload expects it ({} records committed, expected {expected}); nothing more was applied",
+                rec.records_committed
+            )));
+        }
+
         let mut rejects = batch.rejects;
         for row in batch.rows {
             match apply_upsert_salted(t, &salt, &row.email, row.update, true, at)? {
@@ -467,7 +535,7 @@ fn send_batch(
         rec.records_committed += batch.records;
         rec.lines_committed = batch.last_line;
         t.put_import(&rec)?;
-        Ok(BatchResult { rejects })
+        Ok(Ok(BatchResult { rejects }))
     })
 }
 
@@ -601,5 +669,154 @@ fn col_name(c: &Column) -> &str {
         Column::Consent => "consent",
         Column::Tags => "tags",
         Column::Field(d) => &d.name,
+    }
+}
+
+/// Byte offsets of the line-break bytes (CR and LF) read but not yet passed by
+/// the CSV reader, and how many newlines lie before the last position asked
+/// about. Bounded by the reader's read-ahead, since positions only move forward.
+#[derive(Default)]
+struct LineIndex {
+    /// (offset, is LF) of every CR and LF not yet passed.
+    pending: VecDeque<(u64, bool)>,
+    /// Newlines passed so far.
+    passed: u64,
+}
+
+impl LineIndex {
+    /// The 1-based line on which the record reported at byte `offset` starts
+    /// (offsets must not decrease). The csv crate reports a record's position
+    /// before the previous line's terminator and any blank lines; a record
+    /// never begins with CR or LF (only a quoted field may hold them, and it
+    /// starts with `"`), so a run of CR/LF bytes at `offset` is terminators.
+    fn line_at(&mut self, offset: u64) -> u64 {
+        while let Some(&(at, lf)) = self.pending.front() {
+            if at >= offset {
+                break;
+            }
+            self.passed += u64::from(lf);
+            self.pending.pop_front();
+        }
+        let mut cursor = offset;
+        while let Some(&(at, lf)) = self.pending.front() {
+            if at != cursor {
+                break;
+            }
+            self.passed += u64::from(lf);
+            self.pending.pop_front();
+            cursor += 1;
+        }
+        self.passed + 1
+    }
+}
+
+/// Passes bytes through, noting where each CR and LF is.
+struct NewlineTracker<R> {
+    inner: R,
+    offset: u64,
+    index: Rc<RefCell<LineIndex>>,
+}
+
+impl<R: Read> Read for NewlineTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut index = self.index.borrow_mut();
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b == b'\n' || *b == b'\r' {
+                index
+                    .pending
+                    .push_back((self.offset + i as u64, *b == b'\n'));
+            }
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch whose import record is not where it expects it (a batch before
+    /// it failed, or another upload resumed the import) applies nothing.
+    #[test]
+    fn a_batch_out_of_sequence_applies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = Utc::now();
+        let rec = ImportRecord {
+            id: 1,
+            status: ImportStatus::Running,
+            started_at: now,
+            finished_at: None,
+            list: None,
+            records_committed: 5,
+            lines_committed: 6,
+            created: 5,
+            updated: 0,
+            unchanged: 0,
+            merged_duplicates: 0,
+            rejected: 0,
+            error: None,
+        };
+        let r = rec.clone();
+        store
+            .write_blocking(move |t| t.put_import(&r))
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        let row = Row {
+            line: 7,
+            email: crate::contacts::normalize_email("x@example.com").unwrap(),
+            update: ContactUpdate::default(),
+        };
+        let batch = Batch {
+            rows: vec![row],
+            rejects: vec![],
+            merged: 0,
+            records: 1,
+            last_line: 7,
+        };
+        let refused = wait(send_batch(&store, 1, 0, batch, &Utc::now).unwrap()).unwrap();
+        assert!(refused.is_err());
+        assert_eq!(
+            store
+                .read_blocking(|r| r.contact_id_by_email("x@example.com"))
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.read_blocking(|r| r.import(1)).unwrap().unwrap(), rec);
+    }
+
+    #[test]
+    fn line_numbers_follow_the_file_with_quoted_newlines_and_crlf() {
+        let text = "email,note\r\na@x.com,\"two\r\nlines\"\r\nb@x.com,z\r\n\r\nc@x.com,\"\n\n\"\nd@x.com,\n";
+        let index = Rc::new(RefCell::new(LineIndex::default()));
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(NewlineTracker {
+                inner: text.as_bytes(),
+                offset: 0,
+                index: index.clone(),
+            });
+        let mut rec = csv::ByteRecord::new();
+        let mut lines = Vec::new();
+        while r.read_byte_record(&mut rec).unwrap() {
+            let line = index.borrow_mut().line_at(rec.position().unwrap().byte());
+            lines.push((String::from_utf8_lossy(&rec[0]).into_owned(), line));
+        }
+        let expect: Vec<(String, u64)> = [
+            ("email", 1),
+            ("a@x.com", 2),
+            ("b@x.com", 4),
+            ("c@x.com", 6),
+            ("d@x.com", 9),
+        ]
+        .iter()
+        .map(|(e, l)| (e.to_string(), *l))
+        .collect();
+        assert_eq!(lines, expect);
     }
 }

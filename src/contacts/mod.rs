@@ -203,6 +203,18 @@ pub fn parse_value(def: &FieldDef, raw: &str) -> Result<FieldValue, ContactError
     }
 }
 
+/// Whether an already-parsed value still fits a field definition.
+pub fn value_fits(def: &FieldDef, v: &FieldValue) -> bool {
+    match (def.field_type, v) {
+        (FieldType::Text, FieldValue::Text(_))
+        | (FieldType::Number, FieldValue::Number(_))
+        | (FieldType::Date, FieldValue::Date(_))
+        | (FieldType::Boolean, FieldValue::Boolean(_)) => true,
+        (FieldType::Choice, FieldValue::Choice(c)) => def.choices.iter().any(|x| x == c),
+        _ => false,
+    }
+}
+
 /// Parses a JSON value for a field (numbers and booleans may be given natively).
 pub fn parse_json_value(def: &FieldDef, v: &serde_json::Value) -> Result<FieldValue, ContactError> {
     match (def.field_type, v) {
@@ -407,7 +419,22 @@ fn apply_to(
     update: ContactUpdate,
     now: DateTime<Utc>,
 ) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
-    // Check everything first; write only when all of it passes.
+    // Check everything first; write only when all of it passes. Field values
+    // were parsed against definitions read before this transaction; a field
+    // deleted or changed since must not receive them.
+    for (name, v) in &update.fields {
+        let Some(v) = v else { continue };
+        match t.field_cached(name)? {
+            None => return Ok(Err(ContactError::UnknownField(name.clone()))),
+            Some(def) if !value_fits(def, v) => {
+                return Ok(Err(ContactError::InvalidValue {
+                    field: name.clone(),
+                    reason: "the field's definition changed while this update was in flight".into(),
+                }));
+            }
+            Some(_) => {}
+        }
+    }
     for l in update.add_lists.iter().chain(&update.remove_lists) {
         if !t.list_exists(*l)? {
             return Ok(Err(ContactError::NotFound(format!("no list with id {l}"))));
@@ -596,6 +623,26 @@ mod tests {
         assert!(parse_value(&def(FieldType::Boolean), "maybe").is_err());
         assert!(parse_value(&def(FieldType::Choice), "a").is_ok());
         assert!(parse_value(&def(FieldType::Choice), "c").is_err());
+    }
+
+    /// Values parsed against a field that is deleted before the write commits
+    /// are refused inside the transaction.
+    #[test]
+    fn a_value_for_a_field_deleted_in_flight_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let email = normalize_email("a@example.com").unwrap();
+        let mut update = ContactUpdate::default();
+        update
+            .fields
+            .insert("gone".into(), Some(FieldValue::Text("x".into())));
+        let r = store
+            .write_blocking(move |t| apply_upsert(t, &email, update, true, Utc::now()))
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        assert!(matches!(r, Err(ContactError::UnknownField(f)) if f == "gone"));
     }
 
     #[test]

@@ -200,6 +200,21 @@ fn percent_decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The method as a metrics label: any method outside HTTP's standard set is
+/// `other`, so clients cannot grow the label set without bound.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 fn method_not_allowed(allow: &'static str) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -252,7 +267,7 @@ pub async fn dispatch(
         .http_requests
         .get_or_create(&RequestLabels {
             route: route.name(),
-            method: method.as_str().to_string(),
+            method: method_label(&method),
             status,
         })
         .inc();

@@ -175,7 +175,7 @@ pub async fn read_json<T: DeserializeOwned>(
         ));
     }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let code = if inner.is_syntax() || inner.is_eof() {
@@ -189,7 +189,16 @@ pub async fn read_json<T: DeserializeOwned>(
             format!("`{path}`: ")
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, format!("{at}{inner}"))
-    })
+    })?;
+    // Trailing bytes after the value (`{...} junk`) are an error too.
+    de.end().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("{e} (after the JSON value)"),
+        )
+    })?;
+    Ok(value)
 }
 
 /// Parses a query string into key/value pairs (percent-decoded).

@@ -97,7 +97,7 @@ type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn for<'a> FnOnce(&mut WriteTables<'a>) -> (bool, Completion) + Send>;
 
 /// redb page cache used unless the config says otherwise.
-pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 /// Largest number of jobs folded into one transaction.
 const MAX_BATCH_JOBS: usize = 512;
@@ -513,6 +513,9 @@ pub struct WriteTables<'t> {
     /// Whether any address is suppressed; read once per transaction so that
     /// imports into an installation without erasures skip the hash lookup.
     any_suppressed: bool,
+    /// Field definitions, read once per transaction when first needed, so
+    /// that every write checks values against the definitions it commits with.
+    field_defs: Option<std::collections::HashMap<String, FieldDef>>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -534,6 +537,7 @@ impl<'t> WriteTables<'t> {
             imports: txn.open_table(IMPORTS)?,
             import_rejects: txn.open_table(IMPORT_REJECTS)?,
             any_suppressed,
+            field_defs: None,
             counters: Default::default(),
             list_deltas: Default::default(),
         })
@@ -704,8 +708,20 @@ impl<'t> WriteTables<'t> {
         get_json(&self.fields, "fields", name)
     }
 
+    /// A field definition, from a per-transaction cache (for per-row checks).
+    pub fn field_cached(&mut self, name: &str) -> Result<Option<&FieldDef>, StoreError> {
+        if self.field_defs.is_none() {
+            let all: Vec<FieldDef> = all_json(&self.fields, "fields")?;
+            self.field_defs = Some(all.into_iter().map(|f| (f.name.clone(), f)).collect());
+        }
+        Ok(self.field_defs.as_ref().and_then(|m| m.get(name)))
+    }
+
     /// Writes a field definition.
     pub fn put_field(&mut self, f: &FieldDef) -> Result<(), StoreError> {
+        if let Some(m) = self.field_defs.as_mut() {
+            m.insert(f.name.clone(), f.clone());
+        }
         self.fields.insert(f.name.as_str(), to_json(f).as_slice())?;
         Ok(())
     }
@@ -714,6 +730,9 @@ impl<'t> WriteTables<'t> {
     /// many contacts had a value.
     pub fn delete_field(&mut self, name: &str) -> Result<u64, StoreError> {
         self.fields.remove(name)?;
+        if let Some(m) = self.field_defs.as_mut() {
+            m.remove(name);
+        }
         let mut changed = Vec::new();
         for r in self.contacts.iter()? {
             let (_, v) = r?;
@@ -757,6 +776,10 @@ impl<'t> WriteTables<'t> {
         }
         self.list_by_name
             .insert(l.name.to_lowercase().as_str(), l.id)?;
+        // `l` comes from `list()`, whose member_count already includes this
+        // transaction's pending changes: they are now part of the record and
+        // must not be applied again by `flush`.
+        self.list_deltas.remove(&l.id);
         self.lists.insert(l.id, to_json(l).as_slice())?;
         Ok(())
     }
@@ -1026,5 +1049,73 @@ mod tests {
     fn decode_u64_reads_big_endian() {
         assert_eq!(decode_u64(&7u64.to_be_bytes()), 7);
         assert_eq!(decode_u64(&[]), 0);
+    }
+}
+
+#[cfg(test)]
+mod list_count_tests {
+    use super::*;
+    use crate::contacts::model::{ConsentState, Contact, List};
+
+    fn contact(id: u64, list: u64) -> Contact {
+        let now = chrono::Utc::now();
+        Contact {
+            id,
+            email: format!("c{id}@example.com"),
+            consent: ConsentState::Unknown,
+            language: None,
+            site: None,
+            fields: Default::default(),
+            lists: [list].into_iter().collect(),
+            tags: Default::default(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Regression: editing a list in the same transaction as a member change
+    /// applied the pending member-count change twice.
+    #[test]
+    fn editing_a_list_in_the_same_transaction_as_new_members_counts_them_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = chrono::Utc::now();
+        let rx = store
+            .write_blocking(move |t| {
+                t.put_list(
+                    &List {
+                        id: 1,
+                        name: "l".into(),
+                        description: None,
+                        member_count: 0,
+                        created_at: now,
+                    },
+                    None,
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        rx.blocking_recv().unwrap().unwrap();
+        let rx = store
+            .write_blocking(|t| {
+                t.put_contact(&contact(1, 1), None)?;
+                t.put_contact(&contact(2, 1), None)?;
+                let mut l = t.list(1)?.unwrap();
+                assert_eq!(l.member_count, 2);
+                l.description = Some("edited".into());
+                t.put_list(&l, Some("l"))?;
+                t.put_contact(&contact(3, 1), None)?;
+                Ok(())
+            })
+            .unwrap();
+        rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(
+            store
+                .read_blocking(|r| r.list(1))
+                .unwrap()
+                .unwrap()
+                .member_count,
+            3
+        );
     }
 }

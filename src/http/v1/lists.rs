@@ -60,9 +60,12 @@ async fn resolve(state: &AppState, r: &str) -> Result<List, ApiError> {
     let found = state
         .store
         .read(move |v| {
+            // Only all-digit refs are ids (names cannot be all digits), so
+            // `+5` is a name, not list 5.
+            let all_digits = !r2.is_empty() && r2.bytes().all(|b| b.is_ascii_digit());
             let id = match r2.parse::<u64>() {
-                Ok(id) => Some(id),
-                Err(_) => v.list_id_by_name(&r2)?,
+                Ok(id) if all_digits => Some(id),
+                _ => v.list_id_by_name(&r2)?,
             };
             match id {
                 Some(id) => v.list(id),
