@@ -249,3 +249,35 @@ fn token_file_works_and_the_token_is_never_logged() {
     h.stop();
     assert!(!h.log().contains(TOKEN));
 }
+
+#[test]
+fn systemd_is_told_ready_after_the_store_and_listener_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let config = write_config(dir.path(), &config_text(&dir.path().join("data"), ""));
+    let env = vec![(
+        "NOTIFY_SOCKET".to_string(),
+        socket_path.display().to_string(),
+    )];
+    let mut h = Herald::start_in_env(dir, config, env);
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 from herald");
+    let states = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(states(&buf[..n]), ["READY=1"]);
+    // Ready means ready: the store answers and the port is bound.
+    assert_eq!(h.get("/healthz").status, 200);
+    assert!(h.dir.path().join("data/herald.redb").exists());
+    assert_eq!(h.stop(), Some(0));
+    let n = socket.recv(&mut buf).expect("STOPPING=1 from herald");
+    assert_eq!(states(&buf[..n]), ["STOPPING=1"]);
+}

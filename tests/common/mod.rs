@@ -42,6 +42,7 @@ pub struct Herald {
     log: Arc<(Mutex<Log>, Condvar)>,
     pub addr: SocketAddr,
     agent: ureq::Agent,
+    env: Vec<(String, String)>,
 }
 
 /// An HTTP reply: status and parsed JSON (or a JSON string of the raw body).
@@ -78,6 +79,15 @@ impl Herald {
 
     /// Starts a daemon on an existing directory and config.
     pub fn start_in(dir: tempfile::TempDir, config: PathBuf) -> Herald {
+        Self::start_in_env(dir, config, Vec::new())
+    }
+
+    /// Starts a daemon with extra environment variables.
+    pub fn start_in_env(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        env: Vec<(String, String)>,
+    ) -> Herald {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(600)))
@@ -90,6 +100,7 @@ impl Herald {
             log: Arc::new((Mutex::new(Log::default()), Condvar::new())),
             addr: "127.0.0.1:1".parse().unwrap(),
             agent,
+            env,
         };
         h.spawn();
         h
@@ -102,6 +113,7 @@ impl Herald {
             .arg(&self.config)
             .arg("serve")
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
