@@ -329,7 +329,8 @@ async fn call(
         },
         Route::ImportOne(id) => match m {
             Method::GET => import::get(state, id).await,
-            _ => Err(method_not_allowed("GET")),
+            Method::DELETE => import::delete(state, id).await,
+            _ => Err(method_not_allowed("GET, DELETE")),
         },
         Route::ImportRejects(id) => match m {
             Method::GET => import::rejects(state, id, req).await,

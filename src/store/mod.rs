@@ -825,6 +825,21 @@ impl<'t> WriteTables<'t> {
         all_json(&self.imports, "imports")
     }
 
+    /// Deletes an import record and every rejected row stored with it.
+    /// Returns how many rejected rows were removed.
+    pub fn delete_import(&mut self, id: u64) -> Result<u64, StoreError> {
+        let lines: Vec<u64> = self
+            .import_rejects
+            .range((id, 0)..=(id, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for l in &lines {
+            self.import_rejects.remove((id, *l))?;
+        }
+        self.imports.remove(id)?;
+        Ok(lines.len() as u64)
+    }
+
     /// Records a rejected import row.
     pub fn put_import_reject(
         &mut self,

@@ -14,8 +14,9 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::contacts::ContactError;
 use crate::contacts::import::{ImportOptions, run_import};
-use crate::contacts::model::ConsentState;
+use crate::contacts::model::{ConsentState, ImportStatus};
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
 use crate::metrics::OutcomeLabels;
@@ -162,6 +163,29 @@ pub async fn get(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiE
     let n = parse_id(id)?;
     let rec = state.store.read(move |r| r.import(n)).await?;
     reply::ok(&rec.ok_or_else(|| ApiError::not_found(format!("no import {n}")))?)
+}
+
+/// `DELETE /api/v1/contacts/import/{id}`: removes an import's record and its
+/// stored rejects. Reject reasons quote cell values, which may be personal
+/// data; this is how they are cleared once the file has been fixed.
+pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
+    let n = parse_id(id)?;
+    let removed = state
+        .store
+        .write(move |t| {
+            match t.import(n)? {
+                None => return Ok(Err(ContactError::NotFound(format!("no import {n}")))),
+                Some(r) if r.status == ImportStatus::Running => {
+                    return Ok(Err(ContactError::Conflict(format!(
+                        "import {n} is running; delete it once it has ended"
+                    ))));
+                }
+                Some(_) => {}
+            }
+            Ok(Ok(t.delete_import(n)?))
+        })
+        .await??;
+    reply::ok(&json!({"deleted": n, "rejects_removed": removed}))
 }
 
 /// `GET /api/v1/contacts/import/{id}/rejects?after=LINE&limit=N`
