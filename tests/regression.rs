@@ -114,6 +114,8 @@ fn a_running_import_cannot_be_resumed() {
             .contains("is running"),
         "{r:?}"
     );
+    let d = h.delete(&format!("/api/v1/contacts/import/{id}"));
+    assert_eq!(d.status, 409, "a running import cannot be deleted: {d:?}");
     write!(s, "0\r\n\r\n").unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
