@@ -453,12 +453,11 @@ pub fn run_import(
     let id = import.id;
     let finished = now();
     let err = read_error.clone();
+    // A missing record is reported to this caller only: an `Err` from a job
+    // would abort every other write in the same group commit.
     let record = wait(store.write_blocking(move |t| {
         let Some(mut r) = t.import(id)? else {
-            return Err(StoreError::Corrupt {
-                table: "imports",
-                message: format!("import {id} vanished"),
-            });
+            return Ok(None);
         };
         r.finished_at = Some(finished);
         match err {
@@ -469,8 +468,13 @@ pub fn run_import(
             }
         }
         t.put_import(&r)?;
-        Ok(r)
-    })?)?;
+        Ok(Some(r))
+    })?)?
+    .ok_or_else(|| {
+        ImportError::Contact(ContactError::NotFound(format!(
+            "import {id} was deleted while running"
+        )))
+    })?;
     if let Some(message) = read_error {
         return Err(ImportError::Interrupted {
             id,
