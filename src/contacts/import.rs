@@ -741,12 +741,14 @@ impl<R: Read> Read for NewlineTracker<R> {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     /// A batch whose import record is not where it expects it (a batch before
     /// it failed, or another upload resumed the import) applies nothing.
     #[test]
-    fn a_batch_out_of_sequence_applies_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+    fn a_batch_out_of_sequence_applies_nothing() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
         let now = Utc::now();
         let rec = ImportRecord {
             id: 1,
@@ -764,15 +766,10 @@ mod tests {
             error: None,
         };
         let r = rec.clone();
-        store
-            .write_blocking(move |t| t.put_import(&r))
-            .unwrap()
-            .blocking_recv()
-            .unwrap()
-            .unwrap();
+        wait(store.write_blocking(move |t| t.put_import(&r))?)?;
         let row = Row {
             line: 7,
-            email: crate::contacts::normalize_email("x@example.com").unwrap(),
+            email: crate::contacts::normalize_email("x@example.com")?,
             update: ContactUpdate::default(),
         };
         let batch = Batch {
@@ -782,19 +779,18 @@ mod tests {
             records: 1,
             last_line: 7,
         };
-        let refused = wait(send_batch(&store, 1, 0, batch, &Utc::now).unwrap()).unwrap();
+        let refused = wait(send_batch(&store, 1, 0, batch, &Utc::now)?)?;
         assert!(refused.is_err());
         assert_eq!(
-            store
-                .read_blocking(|r| r.contact_id_by_email("x@example.com"))
-                .unwrap(),
+            store.read_blocking(|r| r.contact_id_by_email("x@example.com"))?,
             None
         );
-        assert_eq!(store.read_blocking(|r| r.import(1)).unwrap().unwrap(), rec);
+        assert_eq!(store.read_blocking(|r| r.import(1))?, Some(rec));
+        Ok(())
     }
 
     #[test]
-    fn line_numbers_follow_the_file_with_quoted_newlines_and_crlf() {
+    fn line_numbers_follow_the_file_with_quoted_newlines_and_crlf() -> TestResult {
         let text = "email,note\r\na@x.com,\"two\r\nlines\"\r\nb@x.com,z\r\n\r\nc@x.com,\"\n\n\"\nd@x.com,\n";
         let index = Rc::new(RefCell::new(LineIndex::default()));
         let mut r = csv::ReaderBuilder::new()
@@ -807,8 +803,11 @@ mod tests {
             });
         let mut rec = csv::ByteRecord::new();
         let mut lines = Vec::new();
-        while r.read_byte_record(&mut rec).unwrap() {
-            let line = index.borrow_mut().line_at(rec.position().unwrap().byte());
+        while r.read_byte_record(&mut rec)? {
+            let at = rec
+                .position()
+                .ok_or("a record read from input has a position")?;
+            let line = index.borrow_mut().line_at(at.byte());
             lines.push((String::from_utf8_lossy(&rec[0]).into_owned(), line));
         }
         let expect: Vec<(String, u64)> = [
@@ -822,5 +821,6 @@ mod tests {
         .map(|(e, l)| (e.to_string(), *l))
         .collect();
         assert_eq!(lines, expect);
+        Ok(())
     }
 }

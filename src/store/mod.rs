@@ -1048,16 +1048,24 @@ impl ReadView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contacts::model::{ConsentState, Contact, List};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Runs a write job and waits for its commit.
+    fn write<R: Send + 'static>(
+        store: &Store,
+        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, Box<dyn std::error::Error>> {
+        Ok(store.write_blocking(f)?.blocking_recv()??)
+    }
 
     #[test]
-    fn schema_version_is_written_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.read_blocking(|r| r.schema_version()).unwrap(),
-            SCHEMA_VERSION
-        );
-        drop(store);
+    fn schema_version_is_written_and_checked() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        assert_eq!(store.read_blocking(|r| r.schema_version())?, SCHEMA_VERSION);
+        Ok(())
     }
 
     #[test]
@@ -1065,12 +1073,6 @@ mod tests {
         assert_eq!(decode_u64(&7u64.to_be_bytes()), 7);
         assert_eq!(decode_u64(&[]), 0);
     }
-}
-
-#[cfg(test)]
-mod list_count_tests {
-    use super::*;
-    use crate::contacts::model::{ConsentState, Contact, List};
 
     fn contact(id: u64, list: u64) -> Contact {
         let now = chrono::Utc::now();
@@ -1091,46 +1093,35 @@ mod list_count_tests {
     /// Regression: editing a list in the same transaction as a member change
     /// applied the pending member-count change twice.
     #[test]
-    fn editing_a_list_in_the_same_transaction_as_new_members_counts_them_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+    fn editing_a_list_in_the_same_transaction_as_new_members_counts_them_once() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
         let now = chrono::Utc::now();
-        let rx = store
-            .write_blocking(move |t| {
-                t.put_list(
-                    &List {
-                        id: 1,
-                        name: "l".into(),
-                        description: None,
-                        member_count: 0,
-                        created_at: now,
-                    },
-                    None,
-                )?;
-                Ok(())
-            })
-            .unwrap();
-        rx.blocking_recv().unwrap().unwrap();
-        let rx = store
-            .write_blocking(|t| {
-                t.put_contact(&contact(1, 1), None)?;
-                t.put_contact(&contact(2, 1), None)?;
-                let mut l = t.list(1)?.unwrap();
-                assert_eq!(l.member_count, 2);
-                l.description = Some("edited".into());
-                t.put_list(&l, Some("l"))?;
-                t.put_contact(&contact(3, 1), None)?;
-                Ok(())
-            })
-            .unwrap();
-        rx.blocking_recv().unwrap().unwrap();
+        let list = List {
+            id: 1,
+            name: "l".into(),
+            description: None,
+            member_count: 0,
+            created_at: now,
+        };
+        write(&store, move |t| t.put_list(&list, None))?;
+        let seen_in_txn = write(&store, |t| {
+            t.put_contact(&contact(1, 1), None)?;
+            t.put_contact(&contact(2, 1), None)?;
+            let Some(mut l) = t.list(1)? else {
+                return Ok(None);
+            };
+            let seen = l.member_count;
+            l.description = Some("edited".into());
+            t.put_list(&l, Some("l"))?;
+            t.put_contact(&contact(3, 1), None)?;
+            Ok(Some(seen))
+        })?;
+        assert_eq!(seen_in_txn, Some(2));
         assert_eq!(
-            store
-                .read_blocking(|r| r.list(1))
-                .unwrap()
-                .unwrap()
-                .member_count,
-            3
+            store.read_blocking(|r| r.list(1))?.map(|l| l.member_count),
+            Some(3)
         );
+        Ok(())
     }
 }
