@@ -116,7 +116,6 @@ pub struct StoreStats {
 pub struct Store {
     db: Arc<Database>,
     writer: mpsc::Sender<Job>,
-    path: PathBuf,
     /// Writer statistics.
     pub stats: Arc<StoreStats>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -167,15 +166,9 @@ impl Store {
         Ok(Store {
             db,
             writer: tx,
-            path,
             stats,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
         })
-    }
-
-    /// The redb file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn job<R: Send + 'static>(
@@ -272,12 +265,15 @@ impl Store {
 
 fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
-    let has_tables = txn.list_tables()?.next().is_some();
+    // Any table but `meta` means the file already holds data.
+    let has_data_tables = txn
+        .list_tables()?
+        .any(|t| redb::TableHandle::name(&t) != redb::TableHandle::name(&META));
     {
         let mut meta = txn.open_table(META)?;
         let version = meta.get("schema_version")?.map(|v| decode_u64(v.value()));
         match version {
-            None if has_tables && meta.len()? == 0 && !only_meta(&txn)? => {
+            None if has_data_tables => {
                 return Err(StoreError::Foreign(path.to_path_buf()));
             }
             None => {
@@ -324,12 +320,6 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(IMPORT_REJECTS)?;
     txn.commit()?;
     Ok(())
-}
-
-fn only_meta(txn: &redb::WriteTransaction) -> Result<bool, StoreError> {
-    Ok(txn
-        .list_tables()?
-        .all(|t| redb::TableHandle::name(&t) == "meta"))
 }
 
 fn decode_u64(b: &[u8]) -> u64 {
@@ -804,11 +794,6 @@ impl<'t> WriteTables<'t> {
         Ok(())
     }
 
-    /// Every field definition.
-    pub fn fields(&self) -> Result<Vec<FieldDef>, StoreError> {
-        all_json(&self.fields, "fields")
-    }
-
     /// An import record.
     pub fn import(&self, id: u64) -> Result<Option<ImportRecord>, StoreError> {
         get_json(&self.imports, "imports", id)
@@ -968,23 +953,9 @@ impl ReadView {
             .collect()
     }
 
-    /// The installation's salt for suppression hashes.
-    pub fn salt(&self) -> Result<Vec<u8>, StoreError> {
-        Ok(self
-            .table(META)?
-            .get("salt")?
-            .map(|v| v.value().to_vec())
-            .unwrap_or_default())
-    }
-
     /// The stored schema version.
     pub fn schema_version(&self) -> Result<u64, StoreError> {
         meta_u64(&self.table(META)?, "schema_version")
-    }
-
-    /// Whether the hash is suppressed.
-    pub fn suppression(&self, hash: &[u8]) -> Result<Option<Suppression>, StoreError> {
-        get_json(&self.table(SUPPRESSIONS)?, "suppressions", hash)
     }
 
     /// A field definition.

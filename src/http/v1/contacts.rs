@@ -16,7 +16,7 @@ use crate::contacts::{
 };
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
-use crate::store::ContactIndex;
+use crate::store::{ContactIndex, ReadView, StoreError};
 
 /// Body of `POST /api/v1/contacts` (create or update by address).
 #[derive(Debug, Deserialize)]
@@ -85,20 +85,40 @@ pub struct ConsentBody {
     pub note: Option<String>,
 }
 
-/// Resolves `{ref}`: a number is a contact id, anything else an address.
-async fn resolve(state: &AppState, r: &str) -> Result<u64, ApiError> {
-    if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) {
-        return r
-            .parse()
-            .map_err(|_| ApiError::not_found(format!("no contact with id {r}")));
+/// A parsed `{ref}`: all digits is a contact id, anything else an address.
+enum ContactRef {
+    Id(u64),
+    Email(contacts::Email),
+}
+
+impl ContactRef {
+    fn parse(r: &str) -> Result<ContactRef, ApiError> {
+        if super::all_digits(r) {
+            return super::numeric_id(r)
+                .map(ContactRef::Id)
+                .ok_or_else(|| ApiError::not_found(format!("no contact with id {r}")));
+        }
+        Ok(ContactRef::Email(normalize_email(r)?))
     }
-    let email = normalize_email(r).map_err(ApiError::from)?;
-    let key = email.key.clone();
+
+    /// The contact id it names: an id as given (the caller's own read or
+    /// write reports a missing one), an address through the identity index.
+    fn lookup(&self, v: &ReadView) -> Result<Option<u64>, StoreError> {
+        match self {
+            ContactRef::Id(id) => Ok(Some(*id)),
+            ContactRef::Email(e) => v.contact_id_by_email(&e.key),
+        }
+    }
+}
+
+/// Resolves `{ref}` to the id of an existing contact.
+async fn resolve(state: &AppState, r: &str) -> Result<u64, ApiError> {
+    let parsed = ContactRef::parse(r)?;
     state
         .store
-        .read(move |v| v.contact_id_by_email(&key))
+        .read(move |v| parsed.lookup(v))
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no contact with address {}", email.display)))
+        .ok_or_else(|| ApiError::not_found(format!("no contact `{r}`")))
 }
 
 /// The JSON view of a contact.
@@ -261,21 +281,11 @@ fn outcome_name(o: UpsertOutcome) -> &'static str {
 /// `GET /api/v1/contacts/{ref}`: one read transaction for lookup, contact and
 /// list names.
 pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiError> {
-    let by_id = !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit());
-    let key = if by_id {
-        None
-    } else {
-        Some(normalize_email(r)?)
-    };
-    let id = if by_id { r.parse::<u64>().ok() } else { None };
+    let parsed = ContactRef::parse(r)?;
     let found = state
         .store
         .read(move |v| {
-            let id = match (id, &key) {
-                (Some(id), _) => Some(id),
-                (None, Some(e)) => v.contact_id_by_email(&e.key)?,
-                (None, None) => None,
-            };
+            let id = parsed.lookup(v)?;
             let Some(c) = id.map(|id| v.contact(id)).transpose()?.flatten() else {
                 return Ok(None);
             };

@@ -46,7 +46,7 @@ fn check_name(n: &str) -> Result<String, ApiError> {
             format!("list name `{n}` must be 1 to 100 characters without control characters"),
         ));
     }
-    if n.bytes().all(|b| b.is_ascii_digit()) {
+    if super::all_digits(n) {
         return Err(ApiError::invalid(
             "invalid",
             format!("list name `{n}` must not be a number (numbers are list ids)"),
@@ -62,10 +62,9 @@ async fn resolve(state: &AppState, r: &str) -> Result<List, ApiError> {
         .read(move |v| {
             // Only all-digit refs are ids (names cannot be all digits), so
             // `+5` is a name, not list 5.
-            let all_digits = !r2.is_empty() && r2.bytes().all(|b| b.is_ascii_digit());
-            let id = match r2.parse::<u64>() {
-                Ok(id) if all_digits => Some(id),
-                _ => v.list_id_by_name(&r2)?,
+            let id = match super::numeric_id(&r2) {
+                Some(id) => Some(id),
+                None => v.list_id_by_name(&r2)?,
             };
             match id {
                 Some(id) => v.list(id),

@@ -8,6 +8,17 @@ pub mod lists;
 
 use serde::{Deserialize, Deserializer};
 
+/// Whether `s` is a non-empty run of ASCII digits: the one rule by which a
+/// `{ref}` in a path is an id rather than a name or an address.
+pub fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A `{ref}` that is an id (all digits and in range), else `None`.
+pub fn numeric_id(s: &str) -> Option<u64> {
+    if all_digits(s) { s.parse().ok() } else { None }
+}
+
 /// Deserializes a field that distinguishes "absent" (`None`, via
 /// `#[serde(default)]`) from `null` (`Some(None)`): null clears a value.
 pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
