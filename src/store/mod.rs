@@ -178,8 +178,10 @@ impl Store {
         Box::new(move |t| {
             let result = f(t);
             let ok = result.is_ok();
+            // A job's own error is the most precise answer for its caller;
+            // otherwise it gets its result once the commit succeeded.
             let completion: Completion = Box::new(move |commit| {
-                let _ = reply.send(commit.and(result));
+                let _ = reply.send(result.and_then(|r| commit.map(|()| r)));
             });
             (ok, completion)
         })
@@ -373,15 +375,16 @@ fn run_batch(db: &Database, jobs: Vec<Job>) -> BatchResult {
     let mut failed = None;
     match WriteTables::open(&txn) {
         Ok(mut tables) => {
+            // After a failure the rest still run (into a transaction that
+            // will be aborted) so that every caller is told why, rather than
+            // finding its reply channel dropped.
             for job in jobs {
-                if failed.is_some() {
-                    drop(job);
-                    continue;
-                }
                 let (ok, completion) = job(&mut tables);
                 completions.push(completion);
-                if !ok {
-                    failed = Some(StoreError::Redb("a job in the batch failed".into()));
+                if !ok && failed.is_none() {
+                    failed = Some(StoreError::Redb(
+                        "another write in the same transaction failed".into(),
+                    ));
                 }
             }
             if failed.is_none()
@@ -1043,6 +1046,56 @@ mod tests {
     fn decode_u64_reads_big_endian() {
         assert_eq!(decode_u64(&7u64.to_be_bytes()), 7);
         assert_eq!(decode_u64(&[]), 0);
+    }
+
+    /// A failing job aborts its transaction: it gets its own error, the other
+    /// callers in the same transaction are told why, and nothing is stored.
+    #[test]
+    fn a_failed_job_aborts_its_group_and_every_caller_hears_why() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        // Hold the writer (it signals once it is inside the job) so that the
+        // next two jobs queue up and share one transaction.
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let hold = store.write_blocking(move |_| {
+            let _ = started_tx.send(());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            Ok(())
+        })?;
+        started.recv()?;
+        let failing = store.write_blocking(|_| -> Result<(), StoreError> {
+            Err(StoreError::Corrupt {
+                table: "test",
+                message: "boom".into(),
+            })
+        })?;
+        let now = chrono::Utc::now();
+        let list = List {
+            id: 7,
+            name: "x".into(),
+            description: None,
+            member_count: 0,
+            created_at: now,
+        };
+        let innocent = store.write_blocking(move |t| t.put_list(&list, None))?;
+        hold.blocking_recv()??;
+        let own = failing
+            .blocking_recv()?
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(own.contains("boom"), "{own}");
+        let other = innocent
+            .blocking_recv()?
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            other.contains("another write in the same transaction failed"),
+            "{other}"
+        );
+        assert!(store.read_blocking(|r| r.list(7))?.is_none());
+        Ok(())
     }
 
     fn contact(id: u64, list: u64) -> Contact {
