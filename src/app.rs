@@ -8,7 +8,7 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -76,12 +76,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let addr = listener.local_addr()?;
     let public_url = config.http.public_url.to_string();
+    let config = Arc::new(crate::config::Current::new(config));
+    let metrics = Metrics::new();
+    let clock = Clock::system();
+    let engine =
+        crate::delivery::Engine::new(store.clone(), config.clone(), clock.clone(), &metrics)
+            .map_err(|e| anyhow::anyhow!("cannot start delivery: {e}"))?;
     let state = Arc::new(AppState {
-        config: RwLock::new(Arc::new(config)),
+        config,
         store: store.clone(),
-        metrics: Metrics::new(),
-        clock: Clock::system(),
+        metrics,
+        clock,
+        delivery: engine.clone(),
     });
+    // Messages left in flight by a crash are still queued in the store; the
+    // scheduler picks them up like any other due message.
+    let scheduler = tokio::spawn(engine.clone().run());
 
     // Signal handlers go in before readiness is announced: SIGHUP's default
     // action is to terminate, so a reload sent right after "ready" must find
@@ -97,6 +107,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     http::serve(listener, state.clone(), shutdown_signal(term, int)).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Transactions under way finish and are recorded; the rest stays queued.
+    engine.stop(std::time::Duration::from_secs(10)).await;
+    let _ = scheduler.await;
     reloader.abort();
     drop(state);
     tokio::task::spawn_blocking(move || store.close())
@@ -132,10 +145,10 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
                 if new.http.listen != old.http.listen || new.storage.dir != old.storage.dir {
                     tracing::warn!("http.listen and storage.path take effect only after a restart");
                 }
-                match state.config.write() {
-                    Ok(mut c) => *c = Arc::new(new),
-                    Err(p) => *p.into_inner() = Arc::new(new),
+                if new.delivery.nameserver != old.delivery.nameserver {
+                    tracing::warn!("delivery.nameserver takes effect only after a restart");
                 }
+                state.config.set(new);
                 tracing::info!(file = %old.file.display(), "configuration reloaded");
             }
             Ok(Err(errors)) => {
@@ -154,7 +167,7 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
 /// opens the store.
 pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> {
     let c = Config::load(path)?;
-    Ok(format!(
+    let mut out = format!(
         "{}: OK\n  listen      {}\n  public_url  {}\n  storage     {}\n  segments    {}\n  automations {}\n",
         path.display(),
         c.http.listen,
@@ -162,5 +175,36 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
         c.storage.db_file().display(),
         c.paths.segments.display(),
         c.paths.automations.display(),
-    ))
+    );
+    for s in &c.senders {
+        let route = match &s.relay {
+            Some(r) => format!("relay {}:{} ({:?})", r.host, r.port, r.tls),
+            None => "direct MX delivery".to_string(),
+        };
+        out.push_str(&format!(
+            "  sender {}: From {}, MAIL FROM {}, EHLO {}, {route}\n",
+            s.id, s.from, s.return_path, s.helo
+        ));
+        for k in &s.dkim {
+            let size = if k.bits > 0 {
+                format!(" {}-bit", k.bits)
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "    dkim {}._domainkey.{}: {}{size} key {}\n",
+                k.selector,
+                k.domain,
+                k.algorithm.as_str(),
+                k.path.display()
+            ));
+        }
+        if s.dkim.is_empty() {
+            out.push_str("    no DKIM key: mail from this sender goes out unsigned\n");
+        }
+    }
+    if c.senders.is_empty() {
+        out.push_str("  no [[sender]]: nothing can be sent until one is configured\n");
+    }
+    Ok(out)
 }

@@ -169,3 +169,116 @@ pub async fn import(target: &ApiTarget, file: &Path, args: &ImportArgs) -> anyho
     }
     Ok(0)
 }
+
+/// Sends a JSON request (or none) and returns (status, parsed body).
+async fn send_json(
+    target: &ApiTarget,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let bytes = Bytes::from(body.map(|b| b.to_string()).unwrap_or_default());
+    let stream = futures_util::stream::once(async move { Ok(Frame::data(bytes)) }).boxed();
+    let (status, text) = send(
+        target,
+        method,
+        path,
+        "application/json",
+        StreamBody::new(stream),
+    )
+    .await?;
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    Ok((status, json))
+}
+
+fn api_failure(status: u16, json: &serde_json::Value) -> anyhow::Error {
+    let msg = json["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| json.to_string());
+    anyhow::anyhow!("the daemon refused ({status}): {msg}")
+}
+
+/// `herald queue status`: prints the queue summary (or the JSON).
+pub async fn queue_status(target: &ApiTarget, as_json: bool) -> anyhow::Result<()> {
+    let (status, v) = send_json(target, Method::GET, "/api/v1/queue", None).await?;
+    if status != 200 {
+        return Err(api_failure(status, &v));
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let r = &v["recipients"];
+    println!(
+        "queue: {} messages; recipients {} queued, {} in flight, {} deferred; {} connections",
+        v["messages"], r["queued"], r["in_flight"], r["deferred"], v["connections"]
+    );
+    println!(
+        "since the store was created: {} delivered, {} failed",
+        v["delivered_total"], v["failed_total"]
+    );
+    if let Some(o) = v["oldest"].as_object() {
+        println!(
+            "oldest: message {} queued {}",
+            o["id"],
+            o["created"].as_str().unwrap_or("?")
+        );
+    }
+    if let Some(domains) = v["domains"].as_array().filter(|d| !d.is_empty()) {
+        println!(
+            "{:<32} {:>8} {:>9} {:>8}  next attempt / last error",
+            "domain", "queued", "in flight", "deferred"
+        );
+        for d in domains {
+            println!(
+                "{:<32} {:>8} {:>9} {:>8}  {} {}",
+                d["domain"].as_str().unwrap_or(""),
+                d["queued"],
+                d["in_flight"],
+                d["deferred"],
+                d["next_attempt"].as_str().unwrap_or("-"),
+                d["last_error"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `herald queue retry|purge`: one message or one domain.
+pub async fn queue_action(
+    target: &ApiTarget,
+    action: &str,
+    id: Option<u64>,
+    domain: Option<String>,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({});
+    if let Some(id) = id {
+        body["id"] = id.into();
+    }
+    if let Some(d) = domain {
+        body["domain"] = d.into();
+    }
+    if let Some(r) = reason {
+        body["reason"] = r.into();
+    }
+    let (status, v) = send_json(
+        target,
+        Method::POST,
+        &format!("/api/v1/queue/{action}"),
+        Some(body),
+    )
+    .await?;
+    if status != 200 {
+        return Err(api_failure(status, &v));
+    }
+    match action {
+        "purge" => println!(
+            "purged {} recipients of {} messages",
+            v["recipients"], v["messages"]
+        ),
+        _ => println!("{} messages are due now", v["messages"]),
+    }
+    Ok(())
+}

@@ -24,6 +24,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod delivery;
+
+pub use delivery::{DeliveryConfig, Relay, RelayTls, Sender};
+
 /// Default location of the config file, as the external contract says.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/herald/herald.toml";
 
@@ -103,6 +107,12 @@ pub struct RawConfig {
     /// Folders holding templates, segments and automations.
     #[serde(default)]
     pub paths: RawPaths,
+    /// Delivery: DNS, connection limits, timeouts, retries.
+    #[serde(default)]
+    pub delivery: delivery::RawDelivery,
+    /// Sender identities: From, envelope sender, DKIM keys, route.
+    #[serde(default)]
+    pub sender: Vec<delivery::RawSender>,
 }
 
 /// `[http]`
@@ -186,6 +196,48 @@ pub struct Config {
     /// Which lists and fields the segment and automation files name, so that
     /// deleting one still in use can be refused with the reason.
     pub references: References,
+    /// Delivery settings.
+    pub delivery: DeliveryConfig,
+    /// Sender identities, in file order.
+    pub senders: Vec<std::sync::Arc<Sender>>,
+}
+
+/// The running configuration: an immutable snapshot that SIGHUP replaces
+/// whole. Readers take an `Arc` and keep a consistent view for as long as
+/// they need it.
+#[derive(Debug)]
+pub struct Current(std::sync::RwLock<std::sync::Arc<Config>>);
+
+impl Current {
+    /// Holds `c`.
+    pub fn new(c: Config) -> Current {
+        Current(std::sync::RwLock::new(std::sync::Arc::new(c)))
+    }
+
+    /// The current snapshot.
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        // A poisoned lock only means a panic while swapping; the Arc inside is
+        // still a complete snapshot.
+        match self.0.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the snapshot.
+    pub fn set(&self, c: Config) {
+        match self.0.write() {
+            Ok(mut g) => *g = std::sync::Arc::new(c),
+            Err(p) => *p.into_inner() = std::sync::Arc::new(c),
+        }
+    }
+}
+
+impl Config {
+    /// The sender identity with this id.
+    pub fn sender(&self, id: &str) -> Option<&std::sync::Arc<Sender>> {
+        self.senders.iter().find(|s| s.id == id)
+    }
 }
 
 /// Validated `[http]`.
@@ -734,6 +786,8 @@ fn validate(
     for dir in [&segments, &automations].into_iter().flatten() {
         collect_references(dir, &mut references, c.errors);
     }
+    let delivery = delivery::validate_delivery(&mut c, &raw.delivery);
+    let senders = delivery::validate_senders(&mut c, &base, &raw.sender);
 
     Some(Config {
         file: file.to_path_buf(),
@@ -757,6 +811,8 @@ fn validate(
             automations: automations?,
         },
         references,
+        delivery,
+        senders,
     })
 }
 

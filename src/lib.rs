@@ -9,6 +9,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod contacts;
+pub mod delivery;
 pub mod http;
 pub mod metrics;
 pub mod store;

@@ -36,6 +36,75 @@ enum Command {
         #[command(subcommand)]
         command: ContactsCommand,
     },
+    /// DKIM keys.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
+    /// The delivery queue (talks to a running daemon).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+        /// Admin API base URL (default: from the config's http.listen).
+        #[arg(long, global = true)]
+        api: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Generate a signing key, write it (mode 0600) and print the DNS TXT record.
+    Keygen {
+        /// The signing domain (the From domain), e.g. shop.example.
+        #[arg(long)]
+        domain: String,
+        /// The selector, e.g. s2026.
+        #[arg(long)]
+        selector: String,
+        /// Key type.
+        #[arg(long, value_enum, default_value = "rsa")]
+        algorithm: KeyAlgorithm,
+        /// Where to write the key (default: dkim/SELECTOR.DOMAIN.ALGORITHM.pem next to the config file).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyAlgorithm {
+    Rsa,
+    Ed25519,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Counts per state and destination domain, oldest message, next attempts.
+    Status {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make deferred recipients due now: one message or a whole domain.
+    Retry {
+        /// Queue id.
+        #[arg(long, conflicts_with = "domain", required_unless_present = "domain")]
+        id: Option<u64>,
+        /// Destination domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Give up on pending recipients (recorded with the reason): one message or a domain.
+    Purge {
+        /// Queue id.
+        #[arg(long, conflicts_with = "domain", required_unless_present = "domain")]
+        id: Option<u64>,
+        /// Destination domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Why (kept in the message's record).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -112,6 +181,86 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
+                    eprintln!("herald: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dkim {
+            command:
+                DkimCommand::Keygen {
+                    domain,
+                    selector,
+                    algorithm,
+                    out,
+                },
+        } => {
+            use herald::delivery::dkim;
+            let alg = match algorithm {
+                KeyAlgorithm::Rsa => dkim::Algorithm::Rsa,
+                KeyAlgorithm::Ed25519 => dkim::Algorithm::Ed25519,
+            };
+            let out = out.unwrap_or_else(|| {
+                let base = cli
+                    .config
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                base.join("dkim")
+                    .join(format!("{selector}.{domain}.{}.pem", alg.as_str()))
+            });
+            match dkim::keygen(&domain, &selector, alg, &out) {
+                Ok(g) => {
+                    println!("wrote {} (mode 0600)", g.path.display());
+                    println!();
+                    println!("Publish this DNS TXT record:");
+                    println!("  name:  {}", g.record_name);
+                    println!("  value: {}", g.record_value);
+                    println!();
+                    println!("As a zone-file line:");
+                    println!("  {}", dkim::zone_line(&g));
+                    println!();
+                    println!("And add to the [[sender]] whose From domain is {domain}:");
+                    println!("  [[sender.dkim]]");
+                    println!("  selector = \"{selector}\"");
+                    println!("  key_file = \"{}\"", g.path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("herald: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Queue { command, api } => {
+            let config = match load_or_report(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let run = async {
+                let target = client::ApiTarget::from_config(
+                    &config,
+                    api.as_deref(),
+                    std::env::var("HERALD_TOKEN").ok(),
+                )?;
+                match command {
+                    QueueCommand::Status { json } => client::queue_status(&target, json).await,
+                    QueueCommand::Retry { id, domain } => {
+                        client::queue_action(&target, "retry", id, domain, None).await
+                    }
+                    QueueCommand::Purge { id, domain, reason } => {
+                        client::queue_action(&target, "purge", id, domain, Some(reason)).await
+                    }
+                }
+            };
+            let rt = match runtime(false) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
                     eprintln!("herald: {e:#}");
                     ExitCode::FAILURE
                 }

@@ -52,6 +52,10 @@ pub struct Metrics {
     store_commits: Gauge,
     /// Store write jobs committed.
     store_jobs: Gauge,
+    /// Delivery attempts per recipient, by result (delivered, deferred, failed).
+    pub delivery: Family<OutcomeLabels, Counter>,
+    /// SMTP client connections open now.
+    pub smtp_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -94,8 +98,22 @@ impl Metrics {
             "Store write jobs committed since start (grouped into commits)",
             store_jobs.clone(),
         );
+        let delivery = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts per recipient, by result: delivered, deferred, failed",
+            delivery.clone(),
+        );
+        let smtp_connections = Gauge::default();
+        registry.register(
+            "smtp_connections",
+            "Outgoing SMTP connections open now",
+            smtp_connections.clone(),
+        );
         Metrics {
             registry,
+            delivery,
+            smtp_connections,
             http_requests,
             contacts,
             import_rows,

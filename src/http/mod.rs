@@ -13,7 +13,7 @@ pub mod v1;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
@@ -32,7 +32,9 @@ use reply::{ApiError, Body};
 /// Everything a request handler can reach.
 pub struct AppState {
     /// The current config snapshot; SIGHUP swaps it.
-    pub config: RwLock<Arc<Config>>,
+    pub config: Arc<crate::config::Current>,
+    /// The delivery engine.
+    pub delivery: crate::delivery::Engine,
     /// The store.
     pub store: Store,
     /// Metrics.
@@ -44,12 +46,7 @@ pub struct AppState {
 impl AppState {
     /// The current config snapshot.
     pub fn config(&self) -> Arc<Config> {
-        // A poisoned lock only means a panic while swapping; the Arc inside is
-        // still a complete snapshot.
-        match self.config.read() {
-            Ok(c) => c.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.config.get()
     }
 }
 
@@ -133,6 +130,16 @@ pub enum Route {
     Lists,
     /// `/api/v1/lists/{ref}`
     List(String),
+    /// `/api/v1/messages`
+    Messages,
+    /// `/api/v1/queue`
+    Queue,
+    /// `/api/v1/queue/retry`
+    QueueRetry,
+    /// `/api/v1/queue/purge`
+    QueuePurge,
+    /// `/api/v1/queue/{id}`
+    QueueMessage(String),
     /// Anything else under `/api/`.
     ApiUnknown,
     /// Anything else.
@@ -156,6 +163,11 @@ impl Route {
             Route::Field(_) => "field",
             Route::Lists => "lists",
             Route::List(_) => "list",
+            Route::Messages => "messages",
+            Route::Queue => "queue",
+            Route::QueueRetry => "queue_retry",
+            Route::QueuePurge => "queue_purge",
+            Route::QueueMessage(_) => "queue_message",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
         }
@@ -188,6 +200,11 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "fields", n] => Route::Field(n.to_string()),
         ["api", "v1", "lists"] => Route::Lists,
         ["api", "v1", "lists", r] => Route::List(r.to_string()),
+        ["api", "v1", "messages"] => Route::Messages,
+        ["api", "v1", "queue"] => Route::Queue,
+        ["api", "v1", "queue", "retry"] => Route::QueueRetry,
+        ["api", "v1", "queue", "purge"] => Route::QueuePurge,
+        ["api", "v1", "queue", id] => Route::QueueMessage(id.to_string()),
         ["api", ..] => Route::ApiUnknown,
         _ => Route::Unknown,
     }
@@ -282,7 +299,7 @@ async fn call(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let m = req.method().clone();
-    use v1::{contacts, fields, import, lists};
+    use v1::{contacts, fields, import, lists, queue};
     match route {
         Route::Health => match m {
             Method::GET | Method::HEAD => {
@@ -357,6 +374,26 @@ async fn call(
             Method::PATCH => lists::update(state, r, req).await,
             Method::DELETE => lists::delete(state, r).await,
             _ => Err(method_not_allowed("GET, PATCH, DELETE")),
+        },
+        Route::Messages => match m {
+            Method::POST => queue::submit(state, req).await,
+            _ => Err(method_not_allowed("POST")),
+        },
+        Route::Queue => match m {
+            Method::GET => queue::status(state).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::QueueRetry => match m {
+            Method::POST => queue::retry(state, req).await,
+            _ => Err(method_not_allowed("POST")),
+        },
+        Route::QueuePurge => match m {
+            Method::POST => queue::purge(state, req).await,
+            _ => Err(method_not_allowed("POST")),
+        },
+        Route::QueueMessage(id) => match m {
+            Method::GET => queue::get(state, id).await,
+            _ => Err(method_not_allowed("GET")),
         },
         Route::ApiUnknown => Err(ApiError::not_found(format!(
             "no API endpoint {} {}",

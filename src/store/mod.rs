@@ -12,7 +12,10 @@
 //! modules; they receive a [`WriteTables`] or [`ReadView`] whose typed methods
 //! are the whole vocabulary they have for the data.
 
+mod queue;
 pub mod tables;
+
+pub use queue::{DueEntry, QueueSummary};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -320,6 +323,10 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(SUPPRESSIONS)?;
     txn.open_table(IMPORTS)?;
     txn.open_table(IMPORT_REJECTS)?;
+    txn.open_table(QUEUE)?;
+    txn.open_table(QUEUE_BODIES)?;
+    txn.open_table(QUEUE_DUE)?;
+    txn.open_table(QUEUE_DONE)?;
     txn.commit()?;
     Ok(())
 }
@@ -458,6 +465,8 @@ pub enum Sequence {
     Import,
     /// Consent log entries.
     Consent,
+    /// Queued messages.
+    Message,
 }
 
 impl Sequence {
@@ -467,6 +476,7 @@ impl Sequence {
             Sequence::List => "seq.list",
             Sequence::Import => "seq.import",
             Sequence::Consent => "seq.consent",
+            Sequence::Message => "seq.message",
         }
     }
 }
@@ -498,6 +508,10 @@ pub struct WriteTables<'t> {
     suppressions: Table<'t, &'static [u8], &'static [u8]>,
     imports: Table<'t, u64, &'static [u8]>,
     import_rejects: Table<'t, (u64, u64), &'static str>,
+    queue: Table<'t, u64, &'static [u8]>,
+    queue_bodies: Table<'t, u64, &'static [u8]>,
+    queue_due: Table<'t, (i64, u64), ()>,
+    queue_done: Table<'t, u64, &'static [u8]>,
     /// Counters (id sequences, per-state counts) read once and written back
     /// once per transaction by `flush`, instead of once per row.
     counters: std::collections::HashMap<&'static str, u64>,
@@ -529,6 +543,10 @@ impl<'t> WriteTables<'t> {
             suppressions,
             imports: txn.open_table(IMPORTS)?,
             import_rejects: txn.open_table(IMPORT_REJECTS)?,
+            queue: txn.open_table(QUEUE)?,
+            queue_bodies: txn.open_table(QUEUE_BODIES)?,
+            queue_due: txn.open_table(QUEUE_DUE)?,
+            queue_done: txn.open_table(QUEUE_DONE)?,
             any_suppressed,
             field_defs: None,
             counters: Default::default(),

@@ -56,3 +56,17 @@ pub const IMPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("imports_v
 /// (import id, line) → rejection reason. Every rejected row of every import.
 pub const IMPORT_REJECTS: TableDefinition<(u64, u64), &str> =
     TableDefinition::new("import_rejects_v1");
+
+/// Queue id → `QueuedMessage` (JSON): messages with recipients still to deliver.
+pub const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_v1");
+
+/// Queue id → the message as it is sent (signed RFC 5322 bytes). Deleted when
+/// the message is finished.
+pub const QUEUE_BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_bodies_v1");
+
+/// (due time in ms, queue id) → (): which queued messages are due when.
+pub const QUEUE_DUE: TableDefinition<(i64, u64), ()> = TableDefinition::new("queue_due_v1");
+
+/// Queue id → `QueuedMessage` (JSON) of finished messages: every recipient
+/// delivered or failed. Kept for reports and for `GET /api/v1/queue/{id}`.
+pub const QUEUE_DONE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_done_v1");

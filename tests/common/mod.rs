@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod peers;
+
 pub const TOKEN: &str = "test-token-0123456789abcdef0123";
 
 /// Path of the binary under test.

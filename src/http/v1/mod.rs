@@ -5,6 +5,7 @@ pub mod contacts;
 pub mod fields;
 pub mod import;
 pub mod lists;
+pub mod queue;
 
 use serde::{Deserialize, Deserializer};
 

@@ -1,0 +1,438 @@
+//! DKIM: loading keys, signing outgoing messages, generating keys.
+//!
+//! Signing uses mail-auth's signer (ring backend); Herald only decides what
+//! is signed: relaxed/relaxed over [`SIGNED_HEADERS`], with From, Subject and
+//! Date listed twice ("oversigned") so that a header prepended later breaks
+//! the signature. Headers of the list that a message lacks are signed as
+//! absent, which stops anyone from adding them afterwards.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
+
+/// Headers covered by every signature, in the order of the `h=` tag.
+pub const SIGNED_HEADERS: &[&str] = &[
+    "From",
+    "From",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Subject",
+    "Subject",
+    "Date",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Id",
+    "Feedback-ID",
+];
+
+/// Smallest RSA key accepted (RFC 8301 requires 1024; mailbox providers want 2048).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// The two key types DKIM knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// rsa-sha256.
+    Rsa,
+    /// ed25519-sha256 (RFC 8463).
+    Ed25519,
+}
+
+impl Algorithm {
+    /// The `k=` value of the DNS record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Rsa => "rsa",
+            Algorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+enum Signer {
+    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Ed25519(DkimSigner<Ed25519Key, Done>),
+}
+
+/// A loaded signing key for one domain and selector. `Debug` shows no secret.
+pub struct DkimKey {
+    /// `d=`.
+    pub domain: String,
+    /// `s=`.
+    pub selector: String,
+    /// Key type.
+    pub algorithm: Algorithm,
+    /// RSA modulus size (0 for Ed25519).
+    pub bits: usize,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The TXT record value to publish at `selector._domainkey.domain`.
+    pub dns_record: String,
+    signer: Signer,
+}
+
+impl fmt::Debug for DkimKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DkimKey")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .field("algorithm", &self.algorithm)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DkimKey {
+    /// Loads a PEM private key (PKCS#1 RSA, or PKCS#8 RSA or Ed25519) and
+    /// checks it: RSA keys must have at least [`MIN_RSA_BITS`].
+    pub fn load(path: &Path, domain: &str, selector: &str) -> Result<DkimKey, String> {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+            format!(
+                "{} is not a PEM private key (PKCS#1 or PKCS#8): {e}",
+                path.display()
+            )
+        })?;
+        let (algorithm, bits, public) = match &der {
+            PrivateKeyDer::Pkcs1(k) => {
+                let bits = rsa_private_bits(k.secret_pkcs1_der(), false).unwrap_or(0);
+                (Algorithm::Rsa, bits, None)
+            }
+            PrivateKeyDer::Pkcs8(k) => match rsa_private_bits(k.secret_pkcs8_der(), true) {
+                Some(bits) => (Algorithm::Rsa, bits, None),
+                None => {
+                    let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(k.secret_pkcs8_der())
+                        .map_err(|e| {
+                            format!(
+                                "{} holds a PKCS#8 key that is neither RSA nor Ed25519: {e}",
+                                path.display()
+                            )
+                        })?;
+                    (Algorithm::Ed25519, 0, Some(key))
+                }
+            },
+            _ => {
+                return Err(format!(
+                    "{} holds an EC (SEC1) key; DKIM keys must be RSA or Ed25519",
+                    path.display()
+                ));
+            }
+        };
+        let (signer, dns_record) = match (algorithm, public) {
+            (Algorithm::Ed25519, Some(key)) => {
+                let record = format!("v=DKIM1; k=ed25519; p={}", B64.encode(key.public_key()));
+                let s = DkimSigner::from_key(key)
+                    .domain(domain)
+                    .selector(selector)
+                    .headers(SIGNED_HEADERS.iter().copied())
+                    .header_canonicalization(Canonicalization::Relaxed)
+                    .body_canonicalization(Canonicalization::Relaxed);
+                (Signer::Ed25519(s), record)
+            }
+            _ => {
+                if bits != 0 && bits < MIN_RSA_BITS {
+                    return Err(format!(
+                        "{} is a {bits}-bit RSA key; at least {MIN_RSA_BITS} bits are required",
+                        path.display()
+                    ));
+                }
+                let key = RsaKey::<Sha256>::from_key_der(der.clone_key())
+                    .map_err(|e| format!("{} is not a usable RSA key: {e}", path.display()))?;
+                let record = format!(
+                    "v=DKIM1; k=rsa; p={}",
+                    B64.encode(spki_from_pkcs1(&key.public_key()))
+                );
+                let s = DkimSigner::from_key(key)
+                    .domain(domain)
+                    .selector(selector)
+                    .headers(SIGNED_HEADERS.iter().copied())
+                    .header_canonicalization(Canonicalization::Relaxed)
+                    .body_canonicalization(Canonicalization::Relaxed);
+                (Signer::Rsa(s), record)
+            }
+        };
+        Ok(DkimKey {
+            domain: domain.to_string(),
+            selector: selector.to_string(),
+            algorithm,
+            bits,
+            path: path.to_path_buf(),
+            dns_record,
+            signer,
+        })
+    }
+
+    /// The `DKIM-Signature:` header (with CRLF) for `message`.
+    pub fn signature_header(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        let sig = match &self.signer {
+            Signer::Rsa(s) => s.sign(message),
+            Signer::Ed25519(s) => s.sign(message),
+        }
+        .map_err(|e| format!("DKIM signing with {} failed: {e}", self.path.display()))?;
+        let mut out = Vec::with_capacity(512);
+        sig.write_header(&mut out);
+        Ok(out)
+    }
+}
+
+/// Signs `message` with every key and returns the signed message (signature
+/// headers first, each computed over the unsigned message).
+pub fn sign(keys: &[std::sync::Arc<DkimKey>], message: Vec<u8>) -> Result<Vec<u8>, String> {
+    if keys.is_empty() {
+        return Ok(message);
+    }
+    let mut headers = Vec::with_capacity(600 * keys.len());
+    for k in keys {
+        headers.extend_from_slice(&k.signature_header(&message)?);
+    }
+    headers.extend_from_slice(&message);
+    Ok(headers)
+}
+
+/// What `herald dkim keygen` produced.
+pub struct Generated {
+    /// Where the private key was written.
+    pub path: PathBuf,
+    /// DNS name of the TXT record.
+    pub record_name: String,
+    /// TXT record value.
+    pub record_value: String,
+}
+
+/// Generates a key, writes it as PEM (mode 0600, refusing to overwrite) and
+/// returns the DNS record to publish.
+pub fn keygen(
+    domain: &str,
+    selector: &str,
+    algorithm: Algorithm,
+    out: &Path,
+) -> Result<Generated, String> {
+    check_dns_label("selector", selector)?;
+    for label in domain.split('.') {
+        check_dns_label("domain", label)?;
+    }
+    let (pem, record_value) = match algorithm {
+        Algorithm::Rsa => {
+            let pair = mail_auth::dkim::generate::DkimKeyPair::generate_rsa(MIN_RSA_BITS)
+                .map_err(|e| format!("RSA key generation failed: {e}"))?;
+            (
+                pem("RSA PRIVATE KEY", pair.private_key()),
+                format!(
+                    "v=DKIM1; k=rsa; p={}",
+                    B64.encode(spki_from_pkcs1(pair.public_key()))
+                ),
+            )
+        }
+        Algorithm::Ed25519 => {
+            let pair = mail_auth::dkim::generate::DkimKeyPair::generate_ed25519()
+                .map_err(|e| format!("Ed25519 key generation failed: {e}"))?;
+            (
+                pem("PRIVATE KEY", pair.private_key()),
+                format!("v=DKIM1; k=ed25519; p={}", B64.encode(pair.public_key())),
+            )
+        }
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(out).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!(
+            "{} already exists; refusing to overwrite a key (remove it or choose --out)",
+            out.display()
+        ),
+        _ => format!("cannot create {}: {e}", out.display()),
+    })?;
+    f.write_all(pem.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    // Check that what was written loads back as a signing key.
+    DkimKey::load(out, domain, selector)?;
+    Ok(Generated {
+        path: out.to_path_buf(),
+        record_name: format!("{selector}._domainkey.{domain}"),
+        record_value,
+    })
+}
+
+/// The record split into quoted strings of at most 255 characters, as a
+/// zone file (and most DNS consoles) need for 2048-bit keys.
+pub fn zone_line(g: &Generated) -> String {
+    let chunks: Vec<String> = g
+        .record_value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    format!("{}. IN TXT ( {} )", g.record_name, chunks.join(" "))
+}
+
+fn check_dns_label(what: &str, label: &str) -> Result<(), String> {
+    let ok = !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "the {what} `{label}` is not a valid DNS label (letters, digits, `-`, `_`; 1-63 characters)"
+        ))
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = B64.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+// --- minimal DER, only what key checks need ---------------------------------
+
+/// Splits one DER TLV off `b`: (tag, contents, rest).
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let first = *b.get(1)? as usize;
+    let (len, header) = if first < 0x80 {
+        (first, 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *b.get(2 + i)? as usize;
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    Some((tag, b.get(header..end)?, b.get(end..)?))
+}
+
+/// Modulus size of an RSA private key (PKCS#1, or PKCS#8 wrapping PKCS#1);
+/// `None` if it is not an RSA key.
+fn rsa_private_bits(der: &[u8], pkcs8: bool) -> Option<usize> {
+    const RSA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    let (_, seq, _) = tlv(der).filter(|t| t.0 == 0x30)?;
+    let inner = if pkcs8 {
+        let (_, _, rest) = tlv(seq)?; // version
+        let (_, algid, rest) = tlv(rest).filter(|t| t.0 == 0x30)?;
+        let (_, oid, _) = tlv(algid).filter(|t| t.0 == 0x06)?;
+        if oid != RSA_OID {
+            return None;
+        }
+        let (_, octets, _) = tlv(rest).filter(|t| t.0 == 0x04)?;
+        let (_, s, _) = tlv(octets).filter(|t| t.0 == 0x30)?;
+        s
+    } else {
+        seq
+    };
+    let (_, _, rest) = tlv(inner)?; // version
+    let (_, n, _) = tlv(rest).filter(|t| t.0 == 0x02)?;
+    let n = match n.iter().position(|&b| b != 0) {
+        Some(i) => &n[i..],
+        None => return Some(0),
+    };
+    Some((n.len() - 1) * 8 + (8 - n[0].leading_zeros() as usize))
+}
+
+fn der_len(len: usize, out: &mut Vec<u8>) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .iter()
+            .copied()
+            .skip_while(|&b| b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend_from_slice(&bytes);
+    }
+}
+
+/// Wraps a PKCS#1 RSAPublicKey in a SubjectPublicKeyInfo: the form DKIM's
+/// `p=` carries for RSA and verifiers expect.
+fn spki_from_pkcs1(pkcs1: &[u8]) -> Vec<u8> {
+    const ALGID: &[u8] = &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut bitstring = vec![0x03];
+    der_len(pkcs1.len() + 1, &mut bitstring);
+    bitstring.push(0);
+    bitstring.extend_from_slice(pkcs1);
+    let mut out = vec![0x30];
+    der_len(ALGID.len() + bitstring.len(), &mut out);
+    out.extend_from_slice(ALGID);
+    out.extend_from_slice(&bitstring);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_load_sign_and_oversign() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        for alg in [Algorithm::Rsa, Algorithm::Ed25519] {
+            let path = dir.path().join(format!("{}.pem", alg.as_str()));
+            let g = keygen("shop.example", "s1", alg, &path)?;
+            assert!(g.record_value.starts_with("v=DKIM1; k="));
+            let again = keygen("shop.example", "s1", alg, &path);
+            assert!(again.is_err_and(|e| e.contains("already exists")));
+            let key = DkimKey::load(&path, "shop.example", "s1")?;
+            assert_eq!(key.algorithm, alg);
+            assert_eq!(key.dns_record, g.record_value);
+            if alg == Algorithm::Rsa {
+                assert_eq!(key.bits, 2048);
+            }
+            let msg = b"From: a@shop.example\r\nTo: b@x.test\r\nSubject: hi\r\n\r\nbody\r\n";
+            let h = String::from_utf8(key.signature_header(msg)?).map_err(|e| e.to_string())?;
+            assert!(h.starts_with("DKIM-Signature: v=1; a="));
+            assert!(h.contains("c=relaxed/relaxed"));
+            let unfolded: String = h.split_whitespace().collect();
+            assert!(unfolded.contains("h=From:From:") || unfolded.contains("h=From:"));
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+                assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_labels_are_refused() {
+        let dir = std::env::temp_dir().join("never-written.pem");
+        assert!(keygen("shop.example", "bad selector", Algorithm::Ed25519, &dir).is_err());
+        assert!(keygen("shop..example", "s", Algorithm::Ed25519, &dir).is_err());
+    }
+}

@@ -1,0 +1,984 @@
+//! The delivery engine: a scheduler task that loads due messages from the
+//! queue into a bounded in-memory "active" set, grouped by destination, and
+//! connection tasks that deliver them.
+//!
+//! - A destination is (sender, recipient domain) for MX delivery, or (sender)
+//!   for a relay. Each destination has a FIFO of ready jobs (one job = one
+//!   message to that destination's recipients); connection tasks are started
+//!   while a destination has more jobs than connections and the limits per
+//!   domain (or relay) and in total allow.
+//! - A connection task resolves MX hosts, connects to the first that answers,
+//!   and sends job after job over the one connection (up to
+//!   `messages_per_connection`), then QUITs.
+//! - After each transaction the outcome is committed (delivered, deferred
+//!   with the next attempt, failed with a bounce class) before the task takes
+//!   its next job. "In flight" is never stored: after a crash the stored
+//!   state is still queued/deferred, so the message is sent again. The only
+//!   possible duplicates are therefore transactions whose 250 arrived but
+//!   whose commit did not happen: at most one per open connection.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::bounce;
+use super::model::{BounceClass, QueuedMessage, RcptState};
+use super::mx::{Mx, MxError};
+use super::smtp::{self, RcptResult, Reply, Session, Target, TlsMode};
+use crate::clock::Clock;
+use crate::config::{Config, Current, RelayTls, Sender};
+use crate::contacts::model::{ConsentSource, ConsentState};
+use crate::contacts::{self, ConsentChange, ContactUpdate};
+use crate::metrics::{Metrics, OutcomeLabels};
+use crate::store::{Store, StoreError, WriteTables};
+
+/// Most messages held in memory for delivery at once.
+const ACTIVE_MAX: usize = 5000;
+/// Least time between two scans of the due index.
+const FILL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long an idle connection waits for more work before it QUITs.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// A delivery destination.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DestKey {
+    sender: String,
+    /// Recipient domain; empty for a relay (which takes every domain).
+    domain: String,
+}
+
+/// One message to one destination's recipients.
+#[derive(Debug)]
+struct Job {
+    msg: u64,
+    return_path: String,
+    rcpts: Vec<(usize, String)>,
+}
+
+#[derive(Default)]
+struct Dest {
+    ready: VecDeque<Job>,
+    conns: usize,
+}
+
+struct Active {
+    jobs_left: usize,
+    /// (recipient index) → in flight; for the status view.
+    rcpts: Vec<usize>,
+    domain_of: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    active: HashMap<u64, Active>,
+    dests: HashMap<DestKey, Dest>,
+    /// Open connections per recipient domain (MX) or relay (`relay:ID`).
+    limit_conns: HashMap<String, usize>,
+    total_conns: usize,
+    /// Next free send slot per sender (rate limits), as an instant.
+    rate_next: HashMap<String, tokio::time::Instant>,
+    stopping: bool,
+}
+
+/// What happened to one recipient in one attempt.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// 250 after DATA.
+    Delivered(String),
+    /// A temporary failure.
+    Temporary(String),
+    /// A permanent failure, with its class.
+    Permanent(String, BounceClass),
+}
+
+struct Inner {
+    store: Store,
+    config: Arc<Current>,
+    clock: Clock,
+    mx: Mx,
+    mx_tls: tokio_rustls::TlsConnector,
+    relay_tls: Mutex<HashMap<String, tokio_rustls::TlsConnector>>,
+    state: Mutex<State>,
+    wake: Notify,
+    new_work: Notify,
+    delivered: prometheus_client::metrics::counter::Counter,
+    deferred: prometheus_client::metrics::counter::Counter,
+    failed: prometheus_client::metrics::counter::Counter,
+    connections: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// A handle to the running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// A recipient in flight, for the status view.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// Queue id.
+    pub msg: u64,
+    /// Recipient index.
+    pub rcpt: usize,
+    /// Its domain.
+    pub domain: String,
+}
+
+impl Engine {
+    /// Builds the engine (resolver, TLS settings). Call [`Engine::run`] to start it.
+    pub fn new(
+        store: Store,
+        config: Arc<Current>,
+        clock: Clock,
+        metrics: &Metrics,
+    ) -> Result<Engine, String> {
+        let c = config.get();
+        let mx = Mx::new(c.delivery.nameserver)?;
+        let mx_tls = smtp::mx_connector()?;
+        let outcome = |o: &'static str| {
+            metrics
+                .delivery
+                .get_or_create(&OutcomeLabels { outcome: o })
+                .clone()
+        };
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                clock,
+                mx,
+                mx_tls,
+                relay_tls: Mutex::new(HashMap::new()),
+                state: Mutex::new(State::default()),
+                wake: Notify::new(),
+                new_work: Notify::new(),
+                delivered: outcome("delivered"),
+                deferred: outcome("deferred"),
+                failed: outcome("failed"),
+                connections: metrics.smtp_connections.clone(),
+            }),
+        })
+    }
+
+    /// Tells the scheduler that messages were queued or made due.
+    pub fn notify(&self) {
+        self.inner.new_work.notify_one();
+    }
+
+    /// Recipients being delivered right now.
+    pub fn in_flight(&self) -> Vec<InFlight> {
+        let st = lock(&self.inner.state);
+        let mut out = Vec::new();
+        for (id, a) in &st.active {
+            for &r in &a.rcpts {
+                out.push(InFlight {
+                    msg: *id,
+                    rcpt: r,
+                    domain: a.domain_of.get(r).cloned().unwrap_or_default(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Open SMTP connections.
+    pub fn connections(&self) -> usize {
+        lock(&self.inner.state).total_conns
+    }
+
+    /// The scheduler loop; returns after [`Engine::stop`].
+    pub async fn run(self) {
+        let inner = self.inner.clone();
+        let mut last_fill = tokio::time::Instant::now() - FILL_INTERVAL;
+        loop {
+            if lock(&inner.state).stopping {
+                break;
+            }
+            let since = last_fill.elapsed();
+            if since < FILL_INTERVAL {
+                tokio::time::sleep(FILL_INTERVAL - since).await;
+            }
+            last_fill = tokio::time::Instant::now();
+            let more = match fill(&inner).await {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the queue; retrying in a second");
+                    false
+                }
+            };
+            spawn_workers(&inner);
+            if more {
+                // More is due than fits: wait for room.
+                tokio::select! {
+                    _ = inner.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            } else {
+                tokio::select! {
+                    _ = inner.new_work.notified() => {}
+                    _ = inner.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+
+    /// Stops starting new transactions and waits (up to `grace`) for those
+    /// under way to finish and be recorded.
+    pub async fn stop(&self, grace: Duration) {
+        {
+            let mut st = lock(&self.inner.state);
+            st.stopping = true;
+            for d in st.dests.values_mut() {
+                d.ready.clear();
+            }
+        }
+        self.inner.wake.notify_waiters();
+        self.inner.new_work.notify_one();
+        let deadline = tokio::time::Instant::now() + grace;
+        while lock(&self.inner.state).total_conns > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn now_ms(clock: &Clock) -> i64 {
+    clock.now().timestamp_millis()
+}
+
+/// Loads due messages into the active set. Returns whether more were due
+/// than there was room for.
+async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
+    let (skip, room) = {
+        let st = lock(&inner.state);
+        if st.stopping {
+            return Ok(false);
+        }
+        let skip: HashSet<u64> = st.active.keys().copied().collect();
+        let room = ACTIVE_MAX.saturating_sub(skip.len());
+        (skip, room)
+    };
+    if room == 0 {
+        return Ok(true);
+    }
+    let now = now_ms(&inner.clock);
+    let (loaded, more) = inner
+        .store
+        .read(move |v| {
+            let entries = v.due_entries(None, now, skip.len() + room + 1)?;
+            let mut out = Vec::new();
+            let mut more = false;
+            for (_, id) in entries {
+                if skip.contains(&id) {
+                    continue;
+                }
+                if out.len() == room {
+                    more = true;
+                    break;
+                }
+                if let Some(m) = v.queued_message(id)? {
+                    out.push(m);
+                }
+            }
+            Ok((out, more))
+        })
+        .await?;
+    if loaded.is_empty() {
+        return Ok(more);
+    }
+    let config = inner.config.get();
+    let mut orphans = Vec::new();
+    {
+        let mut st = lock(&inner.state);
+        for m in loaded {
+            if st.active.contains_key(&m.id) {
+                continue;
+            }
+            let Some(sender) = config.sender(&m.sender) else {
+                orphans.push(m.id);
+                continue;
+            };
+            let mut jobs: HashMap<DestKey, Job> = HashMap::new();
+            let mut rcpts = Vec::new();
+            for (i, r) in m.recipients.iter().enumerate() {
+                if !r.state.is_pending() || r.next_attempt.unwrap_or(m.created) > now {
+                    continue;
+                }
+                let key = DestKey {
+                    sender: sender.id.clone(),
+                    domain: if sender.relay.is_some() {
+                        String::new()
+                    } else {
+                        r.domain.clone()
+                    },
+                };
+                jobs.entry(key)
+                    .or_insert_with(|| Job {
+                        msg: m.id,
+                        return_path: m.return_path.clone(),
+                        rcpts: Vec::new(),
+                    })
+                    .rcpts
+                    .push((i, r.address.clone()));
+                rcpts.push(i);
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            st.active.insert(
+                m.id,
+                Active {
+                    jobs_left: jobs.len(),
+                    rcpts,
+                    domain_of: m.recipients.iter().map(|r| r.domain.clone()).collect(),
+                },
+            );
+            for (key, job) in jobs {
+                st.dests.entry(key).or_default().ready.push_back(job);
+            }
+        }
+    }
+    if !orphans.is_empty() {
+        defer_orphans(inner, orphans).await;
+    }
+    Ok(more)
+}
+
+/// Messages whose sender left the config wait (an hour at a time) for it to
+/// come back, rather than failing on a config mistake.
+async fn defer_orphans(inner: &Arc<Inner>, ids: Vec<u64>) {
+    let now = now_ms(&inner.clock);
+    let r = inner
+        .store
+        .write(move |t| {
+            for id in ids {
+                if let Some(mut m) = t.queued_message(id)? {
+                    for r in m.recipients.iter_mut().filter(|r| r.state.is_pending()) {
+                        r.next_attempt = Some(now + 3_600_000);
+                        r.reply = Some(format!(
+                            "the sender `{}` is not in the config; waiting for it to return",
+                            m.sender
+                        ));
+                    }
+                    t.put_message(&mut m, None)?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "cannot defer messages of a removed sender");
+    }
+}
+
+/// The connection limit a destination counts against.
+fn limit_key(key: &DestKey) -> String {
+    if key.domain.is_empty() {
+        format!("relay:{}", key.sender)
+    } else {
+        key.domain.clone()
+    }
+}
+
+fn spawn_workers(inner: &Arc<Inner>) {
+    let config = inner.config.get();
+    let d = &config.delivery;
+    let mut st = lock(&inner.state);
+    if st.stopping {
+        return;
+    }
+    let keys: Vec<DestKey> = st
+        .dests
+        .iter()
+        .filter(|(_, v)| v.ready.len() > v.conns)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in keys {
+        let lk = limit_key(&key);
+        let per_limit = if key.domain.is_empty() {
+            config
+                .sender(&key.sender)
+                .and_then(|s| s.relay.as_ref())
+                .map_or(d.max_connections_per_domain, |r| r.max_connections)
+        } else {
+            d.max_connections_per_domain
+        };
+        loop {
+            if st.total_conns >= d.max_connections {
+                return;
+            }
+            let used = st.limit_conns.get(&lk).copied().unwrap_or(0);
+            let Some(dest) = st.dests.get_mut(&key) else {
+                break;
+            };
+            if used >= per_limit || dest.ready.len() <= dest.conns {
+                break;
+            }
+            dest.conns += 1;
+            *st.limit_conns.entry(lk.clone()).or_default() += 1;
+            st.total_conns += 1;
+            inner.connections.inc();
+            let inner2 = inner.clone();
+            let key2 = key.clone();
+            tokio::spawn(async move {
+                connection(&inner2, &key2).await;
+                release(&inner2, &key2);
+            });
+        }
+    }
+}
+
+fn release(inner: &Arc<Inner>, key: &DestKey) {
+    let mut st = lock(&inner.state);
+    let lk = limit_key(key);
+    if let Some(n) = st.limit_conns.get_mut(&lk) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            st.limit_conns.remove(&lk);
+        }
+    }
+    st.total_conns = st.total_conns.saturating_sub(1);
+    if let Some(d) = st.dests.get_mut(key) {
+        d.conns = d.conns.saturating_sub(1);
+        if d.conns == 0 && d.ready.is_empty() {
+            st.dests.remove(key);
+        }
+    }
+    inner.connections.dec();
+    drop(st);
+    inner.wake.notify_one();
+}
+
+fn pop_job(inner: &Inner, key: &DestKey) -> Option<Job> {
+    let mut st = lock(&inner.state);
+    if st.stopping {
+        return None;
+    }
+    st.dests.get_mut(key).and_then(|d| d.ready.pop_front())
+}
+
+/// Takes every ready job of a destination (when it cannot be reached).
+fn drain_jobs(inner: &Inner, key: &DestKey) -> Vec<Job> {
+    let mut st = lock(&inner.state);
+    st.dests
+        .get_mut(key)
+        .map(|d| d.ready.drain(..).collect())
+        .unwrap_or_default()
+}
+
+/// Whether this is the only connection task of its destination.
+fn alone(inner: &Inner, key: &DestKey) -> bool {
+    lock(&inner.state)
+        .dests
+        .get(key)
+        .is_none_or(|d| d.conns <= 1)
+}
+
+async fn wait_for_job(inner: &Inner, key: &DestKey) -> Option<Job> {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    loop {
+        if let Some(j) = pop_job(inner, key) {
+            return Some(j);
+        }
+        if lock(&inner.state).stopping || tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for the sender's rate limit to allow one more message.
+async fn rate_limit(inner: &Inner, sender: &Sender) {
+    let mut interval = 0f64;
+    if let Some(r) = sender.rate_per_second {
+        interval = interval.max(1.0 / r);
+    }
+    if let Some(r) = sender.rate_per_hour {
+        interval = interval.max(3600.0 / r);
+    }
+    if interval <= 0.0 {
+        return;
+    }
+    let step = Duration::from_secs_f64(interval);
+    let at = {
+        let mut st = lock(&inner.state);
+        let now = tokio::time::Instant::now();
+        let slot = st
+            .rate_next
+            .get(&sender.id)
+            .copied()
+            .unwrap_or(now)
+            .max(now);
+        st.rate_next.insert(sender.id.clone(), slot + step);
+        slot
+    };
+    tokio::time::sleep_until(at).await;
+}
+
+/// The candidate servers of a destination.
+async fn targets(
+    inner: &Inner,
+    config: &Config,
+    sender: &Sender,
+    key: &DestKey,
+) -> Result<Vec<Target>, MxError> {
+    let d = &config.delivery;
+    if let Some(relay) = &sender.relay {
+        let connector = {
+            let mut cache = lock(&inner.relay_tls);
+            match cache.get(&sender.id) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = smtp::relay_connector(&relay.ca_certs).map_err(MxError::Temporary)?;
+                    cache.insert(sender.id.clone(), c.clone());
+                    c
+                }
+            }
+        };
+        let addrs = tokio::net::lookup_host((relay.host.as_str(), relay.port))
+            .await
+            .map_err(|e| {
+                MxError::Temporary(format!("cannot resolve the relay {}: {e}", relay.host))
+            })?;
+        let tls = match relay.tls {
+            RelayTls::StartTls => TlsMode::Required,
+            RelayTls::Implicit => TlsMode::Implicit,
+            RelayTls::None => TlsMode::Off,
+        };
+        return Ok(addrs
+            .map(|addr| Target {
+                addr,
+                host: relay.host.clone(),
+                helo: sender.helo.clone(),
+                tls,
+                auth: relay.auth.clone(),
+                connector: connector.clone(),
+                connect_timeout: d.connect_timeout,
+                command_timeout: d.command_timeout,
+            })
+            .collect());
+    }
+    let hosts = inner.mx.hosts(&key.domain).await?;
+    let tls = if sender.require_tls || d.require_tls_domains.contains(&key.domain) {
+        TlsMode::Required
+    } else {
+        TlsMode::Opportunistic
+    };
+    Ok(hosts
+        .into_iter()
+        .flat_map(|h| {
+            let name = h.name.clone();
+            h.addrs.into_iter().map(move |ip| (name.clone(), ip))
+        })
+        .map(|(host, ip)| Target {
+            addr: std::net::SocketAddr::new(ip, d.smtp_port),
+            host,
+            helo: sender.helo.clone(),
+            tls,
+            auth: None,
+            connector: inner.mx_tls.clone(),
+            connect_timeout: d.connect_timeout,
+            command_timeout: d.command_timeout,
+        })
+        .collect())
+}
+
+/// One connection task.
+async fn connection(inner: &Arc<Inner>, key: &DestKey) {
+    let config = inner.config.get();
+    let Some(sender) = config.sender(&key.sender).cloned() else {
+        return;
+    };
+    let Some(first) = pop_job(inner, key) else {
+        return;
+    };
+    let found = match targets(inner, &config, &sender, key).await {
+        Ok(t) if t.is_empty() => Err(MxError::Temporary(format!(
+            "451 4.4.4 no address to deliver to for {}",
+            key.domain
+        ))),
+        other => other,
+    };
+    let targets = match found {
+        Ok(t) => t,
+        Err(e) => {
+            // The whole destination shares this answer.
+            let mut jobs = drain_jobs(inner, key);
+            jobs.insert(0, first);
+            let outcome = match e {
+                MxError::Permanent(m) => Outcome::Permanent(m, BounceClass::Hard),
+                MxError::Temporary(m) => Outcome::Temporary(m),
+            };
+            for j in jobs {
+                finish_job(inner, &config, j, None, |_| outcome.clone()).await;
+            }
+            return;
+        }
+    };
+    let mut session = None;
+    let mut last_error = Reply {
+        code: 0,
+        text: format!("no server for {}", key.domain),
+    };
+    for t in &targets {
+        match Session::connect(t).await {
+            Ok(s) => {
+                session = Some(s);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(host = %t.host, addr = %t.addr, error = %e.reply.text, "cannot use this server; trying the next");
+                last_error = e.reply;
+            }
+        }
+    }
+    let Some(mut session) = session else {
+        // Unreachable: defer what this connection took, and everything
+        // waiting if no other connection to the destination is alive.
+        let mut jobs = if alone(inner, key) {
+            drain_jobs(inner, key)
+        } else {
+            Vec::new()
+        };
+        jobs.insert(0, first);
+        // Even a 5xx greeting or EHLO is a reason to retry later (as
+        // Postfix does): it is about the connection, not the recipients.
+        let text = last_error.text.clone();
+        for j in jobs {
+            finish_job(inner, &config, j, None, |_| {
+                Outcome::Temporary(text.clone())
+            })
+            .await;
+        }
+        return;
+    };
+    let host = session.host.clone();
+    let mut job = Some(first);
+    let mut sent = 0usize;
+    while let Some(j) = job.take() {
+        rate_limit(inner, &sender).await;
+        let body = {
+            let id = j.msg;
+            inner.store.read(move |v| v.message_body(id)).await
+        };
+        let body = match body {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                // Purged meanwhile.
+                finish_job(inner, &config, j, None, |_| {
+                    Outcome::Temporary(String::new())
+                })
+                .await;
+                job = wait_for_job(inner, key).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, msg = j.msg, "cannot read a queued message");
+                let text = format!("local error reading the message: {e}");
+                finish_job(inner, &config, j, None, |_| {
+                    Outcome::Temporary(text.clone())
+                })
+                .await;
+                break;
+            }
+        };
+        let rcpts: Vec<&str> = j.rcpts.iter().map(|(_, a)| a.as_str()).collect();
+        let result = session.send(&j.return_path, &rcpts, &body).await;
+        sent += 1;
+        match result {
+            Ok(results) => {
+                finish_job(inner, &config, j, Some(&host), |i| match &results[i] {
+                    RcptResult::Delivered(r) => Outcome::Delivered(r.text.clone()),
+                    RcptResult::Temporary(r) => Outcome::Temporary(r.text.clone()),
+                    RcptResult::Permanent(r) => Outcome::Permanent(
+                        r.text.clone(),
+                        bounce::classify(r.code, r.text.get(4..).unwrap_or("")),
+                    ),
+                })
+                .await;
+            }
+            Err(reply) => {
+                let text = format!("{host}: {}", reply.text);
+                finish_job(inner, &config, j, Some(&host), |_| {
+                    Outcome::Temporary(text.clone())
+                })
+                .await;
+                return;
+            }
+        }
+        if sent >= config.delivery.messages_per_connection {
+            break;
+        }
+        job = wait_for_job(inner, key).await;
+    }
+    session.quit().await;
+}
+
+/// Records the outcome of a job (durably) and releases it from the active set.
+async fn finish_job(
+    inner: &Arc<Inner>,
+    config: &Config,
+    job: Job,
+    host: Option<&str>,
+    outcome_of: impl Fn(usize) -> Outcome,
+) {
+    let outcomes: Vec<(usize, Outcome)> = job
+        .rcpts
+        .iter()
+        .enumerate()
+        .map(|(i, (idx, _))| (*idx, outcome_of(i)))
+        .collect();
+    for (_, o) in &outcomes {
+        match o {
+            Outcome::Delivered(_) => inner.delivered.inc(),
+            Outcome::Temporary(_) => inner.deferred.inc(),
+            Outcome::Permanent(..) => inner.failed.inc(),
+        };
+    }
+    let now = now_ms(&inner.clock);
+    let policy = RetryPolicy {
+        schedule: config.delivery.retry_schedule.clone(),
+        max_age_ms: config.delivery.max_age.as_millis() as i64,
+    };
+    let id = job.msg;
+    let host = host.map(str::to_string);
+    let outcomes2 = outcomes.clone();
+    let written = inner
+        .store
+        .write(move |t| record_outcomes(t, id, &outcomes2, host.as_deref(), now, &policy))
+        .await;
+    if let Err(e) = written {
+        tracing::error!(error = %e, msg = id, "cannot record a delivery outcome; the message stays queued");
+    }
+    for (i, o) in &outcomes {
+        match o {
+            Outcome::Delivered(r) => tracing::debug!(msg = id, rcpt = i, reply = %r, "delivered"),
+            Outcome::Temporary(r) if !r.is_empty() => {
+                tracing::info!(msg = id, rcpt = i, reply = %r, "deferred")
+            }
+            Outcome::Temporary(_) => {}
+            Outcome::Permanent(r, c) => {
+                tracing::info!(msg = id, rcpt = i, class = c.as_str(), reply = %r, "failed")
+            }
+        }
+    }
+    let mut st = lock(&inner.state);
+    if let Some(a) = st.active.get_mut(&id) {
+        a.jobs_left = a.jobs_left.saturating_sub(1);
+        a.rcpts.retain(|r| !job.rcpts.iter().any(|(i, _)| i == r));
+        if a.jobs_left == 0 {
+            st.active.remove(&id);
+        }
+    }
+}
+
+/// Retry settings for one outcome write.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Waits; the last repeats.
+    pub schedule: Vec<Duration>,
+    /// Give up this long after queueing.
+    pub max_age_ms: i64,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempts + 1`, with ±10 % jitter so that a
+    /// burst of deferrals does not come back as one burst.
+    fn wait_ms(&self, attempts: u32) -> i64 {
+        let base = self
+            .schedule
+            .get((attempts as usize).saturating_sub(1))
+            .or(self.schedule.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(300));
+        let jitter: f64 = rand::random_range(0.9..1.1);
+        (base.as_millis() as f64 * jitter) as i64
+    }
+}
+
+/// Applies outcomes to a queued message in a write transaction: states,
+/// retries, expiry, bounces (a hard bounce makes the contact `invalid`),
+/// and moves a message with nothing left to do to the finished log.
+pub fn record_outcomes(
+    t: &mut WriteTables<'_>,
+    id: u64,
+    outcomes: &[(usize, Outcome)],
+    host: Option<&str>,
+    now: i64,
+    policy: &RetryPolicy,
+) -> Result<(), StoreError> {
+    let Some(mut m) = t.queued_message(id)? else {
+        return Ok(()); // purged meanwhile
+    };
+    let mut hard = Vec::new();
+    for (idx, outcome) in outcomes {
+        let Some(r) = m.recipients.get_mut(*idx) else {
+            continue;
+        };
+        if !r.state.is_pending() {
+            continue;
+        }
+        if matches!(outcome, Outcome::Temporary(t) if t.is_empty()) {
+            continue; // released without an attempt
+        }
+        r.attempts += 1;
+        r.updated = Some(now);
+        r.host = host.map(str::to_string);
+        match outcome {
+            Outcome::Delivered(reply) => {
+                r.state = RcptState::Delivered;
+                r.reply = Some(reply.clone());
+                r.next_attempt = None;
+                r.bounce = None;
+            }
+            Outcome::Permanent(reply, class) => {
+                r.state = RcptState::Failed;
+                r.reply = Some(reply.clone());
+                r.next_attempt = None;
+                r.bounce = Some(*class);
+                if *class == BounceClass::Hard {
+                    hard.push((r.address.clone(), r.contact, reply.clone()));
+                }
+            }
+            Outcome::Temporary(reply) => {
+                let next = now + policy.wait_ms(r.attempts);
+                if next > m.created + policy.max_age_ms {
+                    r.state = RcptState::Failed;
+                    r.bounce = Some(BounceClass::Soft);
+                    r.next_attempt = None;
+                    r.reply = Some(format!(
+                        "gave up after {} attempts over the queue lifetime; last: {reply}",
+                        r.attempts
+                    ));
+                } else {
+                    r.state = RcptState::Deferred;
+                    r.next_attempt = Some(next);
+                    r.reply = Some(reply.clone());
+                }
+            }
+        }
+    }
+    for (address, contact, reply) in hard {
+        mark_invalid(t, &address, contact, &reply, now)?;
+    }
+    if m.recipients.iter().any(|r| r.state.is_pending()) {
+        t.put_message(&mut m, None)
+    } else {
+        t.finish_message(m, now)
+    }
+}
+
+fn mark_invalid(
+    t: &mut WriteTables<'_>,
+    address: &str,
+    contact: Option<u64>,
+    reply: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let id = match contact {
+        Some(id) => Some(id),
+        None => match contacts::normalize_email(address) {
+            Ok(e) => t.contact_id_by_email(&e.key)?,
+            Err(_) => None,
+        },
+    };
+    let Some(id) = id else { return Ok(()) };
+    if t.contact(id)?
+        .is_some_and(|c| c.consent == ConsentState::Invalid)
+    {
+        return Ok(());
+    }
+    let update = ContactUpdate {
+        consent: Some(ConsentChange {
+            to: ConsentState::Invalid,
+            source: ConsentSource::Bounce,
+            ip: None,
+            user_agent: None,
+            note: Some(format!("hard bounce: {reply}")),
+        }),
+        ..Default::default()
+    };
+    let when = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
+    if let Err(e) = contacts::apply_update_by_id(t, id, update, when)? {
+        tracing::debug!(contact = id, error = %e, "hard bounce not applied to the contact");
+    }
+    Ok(())
+}
+
+/// Makes deferred recipients due now; `None` for every queued message of
+/// `domain`. Returns how many messages changed.
+pub fn retry_now(
+    t: &mut WriteTables<'_>,
+    id: Option<u64>,
+    domain: Option<&str>,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let msgs: Vec<QueuedMessage> = match id {
+        Some(id) => t.queued_message(id)?.into_iter().collect(),
+        None => t.queued_messages()?,
+    };
+    let mut n = 0;
+    for mut m in msgs {
+        let mut changed = false;
+        for r in m.recipients.iter_mut() {
+            if r.state == RcptState::Deferred && domain.is_none_or(|d| r.domain == d) {
+                r.next_attempt = Some(now);
+                changed = true;
+            }
+        }
+        if changed {
+            t.put_message(&mut m, None)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Fails the pending recipients of a message (or of every message to
+/// `domain`) with `reason`. Returns (messages, recipients) purged.
+pub fn purge(
+    t: &mut WriteTables<'_>,
+    id: Option<u64>,
+    domain: Option<&str>,
+    reason: &str,
+    now: i64,
+) -> Result<(usize, usize), StoreError> {
+    let msgs: Vec<QueuedMessage> = match id {
+        Some(id) => t.queued_message(id)?.into_iter().collect(),
+        None => t.queued_messages()?,
+    };
+    let (mut n, mut rcpts) = (0, 0);
+    for mut m in msgs {
+        let mut changed = false;
+        for r in m.recipients.iter_mut() {
+            if r.state.is_pending() && domain.is_none_or(|d| r.domain == d) {
+                r.state = RcptState::Failed;
+                r.next_attempt = None;
+                r.updated = Some(now);
+                r.reply = Some(format!("purged by the admin: {reason}"));
+                changed = true;
+                rcpts += 1;
+            }
+        }
+        if !changed {
+            continue;
+        }
+        n += 1;
+        m.purged = Some(reason.to_string());
+        if m.recipients.iter().any(|r| r.state.is_pending()) {
+            t.put_message(&mut m, None)?;
+        } else {
+            t.finish_message(m, now)?;
+        }
+    }
+    Ok((n, rcpts))
+}

@@ -1,0 +1,394 @@
+//! The one way into the queue: [`enqueue`]. The admin API's
+//! `POST /api/v1/messages` uses it now; campaigns and automations will too.
+//!
+//! A message is built (or checked, when given raw), given a Message-ID and a
+//! Date when it lacks them, DKIM-signed with every key of its sender, and
+//! committed together with its recipients in one store write. Only then is
+//! its id returned: accepted means durable.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::address::Address;
+use mail_builder::headers::raw::Raw;
+
+use super::dkim;
+use super::model::{QueuedMessage, RcptState, Recipient};
+use crate::config::Sender;
+use crate::config::delivery::{domain_of, parse_mailbox};
+use crate::store::{Sequence, Store, StoreError};
+
+/// Most recipients one message may have.
+pub const MAX_RECIPIENTS: usize = 1000;
+
+/// A message to queue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Sender identity id (`[[sender]] id`).
+    pub sender: String,
+    /// Envelope recipients.
+    pub recipients: Vec<NewRecipient>,
+    /// The content.
+    pub content: Content,
+    /// Who queues it (`api`, `campaign:ID`…), kept for reports.
+    pub source: String,
+    /// A Message-ID to use (without brackets) when the caller derives one
+    /// deterministically; otherwise one is generated.
+    pub message_id: Option<String>,
+}
+
+/// One envelope recipient.
+#[derive(Debug, Clone)]
+pub struct NewRecipient {
+    /// The address.
+    pub address: String,
+    /// The contact, when the caller knows it.
+    pub contact: Option<u64>,
+}
+
+/// What the message is made of.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// A complete RFC 5322 message. It must have a From header in the
+    /// sender's domain; Message-ID and Date are added when missing.
+    Raw(Vec<u8>),
+    /// Parts Herald assembles into a MIME message.
+    Parts(Parts),
+}
+
+/// The parts of a message Herald builds.
+#[derive(Debug, Clone, Default)]
+pub struct Parts {
+    /// From header; default the sender's `from`.
+    pub from: Option<String>,
+    /// To header; default the envelope recipients.
+    pub to: Option<String>,
+    /// Reply-To header.
+    pub reply_to: Option<String>,
+    /// Subject.
+    pub subject: String,
+    /// Plain-text body.
+    pub text: Option<String>,
+    /// HTML body.
+    pub html: Option<String>,
+    /// Extra headers (List-Unsubscribe…).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Why a message was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The input is wrong; nothing was stored.
+    #[error("{0}")]
+    Invalid(String),
+    /// No sender with that id.
+    #[error("no sender `{0}` in the config ([[sender]] id)")]
+    UnknownSender(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks, builds, signs and durably queues a message; returns its queue id.
+pub async fn enqueue(
+    store: &Store,
+    sender: Option<Arc<Sender>>,
+    msg: NewMessage,
+    now: i64,
+) -> Result<(u64, String), EnqueueError> {
+    let sender = sender.ok_or_else(|| EnqueueError::UnknownSender(msg.sender.clone()))?;
+    let recipients = check_recipients(&msg.recipients)?;
+    let message_id = match &msg.message_id {
+        Some(id) => check_message_id(id)?,
+        None => new_message_id(&sender.domain, now),
+    };
+    let source = msg.source.clone();
+    let content = msg.content;
+    let (body, message_id) = {
+        let sender = sender.clone();
+        let rcpts: Vec<String> = recipients.iter().map(|r| r.address.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            build(&sender, &rcpts, content, message_id, now)
+                .and_then(|(bytes, mid)| Ok((dkim::sign(&sender.dkim, bytes)?, mid)))
+        })
+        .await
+        .map_err(|e| EnqueueError::Invalid(format!("building the message failed: {e}")))?
+        .map_err(EnqueueError::Invalid)?
+    };
+    let sender_id = sender.id.clone();
+    let return_path = sender.return_path.clone();
+    let mid = message_id.clone();
+    let id = store
+        .write(move |t| {
+            let id = t.next_id(Sequence::Message)?;
+            let mut m = QueuedMessage {
+                id,
+                sender: sender_id,
+                return_path,
+                message_id: mid,
+                created: now,
+                size: body.len() as u64,
+                source,
+                recipients,
+                due: None,
+                finished: None,
+                purged: None,
+            };
+            t.put_message(&mut m, Some(&body))?;
+            Ok(id)
+        })
+        .await?;
+    Ok((id, message_id))
+}
+
+fn check_recipients(list: &[NewRecipient]) -> Result<Vec<Recipient>, EnqueueError> {
+    if list.is_empty() {
+        return Err(EnqueueError::Invalid(
+            "a message needs at least one recipient".into(),
+        ));
+    }
+    if list.len() > MAX_RECIPIENTS {
+        return Err(EnqueueError::Invalid(format!(
+            "{} recipients; at most {MAX_RECIPIENTS} per message",
+            list.len()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, r) in list.iter().enumerate() {
+        let e = crate::contacts::normalize_email(&r.address)
+            .map_err(|e| EnqueueError::Invalid(format!("recipient {i} (`{}`): {e}", r.address)))?;
+        if !seen.insert(e.key.clone()) {
+            continue;
+        }
+        out.push(Recipient {
+            domain: domain_of(&e.display),
+            address: e.display,
+            contact: r.contact,
+            state: RcptState::Queued,
+            attempts: 0,
+            next_attempt: None,
+            reply: None,
+            bounce: None,
+            host: None,
+            updated: None,
+        });
+    }
+    Ok(out)
+}
+
+fn check_message_id(id: &str) -> Result<String, EnqueueError> {
+    let id = id.trim().trim_start_matches('<').trim_end_matches('>');
+    let ok = id.contains('@')
+        && id.len() <= 250
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'"' | b'\\' | b','));
+    if ok {
+        Ok(id.to_string())
+    } else {
+        Err(EnqueueError::Invalid(format!(
+            "`{id}` is not a Message-ID (local@domain, printable ASCII, no brackets inside)"
+        )))
+    }
+}
+
+/// A new unique Message-ID in the sender's domain.
+pub fn new_message_id(domain: &str, now: i64) -> String {
+    let r: u64 = rand::random();
+    format!("{now:x}.{r:016x}@{domain}")
+}
+
+fn header_ok(name: &str, value: &str) -> Result<(), String> {
+    let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if !name_ok {
+        return Err(format!("`{name}` is not a header name"));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(format!("header {name} must not contain line breaks"));
+    }
+    let reserved = [
+        "from",
+        "to",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "dkim-signature",
+        "reply-to",
+    ];
+    if reserved.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "header {name} is set by its own field, not in headers"
+        ));
+    }
+    Ok(())
+}
+
+fn mailbox_parts(v: &str) -> (Option<String>, String) {
+    let v = v.trim();
+    match v.rfind('<') {
+        Some(i) if v.ends_with('>') => {
+            let name = v[..i].trim().trim_matches('"').trim();
+            let addr = v[i + 1..v.len() - 1].to_string();
+            ((!name.is_empty()).then(|| name.to_string()), addr)
+        }
+        _ => (None, v.to_string()),
+    }
+}
+
+fn check_from_domain(sender: &Sender, from: &str) -> Result<(), String> {
+    let addr = parse_mailbox(from).map_err(|e| format!("From: {e}"))?;
+    if domain_of(&addr) != sender.domain {
+        return Err(format!(
+            "From `{addr}` is not in the sender `{}`'s domain {} (DKIM d= would not align)",
+            sender.id, sender.domain
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the message bytes (CRLF line ends) and returns them with the
+/// Message-ID they carry.
+fn build(
+    sender: &Sender,
+    rcpts: &[String],
+    content: Content,
+    message_id: String,
+    now: i64,
+) -> Result<(Vec<u8>, String), String> {
+    match content {
+        Content::Parts(p) => {
+            let from = p.from.clone().unwrap_or_else(|| sender.from.clone());
+            check_from_domain(sender, &from)?;
+            if p.subject.contains(['\r', '\n']) {
+                return Err("subject must not contain line breaks".into());
+            }
+            if p.text.is_none() && p.html.is_none() {
+                return Err("give text, html or both".into());
+            }
+            let (fname, faddr) = mailbox_parts(&from);
+            let mut b = MessageBuilder::new()
+                .from(Address::new_address(fname, faddr))
+                .subject(p.subject)
+                .message_id(message_id.clone())
+                .date(mail_builder::headers::date::Date::new(now / 1000));
+            b = match &p.to {
+                Some(to) => {
+                    if to.contains(['\r', '\n']) {
+                        return Err("to must not contain line breaks".into());
+                    }
+                    b.header("To", Raw::new(to.clone()))
+                }
+                None => b.to(Address::new_list(
+                    rcpts
+                        .iter()
+                        .map(|r| Address::new_address(None::<String>, r.clone()))
+                        .collect(),
+                )),
+            };
+            if let Some(rt) = &p.reply_to {
+                parse_mailbox(rt).map_err(|e| format!("reply_to: {e}"))?;
+                let (n, a) = mailbox_parts(rt);
+                b = b.reply_to(Address::new_address(n, a));
+            }
+            for (name, value) in &p.headers {
+                header_ok(name, value)?;
+                b = b.header(name.clone(), Raw::new(value.clone()));
+            }
+            if let Some(t) = p.text {
+                b = b.text_body(t);
+            }
+            if let Some(h) = p.html {
+                b = b.html_body(h);
+            }
+            let bytes = b
+                .write_to_vec()
+                .map_err(|e| format!("cannot build the message: {e}"))?;
+            Ok((bytes, message_id))
+        }
+        Content::Raw(raw) => prepare_raw(sender, raw, message_id, now),
+    }
+}
+
+/// Normalises line ends to CRLF and adds Message-ID and Date when missing.
+fn prepare_raw(
+    sender: &Sender,
+    raw: Vec<u8>,
+    message_id: String,
+    now: i64,
+) -> Result<(Vec<u8>, String), String> {
+    let mut crlf = Vec::with_capacity(raw.len() + raw.len() / 50);
+    let mut prev = 0u8;
+    for &b in &raw {
+        if b == b'\n' && prev != b'\r' {
+            crlf.push(b'\r');
+        }
+        crlf.push(b);
+        prev = b;
+    }
+    let split = crlf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the raw message has no empty line between its header and body")?;
+    let head = std::str::from_utf8(&crlf[..split + 2])
+        .map_err(|_| "the raw message's header is not UTF-8/ASCII")?;
+    let mut from = None;
+    let mut existing_id = None;
+    let mut has_date = false;
+    let mut current: Option<(String, String)> = None;
+    let mut headers = Vec::new();
+    for (n, line) in head.split("\r\n").enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            match current.as_mut() {
+                Some((_, v)) => v.push_str(line),
+                None => return Err("the raw message starts with a continuation line".into()),
+            }
+            continue;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("header line {} has no colon: `{line}`", n + 1))?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("header line {} has a bad name: `{name}`", n + 1));
+        }
+        if let Some(h) = current.take() {
+            headers.push(h);
+        }
+        current = Some((name.to_string(), value.trim().to_string()));
+    }
+    headers.extend(current);
+    for (name, value) in &headers {
+        match name.to_ascii_lowercase().as_str() {
+            "from" if from.is_some() => return Err("the raw message has two From headers".into()),
+            "from" => from = Some(value.clone()),
+            "message-id" => existing_id = Some(value.trim_matches(['<', '>', ' ']).to_string()),
+            "date" => has_date = true,
+            _ => {}
+        }
+    }
+    let from = from.ok_or("the raw message has no From header")?;
+    check_from_domain(sender, &from)?;
+    let mut out = Vec::with_capacity(crlf.len() + 128);
+    let message_id = match existing_id {
+        Some(id) if !id.is_empty() => id,
+        _ => {
+            out.extend_from_slice(format!("Message-ID: <{message_id}>\r\n").as_bytes());
+            message_id
+        }
+    };
+    if !has_date {
+        let date = chrono::DateTime::from_timestamp_millis(now)
+            .unwrap_or_default()
+            .to_rfc2822();
+        out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
+    }
+    out.extend_from_slice(&crlf);
+    Ok((out, message_id))
+}

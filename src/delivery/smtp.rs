@@ -1,0 +1,454 @@
+//! One SMTP client session over mail-send: connect, greeting, EHLO (HELO for
+//! servers without ESMTP), STARTTLS (opportunistic or required) or implicit
+//! TLS, AUTH for relays, then any number of transactions, pipelined when the
+//! server offers PIPELINING (RFC 2920).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_send::smtp::AssertReply;
+use mail_send::{Credentials, SmtpClient};
+use smtp_proto::{EXT_PIPELINING, EXT_START_TLS, EhloResponse, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+
+use crate::config::delivery::Secret;
+
+/// The stream under a session: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How TLS is used on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// STARTTLS when offered, plain text otherwise (and after a failed
+    /// handshake): MX delivery's default, like Postfix's `may`.
+    Opportunistic,
+    /// STARTTLS must be offered and succeed.
+    Required,
+    /// TLS from the first byte (port 465 relays).
+    Implicit,
+    /// Never.
+    Off,
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Target {
+    /// Address to connect to.
+    pub addr: SocketAddr,
+    /// Host name: TLS server name and what logs and replies show.
+    pub host: String,
+    /// EHLO name.
+    pub helo: String,
+    /// TLS use.
+    pub tls: TlsMode,
+    /// AUTH credentials (relays).
+    pub auth: Option<(String, Secret)>,
+    /// TLS client configuration.
+    pub connector: TlsConnector,
+    /// Timeout for connecting and the greeting.
+    pub connect_timeout: Duration,
+    /// Timeout for each command and the data transfer.
+    pub command_timeout: Duration,
+}
+
+/// A reply or a local failure, as text for the queue record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The SMTP code (0 for a local failure: connection, timeout, TLS).
+    pub code: u16,
+    /// The code, enhanced status code and text, e.g. `550 5.1.1 user unknown`.
+    pub text: String,
+}
+
+impl Reply {
+    fn from_response(r: &Response<String>) -> Reply {
+        let msg = r.message.replace(['\r', '\n'], " ");
+        let text = if r.esc[0] != 0 {
+            format!(
+                "{} {}.{}.{} {}",
+                r.code,
+                r.esc[0],
+                r.esc[1],
+                r.esc[2],
+                msg.trim()
+            )
+        } else {
+            format!("{} {}", r.code, msg.trim())
+        };
+        Reply { code: r.code, text }
+    }
+
+    fn local(text: impl Into<String>) -> Reply {
+        Reply {
+            code: 0,
+            text: text.into(),
+        }
+    }
+
+    /// 2xx.
+    pub fn is_ok(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    /// 5xx: retrying will not help.
+    pub fn is_permanent(&self) -> bool {
+        (500..600).contains(&self.code)
+    }
+}
+
+fn describe(e: &mail_send::Error) -> Reply {
+    match e {
+        mail_send::Error::UnexpectedReply(r) | mail_send::Error::AuthenticationFailed(r) => {
+            Reply::from_response(r)
+        }
+        mail_send::Error::Timeout => Reply::local("timed out waiting for the server"),
+        other => Reply::local(other.to_string()),
+    }
+}
+
+/// The outcome for one recipient of a transaction.
+#[derive(Debug, Clone)]
+pub enum RcptResult {
+    /// 250 after DATA.
+    Delivered(Reply),
+    /// Try again later.
+    Temporary(Reply),
+    /// Give up.
+    Permanent(Reply),
+}
+
+/// A connected, greeted (and possibly encrypted, authenticated) session.
+pub struct Session {
+    client: SmtpClient<Box<dyn Io>>,
+    pipelining: bool,
+    /// Whether the session is encrypted.
+    pub tls: bool,
+    /// The host name of the server.
+    pub host: String,
+    /// A previous transaction failed half-way; RSET before the next.
+    dirty: bool,
+}
+
+/// Why a connection could not be set up: the reply or local error, and
+/// whether trying the same host again later could help.
+#[derive(Debug, Clone)]
+pub struct ConnectError {
+    /// What happened.
+    pub reply: Reply,
+}
+
+impl Session {
+    /// Connects and greets; for opportunistic TLS a failed handshake is
+    /// retried once without TLS (the way Postfix falls back).
+    pub async fn connect(t: &Target) -> Result<Session, ConnectError> {
+        match Self::connect_once(t, t.tls).await {
+            Err(e) if t.tls == TlsMode::Opportunistic && e.reply.text.starts_with("TLS") => {
+                tracing::info!(host = %t.host, error = %e.reply.text, "STARTTLS failed; retrying without TLS");
+                Self::connect_once(t, TlsMode::Off).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_once(t: &Target, mode: TlsMode) -> Result<Session, ConnectError> {
+        let err = |reply: Reply| ConnectError { reply };
+        let mut client = SmtpClient::connect(t.addr, t.connect_timeout)
+            .await
+            .map_err(|e| {
+                err(Reply::local(format!(
+                    "cannot connect to {} ({}): {}",
+                    t.host,
+                    t.addr,
+                    describe(&e).text
+                )))
+            })?;
+        client.timeout = t.command_timeout;
+        if mode == TlsMode::Implicit {
+            let mut tls = client.into_tls(&t.connector, &t.host).await.map_err(|e| {
+                err(Reply::local(format!(
+                    "TLS with {} failed: {}",
+                    t.host,
+                    describe(&e).text
+                )))
+            })?;
+            let caps = greet(&mut tls, t).await.map_err(err)?;
+            let mut s = Session::new(Box::new(tls.stream), t, caps.as_ref(), true);
+            s.auth(t, caps.as_ref()).await.map_err(err)?;
+            return Ok(s);
+        }
+        let caps = greet(&mut client, t).await.map_err(err)?;
+        let offers_tls = caps
+            .as_ref()
+            .is_some_and(|c| c.capabilities & EXT_START_TLS != 0);
+        let want_tls = match mode {
+            TlsMode::Required => {
+                if !offers_tls {
+                    return Err(err(Reply::local(format!(
+                        "TLS is required but {} does not offer STARTTLS",
+                        t.host
+                    ))));
+                }
+                true
+            }
+            TlsMode::Opportunistic => offers_tls,
+            _ => false,
+        };
+        if !want_tls {
+            let mut s = Session::new(Box::new(client.stream), t, caps.as_ref(), false);
+            s.auth(t, caps.as_ref()).await.map_err(err)?;
+            return Ok(s);
+        }
+        let mut tls = client.start_tls(&t.connector, &t.host).await.map_err(|e| {
+            err(Reply::local(format!(
+                "TLS with {} failed: {}",
+                t.host,
+                describe(&e).text
+            )))
+        })?;
+        let caps = tls.ehlo(&t.helo).await.map_err(|e| {
+            err(Reply::local(format!(
+                "TLS with {} failed after the handshake: {}",
+                t.host,
+                describe(&e).text
+            )))
+        })?;
+        let mut s = Session::new(Box::new(tls.stream), t, Some(&caps), true);
+        s.auth(t, Some(&caps)).await.map_err(err)?;
+        Ok(s)
+    }
+
+    fn new(
+        stream: Box<dyn Io>,
+        t: &Target,
+        caps: Option<&EhloResponse<String>>,
+        tls: bool,
+    ) -> Session {
+        Session {
+            client: SmtpClient {
+                stream,
+                timeout: t.command_timeout,
+            },
+            pipelining: caps.is_some_and(|c| c.capabilities & EXT_PIPELINING != 0),
+            tls,
+            host: t.host.clone(),
+            dirty: false,
+        }
+    }
+
+    async fn auth(&mut self, t: &Target, caps: Option<&EhloResponse<String>>) -> Result<(), Reply> {
+        let Some((user, Secret(pass))) = &t.auth else {
+            return Ok(());
+        };
+        let Some(caps) = caps else {
+            return Err(Reply::local(format!(
+                "{} does not speak ESMTP, so it cannot AUTH",
+                t.host
+            )));
+        };
+        let creds = Credentials::Plain {
+            username: user.clone(),
+            secret: pass.clone(),
+        };
+        self.client
+            .authenticate(&creds, caps)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let r = describe(&e);
+                Reply {
+                    code: r.code,
+                    text: format!("AUTH at {} failed: {}", t.host, r.text),
+                }
+            })
+    }
+
+    /// Sends one message to `rcpts`. `Err` means the connection is no longer
+    /// usable; every recipient not yet delivered is then to be retried.
+    pub async fn send(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        message: &[u8],
+    ) -> Result<Vec<RcptResult>, Reply> {
+        if self.dirty {
+            self.client.rset().await.map_err(|e| describe(&e))?;
+            self.dirty = false;
+        }
+        self.dirty = true;
+        let mail = format!("MAIL FROM:<{from}>\r\n");
+        let rcpt_cmds: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
+        let (mail_reply, rcpt_replies, data_reply) = if self.pipelining {
+            let mut cmds: Vec<&[u8]> = Vec::with_capacity(rcpts.len() + 2);
+            cmds.push(mail.as_bytes());
+            cmds.extend(rcpt_cmds.iter().map(|c| c.as_bytes()));
+            cmds.push(b"DATA\r\n");
+            let replies = self.client.cmds(cmds).await.map_err(|e| describe(&e))?;
+            if replies.len() != rcpts.len() + 2 {
+                return Err(Reply::local("the server sent fewer replies than commands"));
+            }
+            let mut it = replies.iter().map(Reply::from_response);
+            let mail = it.next().unwrap_or_else(|| Reply::local("no reply"));
+            let mut rr = Vec::with_capacity(rcpts.len());
+            for _ in rcpts {
+                rr.push(it.next().unwrap_or_else(|| Reply::local("no reply")));
+            }
+            let data = it.next().unwrap_or_else(|| Reply::local("no reply"));
+            (mail, rr, Some(data))
+        } else {
+            let mail = self.cmd(&mail).await?;
+            if !mail.is_ok() {
+                (mail, Vec::new(), None)
+            } else {
+                let mut rr = Vec::with_capacity(rcpts.len());
+                for c in &rcpt_cmds {
+                    rr.push(self.cmd(c).await?);
+                }
+                let data = if rr.iter().any(Reply::is_ok) {
+                    Some(self.cmd("DATA\r\n").await?)
+                } else {
+                    None
+                };
+                (mail, rr, data)
+            }
+        };
+        let all = |r: &Reply| -> Vec<RcptResult> {
+            rcpts
+                .iter()
+                .map(|_| {
+                    if r.is_permanent() {
+                        RcptResult::Permanent(r.clone())
+                    } else {
+                        RcptResult::Temporary(r.clone())
+                    }
+                })
+                .collect()
+        };
+        if !mail_reply.is_ok() {
+            if data_reply.as_ref().is_some_and(|d| d.code == 354) {
+                // A pipelining server that still said 354: end the empty data.
+                self.cmd(".\r\n").await?;
+            }
+            return Ok(all(&mail_reply));
+        }
+        let accepted = rcpt_replies.iter().filter(|r| r.is_ok()).count();
+        let data_reply = match data_reply {
+            Some(d) if d.code == 354 && accepted > 0 => d,
+            Some(d) if d.code == 354 => {
+                self.cmd(".\r\n").await?;
+                d
+            }
+            Some(d) => d,
+            None => Reply::local("no recipient was accepted"),
+        };
+        let mut out = Vec::with_capacity(rcpts.len());
+        if accepted == 0 || data_reply.code != 354 {
+            for r in &rcpt_replies {
+                out.push(match r {
+                    r if r.is_permanent() => RcptResult::Permanent(r.clone()),
+                    r if !r.is_ok() => RcptResult::Temporary(r.clone()),
+                    _ if data_reply.is_permanent() => RcptResult::Permanent(data_reply.clone()),
+                    _ => RcptResult::Temporary(data_reply.clone()),
+                });
+            }
+            return Ok(out);
+        }
+        // The terminating CRLF.CRLF supplies the message's last line end.
+        let body = message.strip_suffix(b"\r\n").unwrap_or(message);
+        let final_reply = tokio::time::timeout(self.client.timeout, async {
+            self.client.write_message(body).await?;
+            self.client.read().await
+        })
+        .await
+        .map_err(|_| Reply::local("timed out waiting for the reply to the message data"))?
+        .map_err(|e| describe(&e))?;
+        let final_reply = Reply::from_response(&final_reply);
+        if final_reply.is_ok() {
+            self.dirty = false;
+        }
+        for r in &rcpt_replies {
+            out.push(if !r.is_ok() {
+                if r.is_permanent() {
+                    RcptResult::Permanent(r.clone())
+                } else {
+                    RcptResult::Temporary(r.clone())
+                }
+            } else if final_reply.is_ok() {
+                RcptResult::Delivered(final_reply.clone())
+            } else if final_reply.is_permanent() {
+                RcptResult::Permanent(final_reply.clone())
+            } else {
+                RcptResult::Temporary(final_reply.clone())
+            });
+        }
+        Ok(out)
+    }
+
+    async fn cmd(&mut self, c: &str) -> Result<Reply, Reply> {
+        self.client
+            .cmd(c.as_bytes())
+            .await
+            .map(|r| Reply::from_response(&r))
+            .map_err(|e| describe(&e))
+    }
+
+    /// Ends the session politely.
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.cmd(b"QUIT\r\n")).await;
+    }
+}
+
+/// Reads the greeting and says EHLO (HELO when EHLO is refused). Returns the
+/// EHLO capabilities, or `None` after HELO.
+async fn greet<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<T>,
+    t: &Target,
+) -> Result<Option<EhloResponse<String>>, Reply> {
+    let greeting = tokio::time::timeout(t.connect_timeout, client.read())
+        .await
+        .map_err(|_| Reply::local(format!("{} sent no greeting", t.host)))?
+        .map_err(|e| describe(&e))?;
+    if greeting.code != 220 {
+        return Err(Reply::from_response(&greeting));
+    }
+    match client.ehlo(&t.helo).await {
+        Ok(caps) => Ok(Some(caps)),
+        Err(mail_send::Error::UnexpectedReply(r)) if (500..600).contains(&r.code) => {
+            client
+                .cmd(format!("HELO {}\r\n", t.helo).as_bytes())
+                .await
+                .map_err(|e| describe(&e))?
+                .assert_positive_completion()
+                .map_err(|e| describe(&e))?;
+            Ok(None)
+        }
+        Err(e) => Err(describe(&e)),
+    }
+}
+
+/// TLS for MX delivery: encryption without certificate checks, as is usual
+/// between MTAs (RFC 7435 opportunistic security; most MX certificates do not
+/// match their names).
+pub fn mx_connector() -> Result<TlsConnector, String> {
+    mail_send::smtp::tls::build_tls_connector(true)
+}
+
+/// TLS for a relay: certificates checked against the system's roots, or only
+/// against `ca_certs` when the config names a CA file.
+pub fn relay_connector(ca_certs: &[Vec<u8>]) -> Result<TlsConnector, String> {
+    if ca_certs.is_empty() {
+        return mail_send::smtp::tls::build_tls_connector(false);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in ca_certs {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(c.clone()))
+            .map_err(|e| format!("bad CA certificate: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}

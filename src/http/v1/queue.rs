@@ -1,0 +1,357 @@
+//! `/api/v1/messages` (queue a message) and `/api/v1/queue` (status,
+//! one message, retry now, purge).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::numeric_id;
+use crate::delivery::engine;
+use crate::delivery::model::{QueuedMessage, RcptState};
+use crate::delivery::queue::{self, Content, EnqueueError, NewMessage, NewRecipient, Parts};
+use crate::http::AppState;
+use crate::http::reply::{self, ApiError, Body};
+
+/// Body of `POST /api/v1/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageBody {
+    /// Sender identity id.
+    pub sender: String,
+    /// Envelope recipients.
+    pub to: Vec<String>,
+    /// A complete RFC 5322 message (instead of the parts below).
+    #[serde(default)]
+    pub raw: Option<String>,
+    /// From header (default: the sender's).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// To header (default: the recipients).
+    #[serde(default)]
+    pub to_header: Option<String>,
+    /// Reply-To header.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    /// Subject.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Plain-text body.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// HTML body.
+    #[serde(default)]
+    pub html: Option<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Message-ID to use (without brackets).
+    #[serde(default)]
+    pub message_id: Option<String>,
+}
+
+/// `POST /api/v1/messages`: queue a message; 202 with its queue id once it
+/// is durably committed.
+pub async fn submit(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let limit = state.config().http.max_body_bytes;
+    let b: MessageBody = reply::read_json(req, limit).await?;
+    let content = match b.raw {
+        Some(raw) => {
+            let parts_given = b.subject.is_some()
+                || b.text.is_some()
+                || b.html.is_some()
+                || b.from.is_some()
+                || b.to_header.is_some()
+                || b.reply_to.is_some()
+                || !b.headers.is_empty();
+            if parts_given {
+                return Err(ApiError::bad_request(
+                    "give either raw or subject/text/html (and from, to_header, reply_to, headers), not both",
+                ));
+            }
+            Content::Raw(raw.into_bytes())
+        }
+        None => Content::Parts(Parts {
+            from: b.from,
+            to: b.to_header,
+            reply_to: b.reply_to,
+            subject: b
+                .subject
+                .ok_or_else(|| ApiError::bad_request("subject is required (or give raw)"))?,
+            text: b.text,
+            html: b.html,
+            headers: b.headers.into_iter().collect(),
+        }),
+    };
+    let config = state.config();
+    let msg = NewMessage {
+        sender: b.sender.clone(),
+        recipients: b
+            .to
+            .into_iter()
+            .map(|address| NewRecipient {
+                address,
+                contact: None,
+            })
+            .collect(),
+        content,
+        source: "api".into(),
+        message_id: b.message_id,
+    };
+    let now = state.clock.now().timestamp_millis();
+    match queue::enqueue(&state.store, config.sender(&b.sender).cloned(), msg, now).await {
+        Ok((id, message_id)) => {
+            state.delivery.notify();
+            Ok(reply::json_response(
+                StatusCode::ACCEPTED,
+                &json!({"id": id, "message_id": message_id}),
+            ))
+        }
+        Err(EnqueueError::Invalid(m)) => Err(ApiError::invalid("invalid_message", m)),
+        Err(e @ EnqueueError::UnknownSender(_)) => {
+            Err(ApiError::invalid("unknown_sender", e.to_string()))
+        }
+        Err(EnqueueError::Store(e)) => Err(e.into()),
+    }
+}
+
+fn time(ms: Option<i64>) -> Value {
+    match ms.and_then(chrono::DateTime::from_timestamp_millis) {
+        Some(t) => json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        None => Value::Null,
+    }
+}
+
+/// The JSON view of a message; `in_flight` marks recipients being sent now.
+pub fn message_view(m: &QueuedMessage, in_flight: &[usize]) -> Value {
+    let rcpts: Vec<Value> = m
+        .recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let state = if r.state.is_pending() && in_flight.contains(&i) {
+                "in_flight"
+            } else {
+                r.state.as_str()
+            };
+            json!({
+                "address": r.address,
+                "domain": r.domain,
+                "contact": r.contact,
+                "state": state,
+                "attempts": r.attempts,
+                "next_attempt": time(r.next_attempt.filter(|_| r.state == RcptState::Deferred)),
+                "reply": r.reply,
+                "bounce": r.bounce.map(|b| b.as_str()),
+                "host": r.host,
+                "updated": time(r.updated),
+            })
+        })
+        .collect();
+    json!({
+        "id": m.id,
+        "sender": m.sender,
+        "return_path": m.return_path,
+        "message_id": m.message_id,
+        "created": time(Some(m.created)),
+        "size": m.size,
+        "source": m.source,
+        "finished": time(m.finished),
+        "purged": m.purged,
+        "recipients": rcpts,
+    })
+}
+
+#[derive(Default)]
+struct DomainCounts {
+    queued: u64,
+    deferred: u64,
+    in_flight: u64,
+    next_attempt: Option<i64>,
+    last_error: Option<String>,
+}
+
+/// `GET /api/v1/queue`: counts per state and per destination domain, the
+/// oldest message and the next attempts.
+pub async fn status(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+    let in_flight = state.delivery.in_flight();
+    let connections = state.delivery.connections();
+    let flying: std::collections::HashSet<(u64, usize)> =
+        in_flight.iter().map(|f| (f.msg, f.rcpt)).collect();
+    let view = state
+        .store
+        .read(move |v| {
+            let mut domains: BTreeMap<String, DomainCounts> = BTreeMap::new();
+            let (mut messages, mut queued, mut deferred, mut flying_n) = (0u64, 0u64, 0u64, 0u64);
+            let mut oldest: Option<(i64, u64)> = None;
+            let mut next: Vec<(i64, u64, String)> = Vec::new();
+            v.for_each_queued(|m| {
+                messages += 1;
+                if oldest.is_none_or(|(c, _)| m.created < c) {
+                    oldest = Some((m.created, m.id));
+                }
+                for (i, r) in m.recipients.iter().enumerate() {
+                    if !r.state.is_pending() {
+                        continue;
+                    }
+                    let d = domains.entry(r.domain.clone()).or_default();
+                    if flying.contains(&(m.id, i)) {
+                        flying_n += 1;
+                        d.in_flight += 1;
+                    } else if r.state == RcptState::Deferred {
+                        deferred += 1;
+                        d.deferred += 1;
+                        let at = r.next_attempt.unwrap_or(m.created);
+                        if d.next_attempt.is_none_or(|n| at < n) {
+                            d.next_attempt = Some(at);
+                            d.last_error = r.reply.clone();
+                        }
+                        next.push((at, m.id, r.domain.clone()));
+                        if next.len() > 40 {
+                            next.sort();
+                            next.truncate(10);
+                        }
+                    } else {
+                        queued += 1;
+                        d.queued += 1;
+                    }
+                }
+            })?;
+            next.sort();
+            next.truncate(10);
+            let summary = v.queue_summary()?;
+            let oldest = match oldest {
+                Some((_, id)) => v.queued_message(id)?,
+                None => None,
+            };
+            Ok(json!({
+                "messages": messages,
+                "recipients": {"queued": queued, "in_flight": flying_n, "deferred": deferred},
+                "delivered_total": summary.delivered,
+                "failed_total": summary.failed,
+                "domains": domains.into_iter().map(|(name, d)| json!({
+                    "domain": name,
+                    "queued": d.queued,
+                    "in_flight": d.in_flight,
+                    "deferred": d.deferred,
+                    "next_attempt": time(d.next_attempt),
+                    "last_error": d.last_error,
+                })).collect::<Vec<_>>(),
+                "oldest": oldest.map(|m| json!({"id": m.id, "created": time(Some(m.created)), "message_id": m.message_id})),
+                "next_attempts": next.into_iter().map(|(at, id, domain)| json!({"id": id, "domain": domain, "at": time(Some(at))})).collect::<Vec<_>>(),
+            }))
+        })
+        .await?;
+    let mut view = view;
+    view["connections"] = json!(connections);
+    reply::ok(&view)
+}
+
+/// `GET /api/v1/queue/{id}`: one message, queued or finished.
+pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiError> {
+    let id =
+        numeric_id(r).ok_or_else(|| ApiError::not_found(format!("`{r}` is not a queue id")))?;
+    let in_flight: Vec<usize> = state
+        .delivery
+        .in_flight()
+        .into_iter()
+        .filter(|f| f.msg == id)
+        .map(|f| f.rcpt)
+        .collect();
+    match state.store.read(move |v| v.message(id)).await? {
+        Some(m) => reply::ok(&message_view(&m, &in_flight)),
+        None => Err(ApiError::not_found(format!("no message {id} in the queue"))),
+    }
+}
+
+/// Body of `POST /api/v1/queue/retry` and `/purge`: one message or a domain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectBody {
+    /// A queue id.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// A destination domain.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Why (required for purge; kept in the record).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+fn selection(b: &SelectBody) -> Result<(Option<u64>, Option<String>), ApiError> {
+    match (&b.id, &b.domain) {
+        (Some(_), Some(_)) | (None, None) => Err(ApiError::bad_request(
+            "give exactly one of id (a queue id) and domain",
+        )),
+        (id, d) => Ok((
+            *id,
+            d.as_ref()
+                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase()),
+        )),
+    }
+}
+
+/// `POST /api/v1/queue/retry`: deferred recipients become due now.
+pub async fn retry(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let b: SelectBody = reply::read_json(req, 64 * 1024).await?;
+    if b.reason.is_some() {
+        return Err(ApiError::bad_request("reason is for purge, not retry"));
+    }
+    let (id, domain) = selection(&b)?;
+    let now = state.clock.now().timestamp_millis();
+    let n = state
+        .store
+        .write(move |t| engine::retry_now(t, id, domain.as_deref(), now))
+        .await?;
+    if let (Some(id), 0) = (id, n) {
+        let exists = state
+            .store
+            .read(move |v| v.queued_message(id))
+            .await?
+            .is_some();
+        if !exists {
+            return Err(ApiError::not_found(format!("no message {id} in the queue")));
+        }
+    }
+    state.delivery.notify();
+    reply::ok(&json!({"messages": n}))
+}
+
+/// `POST /api/v1/queue/purge`: pending recipients fail with the reason given.
+pub async fn purge(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let b: SelectBody = reply::read_json(req, 64 * 1024).await?;
+    let (id, domain) = selection(&b)?;
+    let reason = match b.reason.as_deref().map(str::trim) {
+        Some(r) if !r.is_empty() && r.len() <= 500 => r.to_string(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "reason is required (1-500 characters): why these messages are dropped",
+            ));
+        }
+    };
+    let now = state.clock.now().timestamp_millis();
+    let (messages, recipients) = state
+        .store
+        .write(move |t| engine::purge(t, id, domain.as_deref(), &reason, now))
+        .await?;
+    if let (Some(id), 0) = (id, messages) {
+        return Err(ApiError::not_found(format!(
+            "no message {id} with pending recipients in the queue"
+        )));
+    }
+    tracing::info!(messages, recipients, "queue purged by the admin");
+    reply::ok(&json!({"messages": messages, "recipients": recipients}))
+}

@@ -1,0 +1,299 @@
+//! Real peers for delivery tests: Postfix's `smtp-sink` as the receiving
+//! server, dnsmasq on a loopback port as the DNS server, dkimpy as the
+//! independent DKIM verifier. `scripts/test` installs them (Debian packages
+//! postfix, dnsmasq-base, python3-dkim).
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A port free for both TCP and UDP on 127.0.0.1 (dnsmasq needs both).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
+        let port = udp.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+fn wait_tcp(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `smtp-sink` writing every transaction to its own file.
+pub struct Sink {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    counters: Arc<Mutex<String>>,
+}
+
+impl Sink {
+    /// Starts a sink on a free port with extra smtp-sink options (fault
+    /// injection: `-r RCPT`, `-f .`, `-B "550 …"`, `-q MAIL`, `-w 3`…).
+    pub fn start(args: &[&str]) -> Sink {
+        Self::start_on(free_port(), args)
+    }
+
+    /// Starts a sink on `port`.
+    pub fn start_on(port: u16, args: &[&str]) -> Sink {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // smtp-sink drops to `nobody` before writing its files.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod");
+        let template = format!("{}/%M.", dir.path().display());
+        let mut child = Command::new("smtp-sink")
+            .args(["-u", "nobody", "-c", "-d", &template])
+            .args(args)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("256")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "smtp-sink (Debian package postfix) must be installed; scripts/test installs it",
+            );
+        let counters = Arc::new(Mutex::new(String::new()));
+        let mut out = child.stdout.take().expect("stdout");
+        let c = counters.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut s = c.lock().unwrap();
+                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if s.len() > 1 << 16 {
+                    let cut = s.len() - 4096;
+                    let keep = s.split_off(cut);
+                    *s = keep;
+                }
+            }
+        });
+        wait_tcp(port);
+        Sink {
+            port,
+            dir,
+            child,
+            counters,
+        }
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let s = self.counters.lock().unwrap();
+        s.rsplit('\r')
+            .find_map(|rec| {
+                rec.split_whitespace().find_map(|kv| {
+                    kv.strip_prefix(&format!("{name}="))
+                        .and_then(|v| v.parse().ok())
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// Completed SMTP sessions (connections that ended).
+    pub fn sessions(&self) -> u64 {
+        self.counter("sess")
+    }
+
+    /// Messages received.
+    pub fn received(&self) -> u64 {
+        self.counter("mesg")
+    }
+
+    /// The dump files: one per transaction.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Waits until `n` transactions were written, and returns their files.
+    pub fn wait_files(&self, n: usize, within: Duration) -> Vec<PathBuf> {
+        let deadline = Instant::now() + within;
+        loop {
+            let f = self.files();
+            if f.len() >= n {
+                // Give a file being written a moment to be complete.
+                std::thread::sleep(Duration::from_millis(100));
+                return self.files();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sink got {} transactions, expected {n}",
+                f.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the sink (the port becomes free).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The envelope recipients recorded in a sink file.
+pub fn rcpts_of(file: &Path) -> Vec<String> {
+    let text = String::from_utf8_lossy(&std::fs::read(file).unwrap_or_default()).into_owned();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("X-Rcpt-Args: <"))
+        .map(|l| l.trim_end_matches('>').to_string())
+        .collect()
+}
+
+/// The message in a sink file: everything from the first of our headers
+/// (smtp-sink puts its envelope records and a Received line first).
+pub fn message_of(file: &Path) -> Vec<u8> {
+    let raw = std::fs::read(file).unwrap_or_default();
+    let starts = [b"DKIM-Signature:".as_slice(), b"Message-ID:", b"From:"];
+    let pos = starts
+        .iter()
+        .filter_map(|s| raw.windows(s.len()).position(|w| w == *s))
+        .min()
+        .unwrap_or(0);
+    // The dump uses LF line ends; SMTP (and DKIM) use CRLF.
+    let mut out = Vec::with_capacity(raw.len() - pos + 1024);
+    let mut prev = 0u8;
+    for &b in &raw[pos..] {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+/// dnsmasq answering for `.test` on a loopback port, with these options
+/// (`--mx-host=…`, `--host-record=…`); every other `.test` name is NXDOMAIN.
+pub struct Dns {
+    pub port: u16,
+    child: Child,
+}
+
+impl Dns {
+    pub fn start(records: &[String]) -> Dns {
+        let port = free_port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                &format!("--port={port}"),
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--local=/test/",
+                "--user=root",
+                "--pid-file=",
+            ])
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "dnsmasq (Debian package dnsmasq-base) must be installed; scripts/test installs it",
+            );
+        wait_tcp(port);
+        Dns { port, child }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `herald dkim keygen` and returns the TXT record value it printed.
+pub fn keygen(config: &Path, domain: &str, selector: &str, alg: &str, out: &Path) -> String {
+    let (code, stdout, stderr) = super::run(
+        config,
+        &[
+            "dkim",
+            "keygen",
+            "--domain",
+            domain,
+            "--selector",
+            selector,
+            "--algorithm",
+            alg,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "keygen failed: {stderr}");
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("value: "))
+        .expect("keygen prints the record value")
+        .to_string()
+}
+
+/// Verifies every DKIM signature of `message` with dkimpy, which is given the
+/// records as if from DNS (`selector._domainkey.domain` → record). Returns
+/// one result per signature, in header order.
+pub fn dkim_verify(message: &[u8], records: &[(&str, &str)]) -> Vec<bool> {
+    const SCRIPT: &str = r#"
+import sys, json, dkim
+recs = json.loads(sys.argv[1])
+msg = sys.stdin.buffer.read()
+def dnsfunc(name, timeout=5):
+    n = name.decode() if isinstance(name, bytes) else name
+    return recs.get(n.rstrip('.'), '').encode()
+n = msg.count(b"\nDKIM-Signature:") + (1 if msg.startswith(b"DKIM-Signature:") else 0)
+def check(i):
+    try:
+        return bool(dkim.DKIM(msg).verify(idx=i, dnsfunc=dnsfunc))
+    except dkim.ValidationError:
+        return False
+print(json.dumps([check(i) for i in range(n)]))
+"#;
+    let map: serde_json::Map<String, serde_json::Value> = records
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT, &serde_json::Value::Object(map).to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 with python3-dkim");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "dkimpy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("dkimpy output")
+}

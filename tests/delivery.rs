@@ -1,0 +1,634 @@
+//! Delivery against real peers: smtp-sink as the receiving server (with its
+//! fault injection), dnsmasq serving MX records on loopback, dkimpy verifying
+//! every signature.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::peers::{Dns, Sink, dkim_verify, keygen, message_of, rcpts_of};
+use common::{Herald, run};
+use serde_json::{Value, json};
+
+/// DNS for every test: example.test has a dead first MX (127.0.0.2, where
+/// nothing listens) and a live second one; implicit.test has only an A
+/// record; nullmx.test has a null MX; other .test names do not exist.
+fn dns() -> Dns {
+    Dns::start(&[
+        "--mx-host=example.test,mx1.example.test,10".into(),
+        "--mx-host=example.test,mx2.example.test,20".into(),
+        "--host-record=mx1.example.test,127.0.0.2".into(),
+        "--host-record=mx2.example.test,127.0.0.1".into(),
+        "--host-record=implicit.test,127.0.0.1".into(),
+        "--mx-host=nullmx.test,.,0".into(),
+        "--mx-host=tls.test,mx.tls.test,10".into(),
+        "--host-record=mx.tls.test,127.0.0.1".into(),
+    ])
+}
+
+struct Setup {
+    herald: Herald,
+    /// selector._domainkey.domain → TXT record.
+    records: Vec<(String, String)>,
+}
+
+impl Setup {
+    fn records(&self) -> Vec<(&str, &str)> {
+        self.records
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect()
+    }
+}
+
+/// A daemon delivering via `dns` to port `smtp_port`, with a sender `shop`
+/// signing with an RSA-2048 and an Ed25519 key.
+fn start(dns: &Dns, smtp_port: u16, delivery: &str, sender: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(&config, "").unwrap();
+    let keys = dir.path().join("keys");
+    let rsa = keygen(&config, "shop.test", "rsa1", "rsa", &keys.join("rsa1.pem"));
+    let ed = keygen(
+        &config,
+        "shop.test",
+        "ed1",
+        "ed25519",
+        &keys.join("ed1.pem"),
+    );
+    let extra = format!(
+        r#"
+[delivery]
+nameserver = "127.0.0.1:{dns}"
+smtp_port = {smtp_port}
+{retry}
+connect_timeout = "2s"
+command_timeout = "3s"
+{delivery}
+
+[[sender]]
+id = "shop"
+from = "Shop <news@shop.test>"
+return_path = "bounces@shop.test"
+helo = "mail.shop.test"
+{sender}
+
+[[sender.dkim]]
+selector = "rsa1"
+key_file = "keys/rsa1.pem"
+
+[[sender.dkim]]
+selector = "ed1"
+key_file = "keys/ed1.pem"
+"#,
+        dns = dns.port,
+        retry = if delivery.contains("retry_schedule") {
+            ""
+        } else {
+            "retry_schedule = [\"1s\"]"
+        },
+    );
+    std::fs::write(
+        &config,
+        common::config_text(&dir.path().join("data"), &extra),
+    )
+    .unwrap();
+    Setup {
+        herald: Herald::start_in(dir, config),
+        records: vec![
+            ("rsa1._domainkey.shop.test".into(), rsa),
+            ("ed1._domainkey.shop.test".into(), ed),
+        ],
+    }
+}
+
+fn send(h: &Herald, to: &[&str], subject: &str) -> u64 {
+    let r = h.post_json(
+        "/api/v1/messages",
+        json!({
+            "sender": "shop",
+            "to": to,
+            "subject": subject,
+            "text": "Hello,\n.\nA line that is a single dot came before this one.\n",
+            "html": "<p>Hello</p>",
+            "headers": {
+                "List-Unsubscribe": "<https://shop.test/u/abc>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"
+            }
+        }),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    r.body["id"].as_u64().unwrap()
+}
+
+/// Polls a queued message until `done` holds.
+fn wait(h: &Herald, id: u64, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = h.get(&format!("/api/v1/queue/{id}"));
+        assert_eq!(r.status, 200, "{}", r.body);
+        if done(&r.body) {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out; last state {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn states(m: &Value) -> Vec<String> {
+    m["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn finished(m: &Value) -> bool {
+    !m["finished"].is_null()
+}
+
+#[test]
+fn mx_delivery_with_fallback_implicit_null_and_nxdomain_all_signed() {
+    let dns = dns();
+    let sink = Sink::start(&[]);
+    let s = start(&dns, sink.port, "", "");
+    let id = send(
+        &s.herald,
+        &[
+            "alice@example.test",
+            "bob@implicit.test",
+            "carol@nullmx.test",
+            "dave@nowhere.test",
+        ],
+        "Grüße ✓",
+    );
+    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let r = m["recipients"].as_array().unwrap();
+    // example.test: the first MX is dead, the second took it.
+    assert_eq!(r[0]["state"], "delivered", "{m}");
+    assert_eq!(r[0]["host"], "mx2.example.test");
+    assert!(r[0]["reply"].as_str().unwrap().starts_with("250"));
+    // implicit.test: no MX, delivered to its A record.
+    assert_eq!(r[1]["state"], "delivered", "{m}");
+    assert_eq!(r[1]["host"], "implicit.test");
+    // Null MX and NXDOMAIN: permanent, hard.
+    assert_eq!(r[2]["state"], "failed");
+    assert_eq!(r[2]["bounce"], "hard");
+    assert!(r[2]["reply"].as_str().unwrap().contains("null MX"), "{m}");
+    assert_eq!(r[3]["state"], "failed");
+    assert_eq!(r[3]["bounce"], "hard");
+    assert!(r[3]["reply"].as_str().unwrap().contains("NXDOMAIN"), "{m}");
+
+    let files = sink.wait_files(2, Duration::from_secs(5));
+    assert_eq!(files.len(), 2);
+    let mut got: Vec<String> = files.iter().flat_map(|f| rcpts_of(f)).collect();
+    got.sort();
+    assert_eq!(got, ["alice@example.test", "bob@implicit.test"]);
+    let message_id = m["message_id"].as_str().unwrap();
+    for f in &files {
+        let msg = message_of(f);
+        let text = String::from_utf8_lossy(&msg);
+        assert!(text.contains(&format!("Message-ID: <{message_id}>")));
+        // Both signatures verify with dkimpy (RSA first, then Ed25519)...
+        assert_eq!(dkim_verify(&msg, &s.records()), [true, true], "{text}");
+        assert!(text.contains("a=rsa-sha256") && text.contains("a=ed25519-sha256"));
+        let unfolded: String = text
+            .split("DKIM-Signature")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        for h in [
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "MIME-Version",
+            "Content-Type",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+        ] {
+            assert!(
+                unfolded.contains(&format!(":{h}:")) || unfolded.contains(&format!("h={h}:")),
+                "{h} not signed: {unfolded}"
+            );
+        }
+        assert!(text.contains("c=relaxed/relaxed"));
+        // ...and From, Subject and Date are oversigned: a prepended header breaks them.
+        for forged in [
+            "From: attacker@evil.test\r\n",
+            "Subject: forged\r\n",
+            "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n",
+        ] {
+            let mut bad = forged.as_bytes().to_vec();
+            bad.extend_from_slice(&msg);
+            assert_eq!(
+                dkim_verify(&bad, &s.records()),
+                [false, false],
+                "{forged} did not break the signatures"
+            );
+        }
+        // A changed body breaks them too (the verifier is not a rubber stamp).
+        let tampered = String::from_utf8_lossy(&msg).replace("single dot", "single DOT");
+        assert_eq!(
+            dkim_verify(tampered.as_bytes(), &s.records()),
+            [false, false]
+        );
+    }
+}
+
+#[test]
+fn raw_messages_get_message_id_and_date_and_are_signed() {
+    let dns = dns();
+    let sink = Sink::start(&[]);
+    let s = start(&dns, sink.port, "", "");
+    let raw = "From: Shop <news@shop.test>\nTo: alice@example.test\nSubject: raw\n\nraw body\n";
+    let r = s.herald.post_json(
+        "/api/v1/messages",
+        json!({"sender": "shop", "to": ["alice@example.test"], "raw": raw}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["id"].as_u64().unwrap();
+    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    assert_eq!(states(&m), ["delivered"]);
+    let files = sink.wait_files(1, Duration::from_secs(5));
+    let msg = message_of(&files[0]);
+    let text = String::from_utf8_lossy(&msg);
+    assert!(text.contains(&format!(
+        "Message-ID: <{}>",
+        m["message_id"].as_str().unwrap()
+    )));
+    assert!(text.contains("\r\nDate: "));
+    assert_eq!(dkim_verify(&msg, &s.records()), [true, true]);
+}
+
+#[test]
+fn bad_messages_are_refused_with_the_reason_and_nothing_is_queued() {
+    let dns = dns();
+    let s = start(&dns, 9, "", "");
+    let h = &s.herald;
+    let cases = [
+        (
+            json!({"sender": "nobody", "to": ["a@example.test"], "subject": "x", "text": "y"}),
+            "unknown_sender",
+            "nobody",
+        ),
+        (
+            json!({"sender": "shop", "to": [], "subject": "x", "text": "y"}),
+            "invalid_message",
+            "at least one recipient",
+        ),
+        (
+            json!({"sender": "shop", "to": ["not an address"], "subject": "x", "text": "y"}),
+            "invalid_message",
+            "recipient 0",
+        ),
+        (
+            json!({"sender": "shop", "to": ["a@example.test"], "from": "x@other.test", "subject": "x", "text": "y"}),
+            "invalid_message",
+            "not in the sender",
+        ),
+        (
+            json!({"sender": "shop", "to": ["a@example.test"], "subject": "x"}),
+            "invalid_message",
+            "text, html",
+        ),
+        (
+            json!({"sender": "shop", "to": ["a@example.test"], "subject": "x", "text": "y", "headers": {"X-Evil": "a\r\nBcc: b@c.test"}}),
+            "invalid_message",
+            "line breaks",
+        ),
+        (
+            json!({"sender": "shop", "to": ["a@example.test"], "raw": "Subject: no from\n\nbody"}),
+            "invalid_message",
+            "no From",
+        ),
+        (
+            json!({"sender": "shop", "to": ["a@example.test"], "raw": "From: news@shop.test\nno blank line"}),
+            "invalid_message",
+            "empty line",
+        ),
+        (
+            json!({"sender": "shop", "to": ["a@example.test"], "raw": "From: x@y.test\n\nb", "subject": "both"}),
+            "bad_request",
+            "either raw",
+        ),
+    ];
+    for (body, code, words) in cases {
+        let r = h.post_json("/api/v1/messages", body.clone());
+        assert!(
+            r.status == 422 || r.status == 400,
+            "{body}: {} {}",
+            r.status,
+            r.body
+        );
+        assert_eq!(r.body["error"]["code"], code, "{body}: {}", r.body);
+        let msg = r.body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(words), "{body}: {msg}");
+    }
+    let q = h.get("/api/v1/queue");
+    assert_eq!(q.body["messages"], 0, "{}", q.body);
+    assert_eq!(h.get("/api/v1/queue/1").status, 404);
+}
+
+#[test]
+fn temporary_failures_are_retried_until_the_server_takes_the_message() {
+    let dns = dns();
+    // 4xx on every RCPT.
+    let sink = Sink::start(&["-r", "RCPT"]);
+    let port = sink.port;
+    let s = start(&dns, port, "", "");
+    let id = send(&s.herald, &["alice@implicit.test"], "retry me");
+    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+        m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(m["recipients"][0]["state"], "deferred", "{m}");
+    assert!(
+        m["recipients"][0]["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("4"),
+        "{m}"
+    );
+    assert!(!m["recipients"][0]["next_attempt"].is_null());
+    let q = s.herald.get("/api/v1/queue");
+    let d = &q.body["domains"][0];
+    assert_eq!(d["domain"], "implicit.test", "{}", q.body);
+    assert!(d["last_error"].as_str().unwrap().starts_with("4"));
+    // The server recovers; the next attempt delivers, exactly once.
+    drop(sink);
+    let sink = Sink::start_on(port, &[]);
+    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    assert_eq!(states(&m), ["delivered"]);
+    assert!(m["recipients"][0]["attempts"].as_u64().unwrap() >= 3);
+    assert_eq!(sink.wait_files(1, Duration::from_secs(5)).len(), 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sink.files().len(), 1, "delivered twice");
+}
+
+#[test]
+fn disconnects_and_slow_servers_defer_and_expire_as_soft_bounces() {
+    let dns = dns();
+    // Disconnect without a reply at MAIL.
+    let sink = Sink::start(&["-q", "MAIL"]);
+    let s = start(&dns, sink.port, "max_age = \"4s\"", "");
+    let id = send(&s.herald, &["alice@implicit.test"], "dropped");
+    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+        m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(m["recipients"][0]["state"], "deferred", "{m}");
+    // After max_age the message gives up: a soft bounce, not a hard one.
+    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let r = &m["recipients"][0];
+    assert_eq!(r["state"], "failed", "{m}");
+    assert_eq!(r["bounce"], "soft");
+    assert!(r["reply"].as_str().unwrap().contains("gave up"), "{m}");
+    drop(sink);
+
+    // A server slower than command_timeout (3 s) before its DATA reply.
+    let sink = Sink::start(&["-w", "5"]);
+    let s = start(&dns, sink.port, "", "");
+    let id = send(&s.herald, &["alice@implicit.test"], "slow");
+    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+        m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 1
+    });
+    assert_eq!(m["recipients"][0]["state"], "deferred", "{m}");
+    assert!(
+        m["recipients"][0]["reply"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{m}"
+    );
+}
+
+#[test]
+fn hard_bounce_marks_the_contact_invalid_policy_bounce_does_not() {
+    let dns = dns();
+    let sink = Sink::start(&[
+        "-f",
+        "RCPT",
+        "-B",
+        "550 5.1.1 <x>: Recipient address rejected: User unknown",
+    ]);
+    let s = start(&dns, sink.port, "", "");
+    let h = &s.herald;
+    let c = h.post_json(
+        "/api/v1/contacts",
+        json!({"email": "gone@implicit.test", "consent": "granted"}),
+    );
+    assert!(c.status == 200 || c.status == 201, "{}", c.body);
+    let id = send(h, &["gone@implicit.test"], "bounce");
+    let m = wait(h, id, Duration::from_secs(20), finished);
+    let r = &m["recipients"][0];
+    assert_eq!(r["state"], "failed");
+    assert_eq!(r["bounce"], "hard");
+    assert!(r["reply"].as_str().unwrap().starts_with("550 5.1.1"), "{m}");
+    assert_eq!(r["attempts"], 1, "a permanent failure is not retried");
+    let c = h.get("/api/v1/contacts/gone@implicit.test/consent");
+    assert_eq!(c.body["consent"], "invalid", "{}", c.body);
+    let log = c.body["log"].as_array().unwrap();
+    let last = log.last().unwrap();
+    assert_eq!(last["source"], "bounce", "{}", c.body);
+    drop(sink);
+
+    // 554 5.7.1 after the data: a policy refusal; the address is fine.
+    let sink = Sink::start(&["-f", ".", "-B", "554 5.7.1 Message rejected as spam"]);
+    let s = start(&dns, sink.port, "", "");
+    let h = &s.herald;
+    h.post_json(
+        "/api/v1/contacts",
+        json!({"email": "fine@implicit.test", "consent": "granted"}),
+    );
+    let id = send(h, &["fine@implicit.test"], "spammy");
+    let m = wait(h, id, Duration::from_secs(20), finished);
+    assert_eq!(m["recipients"][0]["bounce"], "policy", "{m}");
+    let c = h.get("/api/v1/contacts/fine@implicit.test");
+    assert_eq!(c.body["consent"], "granted", "{}", c.body);
+}
+
+#[test]
+fn one_connection_carries_many_messages_and_limits_hold() {
+    let dns = dns();
+    let sink = Sink::start(&[]);
+    let s = start(&dns, sink.port, "max_connections_per_domain = 1", "");
+    let ids: Vec<u64> = (0..30)
+        .map(|i| send(&s.herald, &[&format!("u{i}@implicit.test")], "bulk"))
+        .collect();
+    for id in &ids {
+        wait(&s.herald, *id, Duration::from_secs(30), finished);
+    }
+    sink.wait_files(30, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    let sessions = sink.sessions();
+    assert!(
+        (1..=10).contains(&sessions),
+        "30 messages over {sessions} connections"
+    );
+    assert_eq!(sink.received(), 30);
+}
+
+#[test]
+fn rate_limit_per_sender_spaces_messages() {
+    let dns = dns();
+    let sink = Sink::start(&[]);
+    let s = start(&dns, sink.port, "", "rate_per_second = 4.0");
+    let t0 = Instant::now();
+    let ids: Vec<u64> = (0..10)
+        .map(|i| send(&s.herald, &[&format!("r{i}@implicit.test")], "rate"))
+        .collect();
+    for id in &ids {
+        wait(&s.herald, *id, Duration::from_secs(30), finished);
+    }
+    // 10 messages at 4 per second take at least 9 intervals of 250 ms.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2200),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn require_tls_refuses_a_server_without_starttls() {
+    let dns = dns();
+    let sink = Sink::start(&[]);
+    let s = start(
+        &dns,
+        sink.port,
+        "require_tls_domains = [\"implicit.test\"]",
+        "",
+    );
+    let id = send(
+        &s.herald,
+        &["alice@implicit.test", "bob@example.test"],
+        "tls only",
+    );
+    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+        m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 1
+            && m["recipients"][1]["state"] == "delivered"
+    });
+    assert_eq!(m["recipients"][0]["state"], "deferred", "{m}");
+    assert!(
+        m["recipients"][0]["reply"]
+            .as_str()
+            .unwrap()
+            .contains("STARTTLS"),
+        "{m}"
+    );
+    assert_eq!(sink.wait_files(1, Duration::from_secs(5)).len(), 1);
+}
+
+#[test]
+fn queue_status_retry_and_purge_over_api_and_cli() {
+    let dns = dns();
+    let sink = Sink::start(&["-r", "RCPT"]);
+    let s = start(&dns, sink.port, "retry_schedule = [\"1h\"]", "");
+    let h = &s.herald;
+    let a = send(h, &["a@implicit.test"], "one");
+    let b = send(h, &["b@implicit.test", "c@implicit.test"], "two");
+    for id in [a, b] {
+        wait(h, id, Duration::from_secs(20), |m| {
+            m["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["state"] == "deferred")
+        });
+    }
+    let q = h.get("/api/v1/queue");
+    assert_eq!(q.body["messages"], 2, "{}", q.body);
+    assert_eq!(q.body["recipients"]["deferred"], 3);
+    assert_eq!(q.body["oldest"]["id"], a);
+    assert_eq!(q.body["domains"][0]["deferred"], 3);
+    assert!(q.body["next_attempts"].as_array().unwrap().len() >= 2);
+    let (code, out, err) = run(&h.config, &["queue", "status", "--api", &h.url("")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("implicit.test") && out.contains("2 messages"),
+        "{out}"
+    );
+
+    // Retry now: the next attempt happens at once instead of in an hour.
+    let r = h.post_json("/api/v1/queue/retry", json!({"id": a}));
+    assert_eq!(r.body["messages"], 1, "{}", r.body);
+    wait(h, a, Duration::from_secs(20), |m| {
+        m["recipients"][0]["attempts"].as_u64().unwrap() >= 2
+    });
+    let (code, out, err) = run(
+        &h.config,
+        &[
+            "queue",
+            "retry",
+            "--domain",
+            "implicit.test",
+            "--api",
+            &h.url(""),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("due now"), "{out}");
+
+    // Purge needs a reason and records it.
+    let r = h.post_json("/api/v1/queue/purge", json!({"id": a}));
+    assert_eq!(r.status, 400);
+    let r = h.post_json(
+        "/api/v1/queue/purge",
+        json!({"id": a, "reason": "customer asked"}),
+    );
+    assert_eq!(r.body["recipients"], 1, "{}", r.body);
+    let m = h.get(&format!("/api/v1/queue/{a}")).body;
+    assert_eq!(m["purged"], "customer asked");
+    assert_eq!(states(&m), ["failed"]);
+    let (code, out, err) = run(
+        &h.config,
+        &[
+            "queue",
+            "purge",
+            "--domain",
+            "implicit.test",
+            "--reason",
+            "domain gone",
+            "--api",
+            &h.url(""),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("purged 2 recipients of 1 messages"), "{out}");
+    let q = h.get("/api/v1/queue");
+    assert_eq!(q.body["messages"], 0, "{}", q.body);
+    assert_eq!(q.body["failed_total"], 3);
+    assert_eq!(
+        h.post_json("/api/v1/queue/retry", json!({"id": 999}))
+            .status,
+        404
+    );
+    assert_eq!(h.post_json("/api/v1/queue/retry", json!({})).status, 400);
+}
+
+#[test]
+fn queued_mail_survives_a_restart_and_is_delivered_after_it() {
+    let dns = dns();
+    let port = common::peers::free_port();
+    // No server at first: the message waits in the queue.
+    let mut s = start(&dns, port, "", "");
+    let id = send(&s.herald, &["alice@implicit.test"], "later");
+    wait(&s.herald, id, Duration::from_secs(20), |m| {
+        m["recipients"][0]["state"] == "deferred"
+    });
+    s.herald.kill9();
+    let sink = Sink::start_on(port, &[]);
+    s.herald.restart();
+    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    assert_eq!(states(&m), ["delivered"]);
+    let files = sink.wait_files(1, Duration::from_secs(5));
+    assert_eq!(
+        dkim_verify(&message_of(&files[0]), &s.records()),
+        [true, true]
+    );
+}
