@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod peers;
+pub mod tls_smtp;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef0123";
 
