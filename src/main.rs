@@ -156,6 +156,16 @@ fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve) {
+        // Command-line tools end quietly when their reader goes away
+        // (`herald queue status | head`); Rust ignores SIGPIPE by default,
+        // which would turn that into a panic in println!. The daemon keeps
+        // ignoring it: a closed socket is an error to handle, not a death.
+        // SAFETY: resetting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::CheckConfig => match app::check_config(&cli.config) {
             Ok(summary) => {

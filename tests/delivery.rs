@@ -863,3 +863,122 @@ fn relay_failures_are_deferred_with_the_reason() {
     );
     assert!(server.received().is_empty());
 }
+
+#[test]
+fn check_config_reports_every_key_and_relay_problem_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let st = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", "small.pem"]);
+    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ec.pem"]);
+    std::fs::write(d.join("junk.pem"), "not a key").unwrap();
+    test_keys(&d.join("keys"));
+    let config = d.join("herald.toml");
+    let text = common::config_text(
+        &d.join("data"),
+        r#"
+[delivery]
+retry_schedule = ["5m", "soon"]
+max_connections = 0
+nameserver = "dns.example"
+
+[[sender]]
+id = "a"
+from = "Shop <news@shop.test>"
+[[sender.dkim]]
+selector = "small"
+key_file = "small.pem"
+[[sender.dkim]]
+selector = "ec"
+key_file = "ec.pem"
+[[sender.dkim]]
+selector = "junk"
+key_file = "junk.pem"
+[[sender.dkim]]
+selector = "missing"
+key_file = "nope.pem"
+[sender.relay]
+host = "smtp.example"
+tls = "sometimes"
+username = "u"
+
+[[sender]]
+id = "a"
+from = "not an address"
+[sender.relay]
+host = "smtp.example"
+tls = "none"
+username = "u"
+password = "p"
+
+[[sender]]
+id = "good"
+from = "news@shop.test"
+[[sender.dkim]]
+selector = "rsa1"
+key_file = "keys/rsa1.pem"
+[[sender.dkim]]
+selector = "ed1"
+key_file = "keys/ed1.pem"
+"#,
+    );
+    std::fs::write(&config, text).unwrap();
+    let (code, _out, err) = run(&config, &["check-config"]);
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "delivery.retry_schedule[1]",
+        "`soon` is not a duration",
+        "delivery.max_connections",
+        "delivery.nameserver",
+        "sender[0].dkim[0].key_file",
+        "1024-bit RSA key; at least 2048 bits are required",
+        "sender[0].dkim[1].key_file",
+        "neither RSA nor Ed25519",
+        "sender[0].dkim[2].key_file",
+        "not a PEM private key",
+        "sender[0].dkim[3].key_file",
+        "cannot read",
+        "sender[0].relay.tls",
+        "`sometimes` is not one of",
+        "sender[0].relay.username",
+        "needs password or password_file",
+        "sender[1].id",
+        "already has this id",
+        "sender[1].from",
+        "sender[1].relay.username",
+        "plain-text connection",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    // Every problem names its line.
+    assert!(err.lines().filter(|l| l.contains("herald.toml:")).count() >= 12, "{err}");
+
+    // The good sender alone passes, and the summary shows its keys.
+    let good = common::config_text(
+        &d.join("data"),
+        "[[sender]]\nid = \"good\"\nfrom = \"news@shop.test\"\n[[sender.dkim]]\nselector = \"rsa1\"\nkey_file = \"keys/rsa1.pem\"\n[[sender.dkim]]\nselector = \"ed1\"\nkey_file = \"keys/ed1.pem\"\n",
+    );
+    std::fs::write(&config, good).unwrap();
+    let (code, out, err) = run(&config, &["check-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rsa1._domainkey.shop.test: rsa 2048-bit key"), "{out}");
+    assert!(out.contains("ed1._domainkey.shop.test: ed25519 key"), "{out}");
+    // keygen refuses to overwrite a key and rejects a bad selector.
+    let (code, _, err) = run(
+        &config,
+        &["dkim", "keygen", "--domain", "shop.test", "--selector", "rsa1", "--out", d.join("keys/rsa1.pem").to_str().unwrap()],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("already exists"), "{err}");
+    let (code, _, err) = run(&config, &["dkim", "keygen", "--domain", "shop.test", "--selector", "a b"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a valid DNS label"), "{err}");
+}
