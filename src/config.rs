@@ -135,7 +135,7 @@ pub struct RawStorage {
     /// Directory holding `herald.redb`; relative paths are relative to the
     /// config file's directory.
     pub path: Option<Spanned<String>>,
-    /// Memory for redb's page cache, in MiB (default 64). More speeds up
+    /// Memory for redb's page cache, in MiB (default 32). More speeds up
     /// large imports and segment scans; the OS page cache helps either way.
     pub cache_mb: Option<Spanned<i64>>,
 }

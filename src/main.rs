@@ -154,7 +154,19 @@ fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
+/// mimalloc's `mi_option_purge_delay` (index in its `mi_option_e`; the
+/// Rust bindings name only some options).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // Return freed memory to the OS at once instead of after 10 ms (100 ms
+    // for arenas): message bodies come and go in 20 KB pieces on many
+    // threads, and the delay showed up as tens of MB of peak RSS in the
+    // delivery benchmark (BENCHMARKS.md).
+    // SAFETY: sets a plain integer option of the allocator.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve) {
         // Command-line tools end quietly when their reader goes away

@@ -877,8 +877,24 @@ fn check_config_reports_every_key_and_relay_problem_at_once() {
             .unwrap();
         assert!(st.success());
     };
-    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", "small.pem"]);
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ec.pem"]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+        "-out",
+        "small.pem",
+    ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "ec.pem",
+    ]);
     std::fs::write(d.join("junk.pem"), "not a key").unwrap();
     test_keys(&d.join("keys"));
     let config = d.join("herald.toml");
@@ -959,7 +975,10 @@ key_file = "keys/ed1.pem"
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
     // Every problem names its line.
-    assert!(err.lines().filter(|l| l.contains("herald.toml:")).count() >= 12, "{err}");
+    assert!(
+        err.lines().filter(|l| l.contains("herald.toml:")).count() >= 12,
+        "{err}"
+    );
 
     // The good sender alone passes, and the summary shows its keys.
     let good = common::config_text(
@@ -969,16 +988,41 @@ key_file = "keys/ed1.pem"
     std::fs::write(&config, good).unwrap();
     let (code, out, err) = run(&config, &["check-config"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("rsa1._domainkey.shop.test: rsa 2048-bit key"), "{out}");
-    assert!(out.contains("ed1._domainkey.shop.test: ed25519 key"), "{out}");
+    assert!(
+        out.contains("rsa1._domainkey.shop.test: rsa 2048-bit key"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ed1._domainkey.shop.test: ed25519 key"),
+        "{out}"
+    );
     // keygen refuses to overwrite a key and rejects a bad selector.
     let (code, _, err) = run(
         &config,
-        &["dkim", "keygen", "--domain", "shop.test", "--selector", "rsa1", "--out", d.join("keys/rsa1.pem").to_str().unwrap()],
+        &[
+            "dkim",
+            "keygen",
+            "--domain",
+            "shop.test",
+            "--selector",
+            "rsa1",
+            "--out",
+            d.join("keys/rsa1.pem").to_str().unwrap(),
+        ],
     );
     assert_ne!(code, 0);
     assert!(err.contains("already exists"), "{err}");
-    let (code, _, err) = run(&config, &["dkim", "keygen", "--domain", "shop.test", "--selector", "a b"]);
+    let (code, _, err) = run(
+        &config,
+        &[
+            "dkim",
+            "keygen",
+            "--domain",
+            "shop.test",
+            "--selector",
+            "a b",
+        ],
+    );
     assert_ne!(code, 0);
     assert!(err.contains("not a valid DNS label"), "{err}");
 }

@@ -777,6 +777,8 @@ async fn finish_job(
         a.rcpts.retain(|r| !job.rcpts.iter().any(|(i, _)| i == r));
         if a.jobs_left == 0 {
             st.active.remove(&id);
+            // Room in the active set: let the scheduler load more.
+            inner.wake.notify_one();
         }
     }
 }
@@ -914,23 +916,58 @@ fn mark_invalid(
     Ok(())
 }
 
-/// Makes deferred recipients due now; `None` for every queued message of
-/// `domain`. Returns how many messages changed.
+/// Which queued messages an admin action applies to.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// One message.
+    Id(u64),
+    /// Every message with a recipient in this domain.
+    Domain(String),
+}
+
+/// Messages per write transaction when an action walks the whole queue, so
+/// that a queue of any size is handled in bounded memory.
+pub const CHUNK: usize = 1000;
+
+fn select(
+    t: &WriteTables<'_>,
+    sel: &Selection,
+    after: u64,
+) -> Result<(Vec<QueuedMessage>, Option<u64>), StoreError> {
+    match sel {
+        Selection::Id(id) => Ok((t.queued_message(*id)?.into_iter().collect(), None)),
+        Selection::Domain(_) => {
+            let msgs = t.queued_messages_after(after, CHUNK)?;
+            let next = (msgs.len() == CHUNK)
+                .then(|| msgs.last().map(|m| m.id))
+                .flatten();
+            Ok((msgs, next))
+        }
+    }
+}
+
+fn matches_domain(sel: &Selection, domain: &str) -> bool {
+    match sel {
+        Selection::Id(_) => true,
+        Selection::Domain(d) => d == domain,
+    }
+}
+
+/// Makes deferred recipients due now, for one chunk of the selection
+/// starting after queue id `after`. Returns the messages changed and where
+/// the next chunk starts (`None` when done).
 pub fn retry_now(
     t: &mut WriteTables<'_>,
-    id: Option<u64>,
-    domain: Option<&str>,
+    sel: &Selection,
+    after: u64,
     now: i64,
-) -> Result<usize, StoreError> {
-    let msgs: Vec<QueuedMessage> = match id {
-        Some(id) => t.queued_message(id)?.into_iter().collect(),
-        None => t.queued_messages()?,
-    };
+) -> Result<(usize, Option<u64>), StoreError> {
+    let (msgs, next) = select(t, sel, after)?;
     let mut n = 0;
     for mut m in msgs {
         let mut changed = false;
         for r in m.recipients.iter_mut() {
-            if r.state == RcptState::Deferred && domain.is_none_or(|d| r.domain == d) {
+            if r.state == RcptState::Deferred && matches_domain(sel, &r.domain) {
                 r.next_attempt = Some(now);
                 changed = true;
             }
@@ -940,27 +977,24 @@ pub fn retry_now(
             n += 1;
         }
     }
-    Ok(n)
+    Ok((n, next))
 }
 
-/// Fails the pending recipients of a message (or of every message to
-/// `domain`) with `reason`. Returns (messages, recipients) purged.
+/// Fails the pending recipients of one chunk of the selection with `reason`.
+/// Returns (messages, recipients) purged and where the next chunk starts.
 pub fn purge(
     t: &mut WriteTables<'_>,
-    id: Option<u64>,
-    domain: Option<&str>,
+    sel: &Selection,
+    after: u64,
     reason: &str,
     now: i64,
-) -> Result<(usize, usize), StoreError> {
-    let msgs: Vec<QueuedMessage> = match id {
-        Some(id) => t.queued_message(id)?.into_iter().collect(),
-        None => t.queued_messages()?,
-    };
+) -> Result<(usize, usize, Option<u64>), StoreError> {
+    let (msgs, next) = select(t, sel, after)?;
     let (mut n, mut rcpts) = (0, 0);
     for mut m in msgs {
         let mut changed = false;
         for r in m.recipients.iter_mut() {
-            if r.state.is_pending() && domain.is_none_or(|d| r.domain == d) {
+            if r.state.is_pending() && matches_domain(sel, &r.domain) {
                 r.state = RcptState::Failed;
                 r.next_attempt = None;
                 r.updated = Some(now);
@@ -980,5 +1014,5 @@ pub fn purge(
             t.finish_message(m, now)?;
         }
     }
-    Ok((n, rcpts))
+    Ok((n, rcpts, next))
 }

@@ -100,7 +100,7 @@ type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type Job = Box<dyn for<'a> FnOnce(&mut WriteTables<'a>) -> (bool, Completion) + Send>;
 
 /// redb page cache used unless the config says otherwise.
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 /// Largest number of jobs folded into one transaction.
 const MAX_BATCH_JOBS: usize = 512;

@@ -74,12 +74,20 @@ impl WriteTables<'_> {
         Ok(())
     }
 
-    /// Every message in the queue (for retry and purge of a whole domain).
-    pub fn queued_messages(&self) -> Result<Vec<QueuedMessage>, StoreError> {
+    /// Up to `limit` messages in the queue with ids above `after`, in id
+    /// order (retry and purge of a whole domain walk the queue in chunks).
+    pub fn queued_messages_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut out = Vec::new();
-        for r in self.queue.iter()? {
+        for r in self.queue.range(after.saturating_add(1)..)? {
             let (_, v) = r?;
             out.push(from_json("queue", v.value())?);
+            if out.len() >= limit {
+                break;
+            }
         }
         Ok(out)
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::numeric_id;
-use crate::delivery::engine;
+use crate::delivery::engine::{self, Selection};
 use crate::delivery::model::{QueuedMessage, RcptState};
 use crate::delivery::queue::{self, Content, EnqueueError, NewMessage, NewRecipient, Parts};
 use crate::http::AppState;
@@ -285,15 +285,14 @@ pub struct SelectBody {
     pub reason: Option<String>,
 }
 
-fn selection(b: &SelectBody) -> Result<(Option<u64>, Option<String>), ApiError> {
+fn selection(b: &SelectBody) -> Result<Selection, ApiError> {
     match (&b.id, &b.domain) {
         (Some(_), Some(_)) | (None, None) => Err(ApiError::bad_request(
             "give exactly one of id (a queue id) and domain",
         )),
-        (id, d) => Ok((
-            *id,
-            d.as_ref()
-                .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase()),
+        (Some(id), None) => Ok(Selection::Id(*id)),
+        (None, Some(d)) => Ok(Selection::Domain(
+            d.trim().trim_end_matches('.').to_ascii_lowercase(),
         )),
     }
 }
@@ -307,13 +306,24 @@ pub async fn retry(
     if b.reason.is_some() {
         return Err(ApiError::bad_request("reason is for purge, not retry"));
     }
-    let (id, domain) = selection(&b)?;
+    let sel = selection(&b)?;
     let now = state.clock.now().timestamp_millis();
-    let n = state
-        .store
-        .write(move |t| engine::retry_now(t, id, domain.as_deref(), now))
-        .await?;
-    if let (Some(id), 0) = (id, n) {
+    let mut n = 0;
+    let mut after = 0;
+    loop {
+        let sel2 = sel.clone();
+        let (changed, next) = state
+            .store
+            .write(move |t| engine::retry_now(t, &sel2, after, now))
+            .await?;
+        n += changed;
+        match next {
+            Some(a) => after = a,
+            None => break,
+        }
+    }
+    if let (Selection::Id(id), 0) = (&sel, n) {
+        let id = *id;
         let exists = state
             .store
             .read(move |v| v.queued_message(id))
@@ -333,7 +343,7 @@ pub async fn purge(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let b: SelectBody = reply::read_json(req, 64 * 1024).await?;
-    let (id, domain) = selection(&b)?;
+    let sel = selection(&b)?;
     let reason = match b.reason.as_deref().map(str::trim) {
         Some(r) if !r.is_empty() && r.len() <= 500 => r.to_string(),
         _ => {
@@ -343,11 +353,21 @@ pub async fn purge(
         }
     };
     let now = state.clock.now().timestamp_millis();
-    let (messages, recipients) = state
-        .store
-        .write(move |t| engine::purge(t, id, domain.as_deref(), &reason, now))
-        .await?;
-    if let (Some(id), 0) = (id, messages) {
+    let (mut messages, mut recipients, mut after) = (0, 0, 0);
+    loop {
+        let (sel2, reason2) = (sel.clone(), reason.clone());
+        let (m, r, next) = state
+            .store
+            .write(move |t| engine::purge(t, &sel2, after, &reason2, now))
+            .await?;
+        messages += m;
+        recipients += r;
+        match next {
+            Some(a) => after = a,
+            None => break,
+        }
+    }
+    if let (Selection::Id(id), 0) = (&sel, messages) {
         return Err(ApiError::not_found(format!(
             "no message {id} with pending recipients in the queue"
         )));
