@@ -282,7 +282,8 @@ fn raw_messages_get_message_id_and_date_and_are_signed() {
     let dns = dns();
     let sink = Sink::start(&[]);
     let s = start(&dns, sink.port, "", "");
-    let raw = "From: Shop <news@shop.test>\nTo: alice@example.test\nSubject: raw\n\nraw body\n";
+    // Bare LF and a lone CR are normalised to CRLF before signing.
+    let raw = "From: Shop <news@shop.test>\nTo: alice@example.test\nSubject: raw\n\nraw body\rsecond line\n.\nlast\n";
     let r = s.herald.post_json(
         "/api/v1/messages",
         json!({"sender": "shop", "to": ["alice@example.test"], "raw": raw}),
@@ -352,6 +353,16 @@ fn bad_messages_are_refused_with_the_reason_and_nothing_is_queued() {
             json!({"sender": "shop", "to": ["a@example.test"], "raw": "From: x@y.test\n\nb", "subject": "both"}),
             "bad_request",
             "either raw",
+        ),
+        (
+            json!({"sender": "shop", "to": ["a@example.test"], "raw": "From: news@shop.test\nMessage-ID: <a@b>\nMessage-ID: <c@d>\n\nb"}),
+            "invalid_message",
+            "two Message-ID",
+        ),
+        (
+            json!({"sender": "shop", "to": ["a@example.test"], "raw": "From: news@shop.test\nMessage-ID: <>\n\nb"}),
+            "invalid_message",
+            "Message-ID header is empty",
         ),
     ];
     for (body, code, words) in cases {
@@ -485,6 +496,38 @@ fn hard_bounce_marks_the_contact_invalid_policy_bounce_does_not() {
     assert_eq!(m["recipients"][0]["bounce"], "policy", "{m}");
     let c = h.get("/api/v1/contacts/fine@implicit.test");
     assert_eq!(c.body["consent"], "granted", "{}", c.body);
+    drop(sink);
+
+    // A vague 550 after the data is about the message, not the address:
+    // a soft bounce, and the contact keeps its consent.
+    let sink = Sink::start(&["-f", ".", "-B", "550 Message content rejected"]);
+    let s = start(&dns, sink.port, "", "");
+    let h = &s.herald;
+    h.post_json(
+        "/api/v1/contacts",
+        json!({"email": "kept@implicit.test", "consent": "granted"}),
+    );
+    let id = send(h, &["kept@implicit.test"], "content");
+    let m = wait(h, id, Duration::from_secs(20), finished);
+    assert_eq!(m["recipients"][0]["bounce"], "soft", "{m}");
+    let c = h.get("/api/v1/contacts/kept@implicit.test");
+    assert_eq!(c.body["consent"], "granted", "{}", c.body);
+}
+
+#[test]
+fn more_than_100_recipients_go_out_in_transactions_of_100() {
+    let dns = dns();
+    let sink = Sink::start(&[]);
+    let s = start(&dns, sink.port, "", "");
+    let to: Vec<String> = (0..150).map(|i| format!("p{i}@implicit.test")).collect();
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let id = send(&s.herald, &to, "many");
+    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    assert!(states(&m).iter().all(|s| s == "delivered"), "{m}");
+    let files = sink.wait_files(2, Duration::from_secs(5));
+    let mut counts: Vec<usize> = files.iter().map(|f| rcpts_of(f).len()).collect();
+    counts.sort();
+    assert_eq!(counts, [50, 100]);
 }
 
 #[test]

@@ -214,8 +214,15 @@ pub struct Sender {
     pub relay: Option<Relay>,
 }
 
+/// Longest duration any delivery setting takes (timeouts, waits, max_age).
+const MAX_DURATION: Duration = Duration::from_secs(90 * 86400);
+
 fn duration(c: &mut Checker<'_>, key: &str, v: &Spanned<String>) -> Option<Duration> {
     match humantime::parse_duration(v.get_ref()) {
+        Ok(d) if d > MAX_DURATION => {
+            c.at(key, v, "must be at most 90 days");
+            None
+        }
         Ok(d) if !d.is_zero() => Some(d),
         Ok(_) => {
             c.at(key, v, "must be longer than zero");
@@ -428,16 +435,16 @@ pub(super) fn validate_senders(
                 }
             }
         };
-        let rate = |c: &mut Checker<'_>, key: &str, v: &Option<Spanned<f64>>| match v {
+        let rate = |c: &mut Checker<'_>, key: &str, v: &Option<Spanned<f64>>, min: f64| match v {
             None => None,
-            Some(r) if r.get_ref().is_finite() && *r.get_ref() > 0.0 => Some(*r.get_ref()),
+            Some(r) if (min..=1e6).contains(r.get_ref()) => Some(*r.get_ref()),
             Some(r) => {
-                c.at(key, r, "must be a number above zero");
+                c.at(key, r, format!("must be a number from {min} to 1000000"));
                 None
             }
         };
-        let rate_per_second = rate(c, &k("rate_per_second"), &s.rate_per_second);
-        let rate_per_hour = rate(c, &k("rate_per_hour"), &s.rate_per_hour);
+        let rate_per_second = rate(c, &k("rate_per_second"), &s.rate_per_second, 0.001);
+        let rate_per_hour = rate(c, &k("rate_per_hour"), &s.rate_per_hour, 1.0);
         let mut dkim = Vec::new();
         let mut selectors = BTreeSet::new();
         for (j, d) in s.dkim.iter().enumerate() {

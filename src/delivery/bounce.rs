@@ -64,6 +64,22 @@ pub fn enhanced_code(text: &str) -> Option<(u8, u16, u16)> {
     Some((class, subject, detail))
 }
 
+/// The class of a permanent failure at `stage`. A reply to MAIL FROM, DATA
+/// or the end of the data is about the sender or the message, so it is a
+/// hard bounce only when its enhanced status code explicitly names the
+/// destination mailbox or domain (X.1.1, X.1.2, X.1.10); a vague "550
+/// rejected" there must not make the recipient's address `invalid`.
+pub fn classify_at(code: u16, text: &str, stage: super::smtp::Stage) -> BounceClass {
+    let class = classify(code, text);
+    if stage == super::smtp::Stage::Rcpt || class != BounceClass::Hard {
+        return class;
+    }
+    match enhanced_code(text) {
+        Some((_, 1, 1 | 2 | 10)) => BounceClass::Hard,
+        _ => BounceClass::Soft,
+    }
+}
+
 /// The class of a permanent (5xx) failure, from the reply code, its enhanced
 /// status code and, where those are vague, its words.
 pub fn classify(code: u16, text: &str) -> BounceClass {
@@ -72,6 +88,8 @@ pub fn classify(code: u16, text: &str) -> BounceClass {
     if let Some((_, subject, detail)) = enhanced_code(text) {
         match (subject, detail) {
             (7, _) => return BounceClass::Policy,
+            // X.1.7 / X.1.8: the sender's address or domain is refused.
+            (1, 7 | 8) => return BounceClass::Policy,
             (1, 1 | 2 | 3 | 6 | 10) => return BounceClass::Hard,
             (2, 1) => return BounceClass::Hard,
             (2, 2 | 3) => return BounceClass::Soft,
@@ -130,5 +148,25 @@ mod tests {
         assert_eq!(classify(500, "5.5.2 syntax error"), BounceClass::Soft);
         assert_eq!(enhanced_code("4.2.0 try later"), Some((4, 2, 0)));
         assert_eq!(enhanced_code("hello"), None);
+        assert_eq!(
+            classify(
+                553,
+                "5.1.8 <b@x>: Sender address rejected: Domain not found"
+            ),
+            BounceClass::Policy
+        );
+        use crate::delivery::smtp::Stage;
+        assert_eq!(
+            classify_at(550, "Message content rejected", Stage::Message),
+            BounceClass::Soft
+        );
+        assert_eq!(
+            classify_at(550, "Message content rejected", Stage::Rcpt),
+            BounceClass::Hard
+        );
+        assert_eq!(
+            classify_at(550, "5.1.1 user unknown", Stage::Message),
+            BounceClass::Hard
+        );
     }
 }

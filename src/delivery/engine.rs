@@ -40,6 +40,11 @@ const ACTIVE_MAX: usize = 5000;
 const FILL_INTERVAL: Duration = Duration::from_millis(50);
 /// How long an idle connection waits for more work before it QUITs.
 const LINGER: Duration = Duration::from_millis(500);
+/// Recipients per SMTP transaction.
+const MAX_RCPTS_PER_TRANSACTION: usize = 100;
+/// A connection whose sender's rate limit would keep it idle longer than
+/// this closes instead (servers drop idle sessions after a few minutes).
+const MAX_RATE_WAIT: Duration = Duration::from_secs(30);
 
 /// A delivery destination.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,6 +66,8 @@ struct Job {
 struct Dest {
     ready: VecDeque<Job>,
     conns: usize,
+    /// Connection tasks that got a working session.
+    live: usize,
 }
 
 struct Active {
@@ -93,13 +100,16 @@ pub enum Outcome {
     Permanent(String, BounceClass),
 }
 
+/// A relay's TLS settings: sender id and the CA certificates it trusts.
+type RelayTlsKey = (String, Vec<Vec<u8>>);
+
 struct Inner {
     store: Store,
     config: Arc<Current>,
     clock: Clock,
     mx: Mx,
     mx_tls: tokio_rustls::TlsConnector,
-    relay_tls: Mutex<HashMap<String, tokio_rustls::TlsConnector>>,
+    relay_tls: Mutex<HashMap<RelayTlsKey, tokio_rustls::TlsConnector>>,
     state: Mutex<State>,
     wake: Notify,
     new_work: Notify,
@@ -307,7 +317,7 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
                 orphans.push(m.id);
                 continue;
             };
-            let mut jobs: HashMap<DestKey, Job> = HashMap::new();
+            let mut jobs: HashMap<DestKey, Vec<Job>> = HashMap::new();
             let mut rcpts = Vec::new();
             for (i, r) in m.recipients.iter().enumerate() {
                 if !r.state.is_pending() || r.next_attempt.unwrap_or(m.created) > now {
@@ -321,14 +331,22 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
                         r.domain.clone()
                     },
                 };
-                jobs.entry(key)
-                    .or_insert_with(|| Job {
+                let list = jobs.entry(key).or_default();
+                // RFC 5321 §4.5.3.1.8: servers need accept only 100
+                // recipients per transaction.
+                if list
+                    .last()
+                    .is_none_or(|j| j.rcpts.len() >= MAX_RCPTS_PER_TRANSACTION)
+                {
+                    list.push(Job {
                         msg: m.id,
                         return_path: m.return_path.clone(),
                         rcpts: Vec::new(),
-                    })
-                    .rcpts
-                    .push((i, r.address.clone()));
+                    });
+                }
+                if let Some(j) = list.last_mut() {
+                    j.rcpts.push((i, r.address.clone()));
+                }
                 rcpts.push(i);
             }
             if jobs.is_empty() {
@@ -337,13 +355,13 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
             st.active.insert(
                 m.id,
                 Active {
-                    jobs_left: jobs.len(),
+                    jobs_left: jobs.values().map(Vec::len).sum(),
                     rcpts,
                     domain_of: m.recipients.iter().map(|r| r.domain.clone()).collect(),
                 },
             );
-            for (key, job) in jobs {
-                st.dests.entry(key).or_default().ready.push_back(job);
+            for (key, list) in jobs {
+                st.dests.entry(key).or_default().ready.extend(list);
             }
         }
     }
@@ -363,7 +381,7 @@ async fn defer_orphans(inner: &Arc<Inner>, ids: Vec<u64>) {
             for id in ids {
                 if let Some(mut m) = t.queued_message(id)? {
                     for r in m.recipients.iter_mut().filter(|r| r.state.is_pending()) {
-                        r.next_attempt = Some(now + 3_600_000);
+                        r.next_attempt = Some(now.saturating_add(3_600_000));
                         r.reply = Some(format!(
                             "the sender `{}` is not in the config; waiting for it to return",
                             m.sender
@@ -430,10 +448,26 @@ fn spawn_workers(inner: &Arc<Inner>) {
             let inner2 = inner.clone();
             let key2 = key.clone();
             tokio::spawn(async move {
+                // Released even if the task panics, so that the counters
+                // and limits never drift.
+                let _guard = Release {
+                    inner: inner2.clone(),
+                    key: key2.clone(),
+                };
                 connection(&inner2, &key2).await;
-                release(&inner2, &key2);
             });
         }
+    }
+}
+
+struct Release {
+    inner: Arc<Inner>,
+    key: DestKey,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        release(&self.inner, &self.key);
     }
 }
 
@@ -475,12 +509,33 @@ fn drain_jobs(inner: &Inner, key: &DestKey) -> Vec<Job> {
         .unwrap_or_default()
 }
 
-/// Whether this is the only connection task of its destination.
-fn alone(inner: &Inner, key: &DestKey) -> bool {
+/// Whether no connection task of the destination has a working session:
+/// then the destination is unreachable as a whole.
+fn none_live(inner: &Inner, key: &DestKey) -> bool {
     lock(&inner.state)
         .dests
         .get(key)
-        .is_none_or(|d| d.conns <= 1)
+        .is_none_or(|d| d.live == 0)
+}
+
+fn set_live(inner: &Inner, key: &DestKey, up: bool) {
+    if let Some(d) = lock(&inner.state).dests.get_mut(key) {
+        if up {
+            d.live += 1;
+        } else {
+            d.live = d.live.saturating_sub(1);
+        }
+    }
+}
+
+/// Puts a job back at the head of its destination's queue.
+fn unpop_job(inner: &Inner, key: &DestKey, job: Job) {
+    lock(&inner.state)
+        .dests
+        .entry(key.clone())
+        .or_default()
+        .ready
+        .push_front(job);
 }
 
 async fn wait_for_job(inner: &Inner, key: &DestKey) -> Option<Job> {
@@ -496,8 +551,9 @@ async fn wait_for_job(inner: &Inner, key: &DestKey) -> Option<Job> {
     }
 }
 
-/// Waits for the sender's rate limit to allow one more message.
-async fn rate_limit(inner: &Inner, sender: &Sender) {
+/// Reserves the sender's next send slot under its rate limits and returns
+/// when it is (`None`: no limit).
+fn reserve_slot(inner: &Inner, sender: &Sender) -> Option<tokio::time::Instant> {
     let mut interval = 0f64;
     if let Some(r) = sender.rate_per_second {
         interval = interval.max(1.0 / r);
@@ -505,23 +561,19 @@ async fn rate_limit(inner: &Inner, sender: &Sender) {
     if let Some(r) = sender.rate_per_hour {
         interval = interval.max(3600.0 / r);
     }
-    if interval <= 0.0 {
-        return;
-    }
-    let step = Duration::from_secs_f64(interval);
-    let at = {
-        let mut st = lock(&inner.state);
-        let now = tokio::time::Instant::now();
-        let slot = st
-            .rate_next
-            .get(&sender.id)
-            .copied()
-            .unwrap_or(now)
-            .max(now);
-        st.rate_next.insert(sender.id.clone(), slot + step);
-        slot
-    };
-    tokio::time::sleep_until(at).await;
+    let step = Duration::try_from_secs_f64(interval)
+        .ok()
+        .filter(|d| !d.is_zero())?;
+    let mut st = lock(&inner.state);
+    let now = tokio::time::Instant::now();
+    let slot = st
+        .rate_next
+        .get(&sender.id)
+        .copied()
+        .unwrap_or(now)
+        .max(now);
+    st.rate_next.insert(sender.id.clone(), slot + step);
+    Some(slot)
 }
 
 /// The candidate servers of a destination.
@@ -535,11 +587,14 @@ async fn targets(
     if let Some(relay) = &sender.relay {
         let connector = {
             let mut cache = lock(&inner.relay_tls);
-            match cache.get(&sender.id) {
+            // Keyed by the CA certificates too, so that a reload with a new
+            // ca_file takes effect.
+            let cache_key = (sender.id.clone(), relay.ca_certs.clone());
+            match cache.get(&cache_key) {
                 Some(c) => c.clone(),
                 None => {
                     let c = smtp::relay_connector(&relay.ca_certs).map_err(MxError::Temporary)?;
-                    cache.insert(sender.id.clone(), c.clone());
+                    cache.insert(cache_key, c.clone());
                     c
                 }
             }
@@ -596,8 +651,23 @@ async fn targets(
 async fn connection(inner: &Arc<Inner>, key: &DestKey) {
     let config = inner.config.get();
     let Some(sender) = config.sender(&key.sender).cloned() else {
+        // The sender left the config (reload) after its jobs were queued.
+        let text = format!(
+            "the sender `{}` is not in the config; waiting for it to return",
+            key.sender
+        );
+        for j in drain_jobs(inner, key) {
+            finish_job(inner, &config, j, None, |_| {
+                Outcome::Temporary(text.clone())
+            })
+            .await;
+        }
         return;
     };
+    // Wait for the rate limit before connecting, not while holding a session.
+    if let Some(at) = reserve_slot(inner, &sender) {
+        tokio::time::sleep_until(at).await;
+    }
     let Some(first) = pop_job(inner, key) else {
         return;
     };
@@ -643,8 +713,8 @@ async fn connection(inner: &Arc<Inner>, key: &DestKey) {
     }
     let Some(mut session) = session else {
         // Unreachable: defer what this connection took, and everything
-        // waiting if no other connection to the destination is alive.
-        let mut jobs = if alone(inner, key) {
+        // waiting unless another connection to the destination works.
+        let mut jobs = if none_live(inner, key) {
             drain_jobs(inner, key)
         } else {
             Vec::new()
@@ -661,11 +731,12 @@ async fn connection(inner: &Arc<Inner>, key: &DestKey) {
         }
         return;
     };
+    set_live(inner, key, true);
     let host = session.host.clone();
     let mut job = Some(first);
     let mut sent = 0usize;
+    let mut usable = true;
     while let Some(j) = job.take() {
-        rate_limit(inner, &sender).await;
         let body = {
             let id = j.msg;
             inner.store.read(move |v| v.message_body(id)).await
@@ -696,13 +767,14 @@ async fn connection(inner: &Arc<Inner>, key: &DestKey) {
         sent += 1;
         match result {
             Ok(results) => {
-                finish_job(inner, &config, j, Some(&host), |i| match &results[i] {
-                    RcptResult::Delivered(r) => Outcome::Delivered(r.text.clone()),
-                    RcptResult::Temporary(r) => Outcome::Temporary(r.text.clone()),
-                    RcptResult::Permanent(r) => Outcome::Permanent(
+                finish_job(inner, &config, j, Some(&host), |i| match results.get(i) {
+                    Some(RcptResult::Delivered(r)) => Outcome::Delivered(r.text.clone()),
+                    Some(RcptResult::Temporary(r)) => Outcome::Temporary(r.text.clone()),
+                    Some(RcptResult::Permanent(r, stage)) => Outcome::Permanent(
                         r.text.clone(),
-                        bounce::classify(r.code, r.text.get(4..).unwrap_or("")),
+                        bounce::classify_at(r.code, r.text.get(4..).unwrap_or(""), *stage),
                     ),
+                    None => Outcome::Temporary("no reply for this recipient".into()),
                 })
                 .await;
             }
@@ -712,15 +784,36 @@ async fn connection(inner: &Arc<Inner>, key: &DestKey) {
                     Outcome::Temporary(text.clone())
                 })
                 .await;
-                return;
+                usable = false;
+                break;
             }
         }
         if sent >= config.delivery.messages_per_connection {
             break;
         }
-        job = wait_for_job(inner, key).await;
+        let Some(j) = wait_for_job(inner, key).await else {
+            break;
+        };
+        match reserve_slot(inner, &sender) {
+            Some(at)
+                if at.saturating_duration_since(tokio::time::Instant::now()) > MAX_RATE_WAIT =>
+            {
+                // A long wait: close rather than idle; the next connection
+                // waits for its slot before connecting.
+                unpop_job(inner, key, j);
+                break;
+            }
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                job = Some(j);
+            }
+            None => job = Some(j),
+        }
     }
-    session.quit().await;
+    set_live(inner, key, false);
+    if usable {
+        session.quit().await;
+    }
 }
 
 /// Records the outcome of a job (durably) and releases it from the active set.
@@ -747,17 +840,29 @@ async fn finish_job(
     let now = now_ms(&inner.clock);
     let policy = RetryPolicy {
         schedule: config.delivery.retry_schedule.clone(),
-        max_age_ms: config.delivery.max_age.as_millis() as i64,
+        max_age_ms: i64::try_from(config.delivery.max_age.as_millis()).unwrap_or(i64::MAX),
     };
     let id = job.msg;
     let host = host.map(str::to_string);
-    let outcomes2 = outcomes.clone();
-    let written = inner
-        .store
-        .write(move |t| record_outcomes(t, id, &outcomes2, host.as_deref(), now, &policy))
-        .await;
-    if let Err(e) = written {
-        tracing::error!(error = %e, msg = id, "cannot record a delivery outcome; the message stays queued");
+    // The job stays in the active set until its outcome is committed: were
+    // it released after a failed write, the next fill would load the
+    // message again and send a delivered recipient a second time.
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (outcomes2, policy2, host2) = (outcomes.clone(), policy.clone(), host.clone());
+        let written = inner
+            .store
+            .write(move |t| record_outcomes(t, id, &outcomes2, host2.as_deref(), now, &policy2))
+            .await;
+        match written {
+            Ok(()) => break,
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                tracing::error!(error = %e, msg = id, "cannot record a delivery outcome; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
     }
     for (i, o) in &outcomes {
         match o {
@@ -803,6 +908,7 @@ impl RetryPolicy {
             .copied()
             .unwrap_or(Duration::from_secs(300));
         let jitter: f64 = rand::random_range(0.9..1.1);
+        // `as` saturates for floats: a huge configured wait stays huge.
         (base.as_millis() as f64 * jitter) as i64
     }
 }
@@ -852,8 +958,8 @@ pub fn record_outcomes(
                 }
             }
             Outcome::Temporary(reply) => {
-                let next = now + policy.wait_ms(r.attempts);
-                if next > m.created + policy.max_age_ms {
+                let next = now.saturating_add(policy.wait_ms(r.attempts));
+                if next > m.created.saturating_add(policy.max_age_ms) {
                     r.state = RcptState::Failed;
                     r.bounce = Some(BounceClass::Soft);
                     r.next_attempt = None;

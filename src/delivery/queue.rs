@@ -321,14 +321,21 @@ fn prepare_raw(
     message_id: String,
     now: i64,
 ) -> Result<(Vec<u8>, String), String> {
+    // Bare LF and bare CR both become CRLF (RFC 5322 §2.3): a lone CR would
+    // otherwise be dot-stuffed differently in transit and break the DKIM
+    // body hash.
     let mut crlf = Vec::with_capacity(raw.len() + raw.len() / 50);
-    let mut prev = 0u8;
-    for &b in &raw {
-        if b == b'\n' && prev != b'\r' {
-            crlf.push(b'\r');
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        match b {
+            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
+                crlf.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => crlf.extend_from_slice(b"\r\n"),
+            _ => crlf.push(b),
         }
-        crlf.push(b);
-        prev = b;
+        i += 1;
     }
     let split = crlf
         .windows(4)
@@ -368,7 +375,17 @@ fn prepare_raw(
         match name.to_ascii_lowercase().as_str() {
             "from" if from.is_some() => return Err("the raw message has two From headers".into()),
             "from" => from = Some(value.clone()),
-            "message-id" => existing_id = Some(value.trim_matches(['<', '>', ' ']).to_string()),
+            "message-id" if existing_id.is_some() => {
+                return Err("the raw message has two Message-ID headers".into());
+            }
+            "message-id" => {
+                let id = value.trim_matches(['<', '>', ' ']);
+                if id.is_empty() {
+                    return Err("the raw message's Message-ID header is empty".into());
+                }
+                existing_id = Some(check_message_id(id).map_err(|e| e.to_string())?);
+            }
+            "date" if has_date => return Err("the raw message has two Date headers".into()),
             "date" => has_date = true,
             _ => {}
         }
@@ -377,8 +394,8 @@ fn prepare_raw(
     check_from_domain(sender, &from)?;
     let mut out = Vec::with_capacity(crlf.len() + 128);
     let message_id = match existing_id {
-        Some(id) if !id.is_empty() => id,
-        _ => {
+        Some(id) => id,
+        None => {
             out.extend_from_slice(format!("Message-ID: <{message_id}>\r\n").as_bytes());
             message_id
         }

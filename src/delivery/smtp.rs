@@ -25,7 +25,10 @@ pub enum TlsMode {
     /// STARTTLS when offered, plain text otherwise (and after a failed
     /// handshake): MX delivery's default, like Postfix's `may`.
     Opportunistic,
-    /// STARTTLS must be offered and succeed.
+    /// STARTTLS must be offered and succeed. For MX hosts the certificate is
+    /// not checked (Postfix's `encrypt` level: protection from passive
+    /// eavesdropping; MX certificates rarely match their names); relays are
+    /// always verified.
     Required,
     /// TLS from the first byte (port 465 relays).
     Implicit,
@@ -109,6 +112,17 @@ fn describe(e: &mail_send::Error) -> Reply {
     }
 }
 
+/// Which command a permanent failure answered: only a refused RCPT says
+/// something about the recipient's address; MAIL FROM, DATA and the end of
+/// the data speak about the sender or the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// RCPT TO.
+    Rcpt,
+    /// MAIL FROM, DATA or the end of the data.
+    Message,
+}
+
 /// The outcome for one recipient of a transaction.
 #[derive(Debug, Clone)]
 pub enum RcptResult {
@@ -117,7 +131,15 @@ pub enum RcptResult {
     /// Try again later.
     Temporary(Reply),
     /// Give up.
-    Permanent(Reply),
+    Permanent(Reply, Stage),
+}
+
+fn result_of(r: &Reply, stage: Stage) -> RcptResult {
+    if r.is_permanent() {
+        RcptResult::Permanent(r.clone(), stage)
+    } else {
+        RcptResult::Temporary(r.clone())
+    }
 }
 
 /// A connected, greeted (and possibly encrypted, authenticated) session.
@@ -322,16 +344,7 @@ impl Session {
             }
         };
         let all = |r: &Reply| -> Vec<RcptResult> {
-            rcpts
-                .iter()
-                .map(|_| {
-                    if r.is_permanent() {
-                        RcptResult::Permanent(r.clone())
-                    } else {
-                        RcptResult::Temporary(r.clone())
-                    }
-                })
-                .collect()
+            rcpts.iter().map(|_| result_of(r, Stage::Message)).collect()
         };
         if !mail_reply.is_ok() {
             if data_reply.as_ref().is_some_and(|d| d.code == 354) {
@@ -353,11 +366,10 @@ impl Session {
         let mut out = Vec::with_capacity(rcpts.len());
         if accepted == 0 || data_reply.code != 354 {
             for r in &rcpt_replies {
-                out.push(match r {
-                    r if r.is_permanent() => RcptResult::Permanent(r.clone()),
-                    r if !r.is_ok() => RcptResult::Temporary(r.clone()),
-                    _ if data_reply.is_permanent() => RcptResult::Permanent(data_reply.clone()),
-                    _ => RcptResult::Temporary(data_reply.clone()),
+                out.push(if r.is_ok() {
+                    result_of(&data_reply, Stage::Message)
+                } else {
+                    result_of(r, Stage::Rcpt)
                 });
             }
             return Ok(out);
@@ -377,17 +389,11 @@ impl Session {
         }
         for r in &rcpt_replies {
             out.push(if !r.is_ok() {
-                if r.is_permanent() {
-                    RcptResult::Permanent(r.clone())
-                } else {
-                    RcptResult::Temporary(r.clone())
-                }
+                result_of(r, Stage::Rcpt)
             } else if final_reply.is_ok() {
                 RcptResult::Delivered(final_reply.clone())
-            } else if final_reply.is_permanent() {
-                RcptResult::Permanent(final_reply.clone())
             } else {
-                RcptResult::Temporary(final_reply.clone())
+                result_of(&final_reply, Stage::Message)
             });
         }
         Ok(out)

@@ -148,10 +148,10 @@ impl TlsSmtp {
                         }
                         return;
                     }
-                    if let Some(sock) = plain_until_starttls(sock, rec.clone()).await {
-                        if let Ok(tls) = acceptor.accept(sock).await {
-                            let _ = session(tls, true, mode, &secret, rec).await;
-                        }
+                    if let Some(sock) = plain_until_starttls(sock, rec.clone()).await
+                        && let Ok(tls) = acceptor.accept(sock).await
+                    {
+                        let _ = session(tls, true, mode, &secret, rec).await;
                     }
                 });
             }
