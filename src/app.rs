@@ -111,6 +111,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     engine.stop(std::time::Duration::from_secs(10)).await;
     let _ = scheduler.await;
     reloader.abort();
+    let _ = reloader.await;
+    // Every store handle must be gone for the writer to finish and close
+    // the file cleanly: the engine's too.
+    drop(engine);
     drop(state);
     tokio::task::spawn_blocking(move || store.close())
         .await

@@ -1069,3 +1069,19 @@ key_file = "keys/ed1.pem"
     assert_ne!(code, 0);
     assert!(err.contains("not a valid DNS label"), "{err}");
 }
+
+/// Regression: with the delivery engine holding store handles, SIGTERM used
+/// to wait 10 s for the store writer and close it uncleanly ("the store
+/// writer is still busy").
+#[test]
+fn sigterm_with_delivery_running_closes_the_store_cleanly() {
+    let dns = dns();
+    let sink = Sink::start(&[]);
+    let mut s = start(&dns, sink.port, "", "");
+    let id = send(&s.herald, &["alice@implicit.test"], "before stop");
+    wait(&s.herald, id, Duration::from_secs(20), finished);
+    assert_eq!(s.herald.stop(), Some(0));
+    let log = s.herald.log();
+    assert!(!log.contains("still busy"), "{log}");
+    assert!(log.contains("herald stopped"), "{log}");
+}

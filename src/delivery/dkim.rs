@@ -355,11 +355,12 @@ fn rsa_private_bits(der: &[u8], pkcs8: bool) -> Option<usize> {
     };
     let (_, _, rest) = tlv(inner)?; // version
     let (_, n, _) = tlv(rest).filter(|t| t.0 == 0x02)?;
-    let n = match n.iter().position(|&b| b != 0) {
-        Some(i) => &n[i..],
-        None => return Some(0),
+    let Some(i) = n.iter().position(|&b| b != 0) else {
+        return Some(0);
     };
-    Some((n.len() - 1) * 8 + (8 - n[0].leading_zeros() as usize))
+    let n = n.get(i..)?;
+    let first = *n.first()?;
+    Some((n.len() - 1) * 8 + (8 - first.leading_zeros() as usize))
 }
 
 fn der_len(len: usize, out: &mut Vec<u8>) {

@@ -93,7 +93,9 @@ impl Mx {
             }
         };
         // RFC 7505: a single MX whose exchange is the root means "no mail".
-        if mx.len() == 1 && (mx[0].1 == "." || mx[0].1.is_empty()) {
+        if let [(_, exchange)] = mx.as_slice()
+            && (exchange == "." || exchange.is_empty())
+        {
             return Err(MxError::Permanent(format!(
                 "556 5.1.10 {domain} does not accept mail (null MX)"
             )));
