@@ -12,15 +12,36 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A port free for both TCP and UDP on 127.0.0.1 (dnsmasq needs both).
+///
+/// Ports come from 20000–32767, below Linux's ephemeral range (32768–60999):
+/// a test that restarts a server on "its" port later must not find it taken
+/// by one of the daemon's outgoing connections, which use ephemeral ports.
+/// No port is handed out twice in one test process.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("udp bind");
-        let port = udp.local_addr().expect("addr").port();
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut given = GIVEN.lock().unwrap();
+    for i in 0..2000u64 {
+        let port = 20000
+            + ((seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(i * 7919))
+                % 12768) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        let Ok(_udp) = UdpSocket::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
-    panic!("no free port");
+    panic!("no free port in 20000-32767");
 }
 
 fn wait_tcp(port: u16) {
