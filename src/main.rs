@@ -141,6 +141,35 @@ fn load_or_report(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// Runs a client command (one that talks to the daemon's API) on a
+/// single-threaded runtime and turns its result into the exit code.
+fn run_client(
+    config_path: &std::path::Path,
+    api: Option<&str>,
+    f: impl AsyncFnOnce(client::ApiTarget) -> anyhow::Result<u8>,
+) -> ExitCode {
+    let config = match load_or_report(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime(false) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let run = async {
+        let target =
+            client::ApiTarget::from_config(&config, api, std::env::var("HERALD_TOKEN").ok())?;
+        f(target).await
+    };
+    match rt.block_on(run) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Builds a tokio runtime, or reports why it cannot be built.
 fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     let mut b = if multi_thread {
@@ -256,16 +285,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Queue { command, api } => {
-            let config = match load_or_report(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let run = async {
-                let target = client::ApiTarget::from_config(
-                    &config,
-                    api.as_deref(),
-                    std::env::var("HERALD_TOKEN").ok(),
-                )?;
+            run_client(&cli.config, api.as_deref(), async |target| {
                 match command {
                     QueueCommand::Status { json } => client::queue_status(&target, json).await,
                     QueueCommand::Retry { id, domain } => {
@@ -275,18 +295,8 @@ fn main() -> ExitCode {
                         client::queue_action(&target, "purge", id, domain, Some(reason)).await
                     }
                 }
-            };
-            let rt = match runtime(false) {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(run) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("herald: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+                .map(|()| 0)
+            })
         }
         Command::Contacts {
             command:
@@ -300,36 +310,18 @@ fn main() -> ExitCode {
                     api,
                 },
         } => {
-            let config = match load_or_report(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return code,
+            let args = client::ImportArgs {
+                list,
+                create_list,
+                create_fields,
+                consent,
+                resume,
             };
-            let run = async {
-                let target = client::ApiTarget::from_config(
-                    &config,
-                    api.as_deref(),
-                    std::env::var("HERALD_TOKEN").ok(),
-                )?;
-                let args = client::ImportArgs {
-                    list,
-                    create_list,
-                    create_fields,
-                    consent,
-                    resume,
-                };
-                client::import(&target, &file, &args).await
-            };
-            let rt = match runtime(false) {
-                Ok(rt) => rt,
-                Err(code) => return code,
-            };
-            match rt.block_on(run) {
-                Ok(code) => ExitCode::from(code as u8),
-                Err(e) => {
-                    eprintln!("herald: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_client(&cli.config, api.as_deref(), async |target| {
+                client::import(&target, &file, &args)
+                    .await
+                    .map(|code| code.clamp(0, 255) as u8)
+            })
         }
     }
 }

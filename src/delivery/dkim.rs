@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls::pki_types::PrivateKeyDer;
@@ -59,6 +59,17 @@ impl Algorithm {
             Algorithm::Ed25519 => "ed25519",
         }
     }
+}
+
+/// Herald's signing settings for one key: relaxed/relaxed over
+/// [`SIGNED_HEADERS`].
+fn signer<T: SigningKey>(key: T, domain: &str, selector: &str) -> DkimSigner<T, Done> {
+    DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(SIGNED_HEADERS.iter().copied())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
 }
 
 enum Signer {
@@ -134,13 +145,7 @@ impl DkimKey {
         let (signer, dns_record) = match (algorithm, public) {
             (Algorithm::Ed25519, Some(key)) => {
                 let record = format!("v=DKIM1; k=ed25519; p={}", B64.encode(key.public_key()));
-                let s = DkimSigner::from_key(key)
-                    .domain(domain)
-                    .selector(selector)
-                    .headers(SIGNED_HEADERS.iter().copied())
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed);
-                (Signer::Ed25519(s), record)
+                (Signer::Ed25519(signer(key, domain, selector)), record)
             }
             _ => {
                 if bits != 0 && bits < MIN_RSA_BITS {
@@ -155,13 +160,7 @@ impl DkimKey {
                     "v=DKIM1; k=rsa; p={}",
                     B64.encode(spki_from_pkcs1(&key.public_key()))
                 );
-                let s = DkimSigner::from_key(key)
-                    .domain(domain)
-                    .selector(selector)
-                    .headers(SIGNED_HEADERS.iter().copied())
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed);
-                (Signer::Rsa(s), record)
+                (Signer::Rsa(signer(key, domain, selector)), record)
             }
         };
         Ok(DkimKey {
