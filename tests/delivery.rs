@@ -911,15 +911,7 @@ fn relay_failures_are_deferred_with_the_reason() {
 fn check_config_reports_every_key_and_relay_problem_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let openssl = |args: &[&str]| {
-        let st = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(d)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
+    let openssl = |args: &[&str]| common::peers::openssl(d, args);
     openssl(&[
         "genpkey",
         "-algorithm",

@@ -651,17 +651,11 @@ async fn targets(
 async fn connection(inner: &Arc<Inner>, key: &DestKey) {
     let config = inner.config.get();
     let Some(sender) = config.sender(&key.sender).cloned() else {
-        // The sender left the config (reload) after its jobs were queued.
-        let text = format!(
-            "the sender `{}` is not in the config; waiting for it to return",
-            key.sender
-        );
-        for j in drain_jobs(inner, key) {
-            finish_job(inner, &config, j, None, |_| {
-                Outcome::Temporary(text.clone())
-            })
-            .await;
-        }
+        // The sender left the config (reload) after its jobs were queued:
+        // the same wait as for messages loaded without a sender.
+        let jobs = drain_jobs(inner, key);
+        defer_orphans(inner, jobs.iter().map(|j| j.msg).collect()).await;
+        release_jobs(inner, &jobs);
         return;
     };
     // Wait for the rate limit before connecting, not while holding a session.
@@ -744,11 +738,8 @@ async fn connection(inner: &Arc<Inner>, key: &DestKey) {
         let body = match body {
             Ok(Some(b)) => b,
             Ok(None) => {
-                // Purged meanwhile.
-                finish_job(inner, &config, j, None, |_| {
-                    Outcome::Temporary(String::new())
-                })
-                .await;
+                // Purged meanwhile: nothing to record.
+                release_jobs(inner, std::slice::from_ref(&j));
                 job = wait_for_job(inner, key).await;
                 continue;
             }
@@ -867,23 +858,29 @@ async fn finish_job(
     for (i, o) in &outcomes {
         match o {
             Outcome::Delivered(r) => tracing::debug!(msg = id, rcpt = i, reply = %r, "delivered"),
-            Outcome::Temporary(r) if !r.is_empty() => {
-                tracing::info!(msg = id, rcpt = i, reply = %r, "deferred")
-            }
-            Outcome::Temporary(_) => {}
+            Outcome::Temporary(r) => tracing::info!(msg = id, rcpt = i, reply = %r, "deferred"),
             Outcome::Permanent(r, c) => {
                 tracing::info!(msg = id, rcpt = i, class = c.as_str(), reply = %r, "failed")
             }
         }
     }
+    release_jobs(inner, std::slice::from_ref(&job));
+}
+
+/// Takes finished jobs out of the active set; a message leaves it with its
+/// last job.
+fn release_jobs(inner: &Inner, jobs: &[Job]) {
     let mut st = lock(&inner.state);
-    if let Some(a) = st.active.get_mut(&id) {
-        a.jobs_left = a.jobs_left.saturating_sub(1);
-        a.rcpts.retain(|r| !job.rcpts.iter().any(|(i, _)| i == r));
-        if a.jobs_left == 0 {
-            st.active.remove(&id);
-            // Room in the active set: let the scheduler load more.
-            inner.wake.notify_one();
+    for job in jobs {
+        let id = job.msg;
+        if let Some(a) = st.active.get_mut(&id) {
+            a.jobs_left = a.jobs_left.saturating_sub(1);
+            a.rcpts.retain(|r| !job.rcpts.iter().any(|(i, _)| i == r));
+            if a.jobs_left == 0 {
+                st.active.remove(&id);
+                // Room in the active set: let the scheduler load more.
+                inner.wake.notify_one();
+            }
         }
     }
 }
@@ -934,9 +931,6 @@ pub fn record_outcomes(
         };
         if !r.state.is_pending() {
             continue;
-        }
-        if matches!(outcome, Outcome::Temporary(t) if t.is_empty()) {
-            continue; // released without an attempt
         }
         r.attempts += 1;
         r.updated = Some(now);

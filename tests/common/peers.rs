@@ -52,6 +52,18 @@ fn wait_tcp(port: u16) {
     }
 }
 
+/// Runs the openssl CLI in `dir` (test keys and certificates); panics if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("openssl (Debian package openssl) must be installed");
+    assert!(st.success(), "openssl {args:?} failed");
+}
+
 /// `smtp-sink` writing every transaction to its own file.
 pub struct Sink {
     pub port: u16,

@@ -42,16 +42,7 @@ pub struct TlsSmtp {
 /// A private CA and a server certificate it signed for `localhost` and
 /// `mx.tls.test`: (CA certificate, server certificate, server key).
 fn make_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let st = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stderr(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("openssl");
-        assert!(st.success(), "openssl {args:?}");
-    };
+    let run = |args: &[&str]| super::peers::openssl(dir, args);
     run(&[
         "req",
         "-x509",
