@@ -76,6 +76,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let addr = listener.local_addr()?;
     let public_url = config.http.public_url.to_string();
+    log_template_problems(&config);
+    let render_pool =
+        crate::render::bulk::pool(config.rendering.threads).map_err(|e| anyhow::anyhow!(e))?;
     let config = Arc::new(crate::config::Current::new(config));
     let metrics = Metrics::new();
     let clock = Clock::system();
@@ -88,6 +91,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
         clock,
         delivery: engine.clone(),
+        render_pool,
+        compiled: Default::default(),
     });
     // Messages left in flight by a crash are still queued in the store; the
     // scheduler picks them up like any other due message.
@@ -152,6 +157,10 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
                 if new.delivery.nameserver != old.delivery.nameserver {
                     tracing::warn!("delivery.nameserver takes effect only after a restart");
                 }
+                if new.rendering.threads != old.rendering.threads {
+                    tracing::warn!("rendering.threads takes effect only after a restart");
+                }
+                log_template_problems(&new);
                 state.config.set(new);
                 tracing::info!(file = %old.file.display(), "configuration reloaded");
             }
@@ -167,10 +176,26 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
     }
 }
 
+/// Logs every template that did not load. The daemon runs without them
+/// (one broken template must not stop delivery); `check-config` fails on them
+/// and `GET /api/v1/templates` lists them with their problems.
+fn log_template_problems(c: &Config) {
+    for (name, errors) in &c.templates.failed {
+        for e in errors {
+            tracing::error!(template = %name, "{e}");
+        }
+        tracing::error!(template = %name, "template not loaded: it cannot be sent until fixed");
+    }
+}
+
 /// `herald check-config`: validates everything and prints a summary; never
-/// opens the store.
+/// opens the store. Template problems fail it too.
 pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> {
     let c = Config::load(path)?;
+    let template_errors: Vec<_> = c.templates.errors().cloned().collect();
+    if !template_errors.is_empty() {
+        return Err(crate::config::ConfigErrors(template_errors));
+    }
     let mut out = format!(
         "{}: OK\n  listen      {}\n  public_url  {}\n  storage     {}\n  segments    {}\n  automations {}\n",
         path.display(),
@@ -209,6 +234,34 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     }
     if c.senders.is_empty() {
         out.push_str("  no [[sender]]: nothing can be sent until one is configured\n");
+    }
+    for s in &c.sites {
+        out.push_str(&format!(
+            "  site {}: {} {}{}\n",
+            s.id,
+            s.name,
+            s.url,
+            if s.autologin.is_some() {
+                ", auto-login on"
+            } else {
+                ""
+            }
+        ));
+    }
+    out.push_str(&format!(
+        "  templates   {} ({} loaded)\n",
+        c.templates.dir.display(),
+        c.templates.loaded.len()
+    ));
+    for t in c.templates.loaded.values() {
+        let langs: Vec<String> = t.languages().into_iter().collect();
+        out.push_str(&format!(
+            "    {}: {}, sender {}, languages {}\n",
+            t.name,
+            t.kind.as_str(),
+            t.sender,
+            langs.join(", ")
+        ));
     }
     Ok(out)
 }

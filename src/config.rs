@@ -25,8 +25,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub mod delivery;
+pub mod render;
 
 pub use delivery::{DeliveryConfig, Relay, RelayTls, Sender};
+pub use render::{RenderingConfig, Site, TrackingConfig};
 
 /// Default location of the config file, as the external contract says.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/herald/herald.toml";
@@ -113,6 +115,17 @@ pub struct RawConfig {
     /// Sender identities: From, envelope sender, DKIM keys, route.
     #[serde(default)]
     pub sender: Vec<delivery::RawSender>,
+    /// `[tracking]`
+    pub tracking: Option<render::RawTracking>,
+    /// `[rendering]`
+    #[serde(default)]
+    pub rendering: render::RawRendering,
+    /// `[greetings.<lang>]`
+    #[serde(default)]
+    pub greetings: BTreeMap<String, render::RawGreeting>,
+    /// `[[site]]`
+    #[serde(default)]
+    pub site: Vec<render::RawSite>,
 }
 
 /// `[http]`
@@ -200,6 +213,14 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Sender identities, in file order.
     pub senders: Vec<std::sync::Arc<Sender>>,
+    /// `[tracking]`: token keys.
+    pub tracking: TrackingConfig,
+    /// `[rendering]` and greetings.
+    pub rendering: RenderingConfig,
+    /// `[[site]]` entries.
+    pub sites: Vec<Site>,
+    /// Template folders as loaded, with each one's problems.
+    pub templates: std::sync::Arc<crate::render::Templates>,
 }
 
 /// The running configuration: an immutable snapshot that SIGHUP replaces
@@ -234,7 +255,12 @@ impl Current {
 }
 
 impl Config {
-    /// The sender identity with this id.
+    /// The `[[site]]` with this id.
+    pub fn site(&self, id: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.id == id)
+    }
+
+    /// The sender identity called `id`.
     pub fn sender(&self, id: &str) -> Option<&std::sync::Arc<Sender>> {
         self.senders.iter().find(|s| s.id == id)
     }
@@ -701,36 +727,29 @@ fn validate(
         }
     };
 
-    let token = match (&raw.admin.token, &raw.admin.token_file) {
-        (Some(_), Some(f)) => {
-            c.at(
-                "admin.token_file",
-                f,
-                "set either admin.token or admin.token_file, not both",
-            );
-            None
-        }
-        (None, None) => {
+    let token = match secret(
+        &mut c,
+        &base,
+        ("admin.token", &raw.admin.token),
+        ("admin.token_file", &raw.admin.token_file),
+    ) {
+        None => None,
+        Some(None) => {
             c.missing(
                 "admin.token",
                 "or admin.token_file: the admin API's bearer token",
             );
             None
         }
-        (Some(t), None) => check_token(&mut c, "admin.token", t, t.get_ref().clone()),
-        (None, Some(f)) => {
-            let p = resolve(&base, f.get_ref());
-            match std::fs::read_to_string(&p) {
-                Ok(s) => check_token(&mut c, "admin.token_file", f, s.trim().to_string()),
-                Err(e) => {
-                    c.at(
-                        "admin.token_file",
-                        f,
-                        format!("cannot read {}: {e}", p.display()),
-                    );
-                    None
+        Some(Some(t)) => {
+            let at = raw.admin.token.as_ref().or(raw.admin.token_file.as_ref());
+            at.and_then(|at| {
+                if raw.admin.token.is_some() {
+                    check_token(&mut c, "admin.token", at, t.0.clone())
+                } else {
+                    check_token(&mut c, "admin.token_file", at, t.0.trim().to_string())
                 }
-            }
+            })
         }
     };
 
@@ -788,8 +807,19 @@ fn validate(
     }
     let delivery = delivery::validate_delivery(&mut c, &raw.delivery);
     let senders = delivery::validate_senders(&mut c, &base, &raw.sender);
+    let tracking = render::validate_tracking(&mut c, &base, &raw.tracking);
+    let rendering = render::validate_rendering(&mut c, &raw.rendering, &raw.greetings);
+    let sites = render::validate_sites(&mut c, &base, &raw.site);
+    let templates = templates.as_ref().map(|dir| {
+        std::sync::Arc::new(crate::render::Templates::load(
+            dir,
+            &senders,
+            &sites,
+            &rendering.greetings,
+        ))
+    });
 
-    Some(Config {
+    let mut config = Config {
         file: file.to_path_buf(),
         http: HttpConfig {
             listen: listen?,
@@ -806,14 +836,61 @@ fn validate(
             format: format?,
         },
         paths: PathsConfig {
-            templates: templates?,
+            templates: templates.as_ref().map(|t| t.dir.clone())?,
             segments: segments?,
             automations: automations?,
         },
         references,
         delivery,
         senders,
-    })
+        tracking: tracking?,
+        rendering,
+        sites,
+        templates: templates?,
+    };
+    // Render every template with its sample data once: errors that only
+    // rendering reveals (an unknown filter, a type error) fail the template
+    // now, not on the first recipient.
+    let tried = crate::render::Templates::trial_render(&config);
+    if let Some(t) = tried {
+        config.templates = std::sync::Arc::new(t);
+    }
+    Some(config)
+}
+
+/// Reads a secret given either inline (`key`) or in a file (`key_file`, first
+/// line ending trimmed). `None`: a problem was reported; `Some(None)`: neither
+/// was set.
+fn secret(
+    c: &mut Checker<'_>,
+    base: &Path,
+    inline: (&str, &Option<Spanned<String>>),
+    file: (&str, &Option<Spanned<String>>),
+) -> Option<Option<delivery::Secret>> {
+    match (inline.1, file.1) {
+        (Some(_), Some(f)) => {
+            c.at(
+                file.0,
+                f,
+                format!("set either {} or {}, not both", inline.0, file.0),
+            );
+            None
+        }
+        (Some(v), None) => Some(Some(delivery::Secret(v.get_ref().clone()))),
+        (None, Some(f)) => {
+            let p = resolve(base, f.get_ref());
+            match std::fs::read_to_string(&p) {
+                Ok(s) => Some(Some(delivery::Secret(
+                    s.trim_end_matches(['\r', '\n']).to_string(),
+                ))),
+                Err(e) => {
+                    c.at(file.0, f, format!("cannot read {}: {e}", p.display()));
+                    None
+                }
+            }
+        }
+        (None, None) => Some(None),
+    }
 }
 
 fn check_token(
@@ -928,7 +1005,7 @@ mod tests {
 
     fn good() -> String {
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://localhost\"\n[storage]\npath = \"data\"\n[admin]\ntoken = \"{TOKEN}\"\n"
+            "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://localhost\"\n[storage]\npath = \"data\"\n[admin]\ntoken = \"{TOKEN}\"\n[tracking]\nsecret = \"{TOKEN}\"\n"
         )
     }
 
@@ -944,7 +1021,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_at_once_with_line_and_key() {
-        let text = "[http]\nlisten = \"nowhere\"\npublic_url = 5\nlisen = 1\n[storage]\npath = \"data\"\n[admin]\ntoken = \"short\"\n[log]\nformat = \"xml\"\n[bogus]\na = 1\n";
+        let text = "[http]\nlisten = \"nowhere\"\npublic_url = 5\nlisen = 1\n[storage]\npath = \"data\"\n[admin]\ntoken = \"short\"\n[log]\nformat = \"xml\"\n[bogus]\na = 1\n[tracking]\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
         let errs = load(text).unwrap_err();
         let all = errs.join("\n");
         assert!(

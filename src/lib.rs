@@ -12,4 +12,7 @@ pub mod contacts;
 pub mod delivery;
 pub mod http;
 pub mod metrics;
+pub mod render;
+pub mod shop;
 pub mod store;
+pub mod tokens;

@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// Templates: render one offline with its sample data (no daemon needed).
+    Templates {
+        #[command(subcommand)]
+        command: TemplatesCommand,
+    },
     /// The delivery queue (talks to a running daemon).
     Queue {
         #[command(subcommand)]
@@ -68,6 +73,44 @@ enum DkimCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum TemplatesCommand {
+    /// Render a template with its sample.json data and print one part.
+    Render {
+        /// Template (folder) name.
+        name: String,
+        /// Language to render in.
+        #[arg(long)]
+        language: Option<String>,
+        /// Site to render for.
+        #[arg(long)]
+        site: Option<String>,
+        /// What to print.
+        #[arg(long, value_enum, default_value = "mime")]
+        format: RenderFormat,
+        /// Rewrite links and add the open pixel, as a send would.
+        #[arg(long)]
+        tracking: bool,
+        /// Use the neutral greeting.
+        #[arg(long)]
+        no_personalize: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RenderFormat {
+    /// The complete MIME message (unsigned).
+    Mime,
+    /// The HTML part.
+    Html,
+    /// The text part.
+    Text,
+    /// The subject line.
+    Subject,
+    /// Subject, preheader, HTML and text as JSON.
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -233,6 +276,67 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("herald: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Templates {
+            command:
+                TemplatesCommand::Render {
+                    name,
+                    language,
+                    site,
+                    format,
+                    tracking,
+                    no_personalize,
+                },
+        } => {
+            let config = match load_or_report(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let Some(t) = config.templates.get(&name).cloned() else {
+                match config.templates.failed.get(&name) {
+                    Some(errors) => {
+                        eprint!("{}", herald::config::ConfigErrors(errors.clone()));
+                    }
+                    None => eprintln!(
+                        "herald: no template `{name}` in {}",
+                        config.templates.dir.display()
+                    ),
+                }
+                return ExitCode::from(2);
+            };
+            use herald::render::preview;
+            let input = preview::PreviewInput {
+                language,
+                site,
+                personalize: !no_personalize,
+                tracking,
+                ..Default::default()
+            };
+            let now = chrono::Utc::now().timestamp_millis();
+            match preview::render(t, &config, preview::preview_send(), input, now) {
+                Ok(p) => {
+                    use std::io::Write;
+                    let r = &p.rendered;
+                    let out = match format {
+                        RenderFormat::Mime => p.mime.clone(),
+                        RenderFormat::Html => r.html.clone().into_bytes(),
+                        RenderFormat::Text => r.text.clone().into_bytes(),
+                        RenderFormat::Subject => format!("{}\n", r.subject).into_bytes(),
+                        RenderFormat::Json => serde_json::json!({
+                            "language": r.language, "site": r.site, "subject": r.subject,
+                            "preheader": r.preheader, "html": r.html, "text": r.text,
+                        })
+                        .to_string()
+                        .into_bytes(),
+                    };
+                    let _ = std::io::stdout().write_all(&out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("herald: {e}");
                     ExitCode::FAILURE
                 }
             }

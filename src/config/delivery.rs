@@ -57,6 +57,8 @@ pub struct RawSender {
     pub rate_per_second: Option<Spanned<f64>>,
     /// At most this many messages per hour from this sender.
     pub rate_per_hour: Option<Spanned<f64>>,
+    /// Mailbox for `List-Unsubscribe: <mailto:…>` next to the HTTPS link.
+    pub unsubscribe_mailto: Option<Spanned<String>>,
     /// DKIM keys; each adds a signature.
     #[serde(default)]
     pub dkim: Vec<RawDkim>,
@@ -208,6 +210,8 @@ pub struct Sender {
     pub rate_per_second: Option<f64>,
     /// Messages per hour limit.
     pub rate_per_hour: Option<f64>,
+    /// Address for mailto unsubscribes, when configured.
+    pub unsubscribe_mailto: Option<String>,
     /// Signing keys.
     pub dkim: Vec<Arc<DkimKey>>,
     /// Smarthost, if any.
@@ -217,7 +221,7 @@ pub struct Sender {
 /// Longest duration any delivery setting takes (timeouts, waits, max_age).
 const MAX_DURATION: Duration = Duration::from_secs(90 * 86400);
 
-fn duration(c: &mut Checker<'_>, key: &str, v: &Spanned<String>) -> Option<Duration> {
+pub(super) fn duration(c: &mut Checker<'_>, key: &str, v: &Spanned<String>) -> Option<Duration> {
     match humantime::parse_duration(v.get_ref()) {
         Ok(d) if d > MAX_DURATION => {
             c.at(key, v, "must be at most 90 days");
@@ -472,6 +476,15 @@ pub(super) fn validate_senders(
             }
         }
         let relay = s.relay.as_ref().and_then(|r| validate_relay(c, base, i, r));
+        let unsubscribe_mailto = s.unsubscribe_mailto.as_ref().and_then(|v| {
+            match crate::contacts::normalize_email(v.get_ref()) {
+                Ok(e) => Some(e.display),
+                Err(e) => {
+                    c.at(&k("unsubscribe_mailto"), v, e.to_string());
+                    None
+                }
+            }
+        });
         if let (Some(id), Some((from, from_address)), Some(domain), Some(return_path), Some(helo)) =
             (id, from, domain, return_path, helo)
         {
@@ -485,6 +498,7 @@ pub(super) fn validate_senders(
                 require_tls: s.require_tls.as_ref().is_some_and(|v| *v.get_ref()),
                 rate_per_second,
                 rate_per_hour,
+                unsubscribe_mailto,
                 dkim,
                 relay,
             }));
@@ -520,32 +534,13 @@ fn validate_relay(c: &mut Checker<'_>, base: &Path, i: usize, r: &RawRelay) -> O
         _ => 587,
     };
     let port = count(c, &k("port"), &r.port, 65535, default_port) as u16;
-    let password = match (&r.password, &r.password_file) {
-        (Some(_), Some(f)) => {
-            c.at(
-                &k("password_file"),
-                f,
-                "set either password or password_file, not both",
-            );
-            None
-        }
-        (Some(p), None) => Some(Secret(p.get_ref().clone())),
-        (None, Some(f)) => {
-            let p = resolve(base, f.get_ref());
-            match std::fs::read_to_string(&p) {
-                Ok(s) => Some(Secret(s.trim_end_matches(['\r', '\n']).to_string())),
-                Err(e) => {
-                    c.at(
-                        &k("password_file"),
-                        f,
-                        format!("cannot read {}: {e}", p.display()),
-                    );
-                    None
-                }
-            }
-        }
-        (None, None) => None,
-    };
+    let password = super::secret(
+        c,
+        base,
+        (&k("password"), &r.password),
+        (&k("password_file"), &r.password_file),
+    )
+    .flatten();
     let auth = match (&r.username, password) {
         (Some(u), Some(p)) => Some((u.get_ref().clone(), p)),
         (None, None) => None,

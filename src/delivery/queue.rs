@@ -228,7 +228,7 @@ fn header_ok(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn mailbox_parts(v: &str) -> (Option<String>, String) {
+pub fn mailbox_parts(v: &str) -> (Option<String>, String) {
     let v = v.trim();
     match v.rfind('<') {
         Some(i) if v.ends_with('>') => {

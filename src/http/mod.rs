@@ -41,6 +41,12 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The clock.
     pub clock: Clock,
+    /// The rayon pool bulk rendering and previews run on.
+    pub render_pool: Arc<rayon::ThreadPool>,
+    /// Templates compiled for API messages: name → (template snapshot
+    /// pointer, compiled). A reload's new snapshot compiles afresh.
+    pub compiled:
+        std::sync::Mutex<std::collections::HashMap<String, (usize, Arc<crate::render::Compiled>)>>,
 }
 
 impl AppState {
@@ -140,6 +146,16 @@ pub enum Route {
     QueuePurge,
     /// `/api/v1/queue/{id}`
     QueueMessage(String),
+    /// `/api/v1/templates`
+    Templates,
+    /// `/api/v1/templates/{name}`
+    Template(String),
+    /// `/api/v1/templates/{name}/preview`
+    TemplatePreview(String),
+    /// `/api/v1/products`
+    Products,
+    /// `/api/v1/products/{sku}`
+    Product(String),
     /// Anything else under `/api/`.
     ApiUnknown,
     /// Anything else.
@@ -168,6 +184,11 @@ impl Route {
             Route::QueueRetry => "queue_retry",
             Route::QueuePurge => "queue_purge",
             Route::QueueMessage(_) => "queue_message",
+            Route::Templates => "templates",
+            Route::Template(_) => "template",
+            Route::TemplatePreview(_) => "template_preview",
+            Route::Products => "products",
+            Route::Product(_) => "product",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
         }
@@ -205,6 +226,11 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "queue", "retry"] => Route::QueueRetry,
         ["api", "v1", "queue", "purge"] => Route::QueuePurge,
         ["api", "v1", "queue", id] => Route::QueueMessage(id.to_string()),
+        ["api", "v1", "templates"] => Route::Templates,
+        ["api", "v1", "templates", n] => Route::Template(n.to_string()),
+        ["api", "v1", "templates", n, "preview"] => Route::TemplatePreview(n.to_string()),
+        ["api", "v1", "products"] => Route::Products,
+        ["api", "v1", "products", s] => Route::Product(s.to_string()),
         ["api", ..] => Route::ApiUnknown,
         _ => Route::Unknown,
     }
@@ -299,7 +325,7 @@ async fn call(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let m = req.method().clone();
-    use v1::{contacts, fields, import, lists, queue};
+    use v1::{contacts, fields, import, lists, products, queue, templates};
     match route {
         Route::Health => match m {
             Method::GET | Method::HEAD => {
@@ -394,6 +420,28 @@ async fn call(
         Route::QueueMessage(id) => match m {
             Method::GET => queue::get(state, id).await,
             _ => Err(method_not_allowed("GET")),
+        },
+        Route::Templates => match m {
+            Method::GET => templates::list(state).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Template(n) => match m {
+            Method::GET => templates::get(state, n).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::TemplatePreview(n) => match m {
+            Method::POST => templates::preview(state, n, req).await,
+            _ => Err(method_not_allowed("POST")),
+        },
+        Route::Products => match m {
+            Method::GET => products::list(state, &req).await,
+            Method::POST => products::upsert(state, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::Product(sku) => match m {
+            Method::GET => products::get(state, sku).await,
+            Method::DELETE => products::delete(state, sku).await,
+            _ => Err(method_not_allowed("GET, DELETE")),
         },
         Route::ApiUnknown => Err(ApiError::not_found(format!(
             "no API endpoint {} {}",

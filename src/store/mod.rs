@@ -13,6 +13,7 @@
 //! are the whole vocabulary they have for the data.
 
 mod queue;
+mod render;
 pub mod tables;
 
 pub use queue::{DueEntry, QueueSummary};
@@ -512,6 +513,8 @@ pub struct WriteTables<'t> {
     queue_bodies: Table<'t, u64, &'static [u8]>,
     queue_due: Table<'t, (i64, u64), ()>,
     queue_done: Table<'t, u64, &'static [u8]>,
+    products: Table<'t, &'static str, &'static [u8]>,
+    links: Table<'t, (&'static [u8], u32), &'static [u8]>,
     /// Counters (id sequences, per-state counts) read once and written back
     /// once per transaction by `flush`, instead of once per row.
     counters: std::collections::HashMap<&'static str, u64>,
@@ -547,6 +550,8 @@ impl<'t> WriteTables<'t> {
             queue_bodies: txn.open_table(QUEUE_BODIES)?,
             queue_due: txn.open_table(QUEUE_DUE)?,
             queue_done: txn.open_table(QUEUE_DONE)?,
+            products: txn.open_table(PRODUCTS)?,
+            links: txn.open_table(LINKS)?,
             any_suppressed,
             field_defs: None,
             counters: Default::default(),

@@ -70,3 +70,11 @@ pub const QUEUE_DUE: TableDefinition<(i64, u64), ()> = TableDefinition::new("que
 /// Queue id → `QueuedMessage` (JSON) of finished messages: every recipient
 /// delivered or failed. Kept for reports and for `GET /api/v1/queue/{id}`.
 pub const QUEUE_DONE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_done_v1");
+
+/// SKU → `Product` (JSON): the catalogue templates' product blocks read.
+pub const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products_v1");
+
+/// (send key, link number) → `LinkRecord` (JSON): the links a send's messages
+/// contained. A click token names a link number; the redirect goes only to
+/// the URL recorded here.
+pub const LINKS: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("links_v1");

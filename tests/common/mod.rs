@@ -22,10 +22,13 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_herald")
 }
 
+/// The tracking secret of test configs (signs links in mail).
+pub const TRACKING_SECRET: &str = "test-tracking-secret-0123456789abcdef";
+
 /// A config file's text with the given storage dir and extra TOML appended.
 pub fn config_text(data: &Path, extra: &str) -> String {
     format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\n[storage]\npath = \"{}\"\n[admin]\ntoken = \"{TOKEN}\"\n[log]\nlevel = \"info\"\n{extra}",
+        "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\n[storage]\npath = \"{}\"\n[admin]\ntoken = \"{TOKEN}\"\n[tracking]\nsecret = \"{TRACKING_SECRET}\"\n[log]\nlevel = \"info\"\n{extra}",
         data.display()
     )
 }

@@ -111,6 +111,19 @@ impl ContactRef {
     }
 }
 
+/// The contact `{ref}` names (id or address), or 404.
+pub async fn load(state: &AppState, r: &str) -> Result<Contact, ApiError> {
+    let parsed = ContactRef::parse(r)?;
+    state
+        .store
+        .read(move |v| match parsed.lookup(v)? {
+            Some(id) => v.contact(id),
+            None => Ok(None),
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no contact `{r}`")))
+}
+
 /// Resolves `{ref}` to the id of an existing contact.
 async fn resolve(state: &AppState, r: &str) -> Result<u64, ApiError> {
     let parsed = ContactRef::parse(r)?;

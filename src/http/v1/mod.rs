@@ -5,7 +5,9 @@ pub mod contacts;
 pub mod fields;
 pub mod import;
 pub mod lists;
+pub mod products;
 pub mod queue;
+pub mod templates;
 
 use serde::{Deserialize, Deserializer};
 

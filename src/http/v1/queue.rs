@@ -20,8 +20,28 @@ use crate::http::reply::{self, ApiError, Body};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MessageBody {
-    /// Sender identity id.
-    pub sender: String,
+    /// Sender identity id (a template message uses the template's).
+    #[serde(default)]
+    pub sender: Option<String>,
+    /// Render this template for the (single) recipient, a contact, instead
+    /// of giving the content.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Template mode: language to render in (default: the contact's).
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Template mode: `order` values.
+    #[serde(default)]
+    pub order: Option<Value>,
+    /// Template mode: `cart` values.
+    #[serde(default)]
+    pub cart: Option<Value>,
+    /// Template mode: `data` values.
+    #[serde(default)]
+    pub data: Option<Value>,
+    /// Template mode: SKUs for `products`.
+    #[serde(default)]
+    pub products: Option<Vec<String>>,
     /// Envelope recipients.
     pub to: Vec<String>,
     /// A complete RFC 5322 message (instead of the parts below).
@@ -61,6 +81,24 @@ pub async fn submit(
 ) -> Result<Response<Body>, ApiError> {
     let limit = state.config().http.max_body_bytes;
     let b: MessageBody = reply::read_json(req, limit).await?;
+    if b.template.is_some() {
+        return super::templates::send(state, b).await;
+    }
+    let template_keys = b.language.is_some()
+        || b.order.is_some()
+        || b.cart.is_some()
+        || b.data.is_some()
+        || b.products.is_some();
+    if template_keys {
+        return Err(ApiError::bad_request(
+            "language, order, cart, data and products go with template",
+        ));
+    }
+    let Some(sender) = b.sender.clone() else {
+        return Err(ApiError::bad_request(
+            "sender is required (or give template)",
+        ));
+    };
     let content = match b.raw {
         Some(raw) => {
             let parts_given = b.subject.is_some()
@@ -91,7 +129,7 @@ pub async fn submit(
     };
     let config = state.config();
     let msg = NewMessage {
-        sender: b.sender.clone(),
+        sender: sender.clone(),
         recipients: b
             .to
             .into_iter()
@@ -105,7 +143,18 @@ pub async fn submit(
         message_id: b.message_id,
     };
     let now = state.clock.now().timestamp_millis();
-    match queue::enqueue(&state.store, config.sender(&b.sender).cloned(), msg, now).await {
+    accepted(
+        state,
+        queue::enqueue(&state.store, config.sender(&sender).cloned(), msg, now).await,
+    )
+}
+
+/// The reply to a submission: 202 with the queue id, or why it was refused.
+pub fn accepted(
+    state: &AppState,
+    r: Result<(u64, String), EnqueueError>,
+) -> Result<Response<Body>, ApiError> {
+    match r {
         Ok((id, message_id)) => {
             state.delivery.notify();
             Ok(reply::json_response(

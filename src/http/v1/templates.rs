@@ -1,0 +1,455 @@
+//! `/api/v1/templates`: the template folders as loaded (with their problems)
+//! and previews rendered for a contact or the template's sample data.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::ConfigError;
+use crate::http::AppState;
+use crate::http::reply::{self, ApiError, Body};
+use crate::render::Template;
+use crate::render::preview::{self, PreviewInput};
+use crate::shop::Product;
+
+fn problem(e: &ConfigError) -> Value {
+    json!({
+        "file": e.file.display().to_string(),
+        "line": e.position.map(|p| p.0),
+        "column": e.position.map(|p| p.1),
+        "key": if e.key.is_empty() { Value::Null } else { json!(e.key) },
+        "message": e.message,
+    })
+}
+
+/// Problems only the store can reveal: `contact.X` where X is neither a
+/// contact attribute nor a defined field.
+async fn field_problems(state: &AppState, t: &Template) -> Result<Vec<Value>, ApiError> {
+    let attrs: Vec<String> = t
+        .contact_attrs
+        .iter()
+        .filter(|a| !crate::render::template::CONTACT_BUILTINS.contains(&a.as_str()))
+        .cloned()
+        .collect();
+    if attrs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let defined: Vec<String> = state
+        .store
+        .read(|v| v.fields())
+        .await?
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    Ok(attrs
+        .into_iter()
+        .filter(|a| !defined.contains(a))
+        .map(|a| {
+            json!({
+                "file": t.dir.display().to_string(),
+                "line": null, "column": null, "key": null,
+                "message": format!("`contact.{a}` is not a defined field (create it with POST /api/v1/fields, or fix the name); it renders empty"),
+            })
+        })
+        .collect())
+}
+
+async fn template_view(state: &AppState, t: &Template) -> Result<Value, ApiError> {
+    let sites: std::collections::BTreeSet<String> = t
+        .variants
+        .keys()
+        .map(|(s, _)| s.clone())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let warnings = field_problems(state, t).await?;
+    Ok(json!({
+        "name": t.name,
+        "status": "ok",
+        "description": t.description,
+        "kind": t.kind.as_str(),
+        "sender": t.sender,
+        "default_language": t.default_language,
+        "languages": t.languages(),
+        "sites": sites,
+        "tracking": t.tracking,
+        "derived_text": t.variants.values().filter(|v| v.text_derived).map(|v| format!("{}/{}", v.site.as_deref().unwrap_or("-"), v.language)).collect::<Vec<_>>(),
+        "has_sample": t.sample.is_some(),
+        "problems": warnings,
+    }))
+}
+
+/// `GET /api/v1/templates`: every template folder, loaded or not.
+pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+    let config = state.config();
+    let mut out = Vec::new();
+    for t in config.templates.loaded.values() {
+        out.push(template_view(state, t).await?);
+    }
+    for (name, errors) in &config.templates.failed {
+        out.push(json!({
+            "name": name,
+            "status": "error",
+            "problems": errors.iter().map(problem).collect::<Vec<_>>(),
+        }));
+    }
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    reply::ok(&json!({ "directory": config.templates.dir.display().to_string(), "templates": out }))
+}
+
+fn find(state: &AppState, name: &str) -> Result<Arc<Template>, ApiError> {
+    let config = state.config();
+    if let Some(t) = config.templates.get(name) {
+        return Ok(t.clone());
+    }
+    if let Some(errors) = config.templates.failed.get(name) {
+        let first = errors.first().map(|e| e.to_string()).unwrap_or_default();
+        return Err(ApiError::invalid(
+            "template_not_loaded",
+            format!(
+                "template `{name}` did not load ({} problem(s)): {first}",
+                errors.len()
+            ),
+        ));
+    }
+    Err(ApiError::not_found(format!("no template `{name}`")))
+}
+
+/// `GET /api/v1/templates/{name}`.
+pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, ApiError> {
+    let t = find(state, name)?;
+    reply::ok(&template_view(state, &t).await?)
+}
+
+/// A contact reference in a body: id or address.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ContactRefBody {
+    /// Contact id.
+    Id(u64),
+    /// Address.
+    Email(String),
+}
+
+impl ContactRefBody {
+    /// As a path-style `{ref}`.
+    pub fn as_ref_string(&self) -> String {
+        match self {
+            ContactRefBody::Id(i) => i.to_string(),
+            ContactRefBody::Email(e) => e.clone(),
+        }
+    }
+}
+
+/// Body of `POST /api/v1/templates/{name}/preview`; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewBody {
+    /// Render for this contact (id or address); default: the sample contact.
+    pub contact: Option<ContactRefBody>,
+    /// Language to render in.
+    pub language: Option<String>,
+    /// Site to render for.
+    pub site: Option<String>,
+    /// SKUs of featured products (from the catalogue).
+    pub products: Option<Vec<String>>,
+    /// Cart, order and data values (default: the sample's).
+    pub cart: Option<Value>,
+    /// The order.
+    pub order: Option<Value>,
+    /// `data` values.
+    pub data: Option<Value>,
+    /// Personal greeting (default true).
+    pub personalize: Option<bool>,
+    /// Rewrite links as a send would (default false: links stay readable).
+    pub tracking: Option<bool>,
+    /// Include the complete MIME message (default false).
+    pub mime: Option<bool>,
+}
+
+/// Looks up SKUs in the catalogue; unknown ones are a 422 naming them.
+pub async fn products_by_sku(
+    state: &AppState,
+    skus: Vec<String>,
+) -> Result<Vec<Product>, ApiError> {
+    let found = state
+        .store
+        .read(move |v| {
+            skus.iter()
+                .map(|s| v.product(s).map(|p| (s.clone(), p)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    let missing: Vec<&str> = found
+        .iter()
+        .filter(|(_, p)| p.is_none())
+        .map(|(s, _)| s.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::invalid(
+            "unknown_product",
+            format!(
+                "no product with SKU {} in the catalogue",
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(found.into_iter().filter_map(|(_, p)| p).collect())
+}
+
+/// `POST /api/v1/templates/{name}/preview`: subject, HTML and text rendered
+/// for a contact or the sample data.
+pub async fn preview(
+    state: &Arc<AppState>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let t = find(state, name)?;
+    let limit = state.config().http.max_body_bytes;
+    let has_body = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v != "0")
+        || req.headers().contains_key(http::header::TRANSFER_ENCODING);
+    let b: PreviewBody = if has_body {
+        reply::read_json(req, limit).await?
+    } else {
+        PreviewBody::default()
+    };
+    if let Some(l) = &b.language
+        && !crate::config::render::is_language(l)
+    {
+        return Err(ApiError::invalid(
+            "invalid_language",
+            format!("`{l}` is not a language code such as en or pt-BR"),
+        ));
+    }
+    let contact = match &b.contact {
+        Some(r) => Some(super::contacts::load(state, &r.as_ref_string()).await?),
+        None => None,
+    };
+    let products = match b.products {
+        Some(skus) => Some(products_by_sku(state, skus).await?),
+        None => None,
+    };
+    let warnings = field_problems(state, &t).await?;
+    let config = state.config();
+    let input = PreviewInput {
+        contact,
+        language: b.language,
+        site: b.site,
+        products,
+        cart: b.cart,
+        order: b.order,
+        data: b.data,
+        personalize: b.personalize.unwrap_or(true),
+        tracking: b.tracking.unwrap_or(false),
+    };
+    let now = state.clock.now().timestamp_millis();
+    let want_mime = b.mime.unwrap_or(false);
+    let result = tokio::task::spawn_blocking(move || {
+        preview::render(t, &config, preview::preview_send(), input, now)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let p = result.map_err(|e| ApiError::invalid("render_failed", e))?;
+    let r = &p.rendered;
+    let mut out = json!({
+        "template": name,
+        "language": r.language,
+        "site": r.site,
+        "subject": r.subject,
+        "preheader": r.preheader,
+        "html": r.html,
+        "text": r.text,
+        "message_id": r.message_id,
+        "warnings": warnings,
+    });
+    if want_mime {
+        out["mime"] = json!(String::from_utf8_lossy(&p.mime));
+    }
+    reply::ok(&out)
+}
+
+/// The send a template's API messages belong to: one per template, its id a
+/// stable hash of the name (so reports and link tables group by template).
+pub fn transactional_send(name: &str) -> crate::tokens::SendRef {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(name.as_bytes());
+    crate::tokens::SendRef {
+        kind: crate::tokens::SendKind::Transactional,
+        id: u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]])),
+        variant: 0,
+    }
+}
+
+/// `POST /api/v1/messages` with `template`: renders the template for one
+/// contact and queues it. Marketing templates reach only `granted` contacts;
+/// no template reaches an `invalid` address.
+pub async fn send(
+    state: &Arc<AppState>,
+    b: super::queue::MessageBody,
+) -> Result<Response<Body>, ApiError> {
+    use crate::contacts::model::ConsentState;
+    use crate::delivery::queue::{Content, NewMessage, NewRecipient};
+    let name = b.template.clone().unwrap_or_default();
+    let given_content = b.raw.is_some()
+        || b.subject.is_some()
+        || b.text.is_some()
+        || b.html.is_some()
+        || b.from.is_some()
+        || b.to_header.is_some()
+        || !b.headers.is_empty()
+        || b.message_id.is_some();
+    if given_content {
+        return Err(ApiError::bad_request(
+            "a template message takes to, language, order, cart, data and products; the template gives the content",
+        ));
+    }
+    let t = find(state, &name)?;
+    if let Some(s) = &b.sender
+        && s != &t.sender
+    {
+        return Err(ApiError::invalid(
+            "unknown_sender",
+            format!(
+                "template `{name}` sends as `{}`, not `{s}` (leave sender out)",
+                t.sender
+            ),
+        ));
+    }
+    let [to] = b.to.as_slice() else {
+        return Err(ApiError::bad_request(
+            "a template message goes to exactly one contact: to = [\"address\"]",
+        ));
+    };
+    let contact = super::contacts::load(state, to).await?;
+    match (contact.consent, t.kind) {
+        (ConsentState::Invalid, _) => {
+            return Err(ApiError::invalid(
+                "invalid_address",
+                format!("{} is marked invalid (it bounced)", contact.email),
+            ));
+        }
+        (c, crate::render::template::Kind::Marketing) if c != ConsentState::Granted => {
+            return Err(ApiError::invalid(
+                "no_consent",
+                format!(
+                    "`{name}` is marketing mail and {} has consent `{}`, not `granted`",
+                    contact.email,
+                    c.as_str()
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(l) = &b.language
+        && !crate::config::render::is_language(l)
+    {
+        return Err(ApiError::invalid(
+            "invalid_language",
+            format!("`{l}` is not a language code such as en or pt-BR"),
+        ));
+    }
+    let products = match b.products {
+        Some(skus) => Some(products_by_sku(state, skus).await?),
+        None => None,
+    };
+    let compiled = transactional_compiled(state, &t).await?;
+    let mut contact = contact;
+    if let Some(l) = b.language {
+        contact.language = Some(l);
+    }
+    let recipient = crate::render::Recipient {
+        contact: Arc::new(contact),
+        cart: b.cart,
+        order: b.order,
+        data: b.data,
+        products,
+    };
+    let now = state.clock.now().timestamp_millis();
+    let c2 = compiled.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let r = c2.render(&recipient)?;
+        let m = c2.build(&r, now)?;
+        Ok::<_, crate::render::RenderError>((r, m))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let (rendered, mime) = built.map_err(|e| ApiError::invalid("render_failed", e.0))?;
+    // Links first: a click must always find where it goes.
+    let new_links = compiled.links().unrecorded();
+    if let Some(last) = new_links.last().map(|(n, _)| *n) {
+        let key = transactional_send(&name).key();
+        let links = new_links.clone();
+        state
+            .store
+            .write(move |t| t.put_links(&key, &links))
+            .await?;
+        compiled.links().mark_recorded(last + 1);
+    }
+    let msg = NewMessage {
+        sender: t.sender.clone(),
+        recipients: vec![NewRecipient {
+            address: rendered.email.clone(),
+            contact: Some(rendered.contact),
+        }],
+        content: Content::Raw(mime),
+        source: format!("template:{name}"),
+        message_id: None,
+    };
+    let sender = state.config().sender(&t.sender).cloned();
+    super::queue::accepted(
+        state,
+        crate::delivery::queue::enqueue(&state.store, sender, msg, now).await,
+    )
+}
+
+/// The compiled template for API messages, compiled once per template and
+/// config snapshot (a reload compiles again), with the template's recorded
+/// links loaded so numbers stay stable across restarts.
+async fn transactional_compiled(
+    state: &Arc<AppState>,
+    t: &Arc<Template>,
+) -> Result<Arc<crate::render::Compiled>, ApiError> {
+    let ptr = Arc::as_ptr(t) as usize;
+    if let Some((p, c)) = state
+        .compiled
+        .lock()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "lock poisoned",
+            )
+        })?
+        .get(&t.name)
+        && *p == ptr
+    {
+        return Ok(c.clone());
+    }
+    let key = transactional_send(&t.name).key();
+    let links = state.store.read(move |v| v.links(&key)).await?;
+    let config = state.config();
+    let compiled = Arc::new(
+        crate::render::Compiled::new(
+            t.clone(),
+            &config,
+            crate::render::SendOptions {
+                send: transactional_send(&t.name),
+                personalize: true,
+                tracking: true,
+                products: Vec::new(),
+                data: Value::Null,
+                links,
+            },
+        )
+        .map_err(|e| ApiError::invalid("render_failed", e))?,
+    );
+    if let Ok(mut m) = state.compiled.lock() {
+        m.insert(t.name.clone(), (ptr, compiled.clone()));
+    }
+    Ok(compiled)
+}

@@ -1,0 +1,502 @@
+//! Click tracking: rewriting `<a href>` to signed redirect links, the table of
+//! a send's links, the open pixel and the hidden preheader.
+//!
+//! A link is tracked when its `href` is an absolute http(s) URL, is not one of
+//! Herald's own links (unsubscribe, preferences, view in browser) and the
+//! anchor has no `data-notrack` attribute. The URL the message pointed to is
+//! recorded per send under a small number; the click token carries that number,
+//! so the redirect can only go where a message of that send really pointed.
+//! Auto-login tokens are taken out of recorded URLs (and marked), so that the
+//! table holds one entry per page, not one per recipient; the redirect issues
+//! a fresh token for the clicking contact.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tokens::{Keys, MessageRef, Token};
+
+/// Links recorded per send at most; further new URLs stay untracked.
+pub const MAX_LINKS_PER_SEND: usize = 100_000;
+
+/// Where link number N of a send goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// The target URL as the message had it (normalised by the URL parser).
+    pub url: String,
+    /// The URL carried an auto-login token (removed here); the redirect adds
+    /// a fresh one for the contact.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub autologin: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    ids: HashMap<LinkRecord, u32>,
+    list: Vec<LinkRecord>,
+    recorded: usize,
+}
+
+/// The links of one send, numbered in order of first appearance. Shared by
+/// every rendering thread of the send.
+#[derive(Default)]
+pub struct LinkTable(RwLock<Inner>);
+
+impl LinkTable {
+    /// A table continuing from links already recorded for the send (after a
+    /// restart the same URL keeps its number).
+    pub fn new(mut existing: Vec<(u32, LinkRecord)>) -> LinkTable {
+        existing.sort_by_key(|(n, _)| *n);
+        let mut inner = Inner::default();
+        for (n, rec) in existing {
+            // Numbers are dense from 0; anything else is ignored (and never
+            // reused: new links continue after the highest).
+            while inner.list.len() < n as usize {
+                inner.list.push(LinkRecord {
+                    url: String::new(),
+                    autologin: false,
+                });
+            }
+            inner.ids.insert(rec.clone(), n);
+            if inner.list.len() == n as usize {
+                inner.list.push(rec);
+            }
+        }
+        inner.recorded = inner.list.len();
+        LinkTable(RwLock::new(inner))
+    }
+
+    /// The number of a link, assigning the next one to a new URL.
+    pub fn id(&self, rec: LinkRecord) -> Option<u32> {
+        if let Some(n) = self.0.read().ok()?.ids.get(&rec) {
+            return Some(*n);
+        }
+        let mut w = self.0.write().ok()?;
+        if let Some(n) = w.ids.get(&rec) {
+            return Some(*n);
+        }
+        if w.list.len() >= MAX_LINKS_PER_SEND {
+            return None;
+        }
+        let n = w.list.len() as u32;
+        w.list.push(rec.clone());
+        w.ids.insert(rec, n);
+        Some(n)
+    }
+
+    /// Links numbered since the last [`LinkTable::mark_recorded`]: the caller
+    /// must commit them before (or with) the messages that contain them.
+    pub fn unrecorded(&self) -> Vec<(u32, LinkRecord)> {
+        let r = match self.0.read() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        (r.recorded..r.list.len())
+            .map(|i| (i as u32, r.list[i].clone()))
+            .collect()
+    }
+
+    /// Marks links up to (not including) number `upto` as committed.
+    pub fn mark_recorded(&self, upto: u32) {
+        if let Ok(mut w) = self.0.write() {
+            w.recorded = w.recorded.max(upto as usize).min(w.list.len());
+        }
+    }
+
+    /// Every link, by number.
+    pub fn all(&self) -> Vec<LinkRecord> {
+        self.0.read().map(|r| r.list.clone()).unwrap_or_default()
+    }
+}
+
+/// What rewriting one message needs.
+pub struct Rewrite<'a> {
+    /// Herald's public URL without a trailing slash.
+    pub public: &'a str,
+    /// Token keys.
+    pub keys: &'a Keys,
+    /// The message.
+    pub message: MessageRef,
+    /// The send's links.
+    pub table: &'a LinkTable,
+    /// The contact's site's auto-login parameter, to take out of recorded URLs.
+    pub autologin_param: Option<&'a str>,
+}
+
+/// Finds the next `<a` tag start at or after `from`.
+fn next_anchor(html: &str, from: usize) -> Option<usize> {
+    let b = html.as_bytes();
+    let mut i = from;
+    while let Some(off) = memchr_lt(&b[i..]) {
+        let at = i + off;
+        if at + 2 < b.len()
+            && (b[at + 1] == b'a' || b[at + 1] == b'A')
+            && b[at + 2].is_ascii_whitespace()
+        {
+            return Some(at);
+        }
+        i = at + 1;
+    }
+    None
+}
+
+fn memchr_lt(b: &[u8]) -> Option<usize> {
+    b.iter().position(|&c| c == b'<')
+}
+
+/// One attribute of a tag: name and the byte range of its value including
+/// quotes (empty for a bare attribute).
+struct Attr {
+    name: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+    quoted: bool,
+}
+
+/// Parses the attributes of the tag starting at `start` (`<a …>`); returns
+/// them and the index just past `>`.
+fn attributes(html: &str, start: usize) -> Option<(Vec<Attr>, usize)> {
+    let b = html.as_bytes();
+    let mut i = start + 2;
+    let mut attrs = Vec::new();
+    loop {
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
+            i += 1;
+        }
+        if i >= b.len() {
+            return None;
+        }
+        if b[i] == b'>' {
+            return Some((attrs, i + 1));
+        }
+        let ns = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'=' | b'>' | b'/') {
+            i += 1;
+        }
+        let name = ns..i;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            if i >= b.len() {
+                return None;
+            }
+            if b[i] == b'"' || b[i] == b'\'' {
+                let q = b[i];
+                let vs = i;
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                if i >= b.len() {
+                    return None;
+                }
+                i += 1;
+                attrs.push(Attr {
+                    name,
+                    value: vs..i,
+                    quoted: true,
+                });
+            } else {
+                let vs = i;
+                while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
+                    i += 1;
+                }
+                attrs.push(Attr {
+                    name,
+                    value: vs..i,
+                    quoted: false,
+                });
+            }
+        } else {
+            attrs.push(Attr {
+                name,
+                value: i..i,
+                quoted: false,
+            });
+        }
+    }
+}
+
+/// The URL a tracked link records, or `None` to leave the link alone.
+pub fn trackable(href: &str, public: &str, autologin_param: Option<&str>) -> Option<LinkRecord> {
+    let href = href.trim();
+    let lower = href.get(..8).unwrap_or(href).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return None;
+    }
+    if href.starts_with(public)
+        && matches!(href.as_bytes().get(public.len()), None | Some(b'/' | b'?'))
+    {
+        return None;
+    }
+    let mut url = url::Url::parse(href).ok()?;
+    url.host()?;
+    let mut autologin = false;
+    if let Some(param) = autologin_param
+        && url.query_pairs().any(|(k, _)| k == param)
+    {
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(k, _)| k != param)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        autologin = true;
+    }
+    Some(LinkRecord {
+        url: url.to_string(),
+        autologin,
+    })
+}
+
+/// Rewrites every trackable link of `html` to a signed click link.
+pub fn rewrite_links(html: &str, r: &Rewrite<'_>) -> String {
+    let mut out = String::with_capacity(html.len() + 1024);
+    let mut last = 0;
+    let mut from = 0;
+    while let Some(start) = next_anchor(html, from) {
+        let Some((attrs, end)) = attributes(html, start) else {
+            break;
+        };
+        from = end;
+        let name = |a: &Attr| &html[a.name.clone()];
+        if attrs
+            .iter()
+            .any(|a| name(a).eq_ignore_ascii_case("data-notrack"))
+        {
+            continue;
+        }
+        let Some(href) = attrs.iter().find(|a| name(a).eq_ignore_ascii_case("href")) else {
+            continue;
+        };
+        let raw = &html[href.value.clone()];
+        let raw = if href.quoted {
+            &raw[1..raw.len() - 1]
+        } else {
+            raw
+        };
+        let decoded = html_escape::decode_html_entities(raw);
+        let Some(rec) = trackable(&decoded, r.public, r.autologin_param) else {
+            continue;
+        };
+        let Some(n) = r.table.id(rec) else {
+            continue;
+        };
+        let token = r.keys.sign(&Token::Click(r.message, n));
+        out.push_str(&html[last..href.value.start]);
+        out.push('"');
+        out.push_str(r.public);
+        out.push_str("/c/");
+        out.push_str(&token);
+        out.push('"');
+        last = href.value.end;
+    }
+    out.push_str(&html[last..]);
+    out
+}
+
+fn find_ci(hay: &str, needle: &str) -> Option<usize> {
+    let n = needle.len();
+    hay.as_bytes()
+        .windows(n)
+        .position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+fn rfind_ci(hay: &str, needle: &str) -> Option<usize> {
+    let n = needle.len();
+    hay.as_bytes()
+        .windows(n)
+        .rposition(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// Adds the open pixel just before `</body>` (or at the end).
+pub fn add_pixel(html: &mut String, url: &str) {
+    let img = format!(
+        "<img src=\"{url}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px;overflow:hidden\">"
+    );
+    match rfind_ci(html, "</body") {
+        Some(i) => html.insert_str(i, &img),
+        None => html.push_str(&img),
+    }
+}
+
+/// Adds the preheader (already HTML-escaped) as hidden text right after `<body…>`.
+pub fn add_preheader(html: &mut String, preheader: &str) {
+    if preheader.trim().is_empty() {
+        return;
+    }
+    let div = format!(
+        "<div style=\"display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;opacity:0;overflow:hidden;mso-hide:all\">{preheader}</div>"
+    );
+    let at = find_ci(html, "<body")
+        .and_then(|i| html[i..].find('>').map(|e| i + e + 1))
+        .unwrap_or(0);
+    html.insert_str(at, &div);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::{SendKind, SendRef};
+
+    const PUBLIC: &str = "https://mail.example";
+
+    fn rw(html: &str, table: &LinkTable, keys: &Keys) -> String {
+        rewrite_links(
+            html,
+            &Rewrite {
+                public: PUBLIC,
+                keys,
+                message: msg(),
+                table,
+                autologin_param: Some("hal"),
+            },
+        )
+    }
+
+    fn msg() -> MessageRef {
+        MessageRef {
+            send: SendRef {
+                kind: SendKind::Campaign,
+                id: 1,
+                variant: 0,
+            },
+            contact: 9,
+        }
+    }
+
+    fn click_target(out: &str, keys: &Keys, table: &LinkTable, nth: usize) -> String {
+        let tokens: Vec<&str> = out
+            .split(&format!("{PUBLIC}/c/"))
+            .skip(1)
+            .map(|s| s.split('"').next().unwrap())
+            .collect();
+        match keys.verify(tokens[nth]) {
+            Some(Token::Click(m, n)) => {
+                assert_eq!(m, msg());
+                table.all()[n as usize].url.clone()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn links_are_rewritten_and_resolve_to_their_targets() {
+        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
+        let table = LinkTable::new(vec![]);
+        let html = concat!(
+            r#"<p><a href="https://shop.example/p?id=1&amp;c=2#top">q</a>"#,
+            r#"<A  class=x HREF='https://shop.example/zażółć?q=a b'>n</A>"#,
+            r#"<a href="https://shop.example/%C5%BC?x=%2F">enc</a>"#,
+            r##"<a href="mailto:a@b.c">m</a><a href="tel:+48">t</a><a href="#x">f</a>"##,
+            r#"<a href="https://mail.example/u/TOKEN">unsub</a>"#,
+            r#"<a data-notrack href="https://shop.example/skip">s</a>"#,
+            r#"<a href="https:&#x2f;&#x2f;shop.example&#x2f;esc">e</a>"#,
+            r#"<a href=https://shop.example/bare>b</a>"#,
+            r#"<abbr href="https://x.example">no</abbr>"#,
+            r#"<a href="https://shop.example/account?hal=eyJ.x.y&amp;a=1">login</a></p>"#,
+        );
+        let out = rw(html, &table, &keys);
+        assert_eq!(out.matches("/c/").count(), 6, "{out}");
+        assert_eq!(
+            click_target(&out, &keys, &table, 0),
+            "https://shop.example/p?id=1&c=2#top"
+        );
+        assert_eq!(
+            click_target(&out, &keys, &table, 1),
+            "https://shop.example/za%C5%BC%C3%B3%C5%82%C4%87?q=a%20b"
+        );
+        assert_eq!(
+            click_target(&out, &keys, &table, 2),
+            "https://shop.example/%C5%BC?x=%2F"
+        );
+        assert_eq!(
+            click_target(&out, &keys, &table, 3),
+            "https://shop.example/esc"
+        );
+        assert_eq!(
+            click_target(&out, &keys, &table, 4),
+            "https://shop.example/bare"
+        );
+        assert_eq!(
+            click_target(&out, &keys, &table, 5),
+            "https://shop.example/account?a=1"
+        );
+        assert!(table.all()[5].autologin);
+        for kept in [
+            "mailto:a@b.c",
+            "tel:+48",
+            "\"#x\"",
+            "https://mail.example/u/TOKEN",
+            "https://shop.example/skip",
+            "<abbr href=\"https://x.example\">",
+        ] {
+            assert!(out.contains(kept), "{kept} in {out}");
+        }
+        assert!(
+            out.contains(r#"<A  class=x HREF="https://mail.example/c/"#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn the_same_url_keeps_its_number_and_unrecorded_links_are_listed_once() {
+        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
+        let table = LinkTable::new(vec![(
+            0,
+            LinkRecord {
+                url: "https://a.example/".into(),
+                autologin: false,
+            },
+        )]);
+        let out = rw(
+            r#"<a href="https://b.example/">b</a><a href="https://a.example/">a</a><a href="https://b.example/">b</a>"#,
+            &table,
+            &keys,
+        );
+        assert_eq!(click_target(&out, &keys, &table, 1), "https://a.example/");
+        let new = table.unrecorded();
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].0, 1);
+        table.mark_recorded(2);
+        assert!(table.unrecorded().is_empty());
+    }
+
+    #[test]
+    fn broken_markup_does_not_panic() {
+        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
+        let table = LinkTable::new(vec![]);
+        for html in [
+            "<a ",
+            "<a href=\"https://x.example",
+            "<a href=",
+            "<a\thref='https://x.example/'",
+            "<a href=\"https://\">x</a>",
+            "<a href=\"http://[::1\">x</a>",
+        ] {
+            let _ = rw(html, &table, &keys);
+        }
+    }
+
+    #[test]
+    fn pixel_and_preheader_go_inside_body() {
+        let mut h = "<html><BODY class=a><p>x</p></BODY></html>".to_string();
+        add_pixel(&mut h, "https://m/o/T");
+        add_preheader(&mut h, "Sale &amp; more");
+        assert!(
+            h.starts_with("<html><BODY class=a><div style=\"display:none"),
+            "{h}"
+        );
+        assert!(h.contains("<img src=\"https://m/o/T\""));
+        assert!(h.find("<img").unwrap() < h.find("</BODY>").unwrap());
+    }
+}

@@ -1,0 +1,193 @@
+//! Rendering one message outside a send: the preview endpoint, the offline
+//! `herald templates render` command and template messages sent through the
+//! API. Sample data comes from the template's `sample.json`:
+//!
+//! ```json
+//! { "contact": {"email": "ann@example.com", "language": "pl", "site": "shop",
+//!               "fields": {"first_name": "Anna"}},
+//!   "products": [{"sku": "A1", "name": "…", "price": "19.99", "currency": "PLN"}],
+//!   "cart": {…}, "order": {…}, "data": {"discount_code": "HB-2026"} }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::compile::{Compiled, Recipient, Rendered, SendOptions};
+use super::template::Template;
+use crate::config::Config;
+use crate::contacts::model::{ConsentState, Contact, FieldValue};
+use crate::shop::Product;
+use crate::tokens::{SendKind, SendRef};
+
+/// What to render.
+#[derive(Debug, Clone, Default)]
+pub struct PreviewInput {
+    /// The contact; `None` uses the sample contact.
+    pub contact: Option<Contact>,
+    /// Render in this language (overrides the contact's).
+    pub language: Option<String>,
+    /// Render for this site (overrides the contact's).
+    pub site: Option<String>,
+    /// Featured products; `None` uses the sample's.
+    pub products: Option<Vec<Product>>,
+    /// Cart; `None` uses the sample's.
+    pub cart: Option<serde_json::Value>,
+    /// Order; `None` uses the sample's.
+    pub order: Option<serde_json::Value>,
+    /// Values for `data`; `None` uses the sample's.
+    pub data: Option<serde_json::Value>,
+    /// Personal greeting.
+    pub personalize: bool,
+    /// Rewrite links and add the pixel, as in a real send.
+    pub tracking: bool,
+}
+
+/// A rendered preview and its MIME message.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// Subject, bodies, Message-ID.
+    pub rendered: Rendered,
+    /// The complete message (unsigned).
+    pub mime: Vec<u8>,
+}
+
+fn sample(t: &Template, key: &str) -> Option<serde_json::Value> {
+    t.sample.as_ref().and_then(|s| s.get(key)).cloned()
+}
+
+/// The sample contact of a template (or a neutral one).
+pub fn sample_contact(t: &Template) -> Result<Contact, String> {
+    let now = Utc::now();
+    let mut c = Contact {
+        id: 0,
+        email: "sample@example.com".into(),
+        consent: ConsentState::Granted,
+        language: None,
+        site: None,
+        fields: BTreeMap::new(),
+        lists: BTreeSet::new(),
+        tags: BTreeSet::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    let Some(s) = sample(t, "contact") else {
+        return Ok(c);
+    };
+    let obj = s
+        .as_object()
+        .ok_or("sample.json: `contact` must be an object")?;
+    for (k, v) in obj {
+        match (k.as_str(), v) {
+            ("email", serde_json::Value::String(e)) => c.email = e.clone(),
+            ("language", serde_json::Value::String(l)) => c.language = Some(l.clone()),
+            ("site", serde_json::Value::String(x)) => c.site = Some(x.clone()),
+            ("id", serde_json::Value::Number(n)) => c.id = n.as_u64().unwrap_or(0),
+            ("fields", serde_json::Value::Object(f)) => {
+                for (name, val) in f {
+                    let fv = match val {
+                        serde_json::Value::String(s) => FieldValue::Text(s.clone()),
+                        serde_json::Value::Bool(b) => FieldValue::Boolean(*b),
+                        serde_json::Value::Number(n) => FieldValue::Number(n.to_string()),
+                        _ => {
+                            return Err(format!(
+                                "sample.json: contact field `{name}` must be a string, number or boolean"
+                            ));
+                        }
+                    };
+                    c.fields.insert(name.clone(), fv);
+                }
+            }
+            ("tags", serde_json::Value::Array(a)) => {
+                c.tags = a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect();
+            }
+            (other, _) => {
+                return Err(format!(
+                    "sample.json: unknown or mistyped contact key `{other}` (email, language, site, id, fields, tags)"
+                ));
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// The sample products of a template.
+pub fn sample_products(t: &Template) -> Result<Vec<Product>, String> {
+    match sample(t, "products") {
+        None => Ok(Vec::new()),
+        Some(v) => {
+            let ps: Vec<Product> =
+                serde_json::from_value(v).map_err(|e| format!("sample.json: `products`: {e}"))?;
+            for p in &ps {
+                p.check()
+                    .map_err(|e| format!("sample.json: product {}: {e}", p.sku))?;
+            }
+            Ok(ps)
+        }
+    }
+}
+
+/// Renders one message of `template` for a preview or a single send.
+pub fn render(
+    template: Arc<Template>,
+    config: &Config,
+    send: SendRef,
+    input: PreviewInput,
+    now_ms: i64,
+) -> Result<Preview, String> {
+    let mut contact = match input.contact {
+        Some(c) => c,
+        None => sample_contact(&template)?,
+    };
+    if let Some(l) = input.language {
+        contact.language = Some(l);
+    }
+    if let Some(s) = input.site {
+        if config.site(&s).is_none() {
+            return Err(format!("no [[site]] has id `{s}`"));
+        }
+        contact.site = Some(s);
+    }
+    let products = match input.products {
+        Some(p) => p,
+        None => sample_products(&template)?,
+    };
+    let compiled = Compiled::new(
+        template.clone(),
+        config,
+        SendOptions {
+            send,
+            personalize: input.personalize,
+            tracking: input.tracking,
+            products,
+            data: input
+                .data
+                .or_else(|| sample(&template, "data"))
+                .unwrap_or(serde_json::Value::Null),
+            links: Vec::new(),
+        },
+    )?;
+    let recipient = Recipient {
+        contact: Arc::new(contact),
+        cart: input.cart.or_else(|| sample(&template, "cart")),
+        order: input.order.or_else(|| sample(&template, "order")),
+        data: None,
+        products: None,
+    };
+    let rendered = compiled.render(&recipient).map_err(|e| e.0)?;
+    let mime = compiled.build(&rendered, now_ms).map_err(|e| e.0)?;
+    Ok(Preview { rendered, mime })
+}
+
+/// A preview send: links in it lead nowhere.
+pub fn preview_send() -> SendRef {
+    SendRef {
+        kind: SendKind::Preview,
+        id: 0,
+        variant: 0,
+    }
+}

@@ -1,0 +1,447 @@
+//! Signed public tokens: the part of a tracking, unsubscribe, view-in-browser
+//! or confirmation link that says which message (and which link) it is about.
+//!
+//! A token is `base64url(kind ‖ key id ‖ payload ‖ tag)` without padding:
+//! one byte of kind, one byte naming the key, the payload as LEB128 varints,
+//! and the first 16 bytes of HMAC-SHA256 over everything before it. Nothing in
+//! it is secret, but nobody without the key can make one that verifies, so a
+//! click token can only send a browser where Herald itself pointed it.
+//!
+//! Keys rotate: `[tracking] secret` signs new tokens, and `previous_secrets`
+//! still verify old ones for as long as they stay listed. The key id is the
+//! first byte of SHA-256 of the secret, which only narrows which keys to try.
+//!
+//! Identity is deterministic ([`MessageRef`] = send + contact), so re-rendering a
+//! message after a restart yields byte-identical tokens and Message-ID.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::hmac;
+use sha2::Digest as _;
+
+/// Bytes of HMAC kept in a token: 128 bits, far beyond guessing.
+const TAG_LEN: usize = 16;
+
+/// The longest token accepted, in characters: longer input is refused before
+/// any decoding work.
+pub const MAX_TOKEN_LEN: usize = 128;
+
+/// One HMAC key.
+#[derive(Clone)]
+pub struct Key {
+    id: u8,
+    key: hmac::Key,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key(id {})", self.id)
+    }
+}
+
+impl Key {
+    /// A key from secret bytes (at least 32 are required by config validation).
+    pub fn new(secret: &[u8]) -> Key {
+        let digest = sha2::Sha256::digest(secret);
+        Key {
+            id: digest[0],
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
+    }
+}
+
+/// The signing key and the keys still accepted.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    current: Key,
+    previous: Vec<Key>,
+}
+
+impl Keys {
+    /// Keys from the current secret and older secrets still honoured.
+    pub fn new(current: &[u8], previous: &[Vec<u8>]) -> Keys {
+        Keys {
+            current: Key::new(current),
+            previous: previous.iter().map(|p| Key::new(p)).collect(),
+        }
+    }
+
+    /// Signs `token` with the current key.
+    pub fn sign(&self, token: &Token) -> String {
+        let mut buf = Vec::with_capacity(32);
+        buf.push(token.kind_byte());
+        buf.push(self.current.id);
+        token.write_payload(&mut buf);
+        let tag = hmac::sign(&self.current.key, &buf);
+        buf.extend_from_slice(&tag.as_ref()[..TAG_LEN]);
+        URL_SAFE_NO_PAD.encode(&buf)
+    }
+
+    /// Verifies and decodes a token. Any tampering, an unknown key, trailing
+    /// bytes or a malformed payload give `None`; the caller answers 404.
+    pub fn verify(&self, text: &str) -> Option<Token> {
+        if text.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let buf = URL_SAFE_NO_PAD.decode(text).ok()?;
+        if buf.len() < 2 + TAG_LEN {
+            return None;
+        }
+        let (body, tag) = buf.split_at(buf.len() - TAG_LEN);
+        let id = body[1];
+        let ok = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .filter(|k| k.id == id)
+            .any(|k| {
+                let full = hmac::sign(&k.key, body);
+                // Constant-time comparison of the truncated tag.
+                subtle::ConstantTimeEq::ct_eq(&full.as_ref()[..TAG_LEN], tag).into()
+            });
+        if !ok {
+            return None;
+        }
+        Token::read(body[0], &body[2..])
+    }
+}
+
+/// What a send is: the unit reports are kept by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SendKind {
+    /// A newsletter campaign.
+    Campaign,
+    /// An automation (event-triggered mail).
+    Automation,
+    /// A test send of a campaign to seed addresses (kept out of stats).
+    Test,
+    /// A transactional message sent through the API with a template.
+    Transactional,
+    /// An admin preview: links in it lead nowhere.
+    Preview,
+}
+
+impl SendKind {
+    fn code(self) -> u8 {
+        match self {
+            SendKind::Campaign => 1,
+            SendKind::Automation => 2,
+            SendKind::Test => 3,
+            SendKind::Transactional => 4,
+            SendKind::Preview => 5,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<SendKind> {
+        Some(match c {
+            1 => SendKind::Campaign,
+            2 => SendKind::Automation,
+            3 => SendKind::Test,
+            4 => SendKind::Transactional,
+            5 => SendKind::Preview,
+            _ => return None,
+        })
+    }
+
+    /// A short letter used in Message-IDs and Feedback-ID.
+    pub fn letter(self) -> char {
+        match self {
+            SendKind::Campaign => 'c',
+            SendKind::Automation => 'a',
+            SendKind::Test => 't',
+            SendKind::Transactional => 'm',
+            SendKind::Preview => 'p',
+        }
+    }
+}
+
+/// One send: a campaign (with its A/B variant), an automation, a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SendRef {
+    /// What kind of send.
+    pub kind: SendKind,
+    /// Campaign or automation id (for transactional mail: the queue's id space).
+    pub id: u64,
+    /// A/B variant or stage, 0 when there is none.
+    pub variant: u32,
+}
+
+impl SendRef {
+    /// The send packed into a fixed-width key for the store's link table.
+    pub fn key(&self) -> [u8; 13] {
+        let mut k = [0u8; 13];
+        k[0] = self.kind.code();
+        k[1..9].copy_from_slice(&self.id.to_be_bytes());
+        k[9..].copy_from_slice(&self.variant.to_be_bytes());
+        k
+    }
+}
+
+/// One message: a send to one contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageRef {
+    /// The send.
+    pub send: SendRef,
+    /// The contact.
+    pub contact: u64,
+}
+
+/// What a token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    /// The open pixel of a message.
+    Open(MessageRef),
+    /// Link number `link` of a send, clicked in a message.
+    Click(MessageRef, u32),
+    /// The unsubscribe page / one-click POST for a message.
+    Unsubscribe(MessageRef),
+    /// The preference page (which lists to stay on).
+    Preferences(MessageRef),
+    /// The message as a web page.
+    View(MessageRef),
+    /// Double opt-in confirmation of a contact, issued at the given time
+    /// (seconds since the epoch) so that old links can be refused.
+    Confirm {
+        /// The contact.
+        contact: u64,
+        /// When the confirmation mail was made.
+        issued: u64,
+    },
+}
+
+impl Token {
+    fn kind_byte(&self) -> u8 {
+        match self {
+            Token::Open(_) => b'o',
+            Token::Click(..) => b'c',
+            Token::Unsubscribe(_) => b'u',
+            Token::Preferences(_) => b'p',
+            Token::View(_) => b'v',
+            Token::Confirm { .. } => b'f',
+        }
+    }
+
+    fn write_payload(&self, out: &mut Vec<u8>) {
+        let msg = |m: &MessageRef, out: &mut Vec<u8>| {
+            out.push(m.send.kind.code());
+            put_varint(out, m.send.id);
+            put_varint(out, m.send.variant as u64);
+            put_varint(out, m.contact);
+        };
+        match self {
+            Token::Open(m) | Token::Unsubscribe(m) | Token::Preferences(m) | Token::View(m) => {
+                msg(m, out)
+            }
+            Token::Click(m, link) => {
+                msg(m, out);
+                put_varint(out, *link as u64);
+            }
+            Token::Confirm { contact, issued } => {
+                put_varint(out, *contact);
+                put_varint(out, *issued);
+            }
+        }
+    }
+
+    fn read(kind: u8, mut p: &[u8]) -> Option<Token> {
+        let p = &mut p;
+        let msg = |p: &mut &[u8]| -> Option<MessageRef> {
+            let (&k, rest) = p.split_first()?;
+            *p = rest;
+            let kind = SendKind::from_code(k)?;
+            let id = get_varint(p)?;
+            let variant = u32::try_from(get_varint(p)?).ok()?;
+            let contact = get_varint(p)?;
+            Some(MessageRef {
+                send: SendRef { kind, id, variant },
+                contact,
+            })
+        };
+        let t = match kind {
+            b'o' => Token::Open(msg(p)?),
+            b'u' => Token::Unsubscribe(msg(p)?),
+            b'p' => Token::Preferences(msg(p)?),
+            b'v' => Token::View(msg(p)?),
+            b'c' => {
+                let m = msg(p)?;
+                Token::Click(m, u32::try_from(get_varint(p)?).ok()?)
+            }
+            b'f' => Token::Confirm {
+                contact: get_varint(p)?,
+                issued: get_varint(p)?,
+            },
+            _ => return None,
+        };
+        p.is_empty().then_some(t)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn get_varint(p: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = p.split_first()?;
+        *p = rest;
+        v |= ((b & 0x7f) as u64).checked_shl(7 * i)?;
+        if b & 0x80 == 0 {
+            // Refuse non-minimal encodings: one token, one spelling.
+            if i > 0 && b == 0 {
+                return None;
+            }
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// An auto-login token for a shop: an HS256 JSON Web Token, so that any shop
+/// can verify it with a stock JWT library or a few lines of HMAC code (the
+/// README shows both). Claims: `sub` (e-mail), `hid` (Herald contact id),
+/// `aud` (site id), `iat` and `exp` (seconds since the epoch).
+pub fn autologin_jwt(
+    secret: &[u8],
+    email: &str,
+    contact: u64,
+    site: &str,
+    iat: i64,
+    exp: i64,
+) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = serde_json::json!({
+        "sub": email,
+        "hid": contact,
+        "aud": site,
+        "iat": iat,
+        "exp": exp,
+    });
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signing_input = format!("{header}.{claims}");
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+    let sig = URL_SAFE_NO_PAD.encode(hmac::sign(&key, signing_input.as_bytes()).as_ref());
+    format!("{signing_input}.{sig}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(contact: u64) -> MessageRef {
+        MessageRef {
+            send: SendRef {
+                kind: SendKind::Campaign,
+                id: 42,
+                variant: 1,
+            },
+            contact,
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
+        for t in [
+            Token::Open(m(7)),
+            Token::Click(m(u64::MAX), 3),
+            Token::Unsubscribe(m(0)),
+            Token::Preferences(m(1 << 40)),
+            Token::View(m(9)),
+            Token::Confirm {
+                contact: 5,
+                issued: 1_700_000_000,
+            },
+        ] {
+            let s = keys.sign(&t);
+            assert!(s.len() <= MAX_TOKEN_LEN, "{s}");
+            assert!(
+                s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+            assert_eq!(keys.verify(&s), Some(t));
+        }
+    }
+
+    #[test]
+    fn tampering_of_any_byte_is_refused() {
+        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
+        let s = keys.sign(&Token::Click(m(7), 3));
+        let raw = URL_SAFE_NO_PAD.decode(&s).unwrap();
+        for i in 0..raw.len() {
+            for bit in 0..8 {
+                let mut t = raw.clone();
+                t[i] ^= 1 << bit;
+                assert_eq!(keys.verify(&URL_SAFE_NO_PAD.encode(&t)), None, "{i}/{bit}");
+            }
+        }
+        // Truncated, extended, empty, not base64, too long.
+        assert_eq!(keys.verify(&s[..s.len() - 1]), None);
+        assert_eq!(keys.verify(&format!("{s}A")), None);
+        assert_eq!(keys.verify(""), None);
+        assert_eq!(keys.verify("!!!!"), None);
+        assert_eq!(keys.verify(&"A".repeat(500)), None);
+    }
+
+    #[test]
+    fn another_key_cannot_sign_and_rotation_keeps_old_tokens_valid() {
+        let old = Keys::new(b"old-secret-old-secret-old-secret", &[]);
+        let other = Keys::new(b"other-secret-other-secret-other!", &[]);
+        let t = Token::Open(m(1));
+        let s = old.sign(&t);
+        assert_eq!(other.verify(&s), None);
+        let rotated = Keys::new(
+            b"new-secret-new-secret-new-secret",
+            &[b"old-secret-old-secret-old-secret".to_vec()],
+        );
+        assert_eq!(rotated.verify(&s), Some(t));
+        // New tokens are signed with the new key, which the old set refuses.
+        assert_eq!(old.verify(&rotated.sign(&t)), None);
+        // Once the old secret is dropped, its tokens stop working.
+        let later = Keys::new(b"new-secret-new-secret-new-secret", &[]);
+        assert_eq!(later.verify(&s), None);
+    }
+
+    #[test]
+    fn tokens_are_deterministic() {
+        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
+        assert_eq!(
+            keys.sign(&Token::Click(m(7), 3)),
+            keys.sign(&Token::Click(m(7), 3))
+        );
+        assert_ne!(
+            keys.sign(&Token::Click(m(7), 3)),
+            keys.sign(&Token::Click(m(7), 4))
+        );
+    }
+
+    #[test]
+    fn non_minimal_varints_are_refused() {
+        let mut p: &[u8] = &[0x81, 0x00];
+        assert_eq!(get_varint(&mut p), None);
+        let mut p: &[u8] = &[0x80, 0x01];
+        assert_eq!(get_varint(&mut p), Some(128));
+    }
+
+    #[test]
+    fn autologin_jwt_verifies_with_plain_hmac() {
+        let t = autologin_jwt(b"shop-secret", "ann@example.com", 7, "shop1", 10, 20);
+        let parts: Vec<&str> = t.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"shop-secret");
+        let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+        hmac::verify(&key, format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(claims["sub"], "ann@example.com");
+        assert_eq!(claims["exp"], 20);
+    }
+}
