@@ -109,7 +109,7 @@ enum RenderFormat {
     Text,
     /// The subject line.
     Subject,
-    /// Subject, preheader, HTML and text as JSON.
+    /// Subject, preheader, HTML, text and the MIME message as JSON.
     Json,
 }
 
@@ -328,6 +328,7 @@ fn main() -> ExitCode {
                         RenderFormat::Json => serde_json::json!({
                             "language": r.language, "site": r.site, "subject": r.subject,
                             "preheader": r.preheader, "html": r.html, "text": r.text,
+                            "mime": String::from_utf8_lossy(&p.mime),
                         })
                         .to_string()
                         .into_bytes(),

@@ -571,12 +571,17 @@ pub fn load(
     }
 
     let mut variants = BTreeMap::new();
+    // Languages with a body file of the template's own (checked or not).
+    let mut own_languages: BTreeSet<String> = BTreeSet::new();
     let mut attrs = BTreeSet::new();
     let mut used = BTreeSet::new();
     let base_subjects = strings(&raw.subject);
     let base_preheaders = strings(&raw.preheader);
     for (site, fdir, site_meta, _) in &folders {
         let bodies = scan_bodies(&mut l, fdir);
+        if site.is_none() {
+            own_languages.extend(bodies.html.keys().cloned());
+        }
         if site.is_none() && bodies.html.is_empty() {
             l.err(
                 dir,
@@ -712,11 +717,7 @@ pub fn load(
         }
     }
     if let Some(dl) = &default_language
-        && !variants.contains_key(&(String::new(), dl.clone()))
-        && !l
-            .errors
-            .iter()
-            .any(|e| e.file.starts_with(dir) && e.file != meta_file)
+        && !own_languages.contains(dl)
     {
         l.err(
             &meta_file,
@@ -728,9 +729,12 @@ pub fn load(
     }
     for (k, _) in &raw.subject {
         let lang = k.to_ascii_lowercase();
-        if !variants.keys().any(|(_, l)| l == &lang)
-            && !l.errors.iter().any(|e| e.file != meta_file)
-        {
+        let in_a_site = folders.iter().any(|(s, d, _, _)| {
+            s.is_some()
+                && (d.join(format!("body.{lang}.html")).exists()
+                    || d.join(format!("body.{lang}.mjml")).exists())
+        });
+        if !own_languages.contains(&lang) && !in_a_site {
             l.err(
                 &meta_file,
                 &text,

@@ -330,3 +330,45 @@ print(json.dumps([check(i) for i in range(n)]))
     );
     serde_json::from_slice(&out.stdout).expect("dkimpy output")
 }
+
+/// Parses a message with Python's `email` package (policy `default`): an
+/// independent MIME parser. Returns `{type, defects, headers, parts}` where
+/// headers are decoded (RFC 2047) and parts are the leaf parts with their
+/// decoded content.
+pub fn py_email(message: &[u8]) -> serde_json::Value {
+    const SCRIPT: &str = r#"
+import sys, json, email
+from email import policy
+msg = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.default)
+defects = [repr(d) for d in msg.defects]
+parts = []
+for part in msg.walk():
+    defects += [repr(d) for d in part.defects]
+    if part.is_multipart():
+        continue
+    parts.append({"type": part.get_content_type(), "charset": part.get_content_charset(),
+                  "cte": part.get("Content-Transfer-Encoding"), "content": part.get_content()})
+headers = {}
+for k, v in msg.items():
+    headers.setdefault(k.lower(), str(v))
+    defects += [repr(d) for d in getattr(v, "defects", [])]
+print(json.dumps({"type": msg.get_content_type(), "defects": defects,
+                  "headers": headers, "parts": parts}))
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "python email failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("python output")
+}
