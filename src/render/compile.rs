@@ -38,6 +38,23 @@ pub fn base_env() -> Environment<'static> {
             AutoEscape::None
         }
     });
+    // Nothing for none/undefined (a missing field is empty, not "none");
+    // in HTML escape the five characters that matter (`& < > " '`), not `/`,
+    // so URLs stay readable and short.
+    env.set_formatter(|out, state, value| {
+        if value.is_undefined() || value.is_none() {
+            return Ok(());
+        }
+        if matches!(state.auto_escape(), AutoEscape::Html)
+            && !value.is_safe()
+            && let Some(s) = value.as_str()
+        {
+            return out
+                .write_str(&html_escape::encode_quoted_attribute(s))
+                .map_err(Error::from);
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(true);
@@ -257,9 +274,7 @@ impl Compiled {
                 // In HTML, escape only what must be (`&` in the query), not
                 // every `/` as auto-escaping would.
                 Ok(if matches!(state.auto_escape(), AutoEscape::Html) {
-                    Value::from_safe_string(
-                        html_escape::encode_double_quoted_attribute(&u).into_owned(),
-                    )
+                    Value::from_safe_string(html_escape::encode_quoted_attribute(&u).into_owned())
                 } else {
                     Value::from(u)
                 })

@@ -251,7 +251,7 @@ url = "https://b.example"
         assert!(!r.html.contains("<script>"), "{}", r.html);
         assert!(
             r.html
-                .contains("&lt;script&gt;alert(&quot;x&quot;)&lt;&#x2f;script&gt;"),
+                .contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"),
             "{}",
             r.html
         );
