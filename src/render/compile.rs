@@ -16,7 +16,7 @@ use mail_builder::headers::raw::Raw;
 use minijinja::value::{Object, Value};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
 
-use super::links::{self, LinkRecord, LinkTable, Rewrite};
+use super::links::{self, LinkRecord, LinkTable, MessageLinks, Tracker};
 use super::locale;
 use super::template::{Kind, Template, Variant};
 use crate::config::render::Greeting;
@@ -216,11 +216,11 @@ pub struct Compiled {
     site_values: HashMap<String, Value>,
     keys: Keys,
     public: String,
+    tracker: Arc<Tracker>,
     greetings: BTreeMap<String, Greeting>,
     name_fields: Vec<String>,
     opts: SendOptions,
     tracking: bool,
-    links: LinkTable,
     products: Mutex<HashMap<String, Value>>,
     send_value: Value,
 }
@@ -252,12 +252,14 @@ impl Compiled {
             )
         })?;
         let sites = Arc::new(config.sites.clone());
+        let tracking = opts.tracking && template.tracking;
         let mut env = base_env();
         for v in template.variants.values() {
+            let html = links::instrument(&v.html);
             for (part, src) in [
                 ("subject", Some(&v.subject)),
                 ("preheader.html", v.preheader.as_ref()),
-                ("body.html", Some(&v.html)),
+                ("body.html", Some(&html)),
                 ("body.txt", Some(&v.text)),
             ] {
                 if let Some(src) = src {
@@ -266,6 +268,12 @@ impl Compiled {
                 }
             }
         }
+        let public = config.http.public_url.as_str().trim_end_matches('/').to_string();
+        let tracker = Arc::new(Tracker {
+            public: public.clone(),
+            keys: config.tracking.keys.clone(),
+            table: LinkTable::new(opts.links.clone()),
+        });
         let al_sites = sites.clone();
         env.add_function(
             "autologin_url",
@@ -295,12 +303,6 @@ impl Compiled {
                 )
             })
             .collect();
-        let public = config
-            .http
-            .public_url
-            .as_str()
-            .trim_end_matches('/')
-            .to_string();
         let send_value = Value::from_serialize(serde_json::json!({
             "kind": format!("{:?}", opts.send.kind).to_lowercase(),
             "id": opts.send.id,
@@ -308,8 +310,8 @@ impl Compiled {
             "template": template.name,
         }));
         Ok(Compiled {
-            tracking: opts.tracking && template.tracking,
-            links: LinkTable::new(opts.links.clone()),
+            tracking,
+            tracker,
             template,
             env,
             sender,
@@ -332,7 +334,7 @@ impl Compiled {
 
     /// The send's link table (new links must be recorded with the messages).
     pub fn links(&self) -> &LinkTable {
-        &self.links
+        &self.tracker.table
     }
 
     /// The sender identity.
@@ -411,7 +413,7 @@ impl Compiled {
             (Some(own), _) => Value::from_serialize(own),
             (None, d) => Value::from_serialize(d),
         };
-        let ctx = minijinja::context! {
+        let common = minijinja::context! {
             contact => Value::from_object(ContactView(c.clone())),
             greeting => self.greeting(c, lang),
             products => match &r.products {
@@ -427,6 +429,29 @@ impl Compiled {
             preferences_url => own_url(url(Token::Preferences(message), "u")),
             view_in_browser_url => own_url(url(Token::View(message), "v")),
             __lang => lang,
+            __pixel => Value::from_safe_string(if self.tracking {
+                links::pixel(&url(Token::Open(message), "o"))
+            } else {
+                String::new()
+            }),
+        };
+        // The preheader renders first: the body shows it hidden at its top.
+        let preheader = match &variant.preheader {
+            Some(_) => {
+                let name = part_name(variant, "preheader.html");
+                let t = self
+                    .env
+                    .get_template(&name)
+                    .map_err(|e| render_err("preheader", &e))?;
+                Some(t.render(&common).map_err(|e| render_err("preheader", &e))?)
+            }
+            None => None,
+        };
+        let ctx = minijinja::context! {
+            __preheader => Value::from_safe_string(
+                preheader.as_deref().map(links::preheader_block).unwrap_or_default(),
+            ),
+            ..common
         };
         let part = |p: &str| -> Result<String, RenderError> {
             let name = part_name(variant, p);
@@ -437,30 +462,16 @@ impl Compiled {
             t.render(&ctx).map_err(|e| render_err(p, &e))
         };
         let subject = part("subject")?.trim().replace(['\r', '\n'], " ");
-        let preheader = match &variant.preheader {
-            Some(_) => Some(part("preheader.html")?),
-            None => None,
-        };
         let mut html = part("body.html")?;
-        let text = part("body.txt")?;
         if self.tracking {
-            html = links::rewrite_links(
-                &html,
-                &Rewrite {
-                    public: &self.public,
-                    keys: &self.keys,
-                    message,
-                    table: &self.links,
-                    autologin_param: site
-                        .and_then(|s| s.autologin.as_ref())
-                        .map(|a| a.param.as_str()),
-                },
+            let m = MessageLinks::new(
+                message,
+                site.and_then(|s| s.autologin.as_ref())
+                    .map(|a| a.param.clone()),
             );
-            links::add_pixel(&mut html, &url(Token::Open(message), "o"));
+            html = links::rewrite_links(&html, &self.tracker, &m);
         }
-        if let Some(p) = &preheader {
-            links::add_preheader(&mut html, p);
-        }
+        let text = part("body.txt")?;
         let s = self.opts.send;
         Ok(Rendered {
             contact: c.id,
@@ -546,10 +557,92 @@ impl Compiled {
                     Raw::new(format!("<{}.{}>", self.sender.id, self.sender.domain)),
                 );
         }
-        b = b.text_body(r.text.clone()).html_body(r.html.clone());
+        // HTML with its non-ASCII characters as character references is
+        // ASCII, so it travels as 7bit instead of being quoted-printable
+        // encoded (which was the largest cost of building a message).
+        use mail_builder::mime::{BodyPart, MimePart};
+        let html_part = match html_7bit(&r.html) {
+            Some(body) => MimePart::new("text/html", BodyPart::Text(body.into()))
+                .transfer_encoding("7bit"),
+            None => MimePart::new("text/html", BodyPart::Text(r.html.as_str().into())),
+        };
+        let text_part = MimePart::new("text/plain", BodyPart::Text(r.text.as_str().into()));
+        b = b.body(MimePart::new(
+            "multipart/alternative",
+            vec![text_part, html_part],
+        ));
         b.write_to_vec()
             .map_err(|e| RenderError(format!("cannot build the message: {e}")))
     }
+}
+
+/// The HTML part as a 7bit MIME body, built in one pass: every non-ASCII
+/// character written as a numeric character reference (`ł` → `&#322;`, which
+/// every HTML reader decodes to the same text) and lines ended with CRLF.
+/// `None` when that cannot be done faithfully — a CR or NUL in it, a line
+/// over RFC 5322's 998 characters, non-ASCII inside `<style>`/`<script>`
+/// (references are not decoded there) — and the part is then encoded
+/// (quoted-printable) as usual.
+pub fn html_7bit(html: &str) -> Option<String> {
+    let b = html.as_bytes();
+    if memchr::memchr2(b'\r', 0, b).is_some() {
+        return None;
+    }
+    let first = next_non_ascii(b, 0);
+    // Raw-text elements (tag names are lower case: the HTML was serialised
+    // by the CSS inliner's parser, and values in it are escaped).
+    let mut raw: Vec<(usize, usize)> = Vec::new();
+    if first.is_some() {
+        for (open, close) in [("<style", "</style"), ("<script", "</script")] {
+            let mut from = 0;
+            while let Some(s) = memchr::memmem::find(&b[from..], open.as_bytes()) {
+                let s = from + s;
+                let e = memchr::memmem::find(&b[s..], close.as_bytes()).map_or(b.len(), |e| s + e);
+                raw.push((s, e));
+                from = e;
+            }
+        }
+    }
+    let mut out = String::with_capacity(html.len() + html.len() / 16);
+    let mut next = first;
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', b).chain(std::iter::once(b.len()));
+    for end in ends {
+        let line_start = out.len();
+        let mut from = start;
+        // The non-ASCII characters of this line, if any.
+        while let Some(n) = next.filter(|n| *n < end) {
+            if raw.iter().any(|(s, e)| (*s..*e).contains(&n)) {
+                return None;
+            }
+            let c = html[n..].chars().next().unwrap_or(' ');
+            out.push_str(&html[from..n]);
+            out.push_str("&#");
+            out.push_str(&(c as u32).to_string());
+            out.push(';');
+            from = n + c.len_utf8();
+            next = next_non_ascii(b, from);
+        }
+        out.push_str(&html[from..end]);
+        if out.len() - line_start > 998 {
+            return None;
+        }
+        if end < b.len() {
+            out.push_str("\r\n");
+        }
+        start = end + 1;
+    }
+    Some(out)
+}
+
+/// The index of the first non-ASCII byte at or after `from`.
+fn next_non_ascii(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    // Whole 32-byte blocks first: `is_ascii` checks a word at a time.
+    while i + 32 <= b.len() && b[i..i + 32].is_ascii() {
+        i += 32;
+    }
+    b[i..].iter().position(|&x| x >= 0x80).map(|p| i + p)
 }
 
 /// Herald's own links need no HTML escaping when they hold only URL-safe

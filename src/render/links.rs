@@ -10,7 +10,6 @@
 //! table holds one entry per page, not one per recipient; the redirect issues
 //! a fresh token for the clicking contact.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
@@ -33,10 +32,17 @@ pub struct LinkRecord {
 
 #[derive(Default)]
 struct Inner {
-    ids: HashMap<LinkRecord, u32>,
+    ids: rustc_hash::FxHashMap<LinkRecord, u32>,
     list: Vec<LinkRecord>,
     recorded: usize,
+    /// `href` values exactly as they appear in the HTML → link number: the
+    /// same link in the next message skips decoding and URL parsing.
+    by_href: rustc_hash::FxHashMap<Box<str>, u32>,
 }
+
+/// Distinct `href` spellings remembered per send (per-recipient URLs beyond
+/// this are parsed every time, never cached without bound).
+const MAX_CACHED_HREFS: usize = 10_000;
 
 /// The links of one send, numbered in order of first appearance. Shared by
 /// every rendering thread of the send.
@@ -85,6 +91,19 @@ impl LinkTable {
         Some(n)
     }
 
+    /// The number of a link by its `href` as written in the HTML, if seen.
+    fn by_href(&self, href: &str) -> Option<u32> {
+        self.0.read().ok()?.by_href.get(href).copied()
+    }
+
+    fn remember_href(&self, href: &str, n: u32) {
+        if let Ok(mut w) = self.0.write()
+            && w.by_href.len() < MAX_CACHED_HREFS
+        {
+            w.by_href.insert(href.into(), n);
+        }
+    }
+
     /// Links numbered since the last [`LinkTable::mark_recorded`]: the caller
     /// must commit them before (or with) the messages that contain them.
     pub fn unrecorded(&self) -> Vec<(u32, LinkRecord)> {
@@ -110,39 +129,102 @@ impl LinkTable {
     }
 }
 
-/// What rewriting one message needs.
-pub struct Rewrite<'a> {
+/// The tracking side of a send, shared by its rendering threads.
+pub struct Tracker {
     /// Herald's public URL without a trailing slash.
-    pub public: &'a str,
+    pub public: String,
     /// Token keys.
-    pub keys: &'a Keys,
+    pub keys: Keys,
+    /// The send's links.
+    pub table: LinkTable,
+}
+
+/// The tracking state of one message: which message, the contact's site's
+/// auto-login parameter, and the click tokens signed so far (a link that
+/// appears twice is signed once).
+#[derive(Debug)]
+pub struct MessageLinks {
     /// The message.
     pub message: MessageRef,
-    /// The send's links.
-    pub table: &'a LinkTable,
-    /// The contact's site's auto-login parameter, to take out of recorded URLs.
-    pub autologin_param: Option<&'a str>,
+    /// Auto-login parameter to take out of recorded URLs.
+    pub autologin_param: Option<String>,
+    tokens: std::sync::Mutex<Vec<(u32, String)>>,
 }
 
-/// Finds the next `<a` tag start at or after `from`.
+impl MessageLinks {
+    /// State for one message.
+    pub fn new(message: MessageRef, autologin_param: Option<String>) -> MessageLinks {
+        MessageLinks {
+            message,
+            autologin_param,
+            tokens: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl minijinja::value::Object for MessageLinks {}
+
+impl Tracker {
+    /// The click URL replacing `raw` (an `href` value as written in HTML,
+    /// entity-escaped), or `None` to leave the link as it is.
+    pub fn track(&self, raw: &str, m: &MessageLinks) -> Option<String> {
+        let n = match self.table.by_href(raw) {
+            Some(n) => n,
+            None => {
+                let decoded = if raw.contains('&') {
+                    html_escape::decode_html_entities(raw)
+                } else {
+                    std::borrow::Cow::Borrowed(raw)
+                };
+                let rec = trackable(&decoded, &self.public, m.autologin_param.as_deref())?;
+                let per_recipient = rec.autologin;
+                let n = self.table.id(rec)?;
+                if !per_recipient {
+                    self.table.remember_href(raw, n);
+                }
+                n
+            }
+        };
+        let mut tokens = match m.tokens.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        let token = match tokens.iter().find(|(x, _)| *x == n) {
+            Some((_, t)) => t.clone(),
+            None => {
+                let t = self.keys.sign(&Token::Click(m.message, n));
+                tokens.push((n, t.clone()));
+                t
+            }
+        };
+        Some(format!("{}/c/{token}", self.public))
+    }
+}
+
+/// Finds the next `<a` tag start at or after `from` (`<a` or `<A` followed
+/// by white space).
 fn next_anchor(html: &str, from: usize) -> Option<usize> {
+    static LOWER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("<a"));
+    static UPPER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("<A"));
     let b = html.as_bytes();
     let mut i = from;
-    while let Some(off) = memchr_lt(&b[i..]) {
-        let at = i + off;
-        if at + 2 < b.len()
-            && (b[at + 1] == b'a' || b[at + 1] == b'A')
-            && b[at + 2].is_ascii_whitespace()
-        {
+    loop {
+        let lo = LOWER.find(&b[i..]);
+        // Upper-case tags are rare: look for them only up to the next lower one.
+        let hi_end = lo.map_or(b.len(), |l| i + l);
+        let hi = UPPER.find(&b[i..hi_end]);
+        let at = i + match (lo, hi) {
+            (_, Some(h)) => h,
+            (Some(l), None) => l,
+            (None, None) => return None,
+        };
+        if at + 2 < b.len() && b[at + 2].is_ascii_whitespace() {
             return Some(at);
         }
-        i = at + 1;
+        i = at + 2;
     }
-    None
-}
-
-fn memchr_lt(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'<')
 }
 
 /// One attribute of a tag: name and the byte range of its value including
@@ -188,13 +270,8 @@ fn attributes(html: &str, start: usize) -> Option<(Vec<Attr>, usize)> {
             if b[i] == b'"' || b[i] == b'\'' {
                 let q = b[i];
                 let vs = i;
-                i += 1;
-                while i < b.len() && b[i] != q {
-                    i += 1;
-                }
-                if i >= b.len() {
-                    return None;
-                }
+                // Inlined styles make values long: jump to the closing quote.
+                i = i + 1 + memchr::memchr(q, &b[i + 1..])?;
                 i += 1;
                 attrs.push(Attr {
                     name,
@@ -258,10 +335,11 @@ pub fn trackable(href: &str, public: &str, autologin_param: Option<&str>) -> Opt
     })
 }
 
-/// Rewrites every trackable link of `html` to a signed click link.
-pub fn rewrite_links(html: &str, r: &Rewrite<'_>) -> String {
-    let mut out = String::with_capacity(html.len() + 1024);
-    let mut last = 0;
+/// The anchors of `html` that tracking may rewrite: the byte range of each
+/// one's `href` value (inside the quotes, if quoted). Anchors with
+/// `data-notrack` are left out.
+fn anchor_hrefs(html: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
     let mut from = 0;
     while let Some(start) = next_anchor(html, from) {
         let Some((attrs, end)) = attributes(html, start) else {
@@ -275,33 +353,63 @@ pub fn rewrite_links(html: &str, r: &Rewrite<'_>) -> String {
         {
             continue;
         }
-        let Some(href) = attrs.iter().find(|a| name(a).eq_ignore_ascii_case("href")) else {
-            continue;
-        };
-        let raw = &html[href.value.clone()];
-        let raw = if href.quoted {
-            &raw[1..raw.len() - 1]
-        } else {
-            raw
-        };
-        let decoded = html_escape::decode_html_entities(raw);
-        let Some(rec) = trackable(&decoded, r.public, r.autologin_param) else {
-            continue;
-        };
-        let Some(n) = r.table.id(rec) else {
-            continue;
-        };
-        let token = r.keys.sign(&Token::Click(r.message, n));
-        out.push_str(&html[last..href.value.start]);
-        out.push('"');
-        out.push_str(r.public);
-        out.push_str("/c/");
-        out.push_str(&token);
-        out.push('"');
-        last = href.value.end;
+        if let Some(href) = attrs.iter().find(|a| name(a).eq_ignore_ascii_case("href")) {
+            if href.quoted {
+                out.push(href.value.start + 1..href.value.end - 1);
+            } else if !href.value.is_empty() {
+                out.push(href.value.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Rewrites every trackable link of finished HTML to a signed click link.
+pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks) -> String {
+    let mut out = String::with_capacity(html.len() + 4096);
+    let mut last = 0;
+    for r in anchor_hrefs(html) {
+        if let Some(url) = t.track(&html[r.clone()], m) {
+            out.push_str(&html[last..r.start]);
+            out.push_str(&url);
+            last = r.end;
+        }
     }
     out.push_str(&html[last..]);
     out
+}
+
+/// Prepares an HTML body template for a send, once, so that rendering a
+/// recipient does not search for the insertion points: `{{ __preheader }}`
+/// goes right after `<body…>` and `{{ __pixel }}` right before `</body>`.
+pub fn instrument(template: &str) -> String {
+    let mut out = template.to_string();
+    let at = find_ci(&out, "<body")
+        .and_then(|i| out[i..].find('>').map(|e| i + e + 1))
+        .unwrap_or(0);
+    out.insert_str(at, "{{ __preheader }}");
+    match rfind_ci(&out, "</body") {
+        Some(i) => out.insert_str(i, "{{ __pixel }}"),
+        None => out.push_str("{{ __pixel }}"),
+    }
+    out
+}
+
+/// The open pixel for `url`.
+pub fn pixel(url: &str) -> String {
+    format!(
+        "<img src=\"{url}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px;overflow:hidden\">"
+    )
+}
+
+/// The hidden preheader block for `preheader` (already HTML-escaped).
+pub fn preheader_block(preheader: &str) -> String {
+    if preheader.trim().is_empty() {
+        return String::new();
+    }
+    format!(
+        "<div style=\"display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;opacity:0;overflow:hidden;mso-hide:all\">{preheader}</div>"
+    )
 }
 
 fn find_ci(hay: &str, needle: &str) -> Option<usize> {
@@ -318,31 +426,6 @@ fn rfind_ci(hay: &str, needle: &str) -> Option<usize> {
         .rposition(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
-/// Adds the open pixel just before `</body>` (or at the end).
-pub fn add_pixel(html: &mut String, url: &str) {
-    let img = format!(
-        "<img src=\"{url}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px;overflow:hidden\">"
-    );
-    match rfind_ci(html, "</body") {
-        Some(i) => html.insert_str(i, &img),
-        None => html.push_str(&img),
-    }
-}
-
-/// Adds the preheader (already HTML-escaped) as hidden text right after `<body…>`.
-pub fn add_preheader(html: &mut String, preheader: &str) {
-    if preheader.trim().is_empty() {
-        return;
-    }
-    let div = format!(
-        "<div style=\"display:none;font-size:1px;line-height:1px;max-height:0;max-width:0;opacity:0;overflow:hidden;mso-hide:all\">{preheader}</div>"
-    );
-    let at = find_ci(html, "<body")
-        .and_then(|i| html[i..].find('>').map(|e| i + e + 1))
-        .unwrap_or(0);
-    html.insert_str(at, &div);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,17 +433,16 @@ mod tests {
 
     const PUBLIC: &str = "https://mail.example";
 
-    fn rw(html: &str, table: &LinkTable, keys: &Keys) -> String {
-        rewrite_links(
-            html,
-            &Rewrite {
-                public: PUBLIC,
-                keys,
-                message: msg(),
-                table,
-                autologin_param: Some("hal"),
-            },
-        )
+    fn tracker(existing: Vec<(u32, LinkRecord)>) -> Tracker {
+        Tracker {
+            public: PUBLIC.into(),
+            keys: Keys::new(b"0123456789abcdef0123456789abcdef", &[]),
+            table: LinkTable::new(existing),
+        }
+    }
+
+    fn rw(html: &str, t: &Tracker) -> String {
+        rewrite_links(html, t, &MessageLinks::new(msg(), Some("hal".into())))
     }
 
     fn msg() -> MessageRef {
@@ -374,11 +456,12 @@ mod tests {
         }
     }
 
-    fn click_target(out: &str, keys: &Keys, table: &LinkTable, nth: usize) -> String {
+    fn click_target(out: &str, t: &Tracker, nth: usize) -> String {
+        let (keys, table) = (&t.keys, &t.table);
         let tokens: Vec<&str> = out
             .split(&format!("{PUBLIC}/c/"))
             .skip(1)
-            .map(|s| s.split('"').next().unwrap())
+            .map(|s| s.split(['"', '\'', '>']).next().unwrap())
             .collect();
         match keys.verify(tokens[nth]) {
             Some(Token::Click(m, n)) => {
@@ -391,8 +474,7 @@ mod tests {
 
     #[test]
     fn links_are_rewritten_and_resolve_to_their_targets() {
-        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
-        let table = LinkTable::new(vec![]);
+        let t = tracker(vec![]);
         let html = concat!(
             r#"<p><a href="https://shop.example/p?id=1&amp;c=2#top">q</a>"#,
             r#"<A  class=x HREF='https://shop.example/zażółć?q=a b'>n</A>"#,
@@ -405,33 +487,33 @@ mod tests {
             r#"<abbr href="https://x.example">no</abbr>"#,
             r#"<a href="https://shop.example/account?hal=eyJ.x.y&amp;a=1">login</a></p>"#,
         );
-        let out = rw(html, &table, &keys);
+        let out = rw(html, &t);
         assert_eq!(out.matches("/c/").count(), 6, "{out}");
         assert_eq!(
-            click_target(&out, &keys, &table, 0),
+            click_target(&out, &t, 0),
             "https://shop.example/p?id=1&c=2#top"
         );
         assert_eq!(
-            click_target(&out, &keys, &table, 1),
+            click_target(&out, &t, 1),
             "https://shop.example/za%C5%BC%C3%B3%C5%82%C4%87?q=a%20b"
         );
         assert_eq!(
-            click_target(&out, &keys, &table, 2),
+            click_target(&out, &t, 2),
             "https://shop.example/%C5%BC?x=%2F"
         );
         assert_eq!(
-            click_target(&out, &keys, &table, 3),
+            click_target(&out, &t, 3),
             "https://shop.example/esc"
         );
         assert_eq!(
-            click_target(&out, &keys, &table, 4),
+            click_target(&out, &t, 4),
             "https://shop.example/bare"
         );
         assert_eq!(
-            click_target(&out, &keys, &table, 5),
+            click_target(&out, &t, 5),
             "https://shop.example/account?a=1"
         );
-        assert!(table.all()[5].autologin);
+        assert!(t.table.all()[5].autologin);
         for kept in [
             "mailto:a@b.c",
             "tel:+48",
@@ -443,15 +525,14 @@ mod tests {
             assert!(out.contains(kept), "{kept} in {out}");
         }
         assert!(
-            out.contains(r#"<A  class=x HREF="https://mail.example/c/"#),
+            out.contains("<A  class=x HREF='https://mail.example/c/"),
             "{out}"
         );
     }
 
     #[test]
     fn the_same_url_keeps_its_number_and_unrecorded_links_are_listed_once() {
-        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
-        let table = LinkTable::new(vec![(
+        let t = tracker(vec![(
             0,
             LinkRecord {
                 url: "https://a.example/".into(),
@@ -460,21 +541,19 @@ mod tests {
         )]);
         let out = rw(
             r#"<a href="https://b.example/">b</a><a href="https://a.example/">a</a><a href="https://b.example/">b</a>"#,
-            &table,
-            &keys,
+            &t,
         );
-        assert_eq!(click_target(&out, &keys, &table, 1), "https://a.example/");
-        let new = table.unrecorded();
+        assert_eq!(click_target(&out, &t, 1), "https://a.example/");
+        let new = t.table.unrecorded();
         assert_eq!(new.len(), 1);
         assert_eq!(new[0].0, 1);
-        table.mark_recorded(2);
-        assert!(table.unrecorded().is_empty());
+        t.table.mark_recorded(2);
+        assert!(t.table.unrecorded().is_empty());
     }
 
     #[test]
     fn broken_markup_does_not_panic() {
-        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
-        let table = LinkTable::new(vec![]);
+        let t = tracker(vec![]);
         for html in [
             "<a ",
             "<a href=\"https://x.example",
@@ -483,20 +562,17 @@ mod tests {
             "<a href=\"https://\">x</a>",
             "<a href=\"http://[::1\">x</a>",
         ] {
-            let _ = rw(html, &table, &keys);
+            let _ = rw(html, &t);
         }
     }
 
     #[test]
-    fn pixel_and_preheader_go_inside_body() {
-        let mut h = "<html><BODY class=a><p>x</p></BODY></html>".to_string();
-        add_pixel(&mut h, "https://m/o/T");
-        add_preheader(&mut h, "Sale &amp; more");
-        assert!(
-            h.starts_with("<html><BODY class=a><div style=\"display:none"),
-            "{h}"
+    fn instrument_places_preheader_and_pixel() {
+        let out = instrument("<html><BODY class=a><p>x</p></BODY></html>");
+        assert_eq!(
+            out,
+            "<html><BODY class=a>{{ __preheader }}<p>x</p>{{ __pixel }}</BODY></html>"
         );
-        assert!(h.contains("<img src=\"https://m/o/T\""));
-        assert!(h.find("<img").unwrap() < h.find("</BODY>").unwrap());
+        assert_eq!(instrument("<p>x</p>"), "{{ __preheader }}<p>x</p>{{ __pixel }}");
     }
 }

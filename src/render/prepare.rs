@@ -185,6 +185,43 @@ pub fn inline_css(src: &str) -> Result<String, String> {
     restore(&html, &p.tags)
 }
 
+/// Lines longer than this are broken (inside tags) at load.
+const LINE_LIMIT: usize = 500;
+
+/// Breaks long lines of an HTML template at white space inside tags, where
+/// a line break means the same as a space. MJML output and minified HTML come
+/// as one long line; mail lines must stay under 998 characters, and with
+/// short lines the HTML part can travel without quoted-printable encoding.
+pub fn wrap_long_lines(html: &str) -> String {
+    let mut out = String::with_capacity(html.len() + html.len() / LINE_LIMIT + 16);
+    let mut line = 0usize;
+    let mut in_tag = false;
+    let mut quote: Option<char> = None;
+    for c in html.chars() {
+        match c {
+            '\n' => line = 0,
+            '<' if quote.is_none() => in_tag = true,
+            '>' if quote.is_none() => in_tag = false,
+            '"' | '\'' if in_tag => {
+                quote = match quote {
+                    None => Some(c),
+                    Some(q) if q == c => None,
+                    q => q,
+                }
+            }
+            _ => {}
+        }
+        if c == ' ' && in_tag && quote.is_none() && line > LINE_LIMIT {
+            out.push('\n');
+            line = 0;
+            continue;
+        }
+        out.push(c);
+        line += 1;
+    }
+    out
+}
+
 /// Derives a text body template from an HTML body template: readable text,
 /// links written out as `text <url>`, template tags kept where they were.
 /// Tables are read as plain blocks (layout tables are not data in mail).

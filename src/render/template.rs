@@ -660,7 +660,8 @@ pub fn load(
             } else {
                 Ok(src.clone())
             }
-            .and_then(|h| prepare::inline_css(&h));
+            .and_then(|h| prepare::inline_css(&h))
+            .map(|h| prepare::wrap_long_lines(&h));
             let html = match html {
                 Ok(h) => h,
                 Err(e) => {
