@@ -41,8 +41,12 @@ fn bench(c: &mut Criterion) {
         })
     });
     // The two halves, to see where the time goes.
-    g.bench_function("render_only", |b| b.iter(|| black_box(compiled.render(black_box(&one)).unwrap())));
-    g.bench_function("build_only", |b| b.iter(|| black_box(compiled.build(black_box(&r), 0).unwrap())));
+    g.bench_function("render_only", |b| {
+        b.iter(|| black_box(compiled.render(black_box(&one)).unwrap()))
+    });
+    g.bench_function("build_only", |b| {
+        b.iter(|| black_box(compiled.build(black_box(&r), 0).unwrap()))
+    });
     const BATCH: u64 = 1000;
     g.throughput(Throughput::Elements(BATCH));
     g.sample_size(20);

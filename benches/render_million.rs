@@ -42,7 +42,10 @@ fn main() {
     let config = fixture::config(dir.path());
     let compiled = fixture::compiled(&config);
     let pool = bulk::pool(threads).unwrap();
-    println!("contacts {n}, threads {threads}, batch 500; RSS at start {} MB", rss_kb() / 1024);
+    println!(
+        "contacts {n}, threads {threads}, batch 500; RSS at start {} MB",
+        rss_kb() / 1024
+    );
     let start = Instant::now();
     let mut done = 0u64;
     let mut bytes = 0u64;

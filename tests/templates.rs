@@ -137,10 +137,13 @@ fn example_templates_match_golden_files_and_parse_as_mime() {
             "{base}"
         );
         assert_eq!(
-            nl(parts[1]["content"].as_str().unwrap()),
+            nl(parts[1]["text"].as_str().unwrap()),
             nl(r["html"].as_str().unwrap()),
             "{base}"
         );
+        // The HTML part travels as 7bit ASCII, the text part as needed.
+        assert_eq!(parts[1]["cte"], "7bit", "{base}");
+        assert!(parts[1]["content"].as_str().unwrap().is_ascii(), "{base}");
         let h = &p["headers"];
         assert_eq!(h["subject"], r["subject"], "{base}");
         assert_eq!(h["from"], "Example Shop <news@shop.example>", "{base}");
@@ -597,7 +600,7 @@ fn template_message_is_delivered_tracked_and_signed() {
             || signed.contains("List-Unsubscribe-Post"),
         "{signed}"
     );
-    let html = p["parts"][1]["content"].as_str().unwrap();
+    let html = p["parts"][1]["text"].as_str().unwrap();
     assert!(html.contains("Dzień dobry, Anna,"), "{html}");
     assert!(html.contains("349,90\u{a0}zł"), "{html}");
     assert!(html.contains("Zostało tylko 2 szt."), "{html}");

@@ -22,7 +22,7 @@ pub enum Outcome {
     Built {
         /// What was rendered (subject, message id, …; bodies emptied to save
         /// memory — the built message has them).
-        rendered: Rendered,
+        rendered: Box<Rendered>,
         /// The MIME message, not yet signed.
         message: Vec<u8>,
     },
@@ -67,7 +67,10 @@ pub fn render_one(compiled: &Compiled, r: &Recipient, now_ms: i64) -> Outcome {
         Ok((mut rendered, message)) => {
             rendered.html = String::new();
             rendered.text = String::new();
-            Outcome::Built { rendered, message }
+            Outcome::Built {
+                rendered: Box::new(rendered),
+                message,
+            }
         }
         Err(e) => Outcome::Failed {
             contact: r.contact.id,

@@ -268,7 +268,12 @@ impl Compiled {
                 }
             }
         }
-        let public = config.http.public_url.as_str().trim_end_matches('/').to_string();
+        let public = config
+            .http
+            .public_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_string();
         let tracker = Arc::new(Tracker {
             public: public.clone(),
             keys: config.tracking.keys.clone(),
@@ -562,8 +567,9 @@ impl Compiled {
         // encoded (which was the largest cost of building a message).
         use mail_builder::mime::{BodyPart, MimePart};
         let html_part = match html_7bit(&r.html) {
-            Some(body) => MimePart::new("text/html", BodyPart::Text(body.into()))
-                .transfer_encoding("7bit"),
+            Some(body) => {
+                MimePart::new("text/html", BodyPart::Text(body.into())).transfer_encoding("7bit")
+            }
             None => MimePart::new("text/html", BodyPart::Text(r.html.as_str().into())),
         };
         let text_part = MimePart::new("text/plain", BodyPart::Text(r.text.as_str().into()));
@@ -713,4 +719,35 @@ fn autologin(state: &State, sites: &[Site], url: &str) -> Result<String, Error> 
     );
     u.query_pairs_mut().append_pair(&al.param, &jwt);
     Ok(u.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::html_7bit;
+
+    #[test]
+    fn html_becomes_7bit_with_references_and_crlf() {
+        assert_eq!(
+            html_7bit("<p>Zażółć</p>\n<p>x</p>").unwrap(),
+            "<p>Za&#380;&#243;&#322;&#263;</p>\r\n<p>x</p>"
+        );
+        assert_eq!(html_7bit("<p>a</p>\n").unwrap(), "<p>a</p>\r\n");
+        // Emoji outside the BMP: one reference.
+        assert_eq!(html_7bit("😀").unwrap(), "&#128512;");
+        // Non-ASCII in a style block cannot be a reference: encode instead.
+        assert_eq!(
+            html_7bit("<style>p{font-family:'Łato'}</style><p>ł</p>"),
+            None
+        );
+        assert_eq!(
+            html_7bit("<style>p{}</style><p>ł</p>").unwrap(),
+            "<style>p{}</style><p>&#322;</p>"
+        );
+        // Long lines, CR and NUL: encode instead.
+        assert_eq!(html_7bit(&"x".repeat(999)), None);
+        assert!(html_7bit(&"x".repeat(998)).is_some());
+        assert_eq!(html_7bit(&format!("{}ł", "x".repeat(993))), None);
+        assert_eq!(html_7bit("a\r\nb"), None);
+        assert_eq!(html_7bit("a\0b"), None);
+    }
 }

@@ -501,14 +501,8 @@ mod tests {
             click_target(&out, &t, 2),
             "https://shop.example/%C5%BC?x=%2F"
         );
-        assert_eq!(
-            click_target(&out, &t, 3),
-            "https://shop.example/esc"
-        );
-        assert_eq!(
-            click_target(&out, &t, 4),
-            "https://shop.example/bare"
-        );
+        assert_eq!(click_target(&out, &t, 3), "https://shop.example/esc");
+        assert_eq!(click_target(&out, &t, 4), "https://shop.example/bare");
         assert_eq!(
             click_target(&out, &t, 5),
             "https://shop.example/account?a=1"
@@ -573,6 +567,9 @@ mod tests {
             out,
             "<html><BODY class=a>{{ __preheader }}<p>x</p>{{ __pixel }}</BODY></html>"
         );
-        assert_eq!(instrument("<p>x</p>"), "{{ __preheader }}<p>x</p>{{ __pixel }}");
+        assert_eq!(
+            instrument("<p>x</p>"),
+            "{{ __preheader }}<p>x</p>{{ __pixel }}"
+        );
     }
 }

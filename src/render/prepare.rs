@@ -259,10 +259,8 @@ pub fn derive_text(html: &str) -> Result<String, String> {
     // only in `href` (links are written out) and dropped elsewhere.
     let mut text_src = String::with_capacity(src.len());
     let mut rest = src.as_str();
-    loop {
-        let Some(at) = rest.find(&format!("<!--{COMMENT}")) else {
-            break;
-        };
+    let marker = format!("<!--{COMMENT}");
+    while let Some(at) = rest.find(&marker) {
         text_src.push_str(&rest[..at]);
         let s = at + 4 + COMMENT.len();
         let len = rest[s..].find("-->").unwrap_or(0);
@@ -414,5 +412,24 @@ mod tests {
         let f = html.find("{% for p in products %}").unwrap();
         let n = html.find("{{ p.name }}").unwrap();
         assert!(f < n && n < html.find("{% endfor %}").unwrap());
+    }
+}
+
+#[cfg(test)]
+mod wrap_tests {
+    use super::wrap_long_lines;
+
+    #[test]
+    fn long_lines_break_only_between_attributes() {
+        let cell = r#"<td class="a b" style="color: red; padding: 0 8px">x y</td>"#;
+        let html = cell.repeat(40);
+        let out = wrap_long_lines(&html);
+        assert!(out.lines().all(|l| l.len() < 600), "{out}");
+        // Only spaces inside tags and outside quotes became line breaks.
+        assert_eq!(out.replace('\n', " "), html);
+        for l in out.lines() {
+            assert!(!l.starts_with("y</td>") && !l.contains("padding:\n"));
+        }
+        assert_eq!(wrap_long_lines("<p>short</p>"), "<p>short</p>");
     }
 }

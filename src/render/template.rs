@@ -728,7 +728,7 @@ pub fn load(
             format!("there is no body.{dl}.html or body.{dl}.mjml"),
         );
     }
-    for (k, _) in &raw.subject {
+    for k in raw.subject.keys() {
         let lang = k.to_ascii_lowercase();
         let in_a_site = folders.iter().any(|(s, d, _, _)| {
             s.is_some()

@@ -334,10 +334,11 @@ print(json.dumps([check(i) for i in range(n)]))
 /// Parses a message with Python's `email` package (policy `default`): an
 /// independent MIME parser. Returns `{type, defects, headers, parts}` where
 /// headers are decoded (RFC 2047) and parts are the leaf parts with their
-/// decoded content.
+/// decoded `content` and `text` (content with decimal character references
+/// resolved).
 pub fn py_email(message: &[u8]) -> serde_json::Value {
     const SCRIPT: &str = r#"
-import sys, json, email
+import sys, json, email, re
 from email import policy
 msg = email.message_from_bytes(sys.stdin.buffer.read(), policy=policy.default)
 defects = [repr(d) for d in msg.defects]
@@ -347,7 +348,10 @@ for part in msg.walk():
     if part.is_multipart():
         continue
     parts.append({"type": part.get_content_type(), "charset": part.get_content_charset(),
-                  "cte": part.get("Content-Transfer-Encoding"), "content": part.get_content()})
+                  "cte": part.get("Content-Transfer-Encoding"), "content": part.get_content(),
+                  # Herald sends HTML as 7bit with non-ASCII characters as
+                  # decimal references: the text a reader sees.
+                  "text": re.sub(r"&#([0-9]+);", lambda m: chr(int(m.group(1))), part.get_content())})
 headers = {}
 for k, v in msg.items():
     headers.setdefault(k.lower(), str(v))
