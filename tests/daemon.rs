@@ -99,7 +99,11 @@ fn all_problems_come_at_once_and_serve_refuses_a_bad_config() {
     );
     let (code, _, err) = run(&p, &["check-config"]);
     assert_eq!(code, 2);
-    assert!(err.starts_with("4 configuration problems"), "{err}");
+    assert!(err.starts_with("5 configuration problems"), "{err}");
+    assert!(
+        err.contains("`tracking.secret`: missing required key"),
+        "{err}"
+    );
     let (code, _, err2) = run(&p, &["serve"]);
     assert_eq!(code, 2, "{err2}");
     assert!(err2.contains("`http.extra`"), "{err2}");

@@ -658,3 +658,47 @@ fn template_message_is_delivered_tracked_and_signed() {
     }
     store.close();
 }
+
+/// The README's auto-login verification snippet accepts the tokens Herald
+/// puts in links, and refuses tampered ones and other sites'.
+#[test]
+fn readme_autologin_snippet_verifies_herald_tokens() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let snippet = readme
+        .split("<!-- autologin-snippet -->\n```python\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the README's autologin snippet");
+    let r = render_json(&example_config(), "newsletter", None, "en", &[]);
+    let html = r["html"].as_str().unwrap();
+    let token = html
+        .split("hal=")
+        .nth(1)
+        .and_then(|s| s.split(['"', '&', '<']).next())
+        .expect("an auto-login link in the newsletter");
+    let secret = "example-autologin-secret-change-me-0123456789";
+    let verify = |token: &str, secret: &str, site: &str| -> String {
+        let out = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", snippet, token, secret, site])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(verify(token, secret, "shop"), "ann@example.com");
+    assert_eq!(verify(token, secret, "outlet"), "None");
+    assert_eq!(verify(token, "another-secret", "shop"), "None");
+    let mut forged = token.to_string();
+    let mid = forged.find('.').unwrap() + 3;
+    let c = if &forged[mid..mid + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    forged.replace_range(mid..mid + 1, c);
+    assert_eq!(verify(&forged, secret, "shop"), "None");
+}
