@@ -470,4 +470,69 @@ url = "https://b.example"
             "{all}"
         );
     }
+
+    #[test]
+    fn bulk_reports_failed_recipients_and_never_runs_more_than_three_batches_ahead() {
+        use std::ops::ControlFlow;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        // Site b has no auto-login secret: its contacts fail to render.
+        let (_d, config) = setup(&[
+            ("t/template.toml", META),
+            (
+                "t/body.en.html",
+                "<html><body>{{ autologin_url('https://a.example/x') }}</body></html>",
+            ),
+        ]);
+        let t = config.templates.get("t").unwrap().clone();
+        let c = Compiled::new(t, &config, send()).unwrap();
+        let pool = bulk::pool(2).unwrap();
+        let pulled = AtomicU64::new(0);
+        let input = (0..1000u64).map(|i| {
+            pulled.fetch_add(1, Ordering::SeqCst);
+            Recipient::new(contact(
+                i,
+                Some("en"),
+                Some(if i % 4 == 0 { "b" } else { "a" }),
+                "A",
+            ))
+        });
+        let mut seen = 0u64;
+        let mut failed = Vec::new();
+        let totals = bulk::run(
+            &c,
+            &pool,
+            50,
+            input,
+            || 0,
+            |batch| {
+                // The renderer may be at most one batch in the channel and one
+                // being rendered ahead of the one handed over.
+                seen += batch.len() as u64;
+                assert!(pulled.load(Ordering::SeqCst) <= seen + 100, "ran ahead");
+                for o in &batch {
+                    if let bulk::Outcome::Failed { contact, error, .. } = o {
+                        failed.push(*contact);
+                        assert!(error.contains("no autologin_secret"), "{error}");
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                ControlFlow::Continue(())
+            },
+        );
+        assert_eq!(totals.built, 750);
+        assert_eq!(totals.failed, 250);
+        assert_eq!(totals.batches, 20);
+        assert!(failed.iter().all(|id| id % 4 == 0) && failed.len() == 250);
+
+        // Breaking stops the run after that batch.
+        let n = bulk::run(
+            &c,
+            &pool,
+            50,
+            (0..1000u64).map(|i| Recipient::new(contact(i, Some("en"), Some("a"), "A"))),
+            || 0,
+            |_| ControlFlow::Break(()),
+        );
+        assert_eq!(n.batches, 1);
+    }
 }
