@@ -347,11 +347,8 @@ fn check_config_reports_every_template_problem_with_its_position() {
 fn templates_api_lists_previews_and_refuses_what_it_must() {
     let dir = tempfile::tempdir().unwrap();
     let config = daemon_config(dir.path(), SENDER);
-    write(
-        &dir.path().join("templates"),
-        "broken/template.toml",
-        "default_language = \"en\"\n",
-    );
+    let tdir = dir.path().join("templates");
+    write(&tdir, "broken/template.toml", "default_language = \"en\"\n");
     let h = Herald::start_in(dir, config);
     assert!(h.log().contains("template not loaded"), "{}", h.log());
 
@@ -505,6 +502,29 @@ fn templates_api_lists_previews_and_refuses_what_it_must() {
         let r = h.post_json(path, body.clone());
         assert_eq!(r.status, status, "{path} {body}: {}", r.body);
         assert_eq!(r.body["error"]["code"], code, "{path} {body}: {}", r.body);
+    }
+
+    // SIGHUP reloads templates: the fixed one loads, a changed subject shows.
+    write(
+        &tdir,
+        "broken/template.toml",
+        "sender = \"newsletter\"\ndefault_language = \"en\"\n[subject]\nen = \"Fixed {{ site.name }}\"\n",
+    );
+    write(&tdir, "broken/body.en.html", "<p>{{ greeting }}</p>");
+    h.hup();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = h.post_json("/api/v1/templates/broken/preview", json!({}));
+        if p.status == 200 {
+            assert_eq!(p.body["subject"], "Fixed Example Shop", "{}", p.body);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reloaded: {}",
+            p.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
