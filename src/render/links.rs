@@ -201,30 +201,22 @@ impl Tracker {
     }
 }
 
-/// Finds the next `<a` tag start at or after `from` (`<a` or `<A` followed
-/// by white space).
-fn next_anchor(html: &str, from: usize) -> Option<usize> {
+/// Start offsets of every `<a` and `<A` followed by white space, in order:
+/// one memmem pass per case over the whole HTML.
+fn anchor_starts(html: &str) -> Vec<usize> {
     static LOWER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new("<a"));
     static UPPER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new("<A"));
     let b = html.as_bytes();
-    let mut i = from;
-    loop {
-        let lo = LOWER.find(&b[i..]);
-        // Upper-case tags are rare: look for them only up to the next lower one.
-        let hi_end = lo.map_or(b.len(), |l| i + l);
-        let hi = UPPER.find(&b[i..hi_end]);
-        let at = i + match (lo, hi) {
-            (_, Some(h)) => h,
-            (Some(l), None) => l,
-            (None, None) => return None,
-        };
-        if at + 2 < b.len() && b[at + 2].is_ascii_whitespace() {
-            return Some(at);
-        }
-        i = at + 2;
+    let is_tag = |at: &usize| b.get(at + 2).is_some_and(|c| c.is_ascii_whitespace());
+    let mut starts: Vec<usize> = LOWER.find_iter(b).filter(is_tag).collect();
+    let upper: Vec<usize> = UPPER.find_iter(b).filter(is_tag).collect();
+    if !upper.is_empty() {
+        starts.extend(upper);
+        starts.sort_unstable();
     }
+    starts
 }
 
 /// One attribute of a tag: name and the byte range of its value including
@@ -341,7 +333,10 @@ pub fn trackable(href: &str, public: &str, autologin_param: Option<&str>) -> Opt
 fn anchor_hrefs(html: &str) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut from = 0;
-    while let Some(start) = next_anchor(html, from) {
+    for start in anchor_starts(html) {
+        if start < from {
+            continue; // inside the previous tag's attributes
+        }
         let Some((attrs, end)) = attributes(html, start) else {
             break;
         };
