@@ -157,7 +157,9 @@ impl Template {
                 return v;
             }
         }
-        // Load guarantees a body in the default language.
+        // Unreachable from input: `load` returns a Template only without
+        // errors, and a missing or failing default-language body is an error,
+        // so the template's own variant for it always exists.
         self.variants
             .get(&(String::new(), self.default_language.clone()))
             .or_else(|| self.variants.values().next())
