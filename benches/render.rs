@@ -47,6 +47,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("build_only", |b| {
         b.iter(|| black_box(compiled.build(black_box(&r), 0).unwrap()))
     });
+    // Without tracking: what the template engine alone costs.
+    let untracked = fixture::compiled_with(&config, false);
+    g.bench_function("render_only_untracked", |b| {
+        b.iter(|| black_box(untracked.render(black_box(&one)).unwrap()))
+    });
     const BATCH: u64 = 1000;
     g.throughput(Throughput::Elements(BATCH));
     g.sample_size(20);

@@ -165,9 +165,32 @@ impl MessageLinks {
 impl minijinja::value::Object for MessageLinks {}
 
 impl Tracker {
-    /// The click URL replacing `raw` (an `href` value as written in HTML,
-    /// entity-escaped), or `None` to leave the link as it is.
-    pub fn track(&self, raw: &str, m: &MessageLinks) -> Option<String> {
+    /// Appends to `out` the click URL replacing `raw` (an `href` value as
+    /// written in HTML, entity-escaped); false, with nothing appended, to
+    /// leave the link as it is.
+    pub fn track_into(&self, raw: &str, m: &MessageLinks, out: &mut String) -> bool {
+        let Some(n) = self.number(raw, m) else {
+            return false;
+        };
+        let mut tokens = match m.tokens.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        let at = match tokens.iter().position(|(x, _)| *x == n) {
+            Some(i) => i,
+            None => {
+                tokens.push((n, self.keys.sign(&Token::Click(m.message, n))));
+                tokens.len() - 1
+            }
+        };
+        out.push_str(&self.public);
+        out.push_str("/c/");
+        out.push_str(&tokens[at].1);
+        true
+    }
+
+    /// The link number of `raw`, numbering a new URL; `None` to leave it.
+    fn number(&self, raw: &str, m: &MessageLinks) -> Option<u32> {
         let n = match self.table.by_href(raw) {
             Some(n) => n,
             None => {
@@ -185,19 +208,7 @@ impl Tracker {
                 n
             }
         };
-        let mut tokens = match m.tokens.lock() {
-            Ok(t) => t,
-            Err(p) => p.into_inner(),
-        };
-        let token = match tokens.iter().find(|(x, _)| *x == n) {
-            Some((_, t)) => t.clone(),
-            None => {
-                let t = self.keys.sign(&Token::Click(m.message, n));
-                tokens.push((n, t.clone()));
-                t
-            }
-        };
-        Some(format!("{}/c/{token}", self.public))
+        Some(n)
     }
 }
 
@@ -294,8 +305,11 @@ fn attributes(html: &str, start: usize) -> Option<(Vec<Attr>, usize)> {
 /// The URL a tracked link records, or `None` to leave the link alone.
 pub fn trackable(href: &str, public: &str, autologin_param: Option<&str>) -> Option<LinkRecord> {
     let href = href.trim();
-    let lower = href.get(..8).unwrap_or(href).to_ascii_lowercase();
-    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+    let scheme = |p: &str| {
+        href.get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p))
+    };
+    if !(scheme("http://") || scheme("https://")) {
         return None;
     }
     if href.starts_with(public)
@@ -364,10 +378,12 @@ pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks) -> String {
     let mut out = String::with_capacity(html.len() + 4096);
     let mut last = 0;
     for r in anchor_hrefs(html) {
-        if let Some(url) = t.track(&html[r.clone()], m) {
-            out.push_str(&html[last..r.start]);
-            out.push_str(&url);
+        let mark = out.len();
+        out.push_str(&html[last..r.start]);
+        if t.track_into(&html[r.clone()], m, &mut out) {
             last = r.end;
+        } else {
+            out.truncate(mark);
         }
     }
     out.push_str(&html[last..]);
