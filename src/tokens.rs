@@ -372,10 +372,10 @@ mod tests {
     }
 
     #[test]
-    fn tampering_of_any_byte_is_refused() {
+    fn tampering_of_any_byte_is_refused() -> Result<(), base64::DecodeError> {
         let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
         let s = keys.sign(&Token::Click(m(7), 3));
-        let raw = URL_SAFE_NO_PAD.decode(&s).unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(&s)?;
         for i in 0..raw.len() {
             for bit in 0..8 {
                 let mut t = raw.clone();
@@ -389,6 +389,7 @@ mod tests {
         assert_eq!(keys.verify(""), None);
         assert_eq!(keys.verify("!!!!"), None);
         assert_eq!(keys.verify(&"A".repeat(500)), None);
+        Ok(())
     }
 
     #[test]
@@ -432,16 +433,17 @@ mod tests {
     }
 
     #[test]
-    fn autologin_jwt_verifies_with_plain_hmac() {
+    fn autologin_jwt_verifies_with_plain_hmac() -> Result<(), Box<dyn std::error::Error>> {
         let t = autologin_jwt(b"shop-secret", "ann@example.com", 7, "shop1", 10, 20);
         let parts: Vec<&str> = t.split('.').collect();
         assert_eq!(parts.len(), 3);
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"shop-secret");
-        let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
-        hmac::verify(&key, format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig).unwrap();
-        let claims: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(parts[2])?;
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        assert!(hmac::verify(&key, signed.as_bytes(), &sig).is_ok());
+        let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1])?)?;
         assert_eq!(claims["sub"], "ann@example.com");
         assert_eq!(claims["exp"], 20);
+        Ok(())
     }
 }

@@ -401,7 +401,10 @@ impl Compiled {
     pub fn render(&self, r: &Recipient) -> Result<Rendered, RenderError> {
         let c = &r.contact;
         let site = self.site_of(c);
-        let variant = self.template.variant(site, c.language.as_deref());
+        let variant = self
+            .template
+            .variant(site, c.language.as_deref())
+            .ok_or_else(|| RenderError(format!("template {} has no body", self.template.name)))?;
         let lang = variant.language.as_str();
         let message = MessageRef {
             send: self.opts.send,
@@ -728,20 +731,20 @@ mod tests {
     #[test]
     fn html_becomes_7bit_with_references_and_crlf() {
         assert_eq!(
-            html_7bit("<p>Zażółć</p>\n<p>x</p>").unwrap(),
-            "<p>Za&#380;&#243;&#322;&#263;</p>\r\n<p>x</p>"
+            html_7bit("<p>Zażółć</p>\n<p>x</p>").as_deref(),
+            Some("<p>Za&#380;&#243;&#322;&#263;</p>\r\n<p>x</p>")
         );
-        assert_eq!(html_7bit("<p>a</p>\n").unwrap(), "<p>a</p>\r\n");
+        assert_eq!(html_7bit("<p>a</p>\n").as_deref(), Some("<p>a</p>\r\n"));
         // Emoji outside the BMP: one reference.
-        assert_eq!(html_7bit("😀").unwrap(), "&#128512;");
+        assert_eq!(html_7bit("😀").as_deref(), Some("&#128512;"));
         // Non-ASCII in a style block cannot be a reference: encode instead.
         assert_eq!(
             html_7bit("<style>p{font-family:'Łato'}</style><p>ł</p>"),
             None
         );
         assert_eq!(
-            html_7bit("<style>p{}</style><p>ł</p>").unwrap(),
-            "<style>p{}</style><p>&#322;</p>"
+            html_7bit("<style>p{}</style><p>ł</p>").as_deref(),
+            Some("<style>p{}</style><p>&#322;</p>")
         );
         // Long lines, CR and NUL: encode instead.
         assert_eq!(html_7bit(&"x".repeat(999)), None);

@@ -110,7 +110,8 @@ mod tests {
 
     #[test]
     fn conventions() {
-        let m = |a, c, l| money(a, c, l).unwrap().replace('\u{a0}', " ");
+        // (None becomes "", which no expected value equals.)
+        let m = |a, c, l| money(a, c, l).unwrap_or_default().replace('\u{a0}', " ");
         assert_eq!(m("1299", "USD", "en"), "$1,299.00");
         assert_eq!(m("1299.5", "PLN", "pl"), "1 299,50 zł");
         assert_eq!(m("1299.5", "PLN", "en"), "PLN 1,299.50");

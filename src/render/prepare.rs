@@ -365,53 +365,61 @@ fn restore_lenient(text: &str, tags: &[String]) -> String {
 mod tests {
     use super::*;
 
+    /// Where `pat` is in `s`, or an error naming both.
+    fn at(s: &str, pat: &str) -> Result<usize, String> {
+        s.find(pat).ok_or_else(|| format!("`{pat}` not in:\n{s}"))
+    }
+
     #[test]
-    fn loops_over_table_rows_survive_css_inlining() {
+    fn loops_over_table_rows_survive_css_inlining() -> Result<(), String> {
         let src = r#"<html><head><title>{{ subject }}</title><style>td { color: red } @media (max-width: 600px) { td { color: blue } }</style></head>
 <body><table>{% for item in cart.items %}<tr><td class="x" title="{{ item.name }}">{{ item.name }}</td></tr>{% endfor %}</table></body></html>"#;
-        let out = inline_css(src).unwrap();
-        let for_at = out.find("{% for item in cart.items %}").unwrap();
-        let tr_at = out.find("<tr>").unwrap();
-        let end_at = out.find("{% endfor %}").unwrap();
+        let out = inline_css(src)?;
+        let for_at = at(&out, "{% for item in cart.items %}")?;
+        let tr_at = at(&out, "<tr>")?;
+        let end_at = at(&out, "{% endfor %}")?;
         assert!(for_at < tr_at && tr_at < end_at, "{out}");
         assert!(out.contains(r#"style="color: red;""#), "{out}");
         assert!(out.contains(r#"title="{{ item.name }}""#), "{out}");
         assert!(out.contains("<title>{{ subject }}</title>"), "{out}");
         assert!(out.contains("@media"), "{out}");
+        Ok(())
     }
 
     #[test]
-    fn text_is_derived_with_tags_in_place_and_links_written_out() {
+    fn text_is_derived_with_tags_in_place_and_links_written_out() -> Result<(), String> {
         let src = r#"<html><body><h1>{{ greeting }}</h1><table>{% for p in products %}<tr><td><a href="{{ p.url }}">{{ p.name }}</a></td><td>{{ p.price }}</td></tr>{% endfor %}</table><p><a href="https://shop.example/">Shop</a> &amp; more</p></body></html>"#;
-        let t = derive_text(src).unwrap();
-        let f = t.find("{% for p in products %}").unwrap();
-        let name = t.find("{{ p.name }} <{{ p.url }}>").unwrap();
-        let e = t.find("{% endfor %}").unwrap();
+        let t = derive_text(src)?;
+        let f = at(&t, "{% for p in products %}")?;
+        let name = at(&t, "{{ p.name }} <{{ p.url }}>")?;
+        let e = at(&t, "{% endfor %}")?;
         assert!(f < name && name < e, "{t}");
         assert!(t.contains("Shop <https://shop.example/> & more"), "{t}");
         assert!(t.contains("{{ greeting }}"), "{t}");
+        Ok(())
     }
 
     #[test]
-    fn protect_and_restore_round_trip() {
+    fn protect_and_restore_round_trip() -> Result<(), String> {
         let src =
             "<p a=\"{{ x }}\">{% if y %}{{ z }}{# c #}{% endif %}</p><style>p{}{{ w }}</style>";
         let p = protect(src);
         assert!(!p.text.contains("{{"));
-        assert_eq!(restore(&p.text, &p.tags).unwrap(), src);
+        assert_eq!(restore(&p.text, &p.tags)?, src);
+        Ok(())
     }
 
     #[test]
-    fn mjml_compiles_and_keeps_tags() {
+    fn mjml_compiles_and_keeps_tags() -> Result<(), String> {
         let html = mjml_to_html(
             "<mjml><mj-body><mj-section><mj-column><mj-text>{{ greeting }}</mj-text><mj-button href=\"{{ p.url }}\">Buy</mj-button></mj-column></mj-section><mj-raw>{% for p in products %}</mj-raw><mj-section><mj-column><mj-text>{{ p.name }}</mj-text></mj-column></mj-section><mj-raw>{% endfor %}</mj-raw></mj-body></mjml>",
-        )
-        .unwrap();
+        )?;
         assert!(html.contains("{{ greeting }}"), "{html}");
         assert!(html.contains("href=\"{{ p.url }}\""), "{html}");
-        let f = html.find("{% for p in products %}").unwrap();
-        let n = html.find("{{ p.name }}").unwrap();
-        assert!(f < n && n < html.find("{% endfor %}").unwrap());
+        let f = at(&html, "{% for p in products %}")?;
+        let n = at(&html, "{{ p.name }}")?;
+        assert!(f < n && n < at(&html, "{% endfor %}")?);
+        Ok(())
     }
 }
 

@@ -138,8 +138,9 @@ pub struct Template {
 impl Template {
     /// The variant for a contact: the first of (contact's language, site's
     /// default language, template default) that has a body, the site's own
-    /// files before the template's.
-    pub fn variant(&self, site: Option<&Site>, language: Option<&str>) -> &Arc<Variant> {
+    /// files before the template's. `None` only for a template without any
+    /// body, which `load` never returns.
+    pub fn variant(&self, site: Option<&Site>, language: Option<&str>) -> Option<&Arc<Variant>> {
         let site_id = site.map(|s| s.id.as_str()).unwrap_or("");
         let candidates = [
             language,
@@ -151,19 +152,15 @@ impl Template {
             if !site_id.is_empty()
                 && let Some(v) = self.variants.get(&(site_id.to_string(), lang.clone()))
             {
-                return v;
+                return Some(v);
             }
             if let Some(v) = self.variants.get(&(String::new(), lang)) {
-                return v;
+                return Some(v);
             }
         }
-        // Unreachable from input: `load` returns a Template only without
-        // errors, and a missing or failing default-language body is an error,
-        // so the template's own variant for it always exists.
-        self.variants
-            .get(&(String::new(), self.default_language.clone()))
-            .or_else(|| self.variants.values().next())
-            .expect("a loaded template has a variant in its default language")
+        // `load` guarantees a body in the default language, so this is
+        // reached only by a template built by hand without one.
+        self.variants.values().next()
     }
 
     /// Languages with a body, any site.

@@ -25,27 +25,23 @@ fn problem(e: &ConfigError) -> Value {
     })
 }
 
-/// Problems only the store can reveal: `contact.X` where X is neither a
-/// contact attribute nor a defined field.
-async fn field_problems(state: &AppState, t: &Template) -> Result<Vec<Value>, ApiError> {
-    let attrs: Vec<String> = t
-        .contact_attrs
-        .iter()
-        .filter(|a| !crate::render::template::CONTACT_BUILTINS.contains(&a.as_str()))
-        .cloned()
-        .collect();
-    if attrs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let defined: Vec<String> = state
+/// The names of the defined custom fields.
+async fn defined_fields(state: &AppState) -> Result<Vec<String>, ApiError> {
+    Ok(state
         .store
         .read(|v| v.fields())
         .await?
         .into_iter()
         .map(|f| f.name)
-        .collect();
-    Ok(attrs
-        .into_iter()
+        .collect())
+}
+
+/// Problems only the store can reveal: `contact.X` where X is neither a
+/// contact attribute nor one of the `defined` fields.
+fn field_problems(t: &Template, defined: &[String]) -> Vec<Value> {
+    t.contact_attrs
+        .iter()
+        .filter(|a| !crate::render::template::CONTACT_BUILTINS.contains(&a.as_str()))
         .filter(|a| !defined.contains(a))
         .map(|a| {
             json!({
@@ -54,18 +50,18 @@ async fn field_problems(state: &AppState, t: &Template) -> Result<Vec<Value>, Ap
                 "message": format!("`contact.{a}` is not a defined field (create it with POST /api/v1/fields, or fix the name); it renders empty"),
             })
         })
-        .collect())
+        .collect()
 }
 
-async fn template_view(state: &AppState, t: &Template) -> Result<Value, ApiError> {
+fn template_view(t: &Template, defined: &[String]) -> Value {
     let sites: std::collections::BTreeSet<String> = t
         .variants
         .keys()
         .map(|(s, _)| s.clone())
         .filter(|s| !s.is_empty())
         .collect();
-    let warnings = field_problems(state, t).await?;
-    Ok(json!({
+    let warnings = field_problems(t, defined);
+    json!({
         "name": t.name,
         "status": "ok",
         "description": t.description,
@@ -78,16 +74,19 @@ async fn template_view(state: &AppState, t: &Template) -> Result<Value, ApiError
         "derived_text": t.variants.values().filter(|v| v.text_derived).map(|v| format!("{}/{}", v.site.as_deref().unwrap_or("-"), v.language)).collect::<Vec<_>>(),
         "has_sample": t.sample.is_some(),
         "problems": warnings,
-    }))
+    })
 }
 
 /// `GET /api/v1/templates`: every template folder, loaded or not.
 pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     let config = state.config();
-    let mut out = Vec::new();
-    for t in config.templates.loaded.values() {
-        out.push(template_view(state, t).await?);
-    }
+    let defined = defined_fields(state).await?;
+    let mut out: Vec<Value> = config
+        .templates
+        .loaded
+        .values()
+        .map(|t| template_view(t, &defined))
+        .collect();
     for (name, errors) in &config.templates.failed {
         out.push(json!({
             "name": name,
@@ -120,7 +119,7 @@ fn find(state: &AppState, name: &str) -> Result<Arc<Template>, ApiError> {
 /// `GET /api/v1/templates/{name}`.
 pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, ApiError> {
     let t = find(state, name)?;
-    reply::ok(&template_view(state, &t).await?)
+    reply::ok(&template_view(&t, &defined_fields(state).await?))
 }
 
 /// A contact reference in a body: id or address.
@@ -234,7 +233,7 @@ pub async fn preview(
         Some(skus) => Some(products_by_sku(state, skus).await?),
         None => None,
     };
-    let warnings = field_problems(state, &t).await?;
+    let warnings = field_problems(&t, &defined_fields(state).await?);
     let config = state.config();
     let input = PreviewInput {
         contact,
