@@ -70,6 +70,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("store task")?
         .context("cannot open the store")?;
+    // The index subscribes before anything else writes, and builds itself
+    // in the background; segment requests wait until it is ready.
+    let index = crate::segment::Index::new();
+    index.attach(&store);
     recover_imports(&store).await?;
     let listener = TcpListener::bind(config.http.listen)
         .await
@@ -92,6 +96,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         clock,
         delivery: engine.clone(),
         render_pool,
+        index,
         compiled: Default::default(),
     });
     // Messages left in flight by a crash are still queued in the store; the
@@ -186,15 +191,33 @@ fn log_template_problems(c: &Config) {
         }
         tracing::error!(template = %name, "template not loaded: it cannot be sent until fixed");
     }
+    for (name, errors) in &c.segments.failed {
+        for e in errors {
+            tracing::error!(segment = %name, "{e}");
+        }
+        tracing::error!(segment = %name, "segment not loaded: it cannot be used until fixed");
+    }
 }
 
 /// `herald check-config`: validates everything and prints a summary; never
 /// opens the store. Template problems fail it too.
 pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> {
     let c = Config::load(path)?;
-    let template_errors: Vec<_> = c.templates.errors().cloned().collect();
-    if !template_errors.is_empty() {
-        return Err(crate::config::ConfigErrors(template_errors));
+    let mut errors: Vec<_> = c.templates.errors().cloned().collect();
+    errors.extend(c.segments.failed.values().flatten().cloned());
+    // Lists and custom fields live in the store, which only the daemon
+    // opens: ask it, if one is running on this config.
+    let catalog_note = match daemon_catalog(&c) {
+        Ok(catalog) => {
+            errors.extend(c.segments.check_catalog(&catalog));
+            "checked against the running daemon's lists and fields".to_string()
+        }
+        Err(e) => format!(
+            "lists and custom fields not checked ({e:#}); start the daemon and run check-config again"
+        ),
+    };
+    if !errors.is_empty() {
+        return Err(crate::config::ConfigErrors(errors));
     }
     let mut out = format!(
         "{}: OK\n  listen      {}\n  public_url  {}\n  storage     {}\n  segments    {}\n  automations {}\n",
@@ -249,6 +272,17 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
         ));
     }
     out.push_str(&format!(
+        "  segments    {} loaded; {catalog_note}\n",
+        c.segments.loaded.len()
+    ));
+    for s in c.segments.loaded.values() {
+        out.push_str(&format!(
+            "    {}: {}\n",
+            s.name,
+            s.description.as_deref().unwrap_or("")
+        ));
+    }
+    out.push_str(&format!(
         "  templates   {} ({} loaded)\n",
         c.templates.dir.display(),
         c.templates.loaded.len()
@@ -264,4 +298,21 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
         ));
     }
     Ok(out)
+}
+
+/// Fetches the running daemon's lists and fields (2 s at most).
+fn daemon_catalog(c: &Config) -> anyhow::Result<crate::segment::Catalog> {
+    let target = crate::client::ApiTarget::from_config(c, None, None)?;
+    let sites = c.sites.iter().map(|s| s.id.clone()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            crate::client::catalog(&target, sites),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the daemon did not answer within 2 s"))?
+    })
 }

@@ -282,3 +282,37 @@ pub async fn queue_action(
     }
     Ok(())
 }
+
+/// The running daemon's custom fields and lists, for `check-config` to check
+/// segment files against (the CLI never opens the store itself).
+pub async fn catalog(
+    target: &ApiTarget,
+    sites: Vec<String>,
+) -> anyhow::Result<crate::segment::Catalog> {
+    let (status, fields) = send_json(target, Method::GET, "/api/v1/fields", None).await?;
+    if status != 200 {
+        return Err(api_failure(status, &fields));
+    }
+    let (status, lists) = send_json(target, Method::GET, "/api/v1/lists", None).await?;
+    if status != 200 {
+        return Err(api_failure(status, &lists));
+    }
+    let defs: Vec<crate::contacts::model::FieldDef> =
+        serde_json::from_value(fields["fields"].clone())
+            .context("the daemon's field list is not in the expected form")?;
+    let mut catalog = crate::segment::Catalog {
+        sites,
+        ..Default::default()
+    };
+    for f in &defs {
+        catalog
+            .fields
+            .insert(f.name.clone(), crate::segment::Kind::of_field(f));
+    }
+    for l in lists["lists"].as_array().into_iter().flatten() {
+        if let (Some(name), Some(id)) = (l["name"].as_str(), l["id"].as_u64()) {
+            catalog.lists.insert(name.to_lowercase(), id);
+        }
+    }
+    Ok(catalog)
+}

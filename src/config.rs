@@ -221,6 +221,8 @@ pub struct Config {
     pub sites: Vec<Site>,
     /// Template folders as loaded, with each one's problems.
     pub templates: std::sync::Arc<crate::render::Templates>,
+    /// Segment files as loaded, with each one's problems.
+    pub segments: std::sync::Arc<crate::segment::SegmentFiles>,
 }
 
 /// The running configuration: an immutable snapshot that SIGHUP replaces
@@ -810,6 +812,7 @@ fn validate(
     let tracking = render::validate_tracking(&mut c, &base, &raw.tracking);
     let rendering = render::validate_rendering(&mut c, &raw.rendering, &raw.greetings);
     let sites = render::validate_sites(&mut c, &base, &raw.site);
+    let site_ids: Vec<String> = sites.iter().map(|s| s.id.clone()).collect();
     let templates = templates.as_ref().map(|dir| {
         std::sync::Arc::new(crate::render::Templates::load(
             dir,
@@ -837,7 +840,7 @@ fn validate(
         },
         paths: PathsConfig {
             templates: templates.as_ref().map(|t| t.dir.clone())?,
-            segments: segments?,
+            segments: segments.clone()?,
             automations: automations?,
         },
         references,
@@ -847,6 +850,7 @@ fn validate(
         rendering,
         sites,
         templates: templates?,
+        segments: std::sync::Arc::new(crate::segment::SegmentFiles::load(&segments?, &site_ids)),
     };
     // Render every template with its sample data once: errors that only
     // rendering reveals (an unknown filter, a type error) fail the template

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod http;
 pub mod metrics;
 pub mod render;
+pub mod segment;
 pub mod shop;
 pub mod store;
 pub mod tokens;

@@ -39,6 +39,15 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Labels for shop events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// Event type (`invalid` when unreadable).
+    pub event_type: &'static str,
+    /// accepted, duplicate, rejected.
+    pub status: &'static str,
+}
+
 /// Every metric Herald exports.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +65,14 @@ pub struct Metrics {
     pub delivery: Family<OutcomeLabels, Counter>,
     /// SMTP client connections open now.
     pub smtp_connections: Gauge,
+    /// Shop events by type and outcome.
+    pub events: Family<EventLabels, Counter>,
+    /// Segment evaluations.
+    pub segment_evaluations: Counter,
+    /// Heap held by the segment index (set at scrape time).
+    pub segment_index_bytes: Gauge,
+    /// Contacts in the segment index (set at scrape time).
+    pub segment_index_contacts: Gauge,
 }
 
 impl Default for Metrics {
@@ -110,8 +127,36 @@ impl Metrics {
             "Outgoing SMTP connections open now",
             smtp_connections.clone(),
         );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Shop events received, by type and status (accepted, duplicate, rejected)",
+            events.clone(),
+        );
+        let segment_evaluations = Counter::default();
+        registry.register(
+            "segment_evaluations",
+            "Segment evaluations",
+            segment_evaluations.clone(),
+        );
+        let segment_index_bytes = Gauge::default();
+        registry.register(
+            "segment_index_bytes",
+            "Estimated heap memory of the segment index",
+            segment_index_bytes.clone(),
+        );
+        let segment_index_contacts = Gauge::default();
+        registry.register(
+            "segment_index_contacts",
+            "Contacts in the segment index",
+            segment_index_contacts.clone(),
+        );
         Metrics {
             registry,
+            events,
+            segment_evaluations,
+            segment_index_bytes,
+            segment_index_contacts,
             delivery,
             smtp_connections,
             http_requests,
@@ -120,6 +165,13 @@ impl Metrics {
             store_commits,
             store_jobs,
         }
+    }
+
+    /// Counts one shop event.
+    pub fn event(&self, event_type: &'static str, status: &'static str) {
+        self.events
+            .get_or_create(&EventLabels { event_type, status })
+            .inc();
     }
 
     /// Refreshes the store-backed gauges and renders the text exposition format.

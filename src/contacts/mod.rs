@@ -141,6 +141,11 @@ pub fn check_field_name(name: &str) -> Result<(), ContactError> {
             "`{name}` is a built-in contact attribute, not a custom field"
         )));
     }
+    if crate::segment::is_builtin(name) {
+        return Err(ContactError::Invalid(format!(
+            "`{name}` is a built-in attribute segments use, not a custom field"
+        )));
+    }
     Ok(())
 }
 

@@ -43,6 +43,8 @@ pub struct AppState {
     pub clock: Clock,
     /// The rayon pool bulk rendering and previews run on.
     pub render_pool: Arc<rayon::ThreadPool>,
+    /// The segment index.
+    pub index: Arc<crate::segment::Index>,
     /// Templates compiled for API messages: name → (template snapshot
     /// pointer, compiled). A reload's new snapshot compiles afresh.
     pub compiled:
@@ -156,6 +158,16 @@ pub enum Route {
     Products,
     /// `/api/v1/products/{sku}`
     Product(String),
+    /// `/api/v1/events`
+    Events,
+    /// `/api/v1/segments`
+    Segments,
+    /// `/api/v1/segments/{name}`
+    Segment(String),
+    /// `/api/v1/segments/{name}/preview`
+    SegmentPreview(String),
+    /// `/api/v1/segments/{name}/contacts`
+    SegmentContacts(String),
     /// Anything else under `/api/`.
     ApiUnknown,
     /// Anything else.
@@ -189,6 +201,11 @@ impl Route {
             Route::TemplatePreview(_) => "template_preview",
             Route::Products => "products",
             Route::Product(_) => "product",
+            Route::Events => "events",
+            Route::Segments => "segments",
+            Route::Segment(_) => "segment",
+            Route::SegmentPreview(_) => "segment_preview",
+            Route::SegmentContacts(_) => "segment_contacts",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
         }
@@ -231,6 +248,11 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "templates", n, "preview"] => Route::TemplatePreview(n.to_string()),
         ["api", "v1", "products"] => Route::Products,
         ["api", "v1", "products", s] => Route::Product(s.to_string()),
+        ["api", "v1", "events"] => Route::Events,
+        ["api", "v1", "segments"] => Route::Segments,
+        ["api", "v1", "segments", n] => Route::Segment(n.to_string()),
+        ["api", "v1", "segments", n, "preview"] => Route::SegmentPreview(n.to_string()),
+        ["api", "v1", "segments", n, "contacts"] => Route::SegmentContacts(n.to_string()),
         ["api", ..] => Route::ApiUnknown,
         _ => Route::Unknown,
     }
@@ -325,7 +347,7 @@ async fn call(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let m = req.method().clone();
-    use v1::{contacts, fields, import, lists, products, queue, templates};
+    use v1::{contacts, events, fields, import, lists, products, queue, segments, templates};
     match route {
         Route::Health => match m {
             Method::GET | Method::HEAD => {
@@ -336,6 +358,14 @@ async fn call(
         },
         Route::Metrics => match m {
             Method::GET => {
+                state
+                    .metrics
+                    .segment_index_bytes
+                    .set(state.index.heap_bytes() as i64);
+                state
+                    .metrics
+                    .segment_index_contacts
+                    .set(state.index.contacts() as i64);
                 let text = state.metrics.render(&state.store).await?;
                 Ok(reply::text_response(
                     StatusCode::OK,
@@ -442,6 +472,28 @@ async fn call(
             Method::GET => products::get(state, sku).await,
             Method::DELETE => products::delete(state, sku).await,
             _ => Err(method_not_allowed("GET, DELETE")),
+        },
+        Route::Events => match m {
+            Method::POST => events::ingest(state, req).await,
+            _ => Err(method_not_allowed("POST")),
+        },
+        Route::Segments => match m {
+            Method::GET => segments::list(state).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Segment(n) => match m {
+            Method::GET => segments::get(state, n).await,
+            Method::PUT => segments::put(state, n, req).await,
+            Method::DELETE => segments::delete(state, n).await,
+            _ => Err(method_not_allowed("GET, PUT, DELETE")),
+        },
+        Route::SegmentPreview(n) => match m {
+            Method::GET => segments::preview(state, n, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::SegmentContacts(n) => match m {
+            Method::GET => segments::contacts(state, n, &req).await,
+            _ => Err(method_not_allowed("GET")),
         },
         Route::ApiUnknown => Err(ApiError::not_found(format!(
             "no API endpoint {} {}",

@@ -134,21 +134,16 @@ pub fn text_response(
     r
 }
 
-/// Reads a JSON body of at most `limit` bytes into `T`, with errors that name
-/// the JSON path, line and column of the problem.
-pub async fn read_json<T: DeserializeOwned>(
-    req: http::Request<Incoming>,
-    limit: usize,
-) -> Result<T, ApiError> {
+/// Reads a whole request body of at most `limit` bytes (413 beyond).
+/// Multipart bodies are refused: every endpoint takes one document.
+pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
-        // curl -d sends application/x-www-form-urlencoded; the body must parse
-        // as JSON anyway, so refuse only types that are clearly something else.
-        if ct.starts_with("multipart/") || ct.starts_with("text/csv") {
+        if ct.starts_with("multipart/") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
-                format!("expected Content-Type: application/json, got `{ct}`"),
+                format!("expected one document, not `{ct}`"),
             ));
         }
     }
@@ -168,7 +163,27 @@ pub async fn read_json<T: DeserializeOwned>(
                 ApiError::bad_request(format!("cannot read the request body: {e}"))
             }
         })?;
-    let bytes = body.to_bytes();
+    Ok(body.to_bytes())
+}
+
+/// Reads a JSON body of at most `limit` bytes into `T`, with errors that name
+/// the JSON path, line and column of the problem. (curl -d sends
+/// application/x-www-form-urlencoded; the body must parse as JSON anyway, so
+/// only types that are clearly something else are refused.)
+pub async fn read_json<T: DeserializeOwned>(
+    req: http::Request<Incoming>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE)
+        && ct.to_str().unwrap_or("").starts_with("text/csv")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json, got `text/csv`",
+        ));
+    }
+    let bytes = read_body(req, limit).await?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "the request body is empty; a JSON object is expected",

@@ -14,6 +14,7 @@
 
 mod queue;
 mod render;
+mod shop;
 pub mod tables;
 
 pub use queue::{DueEntry, QueueSummary};
@@ -98,6 +99,47 @@ from_redb!(
 );
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A committed change that derived in-memory state (the segment index) must
+/// follow. The writer hands each transaction's changes to the observer after
+/// the commit and before any caller is answered, in commit order, so whatever
+/// a caller was told is stored is already visible to segments.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A contact was created or changed: its new version, and the lists and
+    /// tags it left.
+    Contact {
+        /// The contact as stored now.
+        contact: Arc<Contact>,
+        /// Lists it is no longer in.
+        removed_lists: Vec<u64>,
+        /// Tags it no longer has.
+        removed_tags: Vec<String>,
+    },
+    /// A contact was erased.
+    ContactDeleted(u64),
+    /// A contact's shop aggregates changed.
+    Stats {
+        /// Contact id.
+        contact: u64,
+        /// What was stored before.
+        before: Option<Arc<crate::shop::model::ShopStats>>,
+        /// What is stored now.
+        after: Arc<crate::shop::model::ShopStats>,
+    },
+    /// A contact's cart changed (`after: None`: emptied).
+    Cart {
+        /// Contact id.
+        contact: u64,
+        /// What was stored before.
+        before: Option<Arc<crate::shop::model::Cart>>,
+        /// What is stored now.
+        after: Option<Arc<crate::shop::model::Cart>>,
+    },
+}
+
+/// Receives every transaction's [`Change`]s after its commit.
+pub type Observer = Arc<dyn Fn(Vec<Change>) + Send + Sync>;
 type Job = Box<dyn for<'a> FnOnce(&mut WriteTables<'a>) -> (bool, Completion) + Send>;
 
 /// redb page cache used unless the config says otherwise.
@@ -123,6 +165,7 @@ pub struct Store {
     /// Writer statistics.
     pub stats: Arc<StoreStats>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    observer: Arc<std::sync::OnceLock<Observer>>,
 }
 
 impl Store {
@@ -159,12 +202,14 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<Job>(1024);
         let stats = Arc::new(StoreStats::default());
+        let observer = Arc::new(std::sync::OnceLock::new());
         let thread = {
             let db = db.clone();
             let stats = stats.clone();
+            let observer = observer.clone();
             std::thread::Builder::new()
                 .name("herald-store-writer".into())
-                .spawn(move || writer_loop(&db, rx, &stats))
+                .spawn(move || writer_loop(&db, rx, &stats, &observer))
                 .map_err(|e| StoreError::Io(format!("cannot start the store writer: {e}")))?
         };
         Ok(Store {
@@ -172,7 +217,14 @@ impl Store {
             writer: tx,
             stats,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+            observer,
         })
+    }
+
+    /// Sets the observer that receives every committed [`Change`] (once; the
+    /// segment index). Until it is set, changes are not collected at all.
+    pub fn set_observer(&self, o: Observer) -> bool {
+        self.observer.set(o).is_ok()
     }
 
     fn job<R: Send + 'static>(
@@ -218,6 +270,25 @@ impl Store {
             .blocking_send(Self::job(f, reply))
             .map_err(|_| StoreError::Closed)?;
         Ok(rx)
+    }
+
+    /// A snapshot taken by the writer between two transactions, for a
+    /// blocking thread: it holds exactly what was committed before, and
+    /// `at_boundary` runs at that moment, after every earlier commit was
+    /// handed to the observer and before any later one is. A consumer that
+    /// queues observed changes can drop its queue there and replay only what
+    /// comes after, never applying a change twice.
+    pub fn snapshot_blocking(
+        &self,
+        at_boundary: impl FnOnce() + Send + 'static,
+    ) -> Result<ReadView, StoreError> {
+        let db = self.db.clone();
+        let rx = self.write_blocking(move |_t| {
+            at_boundary();
+            Ok(db.begin_read()?)
+        })?;
+        let txn = rx.blocking_recv().map_err(|_| StoreError::Closed)??;
+        Ok(ReadView { txn })
     }
 
     /// Runs `f` over a consistent snapshot on a blocking thread.
@@ -328,6 +399,15 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(QUEUE_BODIES)?;
     txn.open_table(QUEUE_DUE)?;
     txn.open_table(QUEUE_DONE)?;
+    txn.open_table(PRODUCTS)?;
+    txn.open_table(LINKS)?;
+    txn.open_table(SHOP_EVENTS)?;
+    txn.open_table(ORDERS)?;
+    txn.open_table(ORDERS_BY_CONTACT)?;
+    txn.open_table(SHOP_STATS)?;
+    txn.open_table(CARTS)?;
+    txn.open_table(WAITLIST)?;
+    txn.open_table(SEGMENTS)?;
     txn.commit()?;
     Ok(())
 }
@@ -339,7 +419,12 @@ fn decode_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Job>, stats: &StoreStats) {
+fn writer_loop(
+    db: &Database,
+    mut rx: mpsc::Receiver<Job>,
+    stats: &StoreStats,
+    observer: &std::sync::OnceLock<Observer>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH_JOBS {
@@ -349,11 +434,16 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Job>, stats: &StoreStats) {
             }
         }
         let n = jobs.len() as u64;
-        let completions = run_batch(db, jobs);
+        let completions = run_batch(db, jobs, observer.get().is_some());
         match completions {
-            Ok(done) => {
+            Ok((done, changes)) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.jobs.fetch_add(n, Ordering::Relaxed);
+                if let Some(o) = observer.get()
+                    && !changes.is_empty()
+                {
+                    o(changes);
+                }
                 for c in done {
                     c(Ok(()));
                 }
@@ -370,9 +460,9 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<Job>, stats: &StoreStats) {
     }
 }
 
-type BatchResult = Result<Vec<Completion>, (StoreError, Vec<Completion>)>;
+type BatchResult = Result<(Vec<Completion>, Vec<Change>), (StoreError, Vec<Completion>)>;
 
-fn run_batch(db: &Database, jobs: Vec<Job>) -> BatchResult {
+fn run_batch(db: &Database, jobs: Vec<Job>, observed: bool) -> BatchResult {
     // If no transaction can be started, dropping the jobs drops their reply
     // channels, and every caller sees the store as unavailable.
     let txn = match db.begin_write() {
@@ -381,8 +471,12 @@ fn run_batch(db: &Database, jobs: Vec<Job>) -> BatchResult {
     };
     let mut completions = Vec::with_capacity(jobs.len());
     let mut failed = None;
+    let mut changes = Vec::new();
     match WriteTables::open(&txn) {
         Ok(mut tables) => {
+            if observed {
+                tables.changes = Some(Vec::new());
+            }
             // After a failure the rest still run (into a transaction that
             // will be aborted) so that every caller is told why, rather than
             // finding its reply channel dropped.
@@ -400,6 +494,7 @@ fn run_batch(db: &Database, jobs: Vec<Job>) -> BatchResult {
             {
                 failed = Some(e);
             }
+            changes = tables.changes.take().unwrap_or_default();
         }
         Err(e) => failed = Some(e),
     }
@@ -408,7 +503,7 @@ fn run_batch(db: &Database, jobs: Vec<Job>) -> BatchResult {
         return Err((e, completions));
     }
     match txn.commit() {
-        Ok(()) => Ok(completions),
+        Ok(()) => Ok((completions, changes)),
         Err(e) => Err((e.into(), completions)),
     }
 }
@@ -515,6 +610,15 @@ pub struct WriteTables<'t> {
     queue_done: Table<'t, u64, &'static [u8]>,
     products: Table<'t, &'static str, &'static [u8]>,
     links: Table<'t, (&'static [u8], u32), &'static [u8]>,
+    shop_events: Table<'t, (&'static str, &'static str), i64>,
+    orders: Table<'t, &'static str, &'static [u8]>,
+    orders_by_contact: Table<'t, (u64, &'static str), ()>,
+    shop_stats: Table<'t, u64, &'static [u8]>,
+    carts: Table<'t, u64, &'static [u8]>,
+    waitlist: Table<'t, (&'static str, u64), &'static [u8]>,
+    segments: Table<'t, &'static str, &'static [u8]>,
+    /// Changes for the observer, collected only when one is set.
+    changes: Option<Vec<Change>>,
     /// Counters (id sequences, per-state counts) read once and written back
     /// once per transaction by `flush`, instead of once per row.
     counters: std::collections::HashMap<&'static str, u64>,
@@ -552,11 +656,26 @@ impl<'t> WriteTables<'t> {
             queue_done: txn.open_table(QUEUE_DONE)?,
             products: txn.open_table(PRODUCTS)?,
             links: txn.open_table(LINKS)?,
+            shop_events: txn.open_table(SHOP_EVENTS)?,
+            orders: txn.open_table(ORDERS)?,
+            orders_by_contact: txn.open_table(ORDERS_BY_CONTACT)?,
+            shop_stats: txn.open_table(SHOP_STATS)?,
+            carts: txn.open_table(CARTS)?,
+            waitlist: txn.open_table(WAITLIST)?,
+            segments: txn.open_table(SEGMENTS)?,
+            changes: None,
             any_suppressed,
             field_defs: None,
             counters: Default::default(),
             list_deltas: Default::default(),
         })
+    }
+
+    /// Records a change for the observer (built only when one listens).
+    fn note(&mut self, change: impl FnOnce() -> Change) {
+        if let Some(c) = self.changes.as_mut() {
+            c.push(change());
+        }
     }
 
     fn bump(&mut self, key: &'static str, delta: i64) -> Result<u64, StoreError> {
@@ -664,6 +783,11 @@ impl<'t> WriteTables<'t> {
             self.tag_members.remove((t.as_str(), c.id))?;
         }
         self.contacts.insert(c.id, to_json(c).as_slice())?;
+        self.note(|| Change::Contact {
+            contact: Arc::new(c.clone()),
+            removed_lists: old_lists.difference(&c.lists).copied().collect(),
+            removed_tags: old_tags.difference(&c.tags).cloned().collect(),
+        });
         Ok(())
     }
 
@@ -682,6 +806,8 @@ impl<'t> WriteTables<'t> {
         self.by_consent.remove((c.consent.code(), c.id))?;
         self.bump(consent_count_key(c.consent), -1)?;
         self.contacts.remove(c.id)?;
+        self.delete_shop_data(c.id)?;
+        self.note(|| Change::ContactDeleted(c.id));
         let seqs: Vec<u64> = self
             .consent_log
             .range((c.id, 0)..=(c.id, u64::MAX))?

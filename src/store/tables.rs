@@ -78,3 +78,29 @@ pub const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("product
 /// contained. A click token names a link number; the redirect goes only to
 /// the URL recorded here.
 pub const LINKS: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("links_v1");
+
+/// (event type, event id) → the event's `at` (ms): every event of
+/// `POST /api/v1/events` that was accepted, so that a re-sent one is
+/// recognised as a duplicate.
+pub const SHOP_EVENTS: TableDefinition<(&str, &str), i64> = TableDefinition::new("shop_events_v1");
+
+/// The shop's order id → `Order` (JSON), the latest version of each order.
+pub const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders_v1");
+
+/// (contact id, order id) → (): a contact's orders.
+pub const ORDERS_BY_CONTACT: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("orders_by_contact_v1");
+
+/// Contact id → `ShopStats` (JSON): the aggregates segments read.
+pub const SHOP_STATS: TableDefinition<u64, &[u8]> = TableDefinition::new("shop_stats_v1");
+
+/// Contact id → `Cart` (JSON): the current cart; absent when empty.
+pub const CARTS: TableDefinition<u64, &[u8]> = TableDefinition::new("carts_v1");
+
+/// (SKU, contact id) → `WaitEntry` (JSON): back-in-stock and pre-order
+/// wait-lists.
+pub const WAITLIST: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("waitlist_v1");
+
+/// Segment name → `StoredSegment` (JSON): segments created through the API
+/// (file segments live in `config/segments/`).
+pub const SEGMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("segments_v1");

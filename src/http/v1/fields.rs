@@ -198,6 +198,19 @@ pub async fn delete(state: &Arc<AppState>, name: &str) -> Result<Response<Body>,
         ))
         .into());
     }
+    let (_, fields) = super::segments::api_references(state).await?;
+    let users: Vec<&str> = fields
+        .iter()
+        .filter(|(f, _)| f == name)
+        .map(|(_, s)| s.as_str())
+        .collect();
+    if !users.is_empty() {
+        return Err(ContactError::InUse(format!(
+            "field `{name}` is used by segment {}; change those first",
+            users.join(", ")
+        ))
+        .into());
+    }
     let n = name.to_string();
     let cleared = state
         .store

@@ -75,7 +75,20 @@ async fn resolve(state: &AppState, r: &str) -> Result<List, ApiError> {
     found.ok_or_else(|| ApiError::not_found(format!("no list `{r}`")))
 }
 
-fn in_use(state: &AppState, name: &str, what: &str) -> Result<(), ApiError> {
+async fn in_use(state: &Arc<AppState>, name: &str, what: &str) -> Result<(), ApiError> {
+    let (lists, _) = super::segments::api_references(state).await?;
+    let users: Vec<&str> = lists
+        .iter()
+        .filter(|(l, _)| l.eq_ignore_ascii_case(name))
+        .map(|(_, s)| s.as_str())
+        .collect();
+    if !users.is_empty() {
+        return Err(ContactError::InUse(format!(
+            "list `{name}` cannot be {what}: it is used by segment {}",
+            users.join(", ")
+        ))
+        .into());
+    }
     let config = state.config();
     let hit = config
         .references
@@ -149,7 +162,7 @@ pub async fn update(
         Some(n) => {
             let n = check_name(n)?;
             if n != current.name {
-                in_use(state, &current.name, "renamed")?;
+                in_use(state, &current.name, "renamed").await?;
             }
             Some(n)
         }
@@ -187,7 +200,7 @@ pub async fn update(
 /// list; refused while a segment or automation names it.
 pub async fn delete(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiError> {
     let current = resolve(state, r).await?;
-    in_use(state, &current.name, "deleted")?;
+    in_use(state, &current.name, "deleted").await?;
     let id = current.id;
     let removed = state
         .store

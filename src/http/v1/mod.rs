@@ -2,11 +2,13 @@
 //! (request bodies, JSON views) live here, apart from the domain types.
 
 pub mod contacts;
+pub mod events;
 pub mod fields;
 pub mod import;
 pub mod lists;
 pub mod products;
 pub mod queue;
+pub mod segments;
 pub mod templates;
 
 use serde::{Deserialize, Deserializer};

@@ -1,0 +1,102 @@
+//! `POST /api/v1/events`: the shop's events (customers, orders, carts,
+//! products, wait-lists, logins, signups), a JSON array per request.
+//!
+//! Every event gets its own answer (`accepted`, `duplicate` or `rejected`
+//! with the reason); one bad event never rejects the batch. The accepted ones
+//! are committed to the store (and visible to segments) before the reply.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::http::AppState;
+use crate::http::reply::{self, ApiError, Body};
+use crate::shop::events::{self, Outcome};
+
+/// The smallest body limit of this endpoint: a batch of 10,000 events of
+/// about 500 bytes each fits with room to spare, whatever
+/// `http.max_body_bytes` says for other endpoints.
+pub const MIN_BODY_LIMIT: usize = 64 << 20;
+
+/// `POST /api/v1/events`.
+pub async fn ingest(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let config = state.config();
+    let limit = config.http.max_body_bytes.max(MIN_BODY_LIMIT);
+    let bytes = reply::read_body(req, limit).await?;
+    let sites: Vec<String> = config.sites.iter().map(|s| s.id.clone()).collect();
+    let parsed = tokio::task::spawn_blocking(move || events::parse_batch(&bytes, &sites))
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot parse the events: {e}")))?
+        .map_err(|m| ApiError::new(http::StatusCode::BAD_REQUEST, "invalid_events", m))?;
+    let n = parsed.len();
+    let mut results: Vec<Value> = vec![Value::Null; n];
+    let mut good = Vec::with_capacity(n);
+    let mut labels: Vec<(&'static str, &'static str)> = Vec::with_capacity(n);
+    for p in parsed {
+        match p {
+            Ok(e) => {
+                results[e.index] = json!({"index": e.index, "type": e.kind, "id": e.id});
+                good.push(e);
+            }
+            Err(m) => {
+                labels.push(("invalid", "rejected"));
+                results[m.index] = json!({
+                    "index": m.index,
+                    "type": m.kind,
+                    "id": m.id,
+                    "status": "rejected",
+                    "reason": m.reason,
+                });
+            }
+        }
+    }
+    let kinds: Vec<(usize, &'static str)> = good.iter().map(|e| (e.index, e.kind)).collect();
+    let now = state.clock.now();
+    let outcomes = if good.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .store
+            .write(move |t| events::apply_batch(t, good, now))
+            .await?
+    };
+    let (mut accepted, mut duplicate) = (0u64, 0u64);
+    for ((index, outcome), (_, kind)) in outcomes.into_iter().zip(&kinds) {
+        let slot = &mut results[index];
+        match outcome {
+            Outcome::Accepted(note) => {
+                accepted += 1;
+                slot["status"] = "accepted".into();
+                if let Some(n) = note {
+                    slot["note"] = n.into();
+                }
+                labels.push((kind, "accepted"));
+            }
+            Outcome::Duplicate => {
+                duplicate += 1;
+                slot["status"] = "duplicate".into();
+                labels.push((kind, "duplicate"));
+            }
+            Outcome::Rejected(reason) => {
+                slot["status"] = "rejected".into();
+                slot["reason"] = reason.into();
+                labels.push((kind, "rejected"));
+            }
+        }
+    }
+    let rejected = n as u64 - accepted - duplicate;
+    for (kind, status) in labels {
+        state.metrics.event(kind, status);
+    }
+    reply::ok(&json!({
+        "accepted": accepted,
+        "duplicate": duplicate,
+        "rejected": rejected,
+        "results": results,
+    }))
+}

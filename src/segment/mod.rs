@@ -1,0 +1,591 @@
+//! Segments: saved, named filters over contacts and their shop data,
+//! evaluated when used so they always follow the data.
+//!
+//! - [`lang`]: the condition language (TOML files in `config/segments/`, the
+//!   same structure as JSON through `/api/v1/segments`), parsed with every
+//!   problem located.
+//! - [`index`]: the in-memory, column-wise copy of what segments read, kept in
+//!   step with the store by its change notifications.
+//! - [`eval`]: compiling a condition against the index and testing every
+//!   contact in parallel.
+//!
+//! Architecture invariant: evaluation never reads redb; it reads the index
+//! under a read lock, on rayon threads, never on the async runtime.
+
+pub mod eval;
+pub mod index;
+pub mod lang;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::contacts::model::{ConsentState, FieldDef, FieldType};
+use crate::shop::events::SHOP_FIELDS;
+use crate::store::{Change, Store, StoreError};
+use eval::Bitset;
+use lang::{Cond, Node, NodeV, Problem};
+
+/// The type of a field as conditions see it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// A number (`order_count`, a number field).
+    Number,
+    /// A date (`last_order`, a date field).
+    Date,
+    /// Text (compared case-insensitively).
+    Text,
+    /// One of a closed set of values.
+    Choice(Vec<String>),
+    /// true / false.
+    Bool,
+    /// A set of values (`tags`, `payment_types`), tested with `contains`.
+    Set,
+}
+
+impl Kind {
+    /// The type's name in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Number => "number",
+            Kind::Date => "date",
+            Kind::Text => "text",
+            Kind::Choice(_) => "choice",
+            Kind::Bool => "boolean",
+            Kind::Set => "set",
+        }
+    }
+
+    /// The kind of a custom field.
+    pub fn of_field(def: &FieldDef) -> Kind {
+        match def.field_type {
+            FieldType::Text => Kind::Text,
+            FieldType::Number => Kind::Number,
+            FieldType::Date => Kind::Date,
+            FieldType::Boolean => Kind::Bool,
+            FieldType::Choice => Kind::Choice(def.choices.clone()),
+        }
+    }
+}
+
+/// Built-in attributes and aggregates conditions can name with `field`,
+/// with their types and what they mean.
+pub const BUILTINS: &[(&str, &str)] = &[
+    (
+        "consent",
+        "consent state: unknown, pending, granted, withdrawn, invalid",
+    ),
+    ("site", "the contact's site id"),
+    ("language", "the contact's language code"),
+    ("email_domain", "the domain of the address"),
+    ("created_at", "date the contact was created"),
+    (
+        "order_count",
+        "number of orders (cancelled, refunded and failed ones not counted)",
+    ),
+    ("order_sum", "sum of the orders' totals"),
+    (
+        "average_order",
+        "average order value (order_sum / order_count)",
+    ),
+    ("first_order", "date of the first order"),
+    ("last_order", "date of the last order"),
+    ("payment_types", "payment types used (a set: `contains`)"),
+    ("last_login", "date of the last login"),
+    ("logins", "number of logins"),
+    ("cart_items", "units in the current cart"),
+    ("cart_value", "value of the current cart"),
+    ("cart_updated", "date the cart last changed"),
+    ("tags", "the contact's tags (a set: `contains`)"),
+    ("last_open", "date of the last open"),
+    ("last_click", "date of the last click"),
+];
+
+/// The type of a built-in or shop field name, or `None` for a name only the
+/// store's field definitions can resolve. `sites`: the configured site ids.
+pub fn builtin_kind(name: &str, sites: &[String]) -> Option<Kind> {
+    Some(match name {
+        "consent" => Kind::Choice(
+            ConsentState::ALL
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect(),
+        ),
+        "site" if !sites.is_empty() => Kind::Choice(sites.to_vec()),
+        "site" | "language" | "email_domain" => Kind::Text,
+        "order_count" | "order_sum" | "average_order" | "logins" | "cart_items" | "cart_value" => {
+            Kind::Number
+        }
+        "created_at" | "first_order" | "last_order" | "last_login" | "cart_updated"
+        | "last_open" | "last_click" => Kind::Date,
+        "payment_types" | "tags" => Kind::Set,
+        _ => {
+            let (_, _, ty, choices) = SHOP_FIELDS.iter().find(|f| f.1 == name)?;
+            match ty {
+                FieldType::Text => Kind::Text,
+                FieldType::Number => Kind::Number,
+                FieldType::Date => Kind::Date,
+                FieldType::Boolean => Kind::Bool,
+                FieldType::Choice => Kind::Choice(choices.iter().map(|c| c.to_string()).collect()),
+            }
+        }
+    })
+}
+
+/// Whether `name` is reserved for a built-in (custom fields may not use it).
+pub fn is_builtin(name: &str) -> bool {
+    BUILTINS.iter().any(|(n, _)| *n == name)
+}
+
+/// Names the store resolves: custom fields and lists.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Field name → type.
+    pub fields: HashMap<String, Kind>,
+    /// Lower-cased list name → id.
+    pub lists: HashMap<String, u64>,
+    /// Configured site ids.
+    pub sites: Vec<String>,
+}
+
+impl Catalog {
+    /// Reads field definitions and lists from the store.
+    pub async fn load(store: &Store, sites: Vec<String>) -> Result<Catalog, StoreError> {
+        let (fields, lists) = store.read(|r| Ok((r.fields()?, r.lists()?))).await?;
+        Ok(Catalog {
+            fields: fields
+                .iter()
+                .map(|f| (f.name.clone(), Kind::of_field(f)))
+                .collect(),
+            lists: lists
+                .into_iter()
+                .map(|l| (l.name.to_lowercase(), l.id))
+                .collect(),
+            sites,
+        })
+    }
+
+    /// Problems with the names a condition uses that this catalog does not
+    /// resolve (unknown lists and fields, values of the wrong type).
+    pub fn check(&self, cond: &Cond) -> Vec<Problem> {
+        let mut out = Vec::new();
+        self.check_into(cond, &mut out);
+        out
+    }
+
+    fn check_into(&self, cond: &Cond, out: &mut Vec<Problem>) {
+        match cond {
+            Cond::All(v) | Cond::Any(v) => v.iter().for_each(|c| self.check_into(c, out)),
+            Cond::Not(c) => self.check_into(c, out),
+            Cond::InList(names, loc) => {
+                for n in names {
+                    if !self.lists.contains_key(&n.to_lowercase()) {
+                        out.push(Problem {
+                            loc: loc.clone(),
+                            message: format!("unknown list `{n}`"),
+                        });
+                    }
+                }
+            }
+            Cond::Field { name, loc, .. } => {
+                let kind =
+                    builtin_kind(name, &self.sites).or_else(|| self.fields.get(name).cloned());
+                match kind {
+                    None => out.push(Problem {
+                        loc: loc.clone(),
+                        message: format!(
+                            "unknown field `{name}`: not built-in and not defined (see GET /api/v1/fields)"
+                        ),
+                    }),
+                    Some(k) => {
+                        if let Err(p) = lang::check_field(cond, &k) {
+                            out.push(p);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A parsed segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// Name (the file stem, or the API name).
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// The condition.
+    pub cond: Cond,
+    /// Where it came from: a file path or `api`.
+    pub source: String,
+}
+
+/// A segment created through the API, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSegment {
+    /// Name.
+    pub name: String,
+    /// The definition as JSON (the same structure as a segment file).
+    pub definition: serde_json::Value,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last replaced.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Checks a segment name: 1-64 of `a-z 0-9 _ -`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "segment name `{name}` must be 1-64 characters of a-z, 0-9, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a segment document (the root node of a file or an API body).
+pub fn parse_document(
+    name: &str,
+    source: &str,
+    root: &Node,
+    sites: &[String],
+) -> Result<Segment, Vec<Problem>> {
+    let NodeV::Table(entries) = &root.v else {
+        return Err(vec![Problem {
+            loc: root.loc.clone(),
+            message: "a segment must be a table of keys".into(),
+        }]);
+    };
+    let mut problems = Vec::new();
+    let mut description = None;
+    let mut rest = Vec::new();
+    for (k, v) in entries {
+        if k == "description" {
+            match &v.v {
+                NodeV::Str(s) => description = Some(s.clone()),
+                _ => problems.push(Problem {
+                    loc: v.loc.clone(),
+                    message: "`description` must be a string".into(),
+                }),
+            }
+        } else {
+            rest.push((k.clone(), v.clone()));
+        }
+    }
+    let cond_node = Node {
+        loc: root.loc.clone(),
+        v: NodeV::Table(rest),
+    };
+    let kinds = |n: &str| builtin_kind(n, sites);
+    let cond = lang::parse_cond(&cond_node, &kinds, &mut problems);
+    match cond {
+        Some(cond) if problems.is_empty() => Ok(Segment {
+            name: name.to_string(),
+            description,
+            cond,
+            source: source.to_string(),
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// The segment files of a config snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentFiles {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Segments that parsed, by name.
+    pub loaded: BTreeMap<String, Arc<Segment>>,
+    /// Segments with problems: name → every problem.
+    pub failed: BTreeMap<String, Vec<ConfigError>>,
+}
+
+impl SegmentFiles {
+    /// Reads every `*.toml` in `dir`.
+    pub fn load(dir: &Path, sites: &[String]) -> SegmentFiles {
+        let mut out = SegmentFiles {
+            dir: dir.to_path_buf(),
+            ..Default::default()
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return out;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        for f in files {
+            let name = f
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let err = |loc: Option<(usize, usize)>, key: String, message: String| ConfigError {
+                file: f.clone(),
+                position: loc,
+                key,
+                message,
+            };
+            if let Err(m) = check_name(&name) {
+                out.failed.insert(name, vec![err(None, String::new(), m)]);
+                continue;
+            }
+            let text = match std::fs::read_to_string(&f) {
+                Ok(t) => t,
+                Err(e) => {
+                    out.failed.insert(
+                        name,
+                        vec![err(None, String::new(), format!("cannot read: {e}"))],
+                    );
+                    continue;
+                }
+            };
+            let parsed = lang::from_toml(&text)
+                .and_then(|root| parse_document(&name, &f.display().to_string(), &root, sites));
+            match parsed {
+                Ok(s) => {
+                    out.loaded.insert(name, Arc::new(s));
+                }
+                Err(problems) => {
+                    out.failed.insert(
+                        name,
+                        problems
+                            .into_iter()
+                            .map(|p| err(p.loc.position, p.loc.path, p.message))
+                            .collect(),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Problems of loaded segments against a catalog (unknown lists and
+    /// fields), as config errors.
+    pub fn check_catalog(&self, catalog: &Catalog) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        for s in self.loaded.values() {
+            for p in catalog.check(&s.cond) {
+                out.push(ConfigError {
+                    file: PathBuf::from(&s.source),
+                    position: p.loc.position,
+                    key: p.loc.path,
+                    message: p.message,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// The live index: data behind a lock, and whether the startup build is done.
+pub struct Index {
+    data: RwLock<index::Data>,
+    ready: tokio::sync::watch::Sender<bool>,
+    /// How long the startup build took.
+    pub build_time: RwLock<Option<Duration>>,
+}
+
+/// What evaluating a segment gave.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Matching contacts.
+    pub members: Bitset,
+    /// How many match.
+    pub count: u64,
+    /// How many of them are `granted`.
+    pub granted: u64,
+    /// Evaluation time.
+    pub took: Duration,
+}
+
+impl Index {
+    /// An empty index, not ready.
+    pub fn new() -> Arc<Index> {
+        Arc::new(Index {
+            data: RwLock::new(index::Data::default()),
+            ready: tokio::sync::watch::channel(false).0,
+            build_time: RwLock::new(None),
+        })
+    }
+
+    /// Subscribes to the store's changes and builds the index from a snapshot
+    /// of the store, on its own thread. Changes committed after the snapshot
+    /// are queued by the observer and applied after the build, in commit
+    /// order; none is applied twice ([`Store::snapshot_blocking`]).
+    pub fn attach(self: &Arc<Self>, store: &Store) {
+        let pending: Arc<std::sync::Mutex<Option<Vec<Change>>>> =
+            Arc::new(std::sync::Mutex::new(Some(Vec::new())));
+        {
+            let me = self.clone();
+            let pending = pending.clone();
+            store.set_observer(Arc::new(move |changes: Vec<Change>| {
+                // While the build runs, queue; afterwards apply directly.
+                if let Ok(mut p) = pending.lock()
+                    && let Some(q) = p.as_mut()
+                {
+                    q.extend(changes);
+                    return;
+                }
+                me.apply(&changes);
+            }));
+        }
+        let me = self.clone();
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("herald-segment-index".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut data = index::Data::default();
+                let boundary = pending.clone();
+                let built = store
+                    .snapshot_blocking(move || {
+                        // Everything observed so far is in the snapshot.
+                        if let Ok(mut p) = boundary.lock()
+                            && let Some(q) = p.as_mut()
+                        {
+                            q.clear();
+                        }
+                    })
+                    .and_then(|r| {
+                        r.each_contact(|c| {
+                            data.put_contact(&c);
+                            Ok(())
+                        })?;
+                        r.each_stats(|id, s| {
+                            data.put_stats(id, None, &s);
+                            Ok(())
+                        })?;
+                        r.each_cart(|id, c| {
+                            data.put_cart(id, None, Some(&c));
+                            Ok(())
+                        })
+                    });
+                if let Err(e) = built {
+                    tracing::error!(error = %e, "cannot build the segment index; segments are unavailable");
+                    return;
+                }
+                // Changes committed after the snapshot were queued; apply
+                // them in commit order, then switch to applying directly.
+                if let Ok(mut d) = me.data.write() {
+                    *d = data;
+                    if let Ok(mut p) = pending.lock()
+                        && let Some(q) = p.take()
+                    {
+                        for c in &q {
+                            d.apply(c);
+                        }
+                    }
+                }
+                let took = started.elapsed();
+                if let Ok(mut b) = me.build_time.write() {
+                    *b = Some(took);
+                }
+                let bytes = me.heap_bytes();
+                tracing::info!(
+                    took_ms = took.as_millis() as u64,
+                    memory_mb = bytes / (1 << 20),
+                    "segment index built"
+                );
+                me.ready.send_replace(true);
+            })
+            .ok();
+    }
+
+    /// Applies committed changes (from the store's observer).
+    pub fn apply(&self, changes: &[Change]) {
+        if let Ok(mut d) = self.data.write() {
+            for c in changes {
+                d.apply(c);
+            }
+        }
+    }
+
+    /// Waits until the startup build is done.
+    pub async fn ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Whether the startup build is done.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Marks an index built by hand (tests, benchmarks) as ready.
+    pub fn mark_ready(&self) {
+        self.ready.send_replace(true);
+    }
+
+    /// Runs `f` on the data under the write lock (tests, tracking feeds).
+    pub fn with_data_mut<R>(&self, f: impl FnOnce(&mut index::Data) -> R) -> Option<R> {
+        self.data.write().ok().map(|mut d| f(&mut d))
+    }
+
+    /// An estimate of the heap the index holds, in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.data.read().map(|d| d.heap_bytes()).unwrap_or(0)
+    }
+
+    /// A contact's consent state as the index knows it.
+    pub fn consent_of(&self, id: u64) -> Option<ConsentState> {
+        let d = self.data.read().ok()?;
+        let r = d.rows.get(usize::try_from(id).ok()?)?;
+        if !r.present {
+            return None;
+        }
+        ConsentState::ALL.get(r.consent as usize).copied()
+    }
+
+    /// Number of contacts in the index.
+    pub fn contacts(&self) -> usize {
+        self.data.read().map(|d| d.contacts).unwrap_or(0)
+    }
+
+    /// Evaluates a condition (blocking: call from a blocking thread; uses
+    /// rayon's pool for the scan).
+    pub fn evaluate(
+        &self,
+        cond: &Cond,
+        catalog: &Catalog,
+        today: NaiveDate,
+    ) -> Result<Evaluation, String> {
+        let started = Instant::now();
+        let d = self
+            .data
+            .read()
+            .map_err(|_| "the segment index is unavailable".to_string())?;
+        let pred = eval::compile(cond, &d, catalog, today)?;
+        let members = eval::run(&pred, &d);
+        let granted_code = ConsentState::Granted.code();
+        let mut count = 0;
+        let mut granted = 0;
+        for id in members.iter() {
+            count += 1;
+            if d.rows
+                .get(id as usize)
+                .is_some_and(|r| r.consent == granted_code)
+            {
+                granted += 1;
+            }
+        }
+        Ok(Evaluation {
+            members,
+            count,
+            granted,
+            took: started.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,1039 @@
+//! Events from the shop (`POST /api/v1/events`): their wire format, checks,
+//! and how each is applied inside the store writer's transaction.
+//!
+//! A batch is a JSON array. Each element is parsed on its own ([`parse_batch`]),
+//! so one malformed event is rejected with its reason while the rest land.
+//! Every event carries `type`, `id` and `at`; (`type`, `id`) is its identity:
+//! an event accepted once is answered `duplicate` ever after and changes
+//! nothing. Orders and carts keep the `at` of the version they hold, so an
+//! update that arrives after a newer one is accepted but not applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::model::{Cart, Item, Order, ShopStats, WaitEntry, WaitKind, day_of_ms};
+use super::product::{MAX_SKU_LEN, Product};
+use crate::contacts::model::{ConsentSource, ConsentState, FieldDef, FieldType};
+use crate::contacts::{
+    ConsentChange, ContactError, ContactUpdate, Email, apply_upsert_salted, check_code, check_tag,
+    normalize_email, parse_json_value,
+};
+use crate::store::{StoreError, WriteTables};
+
+/// Largest number of events in one request.
+pub const MAX_BATCH: usize = 50_000;
+
+/// Longest event id.
+const MAX_ID_LEN: usize = 200;
+
+/// Event types, as named on the wire.
+pub const TYPES: &[&str] = &[
+    "customer", "order", "cart", "product", "waitlist", "login", "signup",
+];
+
+/// The custom fields a `customer` event fills: (event key, field name, type,
+/// choices). Herald defines each field the first time an event sets it.
+pub const SHOP_FIELDS: &[(&str, &str, FieldType, &[&str])] = &[
+    ("customer_id", "customer_id", FieldType::Text, &[]),
+    ("first_name", "first_name", FieldType::Text, &[]),
+    ("last_name", "last_name", FieldType::Text, &[]),
+    ("phone", "phone", FieldType::Text, &[]),
+    ("birthday", "birthday", FieldType::Date, &[]),
+    ("registered_at", "registered_at", FieldType::Date, &[]),
+    ("country", "country", FieldType::Text, &[]),
+    ("city", "city", FieldType::Text, &[]),
+    (
+        "customer_type",
+        "customer_type",
+        FieldType::Choice,
+        &["person", "company"],
+    ),
+    ("wholesale", "wholesale", FieldType::Boolean, &[]),
+    ("affiliate", "affiliate", FieldType::Boolean, &[]),
+    ("group", "customer_group", FieldType::Text, &[]),
+];
+
+/// One event as parsed, ready for the writer.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Position in the request's array.
+    pub index: usize,
+    /// Type name (one of [`TYPES`]).
+    pub kind: &'static str,
+    /// The shop's id for the event.
+    pub id: String,
+    /// The event's time (ms).
+    pub at: i64,
+    /// What it says.
+    pub body: Body,
+}
+
+/// Who an event is about.
+#[derive(Debug, Clone)]
+pub struct Who {
+    /// The address (creates the contact if it does not exist).
+    pub email: Email,
+}
+
+/// The type-specific part of an event, checked.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// Contact attributes: field name → value (`None` clears), plus built-ins.
+    Customer {
+        /// Who.
+        who: Who,
+        /// Shop and custom fields to set or clear.
+        fields: BTreeMap<String, Option<Value>>,
+        /// New language (`Some(None)` clears).
+        language: Option<Option<String>>,
+        /// New site (`Some(None)` clears).
+        site: Option<Option<String>>,
+        /// Tags to add.
+        tags: BTreeSet<String>,
+    },
+    /// A new or updated order.
+    Order {
+        /// Who placed it.
+        who: Who,
+        /// The order (contact id filled in by the writer).
+        order: Box<Order>,
+    },
+    /// The current cart (empty: cleared).
+    Cart {
+        /// Whose.
+        who: Who,
+        /// Lines, currency, link.
+        cart: Cart,
+    },
+    /// A product upsert.
+    Product(Box<Product>),
+    /// A wait-list entry added or removed.
+    Waitlist {
+        /// Who waits.
+        who: Who,
+        /// For which SKU.
+        sku: String,
+        /// Back in stock or pre-order.
+        kind: WaitKind,
+        /// Remove instead of add.
+        remove: bool,
+    },
+    /// A login.
+    Login {
+        /// Who.
+        who: Who,
+    },
+    /// A newsletter signup on the shop.
+    Signup {
+        /// Who.
+        who: Who,
+        /// Lists (by name) to join.
+        lists: Vec<String>,
+        /// `pending` (confirmation needed) or `granted` (the shop confirmed).
+        consent: ConsentState,
+        /// The subscriber's IP, for the consent log.
+        ip: Option<String>,
+        /// The subscriber's user agent.
+        user_agent: Option<String>,
+        /// Language to set.
+        language: Option<String>,
+        /// Site to set.
+        site: Option<String>,
+    },
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Stored (with a remark, e.g. that a newer version was already there).
+    Accepted(Option<String>),
+    /// Seen before; nothing changed.
+    Duplicate,
+    /// Not stored, and why.
+    Rejected(String),
+}
+
+/// An event that could not even be parsed: its position, whatever of its
+/// type and id could be read, and the reason.
+#[derive(Debug, Clone)]
+pub struct Malformed {
+    /// Position in the array.
+    pub index: usize,
+    /// `type`, if readable.
+    pub kind: Option<String>,
+    /// `id`, if readable.
+    pub id: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// Parses a request body: a JSON array of events. `Err` only when the body
+/// as a whole is unusable (not an array, too many events).
+pub fn parse_batch(body: &[u8], sites: &[String]) -> Result<Vec<Result<Event, Malformed>>, String> {
+    let raw: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the body must be a JSON array of events: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    if raw.len() > MAX_BATCH {
+        return Err(format!(
+            "{} events in one request; send at most {MAX_BATCH}",
+            raw.len()
+        ));
+    }
+    Ok(raw
+        .iter()
+        .enumerate()
+        .map(|(index, r)| parse_one(index, r.get(), sites))
+        .collect())
+}
+
+fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malformed> {
+    let mut m: Map<String, Value> = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(Malformed {
+                index,
+                kind: None,
+                id: None,
+                reason: format!("an event must be a JSON object: {e}"),
+            });
+        }
+    };
+    let kind_raw = m.remove("type");
+    let id_raw = m.remove("id");
+    let at_raw = m.remove("at");
+    let kind_s = kind_raw
+        .as_ref()
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let id_s = id_raw.as_ref().and_then(Value::as_str).map(str::to_string);
+    let fail = |reason: String| Malformed {
+        index,
+        kind: kind_s.clone(),
+        id: id_s.clone(),
+        reason,
+    };
+    let kind = match kind_raw {
+        None => return Err(fail("`type` is missing".into())),
+        Some(Value::String(s)) => match TYPES.iter().find(|t| **t == s) {
+            Some(t) => *t,
+            None => {
+                return Err(fail(format!(
+                    "unknown event type `{s}`; known: {}",
+                    TYPES.join(", ")
+                )));
+            }
+        },
+        Some(v) => return Err(fail(format!("`type` must be a string, not {v}"))),
+    };
+    let id = match id_raw {
+        None => {
+            return Err(fail(
+                "`id` is missing (it makes re-sending harmless)".into(),
+            ));
+        }
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= MAX_ID_LEN => s,
+        Some(Value::Number(n)) => n.to_string(),
+        Some(v) => {
+            return Err(fail(format!(
+                "`id` must be a non-empty string of at most {MAX_ID_LEN} bytes, not {v}"
+            )));
+        }
+    };
+    let at = match at_raw {
+        None => return Err(fail("`at` is missing (an RFC 3339 timestamp)".into())),
+        Some(Value::String(s)) => match DateTime::parse_from_rfc3339(&s) {
+            Ok(t) => t.with_timezone(&Utc).timestamp_millis(),
+            Err(e) => {
+                return Err(fail(format!(
+                    "`at` {s:?} is not an RFC 3339 timestamp such as \"2026-11-24T10:00:00Z\": {e}"
+                )));
+            }
+        },
+        Some(v) => return Err(fail(format!("`at` must be a string, not {v}"))),
+    };
+    let body = parse_body(kind, m, at, sites).map_err(fail)?;
+    Ok(Event {
+        index,
+        kind,
+        id,
+        at,
+        body,
+    })
+}
+
+fn who(m: &mut Map<String, Value>) -> Result<Who, String> {
+    match m.remove("email") {
+        Some(Value::String(s)) => normalize_email(&s)
+            .map(|email| Who { email })
+            .map_err(|e| e.to_string()),
+        Some(v) => Err(format!("`email` must be a string, not {v}")),
+        None => Err("`email` is missing: it names the customer".into()),
+    }
+}
+
+/// Deserializes what is left of an event into `T`, naming unknown keys.
+fn rest<T: serde::de::DeserializeOwned>(m: Map<String, Value>) -> Result<T, String> {
+    serde_json::from_value(Value::Object(m)).map_err(|e| e.to_string())
+}
+
+fn parse_body(
+    kind: &str,
+    mut m: Map<String, Value>,
+    at: i64,
+    sites: &[String],
+) -> Result<Body, String> {
+    match kind {
+        "customer" => {
+            let who = who(&mut m)?;
+            let mut fields = BTreeMap::new();
+            for (key, name, _, _) in SHOP_FIELDS {
+                if let Some(v) = m.remove(*key) {
+                    fields.insert(name.to_string(), (!v.is_null()).then_some(v));
+                }
+            }
+            let language = take_code(&mut m, "language")?;
+            let site = take_code(&mut m, "site")?;
+            if let Some(Some(s)) = &site {
+                check_site(s, sites)?;
+            }
+            let c: CustomerRest = rest(m)?;
+            for (k, v) in c.fields {
+                if fields.contains_key(&k) {
+                    return Err(format!(
+                        "field `{k}` is given twice (as a customer key and in `fields`)"
+                    ));
+                }
+                fields.insert(k, (!v.is_null()).then_some(v));
+            }
+            let tags = c
+                .tags
+                .iter()
+                .map(|t| check_tag(t).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?;
+            Ok(Body::Customer {
+                who,
+                fields,
+                language,
+                site,
+                tags,
+            })
+        }
+        "order" => {
+            let who = who(&mut m)?;
+            let o: OrderWire = rest(m)?;
+            let order = o.check(at)?;
+            Ok(Body::Order {
+                who,
+                order: Box::new(order),
+            })
+        }
+        "cart" => {
+            let who = who(&mut m)?;
+            let c: CartWire = rest(m)?;
+            let items = c
+                .items
+                .into_iter()
+                .enumerate()
+                .map(|(i, it)| it.check(i, false))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(cur) = &c.currency {
+                check_currency(cur)?;
+            }
+            if let Some(u) = &c.url {
+                check_url("url", u)?;
+            }
+            Ok(Body::Cart {
+                who,
+                cart: Cart {
+                    items,
+                    currency: c.currency,
+                    url: c.url,
+                    updated_at: at,
+                },
+            })
+        }
+        "product" => {
+            let p: Product = rest(m)?;
+            p.check()?;
+            Ok(Body::Product(Box::new(p)))
+        }
+        "waitlist" => {
+            let who = who(&mut m)?;
+            let w: WaitWire = rest(m)?;
+            check_sku("sku", &w.sku)?;
+            Ok(Body::Waitlist {
+                who,
+                sku: w.sku,
+                kind: w.kind.unwrap_or(WaitKind::BackInStock),
+                remove: w.remove,
+            })
+        }
+        "login" => {
+            let who = who(&mut m)?;
+            let _: Empty = rest(m)?;
+            Ok(Body::Login { who })
+        }
+        "signup" => {
+            let who = who(&mut m)?;
+            let s: SignupWire = rest(m)?;
+            let consent = match s.consent.as_deref() {
+                None | Some("pending") => ConsentState::Pending,
+                Some("granted") => ConsentState::Granted,
+                Some(x) => {
+                    return Err(format!(
+                        "`consent` must be \"pending\" (Herald asks for confirmation) or \
+                         \"granted\" (the shop confirmed the address), not {x:?}"
+                    ));
+                }
+            };
+            let mut lists = s.lists;
+            lists.extend(s.list);
+            let language = s
+                .language
+                .map(|l| check_code("language", &l).map_err(|e| e.to_string()))
+                .transpose()?;
+            let site = s
+                .site
+                .map(|l| check_code("site", &l).map_err(|e| e.to_string()))
+                .transpose()?;
+            if let Some(s) = &site {
+                check_site(s, sites)?;
+            }
+            Ok(Body::Signup {
+                who,
+                lists,
+                consent,
+                ip: s.ip,
+                user_agent: s.user_agent,
+                language,
+                site,
+            })
+        }
+        other => Err(format!("unknown event type `{other}`")),
+    }
+}
+
+fn take_code(m: &mut Map<String, Value>, key: &str) -> Result<Option<Option<String>>, String> {
+    match m.remove(key) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) => check_code(key, &s)
+            .map(|c| Some(Some(c)))
+            .map_err(|e| e.to_string()),
+        Some(v) => Err(format!("`{key}` must be a string, not {v}")),
+    }
+}
+
+fn check_site(s: &str, sites: &[String]) -> Result<(), String> {
+    if sites.is_empty() || sites.iter().any(|x| x == s) {
+        Ok(())
+    } else {
+        Err(format!(
+            "site `{s}` is not configured (known: {})",
+            sites.join(", ")
+        ))
+    }
+}
+
+fn check_sku(key: &str, s: &str) -> Result<(), String> {
+    if s.trim().is_empty() || s.len() > MAX_SKU_LEN || s.trim() != s {
+        return Err(format!(
+            "`{key}` must be 1-{MAX_SKU_LEN} characters without surrounding spaces, not {s:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_currency(c: &str) -> Result<(), String> {
+    if crate::config::render::is_currency(c) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`currency` must be an ISO 4217 code such as \"PLN\", not {c:?}"
+        ))
+    }
+}
+
+fn check_url(key: &str, u: &str) -> Result<(), String> {
+    match url::Url::parse(u) {
+        Ok(x) if x.scheme() == "http" || x.scheme() == "https" => Ok(()),
+        _ => Err(format!("`{key}` must be an http(s) URL, not {u:?}")),
+    }
+}
+
+/// A money amount in hundredths, from a decimal string (`"1299.50"`) or a
+/// JSON number. At most four decimals (rounded to two).
+pub fn parse_money(key: &str, v: &Value) -> Result<i64, String> {
+    let s = match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        other => return Err(format!("`{key}` must be a decimal amount, not {other}")),
+    };
+    let bad =
+        || format!("`{key}` must be a non-negative decimal amount such as \"19.99\", not {s:?}");
+    let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
+    if int.is_empty()
+        || int.len() > 15
+        || frac.len() > 4
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let int: i64 = int.parse().map_err(|_| bad())?;
+    let mut f = format!("{frac:0<4}");
+    f.truncate(4);
+    let f: i64 = f.parse().map_err(|_| bad())?;
+    Ok(int * 100 + (f + 50) / 100)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerRest {
+    /// Other custom fields by name.
+    #[serde(default)]
+    fields: BTreeMap<String, Value>,
+    /// Tags to add.
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemWire {
+    sku: String,
+    quantity: u32,
+    #[serde(default)]
+    price: Option<Value>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl ItemWire {
+    fn check(self, i: usize, price_required: bool) -> Result<Item, String> {
+        let at = |m: String| format!("items[{i}]: {m}");
+        check_sku("sku", &self.sku).map_err(at)?;
+        if self.quantity == 0 {
+            return Err(at("`quantity` must be at least 1".into()));
+        }
+        let price = match &self.price {
+            Some(v) => parse_money("price", v).map_err(at)?,
+            None if price_required => return Err(at("`price` is missing".into())),
+            None => 0,
+        };
+        let category = match self.category {
+            Some(c) if c.trim().is_empty() => {
+                return Err(at("`category` must not be empty".into()));
+            }
+            c => c.map(|c| c.trim().to_string()),
+        };
+        Ok(Item {
+            sku: self.sku,
+            quantity: self.quantity,
+            price,
+            category,
+            name: self.name,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderWire {
+    order_id: Value,
+    #[serde(default)]
+    placed_at: Option<String>,
+    items: Vec<ItemWire>,
+    total: Value,
+    currency: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    payment_type: Option<String>,
+    #[serde(default)]
+    delivery_date: Option<String>,
+    #[serde(default)]
+    attribution: Option<String>,
+}
+
+impl OrderWire {
+    fn check(self, at: i64) -> Result<Order, String> {
+        let order_id = match self.order_id {
+            Value::String(s) if !s.trim().is_empty() && s.len() <= MAX_ID_LEN => s,
+            Value::Number(n) => n.to_string(),
+            v => {
+                return Err(format!(
+                    "`order_id` must be a non-empty string of at most {MAX_ID_LEN} bytes, not {v}"
+                ));
+            }
+        };
+        let placed_at = match &self.placed_at {
+            None => at,
+            Some(s) => DateTime::parse_from_rfc3339(s)
+                .map_err(|e| format!("`placed_at` {s:?} is not an RFC 3339 timestamp: {e}"))?
+                .timestamp_millis(),
+        };
+        if self.items.is_empty() {
+            return Err("`items` must list at least one item".into());
+        }
+        let items = self
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(i, it)| it.check(i, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let total = parse_money("total", &self.total)?;
+        check_currency(&self.currency)?;
+        let delivery_date = self
+            .delivery_date
+            .map(|d| {
+                NaiveDate::parse_from_str(&d, "%Y-%m-%d")
+                    .map_err(|_| format!("`delivery_date` {d:?} is not a date YYYY-MM-DD"))
+            })
+            .transpose()?;
+        let lower = |k: &str, v: Option<String>| -> Result<Option<String>, String> {
+            match v {
+                Some(s) if s.trim().is_empty() || s.len() > 64 => {
+                    Err(format!("`{k}` must be 1-64 characters"))
+                }
+                v => Ok(v.map(|s| s.trim().to_lowercase())),
+            }
+        };
+        Ok(Order {
+            order_id,
+            contact: 0,
+            placed_at,
+            updated_at: at,
+            items,
+            total,
+            currency: self.currency,
+            status: lower("status", self.status)?.unwrap_or_else(|| "placed".into()),
+            payment_type: lower("payment_type", self.payment_type)?,
+            delivery_date,
+            attribution: self.attribution,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CartWire {
+    items: Vec<ItemWire>,
+    #[serde(default)]
+    currency: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitWire {
+    sku: String,
+    #[serde(default)]
+    kind: Option<WaitKind>,
+    #[serde(default)]
+    remove: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignupWire {
+    #[serde(default)]
+    list: Option<String>,
+    #[serde(default)]
+    lists: Vec<String>,
+    #[serde(default)]
+    consent: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    user_agent: Option<String>,
+    #[serde(default)]
+    language: Option<String>,
+    #[serde(default)]
+    site: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Applying events inside the writer's transaction.
+// ---------------------------------------------------------------------------
+
+/// Applies a batch in order inside one write transaction. Each event is
+/// checked against the stored data before anything of it is written, so a
+/// rejected event leaves no trace; `Err` is a storage failure (the whole
+/// transaction is then aborted and nothing was acknowledged).
+pub fn apply_batch(
+    t: &mut WriteTables<'_>,
+    events: Vec<Event>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(usize, Outcome)>, StoreError> {
+    let salt = t.salt()?;
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        if t.event_seen(e.kind, &e.id)? {
+            out.push((e.index, Outcome::Duplicate));
+            continue;
+        }
+        let outcome = apply(t, &salt, e.at, e.body, now)?;
+        if let Outcome::Accepted(_) = outcome {
+            t.put_event(e.kind, &e.id, e.at)?;
+        }
+        out.push((e.index, outcome));
+    }
+    Ok(out)
+}
+
+/// The contact for an event's address, created (consent `unknown`) if new.
+fn contact_id(
+    t: &mut WriteTables<'_>,
+    salt: &[u8],
+    who: &Who,
+    now: DateTime<Utc>,
+) -> Result<Result<u64, String>, StoreError> {
+    if let Some(id) = t.contact_id_by_email(&who.email.key)? {
+        return Ok(Ok(id));
+    }
+    match apply_upsert_salted(t, salt, &who.email, ContactUpdate::default(), true, now)? {
+        Ok((_, c)) => Ok(Ok(c.id)),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
+fn apply(
+    t: &mut WriteTables<'_>,
+    salt: &[u8],
+    at: i64,
+    body: Body,
+    now: DateTime<Utc>,
+) -> Result<Outcome, StoreError> {
+    macro_rules! contact {
+        ($who:expr) => {
+            match contact_id(t, salt, $who, now)? {
+                Ok(id) => id,
+                Err(reason) => return Ok(Outcome::Rejected(reason)),
+            }
+        };
+    }
+    match body {
+        Body::Customer {
+            who,
+            fields,
+            language,
+            site,
+            tags,
+        } => {
+            let mut update = ContactUpdate {
+                language,
+                site,
+                add_tags: tags,
+                ..Default::default()
+            };
+            for (name, v) in fields {
+                let def = match shop_field(t, &name, now)? {
+                    Ok(Some(d)) => d,
+                    Ok(None) => {
+                        return Ok(Outcome::Rejected(
+                            ContactError::UnknownField(name).to_string(),
+                        ));
+                    }
+                    Err(reason) => return Ok(Outcome::Rejected(reason)),
+                };
+                let value = match v {
+                    None => None,
+                    Some(v) => match parse_json_value(&def, &normalise_shop_value(&name, v)) {
+                        Ok(x) => Some(x),
+                        Err(e) => return Ok(Outcome::Rejected(e.to_string())),
+                    },
+                };
+                update.fields.insert(name, value);
+            }
+            match apply_upsert_salted(t, salt, &who.email, update, true, now)? {
+                Ok(_) => Ok(Outcome::Accepted(None)),
+                Err(e) => Ok(Outcome::Rejected(e.to_string())),
+            }
+        }
+        Body::Order { who, mut order } => {
+            let contact = contact!(&who);
+            order.contact = contact;
+            let before = t.order(&order.order_id)?;
+            if let Some(b) = &before
+                && b.updated_at > order.updated_at
+            {
+                return Ok(Outcome::Accepted(Some(format!(
+                    "not applied: the stored version of order {} is newer ({})",
+                    order.order_id,
+                    fmt_ms(b.updated_at)
+                ))));
+            }
+            for item in &mut order.items {
+                if item.category.is_none()
+                    && let Some(p) = t.product(&item.sku)?
+                {
+                    item.category = p.category;
+                }
+            }
+            t.put_order(&order, before.as_ref())?;
+            match &before {
+                None => {
+                    let old = t.stats(contact)?;
+                    let mut s = old.clone().unwrap_or_default();
+                    s.add_order(&order);
+                    t.put_stats(contact, s, old)?;
+                }
+                Some(b) => {
+                    recompute(t, contact)?;
+                    if b.contact != contact {
+                        recompute(t, b.contact)?;
+                    }
+                }
+            }
+            Ok(Outcome::Accepted(None))
+        }
+        Body::Cart { who, mut cart } => {
+            let contact = contact!(&who);
+            let before = t.cart(contact)?;
+            if let Some(b) = &before
+                && b.updated_at > cart.updated_at
+            {
+                return Ok(Outcome::Accepted(Some(format!(
+                    "not applied: the stored cart is newer ({})",
+                    fmt_ms(b.updated_at)
+                ))));
+            }
+            for item in &mut cart.items {
+                if item.category.is_none()
+                    && let Some(p) = t.product(&item.sku)?
+                {
+                    item.category = p.category;
+                }
+            }
+            let after = (!cart.items.is_empty()).then_some(cart);
+            if after.is_none() && before.is_none() {
+                return Ok(Outcome::Accepted(None));
+            }
+            t.put_cart(contact, after, before)?;
+            Ok(Outcome::Accepted(None))
+        }
+        Body::Product(p) => {
+            t.put_product(&p)?;
+            Ok(Outcome::Accepted(None))
+        }
+        Body::Waitlist {
+            who,
+            sku,
+            kind,
+            remove,
+        } => {
+            let contact = contact!(&who);
+            if remove {
+                t.delete_wait(&sku, contact)?;
+            } else {
+                t.put_wait(&sku, contact, &WaitEntry { kind, since: at })?;
+            }
+            Ok(Outcome::Accepted(None))
+        }
+        Body::Login { who } => {
+            let contact = contact!(&who);
+            let old = t.stats(contact)?;
+            let mut s = old.clone().unwrap_or_default();
+            s.last_login = Some(s.last_login.map_or(at, |l| l.max(at)));
+            s.logins = s.logins.saturating_add(1);
+            t.put_stats(contact, s, old)?;
+            Ok(Outcome::Accepted(None))
+        }
+        Body::Signup {
+            who,
+            lists,
+            consent,
+            ip,
+            user_agent,
+            language,
+            site,
+        } => {
+            let mut update = ContactUpdate {
+                language: language.map(Some),
+                site: site.map(Some),
+                ..Default::default()
+            };
+            for name in &lists {
+                match t.list_id_by_name(name)? {
+                    Some(id) => {
+                        update.add_lists.insert(id);
+                    }
+                    None => {
+                        return Ok(Outcome::Rejected(format!(
+                            "no list named `{name}` (create it with POST /api/v1/lists)"
+                        )));
+                    }
+                }
+            }
+            let current = match t.contact_id_by_email(&who.email.key)? {
+                Some(id) => t.contact(id)?.map(|c| c.consent),
+                None => None,
+            };
+            // A signup never lowers consent that is already granted.
+            let mut note = None;
+            if current != Some(ConsentState::Granted) {
+                update.consent = Some(ConsentChange {
+                    to: consent,
+                    source: if consent == ConsentState::Granted {
+                        ConsentSource::Api
+                    } else {
+                        ConsentSource::Form
+                    },
+                    ip,
+                    user_agent,
+                    note: Some("signup event from the shop".into()),
+                });
+            } else if consent == ConsentState::Pending {
+                note = Some("consent already granted; left as it is".to_string());
+            }
+            match apply_upsert_salted(t, salt, &who.email, update, true, now)? {
+                Ok(_) => Ok(Outcome::Accepted(note)),
+                Err(e) => Ok(Outcome::Rejected(e.to_string())),
+            }
+        }
+    }
+}
+
+fn recompute(t: &mut WriteTables<'_>, contact: u64) -> Result<(), StoreError> {
+    let orders = t.orders_of(contact)?;
+    let old = t.stats(contact)?;
+    let mut s = old.clone().unwrap_or_default();
+    s.recompute(&orders);
+    t.put_stats(contact, s, old)
+}
+
+fn fmt_ms(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// Country codes are kept upper-case.
+fn normalise_shop_value(field: &str, v: Value) -> Value {
+    match (field, v) {
+        ("country", Value::String(s)) => Value::String(s.trim().to_uppercase()),
+        (_, v) => v,
+    }
+}
+
+/// The definition of `name`, creating it if it is one of the shop fields and
+/// does not exist yet. `Err`: it exists with another type than the shop's.
+fn shop_field(
+    t: &mut WriteTables<'_>,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<Result<Option<FieldDef>, String>, StoreError> {
+    let shop = SHOP_FIELDS.iter().find(|f| f.1 == name);
+    if let Some(def) = t.field_cached(name)? {
+        if let Some((_, _, ty, _)) = shop
+            && def.field_type != *ty
+        {
+            return Ok(Err(format!(
+                "field `{name}` is defined as {}, but customer events fill it with {} values; \
+                 rename the existing field",
+                def.field_type.as_str(),
+                ty.as_str()
+            )));
+        }
+        return Ok(Ok(Some(def.clone())));
+    }
+    let Some((_, _, ty, choices)) = shop else {
+        return Ok(Ok(None));
+    };
+    let def = FieldDef {
+        name: name.to_string(),
+        field_type: *ty,
+        choices: choices.iter().map(|c| c.to_string()).collect(),
+        label: None,
+        created_at: now,
+    };
+    t.put_field(&def)?;
+    Ok(Ok(Some(def)))
+}
+
+/// What the aggregates say about a contact, as the API shows it.
+pub fn stats_json(s: &ShopStats) -> Value {
+    let money = |c: i64| format!("{}.{:02}", c / 100, c % 100);
+    let day = |d: i32| super::model::date_of_day(d).map(|d| d.to_string());
+    serde_json::json!({
+        "order_count": s.order_count,
+        "order_sum": money(s.order_sum),
+        "average_order": s.average().map(money),
+        "first_order": s.first_order.and_then(day),
+        "last_order": s.last_order.and_then(day),
+        "categories": s.categories.iter().map(|(k, v)| (k.clone(), v.last().copied().and_then(day))).collect::<BTreeMap<_, _>>(),
+        "skus": s.skus.len(),
+        "payment_types": s.payment_types,
+        "last_login": s.last_login.map(fmt_ms),
+        "logins": s.logins,
+    })
+}
+
+/// Days since 1970 of an event time (for callers outside this module).
+pub fn event_day(at: i64) -> i32 {
+    day_of_ms(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_parses_to_hundredths() {
+        let ok = |v: Value| parse_money("total", &v);
+        assert_eq!(ok(Value::from("1299.50")), Ok(129_950));
+        assert_eq!(ok(Value::from("7")), Ok(700));
+        assert_eq!(ok(serde_json::json!(19.99)), Ok(1999));
+        assert_eq!(ok(Value::from("0.125")), Ok(13));
+        assert!(ok(Value::from("-1")).is_err());
+        assert!(ok(Value::from("1,5")).is_err());
+        assert!(ok(Value::from("")).is_err());
+        assert!(ok(Value::Bool(true)).is_err());
+    }
+
+    #[test]
+    fn one_bad_event_does_not_spoil_the_batch() -> Result<(), String> {
+        let body = br#"[
+            {"type":"login","id":"1","at":"2026-11-24T10:00:00Z","email":"a@example.com"},
+            {"type":"login","id":"2","at":"yesterday","email":"a@example.com"},
+            {"type":"teleport","id":"3","at":"2026-11-24T10:00:00Z"},
+            {"type":"order","id":"4","at":"2026-11-24T10:00:00Z","email":"a@example.com",
+             "order_id":"A1","items":[],"total":"1","currency":"PLN"},
+            {"type":"cart","id":"5","at":"2026-11-24T10:00:00Z","email":"a@example.com","items":[],"colour":"red"},
+            42
+        ]"#;
+        let parsed = parse_batch(body, &[])?;
+        assert!(parsed[0].is_ok());
+        let reasons: Vec<String> = parsed[1..]
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .err()
+                    .map(|m| m.reason.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert!(reasons[0].contains("RFC 3339"), "{reasons:?}");
+        assert!(reasons[1].contains("unknown event type `teleport`"));
+        assert!(reasons[2].contains("at least one item"));
+        assert!(reasons[3].contains("unknown field `colour`"));
+        assert!(reasons[4].contains("JSON object"));
+        assert!(parse_batch(b"{}", &[]).is_err());
+        Ok(())
+    }
+}

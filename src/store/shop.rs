@@ -1,0 +1,243 @@
+//! Shop data tables: event ids (idempotency), orders, per-contact aggregates,
+//! carts, wait-lists, and the segments created through the API.
+
+use std::sync::Arc;
+
+use redb::ReadableTable;
+
+use super::tables::*;
+use super::{Change, ReadView, StoreError, WriteTables, from_json, get_json, to_json};
+use crate::segment::StoredSegment;
+use crate::shop::model::{Cart, Order, ShopStats, WaitEntry};
+
+impl WriteTables<'_> {
+    /// Whether an event with this type and id was accepted before.
+    pub fn event_seen(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self.shop_events.get((kind, id))?.is_some())
+    }
+
+    /// Records an accepted event's type and id.
+    pub fn put_event(&mut self, kind: &str, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.shop_events.insert((kind, id), at_ms)?;
+        Ok(())
+    }
+
+    /// An order by the shop's id.
+    pub fn order(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
+        get_json(&self.orders, "orders", order_id)
+    }
+
+    /// Stores an order and keeps the by-contact index in step with `before`.
+    pub fn put_order(&mut self, o: &Order, before: Option<&Order>) -> Result<(), StoreError> {
+        if let Some(b) = before
+            && b.contact != o.contact
+        {
+            self.orders_by_contact
+                .remove((b.contact, b.order_id.as_str()))?;
+        }
+        self.orders_by_contact
+            .insert((o.contact, o.order_id.as_str()), ())?;
+        self.orders
+            .insert(o.order_id.as_str(), to_json(o).as_slice())?;
+        Ok(())
+    }
+
+    /// Every order of a contact.
+    pub fn orders_of(&self, contact: u64) -> Result<Vec<Order>, StoreError> {
+        let mut ids = Vec::new();
+        for r in self
+            .orders_by_contact
+            .range((contact, "")..=(contact, "\u{10FFFF}\u{10FFFF}"))?
+        {
+            let (k, _) = r?;
+            ids.push(k.value().1.to_string());
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(o) = self.order(&id)? {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A contact's aggregates.
+    pub fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
+        get_json(&self.shop_stats, "shop_stats", contact)
+    }
+
+    /// Stores a contact's aggregates; `before` is what was stored (for the
+    /// segment index to remove what no longer holds).
+    pub fn put_stats(
+        &mut self,
+        contact: u64,
+        s: ShopStats,
+        before: Option<ShopStats>,
+    ) -> Result<(), StoreError> {
+        self.shop_stats.insert(contact, to_json(&s).as_slice())?;
+        self.note(|| Change::Stats {
+            contact,
+            before: before.map(Arc::new),
+            after: Arc::new(s),
+        });
+        Ok(())
+    }
+
+    /// A contact's cart.
+    pub fn cart(&self, contact: u64) -> Result<Option<Cart>, StoreError> {
+        get_json(&self.carts, "carts", contact)
+    }
+
+    /// Stores (`Some`) or clears (`None`) a contact's cart.
+    pub fn put_cart(
+        &mut self,
+        contact: u64,
+        cart: Option<Cart>,
+        before: Option<Cart>,
+    ) -> Result<(), StoreError> {
+        match &cart {
+            Some(c) => {
+                self.carts.insert(contact, to_json(c).as_slice())?;
+            }
+            None => {
+                self.carts.remove(contact)?;
+            }
+        }
+        self.note(|| Change::Cart {
+            contact,
+            before: before.map(Arc::new),
+            after: cart.map(Arc::new),
+        });
+        Ok(())
+    }
+
+    /// Adds or replaces a wait-list entry.
+    pub fn put_wait(&mut self, sku: &str, contact: u64, e: &WaitEntry) -> Result<(), StoreError> {
+        self.waitlist
+            .insert((sku, contact), to_json(e).as_slice())?;
+        Ok(())
+    }
+
+    /// Removes a wait-list entry; false if there was none.
+    pub fn delete_wait(&mut self, sku: &str, contact: u64) -> Result<bool, StoreError> {
+        Ok(self.waitlist.remove((sku, contact))?.is_some())
+    }
+
+    /// Removes every shop record of a contact (erasure).
+    pub(super) fn delete_shop_data(&mut self, contact: u64) -> Result<(), StoreError> {
+        for o in self.orders_of(contact)? {
+            self.orders.remove(o.order_id.as_str())?;
+            self.orders_by_contact
+                .remove((contact, o.order_id.as_str()))?;
+        }
+        if let Some(old) = self.stats(contact)? {
+            self.shop_stats.remove(contact)?;
+            self.note(|| Change::Stats {
+                contact,
+                before: Some(Arc::new(old)),
+                after: Arc::new(ShopStats::default()),
+            });
+        }
+        if let Some(old) = self.cart(contact)? {
+            self.put_cart(contact, None, Some(old))?;
+        }
+        let mut waits = Vec::new();
+        for r in self.waitlist.iter()? {
+            let (k, _) = r?;
+            let (sku, c) = k.value();
+            if c == contact {
+                waits.push(sku.to_string());
+            }
+        }
+        for sku in waits {
+            self.waitlist.remove((sku.as_str(), contact))?;
+        }
+        Ok(())
+    }
+
+    /// An API-created segment.
+    pub fn segment(&self, name: &str) -> Result<Option<StoredSegment>, StoreError> {
+        get_json(&self.segments, "segments", name)
+    }
+
+    /// Stores an API-created segment.
+    pub fn put_segment(&mut self, s: &StoredSegment) -> Result<(), StoreError> {
+        self.segments
+            .insert(s.name.as_str(), to_json(s).as_slice())?;
+        Ok(())
+    }
+
+    /// Deletes an API-created segment; false if there was none.
+    pub fn delete_segment(&mut self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.segments.remove(name)?.is_some())
+    }
+}
+
+impl ReadView {
+    /// An order by the shop's id.
+    pub fn order(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
+        get_json(&self.table(ORDERS)?, "orders", order_id)
+    }
+
+    /// A contact's aggregates.
+    pub fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
+        get_json(&self.table(SHOP_STATS)?, "shop_stats", contact)
+    }
+
+    /// A contact's cart.
+    pub fn cart(&self, contact: u64) -> Result<Option<Cart>, StoreError> {
+        get_json(&self.table(CARTS)?, "carts", contact)
+    }
+
+    /// The contacts waiting for a SKU, in contact id order.
+    pub fn waiting_for(&self, sku: &str) -> Result<Vec<(u64, WaitEntry)>, StoreError> {
+        let t = self.table(WAITLIST)?;
+        let mut out = Vec::new();
+        for r in t.range((sku, 0)..=(sku, u64::MAX))? {
+            let (k, v) = r?;
+            out.push((k.value().1, from_json("waitlist", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every API-created segment, by name.
+    pub fn segments(&self) -> Result<Vec<StoredSegment>, StoreError> {
+        super::all_json(&self.table(SEGMENTS)?, "segments")
+    }
+
+    /// Calls `f` for every contact's aggregates, in id order (index build).
+    pub fn each_stats(
+        &self,
+        mut f: impl FnMut(u64, ShopStats) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for r in self.table(SHOP_STATS)?.iter()? {
+            let (k, v) = r?;
+            f(k.value(), from_json("shop_stats", v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every contact, in id order (index build).
+    pub fn each_contact(
+        &self,
+        mut f: impl FnMut(crate::contacts::model::Contact) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for r in self.table(CONTACTS)?.iter()? {
+            let (_, v) = r?;
+            f(from_json("contacts", v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every cart, in contact id order (index build).
+    pub fn each_cart(
+        &self,
+        mut f: impl FnMut(u64, Cart) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for r in self.table(CARTS)?.iter()? {
+            let (k, v) = r?;
+            f(k.value(), from_json("carts", v.value())?)?;
+        }
+        Ok(())
+    }
+}
