@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use crate::contacts::model::{Contact, FieldValue};
-use crate::shop::model::{Cart, ShopStats, day_of_ms};
+use crate::shop::model::{Cart, ShopStats, StatsDelta, day_of_ms};
 use crate::store::Change;
 
 /// "No value" for day columns.
@@ -371,9 +371,9 @@ impl Data {
             }
             Change::Stats {
                 contact,
-                before,
-                after,
-            } => self.put_stats(*contact, before.as_deref(), after),
+                scalars,
+                delta,
+            } => self.put_stats(*contact, scalars, delta),
             Change::Cart {
                 contact,
                 before,
@@ -424,63 +424,42 @@ impl Data {
         }
     }
 
-    /// Sets a contact's aggregates and purchase postings.
-    pub fn put_stats(&mut self, contact: u64, before: Option<&ShopStats>, after: &ShopStats) {
+    /// Sets a contact's aggregates from `scalars` and applies the changes
+    /// to its purchase postings and payment types.
+    pub fn put_stats(&mut self, contact: u64, scalars: &ShopStats, delta: &StatsDelta) {
         let Some(id) = id32(contact) else { return };
         let row = self.row_mut(id);
-        row.order_count = after.order_count;
-        row.order_sum = after.order_sum;
-        row.first_order = after.first_order.unwrap_or(NO_DAY);
-        row.last_order = after.last_order.unwrap_or(NO_DAY);
-        row.last_login = after.last_login.map_or(NO_DAY, day_of_ms);
-        row.logins = after.logins;
-        let empty = ShopStats::default();
-        let before = before.unwrap_or(&empty);
-        for (sku, old, new) in [
-            (false, &before.categories, &after.categories),
-            (true, &before.skus, &after.skus),
-        ] {
-            for (term, days) in new {
-                let prev = old.get(term);
-                let added: Vec<i32> = days
-                    .iter()
-                    .copied()
-                    .filter(|d| prev.is_none_or(|p| p.binary_search(d).is_err()))
-                    .collect();
-                if added.is_empty() {
-                    continue;
-                }
-                let sym = self.syms.intern(term);
-                let p = if sku {
-                    self.bought_sku.entry(sym).or_default()
-                } else {
-                    self.bought_category.entry(sym).or_default()
-                };
-                for d in added {
-                    p.add(id, d);
-                }
-            }
-            for (term, days) in old {
-                let now = new.get(term);
-                let sym = self.syms.get(term);
-                let map = if sku {
-                    &mut self.bought_sku
-                } else {
-                    &mut self.bought_category
-                };
-                let Some(p) = map.get_mut(&sym) else { continue };
-                for d in days {
-                    if now.is_none_or(|n| n.binary_search(d).is_err()) {
-                        p.remove(id, *d);
-                    }
-                }
+        row.order_count = scalars.order_count;
+        row.order_sum = scalars.order_sum;
+        row.first_order = scalars.first_order.unwrap_or(NO_DAY);
+        row.last_order = scalars.last_order.unwrap_or(NO_DAY);
+        row.last_login = scalars.last_login.map_or(NO_DAY, day_of_ms);
+        row.logins = scalars.logins;
+        for (sku, term, day) in &delta.added {
+            let sym = self.syms.intern(term);
+            let map = if *sku {
+                &mut self.bought_sku
+            } else {
+                &mut self.bought_category
+            };
+            map.entry(sym).or_default().add(id, *day);
+        }
+        for (sku, term, day) in &delta.removed {
+            let sym = self.syms.get(term);
+            let map = if *sku {
+                &mut self.bought_sku
+            } else {
+                &mut self.bought_category
+            };
+            if let Some(p) = map.get_mut(&sym) {
+                p.remove(id, *day);
             }
         }
-        for p in after.payment_types.difference(&before.payment_types) {
+        for p in &delta.payments_added {
             let sym = self.syms.intern(p);
             self.payments.entry(sym).or_default().insert(id);
         }
-        for p in before.payment_types.difference(&after.payment_types) {
+        for p in &delta.payments_removed {
             let sym = self.syms.get(p);
             if let Some(s) = self.payments.get_mut(&sym) {
                 s.remove(id);

@@ -464,8 +464,10 @@ impl Index {
                             data.put_contact(&c);
                             Ok(())
                         })?;
+                        let empty = crate::shop::model::ShopStats::default();
                         r.each_stats(|id, s| {
-                            data.put_stats(id, None, &s);
+                            let delta = crate::shop::model::StatsDelta::between(&empty, &s);
+                            data.put_stats(id, &s, &delta);
                             Ok(())
                         })?;
                         r.each_cart(|id, c| {

@@ -14,7 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::model::{Cart, Item, Order, ShopStats, WaitEntry, WaitKind, day_of_ms};
+use super::model::{Cart, Item, Order, ShopStats, StatsDelta, WaitEntry, WaitKind, day_of_ms};
 use super::product::{MAX_SKU_LEN, Product};
 use crate::contacts::model::{ConsentSource, ConsentState, FieldDef, FieldType};
 use crate::contacts::{
@@ -788,10 +788,9 @@ fn apply(
             t.put_order(&order, before.as_ref())?;
             match &before {
                 None => {
-                    let old = t.stats(contact)?;
-                    let mut s = old.clone().unwrap_or_default();
-                    s.add_order(&order);
-                    t.put_stats(contact, s, old)?;
+                    let mut s = t.stats(contact)?.unwrap_or_default();
+                    let delta = s.add_order(&order);
+                    t.put_stats(contact, &s, delta)?;
                 }
                 Some(b) => {
                     recompute(t, contact)?;
@@ -847,11 +846,10 @@ fn apply(
         }
         Body::Login { who } => {
             let contact = contact!(&who);
-            let old = t.stats(contact)?;
-            let mut s = old.clone().unwrap_or_default();
+            let mut s = t.stats(contact)?.unwrap_or_default();
             s.last_login = Some(s.last_login.map_or(at, |l| l.max(at)));
             s.logins = s.logins.saturating_add(1);
-            t.put_stats(contact, s, old)?;
+            t.put_stats(contact, &s, StatsDelta::default())?;
             Ok(Outcome::Accepted(None))
         }
         Body::Signup {
@@ -911,10 +909,11 @@ fn apply(
 
 fn recompute(t: &mut WriteTables<'_>, contact: u64) -> Result<(), StoreError> {
     let orders = t.orders_of(contact)?;
-    let old = t.stats(contact)?;
-    let mut s = old.clone().unwrap_or_default();
+    let old = t.stats(contact)?.unwrap_or_default();
+    let mut s = old.clone();
     s.recompute(&orders);
-    t.put_stats(contact, s, old)
+    let delta = StatsDelta::between(&old, &s);
+    t.put_stats(contact, &s, delta)
 }
 
 fn fmt_ms(ms: i64) -> String {

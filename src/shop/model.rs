@@ -4,7 +4,8 @@
 //! Money is kept in hundredths of the currency unit (`i64`), dates of
 //! purchases as days since 1970-01-01 (UTC), instants as milliseconds.
 //! Herald does not convert currencies: sums add the totals as the shop sent
-//! them.
+//! them. The store keeps these records in postcard (compact binary, every
+//! field present), so fields are never skipped when serializing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,10 +44,10 @@ pub struct Item {
     #[serde(rename = "p", default)]
     pub price: i64,
     /// Category, as sent or taken from the catalogue.
-    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "c", default)]
     pub category: Option<String>,
     /// Name, as sent.
-    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "n", default)]
     pub name: Option<String>,
 }
 
@@ -71,13 +72,10 @@ pub struct Order {
     /// Status as the shop names it (lower-cased).
     pub status: String,
     /// Payment type (lower-cased), if given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_type: Option<String>,
     /// Planned delivery date.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_date: Option<NaiveDate>,
     /// The attribution value the shop captured from Herald's link parameter.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution: Option<String>,
 }
 
@@ -95,10 +93,8 @@ pub struct Cart {
     /// Lines (never empty: an empty cart is deleted).
     pub items: Vec<Item>,
     /// Currency of the prices, if given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
     /// A link back to the cart, if given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// The `at` of the event this version came from (ms).
     pub updated_at: i64,
@@ -145,53 +141,96 @@ pub struct WaitEntry {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShopStats {
     /// Counted orders.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub order_count: u32,
     /// Sum of counted orders' totals, in hundredths.
-    #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub order_sum: i64,
     /// Day of the first counted order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_order: Option<i32>,
     /// Day of the last counted order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_order: Option<i32>,
     /// Category → the distinct days it was bought on (ascending).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub categories: BTreeMap<String, Vec<i32>>,
     /// SKU → the distinct days it was bought on (ascending).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub skus: BTreeMap<String, Vec<i32>>,
     /// Payment types used in counted orders.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub payment_types: BTreeSet<String>,
     /// Last login (ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_login: Option<i64>,
     /// Logins recorded.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub logins: u32,
 }
 
-fn is_zero_u32(v: &u32) -> bool {
-    *v == 0
+fn add_day(days: &mut Vec<i32>, day: i32) -> bool {
+    match days.binary_search(&day) {
+        Ok(_) => false,
+        Err(at) => {
+            days.insert(at, day);
+            true
+        }
+    }
 }
 
-fn is_zero_i64(v: &i64) -> bool {
-    *v == 0
+/// What changed between two versions of a contact's [`ShopStats`], for the
+/// segment index: purchase (kind, term, day) entries and payment types
+/// added and removed. `sku` is true for SKUs, false for categories.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatsDelta {
+    /// (sku?, term, day) entries that are new.
+    pub added: Vec<(bool, String, i32)>,
+    /// (sku?, term, day) entries that are gone.
+    pub removed: Vec<(bool, String, i32)>,
+    /// Payment types now used.
+    pub payments_added: Vec<String>,
+    /// Payment types no longer used.
+    pub payments_removed: Vec<String>,
 }
 
-fn add_day(days: &mut Vec<i32>, day: i32) {
-    if let Err(at) = days.binary_search(&day) {
-        days.insert(at, day);
+impl StatsDelta {
+    /// The difference from `old` to `new`.
+    pub fn between(old: &ShopStats, new: &ShopStats) -> StatsDelta {
+        let mut d = StatsDelta::default();
+        for (sku, o, n) in [
+            (false, &old.categories, &new.categories),
+            (true, &old.skus, &new.skus),
+        ] {
+            for (term, days) in n {
+                let prev = o.get(term);
+                for day in days {
+                    if prev.is_none_or(|p| p.binary_search(day).is_err()) {
+                        d.added.push((sku, term.clone(), *day));
+                    }
+                }
+            }
+            for (term, days) in o {
+                let now = n.get(term);
+                for day in days {
+                    if now.is_none_or(|p| p.binary_search(day).is_err()) {
+                        d.removed.push((sku, term.clone(), *day));
+                    }
+                }
+            }
+        }
+        d.payments_added = new
+            .payment_types
+            .difference(&old.payment_types)
+            .cloned()
+            .collect();
+        d.payments_removed = old
+            .payment_types
+            .difference(&new.payment_types)
+            .cloned()
+            .collect();
+        d
     }
 }
 
 impl ShopStats {
-    /// Adds one order's contribution (nothing for an uncounted order).
-    pub fn add_order(&mut self, o: &Order) {
+    /// Adds one order's contribution (nothing for an uncounted order), and
+    /// returns what that added.
+    pub fn add_order(&mut self, o: &Order) -> StatsDelta {
+        let mut delta = StatsDelta::default();
         if !o.counted() {
-            return;
+            return delta;
         }
         let day = day_of_ms(o.placed_at);
         self.order_count = self.order_count.saturating_add(1);
@@ -199,14 +238,21 @@ impl ShopStats {
         self.first_order = Some(self.first_order.map_or(day, |d| d.min(day)));
         self.last_order = Some(self.last_order.map_or(day, |d| d.max(day)));
         for i in &o.items {
-            add_day(self.skus.entry(i.sku.clone()).or_default(), day);
-            if let Some(c) = &i.category {
-                add_day(self.categories.entry(c.clone()).or_default(), day);
+            if add_day(self.skus.entry(i.sku.clone()).or_default(), day) {
+                delta.added.push((true, i.sku.clone(), day));
+            }
+            if let Some(c) = &i.category
+                && add_day(self.categories.entry(c.clone()).or_default(), day)
+            {
+                delta.added.push((false, c.clone(), day));
             }
         }
-        if let Some(p) = &o.payment_type {
-            self.payment_types.insert(p.clone());
+        if let Some(p) = &o.payment_type
+            && self.payment_types.insert(p.clone())
+        {
+            delta.payments_added.push(p.clone());
         }
+        delta
     }
 
     /// Replaces the order-derived part with what `orders` add up to (after an

@@ -122,10 +122,10 @@ pub enum Change {
     Stats {
         /// Contact id.
         contact: u64,
-        /// What was stored before.
-        before: Option<Arc<crate::shop::model::ShopStats>>,
-        /// What is stored now.
-        after: Arc<crate::shop::model::ShopStats>,
+        /// The scalar aggregates as stored now (maps emptied).
+        scalars: Box<crate::shop::model::ShopStats>,
+        /// Purchases and payment types added and removed.
+        delta: Box<crate::shop::model::StatsDelta>,
     },
     /// A contact's cart changed (`after: None`: emptied).
     Cart {

@@ -6,9 +6,38 @@ use std::sync::Arc;
 use redb::ReadableTable;
 
 use super::tables::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use super::{Change, ReadView, StoreError, WriteTables, from_json, get_json, to_json};
 use crate::segment::StoredSegment;
-use crate::shop::model::{Cart, Order, ShopStats, WaitEntry};
+use crate::shop::model::{Cart, Order, ShopStats, StatsDelta, WaitEntry};
+
+/// Shop records (orders, aggregates, carts) are written for every event, so
+/// they are kept in postcard, several times cheaper to encode and decode than
+/// JSON.
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // These plain data types (strings, numbers, maps, options) always encode.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(|e| StoreError::Corrupt {
+        table,
+        message: e.to_string(),
+    })
+}
+
+fn get_bin<'k, K: redb::Key + 'static, T: DeserializeOwned>(
+    t: &impl ReadableTable<K, &'static [u8]>,
+    name: &'static str,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+) -> Result<Option<T>, StoreError> {
+    match t.get(key)? {
+        Some(v) => Ok(Some(dec(name, v.value())?)),
+        None => Ok(None),
+    }
+}
 
 impl WriteTables<'_> {
     /// Whether an event with this type and id was accepted before.
@@ -24,7 +53,7 @@ impl WriteTables<'_> {
 
     /// An order by the shop's id.
     pub fn order(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
-        get_json(&self.orders, "orders", order_id)
+        get_bin(&self.orders, "orders", order_id)
     }
 
     /// Stores an order and keeps the by-contact index in step with `before`.
@@ -38,7 +67,7 @@ impl WriteTables<'_> {
         self.orders_by_contact
             .insert((o.contact, o.order_id.as_str()), ())?;
         self.orders
-            .insert(o.order_id.as_str(), to_json(o).as_slice())?;
+            .insert(o.order_id.as_str(), enc(o).as_slice())?;
         Ok(())
     }
 
@@ -63,29 +92,34 @@ impl WriteTables<'_> {
 
     /// A contact's aggregates.
     pub fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
-        get_json(&self.shop_stats, "shop_stats", contact)
+        get_bin(&self.shop_stats, "shop_stats", contact)
     }
 
-    /// Stores a contact's aggregates; `before` is what was stored (for the
-    /// segment index to remove what no longer holds).
+    /// Stores a contact's aggregates; `delta` says what changed in the
+    /// purchase and payment sets (for the segment index).
     pub fn put_stats(
         &mut self,
         contact: u64,
-        s: ShopStats,
-        before: Option<ShopStats>,
+        s: &ShopStats,
+        delta: StatsDelta,
     ) -> Result<(), StoreError> {
-        self.shop_stats.insert(contact, to_json(&s).as_slice())?;
+        self.shop_stats.insert(contact, enc(s).as_slice())?;
         self.note(|| Change::Stats {
             contact,
-            before: before.map(Arc::new),
-            after: Arc::new(s),
+            scalars: Box::new(ShopStats {
+                categories: Default::default(),
+                skus: Default::default(),
+                payment_types: Default::default(),
+                ..*s
+            }),
+            delta: Box::new(delta),
         });
         Ok(())
     }
 
     /// A contact's cart.
     pub fn cart(&self, contact: u64) -> Result<Option<Cart>, StoreError> {
-        get_json(&self.carts, "carts", contact)
+        get_bin(&self.carts, "carts", contact)
     }
 
     /// Stores (`Some`) or clears (`None`) a contact's cart.
@@ -97,7 +131,7 @@ impl WriteTables<'_> {
     ) -> Result<(), StoreError> {
         match &cart {
             Some(c) => {
-                self.carts.insert(contact, to_json(c).as_slice())?;
+                self.carts.insert(contact, enc(c).as_slice())?;
             }
             None => {
                 self.carts.remove(contact)?;
@@ -132,10 +166,11 @@ impl WriteTables<'_> {
         }
         if let Some(old) = self.stats(contact)? {
             self.shop_stats.remove(contact)?;
+            let empty = ShopStats::default();
             self.note(|| Change::Stats {
                 contact,
-                before: Some(Arc::new(old)),
-                after: Arc::new(ShopStats::default()),
+                scalars: Box::new(ShopStats::default()),
+                delta: Box::new(StatsDelta::between(&old, &empty)),
             });
         }
         if let Some(old) = self.cart(contact)? {
@@ -176,17 +211,17 @@ impl WriteTables<'_> {
 impl ReadView {
     /// An order by the shop's id.
     pub fn order(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
-        get_json(&self.table(ORDERS)?, "orders", order_id)
+        get_bin(&self.table(ORDERS)?, "orders", order_id)
     }
 
     /// A contact's aggregates.
     pub fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
-        get_json(&self.table(SHOP_STATS)?, "shop_stats", contact)
+        get_bin(&self.table(SHOP_STATS)?, "shop_stats", contact)
     }
 
     /// A contact's cart.
     pub fn cart(&self, contact: u64) -> Result<Option<Cart>, StoreError> {
-        get_json(&self.table(CARTS)?, "carts", contact)
+        get_bin(&self.table(CARTS)?, "carts", contact)
     }
 
     /// The contacts waiting for a SKU, in contact id order.
@@ -212,7 +247,7 @@ impl ReadView {
     ) -> Result<(), StoreError> {
         for r in self.table(SHOP_STATS)?.iter()? {
             let (k, v) = r?;
-            f(k.value(), from_json("shop_stats", v.value())?)?;
+            f(k.value(), dec("shop_stats", v.value())?)?;
         }
         Ok(())
     }
@@ -236,7 +271,7 @@ impl ReadView {
     ) -> Result<(), StoreError> {
         for r in self.table(CARTS)?.iter()? {
             let (k, v) = r?;
-            f(k.value(), from_json("carts", v.value())?)?;
+            f(k.value(), dec("carts", v.value())?)?;
         }
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! layout creates a new name and a migration in `store::migrate`, so an old
 //! file is never read with a new layout. Values are JSON documents of the
 //! domain types (serde), which lets optional fields be added without a
-//! migration.
+//! migration; the shop records written for every event (orders, aggregates,
+//! carts) are postcard instead, for speed: adding a field to those is a new
+//! table version.
 
 use redb::TableDefinition;
 
@@ -84,17 +86,17 @@ pub const LINKS: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("li
 /// recognised as a duplicate.
 pub const SHOP_EVENTS: TableDefinition<(&str, &str), i64> = TableDefinition::new("shop_events_v1");
 
-/// The shop's order id → `Order` (JSON), the latest version of each order.
+/// The shop's order id → `Order` (postcard), the latest version of each order.
 pub const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders_v1");
 
 /// (contact id, order id) → (): a contact's orders.
 pub const ORDERS_BY_CONTACT: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("orders_by_contact_v1");
 
-/// Contact id → `ShopStats` (JSON): the aggregates segments read.
+/// Contact id → `ShopStats` (postcard): the aggregates segments read.
 pub const SHOP_STATS: TableDefinition<u64, &[u8]> = TableDefinition::new("shop_stats_v1");
 
-/// Contact id → `Cart` (JSON): the current cart; absent when empty.
+/// Contact id → `Cart` (postcard): the current cart; absent when empty.
 pub const CARTS: TableDefinition<u64, &[u8]> = TableDefinition::new("carts_v1");
 
 /// (SKU, contact id) → `WaitEntry` (JSON): back-in-stock and pre-order
