@@ -110,10 +110,6 @@ pub enum RowValue {
     Average,
     /// Logins.
     Logins,
-    /// Units in the cart.
-    CartItems,
-    /// Cart value (currency units).
-    CartValue,
     /// Day created.
     Created,
     /// Day of first order.
@@ -122,8 +118,6 @@ pub enum RowValue {
     LastOrder,
     /// Day of last login.
     LastLogin,
-    /// Day the cart changed.
-    CartUpdated,
     /// Day of last open.
     LastOpen,
     /// Day of last click.
@@ -141,15 +135,34 @@ impl RowValue {
                 (r.order_count > 0).then(|| r.order_sum as f64 / 100.0 / r.order_count as f64)
             }
             RowValue::Logins => Some(r.logins as f64),
-            RowValue::CartItems => Some(r.cart_units as f64),
-            RowValue::CartValue => Some(r.cart_value as f64 / 100.0),
             RowValue::Created => day(r.created),
             RowValue::FirstOrder => day(r.first_order),
             RowValue::LastOrder => day(r.last_order),
             RowValue::LastLogin => day(r.last_login),
-            RowValue::CartUpdated => day(r.cart_updated),
             RowValue::LastOpen => day(r.last_open),
             RowValue::LastClick => day(r.last_click),
+        }
+    }
+}
+
+/// Which cart value a predicate reads.
+#[derive(Debug, Clone, Copy)]
+pub enum CartValue {
+    /// Units (0 without a cart).
+    Items,
+    /// Value in currency units (0 without a cart).
+    Value,
+    /// Day it changed (none without a cart).
+    Updated,
+}
+
+impl CartValue {
+    #[inline]
+    fn get(self, c: Option<&super::index::CartRow>) -> Option<f64> {
+        match (self, c) {
+            (CartValue::Items, c) => Some(c.map_or(0.0, |c| c.units as f64)),
+            (CartValue::Value, c) => Some(c.map_or(0.0, |c| c.value as f64 / 100.0)),
+            (CartValue::Updated, c) => c.map(|c| c.updated as f64),
         }
     }
 }
@@ -203,6 +216,8 @@ pub enum Pred<'a> {
     Consent(u8, Option<bool>),
     /// Row number / day comparison.
     Row(RowValue, Cmp),
+    /// Cart value comparison.
+    Cart(&'a super::index::Data, CartValue, Cmp),
     /// Row symbol test.
     Sym(SymValue, SymTest),
     /// Custom symbol column test.
@@ -227,6 +242,7 @@ impl Pred<'_> {
             Pred::Bits(b) => b.has(id),
             Pred::Consent(mask, _) => mask & (1 << r.consent) != 0,
             Pred::Row(v, c) => c.test(v.get(r)),
+            Pred::Cart(d, v, c) => c.test(v.get(d.carts.get(&(id as u32)))),
             Pred::Sym(v, t) => t.test(match v {
                 SymValue::Site => r.site,
                 SymValue::Language => r.language,
@@ -495,9 +511,9 @@ fn field_pred<'a>(
         "first_order" => row(RowValue::FirstOrder),
         "last_order" => row(RowValue::LastOrder),
         "last_login" => row(RowValue::LastLogin),
-        "cart_items" => row(RowValue::CartItems),
-        "cart_value" => row(RowValue::CartValue),
-        "cart_updated" => row(RowValue::CartUpdated),
+        "cart_items" => Pred::Cart(data, CartValue::Items, cmp(op, &operand, today)),
+        "cart_value" => Pred::Cart(data, CartValue::Value, cmp(op, &operand, today)),
+        "cart_updated" => Pred::Cart(data, CartValue::Updated, cmp(op, &operand, today)),
         "last_open" => row(RowValue::LastOpen),
         "last_click" => row(RowValue::LastClick),
         "tags" => set_pred(&data.tags, op, &operand, data),

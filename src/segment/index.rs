@@ -45,12 +45,6 @@ pub struct Row {
     pub last_login: i32,
     /// Logins.
     pub logins: u32,
-    /// Units in the cart.
-    pub cart_units: u32,
-    /// Value of the cart, hundredths.
-    pub cart_value: i64,
-    /// Day the cart last changed.
-    pub cart_updated: i32,
     /// Day of the last open.
     pub last_open: i32,
     /// Day of the last click.
@@ -72,73 +66,124 @@ impl Default for Row {
             last_order: NO_DAY,
             last_login: NO_DAY,
             logins: 0,
-            cart_units: 0,
-            cart_value: 0,
-            cart_updated: NO_DAY,
             last_open: NO_DAY,
             last_click: NO_DAY,
         }
     }
 }
 
-/// Interned, lower-cased strings. Symbol 0 is "none".
-#[derive(Debug)]
+/// Interned, lower-cased strings. Symbol 0 is "none". The strings live
+/// back to back in one arena; the hash table holds only symbols (4 bytes
+/// each), so a million distinct values (customer ids) cost about their bytes
+/// plus 10 bytes each.
 pub struct Interner {
-    map: HashMap<Box<str>, u32>,
-    strings: Vec<Box<str>>,
-    bytes: usize,
+    bytes: Vec<u8>,
+    /// Start of symbol n's bytes; symbol n ends where n + 1 starts.
+    starts: Vec<u32>,
+    table: hashbrown::HashTable<u32>,
+    hasher: rustc_hash::FxBuildHasher,
+}
+
+impl std::fmt::Debug for Interner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Interner({} strings, {} bytes)",
+            self.starts.len() - 2,
+            self.bytes.len()
+        )
+    }
 }
 
 impl Default for Interner {
     fn default() -> Self {
         Interner {
-            map: HashMap::new(),
-            strings: vec!["".into()],
-            bytes: 0,
+            bytes: Vec::new(),
+            // Symbol 0 is the empty string; the extra entry closes the last.
+            starts: vec![0, 0],
+            table: hashbrown::HashTable::new(),
+            hasher: rustc_hash::FxBuildHasher,
         }
     }
 }
 
 impl Interner {
+    fn str_of<'a>(bytes: &'a [u8], starts: &[u32], n: u32) -> &'a str {
+        let a = starts[n as usize] as usize;
+        let b = starts[n as usize + 1] as usize;
+        // Only whole `&str`s are ever appended, so every range is UTF-8.
+        std::str::from_utf8(&bytes[a..b]).unwrap_or_default()
+    }
+
+    fn hash(&self, s: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, s)
+    }
+
+    fn lower(s: &str) -> std::borrow::Cow<'_, str> {
+        if s.bytes().any(|b| b.is_ascii_uppercase()) || !s.is_ascii() {
+            std::borrow::Cow::Owned(s.to_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(s)
+        }
+    }
+
     /// The symbol of `s` (lower-cased), created if new.
     pub fn intern(&mut self, s: &str) -> u32 {
-        let lower;
-        let key = if s.bytes().any(|b| b.is_ascii_uppercase()) || !s.is_ascii() {
-            lower = s.to_lowercase();
-            lower.as_str()
-        } else {
-            s
-        };
-        if let Some(&n) = self.map.get(key) {
+        let key = Self::lower(s);
+        let key = key.as_ref();
+        if key.is_empty() {
+            return 0;
+        }
+        let h = self.hash(key);
+        let (bytes, starts) = (&self.bytes, &self.starts);
+        if let Some(&n) = self
+            .table
+            .find(h, |&n| Self::str_of(bytes, starts, n) == key)
+        {
             return n;
         }
-        let n = self.strings.len() as u32;
-        self.bytes += key.len();
-        self.strings.push(key.into());
-        self.map.insert(key.into(), n);
+        let n = (self.starts.len() - 1) as u32;
+        self.bytes.extend_from_slice(key.as_bytes());
+        self.starts.push(self.bytes.len() as u32);
+        let (bytes, starts, hasher) = (&self.bytes, &self.starts, &self.hasher);
+        self.table.insert_unique(h, n, |&m| {
+            std::hash::BuildHasher::hash_one(hasher, Self::str_of(bytes, starts, m))
+        });
         n
     }
 
     /// The symbol of `s` if it was ever interned (0 otherwise).
     pub fn get(&self, s: &str) -> u32 {
-        self.map
-            .get(s.to_lowercase().as_str())
+        let key = Self::lower(s);
+        let key = key.as_ref();
+        let h = self.hash(key);
+        self.table
+            .find(h, |&n| Self::str_of(&self.bytes, &self.starts, n) == key)
             .copied()
             .unwrap_or(0)
     }
 
     /// Every (symbol, string).
     pub fn iter(&self) -> impl Iterator<Item = (u32, &str)> {
-        self.strings
-            .iter()
-            .enumerate()
-            .skip(1)
-            .map(|(n, s)| (n as u32, &**s))
+        (1..(self.starts.len() - 1) as u32).map(|n| (n, Self::str_of(&self.bytes, &self.starts, n)))
     }
 
     fn heap_bytes(&self) -> usize {
-        // Each string lives twice (map key and vector) plus table overhead.
-        self.bytes * 2 + self.strings.capacity() * 16 + self.map.capacity() * 28
+        self.bytes.capacity() + self.starts.capacity() * 4 + self.table.capacity() * 5
+    }
+
+    fn shrink(&mut self) {
+        self.bytes.shrink_to_fit();
+        self.starts.shrink_to_fit();
+    }
+}
+
+/// Makes room for one more element, growing by an eighth (at least 8)
+/// instead of doubling: the index's vectors are large and long-lived, and
+/// doubling would leave up to half of them unused.
+fn room<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 8).max(8));
     }
 }
 
@@ -150,12 +195,15 @@ impl IdSet {
     /// Adds an id.
     pub fn insert(&mut self, id: u32) {
         match self.0.last() {
-            Some(&l) if l < id => self.0.push(id),
-            None => self.0.push(id),
-            _ => {
+            Some(&l) if l >= id => {
                 if let Err(at) = self.0.binary_search(&id) {
+                    room(&mut self.0);
                     self.0.insert(at, id);
                 }
+            }
+            _ => {
+                room(&mut self.0);
+                self.0.push(id);
             }
         }
     }
@@ -184,6 +232,8 @@ pub fn posting_day(day: i32) -> u16 {
 
 impl Postings {
     fn add(&mut self, id: u32, day: i32) {
+        room(&mut self.ids);
+        room(&mut self.days);
         self.ids.push(id);
         self.days.push(posting_day(day));
     }
@@ -242,6 +292,9 @@ impl Column {
     fn set(&mut self, id: usize, v: Option<&FieldValue>, syms: &mut Interner) {
         fn put<T: Copy>(col: &mut Vec<T>, id: usize, none: T, v: T) {
             if col.len() <= id {
+                if col.capacity() <= id {
+                    col.reserve_exact((id + 1 - col.len()).max(col.len() / 8).max(1024));
+                }
                 col.resize(id + 1, none);
             }
             col[id] = v;
@@ -281,6 +334,17 @@ impl Column {
     }
 }
 
+/// A contact's current cart, for the few contacts that have one.
+#[derive(Debug, Clone, Copy)]
+pub struct CartRow {
+    /// Units.
+    pub units: u32,
+    /// Value, hundredths.
+    pub value: i64,
+    /// Day it last changed.
+    pub updated: i32,
+}
+
 /// What one campaign's recipients did.
 #[derive(Debug, Default)]
 pub struct SendSets {
@@ -311,6 +375,8 @@ pub struct Data {
     pub bought_category: HashMap<u32, Postings>,
     /// SKU symbol → purchases.
     pub bought_sku: HashMap<u32, Postings>,
+    /// Contact id → cart (only contacts with a cart; most have none).
+    pub carts: HashMap<u32, CartRow, rustc_hash::FxBuildHasher>,
     /// Category symbol → contacts with it in the cart.
     pub cart_category: HashMap<u32, IdSet>,
     /// SKU symbol → contacts with it in the cart.
@@ -329,10 +395,42 @@ impl Data {
     fn row_mut(&mut self, id: u32) -> &mut Row {
         let i = id as usize;
         if self.rows.len() <= i {
-            let want = (i + 1).max(self.rows.len() * 5 / 4);
-            self.rows.resize(want, Row::default());
+            if self.rows.capacity() <= i {
+                let more = (i + 1 - self.rows.len()).max(self.rows.len() / 8).max(1024);
+                self.rows.reserve_exact(more);
+            }
+            self.rows.resize(i + 1, Row::default());
         }
         &mut self.rows[i]
+    }
+
+    /// Gives back spare capacity (after the startup build).
+    pub fn shrink(&mut self) {
+        self.rows.shrink_to_fit();
+        self.syms.shrink();
+        for c in self.fields.values_mut() {
+            match c {
+                Column::Text(v) | Column::Choice(v) => v.shrink_to_fit(),
+                Column::Number(v) => v.shrink_to_fit(),
+                Column::Date(v) => v.shrink_to_fit(),
+                Column::Bool(v) => v.shrink_to_fit(),
+            }
+        }
+        for m in [
+            &mut self.tags,
+            &mut self.payments,
+            &mut self.cart_category,
+            &mut self.cart_sku,
+        ] {
+            m.values_mut().for_each(|s| s.0.shrink_to_fit());
+        }
+        self.lists.values_mut().for_each(|s| s.0.shrink_to_fit());
+        for m in [&mut self.bought_category, &mut self.bought_sku] {
+            m.values_mut().for_each(|p| {
+                p.ids.shrink_to_fit();
+                p.days.shrink_to_fit();
+            });
+        }
     }
 
     /// Applies one committed change.
@@ -467,13 +565,49 @@ impl Data {
         }
     }
 
+    /// Loads a contact's stored aggregates whole (the startup build): the
+    /// same as [`Data::put_stats`] with a delta from nothing, without
+    /// building the delta.
+    pub fn load_stats(&mut self, contact: u64, s: &ShopStats) {
+        let Some(id) = id32(contact) else { return };
+        self.put_stats(contact, s, &StatsDelta::default());
+        for (sku, map) in [(false, &s.categories), (true, &s.skus)] {
+            for (term, days) in map {
+                let sym = self.syms.intern(term);
+                let p = if sku {
+                    self.bought_sku.entry(sym).or_default()
+                } else {
+                    self.bought_category.entry(sym).or_default()
+                };
+                for d in days {
+                    p.add(id, *d);
+                }
+            }
+        }
+        for p in &s.payment_types {
+            let sym = self.syms.intern(p);
+            self.payments.entry(sym).or_default().insert(id);
+        }
+    }
+
     /// Sets a contact's cart.
     pub fn put_cart(&mut self, contact: u64, before: Option<&Cart>, after: Option<&Cart>) {
         let Some(id) = id32(contact) else { return };
-        let row = self.row_mut(id);
-        row.cart_units = after.map_or(0, Cart::units);
-        row.cart_value = after.map_or(0, Cart::value);
-        row.cart_updated = after.map_or(NO_DAY, |c| day_of_ms(c.updated_at));
+        match after {
+            Some(c) => {
+                self.carts.insert(
+                    id,
+                    CartRow {
+                        units: c.units(),
+                        value: c.value(),
+                        updated: day_of_ms(c.updated_at),
+                    },
+                );
+            }
+            None => {
+                self.carts.remove(&id);
+            }
+        }
         if let Some(b) = before {
             for i in &b.items {
                 let s = self.syms.get(&i.sku);
@@ -534,6 +668,7 @@ impl Data {
                 .sum::<usize>()
         };
         self.rows.capacity() * std::mem::size_of::<Row>()
+            + self.carts.capacity() * (std::mem::size_of::<CartRow>() + 5)
             + self.syms.heap_bytes()
             + self.fields.values().map(Column::heap_bytes).sum::<usize>()
             + self

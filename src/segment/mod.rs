@@ -464,10 +464,8 @@ impl Index {
                             data.put_contact(&c);
                             Ok(())
                         })?;
-                        let empty = crate::shop::model::ShopStats::default();
                         r.each_stats(|id, s| {
-                            let delta = crate::shop::model::StatsDelta::between(&empty, &s);
-                            data.put_stats(id, &s, &delta);
+                            data.load_stats(id, &s);
                             Ok(())
                         })?;
                         r.each_cart(|id, c| {
@@ -481,6 +479,7 @@ impl Index {
                 }
                 // Changes committed after the snapshot were queued; apply
                 // them in commit order, then switch to applying directly.
+                data.shrink();
                 if let Ok(mut d) = me.data.write() {
                     *d = data;
                     if let Ok(mut p) = pending.lock()

@@ -66,8 +66,7 @@ impl WriteTables<'_> {
         }
         self.orders_by_contact
             .insert((o.contact, o.order_id.as_str()), ())?;
-        self.orders
-            .insert(o.order_id.as_str(), enc(o).as_slice())?;
+        self.orders.insert(o.order_id.as_str(), enc(o).as_slice())?;
         Ok(())
     }
 

@@ -269,6 +269,16 @@ impl Herald {
         )
     }
 
+    pub fn put(&self, path: &str, content_type: &str, body: &str) -> Reply {
+        Self::finish(
+            self.agent
+                .put(self.url(path))
+                .header("Authorization", self.auth())
+                .header("Content-Type", content_type)
+                .send(body),
+        )
+    }
+
     pub fn post_json(&self, path: &str, body: Value) -> Reply {
         self.post(path, &body.to_string())
     }
