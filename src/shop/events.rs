@@ -193,8 +193,19 @@ pub fn parse_batch(body: &[u8], sites: &[String]) -> Result<Vec<Result<Event, Ma
         .collect())
 }
 
+/// The keys every event has, read first (other keys are skipped).
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type", default)]
+    kind: Option<Value>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    at: Option<Value>,
+}
+
 fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malformed> {
-    let mut m: Map<String, Value> = match serde_json::from_str(text) {
+    let env: Envelope = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
             return Err(Malformed {
@@ -205,21 +216,19 @@ fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malfor
             });
         }
     };
-    let kind_raw = m.remove("type");
-    let id_raw = m.remove("id");
-    let at_raw = m.remove("at");
-    let kind_s = kind_raw
+    let kind_s = env
+        .kind
         .as_ref()
         .and_then(Value::as_str)
         .map(str::to_string);
-    let id_s = id_raw.as_ref().and_then(Value::as_str).map(str::to_string);
+    let id_s = env.id.as_ref().and_then(Value::as_str).map(str::to_string);
     let fail = |reason: String| Malformed {
         index,
         kind: kind_s.clone(),
         id: id_s.clone(),
         reason,
     };
-    let kind = match kind_raw {
+    let kind = match env.kind {
         None => return Err(fail("`type` is missing".into())),
         Some(Value::String(s)) => match TYPES.iter().find(|t| **t == s) {
             Some(t) => *t,
@@ -232,7 +241,7 @@ fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malfor
         },
         Some(v) => return Err(fail(format!("`type` must be a string, not {v}"))),
     };
-    let id = match id_raw {
+    let id = match env.id {
         None => {
             return Err(fail(
                 "`id` is missing (it makes re-sending harmless)".into(),
@@ -246,7 +255,7 @@ fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malfor
             )));
         }
     };
-    let at = match at_raw {
+    let at = match env.at {
         None => return Err(fail("`at` is missing (an RFC 3339 timestamp)".into())),
         Some(Value::String(s)) => match DateTime::parse_from_rfc3339(&s) {
             Ok(t) => t.with_timezone(&Utc).timestamp_millis(),
@@ -258,7 +267,7 @@ fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malfor
         },
         Some(v) => return Err(fail(format!("`at` must be a string, not {v}"))),
     };
-    let body = parse_body(kind, m, at, sites).map_err(fail)?;
+    let body = parse_body(kind, text, at, sites).map_err(fail)?;
     Ok(Event {
         index,
         kind,
@@ -266,6 +275,36 @@ fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malfor
         at,
         body,
     })
+}
+
+/// Deserializes an event's whole text into its type's wire struct (which
+/// accepts the envelope keys and refuses unknown ones, naming them).
+fn typed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| {
+        let m = e.to_string();
+        // serde_json appends " at line L column C" of the event's own text,
+        // which means nothing to the sender of a batch.
+        match m.rfind(" at line ") {
+            Some(i) => m[..i].to_string(),
+            None => m,
+        }
+    })
+}
+
+fn email_of(v: Option<Value>) -> Result<Who, String> {
+    match v {
+        Some(Value::String(s)) => normalize_email(&s)
+            .map(|email| Who { email })
+            .map_err(|e| e.to_string()),
+        Some(v) => Err(format!("`email` must be a string, not {v}")),
+        None => Err("`email` is missing: it names the customer".into()),
+    }
+}
+
+/// For `#[serde(default, deserialize_with = "present")]`: absent is `None`,
+/// `null` is `Some(Value::Null)` (which clears a value).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 fn who(m: &mut Map<String, Value>) -> Result<Who, String> {
@@ -283,27 +322,54 @@ fn rest<T: serde::de::DeserializeOwned>(m: Map<String, Value>) -> Result<T, Stri
     serde_json::from_value(Value::Object(m)).map_err(|e| e.to_string())
 }
 
-fn parse_body(
-    kind: &str,
-    mut m: Map<String, Value>,
-    at: i64,
-    sites: &[String],
-) -> Result<Body, String> {
+fn parse_body(kind: &str, text: &str, at: i64, sites: &[String]) -> Result<Body, String> {
+    // The frequent kinds are read straight into their wire structs; the
+    // others go through a map.
+    let mut m: Map<String, Value> = match kind {
+        "customer" | "order" | "cart" | "login" => Map::new(),
+        _ => {
+            let mut m: Map<String, Value> =
+                serde_json::from_str(text).map_err(|e| e.to_string())?;
+            m.remove("type");
+            m.remove("id");
+            m.remove("at");
+            m
+        }
+    };
     match kind {
         "customer" => {
-            let who = who(&mut m)?;
+            let c: CustomerWire = typed(text)?;
+            let who = email_of(c.email)?;
             let mut fields = BTreeMap::new();
-            for (key, name, _, _) in SHOP_FIELDS {
-                if let Some(v) = m.remove(*key) {
+            for (name, v) in [
+                ("customer_id", c.customer_id),
+                ("first_name", c.first_name),
+                ("last_name", c.last_name),
+                ("phone", c.phone),
+                ("birthday", c.birthday),
+                ("registered_at", c.registered_at),
+                ("country", c.country),
+                ("city", c.city),
+                ("customer_type", c.customer_type),
+                ("wholesale", c.wholesale),
+                ("affiliate", c.affiliate),
+                ("customer_group", c.group),
+            ] {
+                if let Some(v) = v {
                     fields.insert(name.to_string(), (!v.is_null()).then_some(v));
                 }
             }
-            let language = take_code(&mut m, "language")?;
-            let site = take_code(&mut m, "site")?;
+            let mut codes = Map::new();
+            for (k, v) in [("language", c.language), ("site", c.site)] {
+                if let Some(v) = v {
+                    codes.insert(k.to_string(), v);
+                }
+            }
+            let language = take_code(&mut codes, "language")?;
+            let site = take_code(&mut codes, "site")?;
             if let Some(Some(s)) = &site {
                 check_site(s, sites)?;
             }
-            let c: CustomerRest = rest(m)?;
             for (k, v) in c.fields {
                 if fields.contains_key(&k) {
                     return Err(format!(
@@ -326,8 +392,8 @@ fn parse_body(
             })
         }
         "order" => {
-            let who = who(&mut m)?;
-            let o: OrderWire = rest(m)?;
+            let mut o: OrderWire = typed(text)?;
+            let who = email_of(o.email.take())?;
             let order = o.check(at)?;
             Ok(Body::Order {
                 who,
@@ -335,8 +401,8 @@ fn parse_body(
             })
         }
         "cart" => {
-            let who = who(&mut m)?;
-            let c: CartWire = rest(m)?;
+            let c: CartWire = typed(text)?;
+            let who = email_of(c.email)?;
             let items = c
                 .items
                 .into_iter()
@@ -376,9 +442,10 @@ fn parse_body(
             })
         }
         "login" => {
-            let who = who(&mut m)?;
-            let _: Empty = rest(m)?;
-            Ok(Body::Login { who })
+            let l: LoginWire = typed(text)?;
+            Ok(Body::Login {
+                who: email_of(l.email)?,
+            })
         }
         "signup" => {
             let who = who(&mut m)?;
@@ -494,20 +561,64 @@ pub fn parse_money(key: &str, v: &Value) -> Result<i64, String> {
     Ok(int * 100 + (f + 50) / 100)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CustomerRest {
+/// Declares a wire struct that also accepts the envelope keys (`type`,
+/// `id`, `at`: already read) and `email`, and refuses unknown keys.
+macro_rules! wire {
+    ($name:ident { $($body:tt)* }) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            #[serde(rename = "type", default)]
+            _type: Option<serde::de::IgnoredAny>,
+            #[serde(rename = "id", default)]
+            _id: Option<serde::de::IgnoredAny>,
+            #[serde(rename = "at", default)]
+            _at: Option<serde::de::IgnoredAny>,
+            #[serde(default)]
+            email: Option<Value>,
+            $($body)*
+        }
+    };
+}
+
+wire!(CustomerWire {
+    #[serde(default, deserialize_with = "present")]
+    customer_id: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    first_name: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    last_name: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    phone: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    birthday: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    registered_at: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    country: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    city: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    customer_type: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    wholesale: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    affiliate: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    group: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    language: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    site: Option<Value>,
     /// Other custom fields by name.
     #[serde(default)]
     fields: BTreeMap<String, Value>,
     /// Tags to add.
     #[serde(default)]
     tags: Vec<String>,
-}
+});
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
+wire!(LoginWire {});
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -550,9 +661,7 @@ impl ItemWire {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OrderWire {
+wire!(OrderWire {
     order_id: Value,
     #[serde(default)]
     placed_at: Option<String>,
@@ -567,7 +676,7 @@ struct OrderWire {
     delivery_date: Option<String>,
     #[serde(default)]
     attribution: Option<String>,
-}
+});
 
 impl OrderWire {
     fn check(self, at: i64) -> Result<Order, String> {
@@ -628,15 +737,13 @@ impl OrderWire {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CartWire {
+wire!(CartWire {
     items: Vec<ItemWire>,
     #[serde(default)]
     currency: Option<String>,
     #[serde(default)]
     url: Option<String>,
-}
+});
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -683,13 +790,13 @@ pub fn apply_batch(
     let salt = t.salt()?;
     let mut out = Vec::with_capacity(events.len());
     for e in events {
-        if t.event_seen(e.kind, &e.id)? {
+        if !t.record_event(e.kind, &e.id, e.at)? {
             out.push((e.index, Outcome::Duplicate));
             continue;
         }
         let outcome = apply(t, &salt, e.at, e.body, now)?;
-        if let Outcome::Accepted(_) = outcome {
-            t.put_event(e.kind, &e.id, e.at)?;
+        if let Outcome::Rejected(_) = outcome {
+            t.forget_event(e.kind, &e.id)?;
         }
         out.push((e.index, outcome));
     }
@@ -785,7 +892,7 @@ fn apply(
                     item.category = p.category;
                 }
             }
-            t.put_order(&order, before.as_ref())?;
+            t.put_order(&order)?;
             match &before {
                 None => {
                     let mut s = t.stats(contact)?.unwrap_or_default();
@@ -793,9 +900,9 @@ fn apply(
                     t.put_stats(contact, &s, delta)?;
                 }
                 Some(b) => {
-                    recompute(t, contact)?;
+                    recompute(t, contact, Some(&order.order_id))?;
                     if b.contact != contact {
-                        recompute(t, b.contact)?;
+                        recompute(t, b.contact, None)?;
                     }
                 }
             }
@@ -907,9 +1014,21 @@ fn apply(
     }
 }
 
-fn recompute(t: &mut WriteTables<'_>, contact: u64) -> Result<(), StoreError> {
-    let orders = t.orders_of(contact)?;
+/// Recomputes a contact's aggregates from their stored orders (`with`: an
+/// order id that is theirs now, perhaps not yet in their list).
+fn recompute(
+    t: &mut WriteTables<'_>,
+    contact: u64,
+    with: Option<&String>,
+) -> Result<(), StoreError> {
     let old = t.stats(contact)?.unwrap_or_default();
+    let mut ids: Vec<String> = old.orders.clone();
+    if let Some(id) = with
+        && !ids.contains(id)
+    {
+        ids.push(id.clone());
+    }
+    let orders = t.orders_of(contact, &ids)?;
     let mut s = old.clone();
     s.recompute(&orders);
     let delta = StatsDelta::between(&old, &s);

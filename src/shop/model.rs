@@ -158,6 +158,9 @@ pub struct ShopStats {
     pub last_login: Option<i64>,
     /// Logins recorded.
     pub logins: u32,
+    /// Ids of all the contact's orders (counted or not), sorted: the
+    /// contact's order index.
+    pub orders: Vec<String>,
 }
 
 fn add_day(days: &mut Vec<i32>, day: i32) -> bool {
@@ -229,6 +232,9 @@ impl ShopStats {
     /// returns what that added.
     pub fn add_order(&mut self, o: &Order) -> StatsDelta {
         let mut delta = StatsDelta::default();
+        if let Err(at) = self.orders.binary_search(&o.order_id) {
+            self.orders.insert(at, o.order_id.clone());
+        }
         if !o.counted() {
             return delta;
         }

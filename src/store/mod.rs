@@ -403,7 +403,6 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(LINKS)?;
     txn.open_table(SHOP_EVENTS)?;
     txn.open_table(ORDERS)?;
-    txn.open_table(ORDERS_BY_CONTACT)?;
     txn.open_table(SHOP_STATS)?;
     txn.open_table(CARTS)?;
     txn.open_table(WAITLIST)?;
@@ -612,7 +611,6 @@ pub struct WriteTables<'t> {
     links: Table<'t, (&'static [u8], u32), &'static [u8]>,
     shop_events: Table<'t, (&'static str, &'static str), i64>,
     orders: Table<'t, &'static str, &'static [u8]>,
-    orders_by_contact: Table<'t, (u64, &'static str), ()>,
     shop_stats: Table<'t, u64, &'static [u8]>,
     carts: Table<'t, u64, &'static [u8]>,
     waitlist: Table<'t, (&'static str, u64), &'static [u8]>,
@@ -658,7 +656,6 @@ impl<'t> WriteTables<'t> {
             links: txn.open_table(LINKS)?,
             shop_events: txn.open_table(SHOP_EVENTS)?,
             orders: txn.open_table(ORDERS)?,
-            orders_by_contact: txn.open_table(ORDERS_BY_CONTACT)?,
             shop_stats: txn.open_table(SHOP_STATS)?,
             carts: txn.open_table(CARTS)?,
             waitlist: txn.open_table(WAITLIST)?,

@@ -40,53 +40,59 @@ fn get_bin<'k, K: redb::Key + 'static, T: DeserializeOwned>(
 }
 
 impl WriteTables<'_> {
-    /// Whether an event with this type and id was accepted before.
-    pub fn event_seen(&self, kind: &str, id: &str) -> Result<bool, StoreError> {
-        Ok(self.shop_events.get((kind, id))?.is_some())
-    }
-
-    /// Records an accepted event's type and id.
-    pub fn put_event(&mut self, kind: &str, id: &str, at_ms: i64) -> Result<(), StoreError> {
-        self.shop_events.insert((kind, id), at_ms)?;
-        Ok(())
-    }
-
     /// An order by the shop's id.
     pub fn order(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
         get_bin(&self.orders, "orders", order_id)
     }
 
-    /// Stores an order and keeps the by-contact index in step with `before`.
-    pub fn put_order(&mut self, o: &Order, before: Option<&Order>) -> Result<(), StoreError> {
-        if let Some(b) = before
-            && b.contact != o.contact
-        {
-            self.orders_by_contact
-                .remove((b.contact, b.order_id.as_str()))?;
-        }
-        self.orders_by_contact
-            .insert((o.contact, o.order_id.as_str()), ())?;
+    /// Stores an order. (A contact's orders are listed in its `ShopStats`,
+    /// which the caller updates in the same transaction.)
+    pub fn put_order(&mut self, o: &Order) -> Result<(), StoreError> {
         self.orders.insert(o.order_id.as_str(), enc(o).as_slice())?;
         Ok(())
     }
 
-    /// Every order of a contact.
-    pub fn orders_of(&self, contact: u64) -> Result<Vec<Order>, StoreError> {
-        let mut ids = Vec::new();
-        for r in self
-            .orders_by_contact
-            .range((contact, "")..=(contact, "\u{10FFFF}\u{10FFFF}"))?
-        {
-            let (k, _) = r?;
-            ids.push(k.value().1.to_string());
-        }
-        let mut out = Vec::with_capacity(ids.len());
+    /// The stored orders with these ids that belong to `contact` (an order
+    /// moved to another contact is left out).
+    pub fn orders_of<'a>(
+        &self,
+        contact: u64,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> Result<Vec<Order>, StoreError> {
+        let mut out = Vec::new();
         for id in ids {
-            if let Some(o) = self.order(&id)? {
+            if let Some(o) = self.order(id)?
+                && o.contact == contact
+            {
                 out.push(o);
             }
         }
         Ok(out)
+    }
+
+    /// Records an event's (type, id); false if it was recorded before (a
+    /// duplicate). One B-tree operation for the common case.
+    pub fn record_event(&mut self, kind: &str, id: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let old = self
+            .shop_events
+            .insert((kind, id), at_ms)?
+            .map(|v| v.value());
+        match old {
+            None => Ok(true),
+            Some(v) => {
+                if v != at_ms {
+                    self.shop_events.insert((kind, id), v)?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Forgets an event recorded by [`WriteTables::record_event`] (it was
+    /// rejected after all, and may be sent again fixed).
+    pub fn forget_event(&mut self, kind: &str, id: &str) -> Result<(), StoreError> {
+        self.shop_events.remove((kind, id))?;
+        Ok(())
     }
 
     /// A contact's aggregates.
@@ -109,6 +115,7 @@ impl WriteTables<'_> {
                 categories: Default::default(),
                 skus: Default::default(),
                 payment_types: Default::default(),
+                orders: Vec::new(),
                 ..*s
             }),
             delta: Box::new(delta),
@@ -158,12 +165,10 @@ impl WriteTables<'_> {
 
     /// Removes every shop record of a contact (erasure).
     pub(super) fn delete_shop_data(&mut self, contact: u64) -> Result<(), StoreError> {
-        for o in self.orders_of(contact)? {
-            self.orders.remove(o.order_id.as_str())?;
-            self.orders_by_contact
-                .remove((contact, o.order_id.as_str()))?;
-        }
         if let Some(old) = self.stats(contact)? {
+            for o in self.orders_of(contact, &old.orders)? {
+                self.orders.remove(o.order_id.as_str())?;
+            }
             self.shop_stats.remove(contact)?;
             let empty = ShopStats::default();
             self.note(|| Change::Stats {

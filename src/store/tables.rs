@@ -89,10 +89,6 @@ pub const SHOP_EVENTS: TableDefinition<(&str, &str), i64> = TableDefinition::new
 /// The shop's order id → `Order` (postcard), the latest version of each order.
 pub const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders_v1");
 
-/// (contact id, order id) → (): a contact's orders.
-pub const ORDERS_BY_CONTACT: TableDefinition<(u64, &str), ()> =
-    TableDefinition::new("orders_by_contact_v1");
-
 /// Contact id → `ShopStats` (postcard): the aggregates segments read.
 pub const SHOP_STATS: TableDefinition<u64, &[u8]> = TableDefinition::new("shop_stats_v1");
 
