@@ -489,6 +489,24 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
     let m = h.get_noauth("/metrics", None);
     let text = m.body.as_str().unwrap();
     assert!(text.contains("herald_segment_index_contacts 8"), "{text}");
+
+    // A contact shows what the shop's events say about them.
+    let ann = h.get("/api/v1/contacts/ann@example.com");
+    assert_eq!(ann.body["shop"]["order_count"], 3, "{:?}", ann.body);
+    assert_eq!(ann.body["shop"]["order_sum"], "950.00");
+    assert_eq!(ann.body["fields"]["city"], "Kraków");
+
+    // Erasure removes the contact from every segment and their shop data.
+    assert_eq!(h.delete("/api/v1/contacts/bob@example.com").status, 200);
+    assert_eq!(members(&h, "big_cities_pl"), names(&["ann"]));
+    assert_eq!(members(&h, "wholesale"), Vec::<String>::new());
+    assert_eq!(members(&h, "blik_payers"), names(&["ann"]));
+    h.restart();
+    assert_eq!(members(&h, "blik_payers"), names(&["ann"]));
+    // The same events sent again are duplicates still: the erased address
+    // stays out (it is suppressed).
+    let again = post_events(&h, &shop_events());
+    assert_eq!(again["accepted"], 0, "{again}");
 }
 
 #[test]

@@ -502,12 +502,12 @@ impl Data {
             self.contacts += 1;
         }
         for (name, v) in &c.fields {
-            let col = self
-                .fields
-                .entry(name.clone())
-                .or_insert_with(|| Column::for_value(v));
-            if !col.fits(v) {
-                *col = Column::for_value(v);
+            match self.fields.get_mut(name) {
+                Some(col) if col.fits(v) => {}
+                Some(col) => *col = Column::for_value(v),
+                None => {
+                    self.fields.insert(name.clone(), Column::for_value(v));
+                }
             }
         }
         for (name, col) in self.fields.iter_mut() {

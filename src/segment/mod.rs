@@ -460,12 +460,12 @@ impl Index {
                         }
                     })
                     .and_then(|r| {
-                        r.each_contact(|c| {
-                            data.put_contact(&c);
+                        r.each_contact(|chunk| {
+                            chunk.iter().for_each(|c| data.put_contact(c));
                             Ok(())
                         })?;
-                        r.each_stats(|id, s| {
-                            data.load_stats(id, &s);
+                        r.each_stats(|chunk| {
+                            chunk.iter().for_each(|(id, s)| data.load_stats(*id, s));
                             Ok(())
                         })?;
                         r.each_cart(|id, c| {

@@ -14,7 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::model::{Cart, Item, Order, ShopStats, StatsDelta, WaitEntry, WaitKind, day_of_ms};
+use super::model::{Cart, Item, Order, ShopStats, StatsDelta, WaitEntry, WaitKind};
 use super::product::{MAX_SKU_LEN, Product};
 use crate::contacts::model::{ConsentSource, ConsentState, FieldDef, FieldType};
 use crate::contacts::{
@@ -308,13 +308,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 }
 
 fn who(m: &mut Map<String, Value>) -> Result<Who, String> {
-    match m.remove("email") {
-        Some(Value::String(s)) => normalize_email(&s)
-            .map(|email| Who { email })
-            .map_err(|e| e.to_string()),
-        Some(v) => Err(format!("`email` must be a string, not {v}")),
-        None => Err("`email` is missing: it names the customer".into()),
-    }
+    email_of(m.remove("email"))
 }
 
 /// Deserializes what is left of an event into `T`, naming unknown keys.
@@ -1035,7 +1029,8 @@ fn recompute(
     t.put_stats(contact, &s, delta)
 }
 
-fn fmt_ms(ms: i64) -> String {
+/// An instant (ms) as RFC 3339, to the second.
+pub fn fmt_ms(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
@@ -1084,9 +1079,14 @@ fn shop_field(
     Ok(Ok(Some(def)))
 }
 
+/// Hundredths as a decimal string (`"1299.50"`).
+pub fn money_text(c: i64) -> String {
+    format!("{}.{:02}", c / 100, c % 100)
+}
+
 /// What the aggregates say about a contact, as the API shows it.
 pub fn stats_json(s: &ShopStats) -> Value {
-    let money = |c: i64| format!("{}.{:02}", c / 100, c % 100);
+    let money = money_text;
     let day = |d: i32| super::model::date_of_day(d).map(|d| d.to_string());
     serde_json::json!({
         "order_count": s.order_count,
@@ -1100,11 +1100,6 @@ pub fn stats_json(s: &ShopStats) -> Value {
         "last_login": s.last_login.map(fmt_ms),
         "logins": s.logins,
     })
-}
-
-/// Days since 1970 of an event time (for callers outside this module).
-pub fn event_day(at: i64) -> i32 {
-    day_of_ms(at)
 }
 
 #[cfg(test)]

@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use redb::ReadableTable;
+
+/// Records decoded together when the segment index is built.
+const CHUNK: usize = 8192;
 
 use super::tables::*;
 use serde::Serialize;
@@ -244,28 +248,54 @@ impl ReadView {
         super::all_json(&self.table(SEGMENTS)?, "segments")
     }
 
-    /// Calls `f` for every contact's aggregates, in id order (index build).
+    /// Calls `f` with every contact's aggregates, in id order, a chunk at a
+    /// time; each chunk is decoded on all cores (the index build).
     pub fn each_stats(
         &self,
-        mut f: impl FnMut(u64, ShopStats) -> Result<(), StoreError>,
+        mut f: impl FnMut(Vec<(u64, ShopStats)>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let mut raw: Vec<(u64, Vec<u8>)> = Vec::with_capacity(CHUNK);
+        let mut decode = |raw: &mut Vec<(u64, Vec<u8>)>| -> Result<(), StoreError> {
+            let chunk = raw
+                .par_iter()
+                .map(|(id, b)| Ok((*id, dec("shop_stats", b)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            raw.clear();
+            f(chunk)
+        };
         for r in self.table(SHOP_STATS)?.iter()? {
             let (k, v) = r?;
-            f(k.value(), dec("shop_stats", v.value())?)?;
+            raw.push((k.value(), v.value().to_vec()));
+            if raw.len() == CHUNK {
+                decode(&mut raw)?;
+            }
         }
-        Ok(())
+        decode(&mut raw)
     }
 
-    /// Calls `f` for every contact, in id order (index build).
+    /// Calls `f` with every contact, in id order, a chunk at a time; each
+    /// chunk is decoded on all cores (the index build).
     pub fn each_contact(
         &self,
-        mut f: impl FnMut(crate::contacts::model::Contact) -> Result<(), StoreError>,
+        mut f: impl FnMut(Vec<crate::contacts::model::Contact>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let mut raw: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
+        let mut decode = |raw: &mut Vec<Vec<u8>>| -> Result<(), StoreError> {
+            let chunk = raw
+                .par_iter()
+                .map(|b| from_json("contacts", b))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            raw.clear();
+            f(chunk)
+        };
         for r in self.table(CONTACTS)?.iter()? {
             let (_, v) = r?;
-            f(from_json("contacts", v.value())?)?;
+            raw.push(v.value().to_vec());
+            if raw.len() == CHUNK {
+                decode(&mut raw)?;
+            }
         }
-        Ok(())
+        decode(&mut raw)
     }
 
     /// Calls `f` for every cart, in contact id order (index build).

@@ -304,7 +304,21 @@ pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiEr
             };
             let names: HashMap<u64, String> =
                 v.lists()?.into_iter().map(|l| (l.id, l.name)).collect();
-            Ok(Some(view(&c, &names)))
+            let mut out = view(&c, &names);
+            // What the shop's events say about them (aggregates, cart).
+            if let Some(s) = v.stats(c.id)? {
+                out["shop"] = crate::shop::events::stats_json(&s);
+            }
+            if let Some(cart) = v.cart(c.id)? {
+                out["shop"]["cart"] = serde_json::json!({
+                    "items": cart.items.iter().map(|i| serde_json::json!({
+                        "sku": i.sku, "quantity": i.quantity, "category": i.category,
+                    })).collect::<Vec<_>>(),
+                    "value": crate::shop::events::money_text(cart.value()),
+                    "updated_at": crate::shop::events::fmt_ms(cart.updated_at),
+                });
+            }
+            Ok(Some(out))
         })
         .await?;
     reply::ok(&found.ok_or_else(|| ApiError::not_found(format!("no contact `{r}`")))?)
