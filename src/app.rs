@@ -272,7 +272,7 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
         ));
     }
     out.push_str(&format!(
-        "  segments    {} loaded; {catalog_note}\n",
+        "    {} segment files loaded; {catalog_note}\n",
         c.segments.loaded.len()
     ));
     for s in c.segments.loaded.values() {
