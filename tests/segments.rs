@@ -496,6 +496,40 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
     assert_eq!(ann.body["shop"]["order_sum"], "950.00");
     assert_eq!(ann.body["fields"]["city"], "Kraków");
 
+    // A deleted field's values leave the index too: re-created with another
+    // type, nobody has a value.
+    h.field("shoe_size", "text");
+    let r = post_events(
+        &h,
+        &[
+            customer("ann@example.com", json!({"fields": {"shoe_size": "38"}}))
+                .as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("id".into(), "cust-ann-size".into());
+                    Value::Object(o)
+                })
+                .unwrap(),
+        ],
+    );
+    assert_eq!(r["accepted"], 1, "{r}");
+    let sized = json!({"field": "shoe_size", "exists": true}).to_string();
+    assert_eq!(
+        h.put("/api/v1/segments/sized", "application/json", &sized)
+            .status,
+        201
+    );
+    assert_eq!(members(&h, "sized"), names(&["ann"]));
+    assert_eq!(h.delete("/api/v1/segments/sized").status, 200);
+    assert_eq!(h.delete("/api/v1/fields/shoe_size").status, 200);
+    h.field("shoe_size", "number");
+    assert_eq!(
+        h.put("/api/v1/segments/sized", "application/json", &sized)
+            .status,
+        201
+    );
+    assert!(members(&h, "sized").is_empty());
+
     // Erasure removes the contact from every segment and their shop data.
     assert_eq!(h.delete("/api/v1/contacts/bob@example.com").status, 200);
     assert_eq!(members(&h, "big_cities_pl"), names(&["ann"]));

@@ -467,6 +467,12 @@ impl Data {
                     c.set(id as usize, None, &mut self.syms);
                 }
             }
+            Change::ListDeleted(id) => {
+                self.lists.remove(id);
+            }
+            Change::FieldDeleted(name) => {
+                self.fields.remove(name);
+            }
             Change::Stats {
                 contact,
                 scalars,

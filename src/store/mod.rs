@@ -118,6 +118,10 @@ pub enum Change {
     },
     /// A contact was erased.
     ContactDeleted(u64),
+    /// A list was deleted (its members were taken out of it).
+    ListDeleted(u64),
+    /// A custom field was deleted (its values were removed from contacts).
+    FieldDeleted(String),
     /// A contact's shop aggregates changed.
     Stats {
         /// Contact id.
@@ -883,6 +887,7 @@ impl<'t> WriteTables<'t> {
         for c in &changed {
             self.contacts.insert(c.id, to_json(c).as_slice())?;
         }
+        self.note(|| Change::FieldDeleted(name.to_string()));
         Ok(changed.len() as u64)
     }
 
@@ -940,6 +945,7 @@ impl<'t> WriteTables<'t> {
         self.list_by_name.remove(l.name.to_lowercase().as_str())?;
         self.lists.remove(l.id)?;
         self.list_deltas.remove(&l.id);
+        self.note(|| Change::ListDeleted(l.id));
         Ok(())
     }
 
