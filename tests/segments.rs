@@ -458,6 +458,61 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
     );
     assert!(members(&h, "shoes_in_cart").is_empty());
     assert!(members(&h, "cart_abandoners").is_empty());
+    // A cart event older than the emptying arrives late: not applied.
+    let late = post_events(
+        &h,
+        &[
+            json!({"type": "cart", "id": "cart-fay-0", "at": ago(2), "email": "fay@example.com",
+                  "items": [{"sku": "S-1", "quantity": 1}]}),
+        ],
+    );
+    assert!(
+        late["results"][0]["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("newer"),
+        "{late}"
+    );
+    assert!(members(&h, "shoes_in_cart").is_empty());
+
+    // An order update without `placed_at` and without categories keeps both.
+    let mut shipped = order(
+        "A3",
+        "ann@example.com",
+        50,
+        "400.00",
+        json!([{"sku": "S-1", "quantity": 1, "price": "400.00"}]),
+        "blik",
+    );
+    shipped["id"] = "ev-A3-shipped".into();
+    shipped["status"] = "shipped".into();
+    assert_eq!(post_events(&h, &[shipped])["accepted"], 1);
+    assert_eq!(members(&h, "polish_shoe_lovers"), names(&["ann"]));
+
+    // Tags are case-sensitive in the store: removing `VIP` keeps `vip`.
+    let r = h.patch_json(
+        "/api/v1/contacts/ann@example.com",
+        json!({"add_tags": ["VIP"]}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = h.patch_json(
+        "/api/v1/contacts/ann@example.com",
+        json!({"remove_tags": ["VIP"]}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(members(&h, "vip_tag"), names(&["ann"]));
+
+    // A TOML segment with bare dates, through the API, works after storing.
+    let toml = "any = [ { bought_sku = \"S-1\", after = 2000-01-01, before = 2999-12-31 } ]\n";
+    assert_eq!(
+        h.put("/api/v1/segments/bare-dates", "application/toml", toml)
+            .status,
+        201
+    );
+    assert_eq!(
+        members(&h, "bare-dates"),
+        names(&["ann", "bob", "cat", "dan", "eve"])
+    );
 
     let m = h.get_noauth("/metrics", None);
     let text = m.body.as_str().unwrap();
@@ -601,6 +656,8 @@ fn bad_events_are_rejected_with_reasons_and_the_rest_lands() {
         );
     }
     assert_eq!(results[17]["status"], "accepted");
+    // The rejected customer events defined no fields.
+    assert_eq!(h.get("/api/v1/fields/wholesale").status, 404);
     // Nothing of the rejected events was stored.
     let c = h.get("/api/v1/contacts/x@example.com");
     assert_eq!(c.status, 404, "{c:?}");

@@ -449,6 +449,12 @@ impl Data {
                     }
                 }
                 for t in removed_tags {
+                    // Tags are kept lower-cased here but are case-sensitive
+                    // in the store: `VIP` leaves only if no `vip` remains.
+                    let lower = t.to_lowercase();
+                    if contact.tags.iter().any(|x| x.to_lowercase() == lower) {
+                        continue;
+                    }
                     let sym = self.syms.get(t);
                     if let Some(s) = self.tags.get_mut(&sym) {
                         s.remove(id);

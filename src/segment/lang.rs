@@ -166,6 +166,24 @@ fn toml_node(text: &str, v: &toml::Spanned<toml::de::DeValue<'_>>, path: &str) -
     Node { loc, v }
 }
 
+/// The JSON form of a node tree (how API segments are stored; TOML dates
+/// become strings, which parse back to the same dates).
+pub fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value;
+    match &node.v {
+        NodeV::Table(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
+        NodeV::Array(items) => Value::Array(items.iter().map(to_json).collect()),
+        NodeV::Str(s) | NodeV::Date(s) => Value::String(s.clone()),
+        NodeV::Num(n) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
+        NodeV::Bool(b) => Value::Bool(*b),
+    }
+}
+
 /// Converts a JSON value (an API request) into a node tree located by path.
 pub fn from_json(v: &serde_json::Value) -> Node {
     json_node(v, "")
@@ -596,11 +614,16 @@ pub fn parse_cond(
             if !only(&[head], problems) {
                 return None;
             }
+            let max = if head == "no_open_days" {
+                100_000.0
+            } else {
+                1e15
+            };
             let n = match &v.v {
-                NodeV::Num(n) if n.fract() == 0.0 && *n >= 1.0 && *n < 1e15 => *n as u64,
+                NodeV::Num(n) if n.fract() == 0.0 && *n >= 1.0 && *n <= max => *n as u64,
                 _ => {
                     let what = if head == "no_open_days" {
-                        "a number of days"
+                        "a number of days (at most 100000)"
                     } else {
                         "a campaign number"
                     };
@@ -615,7 +638,7 @@ pub fn parse_cond(
                 "opened" => Cond::Opened(n),
                 "clicked" => Cond::Clicked(n),
                 "not_opened" => Cond::NotOpened(n),
-                _ => Cond::NoOpenDays(n.min(u32::MAX as u64) as u32),
+                _ => Cond::NoOpenDays(n as u32),
             })
         }
         "never_opened" => {

@@ -390,12 +390,46 @@ impl SegmentFiles {
     }
 }
 
+type Pending = Arc<std::sync::Mutex<Option<Vec<Change>>>>;
+
+/// Builds the index's data from a snapshot the store writer takes between
+/// two transactions; the changes queued before that moment are dropped
+/// (the snapshot holds them).
+fn load(store: &Store, pending: &Pending) -> Result<index::Data, StoreError> {
+    let mut data = index::Data::default();
+    let boundary = pending.clone();
+    let r = store.snapshot_blocking(move || {
+        if let Ok(mut p) = boundary.lock()
+            && let Some(q) = p.as_mut()
+        {
+            q.clear();
+        }
+    })?;
+    r.each_contact(|chunk| {
+        chunk.iter().for_each(|c| data.put_contact(c));
+        Ok(())
+    })?;
+    r.each_stats(|chunk| {
+        chunk.iter().for_each(|(id, s)| data.load_stats(*id, s));
+        Ok(())
+    })?;
+    r.each_cart(|id, c| {
+        if !c.items.is_empty() {
+            data.put_cart(id, None, Some(&c));
+        }
+        Ok(())
+    })?;
+    Ok(data)
+}
+
 /// The live index: data behind a lock, and whether the startup build is done.
 pub struct Index {
     data: RwLock<index::Data>,
     ready: tokio::sync::watch::Sender<bool>,
     /// How long the startup build took.
     pub build_time: RwLock<Option<Duration>>,
+    /// Why the startup build failed, if it did.
+    failed: RwLock<Option<String>>,
 }
 
 /// What evaluating a segment gave.
@@ -418,6 +452,7 @@ impl Index {
             data: RwLock::new(index::Data::default()),
             ready: tokio::sync::watch::channel(false).0,
             build_time: RwLock::new(None),
+            failed: RwLock::new(None),
         })
     }
 
@@ -426,8 +461,7 @@ impl Index {
     /// are queued by the observer and applied after the build, in commit
     /// order; none is applied twice ([`Store::snapshot_blocking`]).
     pub fn attach(self: &Arc<Self>, store: &Store) {
-        let pending: Arc<std::sync::Mutex<Option<Vec<Change>>>> =
-            Arc::new(std::sync::Mutex::new(Some(Vec::new())));
+        let pending: Pending = Arc::new(std::sync::Mutex::new(Some(Vec::new())));
         {
             let me = self.clone();
             let pending = pending.clone();
@@ -446,67 +480,70 @@ impl Index {
         let store = store.clone();
         std::thread::Builder::new()
             .name("herald-segment-index".into())
-            .spawn(move || {
-                let started = Instant::now();
-                let mut data = index::Data::default();
-                let boundary = pending.clone();
-                let built = store
-                    .snapshot_blocking(move || {
-                        // Everything observed so far is in the snapshot.
-                        if let Ok(mut p) = boundary.lock()
-                            && let Some(q) = p.as_mut()
-                        {
-                            q.clear();
-                        }
-                    })
-                    .and_then(|r| {
-                        r.each_contact(|chunk| {
-                            chunk.iter().for_each(|c| data.put_contact(c));
-                            Ok(())
-                        })?;
-                        r.each_stats(|chunk| {
-                            chunk.iter().for_each(|(id, s)| data.load_stats(*id, s));
-                            Ok(())
-                        })?;
-                        r.each_cart(|id, c| {
-                            data.put_cart(id, None, Some(&c));
-                            Ok(())
-                        })
-                    });
-                if let Err(e) = built {
-                    tracing::error!(error = %e, "cannot build the segment index; segments are unavailable");
-                    return;
-                }
-                // Changes committed after the snapshot were queued; apply
-                // them in commit order, then switch to applying directly.
-                data.shrink();
-                if let Ok(mut d) = me.data.write() {
-                    *d = data;
-                    if let Ok(mut p) = pending.lock()
-                        && let Some(q) = p.take()
-                    {
-                        for c in &q {
-                            d.apply(c);
-                        }
-                    }
-                }
-                let took = started.elapsed();
-                if let Ok(mut b) = me.build_time.write() {
-                    *b = Some(took);
-                }
-                let bytes = me.heap_bytes();
-                tracing::info!(
-                    took_ms = took.as_millis() as u64,
-                    memory_mb = bytes / (1 << 20),
-                    "segment index built"
-                );
-                me.ready.send_replace(true);
-            })
+            .spawn(move || me.build(&store, &pending))
             .ok();
+    }
+
+    /// The startup build (on its own thread).
+    fn build(&self, store: &Store, pending: &Pending) {
+        let started = Instant::now();
+        // A snapshot job shares its transaction with other writers;
+        // if one of them fails, the snapshot is refused too: retry.
+        let mut built = load(store, pending);
+        for _ in 0..2 {
+            if built.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            built = load(store, pending);
+        }
+        let mut data = match built {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "segment index not built: segments unavailable");
+                // Requests get the reason instead of waiting for ever,
+                // and changes are no longer queued.
+                if let Ok(mut f) = self.failed.write() {
+                    *f = Some(format!("the segment index could not be built: {e}"));
+                }
+                if let Ok(mut p) = pending.lock() {
+                    p.take();
+                }
+                self.ready.send_replace(true);
+                return;
+            }
+        };
+        // Changes committed after the snapshot were queued; apply
+        // them in commit order, then switch to applying directly.
+        data.shrink();
+        if let Ok(mut d) = self.data.write() {
+            *d = data;
+            if let Ok(mut p) = pending.lock()
+                && let Some(q) = p.take()
+            {
+                for c in &q {
+                    d.apply(c);
+                }
+            }
+        }
+        let took = started.elapsed();
+        if let Ok(mut b) = self.build_time.write() {
+            *b = Some(took);
+        }
+        let bytes = self.heap_bytes();
+        tracing::info!(
+            took_ms = took.as_millis() as u64,
+            memory_mb = bytes / (1 << 20),
+            "segment index built"
+        );
+        self.ready.send_replace(true);
     }
 
     /// Applies committed changes (from the store's observer).
     pub fn apply(&self, changes: &[Change]) {
+        if self.failed.read().is_ok_and(|f| f.is_some()) {
+            return;
+        }
         if let Ok(mut d) = self.data.write() {
             for c in changes {
                 d.apply(c);
@@ -564,6 +601,11 @@ impl Index {
         today: NaiveDate,
     ) -> Result<Evaluation, String> {
         let started = Instant::now();
+        if let Ok(f) = self.failed.read()
+            && let Some(why) = f.as_ref()
+        {
+            return Err(why.clone());
+        }
         let d = self
             .data
             .read()

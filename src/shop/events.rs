@@ -23,6 +23,9 @@ use crate::contacts::{
 };
 use crate::store::{StoreError, WriteTables};
 
+/// `Order::placed_at` of an event that did not say (resolved in `apply`).
+const PLACED_AT_UNSET: i64 = i64::MIN;
+
 /// Largest number of events in one request.
 pub const MAX_BATCH: usize = 50_000;
 
@@ -683,8 +686,10 @@ impl OrderWire {
                 ));
             }
         };
+        // Without `placed_at`: the event's time for a new order; an update
+        // keeps the stored order's (see `apply`), marked here by -1.
         let placed_at = match &self.placed_at {
-            None => at,
+            None => PLACED_AT_UNSET,
             Some(s) => DateTime::parse_from_rfc3339(s)
                 .map_err(|e| format!("`placed_at` {s:?} is not an RFC 3339 timestamp: {e}"))?
                 .timestamp_millis(),
@@ -842,9 +847,17 @@ fn apply(
                 add_tags: tags,
                 ..Default::default()
             };
+            // Every value is checked before any new field definition is
+            // written, so a rejected event leaves nothing behind.
+            let mut new_defs = Vec::new();
             for (name, v) in fields {
                 let def = match shop_field(t, &name, now)? {
-                    Ok(Some(d)) => d,
+                    Ok(Some((d, new))) => {
+                        if new {
+                            new_defs.push(d.clone());
+                        }
+                        d
+                    }
                     Ok(None) => {
                         return Ok(Outcome::Rejected(
                             ContactError::UnknownField(name).to_string(),
@@ -860,6 +873,9 @@ fn apply(
                     },
                 };
                 update.fields.insert(name, value);
+            }
+            for d in &new_defs {
+                t.put_field(d)?;
             }
             match apply_upsert_salted(t, salt, &who.email, update, true, now)? {
                 Ok(_) => Ok(Outcome::Accepted(None)),
@@ -879,7 +895,18 @@ fn apply(
                     fmt_ms(b.updated_at)
                 ))));
             }
+            if order.placed_at == PLACED_AT_UNSET {
+                order.placed_at = before.as_ref().map_or(order.updated_at, |b| b.placed_at);
+            }
             for item in &mut order.items {
+                if item.category.is_some() {
+                    continue;
+                }
+                // An update that leaves the category out keeps the stored one.
+                item.category = before
+                    .as_ref()
+                    .and_then(|b| b.items.iter().find(|x| x.sku == item.sku))
+                    .and_then(|x| x.category.clone());
                 if item.category.is_none()
                     && let Some(p) = t.product(&item.sku)?
                 {
@@ -920,11 +947,9 @@ fn apply(
                     item.category = p.category;
                 }
             }
-            let after = (!cart.items.is_empty()).then_some(cart);
-            if after.is_none() && before.is_none() {
-                return Ok(Outcome::Accepted(None));
-            }
-            t.put_cart(contact, after, before)?;
+            // An emptied cart is kept (without items) so that its time
+            // still orders later events: a delayed older cart stays out.
+            t.put_cart(contact, cart, before)?;
             Ok(Outcome::Accepted(None))
         }
         Body::Product(p) => {
@@ -1044,13 +1069,14 @@ fn normalise_shop_value(field: &str, v: Value) -> Value {
     }
 }
 
-/// The definition of `name`, creating it if it is one of the shop fields and
-/// does not exist yet. `Err`: it exists with another type than the shop's.
+/// The definition of `name`, and whether it is a shop field that does not
+/// exist yet (the caller writes it once the event passed its checks).
+/// `Err`: it exists with another type than the shop's.
 fn shop_field(
     t: &mut WriteTables<'_>,
     name: &str,
     now: DateTime<Utc>,
-) -> Result<Result<Option<FieldDef>, String>, StoreError> {
+) -> Result<Result<Option<(FieldDef, bool)>, String>, StoreError> {
     let shop = SHOP_FIELDS.iter().find(|f| f.1 == name);
     if let Some(def) = t.field_cached(name)? {
         if let Some((_, _, ty, _)) = shop
@@ -1063,7 +1089,7 @@ fn shop_field(
                 ty.as_str()
             )));
         }
-        return Ok(Ok(Some(def.clone())));
+        return Ok(Ok(Some((def.clone(), false))));
     }
     let Some((_, _, ty, choices)) = shop else {
         return Ok(Ok(None));
@@ -1075,8 +1101,7 @@ fn shop_field(
         label: None,
         created_at: now,
     };
-    t.put_field(&def)?;
-    Ok(Ok(Some(def)))
+    Ok(Ok(Some((def, true))))
 }
 
 /// Hundredths as a decimal string (`"1299.50"`).

@@ -90,7 +90,7 @@ impl Order {
 /// A contact's current cart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cart {
-    /// Lines (never empty: an empty cart is deleted).
+    /// Lines (none: the cart was emptied at `updated_at`).
     pub items: Vec<Item>,
     /// Currency of the prices, if given.
     pub currency: Option<String>,

@@ -132,25 +132,20 @@ impl WriteTables<'_> {
         get_bin(&self.carts, "carts", contact)
     }
 
-    /// Stores (`Some`) or clears (`None`) a contact's cart.
+    /// Stores a contact's cart. A cart without items is kept as the time
+    /// the cart was emptied (so older events stay out); to segments it is
+    /// no cart.
     pub fn put_cart(
         &mut self,
         contact: u64,
-        cart: Option<Cart>,
+        cart: Cart,
         before: Option<Cart>,
     ) -> Result<(), StoreError> {
-        match &cart {
-            Some(c) => {
-                self.carts.insert(contact, enc(c).as_slice())?;
-            }
-            None => {
-                self.carts.remove(contact)?;
-            }
-        }
+        self.carts.insert(contact, enc(&cart).as_slice())?;
         self.note(|| Change::Cart {
             contact,
-            before: before.map(Arc::new),
-            after: cart.map(Arc::new),
+            before: before.filter(|b| !b.items.is_empty()).map(Arc::new),
+            after: (!cart.items.is_empty()).then(|| Arc::new(cart)),
         });
         Ok(())
     }
@@ -182,7 +177,12 @@ impl WriteTables<'_> {
             });
         }
         if let Some(old) = self.cart(contact)? {
-            self.put_cart(contact, None, Some(old))?;
+            self.carts.remove(contact)?;
+            self.note(|| Change::Cart {
+                contact,
+                before: (!old.items.is_empty()).then(|| Arc::new(old)),
+                after: None,
+            });
         }
         let mut waits = Vec::new();
         for r in self.waitlist.iter()? {

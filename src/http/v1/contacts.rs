@@ -309,7 +309,7 @@ pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiEr
             if let Some(s) = v.stats(c.id)? {
                 out["shop"] = crate::shop::events::stats_json(&s);
             }
-            if let Some(cart) = v.cart(c.id)? {
+            if let Some(cart) = v.cart(c.id)?.filter(|c| !c.items.is_empty()) {
                 out["shop"]["cart"] = serde_json::json!({
                     "items": cart.items.iter().map(|i| serde_json::json!({
                         "sku": i.sku, "quantity": i.quantity, "category": i.category,

@@ -185,8 +185,7 @@ pub async fn put(
         std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
     let (root, definition) = if is_toml {
         let root = lang::from_toml(text).map_err(|p| problems_error(&p, "body"))?;
-        let def: Value = toml::from_str(text)
-            .map_err(|e| ApiError::bad_request(format!("invalid TOML: {}", e.message())))?;
+        let def = lang::to_json(&root);
         (root, def)
     } else {
         let def: Value = serde_json::from_str(text).map_err(|e| {
