@@ -92,7 +92,8 @@ pub const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders_v1
 /// Contact id → `ShopStats` (postcard): the aggregates segments read.
 pub const SHOP_STATS: TableDefinition<u64, &[u8]> = TableDefinition::new("shop_stats_v1");
 
-/// Contact id → `Cart` (postcard): the current cart; absent when empty.
+/// Contact id → `Cart` (postcard): the current cart; an emptied cart is kept
+/// without items (its time orders later events).
 pub const CARTS: TableDefinition<u64, &[u8]> = TableDefinition::new("carts_v1");
 
 /// (SKU, contact id) → `WaitEntry` (JSON): back-in-stock and pre-order
