@@ -925,19 +925,24 @@ fn check_token(
     Some(token)
 }
 
-/// Reads every `*.toml` file in `dir` and records the lists and fields it
-/// names. Only TOML syntax is checked here; the segment and automation modules
-/// own the meaning of these files.
-fn collect_references(dir: &Path, refs: &mut References, errors: &mut Vec<ConfigError>) {
+/// The `*.toml` files of `dir`, sorted (none if it cannot be read).
+pub fn toml_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     files.sort();
-    for f in files {
+    files
+}
+
+/// Reads every `*.toml` file in `dir` and records the lists and fields it
+/// names. Only TOML syntax is checked here; the segment and automation modules
+/// own the meaning of these files.
+fn collect_references(dir: &Path, refs: &mut References, errors: &mut Vec<ConfigError>) {
+    for f in toml_files(dir) {
         let text = match std::fs::read_to_string(&f) {
             Ok(t) => t,
             Err(e) => {

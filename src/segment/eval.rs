@@ -213,7 +213,7 @@ pub enum Pred<'a> {
     /// Member of a precomputed set.
     Bits(Bitset),
     /// Consent state code in the mask.
-    Consent(u8, Option<bool>),
+    Consent(u8),
     /// Row number / day comparison.
     Row(RowValue, Cmp),
     /// Cart value comparison.
@@ -240,7 +240,7 @@ impl Pred<'_> {
             Pred::Any(v) => v.iter().any(|p| p.test(id, r)),
             Pred::Not(p) => !p.test(id, r),
             Pred::Bits(b) => b.has(id),
-            Pred::Consent(mask, _) => mask & (1 << r.consent) != 0,
+            Pred::Consent(mask) => mask & (1 << r.consent) != 0,
             Pred::Row(v, c) => c.test(v.get(r)),
             Pred::Cart(d, v, c) => c.test(v.get(d.carts.get(&(id as u32)))),
             Pred::Sym(v, t) => t.test(match v {
@@ -493,9 +493,9 @@ fn field_pred<'a>(
                     }
                 }
                 if op == Op::Ne {
-                    Pred::Not(Box::new(Pred::Consent(mask, None)))
+                    Pred::Not(Box::new(Pred::Consent(mask)))
                 } else {
-                    Pred::Consent(mask, None)
+                    Pred::Consent(mask)
                 }
             }
             _ => Pred::False,

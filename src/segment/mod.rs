@@ -319,15 +319,7 @@ impl SegmentFiles {
             dir: dir.to_path_buf(),
             ..Default::default()
         };
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return out;
-        };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
-        for f in files {
+        for f in crate::config::toml_files(dir) {
             let name = f
                 .file_stem()
                 .map(|s| s.to_string_lossy().to_string())

@@ -147,7 +147,7 @@ pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, Ap
             v["updated_at"] = json!(s.updated_at);
         }
     } else if let Found::Ok(s) = &found
-        && let Ok(text) = std::fs::read_to_string(&s.source)
+        && let Ok(text) = tokio::fs::read_to_string(&s.source).await
     {
         v["definition_toml"] = text.into();
     }
@@ -184,7 +184,7 @@ pub async fn put(
     let text =
         std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
     let (root, definition) = if is_toml {
-        let root = lang::from_toml(text).map_err(|p| problems_error(&p, "body"))?;
+        let root = lang::from_toml(text).map_err(|p| problems_error(&p))?;
         let def = lang::to_json(&root);
         (root, def)
     } else {
@@ -198,11 +198,11 @@ pub async fn put(
         (lang::from_json(&def), def)
     };
     let sites: Vec<String> = config.sites.iter().map(|s| s.id.clone()).collect();
-    let seg = parse_document(name, "api", &root, &sites).map_err(|p| problems_error(&p, "body"))?;
+    let seg = parse_document(name, "api", &root, &sites).map_err(|p| problems_error(&p))?;
     let cat = catalog(state).await?;
     let problems = cat.check(&seg.cond);
     if !problems.is_empty() {
-        return Err(problems_error(&problems, "body"));
+        return Err(problems_error(&problems));
     }
     let now = state.clock.now();
     let n = name.to_string();
@@ -230,7 +230,7 @@ pub async fn put(
     ))
 }
 
-fn problems_error(p: &[Problem], file: &str) -> ApiError {
+fn problems_error(p: &[Problem]) -> ApiError {
     let text: Vec<String> = p
         .iter()
         .map(|p| {
@@ -242,7 +242,6 @@ fn problems_error(p: &[Problem], file: &str) -> ApiError {
             format!("{at}{}", p.message)
         })
         .collect();
-    let _ = file;
     ApiError::invalid("invalid_segment", text.join("; "))
 }
 
