@@ -89,6 +89,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let engine =
         crate::delivery::Engine::new(store.clone(), config.clone(), clock.clone(), &metrics)
             .map_err(|e| anyhow::anyhow!("cannot start delivery: {e}"))?;
+    let campaigns = crate::campaign::Campaigns::new(
+        store.clone(),
+        config.clone(),
+        clock.clone(),
+        index.clone(),
+        render_pool.clone(),
+        engine.clone(),
+    );
     let state = Arc::new(AppState {
         config,
         store: store.clone(),
@@ -98,10 +106,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         render_pool,
         index,
         compiled: Default::default(),
+        campaigns: campaigns.clone(),
     });
     // Messages left in flight by a crash are still queued in the store; the
     // scheduler picks them up like any other due message.
     let scheduler = tokio::spawn(engine.clone().run());
+    // Running campaigns resume from their durable cursors.
+    let supervisor = tokio::spawn(campaigns.clone().run());
 
     // Signal handlers go in before readiness is announced: SIGHUP's default
     // action is to terminate, so a reload sent right after "ready" must find
@@ -117,6 +128,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     http::serve(listener, state.clone(), shutdown_signal(term, int)).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Campaign workers commit the batch in hand and stop; the rest of each
+    // audience is sent after the next start, from the cursor.
+    campaigns.stop().await;
+    let _ = supervisor.await;
+    drop(campaigns);
     // Transactions under way finish and are recorded; the rest stays queued.
     engine.stop(std::time::Duration::from_secs(10)).await;
     let _ = scheduler.await;

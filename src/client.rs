@@ -316,3 +316,166 @@ pub async fn catalog(
     }
     Ok(catalog)
 }
+
+/// `herald campaign …`.
+pub mod campaign {
+    use std::path::Path;
+
+    use anyhow::Context;
+    use http::Method;
+    use serde_json::Value;
+
+    use super::{ApiTarget, api_failure, send_json};
+
+    fn line(v: &Value) -> String {
+        let p = &v["progress"];
+        format!(
+            "campaign {} \"{}\": {} ({}); audience {}, queued {}, delivered {}, deferred {}, failed {}, skipped {}, remaining {}",
+            v["id"],
+            v["name"].as_str().unwrap_or(""),
+            v["status"].as_str().unwrap_or(""),
+            v["phase"].as_str().unwrap_or(""),
+            p["audience"],
+            p["queued"],
+            p["delivered"],
+            p["deferred"],
+            p["failed"],
+            p["skipped"],
+            p["remaining"],
+        )
+    }
+
+    /// `herald campaign create FILE`.
+    pub async fn create(target: &ApiTarget, file: &Path) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let spec: Value = if file.extension().is_some_and(|e| e == "json") {
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?
+        } else {
+            let t: toml::Value =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            serde_json::to_value(t)?
+        };
+        let (status, v) = send_json(target, Method::POST, "/api/v1/campaigns", Some(spec)).await?;
+        if status != 201 {
+            return Err(api_failure(status, &v));
+        }
+        println!("created {}", line(&v));
+        Ok(())
+    }
+
+    /// `herald campaign test ID ADDRESS…`.
+    pub async fn test(target: &ApiTarget, id: u64, addresses: Vec<String>) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "addresses": addresses });
+        let (status, v) = send_json(
+            target,
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/test"),
+            Some(body),
+        )
+        .await?;
+        if status != 202 {
+            return Err(api_failure(status, &v));
+        }
+        for m in v["test_messages"].as_array().into_iter().flatten() {
+            let variant = m["variant"].as_str().filter(|s| !s.is_empty());
+            println!(
+                "queued test message {} to {}{}",
+                m["queue_id"],
+                m["address"].as_str().unwrap_or(""),
+                variant
+                    .map(|v| format!(" (variant {v})"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// `herald campaign start|pause|resume|cancel ID`.
+    pub async fn action(
+        target: &ApiTarget,
+        id: u64,
+        action: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<()> {
+        let body = body.or(Some(serde_json::json!({})));
+        let (status, v) = send_json(
+            target,
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/{action}"),
+            body,
+        )
+        .await?;
+        if status != 200 {
+            return Err(api_failure(status, &v));
+        }
+        println!("{}", line(&v));
+        Ok(())
+    }
+
+    /// `herald campaign status ID`.
+    pub async fn status(target: &ApiTarget, id: u64, as_json: bool) -> anyhow::Result<()> {
+        let (status, v) = send_json(
+            target,
+            Method::GET,
+            &format!("/api/v1/campaigns/{id}"),
+            None,
+        )
+        .await?;
+        if status != 200 {
+            return Err(api_failure(status, &v));
+        }
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        println!("{}", line(&v));
+        if let Some(eta) = v["progress"]["estimated_completion"].as_str() {
+            println!(
+                "rate {} messages/minute; estimated completion {eta}",
+                v["progress"]["rate_per_minute"]
+            );
+        }
+        if let Some(ab) = v["ab"].as_object() {
+            println!(
+                "A/B: test ends {}, winner {} {}",
+                ab["test_ends"].as_str().unwrap_or("-"),
+                ab["winner_name"].as_str().unwrap_or("-"),
+                ab["winner_reason"].as_str().unwrap_or("")
+            );
+        }
+        for p in v["parts"].as_array().into_iter().flatten() {
+            println!(
+                "  stage {} {} {}: size {}, queued {}, delivered {}, opens {}, clicks {}",
+                p["stage"],
+                p["role"].as_str().unwrap_or(""),
+                p["name"].as_str().unwrap_or(""),
+                p["size"],
+                p["queued"],
+                p["counts"]["delivered"],
+                p["counts"]["unique_opens"],
+                p["counts"]["unique_clicks"],
+            );
+        }
+        if let Some(n) = v["note"].as_str() {
+            println!("note: {n}");
+        }
+        Ok(())
+    }
+
+    /// `herald campaign list`.
+    pub async fn list(target: &ApiTarget, status: Option<String>) -> anyhow::Result<()> {
+        let path = match status {
+            Some(s) => format!("/api/v1/campaigns?status={s}"),
+            None => "/api/v1/campaigns".to_string(),
+        };
+        let (code, v) = send_json(target, Method::GET, &path, None).await?;
+        if code != 200 {
+            return Err(api_failure(code, &v));
+        }
+        for c in v["campaigns"].as_array().into_iter().flatten() {
+            println!("{}", line(c));
+        }
+        Ok(())
+    }
+}

@@ -5,6 +5,7 @@
 //! uses. See `ARCHITECTURE.md` for the data flow and the code map.
 
 pub mod app;
+pub mod campaign;
 pub mod client;
 pub mod clock;
 pub mod config;

@@ -46,6 +46,14 @@ enum Command {
         #[command(subcommand)]
         command: TemplatesCommand,
     },
+    /// Newsletters (talks to a running daemon).
+    Campaign {
+        #[command(subcommand)]
+        command: CampaignCommand,
+        /// Admin API base URL (default: from the config's http.listen).
+        #[arg(long, global = true)]
+        api: Option<String>,
+    },
     /// The delivery queue (talks to a running daemon).
     Queue {
         #[command(subcommand)]
@@ -117,6 +125,60 @@ enum RenderFormat {
 enum KeyAlgorithm {
     Rsa,
     Ed25519,
+}
+
+#[derive(Subcommand)]
+enum CampaignCommand {
+    /// Create a draft from a TOML or JSON file (the campaign spec).
+    Create {
+        /// The spec file (`.toml` or `.json`).
+        file: PathBuf,
+    },
+    /// Send every variant to seed addresses (marked as a test, not counted).
+    Test {
+        /// Campaign number.
+        id: u64,
+        /// Seed addresses.
+        #[arg(required = true)]
+        addresses: Vec<String>,
+    },
+    /// Start now (or at a time with --at, RFC 3339).
+    Start {
+        /// Campaign number.
+        id: u64,
+        /// Schedule for this time instead of starting now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Pause a running campaign.
+    Pause {
+        /// Campaign number.
+        id: u64,
+    },
+    /// Resume a paused campaign where it stopped.
+    Resume {
+        /// Campaign number.
+        id: u64,
+    },
+    /// Cancel: nothing more is sent.
+    Cancel {
+        /// Campaign number.
+        id: u64,
+    },
+    /// Progress of one campaign.
+    Status {
+        /// Campaign number.
+        id: u64,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Campaigns, newest first.
+    List {
+        /// Only this status (draft, scheduled, running, paused, cancelled, completed).
+        #[arg(long)]
+        status: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -388,6 +450,35 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Campaign { command, api } => {
+            run_client(&cli.config, api.as_deref(), async |target| {
+                use client::campaign as c;
+                match command {
+                    CampaignCommand::Create { file } => c::create(&target, &file).await,
+                    CampaignCommand::Test { id, addresses } => {
+                        c::test(&target, id, addresses).await
+                    }
+                    CampaignCommand::Start { id, at: Some(at) } => {
+                        c::action(
+                            &target,
+                            id,
+                            "schedule",
+                            Some(serde_json::json!({ "at": at })),
+                        )
+                        .await
+                    }
+                    CampaignCommand::Start { id, at: None } => {
+                        c::action(&target, id, "start", None).await
+                    }
+                    CampaignCommand::Pause { id } => c::action(&target, id, "pause", None).await,
+                    CampaignCommand::Resume { id } => c::action(&target, id, "resume", None).await,
+                    CampaignCommand::Cancel { id } => c::action(&target, id, "cancel", None).await,
+                    CampaignCommand::Status { id, json } => c::status(&target, id, json).await,
+                    CampaignCommand::List { status } => c::list(&target, status).await,
+                }
+                .map(|()| 0)
+            })
         }
         Command::Queue { command, api } => {
             run_client(&cli.config, api.as_deref(), async |target| {

@@ -932,6 +932,7 @@ pub fn record_outcomes(
         if !r.state.is_pending() {
             continue;
         }
+        let before = r.state;
         r.attempts += 1;
         r.updated = Some(now);
         r.host = host.map(str::to_string);
@@ -968,6 +969,7 @@ pub fn record_outcomes(
                 }
             }
         }
+        count_campaign(t, m.campaign, before, r.state, r.bounce)?;
     }
     for (address, contact, reply) in hard {
         mark_invalid(t, &address, contact, &reply, now)?;
@@ -977,6 +979,40 @@ pub fn record_outcomes(
     } else {
         t.finish_message(m, now)
     }
+}
+
+/// Counts a recipient's move from `before` to `after` for its campaign:
+/// final outcomes, and how many wait for a retry now.
+fn count_campaign(
+    t: &mut WriteTables<'_>,
+    campaign: Option<crate::campaign::model::CampaignRef>,
+    before: RcptState,
+    after: RcptState,
+    bounce: Option<BounceClass>,
+) -> Result<(), StoreError> {
+    use crate::campaign::model::Counter;
+    let Some(c) = campaign else { return Ok(()) };
+    if before == after {
+        return Ok(());
+    }
+    if before == RcptState::Deferred {
+        t.bump_campaign(c.id, c.slot, Counter::Deferred, -1)?;
+    }
+    match after {
+        RcptState::Deferred => t.bump_campaign(c.id, c.slot, Counter::Deferred, 1)?,
+        RcptState::Delivered => t.bump_campaign(c.id, c.slot, Counter::Delivered, 1)?,
+        RcptState::Failed => {
+            t.bump_campaign(c.id, c.slot, Counter::Failed, 1)?;
+            match bounce {
+                Some(BounceClass::Hard) => t.bump_campaign(c.id, c.slot, Counter::Hard, 1)?,
+                Some(BounceClass::Soft) => t.bump_campaign(c.id, c.slot, Counter::Soft, 1)?,
+                Some(BounceClass::Policy) => t.bump_campaign(c.id, c.slot, Counter::Policy, 1)?,
+                None => {}
+            }
+        }
+        RcptState::Queued => {}
+    }
+    Ok(())
 }
 
 fn mark_invalid(
@@ -1023,6 +1059,8 @@ pub enum Selection {
     Id(u64),
     /// Every message with a recipient in this domain.
     Domain(String),
+    /// Every message of a campaign (cancelling it).
+    Campaign(u64),
 }
 
 /// Messages per write transaction when an action walks the whole queue, so
@@ -1036,11 +1074,14 @@ fn select(
 ) -> Result<(Vec<QueuedMessage>, Option<u64>), StoreError> {
     match sel {
         Selection::Id(id) => Ok((t.queued_message(*id)?.into_iter().collect(), None)),
-        Selection::Domain(_) => {
-            let msgs = t.queued_messages_after(after, CHUNK)?;
+        Selection::Domain(_) | Selection::Campaign(_) => {
+            let mut msgs = t.queued_messages_after(after, CHUNK)?;
             let next = (msgs.len() == CHUNK)
                 .then(|| msgs.last().map(|m| m.id))
                 .flatten();
+            if let Selection::Campaign(id) = sel {
+                msgs.retain(|m| m.campaign.is_some_and(|c| c.id == *id));
+            }
             Ok((msgs, next))
         }
     }
@@ -1048,7 +1089,7 @@ fn select(
 
 fn matches_domain(sel: &Selection, domain: &str) -> bool {
     match sel {
-        Selection::Id(_) => true,
+        Selection::Id(_) | Selection::Campaign(_) => true,
         Selection::Domain(d) => d == domain,
     }
 }
@@ -1095,6 +1136,7 @@ pub fn purge(
         let mut changed = false;
         for r in m.recipients.iter_mut() {
             if r.state.is_pending() && matches_domain(sel, &r.domain) {
+                count_campaign(t, m.campaign, r.state, RcptState::Failed, None)?;
                 r.state = RcptState::Failed;
                 r.next_attempt = None;
                 r.updated = Some(now);

@@ -124,6 +124,9 @@ pub struct QueuedMessage {
     /// Why it was purged, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged: Option<String>,
+    /// The campaign message this is, so outcomes count for the campaign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<crate::campaign::model::CampaignRef>,
 }
 
 impl QueuedMessage {

@@ -134,12 +134,73 @@ pub async fn enqueue(
                 due: None,
                 finished: None,
                 purged: None,
+                campaign: None,
             };
             t.put_message(&mut m, Some(&body))?;
             Ok(id)
         })
         .await?;
     Ok((id, message_id))
+}
+
+/// A built, signed message for one contact, ready to be queued inside a
+/// write transaction (campaigns queue a batch of these in one commit).
+#[derive(Debug)]
+pub struct Signed {
+    /// Envelope recipient.
+    pub address: String,
+    /// The contact.
+    pub contact: u64,
+    /// Message-ID (without brackets).
+    pub message_id: String,
+    /// The signed bytes.
+    pub body: Vec<u8>,
+}
+
+/// Signs a built message with every DKIM key of the sender (CPU work: call
+/// from a blocking or rayon thread).
+pub fn sign(sender: &Sender, message: Vec<u8>) -> Result<Vec<u8>, String> {
+    dkim::sign(&sender.dkim, message)
+}
+
+/// Queues a signed message inside a write transaction; returns its queue id.
+/// The caller commits it together with whatever records the message as sent.
+pub fn queue_signed(
+    t: &mut crate::store::WriteTables<'_>,
+    sender: &Sender,
+    m: &Signed,
+    source: &str,
+    campaign: Option<crate::campaign::model::CampaignRef>,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let id = t.next_id(Sequence::Message)?;
+    let mut q = QueuedMessage {
+        id,
+        sender: sender.id.clone(),
+        return_path: sender.return_path.clone(),
+        message_id: m.message_id.clone(),
+        created: now,
+        size: m.body.len() as u64,
+        source: source.to_string(),
+        recipients: vec![Recipient {
+            domain: domain_of(&m.address),
+            address: m.address.clone(),
+            contact: Some(m.contact),
+            state: RcptState::Queued,
+            attempts: 0,
+            next_attempt: None,
+            reply: None,
+            bounce: None,
+            host: None,
+            updated: None,
+        }],
+        due: None,
+        finished: None,
+        purged: None,
+        campaign,
+    };
+    t.put_message(&mut q, Some(&m.body))?;
+    Ok(id)
 }
 
 fn check_recipients(list: &[NewRecipient]) -> Result<Vec<Recipient>, EnqueueError> {

@@ -8,6 +8,7 @@
 //! `/metrics` under its route name.
 
 pub mod reply;
+pub mod track;
 pub mod v1;
 
 use std::convert::Infallible;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// pointer, compiled). A reload's new snapshot compiles afresh.
     pub compiled:
         std::sync::Mutex<std::collections::HashMap<String, (usize, Arc<crate::render::Compiled>)>>,
+    /// Campaigns (the runner behind the campaign API).
+    pub campaigns: Arc<crate::campaign::Campaigns>,
 }
 
 impl AppState {
@@ -168,6 +171,16 @@ pub enum Route {
     SegmentPreview(String),
     /// `/api/v1/segments/{name}/contacts`
     SegmentContacts(String),
+    /// `/api/v1/campaigns`
+    Campaigns,
+    /// `/api/v1/campaigns/{id}`
+    Campaign(String),
+    /// `/api/v1/campaigns/{id}/{action}`
+    CampaignAction(String, String),
+    /// `GET /o/{token}` (public)
+    Open(String),
+    /// `GET /c/{token}` (public)
+    Click(String),
     /// Anything else under `/api/`.
     ApiUnknown,
     /// Anything else.
@@ -206,13 +219,21 @@ impl Route {
             Route::Segment(_) => "segment",
             Route::SegmentPreview(_) => "segment_preview",
             Route::SegmentContacts(_) => "segment_contacts",
+            Route::Campaigns => "campaigns",
+            Route::Campaign(_) => "campaign",
+            Route::CampaignAction(_, _) => "campaign_action",
+            Route::Open(_) => "open",
+            Route::Click(_) => "click",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
         }
     }
 
     fn is_admin(&self) -> bool {
-        !matches!(self, Route::Health | Route::Metrics | Route::Unknown)
+        !matches!(
+            self,
+            Route::Health | Route::Metrics | Route::Unknown | Route::Open(_) | Route::Click(_)
+        )
     }
 }
 
@@ -226,6 +247,8 @@ pub fn route(path: &str) -> Route {
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["healthz"] => Route::Health,
+        ["o", t] => Route::Open(t.to_string()),
+        ["c", t] => Route::Click(t.to_string()),
         ["metrics"] => Route::Metrics,
         ["api", "v1", "contacts"] => Route::Contacts,
         ["api", "v1", "contacts", "import"] => Route::Import,
@@ -253,6 +276,9 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "segments", n] => Route::Segment(n.to_string()),
         ["api", "v1", "segments", n, "preview"] => Route::SegmentPreview(n.to_string()),
         ["api", "v1", "segments", n, "contacts"] => Route::SegmentContacts(n.to_string()),
+        ["api", "v1", "campaigns"] => Route::Campaigns,
+        ["api", "v1", "campaigns", id] => Route::Campaign(id.to_string()),
+        ["api", "v1", "campaigns", id, a] => Route::CampaignAction(id.to_string(), a.to_string()),
         ["api", ..] => Route::ApiUnknown,
         _ => Route::Unknown,
     }
@@ -347,7 +373,9 @@ async fn call(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let m = req.method().clone();
-    use v1::{contacts, events, fields, import, lists, products, queue, segments, templates};
+    use v1::{
+        campaigns, contacts, events, fields, import, lists, products, queue, segments, templates,
+    };
     match route {
         Route::Health => match m {
             Method::GET | Method::HEAD => {
@@ -494,6 +522,29 @@ async fn call(
         Route::SegmentContacts(n) => match m {
             Method::GET => segments::contacts(state, n, &req).await,
             _ => Err(method_not_allowed("GET")),
+        },
+        Route::Open(t) => match m {
+            Method::GET | Method::HEAD => track::open(state, t, &m).await,
+            _ => Err(method_not_allowed("GET, HEAD")),
+        },
+        Route::Click(t) => match m {
+            Method::GET | Method::HEAD => track::click(state, t, &m).await,
+            _ => Err(method_not_allowed("GET, HEAD")),
+        },
+        Route::Campaigns => match m {
+            Method::GET => campaigns::list(state, &req).await,
+            Method::POST => campaigns::create(state, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::Campaign(id) => match m {
+            Method::GET => campaigns::get(state, id).await,
+            Method::PUT => campaigns::edit(state, id, req).await,
+            Method::DELETE => campaigns::delete(state, id).await,
+            _ => Err(method_not_allowed("GET, PUT, DELETE")),
+        },
+        Route::CampaignAction(id, a) => match m {
+            Method::POST => campaigns::action(state, id, a, req).await,
+            _ => Err(method_not_allowed("POST")),
         },
         Route::ApiUnknown => Err(ApiError::not_found(format!(
             "no API endpoint {} {}",

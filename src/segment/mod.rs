@@ -624,3 +624,31 @@ impl Index {
         })
     }
 }
+
+/// A usable segment by name (a file segment, else an API one), or why not.
+pub async fn find_usable(
+    config: &crate::config::Config,
+    store: &Store,
+    name: &str,
+) -> Result<Arc<Segment>, String> {
+    if let Some(s) = config.segments.loaded.get(name) {
+        return Ok(s.clone());
+    }
+    if config.segments.failed.contains_key(name) {
+        return Err(format!(
+            "segment `{name}` has problems (see GET /api/v1/segments)"
+        ));
+    }
+    let n = name.to_string();
+    let stored = store
+        .read(move |r| Ok(r.segments()?.into_iter().find(|s| s.name == n)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(s) = stored else {
+        return Err(format!("no segment `{name}`"));
+    };
+    let sites: Vec<String> = config.sites.iter().map(|x| x.id.clone()).collect();
+    parse_document(&s.name, "api", &lang::from_json(&s.definition), &sites)
+        .map(Arc::new)
+        .map_err(|_| format!("segment `{name}` has problems (see GET /api/v1/segments)"))
+}

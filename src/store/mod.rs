@@ -12,11 +12,13 @@
 //! modules; they receive a [`WriteTables`] or [`ReadView`] whose typed methods
 //! are the whole vocabulary they have for the data.
 
+mod campaign;
 mod queue;
 mod render;
 mod shop;
 pub mod tables;
 
+pub use campaign::{CLICKED, CampaignCounts, OPENED, decode_ids, encode_ids};
 pub use queue::{DueEntry, QueueSummary};
 
 use std::path::{Path, PathBuf};
@@ -411,6 +413,11 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(CARTS)?;
     txn.open_table(WAITLIST)?;
     txn.open_table(SEGMENTS)?;
+    txn.open_table(CAMPAIGNS)?;
+    txn.open_table(CAMPAIGN_AUDIENCE)?;
+    txn.open_table(CAMPAIGN_SENDS)?;
+    txn.open_table(CAMPAIGN_ENGAGEMENT)?;
+    txn.open_table(CAMPAIGN_COUNTS)?;
     txn.commit()?;
     Ok(())
 }
@@ -566,6 +573,8 @@ pub enum Sequence {
     Consent,
     /// Queued messages.
     Message,
+    /// Campaigns.
+    Campaign,
 }
 
 impl Sequence {
@@ -576,6 +585,7 @@ impl Sequence {
             Sequence::Import => "seq.import",
             Sequence::Consent => "seq.consent",
             Sequence::Message => "seq.message",
+            Sequence::Campaign => "seq.campaign",
         }
     }
 }
@@ -619,6 +629,11 @@ pub struct WriteTables<'t> {
     carts: Table<'t, u64, &'static [u8]>,
     waitlist: Table<'t, (&'static str, u64), &'static [u8]>,
     segments: Table<'t, &'static str, &'static [u8]>,
+    campaigns: Table<'t, u64, &'static [u8]>,
+    campaign_audience: Table<'t, (u64, u32), &'static [u8]>,
+    campaign_sends: Table<'t, (u64, u32, u64), (u32, u64)>,
+    campaign_engagement: Table<'t, (u64, u32, u64), u8>,
+    campaign_counts: Table<'t, (u64, u32, u8), u64>,
     /// Changes for the observer, collected only when one is set.
     changes: Option<Vec<Change>>,
     /// Counters (id sequences, per-state counts) read once and written back
@@ -664,6 +679,11 @@ impl<'t> WriteTables<'t> {
             carts: txn.open_table(CARTS)?,
             waitlist: txn.open_table(WAITLIST)?,
             segments: txn.open_table(SEGMENTS)?,
+            campaigns: txn.open_table(CAMPAIGNS)?,
+            campaign_audience: txn.open_table(CAMPAIGN_AUDIENCE)?,
+            campaign_sends: txn.open_table(CAMPAIGN_SENDS)?,
+            campaign_engagement: txn.open_table(CAMPAIGN_ENGAGEMENT)?,
+            campaign_counts: txn.open_table(CAMPAIGN_COUNTS)?,
             changes: None,
             any_suppressed,
             field_defs: None,

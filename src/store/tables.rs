@@ -103,3 +103,24 @@ pub const WAITLIST: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("
 /// Segment name → `StoredSegment` (JSON): segments created through the API
 /// (file segments live in `config/segments/`).
 pub const SEGMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("segments_v1");
+
+/// Campaign id → `Campaign` (JSON): spec, status and durable progress.
+pub const CAMPAIGNS: TableDefinition<u64, &[u8]> = TableDefinition::new("campaigns_v1");
+
+/// (campaign id, part number) → the part's recipients, contact ids in
+/// ascending order, delta-varint encoded: the audience snapshot.
+pub const CAMPAIGN_AUDIENCE: TableDefinition<(u64, u32), &[u8]> =
+    TableDefinition::new("campaign_audience_v1");
+
+/// (campaign id, stage, contact id) → (variant, queue id): every campaign
+/// message queued. Written with the message; a present key means "sent".
+pub const CAMPAIGN_SENDS: TableDefinition<(u64, u32, u64), (u32, u64)> =
+    TableDefinition::new("campaign_sends_v1");
+
+/// (campaign id, stage, contact id) → flags (1 opened, 2 clicked).
+pub const CAMPAIGN_ENGAGEMENT: TableDefinition<(u64, u32, u64), u8> =
+    TableDefinition::new("campaign_engagement_v1");
+
+/// (campaign id, packed stage and variant, counter code) → count.
+pub const CAMPAIGN_COUNTS: TableDefinition<(u64, u32, u8), u64> =
+    TableDefinition::new("campaign_counts_v1");

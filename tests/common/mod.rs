@@ -97,6 +97,7 @@ impl Herald {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(600)))
+            .max_redirects(0)
             .build()
             .into();
         let mut h = Herald {

@@ -1,0 +1,558 @@
+//! What a campaign is: the spec the marketer writes (editable while draft)
+//! and the run state Herald keeps while sending it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a campaign is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Being written; can be edited, tested, scheduled, started.
+    Draft,
+    /// Starts by itself at `run.scheduled_for`.
+    Scheduled,
+    /// Sending (or waiting for an A/B window, a stage, or outcomes).
+    Running,
+    /// Stopped by the marketer; resumes where it stopped.
+    Paused,
+    /// Stopped for good; nothing more is queued.
+    Cancelled,
+    /// Every message has a final outcome; read-only.
+    Completed,
+}
+
+impl Status {
+    /// The name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Scheduled => "scheduled",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Cancelled => "cancelled",
+            Status::Completed => "completed",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "draft" => Status::Draft,
+            "scheduled" => Status::Scheduled,
+            "running" => Status::Running,
+            "paused" => Status::Paused,
+            "cancelled" => Status::Cancelled,
+            "completed" => Status::Completed,
+            _ => return None,
+        })
+    }
+
+    /// Whether the campaign still has work (or may get some).
+    pub fn is_live(self) -> bool {
+        matches!(self, Status::Scheduled | Status::Running | Status::Paused)
+    }
+}
+
+/// Who receives a campaign: members of any of the lists or segments, minus
+/// members of any exclusion; only `granted` contacts, whatever the lists say.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audience {
+    /// List names.
+    #[serde(default)]
+    pub lists: Vec<String>,
+    /// Segment names.
+    #[serde(default)]
+    pub segments: Vec<String>,
+    /// Lists whose members are left out.
+    #[serde(default)]
+    pub exclude_lists: Vec<String>,
+    /// Segments whose members are left out.
+    #[serde(default)]
+    pub exclude_segments: Vec<String>,
+}
+
+/// What decides an A/B test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Unique opens / recipients.
+    Opens,
+    /// Unique clicks / recipients.
+    Clicks,
+    /// Attributed revenue / recipients.
+    Revenue,
+}
+
+/// One A/B variant: what differs from the campaign's own settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSpec {
+    /// A label (default A, B, C…).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Subject template instead of the template's.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Another template.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Another sender identity.
+    #[serde(default)]
+    pub sender: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An A/B split test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbSpec {
+    /// 2 to 5 variants.
+    pub variants: Vec<VariantSpec>,
+    /// Percentage of the audience in the test (split evenly between the
+    /// variants); the rest gets the winner. 100: everyone is in the test.
+    pub test_share: f64,
+    /// What picks the winner.
+    pub metric: Metric,
+    /// How long after the test messages are queued the winner is chosen
+    /// (humantime: "4h", "1 day").
+    pub window: String,
+    /// Choose and send the winner automatically (default); otherwise wait
+    /// for `POST /api/v1/campaigns/{id}/winner`.
+    #[serde(default = "yes")]
+    pub auto: bool,
+    /// Seed of the random split (default: derived from the campaign id).
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// Who of stage N's recipients gets stage N+1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StageFilter {
+    /// Every recipient of the previous stage.
+    #[default]
+    All,
+    /// Those who opened it.
+    Opened,
+    /// Those who did not open it.
+    NotOpened,
+    /// Those who clicked in it.
+    Clicked,
+    /// Those who did not click in it.
+    NotClicked,
+}
+
+/// A follow-up stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// How long after the previous stage started sending (humantime:
+    /// "3 days").
+    pub after: String,
+    /// Template (default: the campaign's).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Subject template instead of the template's.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Who of the previous stage's recipients.
+    #[serde(default)]
+    pub only: StageFilter,
+}
+
+/// What the marketer writes; editable while the campaign is a draft.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Name.
+    pub name: String,
+    /// Who receives it.
+    #[serde(default)]
+    pub audience: Audience,
+    /// Template folder name.
+    pub template: String,
+    /// Sender identity (default: the template's).
+    #[serde(default)]
+    pub sender: Option<String>,
+    /// Subject template instead of the template's.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Personal greeting with the contact's name.
+    #[serde(default = "yes")]
+    pub personalize: bool,
+    /// Click and open tracking.
+    #[serde(default = "yes")]
+    pub tracking: bool,
+    /// SKUs for the template's `products`.
+    #[serde(default)]
+    pub products: Vec<String>,
+    /// Values for the template's `data`.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// Cost of one message (for reports and the budget).
+    #[serde(default)]
+    pub cost_per_message: Option<f64>,
+    /// Most the campaign may cost: sending stops when the next message
+    /// would exceed it.
+    #[serde(default)]
+    pub budget: Option<f64>,
+    /// Tags added to each recipient when their message is queued.
+    #[serde(default)]
+    pub tags_after: Vec<String>,
+    /// At most this many messages queued per hour (default: as fast as
+    /// delivery takes them).
+    #[serde(default)]
+    pub rate_per_hour: Option<u64>,
+    /// An A/B test.
+    #[serde(default)]
+    pub ab: Option<AbSpec>,
+    /// Follow-up stages.
+    #[serde(default)]
+    pub stages: Vec<StageSpec>,
+}
+
+/// Most A/B variants.
+pub const MAX_VARIANTS: usize = 5;
+/// Most follow-up stages.
+pub const MAX_STAGES: usize = 10;
+
+/// Parses a humantime duration with the key's name in the error.
+pub fn duration(key: &str, v: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(v)
+        .map_err(|e| format!("{key}: `{v}` is not a duration such as \"4h\" or \"3 days\": {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{key}: must be longer than zero"));
+    }
+    Ok(d)
+}
+
+impl Spec {
+    /// Checks what can be checked without the config or the store.
+    pub fn check(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.name.trim().is_empty() {
+            p.push("name: must not be empty".to_string());
+        }
+        if self.template.trim().is_empty() {
+            p.push("template: must not be empty".to_string());
+        }
+        if self.audience.lists.is_empty() && self.audience.segments.is_empty() {
+            p.push("audience: give at least one list or segment".to_string());
+        }
+        for (k, v) in [
+            ("cost_per_message", self.cost_per_message),
+            ("budget", self.budget),
+        ] {
+            if let Some(v) = v
+                && !(v.is_finite() && v >= 0.0)
+            {
+                p.push(format!("{k}: must be a number of at least 0"));
+            }
+        }
+        if self.budget.is_some() && self.cost_per_message.is_none_or(|c| c <= 0.0) {
+            p.push("budget: needs a cost_per_message above 0".to_string());
+        }
+        if self.rate_per_hour == Some(0) {
+            p.push("rate_per_hour: must be at least 1".to_string());
+        }
+        if !(self.data.is_null() || self.data.is_object()) {
+            p.push("data: must be an object".to_string());
+        }
+        for t in &self.tags_after {
+            if t.trim().is_empty() || t.len() > 100 {
+                p.push(format!("tags_after: `{t}` is not a tag (1-100 characters)"));
+            }
+        }
+        if let Some(ab) = &self.ab {
+            let n = ab.variants.len();
+            if !(2..=MAX_VARIANTS).contains(&n) {
+                p.push(format!(
+                    "ab.variants: {n} variants; give 2 to {MAX_VARIANTS}"
+                ));
+            }
+            for (i, v) in ab.variants.iter().enumerate() {
+                if v.subject.is_none() && v.template.is_none() && v.sender.is_none() {
+                    p.push(format!(
+                        "ab.variants[{i}]: give a subject, template or sender that differs"
+                    ));
+                }
+            }
+            if !(ab.test_share > 0.0 && ab.test_share <= 100.0) {
+                p.push("ab.test_share: a percentage above 0 and at most 100".to_string());
+            }
+            if let Err(e) = duration("ab.window", &ab.window) {
+                p.push(e);
+            }
+            if !self.stages.is_empty() {
+                p.push("stages: a campaign with an A/B test has no follow-up stages".to_string());
+            }
+        }
+        if self.stages.len() > MAX_STAGES {
+            p.push(format!("stages: at most {MAX_STAGES}"));
+        }
+        for (i, s) in self.stages.iter().enumerate() {
+            if let Err(e) = duration(&format!("stages[{i}].after"), &s.after) {
+                p.push(e);
+            }
+        }
+        p
+    }
+
+    /// The variant names (A, B, … unless named).
+    pub fn variant_names(&self) -> Vec<String> {
+        match &self.ab {
+            None => vec![String::new()],
+            Some(ab) => ab
+                .variants
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.name
+                        .clone()
+                        .unwrap_or_else(|| char::from(b'A' + i as u8).to_string())
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Variant number of a part whose recipients get the A/B winner (not yet
+/// chosen when the part is created).
+pub const WINNER: u32 = u32::MAX;
+
+/// One slice of the audience, sent with one variant in one stage: the unit
+/// whose progress is durable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// Stage (0: the campaign itself).
+    pub stage: u32,
+    /// Variant index, or [`WINNER`] for the A/B remainder.
+    pub variant: u32,
+    /// Recipients in the snapshot.
+    pub size: u64,
+    /// Recipients before this position are done (queued or skipped).
+    pub cursor: u64,
+    /// Messages queued.
+    pub queued: u64,
+    /// Recipients skipped (no longer granted, erased, already sent).
+    pub skipped: u64,
+    /// Recipients whose message could not be rendered.
+    pub failed: u64,
+    /// When its first batch was queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<i64>,
+    /// When its last batch was queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<i64>,
+}
+
+impl Part {
+    /// Whether every recipient of the part is done.
+    pub fn done(&self) -> bool {
+        self.cursor >= self.size
+    }
+}
+
+/// What Herald keeps while running a campaign.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// When it should start by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<i64>,
+    /// When it started (audience snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<i64>,
+    /// When it completed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<i64>,
+    /// Contacts in the audience snapshot.
+    #[serde(default)]
+    pub audience: u64,
+    /// The parts, in sending order.
+    #[serde(default)]
+    pub parts: Vec<Part>,
+    /// When the A/B test window ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_ends: Option<i64>,
+    /// The A/B winner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner: Option<u32>,
+    /// Why it won (the metric per variant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner_reason: Option<String>,
+    /// The seed the A/B split used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// When the next stage is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_stage_at: Option<i64>,
+    /// Why sending stopped early (budget) or failed (template gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Messages the budget allows (cost per message × this ≤ budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_messages: Option<u64>,
+}
+
+/// A campaign.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    /// Sequential number.
+    pub id: u64,
+    /// When it was created.
+    pub created: i64,
+    /// When it last changed.
+    pub updated: i64,
+    /// Status.
+    pub status: Status,
+    /// What it sends.
+    pub spec: Spec,
+    /// How far it is.
+    #[serde(default)]
+    pub run: Run,
+}
+
+impl Campaign {
+    /// Messages queued over every part.
+    pub fn queued(&self) -> u64 {
+        self.run.parts.iter().map(|p| p.queued).sum()
+    }
+
+    /// The stage being sent (the highest with a part).
+    pub fn stage(&self) -> u32 {
+        self.run.parts.iter().map(|p| p.stage).max().unwrap_or(0)
+    }
+
+    /// What it is doing now, in words (for status displays).
+    pub fn phase(&self) -> &'static str {
+        match self.status {
+            Status::Draft => "draft",
+            Status::Scheduled => "waiting for its start time",
+            Status::Paused => "paused",
+            Status::Cancelled => "cancelled",
+            Status::Completed => "completed",
+            Status::Running => {
+                if self
+                    .run
+                    .parts
+                    .iter()
+                    .any(|p| !p.done() && p.variant != WINNER)
+                {
+                    "sending"
+                } else if self
+                    .run
+                    .parts
+                    .iter()
+                    .any(|p| p.variant == WINNER && !p.done())
+                {
+                    if self.run.winner.is_some() {
+                        "sending the winner"
+                    } else if self.spec.ab.as_ref().is_some_and(|a| !a.auto)
+                        && self.run.test_ends.is_some_and(|_| true)
+                    {
+                        "A/B test: waiting for the test window or a chosen winner"
+                    } else {
+                        "A/B test: waiting for the test window"
+                    }
+                } else if self.run.next_stage_at.is_some() {
+                    "waiting for the next stage"
+                } else {
+                    "waiting for delivery outcomes"
+                }
+            }
+        }
+    }
+}
+
+/// Delivery and engagement counters of a campaign, per (stage, variant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Counter {
+    /// Recipients delivered.
+    Delivered = 1,
+    /// Recipients failed (bounced, expired, purged).
+    Failed = 2,
+    /// Recipients deferred now (waiting for a retry).
+    Deferred = 3,
+    /// Hard bounces.
+    Hard = 4,
+    /// Soft bounces.
+    Soft = 5,
+    /// Policy refusals.
+    Policy = 6,
+    /// Contacts who opened.
+    UniqueOpens = 7,
+    /// Contacts who clicked.
+    UniqueClicks = 8,
+    /// Opens.
+    Opens = 9,
+    /// Clicks.
+    Clicks = 10,
+    /// Attributed revenue, in hundredths.
+    Revenue = 11,
+    /// Attributed orders.
+    Orders = 12,
+}
+
+impl Counter {
+    /// Every counter, for reading them all.
+    pub const ALL: [Counter; 12] = [
+        Counter::Delivered,
+        Counter::Failed,
+        Counter::Deferred,
+        Counter::Hard,
+        Counter::Soft,
+        Counter::Policy,
+        Counter::UniqueOpens,
+        Counter::UniqueClicks,
+        Counter::Opens,
+        Counter::Clicks,
+        Counter::Revenue,
+        Counter::Orders,
+    ];
+
+    /// The name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Delivered => "delivered",
+            Counter::Failed => "failed",
+            Counter::Deferred => "deferred",
+            Counter::Hard => "bounced_hard",
+            Counter::Soft => "bounced_soft",
+            Counter::Policy => "refused_policy",
+            Counter::UniqueOpens => "unique_opens",
+            Counter::UniqueClicks => "unique_clicks",
+            Counter::Opens => "opens",
+            Counter::Clicks => "clicks",
+            Counter::Revenue => "revenue_cents",
+            Counter::Orders => "orders",
+        }
+    }
+}
+
+/// (stage, variant) packed into the `variant` of a `SendRef` and into the
+/// counter key: stage in the high 16 bits, variant in the low 16.
+pub fn slot(stage: u32, variant: u32) -> u32 {
+    (stage << 16) | (variant & 0xffff)
+}
+
+/// The (stage, variant) of a packed slot.
+pub fn unslot(s: u32) -> (u32, u32) {
+    (s >> 16, s & 0xffff)
+}
+
+/// Which campaign message a queued message is (kept on the queue record so
+/// outcomes are counted for the campaign).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignRef {
+    /// Campaign id.
+    pub id: u64,
+    /// Packed (stage, variant), see [`slot`].
+    pub slot: u32,
+}

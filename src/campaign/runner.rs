@@ -1,0 +1,1023 @@
+//! The campaign runner: a supervisor task that starts scheduled campaigns,
+//! chooses A/B winners, opens stages and completes campaigns; and one worker
+//! thread per sending part, which renders and signs batches on the rayon
+//! pool just ahead of delivery and queues each batch in one commit together
+//! with the part's cursor and the `campaign_sends` ledger.
+//!
+//! The worker keeps at most `window` of the campaign's messages waiting in
+//! the queue (queued and not yet delivered or failed; deferred ones do not
+//! count), so the queue never holds the whole audience's bodies and memory
+//! stays flat whatever the audience size. Pausing or cancelling commits the
+//! status first; a batch commit checks the status inside its transaction,
+//! so nothing is queued after a pause is acknowledged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use super::model::{Campaign, CampaignRef, Counter, Metric, Part, StageFilter, Status, WINNER};
+use super::{CampaignError, audience, look, model};
+use crate::clock::Clock;
+use crate::config::{Config, Current};
+use crate::contacts::model::{ConsentState, Contact};
+use crate::delivery::Engine;
+use crate::delivery::queue::{Signed, queue_signed, sign};
+use crate::render::bulk::{Outcome, render_one};
+use crate::render::{Compiled, Recipient, SendOptions};
+use crate::segment::Index;
+use crate::store::{Store, StoreError};
+use crate::tokens::{SendKind, SendRef};
+
+/// A worker thread sending one part.
+struct Worker {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+/// The campaign service: lifecycle actions reach the runner through it.
+pub struct Campaigns {
+    store: Store,
+    config: Arc<Current>,
+    clock: Clock,
+    index: Arc<Index>,
+    pool: Arc<rayon::ThreadPool>,
+    delivery: Engine,
+    wake: tokio::sync::Notify,
+    workers: Mutex<HashMap<u64, Worker>>,
+    stopping: AtomicBool,
+}
+
+enum Item {
+    Built(Box<Signed>),
+    Skip,
+    Failed,
+}
+
+struct Batch {
+    end: usize,
+    items: Vec<Item>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Per-slot value of a counter.
+fn count(counts: &crate::store::CampaignCounts, slot: u32, c: Counter) -> u64 {
+    counts.get(&(slot, c as u8)).copied().unwrap_or(0)
+}
+
+/// Sum of a counter over every slot.
+pub fn total(counts: &crate::store::CampaignCounts, c: Counter) -> u64 {
+    counts
+        .iter()
+        .filter(|((_, k), _)| *k == c as u8)
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+impl Campaigns {
+    /// The service; call [`Campaigns::run`] to start the supervisor.
+    pub fn new(
+        store: Store,
+        config: Arc<Current>,
+        clock: Clock,
+        index: Arc<Index>,
+        pool: Arc<rayon::ThreadPool>,
+        delivery: Engine,
+    ) -> Arc<Campaigns> {
+        Arc::new(Campaigns {
+            store,
+            config,
+            clock,
+            index,
+            pool,
+            delivery,
+            wake: tokio::sync::Notify::new(),
+            workers: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The current config.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
+    /// Now, in ms, from the daemon's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
+    /// Makes the supervisor look at every campaign now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The supervisor: runs until [`Campaigns::stop`].
+    pub async fn run(self: Arc<Self>) {
+        while !self.stopping.load(Ordering::Relaxed) {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "campaigns: supervisor step failed; retrying");
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Stops the supervisor and every worker after its current batch (a
+    /// batch being committed commits; nothing after it is queued).
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+        let workers: Vec<Worker> = lock(&self.workers).drain().map(|(_, w)| w).collect();
+        for w in &workers {
+            w.stop.store(true, Ordering::Relaxed);
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.handle.join();
+            }
+        })
+        .await;
+    }
+
+    /// Tells a campaign's worker to stop after its current batch.
+    pub fn stop_worker(&self, id: u64) {
+        if let Some(w) = lock(&self.workers).get(&id) {
+            w.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn has_worker(&self, id: u64) -> bool {
+        let mut w = lock(&self.workers);
+        if w.get(&id).is_some_and(|w| w.handle.is_finished()) {
+            w.remove(&id);
+        }
+        w.contains_key(&id)
+    }
+
+    /// Campaigns with a worker sending now.
+    pub fn sending(&self) -> usize {
+        lock(&self.workers)
+            .values()
+            .filter(|w| !w.handle.is_finished())
+            .count()
+    }
+
+    async fn tick(self: &Arc<Self>) -> Result<(), CampaignError> {
+        let now = self.now_ms();
+        let live: Vec<Campaign> = self
+            .store
+            .read(|r| {
+                Ok(r.campaigns()?
+                    .into_iter()
+                    .filter(|c| c.status.is_live())
+                    .collect())
+            })
+            .await?;
+        for c in live {
+            if self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            match c.status {
+                Status::Scheduled if c.run.scheduled_for.is_some_and(|t| t <= now) => {
+                    if let Err(e) = self.start(c.id).await {
+                        tracing::warn!(campaign = c.id, error = %e, "scheduled campaign could not start");
+                        let msg = e.to_string();
+                        super::change(self, c.id, move |c, _| {
+                            c.status = Status::Paused;
+                            c.run.note = Some(format!("could not start at its time: {msg}"));
+                            Ok(())
+                        })
+                        .await?;
+                    }
+                }
+                Status::Running => self.advance(&c, now).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a running campaign on: sends its next part, ends its A/B test,
+    /// opens its next stage or completes it.
+    async fn advance(self: &Arc<Self>, c: &Campaign, now: i64) -> Result<(), CampaignError> {
+        if self.has_worker(c.id) {
+            return Ok(());
+        }
+        let sendable = c
+            .run
+            .parts
+            .iter()
+            .position(|p| !p.done() && (p.variant != WINNER || c.run.winner.is_some()));
+        if let Some(i) = sendable {
+            self.spawn_worker(c.id, i);
+            return Ok(());
+        }
+        let id = c.id;
+        if c.run.parts.iter().any(|p| p.variant == WINNER) && c.run.winner.is_none() {
+            let Some(ab) = c.spec.ab.clone() else {
+                return Ok(());
+            };
+            match c.run.test_ends {
+                None => {
+                    let window =
+                        model::duration("ab.window", &ab.window).map_err(CampaignError::Invalid)?;
+                    let ends = now.saturating_add(window.as_millis() as i64);
+                    super::change(self, id, move |c, _| {
+                        c.run.test_ends.get_or_insert(ends);
+                        Ok(())
+                    })
+                    .await?;
+                }
+                Some(t) if t <= now && ab.auto => {
+                    let counts = self.store.read(move |r| r.campaign_counts(id)).await?;
+                    let (winner, reason) = pick_winner(c, ab.metric, &counts);
+                    super::change(self, id, move |c, _| {
+                        if c.run.winner.is_none() {
+                            c.run.winner = Some(winner);
+                            c.run.winner_reason = Some(reason);
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    tracing::info!(campaign = id, winner, "A/B test decided");
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        let stage = c.stage();
+        let budget_spent = c.run.budget_messages.is_some_and(|m| c.queued() >= m);
+        if (stage as usize) < c.spec.stages.len() && !budget_spent {
+            let spec = &c.spec.stages[stage as usize];
+            match c.run.next_stage_at {
+                None => {
+                    let after = model::duration("stages.after", &spec.after)
+                        .map_err(CampaignError::Invalid)?;
+                    let began = c
+                        .run
+                        .parts
+                        .iter()
+                        .filter(|p| p.stage == stage)
+                        .filter_map(|p| p.started)
+                        .min()
+                        .or(c.run.started)
+                        .unwrap_or(now);
+                    let at = began.saturating_add(after.as_millis() as i64);
+                    super::change(self, id, move |c, _| {
+                        c.run.next_stage_at = Some(at);
+                        Ok(())
+                    })
+                    .await?;
+                    self.wake();
+                }
+                Some(t) if t <= now => self.open_stage(c, stage + 1, spec.only).await?,
+                _ => {}
+            }
+            return Ok(());
+        }
+        let counts = self.store.read(move |r| r.campaign_counts(id)).await?;
+        let finals = total(&counts, Counter::Delivered) + total(&counts, Counter::Failed);
+        if finals >= c.queued() {
+            super::change(self, id, |c, now| {
+                if c.status == Status::Running {
+                    c.status = Status::Completed;
+                    c.run.finished = Some(now);
+                }
+                Ok(())
+            })
+            .await?;
+            tracing::info!(campaign = id, "campaign completed");
+        }
+        Ok(())
+    }
+
+    /// Stage `stage`'s audience: the previous stage's recipients who pass
+    /// the filter (consent is checked again when each message is queued).
+    async fn open_stage(
+        &self,
+        c: &Campaign,
+        stage: u32,
+        only: StageFilter,
+    ) -> Result<(), CampaignError> {
+        let id = c.id;
+        let rows = self
+            .store
+            .read(move |r| r.campaign_stage_recipients(id, stage - 1))
+            .await?;
+        let ids: Vec<u64> = rows
+            .into_iter()
+            .filter(|(_, _, f)| {
+                let opened = f & crate::store::OPENED != 0;
+                let clicked = f & crate::store::CLICKED != 0;
+                match only {
+                    StageFilter::All => true,
+                    StageFilter::Opened => opened,
+                    StageFilter::NotOpened => !opened,
+                    StageFilter::Clicked => clicked,
+                    StageFilter::NotClicked => !clicked,
+                }
+            })
+            .map(|(c, _, _)| c)
+            .collect();
+        self.store
+            .write(move |t| {
+                let Some(mut c) = t.campaign(id)? else {
+                    return Ok(());
+                };
+                if c.status != Status::Running || c.stage() >= stage {
+                    return Ok(());
+                }
+                let part = c.run.parts.len() as u32;
+                t.put_audience(id, part, &ids)?;
+                c.run.parts.push(Part {
+                    stage,
+                    variant: 0,
+                    size: ids.len() as u64,
+                    ..Default::default()
+                });
+                c.run.next_stage_at = None;
+                t.put_campaign(&c)?;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(campaign = id, stage, "campaign stage opened");
+        self.wake();
+        Ok(())
+    }
+
+    /// Starts a draft or scheduled campaign: resolves and records the
+    /// audience (the A/B split too) and sets it running.
+    pub async fn start(&self, id: u64) -> Result<Campaign, CampaignError> {
+        let c = super::get(self, id).await?;
+        if !matches!(c.status, Status::Draft | Status::Scheduled) {
+            return Err(CampaignError::Conflict(format!(
+                "campaign {id} is {}; starting needs it draft or scheduled",
+                c.status.as_str()
+            )));
+        }
+        let config = self.config();
+        super::check_spec(&c.spec, &config, &self.store).await?;
+        let today = self.clock.now().date_naive();
+        let ids =
+            audience::resolve(&config, &self.store, &self.index, &c.spec.audience, today).await?;
+        let mut groups = Vec::new();
+        let mut seed = None;
+        match &c.spec.ab {
+            Some(ab) => {
+                let s = ab
+                    .seed
+                    .unwrap_or_else(|| id.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x6865_7261_6c64);
+                seed = Some(s);
+                let (g, rest) = audience::split(&ids, ab.variants.len(), ab.test_share, s);
+                for (v, ids) in g.into_iter().enumerate() {
+                    groups.push((v as u32, ids));
+                }
+                groups.push((WINNER, rest));
+            }
+            None => groups.push((0, ids.clone())),
+        }
+        let budget_messages = match (c.spec.budget, c.spec.cost_per_message) {
+            (Some(b), Some(cost)) if cost > 0.0 => Some((b / cost + 1e-9).floor() as u64),
+            _ => None,
+        };
+        let now = self.now_ms();
+        let size = ids.len() as u64;
+        let started = self
+            .store
+            .write(move |t| {
+                let Some(mut c) = t.campaign(id)? else {
+                    return Ok(Err(CampaignError::NotFound(format!("no campaign {id}"))));
+                };
+                if !matches!(c.status, Status::Draft | Status::Scheduled) {
+                    return Ok(Err(CampaignError::Conflict(format!(
+                        "campaign {id} is {}; starting needs it draft or scheduled",
+                        c.status.as_str()
+                    ))));
+                }
+                c.run.parts.clear();
+                for (i, (variant, ids)) in groups.iter().enumerate() {
+                    t.put_audience(id, i as u32, ids)?;
+                    c.run.parts.push(Part {
+                        stage: 0,
+                        variant: *variant,
+                        size: ids.len() as u64,
+                        ..Default::default()
+                    });
+                }
+                c.status = Status::Running;
+                c.run.started = Some(now);
+                c.run.audience = size;
+                c.run.seed = seed;
+                c.run.budget_messages = budget_messages;
+                c.updated = now;
+                t.put_campaign(&c)?;
+                Ok(Ok(c))
+            })
+            .await??;
+        tracing::info!(campaign = id, audience = size, "campaign started");
+        self.wake();
+        Ok(started)
+    }
+
+    /// Takes a cancelled campaign's messages still waiting out of the queue.
+    pub async fn purge_queue(&self, id: u64) -> Result<(), CampaignError> {
+        let now = self.now_ms();
+        let sel = crate::delivery::engine::Selection::Campaign(id);
+        let mut after = 0;
+        loop {
+            let s = sel.clone();
+            let (_, _, next) = self
+                .store
+                .write(move |t| {
+                    crate::delivery::engine::purge(t, &s, after, "the campaign was cancelled", now)
+                })
+                .await?;
+            match next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_worker(self: &Arc<Self>, id: u64, part: usize) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let svc = self.clone();
+        let s2 = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("herald-campaign-{id}"))
+            .spawn(move || {
+                if let Err(e) = svc.work(id, part, &s2) {
+                    tracing::error!(campaign = id, error = %e, "campaign paused: sending failed");
+                    let now = svc.now_ms();
+                    let r = svc.store.write_blocking(move |t| {
+                        if let Some(mut c) = t.campaign(id)?
+                            && c.status == Status::Running
+                        {
+                            c.status = Status::Paused;
+                            c.run.note = Some(format!("paused by Herald: {e}"));
+                            c.updated = now;
+                            t.put_campaign(&c)?;
+                        }
+                        Ok(())
+                    });
+                    if let Ok(rx) = r {
+                        let _ = rx.blocking_recv();
+                    }
+                }
+                svc.wake();
+            });
+        match handle {
+            Ok(handle) => {
+                lock(&self.workers).insert(id, Worker { stop, handle });
+            }
+            Err(e) => tracing::error!(campaign = id, error = %e, "cannot start a campaign worker"),
+        }
+    }
+
+    /// Compiles what (stage, variant) sends, with the send's recorded links.
+    fn compile(
+        &self,
+        config: &Config,
+        c: &Campaign,
+        stage: u32,
+        variant: u32,
+        send: SendRef,
+    ) -> Result<Compiled, String> {
+        let l = look(&c.spec, stage, variant);
+        let base = config
+            .templates
+            .get(&l.template)
+            .ok_or_else(|| format!("template `{}` is not loaded", l.template))?;
+        let mut t = (**base).clone();
+        if let Some(s) = &l.sender {
+            t.sender = s.clone();
+        }
+        if let Some(subject) = &l.subject {
+            for v in t.variants.values_mut() {
+                let mut nv = (**v).clone();
+                nv.subject = subject.clone();
+                *v = Arc::new(nv);
+            }
+        }
+        let key = send.key();
+        let skus = c.spec.products.clone();
+        let (links, products) = self
+            .store
+            .read_blocking(|r| {
+                let links = r.links(&key)?;
+                let mut products = Vec::new();
+                for s in &skus {
+                    if let Some(p) = r.product(s)? {
+                        products.push(p);
+                    }
+                }
+                Ok((links, products))
+            })
+            .map_err(|e| e.to_string())?;
+        let opts = SendOptions {
+            send,
+            personalize: c.spec.personalize,
+            tracking: c.spec.tracking,
+            products,
+            data: c.spec.data.clone(),
+            links,
+        };
+        Compiled::new(Arc::new(t), config, opts)
+    }
+
+    /// Messages of the campaign in the queue and not final (deferred ones
+    /// excluded: they wait for a retry and do not use delivery now).
+    fn outstanding(&self, id: u64) -> Result<u64, StoreError> {
+        self.store.read_blocking(|r| {
+            let queued = r.campaign(id)?.map(|c| c.queued()).unwrap_or(0);
+            let counts = r.campaign_counts(id)?;
+            let done = total(&counts, Counter::Delivered)
+                + total(&counts, Counter::Failed)
+                + total(&counts, Counter::Deferred);
+            Ok(queued.saturating_sub(done))
+        })
+    }
+
+    /// Sends one part, batch after batch, from its durable cursor.
+    fn work(&self, id: u64, part_no: usize, stop: &AtomicBool) -> Result<(), String> {
+        let err = |e: StoreError| e.to_string();
+        let Some(c) = self.store.read_blocking(|r| r.campaign(id)).map_err(err)? else {
+            return Ok(());
+        };
+        if c.status != Status::Running {
+            return Ok(());
+        }
+        let part = c
+            .run
+            .parts
+            .get(part_no)
+            .cloned()
+            .ok_or_else(|| format!("part {part_no} is missing"))?;
+        let variant = if part.variant == WINNER {
+            c.run.winner.ok_or("the A/B winner is not chosen")?
+        } else {
+            part.variant
+        };
+        let slot = model::slot(part.stage, variant);
+        let send = SendRef {
+            kind: SendKind::Campaign,
+            id,
+            variant: slot,
+        };
+        let config = self.config();
+        let compiled = self.compile(&config, &c, part.stage, variant, send)?;
+        let ids = self
+            .store
+            .read_blocking(|r| r.campaign_audience(id, part_no as u32))
+            .map_err(err)?;
+        let batch = match c.spec.rate_per_hour {
+            // About a second's worth per batch, so the pace stays even.
+            Some(r) => ((r / 3600) as usize).clamp(1, config.rendering.batch_size),
+            None => config.rendering.batch_size,
+        }
+        .max(1);
+        let window = (config.rendering.batch_size as u64 * 4).max(2000);
+        let per_msg = c
+            .spec
+            .rate_per_hour
+            .map(|r| Duration::from_secs_f64(3600.0 / r as f64));
+        let start = (part.cursor as usize).min(ids.len());
+        let (tx, rx) = sync_channel::<Result<Batch, String>>(1);
+        let sender = compiled.sender().clone();
+        let store = &self.store;
+        let pool = &self.pool;
+        let clock = &self.clock;
+        let compiled_ref = &compiled;
+        let ids_ref = &ids;
+        let mut result = Ok(());
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut at = start;
+                while at < ids_ref.len() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let end = (at + batch).min(ids_ref.len());
+                    let chunk = &ids_ref[at..end];
+                    let contacts = store.read_blocking(|r| {
+                        chunk
+                            .iter()
+                            .map(|id| r.contact(*id))
+                            .collect::<Result<Vec<_>, _>>()
+                    });
+                    let contacts = match contacts {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let now = clock.now().timestamp_millis();
+                    let items: Vec<Item> = pool.install(|| {
+                        contacts
+                            .into_par_iter()
+                            .map(|c| build_one(compiled_ref, &sender, c, now))
+                            .collect()
+                    });
+                    if tx.send(Ok(Batch { end, items })).is_err() {
+                        return;
+                    }
+                    at = end;
+                }
+            });
+            let mut cursor = start;
+            let mut next_slot = Instant::now();
+            for b in rx.iter() {
+                let b = match b {
+                    Ok(b) => b,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                if !self.wait_for_room(id, window, stop) {
+                    break;
+                }
+                if per_msg.is_some() {
+                    while Instant::now() < next_slot {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(
+                            Duration::from_millis(20).min(next_slot - Instant::now()),
+                        );
+                    }
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let n = b.items.len() as u32;
+                match self.commit(&c, part_no, part.stage, variant, cursor, b, &compiled) {
+                    Ok(Some(end)) => cursor = end,
+                    Ok(None) => break, // paused, cancelled or moved on
+                    Err(e) => {
+                        result = Err(e.to_string());
+                        break;
+                    }
+                }
+                if let Some(per) = per_msg {
+                    next_slot = Instant::now() + per * n;
+                }
+                self.delivery.notify();
+            }
+            // Dropping the receiver ends the producer at its next send.
+            drop(rx);
+        });
+        result
+    }
+
+    /// Waits until fewer than `window` of the campaign's messages are waiting
+    /// for delivery. False if told to stop meanwhile.
+    fn wait_for_room(&self, id: u64, window: u64, stop: &AtomicBool) -> bool {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            match self.outstanding(id) {
+                Ok(n) if n < window => return true,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(campaign = id, error = %e, "reading progress failed"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Queues one batch in one commit with the part's new cursor. `None`
+    /// when the campaign is no longer running (nothing was written).
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        c: &Campaign,
+        part_no: usize,
+        stage: u32,
+        variant: u32,
+        start: usize,
+        b: Batch,
+        compiled: &Compiled,
+    ) -> Result<Option<usize>, StoreError> {
+        let id = c.id;
+        let now = self.now_ms();
+        let links = compiled.links().unrecorded();
+        let last_link = links.last().map(|(n, _)| *n);
+        let key = SendRef {
+            kind: SendKind::Campaign,
+            id,
+            variant: model::slot(stage, variant),
+        }
+        .key();
+        let sender = compiled.sender().clone();
+        let tags: std::collections::BTreeSet<String> = c.spec.tags_after.iter().cloned().collect();
+        let cref = CampaignRef {
+            id,
+            slot: model::slot(stage, variant),
+        };
+        let source = format!("campaign:{id}");
+        let end = b.end;
+        let rx = self.store.write_blocking(move |t| {
+            let Some(mut c) = t.campaign(id)? else {
+                return Ok(None);
+            };
+            if c.status != Status::Running
+                || c.run
+                    .parts
+                    .get(part_no)
+                    .is_none_or(|p| p.cursor != start as u64)
+            {
+                return Ok(None);
+            }
+            if !links.is_empty() {
+                t.put_links(&key, &links)?;
+            }
+            let mut room = c.run.budget_messages.map(|m| m.saturating_sub(c.queued()));
+            let (mut queued, mut skipped, mut failed) = (0u64, 0u64, 0u64);
+            let mut budget_hit = false;
+            for item in b.items {
+                let m = match item {
+                    Item::Built(m) => m,
+                    Item::Skip => {
+                        skipped += 1;
+                        continue;
+                    }
+                    Item::Failed => {
+                        failed += 1;
+                        continue;
+                    }
+                };
+                // Consent is law at the moment of queuing: an unsubscribe or a
+                // hard bounce committed since the batch was read wins.
+                let granted = t
+                    .contact(m.contact)?
+                    .is_some_and(|x| x.consent == ConsentState::Granted);
+                if !granted || t.campaign_sent(id, stage, m.contact)?.is_some() {
+                    skipped += 1;
+                    continue;
+                }
+                if room == Some(0) {
+                    budget_hit = true;
+                    break;
+                }
+                let qid = queue_signed(t, &sender, &m, &source, Some(cref), now)?;
+                t.put_campaign_sent(id, stage, m.contact, variant, qid)?;
+                if !tags.is_empty() {
+                    let update = crate::contacts::ContactUpdate {
+                        add_tags: tags.clone(),
+                        ..Default::default()
+                    };
+                    let when = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
+                    // A tag that cannot be added never blocks the send.
+                    let _ = crate::contacts::apply_update_by_id(t, m.contact, update, when)?;
+                }
+                queued += 1;
+                room = room.map(|r| r - 1);
+            }
+            let Some(p) = c.run.parts.get_mut(part_no) else {
+                return Ok(None);
+            };
+            p.queued += queued;
+            p.skipped += skipped;
+            p.failed += failed;
+            p.cursor = end as u64;
+            p.started.get_or_insert(now);
+            if p.done() {
+                p.finished = Some(now);
+            }
+            if budget_hit {
+                let spent = c.queued();
+                for p in c.run.parts.iter_mut() {
+                    if !p.done() {
+                        p.skipped += p.size - p.cursor;
+                        p.cursor = p.size;
+                        p.finished.get_or_insert(now);
+                    }
+                }
+                c.run.note = Some(format!(
+                    "the budget allows {spent} messages; the rest of the audience was not sent"
+                ));
+            }
+            c.updated = now;
+            t.put_campaign(&c)?;
+            Ok(Some(end))
+        })?;
+        let r = rx.blocking_recv().map_err(|_| StoreError::Closed)??;
+        if r.is_some()
+            && let Some(last) = last_link
+        {
+            compiled.links().mark_recorded(last + 1);
+        }
+        Ok(r)
+    }
+
+    /// Sends every variant (and stage) of a campaign to seed addresses,
+    /// through the queue like any message, marked as a test: kept out of the
+    /// campaign's counts. Returns (address, variant label, queue id).
+    pub async fn test_send(
+        &self,
+        id: u64,
+        addresses: Vec<String>,
+    ) -> Result<Vec<(String, String, u64)>, CampaignError> {
+        let c = super::get(self, id).await?;
+        if matches!(c.status, Status::Completed | Status::Cancelled) {
+            return Err(CampaignError::Conflict(format!(
+                "campaign {id} is {}; it can no longer be tested",
+                c.status.as_str()
+            )));
+        }
+        if addresses.is_empty() || addresses.len() > 50 {
+            return Err(CampaignError::Invalid(
+                "addresses: give 1 to 50 seed addresses".into(),
+            ));
+        }
+        let mut seeds = Vec::new();
+        for a in &addresses {
+            let e = crate::contacts::normalize_email(a)
+                .map_err(|e| CampaignError::Invalid(format!("addresses: `{a}`: {e}")))?;
+            seeds.push(e);
+        }
+        let config = self.config();
+        super::check_spec(&c.spec, &config, &self.store).await?;
+        let names = c.spec.variant_names();
+        let mut looks: Vec<(u32, u32, String)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (0, i as u32, n.clone()))
+            .collect();
+        for s in 0..c.spec.stages.len() {
+            looks.push((s as u32 + 1, 0, format!("stage {}", s + 1)));
+        }
+        let keys: Vec<String> = seeds.iter().map(|e| e.key.clone()).collect();
+        let known: Vec<Option<Contact>> = self
+            .store
+            .read(move |r| {
+                keys.iter()
+                    .map(|k| match r.contact_id_by_email(k)? {
+                        Some(id) => r.contact(id),
+                        None => Ok(None),
+                    })
+                    .collect()
+            })
+            .await?;
+        let mut out = Vec::new();
+        for (stage, variant, label) in looks {
+            let send = SendRef {
+                kind: SendKind::Test,
+                id,
+                variant: model::slot(stage, variant),
+            };
+            let compiled = self
+                .compile(&config, &c, stage, variant, send)
+                .map_err(CampaignError::Invalid)?;
+            let now = self.now_ms();
+            let mut signed = Vec::new();
+            for (e, contact) in seeds.iter().zip(&known) {
+                let contact = match contact {
+                    Some(c) => c.clone(),
+                    None => {
+                        let mut s = crate::render::preview::sample_contact(compiled.template())
+                            .map_err(CampaignError::Invalid)?;
+                        s.email = e.display.clone();
+                        s.id = 0;
+                        s
+                    }
+                };
+                let sender = compiled.sender().clone();
+                match build_one(&compiled, &sender, Some(contact), now) {
+                    Item::Built(m) => signed.push(*m),
+                    _ => {
+                        return Err(CampaignError::Invalid(format!(
+                            "variant {label}: the message for {} could not be rendered",
+                            e.display
+                        )));
+                    }
+                }
+            }
+            let links = compiled.links().unrecorded();
+            let sender = compiled.sender().clone();
+            let key = send.key();
+            let label2 = label.clone();
+            let ids = self
+                .store
+                .write(move |t| {
+                    if !links.is_empty() {
+                        t.put_links(&key, &links)?;
+                    }
+                    let mut ids = Vec::new();
+                    for m in &signed {
+                        let q =
+                            queue_signed(t, &sender, m, &format!("campaign-test:{id}"), None, now)?;
+                        ids.push((m.address.clone(), label2.clone(), q));
+                    }
+                    Ok(ids)
+                })
+                .await?;
+            out.extend(ids);
+        }
+        self.delivery.notify();
+        Ok(out)
+    }
+}
+
+/// Renders, builds and signs one recipient's message (rayon thread).
+fn build_one(
+    compiled: &Compiled,
+    sender: &crate::config::Sender,
+    contact: Option<Contact>,
+    now: i64,
+) -> Item {
+    let Some(contact) = contact else {
+        return Item::Skip;
+    };
+    if contact.id != 0 && contact.consent != ConsentState::Granted {
+        return Item::Skip;
+    }
+    let r = Recipient::new(contact);
+    match render_one(compiled, &r, now) {
+        Outcome::Built { rendered, message } => match sign(sender, message) {
+            Ok(body) => Item::Built(Box::new(Signed {
+                address: rendered.email,
+                contact: rendered.contact,
+                message_id: rendered.message_id,
+                body,
+            })),
+            Err(e) => {
+                tracing::warn!(contact = rendered.contact, error = %e, "signing failed");
+                Item::Failed
+            }
+        },
+        Outcome::Failed { contact, error, .. } => {
+            tracing::warn!(contact, error = %error, "a campaign message could not be rendered");
+            Item::Failed
+        }
+    }
+}
+
+/// The A/B winner by the metric (rate per message queued; ties go to the
+/// earlier variant), with the figures that decided it.
+fn pick_winner(
+    c: &Campaign,
+    metric: Metric,
+    counts: &crate::store::CampaignCounts,
+) -> (u32, String) {
+    let names = c.spec.variant_names();
+    let counter = match metric {
+        Metric::Opens => Counter::UniqueOpens,
+        Metric::Clicks => Counter::UniqueClicks,
+        Metric::Revenue => Counter::Revenue,
+    };
+    let mut best = (0u32, -1.0f64);
+    let mut parts = Vec::new();
+    for p in c
+        .run
+        .parts
+        .iter()
+        .filter(|p| p.stage == 0 && p.variant != WINNER)
+    {
+        let v = count(counts, model::slot(0, p.variant), counter);
+        let rate = if p.queued == 0 {
+            0.0
+        } else {
+            v as f64 / p.queued as f64
+        };
+        let name = names.get(p.variant as usize).cloned().unwrap_or_default();
+        parts.push(match metric {
+            Metric::Revenue => format!(
+                "{name} {:.2} per message ({:.2} over {})",
+                rate / 100.0,
+                v as f64 / 100.0,
+                p.queued
+            ),
+            _ => format!("{name} {:.1}% ({v}/{})", rate * 100.0, p.queued),
+        });
+        if rate > best.1 {
+            best = (p.variant, rate);
+        }
+    }
+    let m = match metric {
+        Metric::Opens => "unique opens",
+        Metric::Clicks => "unique clicks",
+        Metric::Revenue => "revenue",
+    };
+    (best.0, format!("{m}: {}", parts.join(", ")))
+}
