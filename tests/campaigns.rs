@@ -30,6 +30,10 @@ fn write(dir: &Path, rel: &str, text: &str) {
 /// A daemon whose sender relays to `sink`, with two marketing templates
 /// (`news`, `news_b`) and a transactional one.
 fn start(sink: &Sink, extra: &str) -> Herald {
+    start_port(sink.port, extra)
+}
+
+fn start_port(port: u16, extra: &str) -> Herald {
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("templates");
     for (name, subject) in [
@@ -57,8 +61,7 @@ fn start(sink: &Sink, extra: &str) -> Herald {
         common::config_text(
             &dir.path().join("data"),
             &format!(
-                "[paths]\ntemplates = \"templates\"\n{extra}\n[[sender]]\nid = \"newsletter\"\nfrom = \"Shop <news@shop.example>\"\n[sender.relay]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
-                sink.port
+                "[paths]\ntemplates = \"templates\"\n{extra}\n[[sender]]\nid = \"newsletter\"\nfrom = \"Shop <news@shop.example>\"\n[sender.relay]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
             ),
         ),
     )
@@ -712,4 +715,60 @@ fn second_stage_reaches_only_those_who_did_not_open() {
         .collect();
     assert_eq!(second.len(), 15);
     assert!(second.is_disjoint(&openers));
+
+    // Segments see who was sent, opened and clicked, also after a restart
+    // (the index is rebuilt from the ledger).
+    let count = |h: &Herald, def: Value| {
+        let r = h.put(
+            "/api/v1/segments/behaviour",
+            "application/json",
+            &def.to_string(),
+        );
+        assert!(r.status < 300, "{r:?}");
+        let r = h.get("/api/v1/segments/behaviour/preview");
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["count"].as_u64().unwrap()
+    };
+    let mut h = h;
+    for round in 0..2 {
+        assert_eq!(count(&h, json!({"opened": id})), 5, "round {round}");
+        assert_eq!(count(&h, json!({"not_opened": id})), 15, "round {round}");
+        assert_eq!(count(&h, json!({"clicked": id})), 0, "round {round}");
+        assert_eq!(
+            count(&h, json!({"field": "last_open", "after": "2 days ago"})),
+            5
+        );
+        h.restart();
+    }
+}
+
+/// A contact who unsubscribes while their campaign message waits in the
+/// queue (here: deferred, the server was down) is not sent it.
+#[test]
+fn queued_message_of_a_contact_who_left_is_not_sent() {
+    let port = common::peers::free_port();
+    let h = start_port(port, "[delivery]\nretry_schedule = [\"1h\"]\n");
+    let ids = contacts(&h, 5);
+    let id = create(&h, spec("Waiting"));
+    act(&h, id, "start");
+    wait_for(&h, id, "all deferred", Duration::from_secs(30), |c| {
+        c["progress"]["deferred"] == 5
+    });
+    let r = h.post_json(
+        &format!("/api/v1/contacts/{}/consent", ids[2]),
+        json!({"state": "withdrawn"}),
+    );
+    assert!(r.status < 300, "{}", r.body);
+    let sink = Sink::start_on(port, &[]);
+    let r = h.post_json("/api/v1/queue/retry", json!({"domain": "example.test"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = completed(&h, id, Duration::from_secs(30));
+    assert_eq!(c["progress"]["delivered"], 4);
+    assert_eq!(c["progress"]["not_sent_no_consent"], 1);
+    assert_eq!(c["progress"]["failed"], 1);
+    assert_eq!(c["progress"]["deferred"], 0);
+    settle(&sink, 4);
+    let (counts, _) = received(&sink);
+    assert_eq!(counts.len(), 4);
+    assert!(!counts.contains_key("c0002@example.test"));
 }

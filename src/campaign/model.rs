@@ -498,11 +498,14 @@ pub enum Counter {
     Revenue = 11,
     /// Attributed orders.
     Orders = 12,
+    /// Messages taken out of the queue unsent because the contact lost
+    /// consent after they were queued (also counted as failed).
+    Unsent = 13,
 }
 
 impl Counter {
     /// Every counter, for reading them all.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::Delivered,
         Counter::Failed,
         Counter::Deferred,
@@ -515,6 +518,7 @@ impl Counter {
         Counter::Clicks,
         Counter::Revenue,
         Counter::Orders,
+        Counter::Unsent,
     ];
 
     /// The name in the API.
@@ -532,6 +536,7 @@ impl Counter {
             Counter::Clicks => "clicks",
             Counter::Revenue => "revenue_cents",
             Counter::Orders => "orders",
+            Counter::Unsent => "not_sent_no_consent",
         }
     }
 }

@@ -754,6 +754,7 @@ impl Campaigns {
             let mut room = c.run.budget_messages.map(|m| m.saturating_sub(c.queued()));
             let (mut queued, mut skipped, mut failed) = (0u64, 0u64, 0u64);
             let mut budget_hit = false;
+            let mut sent = Vec::new();
             for item in b.items {
                 let m = match item {
                     Item::Built(m) => m,
@@ -791,8 +792,10 @@ impl Campaigns {
                     let _ = crate::contacts::apply_update_by_id(t, m.contact, update, when)?;
                 }
                 queued += 1;
+                sent.push(m.contact);
                 room = room.map(|r| r - 1);
             }
+            t.note_sent(id, sent);
             let Some(p) = c.run.parts.get_mut(part_no) else {
                 return Ok(None);
             };

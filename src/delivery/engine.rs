@@ -281,11 +281,12 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
         return Ok(true);
     }
     let now = now_ms(&inner.clock);
-    let (loaded, more) = inner
+    let (loaded, more, unsent) = inner
         .store
         .read(move |v| {
             let entries = v.due_entries(None, now, skip.len() + room + 1)?;
             let mut out = Vec::new();
+            let mut unsent = Vec::new();
             let mut more = false;
             for (_, id) in entries {
                 if skip.contains(&id) {
@@ -296,12 +297,37 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
                     break;
                 }
                 if let Some(m) = v.queued_message(id)? {
+                    if lost_consent(v, &m)? {
+                        unsent.push(id);
+                        continue;
+                    }
                     out.push(m);
                 }
             }
-            Ok((out, more))
+            Ok((out, more, unsent))
         })
         .await?;
+    if !unsent.is_empty() {
+        let n = unsent.len();
+        let r = inner
+            .store
+            .write(move |t| {
+                for id in unsent {
+                    drop_unsent(t, id, now)?;
+                }
+                Ok(())
+            })
+            .await;
+        match r {
+            Ok(()) => tracing::info!(
+                messages = n,
+                "campaign messages not sent: the contacts no longer have consent"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not drop messages of contacts without consent")
+            }
+        }
+    }
     if loaded.is_empty() {
         return Ok(more);
     }
@@ -979,6 +1005,44 @@ pub fn record_outcomes(
     } else {
         t.finish_message(m, now)
     }
+}
+
+/// Whether a queued campaign message's contact no longer has consent
+/// (unsubscribed, bounced or erased since it was queued): marketing mail
+/// waiting in the queue is then not sent at all.
+fn lost_consent(v: &crate::store::ReadView, m: &QueuedMessage) -> Result<bool, StoreError> {
+    if m.campaign.is_none() {
+        return Ok(false);
+    }
+    let Some(id) = m.recipients.first().and_then(|r| r.contact) else {
+        return Ok(false);
+    };
+    Ok(v.contact(id)?
+        .is_none_or(|c| c.consent != ConsentState::Granted))
+}
+
+/// Ends a campaign message whose contact lost consent: its pending
+/// recipients fail as "not sent" (counted as failed and as `unsent`).
+fn drop_unsent(t: &mut WriteTables<'_>, id: u64, now: i64) -> Result<(), StoreError> {
+    let Some(mut m) = t.queued_message(id)? else {
+        return Ok(());
+    };
+    let mut any = false;
+    for r in m.recipients.iter_mut().filter(|r| r.state.is_pending()) {
+        count_campaign(t, m.campaign, r.state, RcptState::Failed, None)?;
+        if let Some(c) = m.campaign {
+            t.bump_campaign(c.id, c.slot, crate::campaign::model::Counter::Unsent, 1)?;
+        }
+        r.state = RcptState::Failed;
+        r.next_attempt = None;
+        r.updated = Some(now);
+        r.reply = Some("not sent: the contact no longer has consent".into());
+        any = true;
+    }
+    if any {
+        t.finish_message(m, now)?;
+    }
+    Ok(())
 }
 
 /// Counts a recipient's move from `before` to `after` for its campaign:

@@ -39,6 +39,7 @@ async fn record(state: &AppState, m: MessageRef, click: bool) -> Result<(), ApiE
     let slot = m.send.variant;
     let (stage, _) = unslot(slot);
     let contact = m.contact;
+    let now = state.clock.now().timestamp_millis();
     state
         .store
         .write(move |t| {
@@ -46,8 +47,7 @@ async fn record(state: &AppState, m: MessageRef, click: bool) -> Result<(), ApiE
             if t.campaign_sent(id, stage, contact)?.is_none() {
                 return Ok(());
             }
-            let flags = if click { OPENED | CLICKED } else { OPENED };
-            let old = t.engage(id, stage, contact, flags)?;
+            let old = t.engage(id, stage, contact, click, now)?;
             if old & OPENED == 0 {
                 t.bump_campaign(id, slot, Counter::UniqueOpens, 1)?;
             }

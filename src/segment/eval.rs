@@ -63,14 +63,6 @@ impl Bitset {
             })
         })
     }
-
-    fn from_ids(ids: &[u32], max_id: usize) -> Bitset {
-        let mut b = Bitset::new(max_id);
-        for &i in ids {
-            b.set(i);
-        }
-        b
-    }
 }
 
 /// Number comparison against row values.
@@ -345,15 +337,18 @@ pub fn compile<'a>(
             let Some(s) = data.sends.get(n) else {
                 return Ok(Pred::False);
             };
+            let words = |b: &super::index::Bits| {
+                let mut w = b.0.clone();
+                w.resize(max / 64 + 1, 0);
+                Bitset { words: w }
+            };
             match cond {
-                Cond::Opened(_) => Pred::Bits(Bitset::from_ids(&s.opened.0, max)),
-                Cond::Clicked(_) => Pred::Bits(Bitset::from_ids(&s.clicked.0, max)),
+                Cond::Opened(_) => Pred::Bits(words(&s.opened)),
+                Cond::Clicked(_) => Pred::Bits(words(&s.clicked)),
                 _ => {
-                    let mut b = Bitset::from_ids(&s.sent.0, max);
-                    for &i in &s.opened.0 {
-                        if let Some(w) = b.words.get_mut(i as usize / 64) {
-                            *w &= !(1 << (i % 64));
-                        }
+                    let mut b = words(&s.sent);
+                    for (w, o) in b.words.iter_mut().zip(&s.opened.0) {
+                        *w &= !o;
                     }
                     Pred::Bits(b)
                 }

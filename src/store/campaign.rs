@@ -131,25 +131,43 @@ impl WriteTables<'_> {
         Ok(())
     }
 
-    /// Sets engagement flags of a contact in a stage; returns the flags it
-    /// had before.
+    /// Records an open (or a click, which is an open too) of a contact in
+    /// a stage at `at` (ms); returns the flags it had before.
     pub fn engage(
         &mut self,
         id: u64,
         stage: u32,
         contact: u64,
-        flags: u8,
+        click: bool,
+        at: i64,
     ) -> Result<u8, StoreError> {
         let key = (id, stage, contact);
-        let old = self
+        let (old, mut open_at, mut click_at) = self
             .campaign_engagement
             .get(key)?
             .map(|v| v.value())
-            .unwrap_or(0);
-        if old | flags != old {
-            self.campaign_engagement.insert(key, old | flags)?;
+            .unwrap_or((0, 0, 0));
+        let flags = if click { OPENED | CLICKED } else { OPENED };
+        open_at = open_at.max(at);
+        if click {
+            click_at = click_at.max(at);
         }
+        self.campaign_engagement
+            .insert(key, (old | flags, open_at, click_at))?;
+        self.note(|| super::Change::Engaged {
+            campaign: id,
+            contact,
+            click,
+            at,
+        });
         Ok(old)
+    }
+
+    /// Tells the segment index that a batch of a campaign was queued.
+    pub fn note_sent(&mut self, campaign: u64, contacts: Vec<u64>) {
+        if !contacts.is_empty() {
+            self.note(|| super::Change::Sent { campaign, contacts });
+        }
     }
 }
 
@@ -207,7 +225,7 @@ impl ReadView {
         let mut flags: BTreeMap<u64, u8> = BTreeMap::new();
         for r in eng.range((id, stage, 0u64)..=(id, stage, u64::MAX))? {
             let (k, v) = r?;
-            flags.insert(k.value().2, v.value());
+            flags.insert(k.value().2, v.value().0);
         }
         let mut out = Vec::new();
         for r in sends.range((id, stage, 0u64)..=(id, stage, u64::MAX))? {
@@ -233,6 +251,28 @@ impl ReadView {
             .table(CAMPAIGN_SENDS)?
             .get((id, stage, contact))?
             .map(|v| v.value()))
+    }
+
+    /// Every campaign message sent and every open and click, for the
+    /// segment index: `sent(campaign, contact)` and `engaged(campaign,
+    /// contact, flags, last open ms, last click ms)`.
+    pub fn each_campaign_event(
+        &self,
+        mut sent: impl FnMut(u64, u64),
+        mut engaged: impl FnMut(u64, u64, u8, i64, i64),
+    ) -> Result<(), StoreError> {
+        for r in self.table(CAMPAIGN_SENDS)?.iter()? {
+            let (k, _) = r?;
+            let (c, _, contact) = k.value();
+            sent(c, contact);
+        }
+        for r in self.table(CAMPAIGN_ENGAGEMENT)?.iter()? {
+            let (k, v) = r?;
+            let (c, _, contact) = k.value();
+            let (f, o, cl) = v.value();
+            engaged(c, contact, f, o, cl);
+        }
+        Ok(())
     }
 
     /// Messages of the queue not finished yet.

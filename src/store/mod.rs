@@ -142,6 +142,24 @@ pub enum Change {
         /// What is stored now.
         after: Option<Arc<crate::shop::model::Cart>>,
     },
+    /// Campaign messages were queued for these contacts.
+    Sent {
+        /// Campaign id.
+        campaign: u64,
+        /// Contact ids.
+        contacts: Vec<u64>,
+    },
+    /// A contact opened or clicked a campaign message.
+    Engaged {
+        /// Campaign id.
+        campaign: u64,
+        /// Contact id.
+        contact: u64,
+        /// A click (and so an open) rather than an open only.
+        click: bool,
+        /// When, in ms.
+        at: i64,
+    },
 }
 
 /// Receives every transaction's [`Change`]s after its commit.
@@ -632,7 +650,7 @@ pub struct WriteTables<'t> {
     campaigns: Table<'t, u64, &'static [u8]>,
     campaign_audience: Table<'t, (u64, u32), &'static [u8]>,
     campaign_sends: Table<'t, (u64, u32, u64), (u32, u64)>,
-    campaign_engagement: Table<'t, (u64, u32, u64), u8>,
+    campaign_engagement: Table<'t, (u64, u32, u64), (u8, i64, i64)>,
     campaign_counts: Table<'t, (u64, u32, u8), u64>,
     /// Changes for the observer, collected only when one is set.
     changes: Option<Vec<Change>>,

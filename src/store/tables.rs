@@ -117,8 +117,9 @@ pub const CAMPAIGN_AUDIENCE: TableDefinition<(u64, u32), &[u8]> =
 pub const CAMPAIGN_SENDS: TableDefinition<(u64, u32, u64), (u32, u64)> =
     TableDefinition::new("campaign_sends_v1");
 
-/// (campaign id, stage, contact id) → flags (1 opened, 2 clicked).
-pub const CAMPAIGN_ENGAGEMENT: TableDefinition<(u64, u32, u64), u8> =
+/// (campaign id, stage, contact id) → (flags: 1 opened, 2 clicked; last
+/// open ms; last click ms).
+pub const CAMPAIGN_ENGAGEMENT: TableDefinition<(u64, u32, u64), (u8, i64, i64)> =
     TableDefinition::new("campaign_engagement_v1");
 
 /// (campaign id, packed stage and variant, counter code) → count.
