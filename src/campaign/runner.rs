@@ -32,6 +32,9 @@ use crate::segment::Index;
 use crate::store::{Store, StoreError};
 use crate::tokens::{SendKind, SendRef};
 
+/// Most messages rendered and queued per batch (one commit).
+const CAMPAIGN_BATCH: usize = 100;
+
 /// A worker thread sending one part.
 struct Worker {
     stop: Arc<AtomicBool>,
@@ -588,10 +591,14 @@ impl Campaigns {
             .store
             .read_blocking(|r| r.campaign_audience(id, part_no as u32))
             .map_err(err)?;
+        // Small commits keep the store writer (which also records delivery
+        // outcomes) responsive: 100 messages of 20 KB are a 2 MB commit;
+        // 500 made delivery wait (BENCHMARKS.md, newsletters).
+        let full = config.rendering.batch_size.min(CAMPAIGN_BATCH);
         let batch = match c.spec.rate_per_hour {
             // About a second's worth per batch, so the pace stays even.
-            Some(r) => ((r / 3600) as usize).clamp(1, config.rendering.batch_size),
-            None => config.rendering.batch_size,
+            Some(r) => ((r / 3600) as usize).clamp(1, full),
+            None => full,
         }
         .max(1);
         let window = (config.rendering.batch_size as u64 * 4).max(2000);
