@@ -387,12 +387,12 @@ fn lifecycle_reaches_every_granted_contact_exactly_once() {
 }
 
 /// CLI create from a TOML file, start, pause mid-send, resume, reload the
-/// config mid-send, unsubscribe a contact mid-send: nobody twice, nobody
-/// skipped but the one who left.
+/// config mid-send, unsubscribe a contact mid-send, SIGTERM and start again
+/// mid-send: nobody twice, nobody skipped but the one who left.
 #[test]
 fn pause_resume_reload_and_unsubscribe_mid_send() {
     let sink = Sink::start(&[]);
-    let h = start(&sink, "");
+    let mut h = start(&sink, "");
     let ids = contacts(&h, 150);
     let spec_file = h.dir.path().join("spring.toml");
     std::fs::write(
@@ -456,8 +456,16 @@ fn pause_resume_reload_and_unsubscribe_mid_send() {
         c["progress"]["queued"].as_u64().unwrap() >= at_pause + 20
     });
     h.hup();
-    let c = completed(&h, id, Duration::from_secs(60));
+    wait_for(&h, id, "more queued", Duration::from_secs(30), |c| {
+        c["progress"]["queued"].as_u64().unwrap() >= at_pause + 40
+    });
     assert!(h.log().contains("configuration reloaded"), "{}", h.log());
+    // A clean stop in the middle, and a start: it goes on where it was.
+    assert_eq!(h.stop(), Some(0));
+    let mid = sink.files().len();
+    h.restart();
+    let c = completed(&h, id, Duration::from_secs(60));
+    assert!(mid < 149, "the stop came too late to test anything ({mid})");
     assert_eq!(c["progress"]["queued"], 149);
     assert_eq!(c["progress"]["skipped"], 1);
     settle(&sink, 149);
@@ -596,10 +604,23 @@ fn ab_test_sends_the_winner_to_the_rest() {
         assert_eq!(r.status, 302, "{r:?}");
         let loc = r.header("location").unwrap().to_string();
         assert!(loc.starts_with("https://shop.example/sale?hrl="), "{loc}");
+        loc.split("hrl=").nth(1).unwrap().to_string()
     };
+    let mut hrl = String::new();
     for (_, _, f) in b.iter().take(6) {
-        click(f);
+        hrl = click(f);
     }
+    // The shop brings the attribution value back with an order.
+    let r = h.post_json(
+        "/api/v1/events",
+        json!([{"type": "order", "id": "o-ab-1", "at": "2026-11-20T10:00:00Z", "email": b[5].0,
+                "order_id": "ab-1", "items": [{"sku": "X", "quantity": 1, "price": "120.50"}],
+                "total": "120.50", "currency": "EUR", "attribution": hrl},
+               {"type": "order", "id": "o-ab-2", "at": "2026-11-20T10:00:00Z", "email": b[4].0,
+                "order_id": "ab-2", "items": [{"sku": "X", "quantity": 1, "price": "9"}],
+                "total": "9", "currency": "EUR", "attribution": "forged"}]),
+    );
+    assert_eq!(r.body["accepted"], 2, "{}", r.body);
     click(&b[0].2);
     for (_, _, f) in a.iter().take(2) {
         click(f);
@@ -623,6 +644,9 @@ fn ab_test_sends_the_winner_to_the_rest() {
     assert_eq!(p[0]["counts"]["unique_clicks"], 2);
     assert_eq!(p[1]["counts"]["unique_clicks"], 6);
     assert_eq!(p[1]["counts"]["clicks"], 7);
+    assert_eq!(p[1]["counts"]["revenue_cents"], 12050);
+    assert_eq!(p[1]["counts"]["orders"], 1);
+    assert_eq!(c["progress"]["orders"], 1);
     assert_eq!(p[2]["role"], "winner");
     assert_eq!(p[2]["variant"], 1);
     settle(&sink, 100);
@@ -771,4 +795,26 @@ fn queued_message_of_a_contact_who_left_is_not_sent() {
     let (counts, _) = received(&sink);
     assert_eq!(counts.len(), 4);
     assert!(!counts.contains_key("c0002@example.test"));
+}
+
+/// A budget stops the campaign at the messages it pays for; the record
+/// says why.
+#[test]
+fn budget_stops_sending() {
+    let sink = Sink::start(&[]);
+    let h = start(&sink, "");
+    contacts(&h, 30);
+    let id = create(
+        &h,
+        json!({"name": "Cheap", "template": "news", "audience": {"lists": ["news"]},
+               "cost_per_message": 0.25, "budget": 2.0}),
+    );
+    act(&h, id, "start");
+    let c = completed(&h, id, Duration::from_secs(30));
+    assert_eq!(c["progress"]["queued"], 8, "{c}");
+    assert_eq!(c["progress"]["skipped"], 22);
+    assert_eq!(c["progress"]["remaining"], 0);
+    assert!(c["note"].as_str().unwrap().contains("budget"), "{c}");
+    settle(&sink, 8);
+    assert_eq!(received(&sink).0.len(), 8);
 }

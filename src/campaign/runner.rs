@@ -641,7 +641,7 @@ impl Campaigns {
                     let items: Vec<Item> = pool.install(|| {
                         contacts
                             .into_par_iter()
-                            .map(|c| build_one(compiled_ref, &sender, c, now))
+                            .map(|c| build_one(compiled_ref, &sender, c, now, true))
                             .collect()
                     });
                     if tx.send(Ok(Batch { end, items })).is_err() {
@@ -652,7 +652,16 @@ impl Campaigns {
             });
             let mut cursor = start;
             let mut next_slot = Instant::now();
-            for b in rx.iter() {
+            // Where the worker's time goes (logged at the end of the part):
+            // waiting for rendering, for room in the delivery window, for
+            // the commit.
+            let (mut t_render, mut t_room, mut t_commit) =
+                (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+            let began = Instant::now();
+            loop {
+                let t = Instant::now();
+                let Ok(b) = rx.recv() else { break };
+                t_render += t.elapsed();
                 let b = match b {
                     Ok(b) => b,
                     Err(e) => {
@@ -660,9 +669,11 @@ impl Campaigns {
                         break;
                     }
                 };
+                let t = Instant::now();
                 if !self.wait_for_room(id, window, stop) {
                     break;
                 }
+                t_room += t.elapsed();
                 if per_msg.is_some() {
                     while Instant::now() < next_slot {
                         if stop.load(Ordering::Relaxed) {
@@ -677,7 +688,10 @@ impl Campaigns {
                     break;
                 }
                 let n = b.items.len() as u32;
-                match self.commit(&c, part_no, part.stage, variant, cursor, b, &compiled) {
+                let t = Instant::now();
+                let committed = self.commit(&c, part_no, part.stage, variant, cursor, b, &compiled);
+                t_commit += t.elapsed();
+                match committed {
                     Ok(Some(end)) => cursor = end,
                     Ok(None) => break, // paused, cancelled or moved on
                     Err(e) => {
@@ -692,6 +706,16 @@ impl Campaigns {
             }
             // Dropping the receiver ends the producer at its next send.
             drop(rx);
+            tracing::info!(
+                campaign = id,
+                part = part_no,
+                recipients = cursor - start,
+                took_ms = began.elapsed().as_millis() as u64,
+                waiting_for_rendering_ms = t_render.as_millis() as u64,
+                waiting_for_delivery_ms = t_room.as_millis() as u64,
+                committing_ms = t_commit.as_millis() as u64,
+                "campaign part worker ended"
+            );
         });
         result
     }
@@ -762,7 +786,8 @@ impl Campaigns {
             let (mut queued, mut skipped, mut failed) = (0u64, 0u64, 0u64);
             let mut budget_hit = false;
             let mut sent = Vec::new();
-            for item in b.items {
+            let total_items = b.items.len() as u64;
+            for (i, item) in b.items.into_iter().enumerate() {
                 let m = match item {
                     Item::Built(m) => m,
                     Item::Skip => {
@@ -784,7 +809,9 @@ impl Campaigns {
                     continue;
                 }
                 if room == Some(0) {
+                    // The rest of the batch is not sent either.
                     budget_hit = true;
+                    skipped += total_items - i as u64;
                     break;
                 }
                 let qid = queue_signed(t, &sender, &m, &source, Some(cref), now)?;
@@ -913,7 +940,9 @@ impl Campaigns {
                     }
                 };
                 let sender = compiled.sender().clone();
-                match build_one(&compiled, &sender, Some(contact), now) {
+                // A seed address gets the test whatever its consent: it
+                // asked for it, and it is not counted as marketing mail.
+                match build_one(&compiled, &sender, Some(contact), now, false) {
                     Item::Built(m) => signed.push(*m),
                     _ => {
                         return Err(CampaignError::Invalid(format!(
@@ -955,11 +984,12 @@ fn build_one(
     sender: &crate::config::Sender,
     contact: Option<Contact>,
     now: i64,
+    needs_consent: bool,
 ) -> Item {
     let Some(contact) = contact else {
         return Item::Skip;
     };
-    if contact.id != 0 && contact.consent != ConsentState::Granted {
+    if needs_consent && contact.consent != ConsentState::Granted {
         return Item::Skip;
     }
     let r = Recipient::new(contact);

@@ -13,6 +13,27 @@ use smtp_proto::{EXT_PIPELINING, EXT_START_TLS, EhloResponse, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
+/// The DATA payload of a CRLF message (without its final line end): a dot
+/// doubled at the start of every line (RFC 5321 §4.5.2) and the
+/// terminating `CRLF.CRLF`, in one buffer written at once. (mail-send's
+/// `write_message` tests every byte and writes piecewise; this finds line
+/// starts with memchr, several times faster on a 20 KB newsletter.)
+pub fn dot_stuffed(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut last = 0;
+    if body.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    for i in memchr::memmem::find_iter(body, b"\n.") {
+        out.extend_from_slice(&body[last..=i]);
+        out.push(b'.');
+        last = i + 1;
+    }
+    out.extend_from_slice(&body[last..]);
+    out.extend_from_slice(b"\r\n.\r\n");
+    out
+}
+
 use crate::config::delivery::Secret;
 
 /// The stream under a session: plain TCP or TLS.
@@ -376,8 +397,11 @@ impl Session {
         }
         // The terminating CRLF.CRLF supplies the message's last line end.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
+        let data = dot_stuffed(body);
         let final_reply = tokio::time::timeout(self.client.timeout, async {
-            self.client.write_message(body).await?;
+            use tokio::io::AsyncWriteExt as _;
+            self.client.stream.write_all(&data).await?;
+            self.client.stream.flush().await?;
             self.client.read().await
         })
         .await
@@ -464,4 +488,19 @@ pub fn relay_connector(ca_certs: &[Vec<u8>]) -> Result<TlsConnector, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dot_stuffed;
+
+    #[test]
+    fn dots_at_line_starts_are_doubled() {
+        assert_eq!(
+            dot_stuffed(b"a\r\n.b\r\n..\r\nc."),
+            b"a\r\n..b\r\n...\r\nc.\r\n.\r\n"
+        );
+        assert_eq!(dot_stuffed(b".x"), b"..x\r\n.\r\n");
+        assert_eq!(dot_stuffed(b""), b"\r\n.\r\n");
+    }
 }

@@ -57,12 +57,13 @@ pub async fn ingest(
     }
     let kinds: Vec<(usize, &'static str)> = good.iter().map(|e| (e.index, e.kind)).collect();
     let now = state.clock.now();
+    let keys = state.config().tracking.keys.clone();
     let outcomes = if good.is_empty() {
         Vec::new()
     } else {
         state
             .store
-            .write(move |t| events::apply_batch(t, good, now))
+            .write(move |t| events::apply_batch(t, good, now, &keys))
             .await?
     };
     let (mut accepted, mut duplicate) = (0u64, 0u64);
