@@ -197,21 +197,29 @@ impl Campaigns {
             if self.stopping.load(Ordering::Relaxed) {
                 break;
             }
-            match c.status {
+            // One campaign's trouble never holds up the others.
+            let r = match c.status {
                 Status::Scheduled if c.run.scheduled_for.is_some_and(|t| t <= now) => {
-                    if let Err(e) = self.start(c.id).await {
-                        tracing::warn!(campaign = c.id, error = %e, "scheduled campaign could not start");
-                        let msg = e.to_string();
-                        super::change(self, c.id, move |c, _| {
-                            c.status = Status::Paused;
-                            c.run.note = Some(format!("could not start at its time: {msg}"));
-                            Ok(())
-                        })
-                        .await?;
+                    match self.start(c.id).await {
+                        Ok(_) => Ok(()),
+                        Err(e) => {
+                            tracing::warn!(campaign = c.id, error = %e, "scheduled campaign could not start");
+                            let msg = e.to_string();
+                            super::change(self, c.id, move |c, _| {
+                                c.status = Status::Paused;
+                                c.run.note = Some(format!("could not start at its time: {msg}"));
+                                Ok(())
+                            })
+                            .await
+                            .map(|_| ())
+                        }
                     }
                 }
-                Status::Running => self.advance(&c, now).await?,
-                _ => {}
+                Status::Running => self.advance(&c, now).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(campaign = c.id, error = %e, "campaign step failed; retrying");
             }
         }
         Ok(())

@@ -94,6 +94,24 @@ pub struct Recipient {
     pub updated: Option<i64>,
 }
 
+impl Recipient {
+    /// A recipient not attempted yet.
+    pub fn queued(address: String, contact: Option<u64>) -> Recipient {
+        Recipient {
+            domain: crate::config::delivery::domain_of(&address),
+            address,
+            contact,
+            state: RcptState::Queued,
+            attempts: 0,
+            next_attempt: None,
+            reply: None,
+            bounce: None,
+            host: None,
+            updated: None,
+        }
+    }
+}
+
 /// A message in the queue (or, once every recipient is done, in the log of
 /// finished messages). The body is stored separately.
 #[derive(Debug, Clone, Serialize, Deserialize)]

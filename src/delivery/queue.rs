@@ -14,7 +14,7 @@ use mail_builder::headers::address::Address;
 use mail_builder::headers::raw::Raw;
 
 use super::dkim;
-use super::model::{QueuedMessage, RcptState, Recipient};
+use super::model::{QueuedMessage, Recipient};
 use crate::config::Sender;
 use crate::config::delivery::{domain_of, parse_mailbox};
 use crate::store::{Sequence, Store, StoreError};
@@ -182,18 +182,7 @@ pub fn queue_signed(
         created: now,
         size: m.body.len() as u64,
         source: source.to_string(),
-        recipients: vec![Recipient {
-            domain: domain_of(&m.address),
-            address: m.address.clone(),
-            contact: Some(m.contact),
-            state: RcptState::Queued,
-            attempts: 0,
-            next_attempt: None,
-            reply: None,
-            bounce: None,
-            host: None,
-            updated: None,
-        }],
+        recipients: vec![Recipient::queued(m.address.clone(), Some(m.contact))],
         due: None,
         finished: None,
         purged: None,
@@ -223,18 +212,7 @@ fn check_recipients(list: &[NewRecipient]) -> Result<Vec<Recipient>, EnqueueErro
         if !seen.insert(e.key.clone()) {
             continue;
         }
-        out.push(Recipient {
-            domain: domain_of(&e.display),
-            address: e.display,
-            contact: r.contact,
-            state: RcptState::Queued,
-            attempts: 0,
-            next_attempt: None,
-            reply: None,
-            bounce: None,
-            host: None,
-            updated: None,
-        });
+        out.push(Recipient::queued(e.display, r.contact));
     }
     Ok(out)
 }
