@@ -15,8 +15,6 @@ pub mod audience;
 pub mod model;
 pub mod runner;
 
-use std::sync::Arc;
-
 use model::{Campaign, Part, Spec, Status};
 
 use crate::config::Config;
@@ -421,6 +419,3 @@ pub async fn get(svc: &Campaigns, id: u64) -> Result<Campaign, CampaignError> {
         .await?
         .ok_or_else(|| CampaignError::NotFound(format!("no campaign {id}")))
 }
-
-/// Shared handle type.
-pub type Handle = Arc<Campaigns>;

@@ -453,9 +453,7 @@ impl Campaign {
                 {
                     if self.run.winner.is_some() {
                         "sending the winner"
-                    } else if self.spec.ab.as_ref().is_some_and(|a| !a.auto)
-                        && self.run.test_ends.is_some_and(|_| true)
-                    {
+                    } else if self.spec.ab.as_ref().is_some_and(|a| !a.auto) {
                         "A/B test: waiting for the test window or a chosen winner"
                     } else {
                         "A/B test: waiting for the test window"

@@ -174,14 +174,6 @@ impl Campaigns {
         w.contains_key(&id)
     }
 
-    /// Campaigns with a worker sending now.
-    pub fn sending(&self) -> usize {
-        lock(&self.workers)
-            .values()
-            .filter(|w| !w.handle.is_finished())
-            .count()
-    }
-
     async fn tick(self: &Arc<Self>) -> Result<(), CampaignError> {
         let now = self.now_ms();
         let live: Vec<Campaign> = self

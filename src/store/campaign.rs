@@ -274,11 +274,6 @@ impl ReadView {
         }
         Ok(())
     }
-
-    /// Messages of the queue not finished yet.
-    pub fn queue_len(&self) -> Result<u64, StoreError> {
-        Ok(self.table(QUEUE)?.len()?)
-    }
 }
 
 #[cfg(test)]
@@ -288,8 +283,8 @@ mod tests {
     #[test]
     fn ids_round_trip() {
         let ids = vec![1, 2, 3, 130, 20_000, 1 << 40, u64::MAX];
-        assert_eq!(decode_ids(&encode_ids(&ids)).unwrap(), ids);
-        assert!(decode_ids(&encode_ids(&[])).unwrap().is_empty());
+        assert_eq!(decode_ids(&encode_ids(&ids)).ok(), Some(ids));
+        assert_eq!(decode_ids(&encode_ids(&[])).ok(), Some(Vec::new()));
         // Dense ids take one byte each.
         assert_eq!(encode_ids(&(1..=1000).collect::<Vec<_>>()).len(), 1000);
     }
