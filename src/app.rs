@@ -107,6 +107,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         index,
         compiled: Default::default(),
         campaigns: campaigns.clone(),
+        recent: Default::default(),
+        signup_limits: Default::default(),
     });
     // Messages left in flight by a crash are still queued in the store; the
     // scheduler picks them up like any other due message.

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub mod delivery;
+pub mod public;
 pub mod render;
 
 pub use delivery::{DeliveryConfig, Relay, RelayTls, Sender};
@@ -126,6 +127,8 @@ pub struct RawConfig {
     /// `[[site]]`
     #[serde(default)]
     pub site: Vec<render::RawSite>,
+    /// `[signup]`: the public signup form.
+    pub signup: Option<public::RawSignup>,
 }
 
 /// `[http]`
@@ -139,6 +142,8 @@ pub struct RawHttp {
     /// Largest JSON request body accepted, in bytes (CSV imports stream and are
     /// not limited by this).
     pub max_body_bytes: Option<Spanned<i64>>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 /// `[storage]`
@@ -219,6 +224,8 @@ pub struct Config {
     pub rendering: RenderingConfig,
     /// `[[site]]` entries.
     pub sites: Vec<Site>,
+    /// `[signup]`, when the public signup form is on.
+    pub signup: Option<public::SignupConfig>,
     /// Template folders as loaded, with each one's problems.
     pub templates: std::sync::Arc<crate::render::Templates>,
     /// Segment files as loaded, with each one's problems.
@@ -277,6 +284,8 @@ pub struct HttpConfig {
     pub public_url: url::Url,
     /// Largest JSON body accepted.
     pub max_body_bytes: usize,
+    /// Reverse proxies trusted to name the client in `X-Forwarded-For`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Validated `[storage]`.
@@ -822,12 +831,16 @@ fn validate(
         ))
     });
 
+    let trusted_proxies =
+        public::networks(&mut c, "http.trusted_proxies", &raw.http.trusted_proxies);
+    let signup = public::validate_signup(&mut c, &raw.signup, templates.as_deref());
     let mut config = Config {
         file: file.to_path_buf(),
         http: HttpConfig {
             listen: listen?,
             public_url: public_url?,
             max_body_bytes: max_body_bytes?,
+            trusted_proxies: trusted_proxies?,
         },
         storage: StorageConfig {
             dir: storage?,
@@ -849,6 +862,7 @@ fn validate(
         tracking: tracking?,
         rendering,
         sites,
+        signup: signup?,
         templates: templates?,
         segments: std::sync::Arc::new(crate::segment::SegmentFiles::load(&segments?, &site_ids)),
     };

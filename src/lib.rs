@@ -18,3 +18,4 @@ pub mod segment;
 pub mod shop;
 pub mod store;
 pub mod tokens;
+pub mod track;

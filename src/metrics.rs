@@ -48,6 +48,30 @@ pub struct EventLabels {
     pub status: &'static str,
 }
 
+/// Labels of a tracking hit counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HitLabels {
+    /// `open` or `click`.
+    pub kind: &'static str,
+    /// `human` or `machine`.
+    pub class: &'static str,
+}
+
+/// Labels of a bounce counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BounceLabels {
+    /// `hard`, `soft` or `policy`.
+    pub class: &'static str,
+}
+
+/// Labels of attribution counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttributionLabels {
+    /// `parameter` (the click token came back with the order) or `window`
+    /// (the contact's last click within the attribution window).
+    pub by: &'static str,
+}
+
 /// Every metric Herald exports.
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +93,20 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     /// Segment evaluations.
     pub segment_evaluations: Counter,
+    /// Permanent delivery failures by bounce class.
+    pub bounces: Family<BounceLabels, Counter>,
+    /// Opens and clicks recorded, by kind and human/machine.
+    pub tracking_hits: Family<HitLabels, Counter>,
+    /// Contacts who unsubscribed (one-click or the page), by way.
+    pub unsubscribes: Family<OutcomeLabels, Counter>,
+    /// Signup form submissions, by outcome.
+    pub signups: Family<OutcomeLabels, Counter>,
+    /// Subscriptions confirmed.
+    pub confirmations: Counter,
+    /// Orders attributed to a click.
+    pub attributed_orders: Family<AttributionLabels, Counter>,
+    /// Revenue attributed to clicks, in hundredths.
+    pub attributed_revenue_cents: Family<AttributionLabels, Counter>,
     /// Heap held by the segment index (set at scrape time).
     pub segment_index_bytes: Gauge,
     /// Contacts in the segment index (set at scrape time).
@@ -151,7 +189,56 @@ impl Metrics {
             "Contacts in the segment index",
             segment_index_contacts.clone(),
         );
+        let bounces = Family::<BounceLabels, Counter>::default();
+        registry.register(
+            "bounces",
+            "Permanent delivery failures per recipient, by class: hard, soft, policy",
+            bounces.clone(),
+        );
+        let tracking_hits = Family::<HitLabels, Counter>::default();
+        registry.register(
+            "tracking_hits",
+            "Opens and clicks of sent messages recorded, by kind and class (human, machine)",
+            tracking_hits.clone(),
+        );
+        let unsubscribes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "unsubscribes",
+            "Unsubscribes by way: one_click, page, preferences",
+            unsubscribes.clone(),
+        );
+        let signups = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "signups",
+            "Signup form submissions, by outcome: pending, already, honeypot, rate_limited, rejected",
+            signups.clone(),
+        );
+        let confirmations = Counter::default();
+        registry.register(
+            "confirmations",
+            "Subscriptions confirmed through the confirmation link",
+            confirmations.clone(),
+        );
+        let attributed_orders = Family::<AttributionLabels, Counter>::default();
+        registry.register(
+            "attributed_orders",
+            "Orders attributed to a click, by how: parameter, window",
+            attributed_orders.clone(),
+        );
+        let attributed_revenue_cents = Family::<AttributionLabels, Counter>::default();
+        registry.register(
+            "attributed_revenue_cents",
+            "Revenue of attributed orders, in hundredths of the currency unit",
+            attributed_revenue_cents.clone(),
+        );
         Metrics {
+            bounces,
+            tracking_hits,
+            unsubscribes,
+            signups,
+            confirmations,
+            attributed_orders,
+            attributed_revenue_cents,
             registry,
             events,
             segment_evaluations,

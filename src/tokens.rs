@@ -122,7 +122,8 @@ pub enum SendKind {
 }
 
 impl SendKind {
-    fn code(self) -> u8 {
+    /// The kind's code in tokens and keys.
+    pub fn code(self) -> u8 {
         match self {
             SendKind::Campaign => 1,
             SendKind::Automation => 2,
@@ -132,7 +133,8 @@ impl SendKind {
         }
     }
 
-    fn from_code(c: u8) -> Option<SendKind> {
+    /// The kind with this code.
+    pub fn from_code(c: u8) -> Option<SendKind> {
         Some(match c {
             1 => SendKind::Campaign,
             2 => SendKind::Automation,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::Herald;
-use common::peers::{Sink, rcpts_of};
+use common::peers::{Sink, rcpts_of, tokens};
 use serde_json::{Value, json};
 
 const NEWS_HTML: &str = r#"<html><body>
@@ -157,26 +157,6 @@ fn received(sink: &Sink) -> (BTreeMap<String, usize>, Files) {
         }
     }
     (counts, files)
-}
-
-/// Every `/x/TOKEN` link of kind `x` in a sink file.
-fn tokens(file: &Path, kind: &str) -> Vec<String> {
-    let text = String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned();
-    let text = text.replace("=\n", "").replace("=\r\n", "");
-    let pat = format!("/{kind}/");
-    let mut out = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(i) = rest.find(&pat) {
-        let t: String = rest[i + pat.len()..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect();
-        if t.len() > 20 {
-            out.push(t);
-        }
-        rest = &rest[i + pat.len()..];
-    }
-    out
 }
 
 fn spec(name: &str) -> Value {

@@ -260,7 +260,7 @@ fn shop_events() -> Vec<Value> {
 
 fn post_events(h: &Herald, events: &[Value]) -> Value {
     let r = h.post_json("/api/v1/events", Value::Array(events.to_vec()));
-    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.status, 200, "{r:?}\n{}", h.log());
     r.body
 }
 

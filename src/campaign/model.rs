@@ -499,11 +499,23 @@ pub enum Counter {
     /// Messages taken out of the queue unsent because the contact lost
     /// consent after they were queued (also counted as failed).
     Unsent = 13,
+    /// Contacts whose message was opened by a machine (privacy proxy).
+    MachineUniqueOpens = 14,
+    /// Opens by machines.
+    MachineOpens = 15,
+    /// Contacts whose links a machine (link scanner) followed.
+    MachineUniqueClicks = 16,
+    /// Clicks by machines.
+    MachineClicks = 17,
+    /// Contacts who unsubscribed through the campaign's message.
+    Unsubscribes = 18,
+    /// Spam complaints about the campaign's message.
+    Complaints = 19,
 }
 
 impl Counter {
     /// Every counter, for reading them all.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 19] = [
         Counter::Delivered,
         Counter::Failed,
         Counter::Deferred,
@@ -517,6 +529,12 @@ impl Counter {
         Counter::Revenue,
         Counter::Orders,
         Counter::Unsent,
+        Counter::MachineUniqueOpens,
+        Counter::MachineOpens,
+        Counter::MachineUniqueClicks,
+        Counter::MachineClicks,
+        Counter::Unsubscribes,
+        Counter::Complaints,
     ];
 
     /// The name in the API.
@@ -535,6 +553,12 @@ impl Counter {
             Counter::Revenue => "revenue_cents",
             Counter::Orders => "orders",
             Counter::Unsent => "not_sent_no_consent",
+            Counter::MachineUniqueOpens => "machine_unique_opens",
+            Counter::MachineOpens => "machine_opens",
+            Counter::MachineUniqueClicks => "machine_unique_clicks",
+            Counter::MachineClicks => "machine_clicks",
+            Counter::Unsubscribes => "unsubscribes",
+            Counter::Complaints => "complaints",
         }
     }
 }

@@ -867,6 +867,35 @@ impl Campaigns {
         Ok(r)
     }
 
+    /// The HTML of a campaign message (or a test of it) as `m`'s contact
+    /// got it, rendered again (view in browser); `None` when the campaign
+    /// or contact no longer exists or never got that message. Blocking.
+    pub fn view_html(&self, m: crate::tokens::MessageRef) -> Result<Option<String>, String> {
+        let s = m.send;
+        let (stage, variant) = model::unslot(s.variant);
+        let (c, contact, sent) = self
+            .store
+            .read_blocking(|r| {
+                let sent = match s.kind {
+                    SendKind::Campaign => r.campaign_sent(s.id, stage, m.contact)?.is_some(),
+                    _ => true,
+                };
+                Ok((r.campaign(s.id)?, r.contact(m.contact)?, sent))
+            })
+            .map_err(|e| e.to_string())?;
+        let (Some(c), Some(contact)) = (c, contact) else {
+            return Ok(None);
+        };
+        if !sent {
+            return Ok(None);
+        }
+        let config = self.config();
+        let compiled = self.compile(&config, &c, stage, variant, s)?;
+        let r = Recipient::new(contact);
+        let rendered = compiled.render(&r).map_err(|e| e.0)?;
+        Ok(Some(rendered.html))
+    }
+
     /// Sends every variant (and stage) of a campaign to seed addresses,
     /// through the queue like any message, marked as a test: kept out of the
     /// campaign's counts. Returns (address, variant label, queue id).

@@ -26,6 +26,15 @@ pub struct RawTracking {
     pub previous_secrets: Option<Vec<Spanned<String>>>,
     /// Query parameter added to click redirects for order attribution.
     pub attribution_param: Option<Spanned<String>>,
+    /// Orders without the parameter go to the contact's last click within
+    /// this time (default "7d").
+    pub attribution_window: Option<Spanned<String>>,
+    /// Networks whose opens and clicks are machines' (privacy proxies,
+    /// scanners).
+    pub machine_networks: Option<Vec<Spanned<String>>>,
+    /// Clicks sooner than this after delivery are a link scanner's
+    /// (default "10s").
+    pub scanner_window: Option<Spanned<String>>,
 }
 
 /// `[rendering]` as written.
@@ -81,6 +90,12 @@ pub struct TrackingConfig {
     pub keys: Keys,
     /// Attribution query parameter.
     pub attribution_param: String,
+    /// Last-click attribution window.
+    pub attribution_window: Duration,
+    /// Networks of machine clients.
+    pub machine_networks: Vec<ipnet::IpNet>,
+    /// Clicks this soon after delivery are a scanner's.
+    pub scanner_window: Duration,
 }
 
 /// A greeting pair for one language.
@@ -151,7 +166,7 @@ const BUILTIN_GREETINGS: &[(&str, &str, &str)] = &[
     ("uk", "Вітаємо, {name}!", "Вітаємо!"),
 ];
 
-fn is_id(s: &str) -> bool {
+pub(super) fn is_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -231,9 +246,22 @@ pub(super) fn validate_tracking(
             None
         }
     };
+    let attribution_window = match &raw.attribution_window {
+        None => Some(Duration::from_secs(7 * 86400)),
+        Some(v) => super::delivery::duration(c, "tracking.attribution_window", v),
+    };
+    let scanner_window = match &raw.scanner_window {
+        None => Some(Duration::from_secs(10)),
+        Some(v) => super::delivery::duration(c, "tracking.scanner_window", v),
+    };
+    let machine_networks =
+        super::public::networks(c, "tracking.machine_networks", &raw.machine_networks);
     Some(TrackingConfig {
         keys: Keys::new(current?.0.as_bytes(), &previous),
         attribution_param: attribution_param?,
+        attribution_window: attribution_window?,
+        machine_networks: machine_networks?,
+        scanner_window: scanner_window?,
     })
 }
 

@@ -548,6 +548,7 @@ pub fn erase(
     let salt = t.salt()?;
     let key = suppression_key(&salt, &c.email.to_lowercase());
     t.delete_contact(&c)?;
+    t.erase_history(id)?;
     t.put_suppression(
         &key,
         &Suppression {

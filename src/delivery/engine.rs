@@ -116,6 +116,10 @@ struct Inner {
     delivered: prometheus_client::metrics::counter::Counter,
     deferred: prometheus_client::metrics::counter::Counter,
     failed: prometheus_client::metrics::counter::Counter,
+    bounces: prometheus_client::metrics::family::Family<
+        crate::metrics::BounceLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
     connections: prometheus_client::metrics::gauge::Gauge,
 }
 
@@ -167,6 +171,7 @@ impl Engine {
                 delivered: outcome("delivered"),
                 deferred: outcome("deferred"),
                 failed: outcome("failed"),
+                bounces: metrics.bounces.clone(),
                 connections: metrics.smtp_connections.clone(),
             }),
         })
@@ -851,7 +856,15 @@ async fn finish_job(
         match o {
             Outcome::Delivered(_) => inner.delivered.inc(),
             Outcome::Temporary(_) => inner.deferred.inc(),
-            Outcome::Permanent(..) => inner.failed.inc(),
+            Outcome::Permanent(_, class) => {
+                inner
+                    .bounces
+                    .get_or_create(&crate::metrics::BounceLabels {
+                        class: class.as_str(),
+                    })
+                    .inc();
+                inner.failed.inc()
+            }
         };
     }
     let now = now_ms(&inner.clock);
@@ -995,7 +1008,7 @@ pub fn record_outcomes(
                 }
             }
         }
-        count_campaign(t, m.campaign, before, r.state, r.bounce)?;
+        count_campaign(t, m.campaign, before, r.state, r.bounce, now)?;
     }
     for (address, contact, reply) in hard {
         mark_invalid(t, &address, contact, &reply, now)?;
@@ -1029,7 +1042,7 @@ fn drop_unsent(t: &mut WriteTables<'_>, id: u64, now: i64) -> Result<(), StoreEr
     };
     let mut any = false;
     for r in m.recipients.iter_mut().filter(|r| r.state.is_pending()) {
-        count_campaign(t, m.campaign, r.state, RcptState::Failed, None)?;
+        count_campaign(t, m.campaign, r.state, RcptState::Failed, None, now)?;
         if let Some(c) = m.campaign {
             t.bump_campaign(c.id, c.slot, crate::campaign::model::Counter::Unsent, 1)?;
         }
@@ -1053,6 +1066,7 @@ fn count_campaign(
     before: RcptState,
     after: RcptState,
     bounce: Option<BounceClass>,
+    now: i64,
 ) -> Result<(), StoreError> {
     use crate::campaign::model::Counter;
     let Some(c) = campaign else { return Ok(()) };
@@ -1064,9 +1078,9 @@ fn count_campaign(
     }
     match after {
         RcptState::Deferred => t.bump_campaign(c.id, c.slot, Counter::Deferred, 1)?,
-        RcptState::Delivered => t.bump_campaign(c.id, c.slot, Counter::Delivered, 1)?,
+        RcptState::Delivered => t.bump_campaign_at(c.id, c.slot, Counter::Delivered, 1, now)?,
         RcptState::Failed => {
-            t.bump_campaign(c.id, c.slot, Counter::Failed, 1)?;
+            t.bump_campaign_at(c.id, c.slot, Counter::Failed, 1, now)?;
             match bounce {
                 Some(BounceClass::Hard) => t.bump_campaign(c.id, c.slot, Counter::Hard, 1)?,
                 Some(BounceClass::Soft) => t.bump_campaign(c.id, c.slot, Counter::Soft, 1)?,
@@ -1200,7 +1214,7 @@ pub fn purge(
         let mut changed = false;
         for r in m.recipients.iter_mut() {
             if r.state.is_pending() && matches_domain(sel, &r.domain) {
-                count_campaign(t, m.campaign, r.state, RcptState::Failed, None)?;
+                count_campaign(t, m.campaign, r.state, RcptState::Failed, None, now)?;
                 r.state = RcptState::Failed;
                 r.next_attempt = None;
                 r.updated = Some(now);

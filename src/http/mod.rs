@@ -7,6 +7,8 @@
 //! admin routes check the bearer token first, and every response is counted in
 //! `/metrics` under its route name.
 
+pub mod pages;
+pub mod public;
 pub mod reply;
 pub mod track;
 pub mod v1;
@@ -52,6 +54,59 @@ pub struct AppState {
         std::sync::Mutex<std::collections::HashMap<String, (usize, Arc<crate::render::Compiled>)>>,
     /// Campaigns (the runner behind the campaign API).
     pub campaigns: Arc<crate::campaign::Campaigns>,
+    /// The last seconds of click traffic (machine-click heuristics).
+    pub recent: crate::track::machine::Recent,
+    /// Signups per client address in the current hour.
+    pub signup_limits: public::Limiter,
+}
+
+/// Who sent a request: the client address (from `X-Forwarded-For` when
+/// the peer is a trusted proxy) and the user agent.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// Client IP address.
+    pub ip: Option<std::net::IpAddr>,
+    /// `User-Agent`, empty when absent (at most 512 bytes kept).
+    pub user_agent: String,
+}
+
+impl Client {
+    /// The client of a request from `peer`.
+    pub fn of(peer: SocketAddr, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> Client {
+        let mut ip = peer.ip();
+        if trusted.iter().any(|n| n.contains(&ip)) {
+            // The rightmost address not a trusted proxy is the client.
+            let hops: Vec<std::net::IpAddr> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|h| h.trim().parse().ok())
+                .collect();
+            for h in hops.into_iter().rev() {
+                ip = h;
+                if !trusted.iter().any(|n| n.contains(&h)) {
+                    break;
+                }
+            }
+        }
+        let mut user_agent = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if user_agent.len() > 512 {
+            let mut end = 512;
+            while !user_agent.is_char_boundary(end) {
+                end -= 1;
+            }
+            user_agent.truncate(end);
+        }
+        Client {
+            ip: Some(ip),
+            user_agent,
+        }
+    }
 }
 
 impl AppState {
@@ -181,6 +236,20 @@ pub enum Route {
     Open(String),
     /// `GET /c/{token}` (public)
     Click(String),
+    /// `GET|POST /u/{token}` (public): unsubscribe and preferences
+    Unsubscribe(String),
+    /// `GET /confirm/{token}` (public)
+    Confirm(String),
+    /// `GET /v/{token}` (public)
+    View(String),
+    /// `POST /subscribe` (public)
+    Subscribe,
+    /// `/api/v1/reports/campaigns`
+    ReportCampaigns,
+    /// `/api/v1/reports/campaigns/{id}`
+    ReportCampaign(String),
+    /// `/api/v1/contacts/{ref}/history` and `/api/v1/reports/contacts/{ref}`
+    ContactHistory(String),
     /// Anything else under `/api/`.
     ApiUnknown,
     /// Anything else.
@@ -224,6 +293,13 @@ impl Route {
             Route::CampaignAction(_, _) => "campaign_action",
             Route::Open(_) => "open",
             Route::Click(_) => "click",
+            Route::Unsubscribe(_) => "unsubscribe",
+            Route::Confirm(_) => "confirm",
+            Route::View(_) => "view",
+            Route::Subscribe => "subscribe",
+            Route::ReportCampaigns => "report_campaigns",
+            Route::ReportCampaign(_) => "report_campaign",
+            Route::ContactHistory(_) => "contact_history",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
         }
@@ -232,7 +308,15 @@ impl Route {
     fn is_admin(&self) -> bool {
         !matches!(
             self,
-            Route::Health | Route::Metrics | Route::Unknown | Route::Open(_) | Route::Click(_)
+            Route::Health
+                | Route::Metrics
+                | Route::Unknown
+                | Route::Open(_)
+                | Route::Click(_)
+                | Route::Unsubscribe(_)
+                | Route::Confirm(_)
+                | Route::View(_)
+                | Route::Subscribe
         )
     }
 }
@@ -249,6 +333,14 @@ pub fn route(path: &str) -> Route {
         ["healthz"] => Route::Health,
         ["o", t] => Route::Open(t.to_string()),
         ["c", t] => Route::Click(t.to_string()),
+        ["u", t] => Route::Unsubscribe(t.to_string()),
+        ["confirm", t] => Route::Confirm(t.to_string()),
+        ["v", t] => Route::View(t.to_string()),
+        ["subscribe"] => Route::Subscribe,
+        ["api", "v1", "reports", "campaigns"] => Route::ReportCampaigns,
+        ["api", "v1", "reports", "campaigns", id] => Route::ReportCampaign(id.to_string()),
+        ["api", "v1", "reports", "contacts", r] => Route::ContactHistory(r.to_string()),
+        ["api", "v1", "contacts", r, "history"] => Route::ContactHistory(r.to_string()),
         ["metrics"] => Route::Metrics,
         ["api", "v1", "contacts"] => Route::Contacts,
         ["api", "v1", "contacts", "import"] => Route::Import,
@@ -369,10 +461,11 @@ pub async fn dispatch(
 async fn call(
     state: &Arc<AppState>,
     route: &Route,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let m = req.method().clone();
+    let client = || Client::of(peer, req.headers(), &state.config().http.trusted_proxies);
     use v1::{
         campaigns, contacts, events, fields, import, lists, products, queue, segments, templates,
     };
@@ -524,12 +617,48 @@ async fn call(
             _ => Err(method_not_allowed("GET")),
         },
         Route::Open(t) => match m {
-            Method::GET | Method::HEAD => track::open(state, t, &m).await,
+            Method::GET | Method::HEAD => track::open(state, t, &m, &client()).await,
             _ => Err(method_not_allowed("GET, HEAD")),
         },
         Route::Click(t) => match m {
-            Method::GET | Method::HEAD => track::click(state, t, &m).await,
+            Method::GET | Method::HEAD => track::click(state, t, &m, &client()).await,
             _ => Err(method_not_allowed("GET, HEAD")),
+        },
+        Route::Unsubscribe(t) => match m {
+            Method::GET | Method::HEAD => public::unsubscribe_page(state, t).await,
+            Method::POST => {
+                let c = client();
+                public::unsubscribe_post(state, t, &c, req).await
+            }
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::Confirm(t) => match m {
+            Method::GET | Method::POST => public::confirm(state, t, &client(), true).await,
+            Method::HEAD => public::confirm(state, t, &client(), false).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::View(t) => match m {
+            Method::GET | Method::HEAD => public::view(state, t).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Subscribe => match m {
+            Method::POST => {
+                let c = client();
+                public::subscribe(state, &c, req).await
+            }
+            _ => Err(method_not_allowed("POST")),
+        },
+        Route::ReportCampaigns => match m {
+            Method::GET => v1::reports::campaigns(state, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::ReportCampaign(id) => match m {
+            Method::GET => v1::reports::campaign(state, id, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::ContactHistory(r) => match m {
+            Method::GET => v1::reports::contact(state, r, &req).await,
+            _ => Err(method_not_allowed("GET")),
         },
         Route::Campaigns => match m {
             Method::GET => campaigns::list(state, &req).await,

@@ -147,6 +147,12 @@ pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Byt
             ));
         }
     }
+    read_any_body(req, limit).await
+}
+
+/// Reads a whole request body of any type (forms, multipart) of at most
+/// `limit` bytes (413 beyond).
+pub async fn read_any_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let body = Limited::new(req.into_body(), limit)
         .collect()
         .await

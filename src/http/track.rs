@@ -1,9 +1,11 @@
 //! Public tracking endpoints: the open pixel (`GET /o/{token}`) and the
 //! click redirect (`GET /c/{token}`). A token is HMAC-signed
-//! (`tokens.rs`); a tampered or unknown one gets 404. A hit on a campaign
-//! message is committed (group commit) before the answer: an acknowledged
-//! hit survives a crash. The redirect goes only to the URL recorded for the
-//! link number in the send's link table — never to a URL from the request.
+//! (`tokens.rs`); a tampered or unknown one gets 404. A hit is committed
+//! (group commit) before the answer: an acknowledged hit survives a crash.
+//! The redirect goes only to the URL recorded for the link number in the
+//! send's link table — never to a URL from the request. Machine hits
+//! (privacy proxies, link scanners: `track::machine`) are recorded and
+//! flagged.
 
 use std::sync::Arc;
 
@@ -11,11 +13,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::AppState;
 use super::reply::{ApiError, Body};
-use crate::campaign::model::{Counter, unslot};
-use crate::store::{CLICKED, OPENED};
-use crate::tokens::{MessageRef, SendKind, Token};
+use super::{AppState, Client};
+use crate::metrics::HitLabels;
+use crate::tokens::{MessageRef, Token};
+use crate::track::{self, Hit, HitKind, machine};
 
 /// The 43-byte transparent 1×1 GIF.
 pub const PIXEL: &[u8] = &[
@@ -28,54 +30,63 @@ fn not_found() -> ApiError {
     ApiError::not_found("no such link")
 }
 
-/// Records an open or a click of a campaign message: engagement flags of
-/// the contact in the stage, unique and total counters of the variant. A
-/// click counts as an open too (the message was seen).
-async fn record(state: &AppState, m: MessageRef, click: bool) -> Result<(), ApiError> {
-    if m.send.kind != SendKind::Campaign {
-        return Ok(()); // tests, previews, transactional: nothing to count yet
+/// Records a hit and counts it in `/metrics`.
+async fn record(state: &AppState, hit: Hit) -> Result<(), ApiError> {
+    let kind = match hit.kind {
+        HitKind::Open => "open",
+        HitKind::Click { .. } => "click",
+    };
+    let done = state.store.write(move |t| track::record(t, hit)).await?;
+    if done.counted {
+        state
+            .metrics
+            .tracking_hits
+            .get_or_create(&HitLabels {
+                kind,
+                class: if done.machine.is_some() {
+                    "machine"
+                } else {
+                    "human"
+                },
+            })
+            .inc();
     }
-    let id = m.send.id;
-    let slot = m.send.variant;
-    let (stage, _) = unslot(slot);
-    let contact = m.contact;
-    let now = state.clock.now().timestamp_millis();
-    state
-        .store
-        .write(move |t| {
-            // Only messages Herald really queued count.
-            if t.campaign_sent(id, stage, contact)?.is_none() {
-                return Ok(());
-            }
-            let old = t.engage(id, stage, contact, click, now)?;
-            if old & OPENED == 0 {
-                t.bump_campaign(id, slot, Counter::UniqueOpens, 1)?;
-            }
-            if click {
-                if old & CLICKED == 0 {
-                    t.bump_campaign(id, slot, Counter::UniqueClicks, 1)?;
-                }
-                t.bump_campaign(id, slot, Counter::Clicks, 1)?;
-            } else {
-                t.bump_campaign(id, slot, Counter::Opens, 1)?;
-            }
-            Ok(())
-        })
-        .await?;
     Ok(())
 }
 
-/// `GET /o/{token}`: the pixel; records an open.
+fn message_key(m: &MessageRef) -> machine::MessageKey {
+    (m.send.key(), m.contact)
+}
+
+/// `GET /o/{token}`: the pixel; records an open (`HEAD` does not).
 pub async fn open(
     state: &Arc<AppState>,
     token: &str,
     m: &Method,
+    client: &Client,
 ) -> Result<Response<Body>, ApiError> {
-    let Some(Token::Open(msg)) = state.config().tracking.keys.verify(token) else {
+    let config = state.config();
+    let Some(Token::Open(msg)) = config.tracking.keys.verify(token) else {
         return Err(not_found());
     };
     if *m == Method::GET {
-        record(state, msg, false).await?;
+        let at = state.clock.now().timestamp_millis();
+        let machine = machine::from_request(
+            &client.user_agent,
+            client.ip,
+            &config.tracking.machine_networks,
+        );
+        record(
+            state,
+            Hit {
+                message: msg,
+                kind: HitKind::Open,
+                at,
+                machine,
+                scanner_window_ms: config.tracking.scanner_window.as_millis() as i64,
+            },
+        )
+        .await?;
     }
     let mut r = Response::new(Full::new(Bytes::from_static(PIXEL)));
     let h = r.headers_mut();
@@ -88,28 +99,72 @@ pub async fn open(
 }
 
 /// `GET /c/{token}`: 302 to the recorded link with the attribution
-/// parameter; records a click (`HEAD` answers without recording).
+/// parameter (and a fresh auto-login token where the link had one);
+/// records a click. `HEAD` answers the same without recording (and marks
+/// the message's next click as a scanner's).
 pub async fn click(
     state: &Arc<AppState>,
     token: &str,
     m: &Method,
+    client: &Client,
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config();
     let Some(Token::Click(msg, n)) = config.tracking.keys.verify(token) else {
         return Err(not_found());
     };
     let key = msg.send.key();
-    let link = state
+    let contact = msg.contact;
+    let (link, who) = state
         .store
-        .read(move |r| r.link(&key, n))
-        .await?
-        .ok_or_else(not_found)?;
+        .read(move |r| {
+            let link = r.link(&key, n)?;
+            let who = match &link {
+                Some(l) if l.autologin => r.contact(contact)?,
+                _ => None,
+            };
+            Ok((link, who))
+        })
+        .await?;
+    let link = link.ok_or_else(not_found)?;
     let mut url = url::Url::parse(&link.url).map_err(|_| not_found())?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(not_found());
     }
+    let at = state.clock.now().timestamp_millis();
     if *m == Method::GET {
-        record(state, msg, true).await?;
+        let machine = machine::from_request(
+            &client.user_agent,
+            client.ip,
+            &config.tracking.machine_networks,
+        )
+        .or_else(|| state.recent.click(message_key(&msg), n, at));
+        record(
+            state,
+            Hit {
+                message: msg,
+                kind: HitKind::Click {
+                    link: n,
+                    url: link.url.clone(),
+                },
+                at,
+                machine,
+                scanner_window_ms: config.tracking.scanner_window.as_millis() as i64,
+            },
+        )
+        .await?;
+        if let Some(c) = who
+            && let Ok(u) = crate::render::compile::autologin_url_for(
+                &config.sites,
+                &c,
+                url.as_str(),
+                at / 1000,
+            )
+            && let Ok(parsed) = url::Url::parse(&u)
+        {
+            url = parsed;
+        }
+    } else {
+        state.recent.head(message_key(&msg), at);
     }
     let param = &config.tracking.attribution_param;
     if !param.is_empty() {

@@ -691,27 +691,34 @@ fn autologin(state: &State, sites: &[Site], url: &str) -> Result<String, Error> 
         .lookup("contact")
         .and_then(|v| v.downcast_object_ref::<ContactView>().map(|c| c.0.clone()))
         .ok_or_else(|| fail("autologin_url: no contact".into()))?;
+    autologin_url_for(sites, &contact, url, chrono::Utc::now().timestamp())
+        .map_err(|m| fail(format!("autologin_url: {m}")))
+}
+
+/// `url` with a fresh auto-login token for `contact` (`now` in seconds),
+/// when the contact's site (or the first one) has an auto-login secret and
+/// `url` is on that site's address.
+pub fn autologin_url_for(
+    sites: &[Site],
+    contact: &Contact,
+    url: &str,
+    now: i64,
+) -> Result<String, String> {
     let site = match &contact.site {
         Some(id) => sites.iter().find(|s| &s.id == id),
         None => None,
     }
     .or_else(|| sites.first())
-    .ok_or_else(|| fail("autologin_url: no [[site]] is configured".into()))?;
-    let al = site.autologin.as_ref().ok_or_else(|| {
-        fail(format!(
-            "autologin_url: site `{}` has no autologin_secret",
-            site.id
-        ))
-    })?;
-    let mut u = url::Url::parse(url).map_err(|e| fail(format!("autologin_url: `{url}`: {e}")))?;
+    .ok_or_else(|| "no [[site]] is configured".to_string())?;
+    let al = site
+        .autologin
+        .as_ref()
+        .ok_or_else(|| format!("site `{}` has no autologin_secret", site.id))?;
+    let mut u = url::Url::parse(url).map_err(|e| format!("`{url}`: {e}"))?;
     // The token logs the contact in: it may only go to the site's own host.
     if u.host_str() != site.url.host_str() || u.scheme() != site.url.scheme() {
-        return Err(fail(format!(
-            "autologin_url: `{url}` is not on the site's address {}",
-            site.url
-        )));
+        return Err(format!("`{url}` is not on the site's address {}", site.url));
     }
-    let now = chrono::Utc::now().timestamp();
     let jwt = crate::tokens::autologin_jwt(
         al.secret.0.as_bytes(),
         &contact.email,

@@ -785,7 +785,7 @@ pub fn apply_batch(
     t: &mut WriteTables<'_>,
     events: Vec<Event>,
     now: DateTime<Utc>,
-    keys: &crate::tokens::Keys,
+    keys: &crate::track::AttributionRules,
 ) -> Result<Vec<(usize, Outcome)>, StoreError> {
     let salt = t.salt()?;
     let mut out = Vec::with_capacity(events.len());
@@ -801,40 +801,6 @@ pub fn apply_batch(
         out.push((e.index, outcome));
     }
     Ok(out)
-}
-
-/// Counts a new order for the campaign whose click brought it: the shop
-/// passes back the attribution parameter of Herald's click redirect (a
-/// signed click token). Orders that do not count (cancelled…) and unknown
-/// or forged values are ignored. (Attribution by the last click within a
-/// window, per link and for automations, comes with the reports.)
-fn attribute(
-    t: &mut WriteTables<'_>,
-    order: &Order,
-    keys: &crate::tokens::Keys,
-) -> Result<(), StoreError> {
-    use crate::campaign::model::Counter;
-    use crate::tokens::{SendKind, Token};
-    let Some(value) = order.attribution.as_deref() else {
-        return Ok(());
-    };
-    if !order.counted() {
-        return Ok(());
-    }
-    let Some(Token::Click(m, _)) = keys.verify(value) else {
-        return Ok(());
-    };
-    if m.send.kind != SendKind::Campaign {
-        return Ok(());
-    }
-    t.bump_campaign(
-        m.send.id,
-        m.send.variant,
-        Counter::Revenue,
-        order.total.max(0),
-    )?;
-    t.bump_campaign(m.send.id, m.send.variant, Counter::Orders, 1)?;
-    Ok(())
 }
 
 /// The contact for an event's address, created (consent `unknown`) if new.
@@ -859,7 +825,7 @@ fn apply(
     at: i64,
     body: Body,
     now: DateTime<Utc>,
-    keys: &crate::tokens::Keys,
+    keys: &crate::track::AttributionRules,
 ) -> Result<Outcome, StoreError> {
     macro_rules! contact {
         ($who:expr) => {
@@ -949,10 +915,13 @@ fn apply(
                     item.category = p.category;
                 }
             }
+            match &before {
+                None => crate::track::attribute_order(t, &order, keys)?,
+                Some(b) => crate::track::reattribute_order(t, b, &order)?,
+            }
             t.put_order(&order)?;
             match &before {
                 None => {
-                    attribute(t, &order, keys)?;
                     let mut s = t.stats(contact)?.unwrap_or_default();
                     let delta = s.add_order(&order);
                     t.put_stats(contact, &s, delta)?;

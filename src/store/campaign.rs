@@ -14,6 +14,12 @@ use crate::campaign::model::{Campaign, Counter};
 pub const OPENED: u8 = 1;
 /// Engagement flag: clicked.
 pub const CLICKED: u8 = 2;
+/// Engagement flag: opened, seen only from a machine (privacy proxy).
+pub const MACHINE_OPENED: u8 = 4;
+/// Engagement flag: clicked, seen only from a machine (link scanner).
+pub const MACHINE_CLICKED: u8 = 8;
+/// Engagement flag: unsubscribed through this message.
+pub const UNSUBSCRIBED: u8 = 16;
 
 /// Contact ids (ascending) as delta varints.
 pub fn encode_ids(ids: &[u64]) -> Vec<u8> {
@@ -131,14 +137,15 @@ impl WriteTables<'_> {
         Ok(())
     }
 
-    /// Records an open (or a click, which is an open too) of a contact in
-    /// a stage at `at` (ms); returns the flags it had before.
+    /// Adds engagement `flags` ([`OPENED`], [`CLICKED`], the machine flags,
+    /// [`UNSUBSCRIBED`]) of a contact in a stage at `at` (ms); returns the
+    /// flags it had before. Opens and clicks by hand reach the segment index.
     pub fn engage(
         &mut self,
         id: u64,
         stage: u32,
         contact: u64,
-        click: bool,
+        flags: u8,
         at: i64,
     ) -> Result<u8, StoreError> {
         let key = (id, stage, contact);
@@ -147,19 +154,22 @@ impl WriteTables<'_> {
             .get(key)?
             .map(|v| v.value())
             .unwrap_or((0, 0, 0));
-        let flags = if click { OPENED | CLICKED } else { OPENED };
-        open_at = open_at.max(at);
-        if click {
+        if flags & OPENED != 0 {
+            open_at = open_at.max(at);
+        }
+        if flags & CLICKED != 0 {
             click_at = click_at.max(at);
         }
         self.campaign_engagement
             .insert(key, (old | flags, open_at, click_at))?;
-        self.note(|| super::Change::Engaged {
-            campaign: id,
-            contact,
-            click,
-            at,
-        });
+        if flags & (OPENED | CLICKED) != 0 {
+            self.note(|| super::Change::Engaged {
+                campaign: id,
+                contact,
+                click: flags & CLICKED != 0,
+                at,
+            });
+        }
         Ok(old)
     }
 

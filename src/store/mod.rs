@@ -17,9 +17,14 @@ mod queue;
 mod render;
 mod shop;
 pub mod tables;
+mod track;
 
-pub use campaign::{CLICKED, CampaignCounts, OPENED, decode_ids, encode_ids};
+pub use campaign::{
+    CLICKED, CampaignCounts, MACHINE_CLICKED, MACHINE_OPENED, OPENED, UNSUBSCRIBED, decode_ids,
+    encode_ids,
+};
 pub use queue::{DueEntry, QueueSummary};
+pub use track::{HistoryEvent, LinkCounts};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -436,6 +441,12 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(CAMPAIGN_SENDS)?;
     txn.open_table(CAMPAIGN_ENGAGEMENT)?;
     txn.open_table(CAMPAIGN_COUNTS)?;
+    txn.open_table(CAMPAIGN_HOURLY)?;
+    txn.open_table(CAMPAIGN_LINKS)?;
+    txn.open_table(LINK_CLICKERS)?;
+    txn.open_table(HISTORY)?;
+    txn.open_table(LAST_CLICK)?;
+    txn.open_table(ORDER_ATTRIBUTION)?;
     txn.commit()?;
     Ok(())
 }
@@ -593,6 +604,8 @@ pub enum Sequence {
     Message,
     /// Campaigns.
     Campaign,
+    /// Contact history entries.
+    History,
 }
 
 impl Sequence {
@@ -604,6 +617,7 @@ impl Sequence {
             Sequence::Consent => "seq.consent",
             Sequence::Message => "seq.message",
             Sequence::Campaign => "seq.campaign",
+            Sequence::History => "seq.history",
         }
     }
 }
@@ -652,6 +666,12 @@ pub struct WriteTables<'t> {
     campaign_sends: Table<'t, (u64, u32, u64), (u32, u64)>,
     campaign_engagement: Table<'t, (u64, u32, u64), (u8, i64, i64)>,
     campaign_counts: Table<'t, (u64, u32, u8), u64>,
+    campaign_hourly: Table<'t, (u64, u32, u8), u64>,
+    campaign_links: Table<'t, (u64, u32, u32, u8), u64>,
+    link_clickers: Table<'t, (u64, u32, u32, u64), ()>,
+    history: Table<'t, (u64, u64), &'static [u8]>,
+    last_click: Table<'t, u64, (u8, u64, u32, u32, i64)>,
+    order_attribution: Table<'t, &'static str, (u8, u64, u32, u32, u8)>,
     /// Changes for the observer, collected only when one is set.
     changes: Option<Vec<Change>>,
     /// Counters (id sequences, per-state counts) read once and written back
@@ -702,6 +722,12 @@ impl<'t> WriteTables<'t> {
             campaign_sends: txn.open_table(CAMPAIGN_SENDS)?,
             campaign_engagement: txn.open_table(CAMPAIGN_ENGAGEMENT)?,
             campaign_counts: txn.open_table(CAMPAIGN_COUNTS)?,
+            campaign_hourly: txn.open_table(CAMPAIGN_HOURLY)?,
+            campaign_links: txn.open_table(CAMPAIGN_LINKS)?,
+            link_clickers: txn.open_table(LINK_CLICKERS)?,
+            history: txn.open_table(HISTORY)?,
+            last_click: txn.open_table(LAST_CLICK)?,
+            order_attribution: txn.open_table(ORDER_ATTRIBUTION)?,
             changes: None,
             any_suppressed,
             field_defs: None,

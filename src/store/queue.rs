@@ -29,6 +29,11 @@ impl WriteTables<'_> {
         get_json(&self.queue, "queue", id)
     }
 
+    /// A message every recipient of which is done.
+    pub fn finished_message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        get_json(&self.queue_done, "queue_done", id)
+    }
+
     /// Stores a queued message (and its body, when given), moving its entry in
     /// the due index to its earliest pending recipient.
     pub fn put_message(
@@ -70,6 +75,26 @@ impl WriteTables<'_> {
         self.bump(DELIVERED, delivered)?;
         self.bump(FAILED, failed)?;
         m.finished = Some(now);
+        for r in &m.recipients {
+            let Some(contact) = r.contact else { continue };
+            let outcome = match (r.state, r.bounce) {
+                (RcptState::Failed, Some(b)) => format!("bounced_{}", b.as_str()),
+                (s, _) => s.as_str().to_string(),
+            };
+            self.push_history(
+                contact,
+                &super::HistoryEvent {
+                    at: r.updated.unwrap_or(now),
+                    kind: "message".into(),
+                    source: Some(m.source.clone()),
+                    slot: m.campaign.map(|c| c.slot),
+                    message: Some(m.id),
+                    outcome: Some(outcome),
+                    note: r.reply.clone(),
+                    ..Default::default()
+                },
+            )?;
+        }
         self.queue_done.insert(m.id, to_json(&m).as_slice())?;
         Ok(())
     }

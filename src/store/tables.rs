@@ -125,3 +125,34 @@ pub const CAMPAIGN_ENGAGEMENT: TableDefinition<(u64, u32, u64), (u8, i64, i64)> 
 /// (campaign id, packed stage and variant, counter code) → count.
 pub const CAMPAIGN_COUNTS: TableDefinition<(u64, u32, u8), u64> =
     TableDefinition::new("campaign_counts_v1");
+
+/// (campaign id, hour since the epoch, counter code) → count: the hourly
+/// time series of a campaign's deliveries, opens, clicks, unsubscribes and
+/// orders (every stage and variant together).
+pub const CAMPAIGN_HOURLY: TableDefinition<(u64, u32, u8), u64> =
+    TableDefinition::new("campaign_hourly_v1");
+
+/// (campaign id, packed stage and variant, link number, counter code) →
+/// count: clicks, unique clickers, machine clicks, orders and revenue per
+/// link of a campaign message.
+pub const CAMPAIGN_LINKS: TableDefinition<(u64, u32, u32, u8), u64> =
+    TableDefinition::new("campaign_links_v1");
+
+/// (campaign id, packed stage and variant, link number, contact id): who
+/// clicked a link (by hand), for unique clicks per link.
+pub const LINK_CLICKERS: TableDefinition<(u64, u32, u32, u64), ()> =
+    TableDefinition::new("link_clickers_v1");
+
+/// (contact id, sequence) → `HistoryEvent` (JSON): what was sent to a
+/// contact and everything they did, in order.
+pub const HISTORY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("contact_history_v1");
+
+/// Contact id → (send kind code, send id, packed variant, link number, ms):
+/// the contact's last click by hand, for attribution by time window.
+pub const LAST_CLICK: TableDefinition<u64, (u8, u64, u32, u32, i64)> =
+    TableDefinition::new("last_click_v1");
+
+/// Order id → (send kind code, send id, packed variant, link number, how:
+/// 1 parameter, 2 window): the click an order was attributed to.
+pub const ORDER_ATTRIBUTION: TableDefinition<&str, (u8, u64, u32, u32, u8)> =
+    TableDefinition::new("order_attribution_v1");

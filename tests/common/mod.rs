@@ -26,9 +26,16 @@ pub fn bin() -> &'static str {
 pub const TRACKING_SECRET: &str = "test-tracking-secret-0123456789abcdef";
 
 /// A config file's text with the given storage dir and extra TOML appended.
+/// Clicks count as a person's however soon after delivery they come
+/// (`scanner_window = "1ms"`): tests click right away.
 pub fn config_text(data: &Path, extra: &str) -> String {
+    config_text_tracking(data, "scanner_window = \"1ms\"\n", extra)
+}
+
+/// [`config_text`] with these keys in `[tracking]` (besides the secret).
+pub fn config_text_tracking(data: &Path, tracking: &str, extra: &str) -> String {
     format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\n[storage]\npath = \"{}\"\n[admin]\ntoken = \"{TOKEN}\"\n[tracking]\nsecret = \"{TRACKING_SECRET}\"\n[log]\nlevel = \"info\"\n{extra}",
+        "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\ntrusted_proxies = [\"127.0.0.1\"]\n[storage]\npath = \"{}\"\n[admin]\ntoken = \"{TOKEN}\"\n[tracking]\nsecret = \"{TRACKING_SECRET}\"\n{tracking}[log]\nlevel = \"info\"\n{extra}",
         data.display()
     )
 }
@@ -302,6 +309,33 @@ impl Herald {
                 .header("Content-Type", "text/csv")
                 .send(body.as_ref()),
         )
+    }
+
+    /// A request without the admin token: `method` (GET, HEAD, POST) with
+    /// extra headers and an optional body (as is).
+    pub fn public(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Reply {
+        let url = self.url(path);
+        macro_rules! with_headers {
+            ($r:expr) => {{
+                let mut r = $r;
+                for (k, v) in headers {
+                    r = r.header(*k, *v);
+                }
+                r
+            }};
+        }
+        match method {
+            "GET" => Self::finish(with_headers!(self.agent.get(url)).call()),
+            "HEAD" => Self::finish(with_headers!(self.agent.head(url)).call()),
+            "POST" => Self::finish(with_headers!(self.agent.post(url)).send(body.unwrap_or(b""))),
+            m => panic!("method {m} not supported by the harness"),
+        }
     }
 
     /// Creates a field, asserting success.

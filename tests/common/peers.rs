@@ -376,3 +376,23 @@ print(json.dumps({"type": msg.get_content_type(), "defects": defects,
     );
     serde_json::from_slice(&out.stdout).expect("python output")
 }
+
+/// Every `/x/TOKEN` link of kind `x` in a sink file.
+pub fn tokens(file: &Path, kind: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&std::fs::read(file).unwrap()).into_owned();
+    let text = text.replace("=\n", "").replace("=\r\n", "");
+    let pat = format!("/{kind}/");
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find(&pat) {
+        let t: String = rest[i + pat.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        if t.len() > 20 {
+            out.push(t);
+        }
+        rest = &rest[i + pat.len()..];
+    }
+    out
+}

@@ -160,7 +160,7 @@ pub fn view(c: &Contact, list_names: &HashMap<u64, String>) -> Value {
     })
 }
 
-fn log_view(log: &[ConsentEvent]) -> Vec<Value> {
+pub fn log_view(log: &[ConsentEvent]) -> Vec<Value> {
     log.iter().map(ConsentEvent::to_json).collect()
 }
 

@@ -57,15 +57,25 @@ pub async fn ingest(
     }
     let kinds: Vec<(usize, &'static str)> = good.iter().map(|e| (e.index, e.kind)).collect();
     let now = state.clock.now();
-    let keys = state.config().tracking.keys.clone();
+    let keys = crate::track::AttributionRules::of(&state.config());
     let outcomes = if good.is_empty() {
         Vec::new()
     } else {
+        let rules = keys.clone();
         state
             .store
-            .write(move |t| events::apply_batch(t, good, now, &keys))
+            .write(move |t| events::apply_batch(t, good, now, &rules))
             .await?
     };
+    for (by, cents) in keys.take_attributed() {
+        let l = crate::metrics::AttributionLabels { by };
+        state.metrics.attributed_orders.get_or_create(&l).inc();
+        state
+            .metrics
+            .attributed_revenue_cents
+            .get_or_create(&l)
+            .inc_by(cents.max(0) as u64);
+    }
     let (mut accepted, mut duplicate) = (0u64, 0u64);
     for ((index, outcome), (_, kind)) in outcomes.into_iter().zip(&kinds) {
         let slot = &mut results[index];

@@ -9,6 +9,7 @@ pub mod import;
 pub mod lists;
 pub mod products;
 pub mod queue;
+pub mod reports;
 pub mod segments;
 pub mod templates;
 

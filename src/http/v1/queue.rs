@@ -162,11 +162,16 @@ pub fn accepted(
                 &json!({"id": id, "message_id": message_id}),
             ))
         }
-        Err(EnqueueError::Invalid(m)) => Err(ApiError::invalid("invalid_message", m)),
-        Err(e @ EnqueueError::UnknownSender(_)) => {
-            Err(ApiError::invalid("unknown_sender", e.to_string()))
-        }
-        Err(EnqueueError::Store(e)) => Err(e.into()),
+        Err(e) => Err(enqueue_error(e)),
+    }
+}
+
+/// The API error for a refused submission.
+pub fn enqueue_error(e: EnqueueError) -> ApiError {
+    match e {
+        EnqueueError::Invalid(m) => ApiError::invalid("invalid_message", m),
+        e @ EnqueueError::UnknownSender(_) => ApiError::invalid("unknown_sender", e.to_string()),
+        EnqueueError::Store(e) => e.into(),
     }
 }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::ConfigError;
+use crate::delivery::queue::EnqueueError;
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
 use crate::render::Template;
@@ -292,7 +293,6 @@ pub async fn send(
     b: super::queue::MessageBody,
 ) -> Result<Response<Body>, ApiError> {
     use crate::contacts::model::ConsentState;
-    use crate::delivery::queue::{Content, NewMessage, NewRecipient};
     let name = b.template.clone().unwrap_or_default();
     let given_content = b.raw.is_some()
         || b.subject.is_some()
@@ -356,7 +356,6 @@ pub async fn send(
         Some(skus) => Some(products_by_sku(state, skus).await?),
         None => None,
     };
-    let compiled = transactional_compiled(state, &t).await?;
     let mut contact = contact;
     if let Some(l) = b.language {
         contact.language = Some(l);
@@ -368,6 +367,23 @@ pub async fn send(
         data: b.data,
         products,
     };
+    match render_and_queue(state, &t, recipient).await {
+        Ok(r) => super::queue::accepted(state, Ok(r)),
+        Err(QueueFailure::Queue(e)) => super::queue::accepted(state, Err(e)),
+        Err(QueueFailure::Api(a)) => Err(a),
+    }
+}
+
+/// Renders a transactional template for one recipient and queues it;
+/// returns the queue id and Message-ID.
+pub async fn render_and_queue(
+    state: &Arc<AppState>,
+    t: &Arc<Template>,
+    recipient: crate::render::Recipient,
+) -> Result<(u64, String), QueueFailure> {
+    use crate::delivery::queue::{Content, NewMessage, NewRecipient};
+    let name = t.name.clone();
+    let compiled = transactional_compiled(state, t).await?;
     let now = state.clock.now().timestamp_millis();
     let c2 = compiled.clone();
     let built = tokio::task::spawn_blocking(move || {
@@ -400,10 +416,45 @@ pub async fn send(
         message_id: None,
     };
     let sender = state.config().sender(&t.sender).cloned();
-    super::queue::accepted(
-        state,
-        crate::delivery::queue::enqueue(&state.store, sender, msg, now).await,
-    )
+    let r = crate::delivery::queue::enqueue(&state.store, sender, msg, now).await?;
+    state.delivery.notify();
+    Ok(r)
+}
+
+/// Why [`render_and_queue`] did not queue.
+#[derive(Debug)]
+pub enum QueueFailure {
+    /// Rendering or storage failed before the queue.
+    Api(ApiError),
+    /// The queue refused the message.
+    Queue(EnqueueError),
+}
+
+impl From<ApiError> for QueueFailure {
+    fn from(e: ApiError) -> Self {
+        QueueFailure::Api(e)
+    }
+}
+
+impl From<EnqueueError> for QueueFailure {
+    fn from(e: EnqueueError) -> Self {
+        QueueFailure::Queue(e)
+    }
+}
+
+impl From<crate::store::StoreError> for QueueFailure {
+    fn from(e: crate::store::StoreError) -> Self {
+        QueueFailure::Api(e.into())
+    }
+}
+
+impl From<QueueFailure> for ApiError {
+    fn from(e: QueueFailure) -> Self {
+        match e {
+            QueueFailure::Api(a) => a,
+            QueueFailure::Queue(q) => super::queue::enqueue_error(q),
+        }
+    }
 }
 
 /// The compiled template for API messages, compiled once per template and

@@ -1,0 +1,772 @@
+//! Public endpoints recipients use without logging in: unsubscribe and
+//! list preferences (`/u/{token}`, RFC 8058 one-click POST included), the
+//! signup form (`POST /subscribe`) and its confirmation
+//! (`/confirm/{token}`), and the message as a web page (`/v/{token}`).
+//!
+//! Every token is HMAC-signed; a bad one gets a 404 page. Nothing changes on
+//! a GET except a confirmation (which is what the link in the mail is
+//! for). Every change is committed before the answer.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::pages::{self, attr, esc, fill, texts};
+use super::reply::{self, ApiError, Body};
+use super::{AppState, Client};
+use crate::config::Config;
+use crate::contacts::model::{ConsentSource, ConsentState, Contact};
+use crate::contacts::{ConsentChange, ContactUpdate};
+use crate::metrics::OutcomeLabels;
+use crate::store::HistoryEvent;
+use crate::tokens::{SendKind, Token};
+use crate::track::{self, Actor, Unsubscribed};
+
+/// Largest form body accepted on public endpoints.
+const FORM_LIMIT: usize = 64 * 1024;
+
+/// Signups per client address in the current hour.
+#[derive(Default)]
+pub struct Limiter(Mutex<(u64, HashMap<IpAddr, u32>)>);
+
+impl Limiter {
+    /// Counts a signup from `ip` in `hour`; false beyond `max`.
+    pub fn allow(&self, ip: IpAddr, hour: u64, max: u32) -> bool {
+        let Ok(mut g) = self.0.lock() else {
+            return true;
+        };
+        if g.0 != hour {
+            *g = (hour, HashMap::new());
+        }
+        let n = g.1.entry(ip).or_insert(0);
+        *n += 1;
+        *n <= max
+    }
+}
+
+/// The site and page language of a contact.
+fn site_and_lang(config: &Config, c: Option<&Contact>) -> (String, String) {
+    let site = c
+        .and_then(|c| c.site.as_ref())
+        .and_then(|id| config.sites.iter().find(|s| &s.id == id))
+        .or_else(|| config.sites.first());
+    let name = site.map_or("Herald".to_string(), |s| s.name.clone());
+    let lang = c
+        .and_then(|c| c.language.clone())
+        .or_else(|| site.and_then(|s| s.default_language.clone()))
+        .unwrap_or_else(|| "en".into());
+    (name, lang)
+}
+
+fn invalid(config: &Config) -> Response<Body> {
+    let (site, lang) = site_and_lang(config, None);
+    pages::invalid(&lang, &site)
+}
+
+/// Form fields of a body: `application/x-www-form-urlencoded`,
+/// `multipart/form-data` or a JSON object of strings.
+fn form_fields(content_type: &str, body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let ct = content_type.to_ascii_lowercase();
+    if ct.starts_with("multipart/form-data") {
+        let boundary = content_type
+            .split(';')
+            .filter_map(|p| p.trim().split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+            .map(|(_, v)| v.trim().trim_matches('"').to_string())
+            .ok_or_else(|| ApiError::bad_request("multipart/form-data without a boundary"))?;
+        return multipart(body, &boundary);
+    }
+    if ct.starts_with("application/json") {
+        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not a JSON object: {e}")))?;
+        return Ok(v
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect());
+    }
+    if ct.is_empty()
+        || ct.starts_with("application/x-www-form-urlencoded")
+        || ct.starts_with("text/plain")
+    {
+        return Ok(url::form_urlencoded::parse(body).into_owned().collect());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!("expected a form (urlencoded or multipart), not `{content_type}`"),
+    ))
+}
+
+/// The text fields of a `multipart/form-data` body (RFC 7578).
+fn multipart(body: &[u8], boundary: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let bad = |m: &str| ApiError::bad_request(format!("malformed multipart body: {m}"));
+    if boundary.is_empty() || boundary.len() > 200 {
+        return Err(bad("bad boundary"));
+    }
+    let text = String::from_utf8_lossy(body);
+    let delim = format!("--{boundary}");
+    let mut out = Vec::new();
+    let mut parts = text.split(delim.as_str());
+    parts.next(); // preamble
+    for part in parts {
+        if part.starts_with("--") {
+            break; // closing delimiter
+        }
+        let part = part
+            .strip_prefix("\r\n")
+            .or_else(|| part.strip_prefix('\n'))
+            .unwrap_or(part);
+        let (head, value) = part
+            .split_once("\r\n\r\n")
+            .or_else(|| part.split_once("\n\n"))
+            .ok_or_else(|| bad("a part has no blank line after its headers"))?;
+        let name = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
+            .and_then(|l| {
+                l.split(';')
+                    .filter_map(|p| p.trim().split_once('='))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("name"))
+                    .map(|(_, v)| v.trim().trim_matches('"').to_string())
+            })
+            .ok_or_else(|| bad("a part has no Content-Disposition name"))?;
+        let value = value
+            .strip_suffix("\r\n")
+            .or_else(|| value.strip_suffix('\n'))
+            .unwrap_or(value);
+        out.push((name, value.to_string()));
+    }
+    Ok(out)
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn content_type(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn actor(c: &Client) -> Actor {
+    Actor {
+        ip: c.ip.map(|i| i.to_string()),
+        user_agent: (!c.user_agent.is_empty()).then(|| c.user_agent.clone()),
+    }
+}
+
+/// `GET /u/{token}`: the unsubscribe page with the list choice. Changes
+/// nothing.
+pub async fn unsubscribe_page(
+    state: &Arc<AppState>,
+    token: &str,
+) -> Result<Response<Body>, ApiError> {
+    let config = state.config();
+    let m = match config.tracking.keys.verify(token) {
+        Some(Token::Unsubscribe(m)) | Some(Token::Preferences(m)) => m,
+        _ => return Ok(invalid(&config)),
+    };
+    let id = m.contact;
+    let (contact, lists) = state
+        .store
+        .read(move |r| {
+            let Some(c) = r.contact(id)? else {
+                return Ok((None, Vec::new()));
+            };
+            let mut lists = Vec::new();
+            for l in &c.lists {
+                if let Some(list) = r.list(*l)? {
+                    lists.push((list.id, list.name));
+                }
+            }
+            Ok((Some(c), lists))
+        })
+        .await?;
+    let Some(c) = contact else {
+        return Ok(invalid(&config));
+    };
+    let (site, lang) = site_and_lang(&config, Some(&c));
+    let (t, lang) = texts(&lang);
+    if c.consent == ConsentState::Withdrawn {
+        return Ok(pages::page(
+            StatusCode::OK,
+            lang,
+            &site,
+            t.unsubscribed_title,
+            &format!("<p>{}</p>", fill(t.unsubscribed_text, &site, &c.email, "")),
+        ));
+    }
+    let mut body = format!(
+        "<p>{}</p><form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+<button type=\"submit\">{}</button></form>",
+        fill(t.unsubscribe_question, &site, &c.email, ""),
+        esc(t.unsubscribe_button)
+    );
+    if !lists.is_empty() {
+        body.push_str(&format!(
+            "<h2>{}</h2><p>{}</p><form method=\"post\"><input type=\"hidden\" name=\"action\" value=\"preferences\">",
+            esc(t.preferences_title),
+            esc(t.preferences_text)
+        ));
+        for (id, name) in &lists {
+            body.push_str(&format!(
+                "<label><input type=\"checkbox\" name=\"keep\" value=\"{}\" checked> {}</label>",
+                attr(&id.to_string()),
+                esc(name)
+            ));
+        }
+        body.push_str(&format!(
+            "<button type=\"submit\">{}</button></form>",
+            esc(t.preferences_button)
+        ));
+    }
+    Ok(pages::page(
+        StatusCode::OK,
+        lang,
+        &site,
+        t.unsubscribe_title,
+        &body,
+    ))
+}
+
+/// `POST /u/{token}`: RFC 8058 one-click unsubscribe (body
+/// `List-Unsubscribe=One-Click`, urlencoded or multipart: 200, no redirect,
+/// idempotent), or the preference form (`action=preferences`, `keep=ID`…).
+pub async fn unsubscribe_post(
+    state: &Arc<AppState>,
+    token: &str,
+    client: &Client,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let config = state.config();
+    let m = match config.tracking.keys.verify(token) {
+        Some(Token::Unsubscribe(m)) | Some(Token::Preferences(m)) => m,
+        _ => return Ok(invalid(&config)),
+    };
+    let ct = content_type(&req);
+    let body = reply::read_any_body(req, FORM_LIMIT).await?;
+    let fields = form_fields(&ct, &body)?;
+    let now = state.clock.now();
+    let id = m.contact;
+    if field(&fields, "action") == Some("preferences") {
+        let keep: Vec<u64> = fields
+            .iter()
+            .filter(|(k, _)| k == "keep")
+            .filter_map(|(_, v)| v.trim().parse().ok())
+            .collect();
+        let (left, contact) = state
+            .store
+            .write(move |t| {
+                let leave: Vec<u64> = match t.contact(id)? {
+                    Some(c) => c
+                        .lists
+                        .iter()
+                        .copied()
+                        .filter(|l| !keep.contains(l))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                let left = track::leave_lists(t, m, leave, now)?;
+                Ok((left, t.contact(id)?))
+            })
+            .await?;
+        let Some(c) = contact else {
+            return Ok(invalid(&config));
+        };
+        if !left.is_empty() {
+            state
+                .metrics
+                .unsubscribes
+                .get_or_create(&OutcomeLabels {
+                    outcome: "preferences",
+                })
+                .inc();
+        }
+        let (site, lang) = site_and_lang(&config, Some(&c));
+        let (t, lang) = texts(&lang);
+        let text = if left.is_empty() {
+            esc(t.unchanged_text)
+        } else {
+            fill(t.saved_text, &site, &c.email, &left.join(", "))
+        };
+        return Ok(pages::page(
+            StatusCode::OK,
+            lang,
+            &site,
+            t.saved_title,
+            &format!("<p>{text}</p>"),
+        ));
+    }
+    if field(&fields, "List-Unsubscribe") != Some("One-Click") {
+        return Err(ApiError::bad_request(
+            "the body must be List-Unsubscribe=One-Click (RFC 8058), or action=preferences",
+        ));
+    }
+    let who = actor(client);
+    let via = if fields.len() == 1 {
+        "one_click"
+    } else {
+        "page"
+    };
+    let (done, contact) = state
+        .store
+        .write(move |t| {
+            let done = track::unsubscribe(t, m, &who, via, now)?;
+            Ok((done, t.contact(id)?))
+        })
+        .await?;
+    let Some(c) = contact else {
+        return Ok(invalid(&config));
+    };
+    if done == Unsubscribed::Now {
+        state
+            .metrics
+            .unsubscribes
+            .get_or_create(&OutcomeLabels { outcome: via })
+            .inc();
+    }
+    let (site, lang) = site_and_lang(&config, Some(&c));
+    let (t, lang) = texts(&lang);
+    Ok(pages::page(
+        StatusCode::OK,
+        lang,
+        &site,
+        t.unsubscribed_title,
+        &format!("<p>{}</p>", fill(t.unsubscribed_text, &site, &c.email, "")),
+    ))
+}
+
+/// `GET /confirm/{token}` (and `POST`, the button of the page shown to
+/// link checkers): the contact becomes `granted`, with IP and user agent
+/// in the consent log. A `HEAD`, or a `GET` from a known link scanner, only
+/// shows the page with the button.
+pub async fn confirm(
+    state: &Arc<AppState>,
+    token: &str,
+    client: &Client,
+    act: bool,
+) -> Result<Response<Body>, ApiError> {
+    let config = state.config();
+    let Some(Token::Confirm { contact, issued }) = config.tracking.keys.verify(token) else {
+        return Ok(invalid(&config));
+    };
+    let now = state.clock.now();
+    let ttl = config
+        .signup
+        .as_ref()
+        .map_or(7 * 86400, |s| s.confirm_ttl.as_secs());
+    if (now.timestamp().max(0) as u64).saturating_sub(issued) > ttl {
+        return Ok(invalid(&config));
+    }
+    let scanner = crate::track::machine::from_request(
+        &client.user_agent,
+        client.ip,
+        &config.tracking.machine_networks,
+    )
+    .is_some();
+    if !act || scanner {
+        let c = state.store.read(move |r| r.contact(contact)).await?;
+        let Some(c) = c else {
+            return Ok(invalid(&config));
+        };
+        let (site, lang) = site_and_lang(&config, Some(&c));
+        let (t, lang) = texts(&lang);
+        let body = format!(
+            "<p>{}</p><form method=\"post\"><button type=\"submit\">{}</button></form>",
+            fill(t.confirm_question, &site, &c.email, ""),
+            esc(t.confirm_button)
+        );
+        return Ok(pages::page(
+            StatusCode::OK,
+            lang,
+            &site,
+            t.confirm_title,
+            &body,
+        ));
+    }
+    let who = actor(client);
+    let (c, changed) = state
+        .store
+        .write(move |t| {
+            let Some(c) = t.contact(contact)? else {
+                return Ok((None, false));
+            };
+            if c.consent == ConsentState::Granted {
+                return Ok((Some(c), false));
+            }
+            let update = ContactUpdate {
+                consent: Some(ConsentChange {
+                    to: ConsentState::Granted,
+                    source: ConsentSource::Link,
+                    ip: who.ip,
+                    user_agent: who.user_agent,
+                    note: Some("confirmed the subscription (double opt-in)".into()),
+                }),
+                ..Default::default()
+            };
+            match crate::contacts::apply_update_by_id(t, contact, update, now)? {
+                Ok((_, c)) => {
+                    t.push_history(
+                        contact,
+                        &HistoryEvent {
+                            at: now.timestamp_millis(),
+                            kind: "confirm".into(),
+                            ..Default::default()
+                        },
+                    )?;
+                    Ok((Some(c), true))
+                }
+                Err(_) => Ok((Some(c), false)),
+            }
+        })
+        .await?;
+    let Some(c) = c else {
+        return Ok(invalid(&config));
+    };
+    if changed {
+        state.metrics.confirmations.inc();
+    }
+    if let Some(u) = config
+        .signup
+        .as_ref()
+        .and_then(|s| s.confirmed_url.as_ref())
+    {
+        return Ok(pages::see_other(u));
+    }
+    let (site, lang) = site_and_lang(&config, Some(&c));
+    let (t, lang) = texts(&lang);
+    Ok(pages::page(
+        StatusCode::OK,
+        lang,
+        &site,
+        t.confirmed_title,
+        &format!("<p>{}</p>", fill(t.confirmed_text, &site, &c.email, "")),
+    ))
+}
+
+/// `GET /v/{token}`: the message as a web page, rendered again for the
+/// contact from the campaign's template (links and pixel as in the mail).
+pub async fn view(state: &Arc<AppState>, token: &str) -> Result<Response<Body>, ApiError> {
+    let config = state.config();
+    let Some(Token::View(m)) = config.tracking.keys.verify(token) else {
+        return Ok(invalid(&config));
+    };
+    if !matches!(m.send.kind, SendKind::Campaign | SendKind::Test) {
+        return Ok(invalid(&config));
+    }
+    let campaigns = state.campaigns.clone();
+    let html = tokio::task::spawn_blocking(move || campaigns.view_html(m))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let html = match html {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(invalid(&config)),
+        Err(e) => {
+            tracing::warn!(error = %e, "view in browser: the message could not be rendered");
+            return Ok(invalid(&config));
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(html)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    Ok(r)
+}
+
+/// The answer to a signup: JSON for API clients, otherwise the page (or
+/// the configured redirect).
+fn signup_answer(
+    config: &Config,
+    json_client: bool,
+    status: &str,
+    email: &str,
+    lang: &str,
+) -> Response<Body> {
+    if json_client {
+        return reply::json_response(StatusCode::ACCEPTED, &json!({"status": status}));
+    }
+    if let Some(u) = config.signup.as_ref().and_then(|s| s.thanks_url.as_ref()) {
+        return pages::see_other(u);
+    }
+    let (site, _) = site_and_lang(config, None);
+    let (t, lang) = texts(lang);
+    pages::page(
+        StatusCode::OK,
+        lang,
+        &site,
+        t.signup_title,
+        &format!("<p>{}</p>", fill(t.signup_text, &site, email, "")),
+    )
+}
+
+/// `POST /subscribe`: the public signup form. Fields: `email` (required),
+/// `list` (one of `[signup] lists`, default the first), `language`,
+/// `site`, the custom fields `[signup] fields` allows, and the honeypot
+/// (must stay empty). The contact becomes `pending` (unless already
+/// `granted`) and gets the confirmation mail; rate-limited per client IP.
+pub async fn subscribe(
+    state: &Arc<AppState>,
+    client: &Client,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let config = state.config();
+    let Some(sc) = config.signup.clone() else {
+        return Err(ApiError::not_found(
+            "the signup form is not enabled (add a [signup] section to the config)",
+        ));
+    };
+    let ct = content_type(&req);
+    let json_client = ct.to_ascii_lowercase().starts_with("application/json");
+    let body = reply::read_any_body(req, FORM_LIMIT).await?;
+    let fields = form_fields(&ct, &body)?;
+    let count = |o: &'static str| {
+        state
+            .metrics
+            .signups
+            .get_or_create(&OutcomeLabels { outcome: o })
+            .inc()
+    };
+    let lang_field = field(&fields, "language").map(str::to_string);
+    let page_lang = lang_field.clone().unwrap_or_else(|| "en".into());
+    let email_raw = field(&fields, "email").unwrap_or("").trim().to_string();
+    if field(&fields, &sc.honeypot).is_some_and(|v| !v.trim().is_empty()) {
+        // A robot: answer as if it worked, change nothing.
+        count("honeypot");
+        return Ok(signup_answer(
+            &config,
+            json_client,
+            "pending",
+            &email_raw,
+            &page_lang,
+        ));
+    }
+    let now = state.clock.now();
+    let ip = client.ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    if !state
+        .signup_limits
+        .allow(ip, (now.timestamp() / 3600) as u64, sc.rate_per_ip_per_hour)
+    {
+        count("rate_limited");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many signups from this address; try again later",
+        ));
+    }
+    let reject = |m: String| {
+        count("rejected");
+        ApiError::invalid("invalid_signup", m)
+    };
+    let email =
+        crate::contacts::normalize_email(&email_raw).map_err(|e| reject(format!("email: {e}")))?;
+    let list_name = field(&fields, "list")
+        .unwrap_or(&sc.lists[0])
+        .trim()
+        .to_string();
+    let Some(list_name) = sc
+        .lists
+        .iter()
+        .find(|l| l.eq_ignore_ascii_case(&list_name))
+        .cloned()
+    else {
+        return Err(reject(format!("list: `{list_name}` is not open to signup")));
+    };
+    if let Some(l) = &lang_field
+        && !crate::config::render::is_language(l)
+    {
+        return Err(reject(format!(
+            "language: `{l}` is not a language code such as en or pt-BR"
+        )));
+    }
+    let site = field(&fields, "site").map(str::to_string);
+    if let Some(s) = &site
+        && !config.sites.iter().any(|x| &x.id == s)
+    {
+        return Err(reject(format!("site: no site `{s}`")));
+    }
+    // Custom fields: only those the config opens, checked against their
+    // definitions.
+    let mut values = Vec::new();
+    for f in &sc.fields {
+        if let Some(v) = field(&fields, f)
+            && !v.trim().is_empty()
+        {
+            values.push((f.clone(), v.trim().to_string()));
+        }
+    }
+    let who = actor(client);
+    let ln = list_name.clone();
+    let outcome = state
+        .store
+        .write(move |t| {
+            // A list open to signup is created on its first subscriber.
+            let list = match t.list_id_by_name(&ln)? {
+                Some(id) => id,
+                None => {
+                    let l = crate::contacts::model::List {
+                        id: t.next_id(crate::store::Sequence::List)?,
+                        name: ln.clone(),
+                        description: Some("created by the signup form".into()),
+                        member_count: 0,
+                        created_at: now,
+                    };
+                    t.put_list(&l, None)?;
+                    l.id
+                }
+            };
+            let mut update = ContactUpdate {
+                add_lists: [list].into(),
+                ..Default::default()
+            };
+            for (f, v) in &values {
+                let Some(def) = t.field(f)? else {
+                    return Ok(Err(format!("{f}: no such custom field")));
+                };
+                match crate::contacts::parse_value(&def, v) {
+                    Ok(x) => {
+                        update.fields.insert(f.clone(), Some(x));
+                    }
+                    Err(e) => return Ok(Err(format!("{f}: {e}"))),
+                }
+            }
+            let existing = match t.contact_id_by_email(&email.key)? {
+                Some(id) => t.contact(id)?,
+                None => None,
+            };
+            let granted = existing
+                .as_ref()
+                .is_some_and(|c| c.consent == ConsentState::Granted);
+            if existing.as_ref().is_none_or(|c| c.language.is_none()) {
+                update.language = lang_field.clone().map(Some);
+            }
+            if existing.as_ref().is_none_or(|c| c.site.is_none()) {
+                update.site = site.clone().map(Some);
+            }
+            if !granted {
+                update.consent = Some(ConsentChange {
+                    to: ConsentState::Pending,
+                    source: ConsentSource::Form,
+                    ip: who.ip.clone(),
+                    user_agent: who.user_agent.clone(),
+                    note: Some(format!("signup form, list {ln}")),
+                });
+            }
+            match crate::contacts::apply_upsert(t, &email, update, true, now)? {
+                Ok((_, c)) => {
+                    t.push_history(
+                        c.id,
+                        &HistoryEvent {
+                            at: now.timestamp_millis(),
+                            kind: "subscribe".into(),
+                            note: Some(format!("list {ln}")),
+                            ..Default::default()
+                        },
+                    )?;
+                    Ok(Ok((c, granted)))
+                }
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        })
+        .await?;
+    let (contact, granted) = outcome.map_err(reject)?;
+    if granted {
+        count("already");
+        return Ok(signup_answer(
+            &config,
+            json_client,
+            "subscribed",
+            &contact.email,
+            &page_lang,
+        ));
+    }
+    let token = config.tracking.keys.sign(&Token::Confirm {
+        contact: contact.id,
+        issued: now.timestamp().max(0) as u64,
+    });
+    let public = config
+        .http
+        .public_url
+        .as_str()
+        .trim_end_matches('/')
+        .to_string();
+    let confirm_url = format!("{public}/confirm/{token}");
+    let t = config.templates.get(&sc.template).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "template_not_loaded",
+            format!("the confirmation template `{}` is not loaded", sc.template),
+        )
+    })?;
+    let lang = contact.language.clone().unwrap_or(page_lang);
+    let recipient = crate::render::Recipient {
+        contact: Arc::new(contact.clone()),
+        cart: None,
+        order: None,
+        data: Some(json!({"confirm_url": confirm_url, "list": list_name})),
+        products: None,
+    };
+    super::v1::templates::render_and_queue(state, &t, recipient).await?;
+    count("pending");
+    Ok(signup_answer(
+        &config,
+        json_client,
+        "pending",
+        &contact.email,
+        &lang,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_in_both_encodings() -> Result<(), String> {
+        let f = form_fields(
+            "application/x-www-form-urlencoded",
+            b"List-Unsubscribe=One-Click",
+        )
+        .map_err(|e| e.message)?;
+        assert_eq!(field(&f, "List-Unsubscribe"), Some("One-Click"));
+        let body = "--XyZ\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--XyZ--\r\n";
+        let f = form_fields("multipart/form-data; boundary=XyZ", body.as_bytes())
+            .map_err(|e| e.message)?;
+        assert_eq!(field(&f, "List-Unsubscribe"), Some("One-Click"));
+        assert!(form_fields("multipart/form-data", body.as_bytes()).is_err());
+        assert!(form_fields("image/png", b"x").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn limiter_counts_per_hour() {
+        let l = Limiter::default();
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        assert!(l.allow(ip, 1, 2));
+        assert!(l.allow(ip, 1, 2));
+        assert!(!l.allow(ip, 1, 2));
+        assert!(l.allow(ip, 2, 2));
+    }
+}

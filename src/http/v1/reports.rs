@@ -1,0 +1,238 @@
+//! `/api/v1/reports`: a campaign's report (JSON, or CSV with
+//! `?format=csv`), the comparison across campaigns, and a contact's history
+//! (also at `/api/v1/contacts/{ref}/history`). The figures and their
+//! definitions are in `track::report`.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+
+use super::super::AppState;
+use super::super::reply::{self, ApiError, Body};
+use crate::track::report;
+
+fn id_of(s: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::not_found(format!("`{s}` is not a campaign number")))
+}
+
+fn csv_response(name: &str, bytes: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(http_body_util::Full::new(bytes::Bytes::from(bytes)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.csv\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
+fn format_of(pairs: &[(String, String)]) -> Result<bool, ApiError> {
+    match reply::query_str(pairs, "format") {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(f) => Err(ApiError::bad_request(format!(
+            "format: `{f}` is not json or csv"
+        ))),
+    }
+}
+
+fn currency(state: &AppState) -> String {
+    state
+        .config()
+        .sites
+        .first()
+        .and_then(|s| s.currency.clone())
+        .unwrap_or_default()
+}
+
+/// `GET /api/v1/reports/campaigns/{id}[?format=csv[&part=summary|links|hourly]]`.
+pub async fn campaign(
+    state: &Arc<AppState>,
+    id: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let pairs = reply::query_pairs(req.uri().query());
+    reply::only_params(&pairs, &["format", "part"])?;
+    let csv = format_of(&pairs)?;
+    let part = reply::query_str(&pairs, "part")
+        .unwrap_or("summary")
+        .to_string();
+    if !matches!(part.as_str(), "summary" | "links" | "hourly") {
+        return Err(ApiError::bad_request(format!(
+            "part: `{part}` is not summary, links or hourly"
+        )));
+    }
+    let id = id_of(id)?;
+    let cur = currency(state);
+    let rep = state
+        .store
+        .read(move |r| match r.campaign(id)? {
+            Some(c) => Ok(Some(report::campaign(r, &c, &cur)?)),
+            None => Ok(None),
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no campaign {id}")))?;
+    if !csv {
+        return reply::ok(&rep);
+    }
+    let rows_of = |key: &str| -> Vec<Map<String, Value>> {
+        rep.get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_object().cloned()).collect())
+            .unwrap_or_default()
+    };
+    let bytes = match part.as_str() {
+        "links" => {
+            let rows = rows_of("links");
+            let head = [
+                "stage",
+                "variant",
+                "label",
+                "link",
+                "url",
+                "clicks_unique",
+                "clicks_total",
+                "machine_clicks_total",
+                "orders",
+                "revenue",
+            ];
+            report::csv(&head, &rows.iter().collect::<Vec<_>>())
+        }
+        "hourly" => {
+            let rows = rows_of("hourly");
+            let head = [
+                "hour",
+                "delivered",
+                "failed",
+                "opens_unique",
+                "opens_total",
+                "machine_opens_total",
+                "clicks_unique",
+                "clicks_total",
+                "machine_clicks_total",
+                "unsubscribes",
+                "complaints",
+                "orders",
+                "revenue",
+            ];
+            report::csv(&head, &rows.iter().collect::<Vec<_>>())
+        }
+        _ => {
+            // One row for the whole campaign, then one per variant/stage.
+            let mut rows = Vec::new();
+            if let Some(t) = rep.get("totals").and_then(Value::as_object) {
+                let mut r = t.clone();
+                r.insert("label".into(), "total".into());
+                rows.push(r);
+            }
+            rows.extend(rows_of("variants"));
+            let mut head = vec!["label", "stage", "variant"];
+            head.extend_from_slice(report::COLUMNS);
+            report::csv(&head, &rows.iter().collect::<Vec<_>>())
+        }
+    };
+    Ok(csv_response(&format!("campaign-{id}-{part}"), bytes))
+}
+
+/// `GET /api/v1/reports/campaigns[?ids=1,2&status=completed&format=csv]`:
+/// every campaign's totals, rates and money side by side.
+pub async fn campaigns(
+    state: &Arc<AppState>,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let pairs = reply::query_pairs(req.uri().query());
+    reply::only_params(&pairs, &["format", "ids", "status"])?;
+    let csv = format_of(&pairs)?;
+    let ids: Option<Vec<u64>> = match reply::query_str(&pairs, "ids") {
+        None => None,
+        Some(s) => Some(
+            s.split(',')
+                .map(|x| {
+                    x.trim().parse().map_err(|_| {
+                        ApiError::bad_request(format!("ids: `{x}` is not a campaign number"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    let status = reply::query_str(&pairs, "status").map(str::to_string);
+    let rows = state
+        .store
+        .read(move |r| {
+            let mut out = Vec::new();
+            for c in r.campaigns()? {
+                if ids.as_ref().is_some_and(|i| !i.contains(&c.id)) {
+                    continue;
+                }
+                if status.as_deref().is_some_and(|s| s != c.status.as_str()) {
+                    continue;
+                }
+                let counts = r.campaign_counts(c.id)?;
+                out.push(report::summary(&c, &counts));
+            }
+            Ok(out)
+        })
+        .await?;
+    if csv {
+        let maps: Vec<&Map<String, Value>> = rows.iter().filter_map(Value::as_object).collect();
+        let mut head = vec!["id", "name", "status", "started"];
+        head.extend_from_slice(report::COLUMNS);
+        return Ok(csv_response("campaigns", report::csv(&head, &maps)));
+    }
+    reply::ok(&json!({ "campaigns": rows }))
+}
+
+/// `GET /api/v1/contacts/{ref}/history[?before=SEQ&limit=N]`: everything
+/// sent to the contact and everything they did, newest first; with the
+/// consent log.
+pub async fn contact(
+    state: &Arc<AppState>,
+    r: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let pairs = reply::query_pairs(req.uri().query());
+    reply::only_params(&pairs, &["before", "limit"])?;
+    let before = reply::query_u64(&pairs, "before")?.unwrap_or(u64::MAX);
+    let limit = reply::query_u64(&pairs, "limit")?
+        .unwrap_or(100)
+        .clamp(1, 1000) as usize;
+    let c = super::contacts::load(state, r).await?;
+    let id = c.id;
+    let (events, log) = state
+        .store
+        .read(move |v| Ok((v.history(id, before, limit)?, v.consent_log(id)?)))
+        .await?;
+    let next = if events.len() == limit {
+        events.last().map(|(s, _)| *s)
+    } else {
+        None
+    };
+    let events: Vec<Value> = events
+        .into_iter()
+        .map(|(seq, e)| {
+            let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("seq".into(), seq.into());
+                let at = chrono::DateTime::from_timestamp_millis(e.at)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                o.insert("at".into(), json!(at));
+                if let Some(a) = e.amount {
+                    o.insert("amount".into(), json!(a as f64 / 100.0));
+                }
+            }
+            v
+        })
+        .collect();
+    let body = json!({
+        "contact": {"id": c.id, "email": c.email, "consent": c.consent.as_str()},
+        "events": events,
+        "next_before": next,
+        "consent_log": super::contacts::log_view(&log),
+    });
+    Ok(reply::json_response(StatusCode::OK, &body))
+}

@@ -1,0 +1,282 @@
+//! Tracking tables: the hourly series and per-link counters of campaigns,
+//! who clicked which link, each contact's history and last click.
+
+use std::collections::BTreeMap;
+
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use super::tables::*;
+use super::{ReadView, Sequence, StoreError, WriteTables, from_json, to_json};
+use crate::campaign::model::Counter;
+
+/// Milliseconds in an hour.
+const HOUR_MS: i64 = 3_600_000;
+
+/// The hour (since the epoch) of a time in ms.
+pub fn hour_of(ms: i64) -> u32 {
+    (ms.max(0) / HOUR_MS).min(u32::MAX as i64) as u32
+}
+
+/// One entry of a contact's history: a message that reached its end
+/// (delivered or failed) or something the contact did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// When (ms).
+    pub at: i64,
+    /// `message`, `open`, `click`, `unsubscribe`, `preferences`,
+    /// `subscribe`, `confirm`, `order`, `complaint`.
+    pub kind: String,
+    /// Which send: `campaign:ID`, `campaign-test:ID`, `template:NAME`,
+    /// `automation:NAME`, `api`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Packed stage and variant of a campaign message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
+    /// Queue id of a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<u64>,
+    /// A message's outcome (`delivered`, `failed`, `bounced_hard`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Link number of a click.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<u32>,
+    /// Where a click led.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Why a hit counts as a machine's (privacy proxy, link scanner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    /// Order id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+    /// Order total in hundredths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    /// Currency of the amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// How an order was attributed (`parameter`, `window`), or other detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Counters of one link of a campaign message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LinkCounts {
+    /// Clicks by hand.
+    pub clicks: u64,
+    /// Contacts who clicked it by hand.
+    pub unique_clicks: u64,
+    /// Clicks by machines.
+    pub machine_clicks: u64,
+    /// Orders attributed to it.
+    pub orders: u64,
+    /// Revenue attributed to it, in hundredths.
+    pub revenue_cents: u64,
+}
+
+impl LinkCounts {
+    fn add(&mut self, counter: u8, v: u64) {
+        match counter {
+            c if c == Counter::Clicks as u8 => self.clicks += v,
+            c if c == Counter::UniqueClicks as u8 => self.unique_clicks += v,
+            c if c == Counter::MachineClicks as u8 => self.machine_clicks += v,
+            c if c == Counter::Orders as u8 => self.orders += v,
+            c if c == Counter::Revenue as u8 => self.revenue_cents += v,
+            _ => {}
+        }
+    }
+}
+
+/// A contact's last click by hand: (send kind code, send id, packed
+/// variant, link number, ms).
+pub type LastClick = (u8, u64, u32, u32, i64);
+
+fn add_to(
+    table: &mut redb::Table<'_, (u64, u32, u8), u64>,
+    key: (u64, u32, u8),
+    delta: i64,
+) -> Result<(), StoreError> {
+    let now = table.get(key)?.map(|v| v.value()).unwrap_or(0);
+    table.insert(key, now.saturating_add_signed(delta))?;
+    Ok(())
+}
+
+impl WriteTables<'_> {
+    /// Adds `delta` to a campaign counter and, for a positive delta, to
+    /// the hour of `at` in its time series.
+    pub fn bump_campaign_at(
+        &mut self,
+        id: u64,
+        slot: u32,
+        counter: Counter,
+        delta: i64,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.bump_campaign(id, slot, counter, delta)?;
+        if delta > 0 {
+            add_to(
+                &mut self.campaign_hourly,
+                (id, hour_of(at), counter as u8),
+                delta,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Adds `delta` to a counter of one link of a campaign message.
+    pub fn bump_link(
+        &mut self,
+        id: u64,
+        slot: u32,
+        link: u32,
+        counter: Counter,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        let key = (id, slot, link, counter as u8);
+        let now = self
+            .campaign_links
+            .get(key)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        self.campaign_links
+            .insert(key, now.saturating_add_signed(delta))?;
+        Ok(())
+    }
+
+    /// Notes that `contact` clicked a link by hand; true the first time.
+    pub fn note_clicker(
+        &mut self,
+        id: u64,
+        slot: u32,
+        link: u32,
+        contact: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .link_clickers
+            .insert((id, slot, link, contact), ())?
+            .is_none())
+    }
+
+    /// Appends an entry to a contact's history.
+    pub fn push_history(&mut self, contact: u64, e: &HistoryEvent) -> Result<(), StoreError> {
+        let seq = self.next_id(Sequence::History)?;
+        self.history.insert((contact, seq), to_json(e).as_slice())?;
+        Ok(())
+    }
+
+    /// Remembers a contact's last click by hand.
+    pub fn set_last_click(&mut self, contact: u64, c: LastClick) -> Result<(), StoreError> {
+        self.last_click.insert(contact, c)?;
+        Ok(())
+    }
+
+    /// A contact's last click by hand.
+    pub fn last_click(&self, contact: u64) -> Result<Option<LastClick>, StoreError> {
+        Ok(self.last_click.get(contact)?.map(|v| v.value()))
+    }
+
+    /// Records the click an order was attributed to.
+    pub fn put_order_attribution(
+        &mut self,
+        order: &str,
+        a: &crate::track::Attributed,
+    ) -> Result<(), StoreError> {
+        let by = if a.by == "parameter" { 1 } else { 2 };
+        self.order_attribution
+            .insert(order, (a.kind, a.id, a.slot, a.link, by))?;
+        Ok(())
+    }
+
+    /// The click an order was attributed to.
+    pub fn order_attribution(
+        &self,
+        order: &str,
+    ) -> Result<Option<crate::track::Attributed>, StoreError> {
+        Ok(self.order_attribution.get(order)?.map(|v| {
+            let (kind, id, slot, link, by) = v.value();
+            crate::track::Attributed {
+                kind,
+                id,
+                slot,
+                link,
+                by: if by == 1 { "parameter" } else { "window" },
+            }
+        }))
+    }
+
+    /// Deletes a contact's history and last click (erasure).
+    pub fn erase_history(&mut self, contact: u64) -> Result<(), StoreError> {
+        let keys: Vec<(u64, u64)> = self
+            .history
+            .range((contact, 0u64)..=(contact, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        for k in keys {
+            self.history.remove(k)?;
+        }
+        self.last_click.remove(contact)?;
+        Ok(())
+    }
+}
+
+impl ReadView {
+    /// A campaign's time series: (hour since the epoch, counter code) → count.
+    pub fn campaign_hourly(&self, id: u64) -> Result<BTreeMap<(u32, u8), u64>, StoreError> {
+        let mut out = BTreeMap::new();
+        for r in self
+            .table(CAMPAIGN_HOURLY)?
+            .range((id, 0u32, 0u8)..=(id, u32::MAX, u8::MAX))?
+        {
+            let (k, v) = r?;
+            let (_, h, c) = k.value();
+            out.insert((h, c), v.value());
+        }
+        Ok(out)
+    }
+
+    /// A campaign's link counters: (packed stage and variant, link) → counts.
+    pub fn campaign_links(&self, id: u64) -> Result<BTreeMap<(u32, u32), LinkCounts>, StoreError> {
+        let mut out: BTreeMap<(u32, u32), LinkCounts> = BTreeMap::new();
+        for r in self
+            .table(CAMPAIGN_LINKS)?
+            .range((id, 0u32, 0u32, 0u8)..=(id, u32::MAX, u32::MAX, u8::MAX))?
+        {
+            let (k, v) = r?;
+            let (_, slot, link, c) = k.value();
+            out.entry((slot, link)).or_default().add(c, v.value());
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` entries of a contact's history, newest first, older
+    /// than sequence `before`.
+    pub fn history(
+        &self,
+        contact: u64,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, HistoryEvent)>, StoreError> {
+        let mut out = Vec::new();
+        for r in self
+            .table(HISTORY)?
+            .range((contact, 0u64)..(contact, before))?
+            .rev()
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = r?;
+            out.push((k.value().1, from_json("contact_history", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// A contact's last click by hand.
+    pub fn last_click(&self, contact: u64) -> Result<Option<LastClick>, StoreError> {
+        Ok(self.table(LAST_CLICK)?.get(contact)?.map(|v| v.value()))
+    }
+}

@@ -1,0 +1,505 @@
+//! Tracking: what recipients do with the mail. Opens and clicks (human or
+//! machine, see [`machine`]), unsubscribes and list preferences, signup
+//! confirmations, and the attribution of shop orders to the click that
+//! brought them. Everything here runs inside one store write transaction,
+//! so a hit is either wholly recorded (counters, engagement, history, last
+//! click) or not at all; the HTTP handler answers after the commit.
+
+pub mod machine;
+pub mod report;
+
+use chrono::{DateTime, Utc};
+
+use crate::campaign::model::{Counter, unslot};
+use crate::contacts::model::{ConsentSource, ConsentState};
+use crate::contacts::{ConsentChange, ContactUpdate, apply_update_by_id};
+use crate::delivery::model::RcptState;
+use crate::store::{
+    CLICKED, HistoryEvent, MACHINE_CLICKED, MACHINE_OPENED, OPENED, StoreError, UNSUBSCRIBED,
+    WriteTables,
+};
+use crate::tokens::{MessageRef, SendKind, SendRef};
+
+/// The `source` a send has in the queue and in histories.
+pub fn source_of(s: &SendRef) -> String {
+    match s.kind {
+        SendKind::Campaign => format!("campaign:{}", s.id),
+        SendKind::Test => format!("campaign-test:{}", s.id),
+        SendKind::Automation => format!("automation:{}", s.id),
+        SendKind::Transactional => "template".to_string(),
+        SendKind::Preview => "preview".to_string(),
+    }
+}
+
+/// An open or a click.
+#[derive(Debug, Clone)]
+pub enum HitKind {
+    /// The pixel was fetched.
+    Open,
+    /// Link `link` (leading to `url`) was followed.
+    Click {
+        /// Link number in the send.
+        link: u32,
+        /// Where it led.
+        url: String,
+    },
+}
+
+/// One hit, as the HTTP handler saw it.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    /// Which message.
+    pub message: MessageRef,
+    /// Open or click.
+    pub kind: HitKind,
+    /// When (ms).
+    pub at: i64,
+    /// Why it looks automated from the request and recent traffic, if it does.
+    pub machine: Option<String>,
+    /// Clicks sooner than this after delivery (ms) are a scanner's.
+    pub scanner_window_ms: i64,
+}
+
+/// What recording a hit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Whether it counted for a send (false: a test, a preview, a message
+    /// Herald has no record of sending).
+    pub counted: bool,
+    /// Why it was flagged as a machine's, if it was.
+    pub machine: Option<String>,
+}
+
+/// When the message with queue id `queue_id` was delivered (ms), if it was.
+fn delivered_at(t: &WriteTables<'_>, queue_id: u64) -> Result<Option<i64>, StoreError> {
+    Ok(t.finished_message(queue_id)?.and_then(|m| {
+        m.recipients
+            .iter()
+            .find(|r| r.state == RcptState::Delivered)
+            .and_then(|r| r.updated)
+    }))
+}
+
+/// Records an open or a click: campaign counters (unique per contact and
+/// total, human and machine apart, per link, per hour), the engagement
+/// flags segments read, the contact's history and last click by hand.
+pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError> {
+    let m = hit.message;
+    let s = m.send;
+    if matches!(s.kind, SendKind::Preview | SendKind::Test) {
+        return Ok(Recorded::default());
+    }
+    let contact = m.contact;
+    let mut machine = hit.machine;
+    let click = match &hit.kind {
+        HitKind::Open => None,
+        HitKind::Click { link, url } => Some((*link, url.clone())),
+    };
+    if s.kind == SendKind::Campaign {
+        let (stage, _) = unslot(s.variant);
+        // Only messages Herald really queued count.
+        let Some((_, queue_id)) = t.campaign_sent(s.id, stage, contact)? else {
+            return Ok(Recorded::default());
+        };
+        if click.is_some()
+            && machine.is_none()
+            && let Some(d) = delivered_at(t, queue_id)?
+            && hit.at >= d
+            && hit.at - d < hit.scanner_window_ms
+        {
+            machine = Some(format!(
+                "clicked {:.1} s after delivery",
+                (hit.at - d) as f64 / 1000.0
+            ));
+        }
+        count(
+            t,
+            s,
+            stage,
+            contact,
+            click.as_ref().map(|c| c.0),
+            machine.is_some(),
+            hit.at,
+        )?;
+    } else if t.contact(contact)?.is_none() {
+        return Ok(Recorded::default());
+    }
+    let (kind, link, url) = match click {
+        None => ("open", None, None),
+        Some((l, u)) => ("click", Some(l), Some(u)),
+    };
+    t.push_history(
+        contact,
+        &HistoryEvent {
+            at: hit.at,
+            kind: kind.into(),
+            source: Some(source_of(&s)),
+            slot: (s.kind == SendKind::Campaign).then_some(s.variant),
+            link,
+            url,
+            machine: machine.clone(),
+            ..Default::default()
+        },
+    )?;
+    if let Some(l) = link
+        && machine.is_none()
+    {
+        t.set_last_click(contact, (s.kind.code(), s.id, s.variant, l, hit.at))?;
+    }
+    Ok(Recorded {
+        counted: true,
+        machine,
+    })
+}
+
+/// The campaign counters of one hit.
+fn count(
+    t: &mut WriteTables<'_>,
+    s: SendRef,
+    stage: u32,
+    contact: u64,
+    link: Option<u32>,
+    machine: bool,
+    at: i64,
+) -> Result<(), StoreError> {
+    let (id, slot) = (s.id, s.variant);
+    let flags = match (link.is_some(), machine) {
+        (false, false) => OPENED,
+        // A click by hand means the message was seen: an open too.
+        (true, false) => OPENED | CLICKED,
+        (false, true) => MACHINE_OPENED,
+        (true, true) => MACHINE_CLICKED,
+    };
+    let old = t.engage(id, stage, contact, flags, at)?;
+    let first = |f: u8| old & f == 0;
+    match (link, machine) {
+        (None, false) => {
+            if first(OPENED) {
+                t.bump_campaign_at(id, slot, Counter::UniqueOpens, 1, at)?;
+            }
+            t.bump_campaign_at(id, slot, Counter::Opens, 1, at)?;
+        }
+        (None, true) => {
+            if first(MACHINE_OPENED) {
+                t.bump_campaign_at(id, slot, Counter::MachineUniqueOpens, 1, at)?;
+            }
+            t.bump_campaign_at(id, slot, Counter::MachineOpens, 1, at)?;
+        }
+        (Some(l), false) => {
+            if first(OPENED) {
+                t.bump_campaign_at(id, slot, Counter::UniqueOpens, 1, at)?;
+            }
+            if first(CLICKED) {
+                t.bump_campaign_at(id, slot, Counter::UniqueClicks, 1, at)?;
+            }
+            t.bump_campaign_at(id, slot, Counter::Clicks, 1, at)?;
+            t.bump_link(id, slot, l, Counter::Clicks, 1)?;
+            if t.note_clicker(id, slot, l, contact)? {
+                t.bump_link(id, slot, l, Counter::UniqueClicks, 1)?;
+            }
+        }
+        (Some(l), true) => {
+            if first(MACHINE_CLICKED) {
+                t.bump_campaign_at(id, slot, Counter::MachineUniqueClicks, 1, at)?;
+            }
+            t.bump_campaign_at(id, slot, Counter::MachineClicks, 1, at)?;
+            t.bump_link(id, slot, l, Counter::MachineClicks, 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Who acted, for the consent log.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    /// Client IP address.
+    pub ip: Option<String>,
+    /// User agent.
+    pub user_agent: Option<String>,
+}
+
+/// What an unsubscribe did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsubscribed {
+    /// The contact is now `withdrawn`.
+    Now,
+    /// They already were (a repeated request changes nothing).
+    Already,
+    /// The contact no longer exists (erased).
+    Unknown,
+}
+
+/// The recipient of `m` withdraws consent (one-click or the page): at once,
+/// with IP and user agent in the consent log; counted once for the
+/// campaign the message belonged to.
+pub fn unsubscribe(
+    t: &mut WriteTables<'_>,
+    m: MessageRef,
+    who: &Actor,
+    via: &str,
+    now: DateTime<Utc>,
+) -> Result<Unsubscribed, StoreError> {
+    let Some(c) = t.contact(m.contact)? else {
+        return Ok(Unsubscribed::Unknown);
+    };
+    let at = now.timestamp_millis();
+    let s = m.send;
+    if s.kind == SendKind::Campaign {
+        let (stage, _) = unslot(s.variant);
+        if t.campaign_sent(s.id, stage, m.contact)?.is_some() {
+            let old = t.engage(s.id, stage, m.contact, UNSUBSCRIBED, at)?;
+            if old & UNSUBSCRIBED == 0 {
+                t.bump_campaign_at(s.id, s.variant, Counter::Unsubscribes, 1, at)?;
+            }
+        }
+    }
+    if c.consent == ConsentState::Withdrawn {
+        return Ok(Unsubscribed::Already);
+    }
+    let update = ContactUpdate {
+        consent: Some(ConsentChange {
+            to: ConsentState::Withdrawn,
+            source: ConsentSource::Link,
+            ip: who.ip.clone(),
+            user_agent: who.user_agent.clone(),
+            note: Some(format!("unsubscribed ({via}) from {}", source_of(&s))),
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = apply_update_by_id(t, m.contact, update, now)? {
+        // Withdrawing is allowed from every state; this cannot happen short
+        // of a bug, and must not be silent.
+        tracing::error!(contact = m.contact, error = %e, "unsubscribe refused");
+        return Ok(Unsubscribed::Unknown);
+    }
+    t.push_history(
+        m.contact,
+        &HistoryEvent {
+            at,
+            kind: "unsubscribe".into(),
+            source: Some(source_of(&s)),
+            slot: (s.kind == SendKind::Campaign).then_some(s.variant),
+            note: Some(via.to_string()),
+            ..Default::default()
+        },
+    )?;
+    Ok(Unsubscribed::Now)
+}
+
+/// The recipient of `m` leaves some lists (the preference page) and stays
+/// subscribed otherwise. Returns the names of the lists left.
+pub fn leave_lists(
+    t: &mut WriteTables<'_>,
+    m: MessageRef,
+    leave: Vec<u64>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    let Some(c) = t.contact(m.contact)? else {
+        return Ok(Vec::new());
+    };
+    let leave: std::collections::BTreeSet<u64> =
+        leave.into_iter().filter(|l| c.lists.contains(l)).collect();
+    if leave.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut names = Vec::new();
+    for l in &leave {
+        if let Some(list) = t.list(*l)? {
+            names.push(list.name);
+        }
+    }
+    let update = ContactUpdate {
+        remove_lists: leave,
+        ..Default::default()
+    };
+    if apply_update_by_id(t, m.contact, update, now)?.is_err() {
+        return Ok(Vec::new());
+    }
+    t.push_history(
+        m.contact,
+        &HistoryEvent {
+            at: now.timestamp_millis(),
+            kind: "preferences".into(),
+            source: Some(source_of(&m.send)),
+            note: Some(format!("left {}", names.join(", "))),
+            ..Default::default()
+        },
+    )?;
+    Ok(names)
+}
+
+/// How much later than the order's time (by the shop's clock) a click may
+/// be and still count as the one before it: shops send times in whole
+/// seconds, and their clocks differ from ours.
+const CLOCK_SKEW_MS: i64 = 60_000;
+
+/// The send and link an order was attributed to (kept in
+/// `order_attribution_v1`, decided when the order was first stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attributed {
+    /// Send kind code (see `tokens::SendKind`).
+    pub kind: u8,
+    /// Campaign or automation id.
+    pub id: u64,
+    /// Packed stage and variant.
+    pub slot: u32,
+    /// Link number clicked.
+    pub link: u32,
+    /// `parameter` (the click token came back with the order) or `window`
+    /// (the contact's last click by hand within the attribution window).
+    pub by: &'static str,
+}
+
+/// What attribution needs: the keys that verify click tokens, the window
+/// for last-click attribution, and (for `/metrics`) what was attributed in
+/// the transaction.
+#[derive(Clone)]
+pub struct AttributionRules {
+    /// Token keys.
+    pub keys: crate::tokens::Keys,
+    /// Last-click window (ms).
+    pub window_ms: i64,
+    attributed: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, i64)>>>,
+}
+
+impl AttributionRules {
+    /// The rules of a config snapshot.
+    pub fn of(config: &crate::config::Config) -> AttributionRules {
+        AttributionRules {
+            keys: config.tracking.keys.clone(),
+            window_ms: config.tracking.attribution_window.as_millis() as i64,
+            attributed: Default::default(),
+        }
+    }
+
+    /// (how, revenue in hundredths) of every order attributed so far.
+    pub fn take_attributed(&self) -> Vec<(&'static str, i64)> {
+        self.attributed
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default()
+    }
+}
+
+/// Counts `orders` and `cents` for an attribution (campaign counters, per
+/// link; the hour of `at` when adding).
+fn count_order(
+    t: &mut WriteTables<'_>,
+    a: &Attributed,
+    orders: i64,
+    cents: i64,
+    at: i64,
+) -> Result<(), StoreError> {
+    if a.kind != SendKind::Campaign.code() {
+        return Ok(()); // automations keep their reports with the automations
+    }
+    if orders != 0 {
+        t.bump_campaign_at(a.id, a.slot, Counter::Orders, orders, at)?;
+        t.bump_link(a.id, a.slot, a.link, Counter::Orders, orders)?;
+    }
+    if cents != 0 {
+        t.bump_campaign_at(a.id, a.slot, Counter::Revenue, cents, at)?;
+        t.bump_link(a.id, a.slot, a.link, Counter::Revenue, cents)?;
+    }
+    Ok(())
+}
+
+/// Decides which click brought a new order: the click token the shop
+/// passed back (`attribution`), else the contact's last click by hand within
+/// the window before the order. Counts it for the campaign (variant, link,
+/// hour) and puts the order in the contact's history. Orders that do not
+/// count (cancelled…) and forged tokens are not attributed.
+pub fn attribute_order(
+    t: &mut WriteTables<'_>,
+    order: &crate::shop::model::Order,
+    rules: &AttributionRules,
+) -> Result<(), StoreError> {
+    let mut found = None;
+    if order.counted() {
+        if let Some(v) = order.attribution.as_deref()
+            && let Some(crate::tokens::Token::Click(m, n)) = rules.keys.verify(v.trim())
+            && matches!(m.send.kind, SendKind::Campaign | SendKind::Automation)
+        {
+            found = Some(Attributed {
+                kind: m.send.kind.code(),
+                id: m.send.id,
+                slot: m.send.variant,
+                link: n,
+                by: "parameter",
+            });
+        } else if let Some((kind, id, slot, link, at)) = t.last_click(order.contact)?
+            && order.placed_at >= at - CLOCK_SKEW_MS
+            && order.placed_at - at <= rules.window_ms
+            && (kind == SendKind::Campaign.code() || kind == SendKind::Automation.code())
+        {
+            found = Some(Attributed {
+                kind,
+                id,
+                slot,
+                link,
+                by: "window",
+            });
+        }
+    }
+    if let Some(a) = &found {
+        t.put_order_attribution(&order.order_id, a)?;
+        count_order(t, a, 1, order.total.max(0), order.placed_at)?;
+        if let Ok(mut g) = rules.attributed.lock() {
+            g.push((a.by, order.total.max(0)));
+        }
+    }
+    let source = found.as_ref().and_then(|a| {
+        SendKind::from_code(a.kind).map(|k| {
+            source_of(&SendRef {
+                kind: k,
+                id: a.id,
+                variant: a.slot,
+            })
+        })
+    });
+    t.push_history(
+        order.contact,
+        &HistoryEvent {
+            at: order.placed_at,
+            kind: "order".into(),
+            source,
+            slot: found.as_ref().map(|a| a.slot),
+            link: found.as_ref().map(|a| a.link),
+            order: Some(order.order_id.clone()),
+            amount: Some(order.total),
+            currency: Some(order.currency.clone()),
+            note: found.as_ref().map(|a| format!("attributed by {}", a.by)),
+            ..Default::default()
+        },
+    )?;
+    Ok(())
+}
+
+/// Keeps an attributed order's counts true when the shop updates it: a
+/// cancellation (or refund) takes it out, a reinstatement puts it back, a
+/// changed total changes the revenue.
+pub fn reattribute_order(
+    t: &mut WriteTables<'_>,
+    before: &crate::shop::model::Order,
+    after: &crate::shop::model::Order,
+) -> Result<(), StoreError> {
+    let Some(a) = t.order_attribution(&before.order_id)? else {
+        return Ok(());
+    };
+    let a = &a;
+    let was = if before.counted() {
+        before.total.max(0)
+    } else {
+        0
+    };
+    let now = if after.counted() {
+        after.total.max(0)
+    } else {
+        0
+    };
+    let orders = i64::from(after.counted()) - i64::from(before.counted());
+    if orders != 0 || was != now {
+        count_order(t, a, orders, now - was, after.updated_at)?;
+    }
+    Ok(())
+}

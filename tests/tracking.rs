@@ -1,0 +1,720 @@
+//! Tracking, unsubscribe, signup and reports through the real binary, real
+//! HTTP and a real SMTP peer (Postfix's smtp-sink): opens and clicks
+//! counted once per contact for "unique", machine hits flagged apart,
+//! tampered tokens and open-redirect attempts refused, RFC 8058 one-click
+//! in both body encodings, the preference page, the double opt-in flow,
+//! orders attributed by parameter and by window, a report checked by hand,
+//! and acknowledged hits surviving `kill -9`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::Herald;
+use common::peers::{Sink, rcpts_of, tokens};
+use serde_json::{Value, json};
+
+const NEWS_HTML: &str = r#"<html><body>
+<p>Hello {{ contact.email }}</p>
+<p><a href="https://shop.example/sale">The sale</a> and <a href="https://shop.example/new">what is new</a>.</p>
+<p><a href="{{ view_in_browser_url }}">View in your browser</a> · <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
+</body></html>
+"#;
+
+const CONFIRM_HTML: &str = r#"<html><body>
+<p>Please confirm: <a href="{{ data.confirm_url }}">yes</a></p>
+</body></html>
+"#;
+
+const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36";
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// A daemon relaying to `sink`, with a marketing template `news`, the
+/// confirmation template and a signup form; `tracking` goes into
+/// `[tracking]`.
+fn start(sink: &Sink, tracking: &str) -> Herald {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("templates");
+    write(
+        &t,
+        "news/template.toml",
+        "sender = \"newsletter\"\ndefault_language = \"en\"\nkind = \"marketing\"\n[subject]\nen = \"News\"\n",
+    );
+    write(&t, "news/body.en.html", NEWS_HTML);
+    write(
+        &t,
+        "confirm/template.toml",
+        "sender = \"newsletter\"\ndefault_language = \"en\"\nkind = \"transactional\"\ntracking = false\n[subject]\nen = \"Confirm\"\n",
+    );
+    write(&t, "confirm/body.en.html", CONFIRM_HTML);
+    let port = sink.port;
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        common::config_text_tracking(
+            &dir.path().join("data"),
+            tracking,
+            &format!(
+                "[paths]\ntemplates = \"templates\"\n\
+[signup]\nlists = [\"news\"]\ntemplate = \"confirm\"\nrate_per_ip_per_hour = 3\n\
+[[site]]\nid = \"shop\"\nname = \"Example Shop\"\nurl = \"https://shop.example\"\ncurrency = \"EUR\"\n\
+[[sender]]\nid = \"newsletter\"\nfrom = \"Shop <news@shop.example>\"\n[sender.relay]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
+            ),
+        ),
+    )
+    .unwrap();
+    Herald::start_in(dir, config)
+}
+
+/// `n` granted contacts c0000@example.test… in list `news`.
+fn contacts(h: &Herald, n: usize) {
+    h.list("news");
+    let mut csv = String::from("email\n");
+    for i in 0..n {
+        csv.push_str(&format!("c{i:04}@example.test\n"));
+    }
+    let r = h.post_csv(
+        "/api/v1/contacts/import?list=news&consent=granted",
+        csv.as_bytes(),
+    );
+    assert!(r.status < 300, "{}", r.body);
+}
+
+fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "waited for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts a campaign of `news` to list `news` and waits until the sink has
+/// `n` messages and the campaign is completed; returns (id, recipient → file).
+fn send(h: &Herald, sink: &Sink, n: usize, extra: Value) -> (u64, Vec<(String, PathBuf)>) {
+    let mut spec = json!({"name": "Sale", "template": "news", "audience": {"lists": ["news"]}});
+    if let (Some(o), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    let r = h.post_json("/api/v1/campaigns", spec);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_u64().unwrap();
+    let r = h.post_json(&format!("/api/v1/campaigns/{id}/start"), json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    sink.wait_files(n, Duration::from_secs(60));
+    wait_until("completed", Duration::from_secs(60), || {
+        h.get(&format!("/api/v1/campaigns/{id}")).body["status"] == "completed"
+    });
+    let mut files: Vec<(String, PathBuf)> = sink
+        .files()
+        .into_iter()
+        .flat_map(|f| rcpts_of(&f).into_iter().map(move |r| (r, f.clone())))
+        .collect();
+    files.sort();
+    (id, files)
+}
+
+fn report(h: &Herald, id: u64) -> Value {
+    let r = h.get(&format!("/api/v1/reports/campaigns/{id}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body
+}
+
+fn contact(h: &Herald, email: &str) -> Value {
+    let r = h.get(&format!("/api/v1/contacts/{email}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body
+}
+
+fn order(h: &Herald, id: &str, email: &str, total: &str, status: &str, attribution: Option<&str>) {
+    let mut e = json!({"type": "order", "id": format!("ev-{id}-{status}"), "at": chrono_now(),
+        "email": email, "order_id": id, "status": status,
+        "items": [{"sku": "X", "quantity": 1, "price": total}], "total": total, "currency": "EUR"});
+    if let Some(a) = attribution {
+        e["attribution"] = a.into();
+    }
+    let r = h.post_json("/api/v1/events", json!([e]));
+    assert_eq!(r.body["accepted"], 1, "{}", r.body);
+}
+
+fn chrono_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    // RFC 3339 from the epoch milliseconds, without a date library.
+    let out = std::process::Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{}", secs / 1000),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Opens, clicks (human and machine), tampered tokens, redirects,
+/// unsubscribes in both encodings, preferences, attribution by parameter
+/// and by window, and the report checked by hand.
+#[test]
+fn opens_clicks_unsubscribes_orders_and_the_report() {
+    let sink = Sink::start(&[]);
+    let h = start(
+        &sink,
+        "scanner_window = \"1s\"\nmachine_networks = [\"17.0.0.0/8\"]\n",
+    );
+    contacts(&h, 10);
+    h.list("deals");
+    let news = h.get("/api/v1/lists/news").body["id"].as_u64().unwrap();
+    let r = h.patch_json(
+        "/api/v1/contacts/c0001@example.test",
+        json!({"add_lists": ["deals"]}),
+    );
+    assert!(r.status < 300, "{r:?}");
+    let (id, files) = send(
+        &h,
+        &sink,
+        10,
+        json!({"cost_per_message": 0.01, "budget": 1.0}),
+    );
+    assert_eq!(files.len(), 10);
+    let file = |i: usize| files[i].1.clone();
+    // Clicks within a second of delivery are a scanner's: wait it out.
+    std::thread::sleep(Duration::from_millis(1200));
+    let ua = |v: &'static str| ("User-Agent", v);
+    let open = |i: usize, headers: &[(&str, &str)]| {
+        let t = tokens(&file(i), "o");
+        assert_eq!(t.len(), 1, "one pixel");
+        let r = h.public("GET", &format!("/o/{}", t[0]), headers, None);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("image/gif"));
+        assert!(
+            r.header("cache-control")
+                .is_some_and(|v| v.contains("no-store"))
+        );
+    };
+    let click = |i: usize, link: usize, method: &str, headers: &[(&str, &str)]| -> String {
+        let t = tokens(&file(i), "c");
+        let r = h.public(method, &format!("/c/{}", t[link]), headers, None);
+        assert_eq!(r.status, 302, "{r:?}");
+        r.header("location").unwrap().to_string()
+    };
+    // Human opens: c0 twice, c1 once. Machine: c2 (Google's image proxy),
+    // c3 (from Apple's network, behind our proxy).
+    open(0, &[ua(BROWSER)]);
+    open(0, &[ua(BROWSER)]);
+    open(1, &[ua(BROWSER)]);
+    open(
+        2,
+        &[ua(
+            "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+        )],
+    );
+    open(3, &[ua(BROWSER), ("X-Forwarded-For", "17.58.1.2")]);
+    // A HEAD of the pixel records nothing.
+    let t = tokens(&file(9), "o");
+    assert_eq!(
+        h.public("HEAD", &format!("/o/{}", t[0]), &[], None).status,
+        200
+    );
+    // Clicks: c0 link 0 twice, c1 link 1; c4 is probed with HEAD first (a
+    // scanner); c5 clicks both links at once (the second is a scanner's).
+    let loc = click(0, 0, "GET", &[ua(BROWSER)]);
+    assert!(loc.starts_with("https://shop.example/sale?hrl="), "{loc}");
+    let hrl0 = loc.split("hrl=").nth(1).unwrap().to_string();
+    click(0, 0, "GET", &[ua(BROWSER)]);
+    let loc1 = click(1, 1, "GET", &[ua(BROWSER)]);
+    assert!(loc1.starts_with("https://shop.example/new?hrl="), "{loc1}");
+    let head = click(4, 0, "HEAD", &[ua(BROWSER)]);
+    assert!(head.starts_with("https://shop.example/sale"), "{head}");
+    click(4, 0, "GET", &[ua(BROWSER)]);
+    click(5, 0, "GET", &[ua(BROWSER)]);
+    click(5, 1, "GET", &[ua(BROWSER)]);
+
+    // Tampered and unknown tokens, and open-redirect attempts: 404, and a
+    // query on a good token changes nothing.
+    let good = tokens(&file(0), "c")[0].clone();
+    let mut bad = good.clone().into_bytes();
+    let last = bad.len() - 1;
+    bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+    let bad = String::from_utf8(bad).unwrap();
+    for path in [
+        format!("/c/{bad}"),
+        format!("/c/{good}x"),
+        "/c/https:%2F%2Fevil.example".to_string(),
+        "/c/%2F%2Fevil.example".to_string(),
+        "/c//evil.example".to_string(),
+        "/c/https%3A%2F%2Fevil.example%2F".to_string(),
+        format!("/o/{bad}"),
+        format!("/u/{bad}"),
+        format!("/v/{bad}"),
+        // A click token is not an open token.
+        format!("/o/{good}"),
+    ] {
+        let r = h.public("GET", &path, &[], None);
+        assert_eq!(r.status, 404, "{path}: {r:?}");
+        assert!(r.header("location").is_none(), "{path}");
+    }
+    let r = h.public(
+        "GET",
+        &format!("/c/{good}?url=https://evil.example/&next=//evil.example"),
+        &[ua(BROWSER)],
+        None,
+    );
+    assert_eq!(r.status, 302);
+    let to = r.header("location").unwrap();
+    assert!(to.starts_with("https://shop.example/sale?hrl="), "{to}");
+    assert!(!to.contains("evil"), "{to}");
+
+    // View in browser: the message as a page.
+    let v = tokens(&file(0), "v");
+    let r = h.public("GET", &format!("/v/{}", v[0]), &[], None);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/html"))
+    );
+    assert!(
+        r.body
+            .as_str()
+            .unwrap()
+            .contains("Hello c0000@example.test"),
+        "{r:?}"
+    );
+
+    // Unsubscribe: the page changes nothing.
+    let u6 = tokens(&file(6), "u")[0].clone();
+    let r = h.public("GET", &format!("/u/{u6}"), &[], None);
+    assert_eq!(r.status, 200);
+    let page = r.body.as_str().unwrap().to_string();
+    assert!(
+        page.contains("Example Shop") && page.contains("c0006@example.test"),
+        "{page}"
+    );
+    assert!(
+        page.contains("List-Unsubscribe") && page.contains("One-Click"),
+        "{page}"
+    );
+    assert_eq!(contact(&h, "c0006@example.test")["consent"], "granted");
+    // RFC 8058 one-click, urlencoded: 200, no redirect, no cookie; at once
+    // withdrawn, with IP and user agent in the consent log. Twice: once.
+    for _ in 0..2 {
+        let r = h.public(
+            "POST",
+            &format!("/u/{u6}"),
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("User-Agent", "ExampleMail/1.0"),
+                ("X-Forwarded-For", "203.0.113.9"),
+            ],
+            Some(b"List-Unsubscribe=One-Click"),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.header("location").is_none() && r.header("set-cookie").is_none());
+    }
+    assert_eq!(contact(&h, "c0006@example.test")["consent"], "withdrawn");
+    let log = h.get("/api/v1/contacts/c0006@example.test/consent").body;
+    let last = log["log"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["to"], "withdrawn", "{log}");
+    assert_eq!(last["ip"], "203.0.113.9", "{log}");
+    assert_eq!(last["user_agent"], "ExampleMail/1.0", "{log}");
+    // Multipart.
+    let u7 = tokens(&file(7), "u")[0].clone();
+    let body = "--b0undary\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--b0undary--\r\n";
+    let r = h.public(
+        "POST",
+        &format!("/u/{u7}"),
+        &[("Content-Type", "multipart/form-data; boundary=b0undary")],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(contact(&h, "c0007@example.test")["consent"], "withdrawn");
+    // A POST without the one-click body changes nothing.
+    let u8_ = tokens(&file(8), "u")[0].clone();
+    let r = h.public(
+        "POST",
+        &format!("/u/{u8_}"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(b"something=else"),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(contact(&h, "c0008@example.test")["consent"], "granted");
+    // Preferences: c1 keeps `news`, leaves `deals`, stays granted.
+    let u1 = tokens(&file(1), "u")[0].clone();
+    let page = h.public("GET", &format!("/u/{u1}"), &[], None).body;
+    assert!(page.as_str().unwrap().contains("deals"), "{page}");
+    let r = h.public(
+        "POST",
+        &format!("/u/{u1}"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(format!("action=preferences&keep={news}").as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let c1 = contact(&h, "c0001@example.test");
+    assert_eq!(c1["consent"], "granted");
+    assert_eq!(c1["lists"], json!(["news"]), "{c1}");
+
+    // Orders: c0 brings the click token (parameter); c1 and c5 come back
+    // without it within the window of their last click by hand (window);
+    // c2 only had a machine open (not attributed). Then c1's is cancelled.
+    order(
+        &h,
+        "o-0",
+        "c0000@example.test",
+        "100.00",
+        "placed",
+        Some(&hrl0),
+    );
+    order(&h, "o-1", "c0001@example.test", "50.00", "placed", None);
+    order(&h, "o-2", "c0002@example.test", "70.00", "placed", None);
+    order(&h, "o-5", "c0005@example.test", "30.00", "placed", None);
+    let before = report(&h, id);
+    assert_eq!(before["totals"]["orders"], 3, "{before}");
+    assert_eq!(before["totals"]["revenue"], 180.0, "{before}");
+    order(&h, "o-1", "c0001@example.test", "50.00", "cancelled", None);
+
+    // The report, by hand.
+    let r = report(&h, id);
+    let t = &r["totals"];
+    let expect = [
+        ("sent", json!(10)),
+        ("delivered", json!(10)),
+        ("failed", json!(0)),
+        ("opens_unique", json!(3)), // c0, c1 (pixel), c5 (a click is an open)
+        ("opens_total", json!(3)),
+        ("machine_opens_unique", json!(2)),
+        ("machine_opens_total", json!(2)),
+        ("clicks_unique", json!(3)),         // c0, c1, c5
+        ("clicks_total", json!(5)),          // c0 three times
+        ("machine_clicks_unique", json!(2)), // c4, c5
+        ("machine_clicks_total", json!(2)),
+        ("unsubscribes", json!(2)),
+        ("orders", json!(2)),
+        ("revenue", json!(130.0)),
+        ("open_rate", json!(0.3)),
+        ("ctr", json!(0.3)),
+        ("ctor", json!(1.0)),
+        ("unsubscribe_rate", json!(0.2)),
+        ("cost", json!(0.1)),
+        ("budget_used", json!(0.1)),
+        ("revenue_per_recipient", json!(13.0)),
+        ("roi", json!(1299.0)),
+    ];
+    for (k, v) in expect {
+        assert_eq!(
+            t[k],
+            v,
+            "totals.{k}: {}",
+            serde_json::to_string_pretty(&r).unwrap()
+        );
+    }
+    let variants = r["variants"].as_array().unwrap();
+    assert_eq!(variants.len(), 1);
+    assert_eq!(variants[0]["clicks_total"], 5);
+    let link = |url: &str| {
+        r["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["url"] == url)
+            .cloned()
+            .unwrap_or_else(|| panic!("no link {url}: {r}"))
+    };
+    let sale = link("https://shop.example/sale");
+    assert_eq!(
+        (
+            &sale["clicks_total"],
+            &sale["clicks_unique"],
+            &sale["machine_clicks_total"],
+            &sale["orders"],
+            &sale["revenue"]
+        ),
+        (&json!(4), &json!(2), &json!(1), &json!(2), &json!(130.0)),
+        "{sale}"
+    );
+    let new = link("https://shop.example/new");
+    assert_eq!(
+        (
+            &new["clicks_total"],
+            &new["machine_clicks_total"],
+            &new["orders"]
+        ),
+        (&json!(1), &json!(1), &json!(0)),
+        "{new}"
+    );
+    let hours = r["hourly"].as_array().unwrap();
+    let sum = |k: &str| {
+        hours
+            .iter()
+            .map(|h| h[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (sum("delivered"), sum("opens_total"), sum("clicks_total")),
+        (10, 3, 5),
+        "{hours:?}"
+    );
+
+    // CSV, and the comparison across campaigns.
+    let r = h.get(&format!("/api/v1/reports/campaigns/{id}?format=csv"));
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/csv"))
+    );
+    let csv = r.body.as_str().unwrap().to_string();
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let total: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |k: &str| total[head.iter().position(|h| *h == k).unwrap()];
+    assert_eq!(
+        (col("label"), col("opens_unique"), col("roi")),
+        ("total", "3", "1299.0"),
+        "{csv}"
+    );
+    let r = h.get("/api/v1/reports/campaigns?status=completed");
+    assert_eq!(r.body["campaigns"][0]["open_rate"], 0.3, "{}", r.body);
+
+    // The contact's history: the message, two opens, two clicks, the order.
+    let hist = h.get("/api/v1/contacts/c0000@example.test/history").body;
+    let kinds: Vec<&str> = hist["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in ["message", "open", "click", "order"] {
+        assert!(kinds.contains(&k), "{k} missing: {hist}");
+    }
+    assert_eq!(kinds.iter().filter(|k| **k == "open").count(), 2, "{hist}");
+    let ord = hist["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "order")
+        .unwrap();
+    assert_eq!(ord["note"], "attributed by parameter", "{hist}");
+    let hist2 = h.get("/api/v1/contacts/c0002@example.test/history").body;
+    let machine = hist2["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "open")
+        .unwrap();
+    assert!(
+        machine["machine"].as_str().unwrap().contains("Google"),
+        "{hist2}"
+    );
+
+    // /metrics.
+    let m = h
+        .get_noauth("/metrics", None)
+        .body
+        .as_str()
+        .unwrap()
+        .to_string();
+    for line in [
+        "herald_tracking_hits_total{kind=\"open\",class=\"human\"} 3",
+        "herald_tracking_hits_total{kind=\"open\",class=\"machine\"} 2",
+        "herald_tracking_hits_total{kind=\"click\",class=\"human\"} 5",
+        "herald_tracking_hits_total{kind=\"click\",class=\"machine\"} 2",
+        "herald_unsubscribes_total{outcome=\"one_click\"} 2",
+        "herald_attributed_orders_total{by=\"parameter\"} 1",
+        "herald_attributed_orders_total{by=\"window\"} 2",
+    ] {
+        assert!(m.contains(line), "{line} not in\n{m}");
+    }
+}
+
+/// The public signup form and double opt-in: pending until the recipient's
+/// own click; honeypot and rate limit; a withdrawn contact comes back only
+/// through their confirmation.
+#[test]
+fn signup_and_confirmation() {
+    let sink = Sink::start(&[]);
+    let h = start(&sink, "");
+    let form = |fields: &str, ip: &str| {
+        h.public(
+            "POST",
+            "/subscribe",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("User-Agent", BROWSER),
+                ("X-Forwarded-For", ip),
+            ],
+            Some(fields.as_bytes()),
+        )
+    };
+    let r = form(
+        "email=New.Person%40Example.test&list=news&language=pl&website=",
+        "198.51.100.1",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.as_str().unwrap().contains("New.Person@example.test"),
+        "{r:?}"
+    );
+    assert_eq!(contact(&h, "new.person@example.test")["consent"], "pending");
+    let files = sink.wait_files(1, Duration::from_secs(30));
+    let mut confirm = tokens(&files[0], "confirm");
+    confirm.dedup(); // the text and the HTML part
+    assert_eq!(confirm.len(), 1, "{:?}", std::fs::read_to_string(&files[0]));
+    let path = format!("/confirm/{}", confirm[0]);
+    // A HEAD, a link scanner and a tampered token change nothing.
+    assert_eq!(h.public("HEAD", &path, &[], None).status, 200);
+    let r = h.public(
+        "GET",
+        &path,
+        &[("User-Agent", "python-requests/2.31")],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(contact(&h, "new.person@example.test")["consent"], "pending");
+    assert_eq!(h.public("GET", &format!("{path}x"), &[], None).status, 404);
+    // The recipient's click.
+    let r = h.public(
+        "GET",
+        &path,
+        &[("User-Agent", BROWSER), ("X-Forwarded-For", "198.51.100.7")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.as_str().unwrap().contains("Dzi"),
+        "Polish page: {r:?}"
+    );
+    assert_eq!(contact(&h, "new.person@example.test")["consent"], "granted");
+    let log = h
+        .get("/api/v1/contacts/new.person@example.test/consent")
+        .body;
+    let entries = log["log"].as_array().unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!(
+        (&last["to"], &last["source"], &last["ip"]),
+        (&json!("granted"), &json!("link"), &json!("198.51.100.7")),
+        "{log}"
+    );
+    assert_eq!(last["user_agent"], BROWSER);
+    let pend = entries.iter().find(|e| e["to"] == "pending").unwrap();
+    assert_eq!(pend["ip"], "198.51.100.1", "{log}");
+
+    // Honeypot: looks fine, does nothing.
+    let r = form(
+        "email=bot%40example.test&website=http%3A%2F%2Fspam",
+        "198.51.100.2",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(h.get("/api/v1/contacts/bot@example.test").status, 404);
+    // Bad input: named.
+    let r = form("email=not-an-address", "198.51.100.3");
+    assert_eq!(r.status, 422, "{r:?}");
+    let r = form("email=x%40example.test&list=secret", "198.51.100.3");
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("secret")
+    );
+    // Rate limit: three per address per hour.
+    let mut last = 0;
+    for i in 0..4 {
+        last = form(&format!("email=r{i}%40example.test"), "198.51.100.4").status;
+    }
+    assert_eq!(last, 429);
+
+    // Withdrawn, then signs up again: pending until confirmed.
+    let r = h.post_json(
+        "/api/v1/contacts/new.person@example.test/consent",
+        json!({"state": "withdrawn", "note": "asked by phone"}),
+    );
+    assert!(r.status < 300, "{r:?}");
+    let r = form("email=new.person%40example.test", "198.51.100.5");
+    assert_eq!(r.status, 200);
+    assert_eq!(contact(&h, "new.person@example.test")["consent"], "pending");
+    let files = sink.wait_files(2 + 3, Duration::from_secs(30));
+    let mine: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| rcpts_of(f).iter().any(|r| r.contains("New.Person")))
+        .collect();
+    assert_eq!(mine.len(), 2, "two confirmation mails");
+    let newest = tokens(mine[1], "confirm")
+        .pop()
+        .expect("a confirmation link");
+    let r = h.public(
+        "GET",
+        &format!("/confirm/{newest}"),
+        &[("User-Agent", BROWSER)],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(contact(&h, "new.person@example.test")["consent"], "granted");
+}
+
+/// Every acknowledged hit is committed before the answer: opens and an
+/// unsubscribe answered just before `kill -9` are all there after the
+/// restart. Clicks right after delivery are flagged as a scanner's.
+#[test]
+fn acknowledged_hits_survive_kill9_and_fast_clicks_are_scanners() {
+    let sink = Sink::start(&[]);
+    let mut h = start(&sink, "scanner_window = \"1h\"\n");
+    contacts(&h, 30);
+    let (id, files) = send(&h, &sink, 30, json!({}));
+    for (_, f) in &files {
+        let t = tokens(f, "o");
+        let r = h.public(
+            "GET",
+            &format!("/o/{}", t[0]),
+            &[("User-Agent", BROWSER)],
+            None,
+        );
+        assert_eq!(r.status, 200);
+    }
+    let u = tokens(&files[3].1, "u")[0].clone();
+    let r = h.public(
+        "POST",
+        &format!("/u/{u}"),
+        &[],
+        Some(b"List-Unsubscribe=One-Click"),
+    );
+    assert_eq!(r.status, 200);
+    let c = tokens(&files[4].1, "c")[0].clone();
+    assert_eq!(
+        h.public("GET", &format!("/c/{c}"), &[("User-Agent", BROWSER)], None)
+            .status,
+        302
+    );
+    h.kill9();
+    h.restart();
+    let r = report(&h, id);
+    assert_eq!(r["totals"]["opens_total"], 30, "{r}");
+    assert_eq!(r["totals"]["opens_unique"], 30, "{r}");
+    assert_eq!(r["totals"]["unsubscribes"], 1, "{r}");
+    assert_eq!(contact(&h, &files[3].0)["consent"], "withdrawn");
+    // Within the hour after delivery: a scanner's click, not a person's.
+    assert_eq!(r["totals"]["machine_clicks_total"], 1, "{r}");
+    assert_eq!(r["totals"]["clicks_total"], 0, "{r}");
+    let hist = h
+        .get(&format!("/api/v1/contacts/{}/history", files[4].0))
+        .body;
+    let click = hist["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "click")
+        .unwrap();
+    assert!(
+        click["machine"]
+            .as_str()
+            .unwrap()
+            .contains("after delivery"),
+        "{hist}"
+    );
+}
