@@ -97,6 +97,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         render_pool.clone(),
         engine.clone(),
     );
+    let hits =
+        crate::track::journal::Applier::new(store.clone(), metrics.tracking_hits.clone()).await?;
+    let (stop_hits, hits_stopped) = tokio::sync::oneshot::channel::<()>();
+    let applier = tokio::spawn(hits.clone().run(async move {
+        let _ = hits_stopped.await;
+    }));
     let state = Arc::new(AppState {
         config,
         store: store.clone(),
@@ -109,6 +115,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         campaigns: campaigns.clone(),
         recent: Default::default(),
         signup_limits: Default::default(),
+        hits,
     });
     // Messages left in flight by a crash are still queued in the store; the
     // scheduler picks them up like any other due message.
@@ -134,6 +141,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // audience is sent after the next start, from the cursor.
     campaigns.stop().await;
     let _ = supervisor.await;
+    // Answered hits are in the journal; what is not applied yet is applied
+    // at the next start.
+    let _ = stop_hits.send(());
+    let _ = applier.await;
     drop(campaigns);
     // Transactions under way finish and are recorded; the rest stays queued.
     engine.stop(std::time::Duration::from_secs(10)).await;

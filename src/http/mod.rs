@@ -56,6 +56,8 @@ pub struct AppState {
     pub campaigns: Arc<crate::campaign::Campaigns>,
     /// The last seconds of click traffic (machine-click heuristics).
     pub recent: crate::track::machine::Recent,
+    /// The hit journal and its applier.
+    pub hits: Arc<crate::track::journal::Applier>,
     /// Signups per client address in the current hour.
     pub signup_limits: public::Limiter,
 }
@@ -246,6 +248,8 @@ pub enum Route {
     Subscribe,
     /// `/api/v1/reports/campaigns`
     ReportCampaigns,
+    /// `/api/v1/complaints`
+    Complaints,
     /// `/api/v1/reports/campaigns/{id}`
     ReportCampaign(String),
     /// `/api/v1/contacts/{ref}/history` and `/api/v1/reports/contacts/{ref}`
@@ -298,6 +302,7 @@ impl Route {
             Route::View(_) => "view",
             Route::Subscribe => "subscribe",
             Route::ReportCampaigns => "report_campaigns",
+            Route::Complaints => "complaints",
             Route::ReportCampaign(_) => "report_campaign",
             Route::ContactHistory(_) => "contact_history",
             Route::ApiUnknown => "api_unknown",
@@ -323,6 +328,19 @@ impl Route {
 
 /// Maps a path to its route.
 pub fn route(path: &str) -> Route {
+    // The pixel and the redirect are the hot paths: a token is base64url,
+    // nothing to decode.
+    let plain = |t: &str| !t.is_empty() && !t.contains(['/', '%', '+']);
+    if let Some(t) = path.strip_prefix("/o/")
+        && plain(t)
+    {
+        return Route::Open(t.to_string());
+    }
+    if let Some(t) = path.strip_prefix("/c/")
+        && plain(t)
+    {
+        return Route::Click(t.to_string());
+    }
     let decoded: Vec<String> = path
         .trim_start_matches('/')
         .split('/')
@@ -338,6 +356,7 @@ pub fn route(path: &str) -> Route {
         ["v", t] => Route::View(t.to_string()),
         ["subscribe"] => Route::Subscribe,
         ["api", "v1", "reports", "campaigns"] => Route::ReportCampaigns,
+        ["api", "v1", "complaints"] => Route::Complaints,
         ["api", "v1", "reports", "campaigns", id] => Route::ReportCampaign(id.to_string()),
         ["api", "v1", "reports", "contacts", r] => Route::ContactHistory(r.to_string()),
         ["api", "v1", "contacts", r, "history"] => Route::ContactHistory(r.to_string()),
@@ -651,6 +670,10 @@ async fn call(
         Route::ReportCampaigns => match m {
             Method::GET => v1::reports::campaigns(state, &req).await,
             _ => Err(method_not_allowed("GET")),
+        },
+        Route::Complaints => match m {
+            Method::POST => v1::reports::complaint(state, req).await,
+            _ => Err(method_not_allowed("POST")),
         },
         Route::ReportCampaign(id) => match m {
             Method::GET => v1::reports::campaign(state, id, &req).await,

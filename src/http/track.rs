@@ -15,9 +15,8 @@ use http_body_util::Full;
 
 use super::reply::{ApiError, Body};
 use super::{AppState, Client};
-use crate::metrics::HitLabels;
 use crate::tokens::{MessageRef, Token};
-use crate::track::{self, Hit, HitKind, machine};
+use crate::track::{Hit, HitKind, machine};
 
 /// The 43-byte transparent 1×1 GIF.
 pub const PIXEL: &[u8] = &[
@@ -30,27 +29,9 @@ fn not_found() -> ApiError {
     ApiError::not_found("no such link")
 }
 
-/// Records a hit and counts it in `/metrics`.
+/// Journals a hit: answered only once it is committed.
 async fn record(state: &AppState, hit: Hit) -> Result<(), ApiError> {
-    let kind = match hit.kind {
-        HitKind::Open => "open",
-        HitKind::Click { .. } => "click",
-    };
-    let done = state.store.write(move |t| track::record(t, hit)).await?;
-    if done.counted {
-        state
-            .metrics
-            .tracking_hits
-            .get_or_create(&HitLabels {
-                kind,
-                class: if done.machine.is_some() {
-                    "machine"
-                } else {
-                    "human"
-                },
-            })
-            .inc();
-    }
+    state.hits.push(&hit).await?;
     Ok(())
 }
 

@@ -20,6 +20,8 @@ pub const MACHINE_OPENED: u8 = 4;
 pub const MACHINE_CLICKED: u8 = 8;
 /// Engagement flag: unsubscribed through this message.
 pub const UNSUBSCRIBED: u8 = 16;
+/// Engagement flag: complained about this message (spam report).
+pub const COMPLAINED: u8 = 32;
 
 /// Contact ids (ascending) as delta varints.
 pub fn encode_ids(ids: &[u64]) -> Vec<u8> {
@@ -118,7 +120,8 @@ impl WriteTables<'_> {
         Ok(())
     }
 
-    /// Adds `delta` to a campaign counter (never below zero).
+    /// Adds `delta` to a campaign counter (never below zero; written when
+    /// the transaction commits).
     pub fn bump_campaign(
         &mut self,
         id: u64,
@@ -126,15 +129,19 @@ impl WriteTables<'_> {
         counter: Counter,
         delta: i64,
     ) -> Result<(), StoreError> {
-        let key = (id, slot, counter as u8);
-        let now = self
-            .campaign_counts
-            .get(key)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let new = now.saturating_add_signed(delta);
-        self.campaign_counts.insert(key, new)?;
+        *self
+            .count_deltas
+            .entry((id, slot, counter as u8))
+            .or_insert(0) += delta;
         Ok(())
+    }
+
+    /// A contact's engagement flags in a campaign stage, if any.
+    pub fn engagement(&self, id: u64, stage: u32, contact: u64) -> Result<Option<u8>, StoreError> {
+        Ok(self
+            .campaign_engagement
+            .get((id, stage, contact))?
+            .map(|v| v.value().0))
     }
 
     /// Adds engagement `flags` ([`OPENED`], [`CLICKED`], the machine flags,

@@ -20,8 +20,8 @@ pub mod tables;
 mod track;
 
 pub use campaign::{
-    CLICKED, CampaignCounts, MACHINE_CLICKED, MACHINE_OPENED, OPENED, UNSUBSCRIBED, decode_ids,
-    encode_ids,
+    CLICKED, COMPLAINED, CampaignCounts, MACHINE_CLICKED, MACHINE_OPENED, OPENED, UNSUBSCRIBED,
+    decode_ids, encode_ids,
 };
 pub use queue::{DueEntry, QueueSummary};
 pub use track::{HistoryEvent, LinkCounts};
@@ -171,11 +171,23 @@ pub enum Change {
 pub type Observer = Arc<dyn Fn(Vec<Change>) + Send + Sync>;
 type Job = Box<dyn for<'a> FnOnce(&mut WriteTables<'a>) -> (bool, Completion) + Send>;
 
+/// What the writer is sent: a job over every table, or a tracking hit to
+/// append to the journal. A batch of hits alone opens only the journal's
+/// table, which keeps the commit that answers a pixel short.
+enum Work {
+    Job(Job),
+    Hit(u64, Vec<u8>, Completion),
+}
+
 /// redb page cache used unless the config says otherwise.
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
 /// Largest number of jobs folded into one transaction.
 const MAX_BATCH_JOBS: usize = 512;
+
+/// How long the writer waits for more jobs before committing a batch, when
+/// the store is busy.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(0);
 
 /// Counters about the writer, for `/metrics`.
 #[derive(Debug, Default)]
@@ -190,7 +202,7 @@ pub struct StoreStats {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<Work>,
     /// Writer statistics.
     pub stats: Arc<StoreStats>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -229,7 +241,7 @@ impl Store {
         };
         prepare_schema(&db, &path)?;
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel::<Job>(1024);
+        let (tx, rx) = mpsc::channel::<Work>(1024);
         let stats = Arc::new(StoreStats::default());
         let observer = Arc::new(std::sync::OnceLock::new());
         let thread = {
@@ -248,6 +260,20 @@ impl Store {
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
             observer,
         })
+    }
+
+    /// Appends a tracking hit to the journal (`hits_v1`) under `seq`;
+    /// returns once it is durably committed.
+    pub async fn append_hit(&self, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let done: Completion = Box::new(move |r| {
+            let _ = reply.send(r);
+        });
+        self.writer
+            .send(Work::Hit(seq, bytes, done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Sets the observer that receives every committed [`Change`] (once; the
@@ -282,7 +308,7 @@ impl Store {
     ) -> Result<R, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(Self::job(f, reply))
+            .send(Work::Job(Self::job(f, reply)))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -296,7 +322,7 @@ impl Store {
     ) -> Result<oneshot::Receiver<Result<R, StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .blocking_send(Self::job(f, reply))
+            .blocking_send(Work::Job(Self::job(f, reply)))
             .map_err(|_| StoreError::Closed)?;
         Ok(rx)
     }
@@ -447,6 +473,7 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(HISTORY)?;
     txn.open_table(LAST_CLICK)?;
     txn.open_table(ORDER_ATTRIBUTION)?;
+    txn.open_table(HITS)?;
     txn.commit()?;
     Ok(())
 }
@@ -460,18 +487,27 @@ fn decode_u64(b: &[u8]) -> u64 {
 
 fn writer_loop(
     db: &Database,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Work>,
     stats: &StoreStats,
     observer: &std::sync::OnceLock<Observer>,
 ) {
+    let mut busy = false;
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
+        // Under load (the last batch had several jobs), linger a moment for
+        // more: every commit costs an fsync, so fewer, larger batches leave
+        // more CPU for the callers; an idle store commits at once.
+        let linger = std::time::Instant::now() + LINGER;
         while jobs.len() < MAX_BATCH_JOBS {
             match rx.try_recv() {
                 Ok(j) => jobs.push(j),
+                Err(_) if busy && std::time::Instant::now() < linger => {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
                 Err(_) => break,
             }
         }
+        busy = jobs.len() >= 4;
         let n = jobs.len() as u64;
         let completions = run_batch(db, jobs, observer.get().is_some());
         match completions {
@@ -501,18 +537,51 @@ fn writer_loop(
 
 type BatchResult = Result<(Vec<Completion>, Vec<Change>), (StoreError, Vec<Completion>)>;
 
-fn run_batch(db: &Database, jobs: Vec<Job>, observed: bool) -> BatchResult {
+fn run_batch(db: &Database, work: Vec<Work>, observed: bool) -> BatchResult {
     // If no transaction can be started, dropping the jobs drops their reply
     // channels, and every caller sees the store as unavailable.
     let txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => return Err((e.into(), Vec::new())),
     };
-    let mut completions = Vec::with_capacity(jobs.len());
+    let mut completions = Vec::with_capacity(work.len());
+    let mut jobs = Vec::with_capacity(work.len());
+    let mut hits = Vec::new();
+    for w in work {
+        match w {
+            Work::Job(j) => jobs.push(j),
+            Work::Hit(seq, bytes, done) => {
+                hits.push((seq, bytes));
+                completions.push(done);
+            }
+        }
+    }
     let mut failed = None;
     let mut changes = Vec::new();
+    if jobs.is_empty() {
+        let appended = (|| -> Result<(), StoreError> {
+            let mut t = txn.open_table(HITS)?;
+            for (seq, b) in &hits {
+                t.insert(*seq, b.as_slice())?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = appended {
+            let _ = txn.abort();
+            return Err((e, completions));
+        }
+        return match txn.commit() {
+            Ok(()) => Ok((completions, changes)),
+            Err(e) => Err((e.into(), completions)),
+        };
+    }
     match WriteTables::open(&txn) {
         Ok(mut tables) => {
+            for (seq, b) in &hits {
+                if let Err(e) = tables.push_hit(*seq, b) {
+                    failed = Some(e);
+                }
+            }
             if observed {
                 tables.changes = Some(Vec::new());
             }
@@ -672,6 +741,7 @@ pub struct WriteTables<'t> {
     history: Table<'t, (u64, u64), &'static [u8]>,
     last_click: Table<'t, u64, (u8, u64, u32, u32, i64)>,
     order_attribution: Table<'t, &'static str, (u8, u64, u32, u32, u8)>,
+    hits: Table<'t, u64, &'static [u8]>,
     /// Changes for the observer, collected only when one is set.
     changes: Option<Vec<Change>>,
     /// Counters (id sequences, per-state counts) read once and written back
@@ -679,6 +749,12 @@ pub struct WriteTables<'t> {
     counters: std::collections::HashMap<&'static str, u64>,
     /// Pending changes to lists' member counts, applied by `flush`.
     list_deltas: std::collections::HashMap<u64, i64>,
+    /// Pending changes to campaign counters (total, hourly, per link),
+    /// summed in memory and written once by `flush`: a batch of tracking
+    /// hits touches each counter once, not once per hit.
+    count_deltas: std::collections::HashMap<(u64, u32, u8), i64>,
+    hourly_deltas: std::collections::HashMap<(u64, u32, u8), i64>,
+    link_deltas: std::collections::HashMap<(u64, u32, u32, u8), i64>,
     /// Whether any address is suppressed; read once per transaction so that
     /// imports into an installation without erasures skip the hash lookup.
     any_suppressed: bool,
@@ -728,11 +804,15 @@ impl<'t> WriteTables<'t> {
             history: txn.open_table(HISTORY)?,
             last_click: txn.open_table(LAST_CLICK)?,
             order_attribution: txn.open_table(ORDER_ATTRIBUTION)?,
+            hits: txn.open_table(HITS)?,
             changes: None,
             any_suppressed,
             field_defs: None,
             counters: Default::default(),
             list_deltas: Default::default(),
+            count_deltas: Default::default(),
+            hourly_deltas: Default::default(),
+            link_deltas: Default::default(),
         })
     }
 
@@ -758,6 +838,21 @@ impl<'t> WriteTables<'t> {
     fn flush(&mut self) -> Result<(), StoreError> {
         for (k, v) in std::mem::take(&mut self.counters) {
             self.meta.insert(k, v.to_be_bytes().as_slice())?;
+        }
+        for (k, d) in std::mem::take(&mut self.count_deltas) {
+            let now = self.campaign_counts.get(k)?.map(|v| v.value()).unwrap_or(0);
+            self.campaign_counts
+                .insert(k, now.saturating_add_signed(d))?;
+        }
+        for (k, d) in std::mem::take(&mut self.hourly_deltas) {
+            let now = self.campaign_hourly.get(k)?.map(|v| v.value()).unwrap_or(0);
+            self.campaign_hourly
+                .insert(k, now.saturating_add_signed(d))?;
+        }
+        for (k, d) in std::mem::take(&mut self.link_deltas) {
+            let now = self.campaign_links.get(k)?.map(|v| v.value()).unwrap_or(0);
+            self.campaign_links
+                .insert(k, now.saturating_add_signed(d))?;
         }
         for (id, delta) in std::mem::take(&mut self.list_deltas) {
             if let Some(mut l) = get_json::<u64, List>(&self.lists, "lists", id)? {

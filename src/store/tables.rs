@@ -156,3 +156,8 @@ pub const LAST_CLICK: TableDefinition<u64, (u8, u64, u32, u32, i64)> =
 /// 1 parameter, 2 window): the click an order was attributed to.
 pub const ORDER_ATTRIBUTION: TableDefinition<&str, (u8, u64, u32, u32, u8)> =
     TableDefinition::new("order_attribution_v1");
+
+/// Sequence → an open or click (postcard `track::journal::Logged`), committed
+/// before the hit is answered and applied to the counters, engagement and
+/// history shortly after (then removed): the hit journal.
+pub const HITS: TableDefinition<u64, &[u8]> = TableDefinition::new("hits_v1");

@@ -95,16 +95,6 @@ impl LinkCounts {
 /// variant, link number, ms).
 pub type LastClick = (u8, u64, u32, u32, i64);
 
-fn add_to(
-    table: &mut redb::Table<'_, (u64, u32, u8), u64>,
-    key: (u64, u32, u8),
-    delta: i64,
-) -> Result<(), StoreError> {
-    let now = table.get(key)?.map(|v| v.value()).unwrap_or(0);
-    table.insert(key, now.saturating_add_signed(delta))?;
-    Ok(())
-}
-
 impl WriteTables<'_> {
     /// Adds `delta` to a campaign counter and, for a positive delta, to
     /// the hour of `at` in its time series.
@@ -118,11 +108,10 @@ impl WriteTables<'_> {
     ) -> Result<(), StoreError> {
         self.bump_campaign(id, slot, counter, delta)?;
         if delta > 0 {
-            add_to(
-                &mut self.campaign_hourly,
-                (id, hour_of(at), counter as u8),
-                delta,
-            )?;
+            *self
+                .hourly_deltas
+                .entry((id, hour_of(at), counter as u8))
+                .or_insert(0) += delta;
         }
         Ok(())
     }
@@ -136,14 +125,10 @@ impl WriteTables<'_> {
         counter: Counter,
         delta: i64,
     ) -> Result<(), StoreError> {
-        let key = (id, slot, link, counter as u8);
-        let now = self
-            .campaign_links
-            .get(key)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        self.campaign_links
-            .insert(key, now.saturating_add_signed(delta))?;
+        *self
+            .link_deltas
+            .entry((id, slot, link, counter as u8))
+            .or_insert(0) += delta;
         Ok(())
     }
 
@@ -177,6 +162,28 @@ impl WriteTables<'_> {
     /// A contact's last click by hand.
     pub fn last_click(&self, contact: u64) -> Result<Option<LastClick>, StoreError> {
         Ok(self.last_click.get(contact)?.map(|v| v.value()))
+    }
+
+    /// Appends a hit to the journal under `seq` (the journal's caller
+    /// numbers hits in memory, so that appending touches no other table).
+    pub fn push_hit(&mut self, seq: u64, hit: &[u8]) -> Result<(), StoreError> {
+        self.hits.insert(seq, hit)?;
+        Ok(())
+    }
+
+    /// Takes up to `limit` hits off the front of the journal, in order.
+    pub fn take_hits(&mut self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        let mut last = None;
+        for r in self.hits.iter()?.take(limit) {
+            let (k, v) = r?;
+            last = Some(k.value());
+            out.push(v.value().to_vec());
+        }
+        if let Some(last) = last {
+            self.hits.retain_in(..=last, |_, _| false)?;
+        }
+        Ok(out)
     }
 
     /// Records the click an order was attributed to.
@@ -224,6 +231,15 @@ impl WriteTables<'_> {
 }
 
 impl ReadView {
+    /// The last sequence number in the hit journal (0 when empty).
+    pub fn last_hit(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .table(HITS)?
+            .last()?
+            .map(|(k, _)| k.value())
+            .unwrap_or(0))
+    }
+
     /// A campaign's time series: (hour since the epoch, counter code) → count.
     pub fn campaign_hourly(&self, id: u64) -> Result<BTreeMap<(u32, u8), u64>, StoreError> {
         let mut out = BTreeMap::new();

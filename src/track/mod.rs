@@ -5,6 +5,7 @@
 //! so a hit is either wholly recorded (counters, engagement, history, last
 //! click) or not at all; the HTTP handler answers after the commit.
 
+pub mod journal;
 pub mod machine;
 pub mod report;
 
@@ -15,8 +16,8 @@ use crate::contacts::model::{ConsentSource, ConsentState};
 use crate::contacts::{ConsentChange, ContactUpdate, apply_update_by_id};
 use crate::delivery::model::RcptState;
 use crate::store::{
-    CLICKED, HistoryEvent, MACHINE_CLICKED, MACHINE_OPENED, OPENED, StoreError, UNSUBSCRIBED,
-    WriteTables,
+    CLICKED, COMPLAINED, HistoryEvent, MACHINE_CLICKED, MACHINE_OPENED, OPENED, StoreError,
+    UNSUBSCRIBED, WriteTables,
 };
 use crate::tokens::{MessageRef, SendKind, SendRef};
 
@@ -95,14 +96,23 @@ pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError>
         HitKind::Open => None,
         HitKind::Click { link, url } => Some((*link, url.clone())),
     };
+    let mut repeat_open = false;
     if s.kind == SendKind::Campaign {
         let (stage, _) = unslot(s.variant);
-        // Only messages Herald really queued count.
-        let Some((_, queue_id)) = t.campaign_sent(s.id, stage, contact)? else {
-            return Ok(Recorded::default());
+        // Only messages Herald really queued count (an engagement record
+        // means it was).
+        let engaged = t.engagement(s.id, stage, contact)?.is_some();
+        let sent = if engaged && click.is_none() {
+            None
+        } else {
+            match t.campaign_sent(s.id, stage, contact)? {
+                Some((_, q)) => Some(q),
+                None => return Ok(Recorded::default()),
+            }
         };
         if click.is_some()
             && machine.is_none()
+            && let Some(queue_id) = sent
             && let Some(d) = delivered_at(t, queue_id)?
             && hit.at >= d
             && hit.at - d < hit.scanner_window_ms
@@ -112,7 +122,7 @@ pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError>
                 (hit.at - d) as f64 / 1000.0
             ));
         }
-        count(
+        repeat_open = count(
             t,
             s,
             stage,
@@ -123,6 +133,14 @@ pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError>
         )?;
     } else if t.contact(contact)?.is_none() {
         return Ok(Recorded::default());
+    }
+    if repeat_open {
+        // Counted (total opens, last open time); the history keeps the
+        // first open of each message.
+        return Ok(Recorded {
+            counted: true,
+            machine,
+        });
     }
     let (kind, link, url) = match click {
         None => ("open", None, None),
@@ -152,7 +170,8 @@ pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError>
     })
 }
 
-/// The campaign counters of one hit.
+/// The campaign counters of one hit; true for an open of a message
+/// already opened (by the same kind of client).
 fn count(
     t: &mut WriteTables<'_>,
     s: SendRef,
@@ -161,7 +180,7 @@ fn count(
     link: Option<u32>,
     machine: bool,
     at: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let (id, slot) = (s.id, s.variant);
     let flags = match (link.is_some(), machine) {
         (false, false) => OPENED,
@@ -172,6 +191,11 @@ fn count(
     };
     let old = t.engage(id, stage, contact, flags, at)?;
     let first = |f: u8| old & f == 0;
+    let repeat = match (link, machine) {
+        (None, false) => !first(OPENED),
+        (None, true) => !first(MACHINE_OPENED),
+        _ => false,
+    };
     match (link, machine) {
         (None, false) => {
             if first(OPENED) {
@@ -206,7 +230,7 @@ fn count(
             t.bump_link(id, slot, l, Counter::MachineClicks, 1)?;
         }
     }
-    Ok(())
+    Ok(repeat)
 }
 
 /// Who acted, for the consent log.
@@ -502,4 +526,97 @@ pub fn reattribute_order(
         count_order(t, a, orders, now - was, after.updated_at)?;
     }
     Ok(())
+}
+
+/// The campaign message a Message-ID names (`c{campaign}.{slot}.{contact}@…`,
+/// as Herald makes them), if it is one.
+pub fn campaign_message(message_id: &str) -> Option<MessageRef> {
+    let id = message_id
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    let (local, _) = id.split_once('@')?;
+    let rest = local.strip_prefix('c')?;
+    let mut parts = rest.split('.');
+    let campaign = parts.next()?.parse().ok()?;
+    let slot = parts.next()?.parse().ok()?;
+    let contact = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(MessageRef {
+        send: SendRef {
+            kind: SendKind::Campaign,
+            id: campaign,
+            variant: slot,
+        },
+        contact,
+    })
+}
+
+/// A spam complaint about a campaign message (from a feedback loop): the
+/// contact is `withdrawn` (source `complaint`) and the campaign counts it
+/// once. `false` when Herald has no record of sending that message.
+pub fn complaint(
+    t: &mut WriteTables<'_>,
+    m: MessageRef,
+    note: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let s = m.send;
+    let (stage, _) = unslot(s.variant);
+    if t.campaign_sent(s.id, stage, m.contact)?.is_none() {
+        return Ok(false);
+    }
+    let at = now.timestamp_millis();
+    let old = t.engage(s.id, stage, m.contact, COMPLAINED, at)?;
+    if old & COMPLAINED == 0 {
+        t.bump_campaign_at(s.id, s.variant, Counter::Complaints, 1, at)?;
+    }
+    if let Some(c) = t.contact(m.contact)?
+        && c.consent != ConsentState::Withdrawn
+    {
+        let update = ContactUpdate {
+            consent: Some(ConsentChange {
+                to: ConsentState::Withdrawn,
+                source: ConsentSource::Complaint,
+                ip: None,
+                user_agent: None,
+                note: Some(
+                    note.unwrap_or_else(|| format!("spam complaint about {}", source_of(&s))),
+                ),
+            }),
+            ..Default::default()
+        };
+        if apply_update_by_id(t, m.contact, update, now)?.is_ok() {
+            t.push_history(
+                m.contact,
+                &HistoryEvent {
+                    at,
+                    kind: "complaint".into(),
+                    source: Some(source_of(&s)),
+                    slot: Some(s.variant),
+                    ..Default::default()
+                },
+            )?;
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_name_campaign_messages() {
+        let m = campaign_message("<c12.65537.99@shop.example>");
+        assert_eq!(
+            m.map(|m| (m.send.id, m.send.variant, m.contact)),
+            Some((12, 65537, 99))
+        );
+        assert!(campaign_message("m1.2.3.ff@shop.example").is_none());
+        assert!(campaign_message("c1.2@shop.example").is_none());
+        assert!(campaign_message("nonsense").is_none());
+    }
 }

@@ -229,7 +229,9 @@ pub async fn create(
 
 /// `GET /api/v1/campaigns/{id}`.
 pub async fn get(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
-    let c = campaign::get(&state.campaigns, id_of(id)?).await?;
+    let id = id_of(id)?;
+    state.hits.drain().await?;
+    let c = campaign::get(&state.campaigns, id).await?;
     show(state, c, StatusCode::OK).await
 }
 

@@ -58,6 +58,11 @@ pub async fn ingest(
     let kinds: Vec<(usize, &'static str)> = good.iter().map(|e| (e.index, e.kind)).collect();
     let now = state.clock.now();
     let keys = crate::track::AttributionRules::of(&state.config());
+    // Orders are attributed to the last click by hand: clicks answered
+    // before this request must be applied first.
+    if good.iter().any(|e| e.kind == "order") {
+        state.hits.drain().await?;
+    }
     let outcomes = if good.is_empty() {
         Vec::new()
     } else {

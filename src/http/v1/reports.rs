@@ -68,6 +68,7 @@ pub async fn campaign(
         )));
     }
     let id = id_of(id)?;
+    state.hits.drain().await?;
     let cur = currency(state);
     let rep = state
         .store
@@ -161,6 +162,7 @@ pub async fn campaigns(
         ),
     };
     let status = reply::query_str(&pairs, "status").map(str::to_string);
+    state.hits.drain().await?;
     let rows = state
         .store
         .read(move |r| {
@@ -202,6 +204,7 @@ pub async fn contact(
         .unwrap_or(100)
         .clamp(1, 1000) as usize;
     let c = super::contacts::load(state, r).await?;
+    state.hits.drain().await?;
     let id = c.id;
     let (events, log) = state
         .store
@@ -235,4 +238,48 @@ pub async fn contact(
         "consent_log": super::contacts::log_view(&log),
     });
     Ok(reply::json_response(StatusCode::OK, &body))
+}
+
+/// Body of `POST /api/v1/complaints`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComplaintBody {
+    /// The Message-ID of the message complained about (from the feedback
+    /// report's copy of it).
+    message_id: String,
+    /// Kept in the consent log.
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// `POST /api/v1/complaints` `{"message_id": "<…>"}`: a spam complaint from a
+/// feedback loop about a campaign message. The contact is withdrawn and the
+/// campaign counts it (once per contact).
+pub async fn complaint(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let b: ComplaintBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
+    let Some(m) = crate::track::campaign_message(&b.message_id) else {
+        return Err(ApiError::invalid(
+            "not_a_campaign_message",
+            format!(
+                "message_id: `{}` is not the Message-ID of a Herald campaign message (c<campaign>.<slot>.<contact>@domain)",
+                b.message_id
+            ),
+        ));
+    };
+    let now = state.clock.now();
+    let note = b.note;
+    let known = state
+        .store
+        .write(move |t| crate::track::complaint(t, m, note, now))
+        .await?;
+    if !known {
+        return Err(ApiError::not_found(format!(
+            "no campaign message {} was sent",
+            b.message_id
+        )));
+    }
+    reply::ok(&json!({"campaign": m.send.id, "contact": m.contact, "status": "recorded"}))
 }
