@@ -300,6 +300,15 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
             }
         ));
     }
+    match &c.signup {
+        Some(su) => out.push_str(&format!(
+            "  signup form on (POST /subscribe): lists {}, confirmation template {}, {} per address per hour\n",
+            su.lists.join(", "),
+            su.template,
+            su.rate_per_ip_per_hour
+        )),
+        None => out.push_str("  signup form off (no [signup])\n"),
+    }
     out.push_str(&format!(
         "    {} segment files loaded; {catalog_note}\n",
         c.segments.loaded.len()
