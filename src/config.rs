@@ -288,6 +288,14 @@ pub struct HttpConfig {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+impl HttpConfig {
+    /// The public URL without a trailing slash: links in mail and pages
+    /// are this plus a path.
+    pub fn public_base(&self) -> String {
+        self.public_url.as_str().trim_end_matches('/').to_string()
+    }
+}
+
 /// Validated `[storage]`.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {

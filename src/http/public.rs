@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::pages::{self, attr, esc, fill, texts};
+use super::pages::{self, Texts, attr, esc, fill, texts};
 use super::reply::{self, ApiError, Body};
 use super::{AppState, Client};
 use crate::config::Config;
@@ -62,6 +62,27 @@ fn site_and_lang(config: &Config, c: Option<&Contact>) -> (String, String) {
         .or_else(|| site.and_then(|s| s.default_language.clone()))
         .unwrap_or_else(|| "en".into());
     (name, lang)
+}
+
+/// A one-paragraph page for a contact, in their language, with their
+/// site's name: `pick` chooses the title and the text (`{lists}` is
+/// `lists`).
+fn contact_page(
+    config: &Config,
+    c: &Contact,
+    pick: impl Fn(&Texts) -> (&'static str, &'static str),
+    lists: &str,
+) -> Response<Body> {
+    let (site, lang) = site_and_lang(config, Some(c));
+    let (t, lang) = texts(&lang);
+    let (title, text) = pick(t);
+    pages::page(
+        StatusCode::OK,
+        lang,
+        &site,
+        title,
+        &format!("<p>{}</p>", fill(text, &site, &c.email, lists)),
+    )
 }
 
 fn invalid(config: &Config) -> Response<Body> {
@@ -200,17 +221,11 @@ pub async fn unsubscribe_page(
     let Some(c) = contact else {
         return Ok(invalid(&config));
     };
+    if c.consent == ConsentState::Withdrawn {
+        return Ok(unsubscribed(&config, &c));
+    }
     let (site, lang) = site_and_lang(&config, Some(&c));
     let (t, lang) = texts(&lang);
-    if c.consent == ConsentState::Withdrawn {
-        return Ok(pages::page(
-            StatusCode::OK,
-            lang,
-            &site,
-            t.unsubscribed_title,
-            &format!("<p>{}</p>", fill(t.unsubscribed_text, &site, &c.email, "")),
-        ));
-    }
     let mut body = format!(
         "<p>{}</p><form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
 <button type=\"submit\">{}</button></form>",
@@ -297,19 +312,19 @@ pub async fn unsubscribe_post(
                 })
                 .inc();
         }
-        let (site, lang) = site_and_lang(&config, Some(&c));
-        let (t, lang) = texts(&lang);
-        let text = if left.is_empty() {
-            esc(t.unchanged_text)
-        } else {
-            fill(t.saved_text, &site, &c.email, &left.join(", "))
-        };
-        return Ok(pages::page(
-            StatusCode::OK,
-            lang,
-            &site,
-            t.saved_title,
-            &format!("<p>{text}</p>"),
+        let changed = !left.is_empty();
+        return Ok(contact_page(
+            &config,
+            &c,
+            |t| {
+                let text = if changed {
+                    t.saved_text
+                } else {
+                    t.unchanged_text
+                };
+                (t.saved_title, text)
+            },
+            &left.join(", "),
         ));
     }
     if field(&fields, "List-Unsubscribe") != Some("One-Click") {
@@ -340,15 +355,17 @@ pub async fn unsubscribe_post(
             .get_or_create(&OutcomeLabels { outcome: via })
             .inc();
     }
-    let (site, lang) = site_and_lang(&config, Some(&c));
-    let (t, lang) = texts(&lang);
-    Ok(pages::page(
-        StatusCode::OK,
-        lang,
-        &site,
-        t.unsubscribed_title,
-        &format!("<p>{}</p>", fill(t.unsubscribed_text, &site, &c.email, "")),
-    ))
+    Ok(unsubscribed(&config, &c))
+}
+
+/// The "you are unsubscribed" page.
+fn unsubscribed(config: &Config, c: &Contact) -> Response<Body> {
+    contact_page(
+        config,
+        c,
+        |t| (t.unsubscribed_title, t.unsubscribed_text),
+        "",
+    )
 }
 
 /// `GET /confirm/{token}` (and `POST`, the button of the page shown to
@@ -448,14 +465,11 @@ pub async fn confirm(
     {
         return Ok(pages::see_other(u));
     }
-    let (site, lang) = site_and_lang(&config, Some(&c));
-    let (t, lang) = texts(&lang);
-    Ok(pages::page(
-        StatusCode::OK,
-        lang,
-        &site,
-        t.confirmed_title,
-        &format!("<p>{}</p>", fill(t.confirmed_text, &site, &c.email, "")),
+    Ok(contact_page(
+        &config,
+        &c,
+        |t| (t.confirmed_title, t.confirmed_text),
+        "",
     ))
 }
 
@@ -706,13 +720,7 @@ pub async fn subscribe(
         contact: contact.id,
         issued: now.timestamp().max(0) as u64,
     });
-    let public = config
-        .http
-        .public_url
-        .as_str()
-        .trim_end_matches('/')
-        .to_string();
-    let confirm_url = format!("{public}/confirm/{token}");
+    let confirm_url = format!("{}/confirm/{token}", config.http.public_base());
     let t = config.templates.get(&sc.template).cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

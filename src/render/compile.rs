@@ -268,12 +268,7 @@ impl Compiled {
                 }
             }
         }
-        let public = config
-            .http
-            .public_url
-            .as_str()
-            .trim_end_matches('/')
-            .to_string();
+        let public = config.http.public_base();
         let tracker = Arc::new(Tracker {
             public: public.clone(),
             keys: config.tracking.keys.clone(),
