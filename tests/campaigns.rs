@@ -69,26 +69,6 @@ fn start_port(port: u16, extra: &str) -> Herald {
     Herald::start_in(dir, config)
 }
 
-/// `n` granted contacts c0000@example.test… in list `news`; returns ids.
-fn contacts(h: &Herald, n: usize) -> Vec<u64> {
-    h.list("news");
-    let mut csv = String::from("email\n");
-    for i in 0..n {
-        csv.push_str(&format!("c{i:04}@example.test\n"));
-    }
-    let r = h.post_csv(
-        "/api/v1/contacts/import?list=news&consent=granted",
-        csv.as_bytes(),
-    );
-    assert!(r.status < 300, "{}", r.body);
-    (0..n)
-        .map(|i| {
-            let r = h.get(&format!("/api/v1/contacts/c{i:04}@example.test"));
-            r.body["id"].as_u64().unwrap()
-        })
-        .collect()
-}
-
 fn create(h: &Herald, spec: Value) -> u64 {
     let r = h.post_json("/api/v1/campaigns", spec);
     assert_eq!(r.status, 201, "{}", r.body);
@@ -175,7 +155,7 @@ fn settle(sink: &Sink, n: usize) {
 fn lifecycle_reaches_every_granted_contact_exactly_once() {
     let sink = Sink::start(&[]);
     let h = start(&sink, "");
-    contacts(&h, 60);
+    h.granted_contacts(60);
     // Not granted: never mailed, whatever the list says.
     for (email, consent) in [
         ("pend@example.test", "pending"),
@@ -373,7 +353,7 @@ fn lifecycle_reaches_every_granted_contact_exactly_once() {
 fn pause_resume_reload_and_unsubscribe_mid_send() {
     let sink = Sink::start(&[]);
     let mut h = start(&sink, "");
-    let ids = contacts(&h, 150);
+    let ids = h.granted_contacts(150);
     let spec_file = h.dir.path().join("spring.toml");
     std::fs::write(
         &spec_file,
@@ -469,7 +449,7 @@ fn pause_resume_reload_and_unsubscribe_mid_send() {
 fn kill_9_mid_send_resumes_without_skipping() {
     let sink = Sink::start(&[]);
     let mut h = start(&sink, "");
-    contacts(&h, 400);
+    h.granted_contacts(400);
     let id = create(
         &h,
         json!({"name": "Crash", "template": "news", "audience": {"lists": ["news"]}, "rate_per_hour": 360000}),
@@ -506,7 +486,7 @@ fn kill_9_mid_send_resumes_without_skipping() {
 fn cancel_stops_sending() {
     let sink = Sink::start(&[]);
     let h = start(&sink, "");
-    contacts(&h, 100);
+    h.granted_contacts(100);
     let id = create(
         &h,
         json!({"name": "Oops", "template": "news", "audience": {"lists": ["news"]}, "rate_per_hour": 36000}),
@@ -533,7 +513,7 @@ fn cancel_stops_sending() {
 fn scheduled_campaign_starts_at_its_time() {
     let sink = Sink::start(&[]);
     let h = start(&sink, "");
-    contacts(&h, 5);
+    h.granted_contacts(5);
     let id = create(&h, spec("Later"));
     let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let r = h.post_json(
@@ -553,7 +533,7 @@ fn scheduled_campaign_starts_at_its_time() {
 fn ab_test_sends_the_winner_to_the_rest() {
     let sink = Sink::start(&[]);
     let h = start(&sink, "");
-    contacts(&h, 100);
+    h.granted_contacts(100);
     let ab = |seed: u64, auto: bool| {
         json!({"name": "AB", "template": "news", "audience": {"lists": ["news"]},
                "ab": {"variants": [{"subject": "Subject A"}, {"name": "Bee", "subject": "Subject B", "template": "news_b"}],
@@ -678,7 +658,7 @@ fn ab_test_sends_the_winner_to_the_rest() {
 fn second_stage_reaches_only_those_who_did_not_open() {
     let sink = Sink::start(&[]);
     let h = start(&sink, "");
-    contacts(&h, 20);
+    h.granted_contacts(20);
     let id = create(
         &h,
         json!({"name": "Reminder", "template": "news", "audience": {"lists": ["news"]},
@@ -752,7 +732,7 @@ fn second_stage_reaches_only_those_who_did_not_open() {
 fn queued_message_of_a_contact_who_left_is_not_sent() {
     let port = common::peers::free_port();
     let h = start_port(port, "[delivery]\nretry_schedule = [\"1h\"]\n");
-    let ids = contacts(&h, 5);
+    let ids = h.granted_contacts(5);
     let id = create(&h, spec("Waiting"));
     act(&h, id, "start");
     wait_for(&h, id, "all deferred", Duration::from_secs(30), |c| {
@@ -783,7 +763,7 @@ fn queued_message_of_a_contact_who_left_is_not_sent() {
 fn budget_stops_sending() {
     let sink = Sink::start(&[]);
     let h = start(&sink, "");
-    contacts(&h, 30);
+    h.granted_contacts(30);
     let id = create(
         &h,
         json!({"name": "Cheap", "template": "news", "audience": {"lists": ["news"]},

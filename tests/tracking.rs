@@ -72,20 +72,6 @@ fn start(sink: &Sink, tracking: &str) -> Herald {
     Herald::start_in(dir, config)
 }
 
-/// `n` granted contacts c0000@example.test… in list `news`.
-fn contacts(h: &Herald, n: usize) {
-    h.list("news");
-    let mut csv = String::from("email\n");
-    for i in 0..n {
-        csv.push_str(&format!("c{i:04}@example.test\n"));
-    }
-    let r = h.post_csv(
-        "/api/v1/contacts/import?list=news&consent=granted",
-        csv.as_bytes(),
-    );
-    assert!(r.status < 300, "{}", r.body);
-}
-
 fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !ok() {
@@ -170,7 +156,7 @@ fn opens_clicks_unsubscribes_orders_and_the_report() {
         &sink,
         "scanner_window = \"1s\"\nmachine_networks = [\"17.0.0.0/8\"]\n",
     );
-    contacts(&h, 10);
+    h.granted_contacts(10);
     h.list("deals");
     let news = h.get("/api/v1/lists/news").body["id"].as_u64().unwrap();
     let r = h.patch_json(
@@ -691,7 +677,7 @@ fn signup_and_confirmation() {
 fn acknowledged_hits_survive_kill9_and_fast_clicks_are_scanners() {
     let sink = Sink::start(&[]);
     let mut h = start(&sink, "scanner_window = \"1h\"\n");
-    contacts(&h, 30);
+    h.granted_contacts(30);
     let (id, files) = send(&h, &sink, 30, json!({}));
     for (_, f) in &files {
         let t = tokens(f, "o");

@@ -353,6 +353,27 @@ impl Herald {
         assert_eq!(r.status, 201, "{r:?}");
         r.body["id"].as_u64().unwrap()
     }
+
+    /// Creates list `news` and imports `n` granted contacts
+    /// c0000@example.test… into it; returns their ids.
+    pub fn granted_contacts(&self, n: usize) -> Vec<u64> {
+        self.list("news");
+        let mut csv = String::from("email\n");
+        for i in 0..n {
+            csv.push_str(&format!("c{i:04}@example.test\n"));
+        }
+        let r = self.post_csv(
+            "/api/v1/contacts/import?list=news&consent=granted",
+            csv.as_bytes(),
+        );
+        assert!(r.status < 300, "{}", r.body);
+        (0..n)
+            .map(|i| {
+                let r = self.get(&format!("/api/v1/contacts/c{i:04}@example.test"));
+                r.body["id"].as_u64().unwrap()
+            })
+            .collect()
+    }
 }
 
 impl Drop for Herald {
