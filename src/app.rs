@@ -3,7 +3,8 @@
 //! reload on SIGHUP, and shut down gracefully.
 //!
 //! The documented ready line, logged once the store is open and the listener
-//! bound, is `herald ready listen=<ADDR> public_url=<URL>`; tests and scripts
+//! bound, is `herald ready listen=<ADDR> public_url=<URL>`, followed by
+//! ` admin_listen=<ADDR>` when `[http] admin_listen` is set; tests and scripts
 //! wait for it (with `listen = "127.0.0.1:0"` it carries the port picked).
 
 use std::io::IsTerminal;
@@ -75,10 +76,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let index = crate::segment::Index::new();
     index.attach(&store);
     recover_imports(&store).await?;
+    // Every connection is a descriptor: take all the hard limit allows
+    // (http::serve keeps its connection caps below it).
+    match http::limits::raise_fd_limit() {
+        Ok(n) => tracing::debug!(fd_limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
     let listener = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.http.listen))?;
     let addr = listener.local_addr()?;
+    let admin_listener = match config.http.admin_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a} (http.admin_listen)"))?,
+        ),
+        None => None,
+    };
+    let admin_note = match &admin_listener {
+        Some(l) => format!(" admin_listen={}", l.local_addr()?),
+        None => String::new(),
+    };
     let public_url = config.http.public_url.to_string();
     log_template_problems(&config);
     let render_pool =
@@ -133,9 +152,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let reloader = tokio::spawn(async move { reload_on_sighup(reload_state, hup).await });
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tracing::info!("herald ready listen={addr} public_url={public_url}");
+    tracing::info!("herald ready listen={addr} public_url={public_url}{admin_note}");
 
-    http::serve(listener, state.clone(), shutdown_signal(term, int)).await;
+    let listeners = http::Listeners {
+        public: listener,
+        admin: admin_listener,
+    };
+    http::serve(listeners, state.clone(), shutdown_signal(term, int)).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // Campaign workers commit the batch in hand and stop; the rest of each
     // audience is sent after the next start, from the cursor.
@@ -185,8 +208,13 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
         let path = old.file.clone();
         match tokio::task::spawn_blocking(move || Config::load(&path)).await {
             Ok(Ok(new)) => {
-                if new.http.listen != old.http.listen || new.storage.dir != old.storage.dir {
-                    tracing::warn!("http.listen and storage.path take effect only after a restart");
+                if new.http.listen != old.http.listen
+                    || new.http.admin_listen != old.http.admin_listen
+                    || new.storage.dir != old.storage.dir
+                {
+                    tracing::warn!(
+                        "http.listen, http.admin_listen and storage.path take effect only after a restart"
+                    );
                 }
                 if new.delivery.nameserver != old.delivery.nameserver {
                     tracing::warn!("delivery.nameserver takes effect only after a restart");
@@ -199,10 +227,16 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
                 tracing::info!(file = %old.file.display(), "configuration reloaded");
             }
             Ok(Err(errors)) => {
+                // Each problem once (it names its file and line), then the
+                // outcome, which does not repeat them.
                 for e in &errors.0 {
                     tracing::error!("{e}");
                 }
-                tracing::error!("reload refused: the running configuration is unchanged");
+                tracing::error!(
+                    file = %old.file.display(),
+                    problems = errors.0.len(),
+                    "reload refused: the running configuration is unchanged"
+                );
             }
             Err(e) => tracing::error!(error = %e, "reload task failed"),
         }
@@ -257,6 +291,14 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
         c.paths.segments.display(),
         c.paths.automations.display(),
     );
+    if let Some(a) = c.http.admin_listen {
+        out.push_str(&format!(
+            "  admin_listen {a} (admin API and /metrics only there)\n"
+        ));
+    }
+    if c.http.metrics_token.is_some() {
+        out.push_str("  /metrics needs [http] metrics_token or the admin token\n");
+    }
     for s in &c.senders {
         let route = match &s.relay {
             Some(r) => format!("relay {}:{} ({:?})", r.host, r.port, r.tls),

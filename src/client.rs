@@ -24,7 +24,8 @@ pub struct ApiTarget {
 }
 
 impl ApiTarget {
-    /// From the config file (listen address and token), with overrides.
+    /// From the config file (`admin_listen` or else `listen`, and the
+    /// token), with overrides.
     pub fn from_config(
         config: &Config,
         api: Option<&str>,
@@ -33,7 +34,8 @@ impl ApiTarget {
         let base = match api {
             Some(a) => url::Url::parse(a).with_context(|| format!("--api `{a}` is not a URL"))?,
             None => {
-                let mut addr = config.http.listen;
+                // The admin API is served on admin_listen when that is set.
+                let mut addr = config.http.admin_listen.unwrap_or(config.http.listen);
                 if addr.ip().is_unspecified() {
                     addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port());
                 }

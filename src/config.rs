@@ -10,7 +10,9 @@
 //! serde stops at the first error, so [`parse_raw`] reports that error, blanks
 //! out the offending key/value (keeping line numbers intact) and parses again,
 //! until the file deserializes. Semantic checks (addresses, URLs, paths, token
-//! strength) then run on the surviving values.
+//! strength) then run on the surviving values. A TOML syntax error is the
+//! exception: only the first is reported ([`syntax_error`]), as the
+//! parser's recovery turns one into many.
 //!
 //! The validated config is an immutable snapshot: the daemon holds it behind an
 //! `Arc` and SIGHUP builds a new one, swapping it in only if it validates.
@@ -129,6 +131,9 @@ pub struct RawConfig {
     pub site: Vec<render::RawSite>,
     /// `[signup]`: the public signup form.
     pub signup: Option<public::RawSignup>,
+    /// `[import]`: CSV imports.
+    #[serde(default)]
+    pub import: RawImport,
 }
 
 /// `[http]`
@@ -144,6 +149,26 @@ pub struct RawHttp {
     pub max_body_bytes: Option<Spanned<i64>>,
     /// Reverse proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// A second address serving the admin API and `/metrics` alone; when
+    /// set, the `listen` address answers 404 to them.
+    pub admin_listen: Option<Spanned<String>>,
+    /// Connections open at once on `listen` (kept below the file-descriptor
+    /// limit).
+    pub max_connections: Option<Spanned<i64>>,
+    /// Connections open at once from one client address (an IPv6 /64);
+    /// `trusted_proxies` are exempt.
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    /// Connections open at once on `admin_listen`.
+    pub admin_max_connections: Option<Spanned<i64>>,
+    /// How long a client may take to send a request's headers, and how long
+    /// an idle keep-alive connection stays open.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Time a request body may take to arrive (its first 64 KiB).
+    pub body_timeout: Option<Spanned<String>>,
+    /// Bytes per second past the first 64 KiB that earn a body more time.
+    pub body_min_rate: Option<Spanned<i64>>,
+    /// A bearer token that opens `/metrics` (besides the admin token).
+    pub metrics_token: Option<Spanned<String>>,
 }
 
 /// `[storage]`
@@ -192,6 +217,16 @@ pub struct RawPaths {
     pub automations: Option<Spanned<String>>,
 }
 
+/// `[import]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImport {
+    /// Longest CSV record (a row, with any line breaks quoted inside it), in
+    /// bytes (default 1 MiB). A longer one, usually a quote left open, stops
+    /// the import with its line number before it is held in memory.
+    pub max_record_bytes: Option<Spanned<i64>>,
+}
+
 // ---------------------------------------------------------------------------
 // Stage two: validated values.
 // ---------------------------------------------------------------------------
@@ -226,6 +261,8 @@ pub struct Config {
     pub sites: Vec<Site>,
     /// `[signup]`, when the public signup form is on.
     pub signup: Option<public::SignupConfig>,
+    /// `[import]`: CSV import limits.
+    pub import: ImportConfig,
     /// Template folders as loaded, with each one's problems.
     pub templates: std::sync::Arc<crate::render::Templates>,
     /// Segment files as loaded, with each one's problems.
@@ -286,6 +323,12 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Reverse proxies trusted to name the client in `X-Forwarded-For`.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The admin listener (admin API and `/metrics` only there), if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Connection and request-body limits.
+    pub limits: public::HttpLimits,
+    /// The token that opens `/metrics`, if it is restricted.
+    pub metrics_token: Option<public::MetricsToken>,
 }
 
 impl HttpConfig {
@@ -294,6 +337,13 @@ impl HttpConfig {
     pub fn public_base(&self) -> String {
         self.public_url.as_str().trim_end_matches('/').to_string()
     }
+}
+
+/// Validated `[import]`.
+#[derive(Debug, Clone)]
+pub struct ImportConfig {
+    /// Longest CSV record read, in bytes.
+    pub max_record_bytes: u64,
 }
 
 /// Validated `[storage]`.
@@ -404,6 +454,22 @@ impl Config {
     }
 }
 
+/// The first TOML syntax error of `text` (its line and column, and the
+/// message), or `None` when it parses. Only the first is reported: the
+/// parser's recovery after it mostly finds consequences of it (an unclosed
+/// array yields one error per line that follows), which would bury the one
+/// that matters.
+pub fn syntax_error(text: &str) -> Option<(Option<(usize, usize)>, String)> {
+    let (_, syntax) = toml::de::DeTable::parse_recoverable(text);
+    let first = syntax
+        .iter()
+        .min_by_key(|e| e.span().map_or(usize::MAX, |s| s.start))?;
+    Some((
+        first.span().map(|s| line_col(text, s.start)),
+        format!("TOML syntax error: {}", first.message().trim()),
+    ))
+}
+
 /// Deserializes `text` into `T`, collecting every error: after each error the
 /// offending key/value is blanked out (line structure kept) and parsing retried.
 /// Returns `None` only when the text is not TOML at all.
@@ -412,16 +478,13 @@ pub fn parse_raw<T: serde::de::DeserializeOwned>(
     text: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<T> {
-    let (_, syntax) = toml::de::DeTable::parse_recoverable(text);
-    if !syntax.is_empty() {
-        for e in syntax {
-            errors.push(ConfigError {
-                file: file.to_path_buf(),
-                position: e.span().map(|s| line_col(text, s.start)),
-                key: String::new(),
-                message: format!("TOML syntax error: {}", e.message().trim()),
-            });
-        }
+    if let Some((position, message)) = syntax_error(text) {
+        errors.push(ConfigError {
+            file: file.to_path_buf(),
+            position,
+            key: String::new(),
+            message,
+        });
         return None;
     }
     let mut work = text.to_string();
@@ -715,6 +778,19 @@ fn validate(
         }
     };
 
+    let max_record_bytes = match &raw.import.max_record_bytes {
+        None => Some(crate::contacts::import::DEFAULT_MAX_RECORD_BYTES),
+        Some(v) if (1024..=1 << 30).contains(v.get_ref()) => Some(*v.get_ref() as u64),
+        Some(v) => {
+            c.at(
+                "import.max_record_bytes",
+                v,
+                "must be between 1024 and 1073741824 bytes",
+            );
+            None
+        }
+    };
+
     let storage = c
         .required(
             "storage.path",
@@ -842,6 +918,7 @@ fn validate(
     let trusted_proxies =
         public::networks(&mut c, "http.trusted_proxies", &raw.http.trusted_proxies);
     let signup = public::validate_signup(&mut c, &raw.signup, templates.as_deref());
+    let guards = public::validate_http(&mut c, &raw.http, listen);
     let mut config = Config {
         file: file.to_path_buf(),
         http: HttpConfig {
@@ -849,6 +926,9 @@ fn validate(
             public_url: public_url?,
             max_body_bytes: max_body_bytes?,
             trusted_proxies: trusted_proxies?,
+            admin_listen: guards.as_ref()?.admin_listen,
+            limits: guards.as_ref()?.limits,
+            metrics_token: guards?.metrics_token,
         },
         storage: StorageConfig {
             dir: storage?,
@@ -871,6 +951,9 @@ fn validate(
         rendering,
         sites,
         signup: signup?,
+        import: ImportConfig {
+            max_record_bytes: max_record_bytes?,
+        },
         templates: templates?,
         segments: std::sync::Arc::new(crate::segment::SegmentFiles::load(&segments?, &site_ids)),
     };

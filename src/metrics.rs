@@ -25,6 +25,29 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of HTTP connection gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `public` (`[http] listen`) or `admin` (`[http] admin_listen`).
+    pub listener: &'static str,
+}
+
+/// Labels of refused HTTP connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `public` or `admin`.
+    pub listener: &'static str,
+    /// `total_limit` or `per_ip_limit`.
+    pub reason: &'static str,
+}
+
+/// Labels of messages taken out of the queue unsent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotSentLabels {
+    /// `erased` or `no_consent`.
+    pub reason: &'static str,
+}
+
 /// Labels for contacts by consent state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConsentLabels {
@@ -77,8 +100,15 @@ pub struct Metrics {
     registry: Registry,
     /// HTTP requests served.
     pub http_requests: Family<RequestLabels, Counter>,
+    /// HTTP connections open now, per listener.
+    pub http_connections: Family<ListenerLabels, Gauge>,
+    /// HTTP connections closed at accept because a limit was reached.
+    pub http_connections_refused: Family<RefusedLabels, Counter>,
     /// Contacts per consent state (refreshed at scrape time).
     contacts: Family<ConsentLabels, Gauge>,
+    /// Recipients failed without an attempt, by reason (refreshed at scrape
+    /// time from the queue's lifetime totals).
+    queue_not_sent: Family<NotSentLabels, Gauge>,
     /// Import rows by outcome.
     pub import_rows: Family<OutcomeLabels, Counter>,
     /// Store write transactions committed.
@@ -129,11 +159,29 @@ impl Metrics {
             "HTTP requests served, by route, method and status",
             http_requests.clone(),
         );
+        let http_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open now, by listener (public, admin)",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because a limit was reached, by listener and reason (total_limit, per_ip_limit)",
+            http_connections_refused.clone(),
+        );
         let contacts = Family::<ConsentLabels, Gauge>::default();
         registry.register(
             "contacts",
             "Contacts in the store, by consent state",
             contacts.clone(),
+        );
+        let queue_not_sent = Family::<NotSentLabels, Gauge>::default();
+        registry.register(
+            "queue_not_sent",
+            "Recipients taken out of the queue without an attempt (also counted as failed), by reason: erased (the contact was erased), no_consent (consent no longer allows that kind of mail)",
+            queue_not_sent.clone(),
         );
         let import_rows = Family::<OutcomeLabels, Counter>::default();
         registry.register(
@@ -247,7 +295,10 @@ impl Metrics {
             delivery,
             smtp_connections,
             http_requests,
+            http_connections,
+            http_connections_refused,
             contacts,
+            queue_not_sent,
             import_rows,
             store_commits,
             store_jobs,
@@ -270,6 +321,15 @@ impl Metrics {
                     consent: state.as_str(),
                 })
                 .set(n as i64);
+        }
+        let q = store.read(|r| r.queue_summary()).await?;
+        for (reason, n) in [
+            ("erased", q.not_sent_erased),
+            ("no_consent", q.not_sent_no_consent),
+        ] {
+            self.queue_not_sent
+                .get_or_create(&NotSentLabels { reason })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         self.store_commits
             .set(store.stats.commits.load(Ordering::Relaxed) as i64);

@@ -193,14 +193,18 @@ pub struct MessageRef {
 pub enum Token {
     /// The open pixel of a message.
     Open(MessageRef),
-    /// Link number `link` of a send, clicked in a message.
-    Click(MessageRef, u32),
+    /// Link number `link` of a send, clicked in a message sent at the
+    /// given time (seconds since the epoch; `None` in tokens made before
+    /// Herald recorded it). The time bounds auto-login: a link logs the
+    /// contact in only within the site's `autologin_window` of the send.
+    Click(MessageRef, u32, Option<u64>),
     /// The unsubscribe page / one-click POST for a message.
     Unsubscribe(MessageRef),
     /// The preference page (which lists to stay on).
     Preferences(MessageRef),
-    /// The message as a web page.
-    View(MessageRef),
+    /// The message as a web page, with the time it was sent (as for
+    /// `Click`): the page is rendered as of that time.
+    View(MessageRef, Option<u64>),
     /// Double opt-in confirmation of a contact, issued at the given time
     /// (seconds since the epoch) so that old links can be refused.
     Confirm {
@@ -208,6 +212,9 @@ pub enum Token {
         contact: u64,
         /// When the confirmation mail was made.
         issued: u64,
+        /// The signup request it answers (`None` in links made before
+        /// requests were recorded).
+        request: Option<u64>,
     },
 }
 
@@ -215,11 +222,16 @@ impl Token {
     fn kind_byte(&self) -> u8 {
         match self {
             Token::Open(_) => b'o',
-            Token::Click(..) => b'c',
+            Token::Click(_, _, None) => b'c',
+            Token::Click(_, _, Some(_)) => b'k',
             Token::Unsubscribe(_) => b'u',
             Token::Preferences(_) => b'p',
-            Token::View(_) => b'v',
-            Token::Confirm { .. } => b'f',
+            Token::View(_, None) => b'v',
+            Token::View(_, Some(_)) => b'w',
+            Token::Confirm { request: None, .. } => b'f',
+            Token::Confirm {
+                request: Some(_), ..
+            } => b'g',
         }
     }
 
@@ -231,16 +243,31 @@ impl Token {
             put_varint(out, m.contact);
         };
         match self {
-            Token::Open(m) | Token::Unsubscribe(m) | Token::Preferences(m) | Token::View(m) => {
-                msg(m, out)
+            Token::Open(m)
+            | Token::Unsubscribe(m)
+            | Token::Preferences(m)
+            | Token::View(m, None) => msg(m, out),
+            Token::View(m, Some(sent)) => {
+                msg(m, out);
+                put_varint(out, *sent);
             }
-            Token::Click(m, link) => {
+            Token::Click(m, link, sent) => {
                 msg(m, out);
                 put_varint(out, *link as u64);
+                if let Some(sent) = sent {
+                    put_varint(out, *sent);
+                }
             }
-            Token::Confirm { contact, issued } => {
+            Token::Confirm {
+                contact,
+                issued,
+                request,
+            } => {
                 put_varint(out, *contact);
                 put_varint(out, *issued);
+                if let Some(r) = request {
+                    put_varint(out, *r);
+                }
             }
         }
     }
@@ -263,14 +290,29 @@ impl Token {
             b'o' => Token::Open(msg(p)?),
             b'u' => Token::Unsubscribe(msg(p)?),
             b'p' => Token::Preferences(msg(p)?),
-            b'v' => Token::View(msg(p)?),
+            b'v' => Token::View(msg(p)?, None),
+            b'w' => {
+                let m = msg(p)?;
+                Token::View(m, Some(get_varint(p)?))
+            }
             b'c' => {
                 let m = msg(p)?;
-                Token::Click(m, u32::try_from(get_varint(p)?).ok()?)
+                Token::Click(m, u32::try_from(get_varint(p)?).ok()?, None)
+            }
+            b'k' => {
+                let m = msg(p)?;
+                let link = u32::try_from(get_varint(p)?).ok()?;
+                Token::Click(m, link, Some(get_varint(p)?))
             }
             b'f' => Token::Confirm {
                 contact: get_varint(p)?,
                 issued: get_varint(p)?,
+                request: None,
+            },
+            b'g' => Token::Confirm {
+                contact: get_varint(p)?,
+                issued: get_varint(p)?,
+                request: Some(get_varint(p)?),
             },
             _ => return None,
         };
@@ -354,13 +396,21 @@ mod tests {
         let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
         for t in [
             Token::Open(m(7)),
-            Token::Click(m(u64::MAX), 3),
+            Token::Click(m(u64::MAX), 3, None),
+            Token::Click(m(u64::MAX), 3, Some(1_800_000_000)),
             Token::Unsubscribe(m(0)),
             Token::Preferences(m(1 << 40)),
-            Token::View(m(9)),
+            Token::View(m(9), None),
+            Token::View(m(9), Some(1_800_000_000)),
             Token::Confirm {
                 contact: 5,
                 issued: 1_700_000_000,
+                request: None,
+            },
+            Token::Confirm {
+                contact: 5,
+                issued: 1_700_000_000,
+                request: Some(77),
             },
         ] {
             let s = keys.sign(&t);
@@ -376,7 +426,7 @@ mod tests {
     #[test]
     fn tampering_of_any_byte_is_refused() -> Result<(), base64::DecodeError> {
         let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
-        let s = keys.sign(&Token::Click(m(7), 3));
+        let s = keys.sign(&Token::Click(m(7), 3, Some(1_800_000_000)));
         let raw = URL_SAFE_NO_PAD.decode(&s)?;
         for i in 0..raw.len() {
             for bit in 0..8 {
@@ -416,14 +466,9 @@ mod tests {
     #[test]
     fn tokens_are_deterministic() {
         let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
-        assert_eq!(
-            keys.sign(&Token::Click(m(7), 3)),
-            keys.sign(&Token::Click(m(7), 3))
-        );
-        assert_ne!(
-            keys.sign(&Token::Click(m(7), 3)),
-            keys.sign(&Token::Click(m(7), 4))
-        );
+        let t = |link| Token::Click(m(7), link, Some(1_800_000_000));
+        assert_eq!(keys.sign(&t(3)), keys.sign(&t(3)));
+        assert_ne!(keys.sign(&t(3)), keys.sign(&t(4)));
     }
 
     #[test]

@@ -21,11 +21,7 @@ const NEWS_HTML: &str = r#"<html><body>
 </body></html>
 "#;
 
-fn write(dir: &Path, rel: &str, text: &str) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+use common::write;
 
 /// A daemon whose sender relays to `sink`, with two marketing templates
 /// (`news`, `news_b`) and a transactional one.

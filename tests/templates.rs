@@ -236,11 +236,7 @@ fn example_templates_render_the_right_content() {
     );
 }
 
-fn write(dir: &Path, rel: &str, text: &str) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+use common::write;
 
 /// The config used by daemon tests: the example templates plus whatever the
 /// test adds, a `newsletter` sender and the example's two sites.
@@ -275,6 +271,7 @@ name = "Example Outlet"
 url = "https://outlet.shop.example"
 default_language = "pl"
 currency = "PLN"
+autologin_secret = "example-outlet-autologin-secret-change-me-0123"
 "#
         ),
     );
@@ -669,7 +666,7 @@ fn template_message_is_delivered_tracked_and_signed() {
     let keys = herald::tokens::Keys::new(common::TRACKING_SECRET.as_bytes(), &[]);
     for t in clicks {
         match keys.verify(t) {
-            Some(herald::tokens::Token::Click(m, n)) => {
+            Some(herald::tokens::Token::Click(m, n, _)) => {
                 assert_eq!(m.send, send);
                 assert!((n as usize) < links.len());
             }

@@ -8,8 +8,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use common::Herald;
 use common::peers::{Sink, rcpts_of, tokens};
@@ -29,16 +29,17 @@ const CONFIRM_HTML: &str = r#"<html><body>
 
 const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36";
 
-fn write(dir: &Path, rel: &str, text: &str) {
-    let p = dir.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+use common::write;
 
 /// A daemon relaying to `sink`, with a marketing template `news`, the
 /// confirmation template and a signup form; `tracking` goes into
 /// `[tracking]`.
 fn start(sink: &Sink, tracking: &str) -> Herald {
+    start_full(sink, tracking, "", NEWS_HTML)
+}
+
+/// [`start`] with more keys for the site and another body for `news`.
+fn start_full(sink: &Sink, tracking: &str, site: &str, news_html: &str) -> Herald {
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("templates");
     write(
@@ -46,7 +47,7 @@ fn start(sink: &Sink, tracking: &str) -> Herald {
         "news/template.toml",
         "sender = \"newsletter\"\ndefault_language = \"en\"\nkind = \"marketing\"\n[subject]\nen = \"News\"\n",
     );
-    write(&t, "news/body.en.html", NEWS_HTML);
+    write(&t, "news/body.en.html", news_html);
     write(
         &t,
         "confirm/template.toml",
@@ -63,7 +64,7 @@ fn start(sink: &Sink, tracking: &str) -> Herald {
             &format!(
                 "[paths]\ntemplates = \"templates\"\n\
 [signup]\nlists = [\"news\"]\ntemplate = \"confirm\"\nrate_per_ip_per_hour = 3\n\
-[[site]]\nid = \"shop\"\nname = \"Example Shop\"\nurl = \"https://shop.example\"\ncurrency = \"EUR\"\n\
+[[site]]\nid = \"shop\"\nname = \"Example Shop\"\nurl = \"https://shop.example\"\ncurrency = \"EUR\"\n{site}\n\
 [[sender]]\nid = \"newsletter\"\nfrom = \"Shop <news@shop.example>\"\n[sender.relay]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
             ),
         ),
@@ -72,13 +73,7 @@ fn start(sink: &Sink, tracking: &str) -> Herald {
     Herald::start_in(dir, config)
 }
 
-fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !ok() {
-        assert!(Instant::now() < deadline, "waited for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::wait_until;
 
 /// Starts a campaign of `news` to list `news` and waits until the sink has
 /// `n` messages and the campaign is completed; returns (id, recipient → file).
@@ -642,7 +637,7 @@ fn signup_and_confirmation() {
     }
     assert_eq!(last, 429);
 
-    // Withdrawn, then signs up again: pending until confirmed.
+    // Withdrawn, then signs up again: stays withdrawn until confirmed.
     let r = h.post_json(
         "/api/v1/contacts/new.person@example.test/consent",
         json!({"state": "withdrawn", "note": "asked by phone"}),
@@ -650,22 +645,25 @@ fn signup_and_confirmation() {
     assert!(r.status < 300, "{r:?}");
     let r = form("email=new.person%40example.test", "198.51.100.5");
     assert_eq!(r.status, 200);
-    assert_eq!(contact(&h, "new.person@example.test")["consent"], "pending");
-    let files = sink.wait_files(2 + 3, Duration::from_secs(30));
-    let mine: Vec<&PathBuf> = files
-        .iter()
-        .filter(|f| rcpts_of(f).iter().any(|r| r.contains("New.Person")))
-        .collect();
-    assert_eq!(mine.len(), 2, "two confirmation mails");
-    let newest = tokens(mine[1], "confirm")
-        .pop()
-        .expect("a confirmation link");
-    let r = h.public(
-        "GET",
-        &format!("/confirm/{newest}"),
-        &[("User-Agent", BROWSER)],
-        None,
+    assert_eq!(
+        contact(&h, "new.person@example.test")["consent"],
+        "withdrawn"
     );
+    sink.wait_files(2 + 3, Duration::from_secs(30));
+    // The new mail's link (the first one was used, and works only once).
+    let mut newest = None;
+    wait_until(
+        "the second confirmation mail",
+        Duration::from_secs(30),
+        || {
+            newest = confirm_links(&sink, "New.Person@example.test")
+                .into_iter()
+                .find(|l| *l != path);
+            newest.is_some()
+        },
+    );
+    let newest = newest.unwrap();
+    let r = h.public("GET", &newest, &[("User-Agent", BROWSER)], None);
     assert_eq!(r.status, 200);
     assert_eq!(contact(&h, "new.person@example.test")["consent"], "granted");
 }
@@ -729,4 +727,375 @@ fn acknowledged_hits_survive_kill9_and_fast_clicks_are_scanners() {
             .contains("after delivery"),
         "{hist}"
     );
+}
+
+/// Posts the signup form for `email` from a browser at `ip`.
+fn signup(h: &Herald, email: &str, ip: &str) -> common::Reply {
+    h.public(
+        "POST",
+        "/subscribe",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("User-Agent", BROWSER),
+            ("X-Forwarded-For", ip),
+        ],
+        Some(format!("email={}&list=news", email.replace('@', "%40")).as_bytes()),
+    )
+}
+
+/// The confirmation links mailed to `email` so far, oldest first.
+fn confirm_links(sink: &Sink, email: &str) -> Vec<String> {
+    let mut files: Vec<PathBuf> = sink
+        .files()
+        .into_iter()
+        .filter(|f| rcpts_of(f).iter().any(|r| r.eq_ignore_ascii_case(email)))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .filter_map(|f| tokens(f, "confirm").pop())
+        .map(|t| format!("/confirm/{t}"))
+        .collect()
+}
+
+fn click_confirm(h: &Herald, path: &str) -> common::Reply {
+    h.public("GET", path, &[("User-Agent", BROWSER)], None)
+}
+
+fn withdraw(h: &Herald, email: &str) {
+    let r = h.post_json(
+        &format!("/api/v1/contacts/{email}/consent"),
+        json!({"state": "withdrawn", "note": "asked by phone"}),
+    );
+    assert!(r.status < 300, "{r:?}");
+}
+
+/// Regression (issue 17, item 1): a withdrawn contact used to come back
+/// without the person: the public form (or a `signup` event) moved them to
+/// `pending`, after which the API, an import or a second event granted
+/// them. Now nothing but their own click on a confirmation link mailed
+/// after the withdrawal grants them again.
+#[test]
+fn withdrawn_consent_comes_back_only_through_the_persons_own_click() {
+    let sink = Sink::start(&[]);
+    let h = start(&sink, "");
+    let who = "gone@example.test";
+    let r = h.post_json(
+        "/api/v1/contacts",
+        json!({"email": who, "consent": "granted"}),
+    );
+    assert!(r.status < 300, "{r:?}");
+    withdraw(&h, who);
+    // A stranger signs the address up: it stays withdrawn.
+    assert_eq!(signup(&h, who, "203.0.113.9").status, 200);
+    assert_eq!(contact(&h, who)["consent"], "withdrawn");
+    // The API, an import and shop events cannot grant (or make pending).
+    for state in ["granted", "pending"] {
+        let r = h.post_json("/api/v1/contacts", json!({"email": who, "consent": state}));
+        assert_eq!(r.status, 422, "{state}: {r:?}");
+        let r = h.post_json(
+            &format!("/api/v1/contacts/{who}/consent"),
+            json!({"state": state}),
+        );
+        assert_eq!(r.status, 422, "{state}: {r:?}");
+    }
+    let r = h.post_csv(
+        "/api/v1/contacts/import",
+        format!("email,consent\n{who},granted\n"),
+    );
+    assert!(r.status < 300, "{r:?}");
+    assert_eq!(r.body["rejects"].as_array().map(Vec::len), Some(1), "{r:?}");
+    let ev = |id: &str, consent: Option<&str>| {
+        let mut e =
+            json!({"type": "signup", "id": id, "at": chrono_now(), "email": who, "list": "news"});
+        if let Some(c) = consent {
+            e["consent"] = c.into();
+        }
+        e
+    };
+    let r = h.post_json(
+        "/api/v1/events",
+        json!([ev("s-1", None), ev("s-2", Some("granted")), ev("s-3", None)]),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(contact(&h, who)["consent"], "withdrawn", "{}", r.body);
+    let log = h.get(&format!("/api/v1/contacts/{who}/consent")).body;
+    let last = log["log"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["to"], "withdrawn", "{log}");
+    // The person's own click on the mail sent after the withdrawal.
+    sink.wait_files(1, Duration::from_secs(30));
+    let links = confirm_links(&sink, who);
+    assert_eq!(links.len(), 1, "one confirmation mail");
+    assert_eq!(click_confirm(&h, &links[0]).status, 200);
+    let c = contact(&h, who);
+    assert_eq!(c["consent"], "granted");
+    assert_eq!(c["lists"], json!(["news"]), "{c}");
+}
+
+/// Regression (issue 17, item 2): an old confirmation link used to grant
+/// again after the contact withdrew. A link works once, and never for a
+/// signup made before the contact's withdrawal.
+#[test]
+fn a_confirmation_link_grants_once_and_never_after_a_withdrawal() {
+    let sink = Sink::start(&[]);
+    let h = start(&sink, "");
+    let who = "once@example.test";
+    assert_eq!(signup(&h, who, "198.51.100.20").status, 200);
+    sink.wait_files(1, Duration::from_secs(30));
+    let link = confirm_links(&sink, who).remove(0);
+    assert_eq!(click_confirm(&h, &link).status, 200);
+    assert_eq!(contact(&h, who)["consent"], "granted");
+    // A second click while still granted is harmless.
+    assert_eq!(click_confirm(&h, &link).status, 200);
+    withdraw(&h, who);
+    let r = click_confirm(&h, &link);
+    assert_eq!(r.status, 404, "a used link: {r:?}");
+    assert_eq!(contact(&h, who)["consent"], "withdrawn");
+
+    // A link mailed before the withdrawal, never clicked, is dead too.
+    let who = "before@example.test";
+    assert_eq!(signup(&h, who, "198.51.100.21").status, 200);
+    sink.wait_files(2, Duration::from_secs(30));
+    let link = confirm_links(&sink, who).remove(0);
+    let r = h.post_json(
+        "/api/v1/contacts",
+        json!({"email": who, "consent": "withdrawn"}),
+    );
+    assert!(r.status < 300, "{r:?}");
+    assert_eq!(click_confirm(&h, &link).status, 404);
+    assert_eq!(contact(&h, who)["consent"], "withdrawn");
+}
+
+/// Regression (issue 17, item 3): `/subscribe` answered differently for
+/// granted, other and erased addresses (telling strangers who is on the
+/// list), and added a granted contact to another list without asking.
+#[test]
+fn the_signup_form_answers_the_same_for_every_address_and_changes_nothing_unconfirmed() {
+    let sink = Sink::start(&[]);
+    let h = start(&sink, "");
+    h.list("other");
+    for (who, consent) in [
+        ("granted@example.test", "granted"),
+        ("pending@example.test", "pending"),
+        ("withdrawn@example.test", "withdrawn"),
+        ("erased@example.test", "granted"),
+    ] {
+        let r = h.post_json(
+            "/api/v1/contacts",
+            json!({"email": who, "consent": consent, "lists": ["other"]}),
+        );
+        assert!(r.status < 300, "{r:?}");
+    }
+    assert_eq!(h.delete("/api/v1/contacts/erased@example.test").status, 200);
+    let n = std::cell::Cell::new(0u8);
+    let answer = |who: &str, json: bool| {
+        n.set(n.get() + 1);
+        let ip = format!("192.0.2.{}", n.get());
+        let (ct, body) = if json {
+            (
+                "application/json",
+                json!({"email": who, "list": "news"}).to_string(),
+            )
+        } else {
+            (
+                "application/x-www-form-urlencoded",
+                format!("email={}&list=news", who.replace('@', "%40")),
+            )
+        };
+        let r = h.public(
+            "POST",
+            "/subscribe",
+            &[
+                ("Content-Type", ct),
+                ("User-Agent", BROWSER),
+                ("X-Forwarded-For", ip.as_str()),
+            ],
+            Some(body.as_bytes()),
+        );
+        (r.status, r.body.to_string().replace(who, "ADDRESS"))
+    };
+    for json in [false, true] {
+        let new = answer(
+            if json {
+                "new2@example.test"
+            } else {
+                "new1@example.test"
+            },
+            json,
+        );
+        for who in [
+            "granted@example.test",
+            "pending@example.test",
+            "withdrawn@example.test",
+            "erased@example.test",
+        ] {
+            assert_eq!(answer(who, json), new, "{who} (json: {json})");
+        }
+    }
+    // Nothing changed for the existing contacts before their click.
+    let g = contact(&h, "granted@example.test");
+    assert_eq!(g["lists"], json!(["other"]), "{g}");
+    assert_eq!(g["consent"], "granted");
+    assert_eq!(
+        contact(&h, "pending@example.test")["lists"],
+        json!(["other"])
+    );
+    assert_eq!(h.get("/api/v1/contacts/erased@example.test").status, 404);
+    // The granted contact joins the new list with their own click.
+    sink.wait_files(7, Duration::from_secs(30));
+    let links = confirm_links(&sink, "granted@example.test");
+    assert!(!links.is_empty());
+    assert_eq!(click_confirm(&h, &links[0]).status, 200);
+    let g = contact(&h, "granted@example.test");
+    let mut lists: Vec<String> = serde_json::from_value(g["lists"].clone()).unwrap();
+    lists.sort();
+    assert_eq!(lists, ["news", "other"], "{g}");
+    // Nothing was mailed to the erased address.
+    assert!(confirm_links(&sink, "erased@example.test").is_empty());
+}
+
+const AUTOLOGIN_SITE: &str =
+    "autologin_secret = \"autologin-secret-0123456789abcdef\"\nautologin_window = \"1h\"";
+
+const ACCOUNT_HTML: &str = r#"<html><body>
+<p><a href="{{ autologin_url('https://shop.example/account') }}">Your account</a></p>
+<p><a href="{{ view_in_browser_url }}">View in your browser</a> · <a href="{{ unsubscribe_url }}">Unsubscribe</a></p>
+</body></html>
+"#;
+
+/// The claims of an auto-login JWT.
+fn jwt_claims(jwt: &str) -> Value {
+    use base64::Engine as _;
+    let part = jwt.split('.').nth(1).expect("a JWT");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&raw).expect("JSON claims")
+}
+
+/// The `hal` value of a URL, if any.
+fn hal_of(url: &str) -> Option<String> {
+    url::Url::parse(url)
+        .ok()?
+        .query_pairs()
+        .find(|(k, _)| k == "hal")
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Regression (issue 17, item 5): every click on an auto-login link
+/// minted a fresh 7-day login token however old the mail was, so a
+/// forwarded or years-old newsletter (or its `/v/` page) gave account
+/// access. Auto-login now expires `autologin_window` after the send; later
+/// clicks go to the plain URL, and the token written into the text part
+/// expires with the window too.
+#[test]
+fn auto_login_expires_with_the_message() {
+    let sink = Sink::start(&[]);
+    let h = start_full(&sink, "", AUTOLOGIN_SITE, ACCOUNT_HTML);
+    h.granted_contacts(1);
+    let (_, files) = send(&h, &sink, 1, json!({}));
+    let file = &files[0].1;
+    let click = format!("/c/{}", tokens(file, "c")[0]);
+    let go = |path: &str| {
+        let r = h.public("GET", path, &[("User-Agent", BROWSER)], None);
+        assert_eq!(r.status, 302, "{r:?}");
+        r.header("location").unwrap_or_default().to_string()
+    };
+    // Within the window: logged in, and the token ends with the window.
+    let to = go(&click);
+    assert!(to.starts_with("https://shop.example/account"), "{to}");
+    let claims = jwt_claims(&hal_of(&to).expect("an auto-login token"));
+    let ttl = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert!(ttl <= 3600, "a token past the 1h window: {claims}");
+    // The untracked token in the text part expires with the window as well.
+    let text = String::from_utf8_lossy(&common::peers::message_of(file)).into_owned();
+    let unfolded = text.replace("=\r\n", "").replace("=3D", "=");
+    let jwt = unfolded
+        .split("hal=")
+        .nth(1)
+        .and_then(|s| {
+            s.split(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+                .next()
+        })
+        .expect("the text part's auto-login URL");
+    let c = jwt_claims(jwt);
+    assert!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap() <= 3600,
+        "{c}"
+    );
+    // The window ends (config reloaded with a 1-second window, then 2 s).
+    let config = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(
+        &h.config,
+        config.replace("autologin_window = \"1h\"", "autologin_window = \"1s\""),
+    )
+    .unwrap();
+    h.hup();
+    std::thread::sleep(Duration::from_secs(3));
+    let to = go(&click);
+    assert_eq!(hal_of(&to), None, "no login after the window: {to}");
+    assert!(to.starts_with("https://shop.example/account"), "{to}");
+    // The message's web page gives no fresh login either.
+    let view = format!("/v/{}", tokens(file, "v")[0]);
+    let page = h.public("GET", &view, &[("User-Agent", BROWSER)], None);
+    assert_eq!(page.status, 200, "{page:?}");
+    let html = page.body.as_str().unwrap_or_default().to_string();
+    let in_page: Vec<&str> = html
+        .split("/c/")
+        .skip(1)
+        .filter_map(|s| s.split(['"', '\'', '<']).next())
+        .collect();
+    assert!(!in_page.is_empty(), "{html}");
+    for t in in_page {
+        assert_eq!(hal_of(&go(&format!("/c/{t}"))), None);
+    }
+    // Issue 17, small item: the page is locked down.
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'none'"), "{page:?}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+}
+
+/// Regression (issue 17, item 9): the `/u/` link of an admin preview with
+/// tracking opened the real contact's unsubscribe page, and a POST
+/// withdrew them. A preview's links lead nowhere.
+#[test]
+fn preview_links_do_nothing() {
+    let sink = Sink::start(&[]);
+    let h = start(&sink, "");
+    h.granted_contacts(1);
+    let r = h.post_json(
+        "/api/v1/templates/news/preview",
+        json!({"contact": "c0000@example.test", "tracking": true}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let html = r.body["html"].as_str().unwrap().to_string();
+    let token = |kind: &str| {
+        html.split(&format!("/{kind}/"))
+            .nth(1)
+            .and_then(|s| s.split(['"', '\'', '<']).next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no /{kind}/ link in {html}"))
+    };
+    let u = format!("/u/{}", token("u"));
+    assert_eq!(
+        h.public("GET", &u, &[("User-Agent", BROWSER)], None).status,
+        404
+    );
+    let r = h.public(
+        "POST",
+        &u,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(b"List-Unsubscribe=One-Click"),
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(contact(&h, "c0000@example.test")["consent"], "granted");
+    let r = h.public(
+        "GET",
+        &format!("/c/{}", token("c")),
+        &[("User-Agent", BROWSER)],
+        None,
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    let history = h.get("/api/v1/contacts/c0000@example.test/history").body;
+    assert_eq!(history["events"], json!([]), "{history}");
 }

@@ -15,9 +15,12 @@ pub mod audience;
 pub mod model;
 pub mod runner;
 
+use std::sync::Arc;
+
 use model::{Campaign, Part, Spec, Status};
 
 use crate::config::Config;
+use crate::render::template::Template;
 use crate::store::{Sequence, StoreError};
 
 pub use runner::Campaigns;
@@ -106,15 +109,101 @@ fn looks(spec: &Spec) -> Vec<(String, Look)> {
     out
 }
 
-/// Checks a spec against the config and the store: templates (marketing,
-/// loaded), senders, subjects, lists, segments, products.
-pub async fn check_spec(
+/// The template as `l` sends it: its sender and subject overridden.
+pub fn look_template(base: &Template, l: &Look) -> Template {
+    let mut t = base.clone();
+    if let Some(s) = &l.sender {
+        t.sender = s.clone();
+    }
+    if let Some(subject) = &l.subject {
+        for v in t.variants.values_mut() {
+            let mut nv = (**v).clone();
+            nv.subject = subject.clone();
+            *v = Arc::new(nv);
+        }
+    }
+    t
+}
+
+/// Renders every (stage, variant) look once for every site and language
+/// variant of its template, with the campaign's values (its `data` and
+/// products; the template's sample for what it leaves out), as a send
+/// would: a subject or preheader that cannot render (an unknown filter, a
+/// type error) is refused now, not on every recipient. Returns the problems.
+fn trial_render(
     spec: &Spec,
     config: &Config,
+    tried: Vec<(String, Look, Arc<Template>)>,
+    products: Option<Vec<crate::shop::Product>>,
+) -> Vec<String> {
+    use crate::render::preview;
+    let mut p: Vec<String> = Vec::new();
+    for (at, l, base) in tried {
+        let t = Arc::new(look_template(&base, &l));
+        for (site, lang) in t.variants.keys() {
+            let input = preview::PreviewInput {
+                language: Some(lang.clone()),
+                site: (!site.is_empty()).then(|| site.clone()),
+                products: products.clone(),
+                data: (!spec.data.is_null()).then(|| spec.data.clone()),
+                personalize: spec.personalize,
+                tracking: spec.tracking,
+                ..Default::default()
+            };
+            let Err(e) = preview::render(t.clone(), config, preview::preview_send(), input, 0)
+            else {
+                continue;
+            };
+            // The subject's own errors name the campaign's field; others
+            // the template and the variant it failed in.
+            let field = if at.is_empty() {
+                "subject".to_string()
+            } else {
+                format!("{at}.subject")
+            };
+            let own = l.subject.is_some() && (e.starts_with("subject:") || e.contains("(subject)"));
+            let m = if own {
+                format!("{field}: {}", e.trim_start_matches("subject:").trim())
+            } else {
+                format!(
+                    "{}template `{}` does not render with this campaign ({}language {lang}): {e}",
+                    if at.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{at}: ")
+                    },
+                    l.template,
+                    if site.is_empty() {
+                        String::new()
+                    } else {
+                        format!("site {site}, ")
+                    },
+                )
+            };
+            if !p.contains(&m) {
+                p.push(m);
+            }
+        }
+    }
+    p
+}
+
+/// Checks a spec against the config and the store: templates (marketing,
+/// loaded), senders, subjects, lists, segments, products; then renders
+/// what it sends once (see [`trial_render`]).
+pub async fn check_spec(
+    spec: &Spec,
+    config: &Arc<Config>,
     store: &crate::store::Store,
 ) -> Result<(), CampaignError> {
     let mut p = spec.check();
-    for (at, l) in looks(spec) {
+    let mut tried = Vec::new();
+    for (at_key, l) in looks(spec) {
+        let at = if at_key.is_empty() {
+            String::new()
+        } else {
+            format!("{at_key}: ")
+        };
         let at = if at.is_empty() {
             String::new()
         } else {
@@ -139,6 +228,8 @@ pub async fn check_spec(
                 let sender = l.sender.clone().unwrap_or_else(|| t.sender.clone());
                 if config.sender(&sender).is_none() {
                     p.push(format!("{at}no [[sender]] `{sender}` in the config"));
+                } else {
+                    tried.push((at_key.clone(), l.clone(), t.clone()));
                 }
             }
         }
@@ -146,6 +237,7 @@ pub async fn check_spec(
             let env = crate::render::compile::base_env();
             if let Err(e) = env.template_from_str(s) {
                 p.push(format!("{at}subject: {e}"));
+                tried.retain(|(k, _, _)| *k != at_key);
             }
         }
     }
@@ -172,19 +264,29 @@ pub async fn check_spec(
         }
     }
     let skus = spec.products.clone();
-    let missing: Vec<String> = store
+    let (found, missing) = store
         .read(move |r| {
-            let mut m = Vec::new();
+            let (mut found, mut missing) = (Vec::new(), Vec::new());
             for s in &skus {
-                if r.product(s)?.is_none() {
-                    m.push(s.clone());
+                match r.product(s)? {
+                    Some(product) => found.push(product),
+                    None => missing.push(s.clone()),
                 }
             }
-            Ok(m)
+            Ok((found, missing))
         })
         .await?;
-    for s in missing {
+    for s in &missing {
         p.push(format!("products: no product with SKU `{s}`"));
+    }
+    if !tried.is_empty() {
+        let products = (!spec.products.is_empty() && missing.is_empty()).then_some(found);
+        let (spec, config) = (spec.clone(), config.clone());
+        let problems =
+            tokio::task::spawn_blocking(move || trial_render(&spec, &config, tried, products))
+                .await
+                .map_err(|e| CampaignError::Invalid(format!("trial render failed: {e}")))?;
+        p.extend(problems);
     }
     if p.is_empty() {
         Ok(())

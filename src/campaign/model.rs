@@ -222,14 +222,34 @@ pub const MAX_VARIANTS: usize = 5;
 /// Most follow-up stages.
 pub const MAX_STAGES: usize = 10;
 
-/// Parses a humantime duration with the key's name in the error.
+/// Longest duration a campaign takes (A/B window, stage delay): ten years.
+/// Anything longer is a typo, and would overflow millisecond arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses a humantime duration with the key's name in the error; more than
+/// [`MAX_DURATION`] is refused.
 pub fn duration(key: &str, v: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(v)
         .map_err(|e| format!("{key}: `{v}` is not a duration such as \"4h\" or \"3 days\": {e}"))?;
     if d.is_zero() {
         return Err(format!("{key}: must be longer than zero"));
     }
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{key}: `{v}` is longer than the most allowed, 10 years"
+        ));
+    }
     Ok(d)
+}
+
+/// `from` (ms) plus the duration `v` of `key` (see [`duration`]), with
+/// checked arithmetic: a sum that does not fit is an error, never a wrap.
+pub fn after(key: &str, v: &str, from: i64) -> Result<i64, String> {
+    let d = duration(key, v)?;
+    i64::try_from(d.as_millis())
+        .ok()
+        .and_then(|ms| from.checked_add(ms))
+        .ok_or_else(|| format!("{key}: `{v}` after {from} ms is past the end of time"))
 }
 
 impl Spec {
@@ -511,11 +531,14 @@ pub enum Counter {
     Unsubscribes = 18,
     /// Spam complaints about the campaign's message.
     Complaints = 19,
+    /// Messages taken out of the queue unsent because the contact was
+    /// erased after they were queued (also counted as failed).
+    Erased = 20,
 }
 
 impl Counter {
     /// Every counter, for reading them all.
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Delivered,
         Counter::Failed,
         Counter::Deferred,
@@ -535,6 +558,7 @@ impl Counter {
         Counter::MachineClicks,
         Counter::Unsubscribes,
         Counter::Complaints,
+        Counter::Erased,
     ];
 
     /// The name in the API.
@@ -559,6 +583,7 @@ impl Counter {
             Counter::MachineClicks => "machine_clicks",
             Counter::Unsubscribes => "unsubscribes",
             Counter::Complaints => "complaints",
+            Counter::Erased => "not_sent_erased",
         }
     }
 }

@@ -239,9 +239,8 @@ impl Campaigns {
             };
             match c.run.test_ends {
                 None => {
-                    let window =
-                        model::duration("ab.window", &ab.window).map_err(CampaignError::Invalid)?;
-                    let ends = now.saturating_add(window.as_millis() as i64);
+                    let ends = model::after("ab.window", &ab.window, now)
+                        .map_err(CampaignError::Invalid)?;
                     super::change(self, id, move |c, _| {
                         c.run.test_ends.get_or_insert(ends);
                         Ok(())
@@ -271,8 +270,6 @@ impl Campaigns {
             let spec = &c.spec.stages[stage as usize];
             match c.run.next_stage_at {
                 None => {
-                    let after = model::duration("stages.after", &spec.after)
-                        .map_err(CampaignError::Invalid)?;
                     let began = c
                         .run
                         .parts
@@ -282,7 +279,8 @@ impl Campaigns {
                         .min()
                         .or(c.run.started)
                         .unwrap_or(now);
-                    let at = began.saturating_add(after.as_millis() as i64);
+                    let at = model::after(&format!("stages[{stage}].after"), &spec.after, began)
+                        .map_err(CampaignError::Invalid)?;
                     super::change(self, id, move |c, _| {
                         c.run.next_stage_at = Some(at);
                         Ok(())
@@ -509,17 +507,7 @@ impl Campaigns {
             .templates
             .get(&l.template)
             .ok_or_else(|| format!("template `{}` is not loaded", l.template))?;
-        let mut t = (**base).clone();
-        if let Some(s) = &l.sender {
-            t.sender = s.clone();
-        }
-        if let Some(subject) = &l.subject {
-            for v in t.variants.values_mut() {
-                let mut nv = (**v).clone();
-                nv.subject = subject.clone();
-                *v = Arc::new(nv);
-            }
-        }
+        let t = super::look_template(base, &l);
         let key = send.key();
         let skus = c.spec.products.clone();
         let (links, products) = self
@@ -868,9 +856,13 @@ impl Campaigns {
     }
 
     /// The HTML of a campaign message (or a test of it) as `m`'s contact
-    /// got it, rendered again (view in browser); `None` when the campaign
+    /// got it at `sent`, rendered again (view in browser); `None` when the campaign
     /// or contact no longer exists or never got that message. Blocking.
-    pub fn view_html(&self, m: crate::tokens::MessageRef) -> Result<Option<String>, String> {
+    pub fn view_html(
+        &self,
+        m: crate::tokens::MessageRef,
+        sent_at: u64,
+    ) -> Result<Option<String>, String> {
         let s = m.send;
         let (stage, variant) = model::unslot(s.variant);
         let (c, contact, sent) = self
@@ -892,7 +884,7 @@ impl Campaigns {
         let config = self.config();
         let compiled = self.compile(&config, &c, stage, variant, s)?;
         let r = Recipient::new(contact);
-        let rendered = compiled.render(&r).map_err(|e| e.0)?;
+        let rendered = compiled.render_at(&r, sent_at).map_err(|e| e.0)?;
         Ok(Some(rendered.html))
     }
 

@@ -81,6 +81,9 @@ pub struct RawSite {
     pub autologin_param: Option<Spanned<String>>,
     /// How long an auto-login link works (default "7d").
     pub autologin_ttl: Option<Spanned<String>>,
+    /// How long after a message was sent its links still log the contact in
+    /// (default "7d"); later clicks go to the plain URL.
+    pub autologin_window: Option<Spanned<String>>,
 }
 
 /// Validated `[tracking]`.
@@ -129,11 +132,17 @@ pub struct Autologin {
     pub param: String,
     /// Lifetime of a token.
     pub ttl: Duration,
+    /// How long after the send a message's links still log in.
+    pub window: Duration,
 }
 
 impl std::fmt::Debug for Autologin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Autologin(param {}, ttl {:?})", self.param, self.ttl)
+        write!(
+            f,
+            "Autologin(param {}, ttl {:?}, window {:?})",
+            self.param, self.ttl, self.window
+        )
     }
 }
 
@@ -439,8 +448,17 @@ pub(super) fn validate_sites(c: &mut Checker<'_>, base: &Path, raw: &[RawSite]) 
                     None => Some(Duration::from_secs(7 * 86400)),
                     Some(v) => super::delivery::duration(c, &k("autologin_ttl"), v),
                 };
-                match (ok, param, ttl) {
-                    (true, Some(param), Some(ttl)) => Some(Autologin { secret, param, ttl }),
+                let window = match &s.autologin_window {
+                    None => Some(Duration::from_secs(7 * 86400)),
+                    Some(v) => super::delivery::duration(c, &k("autologin_window"), v),
+                };
+                match (ok, param, ttl, window) {
+                    (true, Some(param), Some(ttl), Some(window)) => Some(Autologin {
+                        secret,
+                        param,
+                        ttl,
+                        window,
+                    }),
                     _ => None,
                 }
             }
@@ -448,6 +466,7 @@ pub(super) fn validate_sites(c: &mut Checker<'_>, base: &Path, raw: &[RawSite]) 
                 for (key, v) in [
                     ("autologin_param", &s.autologin_param),
                     ("autologin_ttl", &s.autologin_ttl),
+                    ("autologin_window", &s.autologin_window),
                 ] {
                     if let Some(v) = v {
                         c.at(

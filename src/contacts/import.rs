@@ -12,7 +12,7 @@
 //! with its line number and reason; every rejected row is stored with the
 //! import and nothing is dropped silently.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -43,8 +43,11 @@ const MAX_IN_FLIGHT: usize = 2;
 /// stored and can be paged with `GET /api/v1/contacts/import/{id}/rejects`.
 pub const INLINE_REJECTS: usize = 10_000;
 
+/// Default of `[import] max_record_bytes`: the longest CSV record read.
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 20;
+
 /// Options of one import.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ImportOptions {
     /// Add every imported contact to this list.
     pub list: Option<String>,
@@ -56,6 +59,22 @@ pub struct ImportOptions {
     pub consent: Option<ConsentState>,
     /// Continue an interrupted import after its committed records.
     pub resume: Option<u64>,
+    /// Longest record (row, with its quoted line breaks) read, in bytes: a
+    /// longer one stops the import before it is held in memory whole.
+    pub max_record_bytes: u64,
+}
+
+impl Default for ImportOptions {
+    fn default() -> ImportOptions {
+        ImportOptions {
+            list: None,
+            create_list: false,
+            create_fields: false,
+            consent: None,
+            resume: None,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
 }
 
 /// What an import did.
@@ -141,6 +160,8 @@ pub fn run_import(
     now: impl Fn() -> DateTime<Utc>,
 ) -> Result<ImportReport, ImportError> {
     let newlines = Rc::new(RefCell::new(LineIndex::default()));
+    let record_start = Rc::new(Cell::new(0u64));
+    let limit = opts.max_record_bytes;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -148,6 +169,8 @@ pub fn run_import(
             inner: input,
             offset: 0,
             index: newlines.clone(),
+            record_start: record_start.clone(),
+            limit,
         });
     let mut record = csv::ByteRecord::new();
 
@@ -164,10 +187,14 @@ pub fn run_import(
         Err(e) => {
             return Err(ImportError::Header {
                 line: 1,
-                message: format!("cannot read the header: {e}"),
+                message: match too_long(&e) {
+                    Some(m) => m,
+                    None => format!("cannot read the header: {e}"),
+                },
             });
         }
     };
+    record_start.set(reader.position().byte());
     let fields: HashMap<String, FieldDef> = store
         .read_blocking(|r| r.fields())?
         .into_iter()
@@ -359,8 +386,14 @@ pub fn run_import(
         let read_error = loop {
             match reader.read_byte_record(&mut record) {
                 Ok(false) => break None,
-                Ok(true) => {}
+                Ok(true) => record_start.set(reader.position().byte()),
                 Err(e) => {
+                    // A record too long is named by the line it starts on
+                    // (the reader stopped somewhere inside it).
+                    if let Some(m) = too_long(&e) {
+                        let line = newlines.borrow_mut().line_at(record_start.get());
+                        break Some(format!("line {line}: {m}"));
+                    }
                     let line = newlines.borrow_mut().line_at(reader.position().byte());
                     break Some(format!("line {line}: {e}"));
                 }
@@ -714,15 +747,47 @@ impl LineIndex {
     }
 }
 
-/// Passes bytes through, noting where each CR and LF is.
+/// The error [`NewlineTracker`] gives when a record grows past the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("a record is longer than {0} bytes ([import] max_record_bytes); is a quote left open?")]
+struct RecordTooLong(u64);
+
+/// The message of a [`RecordTooLong`] inside a CSV error.
+fn too_long(e: &csv::Error) -> Option<String> {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<RecordTooLong>())
+            .map(ToString::to_string),
+        _ => None,
+    }
+}
+
+/// Passes bytes through, noting where each CR and LF is, and refuses to read
+/// on once the record being read exceeds `limit` bytes.
 struct NewlineTracker<R> {
     inner: R,
     offset: u64,
     index: Rc<RefCell<LineIndex>>,
+    /// Byte offset where the record being read begins (set by the caller
+    /// after each record).
+    record_start: Rc<Cell<u64>>,
+    /// Most bytes one record may take.
+    limit: u64,
 }
 
 impl<R: Read> Read for NewlineTracker<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // The csv reader asks for more only once it has consumed everything
+        // it was given, so all bytes since the record's start belong to the
+        // record being read (within one read-ahead buffer): the cap acts
+        // before the record is held whole.
+        if self.offset.saturating_sub(self.record_start.get()) > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                RecordTooLong(self.limit),
+            ));
+        }
         let n = self.inner.read(buf)?;
         let mut index = self.index.borrow_mut();
         for (i, b) in buf[..n].iter().enumerate() {
@@ -789,6 +854,46 @@ mod tests {
         Ok(())
     }
 
+    /// A record past the limit (an open quote swallowing the rest of the
+    /// file) is refused while it is read, named by the line it starts on.
+    #[test]
+    fn a_record_past_the_limit_is_refused_with_its_line() -> TestResult {
+        let mut text = String::from("email,note\r\na@x.com,\"two\nlines\"\r\nb@x.com,\"");
+        for _ in 0..2000 {
+            text.push_str("open quote\n");
+        }
+        let index = Rc::new(RefCell::new(LineIndex::default()));
+        let start = Rc::new(Cell::new(0));
+        let mut r = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(64)
+            .from_reader(NewlineTracker {
+                inner: text.as_bytes(),
+                offset: 0,
+                index: index.clone(),
+                record_start: start.clone(),
+                limit: 1024,
+            });
+        let mut rec = csv::ByteRecord::new();
+        let mut read = 0;
+        let err = loop {
+            match r.read_byte_record(&mut rec) {
+                Ok(true) => {
+                    read += 1;
+                    start.set(r.position().byte());
+                }
+                Ok(false) => return Err("the open quote was read to the end".into()),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(read, 2);
+        let m = too_long(&err).ok_or("not a too-long error")?;
+        assert!(m.contains("1024 bytes"), "{m}");
+        assert_eq!(index.borrow_mut().line_at(start.get()), 4);
+        Ok(())
+    }
+
     #[test]
     fn line_numbers_follow_the_file_with_quoted_newlines_and_crlf() -> TestResult {
         let text = "email,note\r\na@x.com,\"two\r\nlines\"\r\nb@x.com,z\r\n\r\nc@x.com,\"\n\n\"\nd@x.com,\n";
@@ -800,6 +905,8 @@ mod tests {
                 inner: text.as_bytes(),
                 offset: 0,
                 index: index.clone(),
+                record_start: Rc::new(Cell::new(0)),
+                limit: DEFAULT_MAX_RECORD_BYTES,
             });
         let mut rec = csv::ByteRecord::new();
         let mut lines = Vec::new();

@@ -13,6 +13,7 @@
 
 pub mod import;
 pub mod model;
+pub mod signup;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -250,10 +251,18 @@ pub fn check_transition(
         return Ok(());
     }
     let allowed = match source {
-        // The recipient's own confirmation link is the only way back to granted.
+        // The recipient's own link: the confirmation link grants (the caller,
+        // `signup::confirm`, checks that the link answers a signup request
+        // made after the last withdrawal and that it is used once), the
+        // unsubscribe link withdraws.
         Link => matches!(to, Granted | Withdrawn),
-        // The recipient asked to subscribe: awaits confirmation, or withdrew.
-        Form => matches!(to, Pending | Withdrawn),
+        // A signup asks for confirmation. It never touches a contact who
+        // withdrew or is invalid: their state stays until their own click.
+        Form => match from {
+            Unknown => matches!(to, Pending | Withdrawn),
+            Pending | Granted => to == Withdrawn,
+            Withdrawn | Invalid => false,
+        },
         Bounce => to == Invalid,
         Complaint => to == Withdrawn,
         Import | Api => match from {
@@ -535,6 +544,13 @@ fn apply_to(
 
 /// Erases a contact: data and consent log gone, a salted hash of the address
 /// kept in the suppression list so that no later import or API call can add it.
+///
+/// Everywhere, in the same transaction: the contact, its indexes, consent
+/// log, shop data (orders and their attribution, aggregates, cart,
+/// wait-lists), history and last click; in the queue, every record of a
+/// message to the address loses it, and messages still waiting fail unsent
+/// as `erased` (bodies deleted). Hits on its old links afterwards are
+/// answered but not recorded (`track::record`).
 pub fn erase(
     t: &mut WriteTables<'_>,
     id: u64,
@@ -547,8 +563,11 @@ pub fn erase(
     };
     let salt = t.salt()?;
     let key = suppression_key(&salt, &c.email.to_lowercase());
+    // The queue first: finishing a message writes history, which goes next.
+    crate::delivery::engine::erase_recipient(t, &key, now.timestamp_millis())?;
     t.delete_contact(&c)?;
     t.erase_history(id)?;
+    t.delete_signup_requests(id)?;
     t.put_suppression(
         &key,
         &Suppression {
@@ -562,8 +581,6 @@ pub fn erase(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ConsentSource::*;
-    use ConsentState::*;
 
     fn def(t: FieldType) -> FieldDef {
         FieldDef {
@@ -652,21 +669,53 @@ mod tests {
         Ok(())
     }
 
+    /// The whole consent rule as a table: every (from, source, to) and
+    /// whether it is allowed. A contact that withdrew or is invalid comes
+    /// back to `granted` (or `pending`) only through `link` (their own
+    /// confirmation click); nothing else moves them anywhere but between
+    /// `withdrawn` and `invalid`.
     #[test]
-    fn withdrawn_comes_back_only_through_the_recipients_confirmation() {
-        for src in [Import, Api, Form, Bounce, Complaint] {
-            assert!(
-                check_transition(Withdrawn, Granted, src).is_err(),
-                "{src:?}"
-            );
-            assert!(check_transition(Invalid, Granted, src).is_err(), "{src:?}");
+    fn consent_transition_table() {
+        use ConsentSource as S;
+        use ConsentState as C;
+        let states = [C::Unknown, C::Pending, C::Granted, C::Withdrawn, C::Invalid];
+        let sources = [S::Import, S::Api, S::Form, S::Link, S::Bounce, S::Complaint];
+        let expected = |from: ConsentState, s: ConsentSource, to: ConsentState| -> bool {
+            if from == to {
+                return true;
+            }
+            let gone = matches!(from, C::Withdrawn | C::Invalid);
+            match s {
+                S::Link => matches!(to, C::Granted | C::Withdrawn),
+                S::Form => {
+                    !gone && (to == C::Withdrawn || (from == C::Unknown && to == C::Pending))
+                }
+                S::Bounce => to == C::Invalid,
+                S::Complaint => to == C::Withdrawn,
+                S::Import | S::Api => !gone || matches!(to, C::Withdrawn | C::Invalid),
+            }
+        };
+        let mut checked = 0;
+        for from in states {
+            for s in sources {
+                for to in states {
+                    let got = check_transition(from, to, s).is_ok();
+                    assert_eq!(got, expected(from, s, to), "{from:?} --{s:?}--> {to:?}");
+                    checked += 1;
+                }
+            }
         }
-        assert!(check_transition(Withdrawn, Granted, Link).is_ok());
-        assert!(check_transition(Withdrawn, Pending, Form).is_ok());
-        assert!(check_transition(Withdrawn, Pending, Api).is_err());
-        assert!(check_transition(Unknown, Granted, Import).is_ok());
-        assert!(check_transition(Granted, Withdrawn, Api).is_ok());
-        assert!(check_transition(Granted, Invalid, Bounce).is_ok());
-        assert!(check_transition(Withdrawn, Withdrawn, Import).is_ok());
+        assert_eq!(checked, 5 * 6 * 5);
+        // The promise, spelled out: only the recipient's link grants again.
+        for s in sources {
+            for from in [C::Withdrawn, C::Invalid] {
+                for to in [C::Granted, C::Pending] {
+                    assert_eq!(
+                        check_transition(from, to, s).is_ok(),
+                        s == S::Link && to == C::Granted
+                    );
+                }
+            }
+        }
     }
 }

@@ -176,15 +176,55 @@ impl DkimKey {
 
     /// The `DKIM-Signature:` header (with CRLF) for `message`.
     pub fn signature_header(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        let signed = without_blank_tail(message);
         let sig = match &self.signer {
-            Signer::Rsa(s) => s.sign(message),
-            Signer::Ed25519(s) => s.sign(message),
+            Signer::Rsa(s) => s.sign(signed),
+            Signer::Ed25519(s) => s.sign(signed),
         }
         .map_err(|e| format!("DKIM signing with {} failed: {e}", self.path.display()))?;
         let mut out = Vec::with_capacity(512);
         sig.write_header(&mut out);
         Ok(out)
     }
+}
+
+/// `message` without the lines at the end of its body that hold only spaces
+/// and tabs (and without the empty lines after them): the part mail-auth is
+/// given to sign. The message sent is unchanged.
+///
+/// Relaxed body canonicalisation (RFC 6376 §3.4.4) strips white space at
+/// the end of lines and then ignores empty lines at the end of the body, so
+/// cutting these lines off leaves the canonical body, and so the body hash,
+/// unchanged. It is needed because mail-auth 0.13.x (`CanonicalState::
+/// write_relaxed`) keeps the line breaks of trailing whitespace-only lines:
+/// a body ending `Body\r\n \r\n` got a `bh=` no verifier agrees with
+/// (fixed upstream in mail-auth 0.15.0, which Herald cannot use yet: see
+/// DESIGN.md, "Known dependency constraints"). What is left (content, at
+/// most one line end after it, perhaps trailing white space on the last
+/// content line) mail-auth canonicalises correctly; the unit tests check
+/// that against a plain implementation of §3.4.4 for every short body.
+fn without_blank_tail(message: &[u8]) -> &[u8] {
+    let Some(body_start) = memchr::memmem::find(message, b"\r\n\r\n").map(|i| i + 4) else {
+        return message;
+    };
+    let body = message.get(body_start..).unwrap_or_default();
+    let Some(last) = body
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+    else {
+        // Only white space and line breaks: the canonical body is empty.
+        return message.get(..body_start).unwrap_or(message);
+    };
+    let tail = body.get(last + 1..).unwrap_or_default();
+    // Keep the last content line's own line end (and the white space before
+    // it, which mail-auth strips correctly).
+    let keep = tail
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(tail.len(), |i| i + 1);
+    message
+        .get(..body_start + last + 1 + keep)
+        .unwrap_or(message)
 }
 
 /// Signs `message` with every key and returns the signed message (signature
@@ -436,6 +476,121 @@ mod tests {
                 let mode = std::fs::metadata(&path).map_err(|e| e.to_string())?;
                 assert_eq!(mode.permissions().mode() & 0o777, 0o600);
             }
+        }
+        Ok(())
+    }
+
+    /// RFC 6376 §3.4.4 (relaxed body canonicalisation) as written, over a
+    /// CRLF body as the receiver sees it (a last line without a line end
+    /// gets one in transit).
+    fn relaxed_reference(body: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(body);
+        let mut lines: Vec<String> = text
+            .split("\r\n")
+            .map(|line| {
+                // White space runs become one space; at the end of a line, none.
+                let mut out = String::new();
+                let mut space = false;
+                for c in line.chars() {
+                    if c == ' ' || c == '\t' {
+                        space = true;
+                    } else {
+                        if space {
+                            out.push(' ');
+                        }
+                        out.push(c);
+                        space = false;
+                    }
+                }
+                out
+            })
+            .collect();
+        if text.is_empty() || text.ends_with("\r\n") {
+            lines.pop();
+        }
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        lines
+            .iter()
+            .flat_map(|l| [l.as_str(), "\r\n"])
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    const HEAD: &[u8] = b"From: a@shop.example\r\nTo: b@x.test\r\nSubject: hi\r\n\r\n";
+
+    /// What mail-auth hashes for the body of `message` once Herald has cut
+    /// its blank tail off.
+    fn mail_auth_canonical(message: &[u8]) -> Vec<u8> {
+        use mail_auth::common::headers::Writable;
+        let signed = without_blank_tail(message);
+        let mut out = Vec::new();
+        Canonicalization::Relaxed
+            .canonical_body(signed.get(HEAD.len()..).unwrap_or_default(), 0)
+            .write(&mut out);
+        out
+    }
+
+    /// Every body of up to 8 pieces from {`a`, space, tab, CRLF}: whatever
+    /// its white space and blank lines, what mail-auth is given to sign
+    /// canonicalises to the RFC's relaxed body. (Without the cut, a body
+    /// ending in a whitespace-only line fails here.)
+    #[test]
+    fn signed_bodies_canonicalise_as_rfc_6376_says() {
+        const PIECES: [&[u8]; 4] = [b"a", b" ", b"\t", b"\r\n"];
+        let mut checked = 0;
+        for len in 0..=8u32 {
+            for index in 0..PIECES.len().pow(len) {
+                let mut message = HEAD.to_vec();
+                let mut n = index;
+                for _ in 0..len {
+                    message.extend_from_slice(PIECES[n % PIECES.len()]);
+                    n /= PIECES.len();
+                }
+                let body = &message[HEAD.len()..];
+                assert_eq!(
+                    String::from_utf8_lossy(&mail_auth_canonical(&message)),
+                    String::from_utf8_lossy(&relaxed_reference(body)),
+                    "body {:?}",
+                    String::from_utf8_lossy(body)
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 87_381);
+    }
+
+    /// The `bh=` of real signatures over bodies ending in whitespace-only
+    /// lines is the hash of the RFC's canonical body.
+    #[test]
+    fn body_hash_ignores_trailing_whitespace_only_lines() -> Result<(), String> {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("ed.pem");
+        keygen("shop.example", "s1", Algorithm::Ed25519, &path)?;
+        let key = DkimKey::load(&path, "shop.example", "s1")?;
+        for body in [
+            "Body\r\n \r\n",
+            "Body\r\n\t\r\n",
+            "Body\r\n \r\n\t\r\n  \t \r\n\r\n",
+            "Body \t\r\nline\t\t \r\n \r\n",
+            " \r\n\t\r\n",
+            "",
+            "Body\r\n \t",
+            "a  b\t\tc \r\n.\r\n \r\n",
+        ] {
+            let message = [HEAD, body.as_bytes()].concat();
+            let header =
+                String::from_utf8(key.signature_header(&message)?).map_err(|e| e.to_string())?;
+            let unfolded: String = header.split_whitespace().collect();
+            let bh = unfolded
+                .split(';')
+                .find_map(|t| t.strip_prefix("bh="))
+                .unwrap_or_default()
+                .to_string();
+            let want = B64.encode(sha2::Sha256::digest(relaxed_reference(body.as_bytes())));
+            assert_eq!(bh, want, "body {body:?}");
         }
         Ok(())
     }

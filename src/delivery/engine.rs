@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::bounce;
-use super::model::{BounceClass, QueuedMessage, RcptState};
+use super::model::{BounceClass, NotSent, QueuedMessage, RcptState};
 use super::mx::{Mx, MxError};
 use super::smtp::{self, RcptResult, Reply, Session, Target, TlsMode};
 use crate::clock::Clock;
@@ -302,7 +302,7 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
                     break;
                 }
                 if let Some(m) = v.queued_message(id)? {
-                    if lost_consent(v, &m)? {
+                    if !unsendable(&m, |c| Ok(v.contact(c)?.map(|c| c.consent)))?.is_empty() {
                         unsent.push(id);
                         continue;
                     }
@@ -324,10 +324,14 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
             })
             .await;
         match r {
-            Ok(()) => tracing::info!(
-                messages = n,
-                "campaign messages not sent: the contacts no longer have consent"
-            ),
+            Ok(()) => {
+                tracing::info!(
+                    messages = n,
+                    "messages not sent: the contacts were erased or no longer have consent"
+                );
+                // Other recipients of those messages may still be due.
+                inner.new_work.notify_one();
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not drop messages of contacts without consent")
             }
@@ -761,15 +765,40 @@ async fn connection(inner: &Arc<Inner>, key: &DestKey) {
     let mut job = Some(first);
     let mut sent = 0usize;
     let mut usable = true;
-    while let Some(j) = job.take() {
+    while let Some(mut j) = job.take() {
         let body = {
             let id = j.msg;
-            inner.store.read(move |v| v.message_body(id)).await
+            inner
+                .store
+                .read(move |v| Ok((v.message_body(id)?, v.queued_message(id)?)))
+                .await
         };
         let body = match body {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                // Purged meanwhile: nothing to record.
+            Ok((Some(b), Some(m))) => {
+                // Recipients taken out since the message was loaded (erased,
+                // purged) are not sent.
+                let gone: Vec<(usize, String)> = j
+                    .rcpts
+                    .iter()
+                    .filter(|(i, _)| !m.recipients.get(*i).is_some_and(|r| r.state.is_pending()))
+                    .cloned()
+                    .collect();
+                if !gone.is_empty() {
+                    j.rcpts.retain(|r| !gone.contains(r));
+                    let mut st = lock(&inner.state);
+                    if let Some(a) = st.active.get_mut(&j.msg) {
+                        a.rcpts.retain(|r| !gone.iter().any(|(i, _)| i == r));
+                    }
+                }
+                if j.rcpts.is_empty() {
+                    release_jobs(inner, std::slice::from_ref(&j));
+                    job = wait_for_job(inner, key).await;
+                    continue;
+                }
+                b
+            }
+            Ok(_) => {
+                // Purged or erased meanwhile: nothing to record.
                 release_jobs(inner, std::slice::from_ref(&j));
                 job = wait_for_job(inner, key).await;
                 continue;
@@ -1020,43 +1049,126 @@ pub fn record_outcomes(
     }
 }
 
-/// Whether a queued campaign message's contact no longer has consent
-/// (unsubscribed, bounced or erased since it was queued): marketing mail
-/// waiting in the queue is then not sent at all.
-fn lost_consent(v: &crate::store::ReadView, m: &QueuedMessage) -> Result<bool, StoreError> {
-    if m.campaign.is_none() {
-        return Ok(false);
-    }
-    let Some(id) = m.recipients.first().and_then(|r| r.contact) else {
-        return Ok(false);
+/// The pending recipients of `m` that its kind of mail may no longer reach
+/// ([`QueuedMessage::rule`], [`super::model::MailKind::allows`]): contacts
+/// erased, or whose consent changed since the message was queued
+/// (unsubscribed, bounced). `consent` gives a contact's state, `None` for
+/// a contact that no longer exists. Checked when the scheduler loads a
+/// message, so every attempt (also after a deferral) checks again.
+fn unsendable(
+    m: &QueuedMessage,
+    consent: impl Fn(u64) -> Result<Option<ConsentState>, StoreError>,
+) -> Result<Vec<(usize, NotSent)>, StoreError> {
+    let Some(kind) = m.rule() else {
+        return Ok(Vec::new());
     };
-    Ok(v.contact(id)?
-        .is_none_or(|c| c.consent != ConsentState::Granted))
+    let mut out = Vec::new();
+    for (i, r) in m.recipients.iter().enumerate() {
+        if !r.state.is_pending() {
+            continue;
+        }
+        let Some(id) = r.contact else { continue };
+        match consent(id)? {
+            None => out.push((i, NotSent::Erased)),
+            Some(s) if !kind.allows(s) => out.push((i, NotSent::NoConsent)),
+            Some(_) => {}
+        }
+    }
+    Ok(out)
 }
 
-/// Ends a campaign message whose contact lost consent: its pending
-/// recipients fail as "not sent" (counted as failed and as `unsent`).
+/// Fails, unsent, the recipients of a queued message its kind of mail may
+/// no longer reach (checked again inside this transaction): counted as
+/// failed and, for a campaign, as `not_sent_no_consent` or
+/// `not_sent_erased`. A message left with nothing to send is finished (its
+/// body deleted).
 fn drop_unsent(t: &mut WriteTables<'_>, id: u64, now: i64) -> Result<(), StoreError> {
     let Some(mut m) = t.queued_message(id)? else {
         return Ok(());
     };
-    let mut any = false;
-    for r in m.recipients.iter_mut().filter(|r| r.state.is_pending()) {
-        count_campaign(t, m.campaign, r.state, RcptState::Failed, None, now)?;
-        if let Some(c) = m.campaign {
-            t.bump_campaign(c.id, c.slot, crate::campaign::model::Counter::Unsent, 1)?;
-        }
-        r.state = RcptState::Failed;
-        r.next_attempt = None;
-        r.updated = Some(now);
-        r.reply = Some("not sent: the contact no longer has consent".into());
-        any = true;
+    let drop = unsendable(&m, |c| Ok(t.contact(c)?.map(|c| c.consent)))?;
+    if drop.is_empty() {
+        return Ok(());
     }
-    if any {
-        t.finish_message(m, now)?;
+    for (idx, why) in drop {
+        not_sent(t, &mut m, idx, why, now)?;
     }
-    Ok(())
+    if m.recipients.iter().any(|r| r.state.is_pending()) {
+        t.put_message(&mut m, None)
+    } else {
+        t.finish_message(m, now)
+    }
 }
+
+/// Fails recipient `idx` of `m` unsent for `why`, with the campaign's counts.
+fn not_sent(
+    t: &mut WriteTables<'_>,
+    m: &mut QueuedMessage,
+    idx: usize,
+    why: NotSent,
+    now: i64,
+) -> Result<bool, StoreError> {
+    use crate::campaign::model::Counter;
+    let Some(before) = m.not_sent(idx, why, now) else {
+        return Ok(false);
+    };
+    count_campaign(t, m.campaign, before, RcptState::Failed, None, now)?;
+    if let Some(c) = m.campaign {
+        let counter = match why {
+            NotSent::Erased => Counter::Erased,
+            NotSent::NoConsent => Counter::Unsent,
+        };
+        t.bump_campaign(c.id, c.slot, counter, 1)?;
+    }
+    Ok(true)
+}
+
+/// Erasure in the queue: every record of a message to the address whose
+/// salted hash is `key` (see `store::suppression_key`), queued or
+/// finished, loses the address (and the reply and host that may name it);
+/// recipients still pending fail unsent as `erased`, and a message left with
+/// nothing to send is finished, its body deleted. Runs in the erasure's
+/// transaction; returns how many recipients were taken out unsent.
+pub fn erase_recipient(t: &mut WriteTables<'_>, key: &[u8], now: i64) -> Result<usize, StoreError> {
+    let salt = t.salt()?;
+    let mut unsent = 0;
+    for id in t.messages_to(key)? {
+        let (mut m, queued) = match t.queued_message(id)? {
+            Some(m) => (m, true),
+            None => match t.finished_message(id)? {
+                Some(m) => (m, false),
+                None => continue,
+            },
+        };
+        for idx in 0..m.recipients.len() {
+            let address = m.recipients[idx].address.to_lowercase();
+            if crate::store::suppression_key(&salt, &address) != key {
+                continue;
+            }
+            if not_sent(t, &mut m, idx, NotSent::Erased, now)? {
+                unsent += 1;
+            }
+            let r = &mut m.recipients[idx];
+            r.address = ERASED.to_string();
+            r.domain = String::new();
+            r.contact = None;
+            r.host = None;
+            r.reply = r.not_sent.map(|n| n.reply().to_string());
+        }
+        if !queued {
+            t.put_finished_message(&m)?;
+        } else if m.recipients.iter().any(|r| r.state.is_pending()) {
+            t.put_message(&mut m, None)?;
+        } else {
+            t.finish_message(m, now)?;
+        }
+    }
+    t.unindex_address(key)?;
+    Ok(unsent)
+}
+
+/// What an erased recipient's address reads in the queue records.
+pub const ERASED: &str = "(erased)";
 
 /// Counts a recipient's move from `before` to `after` for its campaign:
 /// final outcomes, and how many wait for a retry now.

@@ -62,6 +62,72 @@ impl BounceClass {
     }
 }
 
+/// Why a recipient was taken out of the queue without an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotSent {
+    /// The contact was erased (GDPR) while the message waited.
+    Erased,
+    /// The contact's consent no longer allows this kind of mail (see
+    /// [`MailKind::allows`]).
+    NoConsent,
+}
+
+impl NotSent {
+    /// The name shown by the API and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotSent::Erased => "erased",
+            NotSent::NoConsent => "no_consent",
+        }
+    }
+
+    /// The reply text kept in the queue record.
+    pub fn reply(self) -> &'static str {
+        match self {
+            NotSent::Erased => "not sent: the contact was erased",
+            NotSent::NoConsent => "not sent: the contact's consent no longer allows it",
+        }
+    }
+}
+
+/// What a queued message is, for the consent check delivery makes when it
+/// picks the message up (the contact may have withdrawn since).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailKind {
+    /// Newsletters, automations, marketing templates: `granted` only.
+    Marketing,
+    /// A transactional template (order follow-up…): never to a contact
+    /// that withdrew or whose address is `invalid`.
+    Transactional,
+    /// The double opt-in mail answering the person's own signup: sent
+    /// whatever the stored state (a withdrawn contact re-subscribing gets
+    /// it; its link is the only way back to `granted`).
+    Confirmation,
+}
+
+impl MailKind {
+    /// Whether a message of this kind may (still) go to a contact in `state`.
+    pub fn allows(self, state: crate::contacts::model::ConsentState) -> bool {
+        use crate::contacts::model::ConsentState::*;
+        match self {
+            MailKind::Marketing => state == Granted,
+            MailKind::Transactional => !matches!(state, Withdrawn | Invalid),
+            MailKind::Confirmation => true,
+        }
+    }
+
+    /// The name shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailKind::Marketing => "marketing",
+            MailKind::Transactional => "transactional",
+            MailKind::Confirmation => "confirmation",
+        }
+    }
+}
+
 /// One envelope recipient.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recipient {
@@ -92,6 +158,9 @@ pub struct Recipient {
     /// When the state last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated: Option<i64>,
+    /// For a recipient failed without an attempt: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_sent: Option<NotSent>,
 }
 
 impl Recipient {
@@ -108,6 +177,7 @@ impl Recipient {
             bounce: None,
             host: None,
             updated: None,
+            not_sent: None,
         }
     }
 }
@@ -145,9 +215,45 @@ pub struct QueuedMessage {
     /// The campaign message this is, so outcomes count for the campaign.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub campaign: Option<crate::campaign::model::CampaignRef>,
+    /// What kind of mail it is, for the consent check at delivery; `None`
+    /// for a message the API was given whole (no contact to check), and in
+    /// records written before the field existed (see [`QueuedMessage::rule`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<MailKind>,
 }
 
 impl QueuedMessage {
+    /// The consent rule delivery applies: the stored kind, or for records
+    /// written before it was stored, marketing for a campaign message and
+    /// transactional for a template message.
+    pub fn rule(&self) -> Option<MailKind> {
+        self.kind.or_else(|| {
+            if self.campaign.is_some() {
+                Some(MailKind::Marketing)
+            } else if self.source.starts_with("template:") {
+                Some(MailKind::Transactional)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Fails recipient `idx` (pending) without an attempt, for `why`.
+    /// Returns its state before, or `None` if it was not pending.
+    pub fn not_sent(&mut self, idx: usize, why: NotSent, now: i64) -> Option<RcptState> {
+        let r = self.recipients.get_mut(idx)?;
+        if !r.state.is_pending() {
+            return None;
+        }
+        let before = r.state;
+        r.state = RcptState::Failed;
+        r.next_attempt = None;
+        r.updated = Some(now);
+        r.reply = Some(why.reply().to_string());
+        r.not_sent = Some(why);
+        Some(before)
+    }
+
     /// The earliest time a pending recipient is due, if any is pending.
     pub fn next_due(&self) -> Option<i64> {
         self.recipients
@@ -155,5 +261,49 @@ impl QueuedMessage {
             .filter(|r| r.state.is_pending())
             .map(|r| r.next_attempt.unwrap_or(self.created))
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contacts::model::ConsentState::*;
+
+    fn record(extra: &str) -> Result<QueuedMessage, serde_json::Error> {
+        serde_json::from_str(&format!(
+            r#"{{"id": 1, "sender": "s", "return_path": "r@x.example", "message_id": "m@x.example",
+                "created": 0, "size": 1,
+                "recipients": [{{"address": "a@x.example", "domain": "x.example", "contact": 7,
+                                 "state": "queued"}}]{extra}}}"#
+        ))
+    }
+
+    /// Records written before `kind` (and `not_sent`) existed still load,
+    /// and get the rule their source implies.
+    #[test]
+    fn old_queue_records_keep_working() -> Result<(), serde_json::Error> {
+        let m = record(r#", "source": "template:back_in_stock""#)?;
+        assert_eq!(m.kind, None);
+        assert_eq!(m.recipients[0].not_sent, None);
+        assert_eq!(m.rule(), Some(MailKind::Transactional));
+        let m = record(r#", "source": "campaign:3", "campaign": {"id": 3, "slot": 0}"#)?;
+        assert_eq!(m.rule(), Some(MailKind::Marketing));
+        let m = record(r#", "source": "api""#)?;
+        assert_eq!(m.rule(), None);
+        let m = record(r#", "source": "template:x", "kind": "marketing""#)?;
+        assert_eq!(m.rule(), Some(MailKind::Marketing));
+        Ok(())
+    }
+
+    #[test]
+    fn each_kind_of_mail_reaches_only_the_states_it_may() {
+        let all = [Unknown, Pending, Granted, Withdrawn, Invalid];
+        let reached = |k: MailKind| all.into_iter().filter(|s| k.allows(*s)).collect::<Vec<_>>();
+        assert_eq!(reached(MailKind::Marketing), vec![Granted]);
+        assert_eq!(
+            reached(MailKind::Transactional),
+            vec![Unknown, Pending, Granted]
+        );
+        assert_eq!(reached(MailKind::Confirmation), all.to_vec());
     }
 }

@@ -14,7 +14,7 @@ use mail_builder::headers::address::Address;
 use mail_builder::headers::raw::Raw;
 
 use super::dkim;
-use super::model::{QueuedMessage, Recipient};
+use super::model::{MailKind, QueuedMessage, Recipient};
 use crate::config::Sender;
 use crate::config::delivery::{domain_of, parse_mailbox};
 use crate::store::{Sequence, Store, StoreError};
@@ -36,6 +36,9 @@ pub struct NewMessage {
     /// A Message-ID to use (without brackets) when the caller derives one
     /// deterministically; otherwise one is generated.
     pub message_id: Option<String>,
+    /// What kind of mail it is (template messages), for the consent check
+    /// at delivery; `None` for a message given whole.
+    pub kind: Option<MailKind>,
 }
 
 /// One envelope recipient.
@@ -104,13 +107,14 @@ pub async fn enqueue(
         None => new_message_id(&sender.domain, now),
     };
     let source = msg.source.clone();
+    let kind = msg.kind;
     let content = msg.content;
     let (body, message_id) = {
         let sender = sender.clone();
         let rcpts: Vec<String> = recipients.iter().map(|r| r.address.clone()).collect();
         tokio::task::spawn_blocking(move || {
             build(&sender, &rcpts, content, message_id, now)
-                .and_then(|(bytes, mid)| Ok((dkim::sign(&sender.dkim, bytes)?, mid)))
+                .and_then(|(bytes, mid)| Ok((sign(&sender, bytes)?, mid)))
         })
         .await
         .map_err(|e| EnqueueError::Invalid(format!("building the message failed: {e}")))?
@@ -135,6 +139,7 @@ pub async fn enqueue(
                 finished: None,
                 purged: None,
                 campaign: None,
+                kind,
             };
             t.put_message(&mut m, Some(&body))?;
             Ok(id)
@@ -158,9 +163,54 @@ pub struct Signed {
 }
 
 /// Signs a built message with every DKIM key of the sender (CPU work: call
-/// from a blocking or rayon thread).
+/// from a blocking or rayon thread). The message is put in its wire form
+/// first (see [`wire_form`]).
 pub fn sign(sender: &Sender, message: Vec<u8>) -> Result<Vec<u8>, String> {
-    dkim::sign(&sender.dkim, message)
+    dkim::sign(&sender.dkim, wire_form(message)?)
+}
+
+/// Bare CR and bare LF become CRLF (RFC 5322 §2.3), anywhere in `bytes`.
+/// A lone CR would otherwise reach the wire as it is: peers disagree on
+/// whether it ends a line, so `\r.\r` could end the DATA early for one of
+/// them (smuggling), and dot-stuffing and the DKIM body hash would differ.
+pub fn crlf_line_ends(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 50);
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether every CR in `bytes` is followed by LF and every LF preceded by CR.
+fn crlf_only(bytes: &[u8]) -> bool {
+    memchr::memchr2_iter(b'\r', b'\n', bytes).all(|i| match bytes[i] {
+        b'\r' => bytes.get(i + 1) == Some(&b'\n'),
+        _ => i > 0 && bytes[i - 1] == b'\r',
+    })
+}
+
+/// The form every queued message takes before it is signed: no NUL byte
+/// (refused: no transfer encoding carries it in 7bit or 8bit text), and CRLF
+/// line ends only (bare CR and LF normalised). Returns the message unchanged
+/// when it already is so.
+pub fn wire_form(message: Vec<u8>) -> Result<Vec<u8>, String> {
+    if memchr::memchr(0, &message).is_some() {
+        return Err("the message contains a NUL byte".into());
+    }
+    if crlf_only(&message) {
+        Ok(message)
+    } else {
+        Ok(crlf_line_ends(&message))
+    }
 }
 
 /// Queues a signed message inside a write transaction; returns its queue id.
@@ -187,6 +237,9 @@ pub fn queue_signed(
         finished: None,
         purged: None,
         campaign,
+        // Campaign messages are marketing; test sends (no campaign) go to
+        // whoever the admin named.
+        kind: campaign.map(|_| MailKind::Marketing),
     };
     t.put_message(&mut q, Some(&m.body))?;
     Ok(id)
@@ -239,32 +292,131 @@ pub fn new_message_id(domain: &str, now: i64) -> String {
     format!("{now:x}.{r:016x}@{domain}")
 }
 
+/// Refuses line breaks and other control characters (all below U+0020 but
+/// TAB, and DEL) in the value of header `name`: written as given, they
+/// would reach the wire raw.
+fn check_header_text(name: &str, value: &str) -> Result<(), String> {
+    if value.contains(['\r', '\n']) {
+        return Err(format!("header {name} must not contain line breaks"));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control() && *c != '\t') {
+        return Err(format!(
+            "header {name} must not contain control characters (U+{:04X})",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+/// Headers `headers` may not set: those the fields set (From, To, Subject,
+/// Reply-To), those Herald writes itself (Date, Message-ID, MIME and
+/// transfer encoding, DKIM-Signature), and those that belong to the
+/// envelope, the receiving servers or another identity (Bcc would leak the
+/// blind copies, Sender and Return-Path misstate who sends, Received and
+/// authentication results are the receivers').
+const RESERVED_HEADERS: &[&str] = &[
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "dkim-signature",
+    "reply-to",
+    "bcc",
+    "sender",
+    "return-path",
+    "received",
+    "authentication-results",
+    "arc-seal",
+    "arc-message-signature",
+    "arc-authentication-results",
+    "delivered-to",
+];
+
 fn header_ok(name: &str, value: &str) -> Result<(), String> {
     let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
     if !name_ok {
         return Err(format!("`{name}` is not a header name"));
     }
-    if value.contains(['\r', '\n']) {
-        return Err(format!("header {name} must not contain line breaks"));
-    }
-    let reserved = [
-        "from",
-        "to",
-        "subject",
-        "date",
-        "message-id",
-        "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-        "dkim-signature",
-        "reply-to",
-    ];
-    if reserved.contains(&name.to_ascii_lowercase().as_str()) {
+    check_header_text(name, value)?;
+    let lower = name.to_ascii_lowercase();
+    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("content-") {
         return Err(format!(
-            "header {name} is set by its own field, not in headers"
+            "header {name} is Herald's to set (or its own field's), not headers'"
         ));
     }
     Ok(())
+}
+
+/// Checks the extra headers together: each once (names compare without
+/// case), and the unsubscribe pair as RFC 2369 and RFC 8058 define it.
+fn check_headers(headers: &[(String, String)]) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for (name, value) in headers {
+        header_ok(name, value)?;
+        if !seen.insert(name.to_ascii_lowercase()) {
+            return Err(format!("header {name} is given twice"));
+        }
+    }
+    let get = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.trim())
+    };
+    let lu = get("list-unsubscribe");
+    if let Some(v) = lu {
+        let uris: Vec<&str> = v.split(',').map(str::trim).collect();
+        let ok = uris.iter().all(|u| {
+            u.strip_prefix('<')
+                .and_then(|u| u.strip_suffix('>'))
+                .is_some_and(|u| {
+                    (u.starts_with("https://")
+                        || u.starts_with("http://")
+                        || u.starts_with("mailto:"))
+                        && !u.contains(['<', '>', ' '])
+                })
+        });
+        if !ok {
+            return Err(format!(
+                "header List-Unsubscribe: `{v}` is not a list of <https://…> or <mailto:…> URIs"
+            ));
+        }
+    }
+    if let Some(v) = get("list-unsubscribe-post") {
+        if v != "List-Unsubscribe=One-Click" {
+            return Err(format!(
+                "header List-Unsubscribe-Post: must be `List-Unsubscribe=One-Click`, not `{v}`"
+            ));
+        }
+        if !lu.is_some_and(|l| l.contains("<https://")) {
+            return Err(
+                "header List-Unsubscribe-Post needs a List-Unsubscribe with an https URI (RFC 8058)"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a NUL byte in a body part.
+fn check_body(part: &str, body: &str) -> Result<(), String> {
+    if body.contains('\0') {
+        return Err(format!("{part} must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+/// A body with CRLF line ends only (bare CR and bare LF normalised).
+fn crlf_body(body: String) -> String {
+    if crlf_only(body.as_bytes()) {
+        return body;
+    }
+    // Only ASCII CR and LF bytes are replaced or added: still UTF-8.
+    String::from_utf8(crlf_line_ends(body.as_bytes())).unwrap_or(body)
 }
 
 pub fn mailbox_parts(v: &str) -> (Option<String>, String) {
@@ -302,13 +454,16 @@ fn build(
     match content {
         Content::Parts(p) => {
             let from = p.from.clone().unwrap_or_else(|| sender.from.clone());
+            check_header_text("From", &from)?;
             check_from_domain(sender, &from)?;
             if p.subject.contains(['\r', '\n']) {
                 return Err("subject must not contain line breaks".into());
             }
+            check_header_text("Subject", &p.subject)?;
             if p.text.is_none() && p.html.is_none() {
                 return Err("give text, html or both".into());
             }
+            check_headers(&p.headers)?;
             let (fname, faddr) = mailbox_parts(&from);
             let mut b = MessageBuilder::new()
                 .from(Address::new_address(fname, faddr))
@@ -320,6 +475,7 @@ fn build(
                     if to.contains(['\r', '\n']) {
                         return Err("to must not contain line breaks".into());
                     }
+                    check_header_text("To", to)?;
                     b.header("To", Raw::new(to.clone()))
                 }
                 None => b.to(Address::new_list(
@@ -330,19 +486,21 @@ fn build(
                 )),
             };
             if let Some(rt) = &p.reply_to {
+                check_header_text("Reply-To", rt)?;
                 parse_mailbox(rt).map_err(|e| format!("reply_to: {e}"))?;
                 let (n, a) = mailbox_parts(rt);
                 b = b.reply_to(Address::new_address(n, a));
             }
             for (name, value) in &p.headers {
-                header_ok(name, value)?;
                 b = b.header(name.clone(), Raw::new(value.clone()));
             }
             if let Some(t) = p.text {
-                b = b.text_body(t);
+                check_body("text", &t)?;
+                b = b.text_body(crlf_body(t));
             }
             if let Some(h) = p.html {
-                b = b.html_body(h);
+                check_body("html", &h)?;
+                b = b.html_body(crlf_body(h));
             }
             let bytes = b
                 .write_to_vec()
@@ -362,20 +520,11 @@ fn prepare_raw(
 ) -> Result<(Vec<u8>, String), String> {
     // Bare LF and bare CR both become CRLF (RFC 5322 §2.3): a lone CR would
     // otherwise be dot-stuffed differently in transit and break the DKIM
-    // body hash.
-    let mut crlf = Vec::with_capacity(raw.len() + raw.len() / 50);
-    let mut i = 0;
-    while let Some(&b) = raw.get(i) {
-        match b {
-            b'\r' if raw.get(i + 1) == Some(&b'\n') => {
-                crlf.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => crlf.extend_from_slice(b"\r\n"),
-            _ => crlf.push(b),
-        }
-        i += 1;
+    // body hash. NUL has no place in a message at all.
+    if memchr::memchr(0, &raw).is_some() {
+        return Err("the raw message contains a NUL byte".into());
     }
+    let crlf = crlf_line_ends(&raw);
     let split = crlf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -391,6 +540,14 @@ fn prepare_raw(
         if line.is_empty() {
             continue;
         }
+        if let Some(c) = line.chars().find(|c| c.is_control() && *c != '\t') {
+            return Err(format!(
+                "header line {} contains a control character (U+{:04X}): `{}`",
+                n + 1,
+                c as u32,
+                line.escape_debug()
+            ));
+        }
         if line.starts_with([' ', '\t']) {
             match current.as_mut() {
                 Some((_, v)) => v.push_str(line),
@@ -404,6 +561,7 @@ fn prepare_raw(
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!("header line {} has a bad name: `{name}`", n + 1));
         }
+
         if let Some(h) = current.take() {
             headers.push(h);
         }

@@ -4,13 +4,17 @@
 //! server offers PIPELINING (RFC 2920).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mail_send::smtp::AssertReply;
 use mail_send::{Credentials, SmtpClient};
+use smtp_proto::response::parser::ResponseReceiver;
 use smtp_proto::{EXT_PIPELINING, EXT_START_TLS, EhloResponse, Response};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsConnector;
 
 /// The DATA payload of a CRLF message (without its final line end): a dot
@@ -133,6 +137,81 @@ fn describe(e: &mail_send::Error) -> Reply {
     }
 }
 
+/// A stream that notices the server closing the connection: mail-send
+/// reports an end of stream as "Unparseable SMTP reply", which hides what
+/// happened. Shared by the plain and the TLS stream of one connection.
+struct Watched<S> {
+    inner: S,
+    closed: Arc<AtomicBool>,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, closed: &Arc<AtomicBool>) -> Watched<S> {
+        Watched {
+            inner,
+            closed: closed.clone(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before && buf.remaining() > 0 {
+            me.closed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether an I/O error means the server went away.
+fn is_closed_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+    )
+}
+
+/// Describes a failure at `step` (e.g. "at RCPT TO"): a connection the
+/// server closed says so and where, anything else as [`describe`].
+fn describe_at(e: &mail_send::Error, closed: &AtomicBool, step: &str) -> Reply {
+    let gone = match e {
+        mail_send::Error::UnparseableReply => closed.load(Ordering::Relaxed),
+        mail_send::Error::Io(io) => is_closed_io(io),
+        _ => false,
+    };
+    if gone {
+        Reply::local(format!("the server closed the connection {step}"))
+    } else {
+        describe(e)
+    }
+}
+
 /// Which command a permanent failure answered: only a refused RCPT says
 /// something about the recipient's address; MAIL FROM, DATA and the end of
 /// the data speak about the sender or the message.
@@ -173,6 +252,8 @@ pub struct Session {
     pub host: String,
     /// A previous transaction failed half-way; RSET before the next.
     dirty: bool,
+    /// Set when the server closed the connection (an empty read).
+    closed: Arc<AtomicBool>,
 }
 
 /// Why a connection could not be set up: the reply or local error, and
@@ -198,6 +279,7 @@ impl Session {
 
     async fn connect_once(t: &Target, mode: TlsMode) -> Result<Session, ConnectError> {
         let err = |reply: Reply| ConnectError { reply };
+        let closed = Arc::new(AtomicBool::new(false));
         let mut client = SmtpClient::connect(t.addr, t.connect_timeout)
             .await
             .map_err(|e| {
@@ -217,19 +299,27 @@ impl Session {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         if mode == TlsMode::Implicit {
-            let mut tls = client.into_tls(&t.connector, &t.host).await.map_err(|e| {
+            let tls = client.into_tls(&t.connector, &t.host).await.map_err(|e| {
                 err(Reply::local(format!(
                     "TLS with {} failed: {}",
                     t.host,
                     describe(&e).text
                 )))
             })?;
-            let caps = greet(&mut tls, t).await.map_err(err)?;
-            let mut s = Session::new(Box::new(tls.stream), t, caps.as_ref(), true);
+            let mut tls = SmtpClient {
+                stream: Watched::new(tls.stream, &closed),
+                timeout: tls.timeout,
+            };
+            let caps = greet(&mut tls, t, &closed).await.map_err(err)?;
+            let mut s = Session::new(Box::new(tls.stream), t, caps.as_ref(), true, closed);
             s.auth(t, caps.as_ref()).await.map_err(err)?;
             return Ok(s);
         }
-        let caps = greet(&mut client, t).await.map_err(err)?;
+        let mut client = SmtpClient {
+            stream: Watched::new(client.stream, &closed),
+            timeout: client.timeout,
+        };
+        let caps = greet(&mut client, t, &closed).await.map_err(err)?;
         let offers_tls = caps
             .as_ref()
             .is_some_and(|c| c.capabilities & EXT_START_TLS != 0);
@@ -247,25 +337,43 @@ impl Session {
             _ => false,
         };
         if !want_tls {
-            let mut s = Session::new(Box::new(client.stream), t, caps.as_ref(), false);
+            let mut s = Session::new(Box::new(client.stream), t, caps.as_ref(), false, closed);
             s.auth(t, caps.as_ref()).await.map_err(err)?;
             return Ok(s);
         }
-        let mut tls = client.start_tls(&t.connector, &t.host).await.map_err(|e| {
+        let tls_failed = |e: &mail_send::Error, step: &str| {
             err(Reply::local(format!(
                 "TLS with {} failed: {}",
                 t.host,
-                describe(&e).text
+                describe_at(e, &closed, step).text
             )))
-        })?;
+        };
+        // STARTTLS on the watched stream, then the handshake on the bare one.
+        client
+            .cmd(b"STARTTLS\r\n")
+            .await
+            .and_then(|r| r.assert_positive_completion())
+            .map_err(|e| tls_failed(&e, "at STARTTLS"))?;
+        let plain = SmtpClient {
+            stream: client.stream.inner,
+            timeout: client.timeout,
+        };
+        let tls = plain
+            .into_tls(&t.connector, &t.host)
+            .await
+            .map_err(|e| tls_failed(&e, "during the TLS handshake"))?;
+        let mut tls = SmtpClient {
+            stream: Watched::new(tls.stream, &closed),
+            timeout: tls.timeout,
+        };
         let caps = tls.ehlo(&t.helo).await.map_err(|e| {
             err(Reply::local(format!(
                 "TLS with {} failed after the handshake: {}",
                 t.host,
-                describe(&e).text
+                describe_at(&e, &closed, "after STARTTLS (at EHLO)").text
             )))
         })?;
-        let mut s = Session::new(Box::new(tls.stream), t, Some(&caps), true);
+        let mut s = Session::new(Box::new(tls.stream), t, Some(&caps), true, closed);
         s.auth(t, Some(&caps)).await.map_err(err)?;
         Ok(s)
     }
@@ -275,6 +383,7 @@ impl Session {
         t: &Target,
         caps: Option<&EhloResponse<String>>,
         tls: bool,
+        closed: Arc<AtomicBool>,
     ) -> Session {
         Session {
             client: SmtpClient {
@@ -285,6 +394,7 @@ impl Session {
             tls,
             host: t.host.clone(),
             dirty: false,
+            closed,
         }
     }
 
@@ -307,7 +417,7 @@ impl Session {
             .await
             .map(|_| ())
             .map_err(|e| {
-                let r = describe(&e);
+                let r = describe_at(&e, &self.closed, "at AUTH");
                 Reply {
                     code: r.code,
                     text: format!("AUTH at {} failed: {}", t.host, r.text),
@@ -324,18 +434,21 @@ impl Session {
         message: &[u8],
     ) -> Result<Vec<RcptResult>, Reply> {
         if self.dirty {
-            self.client.rset().await.map_err(|e| describe(&e))?;
+            self.client
+                .rset()
+                .await
+                .map_err(|e| describe_at(&e, &self.closed, "at RSET"))?;
             self.dirty = false;
         }
         self.dirty = true;
         let mail = format!("MAIL FROM:<{from}>\r\n");
         let rcpt_cmds: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
         let (mail_reply, rcpt_replies, data_reply) = if self.pipelining {
-            let mut cmds: Vec<&[u8]> = Vec::with_capacity(rcpts.len() + 2);
-            cmds.push(mail.as_bytes());
-            cmds.extend(rcpt_cmds.iter().map(|c| c.as_bytes()));
-            cmds.push(b"DATA\r\n");
-            let replies = self.client.cmds(cmds).await.map_err(|e| describe(&e))?;
+            let mut cmds: Vec<(&[u8], &str)> = Vec::with_capacity(rcpts.len() + 2);
+            cmds.push((mail.as_bytes(), "at MAIL FROM"));
+            cmds.extend(rcpt_cmds.iter().map(|c| (c.as_bytes(), "at RCPT TO")));
+            cmds.push((b"DATA\r\n", "at DATA"));
+            let replies = self.pipelined(&cmds).await?;
             if replies.len() != rcpts.len() + 2 {
                 return Err(Reply::local("the server sent fewer replies than commands"));
             }
@@ -348,16 +461,16 @@ impl Session {
             let data = it.next().unwrap_or_else(|| Reply::local("no reply"));
             (mail, rr, Some(data))
         } else {
-            let mail = self.cmd(&mail).await?;
+            let mail = self.cmd(&mail, "at MAIL FROM").await?;
             if !mail.is_ok() {
                 (mail, Vec::new(), None)
             } else {
                 let mut rr = Vec::with_capacity(rcpts.len());
                 for c in &rcpt_cmds {
-                    rr.push(self.cmd(c).await?);
+                    rr.push(self.cmd(c, "at RCPT TO").await?);
                 }
                 let data = if rr.iter().any(Reply::is_ok) {
-                    Some(self.cmd("DATA\r\n").await?)
+                    Some(self.cmd("DATA\r\n", "at DATA").await?)
                 } else {
                     None
                 };
@@ -370,7 +483,7 @@ impl Session {
         if !mail_reply.is_ok() {
             if data_reply.as_ref().is_some_and(|d| d.code == 354) {
                 // A pipelining server that still said 354: end the empty data.
-                self.cmd(".\r\n").await?;
+                self.cmd(".\r\n", "at the end of an empty DATA").await?;
             }
             return Ok(all(&mail_reply));
         }
@@ -378,7 +491,7 @@ impl Session {
         let data_reply = match data_reply {
             Some(d) if d.code == 354 && accepted > 0 => d,
             Some(d) if d.code == 354 => {
-                self.cmd(".\r\n").await?;
+                self.cmd(".\r\n", "at the end of an empty DATA").await?;
                 d
             }
             Some(d) => d,
@@ -406,7 +519,13 @@ impl Session {
         })
         .await
         .map_err(|_| Reply::local("timed out waiting for the reply to the message data"))?
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| {
+            describe_at(
+                &e,
+                &self.closed,
+                "during DATA (the message data was sent, no reply came)",
+            )
+        })?;
         let final_reply = Reply::from_response(&final_reply);
         if final_reply.is_ok() {
             self.dirty = false;
@@ -423,12 +542,77 @@ impl Session {
         Ok(out)
     }
 
-    async fn cmd(&mut self, c: &str) -> Result<Reply, Reply> {
+    /// Sends one command and reads its reply; `step` says where a failure
+    /// happened ("at MAIL FROM").
+    async fn cmd(&mut self, c: &str, step: &str) -> Result<Reply, Reply> {
         self.client
             .cmd(c.as_bytes())
             .await
             .map(|r| Reply::from_response(&r))
-            .map_err(|e| describe(&e))
+            .map_err(|e| describe_at(&e, &self.closed, step))
+    }
+
+    /// Sends pipelined commands (each with the step it is, for errors) in
+    /// one write and reads a reply to each. Unlike mail-send's `cmds`, a
+    /// connection closed half-way is reported at the command whose reply
+    /// is missing.
+    async fn pipelined(&mut self, cmds: &[(&[u8], &str)]) -> Result<Vec<Response<String>>, Reply> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let closed_at = |got: usize| {
+            let step = cmds.get(got).map_or("", |(_, s)| *s);
+            Reply::local(format!("the server closed the connection {step}"))
+        };
+        let mut replies = Vec::with_capacity(cmds.len());
+        let io = async {
+            let mut out = Vec::with_capacity(cmds.iter().map(|(c, _)| c.len()).sum());
+            for (c, _) in cmds {
+                out.extend_from_slice(c);
+            }
+            let stream = &mut self.client.stream;
+            if let Err(e) = async {
+                stream.write_all(&out).await?;
+                stream.flush().await
+            }
+            .await
+            {
+                return Err(if is_closed_io(&e) {
+                    closed_at(0)
+                } else {
+                    Reply::local(e.to_string())
+                });
+            }
+            let mut buf = vec![0u8; 1024];
+            let mut parser = ResponseReceiver::default();
+            while replies.len() < cmds.len() {
+                let n = match stream.read(&mut buf).await {
+                    Ok(0) => return Err(closed_at(replies.len())),
+                    Ok(n) => n,
+                    Err(e) if is_closed_io(&e) => return Err(closed_at(replies.len())),
+                    Err(e) => return Err(Reply::local(e.to_string())),
+                };
+                let mut it = buf[..n].iter();
+                while replies.len() < cmds.len() {
+                    match parser.parse(&mut it) {
+                        Ok(r) => {
+                            replies.push(r);
+                            parser.reset();
+                        }
+                        Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
+                        Err(_) => {
+                            return Err(Reply::local(format!(
+                                "unparseable SMTP reply {}",
+                                cmds.get(replies.len()).map_or("", |(_, s)| *s)
+                            )));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.client.timeout, io)
+            .await
+            .map_err(|_| Reply::local("timed out waiting for the server"))??;
+        Ok(replies)
     }
 
     /// Ends the session politely.
@@ -442,11 +626,12 @@ impl Session {
 async fn greet<T: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<T>,
     t: &Target,
+    closed: &AtomicBool,
 ) -> Result<Option<EhloResponse<String>>, Reply> {
     let greeting = tokio::time::timeout(t.connect_timeout, client.read())
         .await
         .map_err(|_| Reply::local(format!("{} sent no greeting", t.host)))?
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| describe_at(&e, closed, "before its greeting"))?;
     if greeting.code != 220 {
         return Err(Reply::from_response(&greeting));
     }
@@ -456,12 +641,12 @@ async fn greet<T: AsyncRead + AsyncWrite + Unpin>(
             client
                 .cmd(format!("HELO {}\r\n", t.helo).as_bytes())
                 .await
-                .map_err(|e| describe(&e))?
+                .map_err(|e| describe_at(&e, closed, "after the greeting (at HELO)"))?
                 .assert_positive_completion()
                 .map_err(|e| describe(&e))?;
             Ok(None)
         }
-        Err(e) => Err(describe(&e)),
+        Err(e) => Err(describe_at(&e, closed, "after the greeting (at EHLO)")),
     }
 }
 

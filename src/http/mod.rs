@@ -1,12 +1,17 @@
 //! The HTTP server (hyper): admin API, health, metrics, and later the public
 //! tracking and unsubscribe endpoints and the admin UI.
 //!
-//! [`serve`] takes an already-bound listener and a shutdown future (as
-//! mini-redis does), so tests run it on port 0 without signals. Every request
-//! goes through [`dispatch`]: the route table in [`route`] names each endpoint,
-//! admin routes check the bearer token first, and every response is counted in
-//! `/metrics` under its route name.
+//! [`serve`] takes already-bound listeners and a shutdown future (as
+//! mini-redis does), so tests run it on port 0 without signals. Each accepted
+//! connection takes a slot of its listener's connection limits
+//! ([`limits::Gate`]: in total and per client address) or is closed at once.
+//! Every request goes through [`dispatch`]: the route table in [`route`] names
+//! each endpoint, admin routes check the bearer token first (and are served
+//! only on `[http] admin_listen` when that is set), request bodies are held to
+//! a pace ([`reply::BodyPace`]), and every response is counted in `/metrics`
+//! under its route name.
 
+pub mod limits;
 pub mod pages;
 pub mod public;
 pub mod reply;
@@ -19,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -121,47 +126,158 @@ impl AppState {
 /// How long shutdown waits for open connections to finish their requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
-/// Serves HTTP on `listener` until `shutdown` resolves, then stops accepting and
-/// waits for in-flight requests (at most [`SHUTDOWN_GRACE`]).
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(dispatch(state, peer, req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `[http] listen`: every route, or only the public ones when
+    /// `admin_listen` is set.
+    Public,
+    /// `[http] admin_listen`: every route.
+    Admin,
+}
+
+/// The bound listeners [`serve`] accepts on.
+pub struct Listeners {
+    /// `[http] listen`.
+    pub public: TcpListener,
+    /// `[http] admin_listen`, when set.
+    pub admin: Option<TcpListener>,
+}
+
+/// The connection caps of each listener: the configured ones, lowered to
+/// what the process's descriptors allow (`budget`, for both together).
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    public: usize,
+    admin: usize,
+}
+
+impl Caps {
+    fn of(limits: &crate::config::public::HttpLimits, budget: usize, admin: bool) -> Caps {
+        let admin = if admin {
+            limits.admin_max_connections.min(budget / 4).max(1)
+        } else {
+            0
+        };
+        Caps {
+            public: limits
+                .max_connections
+                .min(budget.saturating_sub(admin))
+                .max(1),
+            admin,
         }
     }
-    drop(listener);
+}
+
+/// Serves HTTP on `listeners` until `shutdown` resolves, then stops accepting
+/// and waits for in-flight requests (at most [`SHUTDOWN_GRACE`]).
+pub async fn serve(listeners: Listeners, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let config = state.config();
+    let budget = limits::fd_limit().map_or(usize::MAX, |n| {
+        limits::connection_budget(n, config.delivery.max_connections)
+    });
+    let has_admin = listeners.admin.is_some();
+    let caps = Caps::of(&config.http.limits, budget, has_admin);
+    if caps.public < config.http.limits.max_connections {
+        let (max, fds) = (config.http.limits.max_connections, limits::fd_limit());
+        let fd_limit = fds.unwrap_or(0);
+        // Worth a warning only when it really constrains.
+        if caps.public < 1024 {
+            tracing::warn!(
+                max_connections = max,
+                allowed = caps.public,
+                fd_limit,
+                "http: max_connections lowered to what the open-file limit allows (raise LimitNOFILE)"
+            );
+        } else {
+            tracing::info!(
+                max_connections = max,
+                allowed = caps.public,
+                fd_limit,
+                "http: max_connections lowered to what the open-file limit allows"
+            );
+        }
+    }
+    drop(config);
+    let public_gate = limits::Gate::new(
+        "public",
+        &state.metrics.http_connections,
+        state.metrics.http_connections_refused.clone(),
+    );
+    let admin_gate = limits::Gate::new(
+        "admin",
+        &state.metrics.http_connections,
+        state.metrics.http_connections_refused.clone(),
+    );
+    let Listeners { public, admin } = listeners;
+    let accept_admin = async |admin: &Option<TcpListener>| match admin {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (accepted, kind) = tokio::select! {
+            a = public.accept() => (a, Listener::Public),
+            a = accept_admin(&admin) => (a, Listener::Admin),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Limits are read per connection, so a reload changes them (within
+        // the descriptor budget fixed at start).
+        let config = state.config();
+        let l = &config.http.limits;
+        let slot = match kind {
+            Listener::Public => {
+                // A trusted proxy carries many clients: only the total counts.
+                let exempt = config
+                    .http
+                    .trusted_proxies
+                    .iter()
+                    .any(|n| n.contains(&peer.ip()));
+                let cap = Caps::of(l, budget, has_admin).public;
+                public_gate.admit(
+                    peer.ip(),
+                    cap,
+                    (!exempt).then_some(l.max_connections_per_ip),
+                )
+            }
+            Listener::Admin => admin_gate.admit(peer.ip(), Caps::of(l, budget, true).admin, None),
+        };
+        let Ok(slot) = slot else {
+            // Over a cap: closed now, never queued.
+            drop(stream);
+            continue;
+        };
+        let state = state.clone();
+        let svc = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(dispatch(state, peer, kind, req).await) }
+        });
+        // The header timeout also ends idle keep-alive connections: hyper
+        // starts it whenever it waits for a request's head.
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(l.idle_timeout)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(public);
+    drop(admin);
     tracing::info!("http: no longer accepting connections; waiting for in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("http: all connections closed"),
@@ -425,44 +541,103 @@ fn method_not_allowed(allow: &'static str) -> ApiError {
     )
 }
 
-fn check_token(state: &AppState, req: &Request<Incoming>) -> Result<(), ApiError> {
-    let unauthorized =
-        |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        message.to_string(),
+    )
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 7235 §2.1): `bearer` and `BEARER` are `Bearer`.
+fn bearer(headers: &http::HeaderMap) -> Result<&str, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(unauthorized(
             "missing header `Authorization: Bearer <token>`",
         ));
     };
-    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
-        return Err(unauthorized(
-            "the Authorization header must be `Bearer <token>`",
-        ));
-    };
-    let config = state.config();
-    if bool::from(token.trim().as_bytes().ct_eq(config.admin.token.as_bytes())) {
+    let malformed = || unauthorized("the Authorization header must be `Bearer <token>`");
+    let value = value.to_str().map_err(|_| malformed())?.trim();
+    match value.split_once([' ', '\t']) {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(malformed()),
+    }
+}
+
+fn same(a: &str, b: &str) -> bool {
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+fn check_token(config: &Config, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    if same(bearer(headers)?, &config.admin.token) {
         Ok(())
     } else {
         Err(unauthorized("wrong admin token"))
     }
 }
 
-/// Handles one request: route, authorise, call the endpoint, count it.
+/// `/metrics` with `[http] metrics_token` set needs that token or the
+/// admin token; without it, `/metrics` is open wherever it is served.
+fn check_metrics_token(config: &Config, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let Some(wanted) = &config.http.metrics_token else {
+        return Ok(());
+    };
+    let token = bearer(headers)?;
+    if same(token, &wanted.0) || same(token, &config.admin.token) {
+        Ok(())
+    } else {
+        Err(unauthorized(
+            "wrong token for /metrics ([http] metrics_token or the admin token)",
+        ))
+    }
+}
+
+/// Handles one request that came in on `listener`: route, authorise, call
+/// the endpoint, count it.
 pub async fn dispatch(
     state: Arc<AppState>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    listener: Listener,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let route = route(req.uri().path());
     let method = req.method().clone();
-    let result = if route.is_admin() {
-        match check_token(&state, &req) {
+    let config = state.config();
+    req.extensions_mut()
+        .insert(reply::BodyPace::of(&config.http.limits));
+    let admin_elsewhere = listener == Listener::Public && config.http.admin_listen.is_some();
+    let result = if admin_elsewhere && (route.is_admin() || route == Route::Metrics) {
+        // Served on the admin listener alone: here it does not exist.
+        Err(ApiError::not_found(format!(
+            "nothing at {}",
+            req.uri().path()
+        )))
+    } else if route.is_admin() {
+        match check_token(&config, req.headers()) {
+            Ok(()) => call(&state, &route, peer, req).await,
+            Err(e) => Err(e),
+        }
+    } else if route == Route::Metrics {
+        match check_metrics_token(&config, req.headers()) {
             Ok(()) => call(&state, &route, peer, req).await,
             Err(e) => Err(e),
         }
     } else {
         call(&state, &route, peer, req).await
     };
-    let response = result.unwrap_or_else(ApiError::into_response);
+    drop(config);
+    let mut response = result.unwrap_or_else(ApiError::into_response);
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        // The rest of a body that fell behind is not waited for.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = response.status().as_u16();
     state
         .metrics
@@ -729,5 +904,27 @@ mod tests {
         assert_eq!(route("/healthz"), Route::Health);
         assert!(!Route::Metrics.is_admin());
         assert!(Route::Fields.is_admin());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let with = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            bearer(&h).map(str::to_string).map_err(|e| e.message)
+        };
+        for v in [
+            "Bearer tok",
+            "bearer tok",
+            "BEARER tok",
+            "bEaReR  tok ",
+            "Bearer\ttok",
+        ] {
+            assert_eq!(with(v).as_deref(), Ok("tok"), "{v}");
+        }
+        for v in ["Basic tok", "Bearer", "Bearer ", "Bearertok", "tok"] {
+            assert!(with(v).is_err(), "{v}");
+        }
+        assert!(bearer(&http::HeaderMap::new()).is_err());
     }
 }

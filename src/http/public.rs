@@ -21,12 +21,15 @@ use super::pages::{self, Texts, attr, esc, fill, texts};
 use super::reply::{self, ApiError, Body};
 use super::{AppState, Client};
 use crate::config::Config;
-use crate::contacts::model::{ConsentSource, ConsentState, Contact};
-use crate::contacts::{ConsentChange, ContactUpdate};
+use crate::contacts::model::{ConsentState, Contact};
+use crate::contacts::signup::{self, Confirmed, Requested, SignupInput};
 use crate::metrics::OutcomeLabels;
-use crate::store::HistoryEvent;
 use crate::tokens::{SendKind, Token};
 use crate::track::{self, Actor, Unsubscribed};
+
+/// The Content-Security-Policy of `/v/` pages.
+const VIEW_CSP: &str = "default-src 'none'; img-src * data:; style-src * 'unsafe-inline'; \
+font-src * data:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Largest form body accepted on public endpoints.
 const FORM_LIMIT: usize = 64 * 1024;
@@ -199,7 +202,13 @@ pub async fn unsubscribe_page(
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config();
     let m = match config.tracking.keys.verify(token) {
-        Some(Token::Unsubscribe(m)) | Some(Token::Preferences(m)) => m,
+        // A preview's links lead nowhere: they name a real contact, but no
+        // message was sent to them.
+        Some(Token::Unsubscribe(m)) | Some(Token::Preferences(m))
+            if m.send.kind != SendKind::Preview =>
+        {
+            m
+        }
         _ => return Ok(invalid(&config)),
     };
     let id = m.contact;
@@ -270,7 +279,13 @@ pub async fn unsubscribe_post(
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config();
     let m = match config.tracking.keys.verify(token) {
-        Some(Token::Unsubscribe(m)) | Some(Token::Preferences(m)) => m,
+        // A preview's links lead nowhere: they name a real contact, but no
+        // message was sent to them.
+        Some(Token::Unsubscribe(m)) | Some(Token::Preferences(m))
+            if m.send.kind != SendKind::Preview =>
+        {
+            m
+        }
         _ => return Ok(invalid(&config)),
     };
     let ct = content_type(&req);
@@ -379,7 +394,12 @@ pub async fn confirm(
     act: bool,
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config();
-    let Some(Token::Confirm { contact, issued }) = config.tracking.keys.verify(token) else {
+    let Some(Token::Confirm {
+        contact,
+        issued,
+        request,
+    }) = config.tracking.keys.verify(token)
+    else {
         return Ok(invalid(&config));
     };
     let now = state.clock.now();
@@ -417,47 +437,27 @@ pub async fn confirm(
         ));
     }
     let who = actor(client);
-    let (c, changed) = state
+    let done = state
         .store
         .write(move |t| {
-            let Some(c) = t.contact(contact)? else {
-                return Ok((None, false));
+            let click = signup::Click {
+                contact,
+                issued,
+                request,
+                ip: who.ip,
+                user_agent: who.user_agent,
             };
-            if c.consent == ConsentState::Granted {
-                return Ok((Some(c), false));
-            }
-            let update = ContactUpdate {
-                consent: Some(ConsentChange {
-                    to: ConsentState::Granted,
-                    source: ConsentSource::Link,
-                    ip: who.ip,
-                    user_agent: who.user_agent,
-                    note: Some("confirmed the subscription (double opt-in)".into()),
-                }),
-                ..Default::default()
-            };
-            match crate::contacts::apply_update_by_id(t, contact, update, now)? {
-                Ok((_, c)) => {
-                    t.push_history(
-                        contact,
-                        &HistoryEvent {
-                            at: now.timestamp_millis(),
-                            kind: "confirm".into(),
-                            ..Default::default()
-                        },
-                    )?;
-                    Ok((Some(c), true))
-                }
-                Err(_) => Ok((Some(c), false)),
-            }
+            signup::confirm(t, click, now)
         })
         .await?;
-    let Some(c) = c else {
-        return Ok(invalid(&config));
+    let c = match done {
+        Confirmed::Now(c) => {
+            state.metrics.confirmations.inc();
+            c
+        }
+        Confirmed::Already(c) => c,
+        Confirmed::Refused => return Ok(invalid(&config)),
     };
-    if changed {
-        state.metrics.confirmations.inc();
-    }
     if let Some(u) = config
         .signup
         .as_ref()
@@ -477,14 +477,17 @@ pub async fn confirm(
 /// contact from the campaign's template (links and pixel as in the mail).
 pub async fn view(state: &Arc<AppState>, token: &str) -> Result<Response<Body>, ApiError> {
     let config = state.config();
-    let Some(Token::View(m)) = config.tracking.keys.verify(token) else {
+    let Some(Token::View(m, sent)) = config.tracking.keys.verify(token) else {
         return Ok(invalid(&config));
     };
     if !matches!(m.send.kind, SendKind::Campaign | SendKind::Test) {
         return Ok(invalid(&config));
     }
     let campaigns = state.campaigns.clone();
-    let html = tokio::task::spawn_blocking(move || campaigns.view_html(m))
+    // A page made before send times were recorded renders as of the epoch:
+    // its auto-login links have long expired.
+    let sent = sent.unwrap_or(0);
+    let html = tokio::task::spawn_blocking(move || campaigns.view_html(m, sent))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let html = match html {
@@ -507,6 +510,16 @@ pub async fn view(state: &Arc<AppState>, token: &str) -> Result<Response<Body>, 
     );
     h.insert("x-robots-tag", HeaderValue::from_static("noindex"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // A mail's HTML, shown on Herald's own origin: no scripts, no forms,
+    // no framing; images, styles and fonts as mail clients load them.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(VIEW_CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     Ok(r)
 }
 
@@ -632,93 +645,39 @@ pub async fn subscribe(
         }
     }
     let who = actor(client);
-    let ln = list_name.clone();
+    let shown = email.display.clone();
+    let input = SignupInput {
+        email,
+        list: list_name.clone(),
+        language: lang_field,
+        site,
+        fields: values,
+        ip: who.ip,
+        user_agent: who.user_agent,
+    };
     let outcome = state
         .store
-        .write(move |t| {
-            // A list open to signup is created on its first subscriber.
-            let list = match t.list_id_by_name(&ln)? {
-                Some(id) => id,
-                None => {
-                    let l = crate::contacts::model::List {
-                        id: t.next_id(crate::store::Sequence::List)?,
-                        name: ln.clone(),
-                        description: Some("created by the signup form".into()),
-                        member_count: 0,
-                        created_at: now,
-                    };
-                    t.put_list(&l, None)?;
-                    l.id
-                }
-            };
-            let mut update = ContactUpdate {
-                add_lists: [list].into(),
-                ..Default::default()
-            };
-            for (f, v) in &values {
-                let Some(def) = t.field(f)? else {
-                    return Ok(Err(format!("{f}: no such custom field")));
-                };
-                match crate::contacts::parse_value(&def, v) {
-                    Ok(x) => {
-                        update.fields.insert(f.clone(), Some(x));
-                    }
-                    Err(e) => return Ok(Err(format!("{f}: {e}"))),
-                }
-            }
-            let existing = match t.contact_id_by_email(&email.key)? {
-                Some(id) => t.contact(id)?,
-                None => None,
-            };
-            let granted = existing
-                .as_ref()
-                .is_some_and(|c| c.consent == ConsentState::Granted);
-            if existing.as_ref().is_none_or(|c| c.language.is_none()) {
-                update.language = lang_field.clone().map(Some);
-            }
-            if existing.as_ref().is_none_or(|c| c.site.is_none()) {
-                update.site = site.clone().map(Some);
-            }
-            if !granted {
-                update.consent = Some(ConsentChange {
-                    to: ConsentState::Pending,
-                    source: ConsentSource::Form,
-                    ip: who.ip.clone(),
-                    user_agent: who.user_agent.clone(),
-                    note: Some(format!("signup form, list {ln}")),
-                });
-            }
-            match crate::contacts::apply_upsert(t, &email, update, true, now)? {
-                Ok((_, c)) => {
-                    t.push_history(
-                        c.id,
-                        &HistoryEvent {
-                            at: now.timestamp_millis(),
-                            kind: "subscribe".into(),
-                            note: Some(format!("list {ln}")),
-                            ..Default::default()
-                        },
-                    )?;
-                    Ok(Ok((c, granted)))
-                }
-                Err(e) => Ok(Err(e.to_string())),
-            }
-        })
+        .write(move |t| signup::request(t, &input, now))
         .await?;
-    let (contact, granted) = outcome.map_err(reject)?;
-    if granted {
-        count("already");
-        return Ok(signup_answer(
-            &config,
-            json_client,
-            "subscribed",
-            &contact.email,
-            &page_lang,
-        ));
-    }
+    // The answer is the same for every address: new, pending, granted,
+    // withdrawn, invalid or erased.
+    let (contact, request) = match outcome.map_err(|e| reject(e.to_string()))? {
+        Requested::Confirm { contact, request } => (contact, request),
+        Requested::Suppressed => {
+            count("suppressed");
+            return Ok(signup_answer(
+                &config,
+                json_client,
+                "pending",
+                &shown,
+                &page_lang,
+            ));
+        }
+    };
     let token = config.tracking.keys.sign(&Token::Confirm {
         contact: contact.id,
         issued: now.timestamp().max(0) as u64,
+        request: Some(request),
     });
     let confirm_url = format!("{}/confirm/{token}", config.http.public_base());
     let t = config.templates.get(&sc.template).cloned().ok_or_else(|| {
@@ -728,7 +687,6 @@ pub async fn subscribe(
             format!("the confirmation template `{}` is not loaded", sc.template),
         )
     })?;
-    let lang = contact.language.clone().unwrap_or(page_lang);
     let recipient = crate::render::Recipient {
         contact: Arc::new(contact.clone()),
         cart: None,
@@ -742,8 +700,8 @@ pub async fn subscribe(
         &config,
         json_client,
         "pending",
-        &contact.email,
-        &lang,
+        &shown,
+        &page_lang,
     ))
 }
 

@@ -1,13 +1,19 @@
 //! Response and request plumbing shared by every endpoint: the JSON error
-//! shape (`{"error": {"code": …, "message": …}}`), JSON bodies with a size
-//! limit and positioned parse errors, and query-string parsing.
+//! shape (`{"error": {"code": …, "message": …}}`), request bodies with a
+//! size limit and a pace they must keep ([`BodyPace`], 408 when they fall
+//! behind), JSON with positioned parse errors, and query-string parsing.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::time::{Instant, Sleep};
 
 use crate::contacts::ContactError;
 use crate::contacts::import::ImportError;
@@ -151,9 +157,10 @@ pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Byt
 }
 
 /// Reads a whole request body of any type (forms, multipart) of at most
-/// `limit` bytes (413 beyond).
+/// `limit` bytes (413 beyond), at the request's [`BodyPace`] (408 when it
+/// falls behind).
 pub async fn read_any_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let body = Limited::new(req.into_body(), limit)
+    let body = Limited::new(paced_body(req), limit)
         .collect()
         .await
         .map_err(|e| {
@@ -165,11 +172,191 @@ pub async fn read_any_body(req: http::Request<Incoming>, limit: usize) -> Result
                     "body_too_large",
                     format!("the request body is larger than {limit} bytes"),
                 )
+            } else if let Some(t) = e.downcast_ref::<BodyTimeout>() {
+                t.to_api_error()
             } else {
                 ApiError::bad_request(format!("cannot read the request body: {e}"))
             }
         })?;
     Ok(body.to_bytes())
+}
+
+/// The pace a request body must keep (`[http] body_timeout` and
+/// `body_min_rate`): its first [`BodyPace::FREE_BYTES`] within `timeout`,
+/// and every `min_rate` bytes after them earn one more second. A small
+/// body (a form, a JSON document) so has a short total deadline, while a
+/// large one (a CSV import, an event batch) may take as long as it keeps
+/// arriving at the minimum rate. Only time spent waiting for the client
+/// counts, not time the server spends before asking for more (an import
+/// reads the socket only as fast as rows are committed).
+///
+/// `http::dispatch` puts the configured pace into each request's
+/// extensions; body readers take it from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    /// Time allowed for the first [`BodyPace::FREE_BYTES`].
+    pub timeout: Duration,
+    /// Bytes per second past the first [`BodyPace::FREE_BYTES`] (at least 1).
+    pub min_rate: u64,
+}
+
+impl Default for BodyPace {
+    fn default() -> Self {
+        let l = crate::config::public::HttpLimits::default();
+        BodyPace {
+            timeout: l.body_timeout,
+            min_rate: l.body_min_rate,
+        }
+    }
+}
+
+impl BodyPace {
+    /// The bytes a body may send within `timeout` before the rate counts.
+    pub const FREE_BYTES: u64 = 64 * 1024;
+
+    /// The pace of `[http]`'s limits.
+    pub fn of(limits: &crate::config::public::HttpLimits) -> BodyPace {
+        BodyPace {
+            timeout: limits.body_timeout,
+            min_rate: limits.body_min_rate.max(1),
+        }
+    }
+
+    /// Time a body may have spent waiting for the client once `received`
+    /// bytes of it have arrived.
+    pub fn allowed(&self, received: u64) -> Duration {
+        let extra = received.saturating_sub(Self::FREE_BYTES);
+        let earned = Duration::from_millis(extra.saturating_mul(1000) / self.min_rate.max(1));
+        self.timeout.saturating_add(earned)
+    }
+}
+
+/// A request body that fell behind its [`BodyPace`].
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout {
+    /// The pace it was held to.
+    pub pace: BodyPace,
+    /// Bytes that had arrived.
+    pub received: u64,
+}
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body arrived too slowly ({} bytes received): a body may take {} s for its first {} bytes plus 1 s per {} bytes after them ([http] body_timeout, body_min_rate)",
+            self.received,
+            self.pace.timeout.as_secs(),
+            BodyPace::FREE_BYTES,
+            self.pace.min_rate
+        )
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+impl BodyTimeout {
+    /// 408 naming the limit.
+    pub fn to_api_error(self) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            self.to_string(),
+        )
+    }
+}
+
+/// A request body held to a [`BodyPace`]: it ends with a [`BodyTimeout`]
+/// error when the client makes it wait longer than the pace allows.
+pub struct Paced<B> {
+    inner: B,
+    pace: BodyPace,
+    received: u64,
+    /// Time spent waiting for the client so far (closed waits).
+    waited: Duration,
+    /// The wait under way: when it began and its deadline.
+    wait: Option<(Instant, Pin<Box<Sleep>>)>,
+    timed_out: bool,
+}
+
+impl<B> Paced<B> {
+    /// Holds `inner` to `pace`.
+    pub fn new(inner: B, pace: BodyPace) -> Paced<B> {
+        Paced {
+            inner,
+            pace,
+            received: 0,
+            waited: Duration::ZERO,
+            wait: None,
+            timed_out: false,
+        }
+    }
+}
+
+/// The body of `req`, held to the pace in its extensions (the default pace
+/// when none was set).
+pub fn paced_body(req: http::Request<Incoming>) -> Paced<Incoming> {
+    let pace = req
+        .extensions()
+        .get::<BodyPace>()
+        .copied()
+        .unwrap_or_default();
+    Paced::new(req.into_body(), pace)
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> hyper::body::Body for Paced<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.timed_out {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some((since, _)) = this.wait.take() {
+                    this.waited = this.waited.saturating_add(since.elapsed());
+                }
+                if let Some(Ok(f)) = &frame
+                    && let Some(d) = f.data_ref()
+                {
+                    this.received = this.received.saturating_add(d.len() as u64);
+                }
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let (pace, received, waited) = (this.pace, this.received, this.waited);
+                let (_, sleep) = this.wait.get_or_insert_with(|| {
+                    let now = Instant::now();
+                    let left = pace.allowed(received).saturating_sub(waited);
+                    (now, Box::pin(tokio::time::sleep_until(now + left)))
+                });
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.timed_out = true;
+                    return Poll::Ready(Some(Err(Box::new(BodyTimeout { pace, received }))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.timed_out || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Reads a JSON body of at most `limit` bytes into `T`, with errors that name
@@ -276,4 +463,102 @@ pub fn only_params(pairs: &[(String, String)], known: &[&str]) -> Result<(), Api
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body fed from a channel; pending while nothing is sent.
+    struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl hyper::body::Body for Fed {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), f)
+                .await
+                .expect("the body neither ended nor timed out")
+        })
+    }
+
+    #[test]
+    fn the_allowance_grows_with_bytes_past_the_free_ones() {
+        let p = BodyPace {
+            timeout: Duration::from_secs(20),
+            min_rate: 1000,
+        };
+        assert_eq!(p.allowed(0), Duration::from_secs(20));
+        assert_eq!(p.allowed(BodyPace::FREE_BYTES), Duration::from_secs(20));
+        assert_eq!(
+            p.allowed(BodyPace::FREE_BYTES + 1500),
+            Duration::from_millis(21_500)
+        );
+        assert_eq!(
+            p.allowed(u64::MAX),
+            Duration::from_secs(20) + Duration::from_millis(u64::MAX / 1000)
+        );
+    }
+
+    #[test]
+    fn a_body_that_stops_arriving_ends_with_a_timeout_naming_the_limit() {
+        let pace = BodyPace {
+            timeout: Duration::from_millis(100),
+            min_rate: 1000,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let err = run(async move {
+            tx.send(Bytes::from_static(b"email=")).await.unwrap();
+            let r = Paced::new(Fed(rx), pace).collect().await;
+            drop(tx);
+            r.expect_err("a timeout")
+        });
+        let t = err.downcast_ref::<BodyTimeout>().expect("a BodyTimeout");
+        assert_eq!(t.received, 6);
+        let e = t.to_api_error();
+        assert_eq!(e.status, StatusCode::REQUEST_TIMEOUT);
+        assert!(
+            e.message.contains("body_timeout, body_min_rate"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn time_the_server_takes_between_reads_is_not_the_clients() {
+        let pace = BodyPace {
+            timeout: Duration::from_millis(100),
+            min_rate: 1,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let got = run(async move {
+            for _ in 0..4 {
+                tx.send(Bytes::from_static(b"row\n")).await.unwrap();
+            }
+            drop(tx);
+            let mut body = Paced::new(Fed(rx), pace);
+            let mut n = 0;
+            while let Some(f) = body.frame().await {
+                n += f.expect("no timeout").into_data().map_or(0, |d| d.len());
+                // Committing rows: slower than the pace, but not waiting.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            n
+        });
+        assert_eq!(got, 16);
+    }
 }

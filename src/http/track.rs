@@ -15,7 +15,7 @@ use http_body_util::Full;
 
 use super::reply::{ApiError, Body};
 use super::{AppState, Client};
-use crate::tokens::{MessageRef, Token};
+use crate::tokens::{MessageRef, SendKind, Token};
 use crate::track::{Hit, HitKind, machine};
 
 /// The 43-byte transparent 1×1 GIF.
@@ -80,7 +80,8 @@ pub async fn open(
 }
 
 /// `GET /c/{token}`: 302 to the recorded link with the attribution
-/// parameter (and a fresh auto-login token where the link had one);
+/// parameter (and a fresh auto-login token where the link had one and the
+/// message was sent within the site's `autologin_window`);
 /// records a click. `HEAD` answers the same without recording (and marks
 /// the message's next click as a scanner's).
 pub async fn click(
@@ -90,17 +91,23 @@ pub async fn click(
     client: &Client,
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config();
-    let Some(Token::Click(msg, n)) = config.tracking.keys.verify(token) else {
+    let Some(Token::Click(msg, n, sent)) = config.tracking.keys.verify(token) else {
         return Err(not_found());
     };
+    if msg.send.kind == SendKind::Preview {
+        // A preview's links lead nowhere.
+        return Err(not_found());
+    }
     let key = msg.send.key();
     let contact = msg.contact;
     let (link, who) = state
         .store
         .read(move |r| {
             let link = r.link(&key, n)?;
+            // Auto-login only for tokens that say when the message was
+            // sent (older ones go to the plain URL).
             let who = match &link {
-                Some(l) if l.autologin => r.contact(contact)?,
+                Some(l) if l.autologin && sent.is_some() => r.contact(contact)?,
                 _ => None,
             };
             Ok((link, who))
@@ -134,10 +141,12 @@ pub async fn click(
         )
         .await?;
         if let Some(c) = who
+            && let Some(sent) = sent.and_then(|s| i64::try_from(s).ok())
             && let Ok(u) = crate::render::compile::autologin_url_for(
                 &config.sites,
                 &c,
                 url.as_str(),
+                sent,
                 at / 1000,
             )
             && let Ok(parsed) = url::Url::parse(&u)

@@ -392,8 +392,16 @@ impl Compiled {
         g.neutral.clone()
     }
 
-    /// Renders one recipient.
+    /// Renders one recipient, sent now.
     pub fn render(&self, r: &Recipient) -> Result<Rendered, RenderError> {
+        self.render_at(r, chrono::Utc::now().timestamp().max(0) as u64)
+    }
+
+    /// Renders one recipient as sent at `sent` (seconds since the epoch):
+    /// click and view tokens carry that time, and auto-login links expire
+    /// with it (`autologin_window`), so rendering an old message again (view
+    /// in browser) gives the same, expired, links.
+    pub fn render_at(&self, r: &Recipient, sent: u64) -> Result<Rendered, RenderError> {
         let c = &r.contact;
         let site = self.site_of(c);
         let variant = self
@@ -430,8 +438,9 @@ impl Compiled {
             send => self.send_value.clone(),
             unsubscribe_url => own_url(unsubscribe_url.clone()),
             preferences_url => own_url(url(Token::Preferences(message), "u")),
-            view_in_browser_url => own_url(url(Token::View(message), "v")),
+            view_in_browser_url => own_url(url(Token::View(message, Some(sent)), "v")),
             __lang => lang,
+            __sent => sent,
             __pixel => Value::from_safe_string(if self.tracking {
                 links::pixel(&url(Token::Open(message), "o"))
             } else {
@@ -471,6 +480,7 @@ impl Compiled {
                 message,
                 site.and_then(|s| s.autologin.as_ref())
                     .map(|a| a.param.clone()),
+                sent,
             );
             html = links::rewrite_links(&html, &self.tracker, &m);
         }
@@ -686,17 +696,26 @@ fn autologin(state: &State, sites: &[Site], url: &str) -> Result<String, Error> 
         .lookup("contact")
         .and_then(|v| v.downcast_object_ref::<ContactView>().map(|c| c.0.clone()))
         .ok_or_else(|| fail("autologin_url: no contact".into()))?;
-    autologin_url_for(sites, &contact, url, chrono::Utc::now().timestamp())
+    // The token is issued as of the send, so a message rendered again later
+    // (view in browser) carries the same token, expired with the message.
+    let sent = state
+        .lookup("__sent")
+        .and_then(|v| i64::try_from(v).ok())
+        .unwrap_or_else(|| chrono::Utc::now().timestamp());
+    autologin_url_for(sites, &contact, url, sent, sent)
         .map_err(|m| fail(format!("autologin_url: {m}")))
 }
 
-/// `url` with a fresh auto-login token for `contact` (`now` in seconds),
-/// when the contact's site (or the first one) has an auto-login secret and
-/// `url` is on that site's address.
+/// `url` with an auto-login token for `contact`, issued at `now`, for a
+/// message sent at `sent` (both in seconds), when the contact's site (or
+/// the first one) has an auto-login secret and `url` is on that site's
+/// address. The token expires `autologin_ttl` after `now` but never later
+/// than `autologin_window` after `sent`; past that window it is refused.
 pub fn autologin_url_for(
     sites: &[Site],
     contact: &Contact,
     url: &str,
+    sent: i64,
     now: i64,
 ) -> Result<String, String> {
     let site = match &contact.site {
@@ -714,13 +733,22 @@ pub fn autologin_url_for(
     if u.host_str() != site.url.host_str() || u.scheme() != site.url.scheme() {
         return Err(format!("`{url}` is not on the site's address {}", site.url));
     }
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let window_end = sent.saturating_add(secs(al.window));
+    if now > window_end {
+        return Err(format!(
+            "the message was sent more than autologin_window ({}) ago",
+            humantime::format_duration(al.window)
+        ));
+    }
+    let exp = now.saturating_add(secs(al.ttl)).min(window_end);
     let jwt = crate::tokens::autologin_jwt(
         al.secret.0.as_bytes(),
         &contact.email,
         contact.id,
         &site.id,
         now,
-        now + al.ttl.as_secs() as i64,
+        exp,
     );
     u.query_pairs_mut().append_pair(&al.param, &jwt);
     Ok(u.to_string())
@@ -729,6 +757,58 @@ pub fn autologin_url_for(
 #[cfg(test)]
 mod tests {
     use super::html_7bit;
+
+    /// Auto-login works only within the window after the send, and its
+    /// token never outlives the window.
+    #[test]
+    fn autologin_expires_with_the_message() -> Result<(), String> {
+        use crate::config::render::{Autologin, Site};
+        use std::time::Duration;
+        let site = Site {
+            id: "shop".into(),
+            name: "Shop".into(),
+            url: url::Url::parse("https://shop.example").map_err(|e| e.to_string())?,
+            default_language: None,
+            currency: None,
+            autologin: Some(Autologin {
+                secret: crate::config::delivery::Secret("0123456789abcdef0123456789abcdef".into()),
+                param: "hal".into(),
+                ttl: Duration::from_secs(7 * 86400),
+                window: Duration::from_secs(3600),
+            }),
+        };
+        let c = crate::contacts::model::Contact {
+            id: 7,
+            email: "a@example.com".into(),
+            consent: crate::contacts::model::ConsentState::Granted,
+            language: None,
+            site: None,
+            fields: Default::default(),
+            lists: Default::default(),
+            tags: Default::default(),
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        };
+        let sites = [site];
+        let sent = 1_800_000_000;
+        let claims = |u: &str| -> Result<serde_json::Value, String> {
+            use base64::Engine as _;
+            let jwt = u.split("hal=").nth(1).ok_or("no token")?;
+            let part = jwt.split('.').nth(1).ok_or("not a JWT")?;
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|e| e.to_string())?;
+            serde_json::from_slice(&raw).map_err(|e| e.to_string())
+        };
+        let at = |now| super::autologin_url_for(&sites, &c, "https://shop.example/a", sent, now);
+        let u = at(sent)?;
+        assert_eq!(claims(&u)?["exp"], sent + 3600);
+        let u = at(sent + 3000)?;
+        assert_eq!(claims(&u)?["exp"], sent + 3600, "capped by the window");
+        assert!(at(sent + 3601).is_err());
+        assert!(at(sent + 10 * 365 * 86400).is_err());
+        Ok(())
+    }
 
     #[test]
     fn html_becomes_7bit_with_references_and_crlf() {

@@ -148,15 +148,19 @@ pub struct MessageLinks {
     pub message: MessageRef,
     /// Auto-login parameter to take out of recorded URLs.
     pub autologin_param: Option<String>,
+    /// When the message is sent (seconds since the epoch): click tokens
+    /// carry it, so auto-login expires with the message.
+    pub sent: u64,
     tokens: std::sync::Mutex<Vec<(u32, String)>>,
 }
 
 impl MessageLinks {
-    /// State for one message.
-    pub fn new(message: MessageRef, autologin_param: Option<String>) -> MessageLinks {
+    /// State for one message sent at `sent` (seconds since the epoch).
+    pub fn new(message: MessageRef, autologin_param: Option<String>, sent: u64) -> MessageLinks {
         MessageLinks {
             message,
             autologin_param,
+            sent,
             tokens: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -179,7 +183,7 @@ impl Tracker {
         let at = match tokens.iter().position(|(x, _)| *x == n) {
             Some(i) => i,
             None => {
-                tokens.push((n, self.keys.sign(&Token::Click(m.message, n))));
+                tokens.push((n, self.keys.sign(&Token::Click(m.message, n, Some(m.sent)))));
                 tokens.len() - 1
             }
         };
@@ -453,7 +457,11 @@ mod tests {
     }
 
     fn rw(html: &str, t: &Tracker) -> String {
-        rewrite_links(html, t, &MessageLinks::new(msg(), Some("hal".into())))
+        rewrite_links(
+            html,
+            t,
+            &MessageLinks::new(msg(), Some("hal".into()), 1_800_000_000),
+        )
     }
 
     fn msg() -> MessageRef {
@@ -475,8 +483,8 @@ mod tests {
             .filter_map(|s| s.split(['"', '\'', '>']).next())
             .collect();
         match keys.verify(tokens[nth]) {
-            Some(Token::Click(m, n)) => {
-                assert_eq!(m, msg());
+            Some(Token::Click(m, n, sent)) => {
+                assert_eq!((m, sent), (msg(), Some(1_800_000_000)));
                 table.all()[n as usize].url.clone()
             }
             other => panic!("{other:?}"),

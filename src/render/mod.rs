@@ -74,40 +74,54 @@ impl Templates {
         t
     }
 
-    /// Renders every variant of every template that has a `sample.json`
-    /// with that sample (in the variant's site and language). Returns the
-    /// set with failing templates moved to `failed`, or `None` if all passed.
+    /// Renders every template that has a `sample.json` with that sample for
+    /// every site and language it may be sent in: a contact of each
+    /// `[[site]]` (the site's own sample values when `sample.json` gives
+    /// some) in each language of the template, so a site that lacks what
+    /// the template needs fails here and not on every recipient. Returns
+    /// the set with failing templates moved to `failed`, or `None` if all
+    /// passed.
     pub fn trial_render(config: &crate::config::Config) -> Option<Templates> {
         let set = &config.templates;
         let mut failed: BTreeMap<String, Vec<ConfigError>> = BTreeMap::new();
+        // Without a [[site]], contacts have none: render as the sample's.
+        let sites: Vec<Option<&Site>> = if config.sites.is_empty() {
+            vec![None]
+        } else {
+            config.sites.iter().map(Some).collect()
+        };
         for (name, t) in &set.loaded {
             if t.sample.is_none() {
                 continue;
             }
-            for ((site, lang), v) in &t.variants {
-                let input = preview::PreviewInput {
-                    language: Some(lang.clone()),
-                    site: (!site.is_empty()).then(|| site.clone()),
-                    personalize: true,
-                    tracking: true,
-                    ..Default::default()
-                };
-                if let Err(e) =
-                    preview::render(t.clone(), config, preview::preview_send(), input, 0)
-                {
-                    failed.entry(name.clone()).or_default().push(ConfigError {
-                        file: v.html_file.clone(),
-                        position: None,
-                        key: String::new(),
-                        message: format!(
-                            "rendering with sample.json ({}{lang}) failed: {e}",
-                            if site.is_empty() {
-                                String::new()
-                            } else {
-                                format!("site {site}, ")
-                            }
-                        ),
-                    });
+            for site in &sites {
+                for lang in t.languages() {
+                    let Some(v) = t.variant(*site, Some(&lang)) else {
+                        continue;
+                    };
+                    let input = preview::PreviewInput {
+                        language: Some(lang.clone()),
+                        site: site.map(|s| s.id.clone()),
+                        personalize: true,
+                        tracking: true,
+                        ..Default::default()
+                    };
+                    if let Err(e) =
+                        preview::render(t.clone(), config, preview::preview_send(), input, 0)
+                    {
+                        let for_site = match site {
+                            Some(s) => format!("a contact of site `{}`", s.id),
+                            None => "the sample contact".to_string(),
+                        };
+                        failed.entry(name.clone()).or_default().push(ConfigError {
+                            file: v.html_file.clone(),
+                            position: None,
+                            key: String::new(),
+                            message: format!(
+                                "template `{name}` cannot be rendered for {for_site} in `{lang}` (trial render with sample.json): {e}"
+                            ),
+                        });
+                    }
                 }
             }
         }

@@ -6,8 +6,13 @@
 //! { "contact": {"email": "ann@example.com", "language": "pl", "site": "shop",
 //!               "fields": {"first_name": "Anna"}},
 //!   "products": [{"sku": "A1", "name": "…", "price": "19.99", "currency": "PLN"}],
-//!   "cart": {…}, "order": {…}, "data": {"discount_code": "HB-2026"} }
+//!   "cart": {…}, "order": {…}, "data": {"discount_code": "HB-2026"},
+//!   "sites": {"outlet": {"products": […]}} }
 //! ```
+//!
+//! `sites.<id>` holds values for one site's contacts (`products`, `cart`,
+//! `order`, `data`) where they differ from the top level's, e.g. product
+//! URLs on that site's address for `autologin_url(p.url)`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -53,8 +58,16 @@ pub struct Preview {
     pub mime: Vec<u8>,
 }
 
-fn sample(t: &Template, key: &str) -> Option<serde_json::Value> {
-    t.sample.as_ref().and_then(|s| s.get(key)).cloned()
+/// Keys of `sample.json` that `sites.<id>` may give for one site.
+pub const SITE_SAMPLE_KEYS: &[&str] = &["products", "cart", "order", "data"];
+
+/// The sample's `key`: the site's own value when `sites.<site>` has one,
+/// otherwise the top level's.
+fn sample(t: &Template, site: Option<&str>, key: &str) -> Option<serde_json::Value> {
+    let s = t.sample.as_ref()?;
+    site.and_then(|id| s.get("sites")?.get(id)?.get(key))
+        .or_else(|| s.get(key))
+        .cloned()
 }
 
 /// The sample contact of a template (or a neutral one).
@@ -72,7 +85,7 @@ pub fn sample_contact(t: &Template) -> Result<Contact, String> {
         created_at: now,
         updated_at: now,
     };
-    let Some(s) = sample(t, "contact") else {
+    let Some(s) = sample(t, None, "contact") else {
         return Ok(c);
     };
     let obj = s
@@ -115,9 +128,10 @@ pub fn sample_contact(t: &Template) -> Result<Contact, String> {
     Ok(c)
 }
 
-/// The sample products of a template.
-pub fn sample_products(t: &Template) -> Result<Vec<Product>, String> {
-    match sample(t, "products") {
+/// The sample products of a template (the site's own when `sample.json`
+/// gives some for it).
+pub fn sample_products(t: &Template, site: Option<&str>) -> Result<Vec<Product>, String> {
+    match sample(t, site, "products") {
         None => Ok(Vec::new()),
         Some(v) => {
             let ps: Vec<Product> =
@@ -152,9 +166,11 @@ pub fn render(
         }
         contact.site = Some(s);
     }
+    let site = contact.site.clone();
+    let site = site.as_deref();
     let products = match input.products {
         Some(p) => p,
-        None => sample_products(&template)?,
+        None => sample_products(&template, site)?,
     };
     let compiled = Compiled::new(
         template.clone(),
@@ -166,15 +182,15 @@ pub fn render(
             products,
             data: input
                 .data
-                .or_else(|| sample(&template, "data"))
+                .or_else(|| sample(&template, site, "data"))
                 .unwrap_or(serde_json::Value::Null),
             links: Vec::new(),
         },
     )?;
     let recipient = Recipient {
         contact: Arc::new(contact),
-        cart: input.cart.or_else(|| sample(&template, "cart")),
-        order: input.order.or_else(|| sample(&template, "order")),
+        cart: input.cart.or_else(|| sample(&template, site, "cart")),
+        order: input.order.or_else(|| sample(&template, site, "order")),
         data: None,
         products: None,
     };

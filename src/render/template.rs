@@ -303,6 +303,56 @@ fn find_name(src: &str, name: &str) -> Option<usize> {
     None
 }
 
+/// Checks `sites` of a `sample.json`: per configured site, an object of
+/// values that replace the top level's for that site's contacts.
+fn check_site_samples(l: &mut Loader<'_>, file: &Path, sample: &serde_json::Value) {
+    let Some(sites) = sample.get("sites") else {
+        return;
+    };
+    let Some(sites) = sites.as_object() else {
+        l.err(
+            file,
+            "",
+            None,
+            "sites",
+            "must be an object: site id → values",
+        );
+        return;
+    };
+    let keys = super::preview::SITE_SAMPLE_KEYS;
+    for (id, v) in sites {
+        if !l.sites.iter().any(|s| &s.id == id) {
+            l.err(
+                file,
+                "",
+                None,
+                &format!("sites.{id}"),
+                format!("no [[site]] has id `{id}`"),
+            );
+        }
+        match v.as_object() {
+            Some(o) => {
+                for k in o.keys().filter(|k| !keys.contains(&k.as_str())) {
+                    l.err(
+                        file,
+                        "",
+                        None,
+                        &format!("sites.{id}.{k}"),
+                        format!("a site's sample can give: {}", keys.join(", ")),
+                    );
+                }
+            }
+            None => l.err(
+                file,
+                "",
+                None,
+                &format!("sites.{id}"),
+                format!("must be an object with any of: {}", keys.join(", ")),
+            ),
+        }
+    }
+}
+
 /// Body files of one folder: language → (kind, path).
 struct Bodies {
     html: BTreeMap<String, (PathBuf, bool)>,
@@ -767,7 +817,10 @@ pub fn load(
     }
     let sample = match std::fs::read_to_string(dir.join("sample.json")) {
         Ok(t) => match serde_json::from_str::<serde_json::Value>(&t) {
-            Ok(v) if v.is_object() => Some(v),
+            Ok(v) if v.is_object() => {
+                check_site_samples(&mut l, &dir.join("sample.json"), &v);
+                Some(v)
+            }
             Ok(_) => {
                 l.err(
                     &dir.join("sample.json"),

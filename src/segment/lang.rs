@@ -88,19 +88,16 @@ fn problem(loc: &Loc, message: impl Into<String>) -> Problem {
 
 /// Parses TOML text into a node tree. `Err`: syntax errors.
 pub fn from_toml(text: &str) -> Result<Node, Vec<Problem>> {
-    let (table, errors) = toml::de::DeTable::parse_recoverable(text);
-    if !errors.is_empty() {
-        return Err(errors
-            .iter()
-            .map(|e| Problem {
-                loc: Loc {
-                    position: e.span().map(|s| crate::config::line_col(text, s.start)),
-                    path: String::new(),
-                },
-                message: format!("TOML syntax error: {}", e.message().trim()),
-            })
-            .collect());
+    if let Some((position, message)) = crate::config::syntax_error(text) {
+        return Err(vec![Problem {
+            loc: Loc {
+                position,
+                path: String::new(),
+            },
+            message,
+        }]);
     }
+    let (table, _) = toml::de::DeTable::parse_recoverable(text);
     let loc = Loc {
         position: Some((1, 1)),
         path: String::new(),

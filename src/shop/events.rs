@@ -173,9 +173,34 @@ pub struct Malformed {
     pub reason: String,
 }
 
+/// How far ahead of the clock an event's time may be: shop clocks drift, but
+/// an order "placed" next year is a bug, and would make every real update
+/// of it look older (the newest `at` wins).
+pub const MAX_FUTURE_MS: i64 = 86_400_000;
+
+/// Checks that an event time `ms` (written `s` under `key`) lies within
+/// [1970, `now_ms` + [`MAX_FUTURE_MS`]].
+fn check_time(key: &str, s: &str, ms: i64, now_ms: i64) -> Result<i64, String> {
+    if ms < 0 {
+        return Err(format!("`{key}` {s:?} is before 1970"));
+    }
+    if ms > now_ms.saturating_add(MAX_FUTURE_MS) {
+        return Err(format!(
+            "`{key}` {s:?} is more than a day in the future (Herald's clock reads {})",
+            fmt_ms(now_ms)
+        ));
+    }
+    Ok(ms)
+}
+
 /// Parses a request body: a JSON array of events. `Err` only when the body
-/// as a whole is unusable (not an array, too many events).
-pub fn parse_batch(body: &[u8], sites: &[String]) -> Result<Vec<Result<Event, Malformed>>, String> {
+/// as a whole is unusable (not an array, too many events). Event times must
+/// lie between 1970 and a day after `now`.
+pub fn parse_batch(
+    body: &[u8],
+    sites: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<Event, Malformed>>, String> {
     let raw: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).map_err(|e| {
         format!(
             "the body must be a JSON array of events: {e} (line {}, column {})",
@@ -192,7 +217,7 @@ pub fn parse_batch(body: &[u8], sites: &[String]) -> Result<Vec<Result<Event, Ma
     Ok(raw
         .iter()
         .enumerate()
-        .map(|(index, r)| parse_one(index, r.get(), sites))
+        .map(|(index, r)| parse_one(index, r.get(), sites, now.timestamp_millis()))
         .collect())
 }
 
@@ -207,7 +232,7 @@ struct Envelope {
     at: Option<Value>,
 }
 
-fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malformed> {
+fn parse_one(index: usize, text: &str, sites: &[String], now_ms: i64) -> Result<Event, Malformed> {
     let env: Envelope = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -261,7 +286,8 @@ fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malfor
     let at = match env.at {
         None => return Err(fail("`at` is missing (an RFC 3339 timestamp)".into())),
         Some(Value::String(s)) => match DateTime::parse_from_rfc3339(&s) {
-            Ok(t) => t.with_timezone(&Utc).timestamp_millis(),
+            Ok(t) => check_time("at", &s, t.with_timezone(&Utc).timestamp_millis(), now_ms)
+                .map_err(&fail)?,
             Err(e) => {
                 return Err(fail(format!(
                     "`at` {s:?} is not an RFC 3339 timestamp such as \"2026-11-24T10:00:00Z\": {e}"
@@ -270,7 +296,7 @@ fn parse_one(index: usize, text: &str, sites: &[String]) -> Result<Event, Malfor
         },
         Some(v) => return Err(fail(format!("`at` must be a string, not {v}"))),
     };
-    let body = parse_body(kind, text, at, sites).map_err(fail)?;
+    let body = parse_body(kind, text, at, now_ms, sites).map_err(fail)?;
     Ok(Event {
         index,
         kind,
@@ -319,7 +345,13 @@ fn rest<T: serde::de::DeserializeOwned>(m: Map<String, Value>) -> Result<T, Stri
     serde_json::from_value(Value::Object(m)).map_err(|e| e.to_string())
 }
 
-fn parse_body(kind: &str, text: &str, at: i64, sites: &[String]) -> Result<Body, String> {
+fn parse_body(
+    kind: &str,
+    text: &str,
+    at: i64,
+    now_ms: i64,
+    sites: &[String],
+) -> Result<Body, String> {
     // The frequent kinds are read straight into their wire structs; the
     // others go through a map.
     let mut m: Map<String, Value> = match kind {
@@ -391,7 +423,7 @@ fn parse_body(kind: &str, text: &str, at: i64, sites: &[String]) -> Result<Body,
         "order" => {
             let mut o: OrderWire = typed(text)?;
             let who = email_of(o.email.take())?;
-            let order = o.check(at)?;
+            let order = o.check(at, now_ms)?;
             Ok(Body::Order {
                 who,
                 order: Box::new(order),
@@ -676,7 +708,7 @@ wire!(OrderWire {
 });
 
 impl OrderWire {
-    fn check(self, at: i64) -> Result<Order, String> {
+    fn check(self, at: i64, now_ms: i64) -> Result<Order, String> {
         let order_id = match self.order_id {
             Value::String(s) if !s.trim().is_empty() && s.len() <= MAX_ID_LEN => s,
             Value::Number(n) => n.to_string(),
@@ -690,9 +722,14 @@ impl OrderWire {
         // keeps the stored order's (see `apply`), marked here by -1.
         let placed_at = match &self.placed_at {
             None => PLACED_AT_UNSET,
-            Some(s) => DateTime::parse_from_rfc3339(s)
-                .map_err(|e| format!("`placed_at` {s:?} is not an RFC 3339 timestamp: {e}"))?
-                .timestamp_millis(),
+            Some(s) => check_time(
+                "placed_at",
+                s,
+                DateTime::parse_from_rfc3339(s)
+                    .map_err(|e| format!("`placed_at` {s:?} is not an RFC 3339 timestamp: {e}"))?
+                    .timestamp_millis(),
+                now_ms,
+            )?,
         };
         if self.items.is_empty() {
             return Err("`items` must list at least one item".into());
@@ -1014,9 +1051,22 @@ fn apply(
                 Some(id) => t.contact(id)?.map(|c| c.consent),
                 None => None,
             };
-            // A signup never lowers consent that is already granted.
+            // A signup never lowers consent that is already granted, and
+            // never touches a contact who withdrew or is invalid: only their
+            // own confirmation click brings them back (a `granted` claim is
+            // refused by the consent rule, with its reason).
             let mut note = None;
-            if current != Some(ConsentState::Granted) {
+            let gone = matches!(
+                current,
+                Some(ConsentState::Withdrawn | ConsentState::Invalid)
+            );
+            if gone && consent == ConsentState::Pending {
+                note = Some(
+                    "the contact withdrew consent or is invalid; consent left as it is \
+                     (only their own confirmation can restore it)"
+                        .to_string(),
+                );
+            } else if current != Some(ConsentState::Granted) {
                 update.consent = Some(ConsentChange {
                     to: consent,
                     source: if consent == ConsentState::Granted {
@@ -1161,7 +1211,7 @@ mod tests {
             {"type":"cart","id":"5","at":"2026-11-24T10:00:00Z","email":"a@example.com","items":[],"colour":"red"},
             42
         ]"#;
-        let parsed = parse_batch(body, &[])?;
+        let parsed = parse_batch(body, &[], Utc::now())?;
         assert!(parsed[0].is_ok());
         let reasons: Vec<String> = parsed[1..]
             .iter()
@@ -1177,7 +1227,52 @@ mod tests {
         assert!(reasons[2].contains("at least one item"));
         assert!(reasons[3].contains("unknown field `colour`"));
         assert!(reasons[4].contains("JSON object"));
-        assert!(parse_batch(b"{}", &[]).is_err());
+        assert!(parse_batch(b"{}", &[], Utc::now()).is_err());
+        Ok(())
+    }
+
+    /// Event times outside [1970, now + 1 day] are refused, per event, with
+    /// the reason; `placed_at` too.
+    #[test]
+    fn event_times_are_bounded() -> Result<(), String> {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z")
+            .map_err(|e| e.to_string())?
+            .with_timezone(&Utc);
+        let order = |id: &str, at: &str, placed: &str| {
+            format!(
+                r#"{{"type":"order","id":"{id}","at":"{at}","email":"a@example.com","order_id":"A{id}",
+                   "placed_at":"{placed}","items":[{{"sku":"S","quantity":1,"price":"1"}}],"total":"1","currency":"PLN"}}"#
+            )
+        };
+        let body = format!(
+            "[{},{},{},{},{}]",
+            order("1", "2026-11-25T11:59:00Z", "2026-11-24T10:00:00Z"),
+            order("2", "9999-12-31T23:59:59Z", "2026-11-24T10:00:00Z"),
+            order("3", "1969-12-31T23:59:59Z", "2026-11-24T10:00:00Z"),
+            order("4", "2026-11-24T10:00:00Z", "2027-01-01T00:00:00Z"),
+            order("5", "2026-11-24T10:00:00Z", "1900-01-01T00:00:00Z"),
+        );
+        let parsed = parse_batch(body.as_bytes(), &[], now)?;
+        assert!(parsed[0].is_ok(), "{:?}", parsed[0]);
+        let reason = |i: usize| {
+            parsed[i]
+                .as_ref()
+                .err()
+                .map(|m| m.reason.clone())
+                .unwrap_or_default()
+        };
+        assert!(
+            reason(1).contains("`at`") && reason(1).contains("future"),
+            "{}",
+            reason(1)
+        );
+        assert!(
+            reason(2).contains("`at`") && reason(2).contains("1970"),
+            "{}",
+            reason(2)
+        );
+        assert!(reason(3).contains("`placed_at`") && reason(3).contains("future"));
+        assert!(reason(4).contains("`placed_at`") && reason(4).contains("1970"));
         Ok(())
     }
 }

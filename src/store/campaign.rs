@@ -270,6 +270,20 @@ impl ReadView {
             .map(|v| v.value()))
     }
 
+    /// A contact's engagement in a campaign stage: (flags, last open ms,
+    /// last click ms), if any.
+    pub fn engagement(
+        &self,
+        id: u64,
+        stage: u32,
+        contact: u64,
+    ) -> Result<Option<(u8, i64, i64)>, StoreError> {
+        Ok(self
+            .table(CAMPAIGN_ENGAGEMENT)?
+            .get((id, stage, contact))?
+            .map(|v| v.value()))
+    }
+
     /// Every campaign message sent and every open and click, for the
     /// segment index: `sent(campaign, contact)` and `engaged(campaign,
     /// contact, flags, last open ms, last click ms)`.

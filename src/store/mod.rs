@@ -16,6 +16,7 @@ mod campaign;
 mod queue;
 mod render;
 mod shop;
+mod signup;
 pub mod tables;
 mod track;
 
@@ -454,6 +455,7 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(QUEUE_BODIES)?;
     txn.open_table(QUEUE_DUE)?;
     txn.open_table(QUEUE_DONE)?;
+    queue::index_addresses(&txn)?;
     txn.open_table(PRODUCTS)?;
     txn.open_table(LINKS)?;
     txn.open_table(SHOP_EVENTS)?;
@@ -474,6 +476,7 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(LAST_CLICK)?;
     txn.open_table(ORDER_ATTRIBUTION)?;
     txn.open_table(HITS)?;
+    txn.open_table(SIGNUP_REQUESTS)?;
     txn.commit()?;
     Ok(())
 }
@@ -675,6 +678,8 @@ pub enum Sequence {
     Campaign,
     /// Contact history entries.
     History,
+    /// Signup requests (the number a confirmation token names).
+    Signup,
 }
 
 impl Sequence {
@@ -687,6 +692,7 @@ impl Sequence {
             Sequence::Message => "seq.message",
             Sequence::Campaign => "seq.campaign",
             Sequence::History => "seq.history",
+            Sequence::Signup => "seq.signup",
         }
     }
 }
@@ -722,6 +728,7 @@ pub struct WriteTables<'t> {
     queue_bodies: Table<'t, u64, &'static [u8]>,
     queue_due: Table<'t, (i64, u64), ()>,
     queue_done: Table<'t, u64, &'static [u8]>,
+    queue_by_address: Table<'t, (&'static [u8], u64), ()>,
     products: Table<'t, &'static str, &'static [u8]>,
     links: Table<'t, (&'static [u8], u32), &'static [u8]>,
     shop_events: Table<'t, (&'static str, &'static str), i64>,
@@ -742,6 +749,7 @@ pub struct WriteTables<'t> {
     last_click: Table<'t, u64, (u8, u64, u32, u32, i64)>,
     order_attribution: Table<'t, &'static str, (u8, u64, u32, u32, u8)>,
     hits: Table<'t, u64, &'static [u8]>,
+    signup_requests: Table<'t, (u64, u64), &'static [u8]>,
     /// Changes for the observer, collected only when one is set.
     changes: Option<Vec<Change>>,
     /// Counters (id sequences, per-state counts) read once and written back
@@ -785,6 +793,7 @@ impl<'t> WriteTables<'t> {
             queue_bodies: txn.open_table(QUEUE_BODIES)?,
             queue_due: txn.open_table(QUEUE_DUE)?,
             queue_done: txn.open_table(QUEUE_DONE)?,
+            queue_by_address: txn.open_table(QUEUE_BY_ADDRESS)?,
             products: txn.open_table(PRODUCTS)?,
             links: txn.open_table(LINKS)?,
             shop_events: txn.open_table(SHOP_EVENTS)?,
@@ -805,6 +814,7 @@ impl<'t> WriteTables<'t> {
             last_click: txn.open_table(LAST_CLICK)?,
             order_attribution: txn.open_table(ORDER_ATTRIBUTION)?,
             hits: txn.open_table(HITS)?,
+            signup_requests: txn.open_table(SIGNUP_REQUESTS)?,
             changes: None,
             any_suppressed,
             field_defs: None,
@@ -880,6 +890,12 @@ impl<'t> WriteTables<'t> {
     /// A contact by id.
     pub fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
         get_json(&self.contacts, "contacts", id)
+    }
+
+    /// Whether a contact exists (ids are never reused: `false` means it was
+    /// erased, or never was).
+    pub fn contact_exists(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.contacts.get(id)?.is_some())
     }
 
     /// The id of the contact with this normalised (lower-cased) address.
@@ -1192,6 +1208,15 @@ impl ReadView {
     /// A contact by id.
     pub fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
         get_json(&self.table(CONTACTS)?, "contacts", id)
+    }
+
+    /// The installation's salt for suppression hashes.
+    pub fn salt(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .table(META)?
+            .get("salt")?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default())
     }
 
     /// The id of the contact with this normalised (lower-cased) address.

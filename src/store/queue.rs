@@ -5,8 +5,10 @@
 use redb::ReadableTable;
 
 use super::tables::*;
-use super::{ReadView, StoreError, WriteTables, from_json, get_json, meta_u64, to_json};
-use crate::delivery::model::{QueuedMessage, RcptState};
+use super::{
+    ReadView, StoreError, WriteTables, from_json, get_json, meta_u64, suppression_key, to_json,
+};
+use crate::delivery::model::{NotSent, QueuedMessage, RcptState};
 
 /// A key of the due index: (due time in ms, queue id).
 pub type DueEntry = (i64, u64);
@@ -18,10 +20,58 @@ pub struct QueueSummary {
     pub delivered: u64,
     /// Recipients failed.
     pub failed: u64,
+    /// Of the failed: taken out unsent because the contact was erased.
+    pub not_sent_erased: u64,
+    /// Of the failed: taken out unsent because consent no longer allowed it.
+    pub not_sent_no_consent: u64,
 }
 
 const DELIVERED: &str = "count.rcpt.delivered";
 const FAILED: &str = "count.rcpt.failed";
+const NOT_SENT_ERASED: &str = "count.rcpt.not_sent.erased";
+const NOT_SENT_NO_CONSENT: &str = "count.rcpt.not_sent.no_consent";
+/// Set in META once every queue record is in `queue_by_address_v1`.
+const ADDRESS_INDEX_BUILT: &str = "index.queue_by_address";
+
+/// The key of a recipient address in `queue_by_address_v1`: the same salted
+/// hash the suppression list uses, so an erased address is found by it.
+fn address_key(salt: &[u8], address: &str) -> Vec<u8> {
+    suppression_key(salt, &address.to_lowercase())
+}
+
+/// Fills `queue_by_address_v1` from the queue and its finished log, once
+/// (stores created before the index existed); a new store just marks it built.
+pub(super) fn index_addresses(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(ADDRESS_INDEX_BUILT)?.is_some() {
+        return Ok(());
+    }
+    let salt = meta
+        .get("salt")?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    let mut index = txn.open_table(QUEUE_BY_ADDRESS)?;
+    let mut n = 0u64;
+    for table in [QUEUE, QUEUE_DONE] {
+        let t = txn.open_table(table)?;
+        for r in t.iter()? {
+            let (_, v) = r?;
+            let m: QueuedMessage = from_json("queue", v.value())?;
+            for rc in &m.recipients {
+                index.insert((address_key(&salt, &rc.address).as_slice(), m.id), ())?;
+                n += 1;
+            }
+        }
+    }
+    meta.insert(ADDRESS_INDEX_BUILT, 1u64.to_be_bytes().as_slice())?;
+    if n > 0 {
+        tracing::info!(
+            recipients = n,
+            "indexed the queue by recipient address (for erasure and export)"
+        );
+    }
+    Ok(())
+}
 
 impl WriteTables<'_> {
     /// A message still in the queue.
@@ -35,7 +85,9 @@ impl WriteTables<'_> {
     }
 
     /// Stores a queued message (and its body, when given), moving its entry in
-    /// the due index to its earliest pending recipient.
+    /// the due index to its earliest pending recipient. A body is given once,
+    /// when the message is queued: then its recipients' addresses are
+    /// indexed too.
     pub fn put_message(
         &mut self,
         m: &mut QueuedMessage,
@@ -54,6 +106,36 @@ impl WriteTables<'_> {
         self.queue.insert(m.id, to_json(m).as_slice())?;
         if let Some(b) = body {
             self.queue_bodies.insert(m.id, b)?;
+            let salt = self.salt()?;
+            for r in &m.recipients {
+                self.queue_by_address
+                    .insert((address_key(&salt, &r.address).as_slice(), m.id), ())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of every message, queued or finished, to the address whose
+    /// salted hash is `key` (see [`crate::store::suppression_key`]).
+    pub fn messages_to(&self, key: &[u8]) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.queue_by_address.range((key, 0u64)..=(key, u64::MAX))? {
+            out.push(r?.0.value().1);
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the record of a finished message (erasure scrubs it).
+    pub fn put_finished_message(&mut self, m: &QueuedMessage) -> Result<(), StoreError> {
+        self.queue_done.insert(m.id, to_json(m).as_slice())?;
+        Ok(())
+    }
+
+    /// Forgets the address index entries under `key` (erasure, after the
+    /// records they point to were scrubbed).
+    pub fn unindex_address(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        for id in self.messages_to(key)? {
+            self.queue_by_address.remove((key, id))?;
         }
         Ok(())
     }
@@ -74,6 +156,13 @@ impl WriteTables<'_> {
         let failed = m.recipients.len() as i64 - delivered;
         self.bump(DELIVERED, delivered)?;
         self.bump(FAILED, failed)?;
+        for r in &m.recipients {
+            match r.not_sent {
+                Some(NotSent::Erased) => self.bump(NOT_SENT_ERASED, 1)?,
+                Some(NotSent::NoConsent) => self.bump(NOT_SENT_NO_CONSENT, 1)?,
+                None => 0,
+            };
+        }
         m.finished = Some(now);
         for r in &m.recipients {
             let Some(contact) = r.contact else { continue };
@@ -132,6 +221,21 @@ impl ReadView {
         get_json(&self.table(QUEUE)?, "queue", id)
     }
 
+    /// Every message, queued or finished, to the address whose salted hash
+    /// is `key`, in queue id order.
+    pub fn messages_to(&self, key: &[u8]) -> Result<Vec<QueuedMessage>, StoreError> {
+        let mut out = Vec::new();
+        for r in self
+            .table(QUEUE_BY_ADDRESS)?
+            .range((key, 0u64)..=(key, u64::MAX))?
+        {
+            if let Some(m) = self.message(r?.0.value().1)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
     /// The stored bytes of a queued message.
     pub fn message_body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
@@ -187,6 +291,39 @@ impl ReadView {
         Ok(QueueSummary {
             delivered: meta_u64(&meta, DELIVERED)?,
             failed: meta_u64(&meta, FAILED)?,
+            not_sent_erased: meta_u64(&meta, NOT_SENT_ERASED)?,
+            not_sent_no_consent: meta_u64(&meta, NOT_SENT_NO_CONSENT)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store whose queue records predate `queue_by_address_v1` gets them
+    /// indexed when it is opened, so erasure and the export find them.
+    #[test]
+    fn old_queue_records_are_indexed_at_open() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        super::super::Store::open(dir.path())?.close();
+        let m = r#"{"id": 9, "sender": "s", "return_path": "r@x.example", "message_id": "m@x.example",
+            "created": 0, "size": 1, "source": "api",
+            "recipients": [{"address": "Ann@x.example", "domain": "x.example", "state": "delivered"}]}"#;
+        {
+            let db = redb::Database::create(dir.path().join("herald.redb"))?;
+            let txn = db.begin_write()?;
+            txn.open_table(QUEUE_DONE)?.insert(9, m.as_bytes())?;
+            txn.open_table(META)?.remove(ADDRESS_INDEX_BUILT)?;
+            txn.commit()?;
+        }
+        let store = super::super::Store::open(dir.path())?;
+        let found = store.read_blocking(|v| {
+            let key = address_key(&v.salt()?, "ann@x.example");
+            v.messages_to(&key)
+        })?;
+        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), vec![9]);
+        store.close();
+        Ok(())
     }
 }

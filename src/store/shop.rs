@@ -167,6 +167,7 @@ impl WriteTables<'_> {
         if let Some(old) = self.stats(contact)? {
             for o in self.orders_of(contact, &old.orders)? {
                 self.orders.remove(o.order_id.as_str())?;
+                self.order_attribution.remove(o.order_id.as_str())?;
             }
             self.shop_stats.remove(contact)?;
             let empty = ShopStats::default();
@@ -239,6 +240,20 @@ impl ReadView {
         for r in t.range((sku, 0)..=(sku, u64::MAX))? {
             let (k, v) = r?;
             out.push((k.value().1, from_json("waitlist", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The SKUs a contact waits for (a scan of the wait-lists, which are
+    /// keyed by SKU: for the GDPR export).
+    pub fn waitlists_of(&self, contact: u64) -> Result<Vec<(String, WaitEntry)>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.table(WAITLIST)?.iter()? {
+            let (k, v) = r?;
+            let (sku, c) = k.value();
+            if c == contact {
+                out.push((sku.to_string(), from_json("waitlist", v.value())?));
+            }
         }
         Ok(out)
     }

@@ -73,6 +73,13 @@ pub const QUEUE_DUE: TableDefinition<(i64, u64), ()> = TableDefinition::new("que
 /// delivered or failed. Kept for reports and for `GET /api/v1/queue/{id}`.
 pub const QUEUE_DONE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_done_v1");
 
+/// (salted SHA-256 of the lower-cased recipient address, queue id) → ():
+/// every message, queued or finished, to an address. Written when a message
+/// is queued; erasure finds a person's queue records through it (also those
+/// queued without a contact id), and the GDPR export lists them.
+pub const QUEUE_BY_ADDRESS: TableDefinition<(&[u8], u64), ()> =
+    TableDefinition::new("queue_by_address_v1");
+
 /// SKU → `Product` (JSON): the catalogue templates' product blocks read.
 pub const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products_v1");
 
@@ -161,3 +168,10 @@ pub const ORDER_ATTRIBUTION: TableDefinition<&str, (u8, u64, u32, u32, u8)> =
 /// before the hit is answered and applied to the counters, engagement and
 /// history shortly after (then removed): the hit journal.
 pub const HITS: TableDefinition<u64, &[u8]> = TableDefinition::new("hits_v1");
+
+/// (contact id, request number) → `SignupRequest` (JSON): a signup waiting
+/// for its confirmation click. The confirmation token names the key; the
+/// click consumes the entry, so a link grants once and only for the signup
+/// it was sent for.
+pub const SIGNUP_REQUESTS: TableDefinition<(u64, u64), &[u8]> =
+    TableDefinition::new("signup_requests_v1");

@@ -203,16 +203,10 @@ impl WriteTables<'_> {
         &self,
         order: &str,
     ) -> Result<Option<crate::track::Attributed>, StoreError> {
-        Ok(self.order_attribution.get(order)?.map(|v| {
-            let (kind, id, slot, link, by) = v.value();
-            crate::track::Attributed {
-                kind,
-                id,
-                slot,
-                link,
-                by: if by == 1 { "parameter" } else { "window" },
-            }
-        }))
+        Ok(self
+            .order_attribution
+            .get(order)?
+            .map(|v| attributed(v.value())))
     }
 
     /// Deletes a contact's history and last click (erasure).
@@ -294,5 +288,26 @@ impl ReadView {
     /// A contact's last click by hand.
     pub fn last_click(&self, contact: u64) -> Result<Option<LastClick>, StoreError> {
         Ok(self.table(LAST_CLICK)?.get(contact)?.map(|v| v.value()))
+    }
+
+    /// The click an order was attributed to.
+    pub fn order_attribution(
+        &self,
+        order: &str,
+    ) -> Result<Option<crate::track::Attributed>, StoreError> {
+        Ok(self
+            .table(ORDER_ATTRIBUTION)?
+            .get(order)?
+            .map(|v| attributed(v.value())))
+    }
+}
+
+fn attributed((kind, id, slot, link, by): (u8, u64, u32, u32, u8)) -> crate::track::Attributed {
+    crate::track::Attributed {
+        kind,
+        id,
+        slot,
+        link,
+        by: if by == 1 { "parameter" } else { "window" },
     }
 }

@@ -84,6 +84,7 @@ fn delivered_at(t: &WriteTables<'_>, queue_id: u64) -> Result<Option<i64>, Store
 /// Records an open or a click: campaign counters (unique per contact and
 /// total, human and machine apart, per link, per hour), the engagement
 /// flags segments read, the contact's history and last click by hand.
+/// A hit on a contact that no longer exists (erased) records nothing.
 pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError> {
     let m = hit.message;
     let s = m.send;
@@ -91,6 +92,11 @@ pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError>
         return Ok(Recorded::default());
     }
     let contact = m.contact;
+    // An erased contact's old links are still answered, but nothing is
+    // recorded: no counter, engagement, history or last click names it.
+    if !t.contact_exists(contact)? {
+        return Ok(Recorded::default());
+    }
     let mut machine = hit.machine;
     let click = match &hit.kind {
         HitKind::Open => None,
@@ -131,8 +137,6 @@ pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError>
             machine.is_some(),
             hit.at,
         )?;
-    } else if t.contact(contact)?.is_none() {
-        return Ok(Recorded::default());
     }
     if repeat_open {
         // Counted (total opens, last open time); the history keeps the
@@ -266,6 +270,10 @@ pub fn unsubscribe(
     let Some(c) = t.contact(m.contact)? else {
         return Ok(Unsubscribed::Unknown);
     };
+    if m.send.kind == SendKind::Preview {
+        // A preview was never sent to the contact it shows.
+        return Ok(Unsubscribed::Unknown);
+    }
     let at = now.timestamp_millis();
     let s = m.send;
     if s.kind == SendKind::Campaign {
@@ -321,6 +329,9 @@ pub fn leave_lists(
     let Some(c) = t.contact(m.contact)? else {
         return Ok(Vec::new());
     };
+    if m.send.kind == SendKind::Preview {
+        return Ok(Vec::new());
+    }
     let leave: std::collections::BTreeSet<u64> =
         leave.into_iter().filter(|l| c.lists.contains(l)).collect();
     if leave.is_empty() {
@@ -441,7 +452,7 @@ pub fn attribute_order(
     let mut found = None;
     if order.counted() {
         if let Some(v) = order.attribution.as_deref()
-            && let Some(crate::tokens::Token::Click(m, n)) = rules.keys.verify(v.trim())
+            && let Some(crate::tokens::Token::Click(m, n, _)) = rules.keys.verify(v.trim())
             && matches!(m.send.kind, SendKind::Campaign | SendKind::Automation)
         {
             found = Some(Attributed {

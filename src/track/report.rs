@@ -29,6 +29,7 @@ pub const COLUMNS: &[&str] = &[
     "bounces_soft",
     "bounces_policy",
     "not_sent_no_consent",
+    "not_sent_erased",
     "opens_unique",
     "opens_total",
     "machine_opens_unique",
@@ -90,6 +91,7 @@ fn figures(
     put("bounces_soft", get(Counter::Soft).into());
     put("bounces_policy", get(Counter::Policy).into());
     put("not_sent_no_consent", get(Counter::Unsent).into());
+    put("not_sent_erased", get(Counter::Erased).into());
     put("opens_unique", uo.into());
     put("opens_total", get(Counter::Opens).into());
     put(

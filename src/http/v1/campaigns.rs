@@ -83,7 +83,7 @@ pub fn view(c: &Campaign, counts: &CampaignCounts, now: i64) -> Value {
                 "rate_per_minute".into(),
                 json!((rate * 10.0).round() / 10.0),
             );
-            Some(now + ((size - done) as f64 / per_ms) as i64)
+            Some(now.saturating_add(((size - done) as f64 / per_ms) as i64))
         }
         _ => None,
     };

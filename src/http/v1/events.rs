@@ -29,10 +29,12 @@ pub async fn ingest(
     let limit = config.http.max_body_bytes.max(MIN_BODY_LIMIT);
     let bytes = reply::read_body(req, limit).await?;
     let sites: Vec<String> = config.sites.iter().map(|s| s.id.clone()).collect();
-    let parsed = tokio::task::spawn_blocking(move || events::parse_batch(&bytes, &sites))
-        .await
-        .map_err(|e| ApiError::bad_request(format!("cannot parse the events: {e}")))?
-        .map_err(|m| ApiError::new(http::StatusCode::BAD_REQUEST, "invalid_events", m))?;
+    let clock_now = state.clock.now();
+    let parsed =
+        tokio::task::spawn_blocking(move || events::parse_batch(&bytes, &sites, clock_now))
+            .await
+            .map_err(|e| ApiError::bad_request(format!("cannot parse the events: {e}")))?
+            .map_err(|m| ApiError::new(http::StatusCode::BAD_REQUEST, "invalid_events", m))?;
     let n = parsed.len();
     let mut results: Vec<Value> = vec![Value::Null; n];
     let mut good = Vec::with_capacity(n);

@@ -42,7 +42,7 @@ impl Read for ChannelReader {
     }
 }
 
-fn options(q: &[(String, String)]) -> Result<ImportOptions, ApiError> {
+fn options(q: &[(String, String)], max_record_bytes: u64) -> Result<ImportOptions, ApiError> {
     reply::only_params(
         q,
         &["list", "create_list", "create_fields", "consent", "resume"],
@@ -59,6 +59,7 @@ fn options(q: &[(String, String)]) -> Result<ImportOptions, ApiError> {
         create_fields: reply::query_bool(q, "create_fields")?,
         consent,
         resume: reply::query_u64(q, "resume")?,
+        max_record_bytes,
     })
 }
 
@@ -69,7 +70,7 @@ pub async fn start(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
-    let opts = options(&q)?;
+    let opts = options(&q, state.config().import.max_record_bytes)?;
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         if !(ct.starts_with("text/csv")
@@ -84,7 +85,12 @@ pub async fn start(
         }
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(16);
-    let mut body = req.into_body();
+    // Held to the body pace: a large file may take as long as it keeps
+    // arriving at `[http] body_min_rate`; time spent committing rows is not
+    // counted against the client.
+    let mut body = reply::paced_body(req);
+    let timed_out = Arc::new(std::sync::OnceLock::<reply::BodyTimeout>::new());
+    let pump_timed_out = timed_out.clone();
     let pump = tokio::spawn(async move {
         loop {
             match body.frame().await {
@@ -97,6 +103,9 @@ pub async fn start(
                     }
                 }
                 Some(Err(e)) => {
+                    if let Some(t) = e.downcast_ref::<reply::BodyTimeout>() {
+                        let _ = pump_timed_out.set(*t);
+                    }
                     let _ = tx.send(Err(format!("the upload was cut off: {e}"))).await;
                     break;
                 }
@@ -121,7 +130,19 @@ pub async fn start(
         )
     })?;
     pump.abort();
-    let report = result?;
+    let report = result.map_err(|e| {
+        if timed_out.get().is_some() {
+            // 408 (the connection is then closed); the message says how
+            // to resume.
+            ApiError::new(
+                http::StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                e.to_string(),
+            )
+        } else {
+            ApiError::from(e)
+        }
+    })?;
     let r = &report.record;
     for (outcome, n) in [
         ("created", r.created),

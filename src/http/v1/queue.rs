@@ -141,6 +141,7 @@ pub async fn submit(
         content,
         source: "api".into(),
         message_id: b.message_id,
+        kind: None,
     };
     let now = state.clock.now().timestamp_millis();
     accepted(
@@ -205,6 +206,7 @@ pub fn message_view(m: &QueuedMessage, in_flight: &[usize]) -> Value {
                 "bounce": r.bounce.map(|b| b.as_str()),
                 "host": r.host,
                 "updated": time(r.updated),
+                "not_sent": r.not_sent.map(|n| n.as_str()),
             })
         })
         .collect();
@@ -218,6 +220,7 @@ pub fn message_view(m: &QueuedMessage, in_flight: &[usize]) -> Value {
         "source": m.source,
         "finished": time(m.finished),
         "purged": m.purged,
+        "kind": m.rule().map(|k| k.as_str()),
         "recipients": rcpts,
     })
 }
@@ -289,6 +292,11 @@ pub async fn status(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
                 "recipients": {"queued": queued, "in_flight": flying_n, "deferred": deferred},
                 "delivered_total": summary.delivered,
                 "failed_total": summary.failed,
+                // Of failed_total: taken out of the queue without an attempt.
+                "not_sent": {
+                    "erased": summary.not_sent_erased,
+                    "no_consent": summary.not_sent_no_consent,
+                },
                 "domains": domains.into_iter().map(|(name, d)| json!({
                     "domain": name,
                     "queued": d.queued,

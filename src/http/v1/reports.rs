@@ -217,19 +217,7 @@ pub async fn contact(
     };
     let events: Vec<Value> = events
         .into_iter()
-        .map(|(seq, e)| {
-            let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
-            if let Some(o) = v.as_object_mut() {
-                o.insert("seq".into(), seq.into());
-                let at = chrono::DateTime::from_timestamp_millis(e.at)
-                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-                o.insert("at".into(), json!(at));
-                if let Some(a) = e.amount {
-                    o.insert("amount".into(), json!(a as f64 / 100.0));
-                }
-            }
-            v
-        })
+        .map(|(seq, e)| history_json(seq, &e))
         .collect();
     let body = json!({
         "contact": {"id": c.id, "email": c.email, "consent": c.consent.as_str()},
@@ -238,6 +226,23 @@ pub async fn contact(
         "consent_log": super::contacts::log_view(&log),
     });
     Ok(reply::json_response(StatusCode::OK, &body))
+}
+
+/// One entry of a contact's history as the API shows it (also in the GDPR
+/// export): the stored event with its sequence number, `at` in RFC 3339 and
+/// `amount` in currency units.
+pub fn history_json(seq: u64, e: &crate::store::HistoryEvent) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("seq".into(), seq.into());
+        let at = chrono::DateTime::from_timestamp_millis(e.at)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        o.insert("at".into(), json!(at));
+        if let Some(a) = e.amount {
+            o.insert("amount".into(), json!(a as f64 / 100.0));
+        }
+    }
+    v
 }
 
 /// Body of `POST /api/v1/complaints`.

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::ConfigError;
+use crate::delivery::model::MailKind;
 use crate::delivery::queue::EnqueueError;
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
@@ -287,7 +288,8 @@ pub fn transactional_send(name: &str) -> crate::tokens::SendRef {
 
 /// `POST /api/v1/messages` with `template`: renders the template for one
 /// contact and queues it. Marketing templates reach only `granted` contacts;
-/// no template reaches an `invalid` address.
+/// transactional ones no contact that withdrew or whose address is
+/// `invalid` ([`MailKind::allows`], checked again at delivery).
 pub async fn send(
     state: &Arc<AppState>,
     b: super::queue::MessageBody,
@@ -325,18 +327,26 @@ pub async fn send(
         ));
     };
     let contact = super::contacts::load(state, to).await?;
-    match (contact.consent, t.kind) {
-        (ConsentState::Invalid, _) => {
+    // Through the API a template is what its `kind` says (the signup's
+    // confirmation exception is for the signup form's own mail).
+    let kind = template_kind(&t);
+    match contact.consent {
+        ConsentState::Invalid => {
             return Err(ApiError::invalid(
                 "invalid_address",
                 format!("{} is marked invalid (it bounced)", contact.email),
             ));
         }
-        (c, crate::render::template::Kind::Marketing) if c != ConsentState::Granted => {
+        c if !kind.allows(c) => {
+            let needs = match kind {
+                MailKind::Marketing => "marketing mail goes only to `granted` contacts",
+                _ => "no mail goes to a contact that withdrew",
+            };
             return Err(ApiError::invalid(
                 "no_consent",
                 format!(
-                    "`{name}` is marketing mail and {} has consent `{}`, not `granted`",
+                    "`{name}` is {} mail and {} has consent `{}`: {needs}",
+                    t.kind.as_str(),
                     contact.email,
                     c.as_str()
                 ),
@@ -367,19 +377,50 @@ pub async fn send(
         data: b.data,
         products,
     };
-    match render_and_queue(state, &t, recipient).await {
+    match render_and_queue_as(state, &t, recipient, kind).await {
         Ok(r) => super::queue::accepted(state, Ok(r)),
         Err(QueueFailure::Queue(e)) => super::queue::accepted(state, Err(e)),
         Err(QueueFailure::Api(a)) => Err(a),
     }
 }
 
-/// Renders a transactional template for one recipient and queues it;
-/// returns the queue id and Message-ID.
+/// The kind of mail a template's messages are, for the consent check at
+/// delivery: the signup confirmation template (`[signup] template`) answers
+/// the person's own request and goes whatever their stored state;
+/// otherwise the template's `kind`.
+pub fn mail_kind(state: &AppState, t: &Template) -> MailKind {
+    let config = state.config();
+    if config.signup.as_ref().is_some_and(|s| s.template == t.name) {
+        return MailKind::Confirmation;
+    }
+    template_kind(t)
+}
+
+/// The kind of mail a template's `kind` makes it.
+fn template_kind(t: &Template) -> MailKind {
+    match t.kind {
+        crate::render::template::Kind::Marketing => MailKind::Marketing,
+        crate::render::template::Kind::Transactional => MailKind::Transactional,
+    }
+}
+
+/// Renders a template for one recipient and queues it, marked with its
+/// [`mail_kind`]; returns the queue id and Message-ID.
 pub async fn render_and_queue(
     state: &Arc<AppState>,
     t: &Arc<Template>,
     recipient: crate::render::Recipient,
+) -> Result<(u64, String), QueueFailure> {
+    render_and_queue_as(state, t, recipient, mail_kind(state, t)).await
+}
+
+/// [`render_and_queue`] with the kind of mail given: delivery checks the
+/// contact's consent against it when it picks the message up.
+pub async fn render_and_queue_as(
+    state: &Arc<AppState>,
+    t: &Arc<Template>,
+    recipient: crate::render::Recipient,
+    kind: MailKind,
 ) -> Result<(u64, String), QueueFailure> {
     use crate::delivery::queue::{Content, NewMessage, NewRecipient};
     let name = t.name.clone();
@@ -414,6 +455,7 @@ pub async fn render_and_queue(
         content: Content::Raw(mime),
         source: format!("template:{name}"),
         message_id: None,
+        kind: Some(kind),
     };
     let sender = state.config().sender(&t.sender).cloned();
     let r = crate::delivery::queue::enqueue(&state.store, sender, msg, now).await?;
