@@ -923,6 +923,7 @@ async fn finish_job(
             }
         }
     }
+    release_jobs(inner, std::slice::from_ref(&job));
     for (i, o) in &outcomes {
         match o {
             Outcome::Delivered(r) => tracing::debug!(msg = id, rcpt = i, reply = %r, "delivered"),
@@ -932,7 +933,6 @@ async fn finish_job(
             }
         }
     }
-    release_jobs(inner, std::slice::from_ref(&job));
 }
 
 /// Takes finished jobs out of the active set; a message leaves it with its

@@ -319,6 +319,10 @@ pub async fn status(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
 pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiError> {
     let id =
         numeric_id(r).ok_or_else(|| ApiError::not_found(format!("`{r}` is not a queue id")))?;
+    // The record first, then what is in flight: a job stays in flight until
+    // just after its outcome commits, so read in the other order a finished
+    // attempt (already counted in the record) could still show as in flight.
+    let m = state.store.read(move |v| v.message(id)).await?;
     let in_flight: Vec<usize> = state
         .delivery
         .in_flight()
@@ -326,7 +330,7 @@ pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiEr
         .filter(|f| f.msg == id)
         .map(|f| f.rcpt)
         .collect();
-    match state.store.read(move |v| v.message(id)).await? {
+    match m {
         Some(m) => reply::ok(&message_view(&m, &in_flight)),
         None => Err(ApiError::not_found(format!("no message {id} in the queue"))),
     }
