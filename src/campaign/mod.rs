@@ -204,11 +204,6 @@ pub async fn check_spec(
         } else {
             format!("{at_key}: ")
         };
-        let at = if at.is_empty() {
-            String::new()
-        } else {
-            format!("{at}: ")
-        };
         match config.templates.get(&l.template) {
             None => {
                 let why = if config.templates.failed.contains_key(&l.template) {

@@ -397,7 +397,14 @@ mod tests {
         let c = load(
             "admin_listen = \"127.0.0.1:8026\"\nmax_connections = 500\nmax_connections_per_ip = 20\nadmin_max_connections = 8\nidle_timeout = \"10s\"\nbody_timeout = \"15s\"\nbody_min_rate = 2048\nmetrics_token = \"metrics-0123456789abcdef\"",
         )?;
-        assert_eq!(c.http.admin_listen, Some("127.0.0.1:8026".parse().unwrap()));
+        assert_eq!(
+            c.http.admin_listen,
+            Some(
+                "127.0.0.1:8026"
+                    .parse()
+                    .map_err(|e: std::net::AddrParseError| e.to_string())?
+            )
+        );
         assert_eq!(
             c.http.limits,
             HttpLimits {

@@ -1108,17 +1108,12 @@ fn not_sent(
     why: NotSent,
     now: i64,
 ) -> Result<bool, StoreError> {
-    use crate::campaign::model::Counter;
     let Some(before) = m.not_sent(idx, why, now) else {
         return Ok(false);
     };
     count_campaign(t, m.campaign, before, RcptState::Failed, None, now)?;
     if let Some(c) = m.campaign {
-        let counter = match why {
-            NotSent::Erased => Counter::Erased,
-            NotSent::NoConsent => Counter::Unsent,
-        };
-        t.bump_campaign(c.id, c.slot, counter, 1)?;
+        t.count_not_sent(c.id, c.slot, why == NotSent::Erased)?;
     }
     Ok(true)
 }

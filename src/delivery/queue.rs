@@ -561,7 +561,6 @@ fn prepare_raw(
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!("header line {} has a bad name: `{name}`", n + 1));
         }
-
         if let Some(h) = current.take() {
             headers.push(h);
         }

@@ -238,41 +238,45 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     fn gate() -> Arc<Gate> {
         Gate::new("test", &Family::default(), Family::default())
     }
 
     #[test]
-    fn caps_per_address_and_in_total_and_frees_on_drop() {
+    fn caps_per_address_and_in_total_and_frees_on_drop() -> TestResult {
         let g = gate();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let s1 = g.admit(a, 3, Some(2)).unwrap();
-        let _s2 = g.admit(a, 3, Some(2)).unwrap();
+        let a: IpAddr = "192.0.2.1".parse()?;
+        let b: IpAddr = "192.0.2.2".parse()?;
+        let s1 = g.admit(a, 3, Some(2)).map_err(|r| format!("{r:?}"))?;
+        let _s2 = g.admit(a, 3, Some(2)).map_err(|r| format!("{r:?}"))?;
         assert_eq!(g.admit(a, 3, Some(2)).err(), Some(Refused::PerIp));
-        let _s3 = g.admit(b, 3, Some(2)).unwrap();
+        let _s3 = g.admit(b, 3, Some(2)).map_err(|r| format!("{r:?}"))?;
         // Full: even an exempt peer is refused.
         assert_eq!(g.admit(b, 3, None).err(), Some(Refused::Total));
         drop(s1);
         assert_eq!(g.open(), 2);
-        let _s4 = g.admit(a, 3, Some(2)).unwrap();
+        let _s4 = g.admit(a, 3, Some(2)).map_err(|r| format!("{r:?}"))?;
         assert_eq!(g.admit(a, 4, Some(2)).err(), Some(Refused::PerIp));
         // An exempt peer (a trusted proxy) is not counted per address.
-        let _s5 = g.admit(a, 4, None).unwrap();
+        let _s5 = g.admit(a, 4, None).map_err(|r| format!("{r:?}"))?;
         assert_eq!(g.open(), 4);
+        Ok(())
     }
 
     #[test]
-    fn ipv6_clients_count_per_64() {
+    fn ipv6_clients_count_per_64() -> TestResult {
         let g = gate();
-        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let y: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let z: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        let _a = g.admit(x, 10, Some(1)).unwrap();
+        let x: IpAddr = "2001:db8:1:2::1".parse()?;
+        let y: IpAddr = "2001:db8:1:2:ffff::9".parse()?;
+        let z: IpAddr = "2001:db8:1:3::1".parse()?;
+        let _a = g.admit(x, 10, Some(1)).map_err(|r| format!("{r:?}"))?;
         assert_eq!(g.admit(y, 10, Some(1)).err(), Some(Refused::PerIp));
         assert!(g.admit(z, 10, Some(1)).is_ok());
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse()?;
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>()?);
+        Ok(())
     }
 
     #[test]

@@ -910,7 +910,10 @@ mod tests {
     fn the_bearer_scheme_is_case_insensitive() {
         let with = |v: &str| {
             let mut h = http::HeaderMap::new();
-            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            match HeaderValue::from_str(v) {
+                Ok(value) => h.insert(header::AUTHORIZATION, value),
+                Err(e) => return Err(e.to_string()),
+            };
             bearer(&h).map(str::to_string).map_err(|e| e.message)
         };
         for v in [

@@ -484,16 +484,16 @@ mod tests {
         }
     }
 
-    fn run<T>(f: impl Future<Output = T>) -> T {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Runs `f` on a current-thread runtime; an error if it takes 30 s.
+    fn run<T>(f: impl Future<Output = T>) -> Result<T, Box<dyn std::error::Error>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), f)
-                .await
-                .expect("the body neither ended nor timed out")
-        })
+            .build()?;
+        // The timer is created inside the runtime (it needs its reactor).
+        let r = rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), f).await });
+        Ok(r.map_err(|_| "the body neither ended nor timed out")?)
     }
 
     #[test]
@@ -515,19 +515,24 @@ mod tests {
     }
 
     #[test]
-    fn a_body_that_stops_arriving_ends_with_a_timeout_naming_the_limit() {
+    fn a_body_that_stops_arriving_ends_with_a_timeout_naming_the_limit() -> TestResult {
         let pace = BodyPace {
             timeout: Duration::from_millis(100),
             min_rate: 1000,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let err = run(async move {
-            tx.send(Bytes::from_static(b"email=")).await.unwrap();
+        let r = run(async move {
+            tx.send(Bytes::from_static(b"email=")).await?;
             let r = Paced::new(Fed(rx), pace).collect().await;
             drop(tx);
-            r.expect_err("a timeout")
-        });
-        let t = err.downcast_ref::<BodyTimeout>().expect("a BodyTimeout");
+            Ok::<_, Box<dyn std::error::Error>>(r)
+        })??;
+        let Err(err) = r else {
+            return Err("the body ended without a timeout".into());
+        };
+        let t = err
+            .downcast_ref::<BodyTimeout>()
+            .ok_or("the error is not a BodyTimeout")?;
         assert_eq!(t.received, 6);
         let e = t.to_api_error();
         assert_eq!(e.status, StatusCode::REQUEST_TIMEOUT);
@@ -536,10 +541,11 @@ mod tests {
             "{}",
             e.message
         );
+        Ok(())
     }
 
     #[test]
-    fn time_the_server_takes_between_reads_is_not_the_clients() {
+    fn time_the_server_takes_between_reads_is_not_the_clients() -> TestResult {
         let pace = BodyPace {
             timeout: Duration::from_millis(100),
             min_rate: 1,
@@ -547,18 +553,19 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let got = run(async move {
             for _ in 0..4 {
-                tx.send(Bytes::from_static(b"row\n")).await.unwrap();
+                tx.send(Bytes::from_static(b"row\n")).await?;
             }
             drop(tx);
             let mut body = Paced::new(Fed(rx), pace);
             let mut n = 0;
             while let Some(f) = body.frame().await {
-                n += f.expect("no timeout").into_data().map_or(0, |d| d.len());
+                n += f?.into_data().map_or(0, |d| d.len());
                 // Committing rows: slower than the pace, but not waiting.
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
-            n
-        });
-        assert_eq!(got, 16);
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(n)
+        })?;
+        assert_eq!(got.map_err(|e| e.to_string())?, 16);
+        Ok(())
     }
 }

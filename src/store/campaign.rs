@@ -120,6 +120,17 @@ impl WriteTables<'_> {
         Ok(())
     }
 
+    /// Counts a campaign message that was not sent: its contact was erased
+    /// (`erased`), or no longer had consent.
+    pub fn count_not_sent(&mut self, id: u64, slot: u32, erased: bool) -> Result<(), StoreError> {
+        let counter = if erased {
+            Counter::Erased
+        } else {
+            Counter::Unsent
+        };
+        self.bump_campaign(id, slot, counter, 1)
+    }
+
     /// Adds `delta` to a campaign counter (never below zero; written when
     /// the transaction commits).
     pub fn bump_campaign(
