@@ -82,7 +82,14 @@ fn settled(mut m: Value) -> Value {
         for r in rs {
             let state = r["state"].as_str().unwrap_or_default();
             assert!(matches!(state, "deferred" | "in_flight"), "{r}");
-            for k in ["attempts", "next_attempt", "reply", "updated", "host", "state"] {
+            for k in [
+                "attempts",
+                "next_attempt",
+                "reply",
+                "updated",
+                "host",
+                "state",
+            ] {
                 r.as_object_mut().map(|o| o.remove(k));
             }
         }
