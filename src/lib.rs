@@ -4,6 +4,7 @@
 //! integration tests and benchmarks can reach the same modules the daemon
 //! uses. See `ARCHITECTURE.md` for the data flow and the code map.
 
+pub mod activity;
 pub mod app;
 pub mod campaign;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod metrics;
 pub mod render;
 pub mod segment;
+pub mod send;
 pub mod shop;
 pub mod store;
 pub mod tokens;

@@ -106,78 +106,7 @@ impl Keys {
     }
 }
 
-/// What a send is: the unit reports are kept by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SendKind {
-    /// A newsletter campaign.
-    Campaign,
-    /// An automation (event-triggered mail).
-    Automation,
-    /// A test send of a campaign to seed addresses (kept out of stats).
-    Test,
-    /// A transactional message sent through the API with a template.
-    Transactional,
-    /// An admin preview: links in it lead nowhere.
-    Preview,
-}
-
-impl SendKind {
-    /// The kind's code in tokens and keys.
-    pub fn code(self) -> u8 {
-        match self {
-            SendKind::Campaign => 1,
-            SendKind::Automation => 2,
-            SendKind::Test => 3,
-            SendKind::Transactional => 4,
-            SendKind::Preview => 5,
-        }
-    }
-
-    /// The kind with this code.
-    pub fn from_code(c: u8) -> Option<SendKind> {
-        Some(match c {
-            1 => SendKind::Campaign,
-            2 => SendKind::Automation,
-            3 => SendKind::Test,
-            4 => SendKind::Transactional,
-            5 => SendKind::Preview,
-            _ => return None,
-        })
-    }
-
-    /// A short letter used in Message-IDs and Feedback-ID.
-    pub fn letter(self) -> char {
-        match self {
-            SendKind::Campaign => 'c',
-            SendKind::Automation => 'a',
-            SendKind::Test => 't',
-            SendKind::Transactional => 'm',
-            SendKind::Preview => 'p',
-        }
-    }
-}
-
-/// One send: a campaign (with its A/B variant), an automation, a test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SendRef {
-    /// What kind of send.
-    pub kind: SendKind,
-    /// Campaign or automation id (for transactional mail: the queue's id space).
-    pub id: u64,
-    /// A/B variant or stage, 0 when there is none.
-    pub variant: u32,
-}
-
-impl SendRef {
-    /// The send packed into a fixed-width key for the store's link table.
-    pub fn key(&self) -> [u8; 13] {
-        let mut k = [0u8; 13];
-        k[0] = self.kind.code();
-        k[1..9].copy_from_slice(&self.id.to_be_bytes());
-        k[9..].copy_from_slice(&self.variant.to_be_bytes());
-        k
-    }
-}
+pub use crate::send::model::{SendKind, SendRef};
 
 /// One message: a send to one contact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

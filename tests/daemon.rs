@@ -148,7 +148,10 @@ fn a_store_from_a_newer_or_foreign_schema_is_refused_not_misread() {
     let (code, _, err) = run(&config, &["serve"]);
     assert_ne!(code, 0);
     assert!(
-        err.contains("schema version 99, newer than this herald understands (1)"),
+        err.contains(&format!(
+            "schema version 99, newer than this herald understands ({})",
+            herald::store::tables::SCHEMA_VERSION
+        )),
         "{err}"
     );
 

@@ -1,12 +1,21 @@
 //! Schema migration: a store written by an older Herald opens with this one,
-//! is migrated in place (missing tables created, the queue's address index
-//! filled from the old records) and reads the same: `tests/fixtures/store-v1/` was made by commit 462f2f7 (before
-//! issue 17 added `signup_requests_v1` and `queue_by_address_v1`) with
-//! `tests/fixtures/make-store-v1.py`, which also saved what that binary's
-//! API answered (`expected.json`). This binary must answer the same (it may
-//! add keys), and the new tables must work on the old data: the address
-//! index is built at open, so erasure reaches a message queued by the old
-//! binary.
+//! is migrated in place and reads the same.
+//!
+//! - `tests/fixtures/store-v1/` was made by commit 462f2f7 (before issue 17
+//!   added `signup_requests_v1` and `queue_by_address_v1`) with
+//!   `tests/fixtures/make-store-v1.py`.
+//! - `tests/fixtures/store-v2/` was made by commit a470bb9 (the last before
+//!   the send layer moved the `campaign_*` counter, engagement, link and
+//!   ledger tables to send-keyed `send_*` tables, schema 1 → 2) with
+//!   `tests/fixtures/make-store-v2.py`.
+//!
+//! Each script also saved what that binary's API answered (`expected.json`).
+//! This binary must answer the same (it may add keys), and the new tables
+//! must work on the old data: the address index is built at open, so
+//! erasure reaches a message queued by the old binary; the migrated send
+//! tables keep counting. A crash in the middle of the migration (the
+//! process aborted as by `kill -9`, through a fault-injection variable)
+//! leaves a store the next start migrates again.
 
 mod common;
 
@@ -37,11 +46,23 @@ fn assert_subset(want: &Value, got: &Value, path: &str) {
     }
 }
 
-fn start_on_fixture() -> (Herald, Value) {
+fn start_on_fixture(name: &str) -> (Herald, Value) {
+    start_on_fixture_env(name, Vec::new())
+}
+
+fn start_on_fixture_env(name: &str, env: Vec<(String, String)>) -> (Herald, Value) {
+    let (dir, config, expected) = fixture(name);
+    (Herald::start_in_env(dir, config, env), expected)
+}
+
+/// A temporary directory with a copy of fixture `name` and a config for it.
+fn fixture(name: &str) -> (tempfile::TempDir, std::path::PathBuf, Value) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     std::fs::copy(fixture.join("herald.redb"), data.join("herald.redb")).unwrap();
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())
@@ -65,8 +86,7 @@ fn start_on_fixture() -> (Herald, Value) {
         ),
     )
     .unwrap();
-    let h = Herald::start_in(dir, config);
-    (h, expected)
+    (dir, config, expected)
 }
 
 fn get(h: &Herald, path: &str) -> Value {
@@ -99,43 +119,100 @@ fn settled(mut m: Value) -> Value {
 
 #[test]
 fn migration_of_a_store_written_by_the_previous_version_keeps_every_answer() {
-    let (h, want) = start_on_fixture();
+    let (h, want) = start_on_fixture("store-v1");
+    same_answers(&h, &want);
+}
+
+#[test]
+fn migration_to_send_keyed_tables_keeps_every_answer_and_counting_goes_on() {
+    let (h, want) = start_on_fixture("store-v2");
+    assert!(
+        h.log().contains("migrated the store to schema 2"),
+        "{}",
+        h.log()
+    );
+    let id = want["campaign_id"].as_u64().unwrap();
+    // The campaign's report is its send's report.
+    assert_subset(
+        &want["report"],
+        &get(&h, &format!("/api/v1/reports/sends/campaign/{id}")),
+        "sends report",
+    );
+    let r = want["receipt_id"].as_u64().unwrap();
+    assert_subset(
+        &want["receipt"],
+        &get(&h, &format!("/api/v1/queue/{r}")),
+        "receipt",
+    );
+    same_answers(&h, &want);
+}
+
+#[test]
+fn a_crash_in_the_middle_of_the_migration_leaves_a_store_the_next_start_migrates() {
+    let (dir, config, want) = fixture("store-v2");
+    // The old store has a few dozen rows to migrate; abort after 10 of them,
+    // inside the migration's transaction (as `kill -9` would).
+    let out = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("HERALD_FAULT_MIGRATION_ABORT_AFTER", "10")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("fault injection: aborting the migration"),
+        "{log}"
+    );
+    assert!(!log.contains("herald ready"), "{log}");
+    let h = Herald::start_in(dir, config);
+    assert!(
+        h.log().contains("upgrading the store schema"),
+        "{}",
+        h.log()
+    );
+    same_answers(&h, &want);
+}
+
+/// What every fixture's binary answered, this one answers too.
+fn same_answers(h: &Herald, want: &Value) {
     let id = want["campaign_id"].as_u64().unwrap();
     let who = want["clicker"].as_str().unwrap().to_string();
     assert_subset(
         &want["campaign"],
-        &get(&h, &format!("/api/v1/campaigns/{id}")),
+        &get(h, &format!("/api/v1/campaigns/{id}")),
         "campaign",
     );
     assert_subset(
         &want["report"],
-        &get(&h, &format!("/api/v1/reports/campaigns/{id}")),
+        &get(h, &format!("/api/v1/reports/campaigns/{id}")),
         "report",
     );
     assert_subset(
         &want["history"],
-        &get(&h, &format!("/api/v1/contacts/{who}/history")),
+        &get(h, &format!("/api/v1/contacts/{who}/history")),
         "history",
     );
     assert_subset(
         &want["consent"],
-        &get(&h, "/api/v1/contacts/gone@example.test/consent"),
+        &get(h, "/api/v1/contacts/gone@example.test/consent"),
         "consent",
     );
     assert_subset(
         &want["contacts"],
-        &get(&h, "/api/v1/contacts?limit=100"),
+        &get(h, "/api/v1/contacts?limit=100"),
         "contacts",
     );
     let q = want["queued_id"].as_u64().unwrap();
     assert_subset(
         &settled(want["queued"].clone()),
-        &settled(get(&h, &format!("/api/v1/queue/{q}"))),
+        &settled(get(h, &format!("/api/v1/queue/{q}"))),
         "queued",
     );
     // The new tables on old data: the export reads them, and erasure finds
     // the old binary's queued message through the index built at open.
-    let export = get(&h, &format!("/api/v1/contacts/{who}/export"));
+    let export = get(h, &format!("/api/v1/contacts/{who}/export"));
     assert_eq!(export["signup_requests"], serde_json::json!([]), "{export}");
     assert_eq!(
         export["shop"]["orders"].as_array().map(Vec::len),
@@ -144,7 +221,7 @@ fn migration_of_a_store_written_by_the_previous_version_keeps_every_answer() {
     );
     let r = h.delete("/api/v1/contacts/c09@example.test");
     assert_eq!(r.status, 200, "{r:?}");
-    let m = get(&h, &format!("/api/v1/queue/{q}"));
+    let m = get(h, &format!("/api/v1/queue/{q}"));
     let text = m.to_string();
     assert!(!text.contains("c09@example.test"), "{m}");
     assert_eq!(m["recipients"][0]["state"], "failed", "{m}");

@@ -643,7 +643,15 @@ fn template_message_is_delivered_tracked_and_signed() {
     // The links a click may go to were recorded before the message was queued.
     h.stop();
     let store = herald::store::Store::open(&data).unwrap();
-    let send = herald::http::v1::templates::transactional_send("back_in_stock");
+    // The template's transactional send of today (its tag defaults to the
+    // template's name), as the click tokens name it.
+    let keys = herald::tokens::Keys::new(common::TRACKING_SECRET.as_bytes(), &[]);
+    let send = match keys.verify(clicks[0]) {
+        Some(herald::tokens::Token::Click(m, _, _)) => m.send,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(send.kind, herald::send::SendKind::Transactional);
+    assert_eq!(send.id, herald::send::model::tag_id("back_in_stock"));
     let links = store.read_blocking(move |v| v.links(&send.key())).unwrap();
     let urls: Vec<(String, bool)> = links
         .iter()
@@ -663,7 +671,6 @@ fn template_message_is_delivered_tracked_and_signed() {
         ],
         "{links:?}"
     );
-    let keys = herald::tokens::Keys::new(common::TRACKING_SECRET.as_bytes(), &[]);
     for t in clicks {
         match keys.verify(t) {
             Some(herald::tokens::Token::Click(m, n, _)) => {

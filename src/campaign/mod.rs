@@ -5,7 +5,7 @@
 //!
 //! Exactly once per contact: a part's recipients are fixed when it starts
 //! (the snapshot), and each batch of messages is committed together with the
-//! part's cursor and the `campaign_sends` ledger. A crash, pause or reload
+//! part's cursor and the send ledger (`send::outbox::commit_batch`). A crash, pause or reload
 //! leaves the cursor exactly after the last committed batch, so the next
 //! batch starts there: nobody is skipped and nobody is queued twice (the
 //! ledger is checked too). Delivery itself then resends at most what was on
@@ -13,6 +13,7 @@
 
 pub mod audience;
 pub mod model;
+pub mod report;
 pub mod runner;
 
 use std::sync::Arc;
@@ -24,6 +25,42 @@ use crate::render::template::Template;
 use crate::store::{Sequence, StoreError};
 
 pub use runner::Campaigns;
+
+/// The campaign records in the store, typed (the store keeps them as JSON
+/// of a type it does not know).
+pub trait CampaignStore {
+    /// A campaign.
+    fn campaign(&self, id: u64) -> Result<Option<Campaign>, StoreError>;
+}
+
+/// Writing campaign records.
+pub trait CampaignWrite {
+    /// Stores a campaign.
+    fn put_campaign(&mut self, c: &Campaign) -> Result<(), StoreError>;
+}
+
+impl CampaignStore for crate::store::WriteTables<'_> {
+    fn campaign(&self, id: u64) -> Result<Option<Campaign>, StoreError> {
+        self.campaign_record(id)
+    }
+}
+
+impl CampaignWrite for crate::store::WriteTables<'_> {
+    fn put_campaign(&mut self, c: &Campaign) -> Result<(), StoreError> {
+        self.put_campaign_record(c.id, c)
+    }
+}
+
+impl CampaignStore for crate::store::ReadView {
+    fn campaign(&self, id: u64) -> Result<Option<Campaign>, StoreError> {
+        self.campaign_record(id)
+    }
+}
+
+/// Every campaign, by number.
+pub fn all(r: &crate::store::ReadView) -> Result<Vec<Campaign>, StoreError> {
+    r.campaign_records()
+}
 
 /// Why a campaign action was refused.
 #[derive(Debug, thiserror::Error)]

@@ -19,18 +19,20 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::model::{Campaign, CampaignRef, Counter, Metric, Part, StageFilter, Status, WINNER};
-use super::{CampaignError, audience, look, model};
+use super::model::{Campaign, Counter, Metric, Part, StageFilter, Status, WINNER};
+use super::{CampaignError, CampaignStore, CampaignWrite, audience, look, model};
 use crate::clock::Clock;
 use crate::config::{Config, Current};
 use crate::contacts::model::{ConsentState, Contact};
 use crate::delivery::Engine;
-use crate::delivery::queue::{Signed, queue_signed, sign};
+use crate::delivery::model::MailKind;
+use crate::delivery::queue::{Signed, sign};
 use crate::render::bulk::{Outcome, render_one};
 use crate::render::{Compiled, Recipient, SendOptions};
 use crate::segment::Index;
+use crate::send::outbox::{Outbox, commit_batch};
+use crate::send::{SendKind, SendRef};
 use crate::store::{Store, StoreError};
-use crate::tokens::{SendKind, SendRef};
 
 /// Most messages rendered and queued per batch (one commit).
 const CAMPAIGN_BATCH: usize = 100;
@@ -73,12 +75,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Per-slot value of a counter.
-fn count(counts: &crate::store::CampaignCounts, slot: u32, c: Counter) -> u64 {
+fn count(counts: &crate::store::SendCounts, slot: u32, c: Counter) -> u64 {
     counts.get(&(slot, c as u8)).copied().unwrap_or(0)
 }
 
 /// Sum of a counter over every slot.
-pub fn total(counts: &crate::store::CampaignCounts, c: Counter) -> u64 {
+pub fn total(counts: &crate::store::SendCounts, c: Counter) -> u64 {
     counts
         .iter()
         .filter(|((_, k), _)| *k == c as u8)
@@ -179,7 +181,7 @@ impl Campaigns {
         let live: Vec<Campaign> = self
             .store
             .read(|r| {
-                Ok(r.campaigns()?
+                Ok(super::all(r)?
                     .into_iter()
                     .filter(|c| c.status.is_live())
                     .collect())
@@ -248,7 +250,10 @@ impl Campaigns {
                     .await?;
                 }
                 Some(t) if t <= now && ab.auto => {
-                    let counts = self.store.read(move |r| r.campaign_counts(id)).await?;
+                    let counts = self
+                        .store
+                        .read(move |r| r.send_counts(SendKind::Campaign, id))
+                        .await?;
                     let (winner, reason) = pick_winner(c, ab.metric, &counts);
                     super::change(self, id, move |c, _| {
                         if c.run.winner.is_none() {
@@ -293,7 +298,10 @@ impl Campaigns {
             }
             return Ok(());
         }
-        let counts = self.store.read(move |r| r.campaign_counts(id)).await?;
+        let counts = self
+            .store
+            .read(move |r| r.send_counts(SendKind::Campaign, id))
+            .await?;
         let finals = total(&counts, Counter::Delivered) + total(&counts, Counter::Failed);
         if finals >= c.queued() {
             super::change(self, id, |c, now| {
@@ -320,13 +328,19 @@ impl Campaigns {
         let id = c.id;
         let rows = self
             .store
-            .read(move |r| r.campaign_stage_recipients(id, stage - 1))
+            .read(move |r| {
+                r.round_recipients(SendRef {
+                    kind: SendKind::Campaign,
+                    id,
+                    variant: model::slot(stage - 1, 0),
+                })
+            })
             .await?;
         let ids: Vec<u64> = rows
             .into_iter()
             .filter(|(_, _, f)| {
-                let opened = f & crate::store::OPENED != 0;
-                let clicked = f & crate::store::CLICKED != 0;
+                let opened = f & crate::send::model::OPENED != 0;
+                let clicked = f & crate::send::model::CLICKED != 0;
                 match only {
                     StageFilter::All => true,
                     StageFilter::Opened => opened,
@@ -440,7 +454,7 @@ impl Campaigns {
     /// Takes a cancelled campaign's messages still waiting out of the queue.
     pub async fn purge_queue(&self, id: u64) -> Result<(), CampaignError> {
         let now = self.now_ms();
-        let sel = crate::delivery::engine::Selection::Campaign(id);
+        let sel = crate::delivery::engine::Selection::Send(SendKind::Campaign, id);
         let mut after = 0;
         loop {
             let s = sel.clone();
@@ -539,7 +553,7 @@ impl Campaigns {
     fn outstanding(&self, id: u64) -> Result<u64, StoreError> {
         self.store.read_blocking(|r| {
             let queued = r.campaign(id)?.map(|c| c.queued()).unwrap_or(0);
-            let counts = r.campaign_counts(id)?;
+            let counts = r.send_counts(SendKind::Campaign, id)?;
             let done = total(&counts, Counter::Delivered)
                 + total(&counts, Counter::Failed)
                 + total(&counts, Counter::Deferred);
@@ -741,19 +755,18 @@ impl Campaigns {
         let now = self.now_ms();
         let links = compiled.links().unrecorded();
         let last_link = links.last().map(|(n, _)| *n);
-        let key = SendRef {
-            kind: SendKind::Campaign,
-            id,
-            variant: model::slot(stage, variant),
-        }
-        .key();
-        let sender = compiled.sender().clone();
-        let tags: std::collections::BTreeSet<String> = c.spec.tags_after.iter().cloned().collect();
-        let cref = CampaignRef {
-            id,
-            slot: model::slot(stage, variant),
+        let out = Outbox {
+            send: SendRef {
+                kind: SendKind::Campaign,
+                id,
+                variant: model::slot(stage, variant),
+            },
+            sender: compiled.sender().clone(),
+            source: format!("campaign:{id}"),
+            kind: Some(MailKind::Marketing),
+            once: true,
         };
-        let source = format!("campaign:{id}");
+        let tags: std::collections::BTreeSet<String> = c.spec.tags_after.iter().cloned().collect();
         let end = b.end;
         let rx = self.store.write_blocking(move |t| {
             let Some(mut c) = t.campaign(id)? else {
@@ -767,43 +780,17 @@ impl Campaigns {
             {
                 return Ok(None);
             }
-            if !links.is_empty() {
-                t.put_links(&key, &links)?;
+            let room = c.run.budget_messages.map(|m| m.saturating_sub(c.queued()));
+            let (mut skipped, mut failed) = (0u64, 0u64);
+            let mut built = Vec::with_capacity(b.items.len());
+            for item in b.items {
+                match item {
+                    Item::Built(m) => built.push(*m),
+                    Item::Skip => skipped += 1,
+                    Item::Failed => failed += 1,
+                }
             }
-            let mut room = c.run.budget_messages.map(|m| m.saturating_sub(c.queued()));
-            let (mut queued, mut skipped, mut failed) = (0u64, 0u64, 0u64);
-            let mut budget_hit = false;
-            let mut sent = Vec::new();
-            let total_items = b.items.len() as u64;
-            for (i, item) in b.items.into_iter().enumerate() {
-                let m = match item {
-                    Item::Built(m) => m,
-                    Item::Skip => {
-                        skipped += 1;
-                        continue;
-                    }
-                    Item::Failed => {
-                        failed += 1;
-                        continue;
-                    }
-                };
-                // Consent is law at the moment of queuing: an unsubscribe or a
-                // hard bounce committed since the batch was read wins.
-                let granted = t
-                    .contact(m.contact)?
-                    .is_some_and(|x| x.consent == ConsentState::Granted);
-                if !granted || t.campaign_sent(id, stage, m.contact)?.is_some() {
-                    skipped += 1;
-                    continue;
-                }
-                if room == Some(0) {
-                    // The rest of the batch is not sent either.
-                    budget_hit = true;
-                    skipped += total_items - i as u64;
-                    break;
-                }
-                let qid = queue_signed(t, &sender, &m, &source, Some(cref), now)?;
-                t.put_campaign_sent(id, stage, m.contact, variant, qid)?;
+            let done = commit_batch(t, &out, &links, built, room, now, |t, contact| {
                 if !tags.is_empty() {
                     let update = crate::contacts::ContactUpdate {
                         add_tags: tags.clone(),
@@ -811,13 +798,13 @@ impl Campaigns {
                     };
                     let when = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
                     // A tag that cannot be added never blocks the send.
-                    let _ = crate::contacts::apply_update_by_id(t, m.contact, update, when)?;
+                    let _ = crate::contacts::apply_update_by_id(t, contact, update, when)?;
                 }
-                queued += 1;
-                sent.push(m.contact);
-                room = room.map(|r| r - 1);
-            }
-            t.note_sent(id, sent);
+                Ok(())
+            })?;
+            let queued = done.queued.len() as u64;
+            skipped += done.skipped + done.over_budget;
+            let budget_hit = done.over_budget > 0;
             let Some(p) = c.run.parts.get_mut(part_no) else {
                 return Ok(None);
             };
@@ -869,7 +856,7 @@ impl Campaigns {
             .store
             .read_blocking(|r| {
                 let sent = match s.kind {
-                    SendKind::Campaign => r.campaign_sent(s.id, stage, m.contact)?.is_some(),
+                    SendKind::Campaign => r.sent(s, m.contact)?.is_some(),
                     _ => true,
                 };
                 Ok((r.campaign(s.id)?, r.contact(m.contact)?, sent))
@@ -974,20 +961,27 @@ impl Campaigns {
                 }
             }
             let links = compiled.links().unrecorded();
-            let sender = compiled.sender().clone();
-            let key = send.key();
+            // A seed address gets the test whatever its consent: it asked
+            // for it (no consent rule), and it is not counted as marketing.
+            let outbox = Outbox {
+                send,
+                sender: compiled.sender().clone(),
+                source: format!("campaign-test:{id}"),
+                kind: None,
+                once: false,
+            };
             let label2 = label.clone();
             let ids = self
                 .store
                 .write(move |t| {
-                    if !links.is_empty() {
-                        t.put_links(&key, &links)?;
-                    }
                     let mut ids = Vec::new();
-                    for m in &signed {
-                        let q =
-                            queue_signed(t, &sender, m, &format!("campaign-test:{id}"), None, now)?;
-                        ids.push((m.address.clone(), label2.clone(), q));
+                    for m in signed {
+                        let address = m.address.clone();
+                        let contact = m.contact;
+                        commit_batch(t, &outbox, &links, vec![m], None, now, |_, _| Ok(()))?;
+                        if let Some((_, q)) = t.sent(outbox.send, contact)? {
+                            ids.push((address, label2.clone(), q));
+                        }
                     }
                     Ok(ids)
                 })
@@ -1036,11 +1030,7 @@ fn build_one(
 
 /// The A/B winner by the metric (rate per message queued; ties go to the
 /// earlier variant), with the figures that decided it.
-fn pick_winner(
-    c: &Campaign,
-    metric: Metric,
-    counts: &crate::store::CampaignCounts,
-) -> (u32, String) {
+fn pick_winner(c: &Campaign, metric: Metric, counts: &crate::store::SendCounts) -> (u32, String) {
     let names = c.spec.variant_names();
     let counter = match metric {
         Metric::Opens => Counter::UniqueOpens,

@@ -32,6 +32,7 @@ use crate::config::{Config, Current, RelayTls, Sender};
 use crate::contacts::model::{ConsentSource, ConsentState};
 use crate::contacts::{self, ConsentChange, ContactUpdate};
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::send::model::{Counter, SendKind, SendRef};
 use crate::store::{Store, StoreError, WriteTables};
 
 /// Most messages held in memory for delivery at once.
@@ -1037,7 +1038,7 @@ pub fn record_outcomes(
                 }
             }
         }
-        count_campaign(t, m.campaign, before, r.state, r.bounce, now)?;
+        count_outcome(t, m.send, before, r.state, r.bounce, now)?;
     }
     for (address, contact, reply) in hard {
         mark_invalid(t, &address, contact, &reply, now)?;
@@ -1079,7 +1080,7 @@ fn unsendable(
 
 /// Fails, unsent, the recipients of a queued message its kind of mail may
 /// no longer reach (checked again inside this transaction): counted as
-/// failed and, for a campaign, as `not_sent_no_consent` or
+/// failed and, for its send, as `not_sent_no_consent` or
 /// `not_sent_erased`. A message left with nothing to send is finished (its
 /// body deleted).
 fn drop_unsent(t: &mut WriteTables<'_>, id: u64, now: i64) -> Result<(), StoreError> {
@@ -1100,7 +1101,7 @@ fn drop_unsent(t: &mut WriteTables<'_>, id: u64, now: i64) -> Result<(), StoreEr
     }
 }
 
-/// Fails recipient `idx` of `m` unsent for `why`, with the campaign's counts.
+/// Fails recipient `idx` of `m` unsent for `why`, counted for its send.
 fn not_sent(
     t: &mut WriteTables<'_>,
     m: &mut QueuedMessage,
@@ -1111,9 +1112,9 @@ fn not_sent(
     let Some(before) = m.not_sent(idx, why, now) else {
         return Ok(false);
     };
-    count_campaign(t, m.campaign, before, RcptState::Failed, None, now)?;
-    if let Some(c) = m.campaign {
-        t.count_not_sent(c.id, c.slot, why == NotSent::Erased)?;
+    count_outcome(t, m.send, before, RcptState::Failed, None, now)?;
+    if let Some(s) = m.send {
+        t.count_not_sent(s, why == NotSent::Erased)?;
     }
     Ok(true)
 }
@@ -1165,37 +1166,56 @@ pub fn erase_recipient(t: &mut WriteTables<'_>, key: &[u8], now: i64) -> Result<
 /// What an erased recipient's address reads in the queue records.
 pub const ERASED: &str = "(erased)";
 
-/// Counts a recipient's move from `before` to `after` for its campaign:
-/// final outcomes, and how many wait for a retry now.
-fn count_campaign(
+/// The counter changes of a recipient's move from `before` to `after`:
+/// (counter, delta, whether it goes into the hourly series). Final
+/// outcomes count once; `deferred` counts the recipients waiting for a
+/// retry now.
+fn outcome_counts(
+    before: RcptState,
+    after: RcptState,
+    bounce: Option<BounceClass>,
+) -> Vec<(Counter, i64, bool)> {
+    let mut out = Vec::new();
+    if before == after {
+        return out;
+    }
+    if before == RcptState::Deferred {
+        out.push((Counter::Deferred, -1, false));
+    }
+    match after {
+        RcptState::Deferred => out.push((Counter::Deferred, 1, false)),
+        RcptState::Delivered => out.push((Counter::Delivered, 1, true)),
+        RcptState::Failed => {
+            out.push((Counter::Failed, 1, true));
+            match bounce {
+                Some(BounceClass::Hard) => out.push((Counter::Hard, 1, false)),
+                Some(BounceClass::Soft) => out.push((Counter::Soft, 1, false)),
+                Some(BounceClass::Policy) => out.push((Counter::Policy, 1, false)),
+                None => {}
+            }
+        }
+        RcptState::Queued => {}
+    }
+    out
+}
+
+/// Counts a recipient's move from `before` to `after` for the send its
+/// message belongs to (if any).
+fn count_outcome(
     t: &mut WriteTables<'_>,
-    campaign: Option<crate::campaign::model::CampaignRef>,
+    send: Option<SendRef>,
     before: RcptState,
     after: RcptState,
     bounce: Option<BounceClass>,
     now: i64,
 ) -> Result<(), StoreError> {
-    use crate::campaign::model::Counter;
-    let Some(c) = campaign else { return Ok(()) };
-    if before == after {
-        return Ok(());
-    }
-    if before == RcptState::Deferred {
-        t.bump_campaign(c.id, c.slot, Counter::Deferred, -1)?;
-    }
-    match after {
-        RcptState::Deferred => t.bump_campaign(c.id, c.slot, Counter::Deferred, 1)?,
-        RcptState::Delivered => t.bump_campaign_at(c.id, c.slot, Counter::Delivered, 1, now)?,
-        RcptState::Failed => {
-            t.bump_campaign_at(c.id, c.slot, Counter::Failed, 1, now)?;
-            match bounce {
-                Some(BounceClass::Hard) => t.bump_campaign(c.id, c.slot, Counter::Hard, 1)?,
-                Some(BounceClass::Soft) => t.bump_campaign(c.id, c.slot, Counter::Soft, 1)?,
-                Some(BounceClass::Policy) => t.bump_campaign(c.id, c.slot, Counter::Policy, 1)?,
-                None => {}
-            }
+    let Some(s) = send else { return Ok(()) };
+    for (counter, delta, hourly) in outcome_counts(before, after, bounce) {
+        if hourly {
+            t.bump_send_at(s, counter, delta, now)?;
+        } else {
+            t.bump_send(s, counter, delta)?;
         }
-        RcptState::Queued => {}
     }
     Ok(())
 }
@@ -1244,8 +1264,9 @@ pub enum Selection {
     Id(u64),
     /// Every message with a recipient in this domain.
     Domain(String),
-    /// Every message of a campaign (cancelling it).
-    Campaign(u64),
+    /// Every message of a send (kind and id, any slot): cancelling a
+    /// campaign purges its queued messages.
+    Send(SendKind, u64),
 }
 
 /// Messages per write transaction when an action walks the whole queue, so
@@ -1259,13 +1280,13 @@ fn select(
 ) -> Result<(Vec<QueuedMessage>, Option<u64>), StoreError> {
     match sel {
         Selection::Id(id) => Ok((t.queued_message(*id)?.into_iter().collect(), None)),
-        Selection::Domain(_) | Selection::Campaign(_) => {
+        Selection::Domain(_) | Selection::Send(..) => {
             let mut msgs = t.queued_messages_after(after, CHUNK)?;
             let next = (msgs.len() == CHUNK)
                 .then(|| msgs.last().map(|m| m.id))
                 .flatten();
-            if let Selection::Campaign(id) = sel {
-                msgs.retain(|m| m.campaign.is_some_and(|c| c.id == *id));
+            if let Selection::Send(kind, id) = sel {
+                msgs.retain(|m| m.send.is_some_and(|s| s.kind == *kind && s.id == *id));
             }
             Ok((msgs, next))
         }
@@ -1274,7 +1295,7 @@ fn select(
 
 fn matches_domain(sel: &Selection, domain: &str) -> bool {
     match sel {
-        Selection::Id(_) | Selection::Campaign(_) => true,
+        Selection::Id(_) | Selection::Send(..) => true,
         Selection::Domain(d) => d == domain,
     }
 }
@@ -1321,7 +1342,7 @@ pub fn purge(
         let mut changed = false;
         for r in m.recipients.iter_mut() {
             if r.state.is_pending() && matches_domain(sel, &r.domain) {
-                count_campaign(t, m.campaign, r.state, RcptState::Failed, None, now)?;
+                count_outcome(t, m.send, r.state, RcptState::Failed, None, now)?;
                 r.state = RcptState::Failed;
                 r.next_attempt = None;
                 r.updated = Some(now);
@@ -1342,4 +1363,31 @@ pub fn purge(
         }
     }
     Ok((n, rcpts, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_count_once_and_deferrals_while_they_wait() {
+        use RcptState::*;
+        assert_eq!(
+            outcome_counts(Queued, Delivered, None),
+            vec![(Counter::Delivered, 1, true)]
+        );
+        assert_eq!(
+            outcome_counts(Queued, Deferred, None),
+            vec![(Counter::Deferred, 1, false)]
+        );
+        assert_eq!(
+            outcome_counts(Deferred, Failed, Some(BounceClass::Hard)),
+            vec![
+                (Counter::Deferred, -1, false),
+                (Counter::Failed, 1, true),
+                (Counter::Hard, 1, false)
+            ]
+        );
+        assert!(outcome_counts(Deferred, Deferred, None).is_empty());
+    }
 }

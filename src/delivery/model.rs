@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::send::model::{SendKind, SendRef};
+
 /// The state of one recipient of a queued message. "In flight" is not stored:
 /// it exists only in the running scheduler, so a crash returns the recipient
 /// to its stored state (queued or deferred) and it is attempted again.
@@ -212,9 +214,10 @@ pub struct QueuedMessage {
     /// Why it was purged, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged: Option<String>,
-    /// The campaign message this is, so outcomes count for the campaign.
+    /// The send this message belongs to (campaign, automation,
+    /// transactional tag, test), so its outcomes count for the send.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub campaign: Option<crate::campaign::model::CampaignRef>,
+    pub send: Option<SendRef>,
     /// What kind of mail it is, for the consent check at delivery; `None`
     /// for a message the API was given whole (no contact to check), and in
     /// records written before the field existed (see [`QueuedMessage::rule`]).
@@ -228,7 +231,7 @@ impl QueuedMessage {
     /// transactional for a template message.
     pub fn rule(&self) -> Option<MailKind> {
         self.kind.or_else(|| {
-            if self.campaign.is_some() {
+            if self.send.is_some_and(|s| s.kind == SendKind::Campaign) {
                 Some(MailKind::Marketing)
             } else if self.source.starts_with("template:") {
                 Some(MailKind::Transactional)
@@ -286,7 +289,9 @@ mod tests {
         assert_eq!(m.kind, None);
         assert_eq!(m.recipients[0].not_sent, None);
         assert_eq!(m.rule(), Some(MailKind::Transactional));
-        let m = record(r#", "source": "campaign:3", "campaign": {"id": 3, "slot": 0}"#)?;
+        let m = record(
+            r#", "source": "campaign:3", "send": {"kind": "campaign", "id": 3, "slot": 0}"#,
+        )?;
         assert_eq!(m.rule(), Some(MailKind::Marketing));
         let m = record(r#", "source": "api""#)?;
         assert_eq!(m.rule(), None);

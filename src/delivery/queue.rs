@@ -17,6 +17,7 @@ use super::dkim;
 use super::model::{MailKind, QueuedMessage, Recipient};
 use crate::config::Sender;
 use crate::config::delivery::{domain_of, parse_mailbox};
+use crate::send::model::SendRef;
 use crate::store::{Sequence, Store, StoreError};
 
 /// Most recipients one message may have.
@@ -138,7 +139,7 @@ pub async fn enqueue(
                 due: None,
                 finished: None,
                 purged: None,
-                campaign: None,
+                send: None,
                 kind,
             };
             t.put_message(&mut m, Some(&body))?;
@@ -214,13 +215,16 @@ pub fn wire_form(message: Vec<u8>) -> Result<Vec<u8>, String> {
 }
 
 /// Queues a signed message inside a write transaction; returns its queue id.
-/// The caller commits it together with whatever records the message as sent.
+/// The caller (the send layer) commits it together with whatever records
+/// the message as sent. `send` is the send its outcomes count for, `kind`
+/// the consent rule delivery checks.
 pub fn queue_signed(
     t: &mut crate::store::WriteTables<'_>,
     sender: &Sender,
     m: &Signed,
     source: &str,
-    campaign: Option<crate::campaign::model::CampaignRef>,
+    send: Option<SendRef>,
+    kind: Option<MailKind>,
     now: i64,
 ) -> Result<u64, StoreError> {
     let id = t.next_id(Sequence::Message)?;
@@ -236,10 +240,8 @@ pub fn queue_signed(
         due: None,
         finished: None,
         purged: None,
-        campaign,
-        // Campaign messages are marketing; test sends (no campaign) go to
-        // whoever the admin named.
-        kind: campaign.map(|_| MailKind::Marketing),
+        send,
+        kind,
     };
     t.put_message(&mut q, Some(&m.body))?;
     Ok(id)

@@ -53,10 +53,9 @@ pub struct AppState {
     pub render_pool: Arc<rayon::ThreadPool>,
     /// The segment index.
     pub index: Arc<crate::segment::Index>,
-    /// Templates compiled for API messages: name → (template snapshot
-    /// pointer, compiled). A reload's new snapshot compiles afresh.
-    pub compiled:
-        std::sync::Mutex<std::collections::HashMap<String, (usize, Arc<crate::render::Compiled>)>>,
+    /// Templates compiled for transactional sends (per template, tag and
+    /// day; a reload's new snapshot compiles afresh).
+    pub compiled: crate::send::outbox::TemplateCache,
     /// Campaigns (the runner behind the campaign API).
     pub campaigns: Arc<crate::campaign::Campaigns>,
     /// The last seconds of click traffic (machine-click heuristics).
@@ -368,6 +367,10 @@ pub enum Route {
     Complaints,
     /// `/api/v1/reports/campaigns/{id}`
     ReportCampaign(String),
+    /// `/api/v1/reports/sends/{kind}` (the sends of a kind)
+    ReportSends(String),
+    /// `/api/v1/reports/sends/{kind}/{id}`
+    ReportSend(String, String),
     /// `/api/v1/contacts/{ref}/history` and `/api/v1/reports/contacts/{ref}`
     ContactHistory(String),
     /// Anything else under `/api/`.
@@ -420,6 +423,8 @@ impl Route {
             Route::ReportCampaigns => "report_campaigns",
             Route::Complaints => "complaints",
             Route::ReportCampaign(_) => "report_campaign",
+            Route::ReportSends(_) => "report_sends",
+            Route::ReportSend(..) => "report_send",
             Route::ContactHistory(_) => "contact_history",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
@@ -474,6 +479,10 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "reports", "campaigns"] => Route::ReportCampaigns,
         ["api", "v1", "complaints"] => Route::Complaints,
         ["api", "v1", "reports", "campaigns", id] => Route::ReportCampaign(id.to_string()),
+        ["api", "v1", "reports", "sends", k] => Route::ReportSends(k.to_string()),
+        ["api", "v1", "reports", "sends", k, id] => {
+            Route::ReportSend(k.to_string(), id.to_string())
+        }
         ["api", "v1", "reports", "contacts", r] => Route::ContactHistory(r.to_string()),
         ["api", "v1", "contacts", r, "history"] => Route::ContactHistory(r.to_string()),
         ["metrics"] => Route::Metrics,
@@ -852,6 +861,14 @@ async fn call(
         },
         Route::ReportCampaign(id) => match m {
             Method::GET => v1::reports::campaign(state, id, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::ReportSends(kind) => match m {
+            Method::GET => v1::reports::sends(state, kind).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::ReportSend(kind, id) => match m {
+            Method::GET => v1::reports::send(state, kind, id, &req).await,
             _ => Err(method_not_allowed("GET")),
         },
         Route::ContactHistory(r) => match m {

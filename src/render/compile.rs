@@ -496,11 +496,12 @@ impl Compiled {
             html,
             text,
             message_id: if s.kind == crate::tokens::SendKind::Transactional {
-                // One template, many messages to the same contact: unique.
+                // One tag, many messages to the same contact a day: unique.
                 format!(
-                    "{}{}.{}.{:016x}@{}",
+                    "{}{}.{}.{}.{:016x}@{}",
                     s.kind.letter(),
                     s.id,
+                    s.variant,
                     c.id,
                     rand::random::<u64>(),
                     self.sender.domain

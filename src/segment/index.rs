@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use crate::contacts::model::{Contact, FieldValue};
+use crate::send::SendKind;
 use crate::shop::model::{Cart, ShopStats, StatsDelta, day_of_ms};
 use crate::store::Change;
 
@@ -513,23 +514,25 @@ impl Data {
                 before,
                 after,
             } => self.put_cart(*contact, before.as_deref(), after.as_deref()),
-            Change::Sent { campaign, contacts } => {
+            // Segments name campaigns by number ("opened campaign 3").
+            Change::Sent { send, contacts } if send.kind == SendKind::Campaign => {
                 for c in contacts {
-                    self.record_sent(*campaign, *c);
+                    self.record_sent(send.id, *c);
                 }
             }
             Change::Engaged {
-                campaign,
+                send,
                 contact,
                 click,
                 at,
-            } => {
+            } if send.kind == SendKind::Campaign => {
                 let day = crate::shop::model::day_of_ms(*at);
-                self.record_open(*campaign, *contact, day);
+                self.record_open(send.id, *contact, day);
                 if *click {
-                    self.record_click(*campaign, *contact, day);
+                    self.record_click(send.id, *contact, day);
                 }
             }
+            Change::Sent { .. } | Change::Engaged { .. } => {}
         }
     }
 

@@ -412,7 +412,9 @@ fn load(store: &Store, pending: &Pending) -> Result<index::Data, StoreError> {
         Ok(())
     })?;
     let mut engaged = Vec::new();
-    r.each_campaign_event(
+    // Segments name campaigns by number ("opened campaign 3").
+    r.each_send_event(
+        crate::send::SendKind::Campaign,
         |campaign, contact| data.record_sent(campaign, contact),
         |campaign, contact, flags, open_at, click_at| {
             engaged.push((campaign, contact, flags, open_at, click_at))
@@ -420,10 +422,10 @@ fn load(store: &Store, pending: &Pending) -> Result<index::Data, StoreError> {
     )?;
     for (campaign, contact, flags, open_at, click_at) in engaged {
         use crate::shop::model::day_of_ms;
-        if flags & crate::store::OPENED != 0 {
+        if flags & crate::send::model::OPENED != 0 {
             data.record_open(campaign, contact, day_of_ms(open_at));
         }
-        if flags & crate::store::CLICKED != 0 {
+        if flags & crate::send::model::CLICKED != 0 {
             data.record_click(campaign, contact, day_of_ms(click_at));
         }
     }

@@ -13,19 +13,19 @@
 //! are the whole vocabulary they have for the data.
 
 mod campaign;
+mod migrate;
 mod queue;
 mod render;
+mod send;
 mod shop;
 mod signup;
 pub mod tables;
 mod track;
 
-pub use campaign::{
-    CLICKED, COMPLAINED, CampaignCounts, MACHINE_CLICKED, MACHINE_OPENED, OPENED, UNSUBSCRIBED,
-    decode_ids, encode_ids,
-};
+pub use campaign::{decode_ids, encode_ids};
 pub use queue::{DueEntry, QueueSummary};
-pub use track::{HistoryEvent, LinkCounts};
+pub use send::{LinkCounts, SendCounts, hour_of};
+pub use track::HistoryEvent;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,17 +148,17 @@ pub enum Change {
         /// What is stored now.
         after: Option<Arc<crate::shop::model::Cart>>,
     },
-    /// Campaign messages were queued for these contacts.
+    /// Messages of a send were queued for these contacts.
     Sent {
-        /// Campaign id.
-        campaign: u64,
+        /// The send (slot 0).
+        send: crate::send::model::SendRef,
         /// Contact ids.
         contacts: Vec<u64>,
     },
-    /// A contact opened or clicked a campaign message.
+    /// A contact opened or clicked a send's message.
     Engaged {
-        /// Campaign id.
-        campaign: u64,
+        /// The send (slot 0).
+        send: crate::send::model::SendRef,
         /// Contact id.
         contact: u64,
         /// A click (and so an open) rather than an open only.
@@ -402,6 +402,7 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     let has_data_tables = txn
         .list_tables()?
         .any(|t| redb::TableHandle::name(&t) != redb::TableHandle::name(&META));
+    let mut upgrade_from = None;
     {
         let mut meta = txn.open_table(META)?;
         let version = meta.get("schema_version")?.map(|v| decode_u64(v.value()));
@@ -431,12 +432,17 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
                 });
             }
             Some(v) => {
-                // Migrations from v to SCHEMA_VERSION go here, one step each, in
-                // this same transaction so an upgrade is all or nothing.
                 tracing::info!(from = v, to = SCHEMA_VERSION, "upgrading the store schema");
                 meta.insert("schema_version", SCHEMA_VERSION.to_be_bytes().as_slice())?;
+                upgrade_from = Some(v);
             }
         }
+    }
+    // The migration runs in this same transaction: an upgrade is all or
+    // nothing, and a crash in the middle leaves the old schema to migrate
+    // again.
+    if let Some(v) = upgrade_from {
+        migrate::run(&txn, v)?;
     }
     // Create every table so that read transactions can open them.
     txn.open_table(CONTACTS)?;
@@ -466,12 +472,13 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     txn.open_table(SEGMENTS)?;
     txn.open_table(CAMPAIGNS)?;
     txn.open_table(CAMPAIGN_AUDIENCE)?;
-    txn.open_table(CAMPAIGN_SENDS)?;
-    txn.open_table(CAMPAIGN_ENGAGEMENT)?;
-    txn.open_table(CAMPAIGN_COUNTS)?;
-    txn.open_table(CAMPAIGN_HOURLY)?;
-    txn.open_table(CAMPAIGN_LINKS)?;
-    txn.open_table(LINK_CLICKERS)?;
+    txn.open_table(SEND_LEDGER)?;
+    txn.open_table(SEND_ENGAGEMENT)?;
+    txn.open_table(SEND_COUNTS)?;
+    txn.open_table(SEND_HOURLY)?;
+    txn.open_table(SEND_LINKS)?;
+    txn.open_table(SEND_CLICKERS)?;
+    txn.open_table(SEND_NAMES)?;
     txn.open_table(HISTORY)?;
     txn.open_table(LAST_CLICK)?;
     txn.open_table(ORDER_ATTRIBUTION)?;
@@ -739,12 +746,13 @@ pub struct WriteTables<'t> {
     segments: Table<'t, &'static str, &'static [u8]>,
     campaigns: Table<'t, u64, &'static [u8]>,
     campaign_audience: Table<'t, (u64, u32), &'static [u8]>,
-    campaign_sends: Table<'t, (u64, u32, u64), (u32, u64)>,
-    campaign_engagement: Table<'t, (u64, u32, u64), (u8, i64, i64)>,
-    campaign_counts: Table<'t, (u64, u32, u8), u64>,
-    campaign_hourly: Table<'t, (u64, u32, u8), u64>,
-    campaign_links: Table<'t, (u64, u32, u32, u8), u64>,
-    link_clickers: Table<'t, (u64, u32, u32, u64), ()>,
+    send_ledger: Table<'t, RoundKey, (u32, u64)>,
+    send_engagement: Table<'t, RoundKey, Engagement>,
+    send_counts: Table<'t, (u8, u64, u32, u8), u64>,
+    send_hourly: Table<'t, (u8, u64, u32, u8), u64>,
+    send_links: Table<'t, (u8, u64, u32, u32, u8), u64>,
+    send_clickers: Table<'t, (u8, u64, u32, u32, u64), ()>,
+    send_names: Table<'t, (u8, u64), &'static str>,
     history: Table<'t, (u64, u64), &'static [u8]>,
     last_click: Table<'t, u64, (u8, u64, u32, u32, i64)>,
     order_attribution: Table<'t, &'static str, (u8, u64, u32, u32, u8)>,
@@ -757,12 +765,12 @@ pub struct WriteTables<'t> {
     counters: std::collections::HashMap<&'static str, u64>,
     /// Pending changes to lists' member counts, applied by `flush`.
     list_deltas: std::collections::HashMap<u64, i64>,
-    /// Pending changes to campaign counters (total, hourly, per link),
+    /// Pending changes to send counters (total, hourly, per link),
     /// summed in memory and written once by `flush`: a batch of tracking
     /// hits touches each counter once, not once per hit.
-    count_deltas: std::collections::HashMap<(u64, u32, u8), i64>,
-    hourly_deltas: std::collections::HashMap<(u64, u32, u8), i64>,
-    link_deltas: std::collections::HashMap<(u64, u32, u32, u8), i64>,
+    count_deltas: std::collections::HashMap<(u8, u64, u32, u8), i64>,
+    hourly_deltas: std::collections::HashMap<(u8, u64, u32, u8), i64>,
+    link_deltas: std::collections::HashMap<(u8, u64, u32, u32, u8), i64>,
     /// Whether any address is suppressed; read once per transaction so that
     /// imports into an installation without erasures skip the hash lookup.
     any_suppressed: bool,
@@ -804,12 +812,13 @@ impl<'t> WriteTables<'t> {
             segments: txn.open_table(SEGMENTS)?,
             campaigns: txn.open_table(CAMPAIGNS)?,
             campaign_audience: txn.open_table(CAMPAIGN_AUDIENCE)?,
-            campaign_sends: txn.open_table(CAMPAIGN_SENDS)?,
-            campaign_engagement: txn.open_table(CAMPAIGN_ENGAGEMENT)?,
-            campaign_counts: txn.open_table(CAMPAIGN_COUNTS)?,
-            campaign_hourly: txn.open_table(CAMPAIGN_HOURLY)?,
-            campaign_links: txn.open_table(CAMPAIGN_LINKS)?,
-            link_clickers: txn.open_table(LINK_CLICKERS)?,
+            send_ledger: txn.open_table(SEND_LEDGER)?,
+            send_engagement: txn.open_table(SEND_ENGAGEMENT)?,
+            send_counts: txn.open_table(SEND_COUNTS)?,
+            send_hourly: txn.open_table(SEND_HOURLY)?,
+            send_links: txn.open_table(SEND_LINKS)?,
+            send_clickers: txn.open_table(SEND_CLICKERS)?,
+            send_names: txn.open_table(SEND_NAMES)?,
             history: txn.open_table(HISTORY)?,
             last_click: txn.open_table(LAST_CLICK)?,
             order_attribution: txn.open_table(ORDER_ATTRIBUTION)?,
@@ -850,19 +859,16 @@ impl<'t> WriteTables<'t> {
             self.meta.insert(k, v.to_be_bytes().as_slice())?;
         }
         for (k, d) in std::mem::take(&mut self.count_deltas) {
-            let now = self.campaign_counts.get(k)?.map(|v| v.value()).unwrap_or(0);
-            self.campaign_counts
-                .insert(k, now.saturating_add_signed(d))?;
+            let now = self.send_counts.get(k)?.map(|v| v.value()).unwrap_or(0);
+            self.send_counts.insert(k, now.saturating_add_signed(d))?;
         }
         for (k, d) in std::mem::take(&mut self.hourly_deltas) {
-            let now = self.campaign_hourly.get(k)?.map(|v| v.value()).unwrap_or(0);
-            self.campaign_hourly
-                .insert(k, now.saturating_add_signed(d))?;
+            let now = self.send_hourly.get(k)?.map(|v| v.value()).unwrap_or(0);
+            self.send_hourly.insert(k, now.saturating_add_signed(d))?;
         }
         for (k, d) in std::mem::take(&mut self.link_deltas) {
-            let now = self.campaign_links.get(k)?.map(|v| v.value()).unwrap_or(0);
-            self.campaign_links
-                .insert(k, now.saturating_add_signed(d))?;
+            let now = self.send_links.get(k)?.map(|v| v.value()).unwrap_or(0);
+            self.send_links.insert(k, now.saturating_add_signed(d))?;
         }
         for (id, delta) in std::mem::take(&mut self.list_deltas) {
             if let Some(mut l) = get_json::<u64, List>(&self.lists, "lists", id)? {

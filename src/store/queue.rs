@@ -9,6 +9,7 @@ use super::{
     ReadView, StoreError, WriteTables, from_json, get_json, meta_u64, suppression_key, to_json,
 };
 use crate::delivery::model::{NotSent, QueuedMessage, RcptState};
+use crate::send::model::SendKind;
 
 /// A key of the due index: (due time in ms, queue id).
 pub type DueEntry = (i64, u64);
@@ -176,7 +177,10 @@ impl WriteTables<'_> {
                     at: r.updated.unwrap_or(now),
                     kind: "message".into(),
                     source: Some(m.source.clone()),
-                    slot: m.campaign.map(|c| c.slot),
+                    slot: m
+                        .send
+                        .filter(|s| matches!(s.kind, SendKind::Campaign | SendKind::Automation))
+                        .map(|s| s.variant),
                     message: Some(m.id),
                     outcome: Some(outcome),
                     note: r.reply.clone(),

@@ -11,7 +11,7 @@
 use redb::TableDefinition;
 
 /// The schema this binary writes. Bump it together with a migration.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// The oldest schema this binary can upgrade from.
 pub const OLDEST_UPGRADABLE: u64 = 1;
@@ -119,36 +119,47 @@ pub const CAMPAIGNS: TableDefinition<u64, &[u8]> = TableDefinition::new("campaig
 pub const CAMPAIGN_AUDIENCE: TableDefinition<(u64, u32), &[u8]> =
     TableDefinition::new("campaign_audience_v1");
 
-/// (campaign id, stage, contact id) → (variant, queue id): every campaign
-/// message queued. Written with the message; a present key means "sent".
-pub const CAMPAIGN_SENDS: TableDefinition<(u64, u32, u64), (u32, u64)> =
-    TableDefinition::new("campaign_sends_v1");
+/// (send kind code, send id, round, contact id): the key of a contact in a
+/// send's round.
+pub type RoundKey = (u8, u64, u32, u64);
 
-/// (campaign id, stage, contact id) → (flags: 1 opened, 2 clicked; last
-/// open ms; last click ms).
-pub const CAMPAIGN_ENGAGEMENT: TableDefinition<(u64, u32, u64), (u8, i64, i64)> =
-    TableDefinition::new("campaign_engagement_v1");
+/// (flags, last open ms, last click ms) of a contact in a send's round.
+pub type Engagement = (u8, i64, i64);
 
-/// (campaign id, packed stage and variant, counter code) → count.
-pub const CAMPAIGN_COUNTS: TableDefinition<(u64, u32, u8), u64> =
-    TableDefinition::new("campaign_counts_v1");
+/// (send kind, send id, round, contact id) → (slot, queue id): the send
+/// ledger, every message a send queued (see `send::model::SendRef` for
+/// rounds and slots). Written with the message; a present key means "sent".
+pub const SEND_LEDGER: TableDefinition<RoundKey, (u32, u64)> =
+    TableDefinition::new("send_ledger_v1");
 
-/// (campaign id, hour since the epoch, counter code) → count: the hourly
-/// time series of a campaign's deliveries, opens, clicks, unsubscribes and
-/// orders (every stage and variant together).
-pub const CAMPAIGN_HOURLY: TableDefinition<(u64, u32, u8), u64> =
-    TableDefinition::new("campaign_hourly_v1");
+/// (send kind, send id, round, contact id) → (flags: see `send::model`;
+/// last open ms; last click ms).
+pub const SEND_ENGAGEMENT: TableDefinition<RoundKey, Engagement> =
+    TableDefinition::new("send_engagement_v1");
 
-/// (campaign id, packed stage and variant, link number, counter code) →
-/// count: clicks, unique clickers, machine clicks, orders and revenue per
-/// link of a campaign message.
-pub const CAMPAIGN_LINKS: TableDefinition<(u64, u32, u32, u8), u64> =
-    TableDefinition::new("campaign_links_v1");
+/// (send kind, send id, slot, counter code) → count.
+pub const SEND_COUNTS: TableDefinition<(u8, u64, u32, u8), u64> =
+    TableDefinition::new("send_counts_v1");
 
-/// (campaign id, packed stage and variant, link number, contact id): who
-/// clicked a link (by hand), for unique clicks per link.
-pub const LINK_CLICKERS: TableDefinition<(u64, u32, u32, u64), ()> =
-    TableDefinition::new("link_clickers_v1");
+/// (send kind, send id, hour since the epoch, counter code) → count: the
+/// hourly time series of a send's deliveries, opens, clicks, unsubscribes
+/// and orders (every slot together).
+pub const SEND_HOURLY: TableDefinition<(u8, u64, u32, u8), u64> =
+    TableDefinition::new("send_hourly_v1");
+
+/// (send kind, send id, slot, link number, counter code) → count: clicks,
+/// unique clickers, machine clicks, orders and revenue per link.
+pub const SEND_LINKS: TableDefinition<(u8, u64, u32, u32, u8), u64> =
+    TableDefinition::new("send_links_v1");
+
+/// (send kind, send id, slot, link number, contact id): who clicked a link
+/// (by hand), for unique clicks per link.
+pub const SEND_CLICKERS: TableDefinition<(u8, u64, u32, u32, u64), ()> =
+    TableDefinition::new("send_clickers_v1");
+
+/// (send kind, send id) → name: what a send is called where its id is a
+/// hash (a transactional tag).
+pub const SEND_NAMES: TableDefinition<(u8, u64), &str> = TableDefinition::new("send_names_v1");
 
 /// (contact id, sequence) → `HistoryEvent` (JSON): what was sent to a
 /// contact and everything they did, in order.
@@ -175,3 +186,27 @@ pub const HITS: TableDefinition<u64, &[u8]> = TableDefinition::new("hits_v1");
 /// it was sent for.
 pub const SIGNUP_REQUESTS: TableDefinition<(u64, u64), &[u8]> =
     TableDefinition::new("signup_requests_v1");
+
+/// Tables of older schemas, read only by `store::migrate`.
+pub mod legacy {
+    use redb::TableDefinition;
+
+    /// v1: (campaign id, stage, contact id) → (variant, queue id).
+    pub const CAMPAIGN_SENDS: TableDefinition<(u64, u32, u64), (u32, u64)> =
+        TableDefinition::new("campaign_sends_v1");
+    /// v1: (campaign id, stage, contact id) → (flags, last open, last click).
+    pub const CAMPAIGN_ENGAGEMENT: TableDefinition<(u64, u32, u64), (u8, i64, i64)> =
+        TableDefinition::new("campaign_engagement_v1");
+    /// v1: (campaign id, slot, counter code) → count.
+    pub const CAMPAIGN_COUNTS: TableDefinition<(u64, u32, u8), u64> =
+        TableDefinition::new("campaign_counts_v1");
+    /// v1: (campaign id, hour, counter code) → count.
+    pub const CAMPAIGN_HOURLY: TableDefinition<(u64, u32, u8), u64> =
+        TableDefinition::new("campaign_hourly_v1");
+    /// v1: (campaign id, slot, link, counter code) → count.
+    pub const CAMPAIGN_LINKS: TableDefinition<(u64, u32, u32, u8), u64> =
+        TableDefinition::new("campaign_links_v1");
+    /// v1: (campaign id, slot, link, contact id) → ().
+    pub const LINK_CLICKERS: TableDefinition<(u64, u32, u32, u64), ()> =
+        TableDefinition::new("link_clickers_v1");
+}

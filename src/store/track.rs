@@ -1,22 +1,11 @@
-//! Tracking tables: the hourly series and per-link counters of campaigns,
-//! who clicked which link, each contact's history and last click.
-
-use std::collections::BTreeMap;
+//! Tracking tables: each contact's history and last click, the hit
+//! journal, order attributions. (A send's counters are in `store::send`.)
 
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::tables::*;
 use super::{ReadView, Sequence, StoreError, WriteTables, from_json, to_json};
-use crate::campaign::model::Counter;
-
-/// Milliseconds in an hour.
-const HOUR_MS: i64 = 3_600_000;
-
-/// The hour (since the epoch) of a time in ms.
-pub fn hour_of(ms: i64) -> u32 {
-    (ms.max(0) / HOUR_MS).min(u32::MAX as i64) as u32
-}
 
 /// One entry of a contact's history: a message that reached its end
 /// (delivered or failed) or something the contact did.
@@ -63,89 +52,11 @@ pub struct HistoryEvent {
     pub note: Option<String>,
 }
 
-/// Counters of one link of a campaign message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct LinkCounts {
-    /// Clicks by hand.
-    pub clicks: u64,
-    /// Contacts who clicked it by hand.
-    pub unique_clicks: u64,
-    /// Clicks by machines.
-    pub machine_clicks: u64,
-    /// Orders attributed to it.
-    pub orders: u64,
-    /// Revenue attributed to it, in hundredths.
-    pub revenue_cents: u64,
-}
-
-impl LinkCounts {
-    fn add(&mut self, counter: u8, v: u64) {
-        match counter {
-            c if c == Counter::Clicks as u8 => self.clicks += v,
-            c if c == Counter::UniqueClicks as u8 => self.unique_clicks += v,
-            c if c == Counter::MachineClicks as u8 => self.machine_clicks += v,
-            c if c == Counter::Orders as u8 => self.orders += v,
-            c if c == Counter::Revenue as u8 => self.revenue_cents += v,
-            _ => {}
-        }
-    }
-}
-
 /// A contact's last click by hand: (send kind code, send id, packed
 /// variant, link number, ms).
 pub type LastClick = (u8, u64, u32, u32, i64);
 
 impl WriteTables<'_> {
-    /// Adds `delta` to a campaign counter and, for a positive delta, to
-    /// the hour of `at` in its time series.
-    pub fn bump_campaign_at(
-        &mut self,
-        id: u64,
-        slot: u32,
-        counter: Counter,
-        delta: i64,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        self.bump_campaign(id, slot, counter, delta)?;
-        if delta > 0 {
-            *self
-                .hourly_deltas
-                .entry((id, hour_of(at), counter as u8))
-                .or_insert(0) += delta;
-        }
-        Ok(())
-    }
-
-    /// Adds `delta` to a counter of one link of a campaign message.
-    pub fn bump_link(
-        &mut self,
-        id: u64,
-        slot: u32,
-        link: u32,
-        counter: Counter,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        *self
-            .link_deltas
-            .entry((id, slot, link, counter as u8))
-            .or_insert(0) += delta;
-        Ok(())
-    }
-
-    /// Notes that `contact` clicked a link by hand; true the first time.
-    pub fn note_clicker(
-        &mut self,
-        id: u64,
-        slot: u32,
-        link: u32,
-        contact: u64,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .link_clickers
-            .insert((id, slot, link, contact), ())?
-            .is_none())
-    }
-
     /// Appends an entry to a contact's history.
     pub fn push_history(&mut self, contact: u64, e: &HistoryEvent) -> Result<(), StoreError> {
         let seq = self.next_id(Sequence::History)?;
@@ -232,34 +143,6 @@ impl ReadView {
             .last()?
             .map(|(k, _)| k.value())
             .unwrap_or(0))
-    }
-
-    /// A campaign's time series: (hour since the epoch, counter code) → count.
-    pub fn campaign_hourly(&self, id: u64) -> Result<BTreeMap<(u32, u8), u64>, StoreError> {
-        let mut out = BTreeMap::new();
-        for r in self
-            .table(CAMPAIGN_HOURLY)?
-            .range((id, 0u32, 0u8)..=(id, u32::MAX, u8::MAX))?
-        {
-            let (k, v) = r?;
-            let (_, h, c) = k.value();
-            out.insert((h, c), v.value());
-        }
-        Ok(out)
-    }
-
-    /// A campaign's link counters: (packed stage and variant, link) → counts.
-    pub fn campaign_links(&self, id: u64) -> Result<BTreeMap<(u32, u32), LinkCounts>, StoreError> {
-        let mut out: BTreeMap<(u32, u32), LinkCounts> = BTreeMap::new();
-        for r in self
-            .table(CAMPAIGN_LINKS)?
-            .range((id, 0u32, 0u32, 0u8)..=(id, u32::MAX, u32::MAX, u8::MAX))?
-        {
-            let (k, v) = r?;
-            let (_, slot, link, c) = k.value();
-            out.entry((slot, link)).or_default().add(c, v.value());
-        }
-        Ok(out)
     }
 
     /// Up to `limit` entries of a contact's history, newest first, older

@@ -7,19 +7,18 @@
 
 pub mod journal;
 pub mod machine;
-pub mod report;
 
 use chrono::{DateTime, Utc};
 
-use crate::campaign::model::{Counter, unslot};
 use crate::contacts::model::{ConsentSource, ConsentState};
 use crate::contacts::{ConsentChange, ContactUpdate, apply_update_by_id};
 use crate::delivery::model::RcptState;
-use crate::store::{
-    CLICKED, COMPLAINED, HistoryEvent, MACHINE_CLICKED, MACHINE_OPENED, OPENED, StoreError,
-    UNSUBSCRIBED, WriteTables,
+use crate::send::model::{
+    CLICKED, COMPLAINED, Counter, MACHINE_CLICKED, MACHINE_OPENED, OPENED, SendKind, SendRef,
+    UNSUBSCRIBED,
 };
-use crate::tokens::{MessageRef, SendKind, SendRef};
+use crate::store::{HistoryEvent, StoreError, WriteTables};
+use crate::tokens::MessageRef;
 
 /// The `source` a send has in the queue and in histories.
 pub fn source_of(s: &SendRef) -> String {
@@ -103,40 +102,41 @@ pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError>
         HitKind::Click { link, url } => Some((*link, url.clone())),
     };
     let mut repeat_open = false;
-    if s.kind == SendKind::Campaign {
-        let (stage, _) = unslot(s.variant);
-        // Only messages Herald really queued count (an engagement record
-        // means it was).
-        let engaged = t.engagement(s.id, stage, contact)?.is_some();
-        let sent = if engaged && click.is_none() {
-            None
-        } else {
-            match t.campaign_sent(s.id, stage, contact)? {
-                Some((_, q)) => Some(q),
-                None => return Ok(Recorded::default()),
+    // Only messages Herald really queued count: the send's ledger names
+    // them (an engagement record means it did). A message without a ledger
+    // entry (a template message queued before the send layer kept one)
+    // keeps its history, uncounted; a campaign's, nothing.
+    let engaged = t.engagement(s, contact)?.is_some();
+    let sent = if engaged && click.is_none() {
+        Some(None)
+    } else {
+        t.sent(s, contact)?.map(|(_, q)| Some(q))
+    };
+    match sent {
+        None if s.kind == SendKind::Campaign => return Ok(Recorded::default()),
+        None => {}
+        Some(sent) => {
+            if click.is_some()
+                && machine.is_none()
+                && let Some(queue_id) = sent
+                && let Some(d) = delivered_at(t, queue_id)?
+                && hit.at >= d
+                && hit.at - d < hit.scanner_window_ms
+            {
+                machine = Some(format!(
+                    "clicked {:.1} s after delivery",
+                    (hit.at - d) as f64 / 1000.0
+                ));
             }
-        };
-        if click.is_some()
-            && machine.is_none()
-            && let Some(queue_id) = sent
-            && let Some(d) = delivered_at(t, queue_id)?
-            && hit.at >= d
-            && hit.at - d < hit.scanner_window_ms
-        {
-            machine = Some(format!(
-                "clicked {:.1} s after delivery",
-                (hit.at - d) as f64 / 1000.0
-            ));
+            repeat_open = count(
+                t,
+                s,
+                contact,
+                click.as_ref().map(|c| c.0),
+                machine.is_some(),
+                hit.at,
+            )?;
         }
-        repeat_open = count(
-            t,
-            s,
-            stage,
-            contact,
-            click.as_ref().map(|c| c.0),
-            machine.is_some(),
-            hit.at,
-        )?;
     }
     if repeat_open {
         // Counted (total opens, last open time); the history keeps the
@@ -174,18 +174,16 @@ pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError>
     })
 }
 
-/// The campaign counters of one hit; true for an open of a message
-/// already opened (by the same kind of client).
+/// The send counters of one hit; true for an open of a message already
+/// opened (by the same kind of client).
 fn count(
     t: &mut WriteTables<'_>,
     s: SendRef,
-    stage: u32,
     contact: u64,
     link: Option<u32>,
     machine: bool,
     at: i64,
 ) -> Result<bool, StoreError> {
-    let (id, slot) = (s.id, s.variant);
     let flags = match (link.is_some(), machine) {
         (false, false) => OPENED,
         // A click by hand means the message was seen: an open too.
@@ -193,7 +191,7 @@ fn count(
         (false, true) => MACHINE_OPENED,
         (true, true) => MACHINE_CLICKED,
     };
-    let old = t.engage(id, stage, contact, flags, at)?;
+    let old = t.engage(s, contact, flags, at)?;
     let first = |f: u8| old & f == 0;
     let repeat = match (link, machine) {
         (None, false) => !first(OPENED),
@@ -203,35 +201,35 @@ fn count(
     match (link, machine) {
         (None, false) => {
             if first(OPENED) {
-                t.bump_campaign_at(id, slot, Counter::UniqueOpens, 1, at)?;
+                t.bump_send_at(s, Counter::UniqueOpens, 1, at)?;
             }
-            t.bump_campaign_at(id, slot, Counter::Opens, 1, at)?;
+            t.bump_send_at(s, Counter::Opens, 1, at)?;
         }
         (None, true) => {
             if first(MACHINE_OPENED) {
-                t.bump_campaign_at(id, slot, Counter::MachineUniqueOpens, 1, at)?;
+                t.bump_send_at(s, Counter::MachineUniqueOpens, 1, at)?;
             }
-            t.bump_campaign_at(id, slot, Counter::MachineOpens, 1, at)?;
+            t.bump_send_at(s, Counter::MachineOpens, 1, at)?;
         }
         (Some(l), false) => {
             if first(OPENED) {
-                t.bump_campaign_at(id, slot, Counter::UniqueOpens, 1, at)?;
+                t.bump_send_at(s, Counter::UniqueOpens, 1, at)?;
             }
             if first(CLICKED) {
-                t.bump_campaign_at(id, slot, Counter::UniqueClicks, 1, at)?;
+                t.bump_send_at(s, Counter::UniqueClicks, 1, at)?;
             }
-            t.bump_campaign_at(id, slot, Counter::Clicks, 1, at)?;
-            t.bump_link(id, slot, l, Counter::Clicks, 1)?;
-            if t.note_clicker(id, slot, l, contact)? {
-                t.bump_link(id, slot, l, Counter::UniqueClicks, 1)?;
+            t.bump_send_at(s, Counter::Clicks, 1, at)?;
+            t.bump_link(s, l, Counter::Clicks, 1)?;
+            if t.note_clicker(s, l, contact)? {
+                t.bump_link(s, l, Counter::UniqueClicks, 1)?;
             }
         }
         (Some(l), true) => {
             if first(MACHINE_CLICKED) {
-                t.bump_campaign_at(id, slot, Counter::MachineUniqueClicks, 1, at)?;
+                t.bump_send_at(s, Counter::MachineUniqueClicks, 1, at)?;
             }
-            t.bump_campaign_at(id, slot, Counter::MachineClicks, 1, at)?;
-            t.bump_link(id, slot, l, Counter::MachineClicks, 1)?;
+            t.bump_send_at(s, Counter::MachineClicks, 1, at)?;
+            t.bump_link(s, l, Counter::MachineClicks, 1)?;
         }
     }
     Ok(repeat)
@@ -276,13 +274,10 @@ pub fn unsubscribe(
     }
     let at = now.timestamp_millis();
     let s = m.send;
-    if s.kind == SendKind::Campaign {
-        let (stage, _) = unslot(s.variant);
-        if t.campaign_sent(s.id, stage, m.contact)?.is_some() {
-            let old = t.engage(s.id, stage, m.contact, UNSUBSCRIBED, at)?;
-            if old & UNSUBSCRIBED == 0 {
-                t.bump_campaign_at(s.id, s.variant, Counter::Unsubscribes, 1, at)?;
-            }
+    if s.counted() && t.sent(s, m.contact)?.is_some() {
+        let old = t.engage(s, m.contact, UNSUBSCRIBED, at)?;
+        if old & UNSUBSCRIBED == 0 {
+            t.bump_send_at(s, Counter::Unsubscribes, 1, at)?;
         }
     }
     if c.consent == ConsentState::Withdrawn {
@@ -372,17 +367,37 @@ const CLOCK_SKEW_MS: i64 = 60_000;
 /// `order_attribution_v1`, decided when the order was first stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attributed {
-    /// Send kind code (see `tokens::SendKind`).
+    /// Send kind code (see `send::model::SendKind`).
     pub kind: u8,
-    /// Campaign or automation id.
+    /// The send's id.
     pub id: u64,
-    /// Packed stage and variant.
+    /// The send's slot.
     pub slot: u32,
     /// Link number clicked.
     pub link: u32,
     /// `parameter` (the click token came back with the order) or `window`
     /// (the contact's last click by hand within the attribution window).
     pub by: &'static str,
+}
+
+impl Attributed {
+    /// The send credited.
+    pub fn send(&self) -> Option<SendRef> {
+        Some(SendRef {
+            kind: SendKind::from_code(self.kind)?,
+            id: self.id,
+            variant: self.slot,
+        })
+    }
+}
+
+/// Whether orders can be credited to a kind of send: everything a contact
+/// really got (not tests or previews).
+fn attributable(kind: SendKind) -> bool {
+    matches!(
+        kind,
+        SendKind::Campaign | SendKind::Automation | SendKind::Transactional
+    )
 }
 
 /// What attribution needs: the keys that verify click tokens, the window
@@ -425,16 +440,16 @@ fn count_order(
     cents: i64,
     at: i64,
 ) -> Result<(), StoreError> {
-    if a.kind != SendKind::Campaign.code() {
-        return Ok(()); // automations keep their reports with the automations
-    }
+    let Some(s) = a.send().filter(SendRef::counted) else {
+        return Ok(());
+    };
     if orders != 0 {
-        t.bump_campaign_at(a.id, a.slot, Counter::Orders, orders, at)?;
-        t.bump_link(a.id, a.slot, a.link, Counter::Orders, orders)?;
+        t.bump_send_at(s, Counter::Orders, orders, at)?;
+        t.bump_link(s, a.link, Counter::Orders, orders)?;
     }
     if cents != 0 {
-        t.bump_campaign_at(a.id, a.slot, Counter::Revenue, cents, at)?;
-        t.bump_link(a.id, a.slot, a.link, Counter::Revenue, cents)?;
+        t.bump_send_at(s, Counter::Revenue, cents, at)?;
+        t.bump_link(s, a.link, Counter::Revenue, cents)?;
     }
     Ok(())
 }
@@ -453,7 +468,7 @@ pub fn attribute_order(
     if order.counted() {
         if let Some(v) = order.attribution.as_deref()
             && let Some(crate::tokens::Token::Click(m, n, _)) = rules.keys.verify(v.trim())
-            && matches!(m.send.kind, SendKind::Campaign | SendKind::Automation)
+            && attributable(m.send.kind)
         {
             found = Some(Attributed {
                 kind: m.send.kind.code(),
@@ -465,7 +480,7 @@ pub fn attribute_order(
         } else if let Some((kind, id, slot, link, at)) = t.last_click(order.contact)?
             && order.placed_at >= at - CLOCK_SKEW_MS
             && order.placed_at - at <= rules.window_ms
-            && (kind == SendKind::Campaign.code() || kind == SendKind::Automation.code())
+            && SendKind::from_code(kind).is_some_and(attributable)
         {
             found = Some(Attributed {
                 kind,
@@ -539,35 +554,48 @@ pub fn reattribute_order(
     Ok(())
 }
 
-/// The campaign message a Message-ID names (`c{campaign}.{slot}.{contact}@…`,
-/// as Herald makes them), if it is one.
-pub fn campaign_message(message_id: &str) -> Option<MessageRef> {
+/// The message a Message-ID names, as Herald makes them:
+/// `{letter}{send id}.{slot}.{contact}@…` for campaigns, automations and
+/// tests, with a random `.{hex}` after the contact for transactional
+/// messages (see `render::Compiled::render`).
+pub fn send_message(message_id: &str) -> Option<MessageRef> {
     let id = message_id
         .trim()
         .trim_start_matches('<')
         .trim_end_matches('>');
     let (local, _) = id.split_once('@')?;
-    let rest = local.strip_prefix('c')?;
-    let mut parts = rest.split('.');
-    let campaign = parts.next()?.parse().ok()?;
+    let mut chars = local.chars();
+    let letter = chars.next()?;
+    let kind = [
+        SendKind::Campaign,
+        SendKind::Automation,
+        SendKind::Transactional,
+    ]
+    .into_iter()
+    .find(|k| k.letter() == letter)?;
+    let mut parts = chars.as_str().split('.');
+    let send = parts.next()?.parse().ok()?;
     let slot = parts.next()?.parse().ok()?;
     let contact = parts.next()?.parse().ok()?;
-    if parts.next().is_some() {
+    let random = parts.next();
+    if parts.next().is_some()
+        || (kind == SendKind::Transactional)
+            != random.is_some_and(|r| u64::from_str_radix(r, 16).is_ok())
+    {
         return None;
     }
     Some(MessageRef {
         send: SendRef {
-            kind: SendKind::Campaign,
-            id: campaign,
+            kind,
+            id: send,
             variant: slot,
         },
         contact,
     })
 }
 
-/// A spam complaint about a campaign message (from a feedback loop): the
-/// contact is `withdrawn` (source `complaint`) and the campaign counts it
-/// once. `false` when Herald has no record of sending that message.
+/// A spam complaint about a message (from a feedback loop): the contact is
+/// `withdrawn` (source `complaint`) and its send counts it once. `false` when Herald has no record of sending that message.
 pub fn complaint(
     t: &mut WriteTables<'_>,
     m: MessageRef,
@@ -575,14 +603,13 @@ pub fn complaint(
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let s = m.send;
-    let (stage, _) = unslot(s.variant);
-    if t.campaign_sent(s.id, stage, m.contact)?.is_none() {
+    if !s.counted() || t.sent(s, m.contact)?.is_none() {
         return Ok(false);
     }
     let at = now.timestamp_millis();
-    let old = t.engage(s.id, stage, m.contact, COMPLAINED, at)?;
+    let old = t.engage(s, m.contact, COMPLAINED, at)?;
     if old & COMPLAINED == 0 {
-        t.bump_campaign_at(s.id, s.variant, Counter::Complaints, 1, at)?;
+        t.bump_send_at(s, Counter::Complaints, 1, at)?;
     }
     if let Some(c) = t.contact(m.contact)?
         && c.consent != ConsentState::Withdrawn
@@ -620,14 +647,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn message_ids_name_campaign_messages() {
-        let m = campaign_message("<c12.65537.99@shop.example>");
+    fn message_ids_name_send_messages() {
+        let m = send_message("<c12.65537.99@shop.example>");
         assert_eq!(
             m.map(|m| (m.send.id, m.send.variant, m.contact)),
             Some((12, 65537, 99))
         );
-        assert!(campaign_message("m1.2.3.ff@shop.example").is_none());
-        assert!(campaign_message("c1.2@shop.example").is_none());
-        assert!(campaign_message("nonsense").is_none());
+        let m = send_message("m7.1310720000.3.00ff00ff00ff00ff@shop.example");
+        assert_eq!(
+            m.map(|m| (m.send.kind, m.send.id, m.send.variant, m.contact)),
+            Some((SendKind::Transactional, 7, 1_310_720_000, 3))
+        );
+        assert!(send_message("m1.2.3@shop.example").is_none());
+        assert!(send_message("c1.2.3.ff@shop.example").is_none());
+        assert!(send_message("t1.2.3@shop.example").is_none());
+        assert!(send_message("c1.2@shop.example").is_none());
+        assert!(send_message("nonsense").is_none());
     }
 }

@@ -14,7 +14,7 @@ use super::super::reply::{self, ApiError, Body};
 use crate::campaign::model::{Campaign, Counter, Spec, Status, WINNER, slot};
 use crate::campaign::runner::total;
 use crate::campaign::{self, CampaignError};
-use crate::store::CampaignCounts;
+use crate::store::SendCounts as CampaignCounts;
 
 const LIMIT: usize = 1 << 20;
 
@@ -43,7 +43,9 @@ fn time(ms: Option<i64>) -> Value {
 
 fn counts_json(counts: &CampaignCounts, slot: Option<u32>) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
-    for c in Counter::ALL {
+    // A campaign shows what it queued per part (`queued`), which is also
+    // right for campaigns sent before the send layer counted `sent`.
+    for c in Counter::ALL.into_iter().filter(|c| *c != Counter::Sent) {
         let v = match slot {
             Some(s) => counts.get(&(s, c as u8)).copied().unwrap_or(0),
             None => total(counts, c),
@@ -149,7 +151,10 @@ async fn show(
     status: StatusCode,
 ) -> Result<Response<Body>, ApiError> {
     let id = c.id;
-    let counts = state.store.read(move |r| r.campaign_counts(id)).await?;
+    let counts = state
+        .store
+        .read(move |r| r.send_counts(crate::send::SendKind::Campaign, id))
+        .await?;
     let now = state.clock.now().timestamp_millis();
     Ok(reply::json_response(status, &view(&c, &counts, now)))
 }
@@ -194,7 +199,7 @@ pub async fn list(
         Some(s) => Some(parse_day(s, "to")?),
         None => None,
     };
-    let all = state.store.read(|r| r.campaigns()).await?;
+    let all = state.store.read(crate::campaign::all).await?;
     let now = state.clock.now().timestamp_millis();
     let mut out = Vec::new();
     for c in all.into_iter().rev() {
@@ -206,7 +211,10 @@ pub async fn list(
             continue;
         }
         let id = c.id;
-        let counts = state.store.read(move |r| r.campaign_counts(id)).await?;
+        let counts = state
+            .store
+            .read(move |r| r.send_counts(crate::send::SendKind::Campaign, id))
+            .await?;
         let v = view(&c, &counts, now);
         out.push(json!({
             "id": c.id, "name": c.spec.name, "status": c.status.as_str(),

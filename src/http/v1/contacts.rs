@@ -501,12 +501,18 @@ fn export_doc(
         .map(|(seq, e)| super::reports::history_json(seq, &e))
         .collect();
     let mut campaigns = Vec::new();
-    for camp in v.campaigns()? {
+    for camp in crate::campaign::all(v)? {
         for stage in 0..=camp.stage() {
-            let Some((variant, queue_id)) = v.campaign_sent(camp.id, stage, id)? else {
+            let send = crate::send::SendRef {
+                kind: crate::send::SendKind::Campaign,
+                id: camp.id,
+                variant: crate::send::model::slot(stage, 0),
+            };
+            let Some((slot, queue_id)) = v.sent(send, id)? else {
                 continue;
             };
-            let (flags, open, click) = v.engagement(camp.id, stage, id)?.unwrap_or_default();
+            let variant = crate::send::model::unslot(slot).1;
+            let (flags, open, click) = v.engagement(send, id)?.unwrap_or_default();
             let flag = |f: u8| flags & f != 0;
             campaigns.push(json!({
                 "campaign": camp.id,
@@ -514,12 +520,12 @@ fn export_doc(
                 "stage": stage,
                 "variant": variant,
                 "message": queue_id,
-                "opened": flag(crate::store::OPENED),
-                "clicked": flag(crate::store::CLICKED),
-                "opened_by_machine": flag(crate::store::MACHINE_OPENED),
-                "clicked_by_machine": flag(crate::store::MACHINE_CLICKED),
-                "unsubscribed": flag(crate::store::UNSUBSCRIBED),
-                "complained": flag(crate::store::COMPLAINED),
+                "opened": flag(crate::send::model::OPENED),
+                "clicked": flag(crate::send::model::CLICKED),
+                "opened_by_machine": flag(crate::send::model::MACHINE_OPENED),
+                "clicked_by_machine": flag(crate::send::model::MACHINE_CLICKED),
+                "unsubscribed": flag(crate::send::model::UNSUBSCRIBED),
+                "complained": flag(crate::send::model::COMPLAINED),
                 "last_open": ms_json((open > 0).then_some(open)),
                 "last_click": ms_json((click > 0).then_some(click)),
             }));

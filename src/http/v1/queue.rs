@@ -27,6 +27,11 @@ pub struct MessageBody {
     /// of giving the content.
     #[serde(default)]
     pub template: Option<String>,
+    /// Template mode: what the message is reported as, per day (default:
+    /// the template's name), e.g. `order-confirmation`; see
+    /// `GET /api/v1/reports/sends/transactional/{tag}`.
+    #[serde(default)]
+    pub tag: Option<String>,
     /// Template mode: language to render in (default: the contact's).
     #[serde(default)]
     pub language: Option<String>,
@@ -83,6 +88,11 @@ pub async fn submit(
     let b: MessageBody = reply::read_json(req, limit).await?;
     if b.template.is_some() {
         return super::templates::send(state, b).await;
+    }
+    if b.tag.is_some() {
+        return Err(ApiError::bad_request(
+            "tag names template messages; a message given whole is not reported per tag",
+        ));
     }
     let template_keys = b.language.is_some()
         || b.order.is_some()

@@ -1,7 +1,9 @@
 //! `/api/v1/reports`: a campaign's report (JSON, or CSV with
-//! `?format=csv`), the comparison across campaigns, and a contact's history
-//! (also at `/api/v1/contacts/{ref}/history`). The figures and their
-//! definitions are in `track::report`.
+//! `?format=csv`), the comparison across campaigns, the report of any send
+//! (`/api/v1/reports/sends/{kind}/{id}`: a campaign, an automation, the
+//! transactional messages of a tag per day), and a contact's history (also
+//! at `/api/v1/contacts/{ref}/history`). The figures and their definitions
+//! are in `send::report` (and `campaign::report` for campaigns).
 
 use std::sync::Arc;
 
@@ -11,7 +13,9 @@ use serde_json::{Map, Value, json};
 
 use super::super::AppState;
 use super::super::reply::{self, ApiError, Body};
-use crate::track::report;
+use crate::campaign::CampaignStore;
+use crate::campaign::report;
+use crate::send::SendKind;
 
 fn id_of(s: &str) -> Result<u64, ApiError> {
     s.parse()
@@ -140,6 +144,120 @@ pub async fn campaign(
     Ok(csv_response(&format!("campaign-{id}-{part}"), bytes))
 }
 
+/// `GET /api/v1/reports/sends/{kind}`: the sends of a kind that have a
+/// report: transactional tags (with their names), automations, campaigns.
+pub async fn sends(state: &Arc<AppState>, kind: &str) -> Result<Response<Body>, ApiError> {
+    let k = send_kind(kind)?;
+    state.hits.drain().await?;
+    let rows = state
+        .store
+        .read(move |r| {
+            Ok(match k {
+                SendKind::Campaign => crate::campaign::all(r)?
+                    .into_iter()
+                    .map(|c| json!({"id": c.id, "name": c.spec.name}))
+                    .collect(),
+                _ => r
+                    .send_names(k)?
+                    .into_iter()
+                    .map(|(id, name)| json!({"id": id, "name": name}))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .await?;
+    reply::ok(&json!({ "kind": k.name(), "sends": rows }))
+}
+
+fn send_kind(kind: &str) -> Result<SendKind, ApiError> {
+    SendKind::from_name(kind)
+        .filter(|k| *k != SendKind::Preview)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "`{kind}` is not a kind of send (campaign, automation, transactional, test)"
+            ))
+        })
+}
+
+/// `GET /api/v1/reports/sends/{kind}/{id}[?format=csv]`: the report of one
+/// send. A campaign's is its campaign report (as
+/// `/api/v1/reports/campaigns/{id}`); a transactional tag's (`id` is the
+/// tag's name, e.g. `order-confirmation`) has a row per day; an
+/// automation's a row per step.
+pub async fn send(
+    state: &Arc<AppState>,
+    kind: &str,
+    id: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let k = send_kind(kind)?;
+    if k == SendKind::Campaign {
+        return campaign(state, id, req).await;
+    }
+    let pairs = reply::query_pairs(req.uri().query());
+    reply::only_params(&pairs, &["format"])?;
+    let csv = format_of(&pairs)?;
+    let (num, name) = match k {
+        SendKind::Transactional => (crate::send::model::tag_id(id), id.to_string()),
+        _ => (
+            id.parse::<u64>()
+                .map_err(|_| ApiError::not_found(format!("`{id}` is not a send number")))?,
+            id.to_string(),
+        ),
+    };
+    state.hits.drain().await?;
+    let cur = currency(state);
+    let rep = state
+        .store
+        .read(move |r| {
+            let known = r
+                .send_names(k)?
+                .iter()
+                .any(|(i, n)| *i == num && *n == name)
+                || !r.send_counts(k, num)?.is_empty();
+            if !known {
+                return Ok(None);
+            }
+            crate::send::report::send(r, k, num, &name, &cur).map(Some)
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no {} send `{id}`", k.name())))?;
+    if !csv {
+        return reply::ok(&rep);
+    }
+    let rows_key = if k == SendKind::Transactional {
+        "days"
+    } else {
+        "slots"
+    };
+    let mut rows: Vec<Map<String, Value>> = Vec::new();
+    if let Some(t) = rep.get("totals").and_then(Value::as_object) {
+        let mut r = t.clone();
+        r.insert("day".into(), "total".into());
+        r.insert("label".into(), "total".into());
+        rows.push(r);
+    }
+    rows.extend(
+        rep.get(rows_key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_object().cloned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default(),
+    );
+    let mut head = if k == SendKind::Transactional {
+        vec!["day"]
+    } else {
+        vec!["label", "round", "variant"]
+    };
+    head.extend_from_slice(report::COLUMNS);
+    Ok(csv_response(
+        &format!("{}-{id}", k.name()),
+        report::csv(&head, &rows.iter().collect::<Vec<_>>()),
+    ))
+}
+
 /// `GET /api/v1/reports/campaigns[?ids=1,2&status=completed&format=csv]`:
 /// every campaign's totals, rates and money side by side.
 pub async fn campaigns(
@@ -167,14 +285,14 @@ pub async fn campaigns(
         .store
         .read(move |r| {
             let mut out = Vec::new();
-            for c in r.campaigns()? {
+            for c in crate::campaign::all(r)? {
                 if ids.as_ref().is_some_and(|i| !i.contains(&c.id)) {
                     continue;
                 }
                 if status.as_deref().is_some_and(|s| s != c.status.as_str()) {
                     continue;
                 }
-                let counts = r.campaign_counts(c.id)?;
+                let counts = r.send_counts(SendKind::Campaign, c.id)?;
                 out.push(report::summary(&c, &counts));
             }
             Ok(out)
@@ -265,7 +383,7 @@ pub async fn complaint(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let b: ComplaintBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
-    let Some(m) = crate::track::campaign_message(&b.message_id) else {
+    let Some(m) = crate::track::send_message(&b.message_id) else {
         return Err(ApiError::invalid(
             "not_a_campaign_message",
             format!(

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 
 use crate::config::ConfigError;
 use crate::delivery::model::MailKind;
-use crate::delivery::queue::EnqueueError;
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
 use crate::render::Template;
@@ -274,18 +273,6 @@ pub async fn preview(
     reply::ok(&out)
 }
 
-/// The send a template's API messages belong to: one per template, its id a
-/// stable hash of the name (so reports and link tables group by template).
-pub fn transactional_send(name: &str) -> crate::tokens::SendRef {
-    use sha2::Digest as _;
-    let h = sha2::Sha256::digest(name.as_bytes());
-    crate::tokens::SendRef {
-        kind: crate::tokens::SendKind::Transactional,
-        id: u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]])),
-        variant: 0,
-    }
-}
-
 /// `POST /api/v1/messages` with `template`: renders the template for one
 /// contact and queues it. Marketing templates reach only `granted` contacts;
 /// transactional ones no contact that withdrew or whose address is
@@ -377,11 +364,8 @@ pub async fn send(
         data: b.data,
         products,
     };
-    match render_and_queue_as(state, &t, recipient, kind).await {
-        Ok(r) => super::queue::accepted(state, Ok(r)),
-        Err(QueueFailure::Queue(e)) => super::queue::accepted(state, Err(e)),
-        Err(QueueFailure::Api(a)) => Err(a),
-    }
+    let r = render_and_queue_as(state, &t, recipient, b.tag.as_deref(), kind).await?;
+    super::queue::accepted(state, Ok(r))
 }
 
 /// The kind of mail a template's messages are, for the consent check at
@@ -405,143 +389,45 @@ fn template_kind(t: &Template) -> MailKind {
 }
 
 /// Renders a template for one recipient and queues it, marked with its
-/// [`mail_kind`]; returns the queue id and Message-ID.
+/// [`mail_kind`], as a message of the template's transactional send;
+/// returns the queue id and Message-ID.
 pub async fn render_and_queue(
     state: &Arc<AppState>,
     t: &Arc<Template>,
     recipient: crate::render::Recipient,
-) -> Result<(u64, String), QueueFailure> {
-    render_and_queue_as(state, t, recipient, mail_kind(state, t)).await
+) -> Result<(u64, String), ApiError> {
+    render_and_queue_as(state, t, recipient, None, mail_kind(state, t)).await
 }
 
-/// [`render_and_queue`] with the kind of mail given: delivery checks the
-/// contact's consent against it when it picks the message up.
-pub async fn render_and_queue_as(
+/// [`render_and_queue`] with the tag and the kind of mail given: delivery
+/// checks the contact's consent against it when it picks the message up.
+async fn render_and_queue_as(
     state: &Arc<AppState>,
     t: &Arc<Template>,
     recipient: crate::render::Recipient,
+    tag: Option<&str>,
     kind: MailKind,
-) -> Result<(u64, String), QueueFailure> {
-    use crate::delivery::queue::{Content, NewMessage, NewRecipient};
-    let name = t.name.clone();
-    let compiled = transactional_compiled(state, t).await?;
-    let now = state.clock.now().timestamp_millis();
-    let c2 = compiled.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let r = c2.render(&recipient)?;
-        let m = c2.build(&r, now)?;
-        Ok::<_, crate::render::RenderError>((r, m))
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let (rendered, mime) = built.map_err(|e| ApiError::invalid("render_failed", e.0))?;
-    // Links first: a click must always find where it goes.
-    let new_links = compiled.links().unrecorded();
-    if let Some(last) = new_links.last().map(|(n, _)| *n) {
-        let key = transactional_send(&name).key();
-        let links = new_links.clone();
-        state
-            .store
-            .write(move |t| t.put_links(&key, &links))
-            .await?;
-        compiled.links().mark_recorded(last + 1);
-    }
-    let msg = NewMessage {
-        sender: t.sender.clone(),
-        recipients: vec![NewRecipient {
-            address: rendered.email.clone(),
-            contact: Some(rendered.contact),
-        }],
-        content: Content::Raw(mime),
-        source: format!("template:{name}"),
-        message_id: None,
-        kind: Some(kind),
+) -> Result<(u64, String), ApiError> {
+    use crate::send::outbox::{Context, OutboxError, queue_template};
+    let config = state.config();
+    let cx = Context {
+        store: &state.store,
+        config: &config,
+        cache: &state.compiled,
+        now: state.clock.now().timestamp_millis(),
     };
-    let sender = state.config().sender(&t.sender).cloned();
-    let r = crate::delivery::queue::enqueue(&state.store, sender, msg, now).await?;
+    let r = queue_template(cx, t, recipient, tag, kind)
+        .await
+        .map_err(|e| match e {
+            OutboxError::Render(m) => ApiError::invalid("render_failed", m),
+            e @ OutboxError::InvalidTag(_) => ApiError::invalid("invalid_tag", e.to_string()),
+            e @ OutboxError::UnknownSender(_) => ApiError::invalid("unknown_sender", e.to_string()),
+            e @ OutboxError::NoConsent(_) => ApiError::invalid("no_consent", e.to_string()),
+            OutboxError::Store(e) => e.into(),
+            e @ (OutboxError::Sign(_) | OutboxError::Internal(_)) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        })?;
     state.delivery.notify();
     Ok(r)
-}
-
-/// Why [`render_and_queue`] did not queue.
-#[derive(Debug)]
-pub enum QueueFailure {
-    /// Rendering or storage failed before the queue.
-    Api(ApiError),
-    /// The queue refused the message.
-    Queue(EnqueueError),
-}
-
-impl From<ApiError> for QueueFailure {
-    fn from(e: ApiError) -> Self {
-        QueueFailure::Api(e)
-    }
-}
-
-impl From<EnqueueError> for QueueFailure {
-    fn from(e: EnqueueError) -> Self {
-        QueueFailure::Queue(e)
-    }
-}
-
-impl From<crate::store::StoreError> for QueueFailure {
-    fn from(e: crate::store::StoreError) -> Self {
-        QueueFailure::Api(e.into())
-    }
-}
-
-impl From<QueueFailure> for ApiError {
-    fn from(e: QueueFailure) -> Self {
-        match e {
-            QueueFailure::Api(a) => a,
-            QueueFailure::Queue(q) => super::queue::enqueue_error(q),
-        }
-    }
-}
-
-/// The compiled template for API messages, compiled once per template and
-/// config snapshot (a reload compiles again), with the template's recorded
-/// links loaded so numbers stay stable across restarts.
-async fn transactional_compiled(
-    state: &Arc<AppState>,
-    t: &Arc<Template>,
-) -> Result<Arc<crate::render::Compiled>, ApiError> {
-    let ptr = Arc::as_ptr(t) as usize;
-    if let Some((p, c)) = state
-        .compiled
-        .lock()
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "lock poisoned",
-            )
-        })?
-        .get(&t.name)
-        && *p == ptr
-    {
-        return Ok(c.clone());
-    }
-    let key = transactional_send(&t.name).key();
-    let links = state.store.read(move |v| v.links(&key)).await?;
-    let config = state.config();
-    let compiled = Arc::new(
-        crate::render::Compiled::new(
-            t.clone(),
-            &config,
-            crate::render::SendOptions {
-                send: transactional_send(&t.name),
-                personalize: true,
-                tracking: true,
-                products: Vec::new(),
-                data: Value::Null,
-                links,
-            },
-        )
-        .map_err(|e| ApiError::invalid("render_failed", e))?,
-    );
-    if let Ok(mut m) = state.compiled.lock() {
-        m.insert(t.name.clone(), (ptr, compiled.clone()));
-    }
-    Ok(compiled)
 }

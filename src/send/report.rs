@@ -1,5 +1,7 @@
-//! Campaign reports: counts, rates, money and ROI, per A/B variant and
-//! stage, per link and per hour, built from one store snapshot.
+//! What a send brought, for every kind of send: counts, rates, money,
+//! per slot, per link and per hour, built from one store snapshot. The
+//! campaign report (`campaign::report`) adds a campaign's own figures
+//! (audience, cost, budget, A/B labels) on top of these.
 //!
 //! Definitions (all rates are fractions, 0–1, rounded to 4 places):
 //! - `sent`: messages queued; `delivered`, `failed`, bounces: final outcomes.
@@ -15,9 +17,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::campaign::model::{Campaign, Counter, WINNER, slot, unslot};
-use crate::store::{CampaignCounts, LinkCounts, ReadView, StoreError};
-use crate::tokens::{SendKind, SendRef};
+use super::model::{Counter, SendKind, SendRef, unslot};
+use crate::store::{LinkCounts, ReadView, SendCounts, StoreError};
 
 /// Columns of the CSV summary, in order (also the keys of `totals`).
 pub const COLUMNS: &[&str] = &[
@@ -53,7 +54,7 @@ pub const COLUMNS: &[&str] = &[
     "roi",
 ];
 
-fn rate(n: u64, d: u64) -> Value {
+pub fn rate(n: u64, d: u64) -> Value {
     if d == 0 {
         Value::Null
     } else {
@@ -61,12 +62,12 @@ fn rate(n: u64, d: u64) -> Value {
     }
 }
 
-fn money(cents: f64) -> Value {
+pub fn money(cents: f64) -> Value {
     json!((cents).round() / 100.0)
 }
 
-/// The figures of one slice (whole campaign or one variant).
-fn figures(
+/// The figures of one slice (a whole send or one slot).
+pub fn figures(
     get: impl Fn(Counter) -> u64,
     sent: u64,
     cost_per_message: Option<f64>,
@@ -141,46 +142,16 @@ fn figures(
     m
 }
 
-/// Messages queued per packed (stage, variant).
-fn sent_per_slot(c: &Campaign) -> BTreeMap<u32, u64> {
-    let mut out = BTreeMap::new();
-    for p in &c.run.parts {
-        let v = if p.variant == WINNER {
-            match c.run.winner {
-                Some(w) => w,
-                None => continue,
-            }
-        } else {
-            p.variant
-        };
-        *out.entry(slot(p.stage, v)).or_insert(0) += p.queued;
-    }
-    out
-}
-
-fn label(c: &Campaign, s: u32) -> String {
-    let (stage, variant) = unslot(s);
-    if stage > 0 {
-        format!("stage {stage}")
-    } else if c.spec.ab.is_some() {
-        c.spec
-            .variant_names()
-            .get(variant as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("variant {variant}"))
-    } else {
-        "all".into()
-    }
-}
-
-fn time(ms: Option<i64>) -> Value {
+/// An RFC 3339 time (seconds) of a time in ms, or null.
+pub fn time(ms: Option<i64>) -> Value {
     match ms.and_then(chrono::DateTime::from_timestamp_millis) {
         Some(t) => Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         None => Value::Null,
     }
 }
 
-fn total(counts: &CampaignCounts, c: Counter) -> u64 {
+/// A counter summed over every slot.
+pub fn total(counts: &SendCounts, c: Counter) -> u64 {
     counts
         .iter()
         .filter(|((_, k), _)| *k == c as u8)
@@ -188,62 +159,21 @@ fn total(counts: &CampaignCounts, c: Counter) -> u64 {
         .sum()
 }
 
-/// A campaign's totals with rates and money (the comparison row).
-pub fn summary(c: &Campaign, counts: &CampaignCounts) -> Value {
-    let mut row = Map::new();
-    row.insert("id".into(), c.id.into());
-    row.insert("name".into(), c.spec.name.clone().into());
-    row.insert("status".into(), c.status.as_str().into());
-    row.insert("started".into(), time(c.run.started));
-    row.extend(figures(
-        |k| total(counts, k),
-        c.queued(),
-        c.spec.cost_per_message,
-        c.spec.budget,
-    ));
-    Value::Object(row)
-}
-
-/// The full report of one campaign.
-pub fn campaign(r: &ReadView, c: &Campaign, currency: &str) -> Result<Value, StoreError> {
-    let counts = r.campaign_counts(c.id)?;
-    let sent = sent_per_slot(c);
-    let mut slots: Vec<u32> = sent.keys().copied().collect();
-    for (s, _) in counts.keys() {
-        if !slots.contains(s) {
-            slots.push(*s);
-        }
-    }
-    slots.sort_unstable();
-    let variants: Vec<Value> = slots
-        .iter()
-        .map(|&s| {
-            let (stage, variant) = unslot(s);
-            let mut row = Map::new();
-            row.insert("stage".into(), stage.into());
-            row.insert("variant".into(), variant.into());
-            row.insert("label".into(), label(c, s).into());
-            row.insert(
-                "winner".into(),
-                (stage == 0 && c.run.winner == Some(variant)).into(),
-            );
-            row.extend(figures(
-                |k| counts.get(&(s, k as u8)).copied().unwrap_or(0),
-                sent.get(&s).copied().unwrap_or(0),
-                c.spec.cost_per_message,
-                None,
-            ));
-            Value::Object(row)
-        })
-        .collect();
-    let link_counts = r.campaign_links(c.id)?;
+/// A send's link counters with their URLs, each labelled by `label(slot)`.
+pub fn links(
+    r: &ReadView,
+    kind: SendKind,
+    id: u64,
+    label: impl Fn(u32) -> String,
+) -> Result<Vec<Value>, StoreError> {
+    let link_counts = r.send_links(kind, id)?;
     let mut links = Vec::new();
     let mut urls: BTreeMap<u32, BTreeMap<u32, String>> = BTreeMap::new();
     for (s, _) in link_counts.keys() {
         if !urls.contains_key(s) {
             let key = SendRef {
-                kind: SendKind::Campaign,
-                id: c.id,
+                kind,
+                id,
                 variant: *s,
             }
             .key();
@@ -264,7 +194,7 @@ pub fn campaign(r: &ReadView, c: &Campaign, currency: &str) -> Result<Value, Sto
             revenue_cents,
         } = *lc;
         links.push(json!({
-            "stage": unslot(*s).0, "variant": unslot(*s).1, "label": label(c, *s),
+            "stage": unslot(*s).0, "variant": unslot(*s).1, "label": label(*s),
             "link": n,
             "url": urls.get(s).and_then(|m| m.get(n)).cloned(),
             "clicks_unique": unique_clicks, "clicks_total": clicks,
@@ -272,8 +202,13 @@ pub fn campaign(r: &ReadView, c: &Campaign, currency: &str) -> Result<Value, Sto
             "orders": orders, "revenue": money(revenue_cents as f64),
         }));
     }
+    Ok(links)
+}
+
+/// A send's hourly series: one row per hour with a value.
+pub fn hourly(r: &ReadView, kind: SendKind, id: u64) -> Result<Vec<Value>, StoreError> {
     let mut hours: BTreeMap<u32, Map<String, Value>> = BTreeMap::new();
-    for ((h, k), v) in r.campaign_hourly(c.id)? {
+    for ((h, k), v) in r.send_hourly(kind, id)? {
         let name = match k {
             x if x == Counter::Delivered as u8 => "delivered",
             x if x == Counter::Failed as u8 => "failed",
@@ -301,24 +236,71 @@ pub fn campaign(r: &ReadView, c: &Campaign, currency: &str) -> Result<Value, Sto
         };
         row.insert(name.into(), value);
     }
-    let mut totals = figures(
+    Ok(hours.into_values().map(Value::Object).collect())
+}
+
+/// The label of a slot of a send that is not a campaign: the day of a
+/// transactional tag's round, the step of an automation.
+fn slot_label(kind: SendKind, s: u32) -> String {
+    let (round, variant) = unslot(s);
+    match kind {
+        SendKind::Transactional => time(Some(i64::from(round) * 86_400_000))
+            .as_str()
+            .map(|t| t[..10].to_string())
+            .unwrap_or_default(),
+        SendKind::Automation => format!("step {round}"),
+        _ if variant > 0 => format!("round {round} variant {variant}"),
+        _ => format!("round {round}"),
+    }
+}
+
+/// The report of a send that is not a campaign (`GET
+/// /api/v1/reports/sends/{kind}/{id}`): totals, one row per slot (for a
+/// transactional tag: per day, as `days`), links and the hourly series.
+pub fn send(
+    r: &ReadView,
+    kind: SendKind,
+    id: u64,
+    name: &str,
+    currency: &str,
+) -> Result<Value, StoreError> {
+    let counts = r.send_counts(kind, id)?;
+    let mut slots: Vec<u32> = counts.keys().map(|(s, _)| *s).collect();
+    slots.dedup();
+    let rows: Vec<Value> = slots
+        .iter()
+        .map(|&s| {
+            let (round, variant) = unslot(s);
+            let mut row = Map::new();
+            if kind == SendKind::Transactional {
+                row.insert("day".into(), slot_label(kind, s).into());
+            } else {
+                row.insert("round".into(), round.into());
+                row.insert("variant".into(), variant.into());
+                row.insert("label".into(), slot_label(kind, s).into());
+            }
+            let get = |k: Counter| counts.get(&(s, k as u8)).copied().unwrap_or(0);
+            row.extend(figures(get, get(Counter::Sent), None, None));
+            Value::Object(row)
+        })
+        .collect();
+    let totals = figures(
         |k| total(&counts, k),
-        c.queued(),
-        c.spec.cost_per_message,
-        c.spec.budget,
+        total(&counts, Counter::Sent),
+        None,
+        None,
     );
-    totals.insert("audience".into(), c.run.audience.into());
+    let rows_key = if kind == SendKind::Transactional {
+        "days"
+    } else {
+        "slots"
+    };
     Ok(json!({
-        "campaign": {
-            "id": c.id, "name": c.spec.name, "status": c.status.as_str(),
-            "started": time(c.run.started), "finished": time(c.run.finished),
-            "cost_per_message": c.spec.cost_per_message, "budget": c.spec.budget,
-            "currency": currency,
-        },
+        "send": {"kind": kind.name(), "id": id, "name": name, "currency": currency},
         "totals": totals,
-        "variants": variants,
-        "links": links,
-        "hourly": hours.into_values().map(Value::Object).collect::<Vec<_>>(),
+        rows_key: rows,
+        "links": links(r, kind, id, |s| slot_label(kind, s))?,
+        "hourly": hourly(r, kind, id)?,
     }))
 }
 

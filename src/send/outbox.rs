@@ -1,0 +1,276 @@
+//! The outbox: how a rendered message becomes a queued one. Two
+//! operations, used by every kind of send:
+//!
+//! - [`commit_batch`] (inside the caller's write transaction): records the
+//!   send's new links, then for each message checks consent and the send's
+//!   ledger again, queues it, records it in the ledger and counts it sent.
+//!   A campaign commits its part's cursor in the same transaction, so a
+//!   crash never queues a contact twice or skips one.
+//! - [`queue_template`]: "render this template for this contact and queue
+//!   it", the transactional path (`POST /api/v1/messages` with a template,
+//!   signup confirmations), one message in one commit.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::model::{SendKind, SendRef, transactional, valid_tag};
+use crate::config::Config;
+use crate::delivery::model::MailKind;
+use crate::delivery::queue::{Signed, queue_signed, sign};
+use crate::render::links::LinkRecord;
+use crate::render::template::Template;
+use crate::render::{Compiled, Recipient, RenderError, SendOptions};
+use crate::store::{Store, StoreError, WriteTables};
+
+/// Where a batch of messages goes: the send they belong to, the sender
+/// identity, the `source` the queue shows, and the consent rule delivery
+/// applies ([`MailKind`]).
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    /// The send (kind, id, slot).
+    pub send: SendRef,
+    /// The sender identity.
+    pub sender: Arc<crate::config::Sender>,
+    /// `campaign:ID`, `template:NAME`…
+    pub source: String,
+    /// The consent rule, checked here and again at delivery; `None` for a
+    /// test to seed addresses the admin named (no rule).
+    pub kind: Option<MailKind>,
+    /// Whether a contact gets at most one message per round of the send
+    /// (campaigns, automations). Transactional mail is not once: the
+    /// ledger keeps the latest message of the day to each contact.
+    pub once: bool,
+}
+
+/// What [`commit_batch`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Contacts whose message was queued, in order.
+    pub queued: Vec<u64>,
+    /// Messages not queued: the contact no longer exists, lost consent, or
+    /// already got this send's round.
+    pub skipped: u64,
+    /// Messages left out because `room` ran out.
+    pub over_budget: u64,
+}
+
+/// Queues a batch of signed messages of one send inside the caller's write
+/// transaction. `links` are the send's links not yet recorded (recorded
+/// first: a click must always find where it goes). At most `room` messages
+/// are queued (`None`: no limit). `after` runs for each queued contact (a
+/// campaign adds its `tags_after`).
+pub fn commit_batch(
+    t: &mut WriteTables<'_>,
+    out: &Outbox,
+    links: &[(u32, LinkRecord)],
+    messages: Vec<Signed>,
+    mut room: Option<u64>,
+    now: i64,
+    mut after: impl FnMut(&mut WriteTables<'_>, u64) -> Result<(), StoreError>,
+) -> Result<Committed, StoreError> {
+    if !links.is_empty() {
+        t.put_links(&out.send.key(), links)?;
+    }
+    let mut done = Committed::default();
+    let total = messages.len() as u64;
+    for (i, m) in messages.into_iter().enumerate() {
+        // Consent is law at the moment of queuing: an unsubscribe or a
+        // hard bounce committed since the batch was read wins.
+        let allowed = match out.kind {
+            Some(kind) => t
+                .contact(m.contact)?
+                .is_some_and(|c| kind.allows(c.consent)),
+            None => true,
+        };
+        if !allowed || (out.once && t.sent(out.send, m.contact)?.is_some()) {
+            done.skipped += 1;
+            continue;
+        }
+        if room == Some(0) {
+            done.over_budget = total - i as u64;
+            break;
+        }
+        let qid = queue_signed(
+            t,
+            &out.sender,
+            &m,
+            &out.source,
+            Some(out.send),
+            out.kind,
+            now,
+        )?;
+        t.put_sent(out.send, m.contact, qid)?;
+        after(t, m.contact)?;
+        done.queued.push(m.contact);
+        room = room.map(|r| r - 1);
+    }
+    t.note_sent(out.send, done.queued.clone());
+    Ok(done)
+}
+
+/// Why [`queue_template`] did not queue.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The template cannot be rendered or built for this contact.
+    #[error("{0}")]
+    Render(String),
+    /// The template's sender is not configured.
+    #[error("the sender `{0}` is not configured")]
+    UnknownSender(String),
+    /// The tag is not a valid name.
+    #[error("`{0}` is not a tag: 1-64 letters, digits, `-`, `_`, `.` or `:`")]
+    InvalidTag(String),
+    /// The contact may not get this kind of mail (any more).
+    #[error("the contact no longer exists or may not get {0} mail")]
+    NoConsent(&'static str),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Sign(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking task died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<RenderError> for OutboxError {
+    fn from(e: RenderError) -> Self {
+        OutboxError::Render(e.0)
+    }
+}
+
+/// Compiled templates of transactional sends, one per (template, tag, day)
+/// and config snapshot (a reload compiles again), with the send's recorded
+/// links loaded so link numbers stay stable across restarts.
+#[derive(Default)]
+pub struct TemplateCache {
+    map: Mutex<HashMap<(String, String), Cached>>,
+}
+
+/// A cache entry: the template snapshot's address, the send, the compiled.
+type Cached = (usize, SendRef, Arc<Compiled>);
+
+impl TemplateCache {
+    fn get(&self, t: &Arc<Template>, tag: &str, send: SendRef) -> Option<Arc<Compiled>> {
+        let ptr = Arc::as_ptr(t) as usize;
+        let m = self.map.lock().ok()?;
+        let (p, s, c) = m.get(&(t.name.clone(), tag.to_string()))?;
+        (*p == ptr && *s == send).then(|| c.clone())
+    }
+
+    fn put(&self, t: &Arc<Template>, tag: &str, send: SendRef, c: Arc<Compiled>) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(
+                (t.name.clone(), tag.to_string()),
+                (Arc::as_ptr(t) as usize, send, c),
+            );
+        }
+    }
+}
+
+/// What queueing one template message needs from the running daemon.
+pub struct Context<'a> {
+    /// The store.
+    pub store: &'a Store,
+    /// The current configuration.
+    pub config: &'a Arc<Config>,
+    /// Compiled templates of transactional sends.
+    pub cache: &'a TemplateCache,
+    /// Now, in ms.
+    pub now: i64,
+}
+
+/// Renders `t` for one recipient and queues it as a message of the
+/// transactional send of `tag` (default: the template's name) for today,
+/// with consent rule `kind`; returns the queue id and Message-ID. The
+/// message is recorded in the send's ledger and counted, so its delivery,
+/// opens, clicks and attributed orders are reported per tag per day.
+pub async fn queue_template(
+    cx: Context<'_>,
+    t: &Arc<Template>,
+    recipient: Recipient,
+    tag: Option<&str>,
+    kind: MailKind,
+) -> Result<(u64, String), OutboxError> {
+    let tag = tag.unwrap_or(&t.name).to_string();
+    if !valid_tag(&tag) {
+        return Err(OutboxError::InvalidTag(tag));
+    }
+    let send = transactional(&tag, cx.now);
+    let sender = cx
+        .config
+        .sender(&t.sender)
+        .cloned()
+        .ok_or_else(|| OutboxError::UnknownSender(t.sender.clone()))?;
+    let compiled = match cx.cache.get(t, &tag, send) {
+        Some(c) => c,
+        None => {
+            let key = send.key();
+            let links = cx.store.read(move |v| v.links(&key)).await?;
+            let c = Arc::new(
+                Compiled::new(
+                    t.clone(),
+                    cx.config,
+                    SendOptions {
+                        send,
+                        personalize: true,
+                        tracking: true,
+                        products: Vec::new(),
+                        data: serde_json::Value::Null,
+                        links,
+                    },
+                )
+                .map_err(OutboxError::Render)?,
+            );
+            cx.cache.put(t, &tag, send, c.clone());
+            c
+        }
+    };
+    let now = cx.now;
+    let c2 = compiled.clone();
+    let s2 = sender.clone();
+    let signed = tokio::task::spawn_blocking(move || {
+        let r = c2.render(&recipient)?;
+        let mime = c2.build(&r, now)?;
+        let body = sign(&s2, mime).map_err(OutboxError::Sign)?;
+        Ok::<_, OutboxError>(Signed {
+            address: r.email,
+            contact: r.contact,
+            message_id: r.message_id,
+            body,
+        })
+    })
+    .await
+    .map_err(|e| OutboxError::Internal(e.to_string()))??;
+    let links = compiled.links().unrecorded();
+    let last_link = links.last().map(|(n, _)| *n);
+    let message_id = signed.message_id.clone();
+    let out = Outbox {
+        send,
+        sender,
+        source: format!("template:{}", t.name),
+        kind: Some(kind),
+        once: false,
+    };
+    let contact = signed.contact;
+    let name = tag.clone();
+    let qid = cx
+        .store
+        .write(move |w| {
+            w.name_send(SendKind::Transactional, send.id, &name)?;
+            let done = commit_batch(w, &out, &links, vec![signed], None, now, |_, _| Ok(()))?;
+            if done.queued.is_empty() {
+                return Ok(None);
+            }
+            w.sent(send, contact)
+        })
+        .await?;
+    let Some((_, qid)) = qid else {
+        return Err(OutboxError::NoConsent(kind.as_str()));
+    };
+    if let Some(last) = last_link {
+        compiled.links().mark_recorded(last + 1);
+    }
+    Ok((qid, message_id))
+}

@@ -1,0 +1,245 @@
+//! Schema migrations, one step per schema version, each run inside the
+//! write transaction that opens the store: a migration is all or nothing.
+//! A crash (or `kill -9`) in the middle leaves the file as it was, with its
+//! old schema version, and the next start migrates again.
+//!
+//! - v1 → v2: the campaign-keyed counter, engagement, link and ledger
+//!   tables (`campaign_*_v1`, `link_clickers_v1`) become the send-keyed
+//!   tables of the send layer (`send_*_v1`, keys prefixed with the send
+//!   kind), and queue records name their send (`"send": {"kind":
+//!   "campaign", "id", "slot"}`) instead of a campaign (`"campaign": {"id",
+//!   "slot"}`).
+
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+
+use super::StoreError;
+use super::tables::{legacy, *};
+use crate::send::model::{SendKind, slot};
+
+/// Rows copied between two progress lines in the log.
+const PROGRESS_EVERY: u64 = 100_000;
+
+/// Fault injection for the crash test: the process aborts (as under
+/// `kill -9`) after this many rows of a migration, before its commit.
+const ABORT_AFTER_ENV: &str = "HERALD_FAULT_MIGRATION_ABORT_AFTER";
+
+/// Counts migrated rows, logs progress and injects the test's crash.
+struct Progress {
+    step: &'static str,
+    total: u64,
+    done: u64,
+    abort_after: Option<u64>,
+}
+
+impl Progress {
+    fn new(step: &'static str, total: u64) -> Progress {
+        tracing::info!(step, rows = total, "migrating the store");
+        Progress {
+            step,
+            total,
+            done: 0,
+            abort_after: std::env::var(ABORT_AFTER_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+
+    fn row(&mut self) {
+        self.done += 1;
+        if self.done.is_multiple_of(PROGRESS_EVERY) {
+            tracing::info!(
+                step = self.step,
+                done = self.done,
+                total = self.total,
+                "migration progress"
+            );
+        }
+        if self.abort_after == Some(self.done) {
+            tracing::warn!(
+                step = self.step,
+                done = self.done,
+                "fault injection: aborting the migration"
+            );
+            std::process::abort();
+        }
+    }
+}
+
+/// Migrates the store in `txn` from schema `from` to the current one.
+pub fn run(txn: &WriteTransaction, from: u64) -> Result<(), StoreError> {
+    if from < 2 {
+        v1_to_v2(txn)?;
+    }
+    Ok(())
+}
+
+fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<u64, StoreError> {
+    Ok(txn.open_table(def)?.len()?)
+}
+
+fn v1_to_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let campaign = SendKind::Campaign.code();
+    let total = rows(txn, legacy::CAMPAIGN_SENDS)?
+        + rows(txn, legacy::CAMPAIGN_ENGAGEMENT)?
+        + rows(txn, legacy::CAMPAIGN_COUNTS)?
+        + rows(txn, legacy::CAMPAIGN_HOURLY)?
+        + rows(txn, legacy::CAMPAIGN_LINKS)?
+        + rows(txn, legacy::LINK_CLICKERS)?
+        + rows(txn, QUEUE)?
+        + rows(txn, QUEUE_DONE)?;
+    let mut p = Progress::new("v1 to v2: send-keyed tables", total);
+    {
+        let old = txn.open_table(legacy::CAMPAIGN_SENDS)?;
+        let mut new = txn.open_table(SEND_LEDGER)?;
+        for r in old.iter()? {
+            let (k, v) = r?;
+            let (id, stage, contact) = k.value();
+            // v1 kept the variant; v2 keeps the slot (stage and variant).
+            let (variant, queue_id) = v.value();
+            new.insert(
+                (campaign, id, stage, contact),
+                (slot(stage, variant), queue_id),
+            )?;
+            p.row();
+        }
+    }
+    {
+        let old = txn.open_table(legacy::CAMPAIGN_ENGAGEMENT)?;
+        let mut new = txn.open_table(SEND_ENGAGEMENT)?;
+        for r in old.iter()? {
+            let (k, v) = r?;
+            let (id, stage, contact) = k.value();
+            new.insert((campaign, id, stage, contact), v.value())?;
+            p.row();
+        }
+    }
+    {
+        let old = txn.open_table(legacy::CAMPAIGN_COUNTS)?;
+        let mut new = txn.open_table(SEND_COUNTS)?;
+        for r in old.iter()? {
+            let (k, v) = r?;
+            let (id, slot, c) = k.value();
+            new.insert((campaign, id, slot, c), v.value())?;
+            p.row();
+        }
+    }
+    {
+        let old = txn.open_table(legacy::CAMPAIGN_HOURLY)?;
+        let mut new = txn.open_table(SEND_HOURLY)?;
+        for r in old.iter()? {
+            let (k, v) = r?;
+            let (id, hour, c) = k.value();
+            new.insert((campaign, id, hour, c), v.value())?;
+            p.row();
+        }
+    }
+    {
+        let old = txn.open_table(legacy::CAMPAIGN_LINKS)?;
+        let mut new = txn.open_table(SEND_LINKS)?;
+        for r in old.iter()? {
+            let (k, v) = r?;
+            let (id, slot, link, c) = k.value();
+            new.insert((campaign, id, slot, link, c), v.value())?;
+            p.row();
+        }
+    }
+    {
+        let old = txn.open_table(legacy::LINK_CLICKERS)?;
+        let mut new = txn.open_table(SEND_CLICKERS)?;
+        for r in old.iter()? {
+            let (k, _) = r?;
+            let (id, slot, link, contact) = k.value();
+            new.insert((campaign, id, slot, link, contact), ())?;
+            p.row();
+        }
+    }
+    rewrite_queue_records(txn, QUEUE, &mut p)?;
+    rewrite_queue_records(txn, QUEUE_DONE, &mut p)?;
+    txn.delete_table(legacy::CAMPAIGN_SENDS)?;
+    txn.delete_table(legacy::CAMPAIGN_ENGAGEMENT)?;
+    txn.delete_table(legacy::CAMPAIGN_COUNTS)?;
+    txn.delete_table(legacy::CAMPAIGN_HOURLY)?;
+    txn.delete_table(legacy::CAMPAIGN_LINKS)?;
+    txn.delete_table(legacy::LINK_CLICKERS)?;
+    tracing::info!(rows = p.done, "migrated the store to schema 2");
+    Ok(())
+}
+
+/// Queue records of a v1 store name a campaign message's campaign and slot
+/// (`"campaign": {"id": 3, "slot": 0}`); v2 records name its send.
+fn rewrite_queue_records(
+    txn: &WriteTransaction,
+    def: TableDefinition<u64, &[u8]>,
+    p: &mut Progress,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(def)?;
+    let mut changed = Vec::new();
+    for r in table.iter()? {
+        let (k, v) = r?;
+        p.row();
+        if let Some(b) = v1_queue_record(v.value())? {
+            changed.push((k.value(), b));
+        }
+    }
+    for (k, b) in changed {
+        table.insert(k, b.as_slice())?;
+    }
+    Ok(())
+}
+
+/// The v2 form of a v1 queue record, if it names a campaign.
+fn v1_queue_record(b: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+        table: "queue",
+        message: e.to_string(),
+    };
+    // Cheap test first: most records (transactional, done long ago) do not
+    // name a campaign.
+    if memchr::memmem::find(b, b"\"campaign\"").is_none() {
+        return Ok(None);
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(b).map_err(corrupt)?;
+    let Some(obj) = v.as_object_mut() else {
+        return Ok(None);
+    };
+    let Some(c) = obj.remove("campaign") else {
+        return Ok(None);
+    };
+    if !c.is_null() {
+        obj.insert(
+            "send".into(),
+            serde_json::json!({
+                "kind": "campaign",
+                "id": c.get("id").cloned().unwrap_or_default(),
+                "slot": c.get("slot").cloned().unwrap_or_default(),
+            }),
+        );
+    }
+    Ok(Some(serde_json::to_vec(&v).map_err(corrupt)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_queue_records_name_their_send() -> Result<(), StoreError> {
+        let old = br#"{"id":4,"source":"campaign:3","campaign":{"id":3,"slot":65537}}"#;
+        let new = v1_queue_record(old)?.unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_slice(&new).map_err(|e| StoreError::Corrupt {
+                table: "test",
+                message: e.to_string(),
+            })?;
+        assert_eq!(
+            v["send"],
+            serde_json::json!({"kind": "campaign", "id": 3, "slot": 65537})
+        );
+        assert!(v.get("campaign").is_none());
+        assert_eq!(v1_queue_record(br#"{"id":5,"source":"api"}"#)?, None);
+        Ok(())
+    }
+}

@@ -1,0 +1,344 @@
+//! Send tables: for every send (campaign, automation, transactional tag,
+//! test; see `send::model::SendRef`) the ledger of who was sent what, the
+//! engagement flags of each recipient, and the counters (total per slot,
+//! hourly, per link, who clicked which link). Nothing here knows what kind
+//! of send produced a message: keys start with the send's kind code and id.
+
+use std::collections::BTreeMap;
+
+use redb::ReadableTable;
+
+use super::tables::*;
+use super::{Change, ReadView, StoreError, WriteTables};
+use crate::send::model::{CLICKED, Counter, OPENED, SendKind, SendRef};
+
+/// Milliseconds in an hour.
+const HOUR_MS: i64 = 3_600_000;
+
+/// The hour (since the epoch) of a time in ms.
+pub fn hour_of(ms: i64) -> u32 {
+    (ms.max(0) / HOUR_MS).min(u32::MAX as i64) as u32
+}
+
+/// Counters of one send: (slot, counter code) → count.
+pub type SendCounts = BTreeMap<(u32, u8), u64>;
+
+/// Counters of one link of a send's message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LinkCounts {
+    /// Clicks by hand.
+    pub clicks: u64,
+    /// Contacts who clicked it by hand.
+    pub unique_clicks: u64,
+    /// Clicks by machines.
+    pub machine_clicks: u64,
+    /// Orders attributed to it.
+    pub orders: u64,
+    /// Revenue attributed to it, in hundredths.
+    pub revenue_cents: u64,
+}
+
+impl LinkCounts {
+    fn add(&mut self, counter: u8, v: u64) {
+        match counter {
+            c if c == Counter::Clicks as u8 => self.clicks += v,
+            c if c == Counter::UniqueClicks as u8 => self.unique_clicks += v,
+            c if c == Counter::MachineClicks as u8 => self.machine_clicks += v,
+            c if c == Counter::Orders as u8 => self.orders += v,
+            c if c == Counter::Revenue as u8 => self.revenue_cents += v,
+            _ => {}
+        }
+    }
+}
+
+/// The ledger and engagement key of a contact in a send's round.
+fn round_key(s: SendRef, contact: u64) -> (u8, u64, u32, u64) {
+    (s.kind.code(), s.id, s.round(), contact)
+}
+
+impl WriteTables<'_> {
+    /// The message of a send's round a contact was sent: (slot, queue id).
+    pub fn sent(&self, s: SendRef, contact: u64) -> Result<Option<(u32, u64)>, StoreError> {
+        Ok(self
+            .send_ledger
+            .get(round_key(s, contact))?
+            .map(|v| v.value()))
+    }
+
+    /// Records a message of a send as queued (the ledger entry) and counts
+    /// it as sent.
+    pub fn put_sent(&mut self, s: SendRef, contact: u64, queue_id: u64) -> Result<(), StoreError> {
+        self.send_ledger
+            .insert(round_key(s, contact), (s.variant, queue_id))?;
+        self.bump_send(s, Counter::Sent, 1)
+    }
+
+    /// Counts a message of a send that was not sent: its contact was erased
+    /// (`erased`), or no longer had consent.
+    pub fn count_not_sent(&mut self, s: SendRef, erased: bool) -> Result<(), StoreError> {
+        let counter = if erased {
+            Counter::Erased
+        } else {
+            Counter::Unsent
+        };
+        self.bump_send(s, counter, 1)
+    }
+
+    /// Adds `delta` to a send counter (never below zero; written when the
+    /// transaction commits).
+    pub fn bump_send(
+        &mut self,
+        s: SendRef,
+        counter: Counter,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        *self
+            .count_deltas
+            .entry((s.kind.code(), s.id, s.variant, counter as u8))
+            .or_insert(0) += delta;
+        Ok(())
+    }
+
+    /// Adds `delta` to a send counter and, for a positive delta, to the
+    /// hour of `at` in the send's time series.
+    pub fn bump_send_at(
+        &mut self,
+        s: SendRef,
+        counter: Counter,
+        delta: i64,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.bump_send(s, counter, delta)?;
+        if delta > 0 {
+            *self
+                .hourly_deltas
+                .entry((s.kind.code(), s.id, hour_of(at), counter as u8))
+                .or_insert(0) += delta;
+        }
+        Ok(())
+    }
+
+    /// Adds `delta` to a counter of one link of a send's message.
+    pub fn bump_link(
+        &mut self,
+        s: SendRef,
+        link: u32,
+        counter: Counter,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        *self
+            .link_deltas
+            .entry((s.kind.code(), s.id, s.variant, link, counter as u8))
+            .or_insert(0) += delta;
+        Ok(())
+    }
+
+    /// Notes that `contact` clicked a link by hand; true the first time.
+    pub fn note_clicker(
+        &mut self,
+        s: SendRef,
+        link: u32,
+        contact: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .send_clickers
+            .insert((s.kind.code(), s.id, s.variant, link, contact), ())?
+            .is_none())
+    }
+
+    /// A contact's engagement flags in a send's round, if any.
+    pub fn engagement(&self, s: SendRef, contact: u64) -> Result<Option<u8>, StoreError> {
+        Ok(self
+            .send_engagement
+            .get(round_key(s, contact))?
+            .map(|v| v.value().0))
+    }
+
+    /// Adds engagement `flags` (see `send::model`) of a contact in a send's
+    /// round at `at` (ms); returns the flags it had before. Opens and
+    /// clicks by hand reach the store's observer (the segment index).
+    pub fn engage(
+        &mut self,
+        s: SendRef,
+        contact: u64,
+        flags: u8,
+        at: i64,
+    ) -> Result<u8, StoreError> {
+        let key = round_key(s, contact);
+        let (old, mut open_at, mut click_at) = self
+            .send_engagement
+            .get(key)?
+            .map(|v| v.value())
+            .unwrap_or((0, 0, 0));
+        if flags & OPENED != 0 {
+            open_at = open_at.max(at);
+        }
+        if flags & CLICKED != 0 {
+            click_at = click_at.max(at);
+        }
+        self.send_engagement
+            .insert(key, (old | flags, open_at, click_at))?;
+        if flags & (OPENED | CLICKED) != 0 {
+            self.note(|| Change::Engaged {
+                send: s.whole(),
+                contact,
+                click: flags & CLICKED != 0,
+                at,
+            });
+        }
+        Ok(old)
+    }
+
+    /// Tells the observer that a batch of a send was queued.
+    pub fn note_sent(&mut self, s: SendRef, contacts: Vec<u64>) {
+        if !contacts.is_empty() {
+            self.note(|| Change::Sent {
+                send: s.whole(),
+                contacts,
+            });
+        }
+    }
+
+    /// Names a send (a transactional tag's name), once.
+    pub fn name_send(&mut self, kind: SendKind, id: u64, name: &str) -> Result<(), StoreError> {
+        if self.send_names.get((kind.code(), id))?.is_none() {
+            self.send_names.insert((kind.code(), id), name)?;
+        }
+        Ok(())
+    }
+}
+
+impl ReadView {
+    /// Every counter of a send (every slot).
+    pub fn send_counts(&self, kind: SendKind, id: u64) -> Result<SendCounts, StoreError> {
+        let k = kind.code();
+        let mut out = BTreeMap::new();
+        for r in self
+            .table(SEND_COUNTS)?
+            .range((k, id, 0u32, 0u8)..=(k, id, u32::MAX, u8::MAX))?
+        {
+            let (key, v) = r?;
+            let (_, _, slot, c) = key.value();
+            out.insert((slot, c), v.value());
+        }
+        Ok(out)
+    }
+
+    /// A send's time series: (hour since the epoch, counter code) → count.
+    pub fn send_hourly(
+        &self,
+        kind: SendKind,
+        id: u64,
+    ) -> Result<BTreeMap<(u32, u8), u64>, StoreError> {
+        let k = kind.code();
+        let mut out = BTreeMap::new();
+        for r in self
+            .table(SEND_HOURLY)?
+            .range((k, id, 0u32, 0u8)..=(k, id, u32::MAX, u8::MAX))?
+        {
+            let (key, v) = r?;
+            let (_, _, h, c) = key.value();
+            out.insert((h, c), v.value());
+        }
+        Ok(out)
+    }
+
+    /// A send's link counters: (slot, link) → counts.
+    pub fn send_links(
+        &self,
+        kind: SendKind,
+        id: u64,
+    ) -> Result<BTreeMap<(u32, u32), LinkCounts>, StoreError> {
+        let k = kind.code();
+        let mut out: BTreeMap<(u32, u32), LinkCounts> = BTreeMap::new();
+        for r in self
+            .table(SEND_LINKS)?
+            .range((k, id, 0u32, 0u32, 0u8)..=(k, id, u32::MAX, u32::MAX, u8::MAX))?
+        {
+            let (key, v) = r?;
+            let (_, _, slot, link, c) = key.value();
+            out.entry((slot, link)).or_default().add(c, v.value());
+        }
+        Ok(out)
+    }
+
+    /// The recipients of a send's round with their slot and engagement
+    /// flags, in contact order.
+    pub fn round_recipients(&self, s: SendRef) -> Result<Vec<(u64, u32, u8)>, StoreError> {
+        let (k, id, round) = (s.kind.code(), s.id, s.round());
+        let range = (k, id, round, 0u64)..=(k, id, round, u64::MAX);
+        let mut flags: BTreeMap<u64, u8> = BTreeMap::new();
+        for r in self.table(SEND_ENGAGEMENT)?.range(range.clone())? {
+            let (key, v) = r?;
+            flags.insert(key.value().3, v.value().0);
+        }
+        let mut out = Vec::new();
+        for r in self.table(SEND_LEDGER)?.range(range)? {
+            let (key, v) = r?;
+            let contact = key.value().3;
+            out.push((
+                contact,
+                v.value().0,
+                flags.get(&contact).copied().unwrap_or(0),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The message of a send's round a contact was sent: (slot, queue id).
+    pub fn sent(&self, s: SendRef, contact: u64) -> Result<Option<(u32, u64)>, StoreError> {
+        Ok(self
+            .table(SEND_LEDGER)?
+            .get(round_key(s, contact))?
+            .map(|v| v.value()))
+    }
+
+    /// A contact's engagement in a send's round: (flags, last open ms, last
+    /// click ms), if any.
+    pub fn engagement(
+        &self,
+        s: SendRef,
+        contact: u64,
+    ) -> Result<Option<(u8, i64, i64)>, StoreError> {
+        Ok(self
+            .table(SEND_ENGAGEMENT)?
+            .get(round_key(s, contact))?
+            .map(|v| v.value()))
+    }
+
+    /// Every message of a kind of send and every open and click, for the
+    /// segment index: `sent(send id, contact)` and `engaged(send id,
+    /// contact, flags, last open ms, last click ms)`.
+    pub fn each_send_event(
+        &self,
+        kind: SendKind,
+        mut sent: impl FnMut(u64, u64),
+        mut engaged: impl FnMut(u64, u64, u8, i64, i64),
+    ) -> Result<(), StoreError> {
+        let k = kind.code();
+        let all = (k, 0u64, 0u32, 0u64)..=(k, u64::MAX, u32::MAX, u64::MAX);
+        for r in self.table(SEND_LEDGER)?.range(all.clone())? {
+            let (key, _) = r?;
+            let (_, id, _, contact) = key.value();
+            sent(id, contact);
+        }
+        for r in self.table(SEND_ENGAGEMENT)?.range(all)? {
+            let (key, v) = r?;
+            let (_, id, _, contact) = key.value();
+            let (f, o, cl) = v.value();
+            engaged(id, contact, f, o, cl);
+        }
+        Ok(())
+    }
+
+    /// The names of a kind's sends (transactional tags): (id, name).
+    pub fn send_names(&self, kind: SendKind) -> Result<Vec<(u64, String)>, StoreError> {
+        let k = kind.code();
+        let mut out = Vec::new();
+        for r in self.table(SEND_NAMES)?.range((k, 0u64)..=(k, u64::MAX))? {
+            let (key, v) = r?;
+            out.push((key.value().1, v.value().to_string()));
+        }
+        Ok(out)
+    }
+}
