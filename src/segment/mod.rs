@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 use crate::contacts::model::{ConsentState, FieldDef, FieldType};
-use crate::shop::events::SHOP_FIELDS;
+use crate::shop::apply::SHOP_FIELDS;
 use crate::store::{Change, Store, StoreError};
 use eval::Bitset;
 use lang::{Cond, Node, NodeV, Problem};

@@ -307,15 +307,15 @@ pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiEr
             let mut out = view(&c, &names);
             // What the shop's events say about them (aggregates, cart).
             if let Some(s) = v.stats(c.id)? {
-                out["shop"] = crate::shop::events::stats_json(&s);
+                out["shop"] = crate::shop::format::stats_json(&s);
             }
             if let Some(cart) = v.cart(c.id)?.filter(|c| !c.items.is_empty()) {
                 out["shop"]["cart"] = serde_json::json!({
                     "items": cart.items.iter().map(|i| serde_json::json!({
                         "sku": i.sku, "quantity": i.quantity, "category": i.category,
                     })).collect::<Vec<_>>(),
-                    "value": crate::shop::events::money_text(cart.value()),
-                    "updated_at": crate::shop::events::fmt_ms(cart.updated_at),
+                    "value": crate::shop::format::money_text(cart.value()),
+                    "updated_at": crate::shop::format::fmt_ms(cart.updated_at),
                 });
             }
             Ok(Some(out))
@@ -430,7 +430,7 @@ fn send_name(kind: u8, id: u64, slot: u32) -> Option<String> {
 }
 
 fn items_json(items: &[crate::shop::model::Item]) -> Vec<Value> {
-    use crate::shop::events::money_text;
+    use crate::shop::format::money_text;
     items
         .iter()
         .map(|i| {
@@ -450,7 +450,7 @@ fn export_doc(
     id: u64,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<Value>, StoreError> {
-    use crate::shop::events::{fmt_ms, money_text, stats_json};
+    use crate::shop::format::{fmt_ms, money_text, stats_json};
     let Some(c) = v.contact(id)? else {
         return Ok(None);
     };

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
-use crate::shop::events::{self, Outcome};
+use crate::shop::apply::{self, Outcome};
+use crate::shop::wire;
 
 /// The smallest body limit of this endpoint: a batch of 10,000 events of
 /// about 500 bytes each fits with room to spare, whatever
@@ -30,11 +31,10 @@ pub async fn ingest(
     let bytes = reply::read_body(req, limit).await?;
     let sites: Vec<String> = config.sites.iter().map(|s| s.id.clone()).collect();
     let clock_now = state.clock.now();
-    let parsed =
-        tokio::task::spawn_blocking(move || events::parse_batch(&bytes, &sites, clock_now))
-            .await
-            .map_err(|e| ApiError::bad_request(format!("cannot parse the events: {e}")))?
-            .map_err(|m| ApiError::new(http::StatusCode::BAD_REQUEST, "invalid_events", m))?;
+    let parsed = tokio::task::spawn_blocking(move || wire::parse_batch(&bytes, &sites, clock_now))
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot parse the events: {e}")))?
+        .map_err(|m| ApiError::new(http::StatusCode::BAD_REQUEST, "invalid_events", m))?;
     let n = parsed.len();
     let mut results: Vec<Value> = vec![Value::Null; n];
     let mut good = Vec::with_capacity(n);
@@ -71,7 +71,7 @@ pub async fn ingest(
         let rules = keys.clone();
         state
             .store
-            .write(move |t| events::apply_batch(t, good, now, &rules))
+            .write(move |t| apply::apply_batch(t, good, now, &rules))
             .await?
     };
     for (by, cents) in keys.take_attributed() {
