@@ -371,7 +371,7 @@ pub async fn change(
             Ok(Ok(c))
         })
         .await??;
-    svc.wake();
+    svc.wake_for(id);
     Ok(r)
 }
 

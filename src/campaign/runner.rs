@@ -11,7 +11,7 @@
 //! status first; a batch commit checks the status inside its transaction,
 //! so nothing is queued after a pause is acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
@@ -37,6 +37,63 @@ use crate::store::{Store, StoreError};
 /// Most messages rendered and queued per batch (one commit).
 const CAMPAIGN_BATCH: usize = 100;
 
+/// When the supervisor looks at the live campaigns again (besides being
+/// woken by a change).
+#[derive(Debug, Default, Clone, Copy)]
+struct Next {
+    /// The earliest time a live campaign has set (ms).
+    at: Option<i64>,
+    /// A running campaign waits for delivery outcomes.
+    outcomes: bool,
+}
+
+impl Next {
+    /// After a failed step: look again in a second.
+    fn retry() -> Next {
+        Next {
+            at: Some(chrono::Utc::now().timestamp_millis() + 1000),
+            outcomes: false,
+        }
+    }
+
+    fn at(&mut self, t: i64) {
+        self.at = Some(self.at.map_or(t, |a| a.min(t)));
+    }
+
+    fn min(self, o: Next) -> Next {
+        let mut n = self;
+        if let Some(t) = o.at {
+            n.at(t);
+        }
+        n.outcomes |= o.outcomes;
+        n
+    }
+
+    /// What campaign `c` waits for.
+    fn consider(&mut self, c: &Campaign, has_worker: bool) {
+        match c.status {
+            Status::Scheduled => {
+                if let Some(t) = c.run.scheduled_for {
+                    self.at(t);
+                }
+            }
+            Status::Running if !has_worker => {
+                if let Some(t) = c.run.test_ends.filter(|_| c.run.winner.is_none()) {
+                    self.at(t);
+                }
+                if let Some(t) = c.run.next_stage_at {
+                    self.at(t);
+                }
+                // Every part sent: completion waits for the outcomes.
+                if c.run.parts.iter().all(|p| p.done()) {
+                    self.outcomes = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A worker thread sending one part.
 struct Worker {
     stop: Arc<AtomicBool>,
@@ -52,6 +109,15 @@ pub struct Campaigns {
     pool: Arc<rayon::ThreadPool>,
     delivery: Engine,
     wake: tokio::sync::Notify,
+    /// Campaigns changed since the supervisor last looked (by id).
+    dirty: Mutex<BTreeSet<u64>>,
+    /// The live campaigns (scheduled or running), kept by the supervisor
+    /// so that it never reads campaigns that are done; `None` until the
+    /// first look at start-up.
+    live: Mutex<Option<BTreeSet<u64>>>,
+    /// Delivery outcomes were recorded: a running campaign waiting for its
+    /// outcomes looks again (wired by the app to the delivery engine).
+    outcomes: Arc<tokio::sync::Notify>,
     workers: Mutex<HashMap<u64, Worker>>,
     stopping: AtomicBool,
 }
@@ -106,6 +172,9 @@ impl Campaigns {
             pool,
             delivery,
             wake: tokio::sync::Notify::new(),
+            dirty: Mutex::new(BTreeSet::new()),
+            live: Mutex::new(None),
+            outcomes: Arc::new(tokio::sync::Notify::new()),
             workers: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
         })
@@ -126,20 +195,62 @@ impl Campaigns {
         self.clock.now().timestamp_millis()
     }
 
-    /// Makes the supervisor look at every campaign now.
+    /// Makes the supervisor look at the live campaigns now.
     pub fn wake(&self) {
         self.wake.notify_one();
     }
 
-    /// The supervisor: runs until [`Campaigns::stop`].
+    /// Tells the supervisor that campaign `id` changed (created, started,
+    /// paused, its worker ended…), so it looks at it now.
+    pub fn wake_for(&self, id: u64) {
+        lock(&self.dirty).insert(id);
+        self.wake.notify_one();
+    }
+
+    /// What the delivery engine notifies when it records outcomes.
+    pub fn outcomes(&self) -> Arc<tokio::sync::Notify> {
+        self.outcomes.clone()
+    }
+
+    /// The supervisor: runs until [`Campaigns::stop`]. It wakes when a
+    /// campaign changes, when delivery records outcomes while a campaign
+    /// waits for them, and at the next time a live campaign has set (a
+    /// scheduled start, the end of an A/B window, the next stage); it never
+    /// rereads campaigns that are not live.
     pub async fn run(self: Arc<Self>) {
         while !self.stopping.load(Ordering::Relaxed) {
-            if let Err(e) = self.tick().await {
-                tracing::warn!(error = %e, "campaigns: supervisor step failed; retrying");
-            }
+            let next = match self.tick().await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "campaigns: supervisor step failed; retrying");
+                    Next::retry()
+                }
+            };
+            let sleep = async {
+                match next.at {
+                    Some(at) => {
+                        let ms = (at - self.now_ms()).clamp(0, 86_400_000) as u64;
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let outcomes = async {
+                if next.outcomes {
+                    // TODO(send layer): the delivery engine notifies
+                    // `outcomes`; until it is wired, look again in a second.
+                    tokio::select! {
+                        () = self.outcomes.notified() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = sleep => {}
+                () = outcomes => {}
             }
         }
     }
@@ -176,17 +287,51 @@ impl Campaigns {
         w.contains_key(&id)
     }
 
-    async fn tick(self: &Arc<Self>) -> Result<(), CampaignError> {
+    /// The live campaigns, read by id: at the first call every campaign is
+    /// read once (start-up); afterwards only those known live or changed.
+    async fn live_campaigns(&self) -> Result<Vec<Campaign>, CampaignError> {
+        let known = lock(&self.live).clone();
+        let dirty = std::mem::take(&mut *lock(&self.dirty));
+        let all = match known {
+            None => {
+                self.store
+                    .read(|r| {
+                        Ok(super::all(r)?
+                            .into_iter()
+                            .filter(|c| c.status.is_live())
+                            .collect::<Vec<_>>())
+                    })
+                    .await?
+            }
+            Some(mut ids) => {
+                ids.extend(dirty);
+                self.store
+                    .read(move |r| {
+                        let mut out = Vec::new();
+                        for id in ids {
+                            if let Some(c) = r.campaign(id)?
+                                && c.status.is_live()
+                            {
+                                out.push(c);
+                            }
+                        }
+                        Ok(out)
+                    })
+                    .await?
+            }
+        };
+        *lock(&self.live) = Some(all.iter().map(|c| c.id).collect());
+        Ok(all)
+    }
+
+    /// One look at the live campaigns; says when to look again.
+    async fn tick(self: &Arc<Self>) -> Result<Next, CampaignError> {
         let now = self.now_ms();
-        let live: Vec<Campaign> = self
-            .store
-            .read(|r| {
-                Ok(super::all(r)?
-                    .into_iter()
-                    .filter(|c| c.status.is_live())
-                    .collect())
-            })
-            .await?;
+        let live = self.live_campaigns().await?;
+        let mut next = Next::default();
+        for c in &live {
+            next.consider(c, self.has_worker(c.id));
+        }
         for c in live {
             if self.stopping.load(Ordering::Relaxed) {
                 break;
@@ -214,9 +359,10 @@ impl Campaigns {
             };
             if let Err(e) = r {
                 tracing::warn!(campaign = c.id, error = %e, "campaign step failed; retrying");
+                next = next.min(Next::retry());
             }
         }
-        Ok(())
+        Ok(next)
     }
 
     /// Moves a running campaign on: sends its next part, ends its A/B test,
@@ -291,7 +437,7 @@ impl Campaigns {
                         Ok(())
                     })
                     .await?;
-                    self.wake();
+                    self.wake_for(id);
                 }
                 Some(t) if t <= now => self.open_stage(c, stage + 1, spec.only).await?,
                 _ => {}
@@ -373,7 +519,7 @@ impl Campaigns {
             })
             .await?;
         tracing::info!(campaign = id, stage, "campaign stage opened");
-        self.wake();
+        self.wake_for(id);
         Ok(())
     }
 
@@ -447,7 +593,7 @@ impl Campaigns {
             })
             .await??;
         tracing::info!(campaign = id, audience = size, "campaign started");
-        self.wake();
+        self.wake_for(id);
         Ok(started)
     }
 
@@ -497,7 +643,7 @@ impl Campaigns {
                         let _ = rx.blocking_recv();
                     }
                 }
-                svc.wake();
+                svc.wake_for(id);
             });
         match handle {
             Ok(handle) => {
