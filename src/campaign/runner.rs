@@ -22,13 +22,14 @@ use rayon::prelude::*;
 use super::model::{Campaign, CampaignRef, Counter, Metric, Part, StageFilter, Status, WINNER};
 use super::{CampaignError, audience, look, model};
 use crate::clock::Clock;
-use crate::config::{Config, Current};
+use crate::config::Config;
 use crate::contacts::model::{ConsentState, Contact};
 use crate::delivery::Engine;
 use crate::delivery::queue::{Signed, queue_signed, sign};
 use crate::render::bulk::{Outcome, render_one};
 use crate::render::{Compiled, Recipient, SendOptions};
 use crate::segment::Index;
+use crate::snapshot::{Current, Snapshot};
 use crate::store::{Store, StoreError};
 use crate::tokens::{SendKind, SendRef};
 
@@ -117,6 +118,11 @@ impl Campaigns {
     /// The current config.
     pub fn config(&self) -> Arc<Config> {
         self.config.get()
+    }
+
+    /// The current snapshot (config, templates, segment files).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.config.snapshot()
     }
 
     /// Now, in ms, from the daemon's clock.
@@ -373,11 +379,11 @@ impl Campaigns {
                 c.status.as_str()
             )));
         }
-        let config = self.config();
-        super::check_spec(&c.spec, &config, &self.store).await?;
+        let snap = self.snapshot();
+        super::check_spec(&c.spec, &snap, &self.store).await?;
         let today = self.clock.now().date_naive();
         let ids =
-            audience::resolve(&config, &self.store, &self.index, &c.spec.audience, today).await?;
+            audience::resolve(&snap, &self.store, &self.index, &c.spec.audience, today).await?;
         let mut groups = Vec::new();
         let mut seed = None;
         match &c.spec.ab {
@@ -496,14 +502,14 @@ impl Campaigns {
     /// Compiles what (stage, variant) sends, with the send's recorded links.
     fn compile(
         &self,
-        config: &Config,
+        snap: &Snapshot,
         c: &Campaign,
         stage: u32,
         variant: u32,
         send: SendRef,
     ) -> Result<Compiled, String> {
         let l = look(&c.spec, stage, variant);
-        let base = config
+        let base = snap
             .templates
             .get(&l.template)
             .ok_or_else(|| format!("template `{}` is not loaded", l.template))?;
@@ -531,7 +537,7 @@ impl Campaigns {
             data: c.spec.data.clone(),
             links,
         };
-        Compiled::new(Arc::new(t), config, opts)
+        Compiled::new(Arc::new(t), &snap.config, opts)
     }
 
     /// Messages of the campaign in the queue and not final (deferred ones
@@ -573,8 +579,8 @@ impl Campaigns {
             id,
             variant: slot,
         };
-        let config = self.config();
-        let compiled = self.compile(&config, &c, part.stage, variant, send)?;
+        let snap = self.snapshot();
+        let compiled = self.compile(&snap, &c, part.stage, variant, send)?;
         let ids = self
             .store
             .read_blocking(|r| r.campaign_audience(id, part_no as u32))
@@ -582,14 +588,14 @@ impl Campaigns {
         // Small commits keep the store writer (which also records delivery
         // outcomes) responsive: 100 messages of 20 KB are a 2 MB commit;
         // 500 made delivery wait (BENCHMARKS.md, newsletters).
-        let full = config.rendering.batch_size.min(CAMPAIGN_BATCH);
+        let full = snap.config.rendering.batch_size.min(CAMPAIGN_BATCH);
         let batch = match c.spec.rate_per_hour {
             // About a second's worth per batch, so the pace stays even.
             Some(r) => ((r / 3600) as usize).clamp(1, full),
             None => full,
         }
         .max(1);
-        let window = (config.rendering.batch_size as u64 * 4).max(2000);
+        let window = (snap.config.rendering.batch_size as u64 * 4).max(2000);
         let per_msg = c
             .spec
             .rate_per_hour
@@ -881,8 +887,8 @@ impl Campaigns {
         if !sent {
             return Ok(None);
         }
-        let config = self.config();
-        let compiled = self.compile(&config, &c, stage, variant, s)?;
+        let snap = self.snapshot();
+        let compiled = self.compile(&snap, &c, stage, variant, s)?;
         let r = Recipient::new(contact);
         let rendered = compiled.render_at(&r, sent_at).map_err(|e| e.0)?;
         Ok(Some(rendered.html))
@@ -914,8 +920,8 @@ impl Campaigns {
                 .map_err(|e| CampaignError::Invalid(format!("addresses: `{a}`: {e}")))?;
             seeds.push(e);
         }
-        let config = self.config();
-        super::check_spec(&c.spec, &config, &self.store).await?;
+        let snap = self.snapshot();
+        super::check_spec(&c.spec, &snap, &self.store).await?;
         let names = c.spec.variant_names();
         let mut looks: Vec<(u32, u32, String)> = names
             .iter()
@@ -945,7 +951,7 @@ impl Campaigns {
                 variant: model::slot(stage, variant),
             };
             let compiled = self
-                .compile(&config, &c, stage, variant, send)
+                .compile(&snap, &c, stage, variant, send)
                 .map_err(CampaignError::Invalid)?;
             let now = self.now_ms();
             let mut signed = Vec::new();
