@@ -19,8 +19,8 @@ use herald::render::bulk;
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = fixture::config(dir.path());
-    let compiled = fixture::compiled(&config);
+    let snap = fixture::snapshot(dir.path());
+    let compiled = fixture::compiled(&snap);
     let one = fixture::contact(1);
     let r = compiled.render(&one).expect("render");
     let m = compiled.build(&r, 0).expect("build");
@@ -48,7 +48,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(compiled.build(black_box(&r), 0).unwrap()))
     });
     // Without tracking: what the template engine alone costs.
-    let untracked = fixture::compiled_with(&config, false);
+    let untracked = fixture::compiled_with(&snap, false);
     g.bench_function("render_only_untracked", |b| {
         b.iter(|| black_box(untracked.render(black_box(&one)).unwrap()))
     });

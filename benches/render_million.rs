@@ -39,8 +39,8 @@ fn main() {
         .unwrap_or(1_000_000);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = fixture::config(dir.path());
-    let compiled = fixture::compiled(&config);
+    let snap = fixture::snapshot(dir.path());
+    let compiled = fixture::compiled(&snap);
     let pool = bulk::pool(threads).unwrap();
     println!(
         "contacts {n}, threads {threads}, batch 500; RSS at start {} MB",

@@ -1,6 +1,7 @@
-//! Wiring for `herald serve`: load the config, start logging, open the store,
-//! bind the listener, tell systemd we are ready, serve until SIGTERM/SIGINT,
-//! reload on SIGHUP, and shut down gracefully.
+//! Wiring for `herald serve`: load the snapshot (config, templates, segment
+//! files), start logging, open the store, bind the listener, tell systemd we
+//! are ready, serve until SIGTERM/SIGINT, reload on SIGHUP (a new snapshot,
+//! swapped in whole), and shut down gracefully.
 //!
 //! The documented ready line, logged once the store is open and the listener
 //! bound, is `herald ready listen=<ADDR> public_url=<URL>`, followed by
@@ -20,6 +21,7 @@ use crate::config::{Config, LogFormat};
 use crate::contacts::model::ImportStatus;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
 use crate::store::Store;
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the config.
@@ -63,8 +65,9 @@ async fn recover_imports(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the daemon until a termination signal.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the daemon on `snap` until a termination signal.
+pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
+    let config = snap.config.clone();
     let dir = config.storage.dir.clone();
     let cache = config.storage.cache_bytes;
     let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&dir, cache))
@@ -99,10 +102,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => String::new(),
     };
     let public_url = config.http.public_url.to_string();
-    log_template_problems(&config);
+    log_template_problems(&snap);
     let render_pool =
         crate::render::bulk::pool(config.rendering.threads).map_err(|e| anyhow::anyhow!(e))?;
-    let config = Arc::new(crate::config::Current::new(config));
+    let config = Arc::new(crate::snapshot::Current::new(snap));
     let metrics = Metrics::new();
     let clock = Clock::system();
     let engine =
@@ -206,8 +209,9 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
         let old = state.config();
         let path = old.file.clone();
-        match tokio::task::spawn_blocking(move || Config::load(&path)).await {
-            Ok(Ok(new)) => {
+        match tokio::task::spawn_blocking(move || Snapshot::load(&path)).await {
+            Ok(Ok(snap)) => {
+                let new = &snap.config;
                 if new.http.listen != old.http.listen
                     || new.http.admin_listen != old.http.admin_listen
                     || new.storage.dir != old.storage.dir
@@ -222,8 +226,8 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
                 if new.rendering.threads != old.rendering.threads {
                     tracing::warn!("rendering.threads takes effect only after a restart");
                 }
-                log_template_problems(&new);
-                state.config.set(new);
+                log_template_problems(&snap);
+                state.config.set(snap);
                 tracing::info!(file = %old.file.display(), "configuration reloaded");
             }
             Ok(Err(errors)) => {
@@ -247,14 +251,14 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
 /// Logs every template that did not load. The daemon runs without them
 /// (one broken template must not stop delivery); `check-config` fails on them
 /// and `GET /api/v1/templates` lists them with their problems.
-fn log_template_problems(c: &Config) {
-    for (name, errors) in &c.templates.failed {
+fn log_template_problems(snap: &Snapshot) {
+    for (name, errors) in &snap.templates.failed {
         for e in errors {
             tracing::error!(template = %name, "{e}");
         }
         tracing::error!(template = %name, "template not loaded: it cannot be sent until fixed");
     }
-    for (name, errors) in &c.segments.failed {
+    for (name, errors) in &snap.segments.failed {
         for e in errors {
             tracing::error!(segment = %name, "{e}");
         }
@@ -265,14 +269,15 @@ fn log_template_problems(c: &Config) {
 /// `herald check-config`: validates everything and prints a summary; never
 /// opens the store. Template problems fail it too.
 pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> {
-    let c = Config::load(path)?;
-    let mut errors: Vec<_> = c.templates.errors().cloned().collect();
-    errors.extend(c.segments.failed.values().flatten().cloned());
+    let snap = Snapshot::load(path)?;
+    let c = &snap.config;
+    let mut errors: Vec<_> = snap.templates.errors().cloned().collect();
+    errors.extend(snap.segments.failed.values().flatten().cloned());
     // Lists and custom fields live in the store, which only the daemon
     // opens: ask it, if one is running on this config.
-    let catalog_note = match daemon_catalog(&c) {
+    let catalog_note = match daemon_catalog(c) {
         Ok(catalog) => {
-            errors.extend(c.segments.check_catalog(&catalog));
+            errors.extend(snap.segments.check_catalog(&catalog));
             "checked against the running daemon's lists and fields".to_string()
         }
         Err(e) => format!(
@@ -353,9 +358,9 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     }
     out.push_str(&format!(
         "    {} segment files loaded; {catalog_note}\n",
-        c.segments.loaded.len()
+        snap.segments.loaded.len()
     ));
-    for s in c.segments.loaded.values() {
+    for s in snap.segments.loaded.values() {
         out.push_str(&format!(
             "    {}: {}\n",
             s.name,
@@ -364,10 +369,10 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     }
     out.push_str(&format!(
         "  templates   {} ({} loaded)\n",
-        c.templates.dir.display(),
-        c.templates.loaded.len()
+        snap.templates.dir.display(),
+        snap.templates.loaded.len()
     ));
-    for t in c.templates.loaded.values() {
+    for t in snap.templates.loaded.values() {
         let langs: Vec<String> = t.languages().into_iter().collect();
         out.push_str(&format!(
             "    {}: {}, sender {}, languages {}\n",

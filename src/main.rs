@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use herald::config::{Config, DEFAULT_CONFIG_PATH};
+use herald::config::DEFAULT_CONFIG_PATH;
+use herald::snapshot::Snapshot;
 use herald::{app, client};
 
 /// mimalloc instead of glibc's allocator: imports allocate rows on one thread
@@ -239,8 +240,10 @@ enum ContactsCommand {
     },
 }
 
-fn load_or_report(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errors| {
+/// Loads the snapshot (config, templates, segment files) as the daemon
+/// would, so every command refuses a config the daemon would refuse.
+fn load_or_report(path: &std::path::Path) -> Result<Snapshot, ExitCode> {
+    Snapshot::load(path).map_err(|errors| {
         eprint!("{errors}");
         ExitCode::from(2)
     })
@@ -254,7 +257,7 @@ fn run_client(
     f: impl AsyncFnOnce(client::ApiTarget) -> anyhow::Result<u8>,
 ) -> ExitCode {
     let config = match load_or_report(config_path) {
-        Ok(c) => c,
+        Ok(s) => s.config,
         Err(code) => return code,
     };
     let rt = match runtime(false) {
@@ -324,16 +327,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve => {
-            let config = match load_or_report(&cli.config) {
-                Ok(c) => c,
+            let snap = match load_or_report(&cli.config) {
+                Ok(s) => s,
                 Err(code) => return code,
             };
-            app::init_logging(&config.log.level, config.log.format);
+            app::init_logging(&snap.config.log.level, snap.config.log.format);
             let rt = match runtime(true) {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match rt.block_on(app::serve(config)) {
+            match rt.block_on(app::serve(snap)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -353,18 +356,18 @@ fn main() -> ExitCode {
                     no_personalize,
                 },
         } => {
-            let config = match load_or_report(&cli.config) {
-                Ok(c) => c,
+            let snap = match load_or_report(&cli.config) {
+                Ok(s) => s,
                 Err(code) => return code,
             };
-            let Some(t) = config.templates.get(&name).cloned() else {
-                match config.templates.failed.get(&name) {
+            let Some(t) = snap.templates.get(&name).cloned() else {
+                match snap.templates.failed.get(&name) {
                     Some(errors) => {
                         eprint!("{}", herald::config::ConfigErrors(errors.clone()));
                     }
                     None => eprintln!(
                         "herald: no template `{name}` in {}",
-                        config.templates.dir.display()
+                        snap.templates.dir.display()
                     ),
                 }
                 return ExitCode::from(2);
@@ -378,7 +381,7 @@ fn main() -> ExitCode {
                 ..Default::default()
             };
             let now = chrono::Utc::now().timestamp_millis();
-            match preview::render(t, &config, preview::preview_send(), input, now) {
+            match preview::render(t, &snap.config, preview::preview_send(), input, now) {
                 Ok(p) => {
                     use std::io::Write;
                     let r = &p.rendered;

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use herald::config::Config;
 use herald::contacts::model::{ConsentState, Contact, FieldValue};
 use herald::render::{Compiled, Recipient, SendOptions, Templates, bulk};
+use herald::snapshot::Snapshot;
 use herald::tokens::{SendKind, SendRef, Token};
 
 fn write(dir: &Path, rel: &str, text: &str) {
@@ -16,8 +16,8 @@ fn write(dir: &Path, rel: &str, text: &str) {
     std::fs::write(p, text).unwrap();
 }
 
-/// A config with two sites and the given template files.
-fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, Config) {
+/// A config with two sites and the given template files, loaded.
+fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, Snapshot) {
     let dir = tempfile::tempdir().unwrap();
     for (rel, text) in files {
         write(&dir.path().join("templates"), rel, text);
@@ -53,8 +53,8 @@ url = "https://b.example"
     );
     let path = dir.path().join("herald.toml");
     std::fs::write(&path, &cfg).unwrap();
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    (dir, config)
+    let snap = Snapshot::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    (dir, snap)
 }
 
 fn contact(id: u64, lang: Option<&str>, site: Option<&str>, first_name: &str) -> Contact {
@@ -98,15 +98,15 @@ const META3: &str = "sender = \"news\"\ndefault_language = \"en\"\n[subject]\nen
 
 #[test]
 fn a_contact_named_script_stays_inert() {
-    let (_d, config) = setup(&[
+    let (_d, snap) = setup(&[
         ("t/template.toml", META),
         (
             "t/body.en.html",
             "<html><body><p>{{ greeting }}</p><p title=\"{{ contact.first_name }}\">{{ contact.first_name }}</p></body></html>",
         ),
     ]);
-    let t = config.templates.get("t").unwrap().clone();
-    let c = Compiled::new(t, &config, send()).unwrap();
+    let t = snap.templates.get("t").unwrap().clone();
+    let c = Compiled::new(t, &snap.config, send()).unwrap();
     let evil = "<script>alert(\"x\")</script>";
     let r = c
         .render(&Recipient::new(contact(1, Some("en"), None, evil)))
@@ -125,7 +125,7 @@ fn a_contact_named_script_stays_inert() {
 
 #[test]
 fn language_falls_back_from_contact_to_site_to_template() {
-    let (_d, config) = setup(&[
+    let (_d, snap) = setup(&[
         ("t/template.toml", META3),
         (
             "t/body.en.html",
@@ -141,8 +141,8 @@ fn language_falls_back_from_contact_to_site_to_template() {
             "[subject]\nde = \"B {{ site.name }}\"\n",
         ),
     ]);
-    let t = config.templates.get("t").unwrap().clone();
-    let c = Compiled::new(t, &config, send()).unwrap();
+    let t = snap.templates.get("t").unwrap().clone();
+    let c = Compiled::new(t, &snap.config, send()).unwrap();
     let r = |lang: Option<&str>, site: Option<&str>| {
         c.render(&Recipient::new(contact(1, lang, site, "Ann")))
             .unwrap()
@@ -171,19 +171,19 @@ fn language_falls_back_from_contact_to_site_to_template() {
 
 #[test]
 fn neutral_greeting_without_name_or_personalisation() {
-    let (_d, config) = setup(&[
+    let (_d, snap) = setup(&[
         ("t/template.toml", META),
         ("t/body.en.html", "<html><body>{{ greeting }}</body></html>"),
     ]);
-    let t = config.templates.get("t").unwrap().clone();
-    let c = Compiled::new(t.clone(), &config, send()).unwrap();
+    let t = snap.templates.get("t").unwrap().clone();
+    let c = Compiled::new(t.clone(), &snap.config, send()).unwrap();
     let r = c
         .render(&Recipient::new(contact(1, Some("en"), Some("b"), "  ")))
         .unwrap();
     assert!(r.html.contains("Hello,"), "{}", r.html);
     let mut o = send();
     o.personalize = false;
-    let c = Compiled::new(t, &config, o).unwrap();
+    let c = Compiled::new(t, &snap.config, o).unwrap();
     let r = c
         .render(&Recipient::new(contact(1, Some("en"), Some("b"), "Ann")))
         .unwrap();
@@ -196,19 +196,19 @@ fn neutral_greeting_without_name_or_personalisation() {
 
 #[test]
 fn urls_in_context_carry_signed_tokens_for_this_message() {
-    let (_d, config) = setup(&[
+    let (_d, snap) = setup(&[
         ("t/template.toml", META),
         (
             "t/body.en.html",
             "<html><body><a href=\"https://a.example/x\">x</a> U={{ unsubscribe_url }} V={{ view_in_browser_url }} L={{ autologin_url('https://a.example/account') }}</body></html>",
         ),
     ]);
-    let t = config.templates.get("t").unwrap().clone();
-    let c = Compiled::new(t, &config, send()).unwrap();
+    let t = snap.templates.get("t").unwrap().clone();
+    let c = Compiled::new(t, &snap.config, send()).unwrap();
     let r = c
         .render(&Recipient::new(contact(42, Some("en"), Some("a"), "Ann")))
         .unwrap();
-    let keys = &config.tracking.keys;
+    let keys = &snap.config.tracking.keys;
     let after = |p: &str| -> String {
         r.html
             .split(p)
@@ -246,15 +246,15 @@ fn urls_in_context_carry_signed_tokens_for_this_message() {
         "{login}"
     );
     // Auto-login to another host is refused: the token would leak.
-    let (_d2, config2) = setup(&[
+    let (_d2, snap2) = setup(&[
         ("t/template.toml", META),
         (
             "t/body.en.html",
             "<html><body>{{ autologin_url('https://evil.example/') }}</body></html>",
         ),
     ]);
-    let t = config2.templates.get("t").unwrap().clone();
-    let c = Compiled::new(t, &config2, send()).unwrap();
+    let t = snap2.templates.get("t").unwrap().clone();
+    let c = Compiled::new(t, &snap2.config, send()).unwrap();
     let e = c
         .render(&Recipient::new(contact(1, Some("en"), Some("a"), "A")))
         .unwrap_err();
@@ -302,7 +302,7 @@ fn load_errors_name_file_line_and_column() {
     })];
     let greetings = [(
         "en".to_string(),
-        herald::config::render::Greeting {
+        herald::config::Greeting {
             personal: "Hi {name}".into(),
             neutral: "Hi".into(),
         },
@@ -340,15 +340,15 @@ fn bulk_reports_failed_recipients_and_never_runs_more_than_three_batches_ahead()
     use std::ops::ControlFlow;
     use std::sync::atomic::{AtomicU64, Ordering};
     // Site b has no auto-login secret: its contacts fail to render.
-    let (_d, config) = setup(&[
+    let (_d, snap) = setup(&[
         ("t/template.toml", META),
         (
             "t/body.en.html",
             "<html><body>{{ autologin_url('https://a.example/x') }}</body></html>",
         ),
     ]);
-    let t = config.templates.get("t").unwrap().clone();
-    let c = Compiled::new(t, &config, send()).unwrap();
+    let t = snap.templates.get("t").unwrap().clone();
+    let c = Compiled::new(t, &snap.config, send()).unwrap();
     let pool = bulk::pool(2).unwrap();
     let pulled = AtomicU64::new(0);
     let input = (0..1000u64).map(|i| {

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use super::CampaignError;
 use super::model::Audience;
-use crate::config::Config;
 use crate::contacts::model::ConsentState;
 use crate::segment::lang::{Cond, Loc};
 use crate::segment::{Catalog, Index};
+use crate::snapshot::Snapshot;
 use crate::store::Store;
 
 async fn conds(
-    config: &Config,
+    snap: &Snapshot,
     store: &Store,
     lists: &[String],
     segments: &[String],
@@ -30,7 +30,7 @@ async fn conds(
         ));
     }
     for s in segments {
-        let seg = crate::segment::find_usable(config, store, s)
+        let seg = crate::segment::find_usable(&snap.segments, &snap.config, store, s)
             .await
             .map_err(|e| CampaignError::Invalid(format!("audience.{key}segments: {e}")))?;
         out.push(seg.cond.clone());
@@ -40,22 +40,22 @@ async fn conds(
 
 /// The `granted` contact ids of an audience, ascending.
 pub async fn resolve(
-    config: &Config,
+    snap: &Snapshot,
     store: &Store,
     index: &Arc<Index>,
     audience: &Audience,
     today: chrono::NaiveDate,
 ) -> Result<Vec<u64>, CampaignError> {
-    let include = conds(config, store, &audience.lists, &audience.segments, "").await?;
+    let include = conds(snap, store, &audience.lists, &audience.segments, "").await?;
     let exclude = conds(
-        config,
+        snap,
         store,
         &audience.exclude_lists,
         &audience.exclude_segments,
         "exclude_",
     )
     .await?;
-    let sites = config.sites.iter().map(|s| s.id.clone()).collect();
+    let sites = snap.config.sites.iter().map(|s| s.id.clone()).collect();
     let catalog = Catalog::load(store, sites).await?;
     let problems: Vec<String> = include
         .iter()

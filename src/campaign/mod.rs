@@ -22,6 +22,7 @@ use model::{Campaign, Part, Spec, Status};
 
 use crate::config::Config;
 use crate::render::template::Template;
+use crate::snapshot::Snapshot;
 use crate::store::{Sequence, StoreError};
 
 pub use runner::Campaigns;
@@ -225,14 +226,16 @@ fn trial_render(
     p
 }
 
-/// Checks a spec against the config and the store: templates (marketing,
-/// loaded), senders, subjects, lists, segments, products; then renders
-/// what it sends once (see [`trial_render`]).
+/// Checks a spec against the snapshot (config, templates, segment files)
+/// and the store: templates (marketing, loaded), senders, subjects, lists,
+/// segments, products; then renders what it sends once (see
+/// [`trial_render`]).
 pub async fn check_spec(
     spec: &Spec,
-    config: &Arc<Config>,
+    snap: &Arc<Snapshot>,
     store: &crate::store::Store,
 ) -> Result<(), CampaignError> {
+    let config = &snap.config;
     let mut p = spec.check();
     let mut tried = Vec::new();
     for (at_key, l) in looks(spec) {
@@ -241,9 +244,9 @@ pub async fn check_spec(
         } else {
             format!("{at_key}: ")
         };
-        match config.templates.get(&l.template) {
+        match snap.templates.get(&l.template) {
             None => {
-                let why = if config.templates.failed.contains_key(&l.template) {
+                let why = if snap.templates.failed.contains_key(&l.template) {
                     "has problems (see GET /api/v1/templates)"
                 } else {
                     "does not exist"
@@ -290,7 +293,7 @@ pub async fn check_spec(
         ("audience.exclude_segments", &a.exclude_segments),
     ] {
         for n in names {
-            if let Err(e) = crate::segment::find_usable(config, store, n).await {
+            if let Err(e) = crate::segment::find_usable(&snap.segments, config, store, n).await {
                 p.push(format!("{key}: {e}"));
             }
         }
@@ -313,9 +316,9 @@ pub async fn check_spec(
     }
     if !tried.is_empty() {
         let products = (!spec.products.is_empty() && missing.is_empty()).then_some(found);
-        let (spec, config) = (spec.clone(), config.clone());
+        let (spec, snap) = (spec.clone(), snap.clone());
         let problems =
-            tokio::task::spawn_blocking(move || trial_render(&spec, &config, tried, products))
+            tokio::task::spawn_blocking(move || trial_render(&spec, &snap.config, tried, products))
                 .await
                 .map_err(|e| CampaignError::Invalid(format!("trial render failed: {e}")))?;
         p.extend(problems);
@@ -329,7 +332,7 @@ pub async fn check_spec(
 
 /// Creates a draft.
 pub async fn create(svc: &Campaigns, spec: Spec) -> Result<Campaign, CampaignError> {
-    check_spec(&spec, &svc.config(), svc.store()).await?;
+    check_spec(&spec, &svc.snapshot(), svc.store()).await?;
     let now = svc.now_ms();
     Ok(svc
         .store()
@@ -394,7 +397,7 @@ fn must_be(c: &Campaign, allowed: &[Status], action: &str) -> Result<(), String>
 
 /// Replaces a draft's spec.
 pub async fn edit(svc: &Campaigns, id: u64, spec: Spec) -> Result<Campaign, CampaignError> {
-    check_spec(&spec, &svc.config(), svc.store()).await?;
+    check_spec(&spec, &svc.snapshot(), svc.store()).await?;
     change(svc, id, move |c, _| {
         must_be(c, &[Status::Draft], "editing")?;
         c.spec = spec;
@@ -449,9 +452,9 @@ pub async fn duplicate(svc: &Campaigns, id: u64) -> Result<Campaign, CampaignErr
 
 /// Schedules a draft for `at` (ms).
 pub async fn schedule(svc: &Campaigns, id: u64, at: i64) -> Result<Campaign, CampaignError> {
-    let config = svc.config();
+    let snap = svc.snapshot();
     let c = get(svc, id).await?;
-    check_spec(&c.spec, &config, svc.store()).await?;
+    check_spec(&c.spec, &snap, svc.store()).await?;
     change(svc, id, move |c, _| {
         must_be(c, &[Status::Draft, Status::Scheduled], "scheduling")?;
         c.status = Status::Scheduled;

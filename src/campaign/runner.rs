@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use super::model::{Campaign, Counter, Metric, Part, StageFilter, Status, WINNER};
 use super::{CampaignError, CampaignStore, CampaignWrite, audience, look, model};
 use crate::clock::Clock;
-use crate::config::{Config, Current};
+use crate::config::Config;
 use crate::contacts::model::{ConsentState, Contact};
 use crate::delivery::Engine;
 use crate::delivery::model::MailKind;
@@ -32,6 +32,7 @@ use crate::render::{Compiled, Recipient, SendOptions};
 use crate::segment::Index;
 use crate::send::outbox::{Outbox, commit_batch};
 use crate::send::{SendKind, SendRef};
+use crate::snapshot::{Current, Snapshot};
 use crate::store::{Store, StoreError};
 
 /// Most messages rendered and queued per batch (one commit).
@@ -97,6 +98,9 @@ impl Next {
 /// A worker thread sending one part.
 struct Worker {
     stop: Arc<AtomicBool>,
+    /// Set by the worker as its last act before it wakes the supervisor,
+    /// so the supervisor never sees a finished worker as busy.
+    done: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<()>,
 }
 
@@ -190,6 +194,11 @@ impl Campaigns {
         self.config.get()
     }
 
+    /// The current snapshot (config, templates, segment files).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.config.snapshot()
+    }
+
     /// Now, in ms, from the daemon's clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now().timestamp_millis()
@@ -281,7 +290,9 @@ impl Campaigns {
 
     fn has_worker(&self, id: u64) -> bool {
         let mut w = lock(&self.workers);
-        if w.get(&id).is_some_and(|w| w.handle.is_finished()) {
+        if w.get(&id)
+            .is_some_and(|w| w.done.load(Ordering::Acquire) || w.handle.is_finished())
+        {
             w.remove(&id);
         }
         w.contains_key(&id)
@@ -533,11 +544,11 @@ impl Campaigns {
                 c.status.as_str()
             )));
         }
-        let config = self.config();
-        super::check_spec(&c.spec, &config, &self.store).await?;
+        let snap = self.snapshot();
+        super::check_spec(&c.spec, &snap, &self.store).await?;
         let today = self.clock.now().date_naive();
         let ids =
-            audience::resolve(&config, &self.store, &self.index, &c.spec.audience, today).await?;
+            audience::resolve(&snap, &self.store, &self.index, &c.spec.audience, today).await?;
         let mut groups = Vec::new();
         let mut seed = None;
         match &c.spec.ab {
@@ -620,8 +631,10 @@ impl Campaigns {
 
     fn spawn_worker(self: &Arc<Self>, id: u64, part: usize) {
         let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
         let svc = self.clone();
         let s2 = stop.clone();
+        let d2 = done.clone();
         let handle = std::thread::Builder::new()
             .name(format!("herald-campaign-{id}"))
             .spawn(move || {
@@ -643,11 +656,12 @@ impl Campaigns {
                         let _ = rx.blocking_recv();
                     }
                 }
+                d2.store(true, Ordering::Release);
                 svc.wake_for(id);
             });
         match handle {
             Ok(handle) => {
-                lock(&self.workers).insert(id, Worker { stop, handle });
+                lock(&self.workers).insert(id, Worker { stop, done, handle });
             }
             Err(e) => tracing::error!(campaign = id, error = %e, "cannot start a campaign worker"),
         }
@@ -656,14 +670,14 @@ impl Campaigns {
     /// Compiles what (stage, variant) sends, with the send's recorded links.
     fn compile(
         &self,
-        config: &Config,
+        snap: &Snapshot,
         c: &Campaign,
         stage: u32,
         variant: u32,
         send: SendRef,
     ) -> Result<Compiled, String> {
         let l = look(&c.spec, stage, variant);
-        let base = config
+        let base = snap
             .templates
             .get(&l.template)
             .ok_or_else(|| format!("template `{}` is not loaded", l.template))?;
@@ -691,7 +705,7 @@ impl Campaigns {
             data: c.spec.data.clone(),
             links,
         };
-        Compiled::new(Arc::new(t), config, opts)
+        Compiled::new(Arc::new(t), &snap.config, opts)
     }
 
     /// Messages of the campaign in the queue and not final (deferred ones
@@ -733,8 +747,8 @@ impl Campaigns {
             id,
             variant: slot,
         };
-        let config = self.config();
-        let compiled = self.compile(&config, &c, part.stage, variant, send)?;
+        let snap = self.snapshot();
+        let compiled = self.compile(&snap, &c, part.stage, variant, send)?;
         let ids = self
             .store
             .read_blocking(|r| r.campaign_audience(id, part_no as u32))
@@ -742,14 +756,14 @@ impl Campaigns {
         // Small commits keep the store writer (which also records delivery
         // outcomes) responsive: 100 messages of 20 KB are a 2 MB commit;
         // 500 made delivery wait (BENCHMARKS.md, newsletters).
-        let full = config.rendering.batch_size.min(CAMPAIGN_BATCH);
+        let full = snap.config.rendering.batch_size.min(CAMPAIGN_BATCH);
         let batch = match c.spec.rate_per_hour {
             // About a second's worth per batch, so the pace stays even.
             Some(r) => ((r / 3600) as usize).clamp(1, full),
             None => full,
         }
         .max(1);
-        let window = (config.rendering.batch_size as u64 * 4).max(2000);
+        let window = (snap.config.rendering.batch_size as u64 * 4).max(2000);
         let per_msg = c
             .spec
             .rate_per_hour
@@ -1014,8 +1028,8 @@ impl Campaigns {
         if !sent {
             return Ok(None);
         }
-        let config = self.config();
-        let compiled = self.compile(&config, &c, stage, variant, s)?;
+        let snap = self.snapshot();
+        let compiled = self.compile(&snap, &c, stage, variant, s)?;
         let r = Recipient::new(contact);
         let rendered = compiled.render_at(&r, sent_at).map_err(|e| e.0)?;
         Ok(Some(rendered.html))
@@ -1047,8 +1061,8 @@ impl Campaigns {
                 .map_err(|e| CampaignError::Invalid(format!("addresses: `{a}`: {e}")))?;
             seeds.push(e);
         }
-        let config = self.config();
-        super::check_spec(&c.spec, &config, &self.store).await?;
+        let snap = self.snapshot();
+        super::check_spec(&c.spec, &snap, &self.store).await?;
         let names = c.spec.variant_names();
         let mut looks: Vec<(u32, u32, String)> = names
             .iter()
@@ -1078,7 +1092,7 @@ impl Campaigns {
                 variant: model::slot(stage, variant),
             };
             let compiled = self
-                .compile(&config, &c, stage, variant, send)
+                .compile(&snap, &c, stage, variant, send)
                 .map_err(CampaignError::Invalid)?;
             let now = self.now_ms();
             let mut signed = Vec::new();

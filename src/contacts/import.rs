@@ -44,7 +44,7 @@ const MAX_IN_FLIGHT: usize = 2;
 pub const INLINE_REJECTS: usize = 10_000;
 
 /// Default of `[import] max_record_bytes`: the longest CSV record read.
-pub const DEFAULT_MAX_RECORD_BYTES: u64 = 1 << 20;
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = crate::config::import::DEFAULT_MAX_RECORD_BYTES;
 
 /// Options of one import.
 #[derive(Debug, Clone)]

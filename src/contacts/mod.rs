@@ -75,84 +75,27 @@ impl ContactError {
     }
 }
 
-/// A normalised address: `display` keeps the local part's case, `key` is the
-/// fully lower-cased identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Email {
-    /// Trimmed, domain lower-cased.
-    pub display: String,
-    /// Lower-cased; the identity.
-    pub key: String,
+pub use crate::names::{BUILTIN_COLUMNS, Email};
+
+impl From<crate::names::InvalidEmail> for ContactError {
+    fn from(e: crate::names::InvalidEmail) -> ContactError {
+        ContactError::InvalidEmail {
+            address: e.address,
+            reason: e.reason,
+        }
+    }
 }
 
-/// Normalises and checks an address.
+/// Normalises and checks an address (the rules are in [`crate::names`]).
 pub fn normalize_email(raw: &str) -> Result<Email, ContactError> {
-    let trimmed = raw.trim();
-    let bad = |reason: &str| ContactError::InvalidEmail {
-        address: trimmed.to_string(),
-        reason: reason.to_string(),
-    };
-    if trimmed.is_empty() {
-        return Err(bad("empty"));
-    }
-    if trimmed.len() > 254 {
-        return Err(bad("longer than 254 characters"));
-    }
-    let Some((local, domain)) = trimmed.rsplit_once('@') else {
-        return Err(bad("no @"));
-    };
-    if local.is_empty() || local.len() > 64 {
-        return Err(bad("the part before @ must be 1 to 64 characters"));
-    }
-    if local.contains('@') && !local.starts_with('"') {
-        return Err(bad("more than one @"));
-    }
-    let domain = domain.to_lowercase();
-    if domain.starts_with('[') {
-        return Err(bad("address literals are not accepted"));
-    }
-    if !domain.contains('.') || domain.split('.').any(|l| l.is_empty() || l.len() > 63) {
-        return Err(bad(
-            "the domain must be a full domain name such as example.com",
-        ));
-    }
-    let display = format!("{local}@{domain}");
-    if !email_address::EmailAddress::is_valid(&display) {
-        return Err(bad("not a valid address"));
-    }
-    let key = display.to_lowercase();
-    Ok(Email { display, key })
+    Ok(crate::names::normalize_email(raw)?)
 }
 
 /// Checks a custom field name: lower-case latin letters and `_`, not a
-/// built-in attribute.
+/// built-in attribute (the rules are in [`crate::names`]).
 pub fn check_field_name(name: &str) -> Result<(), ContactError> {
-    if name.is_empty() || name.len() > 64 {
-        return Err(ContactError::Invalid(format!(
-            "field name `{name}` must be 1 to 64 characters"
-        )));
-    }
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-        return Err(ContactError::Invalid(format!(
-            "field name `{name}` may only contain lower-case latin letters a-z and `_`"
-        )));
-    }
-    if BUILTIN_COLUMNS.contains(&name) || name == "id" || name == "lists" {
-        return Err(ContactError::Invalid(format!(
-            "`{name}` is a built-in contact attribute, not a custom field"
-        )));
-    }
-    if crate::segment::is_builtin(name) {
-        return Err(ContactError::Invalid(format!(
-            "`{name}` is a built-in attribute segments use, not a custom field"
-        )));
-    }
-    Ok(())
+    crate::names::check_field_name(name).map_err(|e| ContactError::Invalid(e.0))
 }
-
-/// Contact attributes that are not custom fields (also the CSV columns that map
-/// to them).
-pub const BUILTIN_COLUMNS: &[&str] = &["email", "language", "site", "consent", "tags"];
 
 /// Parses a value given as text (CSV cell, or a JSON string) for a field.
 pub fn parse_value(def: &FieldDef, raw: &str) -> Result<FieldValue, ContactError> {

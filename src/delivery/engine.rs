@@ -28,11 +28,12 @@ use super::model::{BounceClass, NotSent, QueuedMessage, RcptState};
 use super::mx::{Mx, MxError};
 use super::smtp::{self, RcptResult, Reply, Session, Target, TlsMode};
 use crate::clock::Clock;
-use crate::config::{Config, Current, RelayTls, Sender};
+use crate::config::{Config, RelayTls, Sender};
 use crate::contacts::model::{ConsentSource, ConsentState};
 use crate::contacts::{self, ConsentChange, ContactUpdate};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::send::model::{Counter, SendKind, SendRef};
+use crate::snapshot::Current;
 use crate::store::{Store, StoreError, WriteTables};
 
 /// Most messages held in memory for delivery at once.

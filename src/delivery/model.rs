@@ -169,7 +169,7 @@ impl Recipient {
     /// A recipient not attempted yet.
     pub fn queued(address: String, contact: Option<u64>) -> Recipient {
         Recipient {
-            domain: crate::config::delivery::domain_of(&address),
+            domain: crate::config::domain_of(&address),
             address,
             contact,
             state: RcptState::Queued,

@@ -16,7 +16,7 @@ use mail_builder::headers::raw::Raw;
 use super::dkim;
 use super::model::{MailKind, QueuedMessage, Recipient};
 use crate::config::Sender;
-use crate::config::delivery::{domain_of, parse_mailbox};
+use crate::config::{domain_of, parse_mailbox};
 use crate::send::model::SendRef;
 use crate::store::{Sequence, Store, StoreError};
 

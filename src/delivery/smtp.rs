@@ -38,7 +38,7 @@ pub fn dot_stuffed(body: &[u8]) -> Vec<u8> {
     out
 }
 
-use crate::config::delivery::Secret;
+use crate::config::Secret;
 
 /// The stream under a session: plain TCP or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

@@ -34,13 +34,15 @@ use tokio::net::TcpListener;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::{Metrics, RequestLabels};
+use crate::snapshot::Snapshot;
 use crate::store::Store;
 use reply::{ApiError, Body};
 
 /// Everything a request handler can reach.
 pub struct AppState {
-    /// The current config snapshot; SIGHUP swaps it.
-    pub config: Arc<crate::config::Current>,
+    /// The current snapshot (config, templates, segment files); SIGHUP
+    /// swaps it whole.
+    pub config: Arc<crate::snapshot::Current>,
     /// The delivery engine.
     pub delivery: crate::delivery::Engine,
     /// The store.
@@ -116,9 +118,15 @@ impl Client {
 }
 
 impl AppState {
-    /// The current config snapshot.
+    /// The current snapshot's config.
     pub fn config(&self) -> Arc<Config> {
         self.config.get()
+    }
+
+    /// The current snapshot: the config with the templates and segment
+    /// files loaded with it. Take it once where they are used together.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.config.snapshot()
     }
 }
 
@@ -152,7 +160,7 @@ struct Caps {
 }
 
 impl Caps {
-    fn of(limits: &crate::config::public::HttpLimits, budget: usize, admin: bool) -> Caps {
+    fn of(limits: &crate::config::HttpLimits, budget: usize, admin: bool) -> Caps {
         let admin = if admin {
             limits.admin_max_connections.min(budget / 4).max(1)
         } else {

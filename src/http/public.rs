@@ -622,7 +622,7 @@ pub async fn subscribe(
         return Err(reject(format!("list: `{list_name}` is not open to signup")));
     };
     if let Some(l) = &lang_field
-        && !crate::config::render::is_language(l)
+        && !crate::config::is_language(l)
     {
         return Err(reject(format!(
             "language: `{l}` is not a language code such as en or pt-BR"
@@ -680,7 +680,8 @@ pub async fn subscribe(
         request: Some(request),
     });
     let confirm_url = format!("{}/confirm/{token}", config.http.public_base());
-    let t = config.templates.get(&sc.template).cloned().ok_or_else(|| {
+    let snap = state.snapshot();
+    let t = snap.templates.get(&sc.template).cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "template_not_loaded",

@@ -202,7 +202,7 @@ pub struct BodyPace {
 
 impl Default for BodyPace {
     fn default() -> Self {
-        let l = crate::config::public::HttpLimits::default();
+        let l = crate::config::HttpLimits::default();
         BodyPace {
             timeout: l.body_timeout,
             min_rate: l.body_min_rate,
@@ -215,7 +215,7 @@ impl BodyPace {
     pub const FREE_BYTES: u64 = 64 * 1024;
 
     /// The pace of `[http]`'s limits.
-    pub fn of(limits: &crate::config::public::HttpLimits) -> BodyPace {
+    pub fn of(limits: &crate::config::HttpLimits) -> BodyPace {
         BodyPace {
             timeout: limits.body_timeout,
             min_rate: limits.body_min_rate.max(1),

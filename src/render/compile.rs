@@ -19,8 +19,7 @@ use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
 use super::links::{self, LinkRecord, LinkTable, MessageLinks, Tracker};
 use super::locale;
 use super::template::{Kind, Template, Variant};
-use crate::config::render::Greeting;
-use crate::config::{Config, Sender, Site};
+use crate::config::{Config, Greeting, Sender, Site};
 use crate::contacts::model::{Contact, FieldValue};
 use crate::shop::Product;
 use crate::tokens::{Keys, MessageRef, SendRef, Token};
@@ -763,7 +762,7 @@ mod tests {
     /// token never outlives the window.
     #[test]
     fn autologin_expires_with_the_message() -> Result<(), String> {
-        use crate::config::render::{Autologin, Site};
+        use crate::config::{Autologin, Site};
         use std::time::Duration;
         let site = Site {
             id: "shop".into(),
@@ -772,7 +771,7 @@ mod tests {
             default_language: None,
             currency: None,
             autologin: Some(Autologin {
-                secret: crate::config::delivery::Secret("0123456789abcdef0123456789abcdef".into()),
+                secret: crate::config::Secret("0123456789abcdef0123456789abcdef".into()),
                 param: "hal".into(),
                 ttl: Duration::from_secs(7 * 86400),
                 window: Duration::from_secs(3600),

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::render::Greeting;
-use crate::config::{ConfigError, Sender, Site};
+use crate::config::{ConfigError, Greeting, Sender, Site};
 
 pub mod bulk;
 pub mod compile;
@@ -80,9 +79,8 @@ impl Templates {
     /// some) in each language of the template, so a site that lacks what
     /// the template needs fails here and not on every recipient. Returns
     /// the set with failing templates moved to `failed`, or `None` if all
-    /// passed.
-    pub fn trial_render(config: &crate::config::Config) -> Option<Templates> {
-        let set = &config.templates;
+    /// passed. `config` is the config the set was loaded with.
+    pub fn trial_render(&self, config: &crate::config::Config) -> Option<Templates> {
         let mut failed: BTreeMap<String, Vec<ConfigError>> = BTreeMap::new();
         // Without a [[site]], contacts have none: render as the sample's.
         let sites: Vec<Option<&Site>> = if config.sites.is_empty() {
@@ -90,7 +88,7 @@ impl Templates {
         } else {
             config.sites.iter().map(Some).collect()
         };
-        for (name, t) in &set.loaded {
+        for (name, t) in &self.loaded {
             if t.sample.is_none() {
                 continue;
             }
@@ -129,9 +127,9 @@ impl Templates {
             return None;
         }
         let mut out = Templates {
-            dir: set.dir.clone(),
-            loaded: set.loaded.clone(),
-            failed: set.failed.clone(),
+            dir: self.dir.clone(),
+            loaded: self.loaded.clone(),
+            failed: self.failed.clone(),
         };
         for (name, errors) in failed {
             out.loaded.remove(&name);

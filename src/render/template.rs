@@ -23,7 +23,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::prepare;
-use crate::config::{ConfigError, Sender, Site, line_col, render::is_language};
+use crate::config::{ConfigError, Sender, Site, is_language, line_col};
 
 /// `template.toml` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -202,7 +202,7 @@ struct Loader<'a> {
     errors: Vec<ConfigError>,
     senders: &'a [Arc<Sender>],
     sites: &'a [Site],
-    greetings: &'a BTreeMap<String, crate::config::render::Greeting>,
+    greetings: &'a BTreeMap<String, crate::config::Greeting>,
 }
 
 impl Loader<'_> {
@@ -434,7 +434,7 @@ pub fn load(
     dir: &Path,
     senders: &[Arc<Sender>],
     sites: &[Site],
-    greetings: &BTreeMap<String, crate::config::render::Greeting>,
+    greetings: &BTreeMap<String, crate::config::Greeting>,
 ) -> Result<Template, Vec<ConfigError>> {
     let mut l = Loader {
         errors: Vec::new(),
@@ -553,7 +553,7 @@ pub fn load(
         }
     };
     if let Some(r) = &raw.reply_to
-        && let Err(e) = crate::config::delivery::parse_mailbox(r.get_ref())
+        && let Err(e) = crate::config::parse_mailbox(r.get_ref())
     {
         l.err(&meta_file, &text, at(r), "reply_to", e);
     }

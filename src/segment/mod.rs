@@ -74,37 +74,9 @@ impl Kind {
 }
 
 /// Built-in attributes and aggregates conditions can name with `field`,
-/// with their types and what they mean.
-pub const BUILTINS: &[(&str, &str)] = &[
-    (
-        "consent",
-        "consent state: unknown, pending, granted, withdrawn, invalid",
-    ),
-    ("site", "the contact's site id"),
-    ("language", "the contact's language code"),
-    ("email_domain", "the domain of the address"),
-    ("created_at", "date the contact was created"),
-    (
-        "order_count",
-        "number of orders (cancelled, refunded and failed ones not counted)",
-    ),
-    ("order_sum", "sum of the orders' totals"),
-    (
-        "average_order",
-        "average order value (order_sum / order_count)",
-    ),
-    ("first_order", "date of the first order"),
-    ("last_order", "date of the last order"),
-    ("payment_types", "payment types used (a set: `contains`)"),
-    ("last_login", "date of the last login"),
-    ("logins", "number of logins"),
-    ("cart_items", "units in the current cart"),
-    ("cart_value", "value of the current cart"),
-    ("cart_updated", "date the cart last changed"),
-    ("tags", "the contact's tags (a set: `contains`)"),
-    ("last_open", "date of the last open"),
-    ("last_click", "date of the last click"),
-];
+/// with what they mean ([`builtin_kind`] gives their types). The table is
+/// in [`crate::names`], where custom field names are checked against it.
+pub use crate::names::SEGMENT_BUILTINS as BUILTINS;
 
 /// The type of a built-in or shop field name, or `None` for a name only the
 /// store's field definitions can resolve. `sites`: the configured site ids.
@@ -643,16 +615,18 @@ impl Index {
     }
 }
 
-/// A usable segment by name (a file segment, else an API one), or why not.
+/// A usable segment by name (a file segment of `files`, else an API one),
+/// or why not. `config` is the one `files` were loaded with.
 pub async fn find_usable(
+    files: &SegmentFiles,
     config: &crate::config::Config,
     store: &Store,
     name: &str,
 ) -> Result<Arc<Segment>, String> {
-    if let Some(s) = config.segments.loaded.get(name) {
+    if let Some(s) = files.loaded.get(name) {
         return Ok(s.clone());
     }
-    if config.segments.failed.contains_key(name) {
+    if files.failed.contains_key(name) {
         return Err(format!(
             "segment `{name}` has problems (see GET /api/v1/segments)"
         ));

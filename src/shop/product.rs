@@ -58,7 +58,7 @@ impl Product {
                 self.price
             ));
         }
-        if !crate::config::render::is_currency(&self.currency) {
+        if !crate::config::is_currency(&self.currency) {
             return Err(format!(
                 "`currency` must be an ISO 4217 code such as \"EUR\", not {:?}",
                 self.currency

@@ -519,7 +519,7 @@ fn check_sku(key: &str, s: &str) -> Result<(), String> {
 }
 
 fn check_currency(c: &str) -> Result<(), String> {
-    if crate::config::render::is_currency(c) {
+    if crate::config::is_currency(c) {
         Ok(())
     } else {
         Err(format!(

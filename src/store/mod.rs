@@ -181,7 +181,7 @@ enum Work {
 }
 
 /// redb page cache used unless the config says otherwise.
-pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = crate::config::storage::DEFAULT_CACHE_BYTES;
 
 /// Largest number of jobs folded into one transaction.
 const MAX_BATCH_JOBS: usize = 512;

@@ -50,11 +50,11 @@ enum Found {
 }
 
 async fn find(state: &Arc<AppState>, name: &str) -> Result<(Found, &'static str), ApiError> {
-    let config = state.config();
-    if let Some(s) = config.segments.loaded.get(name) {
+    let snap = state.snapshot();
+    if let Some(s) = snap.segments.loaded.get(name) {
         return Ok((Found::Ok(s.clone()), "file"));
     }
-    if let Some(errors) = config.segments.failed.get(name) {
+    if let Some(errors) = snap.segments.failed.get(name) {
         return Ok((
             Found::Broken(errors.iter().map(config_error_json).collect()),
             "file",
@@ -111,16 +111,16 @@ fn summary(name: &str, source: &str, found: &Found, catalog: &Catalog) -> Value 
 
 /// `GET /api/v1/segments`: every segment with its status and problems.
 pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
-    let config = state.config();
+    let snap = state.snapshot();
     let cat = catalog(state).await?;
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
-    for (name, s) in &config.segments.loaded {
+    for (name, s) in &snap.segments.loaded {
         out.insert(
             name.clone(),
             summary(name, "file", &Found::Ok(s.clone()), &cat),
         );
     }
-    for (name, errors) in &config.segments.failed {
+    for (name, errors) in &snap.segments.failed {
         let f = Found::Broken(errors.iter().map(config_error_json).collect());
         out.insert(name.clone(), summary(name, "file", &f, &cat));
     }
@@ -163,14 +163,15 @@ pub async fn put(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     check_name(name).map_err(|m| ApiError::invalid("invalid_name", m))?;
-    let config = state.config();
-    if config.segments.loaded.contains_key(name) || config.segments.failed.contains_key(name) {
+    let snap = state.snapshot();
+    let config = &snap.config;
+    if snap.segments.loaded.contains_key(name) || snap.segments.failed.contains_key(name) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
             format!(
                 "segment `{name}` is defined by a file in {}; edit the file instead",
-                config.segments.dir.display()
+                snap.segments.dir.display()
             ),
         ));
     }
@@ -247,8 +248,8 @@ fn problems_error(p: &[Problem]) -> ApiError {
 
 /// `DELETE /api/v1/segments/{name}` (API segments only).
 pub async fn delete(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, ApiError> {
-    let config = state.config();
-    if config.segments.loaded.contains_key(name) || config.segments.failed.contains_key(name) {
+    let snap = state.snapshot();
+    if snap.segments.loaded.contains_key(name) || snap.segments.failed.contains_key(name) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",

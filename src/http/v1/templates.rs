@@ -80,15 +80,15 @@ fn template_view(t: &Template, defined: &[String]) -> Value {
 
 /// `GET /api/v1/templates`: every template folder, loaded or not.
 pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
-    let config = state.config();
+    let snap = state.snapshot();
     let defined = defined_fields(state).await?;
-    let mut out: Vec<Value> = config
+    let mut out: Vec<Value> = snap
         .templates
         .loaded
         .values()
         .map(|t| template_view(t, &defined))
         .collect();
-    for (name, errors) in &config.templates.failed {
+    for (name, errors) in &snap.templates.failed {
         out.push(json!({
             "name": name,
             "status": "error",
@@ -96,15 +96,15 @@ pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
         }));
     }
     out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    reply::ok(&json!({ "directory": config.templates.dir.display().to_string(), "templates": out }))
+    reply::ok(&json!({ "directory": snap.templates.dir.display().to_string(), "templates": out }))
 }
 
 fn find(state: &AppState, name: &str) -> Result<Arc<Template>, ApiError> {
-    let config = state.config();
-    if let Some(t) = config.templates.get(name) {
+    let snap = state.snapshot();
+    if let Some(t) = snap.templates.get(name) {
         return Ok(t.clone());
     }
-    if let Some(errors) = config.templates.failed.get(name) {
+    if let Some(errors) = snap.templates.failed.get(name) {
         let first = errors.first().map(|e| e.to_string()).unwrap_or_default();
         return Err(ApiError::invalid(
             "template_not_loaded",
@@ -219,7 +219,7 @@ pub async fn preview(
         PreviewBody::default()
     };
     if let Some(l) = &b.language
-        && !crate::config::render::is_language(l)
+        && !crate::config::is_language(l)
     {
         return Err(ApiError::invalid(
             "invalid_language",
@@ -342,7 +342,7 @@ pub async fn send(
         _ => {}
     }
     if let Some(l) = &b.language
-        && !crate::config::render::is_language(l)
+        && !crate::config::is_language(l)
     {
         return Err(ApiError::invalid(
             "invalid_language",

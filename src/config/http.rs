@@ -1,7 +1,5 @@
-//! Settings of the public endpoints: client addresses behind a proxy
-//! (`[http] trusted_proxies`), connection and body limits, the admin
-//! listener and the metrics token (`[http]`), machine-hit hints and
-//! attribution (`[tracking]`), and the public signup form (`[signup]`).
+//! `[http]`: the listeners (public and admin), the public URL, body size,
+//! trusted proxies, connection and request-body limits, the metrics token.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -12,184 +10,68 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::Checker;
+use super::values::{duration, networks};
 
-/// `[signup]` as written.
+/// `[http]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSignup {
-    /// Lists a visitor may subscribe to through `POST /subscribe`.
-    pub lists: Option<Vec<Spanned<String>>>,
-    /// Transactional template of the confirmation mail.
-    pub template: Option<Spanned<String>>,
-    /// How long a confirmation link works.
-    pub confirm_ttl: Option<Spanned<String>>,
-    /// Signups accepted per client IP address per hour.
-    pub rate_per_ip_per_hour: Option<Spanned<i64>>,
-    /// Name of the hidden form field that only robots fill in.
-    pub honeypot: Option<Spanned<String>>,
-    /// Custom fields the form may set.
-    pub fields: Option<Vec<Spanned<String>>>,
-    /// Where to send the browser after a signup (default: Herald's page).
-    pub thanks_url: Option<Spanned<String>>,
-    /// Where to send the browser after a confirmation (default: Herald's page).
-    pub confirmed_url: Option<Spanned<String>>,
+pub struct RawHttp {
+    /// Address and port to bind, e.g. `127.0.0.1:8025`; port 0 picks a free one.
+    pub listen: Option<Spanned<String>>,
+    /// The public base URL recipients reach Herald at (used in links in mail).
+    pub public_url: Option<Spanned<String>>,
+    /// Largest JSON request body accepted, in bytes (CSV imports stream and are
+    /// not limited by this).
+    pub max_body_bytes: Option<Spanned<i64>>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// A second address serving the admin API and `/metrics` alone; when
+    /// set, the `listen` address answers 404 to them.
+    pub admin_listen: Option<Spanned<String>>,
+    /// Connections open at once on `listen` (kept below the file-descriptor
+    /// limit).
+    pub max_connections: Option<Spanned<i64>>,
+    /// Connections open at once from one client address (an IPv6 /64);
+    /// `trusted_proxies` are exempt.
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    /// Connections open at once on `admin_listen`.
+    pub admin_max_connections: Option<Spanned<i64>>,
+    /// How long a client may take to send a request's headers, and how long
+    /// an idle keep-alive connection stays open.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Time a request body may take to arrive (its first 64 KiB).
+    pub body_timeout: Option<Spanned<String>>,
+    /// Bytes per second past the first 64 KiB that earn a body more time.
+    pub body_min_rate: Option<Spanned<i64>>,
+    /// A bearer token that opens `/metrics` (besides the admin token).
+    pub metrics_token: Option<Spanned<String>>,
 }
 
-/// Validated `[signup]`.
+/// Validated `[http]`.
 #[derive(Debug, Clone)]
-pub struct SignupConfig {
-    /// Lists open to signup (names).
-    pub lists: Vec<String>,
-    /// Confirmation template.
-    pub template: String,
-    /// Lifetime of a confirmation link.
-    pub confirm_ttl: Duration,
-    /// Signups per IP per hour.
-    pub rate_per_ip_per_hour: u32,
-    /// Honeypot field name.
-    pub honeypot: String,
-    /// Custom fields the form may set.
-    pub fields: Vec<String>,
-    /// Redirect after signup.
-    pub thanks_url: Option<url::Url>,
-    /// Redirect after confirmation.
-    pub confirmed_url: Option<url::Url>,
+pub struct HttpConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Public base URL, without a trailing slash.
+    pub public_url: url::Url,
+    /// Largest JSON body accepted.
+    pub max_body_bytes: usize,
+    /// Reverse proxies trusted to name the client in `X-Forwarded-For`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The admin listener (admin API and `/metrics` only there), if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Connection and request-body limits.
+    pub limits: HttpLimits,
+    /// The token that opens `/metrics`, if it is restricted.
+    pub metrics_token: Option<MetricsToken>,
 }
 
-/// CIDR networks (`10.0.0.0/8`, `2001:db8::/32`, or a single address).
-pub(super) fn networks(
-    c: &mut Checker<'_>,
-    key: &str,
-    raw: &Option<Vec<Spanned<String>>>,
-) -> Option<Vec<IpNet>> {
-    let mut out = Vec::new();
-    let mut ok = true;
-    for (i, v) in raw.iter().flatten().enumerate() {
-        let s = v.get_ref().trim();
-        let parsed = s
-            .parse::<IpNet>()
-            .ok()
-            .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from));
-        match parsed {
-            Some(n) => out.push(n.trunc()),
-            None => {
-                c.at(
-                    &format!("{key}[{i}]"),
-                    v,
-                    format!("`{s}` is not an IP address or network such as 10.0.0.0/8"),
-                );
-                ok = false;
-            }
-        }
+impl HttpConfig {
+    /// The public URL without a trailing slash: links in mail and pages
+    /// are this plus a path.
+    pub fn public_base(&self) -> String {
+        self.public_url.as_str().trim_end_matches('/').to_string()
     }
-    ok.then_some(out)
-}
-
-fn url_of(c: &mut Checker<'_>, key: &str, v: &Option<Spanned<String>>) -> Option<Option<url::Url>> {
-    match v {
-        None => Some(None),
-        Some(v) => match url::Url::parse(v.get_ref()) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(Some(u)),
-            _ => {
-                c.at(key, v, "must be an http:// or https:// URL");
-                None
-            }
-        },
-    }
-}
-
-pub(super) fn validate_signup(
-    c: &mut Checker<'_>,
-    raw: &Option<RawSignup>,
-    templates: Option<&crate::render::Templates>,
-) -> Option<Option<SignupConfig>> {
-    let Some(raw) = raw else {
-        return Some(None);
-    };
-    let mut ok = true;
-    let lists: Vec<String> = raw
-        .lists
-        .iter()
-        .flatten()
-        .map(|l| l.get_ref().trim().to_string())
-        .collect();
-    if lists.is_empty() || lists.iter().any(|l| l.is_empty()) {
-        c.missing(
-            "signup.lists",
-            "the lists visitors may subscribe to, e.g. lists = [\"newsletter\"]",
-        );
-        ok = false;
-    }
-    let template = raw
-        .template
-        .as_ref()
-        .map_or("confirm_subscription".to_string(), |t| t.get_ref().clone());
-    if let Some(ts) = templates {
-        match ts.get(&template) {
-            Some(t) if t.kind == crate::render::template::Kind::Transactional => {}
-            found => {
-                let why = if found.is_some() {
-                    format!("template `{template}` must be kind = \"transactional\"")
-                } else {
-                    format!("no template `{template}` in the templates folder")
-                };
-                match &raw.template {
-                    Some(v) => c.at("signup.template", v, why),
-                    None => c.missing("signup.template", &why),
-                }
-                ok = false;
-            }
-        }
-    }
-    let confirm_ttl = match &raw.confirm_ttl {
-        None => Some(Duration::from_secs(7 * 86400)),
-        Some(v) => super::delivery::duration(c, "signup.confirm_ttl", v),
-    };
-    let rate = match &raw.rate_per_ip_per_hour {
-        None => Some(5),
-        Some(v) if (1..=100_000).contains(v.get_ref()) => Some(*v.get_ref() as u32),
-        Some(v) => {
-            c.at(
-                "signup.rate_per_ip_per_hour",
-                v,
-                "must be between 1 and 100000",
-            );
-            None
-        }
-    };
-    let honeypot = match &raw.honeypot {
-        None => Some("website".to_string()),
-        Some(v) if super::render::is_id(v.get_ref()) => Some(v.get_ref().clone()),
-        Some(v) => {
-            c.at("signup.honeypot", v, "use 1-64 letters, digits, `-` or `_`");
-            None
-        }
-    };
-    let mut fields = Vec::new();
-    for (i, f) in raw.fields.iter().flatten().enumerate() {
-        match crate::contacts::check_field_name(f.get_ref()) {
-            Ok(()) => fields.push(f.get_ref().clone()),
-            Err(e) => {
-                c.at(&format!("signup.fields[{i}]"), f, e.to_string());
-                ok = false;
-            }
-        }
-    }
-    let thanks_url = url_of(c, "signup.thanks_url", &raw.thanks_url);
-    let confirmed_url = url_of(c, "signup.confirmed_url", &raw.confirmed_url);
-    if !ok {
-        return None;
-    }
-    Some(Some(SignupConfig {
-        lists,
-        template,
-        confirm_ttl: confirm_ttl?,
-        rate_per_ip_per_hour: rate?,
-        honeypot: honeypot?,
-        fields,
-        thanks_url: thanks_url?,
-        confirmed_url: confirmed_url?,
-    }))
 }
 
 /// Connection and request-body limits of `[http]`: what a slow or greedy
@@ -237,11 +119,11 @@ impl fmt::Debug for MetricsToken {
     }
 }
 
-/// The validated `[http]` keys of this module.
-pub(super) struct HttpGuards {
-    pub admin_listen: Option<SocketAddr>,
-    pub limits: HttpLimits,
-    pub metrics_token: Option<MetricsToken>,
+/// The validated `admin_listen`, limits and `metrics_token`.
+struct HttpGuards {
+    admin_listen: Option<SocketAddr>,
+    limits: HttpLimits,
+    metrics_token: Option<MetricsToken>,
 }
 
 /// The shortest metrics token accepted.
@@ -270,7 +152,7 @@ fn seconds(
 ) -> Option<Option<Duration>> {
     match v {
         None => Some(None),
-        Some(v) => match super::delivery::duration(c, key, v) {
+        Some(v) => match duration(c, key, v) {
             Some(d) if d < Duration::from_secs(1) || d > Duration::from_secs(3600) => {
                 c.at(key, v, "must be between 1s and 1h");
                 None
@@ -282,9 +164,9 @@ fn seconds(
 
 /// Validates `admin_listen`, the connection and body limits and
 /// `metrics_token` of `[http]`; `listen` is the validated `http.listen`.
-pub(super) fn validate_http(
+fn validate_guards(
     c: &mut Checker<'_>,
-    raw: &super::RawHttp,
+    raw: &RawHttp,
     listen: Option<SocketAddr>,
 ) -> Option<HttpGuards> {
     let d = HttpLimits::default();
@@ -364,6 +246,113 @@ pub(super) fn validate_http(
         admin_listen: admin_listen?,
         limits,
         metrics_token: metrics_token?,
+    })
+}
+
+/// `listen`, `public_url` and `max_body_bytes` as validated; checked before
+/// every other section, so their problems are reported first.
+pub(super) struct Addresses {
+    listen: Option<SocketAddr>,
+    public_url: Option<url::Url>,
+    max_body_bytes: Option<usize>,
+}
+
+/// Validates `listen`, `public_url` and `max_body_bytes`.
+pub(super) fn validate_addresses(c: &mut Checker<'_>, raw: &RawHttp) -> Addresses {
+    let listen = c
+        .required(
+            "http.listen",
+            &raw.listen,
+            "e.g. listen = \"127.0.0.1:8025\"",
+        )
+        .and_then(|v| match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.at(
+                    "http.listen",
+                    v,
+                    format!(
+                        "`{}` is not an address:port such as 127.0.0.1:8025",
+                        v.get_ref()
+                    ),
+                );
+                None
+            }
+        });
+    let public_url = c
+        .required(
+            "http.public_url",
+            &raw.public_url,
+            "e.g. public_url = \"https://mail.example.com\"",
+        )
+        .and_then(|v| match url::Url::parse(v.get_ref()) {
+            Ok(u)
+                if (u.scheme() == "http" || u.scheme() == "https")
+                    && u.host().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none() =>
+            {
+                Some(u)
+            }
+            Ok(_) => {
+                c.at(
+                    "http.public_url",
+                    v,
+                    "must be an http:// or https:// URL with a host and no query or fragment",
+                );
+                None
+            }
+            Err(e) => {
+                c.at(
+                    "http.public_url",
+                    v,
+                    format!("`{}` is not a URL: {e}", v.get_ref()),
+                );
+                None
+            }
+        });
+    let max_body_bytes = match &raw.max_body_bytes {
+        None => Some(1 << 20),
+        Some(v) if (1024..=1 << 30).contains(v.get_ref()) => Some(*v.get_ref() as usize),
+        Some(v) => {
+            c.at(
+                "http.max_body_bytes",
+                v,
+                "must be between 1024 and 1073741824 bytes",
+            );
+            None
+        }
+    };
+
+    Addresses {
+        listen,
+        public_url,
+        max_body_bytes,
+    }
+}
+
+/// Validates `trusted_proxies`.
+pub(super) fn trusted_proxies(c: &mut Checker<'_>, raw: &RawHttp) -> Option<Vec<IpNet>> {
+    networks(c, "http.trusted_proxies", &raw.trusted_proxies)
+}
+
+/// Validates the rest of `[http]` and puts it together with what
+/// [`validate_addresses`] and [`trusted_proxies`] found.
+pub(super) fn validate(
+    c: &mut Checker<'_>,
+    raw: &RawHttp,
+    addresses: Addresses,
+    trusted_proxies: Option<Vec<IpNet>>,
+) -> Option<HttpConfig> {
+    let guards = validate_guards(c, raw, addresses.listen);
+    Some(HttpConfig {
+        listen: addresses.listen?,
+        public_url: addresses.public_url?,
+        max_body_bytes: addresses.max_body_bytes?,
+        trusted_proxies: trusted_proxies?,
+        admin_listen: guards.as_ref()?.admin_listen,
+        limits: guards.as_ref()?.limits,
+        metrics_token: guards?.metrics_token,
     })
 }
 
