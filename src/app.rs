@@ -108,6 +108,8 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     let config = Arc::new(crate::snapshot::Current::new(snap));
     let metrics = Metrics::new();
     let clock = Clock::system();
+    // In-flight work and the one stop signal (see `activity`).
+    let activity = crate::activity::Activity::new();
     let engine =
         crate::delivery::Engine::new(store.clone(), config.clone(), clock.clone(), &metrics)
             .map_err(|e| anyhow::anyhow!("cannot start delivery: {e}"))?;
@@ -118,13 +120,19 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         index.clone(),
         render_pool.clone(),
         engine.clone(),
+        activity.clone(),
     );
     let hits =
         crate::track::journal::Applier::new(store.clone(), metrics.tracking_hits.clone()).await?;
-    let (stop_hits, hits_stopped) = tokio::sync::oneshot::channel::<()>();
-    let applier = tokio::spawn(hits.clone().run(async move {
-        let _ = hits_stopped.await;
-    }));
+    let applier = {
+        let guard = activity.guard("hit applier");
+        let stopping = activity.stopping();
+        let hits = hits.clone();
+        tokio::spawn(async move {
+            hits.run(stopping).await;
+            drop(guard);
+        })
+    };
     let state = Arc::new(AppState {
         config,
         store: store.clone(),
@@ -163,13 +171,14 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     };
     http::serve(listeners, state.clone(), shutdown_signal(term, int)).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    // Campaign workers commit the batch in hand and stop; the rest of each
-    // audience is sent after the next start, from the cursor.
-    campaigns.stop().await;
+    // One stop for all in-flight work: campaign workers commit the batch in
+    // hand and end (the rest of each audience is sent after the next start,
+    // from the cursor); the hit applier ends (answered hits are in the
+    // journal, applied at the next start). The drain waits for every
+    // guard, saying every 2 s what it waits for.
+    activity.stop();
+    activity.drain(SHUTDOWN_GRACE).await;
     let _ = supervisor.await;
-    // Answered hits are in the journal; what is not applied yet is applied
-    // at the next start.
-    let _ = stop_hits.send(());
     let _ = applier.await;
     drop(campaigns);
     // Transactions under way finish and are recorded; the rest stays queued.
@@ -187,6 +196,11 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     tracing::info!("herald stopped");
     Ok(())
 }
+
+/// How long SIGTERM waits for work in flight (SMTP transactions, campaign
+/// batches, the hit applier) before the process exits; what is left resumes
+/// at the next start.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn install(kind: SignalKind) -> anyhow::Result<Signal> {
     signal(kind).with_context(|| {

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::model::{Campaign, Counter, Metric, Part, StageFilter, Status, WINNER};
 use super::{CampaignError, CampaignStore, CampaignWrite, audience, look, model};
+use crate::activity::Activity;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::contacts::model::{ConsentState, Contact};
@@ -123,7 +124,10 @@ pub struct Campaigns {
     /// outcomes looks again (wired by the app to the delivery engine).
     outcomes: Arc<tokio::sync::Notify>,
     workers: Mutex<HashMap<u64, Worker>>,
-    stopping: AtomicBool,
+    /// In-flight work and the daemon's stop signal: each worker holds a
+    /// `campaign worker` guard; at stop, workers commit the batch in hand
+    /// and end, and the supervisor ends.
+    activity: Activity,
 }
 
 enum Item {
@@ -167,6 +171,7 @@ impl Campaigns {
         index: Arc<Index>,
         pool: Arc<rayon::ThreadPool>,
         delivery: Engine,
+        activity: Activity,
     ) -> Arc<Campaigns> {
         Arc::new(Campaigns {
             store,
@@ -180,7 +185,7 @@ impl Campaigns {
             live: Mutex::new(None),
             outcomes: Arc::new(tokio::sync::Notify::new()),
             workers: Mutex::new(HashMap::new()),
-            stopping: AtomicBool::new(false),
+            activity,
         })
     }
 
@@ -221,13 +226,15 @@ impl Campaigns {
         self.outcomes.clone()
     }
 
-    /// The supervisor: runs until [`Campaigns::stop`]. It wakes when a
+    /// The supervisor: runs until the daemon stops. It wakes when a
     /// campaign changes, when delivery records outcomes while a campaign
     /// waits for them, and at the next time a live campaign has set (a
     /// scheduled start, the end of an A/B window, the next stage); it never
     /// rereads campaigns that are not live.
     pub async fn run(self: Arc<Self>) {
-        while !self.stopping.load(Ordering::Relaxed) {
+        let stopping = self.activity.stopping();
+        tokio::pin!(stopping);
+        while !self.activity.is_stopping() {
             let next = match self.tick().await {
                 Ok(next) => next,
                 Err(e) => {
@@ -260,25 +267,9 @@ impl Campaigns {
                 () = self.wake.notified() => {}
                 () = sleep => {}
                 () = outcomes => {}
+                () = &mut stopping => {}
             }
         }
-    }
-
-    /// Stops the supervisor and every worker after its current batch (a
-    /// batch being committed commits; nothing after it is queued).
-    pub async fn stop(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
-        let workers: Vec<Worker> = lock(&self.workers).drain().map(|(_, w)| w).collect();
-        for w in &workers {
-            w.stop.store(true, Ordering::Relaxed);
-        }
-        let _ = tokio::task::spawn_blocking(move || {
-            for w in workers {
-                let _ = w.handle.join();
-            }
-        })
-        .await;
     }
 
     /// Tells a campaign's worker to stop after its current batch.
@@ -344,7 +335,7 @@ impl Campaigns {
             next.consider(c, self.has_worker(c.id));
         }
         for c in live {
-            if self.stopping.load(Ordering::Relaxed) {
+            if self.activity.is_stopping() {
                 break;
             }
             // One campaign's trouble never holds up the others.
@@ -635,9 +626,11 @@ impl Campaigns {
         let svc = self.clone();
         let s2 = stop.clone();
         let d2 = done.clone();
+        let guard = self.activity.guard("campaign worker");
         let handle = std::thread::Builder::new()
             .name(format!("herald-campaign-{id}"))
             .spawn(move || {
+                let _guard = guard;
                 if let Err(e) = svc.work(id, part, &s2) {
                     tracing::error!(campaign = id, error = %e, "campaign paused: sending failed");
                     let now = svc.now_ms();
@@ -724,6 +717,7 @@ impl Campaigns {
     /// Sends one part, batch after batch, from its durable cursor.
     fn work(&self, id: u64, part_no: usize, stop: &AtomicBool) -> Result<(), String> {
         let err = |e: StoreError| e.to_string();
+        let activity = &self.activity;
         let Some(c) = self.store.read_blocking(|r| r.campaign(id)).map_err(err)? else {
             return Ok(());
         };
@@ -781,7 +775,7 @@ impl Campaigns {
             s.spawn(move || {
                 let mut at = start;
                 while at < ids_ref.len() {
-                    if stop.load(Ordering::Relaxed) {
+                    if stop.load(Ordering::Relaxed) || activity.is_stopping() {
                         return;
                     }
                     let end = (at + batch).min(ids_ref.len());
@@ -838,7 +832,7 @@ impl Campaigns {
                 t_room += t.elapsed();
                 if per_msg.is_some() {
                     while Instant::now() < next_slot {
-                        if stop.load(Ordering::Relaxed) {
+                        if stop.load(Ordering::Relaxed) || activity.is_stopping() {
                             break;
                         }
                         std::thread::sleep(
@@ -846,7 +840,7 @@ impl Campaigns {
                         );
                     }
                 }
-                if stop.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) || activity.is_stopping() {
                     break;
                 }
                 let n = b.items.len() as u32;
@@ -886,7 +880,7 @@ impl Campaigns {
     /// for delivery. False if told to stop meanwhile.
     fn wait_for_room(&self, id: u64, window: u64, stop: &AtomicBool) -> bool {
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) || self.activity.is_stopping() {
                 return false;
             }
             match self.outstanding(id) {
