@@ -108,11 +108,17 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     let config = Arc::new(crate::snapshot::Current::new(snap));
     let metrics = Metrics::new();
     let clock = Clock::system();
-    // In-flight work and the one stop signal (see `activity`).
+    // In-flight work and the stop signal, shared by everything that must
+    // reach a safe point before the process exits.
     let activity = crate::activity::Activity::new();
-    let engine =
-        crate::delivery::Engine::new(store.clone(), config.clone(), clock.clone(), &metrics)
-            .map_err(|e| anyhow::anyhow!("cannot start delivery: {e}"))?;
+    let engine = crate::delivery::Engine::new(
+        store.clone(),
+        config.clone(),
+        clock.clone(),
+        &metrics,
+        activity.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start delivery: {e}"))?;
     let campaigns = crate::campaign::Campaigns::new(
         store.clone(),
         config.clone(),
@@ -182,7 +188,8 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     let _ = applier.await;
     drop(campaigns);
     // Transactions under way finish and are recorded; the rest stays queued.
-    engine.stop(std::time::Duration::from_secs(10)).await;
+    activity.stop();
+    activity.drain(std::time::Duration::from_secs(10)).await;
     let _ = scheduler.await;
     reloader.abort();
     let _ = reloader.await;

@@ -1091,3 +1091,38 @@ fn sigterm_with_delivery_running_closes_the_store_cleanly() {
     assert!(!log.contains("still busy"), "{log}");
     assert!(log.contains("herald stopped"), "{log}");
 }
+
+/// SIGTERM while a transaction is under way: the connection finishes it
+/// and records the outcome before the daemon exits (the drain waits for
+/// its "smtp connection" guard), so the next start does not send it again.
+#[test]
+fn sigterm_finishes_and_records_the_transaction_in_hand() {
+    let dns = dns();
+    // Two seconds before the answer to DATA: the SIGTERM lands mid-transaction.
+    let sink = Sink::start(&["-w", "2"]);
+    let mut s = start(&dns, sink.port, "", "");
+    let id = send(&s.herald, &["alice@implicit.test"], "in hand");
+    wait(&s.herald, id, Duration::from_secs(20), |m| {
+        m["recipients"][0]["state"] == "in_flight"
+    });
+    // Let the connection reach DATA.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(s.herald.stop(), Some(0));
+    assert!(
+        s.herald.log().contains("herald stopped"),
+        "{}",
+        s.herald.log()
+    );
+    assert_eq!(
+        sink.files().len(),
+        1,
+        "the transaction in hand was finished"
+    );
+
+    s.herald.restart();
+    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    assert_eq!(states(&m), ["delivered"], "{m}");
+    assert_eq!(m["recipients"][0]["attempts"], 1, "{m}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.files().len(), 1, "sent again after the restart");
+}

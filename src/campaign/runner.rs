@@ -120,8 +120,8 @@ pub struct Campaigns {
     /// so that it never reads campaigns that are done; `None` until the
     /// first look at start-up.
     live: Mutex<Option<BTreeSet<u64>>>,
-    /// Delivery outcomes were recorded: a running campaign waiting for its
-    /// outcomes looks again (wired by the app to the delivery engine).
+    /// Delivery outcomes were recorded (the engine's notifier): a running
+    /// campaign waiting for its outcomes looks again.
     outcomes: Arc<tokio::sync::Notify>,
     workers: Mutex<HashMap<u64, Worker>>,
     /// In-flight work and the daemon's stop signal: each worker holds a
@@ -173,6 +173,7 @@ impl Campaigns {
         delivery: Engine,
         activity: Activity,
     ) -> Arc<Campaigns> {
+        let outcomes = delivery.outcomes_recorded();
         Arc::new(Campaigns {
             store,
             config,
@@ -183,7 +184,7 @@ impl Campaigns {
             wake: tokio::sync::Notify::new(),
             dirty: Mutex::new(BTreeSet::new()),
             live: Mutex::new(None),
-            outcomes: Arc::new(tokio::sync::Notify::new()),
+            outcomes,
             workers: Mutex::new(HashMap::new()),
             activity,
         })
@@ -221,11 +222,6 @@ impl Campaigns {
         self.wake.notify_one();
     }
 
-    /// What the delivery engine notifies when it records outcomes.
-    pub fn outcomes(&self) -> Arc<tokio::sync::Notify> {
-        self.outcomes.clone()
-    }
-
     /// The supervisor: runs until the daemon stops. It wakes when a
     /// campaign changes, when delivery records outcomes while a campaign
     /// waits for them, and at the next time a live campaign has set (a
@@ -253,12 +249,7 @@ impl Campaigns {
             };
             let outcomes = async {
                 if next.outcomes {
-                    // TODO(send layer): the delivery engine notifies
-                    // `outcomes`; until it is wired, look again in a second.
-                    tokio::select! {
-                        () = self.outcomes.notified() => {}
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
+                    self.outcomes.notified().await;
                 } else {
                     std::future::pending::<()>().await;
                 }

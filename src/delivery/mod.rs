@@ -2,15 +2,22 @@
 //!
 //! - [`queue`]: the one way in (`enqueue`): build or check the message, add
 //!   Message-ID and Date, DKIM-sign ([`dkim`]), commit with its recipients.
-//! - [`engine`]: scheduler and connection tasks: MX lookup ([`mx`]), SMTP
-//!   ([`smtp`]), outcomes, retries, bounce classification ([`bounce`]).
+//! - [`engine`]: the public face ([`Engine`]) of the delivery engine: the
+//!   scheduler task (`scheduler.rs`: due messages, the active set, jobs per
+//!   destination, connection limits), connection tasks (`connection.rs`:
+//!   MX lookup ([`mx`]), SMTP ([`smtp`]), job after job) and [`outcome`]
+//!   (recording outcomes, retries, bounce classification ([`bounce`]),
+//!   consent at delivery, erasure, admin retry and purge).
 //! - [`model`]: what the queue stores.
 pub mod bounce;
+mod connection;
 pub mod dkim;
 pub mod engine;
 pub mod model;
 pub mod mx;
+pub mod outcome;
 pub mod queue;
+mod scheduler;
 pub mod smtp;
 
 pub use engine::Engine;

@@ -1,0 +1,376 @@
+//! A connection task: one SMTP connection to one destination, started by
+//! the scheduler, sending that destination's ready jobs one after another.
+//!
+//! 1. Waits for the sender's rate-limit slot before connecting (never while
+//!    holding a session), then takes its first job.
+//! 2. Resolves the candidate servers: the relay, or the MX hosts in
+//!    preference order ([`super::mx`]); an answer that holds for the whole
+//!    destination (null MX, NXDOMAIN, a DNS failure) is recorded for every
+//!    waiting job.
+//! 3. Connects to the first server that answers, greets (EHLO, HELO
+//!    fallback), STARTTLS when offered or required, AUTH to relays
+//!    ([`super::smtp::Session::connect`]). If none answers, the destination
+//!    is "dead" as Postfix says: its waiting jobs are deferred together,
+//!    unless another connection to it has a working session.
+//! 4. Job after job: re-reads the record and body, sends the recipients
+//!    still pending, records the outcome ([`super::outcome::finish_job`])
+//!    before taking the next job; up to `messages_per_connection`, waiting
+//!    at most [`LINGER`] for more and closing rather than idling more than
+//!    [`MAX_RATE_WAIT`] for a rate slot.
+//!
+//! Once the engine's `Activity` is stopping, the task takes no new job: it
+//! finishes and records the transaction in hand, then QUITs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::engine::{Inner, lock};
+use super::model::BounceClass;
+use super::mx::MxError;
+use super::outcome::{Outcome, finish_job};
+use super::scheduler::{
+    DestKey, Job, defer_orphans, drain_jobs, forget_rcpts, none_live, pop_job, release_jobs,
+    reserve_slot, set_live, unpop_job,
+};
+use super::smtp::{self, Reply, Session, Target, TlsMode};
+use crate::config::{Config, RelayTls, Sender};
+
+/// How long an idle connection waits for more work before it QUITs.
+const LINGER: Duration = Duration::from_millis(500);
+/// A connection whose sender's rate limit would keep it idle longer than
+/// this closes instead (servers drop idle sessions after a few minutes).
+const MAX_RATE_WAIT: Duration = Duration::from_secs(30);
+
+/// One connection task, from the rate-limit wait to QUIT.
+pub(super) async fn run(inner: &Arc<Inner>, key: &DestKey) {
+    let config = inner.config.get();
+    let Some(sender) = config.sender(&key.sender).cloned() else {
+        // The sender left the config (reload) after its jobs were queued:
+        // the same wait as for messages loaded without a sender.
+        let jobs = drain_jobs(inner, key);
+        defer_orphans(inner, jobs.iter().map(|j| j.msg).collect()).await;
+        release_jobs(inner, &jobs);
+        return;
+    };
+    // Wait for the rate limit before connecting, not while holding a session.
+    if let Some(at) = reserve_slot(inner, &sender)
+        && !sleep_unless_stopping(inner, at).await
+    {
+        return;
+    }
+    let Some(first) = pop_job(inner, key) else {
+        return;
+    };
+    let mut session = match open(inner, &config, &sender, key).await {
+        Ok(s) => s,
+        Err(Unreachable::Destination(outcome)) => {
+            // The whole destination shares this answer.
+            let mut jobs = drain_jobs(inner, key);
+            jobs.insert(0, first);
+            for j in jobs {
+                finish_job(inner, &config, j, None, |_| outcome.clone()).await;
+            }
+            return;
+        }
+        Err(Unreachable::Servers(last_error)) => {
+            // Defer what this connection took, and everything waiting
+            // unless another connection to the destination works. Even a
+            // 5xx greeting or EHLO is a reason to retry later (as Postfix
+            // does): it is about the connection, not the recipients.
+            let mut jobs = if none_live(inner, key) {
+                drain_jobs(inner, key)
+            } else {
+                Vec::new()
+            };
+            jobs.insert(0, first);
+            let text = last_error.text;
+            for j in jobs {
+                finish_job(inner, &config, j, None, |_| {
+                    Outcome::Temporary(text.clone())
+                })
+                .await;
+            }
+            return;
+        }
+    };
+    set_live(inner, key, true);
+    let usable = send_jobs(inner, &config, &sender, key, &mut session, first).await;
+    set_live(inner, key, false);
+    if usable {
+        session.quit().await;
+    }
+}
+
+/// Why no session to a destination could be opened.
+enum Unreachable {
+    /// The destination as a whole: null MX, NXDOMAIN, a DNS or relay-lookup
+    /// failure, no address. Every waiting job gets this outcome.
+    Destination(Outcome),
+    /// No server answered (or each refused the greeting, EHLO, TLS, AUTH):
+    /// the last server's reply.
+    Servers(Reply),
+}
+
+/// Resolves the destination's servers and opens a session with the first
+/// that answers, in order.
+async fn open(
+    inner: &Inner,
+    config: &Config,
+    sender: &Sender,
+    key: &DestKey,
+) -> Result<Session, Unreachable> {
+    let found = match targets(inner, config, sender, key).await {
+        Ok(t) if t.is_empty() => Err(MxError::Temporary(format!(
+            "451 4.4.4 no address to deliver to for {}",
+            key.domain
+        ))),
+        other => other,
+    };
+    let targets = found.map_err(|e| {
+        Unreachable::Destination(match e {
+            MxError::Permanent(m) => Outcome::Permanent(m, BounceClass::Hard),
+            MxError::Temporary(m) => Outcome::Temporary(m),
+        })
+    })?;
+    let mut last_error = Reply {
+        code: 0,
+        text: format!("no server for {}", key.domain),
+    };
+    for t in &targets {
+        match Session::connect(t).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                tracing::debug!(host = %t.host, addr = %t.addr, error = %e.reply.text, "cannot use this server; trying the next");
+                last_error = e.reply;
+            }
+        }
+    }
+    Err(Unreachable::Servers(last_error))
+}
+
+/// Sends `first` and then the destination's next jobs over `session`, each
+/// outcome recorded before the next job is taken. Returns whether the
+/// session is still usable (worth a QUIT).
+async fn send_jobs(
+    inner: &Arc<Inner>,
+    config: &Config,
+    sender: &Sender,
+    key: &DestKey,
+    session: &mut Session,
+    first: Job,
+) -> bool {
+    let host = session.host.clone();
+    let mut job = Some(first);
+    let mut sent = 0usize;
+    while let Some(j) = job.take() {
+        let (j, body) = match load(inner, j).await {
+            Loaded::Ready(j, body) => (j, body),
+            Loaded::Nothing => {
+                job = wait_for_job(inner, key).await;
+                continue;
+            }
+            Loaded::Failed(j, text) => {
+                finish_job(inner, config, j, None, |_| Outcome::Temporary(text.clone())).await;
+                return true;
+            }
+        };
+        let rcpts: Vec<&str> = j.rcpts.iter().map(|(_, a)| a.as_str()).collect();
+        let result = session.send(&j.return_path, &rcpts, &body).await;
+        sent += 1;
+        match result {
+            Ok(results) => {
+                finish_job(inner, config, j, Some(&host), |i| {
+                    Outcome::of_rcpt(results.get(i))
+                })
+                .await;
+            }
+            Err(reply) => {
+                let text = format!("{host}: {}", reply.text);
+                finish_job(inner, config, j, Some(&host), |_| {
+                    Outcome::Temporary(text.clone())
+                })
+                .await;
+                return false;
+            }
+        }
+        if sent >= config.delivery.messages_per_connection {
+            break;
+        }
+        let Some(j) = wait_for_job(inner, key).await else {
+            break;
+        };
+        match reserve_slot(inner, sender) {
+            Some(at)
+                if at.saturating_duration_since(tokio::time::Instant::now()) > MAX_RATE_WAIT =>
+            {
+                // A long wait: close rather than idle; the next connection
+                // waits for its slot before connecting.
+                unpop_job(inner, key, j);
+                break;
+            }
+            Some(at) => {
+                if !sleep_unless_stopping(inner, at).await {
+                    // Not started: it stays queued for the next start.
+                    unpop_job(inner, key, j);
+                    break;
+                }
+                job = Some(j);
+            }
+            None => job = Some(j),
+        }
+    }
+    true
+}
+
+/// A job ready to send, or why not.
+enum Loaded {
+    /// The job (its recipients still pending) and the message body.
+    Ready(Job, Vec<u8>),
+    /// The message was purged or erased meanwhile, or none of the job's
+    /// recipients is pending any more: nothing to send or record (the job
+    /// is released).
+    Nothing,
+    /// The store could not be read: the job is deferred with this reply.
+    Failed(Job, String),
+}
+
+/// Re-reads the job's message and body just before sending: recipients
+/// taken out since the message was loaded (erased, purged, no consent) are
+/// not sent.
+async fn load(inner: &Inner, mut j: Job) -> Loaded {
+    let id = j.msg;
+    let read = inner
+        .store
+        .read(move |v| Ok((v.message_body(id)?, v.queued_message(id)?)))
+        .await;
+    match read {
+        Ok((Some(body), Some(m))) => {
+            let gone: Vec<(usize, String)> = j
+                .rcpts
+                .iter()
+                .filter(|(i, _)| !m.recipients.get(*i).is_some_and(|r| r.state.is_pending()))
+                .cloned()
+                .collect();
+            if !gone.is_empty() {
+                j.rcpts.retain(|r| !gone.contains(r));
+                forget_rcpts(inner, j.msg, &gone);
+            }
+            if j.rcpts.is_empty() {
+                release_jobs(inner, std::slice::from_ref(&j));
+                return Loaded::Nothing;
+            }
+            Loaded::Ready(j, body)
+        }
+        Ok(_) => {
+            release_jobs(inner, std::slice::from_ref(&j));
+            Loaded::Nothing
+        }
+        Err(e) => {
+            tracing::error!(error = %e, msg = j.msg, "cannot read a queued message");
+            Loaded::Failed(j, format!("local error reading the message: {e}"))
+        }
+    }
+}
+
+/// Sleeps until `at`; `false` if the engine started stopping first.
+async fn sleep_unless_stopping(inner: &Inner, at: tokio::time::Instant) -> bool {
+    tokio::select! {
+        biased;
+        _ = inner.activity.stopping() => false,
+        _ = tokio::time::sleep_until(at) => true,
+    }
+}
+
+/// Waits up to [`LINGER`] for another ready job of the destination; `None`
+/// when none came or the engine is stopping.
+async fn wait_for_job(inner: &Inner, key: &DestKey) -> Option<Job> {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let stopping = inner.activity.stopping();
+    tokio::pin!(stopping);
+    loop {
+        // Registered before the look, so jobs added in between still wake us.
+        let added = inner.jobs_added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        if let Some(j) = pop_job(inner, key) {
+            return Some(j);
+        }
+        tokio::select! {
+            biased;
+            _ = &mut stopping => return None,
+            _ = tokio::time::sleep_until(deadline) => return None,
+            _ = &mut added => {}
+        }
+    }
+}
+
+/// The candidate servers of a destination.
+async fn targets(
+    inner: &Inner,
+    config: &Config,
+    sender: &Sender,
+    key: &DestKey,
+) -> Result<Vec<Target>, MxError> {
+    let d = &config.delivery;
+    if let Some(relay) = &sender.relay {
+        let connector = {
+            let mut cache = lock(&inner.relay_tls);
+            // Keyed by the CA certificates too, so that a reload with a new
+            // ca_file takes effect.
+            let cache_key = (sender.id.clone(), relay.ca_certs.clone());
+            match cache.get(&cache_key) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = smtp::relay_connector(&relay.ca_certs).map_err(MxError::Temporary)?;
+                    cache.insert(cache_key, c.clone());
+                    c
+                }
+            }
+        };
+        let addrs = tokio::net::lookup_host((relay.host.as_str(), relay.port))
+            .await
+            .map_err(|e| {
+                MxError::Temporary(format!("cannot resolve the relay {}: {e}", relay.host))
+            })?;
+        let tls = match relay.tls {
+            RelayTls::StartTls => TlsMode::Required,
+            RelayTls::Implicit => TlsMode::Implicit,
+            RelayTls::None => TlsMode::Off,
+        };
+        return Ok(addrs
+            .map(|addr| Target {
+                addr,
+                host: relay.host.clone(),
+                helo: sender.helo.clone(),
+                tls,
+                auth: relay.auth.clone(),
+                connector: connector.clone(),
+                connect_timeout: d.connect_timeout,
+                command_timeout: d.command_timeout,
+            })
+            .collect());
+    }
+    let hosts = inner.mx.hosts(&key.domain).await?;
+    let tls = if sender.require_tls || d.require_tls_domains.contains(&key.domain) {
+        TlsMode::Required
+    } else {
+        TlsMode::Opportunistic
+    };
+    Ok(hosts
+        .into_iter()
+        .flat_map(|h| {
+            let name = h.name.clone();
+            h.addrs.into_iter().map(move |ip| (name.clone(), ip))
+        })
+        .map(|(host, ip)| Target {
+            addr: std::net::SocketAddr::new(ip, d.smtp_port),
+            host,
+            helo: sender.helo.clone(),
+            tls,
+            auth: None,
+            connector: inner.mx_tls.clone(),
+            connect_timeout: d.connect_timeout,
+            command_timeout: d.command_timeout,
+        })
+        .collect())
+}
