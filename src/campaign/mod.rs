@@ -22,6 +22,7 @@ use model::{Campaign, Part, Spec, Status};
 
 use crate::config::Config;
 use crate::render::template::Template;
+use crate::store::ReadTables as _;
 use crate::store::{Sequence, StoreError};
 
 pub use runner::Campaigns;
