@@ -9,6 +9,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::contacts::{self, ContactUpdate, normalize_email};
+use herald::store::ReadTables as _;
 use herald::store::Store;
 
 const CONTACTS: u64 = 200_000;

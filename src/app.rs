@@ -22,6 +22,7 @@ use crate::contacts::model::ImportStatus;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
+use crate::store::ReadTables as _;
 use crate::store::Store;
 
 /// Installs the global tracing subscriber. `RUST_LOG` overrides the config.

@@ -23,6 +23,7 @@ use model::{Campaign, Part, Spec, Status};
 use crate::config::Config;
 use crate::render::template::Template;
 use crate::snapshot::Snapshot;
+use crate::store::ReadTables as _;
 use crate::store::{Sequence, StoreError};
 
 pub use runner::Campaigns;

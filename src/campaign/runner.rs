@@ -34,6 +34,7 @@ use crate::segment::Index;
 use crate::send::outbox::{Outbox, commit_batch};
 use crate::send::{SendKind, SendRef};
 use crate::snapshot::{Current, Snapshot};
+use crate::store::ReadTables as _;
 use crate::store::{Store, StoreError};
 
 /// Most messages rendered and queued per batch (one commit).

@@ -27,6 +27,7 @@ use super::{
     ContactError, ContactUpdate, UpsertOutcome, apply_upsert_salted, check_code, check_field_name,
     check_tag,
 };
+use crate::store::ReadTables as _;
 use crate::store::{Sequence, Store, StoreError};
 
 /// Rows per batch: the unit of progress an import records (and resumes after).

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::store::ReadTables as _;
 use crate::store::{Sequence, StoreError, WriteTables, suppression_key};
 use model::*;
 

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{ConsentSource, ConsentState, Contact, List};
 use super::{ConsentChange, ContactError, ContactUpdate, Email};
+use crate::store::ReadTables as _;
 use crate::store::{HistoryEvent, Sequence, StoreError, WriteTables};
 
 /// A signup waiting for its confirmation click.

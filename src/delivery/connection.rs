@@ -34,6 +34,7 @@ use super::scheduler::{
 };
 use super::smtp::{self, Reply, Session, Target, TlsMode};
 use crate::config::{Config, RelayTls, Sender};
+use crate::store::ReadTables as _;
 
 /// How long an idle connection waits for more work before it QUITs.
 const LINGER: Duration = Duration::from_millis(500);

@@ -32,6 +32,7 @@ use crate::config::delivery::DeliveryConfig;
 use crate::contacts::model::{ConsentSource, ConsentState};
 use crate::contacts::{self, ConsentChange, ContactUpdate};
 use crate::send::model::{Counter, SendKind, SendRef};
+use crate::store::ReadTables as _;
 use crate::store::{StoreError, WriteTables};
 
 /// The wait before a retry when the schedule is empty.
@@ -357,7 +358,7 @@ fn not_sent(
 pub fn erase_recipient(t: &mut WriteTables<'_>, key: &[u8], now: i64) -> Result<usize, StoreError> {
     let salt = t.salt()?;
     let mut unsent = 0;
-    for id in t.messages_to(key)? {
+    for id in t.message_ids_to(key)? {
         let (mut m, queued) = match t.queued_message(id)? {
             Some(m) => (m, true),
             None => match t.finished_message(id)? {

@@ -23,6 +23,7 @@ use super::engine::{Inner, lock, now_ms};
 use super::model::QueuedMessage;
 use super::outcome::{drop_unsent, unsendable};
 use crate::config::Sender;
+use crate::store::ReadTables as _;
 use crate::store::StoreError;
 
 /// Most messages held in memory for delivery at once.

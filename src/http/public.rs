@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::contacts::model::{ConsentState, Contact};
 use crate::contacts::signup::{self, Confirmed, Requested, SignupInput};
 use crate::metrics::OutcomeLabels;
+use crate::store::ReadTables as _;
 use crate::tokens::{SendKind, Token};
 use crate::track::{self, Actor, Unsubscribed};
 

@@ -15,6 +15,7 @@ use http_body_util::Full;
 
 use super::reply::{ApiError, Body};
 use super::{AppState, Client};
+use crate::store::ReadTables as _;
 use crate::tokens::{MessageRef, SendKind, Token};
 use crate::track::{Hit, HitKind, machine};
 

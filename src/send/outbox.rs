@@ -20,6 +20,7 @@ use crate::delivery::queue::{Signed, queue_signed, sign};
 use crate::render::links::LinkRecord;
 use crate::render::template::Template;
 use crate::render::{Compiled, Recipient, RenderError, SendOptions};
+use crate::store::ReadTables as _;
 use crate::store::{Store, StoreError, WriteTables};
 
 /// Where a batch of messages goes: the send they belong to, the sender

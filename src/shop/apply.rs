@@ -23,6 +23,7 @@ use crate::contacts::model::{ConsentSource, ConsentState, FieldDef, FieldType};
 use crate::contacts::{
     ConsentChange, ContactError, ContactUpdate, apply_upsert_salted, parse_json_value,
 };
+use crate::store::ReadTables as _;
 use crate::store::{StoreError, WriteTables};
 
 /// The custom fields a `customer` event fills: (event key, field name, type,

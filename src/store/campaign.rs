@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::tables::*;
-use super::{ReadView, StoreError, WriteTables, from_json, get_json, to_json};
+use super::{ReadView, StoreError, WriteTables, from_json, to_json};
 
 /// Contact ids (ascending) as delta varints.
 pub fn encode_ids(ids: &[u64]) -> Vec<u8> {
@@ -59,39 +59,30 @@ pub fn decode_ids(b: &[u8]) -> Result<Vec<u64>, StoreError> {
 }
 
 impl WriteTables<'_> {
-    /// A campaign record.
-    pub fn campaign_record<T: DeserializeOwned>(&self, id: u64) -> Result<Option<T>, StoreError> {
-        get_json(&self.campaigns, "campaigns", id)
-    }
-
     /// Stores a campaign record under `id`.
     pub fn put_campaign_record<T: Serialize>(&mut self, id: u64, c: &T) -> Result<(), StoreError> {
-        self.campaigns.insert(id, to_json(c).as_slice())?;
+        self.tables.campaigns.insert(id, to_json(c).as_slice())?;
         Ok(())
     }
 
     /// Deletes a campaign that never sent (a draft): its record only.
     pub fn delete_campaign(&mut self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.campaigns.remove(id)?.is_some())
+        Ok(self.tables.campaigns.remove(id)?.is_some())
     }
 
     /// Stores a part's recipients.
     pub fn put_audience(&mut self, id: u64, part: u32, ids: &[u64]) -> Result<(), StoreError> {
-        self.campaign_audience
+        self.tables
+            .campaign_audience
             .insert((id, part), encode_ids(ids).as_slice())?;
         Ok(())
     }
 }
 
 impl ReadView {
-    /// A campaign record.
-    pub fn campaign_record<T: DeserializeOwned>(&self, id: u64) -> Result<Option<T>, StoreError> {
-        get_json(&self.table(CAMPAIGNS)?, "campaigns", id)
-    }
-
     /// Every campaign record, by number.
     pub fn campaign_records<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        let t = self.table(CAMPAIGNS)?;
+        let t = self.tables.campaigns()?;
         let mut out = Vec::with_capacity(t.len()? as usize);
         for r in t.iter()? {
             let (_, v) = r?;
@@ -102,7 +93,7 @@ impl ReadView {
 
     /// A part's recipients.
     pub fn campaign_audience(&self, id: u64, part: u32) -> Result<Vec<u64>, StoreError> {
-        match self.table(CAMPAIGN_AUDIENCE)?.get((id, part))? {
+        match self.tables.campaign_audience()?.get((id, part))? {
             Some(v) => decode_ids(v.value()),
             None => Ok(Vec::new()),
         }

@@ -11,10 +11,25 @@
 //! Domain logic (what an upsert means, consent rules) lives in the domain
 //! modules; they receive a [`WriteTables`] or [`ReadView`] whose typed methods
 //! are the whole vocabulary they have for the data.
+//!
+//! Where things are: `tables.rs` names every table once (its constant, its
+//! creation at open, its field on the write side and the read side). This
+//! file has [`Store`] (open, schema check and upgrade, the writer thread, the
+//! write and read entry points), the plumbing of [`WriteTables`] and
+//! [`ReadView`] (opening, counters summed in memory and flushed before the
+//! commit), [`Change`], [`Sequence`], [`StoreError`] and the JSON helpers.
+//! `read.rs` has [`ReadTables`], the lookups both sides make, written once.
+//! Each domain's typed methods are in its own file: `contacts.rs` (contacts,
+//! their indexes and consent log, suppressions, fields, lists, tags,
+//! imports), `queue.rs`, `send.rs`, `campaign.rs`, `shop.rs`, `render.rs`
+//! (products, links), `track.rs`, `signup.rs`. `migrate.rs` upgrades the
+//! schema of older files.
 
 mod campaign;
+mod contacts;
 mod migrate;
 mod queue;
+mod read;
 mod render;
 mod send;
 mod shop;
@@ -23,7 +38,9 @@ pub mod tables;
 mod track;
 
 pub use campaign::{decode_ids, encode_ids};
+pub use contacts::{ContactIndex, suppression_key};
 pub use queue::{DueEntry, QueueSummary};
+pub use read::ReadTables;
 pub use send::{LinkCounts, SendCounts, hour_of};
 pub use track::HistoryEvent;
 
@@ -31,16 +48,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
-};
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::contacts::model::{
-    ConsentEvent, ConsentState, Contact, FieldDef, ImportRecord, List, Suppression,
-};
+use crate::contacts::model::{Contact, FieldDef, List};
 use tables::*;
 
 /// Why a store operation failed. These are failures of the store itself (disk,
@@ -344,7 +357,7 @@ impl Store {
             Ok(db.begin_read()?)
         })?;
         let txn = rx.blocking_recv().map_err(|_| StoreError::Closed)??;
-        Ok(ReadView { txn })
+        Ok(ReadView::new(txn))
     }
 
     /// Runs `f` over a consistent snapshot on a blocking thread.
@@ -354,9 +367,7 @@ impl Store {
     ) -> Result<R, StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let view = ReadView {
-                txn: db.begin_read()?,
-            };
+            let view = ReadView::new(db.begin_read()?);
             f(&view)
         })
         .await
@@ -368,9 +379,7 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadView) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let view = ReadView {
-            txn: self.db.begin_read()?,
-        };
+        let view = ReadView::new(self.db.begin_read()?);
         f(&view)
     }
 
@@ -445,45 +454,8 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
         migrate::run(&txn, v)?;
     }
     // Create every table so that read transactions can open them.
-    txn.open_table(CONTACTS)?;
-    txn.open_table(CONTACT_BY_EMAIL)?;
-    txn.open_table(CONTACT_BY_CONSENT)?;
-    txn.open_table(LIST_MEMBERS)?;
-    txn.open_table(TAG_MEMBERS)?;
-    txn.open_table(CONSENT_LOG)?;
-    txn.open_table(FIELDS)?;
-    txn.open_table(LISTS)?;
-    txn.open_table(LIST_BY_NAME)?;
-    txn.open_table(SUPPRESSIONS)?;
-    txn.open_table(IMPORTS)?;
-    txn.open_table(IMPORT_REJECTS)?;
-    txn.open_table(QUEUE)?;
-    txn.open_table(QUEUE_BODIES)?;
-    txn.open_table(QUEUE_DUE)?;
-    txn.open_table(QUEUE_DONE)?;
+    tables::create_all(&txn)?;
     queue::index_addresses(&txn)?;
-    txn.open_table(PRODUCTS)?;
-    txn.open_table(LINKS)?;
-    txn.open_table(SHOP_EVENTS)?;
-    txn.open_table(ORDERS)?;
-    txn.open_table(SHOP_STATS)?;
-    txn.open_table(CARTS)?;
-    txn.open_table(WAITLIST)?;
-    txn.open_table(SEGMENTS)?;
-    txn.open_table(CAMPAIGNS)?;
-    txn.open_table(CAMPAIGN_AUDIENCE)?;
-    txn.open_table(SEND_LEDGER)?;
-    txn.open_table(SEND_ENGAGEMENT)?;
-    txn.open_table(SEND_COUNTS)?;
-    txn.open_table(SEND_HOURLY)?;
-    txn.open_table(SEND_LINKS)?;
-    txn.open_table(SEND_CLICKERS)?;
-    txn.open_table(SEND_NAMES)?;
-    txn.open_table(HISTORY)?;
-    txn.open_table(LAST_CLICK)?;
-    txn.open_table(ORDER_ATTRIBUTION)?;
-    txn.open_table(HITS)?;
-    txn.open_table(SIGNUP_REQUESTS)?;
     txn.commit()?;
     Ok(())
 }
@@ -639,15 +611,6 @@ fn from_json<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, St
     })
 }
 
-/// Salted SHA-256 of a normalised address, the key of the suppression list.
-pub fn suppression_key(salt: &[u8], email_key: &str) -> Vec<u8> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(salt);
-    h.update(email_key.as_bytes());
-    h.finalize().to_vec()
-}
-
 // Read helpers shared by write and read views (generic over redb's traits).
 
 fn get_json<'k, K: redb::Key + 'static, T: DeserializeOwned>(
@@ -704,60 +667,16 @@ impl Sequence {
     }
 }
 
-/// Keys under which per-consent-state counts are kept in META.
-fn consent_count_key(s: ConsentState) -> &'static str {
-    match s {
-        ConsentState::Unknown => "count.consent.unknown",
-        ConsentState::Pending => "count.consent.pending",
-        ConsentState::Granted => "count.consent.granted",
-        ConsentState::Withdrawn => "count.consent.withdrawn",
-        ConsentState::Invalid => "count.consent.invalid",
-    }
-}
-
-/// Every table, open in one write transaction. The methods are the domain
-/// modules' whole vocabulary for changing data.
+/// A write transaction's view of the store: every table open (`Tables`,
+/// declared in `tables.rs`) and what the transaction accumulates until
+/// `flush` (counters, member counts, send counters) or caches (field
+/// definitions, whether anything is suppressed). Its methods, spread over
+/// the per-domain files (`contacts.rs`, `queue.rs`, `send.rs`…), are the
+/// domain modules' whole vocabulary for changing data; lookups are
+/// [`ReadTables`] methods, shared with [`ReadView`].
 pub struct WriteTables<'t> {
-    meta: Table<'t, &'static str, &'static [u8]>,
-    contacts: Table<'t, u64, &'static [u8]>,
-    by_email: Table<'t, &'static str, u64>,
-    by_consent: Table<'t, (u8, u64), ()>,
-    list_members: Table<'t, (u64, u64), ()>,
-    tag_members: Table<'t, (&'static str, u64), ()>,
-    consent_log: Table<'t, (u64, u64), &'static [u8]>,
-    fields: Table<'t, &'static str, &'static [u8]>,
-    lists: Table<'t, u64, &'static [u8]>,
-    list_by_name: Table<'t, &'static str, u64>,
-    suppressions: Table<'t, &'static [u8], &'static [u8]>,
-    imports: Table<'t, u64, &'static [u8]>,
-    import_rejects: Table<'t, (u64, u64), &'static str>,
-    queue: Table<'t, u64, &'static [u8]>,
-    queue_bodies: Table<'t, u64, &'static [u8]>,
-    queue_due: Table<'t, (i64, u64), ()>,
-    queue_done: Table<'t, u64, &'static [u8]>,
-    queue_by_address: Table<'t, (&'static [u8], u64), ()>,
-    products: Table<'t, &'static str, &'static [u8]>,
-    links: Table<'t, (&'static [u8], u32), &'static [u8]>,
-    shop_events: Table<'t, (&'static str, &'static str), i64>,
-    orders: Table<'t, &'static str, &'static [u8]>,
-    shop_stats: Table<'t, u64, &'static [u8]>,
-    carts: Table<'t, u64, &'static [u8]>,
-    waitlist: Table<'t, (&'static str, u64), &'static [u8]>,
-    segments: Table<'t, &'static str, &'static [u8]>,
-    campaigns: Table<'t, u64, &'static [u8]>,
-    campaign_audience: Table<'t, (u64, u32), &'static [u8]>,
-    send_ledger: Table<'t, RoundKey, (u32, u64)>,
-    send_engagement: Table<'t, RoundKey, Engagement>,
-    send_counts: Table<'t, (u8, u64, u32, u8), u64>,
-    send_hourly: Table<'t, (u8, u64, u32, u8), u64>,
-    send_links: Table<'t, (u8, u64, u32, u32, u8), u64>,
-    send_clickers: Table<'t, (u8, u64, u32, u32, u64), ()>,
-    send_names: Table<'t, (u8, u64), &'static str>,
-    history: Table<'t, (u64, u64), &'static [u8]>,
-    last_click: Table<'t, u64, (u8, u64, u32, u32, i64)>,
-    order_attribution: Table<'t, &'static str, (u8, u64, u32, u32, u8)>,
-    hits: Table<'t, u64, &'static [u8]>,
-    signup_requests: Table<'t, (u64, u64), &'static [u8]>,
+    /// Every table, open for this transaction.
+    tables: Tables<'t>,
     /// Changes for the observer, collected only when one is set.
     changes: Option<Vec<Change>>,
     /// Counters (id sequences, per-state counts) read once and written back
@@ -781,49 +700,10 @@ pub struct WriteTables<'t> {
 
 impl<'t> WriteTables<'t> {
     fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
-        let suppressions = txn.open_table(SUPPRESSIONS)?;
-        let any_suppressed = !suppressions.is_empty()?;
+        let tables = Tables::open(txn)?;
+        let any_suppressed = !tables.suppressions.is_empty()?;
         Ok(WriteTables {
-            meta: txn.open_table(META)?,
-            contacts: txn.open_table(CONTACTS)?,
-            by_email: txn.open_table(CONTACT_BY_EMAIL)?,
-            by_consent: txn.open_table(CONTACT_BY_CONSENT)?,
-            list_members: txn.open_table(LIST_MEMBERS)?,
-            tag_members: txn.open_table(TAG_MEMBERS)?,
-            consent_log: txn.open_table(CONSENT_LOG)?,
-            fields: txn.open_table(FIELDS)?,
-            lists: txn.open_table(LISTS)?,
-            list_by_name: txn.open_table(LIST_BY_NAME)?,
-            suppressions,
-            imports: txn.open_table(IMPORTS)?,
-            import_rejects: txn.open_table(IMPORT_REJECTS)?,
-            queue: txn.open_table(QUEUE)?,
-            queue_bodies: txn.open_table(QUEUE_BODIES)?,
-            queue_due: txn.open_table(QUEUE_DUE)?,
-            queue_done: txn.open_table(QUEUE_DONE)?,
-            queue_by_address: txn.open_table(QUEUE_BY_ADDRESS)?,
-            products: txn.open_table(PRODUCTS)?,
-            links: txn.open_table(LINKS)?,
-            shop_events: txn.open_table(SHOP_EVENTS)?,
-            orders: txn.open_table(ORDERS)?,
-            shop_stats: txn.open_table(SHOP_STATS)?,
-            carts: txn.open_table(CARTS)?,
-            waitlist: txn.open_table(WAITLIST)?,
-            segments: txn.open_table(SEGMENTS)?,
-            campaigns: txn.open_table(CAMPAIGNS)?,
-            campaign_audience: txn.open_table(CAMPAIGN_AUDIENCE)?,
-            send_ledger: txn.open_table(SEND_LEDGER)?,
-            send_engagement: txn.open_table(SEND_ENGAGEMENT)?,
-            send_counts: txn.open_table(SEND_COUNTS)?,
-            send_hourly: txn.open_table(SEND_HOURLY)?,
-            send_links: txn.open_table(SEND_LINKS)?,
-            send_clickers: txn.open_table(SEND_CLICKERS)?,
-            send_names: txn.open_table(SEND_NAMES)?,
-            history: txn.open_table(HISTORY)?,
-            last_click: txn.open_table(LAST_CLICK)?,
-            order_attribution: txn.open_table(ORDER_ATTRIBUTION)?,
-            hits: txn.open_table(HITS)?,
-            signup_requests: txn.open_table(SIGNUP_REQUESTS)?,
+            tables,
             changes: None,
             any_suppressed,
             field_defs: None,
@@ -845,7 +725,7 @@ impl<'t> WriteTables<'t> {
     fn bump(&mut self, key: &'static str, delta: i64) -> Result<u64, StoreError> {
         let now = match self.counters.get(key) {
             Some(v) => *v,
-            None => meta_u64(&self.meta, key)?,
+            None => meta_u64(&self.tables.meta, key)?,
         };
         let next = now.saturating_add_signed(delta);
         self.counters.insert(key, next);
@@ -855,25 +735,26 @@ impl<'t> WriteTables<'t> {
     /// Writes cached counters and list member counts back. Called by the
     /// writer once per transaction, before commit.
     fn flush(&mut self) -> Result<(), StoreError> {
+        let t = &mut self.tables;
         for (k, v) in std::mem::take(&mut self.counters) {
-            self.meta.insert(k, v.to_be_bytes().as_slice())?;
+            t.meta.insert(k, v.to_be_bytes().as_slice())?;
         }
         for (k, d) in std::mem::take(&mut self.count_deltas) {
-            let now = self.send_counts.get(k)?.map(|v| v.value()).unwrap_or(0);
-            self.send_counts.insert(k, now.saturating_add_signed(d))?;
+            let now = t.send_counts.get(k)?.map(|v| v.value()).unwrap_or(0);
+            t.send_counts.insert(k, now.saturating_add_signed(d))?;
         }
         for (k, d) in std::mem::take(&mut self.hourly_deltas) {
-            let now = self.send_hourly.get(k)?.map(|v| v.value()).unwrap_or(0);
-            self.send_hourly.insert(k, now.saturating_add_signed(d))?;
+            let now = t.send_hourly.get(k)?.map(|v| v.value()).unwrap_or(0);
+            t.send_hourly.insert(k, now.saturating_add_signed(d))?;
         }
         for (k, d) in std::mem::take(&mut self.link_deltas) {
-            let now = self.send_links.get(k)?.map(|v| v.value()).unwrap_or(0);
-            self.send_links.insert(k, now.saturating_add_signed(d))?;
+            let now = t.send_links.get(k)?.map(|v| v.value()).unwrap_or(0);
+            t.send_links.insert(k, now.saturating_add_signed(d))?;
         }
         for (id, delta) in std::mem::take(&mut self.list_deltas) {
-            if let Some(mut l) = get_json::<u64, List>(&self.lists, "lists", id)? {
+            if let Some(mut l) = get_json::<u64, List>(&t.lists, "lists", id)? {
                 l.member_count = l.member_count.saturating_add_signed(delta);
-                self.lists.insert(id, to_json(&l).as_slice())?;
+                t.lists.insert(id, to_json(&l).as_slice())?;
             }
         }
         Ok(())
@@ -882,294 +763,6 @@ impl<'t> WriteTables<'t> {
     /// Allocates the next id of a sequence.
     pub fn next_id(&mut self, sequence: Sequence) -> Result<u64, StoreError> {
         self.bump(sequence.key(), 1)
-    }
-
-    /// The installation's salt for suppression hashes.
-    pub fn salt(&self) -> Result<Vec<u8>, StoreError> {
-        Ok(self
-            .meta
-            .get("salt")?
-            .map(|v| v.value().to_vec())
-            .unwrap_or_default())
-    }
-
-    /// A contact by id.
-    pub fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
-        get_json(&self.contacts, "contacts", id)
-    }
-
-    /// Whether a contact exists (ids are never reused: `false` means it was
-    /// erased, or never was).
-    pub fn contact_exists(&self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.contacts.get(id)?.is_some())
-    }
-
-    /// The id of the contact with this normalised (lower-cased) address.
-    pub fn contact_id_by_email(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.by_email.get(key)?.map(|v| v.value()))
-    }
-
-    /// Writes a contact and keeps every index and count in step with `before`,
-    /// the previously stored version (None for a new contact).
-    pub fn put_contact(&mut self, c: &Contact, before: Option<&Contact>) -> Result<(), StoreError> {
-        // The lower-cased key is needed only when the index changes.
-        let key = if before.is_some_and(|b| b.email == c.email) {
-            String::new()
-        } else {
-            c.email.to_lowercase()
-        };
-        match before {
-            None => {
-                self.by_email.insert(key.as_str(), c.id)?;
-                self.by_consent.insert((c.consent.code(), c.id), ())?;
-                self.bump(consent_count_key(c.consent), 1)?;
-            }
-            Some(b) if b.email != c.email => {
-                let old_key = b.email.to_lowercase();
-                if old_key != key {
-                    self.by_email.remove(old_key.as_str())?;
-                    self.by_email.insert(key.as_str(), c.id)?;
-                }
-                if b.consent != c.consent {
-                    self.by_consent.remove((b.consent.code(), c.id))?;
-                    self.by_consent.insert((c.consent.code(), c.id), ())?;
-                    self.bump(consent_count_key(b.consent), -1)?;
-                    self.bump(consent_count_key(c.consent), 1)?;
-                }
-            }
-            Some(b) => {
-                if b.consent != c.consent {
-                    self.by_consent.remove((b.consent.code(), c.id))?;
-                    self.by_consent.insert((c.consent.code(), c.id), ())?;
-                    self.bump(consent_count_key(b.consent), -1)?;
-                    self.bump(consent_count_key(c.consent), 1)?;
-                }
-            }
-        }
-        let empty_lists = Default::default();
-        let empty_tags = Default::default();
-        let (old_lists, old_tags) =
-            before.map_or((&empty_lists, &empty_tags), |b| (&b.lists, &b.tags));
-        for l in c.lists.difference(old_lists) {
-            self.list_members.insert((*l, c.id), ())?;
-            self.list_count(*l, 1)?;
-        }
-        for l in old_lists.difference(&c.lists) {
-            self.list_members.remove((*l, c.id))?;
-            self.list_count(*l, -1)?;
-        }
-        for t in c.tags.difference(old_tags) {
-            self.tag_members.insert((t.as_str(), c.id), ())?;
-        }
-        for t in old_tags.difference(&c.tags) {
-            self.tag_members.remove((t.as_str(), c.id))?;
-        }
-        self.contacts.insert(c.id, to_json(c).as_slice())?;
-        self.note(|| Change::Contact {
-            contact: Arc::new(c.clone()),
-            removed_lists: old_lists.difference(&c.lists).copied().collect(),
-            removed_tags: old_tags.difference(&c.tags).cloned().collect(),
-        });
-        Ok(())
-    }
-
-    fn list_count(&mut self, list_id: u64, delta: i64) -> Result<(), StoreError> {
-        *self.list_deltas.entry(list_id).or_default() += delta;
-        Ok(())
-    }
-
-    /// Removes a contact, its indexes and its consent log.
-    pub fn delete_contact(&mut self, c: &Contact) -> Result<(), StoreError> {
-        let mut gone = c.clone();
-        gone.lists.clear();
-        gone.tags.clear();
-        self.put_contact(&gone, Some(c))?;
-        self.by_email.remove(c.email.to_lowercase().as_str())?;
-        self.by_consent.remove((c.consent.code(), c.id))?;
-        self.bump(consent_count_key(c.consent), -1)?;
-        self.contacts.remove(c.id)?;
-        self.delete_shop_data(c.id)?;
-        self.note(|| Change::ContactDeleted(c.id));
-        let seqs: Vec<u64> = self
-            .consent_log
-            .range((c.id, 0)..=(c.id, u64::MAX))?
-            .map(|r| r.map(|(k, _)| k.value().1))
-            .collect::<Result<_, _>>()?;
-        for s in seqs {
-            self.consent_log.remove((c.id, s))?;
-        }
-        Ok(())
-    }
-
-    /// Appends to a contact's consent log.
-    pub fn append_consent(&mut self, contact_id: u64, e: &ConsentEvent) -> Result<(), StoreError> {
-        let seq = self.next_id(Sequence::Consent)?;
-        self.consent_log
-            .insert((contact_id, seq), to_json(e).as_slice())?;
-        Ok(())
-    }
-
-    /// Whether the salted hash of this address is suppressed.
-    pub fn suppression(&self, hash: &[u8]) -> Result<Option<Suppression>, StoreError> {
-        get_json(&self.suppressions, "suppressions", hash)
-    }
-
-    /// Whether any address is suppressed at all (cheap; lets callers skip
-    /// hashing when the list is empty).
-    pub fn any_suppressed(&self) -> bool {
-        self.any_suppressed
-    }
-
-    /// Suppresses an address hash.
-    pub fn put_suppression(&mut self, hash: &[u8], s: &Suppression) -> Result<(), StoreError> {
-        self.any_suppressed = true;
-        self.suppressions.insert(hash, to_json(s).as_slice())?;
-        Ok(())
-    }
-
-    /// A field definition.
-    pub fn field(&self, name: &str) -> Result<Option<FieldDef>, StoreError> {
-        get_json(&self.fields, "fields", name)
-    }
-
-    /// A field definition, from a per-transaction cache (for per-row checks).
-    pub fn field_cached(&mut self, name: &str) -> Result<Option<&FieldDef>, StoreError> {
-        if self.field_defs.is_none() {
-            let all: Vec<FieldDef> = all_json(&self.fields, "fields")?;
-            self.field_defs = Some(all.into_iter().map(|f| (f.name.clone(), f)).collect());
-        }
-        Ok(self.field_defs.as_ref().and_then(|m| m.get(name)))
-    }
-
-    /// Writes a field definition.
-    pub fn put_field(&mut self, f: &FieldDef) -> Result<(), StoreError> {
-        if let Some(m) = self.field_defs.as_mut() {
-            m.insert(f.name.clone(), f.clone());
-        }
-        self.fields.insert(f.name.as_str(), to_json(f).as_slice())?;
-        Ok(())
-    }
-
-    /// Deletes a field and removes its values from every contact. Returns how
-    /// many contacts had a value.
-    pub fn delete_field(&mut self, name: &str) -> Result<u64, StoreError> {
-        self.fields.remove(name)?;
-        if let Some(m) = self.field_defs.as_mut() {
-            m.remove(name);
-        }
-        let mut changed = Vec::new();
-        for r in self.contacts.iter()? {
-            let (_, v) = r?;
-            let mut c: Contact = from_json("contacts", v.value())?;
-            if c.fields.remove(name).is_some() {
-                changed.push(c);
-            }
-        }
-        for c in &changed {
-            self.contacts.insert(c.id, to_json(c).as_slice())?;
-        }
-        self.note(|| Change::FieldDeleted(name.to_string()));
-        Ok(changed.len() as u64)
-    }
-
-    /// A list by id (with member-count changes of this transaction applied).
-    pub fn list(&self, id: u64) -> Result<Option<List>, StoreError> {
-        let mut l: Option<List> = get_json(&self.lists, "lists", id)?;
-        if let (Some(l), Some(d)) = (l.as_mut(), self.list_deltas.get(&id)) {
-            l.member_count = l.member_count.saturating_add_signed(*d);
-        }
-        Ok(l)
-    }
-
-    /// Whether a list exists (cheaper than [`WriteTables::list`]).
-    pub fn list_exists(&self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.lists.get(id)?.is_some())
-    }
-
-    /// A list id by name (case-insensitive).
-    pub fn list_id_by_name(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .list_by_name
-            .get(name.to_lowercase().as_str())?
-            .map(|v| v.value()))
-    }
-
-    /// Writes a list, keeping the name index in step with `old_name`.
-    pub fn put_list(&mut self, l: &List, old_name: Option<&str>) -> Result<(), StoreError> {
-        if let Some(old) = old_name {
-            self.list_by_name.remove(old.to_lowercase().as_str())?;
-        }
-        self.list_by_name
-            .insert(l.name.to_lowercase().as_str(), l.id)?;
-        // `l` comes from `list()`, whose member_count already includes this
-        // transaction's pending changes: they are now part of the record and
-        // must not be applied again by `flush`.
-        self.list_deltas.remove(&l.id);
-        self.lists.insert(l.id, to_json(l).as_slice())?;
-        Ok(())
-    }
-
-    /// Deletes a list and takes every member out of it.
-    pub fn delete_list(&mut self, l: &List) -> Result<(), StoreError> {
-        let members: Vec<u64> = self
-            .list_members
-            .range((l.id, 0)..=(l.id, u64::MAX))?
-            .map(|r| r.map(|(k, _)| k.value().1))
-            .collect::<Result<_, _>>()?;
-        for id in members {
-            self.list_members.remove((l.id, id))?;
-            if let Some(mut c) = self.contact(id)? {
-                c.lists.remove(&l.id);
-                self.contacts.insert(c.id, to_json(&c).as_slice())?;
-            }
-        }
-        self.list_by_name.remove(l.name.to_lowercase().as_str())?;
-        self.lists.remove(l.id)?;
-        self.list_deltas.remove(&l.id);
-        self.note(|| Change::ListDeleted(l.id));
-        Ok(())
-    }
-
-    /// An import record.
-    pub fn import(&self, id: u64) -> Result<Option<ImportRecord>, StoreError> {
-        get_json(&self.imports, "imports", id)
-    }
-
-    /// Writes an import record.
-    pub fn put_import(&mut self, r: &ImportRecord) -> Result<(), StoreError> {
-        self.imports.insert(r.id, to_json(r).as_slice())?;
-        Ok(())
-    }
-
-    /// Every import record.
-    pub fn imports(&self) -> Result<Vec<ImportRecord>, StoreError> {
-        all_json(&self.imports, "imports")
-    }
-
-    /// Deletes an import record and every rejected row stored with it.
-    /// Returns how many rejected rows were removed.
-    pub fn delete_import(&mut self, id: u64) -> Result<u64, StoreError> {
-        let lines: Vec<u64> = self
-            .import_rejects
-            .range((id, 0)..=(id, u64::MAX))?
-            .map(|r| r.map(|(k, _)| k.value().1))
-            .collect::<Result<_, _>>()?;
-        for l in &lines {
-            self.import_rejects.remove((id, *l))?;
-        }
-        self.imports.remove(id)?;
-        Ok(lines.len() as u64)
-    }
-
-    /// Records a rejected import row.
-    pub fn put_import_reject(
-        &mut self,
-        import: u64,
-        line: u64,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        self.import_rejects.insert((import, line), reason)?;
-        Ok(())
     }
 }
 
@@ -1185,179 +778,24 @@ fn all_json<K: redb::Key + 'static, T: DeserializeOwned>(
     Ok(out)
 }
 
-/// Which index a contact listing walks.
-#[derive(Debug, Clone)]
-pub enum ContactIndex {
-    /// Every contact, by id.
-    All,
-    /// Members of a list.
-    List(u64),
-    /// Contacts with a tag.
-    Tag(String),
-    /// Contacts in a consent state.
-    Consent(ConsentState),
-}
-
-/// A consistent read-only snapshot of the store.
+/// A consistent read-only snapshot of the store (one read transaction).
+/// Lookups it shares with the write side are [`ReadTables`] methods; the
+/// per-domain files add the listings and scans only readers make.
 pub struct ReadView {
-    txn: ReadTransaction,
+    /// The transaction's tables, each opened on first use.
+    tables: ReadOnlyTables,
 }
 
 impl ReadView {
-    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
-        &self,
-        def: redb::TableDefinition<K, V>,
-    ) -> Result<redb::ReadOnlyTable<K, V>, StoreError> {
-        Ok(self.txn.open_table(def)?)
-    }
-
-    /// A contact by id.
-    pub fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
-        get_json(&self.table(CONTACTS)?, "contacts", id)
-    }
-
-    /// The installation's salt for suppression hashes.
-    pub fn salt(&self) -> Result<Vec<u8>, StoreError> {
-        Ok(self
-            .table(META)?
-            .get("salt")?
-            .map(|v| v.value().to_vec())
-            .unwrap_or_default())
-    }
-
-    /// The id of the contact with this normalised (lower-cased) address.
-    pub fn contact_id_by_email(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.table(CONTACT_BY_EMAIL)?.get(key)?.map(|v| v.value()))
-    }
-
-    /// Up to `limit` contact ids from `index`, greater than `after`, in id order.
-    pub fn contact_ids(
-        &self,
-        index: &ContactIndex,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
-        let start = after.saturating_add(1);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        macro_rules! take {
-            ($iter:expr, $map:expr) => {
-                for r in $iter {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    let (k, _) = r?;
-                    out.push($map(k.value()));
-                }
-            };
+    fn new(txn: ReadTransaction) -> ReadView {
+        ReadView {
+            tables: ReadOnlyTables::new(txn),
         }
-        match index {
-            ContactIndex::All => take!(self.table(CONTACTS)?.range(start..)?, |k: u64| k),
-            ContactIndex::List(l) => {
-                take!(
-                    self.table(LIST_MEMBERS)?
-                        .range((*l, start)..=(*l, u64::MAX))?,
-                    |k: (u64, u64)| k.1
-                )
-            }
-            ContactIndex::Consent(s) => {
-                let c = s.code();
-                take!(
-                    self.table(CONTACT_BY_CONSENT)?
-                        .range((c, start)..=(c, u64::MAX))?,
-                    |k: (u8, u64)| k.1
-                )
-            }
-            ContactIndex::Tag(t) => {
-                take!(
-                    self.table(TAG_MEMBERS)?
-                        .range((t.as_str(), start)..=(t.as_str(), u64::MAX))?,
-                    |k: (&str, u64)| k.1
-                )
-            }
-        }
-        Ok(out)
-    }
-
-    /// A contact's consent log, oldest first.
-    pub fn consent_log(&self, contact_id: u64) -> Result<Vec<ConsentEvent>, StoreError> {
-        let t = self.table(CONSENT_LOG)?;
-        let mut out = Vec::new();
-        for r in t.range((contact_id, 0)..=(contact_id, u64::MAX))? {
-            let (_, v) = r?;
-            out.push(from_json("consent_log", v.value())?);
-        }
-        Ok(out)
-    }
-
-    /// Number of contacts in each consent state.
-    pub fn consent_counts(&self) -> Result<Vec<(ConsentState, u64)>, StoreError> {
-        let meta = self.table(META)?;
-        ConsentState::ALL
-            .into_iter()
-            .map(|s| Ok((s, meta_u64(&meta, consent_count_key(s))?)))
-            .collect()
     }
 
     /// The stored schema version.
     pub fn schema_version(&self) -> Result<u64, StoreError> {
-        meta_u64(&self.table(META)?, "schema_version")
-    }
-
-    /// A field definition.
-    pub fn field(&self, name: &str) -> Result<Option<FieldDef>, StoreError> {
-        get_json(&self.table(FIELDS)?, "fields", name)
-    }
-
-    /// Every field definition, by name.
-    pub fn fields(&self) -> Result<Vec<FieldDef>, StoreError> {
-        all_json(&self.table(FIELDS)?, "fields")
-    }
-
-    /// A list by id.
-    pub fn list(&self, id: u64) -> Result<Option<List>, StoreError> {
-        get_json(&self.table(LISTS)?, "lists", id)
-    }
-
-    /// A list id by name.
-    pub fn list_id_by_name(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .table(LIST_BY_NAME)?
-            .get(name.to_lowercase().as_str())?
-            .map(|v| v.value()))
-    }
-
-    /// Every list, by id.
-    pub fn lists(&self) -> Result<Vec<List>, StoreError> {
-        all_json(&self.table(LISTS)?, "lists")
-    }
-
-    /// An import record.
-    pub fn import(&self, id: u64) -> Result<Option<ImportRecord>, StoreError> {
-        get_json(&self.table(IMPORTS)?, "imports", id)
-    }
-
-    /// Every import record.
-    pub fn imports(&self) -> Result<Vec<ImportRecord>, StoreError> {
-        all_json(&self.table(IMPORTS)?, "imports")
-    }
-
-    /// Up to `limit` rejected rows of an import with line numbers after `after`.
-    pub fn import_rejects(
-        &self,
-        import: u64,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, String)>, StoreError> {
-        let t = self.table(IMPORT_REJECTS)?;
-        let mut out = Vec::new();
-        for r in t
-            .range((import, after.saturating_add(1))..=(import, u64::MAX))?
-            .take(limit)
-        {
-            let (k, v) = r?;
-            out.push((k.value().1, v.value().to_string()));
-        }
-        Ok(out)
+        meta_u64(self.tables.meta()?, "schema_version")
     }
 }
 

@@ -6,7 +6,7 @@ use redb::ReadableTable;
 
 use super::tables::*;
 use super::{
-    ReadView, StoreError, WriteTables, from_json, get_json, meta_u64, suppression_key, to_json,
+    ReadTables, ReadView, StoreError, WriteTables, from_json, meta_u64, suppression_key, to_json,
 };
 use crate::delivery::model::{NotSent, QueuedMessage, RcptState};
 use crate::send::model::SendKind;
@@ -75,16 +75,6 @@ pub(super) fn index_addresses(txn: &redb::WriteTransaction) -> Result<(), StoreE
 }
 
 impl WriteTables<'_> {
-    /// A message still in the queue.
-    pub fn queued_message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
-        get_json(&self.queue, "queue", id)
-    }
-
-    /// A message every recipient of which is done.
-    pub fn finished_message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
-        get_json(&self.queue_done, "queue_done", id)
-    }
-
     /// Stores a queued message (and its body, when given), moving its entry in
     /// the due index to its earliest pending recipient. A body is given once,
     /// when the message is queued: then its recipients' addresses are
@@ -97,46 +87,37 @@ impl WriteTables<'_> {
         let due = m.next_due();
         if m.due != due {
             if let Some(old) = m.due {
-                self.queue_due.remove((old, m.id))?;
+                self.tables.queue_due.remove((old, m.id))?;
             }
             if let Some(new) = due {
-                self.queue_due.insert((new, m.id), ())?;
+                self.tables.queue_due.insert((new, m.id), ())?;
             }
             m.due = due;
         }
-        self.queue.insert(m.id, to_json(m).as_slice())?;
+        self.tables.queue.insert(m.id, to_json(m).as_slice())?;
         if let Some(b) = body {
-            self.queue_bodies.insert(m.id, b)?;
+            self.tables.queue_bodies.insert(m.id, b)?;
             let salt = self.salt()?;
             for r in &m.recipients {
-                self.queue_by_address
+                self.tables
+                    .queue_by_address
                     .insert((address_key(&salt, &r.address).as_slice(), m.id), ())?;
             }
         }
         Ok(())
     }
 
-    /// The ids of every message, queued or finished, to the address whose
-    /// salted hash is `key` (see [`crate::store::suppression_key`]).
-    pub fn messages_to(&self, key: &[u8]) -> Result<Vec<u64>, StoreError> {
-        let mut out = Vec::new();
-        for r in self.queue_by_address.range((key, 0u64)..=(key, u64::MAX))? {
-            out.push(r?.0.value().1);
-        }
-        Ok(out)
-    }
-
     /// Rewrites the record of a finished message (erasure scrubs it).
     pub fn put_finished_message(&mut self, m: &QueuedMessage) -> Result<(), StoreError> {
-        self.queue_done.insert(m.id, to_json(m).as_slice())?;
+        self.tables.queue_done.insert(m.id, to_json(m).as_slice())?;
         Ok(())
     }
 
     /// Forgets the address index entries under `key` (erasure, after the
     /// records they point to were scrubbed).
     pub fn unindex_address(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        for id in self.messages_to(key)? {
-            self.queue_by_address.remove((key, id))?;
+        for id in self.message_ids_to(key)? {
+            self.tables.queue_by_address.remove((key, id))?;
         }
         Ok(())
     }
@@ -145,10 +126,10 @@ impl WriteTables<'_> {
     /// drops its body.
     pub fn finish_message(&mut self, mut m: QueuedMessage, now: i64) -> Result<(), StoreError> {
         if let Some(old) = m.due.take() {
-            self.queue_due.remove((old, m.id))?;
+            self.tables.queue_due.remove((old, m.id))?;
         }
-        self.queue.remove(m.id)?;
-        self.queue_bodies.remove(m.id)?;
+        self.tables.queue.remove(m.id)?;
+        self.tables.queue_bodies.remove(m.id)?;
         let delivered = m
             .recipients
             .iter()
@@ -188,7 +169,9 @@ impl WriteTables<'_> {
                 },
             )?;
         }
-        self.queue_done.insert(m.id, to_json(&m).as_slice())?;
+        self.tables
+            .queue_done
+            .insert(m.id, to_json(&m).as_slice())?;
         Ok(())
     }
 
@@ -200,7 +183,7 @@ impl WriteTables<'_> {
         limit: usize,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut out = Vec::new();
-        for r in self.queue.range(after.saturating_add(1)..)? {
+        for r in self.tables.queue.range(after.saturating_add(1)..)? {
             let (_, v) = r?;
             out.push(from_json("queue", v.value())?);
             if out.len() >= limit {
@@ -214,26 +197,18 @@ impl WriteTables<'_> {
 impl ReadView {
     /// A message in the queue, or else among the finished ones.
     pub fn message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
-        match get_json(&self.table(QUEUE)?, "queue", id)? {
+        match self.queued_message(id)? {
             Some(m) => Ok(Some(m)),
-            None => get_json(&self.table(QUEUE_DONE)?, "queue_done", id),
+            None => self.finished_message(id),
         }
-    }
-
-    /// A message still in the queue.
-    pub fn queued_message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
-        get_json(&self.table(QUEUE)?, "queue", id)
     }
 
     /// Every message, queued or finished, to the address whose salted hash
     /// is `key`, in queue id order.
     pub fn messages_to(&self, key: &[u8]) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut out = Vec::new();
-        for r in self
-            .table(QUEUE_BY_ADDRESS)?
-            .range((key, 0u64)..=(key, u64::MAX))?
-        {
-            if let Some(m) = self.message(r?.0.value().1)? {
+        for id in self.message_ids_to(key)? {
+            if let Some(m) = self.message(id)? {
                 out.push(m);
             }
         }
@@ -243,7 +218,8 @@ impl ReadView {
     /// The stored bytes of a queued message.
     pub fn message_body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
-            .table(QUEUE_BODIES)?
+            .tables
+            .queue_bodies()?
             .get(id)?
             .map(|v| v.value().to_vec()))
     }
@@ -255,7 +231,7 @@ impl ReadView {
         until: i64,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError> {
-        let t = self.table(QUEUE_DUE)?;
+        let t = self.tables.queue_due()?;
         let mut out = Vec::new();
         let range = match after {
             Some((d, id)) => t.range((d, id)..=(until, u64::MAX))?,
@@ -277,12 +253,12 @@ impl ReadView {
 
     /// The earliest entry of the due index.
     pub fn first_due(&self) -> Result<Option<DueEntry>, StoreError> {
-        Ok(self.table(QUEUE_DUE)?.first()?.map(|(k, _)| k.value()))
+        Ok(self.tables.queue_due()?.first()?.map(|(k, _)| k.value()))
     }
 
     /// Calls `f` for every message in the queue.
     pub fn for_each_queued(&self, mut f: impl FnMut(QueuedMessage)) -> Result<(), StoreError> {
-        for r in self.table(QUEUE)?.iter()? {
+        for r in self.tables.queue()?.iter()? {
             let (_, v) = r?;
             f(from_json("queue", v.value())?);
         }
@@ -291,12 +267,12 @@ impl ReadView {
 
     /// Lifetime totals.
     pub fn queue_summary(&self) -> Result<QueueSummary, StoreError> {
-        let meta = self.table(META)?;
+        let meta = self.tables.meta()?;
         Ok(QueueSummary {
-            delivered: meta_u64(&meta, DELIVERED)?,
-            failed: meta_u64(&meta, FAILED)?,
-            not_sent_erased: meta_u64(&meta, NOT_SENT_ERASED)?,
-            not_sent_no_consent: meta_u64(&meta, NOT_SENT_NO_CONSENT)?,
+            delivered: meta_u64(meta, DELIVERED)?,
+            failed: meta_u64(meta, FAILED)?,
+            not_sent_erased: meta_u64(meta, NOT_SENT_ERASED)?,
+            not_sent_no_consent: meta_u64(meta, NOT_SENT_NO_CONSENT)?,
         })
     }
 }

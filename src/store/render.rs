@@ -3,26 +3,22 @@
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::tables::*;
-use super::{ReadView, StoreError, WriteTables, from_json, get_json, to_json};
+use super::{ReadView, StoreError, WriteTables, from_json, to_json};
 use crate::render::links::LinkRecord;
 use crate::shop::Product;
 
 impl WriteTables<'_> {
-    /// A product by SKU.
-    pub fn product(&self, sku: &str) -> Result<Option<Product>, StoreError> {
-        get_json(&self.products, "products", sku)
-    }
-
     /// Stores (creates or replaces) a product.
     pub fn put_product(&mut self, p: &Product) -> Result<(), StoreError> {
-        self.products
+        self.tables
+            .products
             .insert(p.sku.as_str(), to_json(p).as_slice())?;
         Ok(())
     }
 
     /// Deletes a product; false if there was none.
     pub fn delete_product(&mut self, sku: &str) -> Result<bool, StoreError> {
-        Ok(self.products.remove(sku)?.is_some())
+        Ok(self.tables.products.remove(sku)?.is_some())
     }
 
     /// Records links of a send. A link number, once recorded, keeps its URL:
@@ -34,7 +30,7 @@ impl WriteTables<'_> {
         links: &[(u32, LinkRecord)],
     ) -> Result<(), StoreError> {
         for (n, rec) in links {
-            if let Some(old) = self.links.get((send, *n))? {
+            if let Some(old) = self.tables.links.get((send, *n))? {
                 let old: LinkRecord = from_json("links", old.value())?;
                 if &old != rec {
                     return Err(StoreError::Corrupt {
@@ -44,21 +40,18 @@ impl WriteTables<'_> {
                 }
                 continue;
             }
-            self.links.insert((send, *n), to_json(rec).as_slice())?;
+            self.tables
+                .links
+                .insert((send, *n), to_json(rec).as_slice())?;
         }
         Ok(())
     }
 }
 
 impl ReadView {
-    /// A product by SKU.
-    pub fn product(&self, sku: &str) -> Result<Option<Product>, StoreError> {
-        get_json(&self.table(PRODUCTS)?, "products", sku)
-    }
-
     /// Up to `limit` products with SKUs after `after`, in SKU order.
     pub fn products(&self, after: Option<&str>, limit: usize) -> Result<Vec<Product>, StoreError> {
-        let t = self.table(PRODUCTS)?;
+        let t = self.tables.products()?;
         let range = match after {
             Some(a) => {
                 t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?
@@ -75,12 +68,12 @@ impl ReadView {
 
     /// Number of products.
     pub fn product_count(&self) -> Result<u64, StoreError> {
-        Ok(self.table(PRODUCTS)?.len()?)
+        Ok(self.tables.products()?.len()?)
     }
 
     /// Every recorded link of a send, by number.
     pub fn links(&self, send: &[u8]) -> Result<Vec<(u32, LinkRecord)>, StoreError> {
-        let t = self.table(LINKS)?;
+        let t = self.tables.links()?;
         let mut out = Vec::new();
         for item in t.range((send, 0u32)..=(send, u32::MAX))? {
             let (k, v) = item?;
@@ -91,7 +84,7 @@ impl ReadView {
 
     /// One recorded link of a send.
     pub fn link(&self, send: &[u8], n: u32) -> Result<Option<LinkRecord>, StoreError> {
-        match self.table(LINKS)?.get((send, n))? {
+        match self.tables.links()?.get((send, n))? {
             Some(v) => Ok(Some(from_json("links", v.value())?)),
             None => Ok(None),
         }

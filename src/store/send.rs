@@ -52,23 +52,16 @@ impl LinkCounts {
 }
 
 /// The ledger and engagement key of a contact in a send's round.
-fn round_key(s: SendRef, contact: u64) -> (u8, u64, u32, u64) {
+pub(super) fn round_key(s: SendRef, contact: u64) -> (u8, u64, u32, u64) {
     (s.kind.code(), s.id, s.round(), contact)
 }
 
 impl WriteTables<'_> {
-    /// The message of a send's round a contact was sent: (slot, queue id).
-    pub fn sent(&self, s: SendRef, contact: u64) -> Result<Option<(u32, u64)>, StoreError> {
-        Ok(self
-            .send_ledger
-            .get(round_key(s, contact))?
-            .map(|v| v.value()))
-    }
-
     /// Records a message of a send as queued (the ledger entry) and counts
     /// it as sent.
     pub fn put_sent(&mut self, s: SendRef, contact: u64, queue_id: u64) -> Result<(), StoreError> {
-        self.send_ledger
+        self.tables
+            .send_ledger
             .insert(round_key(s, contact), (s.variant, queue_id))?;
         self.bump_send(s, Counter::Sent, 1)
     }
@@ -141,17 +134,10 @@ impl WriteTables<'_> {
         contact: u64,
     ) -> Result<bool, StoreError> {
         Ok(self
+            .tables
             .send_clickers
             .insert((s.kind.code(), s.id, s.variant, link, contact), ())?
             .is_none())
-    }
-
-    /// A contact's engagement flags in a send's round, if any.
-    pub fn engagement(&self, s: SendRef, contact: u64) -> Result<Option<u8>, StoreError> {
-        Ok(self
-            .send_engagement
-            .get(round_key(s, contact))?
-            .map(|v| v.value().0))
     }
 
     /// Adds engagement `flags` (see `send::model`) of a contact in a send's
@@ -166,6 +152,7 @@ impl WriteTables<'_> {
     ) -> Result<u8, StoreError> {
         let key = round_key(s, contact);
         let (old, mut open_at, mut click_at) = self
+            .tables
             .send_engagement
             .get(key)?
             .map(|v| v.value())
@@ -176,7 +163,8 @@ impl WriteTables<'_> {
         if flags & CLICKED != 0 {
             click_at = click_at.max(at);
         }
-        self.send_engagement
+        self.tables
+            .send_engagement
             .insert(key, (old | flags, open_at, click_at))?;
         if flags & (OPENED | CLICKED) != 0 {
             self.note(|| Change::Engaged {
@@ -201,8 +189,8 @@ impl WriteTables<'_> {
 
     /// Names a send (a transactional tag's name), once.
     pub fn name_send(&mut self, kind: SendKind, id: u64, name: &str) -> Result<(), StoreError> {
-        if self.send_names.get((kind.code(), id))?.is_none() {
-            self.send_names.insert((kind.code(), id), name)?;
+        if self.tables.send_names.get((kind.code(), id))?.is_none() {
+            self.tables.send_names.insert((kind.code(), id), name)?;
         }
         Ok(())
     }
@@ -214,7 +202,8 @@ impl ReadView {
         let k = kind.code();
         let mut out = BTreeMap::new();
         for r in self
-            .table(SEND_COUNTS)?
+            .tables
+            .send_counts()?
             .range((k, id, 0u32, 0u8)..=(k, id, u32::MAX, u8::MAX))?
         {
             let (key, v) = r?;
@@ -233,7 +222,8 @@ impl ReadView {
         let k = kind.code();
         let mut out = BTreeMap::new();
         for r in self
-            .table(SEND_HOURLY)?
+            .tables
+            .send_hourly()?
             .range((k, id, 0u32, 0u8)..=(k, id, u32::MAX, u8::MAX))?
         {
             let (key, v) = r?;
@@ -252,7 +242,8 @@ impl ReadView {
         let k = kind.code();
         let mut out: BTreeMap<(u32, u32), LinkCounts> = BTreeMap::new();
         for r in self
-            .table(SEND_LINKS)?
+            .tables
+            .send_links()?
             .range((k, id, 0u32, 0u32, 0u8)..=(k, id, u32::MAX, u32::MAX, u8::MAX))?
         {
             let (key, v) = r?;
@@ -268,12 +259,12 @@ impl ReadView {
         let (k, id, round) = (s.kind.code(), s.id, s.round());
         let range = (k, id, round, 0u64)..=(k, id, round, u64::MAX);
         let mut flags: BTreeMap<u64, u8> = BTreeMap::new();
-        for r in self.table(SEND_ENGAGEMENT)?.range(range.clone())? {
+        for r in self.tables.send_engagement()?.range(range.clone())? {
             let (key, v) = r?;
             flags.insert(key.value().3, v.value().0);
         }
         let mut out = Vec::new();
-        for r in self.table(SEND_LEDGER)?.range(range)? {
+        for r in self.tables.send_ledger()?.range(range)? {
             let (key, v) = r?;
             let contact = key.value().3;
             out.push((
@@ -283,27 +274,6 @@ impl ReadView {
             ));
         }
         Ok(out)
-    }
-
-    /// The message of a send's round a contact was sent: (slot, queue id).
-    pub fn sent(&self, s: SendRef, contact: u64) -> Result<Option<(u32, u64)>, StoreError> {
-        Ok(self
-            .table(SEND_LEDGER)?
-            .get(round_key(s, contact))?
-            .map(|v| v.value()))
-    }
-
-    /// A contact's engagement in a send's round: (flags, last open ms, last
-    /// click ms), if any.
-    pub fn engagement(
-        &self,
-        s: SendRef,
-        contact: u64,
-    ) -> Result<Option<(u8, i64, i64)>, StoreError> {
-        Ok(self
-            .table(SEND_ENGAGEMENT)?
-            .get(round_key(s, contact))?
-            .map(|v| v.value()))
     }
 
     /// Every message of a kind of send and every open and click, for the
@@ -317,12 +287,12 @@ impl ReadView {
     ) -> Result<(), StoreError> {
         let k = kind.code();
         let all = (k, 0u64, 0u32, 0u64)..=(k, u64::MAX, u32::MAX, u64::MAX);
-        for r in self.table(SEND_LEDGER)?.range(all.clone())? {
+        for r in self.tables.send_ledger()?.range(all.clone())? {
             let (key, _) = r?;
             let (_, id, _, contact) = key.value();
             sent(id, contact);
         }
-        for r in self.table(SEND_ENGAGEMENT)?.range(all)? {
+        for r in self.tables.send_engagement()?.range(all)? {
             let (key, v) = r?;
             let (_, id, _, contact) = key.value();
             let (f, o, cl) = v.value();
@@ -335,7 +305,7 @@ impl ReadView {
     pub fn send_names(&self, kind: SendKind) -> Result<Vec<(u64, String)>, StoreError> {
         let k = kind.code();
         let mut out = Vec::new();
-        for r in self.table(SEND_NAMES)?.range((k, 0u64)..=(k, u64::MAX))? {
+        for r in self.tables.send_names()?.range((k, 0u64)..=(k, u64::MAX))? {
             let (key, v) = r?;
             out.push((key.value().1, v.value().to_string()));
         }

@@ -13,7 +13,7 @@ use super::tables::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Change, ReadView, StoreError, WriteTables, from_json, get_json, to_json};
+use super::{Change, ReadTables, ReadView, StoreError, WriteTables, from_json, get_json, to_json};
 use crate::segment::StoredSegment;
 use crate::shop::model::{Cart, Order, ShopStats, StatsDelta, WaitEntry};
 
@@ -32,7 +32,7 @@ fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreErr
     })
 }
 
-fn get_bin<'k, K: redb::Key + 'static, T: DeserializeOwned>(
+pub(super) fn get_bin<'k, K: redb::Key + 'static, T: DeserializeOwned>(
     t: &impl ReadableTable<K, &'static [u8]>,
     name: &'static str,
     key: impl std::borrow::Borrow<K::SelfType<'k>>,
@@ -44,15 +44,12 @@ fn get_bin<'k, K: redb::Key + 'static, T: DeserializeOwned>(
 }
 
 impl WriteTables<'_> {
-    /// An order by the shop's id.
-    pub fn order(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
-        get_bin(&self.orders, "orders", order_id)
-    }
-
     /// Stores an order. (A contact's orders are listed in its `ShopStats`,
     /// which the caller updates in the same transaction.)
     pub fn put_order(&mut self, o: &Order) -> Result<(), StoreError> {
-        self.orders.insert(o.order_id.as_str(), enc(o).as_slice())?;
+        self.tables
+            .orders
+            .insert(o.order_id.as_str(), enc(o).as_slice())?;
         Ok(())
     }
 
@@ -78,6 +75,7 @@ impl WriteTables<'_> {
     /// duplicate). One B-tree operation for the common case.
     pub fn record_event(&mut self, kind: &str, id: &str, at_ms: i64) -> Result<bool, StoreError> {
         let old = self
+            .tables
             .shop_events
             .insert((kind, id), at_ms)?
             .map(|v| v.value());
@@ -85,7 +83,7 @@ impl WriteTables<'_> {
             None => Ok(true),
             Some(v) => {
                 if v != at_ms {
-                    self.shop_events.insert((kind, id), v)?;
+                    self.tables.shop_events.insert((kind, id), v)?;
                 }
                 Ok(false)
             }
@@ -95,13 +93,8 @@ impl WriteTables<'_> {
     /// Forgets an event recorded by [`WriteTables::record_event`] (it was
     /// rejected after all, and may be sent again fixed).
     pub fn forget_event(&mut self, kind: &str, id: &str) -> Result<(), StoreError> {
-        self.shop_events.remove((kind, id))?;
+        self.tables.shop_events.remove((kind, id))?;
         Ok(())
-    }
-
-    /// A contact's aggregates.
-    pub fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
-        get_bin(&self.shop_stats, "shop_stats", contact)
     }
 
     /// Stores a contact's aggregates; `delta` says what changed in the
@@ -112,7 +105,7 @@ impl WriteTables<'_> {
         s: &ShopStats,
         delta: StatsDelta,
     ) -> Result<(), StoreError> {
-        self.shop_stats.insert(contact, enc(s).as_slice())?;
+        self.tables.shop_stats.insert(contact, enc(s).as_slice())?;
         self.note(|| Change::Stats {
             contact,
             scalars: Box::new(ShopStats {
@@ -127,11 +120,6 @@ impl WriteTables<'_> {
         Ok(())
     }
 
-    /// A contact's cart.
-    pub fn cart(&self, contact: u64) -> Result<Option<Cart>, StoreError> {
-        get_bin(&self.carts, "carts", contact)
-    }
-
     /// Stores a contact's cart. A cart without items is kept as the time
     /// the cart was emptied (so older events stay out); to segments it is
     /// no cart.
@@ -141,7 +129,7 @@ impl WriteTables<'_> {
         cart: Cart,
         before: Option<Cart>,
     ) -> Result<(), StoreError> {
-        self.carts.insert(contact, enc(&cart).as_slice())?;
+        self.tables.carts.insert(contact, enc(&cart).as_slice())?;
         self.note(|| Change::Cart {
             contact,
             before: before.filter(|b| !b.items.is_empty()).map(Arc::new),
@@ -152,24 +140,25 @@ impl WriteTables<'_> {
 
     /// Adds or replaces a wait-list entry.
     pub fn put_wait(&mut self, sku: &str, contact: u64, e: &WaitEntry) -> Result<(), StoreError> {
-        self.waitlist
+        self.tables
+            .waitlist
             .insert((sku, contact), to_json(e).as_slice())?;
         Ok(())
     }
 
     /// Removes a wait-list entry; false if there was none.
     pub fn delete_wait(&mut self, sku: &str, contact: u64) -> Result<bool, StoreError> {
-        Ok(self.waitlist.remove((sku, contact))?.is_some())
+        Ok(self.tables.waitlist.remove((sku, contact))?.is_some())
     }
 
     /// Removes every shop record of a contact (erasure).
     pub(super) fn delete_shop_data(&mut self, contact: u64) -> Result<(), StoreError> {
         if let Some(old) = self.stats(contact)? {
             for o in self.orders_of(contact, &old.orders)? {
-                self.orders.remove(o.order_id.as_str())?;
-                self.order_attribution.remove(o.order_id.as_str())?;
+                self.tables.orders.remove(o.order_id.as_str())?;
+                self.tables.order_attribution.remove(o.order_id.as_str())?;
             }
-            self.shop_stats.remove(contact)?;
+            self.tables.shop_stats.remove(contact)?;
             let empty = ShopStats::default();
             self.note(|| Change::Stats {
                 contact,
@@ -178,7 +167,7 @@ impl WriteTables<'_> {
             });
         }
         if let Some(old) = self.cart(contact)? {
-            self.carts.remove(contact)?;
+            self.tables.carts.remove(contact)?;
             self.note(|| Change::Cart {
                 contact,
                 before: (!old.items.is_empty()).then(|| Arc::new(old)),
@@ -186,7 +175,7 @@ impl WriteTables<'_> {
             });
         }
         let mut waits = Vec::new();
-        for r in self.waitlist.iter()? {
+        for r in self.tables.waitlist.iter()? {
             let (k, _) = r?;
             let (sku, c) = k.value();
             if c == contact {
@@ -194,48 +183,34 @@ impl WriteTables<'_> {
             }
         }
         for sku in waits {
-            self.waitlist.remove((sku.as_str(), contact))?;
+            self.tables.waitlist.remove((sku.as_str(), contact))?;
         }
         Ok(())
     }
 
     /// An API-created segment.
     pub fn segment(&self, name: &str) -> Result<Option<StoredSegment>, StoreError> {
-        get_json(&self.segments, "segments", name)
+        get_json(&self.tables.segments, "segments", name)
     }
 
     /// Stores an API-created segment.
     pub fn put_segment(&mut self, s: &StoredSegment) -> Result<(), StoreError> {
-        self.segments
+        self.tables
+            .segments
             .insert(s.name.as_str(), to_json(s).as_slice())?;
         Ok(())
     }
 
     /// Deletes an API-created segment; false if there was none.
     pub fn delete_segment(&mut self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.segments.remove(name)?.is_some())
+        Ok(self.tables.segments.remove(name)?.is_some())
     }
 }
 
 impl ReadView {
-    /// An order by the shop's id.
-    pub fn order(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
-        get_bin(&self.table(ORDERS)?, "orders", order_id)
-    }
-
-    /// A contact's aggregates.
-    pub fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
-        get_bin(&self.table(SHOP_STATS)?, "shop_stats", contact)
-    }
-
-    /// A contact's cart.
-    pub fn cart(&self, contact: u64) -> Result<Option<Cart>, StoreError> {
-        get_bin(&self.table(CARTS)?, "carts", contact)
-    }
-
     /// The contacts waiting for a SKU, in contact id order.
     pub fn waiting_for(&self, sku: &str) -> Result<Vec<(u64, WaitEntry)>, StoreError> {
-        let t = self.table(WAITLIST)?;
+        let t = self.tables.waitlist()?;
         let mut out = Vec::new();
         for r in t.range((sku, 0)..=(sku, u64::MAX))? {
             let (k, v) = r?;
@@ -248,7 +223,7 @@ impl ReadView {
     /// keyed by SKU: for the GDPR export).
     pub fn waitlists_of(&self, contact: u64) -> Result<Vec<(String, WaitEntry)>, StoreError> {
         let mut out = Vec::new();
-        for r in self.table(WAITLIST)?.iter()? {
+        for r in self.tables.waitlist()?.iter()? {
             let (k, v) = r?;
             let (sku, c) = k.value();
             if c == contact {
@@ -260,7 +235,7 @@ impl ReadView {
 
     /// Every API-created segment, by name.
     pub fn segments(&self) -> Result<Vec<StoredSegment>, StoreError> {
-        super::all_json(&self.table(SEGMENTS)?, "segments")
+        super::all_json(self.tables.segments()?, "segments")
     }
 
     /// Calls `f` with every contact's aggregates, in id order, a chunk at a
@@ -278,7 +253,7 @@ impl ReadView {
             raw.clear();
             f(chunk)
         };
-        for r in self.table(SHOP_STATS)?.iter()? {
+        for r in self.tables.shop_stats()?.iter()? {
             let (k, v) = r?;
             raw.push((k.value(), v.value().to_vec()));
             if raw.len() == CHUNK {
@@ -303,7 +278,7 @@ impl ReadView {
             raw.clear();
             f(chunk)
         };
-        for r in self.table(CONTACTS)?.iter()? {
+        for r in self.tables.contacts()?.iter()? {
             let (_, v) = r?;
             raw.push(v.value().to_vec());
             if raw.len() == CHUNK {
@@ -318,7 +293,7 @@ impl ReadView {
         &self,
         mut f: impl FnMut(u64, Cart) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        for r in self.table(CARTS)?.iter()? {
+        for r in self.tables.carts()?.iter()? {
             let (k, v) = r?;
             f(k.value(), dec("carts", v.value())?)?;
         }

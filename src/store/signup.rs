@@ -4,7 +4,7 @@
 
 use redb::ReadableTable;
 
-use super::tables::SIGNUP_REQUESTS;
+use super::tables::TableSet;
 use super::{ReadView, StoreError, WriteTables, from_json, to_json};
 use crate::contacts::model::ConsentState;
 use crate::contacts::signup::SignupRequest;
@@ -18,7 +18,8 @@ impl WriteTables<'_> {
         r: &SignupRequest,
     ) -> Result<u64, StoreError> {
         let n = self.next_id(super::Sequence::Signup)?;
-        self.signup_requests
+        self.tables
+            .signup_requests
             .insert((contact, n), to_json(r).as_slice())?;
         Ok(n)
     }
@@ -30,7 +31,7 @@ impl WriteTables<'_> {
         contact: u64,
         request: u64,
     ) -> Result<Option<SignupRequest>, StoreError> {
-        let old = self.signup_requests.remove((contact, request))?;
+        let old = self.tables.signup_requests.remove((contact, request))?;
         match old {
             Some(v) => Ok(Some(from_json("signup_requests", v.value())?)),
             None => Ok(None),
@@ -40,12 +41,13 @@ impl WriteTables<'_> {
     /// Removes every request of a contact (erasure).
     pub fn delete_signup_requests(&mut self, contact: u64) -> Result<(), StoreError> {
         let keys: Vec<(u64, u64)> = self
+            .tables
             .signup_requests
             .range((contact, 0)..=(contact, u64::MAX))?
             .map(|r| r.map(|(k, _)| k.value()))
             .collect::<Result<_, _>>()?;
         for k in keys {
-            self.signup_requests.remove(k)?;
+            self.tables.signup_requests.remove(k)?;
         }
         Ok(())
     }
@@ -54,6 +56,7 @@ impl WriteTables<'_> {
     /// consent log; `None` when it never did.
     pub fn last_withdrawal_ms(&self, contact: u64) -> Result<Option<i64>, StoreError> {
         for r in self
+            .tables
             .consent_log
             .range((contact, 0)..=(contact, u64::MAX))?
             .rev()
@@ -75,7 +78,7 @@ impl ReadView {
         &self,
         contact: u64,
     ) -> Result<Vec<(u64, SignupRequest)>, StoreError> {
-        let t = self.table(SIGNUP_REQUESTS)?;
+        let t = self.tables.signup_requests()?;
         let mut out = Vec::new();
         for r in t.range((contact, 0)..=(contact, u64::MAX))? {
             let (k, v) = r?;

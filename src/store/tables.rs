@@ -7,117 +7,31 @@
 //! migration; the shop records written for every event (orders, aggregates,
 //! carts) are postcard instead, for speed: adding a field to those is a new
 //! table version.
+//!
+//! The list below, given to the `tables!` macro, is the only place a table
+//! is named. From it come the `TableDefinition` constants, `create_all`
+//! (every table created when the store is opened, so that a read
+//! transaction can open any of them), `Tables` (every table open in a
+//! write transaction: `WriteTables` wraps it), `ReadOnlyTables` (the
+//! tables of a read transaction, each opened the first time a read needs
+//! it: `ReadView` wraps it) and [`TableSet`], one method per table, which
+//! both implement so that a getter is written once for both sides
+//! (`store::ReadTables`). A new table is one more line in the list.
+//! `legacy` (tables of older schemas, read only by `store::migrate`) is
+//! outside it: those tables are neither created nor opened.
 
-use redb::TableDefinition;
+use std::sync::OnceLock;
+
+use redb::{
+    Key, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition, TableError, Value,
+    WriteTransaction,
+};
 
 /// The schema this binary writes. Bump it together with a migration.
 pub const SCHEMA_VERSION: u64 = 2;
 
 /// The oldest schema this binary can upgrade from.
 pub const OLDEST_UPGRADABLE: u64 = 1;
-
-/// Unversioned: `schema_version`, id counters, per-state contact counts and the
-/// installation salt. Its layout never changes.
-pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-
-/// Contact id → `Contact` (JSON).
-pub const CONTACTS: TableDefinition<u64, &[u8]> = TableDefinition::new("contacts_v1");
-
-/// Lower-cased e-mail → contact id. The identity index.
-pub const CONTACT_BY_EMAIL: TableDefinition<&str, u64> =
-    TableDefinition::new("contact_by_email_v1");
-
-/// (consent state code, contact id) → (). For listing contacts by consent.
-pub const CONTACT_BY_CONSENT: TableDefinition<(u8, u64), ()> =
-    TableDefinition::new("contact_by_consent_v1");
-
-/// (list id, contact id) → (). Static list membership.
-pub const LIST_MEMBERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("list_members_v1");
-
-/// (tag, contact id) → ().
-pub const TAG_MEMBERS: TableDefinition<(&str, u64), ()> = TableDefinition::new("tag_members_v1");
-
-/// (contact id, sequence) → `ConsentEvent` (JSON). Append-only until erasure.
-pub const CONSENT_LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("consent_log_v1");
-
-/// Field name → `FieldDef` (JSON).
-pub const FIELDS: TableDefinition<&str, &[u8]> = TableDefinition::new("fields_v1");
-
-/// List id → `List` (JSON).
-pub const LISTS: TableDefinition<u64, &[u8]> = TableDefinition::new("lists_v1");
-
-/// Lower-cased list name → list id.
-pub const LIST_BY_NAME: TableDefinition<&str, u64> = TableDefinition::new("list_by_name_v1");
-
-/// Salted SHA-256 of an erased address → `Suppression` (JSON).
-pub const SUPPRESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("suppressions_v1");
-
-/// Import id → `ImportRecord` (JSON).
-pub const IMPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("imports_v1");
-
-/// (import id, line) → rejection reason. Every rejected row of every import.
-pub const IMPORT_REJECTS: TableDefinition<(u64, u64), &str> =
-    TableDefinition::new("import_rejects_v1");
-
-/// Queue id → `QueuedMessage` (JSON): messages with recipients still to deliver.
-pub const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_v1");
-
-/// Queue id → the message as it is sent (signed RFC 5322 bytes). Deleted when
-/// the message is finished.
-pub const QUEUE_BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_bodies_v1");
-
-/// (due time in ms, queue id) → (): which queued messages are due when.
-pub const QUEUE_DUE: TableDefinition<(i64, u64), ()> = TableDefinition::new("queue_due_v1");
-
-/// Queue id → `QueuedMessage` (JSON) of finished messages: every recipient
-/// delivered or failed. Kept for reports and for `GET /api/v1/queue/{id}`.
-pub const QUEUE_DONE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_done_v1");
-
-/// (salted SHA-256 of the lower-cased recipient address, queue id) → ():
-/// every message, queued or finished, to an address. Written when a message
-/// is queued; erasure finds a person's queue records through it (also those
-/// queued without a contact id), and the GDPR export lists them.
-pub const QUEUE_BY_ADDRESS: TableDefinition<(&[u8], u64), ()> =
-    TableDefinition::new("queue_by_address_v1");
-
-/// SKU → `Product` (JSON): the catalogue templates' product blocks read.
-pub const PRODUCTS: TableDefinition<&str, &[u8]> = TableDefinition::new("products_v1");
-
-/// (send key, link number) → `LinkRecord` (JSON): the links a send's messages
-/// contained. A click token names a link number; the redirect goes only to
-/// the URL recorded here.
-pub const LINKS: TableDefinition<(&[u8], u32), &[u8]> = TableDefinition::new("links_v1");
-
-/// (event type, event id) → the event's `at` (ms): every event of
-/// `POST /api/v1/events` that was accepted, so that a re-sent one is
-/// recognised as a duplicate.
-pub const SHOP_EVENTS: TableDefinition<(&str, &str), i64> = TableDefinition::new("shop_events_v1");
-
-/// The shop's order id → `Order` (postcard), the latest version of each order.
-pub const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders_v1");
-
-/// Contact id → `ShopStats` (postcard): the aggregates segments read.
-pub const SHOP_STATS: TableDefinition<u64, &[u8]> = TableDefinition::new("shop_stats_v1");
-
-/// Contact id → `Cart` (postcard): the current cart; an emptied cart is kept
-/// without items (its time orders later events).
-pub const CARTS: TableDefinition<u64, &[u8]> = TableDefinition::new("carts_v1");
-
-/// (SKU, contact id) → `WaitEntry` (JSON): back-in-stock and pre-order
-/// wait-lists.
-pub const WAITLIST: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("waitlist_v1");
-
-/// Segment name → `StoredSegment` (JSON): segments created through the API
-/// (file segments live in `config/segments/`).
-pub const SEGMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("segments_v1");
-
-/// Campaign id → `Campaign` (JSON): spec, status and durable progress.
-pub const CAMPAIGNS: TableDefinition<u64, &[u8]> = TableDefinition::new("campaigns_v1");
-
-/// (campaign id, part number) → the part's recipients, contact ids in
-/// ascending order, delta-varint encoded: the audience snapshot.
-pub const CAMPAIGN_AUDIENCE: TableDefinition<(u64, u32), &[u8]> =
-    TableDefinition::new("campaign_audience_v1");
 
 /// (send kind code, send id, round, contact id): the key of a contact in a
 /// send's round.
@@ -126,66 +40,258 @@ pub type RoundKey = (u8, u64, u32, u64);
 /// (flags, last open ms, last click ms) of a contact in a send's round.
 pub type Engagement = (u8, i64, i64);
 
-/// (send kind, send id, round, contact id) → (slot, queue id): the send
-/// ledger, every message a send queued (see `send::model::SendRef` for
-/// rounds and slots). Written with the message; a present key means "sent".
-pub const SEND_LEDGER: TableDefinition<RoundKey, (u32, u64)> =
-    TableDefinition::new("send_ledger_v1");
+/// Declares every table: its constant (with its doc), its field in
+/// `Tables` and `ReadOnlyTables` and its method in `TableSet` (named like
+/// the constant, in lower case), and its creation in `create_all`.
+/// Each entry reads `CONSTANT, field: Key => Value = "name_vN";`.
+macro_rules! tables {
+    ($(
+        $(#[$doc:meta])*
+        $konst:ident, $field:ident: $k:ty => $v:ty = $name:literal;
+    )*) => {
+        $(
+            $(#[$doc])*
+            pub const $konst: TableDefinition<$k, $v> = TableDefinition::new($name);
+        )*
 
-/// (send kind, send id, round, contact id) → (flags: see `send::model`;
-/// last open ms; last click ms).
-pub const SEND_ENGAGEMENT: TableDefinition<RoundKey, Engagement> =
-    TableDefinition::new("send_engagement_v1");
+        /// Opens every table in `txn`, creating those that do not exist yet.
+        pub(super) fn create_all(txn: &WriteTransaction) -> Result<(), TableError> {
+            $( txn.open_table($konst)?; )*
+            Ok(())
+        }
 
-/// (send kind, send id, slot, counter code) → count.
-pub const SEND_COUNTS: TableDefinition<(u8, u64, u32, u8), u64> =
-    TableDefinition::new("send_counts_v1");
+        /// Every table, open in one write transaction.
+        pub(super) struct Tables<'t> {
+            $(
+                #[doc = concat!("`", $name, "` (see [`", stringify!($konst), "`]).")]
+                pub(super) $field: Table<'t, $k, $v>,
+            )*
+        }
 
-/// (send kind, send id, hour since the epoch, counter code) → count: the
-/// hourly time series of a send's deliveries, opens, clicks, unsubscribes
-/// and orders (every slot together).
-pub const SEND_HOURLY: TableDefinition<(u8, u64, u32, u8), u64> =
-    TableDefinition::new("send_hourly_v1");
+        impl<'t> Tables<'t> {
+            /// Opens every table in `txn`.
+            pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self, TableError> {
+                Ok(Tables {
+                    $( $field: txn.open_table($konst)?, )*
+                })
+            }
+        }
 
-/// (send kind, send id, slot, link number, counter code) → count: clicks,
-/// unique clickers, machine clicks, orders and revenue per link.
-pub const SEND_LINKS: TableDefinition<(u8, u64, u32, u32, u8), u64> =
-    TableDefinition::new("send_links_v1");
+        /// The tables of one read transaction, each opened the first time a
+        /// read needs it and then kept for the transaction's other reads: a
+        /// read view is made for every API read, which needs a few of the
+        /// forty tables, not all of them.
+        pub(super) struct ReadOnlyTables {
+            $( $field: OnceLock<ReadOnlyTable<$k, $v>>, )*
+            /// Declared last, so that it is dropped after the tables.
+            txn: ReadTransaction,
+        }
 
-/// (send kind, send id, slot, link number, contact id): who clicked a link
-/// (by hand), for unique clicks per link.
-pub const SEND_CLICKERS: TableDefinition<(u8, u64, u32, u32, u64), ()> =
-    TableDefinition::new("send_clickers_v1");
+        impl ReadOnlyTables {
+            /// Tables of `txn`; none is opened yet.
+            pub(super) fn new(txn: ReadTransaction) -> Self {
+                ReadOnlyTables {
+                    $( $field: OnceLock::new(), )*
+                    txn,
+                }
+            }
+        }
 
-/// (send kind, send id) → name: what a send is called where its id is a
-/// hash (a transactional tag).
-pub const SEND_NAMES: TableDefinition<(u8, u64), &str> = TableDefinition::new("send_names_v1");
+        /// One method per table, for reading it: implemented by the tables of
+        /// a write transaction (`Tables`, always open) and of a read
+        /// transaction (`ReadOnlyTables`, opened on first use). Getters
+        /// written over it (`store::ReadTables`) serve both sides.
+        pub trait TableSet {
+            $(
+                #[doc = concat!("`", $name, "` (see [`", stringify!($konst), "`]).")]
+                fn $field(&self) -> Result<&impl ReadableTable<$k, $v>, TableError>;
+            )*
+        }
 
-/// (contact id, sequence) → `HistoryEvent` (JSON): what was sent to a
-/// contact and everything they did, in order.
-pub const HISTORY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("contact_history_v1");
+        impl TableSet for Tables<'_> {
+            $(
+                fn $field(&self) -> Result<&impl ReadableTable<$k, $v>, TableError> {
+                    Ok(&self.$field)
+                }
+            )*
+        }
 
-/// Contact id → (send kind code, send id, packed variant, link number, ms):
-/// the contact's last click by hand, for attribution by time window.
-pub const LAST_CLICK: TableDefinition<u64, (u8, u64, u32, u32, i64)> =
-    TableDefinition::new("last_click_v1");
+        impl TableSet for ReadOnlyTables {
+            $(
+                fn $field(&self) -> Result<&impl ReadableTable<$k, $v>, TableError> {
+                    opened(&self.$field, &self.txn, $konst)
+                }
+            )*
+        }
+    };
+}
 
-/// Order id → (send kind code, send id, packed variant, link number, how:
-/// 1 parameter, 2 window): the click an order was attributed to.
-pub const ORDER_ATTRIBUTION: TableDefinition<&str, (u8, u64, u32, u32, u8)> =
-    TableDefinition::new("order_attribution_v1");
+/// The table in `cell`, opened in `txn` if this is its first use.
+fn opened<'a, K: Key + 'static, V: Value + 'static>(
+    cell: &'a OnceLock<ReadOnlyTable<K, V>>,
+    txn: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<&'a ReadOnlyTable<K, V>, TableError> {
+    if let Some(t) = cell.get() {
+        return Ok(t);
+    }
+    let t = txn.open_table(def)?;
+    // Another thread sharing the view may have opened it meanwhile: then
+    // its table is kept and this one dropped.
+    Ok(cell.get_or_init(|| t))
+}
 
-/// Sequence → an open or click (postcard `track::journal::Logged`), committed
-/// before the hit is answered and applied to the counters, engagement and
-/// history shortly after (then removed): the hit journal.
-pub const HITS: TableDefinition<u64, &[u8]> = TableDefinition::new("hits_v1");
+tables! {
+    /// Unversioned: `schema_version`, id counters, per-state contact counts and the
+    /// installation salt. Its layout never changes.
+    META, meta: &'static str => &'static [u8] = "meta";
 
-/// (contact id, request number) → `SignupRequest` (JSON): a signup waiting
-/// for its confirmation click. The confirmation token names the key; the
-/// click consumes the entry, so a link grants once and only for the signup
-/// it was sent for.
-pub const SIGNUP_REQUESTS: TableDefinition<(u64, u64), &[u8]> =
-    TableDefinition::new("signup_requests_v1");
+    /// Contact id → `Contact` (JSON).
+    CONTACTS, contacts: u64 => &'static [u8] = "contacts_v1";
+
+    /// Lower-cased e-mail → contact id. The identity index.
+    CONTACT_BY_EMAIL, contact_by_email: &'static str => u64 = "contact_by_email_v1";
+
+    /// (consent state code, contact id) → (). For listing contacts by consent.
+    CONTACT_BY_CONSENT, contact_by_consent: (u8, u64) => () = "contact_by_consent_v1";
+
+    /// (list id, contact id) → (). Static list membership.
+    LIST_MEMBERS, list_members: (u64, u64) => () = "list_members_v1";
+
+    /// (tag, contact id) → ().
+    TAG_MEMBERS, tag_members: (&'static str, u64) => () = "tag_members_v1";
+
+    /// (contact id, sequence) → `ConsentEvent` (JSON). Append-only until erasure.
+    CONSENT_LOG, consent_log: (u64, u64) => &'static [u8] = "consent_log_v1";
+
+    /// Field name → `FieldDef` (JSON).
+    FIELDS, fields: &'static str => &'static [u8] = "fields_v1";
+
+    /// List id → `List` (JSON).
+    LISTS, lists: u64 => &'static [u8] = "lists_v1";
+
+    /// Lower-cased list name → list id.
+    LIST_BY_NAME, list_by_name: &'static str => u64 = "list_by_name_v1";
+
+    /// Salted SHA-256 of an erased address → `Suppression` (JSON).
+    SUPPRESSIONS, suppressions: &'static [u8] => &'static [u8] = "suppressions_v1";
+
+    /// Import id → `ImportRecord` (JSON).
+    IMPORTS, imports: u64 => &'static [u8] = "imports_v1";
+
+    /// (import id, line) → rejection reason. Every rejected row of every import.
+    IMPORT_REJECTS, import_rejects: (u64, u64) => &'static str = "import_rejects_v1";
+
+    /// Queue id → `QueuedMessage` (JSON): messages with recipients still to deliver.
+    QUEUE, queue: u64 => &'static [u8] = "queue_v1";
+
+    /// Queue id → the message as it is sent (signed RFC 5322 bytes). Deleted when
+    /// the message is finished.
+    QUEUE_BODIES, queue_bodies: u64 => &'static [u8] = "queue_bodies_v1";
+
+    /// (due time in ms, queue id) → (): which queued messages are due when.
+    QUEUE_DUE, queue_due: (i64, u64) => () = "queue_due_v1";
+
+    /// Queue id → `QueuedMessage` (JSON) of finished messages: every recipient
+    /// delivered or failed. Kept for reports and for `GET /api/v1/queue/{id}`.
+    QUEUE_DONE, queue_done: u64 => &'static [u8] = "queue_done_v1";
+
+    /// (salted SHA-256 of the lower-cased recipient address, queue id) → ():
+    /// every message, queued or finished, to an address. Written when a message
+    /// is queued; erasure finds a person's queue records through it (also those
+    /// queued without a contact id), and the GDPR export lists them.
+    QUEUE_BY_ADDRESS, queue_by_address: (&'static [u8], u64) => () = "queue_by_address_v1";
+
+    /// SKU → `Product` (JSON): the catalogue templates' product blocks read.
+    PRODUCTS, products: &'static str => &'static [u8] = "products_v1";
+
+    /// (send key, link number) → `LinkRecord` (JSON): the links a send's messages
+    /// contained. A click token names a link number; the redirect goes only to
+    /// the URL recorded here.
+    LINKS, links: (&'static [u8], u32) => &'static [u8] = "links_v1";
+
+    /// (event type, event id) → the event's `at` (ms): every event of
+    /// `POST /api/v1/events` that was accepted, so that a re-sent one is
+    /// recognised as a duplicate.
+    SHOP_EVENTS, shop_events: (&'static str, &'static str) => i64 = "shop_events_v1";
+
+    /// The shop's order id → `Order` (postcard), the latest version of each order.
+    ORDERS, orders: &'static str => &'static [u8] = "orders_v1";
+
+    /// Contact id → `ShopStats` (postcard): the aggregates segments read.
+    SHOP_STATS, shop_stats: u64 => &'static [u8] = "shop_stats_v1";
+
+    /// Contact id → `Cart` (postcard): the current cart; an emptied cart is kept
+    /// without items (its time orders later events).
+    CARTS, carts: u64 => &'static [u8] = "carts_v1";
+
+    /// (SKU, contact id) → `WaitEntry` (JSON): back-in-stock and pre-order
+    /// wait-lists.
+    WAITLIST, waitlist: (&'static str, u64) => &'static [u8] = "waitlist_v1";
+
+    /// Segment name → `StoredSegment` (JSON): segments created through the API
+    /// (file segments live in `config/segments/`).
+    SEGMENTS, segments: &'static str => &'static [u8] = "segments_v1";
+
+    /// Campaign id → `Campaign` (JSON): spec, status and durable progress.
+    CAMPAIGNS, campaigns: u64 => &'static [u8] = "campaigns_v1";
+
+    /// (campaign id, part number) → the part's recipients, contact ids in
+    /// ascending order, delta-varint encoded: the audience snapshot.
+    CAMPAIGN_AUDIENCE, campaign_audience: (u64, u32) => &'static [u8] = "campaign_audience_v1";
+
+    /// (send kind, send id, round, contact id) → (slot, queue id): the send
+    /// ledger, every message a send queued (see `send::model::SendRef` for
+    /// rounds and slots). Written with the message; a present key means "sent".
+    SEND_LEDGER, send_ledger: RoundKey => (u32, u64) = "send_ledger_v1";
+
+    /// (send kind, send id, round, contact id) → (flags: see `send::model`;
+    /// last open ms; last click ms).
+    SEND_ENGAGEMENT, send_engagement: RoundKey => Engagement = "send_engagement_v1";
+
+    /// (send kind, send id, slot, counter code) → count.
+    SEND_COUNTS, send_counts: (u8, u64, u32, u8) => u64 = "send_counts_v1";
+
+    /// (send kind, send id, hour since the epoch, counter code) → count: the
+    /// hourly time series of a send's deliveries, opens, clicks, unsubscribes
+    /// and orders (every slot together).
+    SEND_HOURLY, send_hourly: (u8, u64, u32, u8) => u64 = "send_hourly_v1";
+
+    /// (send kind, send id, slot, link number, counter code) → count: clicks,
+    /// unique clickers, machine clicks, orders and revenue per link.
+    SEND_LINKS, send_links: (u8, u64, u32, u32, u8) => u64 = "send_links_v1";
+
+    /// (send kind, send id, slot, link number, contact id): who clicked a link
+    /// (by hand), for unique clicks per link.
+    SEND_CLICKERS, send_clickers: (u8, u64, u32, u32, u64) => () = "send_clickers_v1";
+
+    /// (send kind, send id) → name: what a send is called where its id is a
+    /// hash (a transactional tag).
+    SEND_NAMES, send_names: (u8, u64) => &'static str = "send_names_v1";
+
+    /// (contact id, sequence) → `HistoryEvent` (JSON): what was sent to a
+    /// contact and everything they did, in order.
+    HISTORY, history: (u64, u64) => &'static [u8] = "contact_history_v1";
+
+    /// Contact id → (send kind code, send id, packed variant, link number, ms):
+    /// the contact's last click by hand, for attribution by time window.
+    LAST_CLICK, last_click: u64 => (u8, u64, u32, u32, i64) = "last_click_v1";
+
+    /// Order id → (send kind code, send id, packed variant, link number, how:
+    /// 1 parameter, 2 window): the click an order was attributed to.
+    ORDER_ATTRIBUTION, order_attribution: &'static str => (u8, u64, u32, u32, u8) = "order_attribution_v1";
+
+    /// Sequence → an open or click (postcard `track::journal::Logged`), committed
+    /// before the hit is answered and applied to the counters, engagement and
+    /// history shortly after (then removed): the hit journal.
+    HITS, hits: u64 => &'static [u8] = "hits_v1";
+
+    /// (contact id, request number) → `SignupRequest` (JSON): a signup waiting
+    /// for its confirmation click. The confirmation token names the key; the
+    /// click consumes the entry, so a link grants once and only for the signup
+    /// it was sent for.
+    SIGNUP_REQUESTS, signup_requests: (u64, u64) => &'static [u8] = "signup_requests_v1";
+}
 
 /// Tables of older schemas, read only by `store::migrate`.
 pub mod legacy {

@@ -60,25 +60,22 @@ impl WriteTables<'_> {
     /// Appends an entry to a contact's history.
     pub fn push_history(&mut self, contact: u64, e: &HistoryEvent) -> Result<(), StoreError> {
         let seq = self.next_id(Sequence::History)?;
-        self.history.insert((contact, seq), to_json(e).as_slice())?;
+        self.tables
+            .history
+            .insert((contact, seq), to_json(e).as_slice())?;
         Ok(())
     }
 
     /// Remembers a contact's last click by hand.
     pub fn set_last_click(&mut self, contact: u64, c: LastClick) -> Result<(), StoreError> {
-        self.last_click.insert(contact, c)?;
+        self.tables.last_click.insert(contact, c)?;
         Ok(())
-    }
-
-    /// A contact's last click by hand.
-    pub fn last_click(&self, contact: u64) -> Result<Option<LastClick>, StoreError> {
-        Ok(self.last_click.get(contact)?.map(|v| v.value()))
     }
 
     /// Appends a hit to the journal under `seq` (the journal's caller
     /// numbers hits in memory, so that appending touches no other table).
     pub fn push_hit(&mut self, seq: u64, hit: &[u8]) -> Result<(), StoreError> {
-        self.hits.insert(seq, hit)?;
+        self.tables.hits.insert(seq, hit)?;
         Ok(())
     }
 
@@ -86,13 +83,13 @@ impl WriteTables<'_> {
     pub fn take_hits(&mut self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
         let mut last = None;
-        for r in self.hits.iter()?.take(limit) {
+        for r in self.tables.hits.iter()?.take(limit) {
             let (k, v) = r?;
             last = Some(k.value());
             out.push(v.value().to_vec());
         }
         if let Some(last) = last {
-            self.hits.retain_in(..=last, |_, _| false)?;
+            self.tables.hits.retain_in(..=last, |_, _| false)?;
         }
         Ok(out)
     }
@@ -104,33 +101,24 @@ impl WriteTables<'_> {
         a: &crate::track::Attributed,
     ) -> Result<(), StoreError> {
         let by = if a.by == "parameter" { 1 } else { 2 };
-        self.order_attribution
+        self.tables
+            .order_attribution
             .insert(order, (a.kind, a.id, a.slot, a.link, by))?;
         Ok(())
-    }
-
-    /// The click an order was attributed to.
-    pub fn order_attribution(
-        &self,
-        order: &str,
-    ) -> Result<Option<crate::track::Attributed>, StoreError> {
-        Ok(self
-            .order_attribution
-            .get(order)?
-            .map(|v| attributed(v.value())))
     }
 
     /// Deletes a contact's history and last click (erasure).
     pub fn erase_history(&mut self, contact: u64) -> Result<(), StoreError> {
         let keys: Vec<(u64, u64)> = self
+            .tables
             .history
             .range((contact, 0u64)..=(contact, u64::MAX))?
             .map(|r| r.map(|(k, _)| k.value()))
             .collect::<Result<_, _>>()?;
         for k in keys {
-            self.history.remove(k)?;
+            self.tables.history.remove(k)?;
         }
-        self.last_click.remove(contact)?;
+        self.tables.last_click.remove(contact)?;
         Ok(())
     }
 }
@@ -139,7 +127,8 @@ impl ReadView {
     /// The last sequence number in the hit journal (0 when empty).
     pub fn last_hit(&self) -> Result<u64, StoreError> {
         Ok(self
-            .table(HITS)?
+            .tables
+            .hits()?
             .last()?
             .map(|(k, _)| k.value())
             .unwrap_or(0))
@@ -155,7 +144,8 @@ impl ReadView {
     ) -> Result<Vec<(u64, HistoryEvent)>, StoreError> {
         let mut out = Vec::new();
         for r in self
-            .table(HISTORY)?
+            .tables
+            .history()?
             .range((contact, 0u64)..(contact, before))?
             .rev()
         {
@@ -167,25 +157,11 @@ impl ReadView {
         }
         Ok(out)
     }
-
-    /// A contact's last click by hand.
-    pub fn last_click(&self, contact: u64) -> Result<Option<LastClick>, StoreError> {
-        Ok(self.table(LAST_CLICK)?.get(contact)?.map(|v| v.value()))
-    }
-
-    /// The click an order was attributed to.
-    pub fn order_attribution(
-        &self,
-        order: &str,
-    ) -> Result<Option<crate::track::Attributed>, StoreError> {
-        Ok(self
-            .table(ORDER_ATTRIBUTION)?
-            .get(order)?
-            .map(|v| attributed(v.value())))
-    }
 }
 
-fn attributed((kind, id, slot, link, by): (u8, u64, u32, u32, u8)) -> crate::track::Attributed {
+pub(super) fn attributed(
+    (kind, id, slot, link, by): (u8, u64, u32, u32, u8),
+) -> crate::track::Attributed {
     crate::track::Attributed {
         kind,
         id,

@@ -17,6 +17,7 @@ use crate::send::model::{
     CLICKED, COMPLAINED, Counter, MACHINE_CLICKED, MACHINE_OPENED, OPENED, SendKind, SendRef,
     UNSUBSCRIBED,
 };
+use crate::store::ReadTables as _;
 use crate::store::{HistoryEvent, StoreError, WriteTables};
 use crate::tokens::MessageRef;
 

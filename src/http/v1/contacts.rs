@@ -16,6 +16,7 @@ use crate::contacts::{
 };
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
+use crate::store::ReadTables as _;
 use crate::store::{ContactIndex, ReadView, StoreError};
 
 /// Body of `POST /api/v1/contacts` (create or update by address).

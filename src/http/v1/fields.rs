@@ -12,6 +12,7 @@ use crate::contacts::model::{FieldDef, FieldType};
 use crate::contacts::{ContactError, check_field_name};
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
+use crate::store::ReadTables as _;
 
 /// Body of `POST /api/v1/fields`.
 #[derive(Debug, Deserialize)]

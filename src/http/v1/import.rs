@@ -20,6 +20,7 @@ use crate::contacts::model::{ConsentState, ImportStatus};
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
 use crate::metrics::OutcomeLabels;
+use crate::store::ReadTables as _;
 
 /// A blocking reader over body chunks sent from the async side.
 struct ChannelReader {

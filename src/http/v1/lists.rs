@@ -13,6 +13,7 @@ use crate::contacts::ContactError;
 use crate::contacts::model::List;
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
+use crate::store::ReadTables as _;
 use crate::store::Sequence;
 
 /// Body of `POST /api/v1/lists`.

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
 use crate::shop::Product;
+use crate::store::ReadTables as _;
 
 /// One product or an array of them.
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@ use crate::delivery::model::{QueuedMessage, RcptState};
 use crate::delivery::queue::{self, Content, EnqueueError, NewMessage, NewRecipient, Parts};
 use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
+use crate::store::ReadTables as _;
 
 /// Body of `POST /api/v1/messages`.
 #[derive(Debug, Deserialize)]

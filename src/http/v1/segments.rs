@@ -17,6 +17,7 @@ use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
 use crate::segment::lang::{self, Problem};
 use crate::segment::{Catalog, Segment, StoredSegment, check_name, parse_document};
+use crate::store::ReadTables as _;
 
 fn problem_json(file: &str, p: &Problem) -> Value {
     json!({

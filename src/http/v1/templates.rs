@@ -15,6 +15,7 @@ use crate::http::reply::{self, ApiError, Body};
 use crate::render::Template;
 use crate::render::preview::{self, PreviewInput};
 use crate::shop::Product;
+use crate::store::ReadTables as _;
 
 fn problem(e: &ConfigError) -> Value {
     json!({

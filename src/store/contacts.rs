@@ -1,0 +1,422 @@
+//! Contact and list tables: contacts with their e-mail and consent indexes
+//! and per-state counts, list and tag membership, the consent log, the
+//! suppression list of erased addresses, custom field definitions, lists,
+//! and imports with their rejected rows. The contacts module decides what
+//! changes (upserts, consent rules, erasure); these methods keep every
+//! index and count in step with the records. Lookups both transactions
+//! make (`contact`, `contact_id_by_email`, `field`, `list`…) are
+//! `ReadTables` methods (`store/read.rs`).
+
+use std::sync::Arc;
+
+use redb::ReadableTable;
+
+use super::tables::*;
+use super::{
+    Change, ReadTables, ReadView, Sequence, StoreError, WriteTables, all_json, from_json, get_json,
+    meta_u64, to_json,
+};
+use crate::contacts::model::{
+    ConsentEvent, ConsentState, Contact, FieldDef, ImportRecord, List, Suppression,
+};
+
+/// Salted SHA-256 of a normalised address, the key of the suppression list.
+pub fn suppression_key(salt: &[u8], email_key: &str) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(salt);
+    h.update(email_key.as_bytes());
+    h.finalize().to_vec()
+}
+
+/// Keys under which per-consent-state counts are kept in META.
+fn consent_count_key(s: ConsentState) -> &'static str {
+    match s {
+        ConsentState::Unknown => "count.consent.unknown",
+        ConsentState::Pending => "count.consent.pending",
+        ConsentState::Granted => "count.consent.granted",
+        ConsentState::Withdrawn => "count.consent.withdrawn",
+        ConsentState::Invalid => "count.consent.invalid",
+    }
+}
+
+/// Which index a contact listing walks.
+#[derive(Debug, Clone)]
+pub enum ContactIndex {
+    /// Every contact, by id.
+    All,
+    /// Members of a list.
+    List(u64),
+    /// Contacts with a tag.
+    Tag(String),
+    /// Contacts in a consent state.
+    Consent(ConsentState),
+}
+
+impl WriteTables<'_> {
+    /// Whether a contact exists (ids are never reused: `false` means it was
+    /// erased, or never was).
+    pub fn contact_exists(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.tables.contacts.get(id)?.is_some())
+    }
+
+    /// Writes a contact and keeps every index and count in step with `before`,
+    /// the previously stored version (None for a new contact).
+    pub fn put_contact(&mut self, c: &Contact, before: Option<&Contact>) -> Result<(), StoreError> {
+        // The lower-cased key is needed only when the index changes.
+        let key = if before.is_some_and(|b| b.email == c.email) {
+            String::new()
+        } else {
+            c.email.to_lowercase()
+        };
+        match before {
+            None => {
+                self.tables.contact_by_email.insert(key.as_str(), c.id)?;
+                self.tables
+                    .contact_by_consent
+                    .insert((c.consent.code(), c.id), ())?;
+                self.bump(consent_count_key(c.consent), 1)?;
+            }
+            Some(b) if b.email != c.email => {
+                let old_key = b.email.to_lowercase();
+                if old_key != key {
+                    self.tables.contact_by_email.remove(old_key.as_str())?;
+                    self.tables.contact_by_email.insert(key.as_str(), c.id)?;
+                }
+                if b.consent != c.consent {
+                    self.tables
+                        .contact_by_consent
+                        .remove((b.consent.code(), c.id))?;
+                    self.tables
+                        .contact_by_consent
+                        .insert((c.consent.code(), c.id), ())?;
+                    self.bump(consent_count_key(b.consent), -1)?;
+                    self.bump(consent_count_key(c.consent), 1)?;
+                }
+            }
+            Some(b) => {
+                if b.consent != c.consent {
+                    self.tables
+                        .contact_by_consent
+                        .remove((b.consent.code(), c.id))?;
+                    self.tables
+                        .contact_by_consent
+                        .insert((c.consent.code(), c.id), ())?;
+                    self.bump(consent_count_key(b.consent), -1)?;
+                    self.bump(consent_count_key(c.consent), 1)?;
+                }
+            }
+        }
+        let empty_lists = Default::default();
+        let empty_tags = Default::default();
+        let (old_lists, old_tags) =
+            before.map_or((&empty_lists, &empty_tags), |b| (&b.lists, &b.tags));
+        for l in c.lists.difference(old_lists) {
+            self.tables.list_members.insert((*l, c.id), ())?;
+            self.list_count(*l, 1)?;
+        }
+        for l in old_lists.difference(&c.lists) {
+            self.tables.list_members.remove((*l, c.id))?;
+            self.list_count(*l, -1)?;
+        }
+        for t in c.tags.difference(old_tags) {
+            self.tables.tag_members.insert((t.as_str(), c.id), ())?;
+        }
+        for t in old_tags.difference(&c.tags) {
+            self.tables.tag_members.remove((t.as_str(), c.id))?;
+        }
+        self.tables.contacts.insert(c.id, to_json(c).as_slice())?;
+        self.note(|| Change::Contact {
+            contact: Arc::new(c.clone()),
+            removed_lists: old_lists.difference(&c.lists).copied().collect(),
+            removed_tags: old_tags.difference(&c.tags).cloned().collect(),
+        });
+        Ok(())
+    }
+
+    fn list_count(&mut self, list_id: u64, delta: i64) -> Result<(), StoreError> {
+        *self.list_deltas.entry(list_id).or_default() += delta;
+        Ok(())
+    }
+
+    /// Removes a contact, its indexes and its consent log.
+    pub fn delete_contact(&mut self, c: &Contact) -> Result<(), StoreError> {
+        let mut gone = c.clone();
+        gone.lists.clear();
+        gone.tags.clear();
+        self.put_contact(&gone, Some(c))?;
+        self.tables
+            .contact_by_email
+            .remove(c.email.to_lowercase().as_str())?;
+        self.tables
+            .contact_by_consent
+            .remove((c.consent.code(), c.id))?;
+        self.bump(consent_count_key(c.consent), -1)?;
+        self.tables.contacts.remove(c.id)?;
+        self.delete_shop_data(c.id)?;
+        self.note(|| Change::ContactDeleted(c.id));
+        let seqs: Vec<u64> = self
+            .tables
+            .consent_log
+            .range((c.id, 0)..=(c.id, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for s in seqs {
+            self.tables.consent_log.remove((c.id, s))?;
+        }
+        Ok(())
+    }
+
+    /// Appends to a contact's consent log.
+    pub fn append_consent(&mut self, contact_id: u64, e: &ConsentEvent) -> Result<(), StoreError> {
+        let seq = self.next_id(Sequence::Consent)?;
+        self.tables
+            .consent_log
+            .insert((contact_id, seq), to_json(e).as_slice())?;
+        Ok(())
+    }
+
+    /// Whether the salted hash of this address is suppressed.
+    pub fn suppression(&self, hash: &[u8]) -> Result<Option<Suppression>, StoreError> {
+        get_json(&self.tables.suppressions, "suppressions", hash)
+    }
+
+    /// Whether any address is suppressed at all (cheap; lets callers skip
+    /// hashing when the list is empty).
+    pub fn any_suppressed(&self) -> bool {
+        self.any_suppressed
+    }
+
+    /// Suppresses an address hash.
+    pub fn put_suppression(&mut self, hash: &[u8], s: &Suppression) -> Result<(), StoreError> {
+        self.any_suppressed = true;
+        self.tables
+            .suppressions
+            .insert(hash, to_json(s).as_slice())?;
+        Ok(())
+    }
+
+    /// A field definition, from a per-transaction cache (for per-row checks).
+    pub fn field_cached(&mut self, name: &str) -> Result<Option<&FieldDef>, StoreError> {
+        if self.field_defs.is_none() {
+            let all: Vec<FieldDef> = all_json(&self.tables.fields, "fields")?;
+            self.field_defs = Some(all.into_iter().map(|f| (f.name.clone(), f)).collect());
+        }
+        Ok(self.field_defs.as_ref().and_then(|m| m.get(name)))
+    }
+
+    /// Writes a field definition.
+    pub fn put_field(&mut self, f: &FieldDef) -> Result<(), StoreError> {
+        if let Some(m) = self.field_defs.as_mut() {
+            m.insert(f.name.clone(), f.clone());
+        }
+        self.tables
+            .fields
+            .insert(f.name.as_str(), to_json(f).as_slice())?;
+        Ok(())
+    }
+
+    /// Deletes a field and removes its values from every contact. Returns how
+    /// many contacts had a value.
+    pub fn delete_field(&mut self, name: &str) -> Result<u64, StoreError> {
+        self.tables.fields.remove(name)?;
+        if let Some(m) = self.field_defs.as_mut() {
+            m.remove(name);
+        }
+        let mut changed = Vec::new();
+        for r in self.tables.contacts.iter()? {
+            let (_, v) = r?;
+            let mut c: Contact = from_json("contacts", v.value())?;
+            if c.fields.remove(name).is_some() {
+                changed.push(c);
+            }
+        }
+        for c in &changed {
+            self.tables.contacts.insert(c.id, to_json(c).as_slice())?;
+        }
+        self.note(|| Change::FieldDeleted(name.to_string()));
+        Ok(changed.len() as u64)
+    }
+
+    /// Whether a list exists (cheaper than [`ReadTables::list`]).
+    pub fn list_exists(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.tables.lists.get(id)?.is_some())
+    }
+
+    /// Writes a list, keeping the name index in step with `old_name`.
+    pub fn put_list(&mut self, l: &List, old_name: Option<&str>) -> Result<(), StoreError> {
+        if let Some(old) = old_name {
+            self.tables
+                .list_by_name
+                .remove(old.to_lowercase().as_str())?;
+        }
+        self.tables
+            .list_by_name
+            .insert(l.name.to_lowercase().as_str(), l.id)?;
+        // `l` comes from `list()`, whose member_count already includes this
+        // transaction's pending changes: they are now part of the record and
+        // must not be applied again by `flush`.
+        self.list_deltas.remove(&l.id);
+        self.tables.lists.insert(l.id, to_json(l).as_slice())?;
+        Ok(())
+    }
+
+    /// Deletes a list and takes every member out of it.
+    pub fn delete_list(&mut self, l: &List) -> Result<(), StoreError> {
+        let members: Vec<u64> = self
+            .tables
+            .list_members
+            .range((l.id, 0)..=(l.id, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for id in members {
+            self.tables.list_members.remove((l.id, id))?;
+            if let Some(mut c) = self.contact(id)? {
+                c.lists.remove(&l.id);
+                self.tables.contacts.insert(c.id, to_json(&c).as_slice())?;
+            }
+        }
+        self.tables
+            .list_by_name
+            .remove(l.name.to_lowercase().as_str())?;
+        self.tables.lists.remove(l.id)?;
+        self.list_deltas.remove(&l.id);
+        self.note(|| Change::ListDeleted(l.id));
+        Ok(())
+    }
+
+    /// Writes an import record.
+    pub fn put_import(&mut self, r: &ImportRecord) -> Result<(), StoreError> {
+        self.tables.imports.insert(r.id, to_json(r).as_slice())?;
+        Ok(())
+    }
+
+    /// Deletes an import record and every rejected row stored with it.
+    /// Returns how many rejected rows were removed.
+    pub fn delete_import(&mut self, id: u64) -> Result<u64, StoreError> {
+        let lines: Vec<u64> = self
+            .tables
+            .import_rejects
+            .range((id, 0)..=(id, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for l in &lines {
+            self.tables.import_rejects.remove((id, *l))?;
+        }
+        self.tables.imports.remove(id)?;
+        Ok(lines.len() as u64)
+    }
+
+    /// Records a rejected import row.
+    pub fn put_import_reject(
+        &mut self,
+        import: u64,
+        line: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        self.tables.import_rejects.insert((import, line), reason)?;
+        Ok(())
+    }
+}
+
+impl ReadView {
+    /// Up to `limit` contact ids from `index`, greater than `after`, in id order.
+    pub fn contact_ids(
+        &self,
+        index: &ContactIndex,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let start = after.saturating_add(1);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        macro_rules! take {
+            ($iter:expr, $map:expr) => {
+                for r in $iter {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, _) = r?;
+                    out.push($map(k.value()));
+                }
+            };
+        }
+        match index {
+            ContactIndex::All => take!(self.tables.contacts()?.range(start..)?, |k: u64| k),
+            ContactIndex::List(l) => {
+                take!(
+                    self.tables
+                        .list_members()?
+                        .range((*l, start)..=(*l, u64::MAX))?,
+                    |k: (u64, u64)| k.1
+                )
+            }
+            ContactIndex::Consent(s) => {
+                let c = s.code();
+                take!(
+                    self.tables
+                        .contact_by_consent()?
+                        .range((c, start)..=(c, u64::MAX))?,
+                    |k: (u8, u64)| k.1
+                )
+            }
+            ContactIndex::Tag(t) => {
+                take!(
+                    self.tables
+                        .tag_members()?
+                        .range((t.as_str(), start)..=(t.as_str(), u64::MAX))?,
+                    |k: (&str, u64)| k.1
+                )
+            }
+        }
+        Ok(out)
+    }
+
+    /// A contact's consent log, oldest first.
+    pub fn consent_log(&self, contact_id: u64) -> Result<Vec<ConsentEvent>, StoreError> {
+        let t = self.tables.consent_log()?;
+        let mut out = Vec::new();
+        for r in t.range((contact_id, 0)..=(contact_id, u64::MAX))? {
+            let (_, v) = r?;
+            out.push(from_json("consent_log", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Number of contacts in each consent state.
+    pub fn consent_counts(&self) -> Result<Vec<(ConsentState, u64)>, StoreError> {
+        let meta = self.tables.meta()?;
+        ConsentState::ALL
+            .into_iter()
+            .map(|s| Ok((s, meta_u64(meta, consent_count_key(s))?)))
+            .collect()
+    }
+
+    /// Every field definition, by name.
+    pub fn fields(&self) -> Result<Vec<FieldDef>, StoreError> {
+        all_json(self.tables.fields()?, "fields")
+    }
+
+    /// Every list, by id.
+    pub fn lists(&self) -> Result<Vec<List>, StoreError> {
+        all_json(self.tables.lists()?, "lists")
+    }
+
+    /// Up to `limit` rejected rows of an import with line numbers after `after`.
+    pub fn import_rejects(
+        &self,
+        import: u64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let t = self.tables.import_rejects()?;
+        let mut out = Vec::new();
+        for r in t
+            .range((import, after.saturating_add(1))..=(import, u64::MAX))?
+            .take(limit)
+        {
+            let (k, v) = r?;
+            out.push((k.value().1, v.value().to_string()));
+        }
+        Ok(out)
+    }
+}

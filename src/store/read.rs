@@ -1,0 +1,218 @@
+//! Lookups both kinds of transaction make, written once.
+//!
+//! A write job often reads before it writes (the contact it updates, the
+//! list a name stands for, whether a send already reached a contact), and
+//! the API reads the same records from a snapshot. [`ReadTables`] holds
+//! those lookups as default methods over [`TableSet`] (one method per
+//! table, `tables.rs`), which the tables of a write transaction and of a
+//! read transaction both implement; [`WriteTables`] and [`ReadView`]
+//! implement `ReadTables` by handing out their tables. This is iroh-blobs'
+//! `ReadableTables` pattern.
+//!
+//! What is here: a lookup both sides make. A read only writers need (for
+//! instance `WriteTables::field_cached`, which caches per transaction)
+//! stays on `WriteTables`; a listing or scan only readers make (the API's
+//! pages, the segment index's build) stays on `ReadView`, in its domain's
+//! file. Callers bring the trait into scope with
+//! `use crate::store::ReadTables as _;`.
+
+use redb::ReadableTable;
+use serde::de::DeserializeOwned;
+
+use super::shop::get_bin;
+use super::tables::{Engagement, TableSet};
+use super::track::{LastClick, attributed};
+use super::{ReadView, StoreError, WriteTables, all_json, get_json, send::round_key};
+use crate::contacts::model::{Contact, FieldDef, ImportRecord, List};
+use crate::delivery::model::QueuedMessage;
+use crate::send::model::SendRef;
+use crate::shop::Product;
+use crate::shop::model::{Cart, Order, ShopStats};
+
+/// Lookups shared by [`WriteTables`] (inside a write job, seeing the job's
+/// own changes) and [`ReadView`] (a committed snapshot).
+pub trait ReadTables {
+    /// The tables the lookups read: those of the write transaction, or
+    /// those of the read transaction.
+    fn tables(&self) -> &impl TableSet;
+
+    /// How much a list's member count will change when the transaction is
+    /// flushed: the write side sums member changes in memory (`flush` writes
+    /// them); a snapshot has none pending.
+    fn pending_list_delta(&self, _list: u64) -> i64 {
+        0
+    }
+
+    // Contacts and lists (written in `store/contacts.rs`).
+
+    /// The installation's salt for suppression hashes.
+    fn salt(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .tables()
+            .meta()?
+            .get("salt")?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default())
+    }
+
+    /// A contact by id.
+    fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
+        get_json(self.tables().contacts()?, "contacts", id)
+    }
+
+    /// The id of the contact with this normalised (lower-cased) address.
+    fn contact_id_by_email(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .tables()
+            .contact_by_email()?
+            .get(key)?
+            .map(|v| v.value()))
+    }
+
+    /// A field definition.
+    fn field(&self, name: &str) -> Result<Option<FieldDef>, StoreError> {
+        get_json(self.tables().fields()?, "fields", name)
+    }
+
+    /// A list by id (on the write side with the member-count changes of
+    /// the transaction applied).
+    fn list(&self, id: u64) -> Result<Option<List>, StoreError> {
+        let mut l: Option<List> = get_json(self.tables().lists()?, "lists", id)?;
+        if let Some(l) = l.as_mut() {
+            l.member_count = l
+                .member_count
+                .saturating_add_signed(self.pending_list_delta(id));
+        }
+        Ok(l)
+    }
+
+    /// A list id by name (case-insensitive).
+    fn list_id_by_name(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .tables()
+            .list_by_name()?
+            .get(name.to_lowercase().as_str())?
+            .map(|v| v.value()))
+    }
+
+    /// An import record.
+    fn import(&self, id: u64) -> Result<Option<ImportRecord>, StoreError> {
+        get_json(self.tables().imports()?, "imports", id)
+    }
+
+    /// Every import record.
+    fn imports(&self) -> Result<Vec<ImportRecord>, StoreError> {
+        all_json(self.tables().imports()?, "imports")
+    }
+
+    // The queue (`store/queue.rs`).
+
+    /// A message still in the queue.
+    fn queued_message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        get_json(self.tables().queue()?, "queue", id)
+    }
+
+    /// A message every recipient of which is done.
+    fn finished_message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
+        get_json(self.tables().queue_done()?, "queue_done", id)
+    }
+
+    /// The ids of every message, queued or finished, to the address whose
+    /// salted hash is `key` (see [`crate::store::suppression_key`]), in
+    /// queue id order.
+    fn message_ids_to(&self, key: &[u8]) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for r in self
+            .tables()
+            .queue_by_address()?
+            .range((key, 0u64)..=(key, u64::MAX))?
+        {
+            out.push(r?.0.value().1);
+        }
+        Ok(out)
+    }
+
+    // Shop data and the catalogue (`store/shop.rs`, `store/render.rs`).
+
+    /// An order by the shop's id.
+    fn order(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
+        get_bin(self.tables().orders()?, "orders", order_id)
+    }
+
+    /// A contact's aggregates.
+    fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
+        get_bin(self.tables().shop_stats()?, "shop_stats", contact)
+    }
+
+    /// A contact's cart.
+    fn cart(&self, contact: u64) -> Result<Option<Cart>, StoreError> {
+        get_bin(self.tables().carts()?, "carts", contact)
+    }
+
+    /// A product by SKU.
+    fn product(&self, sku: &str) -> Result<Option<Product>, StoreError> {
+        get_json(self.tables().products()?, "products", sku)
+    }
+
+    // Campaigns and sends (`store/campaign.rs`, `store/send.rs`).
+
+    /// A campaign record (the campaign module's type: the store does not
+    /// know it).
+    fn campaign_record<T: DeserializeOwned>(&self, id: u64) -> Result<Option<T>, StoreError> {
+        get_json(self.tables().campaigns()?, "campaigns", id)
+    }
+
+    /// The message of a send's round a contact was sent: (slot, queue id).
+    fn sent(&self, s: SendRef, contact: u64) -> Result<Option<(u32, u64)>, StoreError> {
+        Ok(self
+            .tables()
+            .send_ledger()?
+            .get(round_key(s, contact))?
+            .map(|v| v.value()))
+    }
+
+    /// A contact's engagement in a send's round: (flags, see `send::model`;
+    /// last open ms; last click ms), if any.
+    fn engagement(&self, s: SendRef, contact: u64) -> Result<Option<Engagement>, StoreError> {
+        Ok(self
+            .tables()
+            .send_engagement()?
+            .get(round_key(s, contact))?
+            .map(|v| v.value()))
+    }
+
+    // Tracking (`store/track.rs`).
+
+    /// A contact's last click by hand.
+    fn last_click(&self, contact: u64) -> Result<Option<LastClick>, StoreError> {
+        Ok(self.tables().last_click()?.get(contact)?.map(|v| v.value()))
+    }
+
+    /// The click an order was attributed to.
+    fn order_attribution(
+        &self,
+        order: &str,
+    ) -> Result<Option<crate::track::Attributed>, StoreError> {
+        Ok(self
+            .tables()
+            .order_attribution()?
+            .get(order)?
+            .map(|v| attributed(v.value())))
+    }
+}
+
+impl ReadTables for WriteTables<'_> {
+    fn tables(&self) -> &impl TableSet {
+        &self.tables
+    }
+
+    fn pending_list_delta(&self, list: u64) -> i64 {
+        self.list_deltas.get(&list).copied().unwrap_or(0)
+    }
+}
+
+impl ReadTables for ReadView {
+    fn tables(&self) -> &impl TableSet {
+        &self.tables
+    }
+}
