@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use super::model::{SendKind, SendRef, transactional, valid_tag};
 use crate::config::Config;
 use crate::delivery::model::MailKind;
-use crate::delivery::queue::{Signed, queue_signed, sign};
+use crate::delivery::queue::{SignError, Signed, queue_signed, sign};
 use crate::render::links::LinkRecord;
 use crate::render::template::Template;
 use crate::render::{Compiled, Recipient, RenderError, SendOptions};
@@ -125,7 +125,7 @@ pub enum OutboxError {
     NoConsent(&'static str),
     /// Signing failed.
     #[error("signing failed: {0}")]
-    Sign(String),
+    Sign(SignError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
