@@ -11,6 +11,11 @@
 //! whole file before anything is written. Row problems reject that row only,
 //! with its line number and reason; every rejected row is stored with the
 //! import and nothing is dropped silently.
+//!
+//! A row's problem is its reject reason, a `String` stored as it reads; a
+//! batch the writer refuses (the import record moved on) carries a
+//! `String` too, and every refusal ends the import the same way
+//! (`ContactError::Conflict`). What callers tell apart is [`ImportError`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

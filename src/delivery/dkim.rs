@@ -5,6 +5,12 @@
 //! Date listed twice ("oversigned") so that a header prepended later breaks
 //! the signature. Headers of the list that a message lacks are signed as
 //! absent, which stops anyone from adding them afterwards.
+//!
+//! Signing fails with [`SignError`], which its callers tell apart from the
+//! message's own faults (`delivery::queue::SignError`). Loading a key
+//! ([`DkimKey::load`]) and [`keygen`] fail with a `String`: their only
+//! callers (the config checker, which files the message under the key's
+//! position, and `herald dkim keygen`) show it and branch on nothing.
 
 use std::fmt;
 use std::io::Write;
@@ -175,13 +181,16 @@ impl DkimKey {
     }
 
     /// The `DKIM-Signature:` header (with CRLF) for `message`.
-    pub fn signature_header(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn signature_header(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         let signed = without_blank_tail(message);
         let sig = match &self.signer {
             Signer::Rsa(s) => s.sign(signed),
             Signer::Ed25519(s) => s.sign(signed),
         }
-        .map_err(|e| format!("DKIM signing with {} failed: {e}", self.path.display()))?;
+        .map_err(|source| SignError {
+            key: self.path.clone(),
+            source,
+        })?;
         let mut out = Vec::with_capacity(512);
         sig.write_header(&mut out);
         Ok(out)
@@ -227,9 +236,22 @@ fn without_blank_tail(message: &[u8]) -> &[u8] {
         .unwrap_or(message)
 }
 
+/// Why a key did not sign a message. Keys are checked when the config
+/// loads, and Herald builds or checks every message before it is signed,
+/// so this is a failure on Herald's side (or mail-auth's), not something
+/// the message's author can fix; signing again will not help either.
+#[derive(Debug, thiserror::Error)]
+#[error("DKIM signing with {} failed: {source}", key.display())]
+pub struct SignError {
+    /// The key file, to name in the message.
+    pub key: PathBuf,
+    /// mail-auth's reason.
+    pub source: mail_auth::Error,
+}
+
 /// Signs `message` with every key and returns the signed message (signature
 /// headers first, each computed over the unsigned message).
-pub fn sign(keys: &[std::sync::Arc<DkimKey>], message: Vec<u8>) -> Result<Vec<u8>, String> {
+pub fn sign(keys: &[std::sync::Arc<DkimKey>], message: Vec<u8>) -> Result<Vec<u8>, SignError> {
     if keys.is_empty() {
         return Ok(message);
     }
@@ -454,7 +476,8 @@ mod tests {
                 assert_eq!(key.bits, 2048);
             }
             let msg = b"From: a@shop.example\r\nTo: b@x.test\r\nSubject: hi\r\n\r\nbody\r\n";
-            let h = String::from_utf8(key.signature_header(msg)?).map_err(|e| e.to_string())?;
+            let h = String::from_utf8(key.signature_header(msg).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
             assert!(h.starts_with("DKIM-Signature: v=1; a="));
             assert!(h.contains("c=relaxed/relaxed"));
             let unfolded: String = h.split_whitespace().collect();
@@ -582,7 +605,8 @@ mod tests {
         ] {
             let message = [HEAD, body.as_bytes()].concat();
             let header =
-                String::from_utf8(key.signature_header(&message)?).map_err(|e| e.to_string())?;
+                String::from_utf8(key.signature_header(&message).map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
             let unfolded: String = header.split_whitespace().collect();
             let bh = unfolded
                 .split(';')

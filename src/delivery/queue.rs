@@ -5,6 +5,13 @@
 //! Date when it lacks them, DKIM-signed with every key of its sender, and
 //! committed together with its recipients in one store write. Only then is
 //! its id returned: accepted means durable.
+//!
+//! Errors: [`EnqueueError`] says whose fault a refusal is (the input's, an
+//! unknown sender, signing, the store) and [`SignError`] whether a message
+//! could not be signed because of itself or of a key. The checks of the
+//! input (`build`, `prepare_raw` and the header and body checks) return a
+//! `String`: every one of them is the input's fault, answered alike as
+//! [`EnqueueError::Invalid`] with its message, so no caller needs more.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -89,9 +96,25 @@ pub enum EnqueueError {
     /// No sender with that id.
     #[error("no sender `{0}` in the config ([[sender]] id)")]
     UnknownSender(String),
+    /// The built message could not be signed (see [`SignError`]).
+    #[error(transparent)]
+    Sign(#[from] SignError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why [`sign`] (or [`wire_form`]) did not make a message ready for the
+/// queue: the message's fault, or the signing key's.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The message holds a NUL byte, which no transfer encoding carries in
+    /// 7bit or 8bit text: the message's fault.
+    #[error("the message contains a NUL byte")]
+    NulByte,
+    /// A DKIM key did not sign: Herald's fault, not the message's.
+    #[error(transparent)]
+    Dkim(#[from] dkim::SignError),
 }
 
 /// Checks, builds, signs and durably queues a message; returns its queue id.
@@ -114,12 +137,12 @@ pub async fn enqueue(
         let sender = sender.clone();
         let rcpts: Vec<String> = recipients.iter().map(|r| r.address.clone()).collect();
         tokio::task::spawn_blocking(move || {
-            build(&sender, &rcpts, content, message_id, now)
-                .and_then(|(bytes, mid)| Ok((sign(&sender, bytes)?, mid)))
+            let (bytes, mid) =
+                build(&sender, &rcpts, content, message_id, now).map_err(EnqueueError::Invalid)?;
+            Ok::<_, EnqueueError>((sign(&sender, bytes)?, mid))
         })
         .await
-        .map_err(|e| EnqueueError::Invalid(format!("building the message failed: {e}")))?
-        .map_err(EnqueueError::Invalid)?
+        .map_err(|e| EnqueueError::Invalid(format!("building the message failed: {e}")))??
     };
     let sender_id = sender.id.clone();
     let return_path = sender.return_path.clone();
@@ -166,8 +189,8 @@ pub struct Signed {
 /// Signs a built message with every DKIM key of the sender (CPU work: call
 /// from a blocking or rayon thread). The message is put in its wire form
 /// first (see [`wire_form`]).
-pub fn sign(sender: &Sender, message: Vec<u8>) -> Result<Vec<u8>, String> {
-    dkim::sign(&sender.dkim, wire_form(message)?)
+pub fn sign(sender: &Sender, message: Vec<u8>) -> Result<Vec<u8>, SignError> {
+    Ok(dkim::sign(&sender.dkim, wire_form(message)?)?)
 }
 
 /// Bare CR and bare LF become CRLF (RFC 5322 §2.3), anywhere in `bytes`.
@@ -203,9 +226,9 @@ fn crlf_only(bytes: &[u8]) -> bool {
 /// (refused: no transfer encoding carries it in 7bit or 8bit text), and CRLF
 /// line ends only (bare CR and LF normalised). Returns the message unchanged
 /// when it already is so.
-pub fn wire_form(message: Vec<u8>) -> Result<Vec<u8>, String> {
+pub fn wire_form(message: Vec<u8>) -> Result<Vec<u8>, SignError> {
     if memchr::memchr(0, &message).is_some() {
-        return Err("the message contains a NUL byte".into());
+        return Err(SignError::NulByte);
     }
     if crlf_only(&message) {
         Ok(message)

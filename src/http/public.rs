@@ -22,8 +22,13 @@ use super::reply::{self, ApiError, Body};
 use super::{AppState, Client};
 use crate::config::Config;
 use crate::contacts::model::{ConsentState, Contact};
-use crate::contacts::signup::{self, Confirmed, Requested, SignupInput};
+use crate::contacts::signup::{self, Confirmed};
 use crate::metrics::OutcomeLabels;
+use crate::send::{
+    self,
+    outbox::Context,
+    signup::{SignupError, SignupForm, Subscribed},
+};
 use crate::store::ReadTables as _;
 use crate::tokens::{SendKind, Token};
 use crate::track::{self, Actor, Unsubscribed};
@@ -553,18 +558,19 @@ fn signup_answer(
 /// `POST /subscribe`: the public signup form. Fields: `email` (required),
 /// `list` (one of `[signup] lists`, default the first), `language`,
 /// `site`, the custom fields `[signup] fields` allows, and the honeypot
-/// (must stay empty). The contact becomes `pending` (unless already
-/// `granted`) and gets the confirmation mail; rate-limited per client IP.
+/// (must stay empty). Here: the body, the honeypot, the per-IP rate limit,
+/// metrics and the answer; the signup itself (the contact becomes
+/// `pending` unless known, and gets the confirmation mail) is
+/// [`send::signup::subscribe`].
 pub async fn subscribe(
     state: &Arc<AppState>,
     client: &Client,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let config = state.config();
-    let Some(sc) = config.signup.clone() else {
-        return Err(ApiError::not_found(
-            "the signup form is not enabled (add a [signup] section to the config)",
-        ));
+    let snapshot = state.snapshot();
+    let config = snapshot.config.clone();
+    let Some(sc) = config.signup.as_ref() else {
+        return Err(signup_error(SignupError::Disabled));
     };
     let ct = content_type(&req);
     let json_client = ct.to_ascii_lowercase().starts_with("application/json");
@@ -577,9 +583,10 @@ pub async fn subscribe(
             .get_or_create(&OutcomeLabels { outcome: o })
             .inc()
     };
-    let lang_field = field(&fields, "language").map(str::to_string);
-    let page_lang = lang_field.clone().unwrap_or_else(|| "en".into());
-    let email_raw = field(&fields, "email").unwrap_or("").trim().to_string();
+    let text = |name: &str| field(&fields, name).map(str::to_string);
+    let (list, language, site) = (text("list"), text("language"), text("site"));
+    let page_lang = language.clone().unwrap_or_else(|| "en".into());
+    let email = text("email").unwrap_or_default().trim().to_string();
     if field(&fields, &sc.honeypot).is_some_and(|v| !v.trim().is_empty()) {
         // A robot: answer as if it worked, change nothing.
         count("honeypot");
@@ -587,7 +594,7 @@ pub async fn subscribe(
             &config,
             json_client,
             "pending",
-            &email_raw,
+            &email,
             &page_lang,
         ));
     }
@@ -604,107 +611,64 @@ pub async fn subscribe(
             "too many signups from this address; try again later",
         ));
     }
-    let reject = |m: String| {
-        count("rejected");
-        ApiError::invalid("invalid_signup", m)
-    };
-    let email =
-        crate::contacts::normalize_email(&email_raw).map_err(|e| reject(format!("email: {e}")))?;
-    let list_name = field(&fields, "list")
-        .unwrap_or(&sc.lists[0])
-        .trim()
-        .to_string();
-    let Some(list_name) = sc
-        .lists
-        .iter()
-        .find(|l| l.eq_ignore_ascii_case(&list_name))
-        .cloned()
-    else {
-        return Err(reject(format!("list: `{list_name}` is not open to signup")));
-    };
-    if let Some(l) = &lang_field
-        && !crate::config::is_language(l)
-    {
-        return Err(reject(format!(
-            "language: `{l}` is not a language code such as en or pt-BR"
-        )));
-    }
-    let site = field(&fields, "site").map(str::to_string);
-    if let Some(s) = &site
-        && !config.sites.iter().any(|x| &x.id == s)
-    {
-        return Err(reject(format!("site: no site `{s}`")));
-    }
-    // Custom fields: only those the config opens, checked against their
-    // definitions.
-    let mut values = Vec::new();
-    for f in &sc.fields {
-        if let Some(v) = field(&fields, f)
-            && !v.trim().is_empty()
-        {
-            values.push((f.clone(), v.trim().to_string()));
-        }
-    }
     let who = actor(client);
-    let shown = email.display.clone();
-    let input = SignupInput {
+    let form = SignupForm {
         email,
-        list: list_name.clone(),
-        language: lang_field,
+        list,
+        language,
         site,
-        fields: values,
+        fields,
         ip: who.ip,
         user_agent: who.user_agent,
     };
-    let outcome = state
-        .store
-        .write(move |t| signup::request(t, &input, now))
-        .await?;
+    let cx = Context {
+        store: &state.store,
+        snapshot: &snapshot,
+        cache: &state.compiled,
+        now: now.timestamp_millis(),
+    };
     // The answer is the same for every address: new, pending, granted,
     // withdrawn, invalid or erased.
-    let (contact, request) = match outcome.map_err(|e| reject(e.to_string()))? {
-        Requested::Confirm { contact, request } => (contact, request),
-        Requested::Suppressed => {
-            count("suppressed");
-            return Ok(signup_answer(
-                &config,
-                json_client,
-                "pending",
-                &shown,
-                &page_lang,
-            ));
+    let done = match send::signup::subscribe(cx, form).await {
+        Ok(done) => done,
+        Err(e) => {
+            if matches!(e, SignupError::Invalid(_)) {
+                count("rejected");
+            }
+            return Err(signup_error(e));
         }
     };
-    let token = config.tracking.keys.sign(&Token::Confirm {
-        contact: contact.id,
-        issued: now.timestamp().max(0) as u64,
-        request: Some(request),
-    });
-    let confirm_url = format!("{}/confirm/{token}", config.http.public_base());
-    let snap = state.snapshot();
-    let t = snap.templates.get(&sc.template).cloned().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "template_not_loaded",
-            format!("the confirmation template `{}` is not loaded", sc.template),
-        )
-    })?;
-    let recipient = crate::render::Recipient {
-        contact: Arc::new(contact.clone()),
-        cart: None,
-        order: None,
-        data: Some(json!({"confirm_url": confirm_url, "list": list_name})),
-        products: None,
-    };
-    super::v1::templates::render_and_queue(state, &t, recipient).await?;
-    count("pending");
+    match &done {
+        Subscribed::Mailed { .. } => {
+            state.delivery.notify();
+            count("pending");
+        }
+        Subscribed::Suppressed { .. } => {
+            count("suppressed");
+        }
+    }
     Ok(signup_answer(
         &config,
         json_client,
         "pending",
-        &shown,
+        done.email(),
         &page_lang,
     ))
+}
+
+/// The answer to a signup that was not taken.
+fn signup_error(e: SignupError) -> ApiError {
+    match e {
+        e @ SignupError::Disabled => ApiError::not_found(e.to_string()),
+        SignupError::Invalid(m) => ApiError::invalid("invalid_signup", m),
+        e @ SignupError::TemplateNotLoaded(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "template_not_loaded",
+            e.to_string(),
+        ),
+        SignupError::Confirmation(e) => super::v1::templates::outbox_error(e),
+        SignupError::Store(e) => e.into(),
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,19 @@
 //! template compiled for a send and rendered per recipient (`compile.rs`),
 //! click tracking and the open pixel (`links.rs`), prices (`locale.rs`) and
 //! the parallel bulk renderer (`bulk.rs`).
+//!
+//! Errors are messages (`String`, and [`RenderError`] around one), because
+//! no caller tells render failures apart: the template loader files them
+//! as load problems (`prepare.rs`), a preview or template message answers
+//! them as one 422 `render_failed`, a campaign logs them or refuses its
+//! spec with them, `herald serve` stops on `bulk::pool`'s. The sender check
+//! of `Compiled::new` is done before it by the send layer
+//! (`OutboxError::UnknownSender`). One caller does branch, on the text:
+//! `campaign::check_spec` tells a subject's own error from the template's
+//! by `subject:` / `(subject)` in `preview::render`'s message. A typed error
+//! naming the failing part would serve it better; it waits for the
+//! campaign module, which also returns `Compiled::new`'s `String` as it is
+//! and reads `RenderError.0`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

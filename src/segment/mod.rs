@@ -11,6 +11,13 @@
 //!
 //! Architecture invariant: evaluation never reads redb; it reads the index
 //! under a read lock, on rayon threads, never on the async runtime.
+//!
+//! Errors outside [`lang`]'s located problems are messages (`String`):
+//! [`check_name`] is answered 422 `invalid_name` or filed as a file problem,
+//! [`Index::evaluate`] (an index that could not be built, or a condition
+//! that does not compile: [`eval::compile`], [`lang::parse_day`]) 422
+//! `invalid_segment` or a campaign's "audience cannot be resolved", and
+//! [`find_usable`] a campaign's spec problem; no caller tells them apart.
 
 pub mod eval;
 pub mod index;

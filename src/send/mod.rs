@@ -9,6 +9,9 @@
 //!   rendered messages with its ledger" ([`outbox::commit_batch`]). Each
 //!   message queued is recorded in the send's ledger (`store::send`), so a
 //!   contact gets one message per send round, and counted as sent.
+//! - [`signup`]: the public signup form as one operation
+//!   ([`signup::subscribe`]): check the form, record the request, queue the
+//!   confirmation mail.
 //! - [`report`]: what a send brought: counts, rates, money, per slot, per
 //!   hour and per link, for every kind of send.
 //!
@@ -20,5 +23,6 @@
 pub mod model;
 pub mod outbox;
 pub mod report;
+pub mod signup;
 
 pub use model::{Counter, SendKind, SendRef};

@@ -14,12 +14,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::model::{SendKind, SendRef, transactional, valid_tag};
-use crate::config::Config;
 use crate::delivery::model::MailKind;
-use crate::delivery::queue::{Signed, queue_signed, sign};
+use crate::delivery::queue::{SignError, Signed, queue_signed, sign};
 use crate::render::links::LinkRecord;
 use crate::render::template::Template;
 use crate::render::{Compiled, Recipient, RenderError, SendOptions};
+use crate::snapshot::Snapshot;
 use crate::store::ReadTables as _;
 use crate::store::{Store, StoreError, WriteTables};
 
@@ -126,7 +126,7 @@ pub enum OutboxError {
     NoConsent(&'static str),
     /// Signing failed.
     #[error("signing failed: {0}")]
-    Sign(String),
+    Sign(SignError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -174,8 +174,8 @@ impl TemplateCache {
 pub struct Context<'a> {
     /// The store.
     pub store: &'a Store,
-    /// The current configuration.
-    pub config: &'a Arc<Config>,
+    /// The running snapshot (config and templates, one consistent view).
+    pub snapshot: &'a Arc<Snapshot>,
     /// Compiled templates of transactional sends.
     pub cache: &'a TemplateCache,
     /// Now, in ms.
@@ -200,6 +200,7 @@ pub async fn queue_template(
     }
     let send = transactional(&tag, cx.now);
     let sender = cx
+        .snapshot
         .config
         .sender(&t.sender)
         .cloned()
@@ -212,7 +213,7 @@ pub async fn queue_template(
             let c = Arc::new(
                 Compiled::new(
                     t.clone(),
-                    cx.config,
+                    &cx.snapshot.config,
                     SendOptions {
                         send,
                         personalize: true,

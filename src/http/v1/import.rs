@@ -3,6 +3,12 @@
 //! The request body is pumped frame by frame into a bounded channel that a
 //! blocking thread reads as `std::io::Read`, so a file of millions of rows is
 //! never held in memory: the socket is read only as fast as rows are committed.
+//!
+//! A body that fails reaches the CSV reader as an `io::Error` holding the
+//! pump's message (`String`), and comes back inside
+//! `ImportError::Interrupted`'s text: the reader erases its kind. Whether it
+//! was the body pace (408) is therefore told by the `timed_out` flag the
+//! pump sets, not by the error.
 
 use std::io::Read;
 use std::sync::Arc;

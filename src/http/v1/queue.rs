@@ -183,6 +183,10 @@ pub fn enqueue_error(e: EnqueueError) -> ApiError {
     match e {
         EnqueueError::Invalid(m) => ApiError::invalid("invalid_message", m),
         e @ EnqueueError::UnknownSender(_) => ApiError::invalid("unknown_sender", e.to_string()),
+        // Answered as invalid input, as it always was, although only a NUL
+        // byte (refused earlier, by the checks) would be the message's
+        // fault and a DKIM failure is the server's.
+        EnqueueError::Sign(e) => ApiError::invalid("invalid_message", e.to_string()),
         EnqueueError::Store(e) => e.into(),
     }
 }

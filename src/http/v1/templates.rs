@@ -14,6 +14,7 @@ use crate::http::AppState;
 use crate::http::reply::{self, ApiError, Body};
 use crate::render::Template;
 use crate::render::preview::{self, PreviewInput};
+use crate::send::outbox::OutboxError;
 use crate::shop::Product;
 use crate::store::ReadTables as _;
 
@@ -369,18 +370,6 @@ pub async fn send(
     super::queue::accepted(state, Ok(r))
 }
 
-/// The kind of mail a template's messages are, for the consent check at
-/// delivery: the signup confirmation template (`[signup] template`) answers
-/// the person's own request and goes whatever their stored state;
-/// otherwise the template's `kind`.
-pub fn mail_kind(state: &AppState, t: &Template) -> MailKind {
-    let config = state.config();
-    if config.signup.as_ref().is_some_and(|s| s.template == t.name) {
-        return MailKind::Confirmation;
-    }
-    template_kind(t)
-}
-
 /// The kind of mail a template's `kind` makes it.
 fn template_kind(t: &Template) -> MailKind {
     match t.kind {
@@ -389,19 +378,10 @@ fn template_kind(t: &Template) -> MailKind {
     }
 }
 
-/// Renders a template for one recipient and queues it, marked with its
-/// [`mail_kind`], as a message of the template's transactional send;
-/// returns the queue id and Message-ID.
-pub async fn render_and_queue(
-    state: &Arc<AppState>,
-    t: &Arc<Template>,
-    recipient: crate::render::Recipient,
-) -> Result<(u64, String), ApiError> {
-    render_and_queue_as(state, t, recipient, None, mail_kind(state, t)).await
-}
-
-/// [`render_and_queue`] with the tag and the kind of mail given: delivery
-/// checks the contact's consent against it when it picks the message up.
+/// Renders a template for one recipient and queues it as a message of the
+/// transactional send of `tag` (default: the template's name), with the
+/// kind of mail given: delivery checks the contact's consent against it
+/// when it picks the message up. Returns the queue id and Message-ID.
 async fn render_and_queue_as(
     state: &Arc<AppState>,
     t: &Arc<Template>,
@@ -409,26 +389,32 @@ async fn render_and_queue_as(
     tag: Option<&str>,
     kind: MailKind,
 ) -> Result<(u64, String), ApiError> {
-    use crate::send::outbox::{Context, OutboxError, queue_template};
-    let config = state.config();
+    use crate::send::outbox::{Context, queue_template};
+    let snapshot = state.snapshot();
     let cx = Context {
         store: &state.store,
-        config: &config,
+        snapshot: &snapshot,
         cache: &state.compiled,
         now: state.clock.now().timestamp_millis(),
     };
     let r = queue_template(cx, t, recipient, tag, kind)
         .await
-        .map_err(|e| match e {
-            OutboxError::Render(m) => ApiError::invalid("render_failed", m),
-            e @ OutboxError::InvalidTag(_) => ApiError::invalid("invalid_tag", e.to_string()),
-            e @ OutboxError::UnknownSender(_) => ApiError::invalid("unknown_sender", e.to_string()),
-            e @ OutboxError::NoConsent(_) => ApiError::invalid("no_consent", e.to_string()),
-            OutboxError::Store(e) => e.into(),
-            e @ (OutboxError::Sign(_) | OutboxError::Internal(_)) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            }
-        })?;
+        .map_err(outbox_error)?;
     state.delivery.notify();
     Ok(r)
+}
+
+/// The answer to a template message that was not queued: what the client
+/// can fix is 422, the rest 500.
+pub fn outbox_error(e: OutboxError) -> ApiError {
+    match e {
+        OutboxError::Render(m) => ApiError::invalid("render_failed", m),
+        e @ OutboxError::InvalidTag(_) => ApiError::invalid("invalid_tag", e.to_string()),
+        e @ OutboxError::UnknownSender(_) => ApiError::invalid("unknown_sender", e.to_string()),
+        e @ OutboxError::NoConsent(_) => ApiError::invalid("no_consent", e.to_string()),
+        OutboxError::Store(e) => e.into(),
+        e @ (OutboxError::Sign(_) | OutboxError::Internal(_)) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        }
+    }
 }
