@@ -203,6 +203,7 @@ mod tests {
             fields: vec!["first_name".into()],
             thanks_url: None,
             confirmed_url: None,
+            template_position: None,
         }
     }
 
