@@ -183,14 +183,16 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     // from the cursor); the hit applier ends (answered hits are in the
     // journal, applied at the next start). The drain waits for every
     // guard, saying every 2 s what it waits for.
+    // SMTP transactions under way finish and are recorded; the rest stays
+    // queued. Past the grace, connections still stuck are abandoned.
     activity.stop();
-    activity.drain(SHUTDOWN_GRACE).await;
+    if !activity.drain(SHUTDOWN_GRACE).await.is_empty() {
+        engine.abandon();
+        activity.drain(std::time::Duration::from_secs(1)).await;
+    }
     let _ = supervisor.await;
     let _ = applier.await;
     drop(campaigns);
-    // Transactions under way finish and are recorded; the rest stays queued.
-    activity.stop();
-    activity.drain(std::time::Duration::from_secs(10)).await;
     let _ = scheduler.await;
     reloader.abort();
     let _ = reloader.await;

@@ -88,14 +88,19 @@ fn start_with_relay(dns: &Dns, smtp_port: u16, delivery: &str, sender: &str, rel
     std::fs::write(&config, "").unwrap();
     let keys = dir.path().join("keys");
     let (rsa, ed) = test_keys(&keys);
+    // Short timeouts keep failure tests quick; a test may set its own.
+    let timeouts = if delivery.contains("connect_timeout") {
+        ""
+    } else {
+        "connect_timeout = \"2s\"\ncommand_timeout = \"3s\""
+    };
     let extra = format!(
         r#"
 [delivery]
 nameserver = "127.0.0.1:{dns}"
 smtp_port = {smtp_port}
 {retry}
-connect_timeout = "2s"
-command_timeout = "3s"
+{timeouts}
 {delivery}
 
 [[sender]]
@@ -1125,4 +1130,53 @@ fn sigterm_finishes_and_records_the_transaction_in_hand() {
     assert_eq!(m["recipients"][0]["attempts"], 1, "{m}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.files().len(), 1, "sent again after the restart");
+}
+
+/// SIGTERM while a connection is stuck (the server accepted the TCP
+/// connection and never greets): the stop waits for the work in flight for
+/// the grace period, says every 2 s what it waits for, by label, then exits
+/// cleanly; the message stays queued for the next start.
+#[test]
+fn sigterm_says_what_it_waits_for_and_gives_up_at_the_grace() {
+    let dns = dns();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        // Accept and hold the connections, saying nothing.
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept() {
+            conns.push(c);
+            if conns.len() > 4 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    // The greeting would time out only after a minute: longer than the grace.
+    let mut s = start(
+        &dns,
+        port,
+        "connect_timeout = \"60s\"\ncommand_timeout = \"60s\"",
+        "",
+    );
+    let id = send(&s.herald, &["alice@implicit.test"], "stuck");
+    wait(&s.herald, id, Duration::from_secs(20), |m| {
+        m["recipients"][0]["state"] == "in_flight"
+    });
+    assert_eq!(s.herald.stop(), Some(0));
+    let log = s.herald.log();
+    assert!(
+        log.contains("stopping: waiting for work in flight") && log.contains("smtp connection ×1"),
+        "{log}"
+    );
+    assert!(log.contains("grace period over"), "{log}");
+    // The stuck connection is abandoned, so the store closes cleanly.
+    assert!(log.contains("connection abandoned at shutdown"), "{log}");
+    assert!(!log.contains("the store writer is still busy"), "{log}");
+    assert!(log.contains("herald stopped"), "{log}");
+    // The message waits for the next start.
+    s.herald.restart();
+    let m = s.herald.get(&format!("/api/v1/queue/{id}")).body;
+    assert_eq!(m["finished"], Value::Null, "{m}");
+    drop(held);
 }

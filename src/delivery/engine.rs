@@ -76,6 +76,9 @@ pub(super) struct Inner {
     /// Outcomes were recorded (one permit, for one listener: the send
     /// layer's users that wait for outcomes, such as campaign completion).
     pub(super) outcomes_recorded: Arc<Notify>,
+    /// Cancelled when shutdown's grace is over: connection tasks still
+    /// running end at once.
+    pub(super) abandon: tokio_util::sync::CancellationToken,
     /// Recipients delivered (`herald_delivery_total{outcome="delivered"}`).
     pub(super) delivered: prometheus_client::metrics::counter::Counter,
     /// Recipients deferred.
@@ -141,6 +144,7 @@ impl Engine {
                 jobs_added: Notify::new(),
                 activity,
                 outcomes_recorded: Arc::new(Notify::new()),
+                abandon: tokio_util::sync::CancellationToken::new(),
                 delivered: outcome("delivered"),
                 deferred: outcome("deferred"),
                 failed: outcome("failed"),
@@ -154,6 +158,12 @@ impl Engine {
     /// waiter never misses the last one.
     pub fn outcomes_recorded(&self) -> Arc<Notify> {
         self.inner.outcomes_recorded.clone()
+    }
+
+    /// Ends the connection tasks still running (after the shutdown grace):
+    /// their messages stay queued and are tried again at the next start.
+    pub fn abandon(&self) {
+        self.inner.abandon.cancel();
     }
 
     /// Tells the scheduler that messages were queued or made due.

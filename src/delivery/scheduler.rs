@@ -376,7 +376,19 @@ fn spawn_workers(inner: &Arc<Inner>) {
                     inner: inner.clone(),
                     key: key.clone(),
                 };
-                super::connection::run(&inner, &key).await;
+                // Past the shutdown grace, a connection still stuck is
+                // abandoned (its message stays queued for the next start),
+                // so that its store handle goes and the store closes cleanly.
+                tokio::select! {
+                    () = super::connection::run(&inner, &key) => {}
+                    () = inner.abandon.cancelled() => {
+                        tracing::warn!(
+                            destination = %key.domain,
+                            sender = %key.sender,
+                            "connection abandoned at shutdown; its message stays queued"
+                        );
+                    }
+                }
             });
         }
     }
