@@ -153,6 +153,7 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         recent: Default::default(),
         signup_limits: Default::default(),
         hits,
+        activity: activity.clone(),
     });
     // Messages left in flight by a crash are still queued in the store; the
     // scheduler picks them up like any other due message.

@@ -66,6 +66,8 @@ pub struct AppState {
     pub hits: Arc<crate::track::journal::Applier>,
     /// Signups per client address in the current hour.
     pub signup_limits: public::Limiter,
+    /// In-flight work and the stop signal (imports hold an `import` guard).
+    pub activity: crate::activity::Activity,
 }
 
 /// Who sent a request: the client address (from `X-Forwarded-For` when

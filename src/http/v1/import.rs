@@ -121,7 +121,11 @@ pub async fn start(
     });
     let store = state.store.clone();
     let clock = state.clock.clone();
+    // Shutdown waits for the import's batches in flight (an import cut off
+    // by the grace is marked `interrupted` at the next start).
+    let guard = state.activity.guard("import");
     let result = tokio::task::spawn_blocking(move || {
+        let _guard = guard;
         let reader = ChannelReader {
             rx,
             current: Bytes::new(),
