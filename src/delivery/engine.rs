@@ -109,6 +109,9 @@ pub struct InFlight {
     pub rcpt: usize,
     /// Its domain.
     pub domain: String,
+    /// When the attempt began (ms): a stored outcome at or after this time
+    /// is the attempt's own (recorded, the job not yet released).
+    pub since: i64,
 }
 
 impl Engine {
@@ -181,6 +184,7 @@ impl Engine {
                     msg: *id,
                     rcpt: r,
                     domain: a.domain_of.get(r).cloned().unwrap_or_default(),
+                    since: a.loaded_at,
                 });
             }
         }

@@ -75,6 +75,9 @@ pub(super) struct Active {
     pub(super) rcpts: Vec<usize>,
     /// Every recipient's domain, by index; for the status view.
     pub(super) domain_of: Vec<String>,
+    /// When the message was loaded (ms): an outcome recorded at or after
+    /// this is this attempt's, even while the job is still being released.
+    pub(super) loaded_at: i64,
 }
 
 /// The scheduler's state, shared with the connection tasks under a mutex.
@@ -225,6 +228,7 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
                     jobs_left: jobs.values().map(Vec::len).sum(),
                     rcpts,
                     domain_of: m.recipients.iter().map(|r| r.domain.clone()).collect(),
+                    loaded_at: now,
                 },
             );
             for (key, list) in jobs {

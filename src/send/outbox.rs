@@ -276,3 +276,127 @@ pub async fn queue_template(
     }
     Ok((qid, message_id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contacts::model::ConsentState;
+    use crate::contacts::{self, ContactUpdate};
+    use crate::send::model::{Counter, slot};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn write<R: Send + 'static>(
+        store: &Store,
+        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, Box<dyn std::error::Error>> {
+        Ok(store.write_blocking(f)?.blocking_recv()??)
+    }
+
+    fn outbox(once: bool) -> Outbox {
+        Outbox {
+            send: SendRef {
+                kind: SendKind::Campaign,
+                id: 7,
+                variant: slot(0, 1),
+            },
+            sender: Arc::new(crate::config::Sender {
+                id: "shop".into(),
+                from: "Shop <news@shop.example>".into(),
+                from_address: "news@shop.example".into(),
+                domain: "shop.example".into(),
+                return_path: "bounce@shop.example".into(),
+                helo: "mail.shop.example".into(),
+                require_tls: false,
+                rate_per_second: None,
+                rate_per_hour: None,
+                unsubscribe_mailto: None,
+                dkim: Vec::new(),
+                relay: None,
+            }),
+            source: "campaign:7".into(),
+            kind: Some(MailKind::Marketing),
+            once,
+        }
+    }
+
+    fn signed(contact: u64, address: &str) -> Signed {
+        Signed {
+            address: address.into(),
+            contact,
+            message_id: format!("c7.1.{contact}@shop.example"),
+            body: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+        }
+    }
+
+    /// Consent and the ledger are checked inside the transaction, each
+    /// queued message is recorded and counted, `room` stops the batch, and
+    /// a second commit of the same contacts queues nobody twice.
+    #[test]
+    fn a_batch_queues_each_allowed_contact_once_and_counts_it() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let ids = write(&store, |t| {
+            let when = chrono::DateTime::from_timestamp_millis(0).unwrap_or_default();
+            let mut ids = Vec::new();
+            for (a, consent) in [
+                ("a@example.com", ConsentState::Granted),
+                ("b@example.com", ConsentState::Withdrawn),
+                ("c@example.com", ConsentState::Granted),
+                ("d@example.com", ConsentState::Granted),
+            ] {
+                let email =
+                    contacts::normalize_email(a).map_err(|e| StoreError::Io(e.to_string()))?;
+                let update = ContactUpdate {
+                    consent: Some(contacts::ConsentChange {
+                        to: consent,
+                        source: crate::contacts::model::ConsentSource::Import,
+                        ip: None,
+                        user_agent: None,
+                        note: None,
+                    }),
+                    ..Default::default()
+                };
+                match contacts::apply_upsert(t, &email, update, true, when)? {
+                    Ok((_, c)) => ids.push(c.id),
+                    Err(e) => return Err(StoreError::Io(e.to_string())),
+                }
+            }
+            Ok(ids)
+        })?;
+        let batch = |ids: &[u64]| -> Vec<Signed> {
+            ["a", "b", "c", "d"]
+                .iter()
+                .zip(ids)
+                .map(|(n, id)| signed(*id, &format!("{n}@example.com")))
+                .collect()
+        };
+        let (first, again) = (batch(&ids), batch(&ids));
+        let out = outbox(true);
+        let o2 = out.clone();
+        let done = write(&store, move |t| {
+            commit_batch(t, &o2, &[], first, Some(1), 1000, |_, _| Ok(()))
+        })?;
+        // a queued; b withdrew; c is over the room of one; d too.
+        assert_eq!(done.queued, vec![ids[0]]);
+        assert_eq!((done.skipped, done.over_budget), (1, 2));
+        let o3 = out.clone();
+        let done = write(&store, move |t| {
+            commit_batch(t, &o3, &[], again, None, 2000, |_, _| Ok(()))
+        })?;
+        assert_eq!(done.queued, vec![ids[2], ids[3]], "a is in the ledger");
+        assert_eq!(done.skipped, 2);
+        let send = out.send;
+        let (ledger, counts) = store.read_blocking(move |v| {
+            let mut ledger = Vec::new();
+            for id in [ids[0], ids[1], ids[2]] {
+                ledger.push(v.sent(send, id)?.map(|(s, _)| s));
+            }
+            Ok((ledger, v.send_counts(SendKind::Campaign, 7)?))
+        })?;
+        assert_eq!(ledger, vec![Some(slot(0, 1)), None, Some(slot(0, 1))]);
+        assert_eq!(counts.get(&(slot(0, 1), Counter::Sent as u8)), Some(&3));
+        store.close();
+        Ok(())
+    }
+}

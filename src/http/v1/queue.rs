@@ -343,6 +343,13 @@ pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiEr
         .in_flight()
         .into_iter()
         .filter(|f| f.msg == id)
+        // An attempt whose outcome is already in the record (committed, the
+        // job not yet released) is not in flight any more.
+        .filter(|f| {
+            m.as_ref()
+                .and_then(|m| m.recipients.get(f.rcpt))
+                .is_none_or(|r| r.updated.is_none_or(|u| u < f.since))
+        })
         .map(|f| f.rcpt)
         .collect();
     match m {
