@@ -51,10 +51,10 @@ struct Next {
 }
 
 impl Next {
-    /// After a failed step: look again in a second.
-    fn retry() -> Next {
+    /// After a failed step at `now` (ms): look again in a second.
+    fn retry(now: i64) -> Next {
         Next {
-            at: Some(chrono::Utc::now().timestamp_millis() + 1000),
+            at: Some(now + 1000),
             outcomes: false,
         }
     }
@@ -236,7 +236,7 @@ impl Campaigns {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::warn!(error = %e, "campaigns: supervisor step failed; retrying");
-                    Next::retry()
+                    Next::retry(self.now_ms())
                 }
             };
             let sleep = async {
@@ -286,7 +286,8 @@ impl Campaigns {
     async fn live_campaigns(&self) -> Result<Vec<Campaign>, CampaignError> {
         let known = lock(&self.live).clone();
         let dirty = std::mem::take(&mut *lock(&self.dirty));
-        let all = match known {
+        let back = dirty.clone();
+        let read = match known {
             None => {
                 self.store
                     .read(|r| {
@@ -295,7 +296,7 @@ impl Campaigns {
                             .filter(|c| c.status.is_live())
                             .collect::<Vec<_>>())
                     })
-                    .await?
+                    .await
             }
             Some(mut ids) => {
                 ids.extend(dirty);
@@ -311,7 +312,15 @@ impl Campaigns {
                         }
                         Ok(out)
                     })
-                    .await?
+                    .await
+            }
+        };
+        let all = match read {
+            Ok(all) => all,
+            Err(e) => {
+                // Looked at again on the retry.
+                lock(&self.dirty).extend(back);
+                return Err(e.into());
             }
         };
         *lock(&self.live) = Some(all.iter().map(|c| c.id).collect());
@@ -353,7 +362,7 @@ impl Campaigns {
             };
             if let Err(e) = r {
                 tracing::warn!(campaign = c.id, error = %e, "campaign step failed; retrying");
-                next = next.min(Next::retry());
+                next = next.min(Next::retry(self.now_ms()));
             }
         }
         Ok(next)
@@ -613,6 +622,10 @@ impl Campaigns {
     }
 
     fn spawn_worker(self: &Arc<Self>, id: u64, part: usize) {
+        if self.activity.is_stopping() {
+            // The drain may be over: no new work once stopping.
+            return;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
         let svc = self.clone();

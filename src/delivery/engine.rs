@@ -163,6 +163,12 @@ impl Engine {
         self.inner.outcomes_recorded.clone()
     }
 
+    /// Says that outcomes were recorded outside the engine (an admin purge,
+    /// an erasure), so whoever waits for outcomes looks again.
+    pub fn outcomes_changed(&self) {
+        self.inner.outcomes_recorded.notify_one();
+    }
+
     /// Ends the connection tasks still running (after the shutdown grace):
     /// their messages stay queued and are tried again at the next start.
     pub fn abandon(&self) {

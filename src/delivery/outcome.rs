@@ -343,7 +343,7 @@ fn not_sent(
         return Ok(false);
     };
     count_outcome(t, m.send, before, RcptState::Failed, None, now)?;
-    if let Some(s) = m.send {
+    if let Some(s) = m.send.filter(SendRef::counted) {
         t.count_not_sent(s, why == NotSent::Erased)?;
     }
     Ok(true)
@@ -439,7 +439,10 @@ fn count_outcome(
     bounce: Option<BounceClass>,
     now: i64,
 ) -> Result<(), StoreError> {
-    let Some(s) = send else { return Ok(()) };
+    // Tests and previews are not counted.
+    let Some(s) = send.filter(SendRef::counted) else {
+        return Ok(());
+    };
     for (counter, delta, hourly) in outcome_counts(before, after, bounce) {
         if hourly {
             t.bump_send_at(s, counter, delta, now)?;

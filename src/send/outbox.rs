@@ -121,6 +121,9 @@ pub enum OutboxError {
     /// The tag is not a valid name.
     #[error("`{0}` is not a tag: 1-64 letters, digits, `-`, `_`, `.` or `:`")]
     InvalidTag(String),
+    /// The tag's id is taken by another tag (a hash collision).
+    #[error("the tag `{0}` cannot be used: its id is taken by the tag `{1}`; choose another name")]
+    TagTaken(String, String),
     /// The contact may not get this kind of mail (any more).
     #[error("the contact no longer exists or may not get {0} mail")]
     NoConsent(&'static str),
@@ -260,14 +263,16 @@ pub async fn queue_template(
     let qid = cx
         .store
         .write(move |w| {
-            w.name_send(SendKind::Transactional, send.id, &name)?;
+            if let Some(other) = w.name_send(SendKind::Transactional, send.id, &name)? {
+                return Ok(Err(OutboxError::TagTaken(name, other)));
+            }
             let done = commit_batch(w, &out, &links, vec![signed], None, now, |_, _| Ok(()))?;
             if done.queued.is_empty() {
-                return Ok(None);
+                return Ok(Ok(None));
             }
-            w.sent(send, contact)
+            Ok(Ok(w.sent(send, contact)?))
         })
-        .await?;
+        .await??;
     let Some((_, qid)) = qid else {
         return Err(OutboxError::NoConsent(kind.as_str()));
     };
@@ -396,6 +401,35 @@ mod tests {
         })?;
         assert_eq!(ledger, vec![Some(slot(0, 1)), None, Some(slot(0, 1))]);
         assert_eq!(counts.get(&(slot(0, 1), Counter::Sent as u8)), Some(&3));
+        store.close();
+        Ok(())
+    }
+
+    /// Two tags whose 32-bit ids collide cannot share counters: the second
+    /// one is refused, naming the first.
+    #[test]
+    fn a_tag_whose_id_is_taken_by_another_is_refused() -> TestResult {
+        let mut seen = HashMap::new();
+        let (a, b) = (0..1_000_000u32)
+            .map(|i| format!("tag-{i}"))
+            .find_map(|t| {
+                let id = crate::send::model::tag_id(&t);
+                seen.insert(id, t.clone()).map(|first| (first, t))
+            })
+            .ok_or("no colliding tags in a million")?;
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let id = crate::send::model::tag_id(&a);
+        let (a2, b2) = (a.clone(), b.clone());
+        let (first, again, other) = write(&store, move |t| {
+            Ok((
+                t.name_send(SendKind::Transactional, id, &a2)?,
+                t.name_send(SendKind::Transactional, id, &a2)?,
+                t.name_send(SendKind::Transactional, id, &b2)?,
+            ))
+        })?;
+        assert_eq!((first, again), (None, None));
+        assert_eq!(other, Some(a));
         store.close();
         Ok(())
     }

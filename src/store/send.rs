@@ -187,12 +187,28 @@ impl WriteTables<'_> {
         }
     }
 
-    /// Names a send (a transactional tag's name), once.
-    pub fn name_send(&mut self, kind: SendKind, id: u64, name: &str) -> Result<(), StoreError> {
-        if self.tables.send_names.get((kind.code(), id))?.is_none() {
-            self.tables.send_names.insert((kind.code(), id), name)?;
+    /// Names a send (a transactional tag's name) the first time; returns
+    /// the name it already has when that is another (two tags whose ids
+    /// collide), and then changes nothing.
+    pub fn name_send(
+        &mut self,
+        kind: SendKind,
+        id: u64,
+        name: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let existing = self
+            .tables
+            .send_names
+            .get((kind.code(), id))?
+            .map(|v| v.value().to_string());
+        match existing {
+            Some(other) if other != name => Ok(Some(other)),
+            Some(_) => Ok(None),
+            None => {
+                self.tables.send_names.insert((kind.code(), id), name)?;
+                Ok(None)
+            }
         }
-        Ok(())
     }
 }
 

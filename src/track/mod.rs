@@ -15,7 +15,7 @@ use crate::contacts::{ConsentChange, ContactUpdate, apply_update_by_id};
 use crate::delivery::model::RcptState;
 use crate::send::model::{
     CLICKED, COMPLAINED, Counter, MACHINE_CLICKED, MACHINE_OPENED, OPENED, SendKind, SendRef,
-    UNSUBSCRIBED,
+    UNSUBSCRIBED, unslot,
 };
 use crate::store::ReadTables as _;
 use crate::store::{HistoryEvent, StoreError, WriteTables};
@@ -392,13 +392,16 @@ impl Attributed {
     }
 }
 
-/// Whether orders can be credited to a kind of send: everything a contact
-/// really got (not tests or previews).
-fn attributable(kind: SendKind) -> bool {
-    matches!(
-        kind,
-        SendKind::Campaign | SendKind::Automation | SendKind::Transactional
-    )
+/// Whether orders can be credited to a send: everything a contact really
+/// got (not tests or previews). A transactional message's slot names its
+/// day; one without (a template message sent before the send layer, slot
+/// 0) is not credited, as it was not then.
+fn attributable(kind: SendKind, slot: u32) -> bool {
+    match kind {
+        SendKind::Campaign | SendKind::Automation => true,
+        SendKind::Transactional => unslot(slot).0 > 0,
+        SendKind::Test | SendKind::Preview => false,
+    }
 }
 
 /// What attribution needs: the keys that verify click tokens, the window
@@ -469,7 +472,7 @@ pub fn attribute_order(
     if order.counted() {
         if let Some(v) = order.attribution.as_deref()
             && let Some(crate::tokens::Token::Click(m, n, _)) = rules.keys.verify(v.trim())
-            && attributable(m.send.kind)
+            && attributable(m.send.kind, m.send.variant)
         {
             found = Some(Attributed {
                 kind: m.send.kind.code(),
@@ -481,7 +484,7 @@ pub fn attribute_order(
         } else if let Some((kind, id, slot, link, at)) = t.last_click(order.contact)?
             && order.placed_at >= at - CLOCK_SKEW_MS
             && order.placed_at - at <= rules.window_ms
-            && SendKind::from_code(kind).is_some_and(attributable)
+            && SendKind::from_code(kind).is_some_and(|k| attributable(k, slot))
         {
             found = Some(Attributed {
                 kind,

@@ -591,6 +591,8 @@ pub async fn erase(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, Api
         .store
         .write(move |t| contacts::erase(t, id, now))
         .await??;
+    // The person's pending messages failed unsent: final outcomes.
+    state.delivery.outcomes_changed();
     tracing::info!(
         contact = c.id,
         "contact erased on request; address suppressed"

@@ -460,6 +460,9 @@ pub async fn purge(
             "no message {id} with pending recipients in the queue"
         )));
     }
+    // Purged recipients are final outcomes: a send waiting for its
+    // outcomes (a campaign's completion) looks again.
+    state.delivery.outcomes_changed();
     tracing::info!(messages, recipients, "queue purged by the admin");
     reply::ok(&json!({"messages": messages, "recipients": recipients}))
 }

@@ -409,7 +409,9 @@ async fn render_and_queue_as(
 pub fn outbox_error(e: OutboxError) -> ApiError {
     match e {
         OutboxError::Render(m) => ApiError::invalid("render_failed", m),
-        e @ OutboxError::InvalidTag(_) => ApiError::invalid("invalid_tag", e.to_string()),
+        e @ (OutboxError::InvalidTag(_) | OutboxError::TagTaken(..)) => {
+            ApiError::invalid("invalid_tag", e.to_string())
+        }
         e @ OutboxError::UnknownSender(_) => ApiError::invalid("unknown_sender", e.to_string()),
         e @ OutboxError::NoConsent(_) => ApiError::invalid("no_consent", e.to_string()),
         OutboxError::Store(e) => e.into(),
