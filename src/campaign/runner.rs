@@ -2,7 +2,12 @@
 //! chooses A/B winners, opens stages and completes campaigns; and one worker
 //! thread per sending part, which renders and signs batches on the rayon
 //! pool just ahead of delivery and queues each batch in one commit together
-//! with the part's cursor and the `campaign_sends` ledger.
+//! with the part's cursor and the send's ledger (`send::outbox::commit_batch`).
+//!
+//! Errors as text: `compile`, `work` and `view_html` return `Result<_,
+//! String>` on purpose. No caller tells their failures apart: a worker's
+//! error pauses the campaign with the text as its note, a test send's is the
+//! 422 message, and `/v/` logs it and shows the "link not valid" page.
 //!
 //! The worker keeps at most `window` of the campaign's messages waiting in
 //! the queue (queued and not yet delivered or failed; deferred ones do not
