@@ -21,11 +21,11 @@
 //! `read.rs` has [`ReadTables`], the lookups both sides make, written once.
 //! Each domain's typed methods are in its own file: `contacts.rs` (contacts,
 //! their indexes and consent log, suppressions, fields, lists, tags,
-//! imports), `queue.rs`, `send.rs`, `campaign.rs`, `shop.rs`, `render.rs`
+//! imports), `queue.rs`, `send.rs`, `audience.rs`, `shop.rs`, `render.rs`
 //! (products, links), `track.rs`, `signup.rs`. `migrate.rs` upgrades the
 //! schema of older files.
 
-mod campaign;
+mod audience;
 mod contacts;
 mod migrate;
 mod queue;
@@ -37,7 +37,7 @@ mod signup;
 pub mod tables;
 mod track;
 
-pub use campaign::{decode_ids, encode_ids};
+pub use audience::{decode_ids, encode_ids};
 pub use contacts::{ContactIndex, suppression_key};
 pub use queue::{DueEntry, QueueSummary};
 pub use read::ReadTables;

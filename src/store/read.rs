@@ -154,7 +154,7 @@ pub trait ReadTables {
         get_json(self.tables().products()?, "products", sku)
     }
 
-    // Campaigns and sends (`store/campaign.rs`, `store/send.rs`).
+    // Campaigns and sends (`store/audience.rs`, `store/send.rs`).
 
     /// A campaign record (the campaign module's type: the store does not
     /// know it).

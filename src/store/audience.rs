@@ -1,5 +1,5 @@
-//! Campaign tables: the campaign records (spec, status, durable progress)
-//! and audience snapshots. The store keeps the records as JSON documents of
+//! Audience snapshots (a part's contact ids, delta-varint) and the records
+//! of the sends that own them, campaigns (spec, status, durable progress). The store keeps the records as JSON documents of
 //! a type it does not know (the campaign module's `Campaign`, given by the
 //! caller): data flows one way, and the store never names the layers above
 //! it. A campaign's ledger, engagement and counters are its send's
