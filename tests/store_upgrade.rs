@@ -2,12 +2,12 @@
 //! is migrated in place and reads the same.
 //!
 //! - `tests/fixtures/store-v1/` was made by commit 462f2f7 (before issue 17
-//!   added `signup_requests_v1` and `queue_by_address_v1`) with
-//!   `tests/fixtures/make-store-v1.py`.
+//!   added `signup_requests_v1` and `queue_by_address_v1`) with the first
+//!   version of `tests/fixtures/make-store.py`.
 //! - `tests/fixtures/store-v2/` was made by commit a470bb9 (the last before
 //!   the send layer moved the `campaign_*` counter, engagement, link and
 //!   ledger tables to send-keyed `send_*` tables, schema 1 → 2) with
-//!   `tests/fixtures/make-store-v2.py`.
+//!   `tests/fixtures/make-store.py`.
 //!
 //! Each script also saved what that binary's API answered (`expected.json`).
 //! This binary must answer the same (it may add keys), and the new tables

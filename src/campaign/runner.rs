@@ -932,7 +932,7 @@ impl Campaigns {
         };
         let tags: std::collections::BTreeSet<String> = c.spec.tags_after.iter().cloned().collect();
         let end = b.end;
-        let rx = self.store.write_blocking(move |t| {
+        let r = self.store.write_wait(move |t| {
             let Some(mut c) = t.campaign(id)? else {
                 return Ok(None);
             };
@@ -997,7 +997,6 @@ impl Campaigns {
             t.put_campaign(&c)?;
             Ok(Some(end))
         })?;
-        let r = rx.blocking_recv().map_err(|_| StoreError::Closed)??;
         if r.is_some()
             && let Some(last) = last_link
         {

@@ -262,13 +262,6 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-    fn write<R: Send + 'static>(
-        store: &Store,
-        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, Box<dyn std::error::Error>> {
-        Ok(store.write_blocking(f)?.blocking_recv()??)
-    }
-
     fn input(email: &str) -> Result<SignupInput, ContactError> {
         Ok(SignupInput {
             email: super::super::normalize_email(email)?,
@@ -308,24 +301,24 @@ mod tests {
         let store = Store::open(dir.path())?;
         let t0 = Utc::now();
         let i = input("a@example.com")?;
-        let (id, n) = match write(&store, move |t| request(t, &i, t0))?? {
+        let (id, n) = match store.write_wait(move |t| request(t, &i, t0))?? {
             Requested::Confirm { contact, request } => (contact.id, request),
             Requested::Suppressed => return Err("suppressed".into()),
         };
         let later = t0 + chrono::Duration::seconds(5);
-        let r = write(&store, move |t| confirm(t, click(id, Some(n), 0), later))?;
+        let r = store.write_wait(move |t| confirm(t, click(id, Some(n), 0), later))?;
         assert_eq!(state(&r), "now");
-        let r = write(&store, move |t| confirm(t, click(id, Some(n), 0), later))?;
+        let r = store.write_wait(move |t| confirm(t, click(id, Some(n), 0), later))?;
         assert_eq!(state(&r), "already", "used, but still granted: no change");
 
         // A request made, then a withdrawal, then the click: refused.
         let i = input("a@example.com")?;
-        let n2 = match write(&store, move |t| request(t, &i, later))?? {
+        let n2 = match store.write_wait(move |t| request(t, &i, later))?? {
             Requested::Confirm { request, .. } => request,
             Requested::Suppressed => return Err("suppressed".into()),
         };
         let even_later = later + chrono::Duration::seconds(5);
-        write(&store, move |t| {
+        store.write_wait(move |t| {
             let update = ContactUpdate {
                 consent: Some(ConsentChange {
                     to: ConsentState::Withdrawn,
@@ -339,23 +332,19 @@ mod tests {
             super::super::apply_update_by_id(t, id, update, even_later)
                 .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
         })??;
-        let r = write(&store, move |t| {
-            confirm(t, click(id, Some(n2), 0), even_later)
-        })?;
+        let r = store.write_wait(move |t| confirm(t, click(id, Some(n2), 0), even_later))?;
         assert_eq!(state(&r), "refused");
 
         // Legacy links (no request number): only a contact still pending.
         let i = input("b@example.com")?;
-        let b = match write(&store, move |t| request(t, &i, t0))?? {
+        let b = match store.write_wait(move |t| request(t, &i, t0))?? {
             Requested::Confirm { contact, .. } => contact.id,
             Requested::Suppressed => return Err("suppressed".into()),
         };
         let issued = t0.timestamp() as u64;
-        let r = write(&store, move |t| confirm(t, click(b, None, issued), later))?;
+        let r = store.write_wait(move |t| confirm(t, click(b, None, issued), later))?;
         assert_eq!(state(&r), "now");
-        let r = write(&store, move |t| {
-            confirm(t, click(id, None, issued), even_later)
-        })?;
+        let r = store.write_wait(move |t| confirm(t, click(id, None, issued), even_later))?;
         assert_eq!(state(&r), "refused", "a withdrawn contact");
         Ok(())
     }

@@ -846,13 +846,6 @@ mod tests {
         }
     }
 
-    fn write<R: Send + 'static>(
-        store: &crate::store::Store,
-        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, Box<dyn std::error::Error>> {
-        Ok(store.write_blocking(f)?.blocking_recv()??)
-    }
-
     /// The store side: states, the send's counters, the contact made
     /// `invalid` by a hard bounce only, and a finished message leaving the
     /// queue with its body.
@@ -873,7 +866,7 @@ mod tests {
             id: 5,
             variant: 0,
         };
-        write(&store, move |t| {
+        store.write_wait(move |t| {
             let when = chrono::DateTime::from_timestamp_millis(0).unwrap_or_default();
             let mut ids = Vec::new();
             for a in addresses {
@@ -926,7 +919,7 @@ mod tests {
             ),
         ];
         let p = policy();
-        write(&store, move |t| {
+        store.write_wait(move |t| {
             record_outcomes(t, 1, &outcomes, Some("mx"), 1000, &p)?;
             let p = policy();
             let temp = [(0, Outcome::Temporary("451 later".into()))];

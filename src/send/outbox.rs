@@ -291,13 +291,6 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-    fn write<R: Send + 'static>(
-        store: &Store,
-        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, Box<dyn std::error::Error>> {
-        Ok(store.write_blocking(f)?.blocking_recv()??)
-    }
-
     fn outbox(once: bool) -> Outbox {
         Outbox {
             send: SendRef {
@@ -341,7 +334,7 @@ mod tests {
     fn a_batch_queues_each_allowed_contact_once_and_counts_it() -> TestResult {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path())?;
-        let ids = write(&store, |t| {
+        let ids = store.write_wait(|t| {
             let when = chrono::DateTime::from_timestamp_millis(0).unwrap_or_default();
             let mut ids = Vec::new();
             for (a, consent) in [
@@ -379,16 +372,14 @@ mod tests {
         let (first, again) = (batch(&ids), batch(&ids));
         let out = outbox(true);
         let o2 = out.clone();
-        let done = write(&store, move |t| {
-            commit_batch(t, &o2, &[], first, Some(1), 1000, |_, _| Ok(()))
-        })?;
+        let done = store
+            .write_wait(move |t| commit_batch(t, &o2, &[], first, Some(1), 1000, |_, _| Ok(())))?;
         // a queued; b withdrew; c is over the room of one; d too.
         assert_eq!(done.queued, vec![ids[0]]);
         assert_eq!((done.skipped, done.over_budget), (1, 2));
         let o3 = out.clone();
-        let done = write(&store, move |t| {
-            commit_batch(t, &o3, &[], again, None, 2000, |_, _| Ok(()))
-        })?;
+        let done = store
+            .write_wait(move |t| commit_batch(t, &o3, &[], again, None, 2000, |_, _| Ok(())))?;
         assert_eq!(done.queued, vec![ids[2], ids[3]], "a is in the ledger");
         assert_eq!(done.skipped, 2);
         let send = out.send;
@@ -421,7 +412,7 @@ mod tests {
         let store = Store::open(dir.path())?;
         let id = crate::send::model::tag_id(&a);
         let (a2, b2) = (a.clone(), b.clone());
-        let (first, again, other) = write(&store, move |t| {
+        let (first, again, other) = store.write_wait(move |t| {
             Ok((
                 t.name_send(SendKind::Transactional, id, &a2)?,
                 t.name_send(SendKind::Transactional, id, &a2)?,

@@ -77,24 +77,14 @@ impl WriteTables<'_> {
                     .insert((c.consent.code(), c.id), ())?;
                 self.bump(consent_count_key(c.consent), 1)?;
             }
-            Some(b) if b.email != c.email => {
-                let old_key = b.email.to_lowercase();
-                if old_key != key {
-                    self.tables.contact_by_email.remove(old_key.as_str())?;
-                    self.tables.contact_by_email.insert(key.as_str(), c.id)?;
-                }
-                if b.consent != c.consent {
-                    self.tables
-                        .contact_by_consent
-                        .remove((b.consent.code(), c.id))?;
-                    self.tables
-                        .contact_by_consent
-                        .insert((c.consent.code(), c.id), ())?;
-                    self.bump(consent_count_key(b.consent), -1)?;
-                    self.bump(consent_count_key(c.consent), 1)?;
-                }
-            }
             Some(b) => {
+                if b.email != c.email {
+                    let old_key = b.email.to_lowercase();
+                    if old_key != key {
+                        self.tables.contact_by_email.remove(old_key.as_str())?;
+                        self.tables.contact_by_email.insert(key.as_str(), c.id)?;
+                    }
+                }
                 if b.consent != c.consent {
                     self.tables
                         .contact_by_consent

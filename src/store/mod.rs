@@ -341,6 +341,17 @@ impl Store {
         Ok(rx)
     }
 
+    /// [`Store::write_blocking`] that waits for the commit: for a blocking
+    /// thread with nothing to prepare meanwhile.
+    pub fn write_wait<R: Send + 'static>(
+        &self,
+        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.write_blocking(f)?
+            .blocking_recv()
+            .map_err(|_| StoreError::Closed)?
+    }
+
     /// A snapshot taken by the writer between two transactions, for a
     /// blocking thread: it holds exactly what was committed before, and
     /// `at_boundary` runs at that moment, after every earlier commit was
@@ -807,13 +818,6 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     /// Runs a write job and waits for its commit.
-    fn write<R: Send + 'static>(
-        store: &Store,
-        f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, Box<dyn std::error::Error>> {
-        Ok(store.write_blocking(f)?.blocking_recv()??)
-    }
-
     #[test]
     fn schema_version_is_written_and_checked() -> TestResult {
         let dir = tempfile::tempdir()?;
@@ -908,8 +912,8 @@ mod tests {
             member_count: 0,
             created_at: now,
         };
-        write(&store, move |t| t.put_list(&list, None))?;
-        let seen_in_txn = write(&store, |t| {
+        store.write_wait(move |t| t.put_list(&list, None))?;
+        let seen_in_txn = store.write_wait(|t| {
             t.put_contact(&contact(1, 1), None)?;
             t.put_contact(&contact(2, 1), None)?;
             let Some(mut l) = t.list(1)? else {
