@@ -28,7 +28,6 @@ use super::model::{Campaign, Counter, Metric, Part, StageFilter, Status, WINNER}
 use super::{CampaignError, CampaignStore, CampaignWrite, audience, look, model};
 use crate::activity::Activity;
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::contacts::model::{ConsentState, Contact};
 use crate::delivery::Engine;
 use crate::delivery::model::MailKind;
@@ -201,11 +200,6 @@ impl Campaigns {
         &self.store
     }
 
-    /// The current config.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.get()
-    }
-
     /// The current snapshot (config, templates, segment files).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.config.snapshot()
@@ -214,11 +208,6 @@ impl Campaigns {
     /// Now, in ms, from the daemon's clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now().timestamp_millis()
-    }
-
-    /// Makes the supervisor look at the live campaigns now.
-    pub fn wake(&self) {
-        self.wake.notify_one();
     }
 
     /// Tells the supervisor that campaign `id` changed (created, started,

@@ -116,11 +116,6 @@ pub fn builtin_kind(name: &str, sites: &[String]) -> Option<Kind> {
     })
 }
 
-/// Whether `name` is reserved for a built-in (custom fields may not use it).
-pub fn is_builtin(name: &str) -> bool {
-    BUILTINS.iter().any(|(n, _)| *n == name)
-}
-
 /// Names the store resolves: custom fields and lists.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
