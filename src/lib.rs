@@ -6,6 +6,7 @@
 
 pub mod activity;
 pub mod app;
+pub mod automation;
 pub mod campaign;
 pub mod client;
 pub mod clock;

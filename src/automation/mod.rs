@@ -1,0 +1,3 @@
+//! Automations: event-triggered flows (see `config/automations/README.md`).
+
+pub mod when;
