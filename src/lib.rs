@@ -12,6 +12,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod contacts;
+pub mod coupons;
 pub mod delivery;
 pub mod http;
 pub mod metrics;

@@ -95,6 +95,13 @@ pub struct AttributionLabels {
     pub by: &'static str,
 }
 
+/// Labels of coupon pool gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The pool's name (pool names are checked: letters, digits, `-_.`).
+    pub pool: String,
+}
+
 /// Every metric Herald exports.
 pub struct Metrics {
     registry: Registry,
@@ -141,6 +148,11 @@ pub struct Metrics {
     pub segment_index_bytes: Gauge,
     /// Contacts in the segment index (set at scrape time).
     pub segment_index_contacts: Gauge,
+    /// Free codes per coupon pool (refreshed at scrape time).
+    coupons_free: Family<PoolLabels, Gauge>,
+    /// 1 for a coupon pool at or below its low-water mark (refreshed at
+    /// scrape time).
+    coupon_pool_low: Family<PoolLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -279,7 +291,21 @@ impl Metrics {
             "Revenue of attributed orders, in hundredths of the currency unit",
             attributed_revenue_cents.clone(),
         );
+        let coupons_free = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "coupons_free",
+            "Coupon codes not yet handed out, by pool",
+            coupons_free.clone(),
+        );
+        let coupon_pool_low = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "coupon_pool_low",
+            "1 when a coupon pool has at most its low_water free codes, else 0",
+            coupon_pool_low.clone(),
+        );
         Metrics {
+            coupons_free,
+            coupon_pool_low,
             bounces,
             tracking_hits,
             unsubscribes,
@@ -330,6 +356,16 @@ impl Metrics {
             self.queue_not_sent
                 .get_or_create(&NotSentLabels { reason })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let pools = store.read(|r| r.coupon_pools()).await?;
+        for p in pools {
+            let labels = PoolLabels { pool: p.name };
+            self.coupons_free
+                .get_or_create(&labels)
+                .set(i64::try_from(p.free).unwrap_or(i64::MAX));
+            self.coupon_pool_low
+                .get_or_create(&labels)
+                .set(i64::from(p.low));
         }
         self.store_commits
             .set(store.stats.commits.load(Ordering::Relaxed) as i64);

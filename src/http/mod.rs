@@ -343,6 +343,10 @@ pub enum Route {
     Products,
     /// `/api/v1/products/{sku}`
     Product(String),
+    /// `/api/v1/coupons`
+    Coupons,
+    /// `/api/v1/coupons/{pool}`
+    CouponPool(String),
     /// `/api/v1/events`
     Events,
     /// `/api/v1/segments`
@@ -416,6 +420,8 @@ impl Route {
             Route::TemplatePreview(_) => "template_preview",
             Route::Products => "products",
             Route::Product(_) => "product",
+            Route::Coupons => "coupons",
+            Route::CouponPool(_) => "coupon_pool",
             Route::Events => "events",
             Route::Segments => "segments",
             Route::Segment(_) => "segment",
@@ -517,6 +523,8 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "templates", n, "preview"] => Route::TemplatePreview(n.to_string()),
         ["api", "v1", "products"] => Route::Products,
         ["api", "v1", "products", s] => Route::Product(s.to_string()),
+        ["api", "v1", "coupons"] => Route::Coupons,
+        ["api", "v1", "coupons", p] => Route::CouponPool(p.to_string()),
         ["api", "v1", "events"] => Route::Events,
         ["api", "v1", "segments"] => Route::Segments,
         ["api", "v1", "segments", n] => Route::Segment(n.to_string()),
@@ -807,6 +815,15 @@ async fn call(
             Method::DELETE => products::delete(state, sku).await,
             _ => Err(method_not_allowed("GET, DELETE")),
         },
+        Route::Coupons => match m {
+            Method::GET => v1::coupons::list(state).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::CouponPool(p) => match m {
+            Method::GET => v1::coupons::get(state, p).await,
+            Method::POST => v1::coupons::upload(state, p, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
         Route::Events => match m {
             Method::POST => events::ingest(state, req).await,
             _ => Err(method_not_allowed("POST")),
@@ -928,6 +945,11 @@ mod tests {
         );
         assert_eq!(route("/api/v1/contacts/import"), Route::Import);
         assert_eq!(route("/api/v1/nothing"), Route::ApiUnknown);
+        assert_eq!(
+            route("/api/v1/coupons/summer-26"),
+            Route::CouponPool("summer-26".into())
+        );
+        assert!(Route::Coupons.is_admin());
         assert_eq!(route("/healthz"), Route::Health);
         assert!(!Route::Metrics.is_admin());
         assert!(Route::Fields.is_admin());

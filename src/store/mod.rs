@@ -22,11 +22,12 @@
 //! Each domain's typed methods are in its own file: `contacts.rs` (contacts,
 //! their indexes and consent log, suppressions, fields, lists, tags,
 //! imports), `queue.rs`, `send.rs`, `audience.rs`, `shop.rs`, `render.rs`
-//! (products, links), `track.rs`, `signup.rs`. `migrate.rs` upgrades the
+//! (products, links), `track.rs`, `signup.rs`, `coupons.rs` (coupon pools). `migrate.rs` upgrades the
 //! schema of older files.
 
 mod audience;
 mod contacts;
+mod coupons;
 mod migrate;
 mod queue;
 mod read;

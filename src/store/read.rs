@@ -24,6 +24,7 @@ use super::tables::{Engagement, TableSet};
 use super::track::{LastClick, attributed};
 use super::{ReadView, StoreError, WriteTables, all_json, get_json, send::round_key};
 use crate::contacts::model::{Contact, FieldDef, ImportRecord, List};
+use crate::coupons::{CodeState, Given, PoolInfo, PoolStatus};
 use crate::delivery::model::QueuedMessage;
 use crate::send::model::SendRef;
 use crate::shop::Product;
@@ -152,6 +153,22 @@ pub trait ReadTables {
     /// A product by SKU.
     fn product(&self, sku: &str) -> Result<Option<Product>, StoreError> {
         get_json(self.tables().products()?, "products", sku)
+    }
+
+    // Coupon pools (`store/coupons.rs`).
+
+    /// A coupon pool's status, `None` for a pool never filled.
+    fn coupon_pool(&self, pool: &str) -> Result<Option<PoolStatus>, StoreError> {
+        let info: Option<PoolInfo> = get_json(self.tables().coupon_pools()?, "coupon_pools", pool)?;
+        Ok(info.map(|i| i.status(pool)))
+    }
+
+    /// To whom and when a code of a pool was handed; `None` when it is free
+    /// or not in the pool.
+    fn coupon_owner(&self, pool: &str, code: &str) -> Result<Option<Given>, StoreError> {
+        let state: Option<CodeState> =
+            get_json(self.tables().coupon_codes()?, "coupon_codes", (pool, code))?;
+        Ok(state.and_then(|s| s.given))
     }
 
     // Campaigns and sends (`store/audience.rs`, `store/send.rs`).

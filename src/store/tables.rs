@@ -233,6 +233,19 @@ tables! {
     /// (file segments live in `config/segments/`).
     SEGMENTS, segments: &'static str => &'static [u8] = "segments_v1";
 
+    /// Coupon pool name → `coupons::PoolInfo` (JSON): the pool's low-water
+    /// mark and its counts (added, given), changed in the transaction that
+    /// changes its codes.
+    COUPON_POOLS, coupon_pools: &'static str => &'static [u8] = "coupon_pools_v1";
+
+    /// (pool, code) → `coupons::CodeState` (JSON): every code of a pool, free
+    /// or handed out (then with its owner and time). A code is in a pool once.
+    COUPON_CODES, coupon_codes: (&'static str, &'static str) => &'static [u8] = "coupon_codes_v1";
+
+    /// (pool, upload sequence) → code: the pool's free codes in upload order;
+    /// `take_coupon` hands out the first and removes it.
+    COUPON_FREE, coupon_free: (&'static str, u64) => &'static str = "coupon_free_v1";
+
     /// Campaign id → `Campaign` (JSON): spec, status and durable progress.
     CAMPAIGNS, campaigns: u64 => &'static [u8] = "campaigns_v1";
 

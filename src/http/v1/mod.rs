@@ -3,6 +3,7 @@
 
 pub mod campaigns;
 pub mod contacts;
+pub mod coupons;
 pub mod events;
 pub mod fields;
 pub mod import;
