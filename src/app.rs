@@ -361,10 +361,11 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     }
     for s in &c.sites {
         out.push_str(&format!(
-            "  site {}: {} {}{}\n",
+            "  site {}: {} {}, time zone {}{}\n",
             s.id,
             s.name,
             s.url,
+            s.time_zone.name(),
             if s.autologin.is_some() {
                 ", auto-login on"
             } else {

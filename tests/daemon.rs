@@ -71,6 +71,31 @@ fn each_kind_of_config_error_is_reported_with_file_line_and_key() {
             ":1:2: `unknown_section`",
             "unknown field `unknown_section`",
         ),
+        (
+            "[[site]]\nid = \"shop\"\nname = \"Shop\"\nurl = \"https://shop.example\"\ntime_zone = \"Europe/Warszawa\"\n",
+            ":5:13: `site[0].time_zone`",
+            "`Europe/Warszawa` is not an IANA time zone",
+        ),
+        (
+            "[automation]\nquiet_hours = \"21:00-25:00\"\n",
+            ":2:15: `automation.quiet_hours`",
+            "`25:00` is not a time of day",
+        ),
+        (
+            "[automation]\nquiet_hours = \"08:00-08:00\"\n",
+            ":2:15: `automation.quiet_hours`",
+            "the span would be empty",
+        ),
+        (
+            "[automation]\nmax_late = \"30s\"\n",
+            ":2:12: `automation.max_late`",
+            "between 1 minute and 90 days",
+        ),
+        (
+            "[automation]\nquiet = true\n",
+            ":2:1: `automation.quiet`",
+            "unknown field `quiet`",
+        ),
         ("[http\n", ":1:", "TOML syntax error"),
         ("", ": `storage.path`", "missing required key"),
     ];

@@ -97,6 +97,30 @@ const META: &str = "sender = \"news\"\ndefault_language = \"en\"\n[subject]\nen 
 const META3: &str = "sender = \"news\"\ndefault_language = \"en\"\n[subject]\nen = \"Hi {{ contact.first_name }}\"\npl = \"Cześć {{ contact.first_name }}\"\nde = \"Hallo\"\n";
 
 #[test]
+fn coupon_renders_and_the_occurrence_names_the_message() {
+    let (_d, snap) = setup(&[
+        ("t/template.toml", META),
+        (
+            "t/body.en.html",
+            "<html><body><p>{% if coupon %}CODE={{ coupon }}{% else %}NOCODE{% endif %}</p></body></html>",
+        ),
+    ]);
+    let t = snap.templates.get("t").unwrap().clone();
+    let c = Compiled::new(t, &snap.config, send()).unwrap();
+    let plain = Recipient::new(contact(5, Some("en"), Some("a"), "Ann"));
+    let r = c.render(&plain).unwrap();
+    assert!(r.html.contains("NOCODE"), "{}", r.html);
+    assert_eq!(r.message_id, "c7.0.5@shop.example");
+    let mut with = plain.clone();
+    with.coupon = Some("W<1>".into());
+    with.occurrence = Some(3);
+    let r = c.render(&with).unwrap();
+    assert!(r.html.contains("CODE=W&lt;1&gt;"), "{}", r.html);
+    assert_eq!(r.message_id, "c7.0.5.0000000000000003@shop.example");
+    assert_eq!(c.render(&with).unwrap().message_id, r.message_id);
+}
+
+#[test]
 fn a_contact_named_script_stays_inert() {
     let (_d, snap) = setup(&[
         ("t/template.toml", META),

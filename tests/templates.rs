@@ -62,6 +62,16 @@ const CASES: &[(&str, Option<&str>, &str)] = &[
     ("review_request", None, "pl"),
     ("confirm_subscription", None, "en"),
     ("confirm_subscription", None, "pl"),
+    ("welcome", None, "en"),
+    ("welcome", None, "pl"),
+    ("order_followup", None, "en"),
+    ("order_followup", None, "pl"),
+    ("delivery_check", None, "en"),
+    ("delivery_check", None, "pl"),
+    ("win_back", None, "en"),
+    ("win_back", None, "pl"),
+    ("related_products", None, "en"),
+    ("related_products", None, "pl"),
 ];
 
 fn render_json(config: &Path, name: &str, site: Option<&str>, lang: &str, extra: &[&str]) -> Value {
@@ -156,7 +166,10 @@ fn example_templates_match_golden_files_and_parse_as_mime() {
         );
         assert!(h["date"].is_string(), "{base}");
         assert!(h["feedback-id"].as_str().unwrap().contains(name), "{base}");
-        let marketing = *name != "confirm_subscription";
+        let marketing = !matches!(
+            *name,
+            "confirm_subscription" | "order_followup" | "delivery_check"
+        );
         assert_eq!(h["list-unsubscribe"].is_string(), marketing, "{base}: {h}");
         if marketing {
             assert!(
@@ -352,7 +365,7 @@ fn templates_api_lists_previews_and_refuses_what_it_must() {
     let r = h.get("/api/v1/templates");
     assert_eq!(r.status, 200, "{}", r.body);
     let list = r.body["templates"].as_array().unwrap();
-    assert_eq!(list.len(), 7, "{}", r.body);
+    assert_eq!(list.len(), 12, "{}", r.body);
     let broken = list.iter().find(|t| t["name"] == "broken").unwrap();
     assert_eq!(broken["status"], "error");
     assert!(

@@ -20,7 +20,8 @@
 //! `admin.rs`, `log.rs`, `paths.rs`, `import.rs`, `delivery.rs`
 //! (`[delivery]`), `senders.rs` (`[[sender]]`), `tracking.rs`,
 //! `rendering.rs` (`[rendering]`, `[greetings.<lang>]`), `sites.rs`
-//! (`[[site]]`) and `signup.rs`; `values.rs` has the checks several share.
+//! (`[[site]]`), `signup.rs` and `automation.rs` (`[automation]`);
+//! `values.rs` has the checks several share.
 //!
 //! Architecture invariant: the config is a leaf. It names no other module of
 //! the crate but three leaves of its own: `names` (address and field-name
@@ -40,6 +41,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub mod admin;
+pub mod automation;
 pub mod delivery;
 pub mod http;
 pub mod import;
@@ -56,6 +58,7 @@ mod values;
 pub use self::http::{HttpConfig, HttpLimits, MetricsToken};
 pub use self::log::{LogConfig, LogFormat};
 pub use admin::{AdminConfig, MIN_TOKEN_LEN};
+pub use automation::AutomationConfig;
 pub use delivery::DeliveryConfig;
 pub use import::ImportConfig;
 pub use paths::{PathsConfig, References, toml_files};
@@ -165,6 +168,9 @@ pub struct RawConfig {
     /// `[import]`: CSV imports.
     #[serde(default)]
     pub import: import::RawImport,
+    /// `[automation]`: what every automation shares.
+    #[serde(default)]
+    pub automation: automation::RawAutomation,
 }
 
 // ---------------------------------------------------------------------------
@@ -204,12 +210,22 @@ pub struct Config {
     pub signup: Option<SignupConfig>,
     /// `[import]`: CSV import limits.
     pub import: ImportConfig,
+    /// `[automation]` (defaults when the section is absent).
+    pub automation: AutomationConfig,
 }
 
 impl Config {
     /// The `[[site]]` with this id.
     pub fn site(&self, id: &str) -> Option<&Site> {
         self.sites.iter().find(|s| s.id == id)
+    }
+
+    /// The time zone of site `site`'s contacts: that site's, else (no site
+    /// or an unknown one) the first `[[site]]`'s, else UTC.
+    pub fn time_zone_of(&self, site: Option<&str>) -> chrono_tz::Tz {
+        site.and_then(|id| self.site(id))
+            .or(self.sites.first())
+            .map_or(chrono_tz::Tz::UTC, |s| s.time_zone)
     }
 
     /// The sender identity called `id`.
@@ -526,6 +542,7 @@ fn validate(
     let sites = sites::validate(&mut c, &base, &raw.site);
     let trusted_proxies = self::http::trusted_proxies(&mut c, &raw.http);
     let signup = signup::validate(&mut c, &raw.signup);
+    let automation = automation::validate(&mut c, &raw.automation);
     let http = self::http::validate(&mut c, &raw.http, addresses, trusted_proxies);
     Some(Config {
         file: file.to_path_buf(),
@@ -542,6 +559,7 @@ fn validate(
         sites,
         signup: signup?,
         import: import?,
+        automation: automation?,
     })
 }
 
@@ -652,6 +670,90 @@ mod tests {
         assert!(all.contains("F:2:1: `http.x`: unknown field"), "{all}");
         assert!(
             all.contains("F:4:10: `http.listen`: `nowhere` is not an address"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn automation_defaults_values_and_site_time_zones() -> Result<(), String> {
+        let c = load(&good()).map_err(|e| e.join("\n"))?;
+        assert_eq!(c.automation, AutomationConfig::default());
+        assert!(c.automation.enabled);
+        assert_eq!(c.automation.frequency_window_ms, 7 * 86_400_000);
+        assert_eq!(c.time_zone_of(None), chrono_tz::Tz::UTC);
+        let text = format!(
+            "{}[[site]]\nid = \"a\"\nname = \"A\"\nurl = \"https://a.example\"\n[[site]]\nid = \"b\"\nname = \"B\"\nurl = \"https://b.example\"\ntime_zone = \"Europe/Warsaw\"\n[automation]\nenabled = false\nmax_marketing_per_contact = 3\nfrequency_window = \"2 days\"\nquiet_hours = \"21:00-08:00\"\nmax_late = \"6h\"\npoll = \"250ms\"\n",
+            good()
+        );
+        let c = load(&text).map_err(|e| e.join("\n"))?;
+        assert_eq!(
+            c.automation,
+            AutomationConfig {
+                enabled: false,
+                max_marketing_per_contact: Some(3),
+                frequency_window_ms: 2 * 86_400_000,
+                quiet_hours: Some((21 * 60, 8 * 60)),
+                max_late_ms: 6 * 3_600_000,
+                tick_ms: 250,
+            }
+        );
+        assert_eq!(c.sites[0].time_zone, chrono_tz::Tz::UTC);
+        assert_eq!(c.time_zone_of(Some("b")), chrono_tz::Tz::Europe__Warsaw);
+        assert_eq!(c.time_zone_of(Some("a")), chrono_tz::Tz::UTC);
+        assert_eq!(c.time_zone_of(Some("zz")), chrono_tz::Tz::UTC);
+        let text = text.replacen(
+            "id = \"a\"",
+            "id = \"a\"\ntime_zone = \"America/New_York\"",
+            1,
+        );
+        let c = load(&text).map_err(|e| e.join("\n"))?;
+        assert_eq!(c.time_zone_of(None), chrono_tz::Tz::America__New_York);
+        assert_eq!(c.time_zone_of(Some("zz")), chrono_tz::Tz::America__New_York);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_automation_values_and_time_zones_are_reported_where_written() {
+        let g = good();
+        let n = g.lines().count();
+        let text = format!(
+            "{g}[[site]]\nid = \"a\"\nname = \"A\"\nurl = \"https://a.example\"\ntime_zone = \"Europe/Warsw\"\n[automation]\nmax_marketing_per_contact = 0\nfrequency_window = \"30m\"\nquiet_hours = \"21:00-21:00\"\nmax_late = \"91 days\"\npoll = \"10ms\"\nfoo = 1\n"
+        );
+        let all = load(&text).unwrap_err().join("\n");
+        let at = |line: usize, rest: &str| format!("F:{}:{rest}", n + line);
+        for want in [
+            at(
+                5,
+                "13: `site[0].time_zone`: `Europe/Warsw` is not an IANA time zone",
+            ),
+            at(
+                7,
+                "29: `automation.max_marketing_per_contact`: must be between 1 and 1000",
+            ),
+            at(
+                8,
+                "20: `automation.frequency_window`: must be between 1 hour and 90 days",
+            ),
+            at(
+                9,
+                "15: `automation.quiet_hours`: start and end are the same time",
+            ),
+            at(10, "12: `automation.max_late`: must be at most 90 days"),
+            at(
+                11,
+                "8: `automation.poll`: must be between 100ms and 1 minute",
+            ),
+            at(12, "1: `automation.foo`: unknown field `foo`"),
+        ] {
+            assert!(all.contains(&want), "{want}\n{all}");
+        }
+        let text = format!("{g}[automation]\nquiet_hours = \"9pm-8am\"\n");
+        let all = load(&text).unwrap_err().join("\n");
+        assert!(
+            all.contains(&format!(
+                "F:{}:15: `automation.quiet_hours`: `9pm` is not a time of day",
+                n + 2
+            )),
             "{all}"
         );
     }

@@ -1,5 +1,5 @@
 //! `[[site]]`: the shops contacts belong to (name, URL, default language,
-//! currency) and their auto-login settings.
+//! currency, time zone) and their auto-login settings.
 
 use std::path::Path;
 use std::time::Duration;
@@ -24,6 +24,9 @@ pub struct RawSite {
     pub default_language: Option<Spanned<String>>,
     /// Default currency for `money` when none is given.
     pub currency: Option<Spanned<String>>,
+    /// IANA time zone of the site's contacts (default "UTC"): automations'
+    /// clock times, dates and quiet hours are local to it.
+    pub time_zone: Option<Spanned<String>>,
     /// Shared secret for auto-login tokens (at least 32 characters).
     pub autologin_secret: Option<Spanned<String>>,
     /// File holding the auto-login secret.
@@ -73,6 +76,8 @@ pub struct Site {
     pub default_language: Option<String>,
     /// Default currency.
     pub currency: Option<String>,
+    /// Time zone of the site's contacts (`time_zone`, default UTC).
+    pub time_zone: chrono_tz::Tz,
     /// Auto-login, when configured.
     pub autologin: Option<Autologin>,
 }
@@ -131,6 +136,23 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &[RawSite]) -> Vec
             }
             v => v.as_ref().map(|v| v.get_ref().clone()),
         };
+        let time_zone = match &s.time_zone {
+            None => Some(chrono_tz::Tz::UTC),
+            Some(v) => match v.get_ref().parse::<chrono_tz::Tz>() {
+                Ok(tz) => Some(tz),
+                Err(_) => {
+                    c.at(
+                        &k("time_zone"),
+                        v,
+                        format!(
+                            "`{}` is not an IANA time zone such as \"Europe/Warsaw\" or \"UTC\"",
+                            v.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         let autologin = match secret(
             c,
             base,
@@ -186,13 +208,14 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &[RawSite]) -> Vec
                 None
             }
         };
-        if let (Some(id), Some(name), Some(url)) = (id, name, url) {
+        if let (Some(id), Some(name), Some(url), Some(time_zone)) = (id, name, url, time_zone) {
             out.push(Site {
                 id,
                 name,
                 url,
                 default_language,
                 currency,
+                time_zone,
                 autologin,
             });
         }

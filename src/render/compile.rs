@@ -157,6 +157,13 @@ pub struct Recipient {
     pub data: Option<serde_json::Value>,
     /// Products for this recipient instead of the send's (back in stock).
     pub products: Option<Vec<Product>>,
+    /// A code of the contact's own (a first-order discount), `coupon` in
+    /// templates.
+    pub coupon: Option<String>,
+    /// The trigger occurrence an automation step is for: when set, the
+    /// Message-ID of a send other than transactional names it, so each
+    /// occurrence gets its own and a re-render the same.
+    pub occurrence: Option<u64>,
 }
 
 impl Recipient {
@@ -168,6 +175,8 @@ impl Recipient {
             order: None,
             data: None,
             products: None,
+            coupon: None,
+            occurrence: None,
         }
     }
 }
@@ -432,6 +441,7 @@ impl Compiled {
             },
             cart => r.cart.as_ref().map(Value::from_serialize),
             order => r.order.as_ref().map(Value::from_serialize),
+            coupon => r.coupon.clone(),
             data => data,
             site => site.and_then(|s| self.site_values.get(&s.id).cloned()),
             send => self.send_value.clone(),
@@ -494,27 +504,7 @@ impl Compiled {
             preheader: preheader.map(|p| html_escape::decode_html_entities(&p).into_owned()),
             html,
             text,
-            message_id: if s.kind == crate::tokens::SendKind::Transactional {
-                // One tag, many messages to the same contact a day: unique.
-                format!(
-                    "{}{}.{}.{}.{:016x}@{}",
-                    s.kind.letter(),
-                    s.id,
-                    s.variant,
-                    c.id,
-                    rand::random::<u64>(),
-                    self.sender.domain
-                )
-            } else {
-                format!(
-                    "{}{}.{}.{}@{}",
-                    s.kind.letter(),
-                    s.id,
-                    s.variant,
-                    c.id,
-                    self.sender.domain
-                )
-            },
+            message_id: message_id(s, c.id, r.occurrence, &self.sender.domain),
             from_name: variant
                 .from_name
                 .clone()
@@ -754,9 +744,58 @@ pub fn autologin_url_for(
     Ok(u.to_string())
 }
 
+/// The Message-ID (without brackets) of send `s`'s message to `contact`:
+/// derived from them, so a re-render gives the same one, and from the
+/// trigger occurrence when there is one (an automation step sent again for
+/// a new occurrence gets a new one); random for a transactional tag, which
+/// may mail one contact many times a day.
+fn message_id(s: SendRef, contact: u64, occurrence: Option<u64>, domain: &str) -> String {
+    let (letter, id, slot) = (s.kind.letter(), s.id, s.variant);
+    if s.kind == crate::tokens::SendKind::Transactional {
+        let unique = rand::random::<u64>();
+        format!("{letter}{id}.{slot}.{contact}.{unique:016x}@{domain}")
+    } else if let Some(n) = occurrence {
+        format!("{letter}{id}.{slot}.{contact}.{n:016x}@{domain}")
+    } else {
+        format!("{letter}{id}.{slot}.{contact}@{domain}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::html_7bit;
+
+    #[test]
+    fn message_ids_follow_the_send_contact_and_occurrence() {
+        use crate::tokens::{SendKind, SendRef};
+        let s = SendRef {
+            kind: SendKind::Campaign,
+            id: 12,
+            variant: 3,
+        };
+        let letter = SendKind::Campaign.letter();
+        assert_eq!(
+            super::message_id(s, 7, None, "shop.example"),
+            format!("{letter}12.3.7@shop.example")
+        );
+        let one = super::message_id(s, 7, Some(0x2a), "shop.example");
+        assert_eq!(one, format!("{letter}12.3.7.000000000000002a@shop.example"));
+        assert_eq!(one, super::message_id(s, 7, Some(0x2a), "shop.example"));
+        assert_ne!(one, super::message_id(s, 7, Some(0x2b), "shop.example"));
+        // Transactional: unique every time, occurrence or not.
+        let t = SendRef {
+            kind: SendKind::Transactional,
+            ..s
+        };
+        for occ in [None, Some(1)] {
+            let a = super::message_id(t, 7, occ, "shop.example");
+            assert_ne!(a, super::message_id(t, 7, occ, "shop.example"));
+            assert!(
+                a.ends_with("@shop.example") && a.split('.').count() == 5,
+                "{a}"
+            );
+        }
+    }
 
     /// Auto-login works only within the window after the send, and its
     /// token never outlives the window.
@@ -770,6 +809,7 @@ mod tests {
             url: url::Url::parse("https://shop.example").map_err(|e| e.to_string())?,
             default_language: None,
             currency: None,
+            time_zone: chrono_tz::Tz::UTC,
             autologin: Some(Autologin {
                 secret: crate::config::Secret("0123456789abcdef0123456789abcdef".into()),
                 param: "hal".into(),

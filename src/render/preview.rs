@@ -7,11 +7,12 @@
 //!               "fields": {"first_name": "Anna"}},
 //!   "products": [{"sku": "A1", "name": "…", "price": "19.99", "currency": "PLN"}],
 //!   "cart": {…}, "order": {…}, "data": {"discount_code": "HB-2026"},
+//!   "coupon": "WELCOME-7Q2X",
 //!   "sites": {"outlet": {"products": […]}} }
 //! ```
 //!
 //! `sites.<id>` holds values for one site's contacts (`products`, `cart`,
-//! `order`, `data`) where they differ from the top level's, e.g. product
+//! `order`, `data`, `coupon`) where they differ from the top level's, e.g. product
 //! URLs on that site's address for `autologin_url(p.url)`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +44,8 @@ pub struct PreviewInput {
     pub order: Option<serde_json::Value>,
     /// Values for `data`; `None` uses the sample's.
     pub data: Option<serde_json::Value>,
+    /// The contact's code for `coupon`; `None` uses the sample's.
+    pub coupon: Option<String>,
     /// Personal greeting.
     pub personalize: bool,
     /// Rewrite links and add the pixel, as in a real send.
@@ -59,7 +62,7 @@ pub struct Preview {
 }
 
 /// Keys of `sample.json` that `sites.<id>` may give for one site.
-pub const SITE_SAMPLE_KEYS: &[&str] = &["products", "cart", "order", "data"];
+pub const SITE_SAMPLE_KEYS: &[&str] = &["products", "cart", "order", "data", "coupon"];
 
 /// The sample's `key`: the site's own value when `sites.<site>` has one,
 /// otherwise the top level's.
@@ -193,6 +196,10 @@ pub fn render(
         order: input.order.or_else(|| sample(&template, site, "order")),
         data: None,
         products: None,
+        coupon: input.coupon.or_else(|| {
+            sample(&template, site, "coupon").and_then(|c| c.as_str().map(String::from))
+        }),
+        occurrence: None,
     };
     let rendered = compiled.render(&recipient).map_err(|e| e.0)?;
     let mime = compiled.build(&rendered, now_ms).map_err(|e| e.0)?;

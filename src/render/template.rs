@@ -176,6 +176,7 @@ pub const KNOWN_NAMES: &[&str] = &[
     "products",
     "cart",
     "order",
+    "coupon",
     "data",
     "site",
     "send",

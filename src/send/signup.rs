@@ -183,6 +183,8 @@ pub async fn subscribe(cx: Context<'_>, form: SignupForm) -> Result<Subscribed, 
         order: None,
         data: Some(json!({"confirm_url": confirm_url, "list": list})),
         products: None,
+        coupon: None,
+        occurrence: None,
     };
     let (queue_id, _) =
         queue_template(cx, &template, recipient, None, MailKind::Confirmation).await?;

@@ -246,6 +246,7 @@ pub async fn preview(
         cart: b.cart,
         order: b.order,
         data: b.data,
+        coupon: None,
         personalize: b.personalize.unwrap_or(true),
         tracking: b.tracking.unwrap_or(false),
     };
@@ -365,6 +366,8 @@ pub async fn send(
         order: b.order,
         data: b.data,
         products,
+        coupon: None,
+        occurrence: None,
     };
     let r = render_and_queue_as(state, &t, recipient, b.tag.as_deref(), kind).await?;
     super::queue::accepted(state, Ok(r))
