@@ -129,6 +129,25 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         engine.clone(),
         activity.clone(),
     );
+    // Automations hook into the store before anything can write an event
+    // that fires them; the runner starts below with the other tasks.
+    let automations = crate::automation::Automations::new(
+        store.clone(),
+        config.clone(),
+        clock.clone(),
+        index.clone(),
+        render_pool.clone(),
+        engine.clone(),
+        activity.clone(),
+    );
+    let automations_on = config.get().automation.enabled;
+    if automations_on {
+        automations.attach();
+    }
+    automations
+        .reload()
+        .await
+        .context("cannot read the automations")?;
     let hits =
         crate::track::journal::Applier::new(store.clone(), metrics.tracking_hits.clone()).await?;
     let applier = {
@@ -150,6 +169,7 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         index,
         compiled: Default::default(),
         campaigns: campaigns.clone(),
+        automations: automations.clone(),
         recent: Default::default(),
         signup_limits: Default::default(),
         hits,
@@ -160,6 +180,13 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     let scheduler = tokio::spawn(engine.clone().run());
     // Running campaigns resume from their durable cursors.
     let supervisor = tokio::spawn(campaigns.clone().run());
+    // Due automation steps are sent from the store's due index.
+    let runner = automations_on.then(|| {
+        (
+            tokio::spawn(automations.clone().watch_segments()),
+            tokio::spawn(automations.clone().run()),
+        )
+    });
 
     // Signal handlers go in before readiness is announced: SIGHUP's default
     // action is to terminate, so a reload sent right after "ready" must find
@@ -192,6 +219,11 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         activity.drain(std::time::Duration::from_secs(1)).await;
     }
     let _ = supervisor.await;
+    if let Some((watcher, r)) = runner {
+        let _ = watcher.await;
+        let _ = r.await;
+    }
+    drop(automations);
     let _ = applier.await;
     drop(campaigns);
     let _ = scheduler.await;
@@ -253,6 +285,9 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
                 }
                 log_template_problems(&snap);
                 state.config.set(snap);
+                if let Err(e) = state.automations.reload().await {
+                    tracing::error!(error = %e, "automations not reloaded");
+                }
                 tracing::info!(file = %old.file.display(), "configuration reloaded");
             }
             Ok(Err(errors)) => {
@@ -289,6 +324,12 @@ fn log_template_problems(snap: &Snapshot) {
         }
         tracing::error!(segment = %name, "segment not loaded: it cannot be used until fixed");
     }
+    for (name, errors) in &snap.automations.failed {
+        for e in errors {
+            tracing::error!(automation = %name, "{e}");
+        }
+        tracing::error!(automation = %name, "automation not loaded: it does not run until fixed");
+    }
 }
 
 /// `herald check-config`: validates everything and prints a summary; never
@@ -298,6 +339,7 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     let c = &snap.config;
     let mut errors: Vec<_> = snap.templates.errors().cloned().collect();
     errors.extend(snap.segments.failed.values().flatten().cloned());
+    errors.extend(snap.automations.errors().cloned());
     // Lists and custom fields live in the store, which only the daemon
     // opens: ask it, if one is running on this config.
     let catalog_note = match daemon_catalog(c) {

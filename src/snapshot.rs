@@ -18,6 +18,7 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use crate::automation::files::FlowFiles;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::render::Templates;
 use crate::render::template::Kind;
@@ -33,6 +34,9 @@ pub struct Snapshot {
     pub templates: Arc<Templates>,
     /// Segment files as loaded, with each failing one's problems.
     pub segments: Arc<SegmentFiles>,
+    /// Automation flow files as loaded (checked against the templates),
+    /// with each failing one's problems.
+    pub automations: Arc<FlowFiles>,
 }
 
 impl Snapshot {
@@ -63,10 +67,12 @@ impl Snapshot {
         // rendering reveals (an unknown filter, a type error) fail the
         // template now, not on the first recipient.
         let templates = templates.trial_render(&config).unwrap_or(templates);
+        let automations = FlowFiles::load(&config.paths.automations, &config, &templates);
         Ok(Snapshot {
             config: Arc::new(config),
             templates: Arc::new(templates),
             segments: Arc::new(segments),
+            automations: Arc::new(automations),
         })
     }
 }

@@ -150,18 +150,7 @@ fn looks(spec: &Spec) -> Vec<(String, Look)> {
 
 /// The template as `l` sends it: its sender and subject overridden.
 pub fn look_template(base: &Template, l: &Look) -> Template {
-    let mut t = base.clone();
-    if let Some(s) = &l.sender {
-        t.sender = s.clone();
-    }
-    if let Some(subject) = &l.subject {
-        for v in t.variants.values_mut() {
-            let mut nv = (**v).clone();
-            nv.subject = subject.clone();
-            *v = Arc::new(nv);
-        }
-    }
-    t
+    crate::render::template::overridden(base, l.sender.as_deref(), l.subject.as_deref())
 }
 
 /// Renders every (stage, variant) look once for every site and language

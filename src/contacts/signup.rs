@@ -152,6 +152,7 @@ pub fn request(
             user_agent: input.user_agent.clone(),
         },
     )?;
+    t.note_signup(contact.id, Some(list), false);
     Ok(Ok(Requested::Confirm { contact, request }))
 }
 
@@ -249,6 +250,7 @@ pub fn confirm(
                     ..Default::default()
                 },
             )?;
+            t.note_signup(contact, (req.list != 0).then_some(req.list), true);
             Ok(Confirmed::Now(c))
         }
         Err(_) => Ok(Confirmed::Refused),

@@ -60,6 +60,8 @@ pub struct AppState {
     pub compiled: crate::send::outbox::TemplateCache,
     /// Campaigns (the runner behind the campaign API).
     pub campaigns: Arc<crate::campaign::Campaigns>,
+    /// Automations (flows, the store hook, the runner).
+    pub automations: Arc<crate::automation::Automations>,
     /// The last seconds of click traffic (machine-click heuristics).
     pub recent: crate::track::machine::Recent,
     /// The hit journal and its applier.
@@ -349,6 +351,12 @@ pub enum Route {
     CouponPool(String),
     /// `/api/v1/events`
     Events,
+    /// `/api/v1/automations`
+    Automations,
+    /// `/api/v1/automations/{name}`
+    Automation(String),
+    /// `/api/v1/automations/{name}/{action}` (pause, resume, preview, test)
+    AutomationAction(String, String),
     /// `/api/v1/segments`
     Segments,
     /// `/api/v1/segments/{name}`
@@ -423,6 +431,9 @@ impl Route {
             Route::Coupons => "coupons",
             Route::CouponPool(_) => "coupon_pool",
             Route::Events => "events",
+            Route::Automations => "automations",
+            Route::Automation(_) => "automation",
+            Route::AutomationAction(_, _) => "automation_action",
             Route::Segments => "segments",
             Route::Segment(_) => "segment",
             Route::SegmentPreview(_) => "segment_preview",
@@ -526,6 +537,9 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "coupons"] => Route::Coupons,
         ["api", "v1", "coupons", p] => Route::CouponPool(p.to_string()),
         ["api", "v1", "events"] => Route::Events,
+        ["api", "v1", "automations"] => Route::Automations,
+        ["api", "v1", "automations", n] => Route::Automation(n.to_string()),
+        ["api", "v1", "automations", n, a] => Route::AutomationAction(n.to_string(), a.to_string()),
         ["api", "v1", "segments"] => Route::Segments,
         ["api", "v1", "segments", n] => Route::Segment(n.to_string()),
         ["api", "v1", "segments", n, "preview"] => Route::SegmentPreview(n.to_string()),
@@ -688,7 +702,8 @@ async fn call(
     let m = req.method().clone();
     let client = || Client::of(peer, req.headers(), &state.config().http.trusted_proxies);
     use v1::{
-        campaigns, contacts, events, fields, import, lists, products, queue, segments, templates,
+        automations, campaigns, contacts, events, fields, import, lists, products, queue, segments,
+        templates,
     };
     match route {
         Route::Health => match m {
@@ -827,6 +842,26 @@ async fn call(
         Route::Events => match m {
             Method::POST => events::ingest(state, req).await,
             _ => Err(method_not_allowed("POST")),
+        },
+        Route::Automations => match m {
+            Method::GET => automations::list(state).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Automation(n) => match m {
+            Method::GET => automations::get(state, n).await,
+            Method::PUT => automations::put(state, n, req).await,
+            Method::DELETE => automations::delete(state, n).await,
+            _ => Err(method_not_allowed("GET, PUT, DELETE")),
+        },
+        Route::AutomationAction(n, a) => match (m, a.as_str()) {
+            (Method::POST, "pause") => automations::pause(state, n, true).await,
+            (Method::POST, "resume") => automations::pause(state, n, false).await,
+            (Method::POST, "preview") => automations::preview(state, n, req).await,
+            (Method::POST, "test") => automations::test(state, n, req).await,
+            (_, "pause" | "resume" | "preview" | "test") => Err(method_not_allowed("POST")),
+            _ => Err(ApiError::not_found(format!(
+                "no action `{a}`; automations have pause, resume, preview and test"
+            ))),
         },
         Route::Segments => match m {
             Method::GET => segments::list(state).await,

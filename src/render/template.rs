@@ -865,3 +865,20 @@ pub fn load(
         uses_autologin: used.contains("autologin_url"),
     })
 }
+
+/// `base` as a send uses it: with another sender and subject, when given
+/// (a campaign's look, an automation step's message).
+pub fn overridden(base: &Template, sender: Option<&str>, subject: Option<&str>) -> Template {
+    let mut t = base.clone();
+    if let Some(s) = sender {
+        t.sender = s.to_string();
+    }
+    if let Some(subject) = subject {
+        for v in t.variants.values_mut() {
+            let mut nv = (**v).clone();
+            nv.subject = subject.to_string();
+            *v = Arc::new(nv);
+        }
+    }
+    t
+}

@@ -542,6 +542,16 @@ fn field_pred<'a>(
     })
 }
 
+/// Whether one contact matches a compiled predicate.
+pub fn test_one(pred: &Pred<'_>, data: &Data, id: u64) -> bool {
+    let Ok(i) = usize::try_from(id) else {
+        return false;
+    };
+    data.rows
+        .get(i)
+        .is_some_and(|r| r.present && pred.test(i, r))
+}
+
 /// Evaluates a compiled predicate over every contact, in parallel.
 pub fn run(pred: &Pred<'_>, data: &Data) -> Bitset {
     let rows = &data.rows;

@@ -465,6 +465,7 @@ impl Data {
                 contact,
                 removed_lists,
                 removed_tags,
+                ..
             } => {
                 self.put_contact(contact);
                 let Some(id) = id32(contact.id) else { return };
@@ -532,7 +533,11 @@ impl Data {
                     self.record_click(send.id, *contact, day);
                 }
             }
-            Change::Sent { .. } | Change::Engaged { .. } => {}
+            Change::Sent { .. }
+            | Change::Engaged { .. }
+            | Change::Order { .. }
+            | Change::Restocked { .. }
+            | Change::Signup { .. } => {}
         }
     }
 

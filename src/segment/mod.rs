@@ -585,15 +585,7 @@ impl Index {
         today: NaiveDate,
     ) -> Result<Evaluation, String> {
         let started = Instant::now();
-        if let Ok(f) = self.failed.read()
-            && let Some(why) = f.as_ref()
-        {
-            return Err(why.clone());
-        }
-        let d = self
-            .data
-            .read()
-            .map_err(|_| "the segment index is unavailable".to_string())?;
+        let d = self.readable()?;
         let pred = eval::compile(cond, &d, catalog, today)?;
         let members = eval::run(&pred, &d);
         let granted_code = ConsentState::Granted.code();
@@ -614,6 +606,37 @@ impl Index {
             granted,
             took: started.elapsed(),
         })
+    }
+}
+
+impl Index {
+    /// The index data under its read lock, or why it cannot be used.
+    fn readable(&self) -> Result<std::sync::RwLockReadGuard<'_, index::Data>, String> {
+        if let Ok(f) = self.failed.read()
+            && let Some(why) = f.as_ref()
+        {
+            return Err(why.clone());
+        }
+        self.data
+            .read()
+            .map_err(|_| "the segment index is unavailable".to_string())
+    }
+
+    /// Which of `ids` match `cond` now (blocking: call from a blocking
+    /// thread). The condition is compiled once for all of them.
+    pub fn test(
+        &self,
+        cond: &Cond,
+        catalog: &Catalog,
+        today: NaiveDate,
+        ids: &[u64],
+    ) -> Result<Vec<bool>, String> {
+        let d = self.readable()?;
+        let pred = eval::compile(cond, &d, catalog, today)?;
+        Ok(ids
+            .iter()
+            .map(|id| eval::test_one(&pred, &d, *id))
+            .collect())
     }
 }
 

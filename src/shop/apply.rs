@@ -326,8 +326,18 @@ fn apply(
             } else if consent == ConsentState::Pending {
                 note = Some("consent already granted; left as it is".to_string());
             }
+            let joined: Vec<u64> = update.add_lists.iter().copied().collect();
             match apply_upsert_salted(t, salt, &who.email, update, true, now)? {
-                Ok(_) => Ok(Outcome::Accepted(note)),
+                Ok((_, c)) => {
+                    let confirmed = c.consent == ConsentState::Granted;
+                    if joined.is_empty() {
+                        t.note_signup(c.id, None, confirmed);
+                    }
+                    for l in joined {
+                        t.note_signup(c.id, Some(l), confirmed);
+                    }
+                    Ok(Outcome::Accepted(note))
+                }
                 Err(e) => Ok(Outcome::Rejected(e.to_string())),
             }
         }

@@ -120,6 +120,9 @@ impl WriteTables<'_> {
             contact: Arc::new(c.clone()),
             removed_lists: old_lists.difference(&c.lists).copied().collect(),
             removed_tags: old_tags.difference(&c.tags).cloned().collect(),
+            added_lists: c.lists.difference(old_lists).copied().collect(),
+            added_tags: c.tags.difference(old_tags).cloned().collect(),
+            consent_before: before.map(|b| b.consent),
         });
         Ok(())
     }
@@ -144,6 +147,7 @@ impl WriteTables<'_> {
         self.bump(consent_count_key(c.consent), -1)?;
         self.tables.contacts.remove(c.id)?;
         self.delete_shop_data(c.id)?;
+        self.delete_automation_data(c.id)?;
         self.note(|| Change::ContactDeleted(c.id));
         let seqs: Vec<u64> = self
             .tables

@@ -26,6 +26,7 @@
 //! schema of older files.
 
 mod audience;
+pub mod automation;
 mod contacts;
 mod coupons;
 mod migrate;
@@ -137,6 +138,34 @@ pub enum Change {
         removed_lists: Vec<u64>,
         /// Tags it no longer has.
         removed_tags: Vec<String>,
+        /// Lists it joined.
+        added_lists: Vec<u64>,
+        /// Tags it got.
+        added_tags: Vec<String>,
+        /// Its consent before (`None`: the contact is new).
+        consent_before: Option<crate::contacts::model::ConsentState>,
+    },
+    /// An order was stored (new, or a newer version of it).
+    Order {
+        /// The version stored before, if any.
+        before: Option<Arc<crate::shop::model::Order>>,
+        /// The version stored now.
+        order: Arc<crate::shop::model::Order>,
+    },
+    /// A product's stock went from none (0 or less) to some.
+    Restocked {
+        /// The product's SKU.
+        sku: String,
+    },
+    /// A contact signed up (a signup event or form), or confirmed a
+    /// signup by the link in the confirmation message.
+    Signup {
+        /// Contact id.
+        contact: u64,
+        /// The list joined (or to be joined on confirmation), if any.
+        list: Option<u64>,
+        /// The confirmation, rather than the signup.
+        confirmed: bool,
     },
     /// A contact was erased.
     ContactDeleted(u64),
@@ -184,6 +213,13 @@ pub enum Change {
 
 /// Receives every transaction's [`Change`]s after its commit.
 pub type Observer = Arc<dyn Fn(Vec<Change>) + Send + Sync>;
+
+/// Runs at the end of every write transaction that changed something, with
+/// the transaction's [`Change`]s, and writes in the same transaction
+/// (automations arm their triggers here, so a trigger commits with the
+/// event that fired it). `Err` aborts the transaction like any job's.
+pub type Hook =
+    Arc<dyn for<'a> Fn(&mut WriteTables<'a>, &[Change]) -> Result<(), StoreError> + Send + Sync>;
 type Job = Box<dyn for<'a> FnOnce(&mut WriteTables<'a>) -> (bool, Completion) + Send>;
 
 /// What the writer is sent: a job over every table, or a tracking hit to
@@ -222,6 +258,7 @@ pub struct Store {
     pub stats: Arc<StoreStats>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     observer: Arc<std::sync::OnceLock<Observer>>,
+    hook: Arc<std::sync::OnceLock<Hook>>,
 }
 
 impl Store {
@@ -259,13 +296,15 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Work>(1024);
         let stats = Arc::new(StoreStats::default());
         let observer = Arc::new(std::sync::OnceLock::new());
+        let hook = Arc::new(std::sync::OnceLock::new());
         let thread = {
             let db = db.clone();
             let stats = stats.clone();
             let observer = observer.clone();
+            let hook = hook.clone();
             std::thread::Builder::new()
                 .name("herald-store-writer".into())
-                .spawn(move || writer_loop(&db, rx, &stats, &observer))
+                .spawn(move || writer_loop(&db, rx, &stats, &observer, &hook))
                 .map_err(|e| StoreError::Io(format!("cannot start the store writer: {e}")))?
         };
         Ok(Store {
@@ -274,6 +313,7 @@ impl Store {
             stats,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
             observer,
+            hook,
         })
     }
 
@@ -295,6 +335,13 @@ impl Store {
     /// segment index). Until it is set, changes are not collected at all.
     pub fn set_observer(&self, o: Observer) -> bool {
         self.observer.set(o).is_ok()
+    }
+
+    /// Sets the hook that runs at the end of every write transaction with
+    /// its changes (once; the automations). From then on changes are
+    /// collected for every transaction.
+    pub fn set_hook(&self, h: Hook) -> bool {
+        self.hook.set(h).is_ok()
     }
 
     fn job<R: Send + 'static>(
@@ -484,6 +531,7 @@ fn writer_loop(
     mut rx: mpsc::Receiver<Work>,
     stats: &StoreStats,
     observer: &std::sync::OnceLock<Observer>,
+    hook: &std::sync::OnceLock<Hook>,
 ) {
     let mut busy = false;
     while let Some(first) = rx.blocking_recv() {
@@ -503,7 +551,7 @@ fn writer_loop(
         }
         busy = jobs.len() >= 4;
         let n = jobs.len() as u64;
-        let completions = run_batch(db, jobs, observer.get().is_some());
+        let completions = run_batch(db, jobs, observer.get().is_some(), hook.get());
         match completions {
             Ok((done, changes)) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -531,7 +579,7 @@ fn writer_loop(
 
 type BatchResult = Result<(Vec<Completion>, Vec<Change>), (StoreError, Vec<Completion>)>;
 
-fn run_batch(db: &Database, work: Vec<Work>, observed: bool) -> BatchResult {
+fn run_batch(db: &Database, work: Vec<Work>, observed: bool, hook: Option<&Hook>) -> BatchResult {
     // If no transaction can be started, dropping the jobs drops their reply
     // channels, and every caller sees the store as unavailable.
     let txn = match db.begin_write() {
@@ -576,7 +624,7 @@ fn run_batch(db: &Database, work: Vec<Work>, observed: bool) -> BatchResult {
                     failed = Some(e);
                 }
             }
-            if observed {
+            if observed || hook.is_some() {
                 tables.changes = Some(Vec::new());
             }
             // After a failure the rest still run (into a transaction that
@@ -590,6 +638,12 @@ fn run_batch(db: &Database, work: Vec<Work>, observed: bool) -> BatchResult {
                         "another write in the same transaction failed".into(),
                     ));
                 }
+            }
+            if failed.is_none()
+                && let Some(h) = hook
+                && let Err(e) = tables.run_hook(h)
+            {
+                failed = Some(e);
             }
             if failed.is_none()
                 && let Err(e) = tables.flush()
@@ -725,6 +779,22 @@ impl<'t> WriteTables<'t> {
             hourly_deltas: Default::default(),
             link_deltas: Default::default(),
         })
+    }
+
+    /// Runs the hook over the changes the jobs made; what the hook changes
+    /// is added to them (and not handed to the hook again).
+    fn run_hook(&mut self, hook: &Hook) -> Result<(), StoreError> {
+        let made = self.changes.replace(Vec::new()).unwrap_or_default();
+        if made.is_empty() {
+            self.changes = Some(made);
+            return Ok(());
+        }
+        let r = hook(self, &made);
+        let extra = self.changes.replace(made).unwrap_or_default();
+        if let Some(c) = self.changes.as_mut() {
+            c.extend(extra);
+        }
+        r
     }
 
     /// Records a change for the observer (built only when one listens).

@@ -19,6 +19,7 @@
 use redb::ReadableTable;
 use serde::de::DeserializeOwned;
 
+use super::automation::{Due, RunKey};
 use super::shop::get_bin;
 use super::tables::{Engagement, TableSet};
 use super::track::{LastClick, attributed};
@@ -28,7 +29,7 @@ use crate::coupons::{CodeState, Given, PoolInfo, PoolStatus};
 use crate::delivery::model::QueuedMessage;
 use crate::send::model::SendRef;
 use crate::shop::Product;
-use crate::shop::model::{Cart, Order, ShopStats};
+use crate::shop::model::{Cart, Order, ShopStats, WaitEntry};
 
 /// Lookups shared by [`WriteTables`] (inside a write job, seeing the job's
 /// own changes) and [`ReadView`] (a committed snapshot).
@@ -140,6 +141,24 @@ pub trait ReadTables {
         get_bin(self.tables().orders()?, "orders", order_id)
     }
 
+    /// The stored orders with these ids that belong to `contact` (an order
+    /// moved to another contact is left out).
+    fn orders_of<'a>(
+        &self,
+        contact: u64,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> Result<Vec<Order>, StoreError> {
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(o) = self.order(id)?
+                && o.contact == contact
+            {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
     /// A contact's aggregates.
     fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
         get_bin(self.tables().shop_stats()?, "shop_stats", contact)
@@ -169,6 +188,57 @@ pub trait ReadTables {
         let state: Option<CodeState> =
             get_json(self.tables().coupon_codes()?, "coupon_codes", (pool, code))?;
         Ok(state.and_then(|s| s.given))
+    }
+
+    /// The contacts waiting for a SKU, in contact id order.
+    fn waiters(&self, sku: &str) -> Result<Vec<(u64, WaitEntry)>, StoreError> {
+        let mut out = Vec::new();
+        for r in self
+            .tables()
+            .waitlist()?
+            .range((sku, 0)..=(sku, u64::MAX))?
+        {
+            let (k, v) = r?;
+            out.push((k.value().1, super::from_json("waitlist", v.value())?));
+        }
+        Ok(out)
+    }
+
+    // Automations (`store/automation.rs`).
+
+    /// A run (the automation's type: the store does not know it).
+    fn run<R: DeserializeOwned>(&self, key: RunKey) -> Result<Option<R>, StoreError> {
+        match self.tables().auto_runs()?.get(key)? {
+            Some(v) => Ok(Some(super::from_json("auto_runs", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Where a run waits (its next step and due time), if it does.
+    fn run_due(&self, key: RunKey) -> Result<Option<Due>, StoreError> {
+        let (flow, contact, occ) = key;
+        Ok(self
+            .tables()
+            .auto_by_contact()?
+            .get((contact, flow, occ))?
+            .map(|v| v.value())
+            .filter(|(step, _)| *step != u32::MAX)
+            .map(|(step, at)| Due { step, at }))
+    }
+
+    /// The keys of a contact's runs (every flow, ended ones too).
+    fn runs_of(&self, contact: u64) -> Result<Vec<RunKey>, StoreError> {
+        let mut out = Vec::new();
+        for r in self
+            .tables()
+            .auto_by_contact()?
+            .range((contact, 0, 0)..=(contact, u64::MAX, u64::MAX))?
+        {
+            let (k, _) = r?;
+            let (c, f, o) = k.value();
+            out.push((f, c, o));
+        }
+        Ok(out)
     }
 
     // Campaigns and sends (`store/audience.rs`, `store/send.rs`).

@@ -10,9 +10,20 @@ use crate::shop::Product;
 impl WriteTables<'_> {
     /// Stores (creates or replaces) a product.
     pub fn put_product(&mut self, p: &Product) -> Result<(), StoreError> {
-        self.tables
+        let before = self
+            .tables
             .products
-            .insert(p.sku.as_str(), to_json(p).as_slice())?;
+            .insert(p.sku.as_str(), to_json(p).as_slice())?
+            .map(|v| v.value().to_vec());
+        // Back in stock: from a known stock of none to some.
+        if p.stock.is_some_and(|n| n > 0)
+            && let Some(b) = before
+            && from_json::<Product>("products", &b)?
+                .stock
+                .is_some_and(|n| n <= 0)
+        {
+            self.note(|| super::Change::Restocked { sku: p.sku.clone() });
+        }
         Ok(())
     }
 

@@ -47,28 +47,22 @@ impl WriteTables<'_> {
     /// Stores an order. (A contact's orders are listed in its `ShopStats`,
     /// which the caller updates in the same transaction.)
     pub fn put_order(&mut self, o: &Order) -> Result<(), StoreError> {
-        self.tables
+        let before = self
+            .tables
             .orders
-            .insert(o.order_id.as_str(), enc(o).as_slice())?;
-        Ok(())
-    }
-
-    /// The stored orders with these ids that belong to `contact` (an order
-    /// moved to another contact is left out).
-    pub fn orders_of<'a>(
-        &self,
-        contact: u64,
-        ids: impl IntoIterator<Item = &'a String>,
-    ) -> Result<Vec<Order>, StoreError> {
-        let mut out = Vec::new();
-        for id in ids {
-            if let Some(o) = self.order(id)?
-                && o.contact == contact
-            {
-                out.push(o);
-            }
+            .insert(o.order_id.as_str(), enc(o).as_slice())?
+            .map(|v| v.value().to_vec());
+        if self.changes.is_some() {
+            let before = match before {
+                Some(b) => Some(Arc::new(dec::<Order>("orders", &b)?)),
+                None => None,
+            };
+            self.note(|| Change::Order {
+                before,
+                order: Arc::new(o.clone()),
+            });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Records an event's (type, id); false if it was recorded before (a

@@ -10,6 +10,16 @@ use crate::contacts::model::ConsentState;
 use crate::contacts::signup::SignupRequest;
 
 impl WriteTables<'_> {
+    /// Notes a signup (or its confirmation) for whatever follows changes
+    /// (automations' `signup` and `confirmed` triggers).
+    pub fn note_signup(&mut self, contact: u64, list: Option<u64>, confirmed: bool) {
+        self.note(|| super::Change::Signup {
+            contact,
+            list,
+            confirmed,
+        });
+    }
+
     /// Records a signup request; returns its number (what the confirmation
     /// token names).
     pub fn put_signup_request(

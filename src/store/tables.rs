@@ -304,6 +304,45 @@ tables! {
     /// click consumes the entry, so a link grants once and only for the signup
     /// it was sent for.
     SIGNUP_REQUESTS, signup_requests: (u64, u64) => &'static [u8] = "signup_requests_v1";
+
+    /// (flow id, contact id, occurrence) → an automation run: JSON of a
+    /// type the store does not know (the automation's), kept after the run
+    /// ends, so an occurrence is entered at most once.
+    AUTO_RUNS, auto_runs: (u64, u64, u64) => &'static [u8] = "auto_runs_v1";
+
+    /// (due ms, flow id, contact id, occurrence) → (): every pending run by
+    /// the time its next step is due; the automation runner reads its front.
+    AUTO_DUE, auto_due: (i64, u64, u64, u64) => () = "auto_due_v1";
+
+    /// (flow id, step, due ms, contact id, occurrence) → (): the same
+    /// pending runs by flow and step (status: pending per step, next due).
+    AUTO_FLOW_DUE, auto_flow_due: (u64, u32, i64, u64, u64) => () = "auto_flow_due_v1";
+
+    /// (contact id, flow id, occurrence) → (step, due ms) where the run
+    /// waits (`u32::MAX`: it does not): a contact's runs (to leave every
+    /// flow on withdrawal, to erase), and the truth the timer indexes follow.
+    AUTO_BY_CONTACT, auto_by_contact: (u64, u64, u64) => (u32, i64) = "auto_by_contact_v1";
+
+    /// (flow id, contact id) → ms of the contact's last entry into the flow
+    /// (re-entry rules).
+    AUTO_ENTRIES, auto_entries: (u64, u64) => i64 = "auto_entries_v1";
+
+    /// (flow id, step, counter name) → count: entered, queued, held,
+    /// skipped, exited, missed… per step (step `u32::MAX`: the flow).
+    AUTO_COUNTS, auto_counts: (u64, u32, &'static str) => u64 = "auto_counts_v1";
+
+    /// flow name → JSON of a type the store does not know: a flow created
+    /// through the API (its definition), or a file flow's pause state.
+    AUTO_FLOWS, auto_flows: &'static str => &'static [u8] = "auto_flows_v1";
+
+    /// (flow id, contact id) → (): members of a `segment_entered` flow's
+    /// segment at its last check (entries are the difference).
+    AUTO_MEMBERS, auto_members: (u64, u64) => () = "auto_members_v1";
+
+    /// (contact id, ms) → marketing messages queued for the contact at that
+    /// time, for the frequency cap (every kind of send; pruned past the
+    /// window).
+    SEND_RECENT, send_recent: (u64, i64) => u32 = "send_recent_v1";
 }
 
 /// Tables of older schemas, read only by `store::migrate`.

@@ -1,6 +1,7 @@
 //! The admin API, version 1 (`/api/v1/…`), one file per resource. Wire types
 //! (request bodies, JSON views) live here, apart from the domain types.
 
+pub mod automations;
 pub mod campaigns;
 pub mod contacts;
 pub mod coupons;

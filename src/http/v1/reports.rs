@@ -196,13 +196,16 @@ pub async fn send(
     let pairs = reply::query_pairs(req.uri().query());
     reply::only_params(&pairs, &["format"])?;
     let csv = format_of(&pairs)?;
-    let (num, name) = match k {
-        SendKind::Transactional => (crate::send::model::tag_id(id), id.to_string()),
-        _ => (
-            id.parse::<u64>()
-                .map_err(|_| ApiError::not_found(format!("`{id}` is not a send number")))?,
-            id.to_string(),
-        ),
+    // A tag and an automation are named (their id is the name's hash); an
+    // automation may also be given by its number.
+    let (num, name) = match (k, id.parse::<u64>()) {
+        (SendKind::Transactional, _) | (SendKind::Automation, Err(_)) => {
+            (crate::send::model::tag_id(id), id.to_string())
+        }
+        (_, Ok(n)) => (n, id.to_string()),
+        (_, Err(_)) => {
+            return Err(ApiError::not_found(format!("`{id}` is not a send number")));
+        }
     };
     state.hits.drain().await?;
     let cur = currency(state);

@@ -1,0 +1,155 @@
+//! `/api/v1/automations`: flows from files (`config/automations/*.toml`,
+//! read-only here) and created through the API (JSON, or TOML with
+//! `Content-Type: application/toml`), their status, pause and resume,
+//! previews and test sends. Each handler parses, calls one
+//! `automation::Automations` operation, and answers.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::automation::AutomationError;
+use crate::http::AppState;
+use crate::http::reply::{self, ApiError, Body, json_response};
+use crate::segment::lang;
+
+impl From<AutomationError> for ApiError {
+    fn from(e: AutomationError) -> ApiError {
+        let m = e.to_string();
+        match e {
+            AutomationError::NotFound(_) | AutomationError::NoContact(_) => ApiError::not_found(m),
+            AutomationError::Invalid(_) => ApiError::invalid("invalid_automation", m),
+            AutomationError::Conflict(_) | AutomationError::ReadOnly(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", m)
+            }
+            AutomationError::Nothing(_) => ApiError::invalid("nothing_to_send", m),
+            AutomationError::Send(_) => ApiError::invalid("render_failed", m),
+            AutomationError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// `GET /api/v1/automations`
+pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
+    Ok(json_response(
+        StatusCode::OK,
+        &state.automations.list().await?,
+    ))
+}
+
+/// `GET /api/v1/automations/{name}`
+pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, ApiError> {
+    Ok(json_response(
+        StatusCode::OK,
+        &state.automations.status(name).await?,
+    ))
+}
+
+/// `PUT /api/v1/automations/{name}`: create or replace an API flow.
+pub async fn put(
+    state: &Arc<AppState>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let is_toml = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("toml"));
+    let limit = state.config().http.max_body_bytes;
+    let bytes = reply::read_body(req, limit).await?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+    let def: Value = if is_toml {
+        let root = lang::from_toml(text).map_err(|p| {
+            ApiError::invalid(
+                "invalid_automation",
+                p.iter()
+                    .map(crate::automation::ops::describe)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        lang::to_json(&root)
+    } else {
+        serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?
+    };
+    let created = state.automations.put(name, def).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(
+        status,
+        &state.automations.status(name).await?,
+    ))
+}
+
+/// `DELETE /api/v1/automations/{name}`
+pub async fn delete(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, ApiError> {
+    state.automations.delete(name).await?;
+    Ok(json_response(StatusCode::OK, &json!({"deleted": name})))
+}
+
+/// `POST /api/v1/automations/{name}/pause` and `/resume`
+pub async fn pause(
+    state: &Arc<AppState>,
+    name: &str,
+    paused: bool,
+) -> Result<Response<Body>, ApiError> {
+    state.automations.set_paused(name, paused).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &state.automations.status(name).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewBody {
+    contact: String,
+    #[serde(default)]
+    trigger: Value,
+}
+
+/// `POST /api/v1/automations/{name}/preview` `{"contact": "a@b", "trigger": {"order": "A-1"}}`
+pub async fn preview(
+    state: &Arc<AppState>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let b: PreviewBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
+    let out = state
+        .automations
+        .preview(name, &b.contact, &b.trigger)
+        .await?;
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestBody {
+    contact: String,
+    to: String,
+    #[serde(default)]
+    step: u32,
+}
+
+/// `POST /api/v1/automations/{name}/test` `{"contact": "a@b", "to": "seed@c", "step": 0}`
+pub async fn test(
+    state: &Arc<AppState>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let b: TestBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
+    let out = state
+        .automations
+        .test(name, &b.contact, &b.to, b.step)
+        .await?;
+    Ok(json_response(StatusCode::ACCEPTED, &out))
+}
