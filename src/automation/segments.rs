@@ -1,6 +1,6 @@
 //! `segment_entered`: segment membership is not a stored fact that changes
 //! in one transaction (it follows from many), so it is checked: every
-//! [`EVERY`], each such flow's segment is evaluated on the segment index and
+//! `[automation] segment_check` (default a minute), each such flow's segment is evaluated on the segment index and
 //! compared with the members stored at the last check (`auto_members_v1`).
 //! Contacts who are new members enter the flow (occurrence: the time of the
 //! check that found them); those who left are forgotten, so leaving and
@@ -17,18 +17,17 @@ use super::flow::Trigger;
 use super::model::{FlowRecord, LiveFlow, Occurrence};
 use crate::segment::Catalog;
 
-/// How often segment flows are checked.
-pub const EVERY: Duration = Duration::from_secs(60);
-
 impl Automations {
-    /// Checks every `segment_entered` flow every [`EVERY`] until the daemon
-    /// stops.
+    /// Checks every `segment_entered` flow every `segment_check` until the
+    /// daemon stops.
     pub async fn watch_segments(self: Arc<Self>) {
         let stopping = self.activity.stopping();
         tokio::pin!(stopping);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(EVERY) => {}
+                _ = tokio::time::sleep(Duration::from_millis(
+                    self.config.get().automation.segment_check_ms.max(1000) as u64,
+                )) => {}
                 _ = &mut stopping => return,
             }
             if let Err(e) = self.check_segments().await {

@@ -31,6 +31,9 @@ pub struct RawAutomation {
     pub max_late: Option<Spanned<String>>,
     /// The longest the runner sleeps between looks (default "1s").
     pub poll: Option<Spanned<String>>,
+    /// How often `segment_entered` flows evaluate their segment (default
+    /// "1m").
+    pub segment_check: Option<Spanned<String>>,
 }
 
 /// Validated `[automation]`.
@@ -49,6 +52,8 @@ pub struct AutomationConfig {
     pub max_late_ms: i64,
     /// The runner's longest sleep (`poll`), in milliseconds.
     pub tick_ms: i64,
+    /// How often segment flows are checked (`segment_check`), in ms.
+    pub segment_check_ms: i64,
 }
 
 impl Default for AutomationConfig {
@@ -60,6 +65,7 @@ impl Default for AutomationConfig {
             quiet_hours: None,
             max_late_ms: DAY_MS,
             tick_ms: 1000,
+            segment_check_ms: 60_000,
         }
     }
 }
@@ -163,6 +169,14 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: &RawAutomation) -> Option<Autom
         (Duration::from_millis(100), "100ms"),
         (Duration::from_secs(60), "1 minute"),
     );
+    let segment_check = ms_between(
+        c,
+        "automation.segment_check",
+        &raw.segment_check,
+        d.segment_check_ms,
+        (Duration::from_secs(1), "1s"),
+        (day, "1 day"),
+    );
     Some(AutomationConfig {
         enabled: raw.enabled.as_ref().map_or(d.enabled, |v| *v.get_ref()),
         max_marketing_per_contact: cap?,
@@ -170,6 +184,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: &RawAutomation) -> Option<Autom
         quiet_hours: quiet?,
         max_late_ms: max_late?,
         tick_ms: tick?,
+        segment_check_ms: segment_check?,
     })
 }
 

@@ -682,7 +682,7 @@ mod tests {
         assert_eq!(c.automation.frequency_window_ms, 7 * 86_400_000);
         assert_eq!(c.time_zone_of(None), chrono_tz::Tz::UTC);
         let text = format!(
-            "{}[[site]]\nid = \"a\"\nname = \"A\"\nurl = \"https://a.example\"\n[[site]]\nid = \"b\"\nname = \"B\"\nurl = \"https://b.example\"\ntime_zone = \"Europe/Warsaw\"\n[automation]\nenabled = false\nmax_marketing_per_contact = 3\nfrequency_window = \"2 days\"\nquiet_hours = \"21:00-08:00\"\nmax_late = \"6h\"\npoll = \"250ms\"\n",
+            "{}[[site]]\nid = \"a\"\nname = \"A\"\nurl = \"https://a.example\"\n[[site]]\nid = \"b\"\nname = \"B\"\nurl = \"https://b.example\"\ntime_zone = \"Europe/Warsaw\"\n[automation]\nenabled = false\nmax_marketing_per_contact = 3\nfrequency_window = \"2 days\"\nquiet_hours = \"21:00-08:00\"\nmax_late = \"6h\"\npoll = \"250ms\"\nsegment_check = \"5s\"\n",
             good()
         );
         let c = load(&text).map_err(|e| e.join("\n"))?;
@@ -695,6 +695,7 @@ mod tests {
                 quiet_hours: Some((21 * 60, 8 * 60)),
                 max_late_ms: 6 * 3_600_000,
                 tick_ms: 250,
+                segment_check_ms: 5_000,
             }
         );
         assert_eq!(c.sites[0].time_zone, chrono_tz::Tz::UTC);

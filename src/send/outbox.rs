@@ -101,6 +101,10 @@ pub fn commit_batch(
             now,
         )?;
         t.put_sent(out.send, m.contact, qid)?;
+        if out.kind == Some(MailKind::Marketing) && out.send.counted() {
+            // The frequency cap counts every marketing message.
+            t.note_marketing(m.contact, now)?;
+        }
         after(t, m.contact)?;
         done.queued.push(m.contact);
         room = room.map(|r| r - 1);

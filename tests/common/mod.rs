@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod flows;
 pub mod peers;
 pub mod tls_smtp;
 
