@@ -345,6 +345,16 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     let catalog_note = match daemon_catalog(c) {
         Ok(catalog) => {
             errors.extend(snap.segments.check_catalog(&catalog));
+            for (name, f) in &snap.automations.loaded {
+                for message in crate::automation::flow::check_catalog(f, &catalog) {
+                    errors.push(crate::config::ConfigError {
+                        file: snap.automations.dir.join(format!("{name}.toml")),
+                        position: None,
+                        key: String::new(),
+                        message,
+                    });
+                }
+            }
             "checked against the running daemon's lists and fields".to_string()
         }
         Err(e) => format!(
@@ -366,6 +376,17 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     if let Some(a) = c.http.admin_listen {
         out.push_str(&format!(
             "  admin_listen {a} (admin API and /metrics only there)\n"
+        ));
+    }
+    for (name, f) in &snap.automations.loaded {
+        out.push_str(&format!(
+            "  automation {name}: {} trigger, {} step(s){}\n",
+            f.trigger.name(),
+            f.steps.len(),
+            f.description
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
         ));
     }
     if c.http.metrics_token.is_some() {

@@ -481,3 +481,133 @@ pub mod campaign {
         Ok(())
     }
 }
+
+/// `herald automations …`.
+pub mod automations {
+    use http::Method;
+    use serde_json::Value;
+
+    use super::{ApiTarget, api_failure, send_json};
+
+    fn line(v: &Value) -> String {
+        if v["status"] == "invalid" {
+            return format!(
+                "{}: invalid: {}",
+                v["name"].as_str().unwrap_or(""),
+                v["problems"]
+                    .as_array()
+                    .map(|p| p
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "))
+                    .unwrap_or_default()
+            );
+        }
+        let c = &v["counts"];
+        format!(
+            "{} ({}, {}): trigger {}, pending {}, next due {}; entered {}, completed {}",
+            v["name"].as_str().unwrap_or(""),
+            v["status"].as_str().unwrap_or(""),
+            v["source"].as_str().unwrap_or(""),
+            v["trigger"].as_str().unwrap_or(""),
+            v["pending"],
+            v["next_due"].as_str().unwrap_or("-"),
+            c["entered"].as_u64().unwrap_or(0),
+            c["completed"].as_u64().unwrap_or(0),
+        )
+    }
+
+    async fn get(target: &ApiTarget, path: &str) -> anyhow::Result<Value> {
+        let (status, v) = send_json(target, Method::GET, path, None).await?;
+        if status != 200 {
+            return Err(api_failure(status, &v));
+        }
+        Ok(v)
+    }
+
+    /// `herald automations list`.
+    pub async fn list(target: &ApiTarget) -> anyhow::Result<()> {
+        let v = get(target, "/api/v1/automations").await?;
+        for f in v.as_array().into_iter().flatten() {
+            println!("{}", line(f));
+        }
+        Ok(())
+    }
+
+    /// `herald automations status NAME`.
+    pub async fn status(target: &ApiTarget, name: &str, as_json: bool) -> anyhow::Result<()> {
+        let v = get(target, &format!("/api/v1/automations/{name}")).await?;
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        println!("{}", line(&v));
+        for s in v["steps"].as_array().into_iter().flatten() {
+            let counts = s["counts"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            println!(
+                "  step {} {}: pending {}, next due {}{}{}",
+                s["step"],
+                s["template"].as_str().unwrap_or("(variants only)"),
+                s["pending"],
+                s["next_due"].as_str().unwrap_or("-"),
+                if counts.is_empty() { "" } else { "; " },
+                counts
+            );
+        }
+        Ok(())
+    }
+
+    /// `herald automations test NAME --contact X --to SEED [--step N]`.
+    pub async fn test(
+        target: &ApiTarget,
+        name: &str,
+        contact: &str,
+        to: &str,
+        step: u32,
+    ) -> anyhow::Result<()> {
+        let body = serde_json::json!({"contact": contact, "to": to, "step": step});
+        let (status, v) = send_json(
+            target,
+            Method::POST,
+            &format!("/api/v1/automations/{name}/test"),
+            Some(body),
+        )
+        .await?;
+        if status != 202 {
+            return Err(api_failure(status, &v));
+        }
+        println!(
+            "queued test message {} to {} (step {}, variant {})",
+            v["queue_id"],
+            v["to"].as_str().unwrap_or(""),
+            v["step"],
+            v["variant"]
+        );
+        Ok(())
+    }
+
+    /// `herald automations pause|resume NAME`.
+    pub async fn action(target: &ApiTarget, name: &str, action: &str) -> anyhow::Result<()> {
+        let (status, v) = send_json(
+            target,
+            Method::POST,
+            &format!("/api/v1/automations/{name}/{action}"),
+            Some(serde_json::json!({})),
+        )
+        .await?;
+        if status != 200 {
+            return Err(api_failure(status, &v));
+        }
+        println!("{}", line(&v));
+        Ok(())
+    }
+}

@@ -55,6 +55,14 @@ enum Command {
         #[arg(long, global = true)]
         api: Option<String>,
     },
+    /// Automations: event-triggered flows (talks to a running daemon).
+    Automations {
+        #[command(subcommand)]
+        command: AutomationsCommand,
+        /// Admin API base URL (default: from the config's http.listen).
+        #[arg(long, global = true)]
+        api: Option<String>,
+    },
     /// The delivery queue (talks to a running daemon).
     Queue {
         #[command(subcommand)]
@@ -179,6 +187,44 @@ enum CampaignCommand {
         /// Only this status (draft, scheduled, running, paused, cancelled, completed).
         #[arg(long)]
         status: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AutomationsCommand {
+    /// Every flow: status, trigger, pending runs, counts.
+    List,
+    /// One flow: pending runs and counts per step.
+    Status {
+        /// The flow's name.
+        name: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a step's message for a contact to a seed address (a test: not counted).
+    Test {
+        /// The flow's name.
+        name: String,
+        /// The contact (address or id) whose data the message shows.
+        #[arg(long)]
+        contact: String,
+        /// The seed address that receives it.
+        #[arg(long)]
+        to: String,
+        /// The step (0 is the first).
+        #[arg(long, default_value_t = 0)]
+        step: u32,
+    },
+    /// Pause a flow: nobody enters, pending steps are held.
+    Pause {
+        /// The flow's name.
+        name: String,
+    },
+    /// Resume a paused flow.
+    Resume {
+        /// The flow's name.
+        name: String,
     },
 }
 
@@ -479,6 +525,28 @@ fn main() -> ExitCode {
                     CampaignCommand::Cancel { id } => c::action(&target, id, "cancel", None).await,
                     CampaignCommand::Status { id, json } => c::status(&target, id, json).await,
                     CampaignCommand::List { status } => c::list(&target, status).await,
+                }
+                .map(|()| 0)
+            })
+        }
+        Command::Automations { command, api } => {
+            run_client(&cli.config, api.as_deref(), async |target| {
+                use client::automations as a;
+                match command {
+                    AutomationsCommand::List => a::list(&target).await,
+                    AutomationsCommand::Status { name, json } => {
+                        a::status(&target, &name, json).await
+                    }
+                    AutomationsCommand::Test {
+                        name,
+                        contact,
+                        to,
+                        step,
+                    } => a::test(&target, &name, &contact, &to, step).await,
+                    AutomationsCommand::Pause { name } => a::action(&target, &name, "pause").await,
+                    AutomationsCommand::Resume { name } => {
+                        a::action(&target, &name, "resume").await
+                    }
                 }
                 .map(|()| 0)
             })

@@ -153,6 +153,8 @@ pub struct Metrics {
     /// 1 for a coupon pool at or below its low-water mark (refreshed at
     /// scrape time).
     coupon_pool_low: Family<PoolLabels, Gauge>,
+    /// Automation runs waiting for a step (refreshed at scrape time).
+    automation_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -303,7 +305,14 @@ impl Metrics {
             "1 when a coupon pool has at most its low_water free codes, else 0",
             coupon_pool_low.clone(),
         );
+        let automation_pending = Gauge::default();
+        registry.register(
+            "automation_pending_runs",
+            "Automation runs waiting for their next step (every flow)",
+            automation_pending.clone(),
+        );
         Metrics {
+            automation_pending,
             coupons_free,
             coupon_pool_low,
             bounces,
@@ -367,6 +376,9 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(i64::from(p.low));
         }
+        let pending = store.read(|r| r.pending_runs()).await?;
+        self.automation_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
         self.store_commits
             .set(store.stats.commits.load(Ordering::Relaxed) as i64);
         self.store_jobs
