@@ -532,6 +532,14 @@ fn export_doc(
             }));
         }
     }
+    // Automation runs (the automation's JSON: flow, occurrence, state,
+    // steps sent, coupon).
+    let mut automations = Vec::new();
+    for key in v.runs_of(id)? {
+        if let Some(run) = v.run::<Value>(key)? {
+            automations.push(run);
+        }
+    }
     let last_click = v.last_click(id)?.map(|(kind, send, slot, link, at)| {
         json!({"send": send_name(kind, send, slot), "slot": slot, "link": link, "at": ms_json(Some(at))})
     });
@@ -577,6 +585,7 @@ fn export_doc(
         },
         "history": history,
         "campaigns": campaigns,
+        "automations": automations,
         "last_click": last_click,
         "messages": messages,
     })))
