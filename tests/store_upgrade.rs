@@ -226,3 +226,44 @@ fn same_answers(h: &Herald, want: &Value) {
     assert!(!text.contains("c09@example.test"), "{m}");
     assert_eq!(m["recipients"][0]["state"], "failed", "{m}");
 }
+
+/// Automations keep their runs in tables an older store does not have: they
+/// are created at open, and an event for a contact the old binary stored
+/// fires a flow and queues its message.
+#[test]
+fn automations_run_on_a_store_written_by_an_older_version() {
+    let (dir, config, want) = fixture("store-v2");
+    common::write(
+        &dir.path().join("templates"),
+        "thanks/template.toml",
+        "sender = \"newsletter\"\ndefault_language = \"en\"\nkind = \"transactional\"\n[subject]\nen = \"Thanks\"\n",
+    );
+    common::write(
+        &dir.path().join("templates"),
+        "thanks/body.en.html",
+        "<html><body><p>Thanks for order {{ order.id }}</p></body></html>\n",
+    );
+    common::write(
+        &dir.path().join("automations"),
+        "thanks.toml",
+        "[trigger]\ntype = \"order_placed\"\n[[steps]]\ntemplate = \"thanks\"\n",
+    );
+    let h = Herald::start_in(dir, config);
+    let who = want["clicker"].as_str().unwrap();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let r = h.post_json(
+        "/api/v1/events",
+        serde_json::json!([{"type": "order", "id": "after-upgrade", "at": now, "email": who,
+            "order_id": "U-1", "items": [{"sku": "X", "quantity": 1, "price": "5.00"}],
+            "total": "5.00", "currency": "EUR"}]),
+    );
+    assert_eq!(r.body["accepted"], 1, "{r:?}");
+    common::wait_until(
+        "the flow's message queued",
+        std::time::Duration::from_secs(20),
+        || {
+            let s = get(&h, "/api/v1/automations/thanks");
+            s["steps"][0]["counts"]["queued"] == 1 && s["counts"]["entered"] == 1
+        },
+    );
+}
