@@ -117,19 +117,40 @@ impl Automations {
         let snap = self.config.snapshot();
         let flows = self.flows();
         let now = self.clock.now().timestamp_millis();
-        let loaded = self
+        let (loaded, orphans) = self
             .store
             .read(move |v| {
                 let mut out = Vec::with_capacity(due.len());
-                for (_, key) in due {
-                    if let Some(l) = load(v, key)? {
-                        out.push(l);
+                let mut orphans = Vec::new();
+                for (at, key) in due {
+                    match load(v, key)? {
+                        Some(l) if l.due.at == at => out.push(l),
+                        _ => orphans.push((at, key)),
                     }
                 }
-                Ok(out)
+                Ok((out, orphans))
             })
             .await
             .map_err(|e| e.to_string())?;
+        if !orphans.is_empty() {
+            // A due entry without a run waiting there would be read again
+            // and again: take it out (it cannot happen while `put_run` is
+            // the only writer of the index; this keeps the runner from
+            // spinning if it ever does).
+            tracing::warn!(
+                entries = orphans.len(),
+                "automations: due entries without a waiting run removed"
+            );
+            self.store
+                .write(move |t| {
+                    for (at, key) in orphans {
+                        t.drop_orphan_due(at, key)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let sites: Vec<String> = snap.config.sites.iter().map(|s| s.id.clone()).collect();
         let catalog = Catalog::load(&self.store, sites)
             .await
@@ -492,7 +513,9 @@ impl Automations {
                 .config
                 .time_zone_of(p.l.contact.as_ref().and_then(|c| c.site.as_deref()));
             match p.decision {
-                Decision::Stale => {}
+                // Waiting in the index but not as its record says: end it
+                // rather than read it again on every pass.
+                Decision::Stale => arm::exit(t, key, run, "inconsistent")?,
                 Decision::Exit(reason) => arm::exit(t, key, run, reason)?,
                 Decision::Hold(until, why) => hold(t, key, run, until, why)?,
                 Decision::Missed => {

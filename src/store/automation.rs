@@ -111,6 +111,30 @@ impl WriteTables<'_> {
         Ok(())
     }
 
+    /// Removes a due entry that no waiting run stands behind (the run
+    /// waits elsewhere, or not at all).
+    pub fn drop_orphan_due(&mut self, at: i64, key: RunKey) -> Result<(), StoreError> {
+        let (flow, contact, occ) = key;
+        if self.run_due(key)?.is_some_and(|d| d.at == at) {
+            return Ok(());
+        }
+        self.tables.auto_due.remove((at, flow, contact, occ))?;
+        let stale: Vec<u32> = self
+            .tables
+            .auto_flow_due
+            .range((flow, 0, i64::MIN, 0, 0)..=(flow, u32::MAX, i64::MAX, u64::MAX, u64::MAX))?
+            .filter_map(|r| r.ok().map(|(k, _)| k.value()))
+            .filter(|(_, _, a, c, o)| *a == at && *c == contact && *o == occ)
+            .map(|(_, step, _, _, _)| step)
+            .collect();
+        for step in stale {
+            self.tables
+                .auto_flow_due
+                .remove((flow, step, at, contact, occ))?;
+        }
+        Ok(())
+    }
+
     /// A flow's waiting runs due up to `until` (every step).
     pub fn flow_waiting(&self, flow: u64, until: i64) -> Result<Vec<(RunKey, Due)>, StoreError> {
         let mut out = Vec::new();
