@@ -464,8 +464,15 @@ fn on_order(
                 {
                     continue;
                 }
+                // A status filter fires when the order reaches the status
+                // (the update's time), which may be days after placement.
+                let when = if statuses.is_empty() {
+                    o.placed_at
+                } else {
+                    o.updated_at
+                };
                 let occ = order_occ(format!("order {}", o.order_id), o);
-                enter(t, f, &c, occ, o.placed_at, o.placed_at, cx)?;
+                enter(t, f, &c, occ, when, when, cx)?;
             }
             Trigger::OrderStatus { to }
                 if o.status == *to && before.is_none_or(|b| b.status != *to) =>
