@@ -315,6 +315,43 @@ pub fn arm_dated(
     c: &Contact,
     cx: &mut Ctx<'_>,
 ) -> Result<(), StoreError> {
+    let now = cx.now;
+    arm_dated_after(t, f, c, now, cx)
+}
+
+/// After a yearly occurrence's run (birthday, yearly date field) is done,
+/// arms the next year's: nothing else would, when the contact's data does
+/// not change.
+pub fn arm_next_year(
+    t: &mut WriteTables<'_>,
+    f: &LiveFlow,
+    contact: u64,
+    run: &Run,
+    cx: &mut Ctx<'_>,
+) -> Result<(), StoreError> {
+    if !matches!(
+        f.flow.trigger,
+        Trigger::Birthday { .. } | Trigger::DateField { yearly: true, .. }
+    ) {
+        return Ok(());
+    }
+    let Some(c) = t.contact(contact)? else {
+        return Ok(());
+    };
+    // The first occurrence on or after the day after this one's.
+    let after = run.trigger_at.saturating_add(DAY_MS).max(cx.now);
+    arm_dated_after(t, f, &c, after, cx)
+}
+
+/// [`arm_dated`] for the first yearly occurrence on or after the local day
+/// of `after`.
+fn arm_dated_after(
+    t: &mut WriteTables<'_>,
+    f: &LiveFlow,
+    c: &Contact,
+    after: i64,
+    cx: &mut Ctx<'_>,
+) -> Result<(), StoreError> {
     let tz = cx.tz(c);
     let (what, from) = match &f.flow.trigger {
         Trigger::Registered { after, .. } => {
@@ -328,7 +365,7 @@ pub fn arm_dated(
             let Some(d) = date_of(c, "birthday") else {
                 return Ok(());
             };
-            let (year, due) = when::yearly_occurrence(d.month(), d.day(), *offset, cx.now, tz);
+            let (year, due) = when::yearly_occurrence(d.month(), d.day(), *offset, after, tz);
             (format!("birthday {year}"), due)
         }
         Trigger::DateField {
@@ -336,11 +373,20 @@ pub fn arm_dated(
             offset,
             yearly,
         } => {
-            let Some(d) = date_of(c, field) else {
+            let d = date_of(c, field);
+            if !*yearly {
+                // A date changed or cleared: the run for the date the
+                // contact no longer has ends before it is sent.
+                let what = d.map(|d| format!("{field} {d}"));
+                exit_where(t, f, c.id, "date_changed", |r, due| {
+                    due.step == 0 && Some(&r.occurrence.what) != what.as_ref()
+                })?;
+            }
+            let Some(d) = d else {
                 return Ok(());
             };
             if *yearly {
-                let (year, due) = when::yearly_occurrence(d.month(), d.day(), *offset, cx.now, tz);
+                let (year, due) = when::yearly_occurrence(d.month(), d.day(), *offset, after, tz);
                 (format!("{field} {year}"), due)
             } else {
                 (
@@ -464,8 +510,15 @@ fn on_order(
                 {
                     continue;
                 }
+                // A status filter fires when the order reaches the status
+                // (the update's time), which may be days after placement.
+                let when = if statuses.is_empty() {
+                    o.placed_at
+                } else {
+                    o.updated_at
+                };
                 let occ = order_occ(format!("order {}", o.order_id), o);
-                enter(t, f, &c, occ, o.placed_at, o.placed_at, cx)?;
+                enter(t, f, &c, occ, when, when, cx)?;
             }
             Trigger::OrderStatus { to }
                 if o.status == *to && before.is_none_or(|b| b.status != *to) =>

@@ -516,7 +516,13 @@ impl Automations {
                 // Waiting in the index but not as its record says: end it
                 // rather than read it again on every pass.
                 Decision::Stale => arm::exit(t, key, run, "inconsistent")?,
-                Decision::Exit(reason) => arm::exit(t, key, run, reason)?,
+                Decision::Exit(reason) => {
+                    let ended = run.clone();
+                    arm::exit(t, key, run, reason)?;
+                    if let Some(f) = &flow {
+                        arm::arm_next_year(t, f, key.1, &ended, &mut cx)?;
+                    }
+                }
                 Decision::Hold(until, why) => hold(t, key, run, until, why)?,
                 Decision::Missed => {
                     t.count_step(key.0, run.step, counter::MISSED, 1)?;
@@ -656,6 +662,9 @@ fn advance(
     let name = run.flow.clone();
     let what = format!("after {name} {:016x}", key.2);
     t.put_run(key, &run, None)?;
+    if let Some(f) = flow {
+        arm::arm_next_year(t, f, key.1, &run, cx)?;
+    }
     let followers: Vec<Arc<LiveFlow>> = cx
         .flows
         .with(|tr| matches!(tr, Trigger::FlowCompleted { flow } if *flow == name))
