@@ -426,6 +426,13 @@ fn a_contact_entering_a_segment_after_the_baseline_enters_the_flow_once() {
     let s = status(&h, "vip");
     assert_eq!(count(&s, None, "entered"), 1, "{s}");
     assert_eq!(count(&s, Some(0), "queued"), 1, "{s}");
+    // Leaving and coming back is a new entry (`reentry` is "always").
+    patch(&h, "bob@example.test", json!({"remove_tags": ["vip"]}));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(mail_to(&sink, "bob@example.test").len(), 1);
+    patch(&h, "bob@example.test", json!({"add_tags": ["vip"]}));
+    wait_mail(&sink, "bob@example.test", "vip-entered", 2);
+    assert!(mail_to(&sink, "ann@example.test").is_empty());
 }
 
 // ---------------------------------------------------------------------
