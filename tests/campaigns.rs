@@ -774,3 +774,68 @@ fn budget_stops_sending() {
     settle(&sink, 8);
     assert_eq!(received(&sink).0.len(), 8);
 }
+
+/// A campaign with a coupon pool gives every message its own code; when the
+/// pool runs dry it pauses (saying why) rather than send one without, and
+/// after more codes and a resume every recipient has a distinct code — the
+/// contacts who got one before the pause keep it.
+#[test]
+fn a_campaign_coupon_pool_gives_each_message_its_own_code_and_pauses_when_dry() {
+    let sink = Sink::start(&[]);
+    let h = start(&sink, "");
+    let t = h.dir.path().join("templates");
+    write(
+        &t,
+        "gift/template.toml",
+        "sender = \"newsletter\"\ndefault_language = \"en\"\nkind = \"marketing\"\n[subject]\nen = \"A gift\"\n",
+    );
+    write(
+        &t,
+        "gift/body.en.html",
+        "<html><body><p>CODE {{ coupon }}</p></body></html>\n",
+    );
+    h.hup();
+    common::wait_until("the template loaded", Duration::from_secs(10), || {
+        h.get("/api/v1/templates/gift").status == 200
+    });
+    h.granted_contacts(5);
+    let r = h.post_json("/api/v1/coupons/gift", json!({"codes": ["G1", "G2", "G3"]}));
+    assert_eq!(r.status, 200, "{r:?}");
+    let id = create(
+        &h,
+        json!({"name": "Gift", "template": "gift", "audience": {"lists": ["news"]}, "coupon_pool": "gift"}),
+    );
+    act(&h, id, "start");
+    let c = wait_for(&h, id, "paused", Duration::from_secs(30), |c| {
+        c["status"] == "paused"
+    });
+    assert!(
+        c["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("coupon pool `gift`"),
+        "{c}"
+    );
+    assert!(sink.files().is_empty(), "nothing is sent without its code");
+    let r = h.post_json("/api/v1/coupons/gift", json!({"codes": ["G4", "G5", "G6"]}));
+    assert_eq!(r.status, 200, "{r:?}");
+    act(&h, id, "resume");
+    completed(&h, id, Duration::from_secs(60));
+    let codes: BTreeSet<String> = sink
+        .files()
+        .iter()
+        .map(|f| {
+            let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+            let at = text.find("CODE ").unwrap() + 5;
+            text[at..at + 2].to_string()
+        })
+        .collect();
+    assert_eq!(sink.files().len(), 5);
+    assert_eq!(codes.len(), 5, "{codes:?}");
+    assert!(
+        !codes.contains("G6"),
+        "the first three kept theirs: {codes:?}"
+    );
+    let pool = h.get("/api/v1/coupons/gift").body;
+    assert_eq!(pool["given"], 5, "{pool}");
+}

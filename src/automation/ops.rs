@@ -216,14 +216,29 @@ impl Automations {
         self.reload().await?;
         if !paused {
             // Runs held while paused go at once.
-            self.release_paused(name).await?;
+            self.release_held(flow_id(name)).await?;
         }
         Ok(())
     }
 
-    /// Moves a resumed flow's held runs to now.
-    async fn release_paused(&self, name: &str) -> Result<(), AutomationError> {
-        let id = flow_id(name);
+    /// After new codes in `pool`: the runs of the flows that draw on it,
+    /// held for want of a code, are looked at now.
+    pub async fn release_coupon_holds(&self, pool: &str) -> Result<(), AutomationError> {
+        let ids: Vec<u64> = self
+            .flows()
+            .by_id
+            .values()
+            .filter(|f| f.flow.coupon_pool.as_deref() == Some(pool))
+            .map(|f| f.id)
+            .collect();
+        for id in ids {
+            self.release_held(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves a flow's held runs (held within the retry interval) to now.
+    async fn release_held(&self, id: u64) -> Result<(), AutomationError> {
         let now = self.clock.now().timestamp_millis();
         self.store
             .write(move |t| {

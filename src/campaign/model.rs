@@ -215,6 +215,10 @@ pub struct Spec {
     /// Follow-up stages.
     #[serde(default)]
     pub stages: Vec<StageSpec>,
+    /// A coupon pool: each message gets its own code as `{{ coupon }}`; the
+    /// campaign pauses (with a note) rather than send one without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_pool: Option<String>,
 }
 
 /// Most A/B variants.
@@ -261,6 +265,11 @@ impl Spec {
         }
         if self.template.trim().is_empty() {
             p.push("template: must not be empty".to_string());
+        }
+        if let Some(pool) = &self.coupon_pool
+            && !crate::coupons::valid_pool_name(pool)
+        {
+            p.push("coupon_pool: use 1-64 letters, digits, `-`, `_` or `.`".to_string());
         }
         if self.audience.lists.is_empty() && self.audience.segments.is_empty() {
             p.push("audience: give at least one list or segment".to_string());

@@ -769,6 +769,8 @@ impl Campaigns {
         let clock = &self.clock;
         let compiled_ref = &compiled;
         let ids_ref = &ids;
+        let coupon_pool = c.spec.coupon_pool.as_deref();
+        let stage = part.stage;
         let mut result = Ok(());
         std::thread::scope(|s| {
             s.spawn(move || {
@@ -793,10 +795,21 @@ impl Campaigns {
                         }
                     };
                     let now = clock.now().timestamp_millis();
+                    let codes = match coupon_pool {
+                        Some(p) => match coupons_for(store, p, id, stage, &contacts, now) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        },
+                        None => vec![None; contacts.len()],
+                    };
                     let items: Vec<Item> = pool.install(|| {
                         contacts
                             .into_par_iter()
-                            .map(|c| build_one(compiled_ref, &sender, c, now, true))
+                            .zip(codes)
+                            .map(|(c, code)| build_one(compiled_ref, &sender, c, now, true, code))
                             .collect()
                     });
                     if tx.send(Ok(Batch { end, items })).is_err() {
@@ -1102,7 +1115,7 @@ impl Campaigns {
                 let sender = compiled.sender().clone();
                 // A seed address gets the test whatever its consent: it
                 // asked for it, and it is not counted as marketing mail.
-                match build_one(&compiled, &sender, Some(contact), now, false) {
+                match build_one(&compiled, &sender, Some(contact), now, false, None) {
                     Item::Built(m) => signed.push(*m),
                     _ => {
                         return Err(CampaignError::Invalid(format!(
@@ -1152,6 +1165,7 @@ fn build_one(
     contact: Option<Contact>,
     now: i64,
     needs_consent: bool,
+    coupon: Option<String>,
 ) -> Item {
     let Some(contact) = contact else {
         return Item::Skip;
@@ -1159,7 +1173,8 @@ fn build_one(
     if needs_consent && contact.consent != ConsentState::Granted {
         return Item::Skip;
     }
-    let r = Recipient::new(contact);
+    let mut r = Recipient::new(contact);
+    r.coupon = coupon;
     match render_one(compiled, &r, now) {
         Outcome::Built { rendered, message } => match sign(sender, message) {
             Ok(body) => Item::Built(Box::new(Signed {
@@ -1178,6 +1193,48 @@ fn build_one(
             Item::Failed
         }
     }
+}
+
+/// The coupon codes of a batch's granted contacts, in one write: each
+/// contact's message of this campaign stage keeps its code (`coupon_for`:
+/// rendering the batch again after a restart finds the same codes). An
+/// empty pool is an error: the campaign pauses rather than send a message
+/// without its code.
+fn coupons_for(
+    store: &crate::store::Store,
+    pool: &str,
+    campaign: u64,
+    stage: u32,
+    contacts: &[Option<Contact>],
+    now: i64,
+) -> Result<Vec<Option<String>>, String> {
+    let owners: Vec<Option<String>> = contacts
+        .iter()
+        .map(|c| {
+            c.as_ref()
+                .filter(|c| c.consent == ConsentState::Granted)
+                .map(|c| format!("campaign:{campaign}:stage {stage}:contact {}", c.id))
+        })
+        .collect();
+    let p = pool.to_string();
+    let codes = store
+        .write_wait(move |t| {
+            let mut out = Vec::with_capacity(owners.len());
+            for o in owners {
+                out.push(match o {
+                    Some(o) => Some(t.coupon_for(&p, &o, now)?),
+                    None => None,
+                });
+            }
+            Ok(out)
+        })
+        .map_err(|e| e.to_string())?;
+    if codes.iter().any(|c| matches!(c, Some(None))) {
+        return Err(format!(
+            "coupon pool `{pool}` has no free codes left; upload more (POST /api/v1/coupons/{pool}) and resume"
+        ));
+    }
+    Ok(codes.into_iter().map(Option::flatten).collect())
 }
 
 /// The A/B winner by the metric (rate per message queued; ties go to the

@@ -64,6 +64,27 @@ impl WriteTables<'_> {
         Ok(out)
     }
 
+    /// The code of `pool` handed to `owner`: the one it already has, or
+    /// the first free one, handed to it now (`None`: the pool is empty).
+    /// The same owner always gets the same code.
+    pub fn coupon_for(
+        &mut self,
+        pool: &str,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        if let Some(code) = self.tables.coupon_owners.get((pool, owner))? {
+            return Ok(Some(code.value().to_string()));
+        }
+        let code = self.take_coupon(pool, owner, now_ms)?;
+        if let Some(c) = &code {
+            self.tables
+                .coupon_owners
+                .insert((pool, owner), c.as_str())?;
+        }
+        Ok(code)
+    }
+
     /// Hands the first free code of `pool` to `owner`: removes it from the
     /// free codes, records its owner and time, counts it given. `None` when
     /// the pool is empty or unknown. Call it in the transaction that queues

@@ -246,6 +246,11 @@ tables! {
     /// `take_coupon` hands out the first and removes it.
     COUPON_FREE, coupon_free: (&'static str, u64) => &'static str = "coupon_free_v1";
 
+    /// (pool, owner) → code: the code handed to an owner (a campaign's
+    /// message to a contact), so rendering the same message again after a
+    /// restart finds the same code (`coupon_for`).
+    COUPON_OWNERS, coupon_owners: (&'static str, &'static str) => &'static str = "coupon_owners_v1";
+
     /// Campaign id → `Campaign` (JSON): spec, status and durable progress.
     CAMPAIGNS, campaigns: u64 => &'static [u8] = "campaigns_v1";
 

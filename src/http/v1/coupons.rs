@@ -103,6 +103,10 @@ pub async fn upload(
             Ok((added, w.coupon_pool(&name)?))
         })
         .await?;
+    if added.added > 0 {
+        // Steps held for want of a code go now.
+        state.automations.release_coupon_holds(pool).await?;
+    }
     reply::ok(&json!({
         "pool": pool,
         "added": added.added,
