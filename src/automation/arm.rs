@@ -141,18 +141,7 @@ pub fn enter(
         }
         return Ok(None);
     }
-    let run = Run {
-        flow: f.flow.name.clone(),
-        occurrence: occ,
-        trigger_at,
-        entered_at: cx.now,
-        step: 0,
-        scheduled: due,
-        state: RunState::Waiting,
-        coupon: None,
-        sent: Vec::new(),
-        held: 0,
-    };
+    let run = Run::new(&f.flow.name, occ, trigger_at, cx.now, due);
     t.put_run(key, &run, Some(Due { step: 0, at: due }))?;
     t.put_entered(f.id, contact.id, trigger_at)?;
     t.count_step(f.id, u32::MAX, counter::ENTERED, 1)?;

@@ -167,6 +167,24 @@ pub struct Run {
     pub held: u32,
 }
 
+impl Run {
+    /// A new run waiting for its first step, due at `due`.
+    pub fn new(flow: &str, occurrence: Occurrence, trigger_at: i64, now: i64, due: i64) -> Run {
+        Run {
+            flow: flow.to_string(),
+            occurrence,
+            trigger_at,
+            entered_at: now,
+            step: 0,
+            scheduled: due,
+            state: RunState::Waiting,
+            coupon: None,
+            sent: Vec::new(),
+            held: 0,
+        }
+    }
+}
+
 /// Counter names of `auto_counts_v1`.
 pub mod counter {
     /// A contact entered the flow.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::model::{FlowRecord, LiveFlow, Occurrence, Run, RunState, Source, flow_id};
+use super::model::{FlowRecord, LiveFlow, Occurrence, Run, Source, flow_id};
 use super::runner::NewLinks;
 use super::step::{self, Decision, Inputs, Loaded};
 use super::{AutomationError, Automations, files, flow};
@@ -379,16 +379,9 @@ impl Automations {
             key: (f.id, c.id, 0),
             due: Due { step: i, at: now },
             run: Run {
-                flow: f.flow.name.clone(),
-                occurrence: occ,
-                trigger_at: now,
-                entered_at: now,
                 step: i,
-                scheduled: now,
-                state: RunState::Waiting,
                 coupon: trigger["coupon"].as_str().map(str::to_string),
-                sent: Vec::new(),
-                held: 0,
+                ..Run::new(&f.flow.name, occ, now, now, now)
             },
             contact: Some(c.clone()),
             cart,
@@ -460,7 +453,8 @@ impl Automations {
                 variant: slot(l2.run.step, *variant),
             };
             let (compiled, sender) = me.compile(&snap2, &f2, message, send)?;
-            let mut r = me.recipient(&l2, message);
+            let c = l2.contact.as_ref().ok_or("no contact")?;
+            let mut r = me.recipient(&l2, c, message);
             if let Some(s) = &seed {
                 let mut c = (*r.contact).clone();
                 c.email = s.clone();

@@ -347,9 +347,13 @@ impl Automations {
                     continue;
                 }
             };
+            // A message is decided only for a contact that exists.
             let recipients: Vec<(usize, Recipient)> = idx
                 .iter()
-                .map(|&i| (i, self.recipient(&plans[i].l, message)))
+                .filter_map(|&i| {
+                    let l = &plans[i].l;
+                    Some((i, self.recipient(l, l.contact.as_ref()?, message)))
+                })
                 .collect();
             let sender = compiled.1.clone();
             let c = &compiled.0;
@@ -444,20 +448,8 @@ impl Automations {
 
     /// The recipient of a run's message: contact, cart, order, products of
     /// the trigger or related ones, the coupon, the occurrence.
-    pub(crate) fn recipient(&self, l: &Loaded, m: &Message) -> Recipient {
-        let contact = l.contact.clone().unwrap_or_else(|| Contact {
-            id: l.key.1,
-            email: String::new(),
-            consent: crate::contacts::model::ConsentState::Unknown,
-            language: None,
-            site: None,
-            fields: Default::default(),
-            lists: Default::default(),
-            tags: Default::default(),
-            created_at: Default::default(),
-            updated_at: Default::default(),
-        });
-        let mut r = Recipient::new(contact);
+    pub(crate) fn recipient(&self, l: &Loaded, c: &Contact, m: &Message) -> Recipient {
+        let mut r = Recipient::new(c.clone());
         let catalogue = |sku: &str| self.store.read_blocking(|v| v.product(sku)).ok().flatten();
         r.cart = l
             .cart

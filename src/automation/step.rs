@@ -257,22 +257,17 @@ mod tests {
         Loaded {
             key: (1, 7, 9),
             due: Due { step: 0, at: due },
-            run: Run {
-                flow: "f".into(),
-                occurrence: Occurrence {
+            run: Run::new(
+                "f",
+                Occurrence {
                     what: "cart 100".into(),
                     cart: Some(100),
                     ..Default::default()
                 },
-                trigger_at: 100,
-                entered_at: 100,
-                step: 0,
-                scheduled: due,
-                state: RunState::Waiting,
-                coupon: None,
-                sent: Vec::new(),
-                held: 0,
-            },
+                100,
+                100,
+                due,
+            ),
             contact: Some(Contact {
                 id: 7,
                 email: "a@example.com".into(),
