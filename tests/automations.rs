@@ -87,3 +87,30 @@ fn an_abandoned_cart_is_reminded_once_and_an_order_cancels_a_pending_reminder() 
         r.status == 200 && r.body["totals"]["delivered"] == 1
     });
 }
+
+/// A list an API flow joins on cannot be deleted while the flow names it.
+#[test]
+fn a_list_an_api_flow_names_cannot_be_deleted() {
+    let sink = Sink::start(&[]);
+    let h = start(&sink, &[], "");
+    h.list("vip");
+    let r = h.put(
+        "/api/v1/automations/vip_welcome",
+        "application/json",
+        &json!({"trigger": {"type": "list_joined", "list": "vip"},
+                "steps": [{"template": "m", "data": {"label": "vip"}}]})
+        .to_string(),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = h.delete("/api/v1/lists/vip");
+    assert_eq!(r.status, 409, "{r:?}");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("automation `vip_welcome`"),
+        "{r:?}"
+    );
+    assert_eq!(h.delete("/api/v1/automations/vip_welcome").status, 200);
+    assert_eq!(h.delete("/api/v1/lists/vip").status, 200);
+}

@@ -846,6 +846,31 @@ pub fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The lists and custom fields a flow names: (name, where) pairs for
+/// refusing to delete them while it does.
+pub fn references(f: &Flow) -> (Vec<String>, Vec<String>) {
+    let (mut lists, mut fields) = (Vec::new(), Vec::new());
+    match &f.trigger {
+        Trigger::ListJoined { list } => lists.push(list.clone()),
+        Trigger::Signup { list: Some(l) } | Trigger::Confirmed { list: Some(l) } => {
+            lists.push(l.clone())
+        }
+        Trigger::DateField { field, .. } => fields.push(field.clone()),
+        _ => {}
+    }
+    let mut conds: Vec<&Cond> = f.conditions.iter().collect();
+    for s in &f.steps {
+        conds.extend(s.variants.iter().map(|v| &v.when));
+    }
+    for c in conds {
+        let (mut l, mut fl) = (Vec::new(), Vec::new());
+        lang::references(c, &mut l, &mut fl);
+        lists.extend(l.into_iter().map(|(n, _)| n));
+        fields.extend(fl.into_iter().map(|(n, _)| n));
+    }
+    (lists, fields)
+}
+
 /// Names a flow uses that the store must know: lists (and custom fields in
 /// its conditions), checked against the catalog.
 pub fn check_catalog(f: &Flow, catalog: &Catalog) -> Vec<String> {

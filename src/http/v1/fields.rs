@@ -207,7 +207,7 @@ pub async fn delete(state: &Arc<AppState>, name: &str) -> Result<Response<Body>,
         .collect();
     if !users.is_empty() {
         return Err(ContactError::InUse(format!(
-            "field `{name}` is used by segment {}; change those first",
+            "field `{name}` is used by {}; change those first",
             users.join(", ")
         ))
         .into());

@@ -85,7 +85,7 @@ async fn in_use(state: &Arc<AppState>, name: &str, what: &str) -> Result<(), Api
         .collect();
     if !users.is_empty() {
         return Err(ContactError::InUse(format!(
-            "list `{name}` cannot be {what}: it is used by segment {}",
+            "list `{name}` cannot be {what}: it is used by {}",
             users.join(", ")
         ))
         .into());

@@ -394,9 +394,21 @@ pub async fn api_references(
         if let Ok(seg) = parse_document(&s.name, "api", &lang::from_json(&s.definition), &sites) {
             let (mut l, mut f) = (Vec::new(), Vec::new());
             lang::references(&seg.cond, &mut l, &mut f);
-            lists.extend(l.into_iter().map(|(n, _)| (n, s.name.clone())));
-            fields.extend(f.into_iter().map(|(n, _)| (n, s.name.clone())));
+            let by = format!("segment `{}`", s.name);
+            lists.extend(l.into_iter().map(|(n, _)| (n, by.clone())));
+            fields.extend(f.into_iter().map(|(n, _)| (n, by.clone())));
         }
+    }
+    // Flows created through the API (file flows are in the config's
+    // references).
+    for f in state.automations.flows().by_id.values() {
+        if f.source != crate::automation::model::Source::Api {
+            continue;
+        }
+        let (l, fl) = crate::automation::flow::references(&f.flow);
+        let by = format!("automation `{}`", f.flow.name);
+        lists.extend(l.into_iter().map(|n| (n, by.clone())));
+        fields.extend(fl.into_iter().map(|n| (n, by.clone())));
     }
     Ok((lists, fields))
 }
