@@ -192,15 +192,14 @@ impl WriteTables<'_> {
         counter: &str,
         by: u64,
     ) -> Result<(), StoreError> {
-        let now = self
-            .tables
-            .auto_counts
-            .get((flow, step, counter))?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        self.tables
-            .auto_counts
-            .insert((flow, step, counter), now.saturating_add(by))?;
+        // Summed in memory and written once by `flush`.
+        match self.step_deltas.get_mut(&(flow, step, counter.to_string())) {
+            Some(d) => *d = d.saturating_add(by),
+            None => {
+                self.step_deltas
+                    .insert((flow, step, counter.to_string()), by);
+            }
+        }
         Ok(())
     }
 

@@ -756,6 +756,9 @@ pub struct WriteTables<'t> {
     count_deltas: std::collections::HashMap<(u8, u64, u32, u8), i64>,
     hourly_deltas: std::collections::HashMap<(u8, u64, u32, u8), i64>,
     link_deltas: std::collections::HashMap<(u8, u64, u32, u32, u8), i64>,
+    /// Pending additions to automation step counters, written by `flush`
+    /// (an import of old orders counts thousands of `missed` per batch).
+    step_deltas: std::collections::HashMap<(u64, u32, String), u64>,
     /// Whether any address is suppressed; read once per transaction so that
     /// imports into an installation without erasures skip the hash lookup.
     any_suppressed: bool,
@@ -778,6 +781,7 @@ impl<'t> WriteTables<'t> {
             count_deltas: Default::default(),
             hourly_deltas: Default::default(),
             link_deltas: Default::default(),
+            step_deltas: Default::default(),
         })
     }
 
@@ -828,6 +832,11 @@ impl<'t> WriteTables<'t> {
         for (k, d) in std::mem::take(&mut self.hourly_deltas) {
             let now = t.send_hourly.get(k)?.map(|v| v.value()).unwrap_or(0);
             t.send_hourly.insert(k, now.saturating_add_signed(d))?;
+        }
+        for ((flow, step, name), d) in std::mem::take(&mut self.step_deltas) {
+            let k = (flow, step, name.as_str());
+            let now = t.auto_counts.get(k)?.map(|v| v.value()).unwrap_or(0);
+            t.auto_counts.insert(k, now.saturating_add(d))?;
         }
         for (k, d) in std::mem::take(&mut self.link_deltas) {
             let now = t.send_links.get(k)?.map(|v| v.value()).unwrap_or(0);
