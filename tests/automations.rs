@@ -81,6 +81,16 @@ fn an_abandoned_cart_is_reminded_once_and_an_order_cancels_a_pending_reminder() 
     assert_eq!(count(&s, Some(0), "queued"), 1, "{s}");
     assert_eq!(count(&s, None, "entered"), 2, "{s}");
     assert!(mail_to(&sink, "bob@example.test").is_empty());
+    // Ann's history names the flow.
+    let hist = h.get("/api/v1/contacts/ann@example.test/history").body;
+    assert!(
+        hist["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["source"] == "automation:cart"),
+        "{hist}"
+    );
     // The send layer reports the flow's step.
     wait_until("delivered", Duration::from_secs(30), || {
         let r = h.get("/api/v1/reports/sends/automation/cart");

@@ -165,6 +165,10 @@ fn tagged_template_messages_are_reported_per_tag_and_day_with_their_revenue() {
         .cloned()
         .unwrap();
     assert_eq!(order["note"], "attributed by parameter", "{hist}");
+    assert_eq!(
+        order["source"], "transactional:order-confirmation",
+        "{hist}"
+    );
 
     // Unknown tags, bad tags and kinds answer clearly.
     assert_eq!(

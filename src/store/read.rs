@@ -204,6 +204,20 @@ pub trait ReadTables {
         Ok(out)
     }
 
+    /// What a send is called where its id is a hash (a transactional tag,
+    /// an automation's name).
+    fn send_name(
+        &self,
+        kind: crate::send::model::SendKind,
+        id: u64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .tables()
+            .send_names()?
+            .get((kind.code(), id))?
+            .map(|v| v.value().to_string()))
+    }
+
     // Automations (`store/automation.rs`).
 
     /// A run (the automation's type: the store does not know it).

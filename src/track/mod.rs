@@ -32,6 +32,18 @@ pub fn source_of(s: &SendRef) -> String {
     }
 }
 
+/// The `source` of a send in histories and notes: [`source_of`], with the
+/// name of an automation or a transactional tag (`automation:cart`,
+/// `transactional:order-confirmation`) where the store has it.
+fn source_in(t: &WriteTables<'_>, s: &SendRef) -> Result<String, StoreError> {
+    if matches!(s.kind, SendKind::Automation | SendKind::Transactional)
+        && let Some(name) = t.send_name(s.kind, s.id)?
+    {
+        return Ok(format!("{}:{name}", s.kind.name()));
+    }
+    Ok(source_of(s))
+}
+
 /// An open or a click.
 #[derive(Debug, Clone)]
 pub enum HitKind {
@@ -156,7 +168,7 @@ pub fn record(t: &mut WriteTables<'_>, hit: Hit) -> Result<Recorded, StoreError>
         &HistoryEvent {
             at: hit.at,
             kind: kind.into(),
-            source: Some(source_of(&s)),
+            source: Some(source_in(t, &s)?),
             slot: (s.kind == SendKind::Campaign).then_some(s.variant),
             link,
             url,
@@ -290,7 +302,7 @@ pub fn unsubscribe(
             source: ConsentSource::Link,
             ip: who.ip.clone(),
             user_agent: who.user_agent.clone(),
-            note: Some(format!("unsubscribed ({via}) from {}", source_of(&s))),
+            note: Some(format!("unsubscribed ({via}) from {}", source_in(t, &s)?)),
         }),
         ..Default::default()
     };
@@ -305,7 +317,7 @@ pub fn unsubscribe(
         &HistoryEvent {
             at,
             kind: "unsubscribe".into(),
-            source: Some(source_of(&s)),
+            source: Some(source_in(t, &s)?),
             slot: (s.kind == SendKind::Campaign).then_some(s.variant),
             note: Some(via.to_string()),
             ..Default::default()
@@ -351,7 +363,7 @@ pub fn leave_lists(
         &HistoryEvent {
             at: now.timestamp_millis(),
             kind: "preferences".into(),
-            source: Some(source_of(&m.send)),
+            source: Some(source_in(t, &m.send)?),
             note: Some(format!("left {}", names.join(", "))),
             ..Default::default()
         },
@@ -502,15 +514,17 @@ pub fn attribute_order(
             g.push((a.by, order.total.max(0)));
         }
     }
-    let source = found.as_ref().and_then(|a| {
-        SendKind::from_code(a.kind).map(|k| {
-            source_of(&SendRef {
-                kind: k,
-                id: a.id,
-                variant: a.slot,
-            })
+    let send = found.as_ref().and_then(|a| {
+        SendKind::from_code(a.kind).map(|k| SendRef {
+            kind: k,
+            id: a.id,
+            variant: a.slot,
         })
     });
+    let source = match send {
+        Some(s) => Some(source_in(t, &s)?),
+        None => None,
+    };
     t.push_history(
         order.contact,
         &HistoryEvent {
@@ -636,7 +650,7 @@ pub fn complaint(
                 &HistoryEvent {
                     at,
                     kind: "complaint".into(),
-                    source: Some(source_of(&s)),
+                    source: Some(source_in(t, &s)?),
                     slot: Some(s.variant),
                     ..Default::default()
                 },
