@@ -121,12 +121,17 @@ pub fn enter(
     {
         return Ok(None);
     }
-    match (f.flow.reentry, t.entered_at(f.id, contact.id)?) {
-        (Reentry::Never, Some(_)) => return Ok(None),
-        (Reentry::After(gap), Some(last)) if trigger_at.saturating_sub(last) < gap => {
-            return Ok(None);
+    // The last entry matters only to a flow with a re-entry rule (and is
+    // recorded only for one).
+    let limited = f.flow.reentry != Reentry::Always;
+    if limited {
+        match (f.flow.reentry, t.entered_at(f.id, contact.id)?) {
+            (Reentry::Never, Some(_)) => return Ok(None),
+            (Reentry::After(gap), Some(last)) if trigger_at.saturating_sub(last) < gap => {
+                return Ok(None);
+            }
+            _ => {}
         }
-        _ => {}
     }
     let Some(first) = f.flow.steps.first() else {
         return Ok(None);
@@ -143,7 +148,9 @@ pub fn enter(
     }
     let run = Run::new(&f.flow.name, occ, trigger_at, cx.now, due);
     t.put_run(key, &run, Some(Due { step: 0, at: due }))?;
-    t.put_entered(f.id, contact.id, trigger_at)?;
+    if limited {
+        t.put_entered(f.id, contact.id, trigger_at)?;
+    }
     t.count_step(f.id, u32::MAX, counter::ENTERED, 1)?;
     cx.earliest = Some(cx.earliest.map_or(due, |e| e.min(due)));
     Ok(Some(key))
@@ -417,15 +424,59 @@ fn on_activity(
     last_order: Option<i32>,
     cx: &mut Ctx<'_>,
 ) -> Result<(), StoreError> {
-    let Some((flows, c)) =
-        flows_and_contact(t, cx, contact, |tr| matches!(tr, Trigger::Inactive { .. }))?
-    else {
-        return Ok(());
-    };
+    let flows: Vec<Arc<LiveFlow>> = cx
+        .flows
+        .with(|tr| matches!(tr, Trigger::Inactive { .. }))
+        .cloned()
+        .collect();
+    // Most changes of the aggregates (every order, every login) leave the
+    // watched activity where it was: its run exists, and nothing is read
+    // beyond it; the contact is read only for a new occurrence.
+    let mut c: Option<Contact> = None;
     for f in &flows {
-        arm_inactive(t, f, &c, last_login, last_order, cx)?;
+        let Some((occ, _, _)) = inactive_occurrence(f, last_login, last_order) else {
+            continue;
+        };
+        if t.run::<Run>((f.id, contact, occurrence_key(&occ.what)))?
+            .is_some()
+        {
+            continue;
+        }
+        if c.is_none() {
+            c = t.contact(contact)?;
+        }
+        let Some(c) = &c else { return Ok(()) };
+        arm_inactive(t, f, c, last_login, last_order, cx)?;
     }
     Ok(())
+}
+
+/// The occurrence an inactivity flow follows (the latest login or order
+/// day), when it starts counting, and when its first step counts from.
+fn inactive_occurrence(
+    f: &LiveFlow,
+    last_login: Option<i64>,
+    last_order: Option<i32>,
+) -> Option<(Occurrence, i64, i64)> {
+    let Trigger::Inactive { since, days } = f.flow.trigger else {
+        return None;
+    };
+    let (activity, what, at) = match since {
+        Since::Login => {
+            let l = last_login?;
+            (l, format!("login {l}"), l)
+        }
+        Since::Order => {
+            let d = last_order?;
+            (d as i64, format!("order day {d}"), d as i64 * DAY_MS)
+        }
+    };
+    let occ = Occurrence {
+        what,
+        activity: Some(activity),
+        ..Default::default()
+    };
+    Some((occ, at, at.saturating_add(days as i64 * DAY_MS)))
 }
 
 /// Arms an inactivity run after the contact's latest login or order, and
@@ -438,28 +489,18 @@ pub fn arm_inactive(
     last_order: Option<i32>,
     cx: &mut Ctx<'_>,
 ) -> Result<(), StoreError> {
-    let Trigger::Inactive { since, days } = f.flow.trigger else {
+    let Some((occ, at, from)) = inactive_occurrence(f, last_login, last_order) else {
         return Ok(());
     };
-    let (activity, what, at) = match since {
-        Since::Login => match last_login {
-            Some(l) => (l, format!("login {l}"), l),
-            None => return Ok(()),
-        },
-        Since::Order => match last_order {
-            Some(d) => (d as i64, format!("order day {d}"), d as i64 * DAY_MS),
-            None => return Ok(()),
-        },
-    };
+    if t.run::<Run>((f.id, c.id, occurrence_key(&occ.what)))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let activity = occ.activity.unwrap_or(0);
     exit_where(t, f, c.id, "active_again", |r, _| {
         r.occurrence.activity.is_some_and(|a| a < activity)
     })?;
-    let occ = Occurrence {
-        what,
-        activity: Some(activity),
-        ..Default::default()
-    };
-    let from = at.saturating_add(days as i64 * DAY_MS);
     enter(t, f, c, occ, at, from, cx).map(|_| ())
 }
 
