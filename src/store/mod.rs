@@ -22,8 +22,10 @@
 //! Each domain's typed methods are in its own file: `contacts.rs` (contacts,
 //! their indexes and consent log, suppressions, fields, lists, tags,
 //! imports), `queue.rs`, `send.rs`, `audience.rs`, `shop.rs`, `render.rs`
-//! (products, links), `track.rs`, `signup.rs`, `coupons.rs` (coupon pools). `migrate.rs` upgrades the
-//! schema of older files.
+//! (products, links), `track.rs`, `signup.rs`, `coupons.rs` (coupon pools),
+//! `automation.rs` (automation runs and their timers). `migrate.rs` upgrades
+//! the schema of older files. The writer runs the automations' hook
+//! ([`Hook`]) at the end of every write transaction, before the commit.
 
 mod audience;
 pub mod automation;
