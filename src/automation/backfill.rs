@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::Automations;
 use super::arm::{self, Ctx};
 use super::model::{FlowRecord, FlowSet, LiveFlow};
+use crate::store::ReadTables as _;
 
 /// Contacts armed per write transaction.
 pub const CHUNK: usize = 2_000;

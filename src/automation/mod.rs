@@ -154,6 +154,15 @@ impl Automations {
         }));
     }
 
+    /// The store's lists and fields, for the conditions of `snap`'s flows.
+    pub(crate) async fn catalog(
+        &self,
+        snap: &crate::snapshot::Snapshot,
+    ) -> Result<crate::segment::Catalog, StoreError> {
+        let sites = snap.config.sites.iter().map(|s| s.id.clone()).collect();
+        crate::segment::Catalog::load(&self.store, sites).await
+    }
+
     /// Notes that a run was armed due at `at`, waking the runner if that is
     /// sooner than it would look.
     pub(crate) fn armed_at(&self, at: i64) {

@@ -7,14 +7,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::model::{FlowRecord, LiveFlow, Occurrence, Run, Source, flow_id};
+use super::model::{FlowRecord, LiveFlow, Occurrence, Run, flow_id};
 use super::runner::NewLinks;
 use super::step::{self, Decision, Inputs, Loaded};
 use super::{AutomationError, Automations, files, flow};
 use crate::contacts::model::Contact;
-use crate::delivery::model::MailKind;
-use crate::render::template::Kind;
-use crate::segment::Catalog;
 use crate::segment::lang::{self, Problem};
 use crate::send::model::{SendKind, SendRef, slot};
 use crate::shop::format::fmt_ms;
@@ -133,7 +130,7 @@ impl Automations {
             .iter()
             .map(describe)
             .collect();
-        let catalog = Catalog::load(&self.store, sites).await?;
+        let catalog = self.catalog(&snap).await?;
         problems.extend(flow::check_catalog(&f, &catalog));
         if !problems.is_empty() {
             return Err(AutomationError::Invalid(problems));
@@ -402,8 +399,7 @@ impl Automations {
         seed: Option<String>,
     ) -> Result<(Decision, Option<(u32, Value)>), AutomationError> {
         let snap = self.config.snapshot();
-        let sites: Vec<String> = snap.config.sites.iter().map(|s| s.id.clone()).collect();
-        let catalog = Catalog::load(&self.store, sites).await?;
+        let catalog = self.catalog(&snap).await?;
         let (me, f2, l2, snap2) = (self.clone(), f.clone(), l.clone(), snap.clone());
         let now = self.clock.now().timestamp_millis();
         let out = tokio::task::spawn_blocking(move || {
@@ -416,12 +412,7 @@ impl Automations {
                     .test(c, &catalog, today, &[id])
                     .is_ok_and(|v| v.first().copied().unwrap_or(false))
             };
-            let kind_of = |name: &str| {
-                snap2.templates.get(name).map(|t| match t.kind {
-                    Kind::Marketing => MailKind::Marketing,
-                    Kind::Transactional => MailKind::Transactional,
-                })
-            };
+            let kind_of = |name: &str| step::mail_kind(&snap2, name);
             let tz = snap2
                 .config
                 .time_zone_of(l2.contact.as_ref().and_then(|c| c.site.as_deref()));
@@ -454,7 +445,8 @@ impl Automations {
             };
             let (compiled, sender) = me.compile(&snap2, &f2, message, send)?;
             let c = l2.contact.as_ref().ok_or("no contact")?;
-            let mut r = me.recipient(&l2, c, message);
+            let products = super::runner::ProductCache::new(&me.store);
+            let mut r = me.recipient(&l2, c, message, &|sku: &str| products.get(sku));
             if let Some(s) = &seed {
                 let mut c = (*r.contact).clone();
                 c.email = s.clone();
@@ -537,13 +529,5 @@ fn decision_name(d: &Decision) -> String {
         Decision::Hold(_, why) => why.to_string(),
         Decision::Send { .. } => "send".into(),
         Decision::Complete => "complete".into(),
-    }
-}
-
-/// Where a flow came from, in words.
-pub fn source_name(s: &Source) -> &'static str {
-    match s {
-        Source::File => "file",
-        Source::Api => "api",
     }
 }

@@ -27,7 +27,6 @@ use crate::contacts::{ContactUpdate, apply_update_by_id};
 use crate::delivery::model::MailKind;
 use crate::delivery::queue::{Signed, sign};
 use crate::render::links::LinkRecord;
-use crate::render::template::Kind;
 use crate::render::{Compiled, Recipient, SendOptions};
 use crate::segment::Catalog;
 use crate::send::model::{SendKind, SendRef, slot};
@@ -45,16 +44,22 @@ pub const BATCH: usize = 200;
 /// Links of the sends a batch rendered, not yet recorded.
 pub(crate) type NewLinks = HashMap<SendRef, Vec<(u32, LinkRecord)>>;
 
+/// A rendered message: its send, the sender identity it goes from, the
+/// signed bytes.
+struct Ready {
+    send: SendRef,
+    sender: Arc<crate::config::Sender>,
+    signed: Signed,
+}
+
 /// What a run's message needs once decided.
 struct Planned {
     l: Loaded,
     decision: Decision,
     /// The message, rendered and signed (for `Send`).
-    signed: Option<Signed>,
+    ready: Option<Ready>,
     /// Why rendering failed.
     failed: Option<String>,
-    /// The send (for `Send`).
-    send: Option<SendRef>,
 }
 
 impl Automations {
@@ -80,15 +85,11 @@ impl Automations {
             };
             if !due.is_empty() {
                 let guard = self.activity.guard("automation batch");
-                let n = due.len();
                 if let Err(e) = self.batch(due).await {
                     tracing::error!(error = %e, "automations: a batch failed; its runs are looked at again");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 drop(guard);
-                if n == BATCH {
-                    continue;
-                }
                 continue;
             }
             let tick = self.config.get().automation.tick_ms.max(100);
@@ -151,10 +152,7 @@ impl Automations {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let sites: Vec<String> = snap.config.sites.iter().map(|s| s.id.clone()).collect();
-        let catalog = Catalog::load(&self.store, sites)
-            .await
-            .map_err(|e| e.to_string())?;
+        let catalog = self.catalog(&snap).await.map_err(|e| e.to_string())?;
         let me = self.clone();
         let snap2 = snap.clone();
         let flows2 = flows.clone();
@@ -200,12 +198,8 @@ impl Automations {
         let today = chrono::DateTime::from_timestamp_millis(now)
             .unwrap_or_default()
             .date_naive();
-        let kind_of = |name: &str| {
-            snap.templates.get(name).map(|t| match t.kind {
-                Kind::Marketing => MailKind::Marketing,
-                Kind::Transactional => MailKind::Transactional,
-            })
-        };
+        let kind_of = |name: &str| step::mail_kind(snap, name);
+        let known = self.conditions_of(flows, catalog, today, &loaded);
         let mut plans = Vec::with_capacity(loaded.len());
         for l in loaded {
             let flow = flows.by_id.get(&l.key.0).map(|f| &**f);
@@ -213,11 +207,14 @@ impl Automations {
                 .config
                 .time_zone_of(l.contact.as_ref().and_then(|c| c.site.as_deref()));
             let id = l.key.1;
-            let matches = |c: &crate::segment::lang::Cond| {
-                self.index
-                    .test(c, catalog, today, &[id])
-                    .is_ok_and(|v| v.first().copied().unwrap_or(false))
-            };
+            let matches =
+                |c: &crate::segment::lang::Cond| match known.get(&(c as *const _ as usize, id)) {
+                    Some(m) => *m,
+                    None => self
+                        .index
+                        .test(c, catalog, today, &[id])
+                        .is_ok_and(|v| v.first().copied().unwrap_or(false)),
+                };
             let decision = step::decide(
                 &l,
                 flow,
@@ -232,12 +229,48 @@ impl Automations {
             plans.push(Planned {
                 l,
                 decision,
-                signed: None,
+                ready: None,
                 failed: None,
-                send: None,
             });
         }
         plans
+    }
+
+    /// Every condition the batch's flows may test (their `conditions`, the
+    /// variants' `when`), each evaluated once for all of the batch's
+    /// contacts in that flow: (condition's address, contact) → matches.
+    fn conditions_of(
+        &self,
+        flows: &FlowSet,
+        catalog: &Catalog,
+        today: chrono::NaiveDate,
+        loaded: &[Loaded],
+    ) -> HashMap<(usize, u64), bool> {
+        let mut ids: HashMap<u64, Vec<u64>> = HashMap::new();
+        for l in loaded {
+            ids.entry(l.key.0).or_default().push(l.key.1);
+        }
+        let mut out = HashMap::new();
+        for (flow, ids) in ids {
+            let Some(f) = flows.by_id.get(&flow) else {
+                continue;
+            };
+            let conds = f.flow.conditions.iter().chain(
+                f.flow
+                    .steps
+                    .iter()
+                    .flat_map(|s| s.variants.iter().map(|v| &v.when)),
+            );
+            for c in conds {
+                let Ok(matched) = self.index.test(c, catalog, today, &ids) else {
+                    continue;
+                };
+                for (id, m) in ids.iter().zip(matched) {
+                    out.insert((c as *const _ as usize, *id), m);
+                }
+            }
+        }
+        out
     }
 
     /// Hands a coupon code to every run about to send a step with
@@ -317,6 +350,9 @@ impl Automations {
         now: i64,
     ) -> NewLinks {
         let mut new_links = NewLinks::new();
+        // Products are read once per batch, whatever the recipients share.
+        let products = ProductCache::new(&self.store);
+        let products = |sku: &str| products.get(sku);
         let mut groups: HashMap<(u64, u32), Vec<usize>> = HashMap::new();
         for (i, p) in plans.iter().enumerate() {
             if let Decision::Send { variant, .. } = &p.decision {
@@ -352,37 +388,28 @@ impl Automations {
                 .iter()
                 .filter_map(|&i| {
                     let l = &plans[i].l;
-                    Some((i, self.recipient(l, l.contact.as_ref()?, message)))
+                    Some((
+                        i,
+                        self.recipient(l, l.contact.as_ref()?, message, &products),
+                    ))
                 })
                 .collect();
-            let sender = compiled.1.clone();
-            let c = &compiled.0;
+            let (c, sender) = (&compiled.0, &compiled.1);
             let out: Vec<(usize, Result<Signed, String>)> = self.pool.install(|| {
                 recipients
                     .into_par_iter()
-                    .map(|(i, r)| {
-                        let signed = c
-                            .render(&r)
-                            .and_then(|rendered| c.build(&rendered, now).map(|m| (rendered, m)))
-                            .map_err(|e| e.0)
-                            .and_then(|(rendered, mime)| {
-                                sign(&sender, mime)
-                                    .map(|body| Signed {
-                                        address: rendered.email,
-                                        contact: rendered.contact,
-                                        message_id: rendered.message_id,
-                                        body,
-                                    })
-                                    .map_err(|e| e.to_string())
-                            });
-                        (i, signed)
-                    })
+                    .map(|(i, r)| (i, render_and_sign(c, sender, &r, now)))
                     .collect()
             });
             for (i, r) in out {
-                plans[i].send = Some(send);
                 match r {
-                    Ok(s) => plans[i].signed = Some(s),
+                    Ok(signed) => {
+                        plans[i].ready = Some(Ready {
+                            send,
+                            sender: sender.clone(),
+                            signed,
+                        })
+                    }
                     Err(e) => plans[i].failed = Some(e),
                 }
             }
@@ -448,18 +475,23 @@ impl Automations {
 
     /// The recipient of a run's message: contact, cart, order, products of
     /// the trigger or related ones, the coupon, the occurrence.
-    pub(crate) fn recipient(&self, l: &Loaded, c: &Contact, m: &Message) -> Recipient {
+    pub(crate) fn recipient(
+        &self,
+        l: &Loaded,
+        c: &Contact,
+        m: &Message,
+        catalogue: &dyn Fn(&str) -> Option<Product>,
+    ) -> Recipient {
         let mut r = Recipient::new(c.clone());
-        let catalogue = |sku: &str| self.store.read_blocking(|v| v.product(sku)).ok().flatten();
         r.cart = l
             .cart
             .as_ref()
             .filter(|c| !c.items.is_empty())
-            .map(|c| cart_json(c, &catalogue));
-        r.order = l.order.as_ref().map(|o| order_json(o, &catalogue));
+            .map(|c| cart_json(c, catalogue));
+        r.order = l.order.as_ref().map(|o| order_json(o, catalogue));
         r.products = match &m.products {
-            Products::Trigger => Some(trigger_products(l, &catalogue)),
-            Products::Related => Some(related_products(l, &catalogue)),
+            Products::Trigger => Some(trigger_products(l, catalogue)),
+            Products::Related => Some(related_products(l, catalogue)),
             _ => None,
         };
         if let Some(sku) = &l.run.occurrence.sku
@@ -530,25 +562,14 @@ impl Automations {
                 }
                 Decision::Send { kind, .. } => {
                     let Some(f) = flow else { continue };
-                    let (Some(send), Some(signed)) = (p.send, p.signed) else {
+                    let Some(ready) = p.ready else {
                         let why = p.failed.unwrap_or_else(|| "not rendered".into());
                         tracing::warn!(automation = %f.flow.name, contact = key.1, error = %why, "automation message not rendered; held");
                         hold(t, key, run, now + RETRY_HELD_MS, "held.render_failed")?;
                         continue;
                     };
-                    let new = links.get(&send).map(Vec::as_slice).unwrap_or(&[]);
-                    if send_one(
-                        t,
-                        snap,
-                        &f,
-                        key,
-                        run,
-                        (send, signed, new),
-                        kind,
-                        tz,
-                        now,
-                        &mut cx,
-                    )? {
+                    let new = links.get(&ready.send).map(Vec::as_slice).unwrap_or(&[]);
+                    if send_one(t, snap, &f, key, run, (ready, new), kind, tz, now, &mut cx)? {
                         queued += 1;
                     }
                 }
@@ -688,7 +709,7 @@ fn send_one(
     f: &LiveFlow,
     key: RunKey,
     mut run: Run,
-    (send, signed, links): (SendRef, Signed, &[(u32, LinkRecord)]),
+    (ready, links): (Ready, &[(u32, LinkRecord)]),
     kind: MailKind,
     tz: chrono_tz::Tz,
     now: i64,
@@ -710,14 +731,11 @@ fn send_one(
         arm::exit(t, key, run, "id_taken")?;
         return Ok(false);
     }
-    let Some(sender) = snap
-        .config
-        .sender(&sender_of(snap, f, run.step, send))
-        .cloned()
-    else {
-        hold(t, key, run, now + RETRY_HELD_MS, "held.sender_missing")?;
-        return Ok(false);
-    };
+    let Ready {
+        send,
+        sender,
+        signed,
+    } = ready;
     let out = Outbox {
         send,
         sender,
@@ -753,22 +771,6 @@ fn send_one(
     }
     advance(t, key, run, Some(f), tz, cx)?;
     Ok(true)
-}
-
-/// The sender id a step's message goes from: the message's, else its
-/// template's.
-fn sender_of(snap: &Snapshot, f: &LiveFlow, step: u32, send: SendRef) -> String {
-    let variant = send.variant & 0xffff;
-    let m = f.flow.steps.get(step as usize).and_then(|s| match variant {
-        0 => s.message.as_ref(),
-        v => s.variants.get(v as usize - 1).map(|x| &x.message),
-    });
-    m.and_then(|m| {
-        m.sender
-            .clone()
-            .or_else(|| snap.templates.get(&m.template).map(|t| t.sender.clone()))
-    })
-    .unwrap_or_default()
 }
 
 fn money(c: i64) -> String {
@@ -871,4 +873,55 @@ fn related_products(l: &Loaded, catalogue: &dyn Fn(&str) -> Option<Product>) -> 
         }
     }
     out
+}
+
+/// Renders, builds and signs one recipient's message (a rayon thread).
+pub(crate) fn render_and_sign(
+    c: &Compiled,
+    sender: &crate::config::Sender,
+    r: &Recipient,
+    now: i64,
+) -> Result<Signed, String> {
+    match crate::render::bulk::render_one(c, r, now) {
+        crate::render::bulk::Outcome::Built { rendered, message } => sign(sender, message)
+            .map(|body| Signed {
+                address: rendered.email,
+                contact: rendered.contact,
+                message_id: rendered.message_id,
+                body,
+            })
+            .map_err(|e| e.to_string()),
+        crate::render::bulk::Outcome::Failed { error, .. } => Err(error),
+    }
+}
+
+/// Catalogue products by SKU, each read from the store once (a batch's
+/// recipients share most of theirs).
+pub(crate) struct ProductCache<'a> {
+    store: &'a crate::store::Store,
+    seen: std::sync::Mutex<HashMap<String, Option<Product>>>,
+}
+
+impl<'a> ProductCache<'a> {
+    /// An empty cache over `store`.
+    pub(crate) fn new(store: &'a crate::store::Store) -> Self {
+        ProductCache {
+            store,
+            seen: Default::default(),
+        }
+    }
+
+    /// The product, from the cache or the store.
+    pub(crate) fn get(&self, sku: &str) -> Option<Product> {
+        if let Ok(m) = self.seen.lock()
+            && let Some(p) = m.get(sku)
+        {
+            return p.clone();
+        }
+        let p = self.store.read_blocking(|v| v.product(sku)).ok().flatten();
+        if let Ok(mut m) = self.seen.lock() {
+            m.insert(sku.to_string(), p.clone());
+        }
+        p
+    }
 }

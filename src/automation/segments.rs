@@ -15,7 +15,7 @@ use super::Automations;
 use super::arm::{self, Ctx};
 use super::flow::Trigger;
 use super::model::{FlowRecord, LiveFlow, Occurrence};
-use crate::segment::Catalog;
+use crate::store::ReadTables as _;
 
 impl Automations {
     /// Checks every `segment_entered` flow every `segment_check` until the
@@ -57,10 +57,7 @@ impl Automations {
         let snap = self.config.snapshot();
         let seg =
             crate::segment::find_usable(&snap.segments, &snap.config, &self.store, segment).await?;
-        let sites: Vec<String> = snap.config.sites.iter().map(|s| s.id.clone()).collect();
-        let catalog = Catalog::load(&self.store, sites)
-            .await
-            .map_err(|e| e.to_string())?;
+        let catalog = self.catalog(&snap).await.map_err(|e| e.to_string())?;
         let index = self.index.clone();
         let now = self.clock.now().timestamp_millis();
         let today = self.clock.now().date_naive();
@@ -75,11 +72,7 @@ impl Automations {
         let (stored, record) = self
             .store
             .read(move |v| {
-                let r: Option<FlowRecord> = v
-                    .flow_records::<FlowRecord>()?
-                    .into_iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, r)| r);
+                let r: Option<FlowRecord> = v.flow_record(&name)?;
                 Ok((v.members(id)?, r))
             })
             .await
@@ -114,7 +107,7 @@ impl Automations {
                     return Ok(None);
                 }
                 for c in joined {
-                    let Some(contact) = crate::store::ReadTables::contact(t, c)? else {
+                    let Some(contact) = t.contact(c)? else {
                         continue;
                     };
                     let occ = Occurrence {

@@ -83,6 +83,15 @@ pub struct Inputs<'a> {
     pub kind_of: &'a dyn Fn(&str) -> Option<MailKind>,
 }
 
+/// The consent rule of a loaded template (`None`: not loaded).
+pub fn mail_kind(snap: &crate::snapshot::Snapshot, template: &str) -> Option<MailKind> {
+    use crate::render::template::Kind;
+    snap.templates.get(template).map(|t| match t.kind {
+        Kind::Marketing => MailKind::Marketing,
+        Kind::Transactional => MailKind::Transactional,
+    })
+}
+
 /// Decides what happens to a due run of `flow` (`None`: the flow is gone).
 pub fn decide(l: &Loaded, flow: Option<&LiveFlow>, x: &Inputs<'_>) -> Decision {
     if l.run.state != RunState::Waiting || l.run.step != l.due.step {

@@ -214,14 +214,6 @@ impl WriteTables<'_> {
         Ok(self.tables.auto_flows.remove(name)?.is_some())
     }
 
-    /// A flow record.
-    pub fn flow_record<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
-        match self.tables.auto_flows.get(name)? {
-            Some(v) => Ok(Some(from_json("auto_flows", v.value())?)),
-            None => Ok(None),
-        }
-    }
-
     /// Marketing messages queued for `contact` since `since` (ms), and the
     /// time of the oldest of them; entries older than `since` are pruned.
     pub fn marketing_since(

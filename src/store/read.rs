@@ -228,6 +228,14 @@ pub trait ReadTables {
         }
     }
 
+    /// A flow record (the automation's JSON: the store does not know it).
+    fn flow_record<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        match self.tables().auto_flows()?.get(name)? {
+            Some(v) => Ok(Some(super::from_json("auto_flows", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Where a run waits (its next step and due time), if it does.
     fn run_due(&self, key: RunKey) -> Result<Option<Due>, StoreError> {
         let (flow, contact, occ) = key;
