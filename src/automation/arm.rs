@@ -510,11 +510,23 @@ fn on_order(
     o: &Order,
     cx: &mut Ctx<'_>,
 ) -> Result<(), StoreError> {
-    let Some(c) = t.contact(o.contact)? else {
+    let Some((flows, c)) = flows_and_contact(t, cx, o.contact, |tr| {
+        matches!(
+            tr,
+            Trigger::CartAbandoned { .. }
+                | Trigger::OrderPlaced { .. }
+                | Trigger::OrderStatus { .. }
+                | Trigger::DeliveryDate { .. }
+                | Trigger::OrderTotal { .. }
+        )
+    })?
+    else {
         return Ok(());
     };
     let new_counted = o.counted() && before.is_none_or(|b| !b.counted());
-    let flows: Vec<Arc<LiveFlow>> = cx.flows.with(|_| true).cloned().collect();
+    // The contact's counted orders placed before this one, read once for
+    // every flow that needs them (`nth`, `lifetime_sum_crosses`).
+    let mut earlier: Option<Vec<Order>> = None;
     for f in &flows {
         match &f.flow.trigger {
             Trigger::CartAbandoned { .. } if new_counted => {
@@ -536,7 +548,7 @@ fn on_order(
                     continue;
                 }
                 if let Some(n) = nth
-                    && nth_of(t, o)? != *n
+                    && counted_before(t, o, &mut earlier)?.len() as u32 + 1 != *n
                 {
                     continue;
                 }
@@ -565,7 +577,10 @@ fn on_order(
                     enter(t, f, &c, occ, o.placed_at, o.placed_at, cx)?;
                 }
                 if let Some(line) = crosses {
-                    let before_sum = sum_before(t, o)?;
+                    let before_sum = counted_before(t, o, &mut earlier)?
+                        .iter()
+                        .map(|x| x.total)
+                        .fold(0i64, i64::saturating_add);
                     if before_sum < *line && before_sum.saturating_add(o.total) >= *line {
                         let occ = order_occ(format!("crossed {line}"), o);
                         enter(t, f, &c, occ, o.placed_at, o.placed_at, cx)?;
@@ -617,31 +632,22 @@ pub fn arm_delivery(
     enter(t, f, c, occ, from, from, cx).map(|_| ())
 }
 
-/// Which counted order of its contact `o` is (by placement time; 1 =
-/// first).
-fn nth_of(t: &WriteTables<'_>, o: &Order) -> Result<u32, StoreError> {
-    let ids = t.stats(o.contact)?.map(|s| s.orders).unwrap_or_default();
-    let orders = t.orders_of(o.contact, &ids)?;
-    let n = orders
-        .iter()
-        .filter(|x| {
-            x.counted() && (x.placed_at, x.order_id.as_str()) <= (o.placed_at, o.order_id.as_str())
-        })
-        .count();
-    Ok(n as u32)
-}
-
-/// The contact's counted sum before `o` (orders placed earlier).
-fn sum_before(t: &WriteTables<'_>, o: &Order) -> Result<i64, StoreError> {
-    let ids = t.stats(o.contact)?.map(|s| s.orders).unwrap_or_default();
-    let orders = t.orders_of(o.contact, &ids)?;
-    Ok(orders
-        .iter()
-        .filter(|x| {
+/// The contact's counted orders placed before `o` (by placement time,
+/// then id), read on first use.
+fn counted_before<'a>(
+    t: &WriteTables<'_>,
+    o: &Order,
+    cache: &'a mut Option<Vec<Order>>,
+) -> Result<&'a [Order], StoreError> {
+    if cache.is_none() {
+        let ids = t.stats(o.contact)?.map(|s| s.orders).unwrap_or_default();
+        let mut orders = t.orders_of(o.contact, &ids)?;
+        orders.retain(|x| {
             x.counted() && (x.placed_at, x.order_id.as_str()) < (o.placed_at, o.order_id.as_str())
-        })
-        .map(|x| x.total)
-        .fold(0i64, i64::saturating_add))
+        });
+        *cache = Some(orders);
+    }
+    Ok(cache.as_deref().unwrap_or_default())
 }
 
 fn on_cart(
