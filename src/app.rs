@@ -172,6 +172,7 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         automations: automations.clone(),
         recent: Default::default(),
         signup_limits: Default::default(),
+        ui: Default::default(),
         hits,
         activity: activity.clone(),
     });

@@ -611,3 +611,94 @@ pub mod automations {
         Ok(())
     }
 }
+
+/// `herald users …`: admin UI users.
+pub mod users {
+    use std::io::{BufRead as _, IsTerminal as _};
+
+    use http::Method;
+    use serde_json::json;
+
+    use super::{ApiTarget, api_failure, send_json};
+
+    /// The password: asked twice on a terminal, else stdin's first line.
+    fn password(name: &str) -> anyhow::Result<String> {
+        if std::io::stdin().is_terminal() {
+            let p = rpassword::prompt_password(format!("Password for {name}: "))?;
+            let again = rpassword::prompt_password("Again: ")?;
+            if p != again {
+                anyhow::bail!("the two passwords differ");
+            }
+            Ok(p)
+        } else {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            let p = line.trim_end_matches(['\n', '\r']).to_string();
+            if p.is_empty() {
+                anyhow::bail!("no password on stdin");
+            }
+            Ok(p)
+        }
+    }
+
+    async fn call(
+        target: &ApiTarget,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (status, v) = send_json(target, method, path, body).await?;
+        if !(200..300).contains(&status) {
+            return Err(api_failure(status, &v));
+        }
+        Ok(v)
+    }
+
+    fn path(name: &str) -> String {
+        let n: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        format!("/api/v1/users/{n}")
+    }
+
+    /// `herald users add NAME --role ROLE`.
+    pub async fn add(target: &ApiTarget, name: &str, role: &str) -> anyhow::Result<()> {
+        let p = password(name)?;
+        call(
+            target,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": name, "role": role, "password": p})),
+        )
+        .await?;
+        println!("added {name} ({role}); log in at the admin UI's /admin/login");
+        Ok(())
+    }
+
+    /// `herald users list`.
+    pub async fn list(target: &ApiTarget) -> anyhow::Result<()> {
+        let v = call(target, Method::GET, "/api/v1/users", None).await?;
+        for u in v["users"].as_array().into_iter().flatten() {
+            println!(
+                "{}\t{}\tcreated {}",
+                u["name"].as_str().unwrap_or(""),
+                u["role"].as_str().unwrap_or(""),
+                u["created"].as_str().unwrap_or("")
+            );
+        }
+        Ok(())
+    }
+
+    /// `herald users remove NAME`.
+    pub async fn remove(target: &ApiTarget, name: &str) -> anyhow::Result<()> {
+        call(target, Method::DELETE, &path(name), None).await?;
+        println!("removed {name}");
+        Ok(())
+    }
+
+    /// `herald users passwd NAME`.
+    pub async fn passwd(target: &ApiTarget, name: &str) -> anyhow::Result<()> {
+        let p = password(name)?;
+        call(target, Method::PATCH, &path(name), Some(json!({"password": p}))).await?;
+        println!("password of {name} set; their sessions have ended");
+        Ok(())
+    }
+}

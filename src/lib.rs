@@ -25,3 +25,4 @@ pub mod snapshot;
 pub mod store;
 pub mod tokens;
 pub mod track;
+pub mod users;

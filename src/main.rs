@@ -63,6 +63,14 @@ enum Command {
         #[arg(long, global = true)]
         api: Option<String>,
     },
+    /// Admin UI users (talks to a running daemon).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+        /// Admin API base URL (default: from the config's http.listen).
+        #[arg(long, global = true)]
+        api: Option<String>,
+    },
     /// The delivery queue (talks to a running daemon).
     Queue {
         #[command(subcommand)]
@@ -224,6 +232,31 @@ enum AutomationsCommand {
     /// Resume a paused flow.
     Resume {
         /// The flow's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user; the password is read from the terminal (asked twice) or
+    /// from the first line of stdin.
+    Add {
+        /// Login name (a-z, 0-9, `.`, `_`, `-`).
+        name: String,
+        /// What they may do.
+        #[arg(long, value_parser = ["admin", "editor", "viewer"])]
+        role: String,
+    },
+    /// Every user and their role.
+    List,
+    /// Remove a user (their sessions end).
+    Remove {
+        /// The user's name.
+        name: String,
+    },
+    /// Set a user's password (read like `add`'s); their sessions end.
+    Passwd {
+        /// The user's name.
         name: String,
     },
 }
@@ -547,6 +580,18 @@ fn main() -> ExitCode {
                     AutomationsCommand::Resume { name } => {
                         a::action(&target, &name, "resume").await
                     }
+                }
+                .map(|()| 0)
+            })
+        }
+        Command::Users { command, api } => {
+            run_client(&cli.config, api.as_deref(), async |target| {
+                use client::users as u;
+                match command {
+                    UsersCommand::Add { name, role } => u::add(&target, &name, &role).await,
+                    UsersCommand::List => u::list(&target).await,
+                    UsersCommand::Remove { name } => u::remove(&target, &name).await,
+                    UsersCommand::Passwd { name } => u::passwd(&target, &name).await,
                 }
                 .map(|()| 0)
             })

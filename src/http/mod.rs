@@ -16,6 +16,7 @@ pub mod pages;
 pub mod public;
 pub mod reply;
 pub mod track;
+pub mod ui;
 pub mod v1;
 
 use std::convert::Infallible;
@@ -36,7 +37,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::snapshot::Snapshot;
 use crate::store::Store;
-use reply::{ApiError, Body};
+use reply::{ApiError, Body, ReqBody};
 
 /// Everything a request handler can reach.
 pub struct AppState {
@@ -70,6 +71,8 @@ pub struct AppState {
     pub signup_limits: public::Limiter,
     /// In-flight work and the stop signal (imports hold an `import` guard).
     pub activity: crate::activity::Activity,
+    /// The admin UI's own state (failed logins).
+    pub ui: ui::UiState,
 }
 
 /// Who sent a request: the client address (from `X-Forwarded-For` when
@@ -117,6 +120,27 @@ impl Client {
         Client {
             ip: Some(ip),
             user_agent,
+        }
+    }
+}
+
+/// Who is calling an API route: a user of the admin UI, or the bearer
+/// token (`api`, with the admin role). Handlers find it in the request's
+/// extensions (the owner of what they create).
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// A user's name, or `api`.
+    pub name: String,
+    /// What they may do.
+    pub role: crate::users::Role,
+}
+
+impl Actor {
+    /// The bearer token.
+    pub fn api() -> Actor {
+        Actor {
+            name: "api".into(),
+            role: crate::users::Role::Admin,
         }
     }
 }
@@ -395,6 +419,16 @@ pub enum Route {
     ReportSend(String, String),
     /// `/api/v1/contacts/{ref}/history` and `/api/v1/reports/contacts/{ref}`
     ContactHistory(String),
+    /// `/api/v1/users`
+    Users,
+    /// `/api/v1/users/{name}`
+    User(String),
+    /// `/api/v1/activity`
+    Activity,
+    /// `/api/v1/owners/{kind}/{id}`
+    Owner(String, String),
+    /// `/` and everything under `/admin` (the admin UI; its own sessions).
+    Ui,
     /// Anything else under `/api/`.
     ApiUnknown,
     /// Anything else.
@@ -453,6 +487,11 @@ impl Route {
             Route::ReportSends(_) => "report_sends",
             Route::ReportSend(..) => "report_send",
             Route::ContactHistory(_) => "contact_history",
+            Route::Users => "users",
+            Route::User(_) => "user",
+            Route::Activity => "activity",
+            Route::Owner(..) => "owner",
+            Route::Ui => "admin_ui",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
         }
@@ -470,7 +509,75 @@ impl Route {
                 | Route::Confirm(_)
                 | Route::View(_)
                 | Route::Subscribe
+                | Route::Ui
         )
+    }
+
+    /// The least role that may call this route with `method`: reads need
+    /// a viewer (previews are reads), changes an editor, and users and
+    /// changes to the queue an admin.
+    pub fn required_role(&self, method: &Method) -> crate::users::Role {
+        use crate::users::Role;
+        let read = matches!(*method, Method::GET | Method::HEAD)
+            || matches!(self, Route::TemplatePreview(_))
+            || matches!(self, Route::AutomationAction(_, a) if a == "preview");
+        match self {
+            Route::Users | Route::User(_) => Role::Admin,
+            Route::QueueRetry | Route::QueuePurge => Role::Admin,
+            _ if read => Role::Viewer,
+            _ => Role::Editor,
+        }
+    }
+
+    /// What the activity log says a change was made to (`campaign:3`);
+    /// contacts are named by id only (an address is personal data the log
+    /// would keep after an erasure).
+    pub fn object(&self) -> Option<String> {
+        let o = |k: &str, id: &str| Some(format!("{k}:{id}"));
+        match self {
+            Route::Contact(r) | Route::ContactConsent(r) | Route::ContactExport(r) => {
+                if v1::all_digits(r) { o("contact", r) } else { Some("contact".into()) }
+            }
+            Route::Campaign(id) | Route::CampaignAction(id, _) => o("campaign", id),
+            Route::Automation(n) | Route::AutomationAction(n, _) => o("automation", n),
+            Route::Segment(n) => o("segment", n),
+            Route::Template(n) | Route::TemplatePreview(n) => o("template", n),
+            Route::List(r) => o("list", r),
+            Route::Field(n) => o("field", n),
+            Route::User(n) => o("user", n),
+            Route::Product(s) => o("product", s),
+            Route::CouponPool(p) => o("coupons", p),
+            Route::ImportOne(id) => o("import", id),
+            Route::QueueMessage(id) => o("queue", id),
+            Route::Owner(k, id) => o(k, id),
+            _ => None,
+        }
+    }
+
+    /// The kind of object a `POST` to this route creates (its id is read
+    /// from the answer), for the activity log and the owner.
+    fn creates(&self) -> Option<&'static str> {
+        match self {
+            Route::Campaigns => Some("campaign"),
+            Route::Import => Some("import"),
+            Route::Lists => Some("list"),
+            Route::Fields => Some("field"),
+            Route::Users => Some("user"),
+            _ => None,
+        }
+    }
+
+    /// Whether a successful call with `method` is written to the activity
+    /// log: every change, except the machine feeds (shop events and
+    /// transactional messages, which keep their own records) and reads
+    /// made with `POST` (previews).
+    fn logged(&self, method: &Method) -> bool {
+        !matches!(*method, Method::GET | Method::HEAD)
+            && !matches!(
+                self,
+                Route::Events | Route::Messages | Route::Complaints | Route::TemplatePreview(_)
+            )
+            && !matches!(self, Route::AutomationAction(_, a) if a == "preview")
     }
 }
 
@@ -547,7 +654,13 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "campaigns"] => Route::Campaigns,
         ["api", "v1", "campaigns", id] => Route::Campaign(id.to_string()),
         ["api", "v1", "campaigns", id, a] => Route::CampaignAction(id.to_string(), a.to_string()),
+        ["api", "v1", "users"] => Route::Users,
+        ["api", "v1", "users", n] => Route::User(n.to_string()),
+        ["api", "v1", "activity"] => Route::Activity,
+        ["api", "v1", "owners", k, id] => Route::Owner(k.to_string(), id.to_string()),
         ["api", ..] => Route::ApiUnknown,
+        [""] => Route::Ui,
+        ["admin", ..] => Route::Ui,
         _ => Route::Unknown,
     }
 }
@@ -644,23 +757,29 @@ pub async fn dispatch(
     state: Arc<AppState>,
     peer: SocketAddr,
     listener: Listener,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
+    let mut req = req.map(reply::boxed_incoming);
     let route = route(req.uri().path());
     let method = req.method().clone();
     let config = state.config();
     req.extensions_mut()
         .insert(reply::BodyPace::of(&config.http.limits));
     let admin_elsewhere = listener == Listener::Public && config.http.admin_listen.is_some();
-    let result = if admin_elsewhere && (route.is_admin() || route == Route::Metrics) {
+    let result = if admin_elsewhere
+        && (route.is_admin() || route == Route::Metrics || route == Route::Ui)
+    {
         // Served on the admin listener alone: here it does not exist.
         Err(ApiError::not_found(format!(
             "nothing at {}",
             req.uri().path()
         )))
+    } else if route == Route::Ui {
+        drop(config);
+        Ok(ui::serve(&state, peer, req).await)
     } else if route.is_admin() {
         match check_token(&config, req.headers()) {
-            Ok(()) => call(&state, &route, peer, req).await,
+            Ok(()) => call_as(&state, &route, peer, Actor::api(), req).await,
             Err(e) => Err(e),
         }
     } else if route == Route::Metrics {
@@ -671,7 +790,6 @@ pub async fn dispatch(
     } else {
         call(&state, &route, peer, req).await
     };
-    drop(config);
     let mut response = result.unwrap_or_else(ApiError::into_response);
     if response.status() == StatusCode::REQUEST_TIMEOUT {
         // The rest of a body that fell behind is not waited for.
@@ -693,11 +811,95 @@ pub async fn dispatch(
     response
 }
 
+/// Calls an admin API route as `actor`: refused (403) below the route's
+/// role; a change that succeeds is written to the activity log (and what
+/// it created gets its owner) before the answer.
+pub async fn call_as(
+    state: &Arc<AppState>,
+    route: &Route,
+    peer: SocketAddr,
+    actor: Actor,
+    mut req: Request<ReqBody>,
+) -> Result<Response<Body>, ApiError> {
+    let method = req.method().clone();
+    let needed = route.required_role(&method);
+    if actor.role < needed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} {} needs the {needed} role; `{}` is {}",
+                method,
+                req.uri().path(),
+                actor.name,
+                actor.role
+            ),
+        ));
+    }
+    req.extensions_mut().insert(actor.clone());
+    let response = call(state, route, peer, req).await?;
+    if !route.logged(&method) || !response.status().is_success() {
+        return Ok(response);
+    }
+    let (response, object) = match route.creates() {
+        Some(kind) if method == Method::POST => {
+            let (parts, body) = response.into_parts();
+            let bytes = http_body_util::BodyExt::collect(body)
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    let v = if kind == "import" { v["record"].clone() } else { v };
+                    match (&v["id"], &v["name"]) {
+                        (serde_json::Value::Number(n), _) => Some(n.to_string()),
+                        (_, serde_json::Value::String(n)) => Some(n.clone()),
+                        _ => None,
+                    }
+                });
+            let object = id.map(|id| format!("{kind}:{id}"));
+            (Response::from_parts(parts, Body::new(bytes)), object)
+        }
+        _ => (response, route.object()),
+    };
+    let action = match route {
+        Route::CampaignAction(_, a) | Route::AutomationAction(_, a) => {
+            format!("{method} {} {a}", route.name())
+        }
+        _ => format!("{method} {}", route.name()),
+    };
+    let owned = match (route, &object) {
+        (Route::Campaigns, Some(o)) => Some(o.clone()),
+        (Route::Automation(_), Some(o)) if method == Method::PUT => Some(o.clone()),
+        _ => None,
+    };
+    let entry = crate::users::Activity {
+        at: state.clock.now().timestamp_millis(),
+        who: actor.name.clone(),
+        action,
+        object,
+        status: response.status().as_u16(),
+    };
+    state
+        .store
+        .write(move |w| {
+            if let Some(o) = owned
+                && w.owner_for_write(&o)?.is_none()
+            {
+                w.set_owner(&o, Some(&entry.who))?;
+            }
+            w.append_activity(&entry).map(drop)
+        })
+        .await?;
+    Ok(response)
+}
+
 async fn call(
     state: &Arc<AppState>,
     route: &Route,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let m = req.method().clone();
     let client = || Client::of(peer, req.headers(), &state.config().http.trusted_proxies);
@@ -952,6 +1154,27 @@ async fn call(
             Method::POST => campaigns::action(state, id, a, req).await,
             _ => Err(method_not_allowed("POST")),
         },
+        Route::Users => match m {
+            Method::GET => v1::users::list(state).await,
+            Method::POST => v1::users::add(state, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::User(n) => match m {
+            Method::GET => v1::users::get(state, n).await,
+            Method::PATCH => v1::users::update(state, n, req).await,
+            Method::DELETE => v1::users::delete(state, n).await,
+            _ => Err(method_not_allowed("GET, PATCH, DELETE")),
+        },
+        Route::Activity => match m {
+            Method::GET => v1::users::activity(state, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Owner(k, id) => match m {
+            Method::GET => v1::users::owner(state, k, id).await,
+            Method::PUT => v1::users::set_owner(state, k, id, req).await,
+            _ => Err(method_not_allowed("GET, PUT")),
+        },
+        Route::Ui => Err(ApiError::not_found("the admin UI is served by http::ui")),
         Route::ApiUnknown => Err(ApiError::not_found(format!(
             "no API endpoint {} {}",
             m,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde_json::json;
 
 use super::pages::{self, Texts, attr, esc, fill, texts};
@@ -185,7 +185,7 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn content_type(req: &Request<Incoming>) -> String {
+fn content_type(req: &Request<ReqBody>) -> String {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -281,7 +281,7 @@ pub async fn unsubscribe_post(
     state: &Arc<AppState>,
     token: &str,
     client: &Client,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config();
     let m = match config.tracking.keys.verify(token) {
@@ -565,7 +565,7 @@ fn signup_answer(
 pub async fn subscribe(
     state: &Arc<AppState>,
     client: &Client,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let snapshot = state.snapshot();
     let config = snapshot.config.clone();

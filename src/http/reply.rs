@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Frame, Incoming, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, SizeHint};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, Sleep};
@@ -21,6 +21,26 @@ use crate::store::StoreError;
 
 /// The body type of every response.
 pub type Body = Full<Bytes>;
+
+/// The body type of every request a handler sees: the connection's body
+/// (boxed by `http::dispatch`), or a body the admin UI hands to an API
+/// handler in-process (a form turned into JSON, an uploaded file's part).
+pub type ReqBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// The connection's body as a [`ReqBody`].
+pub fn boxed_incoming(body: hyper::body::Incoming) -> ReqBody {
+    fn boxed_error(e: hyper::Error) -> BoxError {
+        Box::new(e)
+    }
+    body.map_err(boxed_error).boxed()
+}
+
+/// A request body made of one buffer.
+pub fn full_body(bytes: impl Into<Bytes>) -> ReqBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
 
 /// An API error: status, stable code, human message.
 #[derive(Debug)]
@@ -142,7 +162,7 @@ pub fn text_response(
 
 /// Reads a whole request body of at most `limit` bytes (413 beyond).
 /// Multipart bodies are refused: every endpoint takes one document.
-pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(req: http::Request<ReqBody>, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         if ct.starts_with("multipart/") {
@@ -159,26 +179,26 @@ pub async fn read_body(req: http::Request<Incoming>, limit: usize) -> Result<Byt
 /// Reads a whole request body of any type (forms, multipart) of at most
 /// `limit` bytes (413 beyond), at the request's [`BodyPace`] (408 when it
 /// falls behind).
-pub async fn read_any_body(req: http::Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let body = Limited::new(paced_body(req), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::new(
+pub async fn read_any_body(req: http::Request<ReqBody>, limit: usize) -> Result<Bytes, ApiError> {
+    let mut body = paced_body(req);
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match e.downcast_ref::<BodyTimeout>() {
+            Some(t) => t.to_api_error(),
+            None => ApiError::bad_request(format!("cannot read the request body: {e}")),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     format!("the request body is larger than {limit} bytes"),
-                )
-            } else if let Some(t) = e.downcast_ref::<BodyTimeout>() {
-                t.to_api_error()
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
+                ));
             }
-        })?;
-    Ok(body.to_bytes())
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// The pace a request body must keep (`[http] body_timeout` and
@@ -295,7 +315,7 @@ impl<B> Paced<B> {
 
 /// The body of `req`, held to the pace in its extensions (the default pace
 /// when none was set).
-pub fn paced_body(req: http::Request<Incoming>) -> Paced<Incoming> {
+pub fn paced_body(req: http::Request<ReqBody>) -> Paced<ReqBody> {
     let pace = req
         .extensions()
         .get::<BodyPace>()
@@ -304,7 +324,8 @@ pub fn paced_body(req: http::Request<Incoming>) -> Paced<Incoming> {
     Paced::new(req.into_body(), pace)
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of request bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl<B> hyper::body::Body for Paced<B>
 where
@@ -364,7 +385,7 @@ where
 /// application/x-www-form-urlencoded; the body must parse as JSON anyway, so
 /// only types that are clearly something else are refused.)
 pub async fn read_json<T: DeserializeOwned>(
-    req: http::Request<Incoming>,
+    req: http::Request<ReqBody>,
     limit: usize,
 ) -> Result<T, ApiError> {
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE)

@@ -38,6 +38,7 @@ mod render;
 mod send;
 mod shop;
 mod signup;
+mod users;
 pub mod tables;
 mod track;
 
@@ -718,6 +719,8 @@ pub enum Sequence {
     History,
     /// Signup requests (the number a confirmation token names).
     Signup,
+    /// Activity log entries.
+    Activity,
 }
 
 impl Sequence {
@@ -731,6 +734,7 @@ impl Sequence {
             Sequence::Campaign => "seq.campaign",
             Sequence::History => "seq.history",
             Sequence::Signup => "seq.signup",
+            Sequence::Activity => "seq.activity",
         }
     }
 }

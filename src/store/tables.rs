@@ -348,6 +348,26 @@ tables! {
     /// time, for the frequency cap (every kind of send; pruned past the
     /// window).
     SEND_RECENT, send_recent: (u64, i64) => u32 = "send_recent_v1";
+
+    /// user name → `users::User` (JSON): the admin UI's people, their role
+    /// and argon2 password hash.
+    USERS, users: &'static str => &'static [u8] = "users_v1";
+
+    /// SHA-256 (hex) of a session token → `users::Session` (JSON): logged-in
+    /// admin UI sessions (the token itself is only in the browser's cookie).
+    SESSIONS, sessions: &'static str => &'static [u8] = "sessions_v1";
+
+    /// Sequence → `users::Activity` (JSON): every change made through the
+    /// admin UI or the API (who, what, when, on which object), oldest first.
+    ACTIVITY, activity: u64 => &'static [u8] = "activity_v1";
+
+    /// (object, sequence) → (): the activity log by object
+    /// (`campaign:3`, `automation:welcome`, `user:ana`).
+    ACTIVITY_BY_OBJECT, activity_by_object: (&'static str, u64) => () = "activity_by_object_v1";
+
+    /// object (`campaign:3`, `automation:welcome`) → user name: the owner of
+    /// a campaign or an automation (who created it, or who it was given to).
+    OWNERS, owners: &'static str => &'static str = "owners_v1";
 }
 
 /// Tables of older schemas, read only by `store::migrate`.

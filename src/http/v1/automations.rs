@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -52,7 +52,7 @@ pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, Ap
 pub async fn put(
     state: &Arc<AppState>,
     name: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let is_toml = req
         .headers()
@@ -121,7 +121,7 @@ struct PreviewBody {
 pub async fn preview(
     state: &Arc<AppState>,
     name: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let b: PreviewBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
     let out = state
@@ -144,7 +144,7 @@ struct TestBody {
 pub async fn test(
     state: &Arc<AppState>,
     name: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let b: TestBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
     let out = state

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -178,7 +178,7 @@ fn parse_day(s: &str, key: &str) -> Result<i64, ApiError> {
 /// first; `from`/`to` filter by creation date (to is inclusive of its day).
 pub async fn list(
     state: &Arc<AppState>,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
     reply::only_params(&q, &["status", "number", "from", "to"])?;
@@ -228,7 +228,7 @@ pub async fn list(
 /// `POST /api/v1/campaigns`: a new draft.
 pub async fn create(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let spec: Spec = reply::read_json(req, LIMIT).await?;
     let c = campaign::create(&state.campaigns, spec).await?;
@@ -247,7 +247,7 @@ pub async fn get(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiE
 pub async fn edit(
     state: &Arc<AppState>,
     id: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let id = id_of(id)?;
     let spec: Spec = reply::read_json(req, LIMIT).await?;
@@ -285,7 +285,7 @@ pub async fn action(
     state: &Arc<AppState>,
     id: &str,
     action: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let id = id_of(id)?;
     let svc = &state.campaigns;

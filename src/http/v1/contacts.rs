@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -244,7 +244,7 @@ fn parse_state(s: &str) -> Result<ConsentState, ApiError> {
 /// `POST /api/v1/contacts`: create or update by address. 201 when created.
 pub async fn upsert(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let limit = state.config().http.max_body_bytes;
     let body: UpsertBody = reply::read_json(req, limit).await?;
@@ -329,7 +329,7 @@ pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiEr
 pub async fn update(
     state: &Arc<AppState>,
     r: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let id = resolve(state, r).await?;
     let limit = state.config().http.max_body_bytes;
@@ -356,7 +356,7 @@ pub async fn update(
 pub async fn change_consent(
     state: &Arc<AppState>,
     r: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let id = resolve(state, r).await?;
     let limit = state.config().http.max_body_bytes;
@@ -615,7 +615,7 @@ const MAX_PAGE: usize = 1000;
 /// `GET /api/v1/contacts?list=&tag=&consent=&after=&limit=`
 pub async fn list(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
     reply::only_params(&q, &["list", "tag", "consent", "after", "limit", "email"])?;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -36,7 +36,7 @@ impl From<CouponError> for ApiError {
     }
 }
 
-fn is_csv(req: &Request<Incoming>) -> bool {
+fn is_csv(req: &Request<ReqBody>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -52,7 +52,7 @@ fn is_csv(req: &Request<Incoming>) -> bool {
 pub async fn upload(
     state: &Arc<AppState>,
     pool: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     coupons::check_pool_name(pool)?;
     let q = reply::query_pairs(req.uri().query());

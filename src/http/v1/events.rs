@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde_json::{Value, json};
 
 use crate::http::AppState;
@@ -24,7 +24,7 @@ pub const MIN_BODY_LIMIT: usize = 64 << 20;
 /// `POST /api/v1/events`.
 pub async fn ingest(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let config = state.config();
     let limit = config.http.max_body_bytes.max(MIN_BODY_LIMIT);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -98,7 +98,7 @@ fn parse_type(s: &str) -> Result<FieldType, ApiError> {
 /// `POST /api/v1/fields`
 pub async fn create(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let body: CreateBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
     check_field_name(&body.name)?;
@@ -144,7 +144,7 @@ pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, Ap
 pub async fn update(
     state: &Arc<AppState>,
     name: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let body: UpdateBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
     let n = name.to_string();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use http::{Request, Response, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -74,7 +74,7 @@ fn options(q: &[(String, String)], max_record_bytes: u64) -> Result<ImportOption
 /// with a `text/csv` body.
 pub async fn start(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
     let opts = options(&q, state.config().import.max_record_bytes)?;
@@ -224,7 +224,7 @@ pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, A
 pub async fn rejects(
     state: &Arc<AppState>,
     id: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let n = parse_id(id)?;
     let q = reply::query_pairs(req.uri().query());

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -113,7 +113,7 @@ async fn in_use(state: &Arc<AppState>, name: &str, what: &str) -> Result<(), Api
 /// `POST /api/v1/lists`
 pub async fn create(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let body: CreateBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
     let name = check_name(&body.name)?;
@@ -155,7 +155,7 @@ pub async fn get(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, ApiEr
 pub async fn update(
     state: &Arc<AppState>,
     r: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let current = resolve(state, r).await?;
     let body: UpdateBody = reply::read_json(req, state.config().http.max_body_bytes).await?;

@@ -14,6 +14,7 @@ pub mod queue;
 pub mod reports;
 pub mod segments;
 pub mod templates;
+pub mod users;
 
 use serde::{Deserialize, Deserializer};
 
@@ -36,4 +37,11 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// Milliseconds since the epoch as RFC 3339 (seconds, UTC).
+pub fn ms_rfc3339(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -27,7 +27,7 @@ pub enum ProductsBody {
 /// checked first; one bad product refuses the request, naming it.
 pub async fn upsert(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let limit = state.config().http.max_body_bytes;
     let body: ProductsBody = reply::read_json(req, limit).await?;
@@ -59,7 +59,7 @@ pub async fn upsert(
 /// `GET /api/v1/products?after=SKU&limit=N`.
 pub async fn list(
     state: &Arc<AppState>,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
     reply::only_params(&q, &["after", "limit"])?;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -83,7 +83,7 @@ pub struct MessageBody {
 /// is durably committed.
 pub async fn submit(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let limit = state.config().http.max_body_bytes;
     let b: MessageBody = reply::read_json(req, limit).await?;
@@ -388,7 +388,7 @@ fn selection(b: &SelectBody) -> Result<Selection, ApiError> {
 /// `POST /api/v1/queue/retry`: deferred recipients become due now.
 pub async fn retry(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let b: SelectBody = reply::read_json(req, 64 * 1024).await?;
     if b.reason.is_some() {
@@ -428,7 +428,7 @@ pub async fn retry(
 /// `POST /api/v1/queue/purge`: pending recipients fail with the reason given.
 pub async fn purge(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let b: SelectBody = reply::read_json(req, 64 * 1024).await?;
     let sel = selection(&b)?;

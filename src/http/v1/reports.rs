@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde_json::{Map, Value, json};
 
 use super::super::AppState;
@@ -58,7 +58,7 @@ fn currency(state: &AppState) -> String {
 pub async fn campaign(
     state: &Arc<AppState>,
     id: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let pairs = reply::query_pairs(req.uri().query());
     reply::only_params(&pairs, &["format", "part"])?;
@@ -187,7 +187,7 @@ pub async fn send(
     state: &Arc<AppState>,
     kind: &str,
     id: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let k = send_kind(kind)?;
     if k == SendKind::Campaign {
@@ -265,7 +265,7 @@ pub async fn send(
 /// every campaign's totals, rates and money side by side.
 pub async fn campaigns(
     state: &Arc<AppState>,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let pairs = reply::query_pairs(req.uri().query());
     reply::only_params(&pairs, &["format", "ids", "status"])?;
@@ -316,7 +316,7 @@ pub async fn campaigns(
 pub async fn contact(
     state: &Arc<AppState>,
     r: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let pairs = reply::query_pairs(req.uri().query());
     reply::only_params(&pairs, &["before", "limit"])?;
@@ -383,7 +383,7 @@ struct ComplaintBody {
 /// campaign counts it (once per contact).
 pub async fn complaint(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let b: ComplaintBody = reply::read_json(req, state.config().http.max_body_bytes).await?;
     let Some(m) = crate::track::send_message(&b.message_id) else {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde_json::{Value, json};
 
 use crate::config::ConfigError;
@@ -161,7 +161,7 @@ pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, Ap
 pub async fn put(
     state: &Arc<AppState>,
     name: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     check_name(name).map_err(|m| ApiError::invalid("invalid_name", m))?;
     let snap = state.snapshot();
@@ -317,7 +317,7 @@ async fn evaluate(
 pub async fn preview(
     state: &Arc<AppState>,
     name: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
     reply::only_params(&q, &["limit"])?;
@@ -350,7 +350,7 @@ pub async fn preview(
 pub async fn contacts(
     state: &Arc<AppState>,
     name: &str,
-    req: &Request<Incoming>,
+    req: &Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
     reply::only_params(&q, &["consent"])?;

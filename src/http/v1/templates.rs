@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use crate::http::reply::ReqBody;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -206,7 +206,7 @@ pub async fn products_by_sku(
 pub async fn preview(
     state: &Arc<AppState>,
     name: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let t = find(state, name)?;
     let limit = state.config().http.max_body_bytes;
