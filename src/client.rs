@@ -697,7 +697,13 @@ pub mod users {
     /// `herald users passwd NAME`.
     pub async fn passwd(target: &ApiTarget, name: &str) -> anyhow::Result<()> {
         let p = password(name)?;
-        call(target, Method::PATCH, &path(name), Some(json!({"password": p}))).await?;
+        call(
+            target,
+            Method::PATCH,
+            &path(name),
+            Some(json!({"password": p})),
+        )
+        .await?;
         println!("password of {name} set; their sessions have ended");
         Ok(())
     }

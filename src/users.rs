@@ -12,8 +12,8 @@
 
 use std::fmt;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -275,8 +275,7 @@ pub async fn update(
 }
 
 fn admins(w: &crate::store::WriteTables<'_>) -> Result<usize, StoreError> {
-    Ok(w
-        .users_for_write()?
+    Ok(w.users_for_write()?
         .iter()
         .filter(|u| u.role == Role::Admin)
         .count())
@@ -329,9 +328,7 @@ pub async fn login(
         expires: now.saturating_add(ttl_ms),
     };
     let (key, s) = (token_key(&token), session.clone());
-    store
-        .write(move |w| w.put_session(&key, &s, now))
-        .await?;
+    store.write(move |w| w.put_session(&key, &s, now)).await?;
     Ok(Some((token, session, user)))
 }
 
@@ -373,7 +370,10 @@ mod tests {
         assert!(verify_password(&h, "correct horse battery"));
         assert!(!verify_password(&h, "correct horse batterY"));
         assert!(!verify_password("garbage", "x"));
-        assert!(matches!(hash_password("short"), Err(UserError::WeakPassword)));
+        assert!(matches!(
+            hash_password("short"),
+            Err(UserError::WeakPassword)
+        ));
     }
 
     #[test]

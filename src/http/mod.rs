@@ -536,7 +536,11 @@ impl Route {
         let o = |k: &str, id: &str| Some(format!("{k}:{id}"));
         match self {
             Route::Contact(r) | Route::ContactConsent(r) | Route::ContactExport(r) => {
-                if v1::all_digits(r) { o("contact", r) } else { Some("contact".into()) }
+                if v1::all_digits(r) {
+                    o("contact", r)
+                } else {
+                    Some("contact".into())
+                }
             }
             Route::Campaign(id) | Route::CampaignAction(id, _) => o("campaign", id),
             Route::Automation(n) | Route::AutomationAction(n, _) => o("automation", n),
@@ -766,30 +770,29 @@ pub async fn dispatch(
     req.extensions_mut()
         .insert(reply::BodyPace::of(&config.http.limits));
     let admin_elsewhere = listener == Listener::Public && config.http.admin_listen.is_some();
-    let result = if admin_elsewhere
-        && (route.is_admin() || route == Route::Metrics || route == Route::Ui)
-    {
-        // Served on the admin listener alone: here it does not exist.
-        Err(ApiError::not_found(format!(
-            "nothing at {}",
-            req.uri().path()
-        )))
-    } else if route == Route::Ui {
-        drop(config);
-        Ok(ui::serve(&state, peer, req).await)
-    } else if route.is_admin() {
-        match check_token(&config, req.headers()) {
-            Ok(()) => call_as(&state, &route, peer, Actor::api(), req).await,
-            Err(e) => Err(e),
-        }
-    } else if route == Route::Metrics {
-        match check_metrics_token(&config, req.headers()) {
-            Ok(()) => call(&state, &route, peer, req).await,
-            Err(e) => Err(e),
-        }
-    } else {
-        call(&state, &route, peer, req).await
-    };
+    let result =
+        if admin_elsewhere && (route.is_admin() || route == Route::Metrics || route == Route::Ui) {
+            // Served on the admin listener alone: here it does not exist.
+            Err(ApiError::not_found(format!(
+                "nothing at {}",
+                req.uri().path()
+            )))
+        } else if route == Route::Ui {
+            drop(config);
+            Ok(ui::serve(&state, peer, req).await)
+        } else if route.is_admin() {
+            match check_token(&config, req.headers()) {
+                Ok(()) => call_as(&state, &route, peer, Actor::api(), req).await,
+                Err(e) => Err(e),
+            }
+        } else if route == Route::Metrics {
+            match check_metrics_token(&config, req.headers()) {
+                Ok(()) => call(&state, &route, peer, req).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            call(&state, &route, peer, req).await
+        };
     let mut response = result.unwrap_or_else(ApiError::into_response);
     if response.status() == StatusCode::REQUEST_TIMEOUT {
         // The rest of a body that fell behind is not waited for.
@@ -851,7 +854,11 @@ pub async fn call_as(
             let id = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| {
-                    let v = if kind == "import" { v["record"].clone() } else { v };
+                    let v = if kind == "import" {
+                        v["record"].clone()
+                    } else {
+                        v
+                    };
                     match (&v["id"], &v["name"]) {
                         (serde_json::Value::Number(n), _) => Some(n.to_string()),
                         (_, serde_json::Value::String(n)) => Some(n.clone()),

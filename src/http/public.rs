@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::http::reply::ReqBody;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use crate::http::reply::ReqBody;
 use serde_json::json;
 
 use super::pages::{self, Texts, attr, esc, fill, texts};

@@ -38,9 +38,9 @@ mod render;
 mod send;
 mod shop;
 mod signup;
-mod users;
 pub mod tables;
 mod track;
+mod users;
 
 pub use audience::{decode_ids, encode_ids};
 pub use contacts::{ContactIndex, suppression_key};

@@ -15,6 +15,7 @@ use serde_json::Value;
 pub mod flows;
 pub mod peers;
 pub mod tls_smtp;
+pub mod ui;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef0123";
 
@@ -391,6 +392,29 @@ pub fn run(config: &Path, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .output()
         .expect("run herald");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the binary with `--config config` and `args`, `stdin` on its input.
+pub fn run_stdin(config: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run herald");
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(stdin.as_bytes());
+    }
+    let out = child.wait_with_output().expect("wait for herald");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

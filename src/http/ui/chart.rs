@@ -10,7 +10,9 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-const PALETTE: [&str; 6] = ["#2563eb", "#16a34a", "#dc2626", "#d97706", "#7c3aed", "#0891b2"];
+const PALETTE: [&str; 6] = [
+    "#2563eb", "#16a34a", "#dc2626", "#d97706", "#7c3aed", "#0891b2",
+];
 const W: f64 = 720.0;
 const H: f64 = 220.0;
 const LEFT: f64 = 48.0;
@@ -39,7 +41,11 @@ fn axis_top(max: f64) -> f64 {
 pub fn render(spec: &Value) -> String {
     let labels: Vec<String> = spec["labels"]
         .as_array()
-        .map(|a| a.iter().map(|l| l.as_str().map_or_else(|| l.to_string(), str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .map(|l| l.as_str().map_or_else(|| l.to_string(), str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let series: Vec<(String, Vec<f64>)> = spec["series"]
         .as_array()
@@ -58,7 +64,9 @@ pub fn render(spec: &Value) -> String {
         .unwrap_or_default();
     let bars = spec["kind"].as_str() == Some("bars");
     let title = spec["title"].as_str().unwrap_or("");
-    let n = labels.len().max(series.iter().map(|s| s.1.len()).max().unwrap_or(0));
+    let n = labels
+        .len()
+        .max(series.iter().map(|s| s.1.len()).max().unwrap_or(0));
     let max = series
         .iter()
         .flat_map(|s| s.1.iter().copied())
@@ -180,8 +188,14 @@ mod tests {
         assert!(svg.contains("&lt;b&gt;opens"));
         assert!(!svg.contains("<b>"));
         assert!(!svg.contains("style="));
-        let bars = render(&json!({"kind": "bars", "labels": ["a"], "series": [{"name": "x", "values": [3]}]}));
-        assert_eq!(bars.matches("<rect x=").count(), 2, "a bar and the legend's swatch");
+        let bars = render(
+            &json!({"kind": "bars", "labels": ["a"], "series": [{"name": "x", "values": [3]}]}),
+        );
+        assert_eq!(
+            bars.matches("<rect x=").count(),
+            2,
+            "a bar and the legend's swatch"
+        );
         assert!(render(&json!({})).contains("no data yet"));
     }
 

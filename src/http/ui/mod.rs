@@ -383,7 +383,11 @@ mod filters {
     pub fn money(v: Value) -> String {
         let f = f64::try_from(v).unwrap_or(0.0);
         let whole = f.trunc() as i128;
-        format!("{}.{:02}", num(Value::from(whole)), ((f.fract().abs() * 100.0).round() as i64).min(99))
+        format!(
+            "{}.{:02}",
+            num(Value::from(whole)),
+            ((f.fract().abs() * 100.0).round() as i64).min(99)
+        )
     }
 
     /// An RFC 3339 time → "2026-12-03 22:10 UTC" (empty for none).
@@ -392,7 +396,11 @@ mod filters {
             return String::new();
         };
         chrono::DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M UTC").to_string())
+            .map(|t| {
+                t.with_timezone(&chrono::Utc)
+                    .format("%Y-%m-%d %H:%M UTC")
+                    .to_string()
+            })
             .unwrap_or_else(|_| s.to_string())
     }
 
@@ -432,8 +440,14 @@ fn headers(r: &mut Response<Body>, csp: &'static str) {
     let h = r.headers_mut();
     h.entry(header::CONTENT_SECURITY_POLICY)
         .or_insert(HeaderValue::from_static(csp));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.entry(header::X_FRAME_OPTIONS)
         .or_insert(HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)
@@ -441,7 +455,11 @@ fn headers(r: &mut Response<Body>, csp: &'static str) {
 }
 
 /// Serves one request under `/admin` (and `/`, which leads there).
-pub async fn serve(state: &Arc<AppState>, peer: SocketAddr, req: Request<ReqBody>) -> Response<Body> {
+pub async fn serve(
+    state: &Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<ReqBody>,
+) -> Response<Body> {
     let mut r = serve_inner(state, peer, req)
         .await
         .unwrap_or_else(|e| error_page(&e));
@@ -487,7 +505,10 @@ async fn serve_inner(
     let Some((session, user)) = found else {
         if method == Method::GET {
             let next: String = url::form_urlencoded::byte_serialize(
-                req.uri().path_and_query().map_or("/admin", |p| p.as_str()).as_bytes(),
+                req.uri()
+                    .path_and_query()
+                    .map_or("/admin", |p| p.as_str())
+                    .as_bytes(),
             )
             .collect();
             return Ok(redirect(&format!("/admin/login?next={next}")));
@@ -529,7 +550,10 @@ async fn serve_inner(
         let mut r = redirect_with("/admin/login", "notice", "You are logged out.");
         set_cookie(
             &mut r,
-            &format!("{SESSION_COOKIE}=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict{}", secure(state)),
+            &format!(
+                "{SESSION_COOKIE}=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict{}",
+                secure(state)
+            ),
         );
         return Ok(r);
     }
@@ -546,7 +570,11 @@ async fn serve_inner(
 /// A `POST` whose `Origin` names another site is refused (on top of the
 /// CSRF token and `SameSite=Strict`).
 fn check_origin(req: &Request<ReqBody>) -> Result<(), ApiError> {
-    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Ok(());
     };
     let host = req
@@ -578,8 +606,14 @@ fn check_csrf(session: &Session, given: Option<&str>) -> Result<(), ApiError> {
 
 fn asset(name: &str) -> Response<Body> {
     let (ct, body): (&str, &'static [u8]) = match name {
-        "style.css" => ("text/css; charset=utf-8", include_bytes!("assets/style.css")),
-        "app.js" => ("text/javascript; charset=utf-8", include_bytes!("assets/app.js")),
+        "style.css" => (
+            "text/css; charset=utf-8",
+            include_bytes!("assets/style.css"),
+        ),
+        "app.js" => (
+            "text/javascript; charset=utf-8",
+            include_bytes!("assets/app.js"),
+        ),
         _ => return error_page(&ApiError::not_found(format!("no asset `{name}`"))),
     };
     let mut r = Response::new(Body::new(Bytes::from_static(body)));
@@ -606,7 +640,11 @@ fn login_page(state: &AppState, req: &Request<ReqBody>, problem: Option<&str>) -
     let q = reply::query_pairs(req.uri().query());
     let nonce = users::new_token();
     let mut r = render(
-        if problem.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK },
+        if problem.is_some() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        },
         "login.html",
         &json!({
             "nonce": nonce,
@@ -617,7 +655,10 @@ fn login_page(state: &AppState, req: &Request<ReqBody>, problem: Option<&str>) -
     );
     set_cookie(
         &mut r,
-        &format!("{LOGIN_COOKIE}={nonce}; Path=/admin/login; HttpOnly; SameSite=Strict{}", secure(state)),
+        &format!(
+            "{LOGIN_COOKIE}={nonce}; Path=/admin/login; HttpOnly; SameSite=Strict{}",
+            secure(state)
+        ),
     );
     r
 }
@@ -702,7 +743,13 @@ mod tests {
     fn next_stays_inside_the_admin_ui() {
         let q = |v: &str| vec![("next".to_string(), v.to_string())];
         assert_eq!(next_path(&q("/admin/contacts?q=a")), "/admin/contacts?q=a");
-        for bad in ["https://evil.example/", "//evil.example", "/admin//evil", "/\\evil", "/api/v1/users"] {
+        for bad in [
+            "https://evil.example/",
+            "//evil.example",
+            "/admin//evil",
+            "/\\evil",
+            "/api/v1/users",
+        ] {
             assert_eq!(next_path(&q(bad)), "/admin", "{bad}");
         }
     }

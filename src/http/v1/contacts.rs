@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
 use crate::http::reply::ReqBody;
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode, header};
 use crate::http::reply::ReqBody;
+use http::{Request, Response, StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
 

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
 use crate::http::reply::ReqBody;
+use http::{Request, Response};
 use serde_json::{Value, json};
 
 use crate::http::AppState;

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
 use crate::http::reply::ReqBody;
+use http::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 

@@ -13,10 +13,10 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use crate::http::reply::ReqBody;
 use bytes::{Buf, Bytes};
 use http::{Request, Response, header};
 use http_body_util::BodyExt;
-use crate::http::reply::ReqBody;
 use serde_json::json;
 use tokio::sync::mpsc;
 

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode, header};
 use crate::http::reply::ReqBody;
+use http::{Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::config::ConfigError;

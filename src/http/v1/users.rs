@@ -82,7 +82,14 @@ pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, Ap
 pub async fn add(state: &Arc<AppState>, req: Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let b: AddBody = reply::read_json(req, 16 * 1024).await?;
     let role: Role = b.role.parse()?;
-    let u = users::add(&state.store, &b.name, role, b.password, state.clock.now().timestamp_millis()).await?;
+    let u = users::add(
+        &state.store,
+        &b.name,
+        role,
+        b.password,
+        state.clock.now().timestamp_millis(),
+    )
+    .await?;
     Ok(reply::json_response(StatusCode::CREATED, &view(&u)))
 }
 
@@ -94,7 +101,14 @@ pub async fn update(
 ) -> Result<Response<Body>, ApiError> {
     let b: UpdateBody = reply::read_json(req, 16 * 1024).await?;
     let role = b.role.as_deref().map(str::parse::<Role>).transpose()?;
-    let u = users::update(&state.store, name, role, b.password, state.clock.now().timestamp_millis()).await?;
+    let u = users::update(
+        &state.store,
+        name,
+        role,
+        b.password,
+        state.clock.now().timestamp_millis(),
+    )
+    .await?;
     reply::ok(&view(&u))
 }
 

@@ -20,7 +20,9 @@ pub async fn route(
     _input: Input,
 ) -> Result<Response<Body>, ApiError> {
     match (rest, method) {
-        ([], &Method::GET | &Method::HEAD) => Ok(ctx.page("dashboard.html", "dashboard", json!({}))),
+        ([], &Method::GET | &Method::HEAD) => {
+            Ok(ctx.page("dashboard.html", "dashboard", json!({})))
+        }
         _ => Err(super::not_found(rest)),
     }
 }
