@@ -14,6 +14,7 @@ use serde_json::Value;
 
 pub mod flows;
 pub mod peers;
+pub mod browser;
 pub mod tls_smtp;
 pub mod ui;
 
