@@ -276,7 +276,10 @@ fn the_admin_ui_works_on_a_store_written_by_an_older_version() {
     let (h, want) = start_on_fixture("store-v2");
     let owner = get(&h, "/api/v1/owners/campaign/1");
     assert_eq!(owner["owner"], serde_json::Value::Null, "{owner}");
-    assert_eq!(get(&h, "/api/v1/activity")["activity"], serde_json::json!([]));
+    assert_eq!(
+        get(&h, "/api/v1/activity")["activity"],
+        serde_json::json!([])
+    );
     let s = common::ui::UiSession::new(&h, "ana", "admin");
     assert_eq!(s.get("/admin").status, 200);
     let r = h.put(

@@ -64,7 +64,10 @@ impl Browser {
             {
                 break p;
             }
-            assert!(Instant::now() < deadline, "chromium did not open its DevTools port");
+            assert!(
+                Instant::now() < deadline,
+                "chromium did not open its DevTools port"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         Browser {
@@ -81,7 +84,10 @@ impl Browser {
             .build()
             .into();
         let mut r = agent
-            .put(format!("http://127.0.0.1:{}/json/new?about:blank", self.port))
+            .put(format!(
+                "http://127.0.0.1:{}/json/new?about:blank",
+                self.port
+            ))
             .send_empty()
             .expect("DevTools /json/new");
         let target: Value =
@@ -183,7 +189,10 @@ impl Tab {
 
     /// The page's URL.
     pub fn url(&mut self) -> String {
-        self.eval("location.href").as_str().unwrap_or("").to_string()
+        self.eval("location.href")
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     /// The page's visible text.

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod browser;
 pub mod flows;
 pub mod peers;
-pub mod browser;
 pub mod tls_smtp;
 pub mod ui;
 
