@@ -1223,6 +1223,14 @@ mod tests {
             Route::CouponPool("summer-26".into())
         );
         assert!(Route::Coupons.is_admin());
+        assert_eq!(
+            route("/api/v1/queue/domains/example.com"),
+            Route::QueueDomain("example.com".into())
+        );
+        assert_eq!(
+            Route::QueueDomain("x".into()).required_role(&Method::GET),
+            crate::users::Role::Viewer
+        );
         assert_eq!(route("/healthz"), Route::Health);
         assert!(!Route::Metrics.is_admin());
         assert!(Route::Fields.is_admin());
