@@ -427,6 +427,8 @@ pub enum Route {
     Activity,
     /// `/api/v1/owners/{kind}/{id}`
     Owner(String, String),
+    /// `/api/v1/queue/domains/{domain}`
+    QueueDomain(String),
     /// `/` and everything under `/admin` (the admin UI; its own sessions).
     Ui,
     /// Anything else under `/api/`.
@@ -491,6 +493,7 @@ impl Route {
             Route::User(_) => "user",
             Route::Activity => "activity",
             Route::Owner(..) => "owner",
+            Route::QueueDomain(_) => "queue_domain",
             Route::Ui => "admin_ui",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
@@ -662,6 +665,7 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "users", n] => Route::User(n.to_string()),
         ["api", "v1", "activity"] => Route::Activity,
         ["api", "v1", "owners", k, id] => Route::Owner(k.to_string(), id.to_string()),
+        ["api", "v1", "queue", "domains", d] => Route::QueueDomain(d.to_string()),
         ["api", ..] => Route::ApiUnknown,
         [""] => Route::Ui,
         ["admin", ..] => Route::Ui,
@@ -1181,6 +1185,10 @@ async fn call(
             Method::PUT => v1::users::set_owner(state, k, id, req).await,
             _ => Err(method_not_allowed("GET, PUT")),
         },
+        Route::QueueDomain(d) => match m {
+            Method::GET => queue::domain(state, d, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
         Route::Ui => Err(ApiError::not_found("the admin UI is served by http::ui")),
         Route::ApiUnknown => Err(ApiError::not_found(format!(
             "no API endpoint {} {}",
@@ -1215,6 +1223,14 @@ mod tests {
             Route::CouponPool("summer-26".into())
         );
         assert!(Route::Coupons.is_admin());
+        assert_eq!(
+            route("/api/v1/queue/domains/example.com"),
+            Route::QueueDomain("example.com".into())
+        );
+        assert_eq!(
+            Route::QueueDomain("x".into()).required_role(&Method::GET),
+            crate::users::Role::Viewer
+        );
         assert_eq!(route("/healthz"), Route::Health);
         assert!(!Route::Metrics.is_admin());
         assert!(Route::Fields.is_admin());

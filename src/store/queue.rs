@@ -265,6 +265,20 @@ impl ReadView {
         Ok(())
     }
 
+    /// Up to `limit` messages in the queue with ids above `after`, in id
+    /// order (the admin UI's page of a destination domain's messages).
+    pub fn queued_after(&self, after: u64, limit: usize) -> Result<Vec<QueuedMessage>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.tables.queue()?.range(after.saturating_add(1)..)? {
+            let (_, v) = r?;
+            out.push(from_json("queue", v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Lifetime totals.
     pub fn queue_summary(&self) -> Result<QueueSummary, StoreError> {
         let meta = self.tables.meta()?;

@@ -193,12 +193,19 @@ impl Ctx<'_> {
             .parse()
             .map_err(|e| ApiError::bad_request(format!("bad path {path_and_query}: {e}")))?;
         let route = super::route(uri.path());
+        // A body of known length says so, as a client's would: handlers
+        // whose body is optional (previews) look at `Content-Length`.
+        let length = hyper::body::Body::size_hint(&body).exact();
         let mut req = Request::builder()
             .method(method)
             .uri(uri)
             .header(header::CONTENT_TYPE, content_type)
             .body(body)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if let Some(n) = length {
+            req.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
         req.extensions_mut()
             .insert(reply::BodyPace::of(&self.state.config().http.limits));
         let actor = Actor {

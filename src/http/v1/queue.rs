@@ -466,3 +466,73 @@ pub async fn purge(
     tracing::info!(messages, recipients, "queue purged by the admin");
     reply::ok(&json!({"messages": messages, "recipients": recipients}))
 }
+
+/// Queue records read for one page of [`domain`] at most: a page ends
+/// early (with `next`) rather than walk a long queue.
+const DOMAIN_SCAN: usize = 5000;
+
+/// `GET /api/v1/queue/domains/{domain}?after=&limit=`: the messages in the
+/// queue with a pending recipient at `domain`, in queue id order, a page
+/// at a time (`next` is the `after` of the next page; a page may hold
+/// fewer than `limit` when the queue is long).
+pub async fn domain(
+    state: &Arc<AppState>,
+    domain: &str,
+    req: &Request<ReqBody>,
+) -> Result<Response<Body>, ApiError> {
+    let q = reply::query_pairs(req.uri().query());
+    reply::only_params(&q, &["after", "limit"])?;
+    let after = reply::query_u64(&q, "after")?.unwrap_or(0);
+    let limit = reply::query_u64(&q, "limit")?.unwrap_or(50).clamp(1, 500) as usize;
+    let name = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let d = name.clone();
+    let (found, next) = state
+        .store
+        .read(move |v| {
+            let mut found = Vec::new();
+            let mut cursor = after;
+            let mut scanned = 0;
+            loop {
+                let chunk = v.queued_after(cursor, 500)?;
+                let Some(last) = chunk.last().map(|m| m.id) else {
+                    return Ok((found, None));
+                };
+                for m in chunk {
+                    scanned += 1;
+                    cursor = m.id;
+                    let here = m
+                        .recipients
+                        .iter()
+                        .any(|r| r.domain == d && r.state.is_pending());
+                    if here {
+                        found.push(m);
+                        if found.len() >= limit {
+                            return Ok((found, Some(cursor)));
+                        }
+                    }
+                }
+                if scanned >= DOMAIN_SCAN {
+                    return Ok((found, Some(last)));
+                }
+            }
+        })
+        .await?;
+    let flying: Vec<(u64, usize)> = state
+        .delivery
+        .in_flight()
+        .into_iter()
+        .map(|f| (f.msg, f.rcpt))
+        .collect();
+    let messages: Vec<Value> = found
+        .iter()
+        .map(|m| {
+            let mine: Vec<usize> = flying
+                .iter()
+                .filter(|(id, _)| *id == m.id)
+                .map(|(_, i)| *i)
+                .collect();
+            message_view(m, &mine)
+        })
+        .collect();
+    reply::ok(&json!({"domain": name, "messages": messages, "next": next}))
+}

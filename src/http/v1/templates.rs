@@ -119,10 +119,13 @@ fn find(state: &AppState, name: &str) -> Result<Arc<Template>, ApiError> {
     Err(ApiError::not_found(format!("no template `{name}`")))
 }
 
-/// `GET /api/v1/templates/{name}`.
+/// `GET /api/v1/templates/{name}`: the template and its sample data
+/// (`sample.json`, or null).
 pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, ApiError> {
     let t = find(state, name)?;
-    reply::ok(&template_view(&t, &defined_fields(state).await?))
+    let mut view = template_view(&t, &defined_fields(state).await?);
+    view["sample"] = t.sample.clone().unwrap_or(Value::Null);
+    reply::ok(&view)
 }
 
 /// A contact reference in a body: id or address.
