@@ -427,6 +427,8 @@ pub enum Route {
     Activity,
     /// `/api/v1/owners/{kind}/{id}`
     Owner(String, String),
+    /// `/api/v1/reports/overview` (every send per day, for the dashboard)
+    ReportOverview,
     /// `/` and everything under `/admin` (the admin UI; its own sessions).
     Ui,
     /// Anything else under `/api/`.
@@ -491,6 +493,7 @@ impl Route {
             Route::User(_) => "user",
             Route::Activity => "activity",
             Route::Owner(..) => "owner",
+            Route::ReportOverview => "report_overview",
             Route::Ui => "admin_ui",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
@@ -662,6 +665,7 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "users", n] => Route::User(n.to_string()),
         ["api", "v1", "activity"] => Route::Activity,
         ["api", "v1", "owners", k, id] => Route::Owner(k.to_string(), id.to_string()),
+        ["api", "v1", "reports", "overview"] => Route::ReportOverview,
         ["api", ..] => Route::ApiUnknown,
         [""] => Route::Ui,
         ["admin", ..] => Route::Ui,
@@ -1180,6 +1184,10 @@ async fn call(
             Method::GET => v1::users::owner(state, k, id).await,
             Method::PUT => v1::users::set_owner(state, k, id, req).await,
             _ => Err(method_not_allowed("GET, PUT")),
+        },
+        Route::ReportOverview => match m {
+            Method::GET => v1::reports::overview(state, &req).await,
+            _ => Err(method_not_allowed("GET")),
         },
         Route::Ui => Err(ApiError::not_found("the admin UI is served by http::ui")),
         Route::ApiUnknown => Err(ApiError::not_found(format!(
