@@ -429,6 +429,8 @@ pub enum Route {
     Owner(String, String),
     /// `/api/v1/queue/domains/{domain}`
     QueueDomain(String),
+    /// `/api/v1/reports/overview` (every send per day, for the dashboard)
+    ReportOverview,
     /// `/` and everything under `/admin` (the admin UI; its own sessions).
     Ui,
     /// Anything else under `/api/`.
@@ -494,6 +496,7 @@ impl Route {
             Route::Activity => "activity",
             Route::Owner(..) => "owner",
             Route::QueueDomain(_) => "queue_domain",
+            Route::ReportOverview => "report_overview",
             Route::Ui => "admin_ui",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
@@ -666,6 +669,7 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "activity"] => Route::Activity,
         ["api", "v1", "owners", k, id] => Route::Owner(k.to_string(), id.to_string()),
         ["api", "v1", "queue", "domains", d] => Route::QueueDomain(d.to_string()),
+        ["api", "v1", "reports", "overview"] => Route::ReportOverview,
         ["api", ..] => Route::ApiUnknown,
         [""] => Route::Ui,
         ["admin", ..] => Route::Ui,
@@ -1187,6 +1191,10 @@ async fn call(
         },
         Route::QueueDomain(d) => match m {
             Method::GET => queue::domain(state, d, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::ReportOverview => match m {
+            Method::GET => v1::reports::overview(state, &req).await,
             _ => Err(method_not_allowed("GET")),
         },
         Route::Ui => Err(ApiError::not_found("the admin UI is served by http::ui")),

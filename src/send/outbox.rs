@@ -100,7 +100,7 @@ pub fn commit_batch(
             out.kind,
             now,
         )?;
-        t.put_sent(out.send, m.contact, qid)?;
+        t.put_sent(out.send, m.contact, qid, now)?;
         if out.kind == Some(MailKind::Marketing) && out.send.counted() {
             // The frequency cap counts every marketing message.
             t.note_marketing(m.contact, now)?;

@@ -210,6 +210,7 @@ pub fn hourly(r: &ReadView, kind: SendKind, id: u64) -> Result<Vec<Value>, Store
     let mut hours: BTreeMap<u32, Map<String, Value>> = BTreeMap::new();
     for ((h, k), v) in r.send_hourly(kind, id)? {
         let name = match k {
+            x if x == Counter::Sent as u8 => "sent",
             x if x == Counter::Delivered as u8 => "delivered",
             x if x == Counter::Failed as u8 => "failed",
             x if x == Counter::Opens as u8 => "opens_total",

@@ -58,12 +58,18 @@ pub(super) fn round_key(s: SendRef, contact: u64) -> (u8, u64, u32, u64) {
 
 impl WriteTables<'_> {
     /// Records a message of a send as queued (the ledger entry) and counts
-    /// it as sent.
-    pub fn put_sent(&mut self, s: SendRef, contact: u64, queue_id: u64) -> Result<(), StoreError> {
+    /// it as sent at `at` (ms; the hour goes into the send's time series).
+    pub fn put_sent(
+        &mut self,
+        s: SendRef,
+        contact: u64,
+        queue_id: u64,
+        at: i64,
+    ) -> Result<(), StoreError> {
         self.tables
             .send_ledger
             .insert(round_key(s, contact), (s.variant, queue_id))?;
-        self.bump_send(s, Counter::Sent, 1)
+        self.bump_send_at(s, Counter::Sent, 1, at)
     }
 
     /// Counts a message of a send that was not sent: its contact was erased
@@ -245,6 +251,41 @@ impl ReadView {
             let (key, v) = r?;
             let (_, _, h, c) = key.value();
             out.insert((h, c), v.value());
+        }
+        Ok(out)
+    }
+
+    /// The hourly counters of every send of `kinds` summed per hour, for
+    /// the hours `from..=to` (since the epoch): (hour, counter code) →
+    /// count. Each send costs two bounded range reads (find the next send,
+    /// read its hours in the window), whatever its history's length.
+    pub fn hourly_window(
+        &self,
+        kinds: &[SendKind],
+        from: u32,
+        to: u32,
+    ) -> Result<BTreeMap<(u32, u8), u64>, StoreError> {
+        let table = self.tables.send_hourly()?;
+        let mut out = BTreeMap::new();
+        for kind in kinds {
+            let k = kind.code();
+            let mut next = 0u64;
+            loop {
+                let first = table
+                    .range((k, next, 0u32, 0u8)..=(k, u64::MAX, u32::MAX, u8::MAX))?
+                    .next();
+                let Some(first) = first else { break };
+                let id = first?.0.value().1;
+                for r in table.range((k, id, from, 0u8)..=(k, id, to, u8::MAX))? {
+                    let (key, v) = r?;
+                    let (_, _, h, c) = key.value();
+                    *out.entry((h, c)).or_insert(0) += v.value();
+                }
+                match id.checked_add(1) {
+                    Some(n) => next = n,
+                    None => break,
+                }
+            }
         }
         Ok(out)
     }

@@ -32,20 +32,26 @@ impl From<AutomationError> for ApiError {
     }
 }
 
-/// `GET /api/v1/automations`
+/// `GET /api/v1/automations`: every flow with its status and `owner`.
 pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
-    Ok(json_response(
-        StatusCode::OK,
-        &state.automations.list().await?,
-    ))
+    let mut flows = state.automations.list().await?;
+    let owners = state.store.read(|r| r.owners_of("automation")).await?;
+    if let Value::Array(a) = &mut flows {
+        for f in a {
+            let owner = f["name"].as_str().and_then(|n| owners.get(n)).cloned();
+            f["owner"] = json!(owner);
+        }
+    }
+    Ok(json_response(StatusCode::OK, &flows))
 }
 
-/// `GET /api/v1/automations/{name}`
+/// `GET /api/v1/automations/{name}`: the flow's status and `owner`.
 pub async fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, ApiError> {
-    Ok(json_response(
-        StatusCode::OK,
-        &state.automations.status(name).await?,
-    ))
+    let mut flow = state.automations.status(name).await?;
+    let object = format!("automation:{name}");
+    let owner = state.store.read(move |r| r.owner(&object)).await?;
+    flow["owner"] = json!(owner);
+    Ok(json_response(StatusCode::OK, &flow))
 }
 
 /// `PUT /api/v1/automations/{name}`: create or replace an API flow.

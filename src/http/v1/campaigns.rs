@@ -151,12 +151,20 @@ async fn show(
     status: StatusCode,
 ) -> Result<Response<Body>, ApiError> {
     let id = c.id;
-    let counts = state
+    let object = format!("campaign:{id}");
+    let (counts, owner) = state
         .store
-        .read(move |r| r.send_counts(crate::send::SendKind::Campaign, id))
+        .read(move |r| {
+            Ok((
+                r.send_counts(crate::send::SendKind::Campaign, id)?,
+                r.owner(&object)?,
+            ))
+        })
         .await?;
     let now = state.clock.now().timestamp_millis();
-    Ok(reply::json_response(status, &view(&c, &counts, now)))
+    let mut v = view(&c, &counts, now);
+    v["owner"] = json!(owner);
+    Ok(reply::json_response(status, &v))
 }
 
 fn parse_day(s: &str, key: &str) -> Result<i64, ApiError> {
@@ -174,14 +182,22 @@ fn parse_day(s: &str, key: &str) -> Result<i64, ApiError> {
         })
 }
 
-/// `GET /api/v1/campaigns[?status=&number=&from=&to=]`: campaigns, newest
-/// first; `from`/`to` filter by creation date (to is inclusive of its day).
+/// `GET /api/v1/campaigns[?status=&owner=&number=&from=&to=&before=&limit=]`:
+/// campaigns, newest first; `from`/`to` filter by creation date (to is
+/// inclusive of its day), `owner` by the user who owns them. With `limit`
+/// a page at a time: `next` is the `before` (a campaign id) of the next.
 pub async fn list(
     state: &Arc<AppState>,
     req: &Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
-    reply::only_params(&q, &["status", "number", "from", "to"])?;
+    reply::only_params(
+        &q,
+        &["status", "owner", "number", "from", "to", "before", "limit"],
+    )?;
+    let owner = reply::query_str(&q, "owner").map(str::to_string);
+    let before = reply::query_u64(&q, "before")?;
+    let limit = reply::query_u64(&q, "limit")?.map(|l| l.clamp(1, 500) as usize);
     let status = match reply::query_str(&q, "status") {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -199,16 +215,27 @@ pub async fn list(
         Some(s) => Some(parse_day(s, "to")?),
         None => None,
     };
-    let all = state.store.read(crate::campaign::all).await?;
+    let (all, owners) = state
+        .store
+        .read(|r| Ok((crate::campaign::all(r)?, r.owners_of("campaign")?)))
+        .await?;
     let now = state.clock.now().timestamp_millis();
     let mut out = Vec::new();
+    let mut next = None;
     for c in all.into_iter().rev() {
+        let owned_by = owners.get(&c.id.to_string());
         if status.is_some_and(|s| s != c.status)
             || number.is_some_and(|n| n != c.id)
             || from.is_some_and(|f| c.created < f)
             || to.is_some_and(|t| c.created > t)
+            || before.is_some_and(|b| c.id >= b)
+            || owner.as_ref().is_some_and(|o| owned_by != Some(o))
         {
             continue;
+        }
+        if limit.is_some_and(|l| out.len() >= l) {
+            next = out.last().and_then(|v: &Value| v["id"].as_u64());
+            break;
         }
         let id = c.id;
         let counts = state
@@ -220,9 +247,10 @@ pub async fn list(
             "id": c.id, "name": c.spec.name, "status": c.status.as_str(),
             "phase": c.phase(), "created": v["created"], "template": c.spec.template,
             "started": v["started"], "finished": v["finished"], "progress": v["progress"],
+            "owner": owned_by,
         }));
     }
-    reply::ok(&json!({ "campaigns": out }))
+    reply::ok(&json!({ "campaigns": out, "next": next }))
 }
 
 /// `POST /api/v1/campaigns`: a new draft.

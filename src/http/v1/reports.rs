@@ -409,3 +409,118 @@ pub async fn complaint(
     }
     reply::ok(&json!({"campaign": m.send.id, "contact": m.contact, "status": "recorded"}))
 }
+
+/// The counters the overview sums per day, with their names in the API.
+const OVERVIEW_COUNTERS: [(crate::send::model::Counter, &str); 9] = {
+    use crate::send::model::Counter as C;
+    [
+        (C::Sent, "sent"),
+        (C::Delivered, "delivered"),
+        (C::Failed, "bounces"),
+        (C::Complaints, "complaints"),
+        (C::UniqueOpens, "opens_unique"),
+        (C::UniqueClicks, "clicks_unique"),
+        (C::Unsubscribes, "unsubscribes"),
+        (C::Orders, "orders"),
+        (C::Revenue, "revenue"),
+    ]
+};
+
+/// One day's (or a window's) figures from summed counters.
+fn overview_figures(get: impl Fn(u8) -> u64) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (c, name) in OVERVIEW_COUNTERS {
+        let v = get(c as u8);
+        let v = if name == "revenue" {
+            crate::send::report::money(v as f64)
+        } else {
+            v.into()
+        };
+        m.insert(name.into(), v);
+    }
+    m
+}
+
+/// `GET /api/v1/reports/overview[?days=N]`: every campaign, automation
+/// and transactional send together, per UTC day for the last `N` days
+/// (1–90, default 30; the last day is today, so far), from the hourly
+/// counters (never a contact). `bounces` are failed final outcomes;
+/// `opens_unique`/`clicks_unique` are contacts who opened/clicked by hand,
+/// counted in the hour of their first open/click. Rates over the window:
+/// `complaint_rate` = complaints ÷ (delivered + bounces), `bounce_rate` =
+/// bounces ÷ (delivered + bounces). With the configured senders and
+/// whether each signs with DKIM.
+pub async fn overview(
+    state: &Arc<AppState>,
+    req: &Request<ReqBody>,
+) -> Result<Response<Body>, ApiError> {
+    let pairs = reply::query_pairs(req.uri().query());
+    reply::only_params(&pairs, &["days"])?;
+    let days = reply::query_u64(&pairs, "days")?.unwrap_or(30);
+    if !(1..=90).contains(&days) {
+        return Err(ApiError::bad_request(format!(
+            "days: {days} is not between 1 and 90"
+        )));
+    }
+    state.hits.drain().await?;
+    let now = state.clock.now().timestamp_millis();
+    let today = crate::store::hour_of(now) / 24;
+    let first = today.saturating_sub(days as u32 - 1);
+    let (from, to) = (first * 24, today * 24 + 23);
+    let kinds = [
+        SendKind::Campaign,
+        SendKind::Automation,
+        SendKind::Transactional,
+    ];
+    let hours = state
+        .store
+        .read(move |r| r.hourly_window(&kinds, from, to))
+        .await?;
+    let mut per_day: std::collections::BTreeMap<(u32, u8), u64> = Default::default();
+    for ((h, c), v) in &hours {
+        *per_day.entry((h / 24, *c)).or_insert(0) += v;
+    }
+    let rows: Vec<Value> = (first..=today)
+        .map(|d| {
+            let mut m = overview_figures(|c| per_day.get(&(d, c)).copied().unwrap_or(0));
+            let day = crate::send::report::time(Some(i64::from(d) * 86_400_000));
+            m.insert(
+                "day".into(),
+                json!(day.as_str().map(|t| t[..10].to_string())),
+            );
+            Value::Object(m)
+        })
+        .collect();
+    let sum = |c: u8| -> u64 {
+        per_day
+            .iter()
+            .filter(|((_, k), _)| *k == c)
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    use crate::send::model::Counter;
+    let mut totals = overview_figures(sum);
+    let outcomes = sum(Counter::Delivered as u8) + sum(Counter::Failed as u8);
+    totals.insert(
+        "complaint_rate".into(),
+        crate::send::report::rate(sum(Counter::Complaints as u8), outcomes),
+    );
+    totals.insert(
+        "bounce_rate".into(),
+        crate::send::report::rate(sum(Counter::Failed as u8), outcomes),
+    );
+    let senders: Vec<Value> = state
+        .config()
+        .senders
+        .iter()
+        .map(|s| json!({"id": s.id, "domain": s.domain, "dkim": !s.dkim.is_empty()}))
+        .collect();
+    reply::ok(&json!({
+        "days": days,
+        "from": crate::send::report::time(Some(i64::from(first) * 86_400_000)),
+        "currency": currency(state),
+        "totals": totals,
+        "daily": rows,
+        "senders": senders,
+    }))
+}
