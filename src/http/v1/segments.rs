@@ -266,7 +266,7 @@ pub async fn delete(state: &Arc<AppState>, name: &str) -> Result<Response<Body>,
 }
 
 /// Evaluates a usable segment, or explains why it is not.
-async fn evaluate(
+pub(crate) async fn evaluate(
     state: &Arc<AppState>,
     name: &str,
 ) -> Result<crate::segment::Evaluation, ApiError> {
