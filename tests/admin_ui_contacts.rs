@@ -451,9 +451,36 @@ fn a_csv_import_through_the_upload_form_and_a_resume() {
     assert_eq!(h.get(&format!("/api/v1/contacts/import/{id}")).status, 404);
 }
 
+/// A daemon with a marketing template `news` (campaigns can be drafted;
+/// nothing is sent).
+fn start_with_template() -> Herald {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("templates");
+    common::write(
+        &t,
+        "news/template.toml",
+        "sender = \"newsletter\"\ndefault_language = \"en\"\nkind = \"marketing\"\n[subject]\nen = \"News\"\n",
+    );
+    common::write(
+        &t,
+        "news/body.en.html",
+        "<html><body><p>Hi</p><p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p></body></html>\n",
+    );
+    let config = dir.path().join("herald.toml");
+    std::fs::write(
+        &config,
+        common::config_text(
+            &dir.path().join("data"),
+            "[paths]\ntemplates = \"templates\"\n[[sender]]\nid = \"newsletter\"\nfrom = \"Shop <news@shop.example>\"\n[sender.relay]\nhost = \"127.0.0.1\"\nport = 9\ntls = \"none\"\n",
+        ),
+    )
+    .unwrap();
+    Herald::start_in(dir, config)
+}
+
 #[test]
 fn segments_create_with_a_located_error_count_and_delete() {
-    let h = Herald::start();
+    let h = start_with_template();
     people(&h);
     let e = UiSession::new(&h, "ed", "editor");
     let v = UiSession::new(&h, "vera", "viewer");
@@ -550,6 +577,18 @@ fn segments_create_with_a_located_error_count_and_delete() {
     ] {
         assert_eq!(v.post(path, &fields).status, 403, "{path}");
     }
+    // A campaign's audience names it: the delete is refused, with why.
+    let r = h.post_json(
+        "/api/v1/campaigns",
+        json!({"name": "Autumn", "template": "news", "audience": {"segments": ["readers"]}}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let camp = r.body["id"].as_u64().unwrap();
+    let r = e.post("/admin/segments/readers/delete", &[]);
+    assert!(r.location().contains("problem="), "{}", r.location());
+    let t = e.get(r.location()).text().to_string();
+    assert!(t.contains("used by campaign"), "{t}");
+    assert_eq!(h.delete(&format!("/api/v1/campaigns/{camp}")).status, 200);
     // Delete.
     let r = e.post("/admin/segments/readers/delete", &[]);
     assert!(
