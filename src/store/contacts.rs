@@ -365,6 +365,33 @@ impl ReadView {
         Ok(out)
     }
 
+    /// Up to `limit` contacts whose lower-cased address starts with
+    /// `prefix`, in address order, each with its address key; after the
+    /// key `after` (exclusive) when given.
+    pub fn contact_ids_by_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        use std::ops::Bound;
+        let t = self.tables.contact_by_email()?;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for r in t.range::<&str>((start, Bound::Unbounded))? {
+            let (k, v) = r?;
+            let key = k.value();
+            if !key.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((key.to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
     /// A contact's consent log, oldest first.
     pub fn consent_log(&self, contact_id: u64) -> Result<Vec<ConsentEvent>, StoreError> {
         let t = self.tables.consent_log()?;

@@ -612,24 +612,166 @@ pub async fn erase(state: &Arc<AppState>, r: &str) -> Result<Response<Body>, Api
 /// The most contacts one page returns.
 const MAX_PAGE: usize = 1000;
 
-/// `GET /api/v1/contacts?list=&tag=&consent=&after=&limit=`
+/// The most candidates one page looks at: a sparse filter returns a short
+/// page with a cursor, not a timeout.
+const MAX_SCAN: usize = 100_000;
+
+/// What a contact listing keeps of the candidates it walks.
+struct Filter {
+    list: Option<u64>,
+    tag: Option<String>,
+    consent: Option<ConsentState>,
+    prefix: Option<String>,
+}
+
+impl Filter {
+    fn keep(&self, c: &Contact) -> bool {
+        self.list.is_none_or(|l| c.lists.contains(&l))
+            && self.tag.as_ref().is_none_or(|t| c.tags.contains(t))
+            && self.consent.is_none_or(|s| c.consent == s)
+            && self
+                .prefix
+                .as_ref()
+                .is_none_or(|p| c.email.to_lowercase().starts_with(p.as_str()))
+    }
+}
+
+/// Walks candidates (each with the cursor that resumes after it) and keeps
+/// up to `limit` contacts that pass `filter`; the cursor to go on from when
+/// there may be more.
+fn collect_page(
+    v: &ReadView,
+    candidates: impl Iterator<Item = Result<(Value, u64), StoreError>>,
+    filter: &Filter,
+    limit: usize,
+) -> Result<(Vec<Contact>, Option<Value>), StoreError> {
+    let mut out = Vec::new();
+    for (scanned, item) in candidates.enumerate() {
+        let (cursor, id) = item?;
+        if let Some(c) = v.contact(id)?
+            && filter.keep(&c)
+        {
+            out.push(c);
+            if out.len() == limit {
+                return Ok((out, Some(cursor)));
+            }
+        }
+        if scanned + 1 >= MAX_SCAN {
+            return Ok((out, Some(cursor)));
+        }
+    }
+    Ok((out, None))
+}
+
+/// The ids of one contact index after `after`, read in chunks.
+fn index_ids<'a>(
+    v: &'a ReadView,
+    index: ContactIndex,
+    mut after: u64,
+) -> impl Iterator<Item = Result<(Value, u64), StoreError>> + 'a {
+    let mut buf = Vec::new().into_iter();
+    let mut done = false;
+    std::iter::from_fn(move || {
+        loop {
+            if let Some(id) = buf.next() {
+                after = id;
+                return Some(Ok((json!(id), id)));
+            }
+            if done {
+                return None;
+            }
+            match v.contact_ids(&index, after, 1000) {
+                Ok(ids) => {
+                    done = ids.len() < 1000;
+                    buf = ids.into_iter();
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    })
+}
+
+/// The contacts whose address starts with `prefix`, in address order,
+/// after the address key `after`, read in chunks.
+fn prefix_ids<'a>(
+    v: &'a ReadView,
+    prefix: String,
+    mut after: Option<String>,
+) -> impl Iterator<Item = Result<(Value, u64), StoreError>> + 'a {
+    let mut buf = Vec::new().into_iter();
+    let mut done = false;
+    std::iter::from_fn(move || {
+        loop {
+            if let Some((key, id)) = buf.next() {
+                after = Some(key);
+                return Some(Ok((json!(after), id)));
+            }
+            if done {
+                return None;
+            }
+            match v.contact_ids_by_prefix(&prefix, after.as_deref(), 1000) {
+                Ok(ids) => {
+                    done = ids.len() < 1000;
+                    buf = ids.into_iter();
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    })
+}
+
+/// A numeric `after` cursor (0 when absent).
+fn after_id(after: Option<&str>) -> Result<u64, ApiError> {
+    after.map_or(Ok(0), |a| {
+        a.parse()
+            .map_err(|_| ApiError::bad_request(format!("`after` {a:?} is not a contact id")))
+    })
+}
+
+/// How many contacts match, when a kept counter says so without a scan:
+/// every contact (the consent counts' sum), a list's members, a consent
+/// state's contacts.
+fn kept_total(v: &ReadView, f: &Filter) -> Result<Option<u64>, StoreError> {
+    if f.tag.is_some() || f.prefix.is_some() {
+        return Ok(None);
+    }
+    let counts = v.consent_counts()?;
+    Ok(match (f.list, f.consent) {
+        (Some(l), None) => v.list(l)?.map(|l| l.member_count),
+        (None, Some(s)) => counts.iter().find(|(c, _)| *c == s).map(|(_, n)| *n),
+        (None, None) => Some(counts.iter().map(|(_, n)| n).sum()),
+        (Some(_), Some(_)) => None,
+    })
+}
+
+/// `GET /api/v1/contacts?prefix=&list=&tag=&consent=&segment=&after=&limit=`
+///
+/// Walks one index and filters by the others: a segment's members (from the
+/// segment index), addresses starting with `prefix` (the address index, in
+/// address order: `after` and `next_after` are then an address), a list's
+/// members, a tag's, a consent state's, or every contact (by id). `total`
+/// is the number of matches when a kept counter gives it (null otherwise).
 pub async fn list(
     state: &Arc<AppState>,
     req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
-    reply::only_params(&q, &["list", "tag", "consent", "after", "limit", "email"])?;
+    reply::only_params(
+        &q,
+        &[
+            "list", "tag", "consent", "after", "limit", "email", "prefix", "segment",
+        ],
+    )?;
     if let Some(e) = reply::query_str(&q, "email") {
         return get(state, e).await;
     }
     let limit = reply::query_u64(&q, "limit")?
         .unwrap_or(100)
         .clamp(1, MAX_PAGE as u64) as usize;
-    let after = reply::query_u64(&q, "after")?.unwrap_or(0);
+    let after = reply::query_str(&q, "after").map(str::to_string);
     let consent = reply::query_str(&q, "consent")
         .map(parse_state)
         .transpose()?;
-    let tag = reply::query_str(&q, "tag").map(str::to_string);
     let list = match reply::query_str(&q, "list") {
         None => None,
         Some(n) => {
@@ -643,47 +785,55 @@ pub async fn list(
             )
         }
     };
-    let index = match (&list, &tag, &consent) {
-        (Some(l), _, _) => ContactIndex::List(*l),
-        (None, Some(t), _) => ContactIndex::Tag(t.clone()),
-        (None, None, Some(c)) => ContactIndex::Consent(*c),
-        _ => ContactIndex::All,
+    let filter = Filter {
+        list,
+        tag: reply::query_str(&q, "tag").map(str::to_string),
+        consent,
+        prefix: reply::query_str(&q, "prefix").map(str::to_lowercase),
     };
-    let (page, next) = state
+    let segment = match reply::query_str(&q, "segment") {
+        Some(name) => Some(super::segments::evaluate(state, name).await?),
+        None => None,
+    };
+    // An id, except when walking addresses by prefix.
+    let by_address = segment.is_none() && filter.prefix.is_some();
+    let from = if by_address {
+        0
+    } else {
+        after_id(after.as_deref())?
+    };
+    let (page, next, total) = state
         .store
         .read(move |v| {
-            // Walk one index and filter by the others; scanning is bounded so a
-            // sparse filter returns a short page with a cursor, not a timeout.
-            let mut out = Vec::new();
-            let mut cursor = after;
-            let mut scanned = 0usize;
-            loop {
-                let ids = v.contact_ids(&index, cursor, 1000)?;
-                let exhausted = ids.len() < 1000;
-                for id in ids {
-                    cursor = id;
-                    scanned += 1;
-                    let Some(c) = v.contact(id)? else { continue };
-                    let keep = list.is_none_or(|l| c.lists.contains(&l))
-                        && tag.as_ref().is_none_or(|t| c.tags.contains(t))
-                        && consent.is_none_or(|s| c.consent == s);
-                    if keep {
-                        out.push(c);
-                        if out.len() == limit {
-                            return Ok((out, Some(cursor)));
-                        }
-                    }
-                }
-                if exhausted {
-                    return Ok((out, None));
-                }
-                if scanned >= 100_000 {
-                    return Ok((out, Some(cursor)));
-                }
+            if let Some(e) = segment {
+                let only = filter.list.is_none()
+                    && filter.tag.is_none()
+                    && filter.consent.is_none()
+                    && filter.prefix.is_none();
+                let ids = e
+                    .members
+                    .iter()
+                    .filter(|id| *id > from)
+                    .map(|id| Ok((json!(id), id)));
+                let (page, next) = collect_page(v, ids, &filter, limit)?;
+                return Ok((page, next, only.then_some(e.count)));
             }
+            let total = kept_total(v, &filter)?;
+            let (page, next) = if let Some(p) = filter.prefix.clone() {
+                collect_page(v, prefix_ids(v, p, after), &filter, limit)?
+            } else {
+                let index = match (&filter.list, &filter.tag, &filter.consent) {
+                    (Some(l), _, _) => ContactIndex::List(*l),
+                    (None, Some(t), _) => ContactIndex::Tag(t.clone()),
+                    (None, None, Some(c)) => ContactIndex::Consent(*c),
+                    _ => ContactIndex::All,
+                };
+                collect_page(v, index_ids(v, index, from), &filter, limit)?
+            };
+            Ok((page, next, total))
         })
         .await?;
     let names = list_names(state).await?;
     let contacts: Vec<Value> = page.iter().map(|c| view(c, &names)).collect();
-    reply::ok(&json!({"contacts": contacts, "next_after": next}))
+    reply::ok(&json!({"contacts": contacts, "next_after": next, "total": total}))
 }

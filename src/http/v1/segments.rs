@@ -257,6 +257,7 @@ pub async fn delete(state: &Arc<AppState>, name: &str) -> Result<Response<Body>,
             format!("segment `{name}` is defined by a file; remove the file and reload"),
         ));
     }
+    in_use(state, name).await?;
     let n = name.to_string();
     if state.store.write(move |t| t.delete_segment(&n)).await? {
         reply::ok(&json!({ "deleted": name }))
@@ -265,8 +266,42 @@ pub async fn delete(state: &Arc<AppState>, name: &str) -> Result<Response<Body>,
     }
 }
 
+/// Refuses to delete a segment that a campaign not yet ended (its
+/// audience or exclusions) or an automation (its `segment_entered`
+/// trigger) names.
+async fn in_use(state: &Arc<AppState>, name: &str) -> Result<(), ApiError> {
+    use crate::campaign::model::Status;
+    let campaigns = state.store.read(crate::campaign::all).await?;
+    let mut users: Vec<String> = campaigns
+        .iter()
+        .filter(|c| !matches!(c.status, Status::Completed | Status::Cancelled))
+        .filter(|c| {
+            let a = &c.spec.audience;
+            a.segments
+                .iter()
+                .chain(&a.exclude_segments)
+                .any(|s| s == name)
+        })
+        .map(|c| format!("campaign {} ({})", c.id, c.spec.name))
+        .collect();
+    for f in state.automations.flows().by_id.values() {
+        if matches!(&f.flow.trigger, crate::automation::flow::Trigger::SegmentEntered { segment } if segment == name)
+        {
+            users.push(format!("automation `{}`", f.flow.name));
+        }
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(crate::contacts::ContactError::InUse(format!(
+        "segment `{name}` cannot be deleted: it is used by {}",
+        users.join(", ")
+    ))
+    .into())
+}
+
 /// Evaluates a usable segment, or explains why it is not.
-async fn evaluate(
+pub(crate) async fn evaluate(
     state: &Arc<AppState>,
     name: &str,
 ) -> Result<crate::segment::Evaluation, ApiError> {
