@@ -136,6 +136,16 @@ impl Tab {
             let msg = self.ws.read().expect("DevTools read");
             let Message::Text(t) = msg else { continue };
             let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+            if v["method"] == "Page.javascriptDialogOpening" {
+                // `confirm()` of a `data-confirm` button: a person says yes.
+                self.next += 1;
+                let answer = json!({"id": self.next, "method": "Page.handleJavaScriptDialog",
+                    "params": {"accept": true}});
+                self.ws
+                    .send(Message::text(answer.to_string()))
+                    .expect("DevTools send");
+                continue;
+            }
             if v["id"] == id {
                 if let Some(e) = v.get("error") {
                     panic!("DevTools {method} failed: {e}");

@@ -145,6 +145,19 @@ pub fn render(spec: &Value) -> String {
                 points.join(" "),
                 esc(name)
             );
+            // Dots too, so that a single hour (or a few) still shows.
+            if values.len() <= 48 {
+                for (i, v) in values.iter().enumerate() {
+                    let _ = write!(
+                        out,
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"><title>{}: {}</title></circle>"#,
+                        LEFT + step * (i as f64 + 0.5),
+                        y_of(*v),
+                        esc(name),
+                        short(*v)
+                    );
+                }
+            }
         }
         // Legend.
         let lx = LEFT + 110.0 * si as f64;
@@ -185,6 +198,7 @@ mod tests {
         }));
         assert!(svg.starts_with("<svg"));
         assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<circle").count(), 6, "a dot per point");
         assert!(svg.contains("&lt;b&gt;opens"));
         assert!(!svg.contains("<b>"));
         assert!(!svg.contains("style="));
