@@ -240,3 +240,39 @@ fn an_editor_imports_creates_tests_starts_and_reads_a_campaign() {
     assert!(who.iter().all(|w| *w == "ed"), "{activity:?}");
     assert_eq!(h.get("/api/v1/owners/campaign/1").body["owner"], "ed");
 }
+
+/// Every core task works with JavaScript off: with the page's scripts
+/// disabled, the upload form posts the file itself (no progress script)
+/// and lands on the report, a campaign is created and started from plain
+/// forms (no confirmation dialog) and completes.
+#[test]
+fn with_javascript_off_the_forms_still_work() {
+    let sink = Sink::start(&[]);
+    let h = flows::start(&sink, &[], "");
+    add_user(&h, "ed", "editor", PASSWORD);
+    let browser = Browser::launch();
+    let mut tab = browser.tab();
+    tab.javascript(false);
+    login(&mut tab, &h, "ed");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("people.csv");
+    std::fs::write(&csv, "email\nann@example.com\nbob@example.com\n").unwrap();
+    tab.goto(&h.url("/admin/imports"));
+    tab.fill("input[name=list]", "buyers");
+    tab.click("input[name=create_list]");
+    tab.fill("select[name=consent]", "granted");
+    tab.set_file("input[name=file]", &csv);
+    tab.click_and_wait("form.upload button[type=submit]");
+    assert!(tab.url().contains("/admin/imports/"), "{}", tab.url());
+    wait_for_text(&mut tab, "completed");
+    // The page's script did not run: the progress bar was never shown.
+    tab.goto(&h.url("/admin/campaigns/new"));
+    tab.fill("input[name=name]", "No script");
+    tab.fill("select[name=template]", "m");
+    tab.click("input[name=lists][value=buyers]");
+    tab.click_and_wait("form.stack button[type=submit]");
+    assert!(tab.text().contains("No script"), "{}", tab.text());
+    tab.click_and_wait("form[action$=\"/start\"] button[type=submit]");
+    wait_for_text(&mut tab, "completed");
+    sink.wait_files(2, Duration::from_secs(30));
+}

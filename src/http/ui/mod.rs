@@ -75,13 +75,45 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// message's own inline styles and remote images, never a script.
 pub const PREVIEW_CSP: &str = "default-src 'none'; img-src http: https: data:; style-src 'unsafe-inline'; font-src http: https: data:; frame-ancestors 'self'; sandbox";
 
-/// The UI's own state: failed logins per address and per name.
+/// The UI's own state: failed logins per address and per name, and the
+/// segment counts the segments page last made.
 #[derive(Default)]
 pub struct UiState {
     failures: Mutex<HashMap<String, (Instant, u32)>>,
+    segment_counts: Mutex<HashMap<String, (Value, Value, Instant)>>,
+}
+
+/// A segment's count as the segments page last made it.
+pub struct SegmentCount {
+    /// Contacts in the segment.
+    pub count: Value,
+    /// Of them with consent `granted`.
+    pub granted: Value,
+    /// How long ago it was counted.
+    pub age: Duration,
 }
 
 impl UiState {
+    /// The last count of a segment, if any.
+    pub fn segment_count(&self, name: &str) -> Option<SegmentCount> {
+        let g = self.segment_counts.lock().ok()?;
+        g.get(name).map(|(count, granted, at)| SegmentCount {
+            count: count.clone(),
+            granted: granted.clone(),
+            age: at.elapsed(),
+        })
+    }
+
+    /// Notes a segment's count.
+    pub fn set_segment_count(&self, name: &str, count: Value, granted: Value) {
+        if let Ok(mut g) = self.segment_counts.lock() {
+            if g.len() > 10_000 {
+                g.clear();
+            }
+            g.insert(name.to_string(), (count, granted, Instant::now()));
+        }
+    }
+
     fn blocked(&self, key: &str) -> bool {
         let Ok(g) = self.failures.lock() else {
             return false;
