@@ -508,12 +508,7 @@ async fn serve_inner(
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        })
+        .map(super::percent_decode)
         .collect();
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     let method = req.method().clone();
