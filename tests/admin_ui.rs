@@ -29,6 +29,11 @@ fn login_sessions_csrf_and_headers() {
     assert_eq!(forged.status, 403, "{}", forged.text());
     assert!(forged.text().contains("security token"));
     assert_eq!(s.post_raw("/admin/logout", "").status, 403);
+    // A GET (a link, an image) does not end the session.
+    let get_out = s.get("/admin/logout");
+    assert_eq!(get_out.status, 303);
+    assert_eq!(get_out.location(), "/admin");
+    assert_eq!(s.get("/admin").status, 200, "still logged in");
     // Logout ends the session.
     let out = s.post("/admin/logout", &[]);
     assert_eq!(out.status, 303);

@@ -358,6 +358,11 @@ fn a_csv_import_through_the_upload_form_and_a_resume() {
     assert!(t.contains("not-an-address"), "the reason: {t}");
     assert!(t.contains("&lt;script&gt;x&lt;") && !t.contains("<script>x"));
     assert!(!t.contains("http-equiv=\"refresh\""));
+    // The activity log names the import it started.
+    let import_id = to.trim_start_matches("/admin/imports/");
+    let act = h.get(&format!("/api/v1/activity?object=import:{import_id}"));
+    assert_eq!(act.body["activity"][0]["who"], "ed", "{:?}", act.body);
+    assert_eq!(act.body["activity"][0]["action"], "POST contacts_import");
     let c = h.get("/api/v1/contacts/bob@example.com").body;
     assert_eq!(c["consent"], "granted");
     assert_eq!(c["fields"]["city"], "Poznań");

@@ -678,7 +678,11 @@ pub fn route(path: &str) -> Route {
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+    // A path's `+` is a plus and its `&` an ampersand (legal in a path,
+    // sent as is by clients): neither may reach the form decoder raw, which
+    // would read a space, or end the value at the `&`.
+    let s = s.replace('+', "%2B").replace('&', "%26");
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
@@ -859,19 +863,14 @@ pub async fn call_as(
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
+            // Every creating route answers with the object at the top
+            // (an import's report flattens its record there).
             let id = serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
-                .and_then(|v| {
-                    let v = if kind == "import" {
-                        v["record"].clone()
-                    } else {
-                        v
-                    };
-                    match (&v["id"], &v["name"]) {
-                        (serde_json::Value::Number(n), _) => Some(n.to_string()),
-                        (_, serde_json::Value::String(n)) => Some(n.clone()),
-                        _ => None,
-                    }
+                .and_then(|v| match (&v["id"], &v["name"]) {
+                    (serde_json::Value::Number(n), _) => Some(n.to_string()),
+                    (_, serde_json::Value::String(n)) => Some(n.clone()),
+                    _ => None,
                 });
             let object = id.map(|id| format!("{kind}:{id}"));
             (Response::from_parts(parts, Body::new(bytes)), object)
@@ -1240,6 +1239,15 @@ mod tests {
             crate::users::Role::Viewer
         );
         assert_eq!(route("/healthz"), Route::Health);
+        // A raw `&` or `+` in a path segment is part of the name.
+        assert_eq!(
+            route("/api/v1/lists/sales&marketing"),
+            Route::List("sales&marketing".into())
+        );
+        assert_eq!(
+            route("/api/v1/segments/a+b%26c%2Fd"),
+            Route::Segment("a+b&c/d".into())
+        );
         assert!(!Route::Metrics.is_admin());
         assert!(Route::Fields.is_admin());
     }

@@ -114,26 +114,44 @@ impl UiState {
         }
     }
 
-    fn blocked(&self, key: &str) -> bool {
-        let Ok(g) = self.failures.lock() else {
-            return false;
-        };
-        g.get(key)
-            .is_some_and(|(since, n)| since.elapsed() < LOGIN_WINDOW && *n >= LOGIN_ATTEMPTS)
-    }
-
-    fn fail(&self, key: String) {
+    /// Counts a login attempt against every key, unless one of them is
+    /// blocked already (then nothing is counted and the answer is false).
+    /// The check and the count are one step under the lock, and the
+    /// attempt is counted *before* the password is verified: concurrent
+    /// attempts cannot all pass the check while the first verifications
+    /// are still running. A successful login gives its count back
+    /// ([`UiState::refund`], [`UiState::clear`]).
+    fn attempt(&self, keys: &[&str]) -> bool {
         let Ok(mut g) = self.failures.lock() else {
-            return;
+            return true;
         };
+        let blocked = |e: Option<&(Instant, u32)>| {
+            e.is_some_and(|(since, n)| since.elapsed() < LOGIN_WINDOW && *n >= LOGIN_ATTEMPTS)
+        };
+        if keys.iter().any(|k| blocked(g.get(*k))) {
+            return false;
+        }
         if g.len() > 100_000 {
             g.retain(|_, (since, _)| since.elapsed() < LOGIN_WINDOW);
         }
-        let e = g.entry(key).or_insert((Instant::now(), 0));
-        if e.0.elapsed() >= LOGIN_WINDOW {
-            *e = (Instant::now(), 0);
+        for k in keys {
+            let e = g.entry((*k).to_string()).or_insert((Instant::now(), 0));
+            if e.0.elapsed() >= LOGIN_WINDOW {
+                *e = (Instant::now(), 0);
+            }
+            e.1 += 1;
         }
-        e.1 += 1;
+        true
+    }
+
+    /// Gives back one attempt counted against `key` (a login that
+    /// succeeded is no failure).
+    fn refund(&self, key: &str) {
+        if let Ok(mut g) = self.failures.lock()
+            && let Some(e) = g.get_mut(key)
+        {
+            e.1 = e.1.saturating_sub(1);
+        }
     }
 
     fn clear(&self, key: &str) {
@@ -522,12 +540,7 @@ async fn serve_inner(
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        })
+        .map(super::percent_decode)
         .collect();
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     let method = req.method().clone();
@@ -585,6 +598,11 @@ async fn serve_inner(
         }
     };
     if rest.as_slice() == ["logout"] {
+        // Only the layout's form (a POST, its CSRF token checked above)
+        // ends a session: a link or an image cannot.
+        if method != Method::POST {
+            return Ok(redirect("/admin"));
+        }
         if let Some(t) = &token {
             users::logout(&state.store, t).await?;
         }
@@ -738,7 +756,7 @@ async fn login(
     let name = form.text("name").unwrap_or_default().to_lowercase();
     let (ip_key, name_key) = (format!("ip:{ip}"), format!("user:{name}"));
     let ui = &state.ui;
-    if ui.blocked(&ip_key) || ui.blocked(&name_key) {
+    if !ui.attempt(&[&ip_key, &name_key]) {
         tracing::warn!(%ip, "admin UI: login refused, too many failed attempts");
         let mut r = again(
             "Too many failed logins: wait 15 minutes and try again.",
@@ -754,6 +772,7 @@ async fn login(
     match users::login(&state.store, &name, password, now, ttl).await {
         Ok(Some((token, _session, user))) => {
             ui.clear(&name_key);
+            ui.refund(&ip_key);
             tracing::info!(user = %user.name, %ip, "admin UI: logged in");
             let mut r = redirect(&next_path(&q));
             set_cookie(
@@ -767,8 +786,7 @@ async fn login(
             Ok(r)
         }
         Ok(None) => {
-            ui.fail(ip_key);
-            ui.fail(name_key);
+            // Already counted by `attempt`.
             tracing::info!(%ip, "admin UI: failed login");
             Ok(again("Wrong name or password.", StatusCode::UNAUTHORIZED))
         }
@@ -815,11 +833,30 @@ mod tests {
     fn failed_logins_block_after_the_limit() {
         let ui = UiState::default();
         for _ in 0..LOGIN_ATTEMPTS {
-            assert!(!ui.blocked("ip:1"));
-            ui.fail("ip:1".into());
+            assert!(ui.attempt(&["ip:1", "user:a"]));
         }
-        assert!(ui.blocked("ip:1"));
+        assert!(!ui.attempt(&["ip:1", "user:b"]));
+        assert!(!ui.attempt(&["ip:2", "user:a"]));
+        // A refused attempt counts nothing: user:b is still free.
+        assert!(ui.attempt(&["ip:3", "user:b"]));
         ui.clear("ip:1");
-        assert!(!ui.blocked("ip:1"));
+        ui.clear("user:a");
+        assert!(ui.attempt(&["ip:1", "user:a"]));
+    }
+
+    #[test]
+    fn attempts_in_flight_count_before_their_outcome() {
+        // Ten logins sent at once from one address: only the first
+        // LOGIN_ATTEMPTS may reach the (slow) password check, whatever
+        // their outcome turns out to be.
+        let ui = UiState::default();
+        let admitted = (0..10)
+            .filter(|i| ui.attempt(&["ip:9", &format!("user:{i}")]))
+            .count();
+        assert_eq!(admitted, LOGIN_ATTEMPTS as usize);
+        // A success gives its attempt back.
+        ui.refund("ip:9");
+        assert!(ui.attempt(&["ip:9", "user:x"]));
+        assert!(!ui.attempt(&["ip:9", "user:y"]));
     }
 }

@@ -154,6 +154,9 @@ fn located(part: &str, text: &str) -> Value {
         Some((line, col, msg)) => {
             let gutter = format!("{line} | ");
             let source = text.lines().nth(line.saturating_sub(1)).unwrap_or("");
+            // The message may echo user text (a name, an unknown key), so
+            // its column is not trusted: the caret stays on the line.
+            let col = col.min(source.chars().count() + 1);
             let caret = format!(
                 "{}^",
                 " ".repeat(gutter.chars().count() + col.saturating_sub(1))
@@ -349,5 +352,15 @@ mod tests {
             locate("`field`: unknown", text)[0]["message"],
             "`field`: unknown"
         );
+    }
+
+    #[test]
+    fn a_column_from_the_message_cannot_blow_up_the_caret() {
+        // The API echoes user text (a segment's name, an unknown key), so
+        // the message may carry any "line L, column C" a user typed.
+        let msg = "segment name `x; line 1, column 1000000000000000: y` must be a-z";
+        let p = locate(msg, "a = 1\n");
+        assert_eq!(p.len(), 2);
+        assert!(p[1]["caret"].as_str().unwrap_or_default().len() < 100);
     }
 }
