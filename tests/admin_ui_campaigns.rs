@@ -288,6 +288,15 @@ fn campaigns_through_the_forms() {
     let c = campaign(&h, copy);
     assert_eq!(c["status"], "draft");
     assert_eq!(c["spec"]["subject"], "Hello & welcome");
+    // The copy is its maker's, and the log names the copy.
+    let ed_name = c["owner"].as_str().unwrap_or("").to_string();
+    assert!(!ed_name.is_empty(), "the duplicate has an owner: {c}");
+    let log = h.get(&format!("/api/v1/activity?object=campaign:{copy}"));
+    assert_eq!(
+        log.body["activity"][0]["action"], "POST campaign_action duplicate",
+        "{:?}",
+        log.body
+    );
     let r = ed.post(
         &format!("/admin/campaigns/{copy}/owner"),
         &[("owner", "vera")],

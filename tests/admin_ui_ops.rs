@@ -177,6 +177,16 @@ fn templates_pages_preview_sandboxed_and_test_send() {
     let files = sink.wait_files(1, Duration::from_secs(20));
     let mail = String::from_utf8_lossy(&message_of(&files[0])).to_string();
     assert!(mail.contains("in English."), "{mail}");
+    // A test a person sends from the UI is in the activity log (messages
+    // sent with the token are not: they are the shop's feed).
+    let log = h.get("/api/v1/activity");
+    assert!(
+        log.body["activity"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["action"] == "POST messages")),
+        "{:?}",
+        log.body
+    );
     // An unknown recipient: the API's refusal, shown on the page.
     let bad = ed.post(
         "/admin/templates/ops/test",

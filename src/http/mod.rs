@@ -573,20 +573,25 @@ impl Route {
             Route::Lists => Some("list"),
             Route::Fields => Some("field"),
             Route::Users => Some("user"),
+            Route::CampaignAction(_, a) if a == "duplicate" => Some("campaign"),
             _ => None,
         }
     }
 
     /// Whether a successful call with `method` is written to the activity
-    /// log: every change, except the machine feeds (shop events and
-    /// transactional messages, which keep their own records) and reads
-    /// made with `POST` (previews).
-    fn logged(&self, method: &Method) -> bool {
+    /// log: every change, except the machine feeds (shop events, complaints
+    /// and transactional messages sent with the token, which keep their
+    /// own records; a message a person sends from the UI, a template's test,
+    /// is logged) and reads made with `POST` (previews).
+    fn logged(&self, method: &Method, actor: &Actor) -> bool {
+        let feed = match self {
+            Route::Events | Route::Complaints => true,
+            Route::Messages => actor.name == "api",
+            _ => false,
+        };
         !matches!(*method, Method::GET | Method::HEAD)
-            && !matches!(
-                self,
-                Route::Events | Route::Messages | Route::Complaints | Route::TemplatePreview(_)
-            )
+            && !feed
+            && !matches!(self, Route::TemplatePreview(_))
             && !matches!(self, Route::AutomationAction(_, a) if a == "preview")
     }
 }
@@ -837,6 +842,15 @@ pub async fn call_as(
     mut req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let method = req.method().clone();
+    if !route.is_admin() {
+        // Only admin API routes are called this way (not /metrics, not
+        // the public pages).
+        return Err(ApiError::not_found(format!(
+            "no API endpoint {} {}",
+            method,
+            req.uri().path()
+        )));
+    }
     let needed = route.required_role(&method);
     if actor.role < needed {
         return Err(ApiError::new(
@@ -853,7 +867,7 @@ pub async fn call_as(
     }
     req.extensions_mut().insert(actor.clone());
     let response = call(state, route, peer, req).await?;
-    if !route.logged(&method) || !response.status().is_success() {
+    if !route.logged(&method, &actor) || !response.status().is_success() {
         return Ok(response);
     }
     let (response, object) = match route.creates() {
@@ -884,7 +898,9 @@ pub async fn call_as(
         _ => format!("{method} {}", route.name()),
     };
     let owned = match (route, &object) {
-        (Route::Campaigns, Some(o)) => Some(o.clone()),
+        (Route::Campaigns | Route::CampaignAction(..), Some(o)) if route.creates().is_some() => {
+            Some(o.clone())
+        }
         (Route::Automation(_), Some(o)) if method == Method::PUT => Some(o.clone()),
         _ => None,
     };

@@ -441,12 +441,10 @@ mod filters {
     /// 1234.5 → "1,234.50".
     pub fn money(v: Value) -> String {
         let f = f64::try_from(v).unwrap_or(0.0);
-        let whole = f.trunc() as i128;
-        format!(
-            "{}.{:02}",
-            num(Value::from(whole)),
-            ((f.fract().abs() * 100.0).round() as i64).min(99)
-        )
+        let cents = (f * 100.0).round() as i128;
+        let sign = if cents < 0 { "-" } else { "" };
+        let (whole, frac) = (cents.abs() / 100, cents.abs() % 100);
+        format!("{sign}{}.{frac:02}", num(Value::from(whole)))
     }
 
     /// An RFC 3339 time → "2026-12-03 22:10 UTC" (empty for none).
@@ -577,7 +575,7 @@ async fn serve_inner(
     let input = if method == Method::GET || method == Method::HEAD {
         Input::None
     } else {
-        check_origin(&req)?;
+        check_origin(&req, &state.config().http.public_url)?;
         let multipart = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -627,8 +625,9 @@ async fn serve_inner(
 }
 
 /// A `POST` whose `Origin` names another site is refused (on top of the
-/// CSRF token and `SameSite=Strict`).
-fn check_origin(req: &Request<ReqBody>) -> Result<(), ApiError> {
+/// CSRF token and `SameSite=Strict`). This host is the request's `Host`,
+/// or `public_url`'s (behind a proxy that rewrites `Host`).
+fn check_origin(req: &Request<ReqBody>, public: &url::Url) -> Result<(), ApiError> {
     let Some(origin) = req
         .headers()
         .get(header::ORIGIN)
@@ -642,7 +641,12 @@ fn check_origin(req: &Request<ReqBody>) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let origin_host = origin.split_once("://").map_or("", |(_, h)| h);
-    if origin == "null" || origin_host != host {
+    let public_host = match (public.host_str(), public.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    };
+    if origin == "null" || (origin_host != host && origin_host != public_host) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "bad_origin",
@@ -754,9 +758,20 @@ async fn login(
         }
     }
     let name = form.text("name").unwrap_or_default().to_lowercase();
-    let (ip_key, name_key) = (format!("ip:{ip}"), format!("user:{name}"));
+    // A name no user can have is counted against the address only (and
+    // does not grow the table with arbitrary keys).
+    let name_key = if users::check_name(&name).is_ok() {
+        format!("user:{name}")
+    } else {
+        String::new()
+    };
+    let ip_key = format!("ip:{ip}");
     let ui = &state.ui;
-    if !ui.attempt(&[&ip_key, &name_key]) {
+    let keys: Vec<&str> = [ip_key.as_str(), name_key.as_str()]
+        .into_iter()
+        .filter(|k| !k.is_empty())
+        .collect();
+    if !ui.attempt(&keys) {
         tracing::warn!(%ip, "admin UI: login refused, too many failed attempts");
         let mut r = again(
             "Too many failed logins: wait 15 minutes and try again.",
@@ -827,6 +842,8 @@ mod tests {
         assert_eq!(filters::num(Value::from(-12)), "-12");
         assert_eq!(filters::pct(Value::from(0.01234)), "1.23%");
         assert_eq!(filters::money(Value::from(1234.5)), "1,234.50");
+        assert_eq!(filters::money(Value::from(1.999)), "2.00");
+        assert_eq!(filters::money(Value::from(-0.5)), "-0.50");
     }
 
     #[test]

@@ -101,7 +101,11 @@ async fn segments(ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
                     .await
                 {
                     Ok(p) => {
-                        ctx.state.ui.set_segment_count(&name, p["count"].clone(), p["granted"].clone());
+                        ctx.state.ui.set_segment_count(
+                            &name,
+                            p["count"].clone(),
+                            p["granted"].clone(),
+                        );
                         s["count"] = p["count"].clone();
                         s["granted"] = p["granted"].clone();
                         s["counted_s"] = json!(0);
