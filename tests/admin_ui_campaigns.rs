@@ -385,6 +385,20 @@ fn an_example_flow_has_its_page() {
     ed.post("/admin/automations/welcome/resume", &[]);
     assert_eq!(common::flows::status(&h, "welcome")["status"], "active");
     assert_eq!(vi.get("/admin/automations/nothing").status, 404);
+    // A file flow has no owner until it is given one; the list filters by
+    // owner.
+    assert_eq!(
+        vi.post("/admin/automations/welcome/owner", &[("owner", "vera")])
+            .status,
+        403
+    );
+    let r = ed.post("/admin/automations/welcome/owner", &[("owner", "vera")]);
+    assert!(r.location().contains("notice="), "{}", r.location());
+    assert_eq!(common::flows::status(&h, "welcome")["owner"], "vera");
+    let mine = vi.get("/admin/automations?owner=vera");
+    assert!(mine.text().contains("/admin/automations/welcome"));
+    let theirs = vi.get("/admin/automations?owner=eddie");
+    assert!(!theirs.text().contains("/admin/automations/welcome\""));
     // The dashboard lists it as active.
     assert!(
         vi.get("/admin")

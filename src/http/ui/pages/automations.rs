@@ -31,6 +31,21 @@ pub async fn route(
     match (rest, get, input) {
         ([_], true, _) => list(ctx).await,
         ([_, name], true, _) => show(ctx, name).await,
+        ([_, name, "owner"], false, Input::Form(form)) => {
+            let owner = form.text("owner").unwrap_or_default();
+            let r = ctx
+                .api(
+                    Method::PUT,
+                    &format!("/api/v1/owners/automation/{}", part(name)),
+                    Some(json!({ "owner": owner })),
+                )
+                .await;
+            Ok(after(
+                &format!("/admin/automations/{}", part(name)),
+                r,
+                "Owner changed.",
+            ))
+        }
         ([_, name, action @ ("pause" | "resume")], false, Input::Form(_)) => {
             let r = ctx
                 .api(
@@ -61,12 +76,18 @@ fn part(s: &str) -> String {
         .replace('+', "%20")
 }
 
+/// `GET /admin/automations?owner=`: every flow (there are tens, not
+/// millions), or those of one owner.
 async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
-    let flows = ctx.get("/api/v1/automations").await?;
+    let mut flows = ctx.get("/api/v1/automations").await?;
+    let owner = ctx.param("owner").map(str::to_string);
+    if let (Some(o), Some(all)) = (&owner, flows.as_array_mut()) {
+        all.retain(|f| f["owner"].as_str() == Some(o.as_str()));
+    }
     Ok(ctx.page(
         "automations/list.html",
         "automations",
-        json!({"flows": flows}),
+        json!({"flows": flows, "owner": owner}),
     ))
 }
 
