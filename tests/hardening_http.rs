@@ -426,6 +426,17 @@ fn admin_routes_are_served_only_on_the_admin_listener() {
     let m = http(admin, "GET", "/metrics", &[]).expect("metrics");
     assert_eq!(m.0, 200);
     assert!(m.1.contains("herald_http_requests_total"), "{}", m.1);
+    // The admin UI too: only on the admin listener.
+    for path in ["/admin", "/admin/login", "/admin/assets/style.css", "/"] {
+        assert_eq!(
+            http(h.addr, "GET", path, &[]).map(|r| r.0),
+            Some(404),
+            "{path}"
+        );
+    }
+    let login = http(admin, "GET", "/admin/login", &[]).expect("login page");
+    assert_eq!(login.0, 200);
+    assert!(login.1.contains("name=\"password\""), "{}", login.1);
 }
 
 /// `[http] metrics_token`: `/metrics` needs it or the admin token (any
