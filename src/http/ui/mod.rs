@@ -323,6 +323,21 @@ pub async fn body_bytes(body: Body) -> Bytes {
         .unwrap_or_default()
 }
 
+/// A path segment or query value, percent-encoded (everything but the
+/// unreserved characters): what pages put into the API paths they call, so
+/// a name with `/`, `?`, `#`, `&` or `+` stays one segment.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `303 See Other` to `to` (a path of this UI).
 pub fn redirect(to: &str) -> Response<Body> {
     let mut r = Response::new(Body::new(Bytes::new()));

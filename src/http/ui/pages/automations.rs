@@ -6,7 +6,7 @@ use http::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::http::reply::{ApiError, Body};
-use crate::http::ui::{Ctx, Input, after};
+use crate::http::ui::{Ctx, Input, after, enc};
 
 /// This module's templates.
 pub const TEMPLATES: &[(&str, &str)] = &[
@@ -36,12 +36,12 @@ pub async fn route(
             let r = ctx
                 .api(
                     Method::PUT,
-                    &format!("/api/v1/owners/automation/{}", part(name)),
+                    &format!("/api/v1/owners/automation/{}", enc(name)),
                     Some(json!({ "owner": owner })),
                 )
                 .await;
             Ok(after(
-                &format!("/admin/automations/{}", part(name)),
+                &format!("/admin/automations/{}", enc(name)),
                 r,
                 "Owner changed.",
             ))
@@ -50,7 +50,7 @@ pub async fn route(
             let r = ctx
                 .api(
                     Method::POST,
-                    &format!("/api/v1/automations/{}/{action}", part(name)),
+                    &format!("/api/v1/automations/{}/{action}", enc(name)),
                     Some(json!({})),
                 )
                 .await;
@@ -59,21 +59,10 @@ pub async fn route(
             } else {
                 "Resumed."
             };
-            Ok(after(
-                &format!("/admin/automations/{}", part(name)),
-                r,
-                done,
-            ))
+            Ok(after(&format!("/admin/automations/{}", enc(name)), r, done))
         }
         _ => Err(super::not_found(rest)),
     }
-}
-
-/// A path part, URL-encoded.
-fn part(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 /// `GET /admin/automations?owner=`: every flow (there are tens, not
@@ -92,7 +81,7 @@ async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
 }
 
 async fn show(ctx: &Ctx<'_>, name: &str) -> Result<Response<Body>, ApiError> {
-    let p = part(name);
+    let p = enc(name);
     let flow = ctx.get(&format!("/api/v1/automations/{p}")).await?;
     // A flow that has sent nothing yet has no report.
     let report = match ctx

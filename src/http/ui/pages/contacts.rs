@@ -15,7 +15,7 @@ use http::{Method, Response};
 use serde_json::{Value, json};
 
 use crate::http::reply::{self, ApiError, Body};
-use crate::http::ui::{Ctx, Form, Input, after, redirect_with};
+use crate::http::ui::{Ctx, Form, Input, after, enc, redirect_with};
 
 /// This module's templates.
 pub const TEMPLATES: &[(&str, &str)] = &[
@@ -38,19 +38,6 @@ const PAGE: u32 = 50;
 
 /// History entries per page.
 const HISTORY_PAGE: u32 = 50;
-
-/// A path segment, percent-encoded (names with spaces, slashes, `+`).
-pub fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 /// `k=v&…` of the pairs whose value is not empty.
 pub fn query(pairs: &[(&str, &str)]) -> String {

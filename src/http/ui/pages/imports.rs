@@ -65,7 +65,7 @@ pub async fn route(
             let r = ctx
                 .api(
                     Method::DELETE,
-                    &format!("/api/v1/contacts/import/{}", super::contacts::enc(id)),
+                    &format!("/api/v1/contacts/import/{}", crate::http::ui::enc(id)),
                     None,
                 )
                 .await;
@@ -98,7 +98,7 @@ async fn imports(ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
 
 /// `GET /admin/imports/{id}`.
 async fn report(ctx: &Ctx<'_>, id: &str) -> Result<Response<Body>, ApiError> {
-    let id = super::contacts::enc(id);
+    let id = crate::http::ui::enc(id);
     let rec = ctx.get(&format!("/api/v1/contacts/import/{id}")).await?;
     let after_line = ctx.param("after").unwrap_or("");
     let limit = REJECTS_PAGE.to_string();
@@ -211,7 +211,7 @@ async fn upload(ctx: &Ctx<'_>, req: Request<ReqBody>) -> Result<Response<Body>, 
     let mut opts: Vec<(String, String)> = Vec::new();
     let back = |opts: &[(String, String)]| match opts.iter().find(|(k, _)| k == "resume") {
         Some((_, id)) if !id.trim().is_empty() => {
-            format!("/admin/imports/{}", super::contacts::enc(id.trim()))
+            format!("/admin/imports/{}", crate::http::ui::enc(id.trim()))
         }
         _ => "/admin/imports".to_string(),
     };

@@ -11,7 +11,7 @@ use http::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::http::reply::{ApiError, Body};
-use crate::http::ui::{Ctx, Form, Input, after, error_page, redirect, redirect_with};
+use crate::http::ui::{Ctx, Form, Input, after, enc, error_page, redirect, redirect_with};
 use crate::users::Role;
 
 /// This module's templates.
@@ -45,14 +45,6 @@ pub async fn route(
         ([_, id], &Method::GET | &Method::HEAD, _) => message(ctx, id).await,
         _ => Err(super::not_found(rest)),
     }
-}
-
-/// `s` percent-encoded for a path segment or a query value (a space as
-/// `%20`: a `+` in a path is a plus).
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 async fn status(ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {

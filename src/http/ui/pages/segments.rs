@@ -14,8 +14,9 @@
 use http::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::contacts::{enc, form, part};
+use super::contacts::{form, part};
 use crate::http::reply::{self, ApiError, Body};
+use crate::http::ui::enc;
 use crate::http::ui::{Ctx, Form, Input, after, body_bytes, error_page, redirect_with};
 
 /// This module's templates.

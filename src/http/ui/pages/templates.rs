@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use crate::http::reply::{ApiError, Body};
-use crate::http::ui::{Ctx, Form, Input, PREVIEW_CSP, error_page, redirect_with};
+use crate::http::ui::{Ctx, Form, Input, PREVIEW_CSP, enc, error_page, redirect_with};
 
 /// This module's templates.
 pub const TEMPLATES: &[(&str, &str)] = &[
@@ -40,14 +40,6 @@ pub async fn route(
         ([_, name, "test"], &Method::POST, Input::Form(form)) => test_send(ctx, name, &form).await,
         _ => Err(super::not_found(rest)),
     }
-}
-
-/// `s` percent-encoded for a path segment or a query value (a space as
-/// `%20`: a `+` in a path is a plus).
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 /// `/api/v1/templates/{name}…` with the name encoded.

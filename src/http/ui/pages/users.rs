@@ -11,7 +11,7 @@ use http::{Method, Response};
 use serde_json::{Value, json};
 
 use crate::http::reply::{ApiError, Body};
-use crate::http::ui::{Ctx, Form, Input, after, redirect_with};
+use crate::http::ui::{Ctx, Form, Input, after, enc, redirect_with};
 
 /// This module's templates.
 pub const TEMPLATES: &[(&str, &str)] = &[
@@ -43,14 +43,6 @@ pub async fn route(
         }
         _ => Err(super::not_found(rest)),
     }
-}
-
-/// `s` percent-encoded for a path segment or a query value (a space as
-/// `%20`: a `+` in a path is a plus).
-fn enc(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 async fn list(ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
