@@ -387,6 +387,56 @@ mod tests {
         assert!(Role::Admin > Role::Editor && Role::Editor > Role::Viewer);
     }
 
+    #[tokio::test]
+    async fn a_session_ends_when_it_expires_and_at_logout() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        add(
+            &store,
+            "ana",
+            Role::Editor,
+            "a long enough password".into(),
+            0,
+        )
+        .await?;
+        assert!(
+            login(&store, "ana", "wrong password!".into(), 0, 1000)
+                .await?
+                .is_none()
+        );
+        let (token, s, _) = login(&store, "ana", "a long enough password".into(), 0, 1000)
+            .await?
+            .ok_or("no session")?;
+        assert_eq!(s.expires, 1000);
+        assert!(session(&store, &token, 999).await?.is_some());
+        assert!(session(&store, &token, 1000).await?.is_none(), "expired");
+        let (token, ..) = login(&store, "ana", "a long enough password".into(), 2000, 1000)
+            .await?
+            .ok_or("no session")?;
+        assert!(session(&store, &token, 2500).await?.is_some());
+        logout(&store, &token).await?;
+        assert!(session(&store, &token, 2500).await?.is_none(), "logged out");
+        // A new password ends every session of the user.
+        let (token, ..) = login(&store, "ana", "a long enough password".into(), 3000, 1000)
+            .await?
+            .ok_or("no session")?;
+        update(
+            &store,
+            "ana",
+            None,
+            Some("another long password".into()),
+            3100,
+        )
+        .await?;
+        assert!(
+            session(&store, &token, 3200).await?.is_none(),
+            "password changed"
+        );
+        store.close();
+        Ok(())
+    }
+
     #[test]
     fn tokens_are_random_and_keys_hide_them() {
         let (a, b) = (new_token(), new_token());

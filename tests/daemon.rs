@@ -57,6 +57,11 @@ fn each_kind_of_config_error_is_reported_with_file_line_and_key() {
             "cannot read",
         ),
         (
+            "[admin]\ntoken = \"0123456789abcdef0123456789\"\nsession_ttl = \"1m\"\n",
+            ":3:15: `admin.session_ttl`",
+            "between 5 minutes and 30 days",
+        ),
+        (
             "[log]\nformat = \"xml\"\n",
             ":2:10: `log.format`",
             "not one of: text, json",

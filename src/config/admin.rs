@@ -1,4 +1,5 @@
-//! `[admin]`: the admin API's bearer token, inline or in a file.
+//! `[admin]`: the admin API's bearer token, inline or in a file, and how
+//! long an admin UI login lasts.
 
 use std::fmt;
 use std::path::Path;
@@ -21,19 +22,27 @@ pub struct RawAdmin {
     /// A file whose (trimmed) content is the token; keeps the secret out of the
     /// config file. Exactly one of `token` and `token_file` must be set.
     pub token_file: Option<Spanned<String>>,
+    /// How long an admin UI login lasts (default 12h; 5 minutes to 30 days).
+    pub session_ttl: Option<Spanned<String>>,
 }
+
+/// How long an admin UI login lasts unless `[admin] session_ttl` says.
+pub const DEFAULT_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 /// Validated `[admin]`.
 #[derive(Clone)]
 pub struct AdminConfig {
     /// The bearer token; never printed (see the `Debug` impl).
     pub token: String,
+    /// How long an admin UI login lasts.
+    pub session_ttl: std::time::Duration,
 }
 
 impl fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdminConfig")
             .field("token", &"<redacted>")
+            .field("session_ttl", &self.session_ttl)
             .finish()
     }
 }
@@ -66,7 +75,25 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &RawAdmin) -> Opti
         }
     };
 
-    Some(AdminConfig { token: token? })
+    let session_ttl = match &raw.session_ttl {
+        None => DEFAULT_SESSION_TTL,
+        Some(v) => match super::values::duration(c, "admin.session_ttl", v) {
+            Some(d) if (300..=30 * 86400).contains(&d.as_secs()) => d,
+            Some(_) => {
+                c.at(
+                    "admin.session_ttl",
+                    v,
+                    "must be between 5 minutes and 30 days",
+                );
+                DEFAULT_SESSION_TTL
+            }
+            None => DEFAULT_SESSION_TTL,
+        },
+    };
+    Some(AdminConfig {
+        token: token?,
+        session_ttl,
+    })
 }
 
 fn check_token(

@@ -51,9 +51,6 @@ use super::reply::{self, ApiError, Body, ReqBody};
 use super::{Actor, AppState};
 use crate::users::{self, Role, Session, User};
 
-/// How long a login lasts.
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-
 /// Failed logins allowed per client address, and per user name, in
 /// [`LOGIN_WINDOW`].
 pub const LOGIN_ATTEMPTS: u32 = 5;
@@ -798,7 +795,8 @@ async fn login(
     }
     let password = form.get("password").unwrap_or_default().to_string();
     let now = state.clock.now().timestamp_millis();
-    let ttl = SESSION_TTL.as_millis() as i64;
+    let ttl_d = state.config().admin.session_ttl;
+    let ttl = ttl_d.as_millis() as i64;
     match users::login(&state.store, &name, password, now, ttl).await {
         Ok(Some((token, _session, user))) => {
             ui.clear(&name_key);
@@ -809,7 +807,7 @@ async fn login(
                 &mut r,
                 &format!(
                     "{SESSION_COOKIE}={token}; Path=/admin; Max-Age={}; HttpOnly; SameSite=Strict{}",
-                    SESSION_TTL.as_secs(),
+                    ttl_d.as_secs(),
                     secure(state)
                 ),
             );
