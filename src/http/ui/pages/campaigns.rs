@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn the_form_makes_a_spec() {
-        let s = spec_of(&form(&[
+        let made = spec_of(&form(&[
             ("name", "June"),
             ("template", "news"),
             ("lists", "a"),
@@ -440,8 +440,10 @@ mod tests {
                 "spec",
                 r#"{"rate_per_hour": 100, "audience": {"segments": ["vip"]}}"#,
             ),
-        ]))
-        .expect("spec");
+        ]));
+        let Ok(s) = made else {
+            panic!("the form made no spec: {made:?}");
+        };
         assert_eq!(s["audience"]["lists"], json!(["a", "b"]));
         assert_eq!(s["audience"]["segments"], json!(["vip"]));
         assert_eq!(s["ab"]["variants"][1]["subject"], "Two");
