@@ -311,12 +311,15 @@ pub async fn login(
         let n = name.to_string();
         store.read(move |r| r.user(&n)).await?
     };
-    let hash = user
-        .as_ref()
-        .map_or_else(|| dummy_hash().to_string(), |u| u.hash.clone());
-    let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
+    let hash = user.as_ref().map(|u| u.hash.clone());
+    // Hashing (the dummy hash's first use included) runs off the async
+    // threads.
+    let ok = tokio::task::spawn_blocking(move || match &hash {
+        Some(h) => verify_password(h, &password),
+        None => verify_password(dummy_hash(), &password),
+    })
+    .await
+    .unwrap_or(false);
     let Some(user) = user.filter(|_| ok) else {
         return Ok(None);
     };

@@ -145,6 +145,18 @@ impl Actor {
     }
 }
 
+/// Put into a response's extensions by an endpoint that created an
+/// object (`campaign:3`, `import:7`, `list:2`, `field:size`, `user:ana`):
+/// the activity log names it, and a new campaign gets its maker as owner.
+#[derive(Debug, Clone)]
+pub struct Created(pub String);
+
+/// `response`, marked as having created `object`.
+pub fn created(mut response: Response<Body>, object: String) -> Response<Body> {
+    response.extensions_mut().insert(Created(object));
+    response
+}
+
 impl AppState {
     /// The current snapshot's config.
     pub fn config(&self) -> Arc<Config> {
@@ -564,20 +576,6 @@ impl Route {
         }
     }
 
-    /// The kind of object a `POST` to this route creates (its id is read
-    /// from the answer), for the activity log and the owner.
-    fn creates(&self) -> Option<&'static str> {
-        match self {
-            Route::Campaigns => Some("campaign"),
-            Route::Import => Some("import"),
-            Route::Lists => Some("list"),
-            Route::Fields => Some("field"),
-            Route::Users => Some("user"),
-            Route::CampaignAction(_, a) if a == "duplicate" => Some("campaign"),
-            _ => None,
-        }
-    }
-
     /// Whether a successful call with `method` is written to the activity
     /// log: every change, except the machine feeds (shop events, complaints
     /// and transactional messages sent with the token, which keep their
@@ -870,26 +868,9 @@ pub async fn call_as(
     if !route.logged(&method, &actor) || !response.status().is_success() {
         return Ok(response);
     }
-    let (response, object) = match route.creates() {
-        Some(kind) if method == Method::POST => {
-            let (parts, body) = response.into_parts();
-            let bytes = http_body_util::BodyExt::collect(body)
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            // Every creating route answers with the object at the top
-            // (an import's report flattens its record there).
-            let id = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| match (&v["id"], &v["name"]) {
-                    (serde_json::Value::Number(n), _) => Some(n.to_string()),
-                    (_, serde_json::Value::String(n)) => Some(n.clone()),
-                    _ => None,
-                });
-            let object = id.map(|id| format!("{kind}:{id}"));
-            (Response::from_parts(parts, Body::new(bytes)), object)
-        }
-        _ => (response, route.object()),
+    let object = match response.extensions().get::<Created>() {
+        Some(Created(o)) => Some(o.clone()),
+        None => route.object(),
     };
     let action = match route {
         Route::CampaignAction(_, a) | Route::AutomationAction(_, a) => {
@@ -897,10 +878,12 @@ pub async fn call_as(
         }
         _ => format!("{method} {}", route.name()),
     };
+    let made_campaign = response
+        .extensions()
+        .get::<Created>()
+        .is_some_and(|Created(o)| o.starts_with("campaign:"));
     let owned = match (route, &object) {
-        (Route::Campaigns | Route::CampaignAction(..), Some(o)) if route.creates().is_some() => {
-            Some(o.clone())
-        }
+        (_, Some(o)) if made_campaign => Some(o.clone()),
         (Route::Automation(_), Some(o)) if method == Method::PUT => Some(o.clone()),
         _ => None,
     };

@@ -69,6 +69,28 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
 }
 
+/// A reply with its body as text (`body` is a JSON string), whatever it is.
+pub fn text_reply(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut resp = resp.expect("HTTP request failed");
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .unwrap_or_default();
+    Reply {
+        status,
+        body: Value::String(text),
+        headers,
+    }
+}
+
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -219,25 +241,13 @@ impl Herald {
     }
 
     fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-        let mut resp = resp.expect("HTTP request failed");
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 30)
-            .read_to_string()
-            .unwrap_or_default();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Reply {
-            status,
-            body,
-            headers,
+        let mut r = text_reply(resp);
+        if let Value::String(text) = &r.body
+            && let Ok(v) = serde_json::from_str(text)
+        {
+            r.body = v;
         }
+        r
     }
 
     fn auth(&self) -> String {

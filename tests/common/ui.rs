@@ -3,7 +3,7 @@
 //! session cookie and its CSRF token (redirects are not followed, so a
 //! test sees each `303` and where it leads).
 
-use super::{Herald, Reply};
+use super::{Herald, Reply, text_reply as finish};
 
 /// A logged-in browser-like session.
 pub struct UiSession {
@@ -21,27 +21,6 @@ fn agent() -> ureq::Agent {
         .max_redirects(0)
         .build()
         .into()
-}
-
-fn finish(resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-    let mut resp = resp.expect("HTTP request failed");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    let text = resp
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_string()
-        .unwrap_or_default();
-    Reply {
-        status,
-        body: serde_json::Value::String(text),
-        headers,
-    }
 }
 
 /// The value of `name="NAME" value="…"` in a page.

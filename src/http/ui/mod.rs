@@ -408,13 +408,7 @@ pub fn render(status: StatusCode, template: &str, data: &Value) -> Response<Body
                 html_escape::encode_text(&e.to_string())
             )
         });
-    let mut r = Response::new(Body::new(Bytes::from(html)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r
+    reply::text_response(status, "text/html; charset=utf-8", html)
 }
 
 /// An error as a page (the status is the error's).

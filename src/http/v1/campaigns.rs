@@ -260,7 +260,11 @@ pub async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let spec: Spec = reply::read_json(req, LIMIT).await?;
     let c = campaign::create(&state.campaigns, spec).await?;
-    show(state, c, StatusCode::CREATED).await
+    let object = format!("campaign:{}", c.id);
+    Ok(crate::http::created(
+        show(state, c, StatusCode::CREATED).await?,
+        object,
+    ))
 }
 
 /// `GET /api/v1/campaigns/{id}`.
@@ -345,7 +349,11 @@ pub async fn action(
         "cancel" => campaign::cancel(svc, id).await?,
         "duplicate" => {
             let c = campaign::duplicate(svc, id).await?;
-            return show(state, c, StatusCode::CREATED).await;
+            let object = format!("campaign:{}", c.id);
+            return Ok(crate::http::created(
+                show(state, c, StatusCode::CREATED).await?,
+                object,
+            ));
         }
         "winner" => {
             let b: WinnerBody = reply::read_json(req, LIMIT).await?;

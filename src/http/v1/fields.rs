@@ -124,7 +124,11 @@ pub async fn create(
             Ok(Ok(def))
         })
         .await??;
-    Ok(reply::json_response(StatusCode::CREATED, &created))
+    let object = format!("field:{}", created.name);
+    Ok(crate::http::created(
+        reply::json_response(StatusCode::CREATED, &created),
+        object,
+    ))
 }
 
 /// `GET /api/v1/fields`

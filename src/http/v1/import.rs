@@ -176,7 +176,8 @@ pub async fn start(
         rejected = r.rejected,
         "import completed"
     );
-    reply::ok(&report)
+    let object = format!("import:{}", report.record.id);
+    Ok(crate::http::created(reply::ok(&report)?, object))
 }
 
 fn parse_id(id: &str) -> Result<u64, ApiError> {

@@ -137,7 +137,11 @@ pub async fn create(
             Ok(Ok(l))
         })
         .await??;
-    Ok(reply::json_response(StatusCode::CREATED, &list))
+    let object = format!("list:{}", list.id);
+    Ok(crate::http::created(
+        reply::json_response(StatusCode::CREATED, &list),
+        object,
+    ))
 }
 
 /// `GET /api/v1/lists`

@@ -90,7 +90,10 @@ pub async fn add(state: &Arc<AppState>, req: Request<ReqBody>) -> Result<Respons
         state.clock.now().timestamp_millis(),
     )
     .await?;
-    Ok(reply::json_response(StatusCode::CREATED, &view(&u)))
+    Ok(crate::http::created(
+        reply::json_response(StatusCode::CREATED, &view(&u)),
+        format!("user:{}", u.name),
+    ))
 }
 
 /// `PATCH /api/v1/users/{name}`

@@ -7,11 +7,10 @@
 //! - `GET /admin/templates/{name}/frame?lang=&site=&contact=`
 //! - `POST /admin/templates/{name}/test` (`to`, `lang`, `site`, `contact`)
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::http::reply::{ApiError, Body};
+use crate::http::reply::{self, ApiError, Body};
 use crate::http::ui::{Ctx, Form, Input, PREVIEW_CSP, enc, error_page, redirect_with};
 
 /// This module's templates.
@@ -198,13 +197,8 @@ async fn frame(ctx: &Ctx<'_>, name: &str) -> Result<Response<Body>, ApiError> {
             ),
         ),
     };
-    let mut resp = Response::new(Body::new(Bytes::from(html)));
-    *resp.status_mut() = status;
+    let mut resp = reply::text_response(status, "text/html; charset=utf-8", html);
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(PREVIEW_CSP),
