@@ -232,29 +232,55 @@ pub struct Dns {
 }
 
 impl Dns {
+    /// Starts dnsmasq on a free port. A port taken between the probe and
+    /// dnsmasq's bind makes dnsmasq exit at once: then it is started again
+    /// on another port (a few times), and a failure names what dnsmasq said.
     pub fn start(records: &[String]) -> Dns {
-        let port = free_port();
-        let child = Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--local=/test/",
-                "--user=root",
-                "--pid-file=",
-            ])
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "dnsmasq (Debian package dnsmasq-base) must be installed; scripts/test installs it",
-            );
-        wait_tcp(port);
-        Dns { port, child }
+        let mut said = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("dnsmasq")
+                .args([
+                    "--no-daemon",
+                    &format!("--port={port}"),
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--local=/test/",
+                    "--user=root",
+                    "--pid-file=",
+                ])
+                .args(records)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect(
+                    "dnsmasq (Debian package dnsmasq-base) must be installed; scripts/test installs it",
+                );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Dns { port, child };
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    said = format!("dnsmasq on port {port} exited ({status}): {err}");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    said = format!("dnsmasq did not listen on port {port} within 20 s");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("no dnsmasq: {said}");
     }
 }
 
