@@ -15,6 +15,7 @@ pub mod contacts;
 pub mod coupons;
 pub mod delivery;
 pub mod http;
+pub mod inbound;
 pub mod metrics;
 pub mod names;
 pub mod render;

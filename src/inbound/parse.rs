@@ -1,0 +1,1 @@
+//! Classifies an inbound report (DSN, ARF, plain-text bounce, auto-reply).

@@ -1,0 +1,1 @@
+//! The inbound SMTP listener (smtp-proto's server side on tokio).
