@@ -106,6 +106,81 @@ impl Keys {
     }
 }
 
+/// Bytes of HMAC kept in a VERP return path: 80 bits. A forger must guess
+/// online, one SMTP command at a time, against a listener that limits
+/// every client.
+const BOUNCE_TAG_LEN: usize = 10;
+
+/// What a VERP return path `b-<token>@<bounce_domain>` names: the queued
+/// message, the recipient's index in it, and the day (since the epoch) the
+/// message was queued, so that old return paths can be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BounceRef {
+    /// Queue id.
+    pub queue_id: u64,
+    /// The recipient's index in the queued message.
+    pub rcpt: u32,
+    /// Days since the epoch when the message was queued.
+    pub day: u32,
+}
+
+impl Keys {
+    /// The token of a VERP return path: lower-case hex (local parts are
+    /// compared case-insensitively by some systems) of the key id, the
+    /// payload as varints and an HMAC tag over a domain-separated input.
+    pub fn sign_bounce(&self, r: BounceRef) -> String {
+        let mut buf = Vec::with_capacity(24);
+        buf.push(self.current.id);
+        put_varint(&mut buf, r.queue_id);
+        put_varint(&mut buf, r.rcpt as u64);
+        put_varint(&mut buf, r.day as u64);
+        let tag = bounce_tag(&self.current.key, &buf);
+        buf.extend_from_slice(&tag.as_ref()[..BOUNCE_TAG_LEN]);
+        hex::encode(buf)
+    }
+
+    /// Verifies a VERP token (the part after `b-`); `None` when forged,
+    /// signed by a key no longer listed, or malformed.
+    pub fn verify_bounce(&self, token: &str) -> Option<BounceRef> {
+        if token.len() > 64 {
+            return None;
+        }
+        let buf = hex::decode(token.to_ascii_lowercase()).ok()?;
+        if buf.len() < 4 + BOUNCE_TAG_LEN {
+            return None;
+        }
+        let (body, tag) = buf.split_at(buf.len() - BOUNCE_TAG_LEN);
+        let ok = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .filter(|k| k.id == body[0])
+            .any(|k| {
+                let full = bounce_tag(&k.key, body);
+                subtle::ConstantTimeEq::ct_eq(&full.as_ref()[..BOUNCE_TAG_LEN], tag).into()
+            });
+        if !ok {
+            return None;
+        }
+        let mut p = &body[1..];
+        let queue_id = get_varint(&mut p)?;
+        let rcpt = u32::try_from(get_varint(&mut p)?).ok()?;
+        let day = u32::try_from(get_varint(&mut p)?).ok()?;
+        p.is_empty().then_some(BounceRef {
+            queue_id,
+            rcpt,
+            day,
+        })
+    }
+}
+
+/// HMAC over `verp:` and the body, so a VERP tag can never stand for any
+/// other token's.
+fn bounce_tag(key: &hmac::Key, body: &[u8]) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(b"verp:");
+    ctx.update(body);
+    ctx.sign()
+}
+
 pub use crate::send::model::{SendKind, SendRef};
 
 /// One message: a send to one contact.
@@ -421,5 +496,37 @@ mod tests {
         assert_eq!(claims["sub"], "ann@example.com");
         assert_eq!(claims["exp"], 20);
         Ok(())
+    }
+
+    #[test]
+    fn verp_tokens_verify_and_refuse_forgeries() {
+        let keys = Keys::new(b"0123456789abcdef0123456789abcdef", &[]);
+        let r = BounceRef {
+            queue_id: 123_456,
+            rcpt: 2,
+            day: 20_600,
+        };
+        let t = keys.sign_bounce(r);
+        assert!(t.len() <= 40, "{t}");
+        assert!(
+            t.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+        assert_eq!(keys.verify_bounce(&t), Some(r));
+        assert_eq!(keys.verify_bounce(&t.to_ascii_uppercase()), Some(r));
+        // One changed digit, another key, a truncation: refused.
+        let mut forged = t.clone().into_bytes();
+        forged[4] = if forged[4] == b'0' { b'1' } else { b'0' };
+        assert_eq!(keys.verify_bounce(&String::from_utf8_lossy(&forged)), None);
+        let other = Keys::new(b"fedcba9876543210fedcba9876543210", &[]);
+        assert_eq!(other.verify_bounce(&t), None);
+        assert_eq!(keys.verify_bounce(&t[..t.len() - 2]), None);
+        assert_eq!(keys.verify_bounce("zz"), None);
+        // A rotated-out key still verifies while listed.
+        let rotated = Keys::new(
+            b"fedcba9876543210fedcba9876543210",
+            &[b"0123456789abcdef0123456789abcdef".to_vec()],
+        );
+        assert_eq!(rotated.verify_bounce(&t), Some(r));
     }
 }

@@ -115,6 +115,9 @@ pub struct Activity {
     pub object: Option<String>,
     /// The outcome's status code.
     pub status: u16,
+    /// Why, where the change asks for a reason (removing a suppression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What can go wrong with users.

@@ -316,6 +316,7 @@ fn load_errors_name_file_line_and_column() {
         from_address: "n@shop.example".into(),
         domain: "shop.example".into(),
         return_path: "n@shop.example".into(),
+        bounce_domain: None,
         helo: "shop.example".into(),
         require_tls: false,
         rate_per_second: None,

@@ -45,6 +45,7 @@ pub mod automation;
 pub mod delivery;
 pub mod http;
 pub mod import;
+pub mod inbound;
 pub mod log;
 pub mod paths;
 pub mod rendering;
@@ -171,6 +172,9 @@ pub struct RawConfig {
     /// `[automation]`: what every automation shares.
     #[serde(default)]
     pub automation: automation::RawAutomation,
+    /// `[inbound]`: the SMTP listener for bounces and complaints.
+    #[serde(default)]
+    pub inbound: inbound::RawInbound,
 }
 
 // ---------------------------------------------------------------------------
@@ -212,6 +216,8 @@ pub struct Config {
     pub import: ImportConfig,
     /// `[automation]` (defaults when the section is absent).
     pub automation: AutomationConfig,
+    /// `[inbound]` (defaults, listener off, when the section is absent).
+    pub inbound: inbound::InboundConfig,
 }
 
 impl Config {
@@ -543,6 +549,17 @@ fn validate(
     let trusted_proxies = self::http::trusted_proxies(&mut c, &raw.http);
     let signup = signup::validate(&mut c, &raw.signup);
     let automation = automation::validate(&mut c, &raw.automation);
+    let inbound = inbound::validate(&mut c, &base, &raw.inbound);
+    if let Some(v) = &raw.inbound.listen
+        && inbound.fbl_addresses.is_empty()
+        && !senders.iter().any(|s| s.bounce_domain.is_some())
+    {
+        c.at(
+            "inbound.listen",
+            v,
+            "the listener would take nothing: set a `bounce_domain` on a [[sender]] or list `fbl_addresses`",
+        );
+    }
     let http = self::http::validate(&mut c, &raw.http, addresses, trusted_proxies);
     Some(Config {
         file: file.to_path_buf(),
@@ -560,6 +577,7 @@ fn validate(
         signup: signup?,
         import: import?,
         automation: automation?,
+        inbound,
     })
 }
 

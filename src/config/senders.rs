@@ -28,6 +28,10 @@ pub struct RawSender {
     pub from: Option<Spanned<String>>,
     /// Envelope sender (MAIL FROM), where bounces go. Default: the From address.
     pub return_path: Option<Spanned<String>>,
+    /// A domain whose mail Herald's inbound listener takes: with it, every
+    /// message's envelope sender is `b-<token>@<bounce_domain>` (VERP), the
+    /// token naming the queued message and the recipient.
+    pub bounce_domain: Option<Spanned<String>>,
     /// Name sent in EHLO (default: the sender's domain).
     pub helo: Option<Spanned<String>>,
     /// Refuse to deliver without TLS.
@@ -117,8 +121,11 @@ pub struct Sender {
     pub from_address: String,
     /// The From domain (lower case): DKIM `d=`.
     pub domain: String,
-    /// MAIL FROM address.
+    /// MAIL FROM address (when there is no `bounce_domain`).
     pub return_path: String,
+    /// VERP bounce domain (lower case): MAIL FROM is then
+    /// `b-<token>@<bounce_domain>` per recipient.
+    pub bounce_domain: Option<String>,
     /// EHLO name.
     pub helo: String,
     /// Deliver only over TLS.
@@ -133,6 +140,19 @@ pub struct Sender {
     pub dkim: Vec<Arc<DkimKey>>,
     /// Smarthost, if any.
     pub relay: Option<Relay>,
+}
+
+/// Whether `s` is a host name: labels of letters, digits and hyphens.
+pub fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// Splits `"Name <a@b>"` or `"a@b"` into the address, checking it.
@@ -207,6 +227,19 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &[RawSender]) -> V
                 }
             },
         };
+        let bounce_domain = s.bounce_domain.as_ref().and_then(|v| {
+            let d = v.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+            if is_host_name(&d) && d.contains('.') {
+                Some(d)
+            } else {
+                c.at(
+                    &k("bounce_domain"),
+                    v,
+                    "must be a domain name such as bounces.shop.example (its MX pointing at this host's [inbound] listener)",
+                );
+                None
+            }
+        });
         let helo = match &s.helo {
             None => domain.clone(),
             Some(v) => {
@@ -282,6 +315,7 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &[RawSender]) -> V
                 from_address,
                 domain,
                 return_path,
+                bounce_domain,
                 helo,
                 require_tls: s.require_tls.as_ref().is_some_and(|v| *v.get_ref()),
                 rate_per_second,

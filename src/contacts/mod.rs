@@ -334,7 +334,14 @@ pub fn apply_upsert_salted(
     create: bool,
     now: DateTime<Utc>,
 ) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
-    if t.any_suppressed()
+    let existing = match t.contact_id_by_email(&email.key)? {
+        Some(id) => t.contact(id)?,
+        None => None,
+    };
+    // A suppressed address is never added again; a contact that exists
+    // (bounced, complained: its consent says so) can still be updated.
+    if existing.is_none()
+        && t.any_suppressed()
         && let Some(s) = t.suppression(&suppression_key(salt, &email.key))?
     {
         return Ok(Err(ContactError::Suppressed {
@@ -342,10 +349,6 @@ pub fn apply_upsert_salted(
             at: s.at.format("%Y-%m-%d").to_string(),
         }));
     }
-    let existing = match t.contact_id_by_email(&email.key)? {
-        Some(id) => t.contact(id)?,
-        None => None,
-    };
     if existing.is_none() && !create {
         return Ok(Err(ContactError::NotFound(format!(
             "no contact with address {}",
@@ -517,6 +520,8 @@ pub fn erase(
         &Suppression {
             at: now,
             reason: "erased at the contact's request".into(),
+            source: crate::contacts::model::SuppressionSource::Erasure,
+            address: None,
         },
     )?;
     Ok(Ok(c))

@@ -312,14 +312,53 @@ pub struct List {
     pub created_at: DateTime<Utc>,
 }
 
-/// What is kept of an erased contact: only a salted one-way hash of the address
-/// (the table key) and when and why, so a later import cannot mail them again.
+/// An entry of the suppression list, kept under a salted one-way hash of the
+/// address (the table key): an address Herald must not add again (nor mail,
+/// for a bounce, complaint or manual entry). An erased contact leaves only
+/// the hash; the other sources keep the address so an admin can see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Suppression {
     /// When the address was suppressed.
     pub at: DateTime<Utc>,
-    /// Why, e.g. `erased at the contact's request`.
+    /// Why, e.g. `erased at the contact's request`, a bounce's status and
+    /// diagnostic.
     pub reason: String,
+    /// What suppressed it (entries written before the field are erasures).
+    #[serde(default)]
+    pub source: SuppressionSource,
+    /// The address; `None` for an erasure (only the hash is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// What put an address on the suppression list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionSource {
+    /// The contact was erased at their request (GDPR): hash only.
+    #[default]
+    Erasure,
+    /// A hard bounce (the address does not exist).
+    Bounce,
+    /// `[inbound] soft_bounce_limit` soft bounces without a delivery.
+    SoftBounces,
+    /// A spam complaint.
+    Complaint,
+    /// Added by an admin.
+    Manual,
+}
+
+impl SuppressionSource {
+    /// The name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuppressionSource::Erasure => "erasure",
+            SuppressionSource::Bounce => "bounce",
+            SuppressionSource::SoftBounces => "soft_bounces",
+            SuppressionSource::Complaint => "complaint",
+            SuppressionSource::Manual => "manual",
+        }
+    }
 }
 
 /// The state of a CSV import.

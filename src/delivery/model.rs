@@ -163,6 +163,21 @@ pub struct Recipient {
     /// For a recipient failed without an attempt: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_sent: Option<NotSent>,
+    /// Reports that came back about this recipient after the attempt (a
+    /// DSN, a complaint, an auto-reply, a delay notice), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<ReportNote>,
+}
+
+/// A report about a recipient, as its queue record shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportNote {
+    /// The inbound report's id (`GET /api/v1/inbound/{id}`).
+    pub id: u64,
+    /// What it said.
+    pub verdict: crate::inbound::parse::Verdict,
+    /// When it came (ms).
+    pub at: i64,
 }
 
 impl Recipient {
@@ -180,6 +195,7 @@ impl Recipient {
             host: None,
             updated: None,
             not_sent: None,
+            reports: Vec::new(),
         }
     }
 }
@@ -255,6 +271,29 @@ impl QueuedMessage {
         r.reply = Some(why.reply().to_string());
         r.not_sent = Some(why);
         Some(before)
+    }
+
+    /// The envelope sender (MAIL FROM) for recipient `idx`: the VERP
+    /// address `b-<token>@<bounce_domain>` when `sender` has a bounce
+    /// domain (the token names this message, the recipient and the day it
+    /// was queued), else the stored return path.
+    pub fn envelope_from(
+        &self,
+        idx: usize,
+        sender: &crate::config::Sender,
+        keys: &crate::tokens::Keys,
+    ) -> String {
+        match &sender.bounce_domain {
+            Some(domain) => {
+                let r = crate::tokens::BounceRef {
+                    queue_id: self.id,
+                    rcpt: u32::try_from(idx).unwrap_or(u32::MAX),
+                    day: u32::try_from(self.created.max(0) / 86_400_000).unwrap_or(u32::MAX),
+                };
+                format!("b-{}@{domain}", keys.sign_bounce(r))
+            }
+            None => self.return_path.clone(),
+        }
     }
 
     /// The earliest time a pending recipient is due, if any is pending.

@@ -218,7 +218,7 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
                 orphans.push(m.id);
                 continue;
             };
-            let (jobs, rcpts) = jobs_of(&m, sender, now);
+            let (jobs, rcpts) = jobs_of(&m, sender, &config.tracking.keys, now);
             if jobs.is_empty() {
                 continue;
             }
@@ -245,12 +245,20 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
 
 /// The jobs of message `m` from `sender`: its recipients due at `now`,
 /// grouped by destination, at most [`MAX_RCPTS_PER_TRANSACTION`] per job,
-/// in recipient order; and the indexes of the recipients taken.
+/// in recipient order; and the indexes of the recipients taken. A sender
+/// with a `bounce_domain` gives every recipient a job of its own, with its
+/// VERP return path.
 fn jobs_of(
     m: &QueuedMessage,
     sender: &Sender,
+    keys: &crate::tokens::Keys,
     now: i64,
 ) -> (HashMap<DestKey, Vec<Job>>, Vec<usize>) {
+    let per_rcpt = if sender.bounce_domain.is_some() {
+        1
+    } else {
+        MAX_RCPTS_PER_TRANSACTION
+    };
     let mut jobs: HashMap<DestKey, Vec<Job>> = HashMap::new();
     let mut rcpts = Vec::new();
     for (i, r) in m.recipients.iter().enumerate() {
@@ -268,13 +276,10 @@ fn jobs_of(
         let list = jobs.entry(key).or_default();
         // RFC 5321 §4.5.3.1.8: servers need accept only 100 recipients per
         // transaction.
-        if list
-            .last()
-            .is_none_or(|j| j.rcpts.len() >= MAX_RCPTS_PER_TRANSACTION)
-        {
+        if list.last().is_none_or(|j| j.rcpts.len() >= per_rcpt) {
             list.push(Job {
                 msg: m.id,
-                return_path: m.return_path.clone(),
+                return_path: m.envelope_from(i, sender, keys),
                 rcpts: Vec::new(),
             });
         }
@@ -556,6 +561,7 @@ mod tests {
             from_address: "news@shop.example".into(),
             domain: "shop.example".into(),
             return_path: "bounce@shop.example".into(),
+            bounce_domain: None,
             helo: "mail.shop.example".into(),
             require_tls: false,
             rate_per_second: None,
@@ -591,6 +597,10 @@ mod tests {
         }
     }
 
+    fn keys() -> crate::tokens::Keys {
+        crate::tokens::Keys::new(b"0123456789abcdef0123456789abcdef", &[])
+    }
+
     fn key(domain: &str) -> DestKey {
         DestKey {
             sender: "shop".into(),
@@ -615,7 +625,7 @@ mod tests {
         rs.push(done);
         let m = message(rs);
 
-        let (jobs, taken) = jobs_of(&m, &sender(false), 500);
+        let (jobs, taken) = jobs_of(&m, &sender(false), &keys(), 500);
         assert_eq!(taken, (0..151).collect::<Vec<_>>());
         let a = &jobs[&key("a.example")];
         assert_eq!(
@@ -632,14 +642,48 @@ mod tests {
         assert_eq!(b[0].rcpts, [(150, "x@b.example".to_string())]);
 
         // Once the deferred one is due, it goes too.
-        let (jobs, _) = jobs_of(&m, &sender(false), 1000);
+        let (jobs, _) = jobs_of(&m, &sender(false), &keys(), 1000);
         assert_eq!(jobs[&key("b.example")][0].rcpts.len(), 2);
 
         // A relay takes every domain: one destination.
-        let (jobs, _) = jobs_of(&m, &sender(true), 500);
+        let (jobs, _) = jobs_of(&m, &sender(true), &keys(), 500);
         assert_eq!(jobs.keys().collect::<Vec<_>>(), [&key("")]);
         assert_eq!(limit_key(&key("")), "relay:shop");
         assert_eq!(limit_key(&key("a.example")), "a.example");
+    }
+
+    /// With a bounce domain every recipient is a transaction of its own,
+    /// its MAIL FROM the VERP address naming the message and the recipient.
+    #[test]
+    fn a_bounce_domain_gives_each_recipient_its_verp_return_path() {
+        let rs = (0..3)
+            .map(|i| Recipient::queued(format!("u{i}@a.example"), None))
+            .collect();
+        let m = message(rs);
+        let mut s = sender(false);
+        s.bounce_domain = Some("bounces.shop.example".into());
+        let (jobs, taken) = jobs_of(&m, &s, &keys(), 500);
+        assert_eq!(taken, [0, 1, 2]);
+        let a = &jobs[&key("a.example")];
+        assert_eq!(a.len(), 3);
+        for (i, j) in a.iter().enumerate() {
+            assert_eq!(j.rcpts, [(i, format!("u{i}@a.example"))]);
+            let token = j
+                .return_path
+                .strip_prefix("b-")
+                .and_then(|r| r.strip_suffix("@bounces.shop.example"));
+            let verified = token.and_then(|t| keys().verify_bounce(t));
+            assert_eq!(
+                verified,
+                Some(crate::tokens::BounceRef {
+                    queue_id: 3,
+                    rcpt: i as u32,
+                    day: 0
+                }),
+                "{}",
+                j.return_path
+            );
+        }
     }
 
     #[test]

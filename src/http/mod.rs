@@ -158,6 +158,15 @@ pub fn created(mut response: Response<Body>, object: String) -> Response<Body> {
 }
 
 impl AppState {
+    /// The inbound side (reports, their effects) over this state's store.
+    pub fn inbound(&self) -> crate::inbound::Inbound {
+        crate::inbound::Inbound {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     /// The current snapshot's config.
     pub fn config(&self) -> Arc<Config> {
         self.config.get()
@@ -443,6 +452,16 @@ pub enum Route {
     QueueDomain(String),
     /// `/api/v1/reports/overview` (every send per day, for the dashboard)
     ReportOverview,
+    /// `/api/v1/bounces` (a raw DSN received elsewhere)
+    Bounces,
+    /// `/api/v1/inbound` (reports taken)
+    InboundReports,
+    /// `/api/v1/inbound/{id}`
+    InboundReport(String),
+    /// `/api/v1/suppressions`
+    Suppressions,
+    /// `/api/v1/suppressions/{address or hash}`
+    Suppression(String),
     /// `/` and everything under `/admin` (the admin UI; its own sessions).
     Ui,
     /// Anything else under `/api/`.
@@ -509,6 +528,11 @@ impl Route {
             Route::Owner(..) => "owner",
             Route::QueueDomain(_) => "queue_domain",
             Route::ReportOverview => "report_overview",
+            Route::Bounces => "bounces",
+            Route::InboundReports => "inbound",
+            Route::InboundReport(_) => "inbound_report",
+            Route::Suppressions => "suppressions",
+            Route::Suppression(_) => "suppression",
             Route::Ui => "admin_ui",
             Route::ApiUnknown => "api_unknown",
             Route::Unknown => "unknown",
@@ -583,7 +607,10 @@ impl Route {
     /// is logged) and reads made with `POST` (previews).
     fn logged(&self, method: &Method, actor: &Actor) -> bool {
         let feed = match self {
-            Route::Events | Route::Complaints => true,
+            Route::Events | Route::Complaints | Route::Bounces => true,
+            // Removing a suppression writes its own entry, with the reason,
+            // in the transaction that removes it.
+            Route::Suppression(_) => true,
             Route::Messages => actor.name == "api",
             _ => false,
         };
@@ -673,6 +700,11 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "owners", k, id] => Route::Owner(k.to_string(), id.to_string()),
         ["api", "v1", "queue", "domains", d] => Route::QueueDomain(d.to_string()),
         ["api", "v1", "reports", "overview"] => Route::ReportOverview,
+        ["api", "v1", "bounces"] => Route::Bounces,
+        ["api", "v1", "inbound"] => Route::InboundReports,
+        ["api", "v1", "inbound", id] => Route::InboundReport(id.to_string()),
+        ["api", "v1", "suppressions"] => Route::Suppressions,
+        ["api", "v1", "suppressions", w] => Route::Suppression(w.to_string()),
         ["api", ..] => Route::ApiUnknown,
         [""] => Route::Ui,
         ["admin", ..] => Route::Ui,
@@ -893,6 +925,7 @@ pub async fn call_as(
         action,
         object,
         status: response.status().as_u16(),
+        note: None,
     };
     state
         .store
@@ -1133,8 +1166,30 @@ async fn call(
             _ => Err(method_not_allowed("GET")),
         },
         Route::Complaints => match m {
+            Method::POST if v1::inbound::is_raw(&req) => v1::inbound::raw_report(state, req).await,
             Method::POST => v1::reports::complaint(state, req).await,
             _ => Err(method_not_allowed("POST")),
+        },
+        Route::Bounces => match m {
+            Method::POST => v1::inbound::raw_report(state, req).await,
+            _ => Err(method_not_allowed("POST")),
+        },
+        Route::InboundReports => match m {
+            Method::GET => v1::inbound::list(state, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::InboundReport(id) => match m {
+            Method::GET => v1::inbound::get(state, id, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Suppressions => match m {
+            Method::GET => v1::inbound::suppressions(state, &req).await,
+            Method::POST => v1::inbound::add_suppression(state, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::Suppression(w) => match m {
+            Method::DELETE => v1::inbound::remove_suppression(state, w, req).await,
+            _ => Err(method_not_allowed("DELETE")),
         },
         Route::ReportCampaign(id) => match m {
             Method::GET => v1::reports::campaign(state, id, &req).await,

@@ -3,6 +3,249 @@
 //! come back to a message's VERP return path; the parser that tells a hard
 //! bounce from a soft one, a complaint, an auto-reply or a delay notice; and
 //! the effects each has through the send layer and the consent log.
+//!
+//! A report's life: the listener ([`server`]) refuses at RCPT every address
+//! but a VERP return path that verifies and has not expired
+//! ([`Inbound::rcpt`]) and the configured feedback-loop addresses; once the
+//! data is in, [`Inbound::receive`] parses it on a blocking thread
+//! ([`parse::parse`]) and commits, in one write, the report
+//! ([`InboundRecord`], with the bytes kept of it) and its effects
+//! ([`apply::apply`]); only then does the listener answer 250. The same
+//! operation serves `POST /api/v1/bounces` and `POST /api/v1/complaints`
+//! with a raw report.
 
+pub mod apply;
 pub mod parse;
 pub mod server;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::send::model::SendRef;
+use crate::snapshot::Current;
+use crate::store::{Store, StoreError};
+use crate::tokens::BounceRef;
+use parse::{Finding, Format, Verdict};
+
+/// The most bytes of a report kept in the store (the rest is dropped; what
+/// a report means is in its first part).
+pub const RAW_KEPT: usize = 256 * 1024;
+
+/// How a report came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The inbound SMTP listener.
+    Smtp,
+    /// `POST /api/v1/bounces` or `POST /api/v1/complaints` with a raw report.
+    Api,
+}
+
+/// How a report was matched to a message or a contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchedBy {
+    /// The VERP address it was sent to.
+    Verp,
+    /// A VERP return path in the returned copy of the message.
+    ReturnPath,
+    /// The Message-ID of the returned copy (a send's message).
+    MessageId,
+    /// Only the recipient address the report names.
+    Address,
+}
+
+/// One report taken: what it was found to say and what it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundRecord {
+    /// Id (`GET /api/v1/inbound/{id}`).
+    pub id: u64,
+    /// When it was taken (ms).
+    pub at: i64,
+    /// Listener or API.
+    pub via: Via,
+    /// The client's address (listener only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Envelope sender (listener only; empty for the null sender).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_from: Option<String>,
+    /// Envelope recipients (listener only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rcpts: Vec<String>,
+    /// Size in bytes as received.
+    pub size: u64,
+    /// What kind of message it was.
+    pub format: Format,
+    /// The verdict applied (the finding about the matched recipient).
+    pub verdict: Verdict,
+    /// Everything the parser found, per recipient.
+    pub findings: Vec<Finding>,
+    /// The Message-ID of the message it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_message_id: Option<String>,
+    /// ARF Feedback-Type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_type: Option<String>,
+    /// Its Subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// How it was matched; `None`: to nothing Herald sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_by: Option<MatchedBy>,
+    /// The queued message it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<u64>,
+    /// The recipient it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Their contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<u64>,
+    /// The send the message belonged to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<SendRef>,
+    /// What it did, in words (`contact 12 invalid`, `counted for
+    /// campaign:3`, `duplicate: already applied`).
+    #[serde(default)]
+    pub effects: Vec<String>,
+}
+
+/// What the listener knows of a report besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// The client's address.
+    pub peer: Option<String>,
+    /// MAIL FROM.
+    pub mail_from: Option<String>,
+    /// RCPT TO addresses.
+    pub rcpts: Vec<String>,
+    /// The VERP return paths among the recipients, verified at RCPT.
+    pub verp: Vec<BounceRef>,
+}
+
+/// Why a report was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    /// The store failed; nothing was committed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The parsing thread died.
+    #[error("the report could not be parsed: {0}")]
+    Parse(String),
+}
+
+/// Why an RCPT is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptRefusal {
+    /// Neither a bounce domain nor a feedback-loop address.
+    NotHere,
+    /// A VERP address whose token does not verify.
+    Forged,
+    /// A VERP address older than `verp_max_age`.
+    Expired,
+}
+
+impl RcptRefusal {
+    /// The SMTP reply text.
+    pub fn text(&self) -> &'static str {
+        match self {
+            RcptRefusal::NotHere => "no such user here: this host takes only bounces and reports",
+            RcptRefusal::Forged => "no such bounce address",
+            RcptRefusal::Expired => "this bounce address has expired",
+        }
+    }
+}
+
+/// What an RCPT address is to the listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptKind {
+    /// A VERP return path that verifies.
+    Verp(BounceRef),
+    /// A feedback-loop address.
+    Fbl,
+}
+
+/// The inbound side of the daemon: the config, the store and the clock.
+#[derive(Clone)]
+pub struct Inbound {
+    /// The current configuration snapshot.
+    pub config: Arc<Current>,
+    /// The store.
+    pub store: Store,
+    /// The clock.
+    pub clock: Clock,
+}
+
+impl Inbound {
+    /// Decides an RCPT: a VERP address of a configured bounce domain whose
+    /// token verifies and is younger than `verp_max_age`, or a
+    /// feedback-loop address.
+    pub fn rcpt(&self, address: &str) -> Result<RcptKind, RcptRefusal> {
+        let config = self.config.get();
+        let lower = address.trim().to_ascii_lowercase();
+        let Some((local, domain)) = lower.rsplit_once('@') else {
+            return Err(RcptRefusal::NotHere);
+        };
+        if config.inbound.fbl_addresses.iter().any(|a| *a == lower) {
+            return Ok(RcptKind::Fbl);
+        }
+        if !config
+            .senders
+            .iter()
+            .any(|s| s.bounce_domain.as_deref() == Some(domain))
+        {
+            return Err(RcptRefusal::NotHere);
+        }
+        let r = verp_token(local)
+            .and_then(|t| config.tracking.keys.verify_bounce(t))
+            .ok_or(RcptRefusal::Forged)?;
+        let age = self.clock.now().timestamp_millis() - r.day as i64 * 86_400_000;
+        if age > config.inbound.verp_max_age_ms + 86_400_000 {
+            return Err(RcptRefusal::Expired);
+        }
+        Ok(RcptKind::Verp(r))
+    }
+
+    /// Takes a report: parses it (on a blocking thread), then commits the
+    /// record and its effects in one write. Returns the record.
+    pub async fn receive(
+        &self,
+        via: Via,
+        envelope: Envelope,
+        raw: Vec<u8>,
+    ) -> Result<InboundRecord, InboundError> {
+        let (report, raw) = tokio::task::spawn_blocking(move || (parse::parse(&raw), raw))
+            .await
+            .map_err(|e| InboundError::Parse(e.to_string()))?;
+        let settings = apply::Settings::of(&self.config.get());
+        let now = self.clock.now().timestamp_millis();
+        let record = self
+            .store
+            .write(move |t| apply::apply(t, &settings, via, &envelope, &report, &raw, now))
+            .await?;
+        Ok(record)
+    }
+}
+
+/// The token of a VERP local part `b-<token>`.
+pub fn verp_token(local: &str) -> Option<&str> {
+    local
+        .strip_prefix("b-")
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verp_local_parts_carry_hex_tokens() {
+        assert_eq!(verp_token("b-00ff"), Some("00ff"));
+        assert_eq!(verp_token("b-"), None);
+        assert_eq!(verp_token("b-xyz"), None);
+        assert_eq!(verp_token("bounce"), None);
+    }
+}

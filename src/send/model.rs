@@ -224,11 +224,20 @@ pub enum Counter {
     Erased = 20,
     /// Messages queued (counted by the send layer when it queues them).
     Sent = 21,
+    /// Bounces reported after the receiving server had taken the message
+    /// (DSNs to the VERP return path; also counted as failed and by
+    /// class, and taken off delivered).
+    LateBounces = 22,
+    /// Auto-replies (vacation, out of office) to the send's messages: never
+    /// bounces.
+    AutoReplies = 23,
+    /// Delay notices ("will retry") about the send's messages: never bounces.
+    DelayNotices = 24,
 }
 
 impl Counter {
     /// Every counter, for reading them all.
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 24] = [
         Counter::Delivered,
         Counter::Failed,
         Counter::Deferred,
@@ -250,6 +259,9 @@ impl Counter {
         Counter::Complaints,
         Counter::Erased,
         Counter::Sent,
+        Counter::LateBounces,
+        Counter::AutoReplies,
+        Counter::DelayNotices,
     ];
 
     /// The name in the API.
@@ -276,6 +288,9 @@ impl Counter {
             Counter::Complaints => "complaints",
             Counter::Erased => "not_sent_erased",
             Counter::Sent => "sent",
+            Counter::LateBounces => "late_bounces",
+            Counter::AutoReplies => "auto_replies",
+            Counter::DelayNotices => "delay_notices",
         }
     }
 }

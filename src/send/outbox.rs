@@ -308,6 +308,7 @@ mod tests {
                 from_address: "news@shop.example".into(),
                 domain: "shop.example".into(),
                 return_path: "bounce@shop.example".into(),
+                bounce_domain: None,
                 helo: "mail.shop.example".into(),
                 require_tls: false,
                 rate_per_second: None,

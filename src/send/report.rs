@@ -29,6 +29,9 @@ pub const COLUMNS: &[&str] = &[
     "bounces_hard",
     "bounces_soft",
     "bounces_policy",
+    "bounces_late",
+    "auto_replies",
+    "delay_notices",
     "not_sent_no_consent",
     "not_sent_erased",
     "opens_unique",
@@ -91,6 +94,9 @@ pub fn figures(
     put("bounces_hard", get(Counter::Hard).into());
     put("bounces_soft", get(Counter::Soft).into());
     put("bounces_policy", get(Counter::Policy).into());
+    put("bounces_late", get(Counter::LateBounces).into());
+    put("auto_replies", get(Counter::AutoReplies).into());
+    put("delay_notices", get(Counter::DelayNotices).into());
     put("not_sent_no_consent", get(Counter::Unsent).into());
     put("not_sent_erased", get(Counter::Erased).into());
     put("opens_unique", uo.into());

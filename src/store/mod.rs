@@ -31,6 +31,7 @@ mod audience;
 pub mod automation;
 mod contacts;
 mod coupons;
+mod inbound;
 mod migrate;
 mod queue;
 mod read;
@@ -44,6 +45,7 @@ mod users;
 
 pub use audience::{decode_ids, encode_ids};
 pub use contacts::{ContactIndex, suppression_key};
+pub use inbound::SoftStreak;
 pub use queue::{DueEntry, QueueSummary};
 pub use read::ReadTables;
 pub use send::{LinkCounts, SendCounts, hour_of};
@@ -721,6 +723,8 @@ pub enum Sequence {
     Signup,
     /// Activity log entries.
     Activity,
+    /// Inbound reports (bounces, complaints, auto-replies).
+    Inbound,
 }
 
 impl Sequence {
@@ -735,6 +739,7 @@ impl Sequence {
             Sequence::History => "seq.history",
             Sequence::Signup => "seq.signup",
             Sequence::Activity => "seq.activity",
+            Sequence::Inbound => "seq.inbound",
         }
     }
 }

@@ -173,7 +173,9 @@ tables! {
     /// Lower-cased list name → list id.
     LIST_BY_NAME, list_by_name: &'static str => u64 = "list_by_name_v1";
 
-    /// Salted SHA-256 of an erased address → `Suppression` (JSON).
+    /// Salted SHA-256 of an address → `Suppression` (JSON): erased
+    /// addresses (hash only), hard bounces, complaints, soft-bounce limits
+    /// and manual entries (with the address).
     SUPPRESSIONS, suppressions: &'static [u8] => &'static [u8] = "suppressions_v1";
 
     /// Import id → `ImportRecord` (JSON).
@@ -368,6 +370,20 @@ tables! {
     /// object (`campaign:3`, `automation:welcome`) → user name: the owner of
     /// a campaign or an automation (who created it, or who it was given to).
     OWNERS, owners: &'static str => &'static str = "owners_v1";
+
+    /// Inbound report id → `inbound::InboundRecord` (JSON): every bounce,
+    /// complaint, auto-reply or delay notice taken (listener or API), with
+    /// what it was found to say and what it did.
+    INBOUND, inbound: u64 => &'static [u8] = "inbound_v1";
+
+    /// Inbound report id → the message as received (at most
+    /// `inbound::RAW_KEPT` bytes of it).
+    INBOUND_RAW, inbound_raw: u64 => &'static [u8] = "inbound_raw_v1";
+
+    /// Contact id → (soft bounces in the streak, first ms, last ms): the
+    /// soft bounces since the last sign of a delivery, for
+    /// `[inbound] soft_bounce_limit`.
+    SOFT_BOUNCES, soft_bounces: u64 => (u32, i64, i64) = "soft_bounces_v1";
 }
 
 /// Tables of older schemas, read only by `store::migrate`.

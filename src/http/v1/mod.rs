@@ -8,6 +8,7 @@ pub mod coupons;
 pub mod events;
 pub mod fields;
 pub mod import;
+pub mod inbound;
 pub mod lists;
 pub mod products;
 pub mod queue;

@@ -1,0 +1,585 @@
+//! What a report does, inside the write that records it.
+//!
+//! - **Matching**: the VERP address it was sent to names the queued message
+//!   and the recipient; else a VERP return path in the returned copy; else
+//!   the copy's Message-ID, when it is a send's (`c12.65537.99@…`: send and
+//!   contact, the queue id from the send's ledger); else only the address
+//!   the report names (its contact, no message).
+//! - **Hard bounce**: the recipient's queue record turns from delivered to
+//!   failed (`hard`, the status and diagnostic as its reply), the send
+//!   counts it (failed, hard, late; delivered less one), the contact
+//!   becomes `invalid` (source `bounce`, the status and diagnostic in the
+//!   consent log) and the address goes on the suppression list.
+//! - **Soft bounce**: counted the same way (`soft`); the contact's streak
+//!   grows, and at `soft_bounce_limit` within `soft_bounce_window` with no
+//!   open, click or order since the streak began, the contact becomes
+//!   `invalid` and is suppressed (`soft_bounces`).
+//! - **Policy**: counted (`policy`): it is about the sender, not the address.
+//! - **Complaint**: the contact is `withdrawn` (source `complaint`), the
+//!   send counts it once per message, the address is suppressed.
+//! - **Auto-reply, delay notice**: noted on the recipient and in the
+//!   contact's history, counted apart; never a bounce.
+//!
+//! A second report with the same verdict about the same recipient is
+//! recorded and does nothing more.
+
+use chrono::{DateTime, Utc};
+
+use super::parse::{Finding, Report, Verdict};
+use super::{Envelope, InboundRecord, MatchedBy, RAW_KEPT, Via};
+use crate::contacts::model::{ConsentSource, ConsentState, Suppression, SuppressionSource};
+use crate::contacts::{ConsentChange, ContactUpdate};
+use crate::delivery::model::{QueuedMessage, RcptState, ReportNote};
+use crate::send::model::{Counter, SendRef};
+use crate::store::{HistoryEvent, ReadTables as _, SoftStreak, StoreError, WriteTables};
+use crate::tokens::{BounceRef, Keys, MessageRef};
+
+/// What applying needs from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Token keys (VERP return paths in returned copies).
+    pub keys: Keys,
+    /// The senders' bounce domains.
+    pub bounce_domains: Vec<String>,
+    /// Soft bounces that make a contact `invalid`.
+    pub soft_bounce_limit: u32,
+    /// Their window (ms).
+    pub soft_bounce_window_ms: i64,
+}
+
+impl Settings {
+    /// From the config.
+    pub fn of(c: &crate::config::Config) -> Settings {
+        Settings {
+            keys: c.tracking.keys.clone(),
+            bounce_domains: c
+                .senders
+                .iter()
+                .filter_map(|s| s.bounce_domain.clone())
+                .collect(),
+            soft_bounce_limit: c.inbound.soft_bounce_limit,
+            soft_bounce_window_ms: c.inbound.soft_bounce_window_ms,
+        }
+    }
+}
+
+/// What a report is about, once matched.
+#[derive(Debug, Default)]
+struct Target {
+    by: Option<MatchedBy>,
+    message: Option<QueuedMessage>,
+    /// Whether `message` is in the finished log (else still queued).
+    finished: bool,
+    rcpt: Option<usize>,
+    address: Option<String>,
+    contact: Option<u64>,
+    send: Option<SendRef>,
+}
+
+/// Records a report and applies its effects; returns the record.
+pub fn apply(
+    t: &mut WriteTables<'_>,
+    s: &Settings,
+    via: Via,
+    envelope: &Envelope,
+    report: &Report,
+    raw: &[u8],
+    now: i64,
+) -> Result<InboundRecord, StoreError> {
+    let mut target = find_target(t, s, envelope, report)?;
+    let finding = main_finding(report, target.address.as_deref());
+    if target.address.is_none() {
+        target.address = finding.and_then(|f| f.recipient.clone());
+    }
+    if target.contact.is_none()
+        && let Some(a) = &target.address
+        && let Ok(e) = crate::contacts::normalize_email(a)
+    {
+        target.contact = t.contact_id_by_email(&e.key)?;
+        if target.contact.is_some() && target.by.is_none() {
+            target.by = Some(MatchedBy::Address);
+        }
+    }
+    let verdict = finding.map_or(Verdict::Unknown, |f| f.verdict);
+    let mut record = InboundRecord {
+        id: 0,
+        at: now,
+        via,
+        peer: envelope.peer.clone(),
+        mail_from: envelope.mail_from.clone(),
+        rcpts: envelope.rcpts.clone(),
+        size: raw.len() as u64,
+        format: report.format,
+        verdict,
+        findings: report.findings.clone(),
+        original_message_id: report.original_message_id.clone(),
+        feedback_type: report.feedback_type.clone(),
+        subject: report.subject.clone(),
+        matched_by: target.by,
+        message: target.message.as_ref().map(|m| m.id),
+        recipient: target.address.clone(),
+        contact: target.contact,
+        send: target.send,
+        effects: Vec::new(),
+    };
+    let id = t.add_inbound(&mut record, &raw[..raw.len().min(RAW_KEPT)])?;
+    if target.by.is_some() {
+        record.effects = effects(t, s, &mut target, finding, verdict, id, now)?;
+        t.put_inbound(&record)?;
+    }
+    Ok(record)
+}
+
+/// Finds the message and recipient a report is about.
+fn find_target(
+    t: &WriteTables<'_>,
+    s: &Settings,
+    envelope: &Envelope,
+    report: &Report,
+) -> Result<Target, StoreError> {
+    if let Some(r) = envelope.verp.first() {
+        return by_verp(t, *r, MatchedBy::Verp);
+    }
+    for path in &report.original_return_paths {
+        let lower = path.to_ascii_lowercase();
+        let Some((local, domain)) = lower.rsplit_once('@') else {
+            continue;
+        };
+        if !s.bounce_domains.iter().any(|d| d == domain) {
+            continue;
+        }
+        if let Some(r) = super::verp_token(local).and_then(|tok| s.keys.verify_bounce(tok)) {
+            return by_verp(t, r, MatchedBy::ReturnPath);
+        }
+    }
+    if let Some(m) = report
+        .original_message_id
+        .as_deref()
+        .and_then(crate::track::send_message)
+    {
+        return by_message_ref(t, m);
+    }
+    Ok(Target::default())
+}
+
+fn load_message(t: &WriteTables<'_>, id: u64) -> Result<Option<(QueuedMessage, bool)>, StoreError> {
+    if let Some(m) = t.queued_message(id)? {
+        return Ok(Some((m, false)));
+    }
+    Ok(t.finished_message(id)?.map(|m| (m, true)))
+}
+
+fn by_verp(t: &WriteTables<'_>, r: BounceRef, by: MatchedBy) -> Result<Target, StoreError> {
+    let Some((m, finished)) = load_message(t, r.queue_id)? else {
+        return Ok(Target::default());
+    };
+    let idx = r.rcpt as usize;
+    let Some(rcpt) = m.recipients.get(idx) else {
+        return Ok(Target::default());
+    };
+    Ok(Target {
+        by: Some(by),
+        address: Some(rcpt.address.clone()),
+        contact: rcpt.contact,
+        send: m.send,
+        rcpt: Some(idx),
+        finished,
+        message: Some(m),
+    })
+}
+
+fn by_message_ref(t: &WriteTables<'_>, m: MessageRef) -> Result<Target, StoreError> {
+    let Some((_, queue_id)) = t.sent(m.send, m.contact)? else {
+        return Ok(Target::default());
+    };
+    let mut target = Target {
+        by: Some(MatchedBy::MessageId),
+        contact: Some(m.contact),
+        send: Some(m.send),
+        ..Default::default()
+    };
+    if let Some((msg, finished)) = load_message(t, queue_id)? {
+        target.rcpt = msg
+            .recipients
+            .iter()
+            .position(|r| r.contact == Some(m.contact));
+        target.address = target
+            .rcpt
+            .and_then(|i| msg.recipients.get(i))
+            .map(|r| r.address.clone());
+        target.finished = finished;
+        target.message = Some(msg);
+    }
+    Ok(target)
+}
+
+/// The finding about `address` (any finding when the report names no
+/// matching recipient), the most telling first: complaint, hard, soft,
+/// policy, delay, auto-reply, unknown.
+fn main_finding<'r>(report: &'r Report, address: Option<&str>) -> Option<&'r Finding> {
+    let rank = |v: Verdict| match v {
+        Verdict::Complaint => 0,
+        Verdict::Hard => 1,
+        Verdict::Soft => 2,
+        Verdict::Policy => 3,
+        Verdict::Delay => 4,
+        Verdict::AutoReply => 5,
+        Verdict::Unknown => 6,
+    };
+    let about = |f: &&Finding| {
+        address.is_some_and(|a| {
+            f.recipient
+                .as_deref()
+                .is_some_and(|r| r.eq_ignore_ascii_case(a))
+        })
+    };
+    report
+        .findings
+        .iter()
+        .filter(about)
+        .min_by_key(|f| rank(f.verdict))
+        .or_else(|| report.findings.iter().min_by_key(|f| rank(f.verdict)))
+}
+
+/// Applies a verdict to its target; returns what was done, in words.
+fn effects(
+    t: &mut WriteTables<'_>,
+    s: &Settings,
+    target: &mut Target,
+    finding: Option<&Finding>,
+    verdict: Verdict,
+    report_id: u64,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut done = Vec::new();
+    if verdict == Verdict::Unknown {
+        return Ok(done);
+    }
+    if !note_on_recipient(t, target, verdict, report_id, now, &mut done)? {
+        done.push(format!(
+            "duplicate: a {} report about this recipient was applied before",
+            verdict.as_str()
+        ));
+        return Ok(done);
+    }
+    let detail = detail_of(finding);
+    if verdict.is_bounce()
+        && let Some(send) = target.send.filter(SendRef::counted)
+    {
+        done.push(format!("counted for {}", crate::track::source_of(&send)));
+    }
+    match verdict {
+        Verdict::Hard => {
+            if let Some(c) = target.contact {
+                let note = format!("hard bounce: {detail}");
+                if set_consent(
+                    t,
+                    c,
+                    ConsentState::Invalid,
+                    ConsentSource::Bounce,
+                    note,
+                    now,
+                )? {
+                    done.push(format!("contact {c} invalid"));
+                }
+            }
+            suppress(
+                t,
+                target,
+                SuppressionSource::Bounce,
+                format!("hard bounce: {detail}"),
+                now,
+                &mut done,
+            )?;
+        }
+        Verdict::Soft => soft_bounce(t, s, target, &detail, now, &mut done)?,
+        Verdict::Complaint => complaint(t, target, now, &mut done)?,
+        Verdict::AutoReply | Verdict::Delay | Verdict::Policy | Verdict::Unknown => {}
+    }
+    if verdict != Verdict::Complaint
+        && let Some(c) = target.contact
+    {
+        history(t, c, target, verdict, &detail, now)?;
+    }
+    Ok(done)
+}
+
+/// The status and diagnostic of a finding, in one line.
+fn detail_of(f: Option<&Finding>) -> String {
+    let status = f.and_then(|f| f.status.as_deref());
+    let diag = f.and_then(|f| f.diagnostic.as_deref());
+    match (status, diag) {
+        (Some(s), Some(d)) => format!("{s} {d}"),
+        (Some(s), None) => s.to_string(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) => "no status given".to_string(),
+    }
+}
+
+/// Notes the report on the recipient's queue record and counts it for the
+/// send; false when a report with this verdict was noted there before.
+fn note_on_recipient(
+    t: &mut WriteTables<'_>,
+    target: &mut Target,
+    verdict: Verdict,
+    report_id: u64,
+    now: i64,
+    done: &mut Vec<String>,
+) -> Result<bool, StoreError> {
+    let (Some(m), Some(idx)) = (target.message.as_mut(), target.rcpt) else {
+        // No queue record: a complaint still counts once per message
+        // through the send's engagement flags.
+        return Ok(true);
+    };
+    let send = m.send.filter(SendRef::counted);
+    let Some(r) = m.recipients.get_mut(idx) else {
+        return Ok(true);
+    };
+    if r.reports.iter().any(|n| n.verdict == verdict) {
+        return Ok(false);
+    }
+    r.reports.push(ReportNote {
+        id: report_id,
+        verdict,
+        at: now,
+    });
+    if let Some(class) = verdict.bounce_class()
+        && r.state != RcptState::Failed
+    {
+        let before = r.state;
+        r.state = RcptState::Failed;
+        r.bounce = Some(class);
+        r.next_attempt = None;
+        r.updated = Some(now);
+        r.reply = Some(format!("bounce report #{report_id} after the attempt"));
+        if let Some(s) = send {
+            if before == RcptState::Delivered {
+                t.bump_send(s, Counter::Delivered, -1)?;
+            } else if before == RcptState::Deferred {
+                t.bump_send(s, Counter::Deferred, -1)?;
+            }
+            t.bump_send_at(s, Counter::Failed, 1, now)?;
+            t.bump_send(s, Counter::LateBounces, 1)?;
+            let by_class = match class {
+                crate::delivery::model::BounceClass::Hard => Counter::Hard,
+                crate::delivery::model::BounceClass::Soft => Counter::Soft,
+                crate::delivery::model::BounceClass::Policy => Counter::Policy,
+            };
+            t.bump_send(s, by_class, 1)?;
+        }
+        done.push(format!(
+            "message {} recipient {} failed ({})",
+            m.id,
+            idx,
+            class.as_str()
+        ));
+    } else if let Some(s) = send {
+        match verdict {
+            Verdict::AutoReply => t.bump_send(s, Counter::AutoReplies, 1)?,
+            Verdict::Delay => t.bump_send(s, Counter::DelayNotices, 1)?,
+            _ => {}
+        }
+    }
+    let pending = m.recipients.iter().any(|r| r.state.is_pending());
+    if target.finished {
+        t.put_finished_message(m)?;
+    } else if pending {
+        t.put_message(m, None)?;
+    } else {
+        t.finish_message(m.clone(), now)?;
+        target.finished = true;
+    }
+    Ok(true)
+}
+
+/// Moves a contact to `to` with a consent log entry; false when it was
+/// there already (or is gone).
+fn set_consent(
+    t: &mut WriteTables<'_>,
+    contact: u64,
+    to: ConsentState,
+    source: ConsentSource,
+    note: String,
+    now: i64,
+) -> Result<bool, StoreError> {
+    match t.contact(contact)? {
+        Some(c) if c.consent != to => {}
+        _ => return Ok(false),
+    }
+    let update = ContactUpdate {
+        consent: Some(ConsentChange {
+            to,
+            source,
+            ip: None,
+            user_agent: None,
+            note: Some(note),
+        }),
+        ..Default::default()
+    };
+    let when: DateTime<Utc> = DateTime::from_timestamp_millis(now).unwrap_or_default();
+    Ok(crate::contacts::apply_update_by_id(t, contact, update, when)?.is_ok())
+}
+
+/// Puts the target's address on the suppression list (an entry already
+/// there stays as it is).
+fn suppress(
+    t: &mut WriteTables<'_>,
+    target: &Target,
+    source: SuppressionSource,
+    reason: String,
+    now: i64,
+    done: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let Some(address) = &target.address else {
+        return Ok(());
+    };
+    let salt = t.salt()?;
+    let key = crate::store::suppression_key(&salt, &address.to_lowercase());
+    if t.suppression(&key)?.is_some() {
+        return Ok(());
+    }
+    t.put_suppression(
+        &key,
+        &Suppression {
+            at: DateTime::from_timestamp_millis(now).unwrap_or_default(),
+            reason,
+            source,
+            address: Some(address.to_lowercase()),
+        },
+    )?;
+    done.push(format!("{address} suppressed ({})", source.as_str()));
+    Ok(())
+}
+
+/// Grows the contact's soft-bounce streak; at the limit the contact is
+/// `invalid` and suppressed.
+fn soft_bounce(
+    t: &mut WriteTables<'_>,
+    s: &Settings,
+    target: &Target,
+    detail: &str,
+    now: i64,
+    done: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let Some(c) = target.contact else {
+        return Ok(());
+    };
+    let streak = match t.soft_streak(c)? {
+        Some(old)
+            if now - old.first <= s.soft_bounce_window_ms && !t.engaged_since(c, old.last)? =>
+        {
+            SoftStreak {
+                count: old.count + 1,
+                first: old.first,
+                last: now,
+            }
+        }
+        _ => SoftStreak {
+            count: 1,
+            first: now,
+            last: now,
+        },
+    };
+    if streak.count < s.soft_bounce_limit {
+        t.set_soft_streak(c, Some(streak))?;
+        done.push(format!(
+            "contact {c}: soft bounce {} of {}",
+            streak.count, s.soft_bounce_limit
+        ));
+        return Ok(());
+    }
+    t.set_soft_streak(c, None)?;
+    let days = s.soft_bounce_window_ms / 86_400_000;
+    let note = format!(
+        "{} soft bounces within {days} days without a delivery; last: {detail}",
+        streak.count
+    );
+    if set_consent(
+        t,
+        c,
+        ConsentState::Invalid,
+        ConsentSource::Bounce,
+        note.clone(),
+        now,
+    )? {
+        done.push(format!(
+            "contact {c} invalid ({} soft bounces)",
+            streak.count
+        ));
+    }
+    suppress(t, target, SuppressionSource::SoftBounces, note, now, done)
+}
+
+/// A complaint: through the send (withdrawn, counted once per message) when
+/// the message is known, else straight on the contact.
+fn complaint(
+    t: &mut WriteTables<'_>,
+    target: &Target,
+    now: i64,
+    done: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let Some(c) = target.contact else {
+        return Ok(());
+    };
+    let when = DateTime::from_timestamp_millis(now).unwrap_or_default();
+    let counted = match target.send {
+        Some(send) if crate::track::complaint(t, MessageRef { send, contact: c }, None, when)? => {
+            Some(send)
+        }
+        _ => None,
+    };
+    if let Some(send) = counted {
+        done.push(format!(
+            "contact {c} withdrawn; complaint counted for {}",
+            crate::track::source_of(&send)
+        ));
+    } else if set_consent(
+        t,
+        c,
+        ConsentState::Withdrawn,
+        ConsentSource::Complaint,
+        "spam complaint (feedback loop)".into(),
+        now,
+    )? {
+        done.push(format!("contact {c} withdrawn"));
+    }
+    suppress(
+        t,
+        target,
+        SuppressionSource::Complaint,
+        "spam complaint".into(),
+        now,
+        done,
+    )
+}
+
+/// The report in the contact's history.
+fn history(
+    t: &mut WriteTables<'_>,
+    contact: u64,
+    target: &Target,
+    verdict: Verdict,
+    detail: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let kind = match verdict {
+        Verdict::AutoReply => "auto_reply",
+        Verdict::Delay => "delay_notice",
+        _ => "bounce",
+    };
+    t.push_history(
+        contact,
+        &HistoryEvent {
+            at: now,
+            kind: kind.into(),
+            source: target.send.as_ref().map(crate::track::source_of),
+            slot: target.send.map(|s| s.variant),
+            message: target.message.as_ref().map(|m| m.id),
+            outcome: verdict
+                .bounce_class()
+                .map(|c| format!("bounced_{}", c.as_str())),
+            note: Some(detail.to_string()),
+            ..Default::default()
+        },
+    )
+}

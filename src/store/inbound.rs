@@ -1,0 +1,169 @@
+//! Inbound reports (`inbound_v1`, `inbound_raw_v1`), soft-bounce streaks
+//! (`soft_bounces_v1`) and the suppression list's paging.
+
+use redb::{ReadableTable, ReadableTableMetadata};
+
+use super::tables::TableSet;
+use super::{
+    ReadTables, ReadView, Sequence, StoreError, WriteTables, from_json, get_json, to_json,
+};
+use crate::contacts::model::Suppression;
+use crate::inbound::InboundRecord;
+
+/// A contact's soft bounces since the last sign of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoftStreak {
+    /// Soft bounces in the streak.
+    pub count: u32,
+    /// The first one's time (ms).
+    pub first: i64,
+    /// The latest one's time (ms).
+    pub last: i64,
+}
+
+impl WriteTables<'_> {
+    /// Stores a new inbound report (and the bytes kept of it); returns its id.
+    pub fn add_inbound(&mut self, r: &mut InboundRecord, raw: &[u8]) -> Result<u64, StoreError> {
+        let id = self.next_id(Sequence::Inbound)?;
+        r.id = id;
+        self.tables.inbound.insert(id, to_json(r).as_slice())?;
+        self.tables.inbound_raw.insert(id, raw)?;
+        Ok(id)
+    }
+
+    /// Rewrites an inbound report (its effects, once applied).
+    pub fn put_inbound(&mut self, r: &InboundRecord) -> Result<(), StoreError> {
+        self.tables.inbound.insert(r.id, to_json(r).as_slice())?;
+        Ok(())
+    }
+
+    /// A contact's soft-bounce streak.
+    pub fn soft_streak(&self, contact: u64) -> Result<Option<SoftStreak>, StoreError> {
+        Ok(self.tables.soft_bounces.get(contact)?.map(|v| {
+            let (count, first, last) = v.value();
+            SoftStreak { count, first, last }
+        }))
+    }
+
+    /// Sets (or, with `None`, ends) a contact's soft-bounce streak.
+    pub fn set_soft_streak(
+        &mut self,
+        contact: u64,
+        s: Option<SoftStreak>,
+    ) -> Result<(), StoreError> {
+        match s {
+            Some(s) => {
+                self.tables
+                    .soft_bounces
+                    .insert(contact, (s.count, s.first, s.last))?;
+            }
+            None => {
+                self.tables.soft_bounces.remove(contact)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the contact's history shows a sign that mail reached them
+    /// (an open, a click or an order) at or after `since` (ms): the newest
+    /// entries are read first, and only back to `since`.
+    pub fn engaged_since(&self, contact: u64, since: i64) -> Result<bool, StoreError> {
+        let range = self
+            .tables
+            .history
+            .range((contact, 0u64)..=(contact, u64::MAX))?;
+        for r in range.rev() {
+            let (_, v) = r?;
+            let e: crate::store::HistoryEvent = from_json("contact_history", v.value())?;
+            if e.at < since {
+                break;
+            }
+            if matches!(e.kind.as_str(), "open" | "click" | "order") {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes a suppression; the entry it was, if any.
+    pub fn delete_suppression(&mut self, hash: &[u8]) -> Result<Option<Suppression>, StoreError> {
+        let old = self.suppression(hash)?;
+        if old.is_some() {
+            self.tables.suppressions.remove(hash)?;
+        }
+        Ok(old)
+    }
+}
+
+impl ReadView {
+    /// An inbound report.
+    pub fn inbound(&self, id: u64) -> Result<Option<InboundRecord>, StoreError> {
+        get_json(self.tables().inbound()?, "inbound", id)
+    }
+
+    /// The bytes kept of an inbound report.
+    pub fn inbound_raw(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .tables()
+            .inbound_raw()?
+            .get(id)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Inbound reports, newest first, with ids below `before`; at most
+    /// `limit`.
+    pub fn inbound_before(
+        &self,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<InboundRecord>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.tables().inbound()?.range(..before)?.rev() {
+            let (_, v) = r?;
+            out.push(from_json("inbound", v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many inbound reports are kept.
+    pub fn inbound_count(&self) -> Result<u64, StoreError> {
+        Ok(self.tables().inbound()?.len()?)
+    }
+
+    /// Suppression entries in hash order after `after` (exclusive; empty:
+    /// from the start), at most `limit`: (hash, entry).
+    pub fn suppressions_after(
+        &self,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Suppression)>, StoreError> {
+        let mut out = Vec::new();
+        let t = self.tables().suppressions()?;
+        let range = if after.is_empty() {
+            t.range::<&[u8]>(..)?
+        } else {
+            t.range::<&[u8]>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?
+        };
+        for r in range {
+            let (k, v) = r?;
+            out.push((k.value().to_vec(), from_json("suppressions", v.value())?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many addresses are suppressed.
+    pub fn suppression_count(&self) -> Result<u64, StoreError> {
+        Ok(self.tables().suppressions()?.len()?)
+    }
+
+    /// A suppression entry by its hash.
+    pub fn suppression_entry(&self, hash: &[u8]) -> Result<Option<Suppression>, StoreError> {
+        get_json(self.tables().suppressions()?, "suppressions", hash)
+    }
+}
