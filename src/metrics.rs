@@ -361,6 +361,7 @@ impl Metrics {
         for (reason, n) in [
             ("erased", q.not_sent_erased),
             ("no_consent", q.not_sent_no_consent),
+            ("suppressed", q.not_sent_suppressed),
         ] {
             self.queue_not_sent
                 .get_or_create(&NotSentLabels { reason })

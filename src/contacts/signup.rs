@@ -251,6 +251,18 @@ pub fn confirm(
                 },
             )?;
             t.note_signup(contact, (req.list != 0).then_some(req.list), true);
+            // The person's own confirmation is proof of a working mailbox
+            // and of consent: a bounce or complaint entry of the
+            // suppression list gives way (an admin's manual entry stays).
+            if t.any_suppressed() {
+                let key = crate::store::suppression_key(&t.salt()?, &c.email.to_lowercase());
+                if t.suppression(&key)?.is_some_and(|s| {
+                    use crate::contacts::model::SuppressionSource as S;
+                    matches!(s.source, S::Bounce | S::SoftBounces | S::Complaint)
+                }) {
+                    t.delete_suppression(&key)?;
+                }
+            }
             Ok(Confirmed::Now(c))
         }
         Err(_) => Ok(Confirmed::Refused),

@@ -73,6 +73,9 @@ pub enum NotSent {
     /// The contact's consent no longer allows this kind of mail (see
     /// [`MailKind::allows`]).
     NoConsent,
+    /// The address is on the suppression list (a bounce, a complaint, an
+    /// admin's entry).
+    Suppressed,
 }
 
 impl NotSent {
@@ -81,6 +84,7 @@ impl NotSent {
         match self {
             NotSent::Erased => "erased",
             NotSent::NoConsent => "no_consent",
+            NotSent::Suppressed => "suppressed",
         }
     }
 
@@ -89,6 +93,7 @@ impl NotSent {
         match self {
             NotSent::Erased => "not sent: the contact was erased",
             NotSent::NoConsent => "not sent: the contact's consent no longer allows it",
+            NotSent::Suppressed => "not sent: the address is on the suppression list",
         }
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use super::bounce;
 use super::engine::{Inner, now_ms};
-use super::model::{BounceClass, NotSent, QueuedMessage, RcptState, Recipient};
+use super::model::{BounceClass, MailKind, NotSent, QueuedMessage, RcptState, Recipient};
 use super::scheduler::{Job, release_jobs};
 use super::smtp::RcptResult;
 use crate::config::Config;
@@ -32,7 +32,7 @@ use crate::config::delivery::DeliveryConfig;
 use crate::contacts::model::{ConsentSource, ConsentState};
 use crate::contacts::{self, ConsentChange, ContactUpdate};
 use crate::send::model::{Counter, SendKind, SendRef};
-use crate::store::ReadTables as _;
+use crate::store::ReadTables;
 use crate::store::{StoreError, WriteTables};
 
 /// The wait before a retry when the schedule is empty.
@@ -289,15 +289,21 @@ pub(super) async fn finish_job(
 pub(super) fn unsendable(
     m: &QueuedMessage,
     consent: impl Fn(u64) -> Result<Option<ConsentState>, StoreError>,
+    suppressed: impl Fn(&str) -> Result<bool, StoreError>,
 ) -> Result<Vec<(usize, NotSent)>, StoreError> {
-    let Some(kind) = m.rule() else {
-        return Ok(Vec::new());
-    };
+    let kind = m.rule();
     let mut out = Vec::new();
     for (i, r) in m.recipients.iter().enumerate() {
         if !r.state.is_pending() {
             continue;
         }
+        // The suppression list stops every kind of mail but the answer to
+        // the person's own signup.
+        if kind != Some(MailKind::Confirmation) && suppressed(&r.address)? {
+            out.push((i, NotSent::Suppressed));
+            continue;
+        }
+        let Some(kind) = kind else { continue };
         let Some(id) = r.contact else { continue };
         match consent(id)? {
             None => out.push((i, NotSent::Erased)),
@@ -317,7 +323,12 @@ pub(super) fn drop_unsent(t: &mut WriteTables<'_>, id: u64, now: i64) -> Result<
     let Some(mut m) = t.queued_message(id)? else {
         return Ok(());
     };
-    let drop = unsendable(&m, |c| Ok(t.contact(c)?.map(|c| c.consent)))?;
+    let suppressed = Suppressed::of(&*t)?;
+    let drop = unsendable(
+        &m,
+        |c| Ok(t.contact(c)?.map(|c| c.consent)),
+        |a| suppressed.check(&*t, a),
+    )?;
     if drop.is_empty() {
         return Ok(());
     }
@@ -328,6 +339,33 @@ pub(super) fn drop_unsent(t: &mut WriteTables<'_>, id: u64, now: i64) -> Result<
         t.put_message(&mut m, None)
     } else {
         t.finish_message(m, now)
+    }
+}
+
+/// The suppression check of [`unsendable`]: free when the list is empty.
+pub(super) struct Suppressed {
+    /// The installation's salt; `None` when nothing is suppressed.
+    salt: Option<Vec<u8>>,
+}
+
+impl Suppressed {
+    /// Reads whether anything is suppressed (and the salt) once.
+    pub(super) fn of(r: &impl ReadTables) -> Result<Suppressed, StoreError> {
+        Ok(Suppressed {
+            salt: if r.any_suppression()? {
+                Some(r.salt()?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Whether `address` may not be mailed.
+    pub(super) fn check(&self, r: &impl ReadTables, address: &str) -> Result<bool, StoreError> {
+        match &self.salt {
+            Some(salt) => r.address_suppressed(salt, address),
+            None => Ok(false),
+        }
     }
 }
 

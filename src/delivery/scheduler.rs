@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::engine::{Inner, lock, now_ms};
 use super::model::QueuedMessage;
-use super::outcome::{drop_unsent, unsendable};
+use super::outcome::{Suppressed, drop_unsent, unsendable};
 use crate::config::Sender;
 use crate::store::ReadTables as _;
 use crate::store::StoreError;
@@ -155,6 +155,7 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
         .store
         .read(move |v| {
             let entries = v.due_entries(None, now, skip.len() + room + 1)?;
+            let suppressed = Suppressed::of(v)?;
             let mut out = Vec::new();
             let mut unsent = Vec::new();
             let mut more = false;
@@ -167,7 +168,8 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
                     break;
                 }
                 if let Some(m) = v.queued_message(id)? {
-                    if !unsendable(&m, |c| Ok(v.contact(c)?.map(|c| c.consent)))?.is_empty() {
+                    let consent = |c| Ok(v.contact(c)?.map(|c| c.consent));
+                    if !unsendable(&m, consent, |a| suppressed.check(v, a))?.is_empty() {
                         unsent.push(id);
                         continue;
                     }

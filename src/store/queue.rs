@@ -25,12 +25,15 @@ pub struct QueueSummary {
     pub not_sent_erased: u64,
     /// Of the failed: taken out unsent because consent no longer allowed it.
     pub not_sent_no_consent: u64,
+    /// Of the failed: taken out unsent because the address is suppressed.
+    pub not_sent_suppressed: u64,
 }
 
 const DELIVERED: &str = "count.rcpt.delivered";
 const FAILED: &str = "count.rcpt.failed";
 const NOT_SENT_ERASED: &str = "count.rcpt.not_sent.erased";
 const NOT_SENT_NO_CONSENT: &str = "count.rcpt.not_sent.no_consent";
+const NOT_SENT_SUPPRESSED: &str = "count.rcpt.not_sent.suppressed";
 /// Set in META once every queue record is in `queue_by_address_v1`.
 const ADDRESS_INDEX_BUILT: &str = "index.queue_by_address";
 
@@ -142,6 +145,7 @@ impl WriteTables<'_> {
             match r.not_sent {
                 Some(NotSent::Erased) => self.bump(NOT_SENT_ERASED, 1)?,
                 Some(NotSent::NoConsent) => self.bump(NOT_SENT_NO_CONSENT, 1)?,
+                Some(NotSent::Suppressed) => self.bump(NOT_SENT_SUPPRESSED, 1)?,
                 None => 0,
             };
         }
@@ -287,6 +291,7 @@ impl ReadView {
             failed: meta_u64(meta, FAILED)?,
             not_sent_erased: meta_u64(meta, NOT_SENT_ERASED)?,
             not_sent_no_consent: meta_u64(meta, NOT_SENT_NO_CONSENT)?,
+            not_sent_suppressed: meta_u64(meta, NOT_SENT_SUPPRESSED)?,
         })
     }
 }

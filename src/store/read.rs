@@ -57,6 +57,24 @@ pub trait ReadTables {
             .unwrap_or_default())
     }
 
+    /// Whether the suppression list has any entry at all.
+    fn any_suppression(&self) -> Result<bool, StoreError> {
+        Ok(self.tables().suppressions()?.first()?.is_some())
+    }
+
+    /// Whether the address (lower-cased here) is on the suppression list
+    /// for a reason that stops mail to it (anything but an erasure, whose
+    /// address no record keeps).
+    fn address_suppressed(&self, salt: &[u8], address: &str) -> Result<bool, StoreError> {
+        let key = crate::store::suppression_key(salt, &address.to_lowercase());
+        let s: Option<crate::contacts::model::Suppression> = get_json(
+            self.tables().suppressions()?,
+            "suppressions",
+            key.as_slice(),
+        )?;
+        Ok(s.is_some_and(|s| s.source != crate::contacts::model::SuppressionSource::Erasure))
+    }
+
     /// A contact by id.
     fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
         get_json(self.tables().contacts()?, "contacts", id)

@@ -311,6 +311,7 @@ pub async fn status(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
                 "not_sent": {
                     "erased": summary.not_sent_erased,
                     "no_consent": summary.not_sent_no_consent,
+                    "suppressed": summary.not_sent_suppressed,
                 },
                 "domains": domains.into_iter().map(|(name, d)| json!({
                     "domain": name,
