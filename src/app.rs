@@ -98,6 +98,7 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let inbound_listener = crate::inbound::listen::bind(&config).await?;
     let admin_note = match &admin_listener {
         Some(l) => format!(" admin_listen={}", l.local_addr()?),
         None => String::new(),
@@ -189,6 +190,15 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         )
     });
 
+    // Bounces and feedback-loop reports: the listener takes its reports
+    // through the same store as everything else.
+    let inbound_note = match &inbound_listener {
+        Some(b) => format!(" inbound_listen={}", b.addr),
+        None => String::new(),
+    };
+    let inbound_task =
+        inbound_listener.map(|b| b.spawn(state.inbound(), &state.metrics, activity.clone()));
+
     // Signal handlers go in before readiness is announced: SIGHUP's default
     // action is to terminate, so a reload sent right after "ready" must find
     // the handler in place.
@@ -199,7 +209,7 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     let reloader = tokio::spawn(async move { reload_on_sighup(reload_state, hup).await });
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tracing::info!("herald ready listen={addr} public_url={public_url}{admin_note}");
+    tracing::info!("herald ready listen={addr} public_url={public_url}{admin_note}{inbound_note}");
 
     let listeners = http::Listeners {
         public: listener,
@@ -218,6 +228,9 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     if !activity.drain(SHUTDOWN_GRACE).await.is_empty() {
         engine.abandon();
         activity.drain(std::time::Duration::from_secs(1)).await;
+    }
+    if let Some(t) = inbound_task {
+        let _ = t.await;
     }
     let _ = supervisor.await;
     if let Some((watcher, r)) = runner {

@@ -155,6 +155,10 @@ pub struct Metrics {
     coupon_pool_low: Family<PoolLabels, Gauge>,
     /// Automation runs waiting for a step (refreshed at scrape time).
     automation_pending: Gauge,
+    /// Inbound reports taken (listener and API), by verdict.
+    pub inbound_reports: Family<OutcomeLabels, Counter>,
+    /// Inbound RCPTs refused, by reason (not_here, forged, expired).
+    pub inbound_refused: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -194,7 +198,7 @@ impl Metrics {
         let queue_not_sent = Family::<NotSentLabels, Gauge>::default();
         registry.register(
             "queue_not_sent",
-            "Recipients taken out of the queue without an attempt (also counted as failed), by reason: erased (the contact was erased), no_consent (consent no longer allows that kind of mail)",
+            "Recipients taken out of the queue without an attempt (also counted as failed), by reason: erased (the contact was erased), no_consent (consent no longer allows that kind of mail), suppressed (the address is on the suppression list)",
             queue_not_sent.clone(),
         );
         let import_rows = Family::<OutcomeLabels, Counter>::default();
@@ -250,6 +254,18 @@ impl Metrics {
             "segment_index_contacts",
             "Contacts in the segment index",
             segment_index_contacts.clone(),
+        );
+        let inbound_reports = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "inbound_reports",
+            "Inbound reports taken (listener and API), by verdict: hard, soft, policy, complaint, auto_reply, delay, unknown",
+            inbound_reports.clone(),
+        );
+        let inbound_refused = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "inbound_refused_rcpts",
+            "Inbound RCPTs refused with 550, by reason: not_here (neither a bounce domain nor a feedback-loop address), forged (VERP token does not verify), expired",
+            inbound_refused.clone(),
         );
         let bounces = Family::<BounceLabels, Counter>::default();
         registry.register(
@@ -313,6 +329,8 @@ impl Metrics {
         );
         Metrics {
             automation_pending,
+            inbound_reports,
+            inbound_refused,
             coupons_free,
             coupon_pool_low,
             bounces,

@@ -11,9 +11,11 @@
 //!   becomes `invalid` (source `bounce`, the status and diagnostic in the
 //!   consent log) and the address goes on the suppression list.
 //! - **Soft bounce**: counted the same way (`soft`); the contact's streak
-//!   grows, and at `soft_bounce_limit` within `soft_bounce_window` with no
-//!   open, click or order since the streak began, the contact becomes
-//!   `invalid` and is suppressed (`soft_bounces`).
+//!   grows — unless the contact opened, clicked or ordered since the
+//!   previous soft bounce (a sign mail reaches them), or the streak began
+//!   longer than `soft_bounce_window` ago: then it starts again at one —
+//!   and at `soft_bounce_limit` the contact becomes `invalid` and is
+//!   suppressed (`soft_bounces`).
 //! - **Policy**: counted (`policy`): it is about the sender, not the address.
 //! - **Complaint**: the contact is `withdrawn` (source `complaint`), the
 //!   send counts it once per message, the address is suppressed.
@@ -582,4 +584,189 @@ fn history(
             ..Default::default()
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contacts::{self, ContactUpdate};
+    use crate::delivery::model::Recipient;
+    use crate::inbound::parse::Format;
+    use crate::send::model::SendKind;
+    use crate::store::Store;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const DAY: i64 = 86_400_000;
+
+    fn settings(limit: u32) -> Settings {
+        Settings {
+            keys: Keys::new(b"0123456789abcdef0123456789abcdef", &[]),
+            bounce_domains: vec!["bounces.shop.example".into()],
+            soft_bounce_limit: limit,
+            soft_bounce_window_ms: 30 * DAY,
+        }
+    }
+
+    fn report(verdict: Verdict) -> Report {
+        Report {
+            format: Format::Dsn,
+            findings: vec![Finding {
+                recipient: Some("a@example.com".into()),
+                verdict,
+                status: Some("5.2.2".into()),
+                diagnostic: Some("mailbox full".into()),
+            }],
+            original_message_id: None,
+            original_return_paths: Vec::new(),
+            feedback_type: None,
+            subject: None,
+            from: None,
+        }
+    }
+
+    /// A granted contact and `n` delivered campaign messages to it (queue
+    /// ids 1..=n); returns the contact id.
+    fn setup(store: &Store, n: u64) -> Result<u64, StoreError> {
+        store.write_wait(move |t| {
+            let email = contacts::normalize_email("a@example.com")
+                .map_err(|e| StoreError::Io(e.to_string()))?;
+            let update = ContactUpdate {
+                consent: Some(ConsentChange {
+                    to: ConsentState::Granted,
+                    source: ConsentSource::Api,
+                    ip: None,
+                    user_agent: None,
+                    note: None,
+                }),
+                ..Default::default()
+            };
+            let c = match contacts::apply_upsert(t, &email, update, true, DateTime::default())? {
+                Ok((_, c)) => c,
+                Err(e) => return Err(StoreError::Io(e.to_string())),
+            };
+            for id in 1..=n {
+                let mut r = Recipient::queued("a@example.com".into(), Some(c.id));
+                r.state = RcptState::Delivered;
+                let mut m = QueuedMessage {
+                    id,
+                    sender: "s".into(),
+                    return_path: "r@example.org".into(),
+                    message_id: format!("{id}@example.org"),
+                    created: 0,
+                    size: 4,
+                    source: "campaign:1".into(),
+                    recipients: vec![r],
+                    due: None,
+                    finished: None,
+                    purged: None,
+                    send: Some(SendRef {
+                        kind: SendKind::Campaign,
+                        id: 1,
+                        variant: 0,
+                    }),
+                    kind: None,
+                };
+                t.put_message(&mut m, Some(b"body"))?;
+                t.finish_message(m, 0)?;
+            }
+            Ok(c.id)
+        })
+    }
+
+    fn take(
+        store: &Store,
+        s: &Settings,
+        queue_id: u64,
+        verdict: Verdict,
+        now: i64,
+    ) -> Result<InboundRecord, StoreError> {
+        let env = Envelope {
+            verp: vec![BounceRef {
+                queue_id,
+                rcpt: 0,
+                day: 0,
+            }],
+            ..Default::default()
+        };
+        let s = s.clone();
+        store.write_wait(move |t| apply(t, &s, Via::Smtp, &env, &report(verdict), b"raw", now))
+    }
+
+    fn consent(store: &Store, id: u64) -> Result<Option<ConsentState>, StoreError> {
+        store.read_blocking(move |v| Ok(v.contact(id)?.map(|c| c.consent)))
+    }
+
+    /// Soft bounces count up to the limit; a duplicate report does not
+    /// count; the limit makes the contact invalid and suppressed.
+    #[test]
+    fn soft_bounces_reach_the_limit_once_each() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let c = setup(&store, 3)?;
+        let s = settings(3);
+        let r = take(&store, &s, 1, Verdict::Soft, DAY)?;
+        assert_eq!(r.matched_by, Some(MatchedBy::Verp));
+        assert_eq!(r.contact, Some(c));
+        let again = take(&store, &s, 1, Verdict::Soft, DAY + 1)?;
+        assert!(
+            again.effects.iter().any(|e| e.starts_with("duplicate")),
+            "{:?}",
+            again.effects
+        );
+        take(&store, &s, 2, Verdict::Soft, 2 * DAY)?;
+        assert_eq!(consent(&store, c)?, Some(ConsentState::Granted));
+        let last = take(&store, &s, 3, Verdict::Soft, 3 * DAY)?;
+        assert!(
+            last.effects.iter().any(|e| e.contains("invalid")),
+            "{:?}",
+            last.effects
+        );
+        assert_eq!(consent(&store, c)?, Some(ConsentState::Invalid));
+        let listed = store.read_blocking(|v| v.suppressions_after(&[], 10))?;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].1.source, SuppressionSource::SoftBounces);
+        // Each message's record turned from delivered to failed (soft).
+        let m = store.read_blocking(|v| v.finished_message(3))?;
+        let r = m.as_ref().and_then(|m| m.recipients.first());
+        assert_eq!(r.map(|r| r.state), Some(RcptState::Failed));
+        assert_eq!(r.map(|r| r.reports.len()), Some(1));
+        Ok(())
+    }
+
+    /// An open after the streak began, or a streak older than the window,
+    /// starts it again; auto-replies and delays never count.
+    #[test]
+    fn a_sign_of_delivery_or_time_restarts_the_streak() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let c = setup(&store, 5)?;
+        let s = settings(2);
+        take(&store, &s, 1, Verdict::Soft, DAY)?;
+        store.write_wait(move |t| {
+            t.push_history(
+                c,
+                &HistoryEvent {
+                    at: DAY + 10,
+                    kind: "open".into(),
+                    ..Default::default()
+                },
+            )
+        })?;
+        take(&store, &s, 2, Verdict::Soft, 2 * DAY)?;
+        assert_eq!(consent(&store, c)?, Some(ConsentState::Granted));
+        // 40 days later the streak of one is stale: this is one again.
+        take(&store, &s, 3, Verdict::Soft, 42 * DAY)?;
+        assert_eq!(consent(&store, c)?, Some(ConsentState::Granted));
+        take(&store, &s, 4, Verdict::AutoReply, 43 * DAY)?;
+        take(&store, &s, 4, Verdict::Delay, 43 * DAY)?;
+        assert_eq!(consent(&store, c)?, Some(ConsentState::Granted));
+        let m = store.read_blocking(|v| v.finished_message(4))?;
+        let r = m.as_ref().and_then(|m| m.recipients.first());
+        assert_eq!(r.map(|r| r.state), Some(RcptState::Delivered));
+        assert_eq!(r.map(|r| r.reports.len()), Some(2));
+        take(&store, &s, 5, Verdict::Soft, 44 * DAY)?;
+        assert_eq!(consent(&store, c)?, Some(ConsentState::Invalid));
+        Ok(())
+    }
 }

@@ -15,6 +15,7 @@
 //! with a raw report.
 
 pub mod apply;
+pub mod listen;
 pub mod parse;
 pub mod server;
 
