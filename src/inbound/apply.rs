@@ -435,10 +435,25 @@ fn suppress(
     let Some(address) = &target.address else {
         return Ok(());
     };
+    if suppress_address(t, address, source, reason, now)? {
+        done.push(format!("{address} suppressed ({})", source.as_str()));
+    }
+    Ok(())
+}
+
+/// Puts `address` on the suppression list for `source`; false when an
+/// entry was there already (it stays as it is).
+pub fn suppress_address(
+    t: &mut WriteTables<'_>,
+    address: &str,
+    source: SuppressionSource,
+    reason: String,
+    now: i64,
+) -> Result<bool, StoreError> {
     let salt = t.salt()?;
     let key = crate::store::suppression_key(&salt, &address.to_lowercase());
     if t.suppression(&key)?.is_some() {
-        return Ok(());
+        return Ok(false);
     }
     t.put_suppression(
         &key,
@@ -449,8 +464,7 @@ fn suppress(
             address: Some(address.to_lowercase()),
         },
     )?;
-    done.push(format!("{address} suppressed ({})", source.as_str()));
-    Ok(())
+    Ok(true)
 }
 
 /// Grows the contact's soft-bounce streak; at the limit the contact is
