@@ -293,3 +293,40 @@ fn the_admin_ui_works_on_a_store_written_by_an_older_version() {
     assert_eq!(log["activity"][0]["action"], "PUT owner", "{log}");
     same_answers(&h, &want);
 }
+
+/// The inbound tables are created at open; a DSN about a message the old
+/// binary sent is matched by its Message-ID and applied to its old queue
+/// record (which had no `reports`), and the suppression list, empty in the
+/// old store, lists the address.
+#[test]
+fn bounces_apply_to_messages_an_older_version_sent() {
+    let (h, _) = start_on_fixture("store-v2");
+    assert_eq!(get(&h, "/api/v1/suppressions")["total"], 0);
+    assert_eq!(get(&h, "/api/v1/inbound")["total"], 0);
+    let m = get(&h, "/api/v1/queue/1");
+    let rcpt = m["recipients"][0]["address"].as_str().unwrap().to_string();
+    let mid = m["message_id"].as_str().unwrap().to_string();
+    assert_eq!(m["recipients"][0]["state"], "delivered", "{m}");
+    let dsn = common::reports::dsn(&rcpt, "failed", "5.1.1", "550 5.1.1 user unknown", &mid);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(h.url("/api/v1/bounces"))
+        .header("Authorization", format!("Bearer {}", common::TOKEN))
+        .header("Content-Type", "message/rfc822")
+        .send(dsn.as_str())
+        .unwrap();
+    let body = resp.body_mut().read_to_string().unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{body}");
+    assert!(body.contains("\"matched_by\":\"message_id\""), "{body}");
+    let m = get(&h, "/api/v1/queue/1");
+    assert_eq!(m["recipients"][0]["state"], "failed", "{m}");
+    assert_eq!(m["recipients"][0]["reports"][0]["verdict"], "hard", "{m}");
+    let c = get(&h, &format!("/api/v1/contacts/{rcpt}"));
+    assert_eq!(c["consent"], "invalid", "{c}");
+    let s = get(&h, "/api/v1/suppressions");
+    assert_eq!(s["suppressions"][0]["address"], rcpt.as_str(), "{s}");
+    assert_eq!(s["suppressions"][0]["source"], "bounce", "{s}");
+}

@@ -15,6 +15,7 @@ use serde_json::Value;
 pub mod browser;
 pub mod flows;
 pub mod peers;
+pub mod reports;
 pub mod tls_smtp;
 pub mod ui;
 
