@@ -115,13 +115,18 @@ fn session(
     let mut failures = Vec::new();
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some((cmds, to, data)) = msgs.get(i) else { break };
+        let Some((cmds, to, data)) = msgs.get(i) else {
+            break;
+        };
         w.write_all(cmds.as_bytes())?;
         let mail = reply(&mut r)?;
         let rcpt = reply(&mut r)?;
         let go = reply(&mut r)?;
         if go.0 != 354 {
-            failures.push(format!("{to}: MAIL {} RCPT {} DATA {}", mail.1, rcpt.1, go.1));
+            failures.push(format!(
+                "{to}: MAIL {} RCPT {} DATA {}",
+                mail.1, rcpt.1, go.1
+            ));
             w.write_all(b"RSET\r\n")?;
             reply(&mut r)?;
             continue;

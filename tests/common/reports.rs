@@ -87,4 +87,3 @@ pub fn vacation(from: &str) -> String {
         "From: <{from}>\r\nTo: news@shop.test\r\nSubject: Out of office: News\r\nAuto-Submitted: auto-replied\r\nX-Autoreply: yes\r\n\r\nI am away until Monday.\r\n"
     )
 }
-

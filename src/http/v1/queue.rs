@@ -222,6 +222,11 @@ pub fn message_view(m: &QueuedMessage, in_flight: &[usize]) -> Value {
                 "host": r.host,
                 "updated": time(r.updated),
                 "not_sent": r.not_sent.map(|n| n.as_str()),
+                "reports": r.reports.iter().map(|n| json!({
+                    "id": n.id,
+                    "verdict": n.verdict.as_str(),
+                    "at": time(Some(n.at)),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

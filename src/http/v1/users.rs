@@ -130,6 +130,7 @@ pub fn activity_view(seq: u64, a: &Activity) -> Value {
         "action": a.action,
         "object": a.object,
         "status": a.status,
+        "note": a.note,
     })
 }
 

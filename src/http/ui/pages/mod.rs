@@ -3,6 +3,7 @@
 //! templates, compiled in).
 
 pub mod automations;
+pub mod bounces;
 pub mod campaigns;
 pub mod contacts;
 pub mod dashboard;
@@ -21,6 +22,7 @@ use crate::http::reply::{ApiError, Body};
 pub fn templates() -> impl Iterator<Item = (&'static str, &'static str)> {
     [
         automations::TEMPLATES,
+        bounces::TEMPLATES,
         campaigns::TEMPLATES,
         contacts::TEMPLATES,
         dashboard::TEMPLATES,
@@ -50,6 +52,7 @@ pub async fn route(
         Some("campaigns") => campaigns::route(ctx, method, rest, input).await,
         Some("automations") => automations::route(ctx, method, rest, input).await,
         Some("queue") => queue::route(ctx, method, rest, input).await,
+        Some("bounces") => bounces::route(ctx, method, rest, input).await,
         Some("users" | "activity") => users::route(ctx, method, rest, input).await,
         _ => Err(not_found(rest)),
     }
