@@ -508,3 +508,47 @@ fn a_listener_that_would_take_nothing_is_a_config_error() {
     );
     assert!(err.contains("inbound.soft_bounce_limit"), "{err}");
 }
+
+/// The admin UI's Bounces page lists reports and the suppression list; an
+/// editor suppresses and (with a reason) removes an address, a viewer only
+/// reads.
+#[test]
+fn the_bounces_page_shows_reports_and_manages_the_suppression_list() {
+    let sink = Sink::start(&[]);
+    let port = free_port();
+    let h = start(&sink, port, "");
+    import(&h, &["page@example.test"]);
+    campaign(&h, "Page");
+    let (rcpt, verp, mid) = sent_messages(&sink).pop().expect("one message");
+    let dsn = dsn(&rcpt, "failed", "5.1.1", "550 5.1.1 user unknown", &mid);
+    assert_eq!(smtp(port, "", &[&verp], &dsn, false).data, Some(250));
+
+    let ed = common::ui::UiSession::new(&h, "ed", "editor");
+    let page = ed.get("/admin/bounces");
+    assert_eq!(page.status, 200, "{:?}", page.body);
+    let text = page.text().replace("&#x2f;", "/");
+    assert!(text.contains("page@example.test") && text.contains("hard"), "{text}");
+    assert!(text.contains("5.1.1"), "{text}");
+    let r = ed.post("/admin/bounces/suppress", &[("address", "phone@example.test"), ("reason", "asked by phone")]);
+    assert_eq!(r.status, 303, "{:?}", r.body);
+    let text = ed.get("/admin/bounces").text().to_string();
+    assert!(text.contains("phone@example.test") && text.contains("asked by phone"), "{text}");
+    let hash = h.get("/api/v1/suppressions?address=phone@example.test").body["suppressions"][0]["hash"]
+        .as_str()
+        .expect("hash")
+        .to_string();
+    let r = ed.post("/admin/bounces/unsuppress", &[("hash", &hash), ("reason", "")]);
+    assert!(r.location().contains("problem"), "{r:?}");
+    let r = ed.post("/admin/bounces/unsuppress", &[("hash", &hash), ("reason", "typed by mistake")]);
+    assert!(r.location().contains("notice"), "{r:?}");
+    assert_eq!(h.get("/api/v1/suppressions?address=phone@example.test").body["total"], 0);
+    let log = ed.get("/admin/activity").text().to_string();
+    assert!(log.contains("typed by mistake") && log.contains("ed"), "{log}");
+
+    let viewer = common::ui::UiSession::new(&h, "vi", "viewer");
+    let text = viewer.get("/admin/bounces").text().to_string();
+    assert!(text.contains("page@example.test"), "{text}");
+    assert!(!text.contains("/admin/bounces/unsuppress"), "a viewer gets no remove form");
+    let r = viewer.post("/admin/bounces/suppress", &[("address", "x@example.test")]);
+    assert!(r.status == 403 || r.location().contains("problem"), "{r:?}");
+}
