@@ -159,6 +159,10 @@ pub struct Metrics {
     pub inbound_reports: Family<OutcomeLabels, Counter>,
     /// Inbound RCPTs refused, by reason (not_here, forged, expired).
     pub inbound_refused: Family<OutcomeLabels, Counter>,
+    /// The inbound listener's own counters (read at scrape time).
+    pub inbound_server: std::sync::Arc<crate::inbound::server::Stats>,
+    /// Those counters as exported.
+    inbound_smtp: Family<OutcomeLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -267,6 +271,12 @@ impl Metrics {
             "Inbound RCPTs refused with 550, by reason: not_here (neither a bounce domain nor a feedback-loop address), forged (VERP token does not verify), expired",
             inbound_refused.clone(),
         );
+        let inbound_smtp = Family::<OutcomeLabels, Gauge>::default();
+        registry.register(
+            "inbound_smtp",
+            "The inbound SMTP listener since start, by event: sessions, refused_connections (421 at once: a connection limit), tls_sessions, messages_accepted, messages_refused (too big, over the rate, not stored), rcpt_refused, timeouts",
+            inbound_smtp.clone(),
+        );
         let bounces = Family::<BounceLabels, Counter>::default();
         registry.register(
             "bounces",
@@ -331,6 +341,8 @@ impl Metrics {
             automation_pending,
             inbound_reports,
             inbound_refused,
+            inbound_server: Default::default(),
+            inbound_smtp,
             coupons_free,
             coupon_pool_low,
             bounces,
@@ -374,6 +386,21 @@ impl Metrics {
                     consent: state.as_str(),
                 })
                 .set(n as i64);
+        }
+        let st = &self.inbound_server;
+        for (event, n) in [
+            ("sessions", &st.sessions),
+            ("refused_connections", &st.refused_connections),
+            ("tls_sessions", &st.tls_sessions),
+            ("messages_accepted", &st.messages_accepted),
+            ("messages_refused", &st.messages_refused),
+            ("rcpt_refused", &st.rcpt_refused),
+            ("timeouts", &st.timeouts),
+        ] {
+            let n = n.load(std::sync::atomic::Ordering::Relaxed);
+            self.inbound_smtp
+                .get_or_create(&OutcomeLabels { outcome: event })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         let q = store.read(|r| r.queue_summary()).await?;
         for (reason, n) in [

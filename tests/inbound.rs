@@ -527,28 +527,58 @@ fn the_bounces_page_shows_reports_and_manages_the_suppression_list() {
     let page = ed.get("/admin/bounces");
     assert_eq!(page.status, 200, "{:?}", page.body);
     let text = page.text().replace("&#x2f;", "/");
-    assert!(text.contains("page@example.test") && text.contains("hard"), "{text}");
+    assert!(
+        text.contains("page@example.test") && text.contains("hard"),
+        "{text}"
+    );
     assert!(text.contains("5.1.1"), "{text}");
-    let r = ed.post("/admin/bounces/suppress", &[("address", "phone@example.test"), ("reason", "asked by phone")]);
+    let r = ed.post(
+        "/admin/bounces/suppress",
+        &[
+            ("address", "phone@example.test"),
+            ("reason", "asked by phone"),
+        ],
+    );
     assert_eq!(r.status, 303, "{:?}", r.body);
     let text = ed.get("/admin/bounces").text().to_string();
-    assert!(text.contains("phone@example.test") && text.contains("asked by phone"), "{text}");
-    let hash = h.get("/api/v1/suppressions?address=phone@example.test").body["suppressions"][0]["hash"]
+    assert!(
+        text.contains("phone@example.test") && text.contains("asked by phone"),
+        "{text}"
+    );
+    let hash = h
+        .get("/api/v1/suppressions?address=phone@example.test")
+        .body["suppressions"][0]["hash"]
         .as_str()
         .expect("hash")
         .to_string();
-    let r = ed.post("/admin/bounces/unsuppress", &[("hash", &hash), ("reason", "")]);
+    let r = ed.post(
+        "/admin/bounces/unsuppress",
+        &[("hash", &hash), ("reason", "")],
+    );
     assert!(r.location().contains("problem"), "{r:?}");
-    let r = ed.post("/admin/bounces/unsuppress", &[("hash", &hash), ("reason", "typed by mistake")]);
+    let r = ed.post(
+        "/admin/bounces/unsuppress",
+        &[("hash", &hash), ("reason", "typed by mistake")],
+    );
     assert!(r.location().contains("notice"), "{r:?}");
-    assert_eq!(h.get("/api/v1/suppressions?address=phone@example.test").body["total"], 0);
+    assert_eq!(
+        h.get("/api/v1/suppressions?address=phone@example.test")
+            .body["total"],
+        0
+    );
     let log = ed.get("/admin/activity").text().to_string();
-    assert!(log.contains("typed by mistake") && log.contains("ed"), "{log}");
+    assert!(
+        log.contains("typed by mistake") && log.contains("ed"),
+        "{log}"
+    );
 
     let viewer = common::ui::UiSession::new(&h, "vi", "viewer");
     let text = viewer.get("/admin/bounces").text().to_string();
     assert!(text.contains("page@example.test"), "{text}");
-    assert!(!text.contains("/admin/bounces/unsuppress"), "a viewer gets no remove form");
+    assert!(
+        !text.contains("/admin/bounces/unsuppress"),
+        "a viewer gets no remove form"
+    );
     let r = viewer.post("/admin/bounces/suppress", &[("address", "x@example.test")]);
     assert!(r.status == 403 || r.location().contains("problem"), "{r:?}");
 }

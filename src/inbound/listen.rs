@@ -133,12 +133,11 @@ impl Bound {
             reports: metrics.inbound_reports.clone(),
             refused: metrics.inbound_refused.clone(),
         });
-        let stats = Arc::new(server::Stats::default());
         tokio::spawn(server::serve(
             self.listener,
             self.settings,
             sink,
-            stats,
+            metrics.inbound_server.clone(),
             activity,
         ))
     }
