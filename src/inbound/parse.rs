@@ -58,7 +58,7 @@
 //! # Classes of a failure
 //!
 //! Hard: the address or domain does not exist or the account is closed
-//! (5.1.1, 5.1.2, 5.1.3, 5.1.6, 5.1.10, 5.2.1, 5.4.4; "user unknown", "no
+//! (5.1.1, 5.1.2, 5.1.3, 5.1.6, 5.1.10, 5.2.1, 5.7.13; "user unknown", "no
 //! such user", "does not exist", "Recipient address rejected: Access denied"
 //! from Office 365's directory check, "nie istnieje", "Nieznany użytkownik",
 //! "konto zablokowane/usunięte"). Soft: a full mailbox (5.2.2, 4.2.2,
@@ -72,9 +72,12 @@
 //! When the status and the text disagree, a text naming a missing recipient
 //! wins over any status (a generic 5.0.0 and even a 5.7.x), a text blaming
 //! the sender wins over 5.1.1 ("550 5.1.1 sender is blacklisted"), a full
-//! mailbox wins over 5.1.1 ("552 5.1.1 5.2.2 mailbox is full"), and weak
-//! texts ("mailbox unavailable", a bare "Recipient address rejected") count
-//! only where the status says nothing specific. See
+//! mailbox wins over 5.1.1 ("552 5.1.1 5.2.2 mailbox is full"), a status
+//! about the sender (5.1.7, 5.1.8) wins over any text, a generic 5.0.0
+//! Status yields to a specific code in the Diagnostic-Code, and weak texts
+//! ("mailbox unavailable") count only where the status says nothing
+//! specific; a bare "Recipient address rejected:" counts for nothing, since
+//! Postfix writes it before every reason. See
 //! [`classify::classify_failure`] for the exact order.
 
 mod arf;
@@ -271,26 +274,46 @@ pub fn parse(raw: &[u8]) -> Report {
     };
     let top = Top::read(&message);
     let parts = Parts::collect(&message);
+    let mut report = classify(raw, &message, &top, &parts);
+    // A VERP address anywhere below the report's own headers names Herald's
+    // message, whatever part (or transcript line) it stands in.
+    let body = body_of(raw);
+    for text in [String::from_utf8_lossy(body).as_ref(), parts.human.as_str()] {
+        for verp in text::verp_addresses(text) {
+            if !report
+                .original_return_paths
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(&verp))
+            {
+                report.original_return_paths.push(verp);
+            }
+        }
+    }
+    report
+}
+
+/// The report by kind, in the order of the module doc.
+fn classify(raw: &[u8], message: &Message<'_>, top: &Top, parts: &Parts) -> Report {
     if parts.feedback.is_some() || parts.report_type == "feedback-report" {
-        return arf::report(raw, &top, &parts);
+        return arf::report(raw, top, parts);
     }
     if !parts.dsn.is_empty() {
-        return dsn::report(&top, &parts);
+        return dsn::report(top, parts);
     }
     if parts.copy.hotmail_recipient.is_some() {
-        return arf::old_jmrp(&top, &parts);
+        return arf::old_jmrp(top, parts);
     }
     if parts.report_type == "disposition-notification" {
-        return unknown(&top, parts.copy);
+        return unknown(top, parts.copy.clone());
     }
-    if let Some(report) = plain::report(&message, &top, &parts) {
+    if let Some(report) = plain::report(message, top, parts) {
         return report;
     }
-    if autoreply::detect(&message, &top, &parts) {
-        let mut copy = parts.copy.clone();
-        if copy.message_id.is_none() {
-            copy.message_id = top.in_reply_to.clone();
-        }
+    let mut copy = parts.copy.clone();
+    if copy.message_id.is_none() {
+        copy.message_id = top.in_reply_to.clone();
+    }
+    if autoreply::detect(message, top, parts) {
         return top.report(
             Format::AutoReply,
             vec![Finding::bare(top.from.clone(), Verdict::AutoReply)],
@@ -298,11 +321,19 @@ pub fn parse(raw: &[u8]) -> Report {
             None,
         );
     }
-    let mut copy = parts.copy;
-    if copy.message_id.is_none() {
-        copy.message_id = top.in_reply_to.clone();
-    }
-    unknown(&top, copy)
+    unknown(top, copy)
+}
+
+/// The raw message below its header block (all of it when no blank line
+/// ends the headers).
+fn body_of(raw: &[u8]) -> &[u8] {
+    let end = memchr::memmem::find(raw, b"\r\n\r\n")
+        .map(|at| at + 4)
+        .into_iter()
+        .chain(memchr::memmem::find(raw, b"\n\n").map(|at| at + 2))
+        .min()
+        .unwrap_or(0);
+    raw.get(end..).unwrap_or_default()
 }
 
 /// A report that says nothing Herald acts on.
@@ -466,8 +497,29 @@ impl Parts {
                 _ => {}
             }
         }
+        // A report whose MIME structure is broken (a boundary that does not
+        // match) has no parts: its raw body is the text to read, and the
+        // delivery-status fields may still be found in it.
+        if parts.human.trim().is_empty() {
+            parts.human = String::from_utf8_lossy(body_of(message.raw_message())).into_owned();
+        }
+        if parts.dsn.is_empty() && parts.feedback.is_none() && has_dsn_fields(&parts.human) {
+            parts.dsn.push(parts.human.clone());
+        }
         parts
     }
+}
+
+/// Whether text holds the per-recipient fields of a delivery-status report.
+fn has_dsn_fields(text: &str) -> bool {
+    let mut recipient = false;
+    let mut action_or_status = false;
+    for line in text.lines() {
+        let lower = line.get(..16).unwrap_or(line).to_ascii_lowercase();
+        recipient |= lower.starts_with("final-recipient:");
+        action_or_status |= lower.starts_with("action:") || lower.starts_with("status:");
+    }
+    recipient && action_or_status
 }
 
 #[cfg(test)]
@@ -500,5 +552,309 @@ mod tests {
             assert_eq!(report.findings.len(), 1);
             assert_eq!(report.verdict(), Verdict::Unknown, "{raw:?}");
         }
+    }
+}
+
+/// The tricky rules, each on a small message; the corpus in `tests/bounces`
+/// covers the real shapes.
+#[cfg(test)]
+mod rules {
+    use super::*;
+
+    /// Parses a message written with `\n` line ends.
+    fn parse_text(text: &str) -> Report {
+        parse(text.replace('\n', "\r\n").as_bytes())
+    }
+
+    /// Checks the first finding's verdict and recipient.
+    fn check(text: &str, verdict: Verdict, recipient: Option<&str>) -> Result<Report, String> {
+        let report = parse_text(text);
+        let Some(finding) = report.findings.first() else {
+            return Err("no finding".to_owned());
+        };
+        if finding.verdict != verdict || finding.recipient.as_deref() != recipient {
+            return Err(format!(
+                "got {:?} for {:?}, want {verdict:?} for {recipient:?}",
+                finding.verdict, finding.recipient
+            ));
+        }
+        Ok(report)
+    }
+
+    const VERP: &str = "b-0123456789abcdef0123456789abcdef0123@bounces.shop.example";
+
+    fn dsn(action: &str, status: &str, diagnostic: &str, subject: &str) -> String {
+        format!(
+            "From: MAILER-DAEMON@mx.example.org (Mail Delivery System)\n\
+             To: {VERP}\nSubject: {subject}\nAuto-Submitted: auto-replied\nMIME-Version: 1.0\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\n\n\
+             --B\nContent-Type: text/plain\n\nThe mail system\n\n\
+             --B\nContent-Type: message/delivery-status\n\n\
+             Reporting-MTA: dns; mx.example.org\nX-Postfix-Sender: rfc822; {VERP}\n\n\
+             Final-Recipient: rfc822; anna@example.org\nAction: {action}\nStatus: {status}\n\
+             Diagnostic-Code: smtp; {diagnostic}\n\n\
+             --B\nContent-Type: text/rfc822-headers\n\n\
+             Return-Path: <{VERP}>\nMessage-ID: <c12.65537.99@shop.example>\nTo: anna@example.org\n\n\
+             --B--\n"
+        )
+    }
+
+    #[test]
+    fn a_bounce_with_auto_submitted_is_a_bounce() -> Result<(), String> {
+        let report = check(
+            &dsn(
+                "failed",
+                "5.1.1",
+                "550 5.1.1 user unknown",
+                "Undelivered Mail Returned to Sender",
+            ),
+            Verdict::Hard,
+            Some("anna@example.org"),
+        )?;
+        assert_eq!(report.format, Format::Dsn);
+        assert_eq!(
+            report.original_message_id.as_deref(),
+            Some("c12.65537.99@shop.example")
+        );
+        assert_eq!(report.original_return_paths, vec![VERP.to_owned()]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_delayed_action_is_a_delay_whatever_the_code() -> Result<(), String> {
+        check(
+            &dsn(
+                "delayed",
+                "4.2.2",
+                "452 4.2.2 mailbox full",
+                "Delayed Mail (still being retried)",
+            ),
+            Verdict::Delay,
+            Some("anna@example.org"),
+        )?;
+        check(
+            &dsn(
+                "delivered",
+                "2.0.0",
+                "250 2.0.0 Ok",
+                "Successful Mail Delivery Report",
+            ),
+            Verdict::Unknown,
+            Some("anna@example.org"),
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn a_generic_status_yields_to_the_diagnostic() -> Result<(), String> {
+        let report = check(
+            &dsn(
+                "failed",
+                "5.0.0",
+                "550 5.7.1 Message rejected as spam",
+                "Returned mail",
+            ),
+            Verdict::Policy,
+            Some("anna@example.org"),
+        )?;
+        assert_eq!(report.findings[0].status.as_deref(), Some("5.7.1"));
+        Ok(())
+    }
+
+    #[test]
+    fn a_plain_delay_warning_that_mentions_giving_up_is_a_delay() -> Result<(), String> {
+        check(
+            "From: Mail Delivery System <Mailer-Daemon@mx.example.com>\n\
+             Subject: Warning: message 1rk2Qx-00A1bC-0S delayed 24 hours\n\
+             Auto-Submitted: auto-replied\n\n\
+             A message that you sent has not yet been delivered to one or more of its\n\
+             recipients after more than 24 hours on the queue.\n\n  tomasz@example.com\n\
+             \x20   Delay reason: 451 4.7.1 Greylisting in action\n\n\
+             Eventually the mail delivery software will give up, and when that happens,\n\
+             the message will be returned to you.\n",
+            Verdict::Delay,
+            Some("tomasz@example.com"),
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn auto_replies_are_never_bounces() -> Result<(), String> {
+        // Auto-Submitted alone.
+        check(
+            "From: Jan <jan@example.pl>\nTo: sklep@shop.example\nSubject: Re: oferta\n\
+             Auto-Submitted: auto-replied\n\nJestem na urlopie.\n",
+            Verdict::AutoReply,
+            Some("jan@example.pl"),
+        )?;
+        // A Polish Exchange subject without any header.
+        let report = check(
+            "From: =?utf-8?q?Magdalena_Wr=C3=B3bel?= <m@urzad.example.pl>\n\
+             Subject: =?utf-8?q?Odpowied=C5=BA_automatyczna=3A_oferta?=\n\
+             In-Reply-To: <c3.4.5@shop.example>\n\nNie ma mnie w biurze.\n",
+            Verdict::AutoReply,
+            Some("m@urzad.example.pl"),
+        )?;
+        assert_eq!(
+            report.original_message_id.as_deref(),
+            Some("c3.4.5@shop.example")
+        );
+        // A vacation notice from a postmaster mailbox.
+        check(
+            "From: postmaster@example.pl\nSubject: Automatic reply: oferta\n\n\
+             I am out of the office; the mail could not be delivered to me now.\n",
+            Verdict::AutoReply,
+            Some("postmaster@example.pl"),
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn x_auto_response_suppress_alone_is_not_an_auto_reply() -> Result<(), String> {
+        check(
+            "From: Grzegorz <g@contoso.example>\nSubject: RE: oferta\n\
+             X-Auto-Response-Suppress: All\n\nProszę o usunięcie z listy.\n",
+            Verdict::Unknown,
+            None,
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn a_newsletter_with_a_vacation_subject_is_unknown() -> Result<(), String> {
+        check(
+            "From: news@travel.example.pl\nSubject: Urlop w Tatrach -30%\n\
+             List-Unsubscribe: <https://travel.example.pl/u>\nPrecedence: bulk\n\n\
+             Jesteś poza biurem? Out of office?\n",
+            Verdict::Unknown,
+            None,
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn mailto_unsubscribe_and_daemon_notices_are_not_auto_replies() -> Result<(), String> {
+        check(
+            "From: someone@icloud.example\nSubject: unsubscribe\nAuto-Submitted: auto-replied\n\n\
+             Apple Mail sent this email to unsubscribe.\n",
+            Verdict::Unknown,
+            None,
+        )?;
+        check(
+            "From: Mail Delivery System <mailer-daemon@mx.example.com>\n\
+             Subject: Queue report\nAuto-Submitted: auto-generated\n\nAll is well.\n",
+            Verdict::Unknown,
+            None,
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn arf_types() -> Result<(), String> {
+        let arf = |kind: &str, rcpt: &str| {
+            format!(
+                "From: fbl@isp.example\nSubject: report\nMIME-Version: 1.0\n\
+                 Content-Type: multipart/report; report-type=feedback-report; boundary=\"A\"\n\n\
+                 --A\nContent-Type: text/plain\n\nAn abuse report.\n\n\
+                 --A\nContent-Type: message/feedback-report\n\n\
+                 Feedback-Type: {kind}\nUser-Agent: ISP-FBL/1.0\nVersion: 1\n\
+                 Original-Mail-From: <{VERP}>\nOriginal-Rcpt-To: <{rcpt}>\n\n\
+                 --A\nContent-Type: message/rfc822\n\n\
+                 From: sklep@shop.example\nTo: {rcpt}\nMessage-ID: <c1.2.3@shop.example>\n\nHello\n\n\
+                 --A--\n"
+            )
+        };
+        let report = check(
+            &arf("abuse", "ewa@isp.example"),
+            Verdict::Complaint,
+            Some("ewa@isp.example"),
+        )?;
+        assert_eq!(report.feedback_type.as_deref(), Some("abuse"));
+        assert_eq!(
+            report.original_message_id.as_deref(),
+            Some("c1.2.3@shop.example")
+        );
+        assert_eq!(report.original_return_paths, vec![VERP.to_owned()]);
+        check(
+            &arf("opt-out", "ewa@isp.example"),
+            Verdict::Complaint,
+            Some("ewa@isp.example"),
+        )?;
+        check(
+            &arf("not-spam", "ewa@isp.example"),
+            Verdict::Unknown,
+            Some("ewa@isp.example"),
+        )?;
+        check(
+            &arf("abuse", "redacted@isp.example"),
+            Verdict::Complaint,
+            None,
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn a_dsn_with_a_broken_boundary_is_still_read() -> Result<(), String> {
+        let text = dsn(
+            "failed",
+            "5.1.1",
+            "550 5.1.1 user unknown",
+            "Undelivered Mail Returned to Sender",
+        )
+        .replace("boundary=\"B\"", "boundary=\"NOT-THE-ONE\"");
+        let report = check(&text, Verdict::Hard, Some("anna@example.org"))?;
+        assert_eq!(
+            report.original_message_id.as_deref(),
+            Some("c12.65537.99@shop.example")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn plain_bounces_name_their_recipients() -> Result<(), String> {
+        let report = check(
+            &format!(
+                "From: MAILER-DAEMON@mail.example.pl\nTo: {VERP}\nSubject: failure notice\n\n\
+                 Hi. This is the qmail-send program at mail.example.pl.\n\
+                 This is a permanent error; I've given up. Sorry it didn't work out.\n\n\
+                 <kasia@example.pl>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n\
+                 <ola@example.pl>:\nConnected to 192.0.2.50 but connection died. (#4.4.2)\n\
+                 I'm not going to try again; this message has been in the queue too long.\n\n\
+                 --- Below this line is a copy of the message.\n\n\
+                 Return-Path: <{VERP}>\nMessage-ID: <c7.8.9@shop.example>\nTo: kasia@example.pl\n\nHi\n"
+            ),
+            Verdict::Hard,
+            Some("kasia@example.pl"),
+        )?;
+        assert_eq!(report.format, Format::PlainBounce);
+        assert_eq!(report.findings.len(), 2);
+        assert_eq!(report.findings[0].status.as_deref(), Some("5.1.1"));
+        assert_eq!(report.findings[1].verdict, Verdict::Soft);
+        assert_eq!(report.findings[1].status.as_deref(), Some("4.4.2"));
+        assert_eq!(
+            report.original_message_id.as_deref(),
+            Some("c7.8.9@shop.example")
+        );
+        assert_eq!(report.original_return_paths, vec![VERP.to_owned()]);
+        Ok(())
+    }
+
+    #[test]
+    fn diagnostics_are_one_line_of_at_most_500_characters() -> Result<(), String> {
+        let long = "x".repeat(2000);
+        let report = check(
+            &dsn(
+                "failed",
+                "5.2.2",
+                &format!("552 5.2.2 mailbox full {long}"),
+                "Undelivered Mail",
+            ),
+            Verdict::Soft,
+            Some("anna@example.org"),
+        )?;
+        let diagnostic = report.findings[0].diagnostic.clone().unwrap_or_default();
+        assert_eq!(diagnostic.chars().count(), DIAGNOSTIC_MAX);
+        assert!(!diagnostic.contains('\n'));
+        Ok(())
     }
 }

@@ -27,7 +27,10 @@ pub(super) fn report(raw: &[u8], top: &Top, parts: &Parts) -> Report {
     let mut copy = parts.copy.clone();
     if let Some(feedback) = &parsed {
         // The copy as mail-auth found it, in case the walk did not.
-        for text in [feedback.message(), feedback.headers()].into_iter().flatten() {
+        for text in [feedback.message(), feedback.headers()]
+            .into_iter()
+            .flatten()
+        {
             let mut info = CopyInfo::default();
             info.scan_headers(text);
             copy.merge(info);
@@ -57,9 +60,8 @@ pub(super) fn report(raw: &[u8], top: &Top, parts: &Parts) -> Report {
         Some(kind) if NOT_COMPLAINTS.contains(&kind) => Verdict::Unknown,
         _ => Verdict::Complaint,
     };
-    let diagnostic = first_line(&parts.human).or_else(|| {
-        field(&fields, "user-agent").map(|agent| one_line(agent, DIAGNOSTIC_MAX))
-    });
+    let diagnostic = first_line(&parts.human)
+        .or_else(|| field(&fields, "user-agent").map(|agent| one_line(agent, DIAGNOSTIC_MAX)));
     let finding = Finding {
         recipient,
         verdict,
@@ -100,7 +102,9 @@ fn redacted(address: &str) -> bool {
     let local = address.split('@').next().unwrap_or_default();
     address.to_ascii_lowercase().contains("redacted")
         || local.is_empty()
-        || local.chars().all(|c| matches!(c, 'x' | 'X' | '*' | '#' | '.'))
+        || local
+            .chars()
+            .all(|c| matches!(c, 'x' | 'X' | '*' | '#' | '.'))
 }
 
 /// The first non-empty line of the text for people.

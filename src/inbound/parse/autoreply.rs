@@ -120,6 +120,17 @@ fn bulk(message: &Message<'_>) -> bool {
 
 /// Whether the message is an automatic reply.
 pub(super) fn detect(message: &Message<'_>, top: &Top, parts: &Parts) -> bool {
+    let subject = top.folded_subject.trim();
+    if subject == "unsubscribe" || subject.starts_with("unsubscribe ") {
+        // A mailto unsubscribe request (Apple Mail sends it with
+        // Auto-Submitted: auto-replied): for the unsubscribe handling, not an
+        // auto-reply.
+        return false;
+    }
+    if super::plain::daemon_sender(top) && !subject_says_autoreply(subject) {
+        // A mailer daemon's notice that was no bounce is no vacation reply.
+        return false;
+    }
     if headers_say_autoreply(message) {
         return true;
     }

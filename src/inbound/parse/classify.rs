@@ -75,6 +75,9 @@ const RECIPIENT_GONE: &[&str] = &[
     "mailbox is inactive",
     "account is inactive",
     "inactive account",
+    "disabled recipient",
+    "recipient disabled",
+    "no valid recipient",
     // Polish, folded.
     "nieznany uzytkownik",
     "nieznany odbiorca",
@@ -107,11 +110,15 @@ const RECIPIENT_GONE_NEAR: &[(&str, &str)] = &[
     ("account", "terminated"),
     ("account", "closed"),
     ("account", "does not exist"),
-    ("address", "does not exist"),
     ("mailbox", "does not exist"),
     ("user", "does not exist"),
     ("doesn't have a", "account"),
     ("does not have a", "account"),
+    ("invalid", "user"),
+    ("not listed", "directory"),
+    ("not listed", "address book"),
+    ("recipient account", "block"),
+    ("recipient's account", "block"),
     ("konto", "zablokowan"),
     ("konto", "usunie"),
     ("konto", "nieaktywn"),
@@ -128,6 +135,9 @@ const RECIPIENT_GONE_NEAR: &[(&str, &str)] = &[
 /// 5.1.1 sender is blacklisted", "Sender address rejected: Domain not found").
 const SENDER_REFUSED: &[&str] = &[
     "sender address rejected",
+    "sender address",
+    "unroutable sender",
+    "unrouteable sender",
     "sender rejected",
     "sender denied",
     "sender is blacklisted",
@@ -165,6 +175,11 @@ const MAILBOX_FULL: &[&str] = &[
     "storage space",
     "mailfolder is full",
     "inbox is full",
+    "receiving mail at a rate",
+    "temporarily locked",
+    "temporary locked",
+    "mailbox is locked",
+    "account is locked",
     "not enough space",
     "no space left",
     "quota",
@@ -230,6 +245,7 @@ const POLICY: &[&str] = &[
     "not authenticated",
     "authentication",
     "unsolicited",
+    "unwanted",
     "junk",
     "virus",
     "malware",
@@ -241,6 +257,13 @@ const POLICY: &[&str] = &[
     "access denied",
     "relay access denied",
     "relaying denied",
+    "relay denied",
+    "relay not permitted",
+    "relaying not allowed",
+    "not permitted to relay",
+    "unable to relay",
+    "not configured to relay",
+    "insecure mail relay",
     "message refused",
     "refused by",
     "filter",
@@ -250,7 +273,12 @@ const POLICY: &[&str] = &[
     "forged",
     "rate limit",
     "ratelimit",
-    "too many",
+    "too many connections",
+    "too many messages",
+    "too many emails",
+    "too many mails",
+    "too many concurrent",
+    "too many recipients",
     "throttl",
     "complaint",
     "reverse dns",
@@ -277,7 +305,10 @@ const ADDRESS_INVALID: &[&str] = &[
     "no such domain",
     "host not found",
     "host or domain name not found",
-    "name service error",
+    "host unknown",
+    "unknown host",
+    "find a mail exchanger",
+    "no mail exchanger",
     "unrouteable",
     "unroutable",
     "no mx",
@@ -296,15 +327,14 @@ const ADDRESS_INVALID: &[&str] = &[
 
 /// Weak signs that the recipient is unknown, taken only for a permanent
 /// failure that nothing more specific explains: RFC 5321 uses "mailbox
-/// unavailable" for policy refusals too, and Postfix writes "Recipient
-/// address rejected:" before any reason at all.
+/// unavailable" for policy refusals too. (A bare "Recipient address
+/// rejected:" says nothing: Postfix writes it before any reason at all.)
 const RECIPIENT_WEAK: &[&str] = &[
     "mailbox unavailable",
     "mailbox is unavailable",
-    "recipient address rejected",
-    "recipient rejected",
-    "address rejected",
     "undeliverable address",
+    "recipient address rejected.",
+    "recipient address rejected (in reply",
 ];
 
 /// The message expired in a queue after temporary failures.
@@ -355,7 +385,7 @@ const DELAYED: &[&str] = &[
     // Polish, folded.
     "nie zostala jeszcze dostarczona",
     "jeszcze nie zostala dostarczona",
-    "bedzie ponawian",
+    "bedzie ponawia",
     "beda ponawiane",
     "kolejne proby",
     "ponowi probe",
@@ -373,7 +403,7 @@ const NOT_DELAYED: &[&str] = &[
     "permanent error",
     "permanent failure",
     "permanent fatal error",
-    "nie bedzie ponawian",
+    "nie bedzie ponawia",
 ];
 
 /// Subjects of delay notices.
@@ -388,7 +418,8 @@ const DELAY_SUBJECTS: &[&str] = &[
 ];
 
 /// Subject beginnings of success notices (delivery or relay receipts).
-const SUCCESS_SUBJECT_STARTS: &[&str] = &["delivered:", "relayed:", "delivery notification: success"];
+const SUCCESS_SUBJECT_STARTS: &[&str] =
+    &["delivered:", "relayed:", "delivery notification: success"];
 
 /// Subject phrases of success notices.
 const SUCCESS_SUBJECTS: &[&str] = &["(success)", "successful delivery", "delivery successful"];
@@ -431,7 +462,9 @@ pub(super) fn says_delayed(folded_subject: &str, folded_text: &str) -> bool {
     if contains_any(folded_text, NOT_DELAYED) {
         return false;
     }
-    let failure_subject = FAILURE_SUBJECTS.iter().any(|s| folded_subject.starts_with(s));
+    let failure_subject = FAILURE_SUBJECTS
+        .iter()
+        .any(|s| folded_subject.starts_with(s));
     (!failure_subject && contains_any(folded_subject, DELAY_SUBJECTS))
         || contains_any(folded_text, DELAYED)
 }
@@ -489,17 +522,20 @@ pub(super) enum Evidence {
 /// reply code (if any) and what the system wrote (folded). The rules, first
 /// match wins:
 ///
-/// 1. a text saying the recipient does not exist or its account is closed
-///    → hard (over any status: "550 5.7.1 … user unknown" is hard);
-/// 2. a text blaming the sender (address, domain, server, IP) → policy;
-/// 3. a full mailbox or a message too large → soft;
-/// 4. a policy text (spam, block list, DMARC, SPF, …) → policy;
-/// 5. a text saying the domain or address does not exist → hard;
-/// 6. the status code: x.7.x → policy; 5.1.1, 5.1.2, 5.1.3, 5.1.6, 5.1.10,
-///    5.2.1 and 5.4.4 → hard; x.2.2, x.2.3, x.3.4 → soft;
-/// 7. for a permanent failure, a weak recipient text ("mailbox unavailable",
-///    "Recipient address rejected") → hard;
-/// 8. anything else → soft (a temporary failure that ended in expiry, or a
+/// 1. a status about the sender's address (x.1.7, x.1.8) → policy;
+/// 2. a text saying the recipient does not exist or its account is closed
+///    → hard (over any other status: "550 5.7.1 … user unknown" is hard);
+/// 3. a text blaming the sender (address, domain, server, IP) → policy;
+/// 4. a full (or over-busy, or temporarily locked) mailbox or a message too
+///    large → soft;
+/// 5. a policy text (spam, block list, DMARC, SPF, …) → policy;
+/// 6. a text saying the domain or address does not exist → hard;
+/// 7. the status code: 5.1.1, 5.1.2, 5.1.3, 5.1.6, 5.1.10, 5.2.1 and 5.7.13
+///    (account disabled) → hard; other x.7.x → policy; x.2.2, x.2.3, x.3.4 →
+///    soft;
+/// 8. for a permanent failure, a weak recipient text ("mailbox unavailable",
+///    "undeliverable address") → hard;
+/// 9. anything else → soft (a temporary failure that ended in expiry, or a
 ///    permanent failure that says nothing more). Soft bounces add up to a
 ///    suppression anyway, while a wrong hard verdict drops a good address
 ///    at once.
@@ -509,6 +545,10 @@ pub(super) fn classify_failure(
     folded: &str,
 ) -> (Verdict, Evidence) {
     use Evidence::{Generic, Specific};
+    // x.1.7 and x.1.8 are about the sender's address and domain (RFC 3463).
+    if status.is_some_and(|s| s.subject == 1 && matches!(s.detail, 7 | 8)) {
+        return (Verdict::Policy, Specific);
+    }
     if contains_any(folded, RECIPIENT_GONE) || near_any(folded, RECIPIENT_GONE_NEAR, 40) {
         return (Verdict::Hard, Specific);
     }
@@ -529,10 +569,11 @@ pub(super) fn classify_failure(
     }
     if let Some(status) = status {
         match (status.class, status.subject, status.detail) {
-            (_, 7, _) => return (Verdict::Policy, Specific),
-            (5, 1, 1 | 2 | 3 | 6 | 10) | (5, 2, 1) | (5, 4, 4) => {
+            // x.7.13 is "user account disabled" (RFC 4954).
+            (5, 7, 13) | (5, 1, 1 | 2 | 3 | 6 | 10) | (5, 2, 1) => {
                 return (Verdict::Hard, Specific);
             }
+            (_, 7, _) => return (Verdict::Policy, Specific),
             (_, 2, 2 | 3) | (_, 3, 4) => return (Verdict::Soft, Specific),
             _ => {}
         }
@@ -541,7 +582,9 @@ pub(super) fn classify_failure(
         Some(status) => status.class == 5,
         None => smtp.is_none_or(|code| code >= 500),
     };
-    if permanent && contains_any(folded, RECIPIENT_WEAK) {
+    if permanent
+        && (contains_any(folded, RECIPIENT_WEAK) || folded.ends_with("recipient address rejected"))
+    {
         return (Verdict::Hard, Specific);
     }
     if smtp == Some(552) && status.is_none() {
@@ -589,7 +632,11 @@ mod tests {
 
     #[test]
     fn a_specific_text_wins_over_a_generic_status() -> Result<(), String> {
-        check("5.0.0", "550 5.0.0 <a@b.example>... User unknown", Verdict::Hard)?;
+        check(
+            "5.0.0",
+            "550 5.0.0 <a@b.example>... User unknown",
+            Verdict::Hard,
+        )?;
         check("5.0.0", "554 5.0.0 mailbox full", Verdict::Soft)
     }
 
@@ -601,12 +648,20 @@ mod tests {
             "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)",
             Verdict::Hard,
         )?;
-        check("5.7.1", "550 5.7.1 <a@b.example>: user unknown", Verdict::Hard)
+        check(
+            "5.7.1",
+            "550 5.7.1 <a@b.example>: user unknown",
+            Verdict::Hard,
+        )
     }
 
     #[test]
     fn a_sender_problem_is_policy_whatever_the_status() -> Result<(), String> {
-        check("5.1.1", "550 5.1.1 <x@shop.example> sender is blacklisted", Verdict::Policy)?;
+        check(
+            "5.1.1",
+            "550 5.1.1 <x@shop.example> sender is blacklisted",
+            Verdict::Policy,
+        )?;
         check(
             "4.1.8",
             "450 4.1.8 <b@shop.example>: Sender address rejected: Domain not found",
@@ -637,8 +692,13 @@ mod tests {
         )?;
         check(
             "",
-            "550 <a@b.example>: Recipient address rejected: undeliverable",
+            "550 <a@b.example>: Recipient address rejected: undeliverable address",
             Verdict::Hard,
+        )?;
+        check(
+            "5.3.0",
+            "554 5.3.0 <a@b.example>: Recipient address rejected: Internal system error",
+            Verdict::Soft,
         )
     }
 
@@ -646,7 +706,11 @@ mod tests {
     fn polish_texts() -> Result<(), String> {
         check("", "550 Użytkownik nie istnieje", Verdict::Hard)?;
         check("", "550 Konto odbiorcy zostało zablokowane", Verdict::Hard)?;
-        check("5.2.2", "552 Skrzynka odbiorcy jest przepełniona", Verdict::Soft)?;
+        check(
+            "5.2.2",
+            "552 Skrzynka odbiorcy jest przepełniona",
+            Verdict::Soft,
+        )?;
         check(
             "4.7.1",
             "450 4.7.1 Twoj serwer poczty 192.0.2.1 zostal tymczasowo zablokowany za spam",
@@ -656,15 +720,55 @@ mod tests {
     }
 
     #[test]
+    fn sender_statuses_and_disabled_accounts() -> Result<(), String> {
+        check(
+            "5.1.7",
+            "550 5.1.7 No such domain shop.example",
+            Verdict::Policy,
+        )?;
+        check(
+            "5.1.8",
+            "553 5.1.8 Domain of sender address b@shop.example does not exist",
+            Verdict::Policy,
+        )?;
+        check(
+            "5.7.13",
+            "525 5.7.13 Disabled recipient address",
+            Verdict::Hard,
+        )?;
+        check(
+            "5.5.0",
+            "550 5.5.0 The recipient account is blocked.",
+            Verdict::Hard,
+        )?;
+        check("5.4.6", "554 5.4.6 Too many hops", Verdict::Soft)?;
+        check(
+            "5.4.4",
+            "Name service error for name=b.example type=MX: Malformed or unexpected name server reply",
+            Verdict::Soft,
+        )
+    }
+
+    #[test]
     fn temporary_failures_that_expired_are_soft() -> Result<(), String> {
-        check("4.4.1", "connect to mx.b.example[192.0.2.3]:25: Connection timed out", Verdict::Soft)?;
+        check(
+            "4.4.1",
+            "connect to mx.b.example[192.0.2.3]:25: Connection timed out",
+            Verdict::Soft,
+        )?;
         check("", "retry timeout exceeded", Verdict::Soft)
     }
 
     #[test]
     fn delays_are_told_from_failures() {
-        assert!(says_delayed("", &fold("Gmail will retry for 46 more hours")));
-        assert!(says_delayed(&fold("Delivery Status Notification (Delay)"), ""));
+        assert!(says_delayed(
+            "",
+            &fold("Gmail will retry for 46 more hours")
+        ));
+        assert!(says_delayed(
+            &fold("Delivery Status Notification (Delay)"),
+            ""
+        ));
         assert!(!says_delayed(
             "",
             &fold("This is a permanent error; I've given up. Sorry it didn't work out.")

@@ -17,10 +17,10 @@ pub(super) fn report(top: &Top, parts: &Parts) -> Report {
         for block in field_blocks(text) {
             // Per-message fields: Gmail names the original Message-ID, Postfix
             // the envelope sender.
-            if let Some(id) = field(&block, "x-original-message-id") {
-                if copy.message_id.is_none() {
-                    copy.message_id = clean_message_id(id);
-                }
+            if let Some(id) = field(&block, "x-original-message-id")
+                && copy.message_id.is_none()
+            {
+                copy.message_id = clean_message_id(id);
             }
             if let Some(sender) = field(&block, "x-postfix-sender") {
                 copy.take_field("x-postfix-sender", sender);
@@ -62,13 +62,21 @@ fn recipient_finding(
         .and_then(|a| a.split_whitespace().next())
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
-    let diagnostic_code = field(block, "diagnostic-code").map(|value| match value.split_once(';') {
-        Some((kind, rest)) if !kind.contains(' ') => rest.trim(),
-        _ => value,
-    });
-    let status_text = field(block, "status")
-        .and_then(find_status)
-        .or_else(|| diagnostic_code.and_then(find_status));
+    let diagnostic_code =
+        field(block, "diagnostic-code").map(|value| match value.split_once(';') {
+            Some((kind, rest)) if !kind.contains(' ') => rest.trim(),
+            _ => value,
+        });
+    // A generic Status (5.0.0) yields to a specific code in the diagnostic
+    // ("Status: 5.0.0" with "550 5.7.1 …").
+    let diagnostic_status = diagnostic_code.and_then(find_status);
+    let status_text = match field(block, "status").and_then(find_status) {
+        Some(status) if status.ends_with(".0.0") => diagnostic_status
+            .filter(|d| d.get(..1) == status.get(..1) && !d.ends_with(".0.0"))
+            .or(Some(status)),
+        Some(status) => Some(status),
+        None => diagnostic_status,
+    };
     let status = status_text.as_deref().and_then(Status::parse);
     let diagnostic = diagnostic_code
         .map(|d| one_line(d, DIAGNOSTIC_MAX))
@@ -100,7 +108,11 @@ fn recipient_finding(
 
 /// The class of a failed recipient: from its status and Diagnostic-Code,
 /// and from the text for people when those say nothing specific.
-fn failure_verdict(status: Option<Status>, diagnostic: Option<&str>, folded_human: &str) -> Verdict {
+fn failure_verdict(
+    status: Option<Status>,
+    diagnostic: Option<&str>,
+    folded_human: &str,
+) -> Verdict {
     let diagnostic = diagnostic.unwrap_or_default();
     let smtp = find_smtp_code(diagnostic);
     let (verdict, evidence) = classify_failure(status, smtp, &fold(diagnostic));

@@ -198,10 +198,10 @@ impl CopyInfo {
                 continue;
             }
             let mut value = value.trim().to_owned();
-            if value.is_empty() {
-                if let Some(next) = lines.get(i + 1) {
-                    value = next.trim().to_owned();
-                }
+            if value.is_empty()
+                && let Some(next) = lines.get(i + 1)
+            {
+                value = next.trim().to_owned();
             }
             self.take_field(name, &value);
         }

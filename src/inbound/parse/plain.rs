@@ -48,6 +48,8 @@ const BOUNCE_SUBJECTS: &[&str] = &[
     "non-delivery report",
     "could not be delivered",
     "couldn't be delivered",
+    "mail failure",
+    "undeliverable",
     "warning: could not send message",
     "warning: message",
     "delayed mail",
@@ -100,6 +102,9 @@ const FAILURE_WORDS: &[&str] = &[
     "permanent fatal error",
     "failed permanently",
     "address(es) failed",
+    "did not reach the following recipient",
+    "could not deliver",
+    "couldn't deliver",
     "nie zostala dostarczona",
     "nie mogla zostac dostarczona",
     "nie mozna dostarczyc",
@@ -107,12 +112,23 @@ const FAILURE_WORDS: &[&str] = &[
     "nie dostarczono",
 ];
 
-/// Whether the report's headers mark it as a bounce or delay notice.
-fn bounce_headers(message: &Message<'_>, top: &Top) -> (bool, bool) {
-    let daemon_sender = top.from.as_deref().is_some_and(|from| {
-        let local = from.split('@').next().unwrap_or_default().to_ascii_lowercase();
+/// Whether the report comes from a mailer daemon or postmaster.
+pub(super) fn daemon_sender(top: &Top) -> bool {
+    top.from.as_deref().is_some_and(|from| {
+        let local = from
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         DAEMONS.contains(&local.as_str())
-    }) || contains_any(&top.folded_from_name, DAEMON_NAMES);
+    }) || contains_any(&top.folded_from_name, DAEMON_NAMES)
+}
+
+/// Whether the report's headers mark it as a bounce or delay notice: sent
+/// by a daemon (weak), and with a bounce subject or a failure header
+/// (strong).
+fn bounce_headers(message: &Message<'_>, top: &Top) -> (bool, bool) {
+    let daemon_sender = daemon_sender(top);
     let subject = &top.folded_subject;
     let reply_or_forward = ["re:", "fw:", "fwd:", "odp:", "pd:"]
         .iter()
@@ -139,10 +155,12 @@ pub(super) fn report(message: &Message<'_>, top: &Top, parts: &Parts) -> Option<
     }
     let (text, quoted) = split_report(&parts.human);
     let folded = fold(text);
-    if !strong && !contains_any(&folded, FAILURE_WORDS) && find_smtp_code(text).is_none() {
-        if !says_delayed(&top.folded_subject, &folded) {
-            return None;
-        }
+    if !strong
+        && !contains_any(&folded, FAILURE_WORDS)
+        && find_smtp_code(text).is_none()
+        && !says_delayed(&top.folded_subject, &folded)
+    {
+        return None;
     }
     let mut copy = parts.copy.clone();
     if let Some(quoted) = quoted {
@@ -177,7 +195,13 @@ pub(super) fn findings_from_text(
     let mut findings = Vec::new();
     if candidates.is_empty() {
         let recipient = copy.to.clone().filter(|to| !is_verp(to));
-        findings.push(finding(recipient, text, text, verdict_all));
+        findings.push(finding(
+            recipient,
+            text,
+            text,
+            &top.folded_subject,
+            verdict_all,
+        ));
     }
     for (i, (start, address)) in candidates.iter().enumerate() {
         let end = candidates.get(i + 1).map_or(text.len(), |(next, _)| *next);
@@ -186,24 +210,41 @@ pub(super) fn findings_from_text(
         } else {
             text.get(*start..end.max(*start)).unwrap_or(text)
         };
-        findings.push(finding(Some(address.clone()), segment, text, verdict_all));
+        findings.push(finding(
+            Some(address.clone()),
+            segment,
+            text,
+            &top.folded_subject,
+            verdict_all,
+        ));
     }
     findings
 }
 
 /// One recipient's finding from the text about it (`segment`) and the whole
 /// report text.
-fn finding(recipient: Option<String>, segment: &str, whole: &str, verdict: Option<Verdict>) -> Finding {
+fn finding(
+    recipient: Option<String>,
+    segment: &str,
+    whole: &str,
+    subject: &str,
+    verdict: Option<Verdict>,
+) -> Finding {
     let status = find_status(segment).or_else(|| find_status(whole));
     let smtp = find_smtp_code(segment).or_else(|| find_smtp_code(whole));
     let verdict = verdict.unwrap_or_else(|| {
         let parsed = status.as_deref().and_then(Status::parse);
         let (verdict, evidence) = classify_failure(parsed, smtp, &fold(segment));
-        if evidence == Evidence::Generic && segment.len() < whole.len() {
-            classify_failure(parsed, smtp, &fold(whole)).0
-        } else {
-            verdict
+        if evidence == Evidence::Specific {
+            return verdict;
         }
+        let (verdict, evidence) = classify_failure(parsed, smtp, &fold(whole));
+        if evidence == Evidence::Specific {
+            return verdict;
+        }
+        // Some systems say it only in the subject ("DELIVERY FAILURE: User
+        // … not listed in Domino Directory").
+        classify_failure(parsed, smtp, subject).0
     });
     Finding {
         recipient,
@@ -215,11 +256,19 @@ fn finding(recipient: Option<String>, segment: &str, whole: &str, verdict: Optio
 
 /// The failed recipients a bounce names, with where each is first named in
 /// the text (0 for those from `X-Failed-Recipients` not found in it).
-fn recipients(text: &str, top: &Top, copy: &CopyInfo, failed: Option<&str>) -> Vec<(usize, String)> {
+fn recipients(
+    text: &str,
+    top: &Top,
+    copy: &CopyInfo,
+    failed: Option<&str>,
+) -> Vec<(usize, String)> {
     let mut found: Vec<(usize, String)> = Vec::new();
     if let Some(failed) = failed {
         for address in failed.split(',').filter_map(clean_address) {
-            let at = text.to_ascii_lowercase().find(&address.to_ascii_lowercase()).unwrap_or(0);
+            let at = text
+                .to_ascii_lowercase()
+                .find(&address.to_ascii_lowercase())
+                .unwrap_or(0);
             if !found.iter().any(|(_, a)| a.eq_ignore_ascii_case(&address)) {
                 found.push((at, address));
             }
@@ -242,7 +291,11 @@ fn recipients(text: &str, top: &Top, copy: &CopyInfo, failed: Option<&str>) -> V
 /// daemon, the report's sender, a VERP return path or other envelope
 /// sender, a Message-ID, or an address in a header line or a link.
 fn excluded(text: &str, at: usize, address: &str, top: &Top, copy: &CopyInfo) -> bool {
-    let local = address.split('@').next().unwrap_or_default().to_ascii_lowercase();
+    let local = address
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if DAEMONS.contains(&local.as_str())
         || local == "abuse"
         || local.starts_with("noreply")
@@ -266,7 +319,10 @@ fn excluded(text: &str, at: usize, address: &str, top: &Top, copy: &CopyInfo) ->
     {
         return true;
     }
-    let line_start = text.get(..at).and_then(|b| b.rfind('\n')).map_or(0, |n| n + 1);
+    let line_start = text
+        .get(..at)
+        .and_then(|b| b.rfind('\n'))
+        .map_or(0, |n| n + 1);
     let before = text.get(line_start..at).unwrap_or_default();
     let lower = before.trim_start().to_ascii_lowercase();
     [
@@ -280,8 +336,8 @@ fn excluded(text: &str, at: usize, address: &str, top: &Top, copy: &CopyInfo) ->
         "nadawca:",
         "od:",
     ]
-        .iter()
-        .any(|field| lower.starts_with(field))
+    .iter()
+    .any(|field| lower.starts_with(field))
         || lower.ends_with("message-id <")
         || before
             .rsplit(char::is_whitespace)
@@ -303,10 +359,7 @@ pub(super) fn split_report(body: &str) -> (&str, Option<&str>) {
             .iter()
             .any(|f| line.to_ascii_lowercase().starts_with(f));
         if (marker || field) && offset > 0 {
-            return (
-                body.get(..offset).unwrap_or(body),
-                body.get(offset..),
-            );
+            return (body.get(..offset).unwrap_or(body), body.get(offset..));
         }
         offset += line.len();
     }
@@ -333,14 +386,21 @@ pub(super) fn explanatory_line(text: &str) -> Option<String> {
         }
         return Some(one_line(&joined, DIAGNOSTIC_MAX));
     }
-    lines
-        .iter()
-        .map(|line| line.trim())
-        .find(|line| {
-            !line.is_empty()
-                && classify_failure(None, None, &fold(line)).1 == Evidence::Specific
-        })
-        .map(|line| one_line(line, DIAGNOSTIC_MAX))
+    let (i, line) = lines.iter().enumerate().find(|(_, line)| {
+        !line.trim().is_empty() && classify_failure(None, None, &fold(line)).1 == Evidence::Specific
+    })?;
+    // An indented reason goes on at the same indentation (Exim wraps so).
+    let mut joined = line.trim().to_owned();
+    if indent(line) > 0 {
+        for next in lines.iter().skip(i + 1) {
+            if next.trim().is_empty() || indent(next) != indent(line) {
+                break;
+            }
+            joined.push(' ');
+            joined.push_str(next.trim());
+        }
+    }
+    Some(one_line(&joined, DIAGNOSTIC_MAX))
 }
 
 #[cfg(test)]
@@ -381,6 +441,10 @@ mod tests {
         assert_eq!(
             explanatory_line("Dzień dobry,\nSkrzynka odbiorcy jest przepełniona.\n").as_deref(),
             Some("Skrzynka odbiorcy jest przepełniona.")
+        );
+        assert_eq!(
+            explanatory_line("  a@b.example\n    mailbox is full (quota exceeded while writing to\n    /var/mail/a)\n\n").as_deref(),
+            Some("mailbox is full (quota exceeded while writing to /var/mail/a)")
         );
     }
 }

@@ -79,15 +79,19 @@ fn floor_boundary(text: &str, mut at: usize) -> usize {
 /// the code stands alone, so IP addresses ("192.0.2.1") and version numbers
 /// ("Exim 4.97.1") are not taken for one.
 pub(super) fn find_status(text: &str) -> Option<String> {
+    // A failure notice quotes success replies too ("250 2.1.0 Sender ok"):
+    // the first failure code is the one that explains it.
     let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
+    let mut success = None;
+    for i in 0..bytes.len() {
         if let Some(end) = status_at(bytes, i) {
-            return text.get(i..end).map(str::to_owned);
+            if bytes[i] != b'2' {
+                return text.get(i..end).map(str::to_owned);
+            }
+            success = success.or(Some((i, end)));
         }
-        i += 1;
     }
-    None
+    success.and_then(|(start, end)| text.get(start..end).map(str::to_owned))
 }
 
 /// The end of an enhanced status code starting at `i`, if one does.
@@ -137,6 +141,7 @@ fn digits(bytes: &[u8], start: usize, max: usize) -> Option<(usize, u32)> {
 /// word, followed by a space, a dash or the end of the line.
 pub(super) fn find_smtp_code(text: &str) -> Option<u16> {
     let bytes = text.as_bytes();
+    let mut success = None;
     for i in 0..bytes.len() {
         if !matches!(bytes[i], b'2' | b'4' | b'5') {
             continue;
@@ -153,15 +158,21 @@ pub(super) fn find_smtp_code(text: &str) -> Option<u16> {
         if !code.iter().all(u8::is_ascii_digit) {
             continue;
         }
-        if !matches!(bytes.get(i + 3), None | Some(b' ' | b'-' | b'\r' | b'\n' | b'\t')) {
+        if !matches!(
+            bytes.get(i + 3),
+            None | Some(b' ' | b'-' | b'\r' | b'\n' | b'\t')
+        ) {
             continue;
         }
         let value = code
             .iter()
             .fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
-        return Some(value);
+        if value >= 400 {
+            return Some(value);
+        }
+        success = success.or(Some(value));
     }
-    None
+    success
 }
 
 /// Characters that may stand in the local part of an address found in text.
@@ -202,10 +213,12 @@ pub(super) fn addresses(text: &str) -> Vec<(usize, String)> {
             end -= 1;
         }
         let domain = text.get(i + 1..end).unwrap_or_default();
-        if start < i && domain.contains('.') && !domain.starts_with('.') {
-            if let Some(address) = text.get(start..end) {
-                found.push((start, address.to_owned()));
-            }
+        if start < i
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && let Some(address) = text.get(start..end)
+        {
+            found.push((start, address.to_owned()));
         }
         i = end.max(i + 1);
     }
@@ -295,12 +308,20 @@ mod tests {
     fn status_codes_stand_alone() {
         assert_eq!(find_status("550 5.1.1 <a@b.example>"), Some("5.1.1".into()));
         assert_eq!(find_status("No mailbox (#5.1.1)"), Some("5.1.1".into()));
-        assert_eq!(find_status("550-5.7.26 unauthenticated"), Some("5.7.26".into()));
+        assert_eq!(
+            find_status("550-5.7.26 unauthenticated"),
+            Some("5.7.26".into())
+        );
         assert_eq!(find_status("host 192.0.2.1 said"), None);
         assert_eq!(find_status("Exim 4.97.1 (Debian)"), None);
         assert_eq!(find_status("relay 10.4.2.1"), None);
         assert_eq!(find_status("5.1.10 RESOLVER"), Some("5.1.10".into()));
         assert_eq!(find_status("Status: 4.4.7."), Some("4.4.7".into()));
+        assert_eq!(
+            find_status("<<< 250 2.1.0 Sender ok\n<<< 550 5.1.1 unknown"),
+            Some("5.1.1".into())
+        );
+        assert_eq!(find_status("250 2.0.0 Ok"), Some("2.0.0".into()));
     }
 
     #[test]
@@ -309,6 +330,7 @@ mod tests {
         assert_eq!(find_smtp_code("smtp;552-5.2.2 over quota"), Some(552));
         assert_eq!(find_smtp_code("id S2017062302; 2024 550"), Some(550));
         assert_eq!(find_smtp_code("[192.0.2.250]"), None);
+        assert_eq!(find_smtp_code("250 ok\n550 no"), Some(550));
     }
 
     #[test]
@@ -327,15 +349,27 @@ mod tests {
 
     #[test]
     fn verp_addresses_have_the_herald_shape() {
-        assert!(is_verp("b-0123456789abcdef0123456789abcdef0123@bounces.shop.example"));
+        assert!(is_verp(
+            "b-0123456789abcdef0123456789abcdef0123@bounces.shop.example"
+        ));
         assert!(!is_verp("b-hello@bounces.shop.example"));
         assert!(!is_verp("news@shop.example"));
     }
 
     #[test]
     fn near_finds_phrases_apart() {
-        assert!(near("konto odbiorcy zostalo usuniete", "konto", "usunie", 30));
-        assert!(!near("konto ok. serwer zostal usuniety z listy", "konto", "usunie", 10));
+        assert!(near(
+            "konto odbiorcy zostalo usuniete",
+            "konto",
+            "usunie",
+            30
+        ));
+        assert!(!near(
+            "konto ok. serwer zostal usuniety z listy",
+            "konto",
+            "usunie",
+            10
+        ));
         assert!(near("ąą konto ż usunięte", "konto", "usuni", 4));
         assert!(!near("konto ż", "konto", "usuni", 1));
     }
