@@ -375,12 +375,19 @@ fn note_on_recipient(
             idx,
             class.as_str()
         ));
-    } else if let Some(s) = send {
-        match verdict {
-            Verdict::AutoReply => t.bump_send(s, Counter::AutoReplies, 1)?,
-            Verdict::Delay => t.bump_send(s, Counter::DelayNotices, 1)?,
-            _ => {}
+    } else if matches!(verdict, Verdict::AutoReply | Verdict::Delay) {
+        if let Some(s) = send {
+            let counter = match verdict {
+                Verdict::AutoReply => Counter::AutoReplies,
+                _ => Counter::DelayNotices,
+            };
+            t.bump_send(s, counter, 1)?;
         }
+        done.push(format!(
+            "{} noted on message {} recipient {idx}; not a bounce",
+            verdict.as_str().replace('_', "-"),
+            m.id
+        ));
     }
     let pending = m.recipients.iter().any(|r| r.state.is_pending());
     if target.finished {
