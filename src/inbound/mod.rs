@@ -190,7 +190,7 @@ impl Inbound {
         let Some((local, domain)) = lower.rsplit_once('@') else {
             return Err(RcptRefusal::NotHere);
         };
-        if config.inbound.fbl_addresses.iter().any(|a| *a == lower) {
+        if config.inbound.fbl_addresses.contains(&lower) {
             return Ok(RcptKind::Fbl);
         }
         if !config
