@@ -232,13 +232,19 @@ fn bounces_complaints_and_auto_replies_change_contacts_and_reports() {
     assert_eq!(s.data, Some(250), "{s:?}");
     assert_eq!(contact(&h, "away@example.test")["consent"], "granted");
 
-    // A complaint to the feedback-loop address, matched by Message-ID.
-    let (rcpt, _, mid) = of("angry@example.test");
+    // A complaint to the feedback-loop address that quotes only the
+    // Message-ID (anyone could write one): recorded, not applied.
+    let (rcpt, verp, mid) = of("angry@example.test");
+    let forged = arf(&rcpt, &mid, "someone@else.test");
+    let s = smtp(port, "x@fbl.receiver.test", &[FBL], &forged, false);
+    assert_eq!(s.data, Some(250), "{s:?}");
+    assert_eq!(contact(&h, "angry@example.test")["consent"], "granted");
+    // The real one quotes the VERP envelope sender (Original-Mail-From).
     let s = smtp(
         port,
         "feedback@fbl.receiver.test",
         &[FBL],
-        &arf(&rcpt, &mid),
+        &arf(&rcpt, &mid, &verp),
         false,
     );
     assert_eq!(s.data, Some(250), "{s:?}");
@@ -341,7 +347,13 @@ fn bounces_complaints_and_auto_replies_change_contacts_and_reports() {
     );
     let reports = h.get("/api/v1/inbound?limit=100");
     let list = reports.body["reports"].as_array().expect("reports").clone();
-    assert_eq!(list.len(), 6, "{}", reports.body);
+    assert_eq!(list.len(), 7, "{}", reports.body);
+    assert!(
+        list.iter()
+            .any(|r| r["effects"].to_string().contains("not applied")),
+        "the complaint naming only a Message-ID is not applied: {}",
+        reports.body
+    );
     let away = list
         .iter()
         .find(|r| r["verdict"] == "auto_reply")
@@ -426,7 +438,12 @@ fn reports_received_elsewhere_and_the_suppression_list_through_the_api() {
         .find(|(r, _, _)| r == "keep@example.test")
         .cloned()
         .expect("sent");
-    let r = post_raw(&h, "/api/v1/complaints", &arf(&rcpt, &mid));
+    // Through the API (the token is the proof), the Message-ID is enough.
+    let r = post_raw(
+        &h,
+        "/api/v1/complaints",
+        &arf(&rcpt, &mid, "bounce@shop.test"),
+    );
     assert_eq!(r.0, 200, "{}", r.1);
     assert_eq!(contact(&h, "keep@example.test")["consent"], "withdrawn");
 
@@ -466,6 +483,25 @@ fn reports_received_elsewhere_and_the_suppression_list_through_the_api() {
     );
     let r = h.delete("/api/v1/suppressions/nope@example.test?reason=again");
     assert_eq!(r.status, 404, "{}", r.body);
+    // Erasing the bounced contact: its reports keep what they said, not who
+    // it was; its suppression entry becomes a bare hash that stays.
+    let id = contact(&h, "api@example.test")["id"].as_u64().expect("id");
+    let r = h.delete(&format!("/api/v1/contacts/{id}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let reports = h.get("/api/v1/inbound").body.to_string();
+    assert!(!reports.contains("api@example.test"), "{reports}");
+    let list = h.get("/api/v1/suppressions?limit=100").body;
+    let erased = list["suppressions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|s| s["source"] == "erasure")
+        .cloned()
+        .expect("an erasure entry");
+    assert_eq!(erased["address"], Value::Null, "{erased}");
+    let hash = erased["hash"].as_str().expect("hash");
+    let r = h.delete(&format!("/api/v1/suppressions/{hash}?reason=oops"));
+    assert_eq!(r.status, 409, "{}", r.body);
     // A suppressed address cannot come back as a new contact.
     let r = h.post_json(
         "/api/v1/suppressions",

@@ -35,7 +35,7 @@ pub struct RawInbound {
     pub max_connections: Option<Spanned<i64>>,
     /// Open connections from one client address or IPv6 /64 (default 20).
     pub max_connections_per_ip: Option<Spanned<i64>>,
-    /// Messages per minute from one client (default 6000).
+    /// Messages per minute from one client (default 600).
     pub rate_per_ip_per_minute: Option<Spanned<i64>>,
     /// How long the listener waits for a command (default "5m").
     pub command_timeout: Option<Spanned<String>>,
@@ -44,6 +44,8 @@ pub struct RawInbound {
     /// How long a VERP return path stays valid after its message was queued
     /// (default "30d"): a bounce to an older one is refused at RCPT.
     pub verp_max_age: Option<Spanned<String>>,
+    /// How long reports are kept (default "90d", the longest).
+    pub keep_reports: Option<Spanned<String>>,
     /// Soft bounces that make a contact `invalid` (default 5)…
     pub soft_bounce_limit: Option<Spanned<i64>>,
     /// …within this window, with no sign of a delivery in between (default
@@ -80,6 +82,8 @@ pub struct InboundConfig {
     pub data_timeout: Duration,
     /// How long a VERP return path is honoured, in milliseconds.
     pub verp_max_age_ms: i64,
+    /// How long reports are kept, in milliseconds.
+    pub keep_reports_ms: i64,
     /// Soft bounces within the window that make a contact `invalid`.
     pub soft_bounce_limit: u32,
     /// The soft-bounce window, in milliseconds.
@@ -98,10 +102,11 @@ impl Default for InboundConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_connections: 200,
             max_connections_per_ip: 20,
-            rate_per_ip_per_minute: 6000,
+            rate_per_ip_per_minute: 600,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             verp_max_age_ms: 30 * DAY_MS,
+            keep_reports_ms: 90 * DAY_MS,
             soft_bounce_limit: 5,
             soft_bounce_window_ms: 30 * DAY_MS,
         }
@@ -216,6 +221,12 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &RawInbound) -> In
             "inbound.verp_max_age",
             &raw.verp_max_age,
             d.verp_max_age_ms,
+        ),
+        keep_reports_ms: window(
+            c,
+            "inbound.keep_reports",
+            &raw.keep_reports,
+            d.keep_reports_ms,
         ),
         soft_bounce_limit: count(
             c,

@@ -560,6 +560,15 @@ fn validate(
             "the listener would take nothing: set a `bounce_domain` on a [[sender]] or list `fbl_addresses`",
         );
     }
+    if let Some(v) = raw.inbound.fbl_addresses.first()
+        && !senders.iter().any(|s| s.bounce_domain.is_some())
+    {
+        c.at(
+            "inbound.fbl_addresses",
+            v,
+            "complaints are matched by the VERP return path they quote: set a `bounce_domain` on the [[sender]]s whose mail the loops report",
+        );
+    }
     let http = self::http::validate(&mut c, &raw.http, addresses, trusted_proxies);
     Some(Config {
         file: file.to_path_buf(),

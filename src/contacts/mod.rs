@@ -514,6 +514,7 @@ pub fn erase(
     crate::delivery::engine::erase_recipient(t, &key, now.timestamp_millis())?;
     t.delete_contact(&c)?;
     t.erase_history(id)?;
+    t.scrub_inbound_of(id)?;
     t.delete_signup_requests(id)?;
     t.put_suppression(
         &key,

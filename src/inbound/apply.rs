@@ -47,6 +47,8 @@ pub struct Settings {
     pub soft_bounce_limit: u32,
     /// Their window (ms).
     pub soft_bounce_window_ms: i64,
+    /// How long reports are kept (ms).
+    pub keep_reports_ms: i64,
 }
 
 impl Settings {
@@ -61,6 +63,7 @@ impl Settings {
                 .collect(),
             soft_bounce_limit: c.inbound.soft_bounce_limit,
             soft_bounce_window_ms: c.inbound.soft_bounce_window_ms,
+            keep_reports_ms: c.inbound.keep_reports_ms,
         }
     }
 }
@@ -103,6 +106,14 @@ pub fn apply(
         }
     }
     let verdict = finding.map_or(Verdict::Unknown, |f| f.verdict);
+    // A recipient erased since: nothing of the report that names them is
+    // kept, and nothing is done.
+    let erased = target.address.as_deref() == Some(crate::delivery::outcome::ERASED);
+    let mut findings = report.findings.clone();
+    findings.truncate(MAX_FINDINGS_KEPT);
+    if erased {
+        findings.iter_mut().for_each(|f| f.recipient = None);
+    }
     let mut record = InboundRecord {
         id: 0,
         at: now,
@@ -113,10 +124,10 @@ pub fn apply(
         size: raw.len() as u64,
         format: report.format,
         verdict,
-        findings: report.findings.clone(),
-        original_message_id: report.original_message_id.clone(),
-        feedback_type: report.feedback_type.clone(),
-        subject: report.subject.clone(),
+        findings,
+        original_message_id: report.original_message_id.as_deref().map(clip),
+        feedback_type: report.feedback_type.as_deref().map(clip),
+        subject: report.subject.as_deref().filter(|_| !erased).map(clip),
         matched_by: target.by,
         message: target.message.as_ref().map(|m| m.id),
         recipient: target.address.clone(),
@@ -124,12 +135,49 @@ pub fn apply(
         send: target.send,
         effects: Vec::new(),
     };
-    let id = t.add_inbound(&mut record, &raw[..raw.len().min(RAW_KEPT)])?;
-    if target.by.is_some() {
+    let kept = if erased {
+        &[][..]
+    } else {
+        &raw[..raw.len().min(RAW_KEPT)]
+    };
+    // Two old reports go for each new one: the log keeps to its age
+    // without a sweep of its own.
+    t.prune_inbound(now.saturating_sub(s.keep_reports_ms), 2)?;
+    let id = t.add_inbound(&mut record, kept)?;
+    if let Some(c) = record.contact {
+        t.index_inbound(c, id)?;
+    }
+    // Over SMTP anyone can write a Message-ID or an address into a report:
+    // only a VERP return path, which carries Herald's signature, is proof
+    // enough to change a contact.
+    let trusted = via == Via::Api || target.by.is_some_and(MatchedBy::is_signed);
+    if erased {
+        record.effects = vec!["nothing done: the recipient was erased".into()];
+        t.put_inbound(&record)?;
+    } else if target.by.is_some() && !trusted {
+        record.effects = vec![UNSIGNED.into()];
+        t.put_inbound(&record)?;
+    } else if target.by.is_some() {
         record.effects = effects(t, s, &mut target, finding, verdict, id, now)?;
         t.put_inbound(&record)?;
     }
     Ok(record)
+}
+
+/// Why a report taken over SMTP without a VERP return path changes nothing.
+pub const UNSIGNED: &str = "not applied: it names no VERP return path, only a Message-ID or an address, which anyone can write; POST it to /api/v1/bounces or /api/v1/complaints if you trust it";
+
+/// Findings kept in a report's record (a DSN may list thousands).
+const MAX_FINDINGS_KEPT: usize = 50;
+
+/// A header value as kept: at most 998 bytes (a header line's limit), cut
+/// at a character boundary.
+fn clip(s: &str) -> String {
+    let mut end = s.len().min(998);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// Finds the message and recipient a report is about.
@@ -175,6 +223,11 @@ fn by_verp(t: &WriteTables<'_>, r: BounceRef, by: MatchedBy) -> Result<Target, S
     let Some((m, finished)) = load_message(t, r.queue_id)? else {
         return Ok(Target::default());
     };
+    // The token names the day its message was queued: a queue id reused
+    // (a store restored from a backup, say) does not match.
+    if i64::from(r.day) != m.created.max(0) / 86_400_000 {
+        return Ok(Target::default());
+    }
     let idx = r.rcpt as usize;
     let Some(rcpt) = m.recipients.get(idx) else {
         return Ok(Target::default());
@@ -443,7 +496,7 @@ fn suppress(
         return Ok(());
     };
     if suppress_address(t, address, source, reason, now)? {
-        done.push(format!("{address} suppressed ({})", source.as_str()));
+        done.push(format!("address suppressed ({})", source.as_str()));
     }
     Ok(())
 }
@@ -626,6 +679,7 @@ mod tests {
             bounce_domains: vec!["bounces.shop.example".into()],
             soft_bounce_limit: limit,
             soft_bounce_window_ms: 30 * DAY,
+            keep_reports_ms: 90 * DAY,
         }
     }
 

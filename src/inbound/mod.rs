@@ -30,6 +30,9 @@ use crate::store::{Store, StoreError};
 use crate::tokens::BounceRef;
 use parse::{Finding, Format, Verdict};
 
+/// Reports parsed at once (see [`Inbound::receive`]).
+static PARSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// The most bytes of a report kept in the store (the rest is dropped; what
 /// a report means is in its first part).
 pub const RAW_KEPT: usize = 256 * 1024;
@@ -56,6 +59,13 @@ pub enum MatchedBy {
     MessageId,
     /// Only the recipient address the report names.
     Address,
+}
+
+impl MatchedBy {
+    /// Whether the match rests on Herald's signature (a VERP token).
+    pub fn is_signed(self) -> bool {
+        matches!(self, MatchedBy::Verp | MatchedBy::ReturnPath)
+    }
 }
 
 /// One report taken: what it was found to say and what it did.
@@ -218,9 +228,36 @@ impl Inbound {
         envelope: Envelope,
         raw: Vec<u8>,
     ) -> Result<InboundRecord, InboundError> {
-        let (report, raw) = tokio::task::spawn_blocking(move || (parse::parse(&raw), raw))
+        // At most two reports are parsed at once, whatever the number of
+        // sessions: the rest of the daemon keeps its cores.
+        let permit = PARSING
+            .acquire()
             .await
             .map_err(|e| InboundError::Parse(e.to_string()))?;
+        let shared = Arc::new(raw);
+        let copy = shared.clone();
+        let parsed = tokio::task::spawn_blocking(move || parse::parse(&copy)).await;
+        drop(permit);
+        let raw = Arc::try_unwrap(shared).unwrap_or_else(|a| a.as_ref().clone());
+        // A parser that failed must not make the sender retry for days: the
+        // report is kept as unknown.
+        let report = parsed.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the report parser failed; kept as unknown");
+            parse::Report {
+                format: Format::Unknown,
+                findings: vec![Finding {
+                    recipient: None,
+                    verdict: Verdict::Unknown,
+                    status: None,
+                    diagnostic: None,
+                }],
+                original_message_id: None,
+                original_return_paths: Vec::new(),
+                feedback_type: None,
+                subject: None,
+                from: None,
+            }
+        });
         let settings = apply::Settings::of(&self.config.get());
         let now = self.clock.now().timestamp_millis();
         let record = self

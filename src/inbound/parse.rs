@@ -98,6 +98,14 @@ use text::{clean_address, clean_message_id, fold};
 /// The longest diagnostic kept, in characters.
 pub const DIAGNOSTIC_MAX: usize = 500;
 
+/// The most bytes of a message the parser reads.
+pub const PARSE_MAX: usize = 256 * 1024;
+
+/// The most recipients (findings) read from one report, and the most VERP
+/// addresses collected from it: a real bounce names a few; a report naming
+/// thousands is read no further.
+pub const MAX_FINDINGS: usize = 20;
+
 /// What a report says about one recipient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -269,6 +277,10 @@ impl Report {
 /// Parses and classifies an inbound report. Never fails: what cannot be read
 /// is [`Format::Unknown`] with one [`Verdict::Unknown`] finding.
 pub fn parse(raw: &[u8]) -> Report {
+    // What a report says is in its first part and the headers of the copy
+    // it returns; the rest (a returned message's body, attachments) is not
+    // read, so a huge or hostile message costs no more than this much.
+    let raw = &raw[..raw.len().min(PARSE_MAX)];
     let Some(message) = MessageParser::new().parse(raw) else {
         return unknown(&Top::default(), CopyInfo::default());
     };
@@ -280,10 +292,11 @@ pub fn parse(raw: &[u8]) -> Report {
     let body = body_of(raw);
     for text in [String::from_utf8_lossy(body).as_ref(), parts.human.as_str()] {
         for verp in text::verp_addresses(text) {
-            if !report
-                .original_return_paths
-                .iter()
-                .any(|known| known.eq_ignore_ascii_case(&verp))
+            if report.original_return_paths.len() < MAX_FINDINGS
+                && !report
+                    .original_return_paths
+                    .iter()
+                    .any(|known| known.eq_ignore_ascii_case(&verp))
             {
                 report.original_return_paths.push(verp);
             }

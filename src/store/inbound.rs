@@ -31,6 +31,62 @@ impl WriteTables<'_> {
         Ok(id)
     }
 
+    /// Removes up to `n` of the oldest reports taken before `before` (ms),
+    /// with their bytes and index entries: how the report log keeps to
+    /// `[inbound] keep_reports`, a little at every new report.
+    pub fn prune_inbound(&mut self, before: i64, n: usize) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        for r in self.tables.inbound.iter()? {
+            let (k, v) = r?;
+            let rec: InboundRecord = from_json("inbound", v.value())?;
+            if rec.at >= before || old.len() >= n {
+                break;
+            }
+            old.push((k.value(), rec.contact));
+        }
+        for (id, contact) in &old {
+            self.tables.inbound.remove(*id)?;
+            self.tables.inbound_raw.remove(*id)?;
+            if let Some(c) = contact {
+                self.tables.inbound_by_contact.remove((*c, *id))?;
+            }
+        }
+        Ok(old.len())
+    }
+
+    /// Notes that report `id` is about `contact`.
+    pub fn index_inbound(&mut self, contact: u64, id: u64) -> Result<(), StoreError> {
+        self.tables.inbound_by_contact.insert((contact, id), ())?;
+        Ok(())
+    }
+
+    /// Erasure: the reports about `contact` lose everything that names the
+    /// person (recipient, the addresses in their findings, subject, the
+    /// bytes kept); what they said and did stays, for the counts.
+    pub fn scrub_inbound_of(&mut self, contact: u64) -> Result<(), StoreError> {
+        let ids: Vec<u64> = self
+            .tables
+            .inbound_by_contact
+            .range((contact, 0u64)..=(contact, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for id in ids {
+            let found: Option<InboundRecord> = get_json(&self.tables.inbound, "inbound", id)?;
+            if let Some(mut r) = found {
+                r.recipient = None;
+                r.subject = None;
+                r.findings.iter_mut().for_each(|f| {
+                    f.recipient = None;
+                    f.diagnostic = None;
+                });
+                self.put_inbound(&r)?;
+            }
+            self.tables.inbound_raw.remove(id)?;
+            self.tables.inbound_by_contact.remove((contact, id))?;
+        }
+        Ok(())
+    }
+
     /// Rewrites an inbound report (its effects, once applied).
     pub fn put_inbound(&mut self, r: &InboundRecord) -> Result<(), StoreError> {
         self.tables.inbound.insert(r.id, to_json(r).as_slice())?;

@@ -380,6 +380,10 @@ tables! {
     /// `inbound::RAW_KEPT` bytes of it).
     INBOUND_RAW, inbound_raw: u64 => &'static [u8] = "inbound_raw_v1";
 
+    /// (contact id, inbound report id) → (): the reports about a contact,
+    /// so that erasing the contact scrubs them.
+    INBOUND_BY_CONTACT, inbound_by_contact: (u64, u64) => () = "inbound_by_contact_v1";
+
     /// Contact id → (soft bounces in the streak, first ms, last ms): the
     /// soft bounces since the last sign of a delivery, for
     /// `[inbound] soft_bounce_limit`.

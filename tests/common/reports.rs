@@ -43,8 +43,10 @@ Message-ID: <{message_id}>\r\n\
     )
 }
 
-/// An ARF (RFC 5965) abuse report about the message `message_id` to `rcpt`.
-pub fn arf(rcpt: &str, message_id: &str) -> String {
+/// An ARF (RFC 5965) abuse report about the message `message_id` to `rcpt`,
+/// whose envelope sender was `mail_from` (a VERP address, as a feedback
+/// loop quotes it in `Original-Mail-From`).
+pub fn arf(rcpt: &str, message_id: &str, mail_from: &str) -> String {
     format!(
         "From: Feedback Loop <feedback@fbl.receiver.test>\r\n\
 To: {FBL}\r\n\
@@ -63,7 +65,7 @@ Content-Type: message/feedback-report\r\n\
 Feedback-Type: abuse\r\n\
 User-Agent: ReceiverFBL/1.0\r\n\
 Version: 1\r\n\
-Original-Mail-From: <bounce@shop.test>\r\n\
+Original-Mail-From: <{mail_from}>\r\n\
 Original-Rcpt-To: <{rcpt}>\r\n\
 Source-IP: 192.0.2.1\r\n\
 \r\n\

@@ -300,6 +300,13 @@ pub async fn remove_suppression(
     let removed = state
         .store
         .write(move |t| {
+            // An erasure's hash stays: the person asked never to be added
+            // again, and no admin may undo that.
+            if let Some(s) = t.suppression(&k)?
+                && s.source == SuppressionSource::Erasure
+            {
+                return Ok(Err(s));
+            }
             let old = t.delete_suppression(&k)?;
             if old.is_some() {
                 t.append_activity(&crate::users::Activity {
@@ -311,13 +318,18 @@ pub async fn remove_suppression(
                     note: Some(reason.trim().to_string()),
                 })?;
             }
-            Ok(old)
+            Ok(Ok(old))
         })
         .await?;
     match removed {
-        Some(s) => reply::ok(&json!({"removed": suppression_view(&key, &s)})),
-        None => Err(ApiError::not_found(format!(
+        Ok(Some(s)) => reply::ok(&json!({"removed": suppression_view(&key, &s)})),
+        Ok(None) => Err(ApiError::not_found(format!(
             "`{which}` is not on the suppression list"
         ))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "erasure",
+            "this entry is an erased person's: it stays on the list (they asked never to be added again)",
+        )),
     }
 }

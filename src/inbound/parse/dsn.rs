@@ -5,7 +5,7 @@ use super::classify::{Evidence, Status, classify_failure, says_delayed};
 use super::fields::{Field, field, field_blocks};
 use super::plain::{explanatory_line, split_report};
 use super::text::{clean_address, clean_message_id, find_smtp_code, find_status, fold, one_line};
-use super::{DIAGNOSTIC_MAX, Finding, Format, Parts, Report, Top, Verdict};
+use super::{DIAGNOSTIC_MAX, Finding, Format, MAX_FINDINGS, Parts, Report, Top, Verdict};
 
 /// The report of a message with a delivery-status part.
 pub(super) fn report(top: &Top, parts: &Parts) -> Report {
@@ -24,6 +24,9 @@ pub(super) fn report(top: &Top, parts: &Parts) -> Report {
             }
             if let Some(sender) = field(&block, "x-postfix-sender") {
                 copy.take_field("x-postfix-sender", sender);
+            }
+            if findings.len() >= MAX_FINDINGS {
+                break;
             }
             if let Some(finding) = recipient_finding(&block, top, human, &folded_human) {
                 findings.push(finding);

@@ -264,11 +264,13 @@ fn recipients(
 ) -> Vec<(usize, String)> {
     let mut found: Vec<(usize, String)> = Vec::new();
     if let Some(failed) = failed {
-        for address in failed.split(',').filter_map(clean_address) {
-            let at = text
-                .to_ascii_lowercase()
-                .find(&address.to_ascii_lowercase())
-                .unwrap_or(0);
+        let lower = text.to_ascii_lowercase();
+        for address in failed
+            .split(',')
+            .filter_map(clean_address)
+            .take(super::MAX_FINDINGS)
+        {
+            let at = lower.find(&address.to_ascii_lowercase()).unwrap_or(0);
             if !found.iter().any(|(_, a)| a.eq_ignore_ascii_case(&address)) {
                 found.push((at, address));
             }
@@ -276,7 +278,10 @@ fn recipients(
         found.sort_by_key(|(at, _)| *at);
         return found;
     }
-    for (at, address) in addresses(text) {
+    for (seen, (at, address)) in addresses(text).into_iter().enumerate() {
+        if found.len() >= super::MAX_FINDINGS || seen >= 10 * super::MAX_FINDINGS {
+            break;
+        }
         if excluded(text, at, &address, top, copy)
             || found.iter().any(|(_, a)| a.eq_ignore_ascii_case(&address))
         {
@@ -319,11 +324,15 @@ fn excluded(text: &str, at: usize, address: &str, top: &Top, copy: &CopyInfo) ->
     {
         return true;
     }
-    let line_start = text
-        .get(..at)
-        .and_then(|b| b.rfind('\n'))
-        .map_or(0, |n| n + 1);
-    let before = text.get(line_start..at).unwrap_or_default();
+    // The line before the address, looked for only within 200 bytes (a
+    // header name is short; a line of thousands of addresses is not read
+    // again for each).
+    let mut from = at.saturating_sub(200);
+    while from > 0 && !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    let window = text.get(from..at).unwrap_or_default();
+    let before = window.rfind('\n').map_or(window, |n| &window[n + 1..]);
     let lower = before.trim_start().to_ascii_lowercase();
     [
         "from:",
