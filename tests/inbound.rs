@@ -268,6 +268,16 @@ fn bounces_complaints_and_auto_replies_change_contacts_and_reports() {
     );
     assert_eq!(s.rcpt["someone@shop.test"][0], 550, "{s:?}");
     assert_eq!(s.data, None);
+    // The postmaster is always taken (RFC 5321 §4.5.1), and changes nothing.
+    let pm = format!("postmaster@{BOUNCE_DOMAIN}");
+    let s = smtp(
+        port,
+        "x@elsewhere.test",
+        &[&pm],
+        "Subject: hello\r\n\r\nhi\r\n",
+        false,
+    );
+    assert_eq!(s.data, Some(250), "{s:?}");
     let forged = format!("b-{}@{BOUNCE_DOMAIN}", "0".repeat(36));
     let s = smtp(port, "", &[&forged], "Subject: x\r\n\r\nx\r\n", false);
     assert_eq!(s.rcpt[forged.as_str()][0], 550, "{s:?}");
@@ -347,7 +357,7 @@ fn bounces_complaints_and_auto_replies_change_contacts_and_reports() {
     );
     let reports = h.get("/api/v1/inbound?limit=100");
     let list = reports.body["reports"].as_array().expect("reports").clone();
-    assert_eq!(list.len(), 7, "{}", reports.body);
+    assert_eq!(list.len(), 8, "{}", reports.body);
     assert!(
         list.iter()
             .any(|r| r["effects"].to_string().contains("not applied")),

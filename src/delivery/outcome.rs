@@ -382,7 +382,12 @@ fn not_sent(
     };
     count_outcome(t, m.send, before, RcptState::Failed, None, now)?;
     if let Some(s) = m.send.filter(SendRef::counted) {
-        t.count_not_sent(s, why == NotSent::Erased)?;
+        let counter = match why {
+            NotSent::Erased => Counter::Erased,
+            NotSent::NoConsent => Counter::Unsent,
+            NotSent::Suppressed => Counter::NotSentSuppressed,
+        };
+        t.count_not_sent(s, counter)?;
     }
     Ok(true)
 }

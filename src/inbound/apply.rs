@@ -393,15 +393,33 @@ fn note_on_recipient(
     if r.reports.iter().any(|n| n.verdict == verdict) {
         return Ok(false);
     }
+    let mut turned_failed = false;
     r.reports.push(ReportNote {
         id: report_id,
         verdict,
         at: now,
     });
-    if let Some(class) = verdict.bounce_class()
+    // A hard bounce after a soft one about the same recipient: the class
+    // moves to hard (and its count with it).
+    if verdict == Verdict::Hard
+        && r.state == RcptState::Failed
+        && r.bounce == Some(crate::delivery::model::BounceClass::Soft)
+        && r.reports.iter().any(|n| n.verdict == Verdict::Soft)
+    {
+        r.bounce = Some(crate::delivery::model::BounceClass::Hard);
+        if let Some(s) = send {
+            t.bump_send(s, Counter::Soft, -1)?;
+            t.bump_send(s, Counter::Hard, 1)?;
+        }
+        done.push(format!(
+            "message {} recipient {idx}: soft bounce now hard",
+            m.id
+        ));
+    } else if let Some(class) = verdict.bounce_class()
         && r.state != RcptState::Failed
     {
         let before = r.state;
+        turned_failed = before == RcptState::Delivered;
         r.state = RcptState::Failed;
         r.bounce = Some(class);
         r.next_attempt = None;
@@ -444,6 +462,10 @@ fn note_on_recipient(
     }
     let pending = m.recipients.iter().any(|r| r.state.is_pending());
     if target.finished {
+        if turned_failed {
+            // The queue-wide totals counted it delivered when it finished.
+            t.recount_finished(-1, 1)?;
+        }
         t.put_finished_message(m)?;
     } else if pending {
         t.put_message(m, None)?;
@@ -842,6 +864,47 @@ mod tests {
         assert_eq!(r.map(|r| r.reports.len()), Some(2));
         take(&store, &s, 5, Verdict::Soft, 44 * DAY)?;
         assert_eq!(consent(&store, c)?, Some(ConsentState::Invalid));
+        Ok(())
+    }
+
+    /// A hard bounce after a soft one about the same message makes the
+    /// recipient's class hard; a report about an erased recipient does
+    /// nothing and keeps nothing of them.
+    #[test]
+    fn hard_after_soft_and_erased_recipients() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let c = setup(&store, 2)?;
+        let s = settings(5);
+        take(&store, &s, 1, Verdict::Soft, DAY)?;
+        let r = take(&store, &s, 1, Verdict::Hard, DAY + 1)?;
+        assert!(
+            r.effects.iter().any(|e| e.contains("now hard")),
+            "{:?}",
+            r.effects
+        );
+        let m = store.read_blocking(|v| v.finished_message(1))?;
+        let rc = m.as_ref().and_then(|m| m.recipients.first());
+        assert_eq!(
+            rc.and_then(|r| r.bounce),
+            Some(crate::delivery::model::BounceClass::Hard)
+        );
+        assert_eq!(consent(&store, c)?, Some(ConsentState::Invalid));
+        store.write_wait(|t| {
+            if let Some(mut m) = t.finished_message(2)? {
+                for r in &mut m.recipients {
+                    r.address = crate::delivery::outcome::ERASED.to_string();
+                    r.contact = None;
+                }
+                t.put_finished_message(&m)?;
+            }
+            Ok(())
+        })?;
+        let r = take(&store, &s, 2, Verdict::Hard, 2 * DAY)?;
+        assert_eq!(r.effects, ["nothing done: the recipient was erased"]);
+        assert!(r.findings.iter().all(|f| f.recipient.is_none()));
+        let raw = store.read_blocking(move |v| v.inbound_raw(r.id))?;
+        assert_eq!(raw.as_deref(), Some(&[][..]));
         Ok(())
     }
 }

@@ -177,6 +177,9 @@ pub enum RcptKind {
     Verp(BounceRef),
     /// A feedback-loop address.
     Fbl,
+    /// The postmaster (bare, or at a bounce domain or the listener's
+    /// hostname): kept as a report like any other.
+    Postmaster,
 }
 
 /// The inbound side of the daemon: the config, the store and the clock.
@@ -197,9 +200,23 @@ impl Inbound {
     pub fn rcpt(&self, address: &str) -> Result<RcptKind, RcptRefusal> {
         let config = self.config.get();
         let lower = address.trim().to_ascii_lowercase();
+        // RFC 5321 §4.5.1: postmaster is always taken (kept as a report).
+        if lower == "postmaster" {
+            return Ok(RcptKind::Postmaster);
+        }
         let Some((local, domain)) = lower.rsplit_once('@') else {
             return Err(RcptRefusal::NotHere);
         };
+        let ours = |d: &str| {
+            config
+                .senders
+                .iter()
+                .any(|s| s.bounce_domain.as_deref() == Some(d))
+                || config.inbound.hostname.as_deref() == Some(d)
+        };
+        if local == "postmaster" && ours(domain) {
+            return Ok(RcptKind::Postmaster);
+        }
         if config.inbound.fbl_addresses.contains(&lower) {
             return Ok(RcptKind::Fbl);
         }

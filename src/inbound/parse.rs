@@ -870,4 +870,30 @@ mod rules {
         assert!(!diagnostic.contains('\n'));
         Ok(())
     }
+
+    /// A report naming thousands of recipients is read only as far as
+    /// MAX_FINDINGS, and a message larger than PARSE_MAX only that far.
+    #[test]
+    fn huge_reports_are_read_only_so_far() {
+        let mut dsn = String::from(
+            "From: MAILER-DAEMON@mx.test\nSubject: Undelivered Mail Returned to Sender\nMIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\n\n--B\nContent-Type: text/plain\n\nbounced\n\n--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.test\n",
+        );
+        for i in 0..5000 {
+            dsn.push_str(&format!(
+                "\nFinal-Recipient: rfc822; u{i}@a.test\nAction: failed\nStatus: 5.1.1\n"
+            ));
+        }
+        dsn.push_str("\n--B--\n");
+        let r = parse_text(&dsn);
+        assert_eq!(r.findings.len(), MAX_FINDINGS);
+        assert!(r.findings.iter().all(|f| f.verdict == Verdict::Hard));
+        let mut plain = String::from(
+            "From: MAILER-DAEMON@mx.test\nSubject: Undelivered Mail Returned to Sender\n\n",
+        );
+        for i in 0..50_000 {
+            plain.push_str(&format!("u{i}@a.test "));
+        }
+        let r = parse_text(&plain);
+        assert!(r.findings.len() <= MAX_FINDINGS, "{}", r.findings.len());
+    }
 }

@@ -233,11 +233,14 @@ pub enum Counter {
     AutoReplies = 23,
     /// Delay notices ("will retry") about the send's messages: never bounces.
     DelayNotices = 24,
+    /// Messages taken out of the queue unsent because the address is on
+    /// the suppression list (also counted as failed).
+    NotSentSuppressed = 25,
 }
 
 impl Counter {
     /// Every counter, for reading them all.
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 25] = [
         Counter::Delivered,
         Counter::Failed,
         Counter::Deferred,
@@ -262,6 +265,7 @@ impl Counter {
         Counter::LateBounces,
         Counter::AutoReplies,
         Counter::DelayNotices,
+        Counter::NotSentSuppressed,
     ];
 
     /// The name in the API.
@@ -291,6 +295,7 @@ impl Counter {
             Counter::LateBounces => "late_bounces",
             Counter::AutoReplies => "auto_replies",
             Counter::DelayNotices => "delay_notices",
+            Counter::NotSentSuppressed => "not_sent_suppressed",
         }
     }
 }

@@ -34,6 +34,7 @@ pub const COLUMNS: &[&str] = &[
     "delay_notices",
     "not_sent_no_consent",
     "not_sent_erased",
+    "not_sent_suppressed",
     "opens_unique",
     "opens_total",
     "machine_opens_unique",
@@ -99,6 +100,10 @@ pub fn figures(
     put("delay_notices", get(Counter::DelayNotices).into());
     put("not_sent_no_consent", get(Counter::Unsent).into());
     put("not_sent_erased", get(Counter::Erased).into());
+    put(
+        "not_sent_suppressed",
+        get(Counter::NotSentSuppressed).into(),
+    );
     put("opens_unique", uo.into());
     put("opens_total", get(Counter::Opens).into());
     put(

@@ -125,6 +125,14 @@ impl WriteTables<'_> {
         Ok(())
     }
 
+    /// Moves `delivered` and `failed` recipients between the queue-wide
+    /// totals of finished messages (a bounce reported after delivery).
+    pub fn recount_finished(&mut self, delivered: i64, failed: i64) -> Result<(), StoreError> {
+        self.bump(DELIVERED, delivered)?;
+        self.bump(FAILED, failed)?;
+        Ok(())
+    }
+
     /// Moves a message whose recipients are all done to the finished log and
     /// drops its body.
     pub fn finish_message(&mut self, mut m: QueuedMessage, now: i64) -> Result<(), StoreError> {

@@ -72,14 +72,10 @@ impl WriteTables<'_> {
         self.bump_send_at(s, Counter::Sent, 1, at)
     }
 
-    /// Counts a message of a send that was not sent: its contact was erased
-    /// (`erased`), or no longer had consent.
-    pub fn count_not_sent(&mut self, s: SendRef, erased: bool) -> Result<(), StoreError> {
-        let counter = if erased {
-            Counter::Erased
-        } else {
-            Counter::Unsent
-        };
+    /// Counts a message of a send that was not sent, under `counter`: its
+    /// contact was erased, no longer had consent, or its address is
+    /// suppressed.
+    pub fn count_not_sent(&mut self, s: SendRef, counter: Counter) -> Result<(), StoreError> {
         self.bump_send(s, counter, 1)
     }
 

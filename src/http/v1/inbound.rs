@@ -39,7 +39,7 @@ pub fn view(r: &InboundRecord) -> Value {
 
 /// `POST /api/v1/bounces` (and `POST /api/v1/complaints` with a message
 /// body): a report received elsewhere, as raw RFC 5322 bytes
-/// (`message/rfc822`, `message/global` or `text/plain`). It is parsed,
+/// (`message/rfc822`, `message/global`; `/bounces` takes any type). It is parsed,
 /// matched and applied as if the listener had taken it.
 pub async fn raw_report(
     state: &Arc<AppState>,
@@ -60,16 +60,14 @@ pub async fn raw_report(
     Ok(reply::json_response(StatusCode::OK, &view(&record)))
 }
 
-/// Whether a `POST /api/v1/complaints` carries a raw report rather than
-/// the JSON `{"message_id"}`.
+/// Whether a `POST /api/v1/complaints` carries a raw report
+/// (`message/rfc822`, `message/global`) rather than the JSON
+/// `{"message_id"}`.
 pub fn is_raw(req: &Request<ReqBody>) -> bool {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim().to_ascii_lowercase();
-            ct.starts_with("message/") || ct.starts_with("text/plain")
-        })
+        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with("message/"))
 }
 
 /// `GET /api/v1/inbound?before=&limit=`: reports taken, newest first.

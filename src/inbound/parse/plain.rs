@@ -192,16 +192,12 @@ pub(super) fn findings_from_text(
         None
     };
     let candidates = recipients(text, top, copy, failed);
+    // What the whole text says is worked out once, not once per recipient.
+    let whole = Whole::of(text, &folded, &top.folded_subject);
     let mut findings = Vec::new();
     if candidates.is_empty() {
         let recipient = copy.to.clone().filter(|to| !is_verp(to));
-        findings.push(finding(
-            recipient,
-            text,
-            text,
-            &top.folded_subject,
-            verdict_all,
-        ));
+        findings.push(finding(recipient, text, &whole, verdict_all));
     }
     for (i, (start, address)) in candidates.iter().enumerate() {
         let end = candidates.get(i + 1).map_or(text.len(), |(next, _)| *next);
@@ -210,47 +206,68 @@ pub(super) fn findings_from_text(
         } else {
             text.get(*start..end.max(*start)).unwrap_or(text)
         };
-        findings.push(finding(
-            Some(address.clone()),
-            segment,
-            text,
-            &top.folded_subject,
-            verdict_all,
-        ));
+        findings.push(finding(Some(address.clone()), segment, &whole, verdict_all));
     }
     findings
 }
 
-/// One recipient's finding from the text about it (`segment`) and the whole
-/// report text.
+/// What a bounce's whole text says: its status, SMTP code, verdict (when
+/// specific, else from the subject) and explanatory line.
+struct Whole {
+    status: Option<String>,
+    smtp: Option<u16>,
+    /// The verdict the whole text gives, given the status a recipient's
+    /// segment did or did not name (computed for the whole text's status).
+    specific: Option<Verdict>,
+    subject_verdict: Verdict,
+    line: Option<String>,
+}
+
+impl Whole {
+    fn of(text: &str, folded: &str, subject: &str) -> Whole {
+        let status = find_status(text);
+        let smtp = find_smtp_code(text);
+        let parsed = status.as_deref().and_then(Status::parse);
+        let (verdict, evidence) = classify_failure(parsed, smtp, folded);
+        Whole {
+            specific: (evidence == Evidence::Specific).then_some(verdict),
+            subject_verdict: classify_failure(parsed, smtp, subject).0,
+            status,
+            smtp,
+            line: explanatory_line(text),
+        }
+    }
+}
+
+/// One recipient's finding from the text about it (`segment`) and what the
+/// whole report text says.
 fn finding(
     recipient: Option<String>,
     segment: &str,
-    whole: &str,
-    subject: &str,
+    whole: &Whole,
     verdict: Option<Verdict>,
 ) -> Finding {
-    let status = find_status(segment).or_else(|| find_status(whole));
-    let smtp = find_smtp_code(segment).or_else(|| find_smtp_code(whole));
+    let own_status = find_status(segment);
+    let status = own_status.clone().or_else(|| whole.status.clone());
+    let smtp = find_smtp_code(segment).or(whole.smtp);
     let verdict = verdict.unwrap_or_else(|| {
         let parsed = status.as_deref().and_then(Status::parse);
         let (verdict, evidence) = classify_failure(parsed, smtp, &fold(segment));
         if evidence == Evidence::Specific {
             return verdict;
         }
-        let (verdict, evidence) = classify_failure(parsed, smtp, &fold(whole));
-        if evidence == Evidence::Specific {
-            return verdict;
+        if let Some(v) = whole.specific {
+            return v;
         }
         // Some systems say it only in the subject ("DELIVERY FAILURE: User
         // … not listed in Domino Directory").
-        classify_failure(parsed, smtp, subject).0
+        whole.subject_verdict
     });
     Finding {
         recipient,
         verdict,
         status,
-        diagnostic: explanatory_line(segment).or_else(|| explanatory_line(whole)),
+        diagnostic: explanatory_line(segment).or_else(|| whole.line.clone()),
     }
 }
 

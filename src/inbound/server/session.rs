@@ -29,6 +29,10 @@ use crate::activity::Activity;
 /// After this many protocol errors the session is closed (`421 4.7.0`).
 const MAX_ERRORS: u32 = 10;
 
+/// The longest a session lasts (then `421 4.4.2`, as for an idle one): a
+/// sender with more to say connects again.
+const MAX_SESSION: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 /// The refusal of an address with bytes that are not UTF-8 (smtp-proto
 /// replaces them with U+FFFD; the sink should see what the client sent or
 /// nothing).
@@ -204,8 +208,11 @@ impl<S: Sink> Session<S> {
     async fn converse(&mut self) -> End {
         let banner = reply::banner(&self.shared.hostname);
         self.conn.output().extend_from_slice(banner.as_bytes());
+        // However busy, a session ends after MAX_SESSION: a few clients
+        // cannot hold every place by talking forever.
+        let session_end = Instant::now() + MAX_SESSION;
         loop {
-            let deadline = Instant::now() + self.settings().command_timeout;
+            let deadline = (Instant::now() + self.settings().command_timeout).min(session_end);
             let flow = match self.conn.next_line(deadline).await {
                 Ok(Line::Complete(line)) => self.command(&line).await,
                 Ok(Line::TooLong) => {
