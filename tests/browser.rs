@@ -181,7 +181,26 @@ fn an_editor_imports_creates_tests_starts_and_reads_a_campaign() {
     assert!(tab.text().contains("Delivered") || tab.text().contains("delivered"));
     shot(&mut tab, "campaign-report");
 
-    // Every main page opens (and is screenshotted).
+    // Every main page opens (and is screenshotted); a bounce report
+    // received elsewhere gives the Bounces page a row.
+    let dsn = common::reports::dsn(
+        "ann@example.com",
+        "failed",
+        "5.2.2",
+        "552 5.2.2 Mailbox full",
+        "x@shop.example",
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .post(h.url("/api/v1/bounces"))
+        .header("Authorization", format!("Bearer {}", common::TOKEN))
+        .header("Content-Type", "message/rfc822")
+        .send(dsn.as_str())
+        .expect("POST /api/v1/bounces");
+    assert_eq!(resp.status().as_u16(), 200);
     let ann = h.get("/api/v1/contacts/ann@example.com").body["id"].to_string();
     for (path, name, expect) in [
         ("/admin", "dashboard", "Dashboard"),
@@ -202,6 +221,7 @@ fn an_editor_imports_creates_tests_starts_and_reads_a_campaign() {
         ("/admin/automations/thanks", "automation", "thanks"),
         ("/admin/queue", "queue", "Queue"),
         ("/admin/activity", "activity", "ed"),
+        ("/admin/bounces", "bounces", "ann@example.com"),
     ] {
         visit(&mut tab, &h, path, name, expect);
     }
