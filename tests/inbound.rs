@@ -512,6 +512,23 @@ fn reports_received_elsewhere_and_the_suppression_list_through_the_api() {
     let hash = erased["hash"].as_str().expect("hash");
     let r = h.delete(&format!("/api/v1/suppressions/{hash}?reason=oops"));
     assert_eq!(r.status, 409, "{}", r.body);
+    // Mail to a suppressed address is not sent, whatever its kind.
+    let r = h.post_json(
+        "/api/v1/suppressions",
+        json!({"address": "later@example.test"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = h.post_json(
+        "/api/v1/messages",
+        json!({"sender": "newsletter", "to": ["later@example.test"], "subject": "Receipt", "text": "Thanks"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["id"].as_u64().expect("queue id");
+    wait_until(
+        "the message is taken out unsent",
+        Duration::from_secs(30),
+        || h.get(&format!("/api/v1/queue/{id}")).body["recipients"][0]["not_sent"] == "suppressed",
+    );
     // A suppressed address cannot come back as a new contact.
     let r = h.post_json(
         "/api/v1/suppressions",

@@ -57,6 +57,13 @@ pub async fn raw_report(
         .inbound()
         .receive(Via::Api, Envelope::default(), raw.to_vec())
         .await?;
+    state
+        .metrics
+        .inbound_reports
+        .get_or_create(&crate::metrics::OutcomeLabels {
+            outcome: record.verdict.as_str(),
+        })
+        .inc();
     Ok(reply::json_response(StatusCode::OK, &view(&record)))
 }
 
