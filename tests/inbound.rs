@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::peers::{Sink, free_port, openssl};
+use common::peers::{Sink, openssl};
 use common::reports::{arf, dsn, vacation};
 use common::{Herald, wait_until, write};
 use serde_json::{Value, json};
@@ -22,7 +22,7 @@ use common::reports::FBL;
 /// A daemon whose sender relays to `sink` with a bounce domain, an inbound
 /// listener on `port` (STARTTLS with a fresh self-signed certificate) and a
 /// marketing template `news`.
-fn start(sink: &Sink, port: u16, extra: &str) -> Herald {
+fn start(sink: &Sink, extra: &str) -> (Herald, u16) {
     let dir = tempfile::tempdir().expect("tempdir");
     let t = dir.path().join("templates");
     write(
@@ -59,13 +59,22 @@ fn start(sink: &Sink, port: u16, extra: &str) -> Herald {
         common::config_text(
             &dir.path().join("data"),
             &format!(
-                "[paths]\ntemplates = \"templates\"\n[inbound]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"mx.shop.test\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nfbl_addresses = [\"{FBL}\"]\n{extra}\n[[sender]]\nid = \"newsletter\"\nfrom = \"Shop <news@shop.test>\"\nbounce_domain = \"{BOUNCE_DOMAIN}\"\n[sender.relay]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
+                "[paths]\ntemplates = \"templates\"\n[inbound]\nlisten = \"127.0.0.1:0\"\nhostname = \"mx.shop.test\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nfbl_addresses = [\"{FBL}\"]\n{extra}\n[[sender]]\nid = \"newsletter\"\nfrom = \"Shop <news@shop.test>\"\nbounce_domain = \"{BOUNCE_DOMAIN}\"\n[sender.relay]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n",
                 sink.port
             ),
         ),
     )
     .expect("write config");
-    Herald::start_in(dir, config)
+    let h = Herald::start_in(dir, config);
+    // The listener takes port 0; the ready line says which it got.
+    let log = h.log();
+    let port = log
+        .split("inbound_listen=127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no inbound_listen in the ready line:\n{log}"));
+    (h, port)
 }
 
 /// What the listener answered one message.
@@ -177,8 +186,7 @@ fn import(h: &Herald, emails: &[&str]) {
 #[test]
 fn bounces_complaints_and_auto_replies_change_contacts_and_reports() {
     let sink = Sink::start(&[]);
-    let port = free_port();
-    let h = start(&sink, port, "soft_bounce_limit = 2");
+    let (h, port) = start(&sink, "soft_bounce_limit = 2");
     let people = [
         "hard@example.test",
         "soft@example.test",
@@ -395,8 +403,7 @@ fn bounces_complaints_and_auto_replies_change_contacts_and_reports() {
 #[test]
 fn kill_9_right_after_the_250_loses_nothing() {
     let sink = Sink::start(&[]);
-    let port = free_port();
-    let mut h = start(&sink, port, "");
+    let (mut h, port) = start(&sink, "");
     import(&h, &["gone@example.test"]);
     campaign(&h, "One");
     let (rcpt, verp, mid) = sent_messages(&sink).pop().expect("one message");
@@ -419,8 +426,7 @@ fn kill_9_right_after_the_250_loses_nothing() {
 #[test]
 fn reports_received_elsewhere_and_the_suppression_list_through_the_api() {
     let sink = Sink::start(&[]);
-    let port = free_port();
-    let h = start(&sink, port, "");
+    let (h, _) = start(&sink, "");
     import(&h, &["api@example.test", "keep@example.test"]);
     campaign(&h, "Api");
     let sent = sent_messages(&sink);
@@ -586,8 +592,7 @@ fn a_listener_that_would_take_nothing_is_a_config_error() {
 #[test]
 fn the_bounces_page_shows_reports_and_manages_the_suppression_list() {
     let sink = Sink::start(&[]);
-    let port = free_port();
-    let h = start(&sink, port, "");
+    let (h, port) = start(&sink, "");
     import(&h, &["page@example.test"]);
     campaign(&h, "Page");
     let (rcpt, verp, mid) = sent_messages(&sink).pop().expect("one message");
