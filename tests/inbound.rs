@@ -573,7 +573,7 @@ fn a_listener_that_would_take_nothing_is_a_config_error() {
         &config,
         common::config_text(
             &dir.path().join("data"),
-            "[inbound]\nlisten = \"127.0.0.1:0\"\nsoft_bounce_limit = 0\n",
+            "[inbound]\nlisten = \"127.0.0.1:0\"\nsoft_bounce_limit = 0\ntls_cert = \"nope.pem\"\ntls_key = \"nope.key\"\n",
         ),
     )
     .expect("write");
@@ -584,6 +584,10 @@ fn a_listener_that_would_take_nothing_is_a_config_error() {
         "{err}"
     );
     assert!(err.contains("inbound.soft_bounce_limit"), "{err}");
+    assert!(
+        err.contains("inbound.tls_cert") && err.contains("nope.pem"),
+        "{err}"
+    );
 }
 
 /// The admin UI's Bounces page lists reports and the suppression list; an

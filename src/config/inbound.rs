@@ -149,7 +149,16 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &RawInbound) -> In
     let tls = match (&raw.tls_cert, &raw.tls_key) {
         (None, None) => None,
         (Some(cert), Some(key)) => {
-            Some((resolve(base, cert.get_ref()), resolve(base, key.get_ref())))
+            // Readable now, so `check-config` says so; `serve` parses them.
+            let mut ok = true;
+            for (k, v) in [("inbound.tls_cert", cert), ("inbound.tls_key", key)] {
+                let path = resolve(base, v.get_ref());
+                if let Err(e) = std::fs::File::open(&path) {
+                    c.at(k, v, format!("cannot read {}: {e}", path.display()));
+                    ok = false;
+                }
+            }
+            ok.then(|| (resolve(base, cert.get_ref()), resolve(base, key.get_ref())))
         }
         (Some(v), None) => {
             c.at("inbound.tls_cert", v, "needs `tls_key` too");

@@ -296,6 +296,56 @@ pub fn verp_token(local: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
+    /// RCPT decisions: a VERP address that verifies and is young enough,
+    /// the feedback-loop address and the postmaster are taken; a forged,
+    /// an expired or a stranger's address is refused, each for its reason.
+    #[test]
+    fn rcpts_are_taken_only_for_what_herald_sent_or_registered()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://localhost\"\n[storage]\npath = \"data\"\n[admin]\ntoken = \"0123456789abcdef0123456789abcdef\"\n[tracking]\nsecret = \"0123456789abcdef0123456789abcdef\"\n[inbound]\nlisten = \"127.0.0.1:0\"\nfbl_addresses = [\"FBL@shop.example\"]\n[[sender]]\nid = \"s\"\nfrom = \"news@shop.example\"\nbounce_domain = \"bounces.shop.example\"\n",
+        )?;
+        let snap = crate::snapshot::Snapshot::load(&file).map_err(|e| e.to_string())?;
+        let keys = snap.config.tracking.keys.clone();
+        let inbound = Inbound {
+            config: Arc::new(Current::new(snap)),
+            store: Store::open(&dir.path().join("data"))?,
+            clock: Clock::system(),
+        };
+        let today = (inbound.clock.now().timestamp_millis() / 86_400_000) as u32;
+        let r = BounceRef {
+            queue_id: 7,
+            rcpt: 0,
+            day: today,
+        };
+        let verp = format!("b-{}@Bounces.Shop.Example", keys.sign_bounce(r));
+        assert_eq!(inbound.rcpt(&verp), Ok(RcptKind::Verp(r)));
+        assert_eq!(inbound.rcpt("fbl@shop.example"), Ok(RcptKind::Fbl));
+        assert_eq!(inbound.rcpt("postmaster"), Ok(RcptKind::Postmaster));
+        assert_eq!(
+            inbound.rcpt("postmaster@bounces.shop.example"),
+            Ok(RcptKind::Postmaster)
+        );
+        assert_eq!(inbound.rcpt("info@shop.example"), Err(RcptRefusal::NotHere));
+        assert_eq!(
+            inbound.rcpt("b-00ff@bounces.shop.example"),
+            Err(RcptRefusal::Forged)
+        );
+        let old = BounceRef {
+            day: today - 40,
+            ..r
+        };
+        let old = format!("b-{}@bounces.shop.example", keys.sign_bounce(old));
+        assert_eq!(inbound.rcpt(&old), Err(RcptRefusal::Expired));
+        // The same token 40 days on has expired too.
+        inbound.clock.advance(chrono::Duration::days(40));
+        assert_eq!(inbound.rcpt(&verp), Err(RcptRefusal::Expired));
+        Ok(())
+    }
+
     #[test]
     fn verp_local_parts_carry_hex_tokens() {
         assert_eq!(verp_token("b-00ff"), Some("00ff"));
