@@ -251,11 +251,12 @@ impl Inbound {
             .acquire()
             .await
             .map_err(|e| InboundError::Parse(e.to_string()))?;
-        let shared = Arc::new(raw);
-        let copy = shared.clone();
-        let parsed = tokio::task::spawn_blocking(move || parse::parse(&copy)).await;
+        // Shared with the parsing thread: if it dies, the bytes are still
+        // here to be kept.
+        let raw = Arc::new(raw);
+        let bytes = raw.clone();
+        let parsed = tokio::task::spawn_blocking(move || parse::parse(&bytes)).await;
         drop(permit);
-        let raw = Arc::try_unwrap(shared).unwrap_or_else(|a| a.as_ref().clone());
         // A parser that failed must not make the sender retry for days: the
         // report is kept as unknown.
         let report = parsed.unwrap_or_else(|e| {
