@@ -489,6 +489,61 @@ fn apply_to(
     Ok(Ok((outcome, c)))
 }
 
+/// Moves a contact to consent state `to` with a consent log entry (no IP
+/// or user agent: a machine's doing — a bounce, a complaint); false when
+/// it was in that state already, or is gone. `now` in ms.
+pub fn set_consent(
+    t: &mut WriteTables<'_>,
+    contact: u64,
+    to: ConsentState,
+    source: ConsentSource,
+    note: String,
+    now: i64,
+) -> Result<bool, StoreError> {
+    match t.contact(contact)? {
+        Some(c) if c.consent != to => {}
+        _ => return Ok(false),
+    }
+    let update = ContactUpdate {
+        consent: Some(ConsentChange {
+            to,
+            source,
+            ip: None,
+            user_agent: None,
+            note: Some(note),
+        }),
+        ..Default::default()
+    };
+    let when = DateTime::from_timestamp_millis(now).unwrap_or_default();
+    Ok(apply_update_by_id(t, contact, update, when)?.is_ok())
+}
+
+/// Puts `address` on the suppression list for `source` (`now` in ms);
+/// false when an entry was there already (it stays as it is).
+pub fn suppress(
+    t: &mut WriteTables<'_>,
+    address: &str,
+    source: SuppressionSource,
+    reason: String,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let address = address.to_lowercase();
+    let key = suppression_key(&t.salt()?, &address);
+    if t.suppression(&key)?.is_some() {
+        return Ok(false);
+    }
+    t.put_suppression(
+        &key,
+        &Suppression {
+            at: DateTime::from_timestamp_millis(now).unwrap_or_default(),
+            reason,
+            source,
+            address: Some(address),
+        },
+    )?;
+    Ok(true)
+}
+
 /// Erases a contact: data and consent log gone, a salted hash of the address
 /// kept in the suppression list so that no later import or API call can add it.
 ///

@@ -29,8 +29,8 @@ use super::scheduler::{Job, release_jobs};
 use super::smtp::RcptResult;
 use crate::config::Config;
 use crate::config::delivery::DeliveryConfig;
-use crate::contacts::model::{ConsentSource, ConsentState};
-use crate::contacts::{self, ConsentChange, ContactUpdate};
+use crate::contacts;
+use crate::contacts::model::{ConsentSource, ConsentState, SuppressionSource};
 use crate::send::model::{Counter, SendKind, SendRef};
 use crate::store::ReadTables;
 use crate::store::{StoreError, WriteTables};
@@ -497,8 +497,9 @@ fn count_outcome(
 }
 
 /// Makes the contact behind a hard-bounced address `invalid` (source
-/// `bounce`, the reply in the consent log's note), found by id or else by
-/// address; a contact already `invalid`, or none, is left alone.
+/// `bounce`, the reply in the consent log's note) and suppresses the
+/// address; found by id or else by address; an address that is nobody's
+/// contact is left alone.
 fn mark_invalid(
     t: &mut WriteTables<'_>,
     address: &str,
@@ -514,25 +515,17 @@ fn mark_invalid(
         },
     };
     let Some(id) = id else { return Ok(()) };
-    if t.contact(id)?
-        .is_some_and(|c| c.consent == ConsentState::Invalid)
-    {
-        return Ok(());
-    }
-    let update = ContactUpdate {
-        consent: Some(ConsentChange {
-            to: ConsentState::Invalid,
-            source: ConsentSource::Bounce,
-            ip: None,
-            user_agent: None,
-            note: Some(format!("hard bounce: {reply}")),
-        }),
-        ..Default::default()
-    };
-    let when = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
-    if let Err(e) = contacts::apply_update_by_id(t, id, update, when)? {
-        tracing::debug!(contact = id, error = %e, "hard bounce not applied to the contact");
-    }
+    let note = format!("hard bounce: {reply}");
+    // The same as a hard bounce reported later by DSN (`inbound::apply`).
+    contacts::suppress(t, address, SuppressionSource::Bounce, note.clone(), now)?;
+    contacts::set_consent(
+        t,
+        id,
+        ConsentState::Invalid,
+        ConsentSource::Bounce,
+        note,
+        now,
+    )?;
     Ok(())
 }
 
@@ -915,7 +908,13 @@ mod tests {
             for a in addresses {
                 let email =
                     contacts::normalize_email(a).map_err(|e| StoreError::Io(e.to_string()))?;
-                match contacts::apply_upsert(t, &email, ContactUpdate::default(), true, when)? {
+                match contacts::apply_upsert(
+                    t,
+                    &email,
+                    contacts::ContactUpdate::default(),
+                    true,
+                    when,
+                )? {
                     Ok((_, c)) => ids.push(c.id),
                     Err(e) => return Err(StoreError::Io(e.to_string())),
                 }

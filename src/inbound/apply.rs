@@ -25,12 +25,11 @@
 //! A second report with the same verdict about the same recipient is
 //! recorded and does nothing more.
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 
 use super::parse::{Finding, Report, Verdict};
 use super::{Envelope, InboundRecord, MatchedBy, RAW_KEPT, Via};
-use crate::contacts::model::{ConsentSource, ConsentState, Suppression, SuppressionSource};
-use crate::contacts::{ConsentChange, ContactUpdate};
+use crate::contacts::model::{ConsentSource, ConsentState, SuppressionSource};
 use crate::delivery::model::{QueuedMessage, RcptState, ReportNote};
 use crate::send::model::{Counter, SendRef};
 use crate::store::{HistoryEvent, ReadTables as _, SoftStreak, StoreError, WriteTables};
@@ -327,7 +326,7 @@ fn effects(
         Verdict::Hard => {
             if let Some(c) = target.contact {
                 let note = format!("hard bounce: {detail}");
-                if set_consent(
+                if crate::contacts::set_consent(
                     t,
                     c,
                     ConsentState::Invalid,
@@ -476,34 +475,6 @@ fn note_on_recipient(
     Ok(true)
 }
 
-/// Moves a contact to `to` with a consent log entry; false when it was
-/// there already (or is gone).
-fn set_consent(
-    t: &mut WriteTables<'_>,
-    contact: u64,
-    to: ConsentState,
-    source: ConsentSource,
-    note: String,
-    now: i64,
-) -> Result<bool, StoreError> {
-    match t.contact(contact)? {
-        Some(c) if c.consent != to => {}
-        _ => return Ok(false),
-    }
-    let update = ContactUpdate {
-        consent: Some(ConsentChange {
-            to,
-            source,
-            ip: None,
-            user_agent: None,
-            note: Some(note),
-        }),
-        ..Default::default()
-    };
-    let when: DateTime<Utc> = DateTime::from_timestamp_millis(now).unwrap_or_default();
-    Ok(crate::contacts::apply_update_by_id(t, contact, update, when)?.is_ok())
-}
-
 /// Puts the target's address on the suppression list (an entry already
 /// there stays as it is).
 fn suppress(
@@ -517,36 +488,10 @@ fn suppress(
     let Some(address) = &target.address else {
         return Ok(());
     };
-    if suppress_address(t, address, source, reason, now)? {
+    if crate::contacts::suppress(t, address, source, reason, now)? {
         done.push(format!("address suppressed ({})", source.as_str()));
     }
     Ok(())
-}
-
-/// Puts `address` on the suppression list for `source`; false when an
-/// entry was there already (it stays as it is).
-pub fn suppress_address(
-    t: &mut WriteTables<'_>,
-    address: &str,
-    source: SuppressionSource,
-    reason: String,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let salt = t.salt()?;
-    let key = crate::store::suppression_key(&salt, &address.to_lowercase());
-    if t.suppression(&key)?.is_some() {
-        return Ok(false);
-    }
-    t.put_suppression(
-        &key,
-        &Suppression {
-            at: DateTime::from_timestamp_millis(now).unwrap_or_default(),
-            reason,
-            source,
-            address: Some(address.to_lowercase()),
-        },
-    )?;
-    Ok(true)
 }
 
 /// Grows the contact's soft-bounce streak; at the limit the contact is
@@ -592,7 +537,7 @@ fn soft_bounce(
         "{} soft bounces within {days} days without a delivery; last: {detail}",
         streak.count
     );
-    if set_consent(
+    if crate::contacts::set_consent(
         t,
         c,
         ConsentState::Invalid,
@@ -627,11 +572,14 @@ fn complaint(
         _ => None,
     };
     if let Some(send) = counted {
+        // `track::complaint` withdrew and suppressed them too.
         done.push(format!(
-            "contact {c} withdrawn; complaint counted for {}",
+            "contact {c} withdrawn, address suppressed; complaint counted for {}",
             crate::track::source_of(&send)
         ));
-    } else if set_consent(
+        return Ok(());
+    }
+    if crate::contacts::set_consent(
         t,
         c,
         ConsentState::Withdrawn,
@@ -685,7 +633,7 @@ fn history(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contacts::{self, ContactUpdate};
+    use crate::contacts::{self, ConsentChange, ContactUpdate};
     use crate::delivery::model::Recipient;
     use crate::inbound::parse::Format;
     use crate::send::model::SendKind;

@@ -10,7 +10,7 @@ pub mod machine;
 
 use chrono::{DateTime, Utc};
 
-use crate::contacts::model::{ConsentSource, ConsentState};
+use crate::contacts::model::{ConsentSource, ConsentState, SuppressionSource};
 use crate::contacts::{ConsentChange, ContactUpdate, apply_update_by_id};
 use crate::delivery::model::RcptState;
 use crate::send::model::{
@@ -613,7 +613,8 @@ pub fn send_message(message_id: &str) -> Option<MessageRef> {
 }
 
 /// A spam complaint about a message (from a feedback loop): the contact is
-/// `withdrawn` (source `complaint`) and its send counts it once. `false` when Herald has no record of sending that message.
+/// `withdrawn` (source `complaint`), its address suppressed, and its send
+/// counts it once. `false` when Herald has no record of sending that message.
 pub fn complaint(
     t: &mut WriteTables<'_>,
     m: MessageRef,
@@ -629,22 +630,23 @@ pub fn complaint(
     if old & COMPLAINED == 0 {
         t.bump_send_at(s, Counter::Complaints, 1, at)?;
     }
-    if let Some(c) = t.contact(m.contact)?
-        && c.consent != ConsentState::Withdrawn
-    {
-        let update = ContactUpdate {
-            consent: Some(ConsentChange {
-                to: ConsentState::Withdrawn,
-                source: ConsentSource::Complaint,
-                ip: None,
-                user_agent: None,
-                note: Some(
-                    note.unwrap_or_else(|| format!("spam complaint about {}", source_of(&s))),
-                ),
-            }),
-            ..Default::default()
-        };
-        if apply_update_by_id(t, m.contact, update, now)?.is_ok() {
+    if let Some(c) = t.contact(m.contact)? {
+        crate::contacts::suppress(
+            t,
+            &c.email,
+            SuppressionSource::Complaint,
+            "spam complaint".into(),
+            at,
+        )?;
+        let note = note.unwrap_or_else(|| format!("spam complaint about {}", source_of(&s)));
+        if crate::contacts::set_consent(
+            t,
+            m.contact,
+            ConsentState::Withdrawn,
+            ConsentSource::Complaint,
+            note,
+            at,
+        )? {
             t.push_history(
                 m.contact,
                 &HistoryEvent {

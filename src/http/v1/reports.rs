@@ -399,19 +399,7 @@ pub async fn complaint(
     let note = b.note;
     let known = state
         .store
-        .write(move |t| {
-            let known = crate::track::complaint(t, m, note, now)?;
-            if known && let Some(c) = crate::store::ReadTables::contact(t, m.contact)? {
-                crate::inbound::apply::suppress_address(
-                    t,
-                    &c.email,
-                    crate::contacts::model::SuppressionSource::Complaint,
-                    "spam complaint".into(),
-                    now.timestamp_millis(),
-                )?;
-            }
-            Ok(known)
-        })
+        .write(move |t| crate::track::complaint(t, m, note, now))
         .await?;
     if !known {
         return Err(ApiError::not_found(format!(
