@@ -190,17 +190,8 @@ fn an_editor_imports_creates_tests_starts_and_reads_a_campaign() {
         "552 5.2.2 Mailbox full",
         "x@shop.example",
     );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let resp = agent
-        .post(h.url("/api/v1/bounces"))
-        .header("Authorization", format!("Bearer {}", common::TOKEN))
-        .header("Content-Type", "message/rfc822")
-        .send(dsn.as_str())
-        .expect("POST /api/v1/bounces");
-    assert_eq!(resp.status().as_u16(), 200);
+    let r = h.post_typed("/api/v1/bounces", "message/rfc822", &dsn);
+    assert_eq!(r.status, 200, "{}", r.body);
     let ann = h.get("/api/v1/contacts/ann@example.com").body["id"].to_string();
     for (path, name, expect) in [
         ("/admin", "dashboard", "Dashboard"),

@@ -443,10 +443,10 @@ fn reports_received_elsewhere_and_the_suppression_list_through_the_api() {
     );
     assert_eq!(r.status, 405, "PUT is not the method: {}", r.body);
     let raw = dsn(&rcpt, "failed", "5.1.1", "550 5.1.1 unknown user", &mid);
-    let r = post_raw(&h, "/api/v1/bounces", &raw);
-    assert_eq!(r.0, 200, "{}", r.1);
-    assert_eq!(r.1["verdict"], "hard", "{}", r.1);
-    assert_eq!(r.1["matched_by"], "message_id", "{}", r.1);
+    let r = h.post_typed("/api/v1/bounces", "message/rfc822", &raw);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["verdict"], "hard", "{}", r.body);
+    assert_eq!(r.body["matched_by"], "message_id", "{}", r.body);
     assert_eq!(contact(&h, "api@example.test")["consent"], "invalid");
     // An ARF through /api/v1/complaints.
     let (rcpt, _, mid) = sent
@@ -455,12 +455,9 @@ fn reports_received_elsewhere_and_the_suppression_list_through_the_api() {
         .cloned()
         .expect("sent");
     // Through the API (the token is the proof), the Message-ID is enough.
-    let r = post_raw(
-        &h,
-        "/api/v1/complaints",
-        &arf(&rcpt, &mid, "bounce@shop.test"),
-    );
-    assert_eq!(r.0, 200, "{}", r.1);
+    let arf = arf(&rcpt, &mid, "bounce@shop.test");
+    let r = h.post_typed("/api/v1/complaints", "message/rfc822", &arf);
+    assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(contact(&h, "keep@example.test")["consent"], "withdrawn");
 
     // Manual suppression: add, list, refuse removal without a reason,
@@ -543,26 +540,6 @@ fn reports_received_elsewhere_and_the_suppression_list_through_the_api() {
     assert_eq!(r.status, 201, "{}", r.body);
     let r = h.post_json("/api/v1/contacts", json!({"email": "blocked@example.test"}));
     assert_eq!(r.status, 409, "{}", r.body);
-}
-
-/// POSTs a raw message; (status, JSON body).
-fn post_raw(h: &Herald, path: &str, body: &str) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .post(h.url(path))
-        .header("Authorization", format!("Bearer {}", common::TOKEN))
-        .header("Content-Type", "message/rfc822")
-        .send(body)
-        .expect("POST");
-    let status = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 #[test]

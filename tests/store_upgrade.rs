@@ -308,19 +308,9 @@ fn bounces_apply_to_messages_an_older_version_sent() {
     let mid = m["message_id"].as_str().unwrap().to_string();
     assert_eq!(m["recipients"][0]["state"], "delivered", "{m}");
     let dsn = common::reports::dsn(&rcpt, "failed", "5.1.1", "550 5.1.1 user unknown", &mid);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent
-        .post(h.url("/api/v1/bounces"))
-        .header("Authorization", format!("Bearer {}", common::TOKEN))
-        .header("Content-Type", "message/rfc822")
-        .send(dsn.as_str())
-        .unwrap();
-    let body = resp.body_mut().read_to_string().unwrap();
-    assert_eq!(resp.status().as_u16(), 200, "{body}");
-    assert!(body.contains("\"matched_by\":\"message_id\""), "{body}");
+    let r = h.post_typed("/api/v1/bounces", "message/rfc822", &dsn);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["matched_by"], "message_id", "{}", r.body);
     let m = get(&h, "/api/v1/queue/1");
     assert_eq!(m["recipients"][0]["state"], "failed", "{m}");
     assert_eq!(m["recipients"][0]["reports"][0]["verdict"], "hard", "{m}");

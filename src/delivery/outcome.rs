@@ -1018,6 +1018,19 @@ mod tests {
         assert_eq!(count(Counter::Soft), 1);
         assert_eq!(count(Counter::Policy), 1);
         assert_eq!(count(Counter::Deferred), 1);
+        // The hard-bounced address, and only it, is suppressed.
+        let listed = store.read_blocking(|v| v.suppressions_after(&[], 10))?;
+        let listed: Vec<_> = listed
+            .iter()
+            .map(|(_, s)| (s.address.as_deref(), s.source))
+            .collect();
+        assert_eq!(
+            listed,
+            [(
+                Some("b@example.com"),
+                crate::contacts::model::SuppressionSource::Bounce
+            )]
+        );
         store.close();
         Ok(())
     }

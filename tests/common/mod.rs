@@ -291,6 +291,17 @@ impl Herald {
         )
     }
 
+    /// `POST path` with a body of `content_type` (a raw report, a CSV…).
+    pub fn post_typed(&self, path: &str, content_type: &str, body: &str) -> Reply {
+        Self::finish(
+            self.agent
+                .post(self.url(path))
+                .header("Authorization", self.auth())
+                .header("Content-Type", content_type)
+                .send(body),
+        )
+    }
+
     pub fn put(&self, path: &str, content_type: &str, body: &str) -> Reply {
         Self::finish(
             self.agent
