@@ -102,6 +102,26 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
+/// Labels of a back-off action.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// Provider group.
+    pub group: String,
+    /// Back-off rule.
+    pub rule: String,
+}
+
+/// Labels of a provider group's state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// Provider group.
+    pub group: String,
+    /// The destination domain (default group), or "".
+    pub domain: String,
+    /// The source address, or "".
+    pub source_ip: String,
+}
+
 /// Every metric Herald exports.
 pub struct Metrics {
     registry: Registry,
@@ -163,6 +183,17 @@ pub struct Metrics {
     pub inbound_server: std::sync::Arc<crate::inbound::server::Stats>,
     /// Those counters as exported.
     inbound_smtp: Family<OutcomeLabels, Gauge>,
+    /// Back-off actions by provider group and rule.
+    pub shaping_backoffs: Family<RuleLabels, Counter>,
+    /// Provider group state: 0 normal, 1 reduced, 2 limited, 3 suspended
+    /// (set at scrape time).
+    shaping_state: Family<GroupLabels, Gauge>,
+    /// Provider group rate factor in percent (set at scrape time).
+    shaping_rate_percent: Family<GroupLabels, Gauge>,
+    /// Provider group connections open (set at scrape time).
+    shaping_connections: Family<GroupLabels, Gauge>,
+    /// Recipients held by shaping since start (set at scrape time).
+    shaping_held: Family<GroupLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -277,6 +308,36 @@ impl Metrics {
             "The inbound SMTP listener since start, by event: sessions, refused_connections (421 at once: a connection limit), tls_sessions, messages_accepted, messages_refused (too big, over the rate, not stored), rcpt_refused, timeouts",
             inbound_smtp.clone(),
         );
+        let shaping_backoffs = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "shaping_backoffs",
+            "Back-off actions taken on a provider group, by group and rule (shaping.toml [[backoff]])",
+            shaping_backoffs.clone(),
+        );
+        let shaping_state = Family::<GroupLabels, Gauge>::default();
+        registry.register(
+            "shaping_state",
+            "Provider group state: 0 normal, 1 reduced (rate), 2 limited (connections), 3 suspended",
+            shaping_state.clone(),
+        );
+        let shaping_rate_percent = Family::<GroupLabels, Gauge>::default();
+        registry.register(
+            "shaping_rate_percent",
+            "Provider group rate in force, percent of its configured (or measured) rate",
+            shaping_rate_percent.clone(),
+        );
+        let shaping_connections = Family::<GroupLabels, Gauge>::default();
+        registry.register(
+            "shaping_connections",
+            "SMTP connections open per provider group",
+            shaping_connections.clone(),
+        );
+        let shaping_held = Family::<GroupLabels, Gauge>::default();
+        registry.register(
+            "shaping_held_recipients",
+            "Recipients held in the queue by shaping since start (rate, suspension, warm-up)",
+            shaping_held.clone(),
+        );
         let bounces = Family::<BounceLabels, Counter>::default();
         registry.register(
             "bounces",
@@ -343,6 +404,11 @@ impl Metrics {
             inbound_refused,
             inbound_server: Default::default(),
             inbound_smtp,
+            shaping_backoffs,
+            shaping_state,
+            shaping_rate_percent,
+            shaping_connections,
+            shaping_held,
             coupons_free,
             coupon_pool_low,
             bounces,
@@ -375,6 +441,33 @@ impl Metrics {
         self.events
             .get_or_create(&EventLabels { event_type, status })
             .inc();
+    }
+
+    /// Sets the provider groups' gauges (before [`Metrics::render`]).
+    pub fn set_shaping(&self, groups: &[crate::delivery::shaping::GroupView]) {
+        for g in groups {
+            let labels = GroupLabels {
+                group: g.group.clone(),
+                domain: g.domain.clone().unwrap_or_default(),
+                source_ip: g.source_ip.clone().unwrap_or_default(),
+            };
+            let state = match g.state {
+                "reduced" => 1,
+                "limited" => 2,
+                "suspended" => 3,
+                _ => 0,
+            };
+            self.shaping_state.get_or_create(&labels).set(state);
+            self.shaping_rate_percent
+                .get_or_create(&labels)
+                .set((g.rate_factor * 100.0).round() as i64);
+            self.shaping_connections
+                .get_or_create(&labels)
+                .set(g.connections as i64);
+            self.shaping_held
+                .get_or_create(&labels)
+                .set(i64::try_from(g.held).unwrap_or(i64::MAX));
+        }
     }
 
     /// Refreshes the store-backed gauges and renders the text exposition format.

@@ -324,6 +324,8 @@ fn load_errors_name_file_line_and_column() {
         unsubscribe_mailto: None,
         dkim: vec![],
         relay: None,
+        source_ip: None,
+        warmup: None,
     })];
     let greetings = [(
         "en".to_string(),

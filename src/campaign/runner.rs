@@ -533,8 +533,33 @@ impl Campaigns {
         let snap = self.snapshot();
         super::check_spec(&c.spec, &snap, &self.store).await?;
         let today = self.clock.now().date_naive();
-        let ids =
+        let mut ids =
             audience::resolve(&snap, &self.store, &self.index, &c.spec.audience, today).await?;
+        // A sender still warming up sends to the engaged first: its daily
+        // allowance goes to the contacts that open and click.
+        let now_ms = self.now_ms();
+        let warming = |s: &crate::config::Sender| {
+            s.warmup
+                .as_ref()
+                .is_some_and(|w| w.active(w.period_at(now_ms)))
+        };
+        let warming = match &c.spec.sender {
+            Some(id) => snap.config.sender(id).is_some_and(|s| warming(s)),
+            None => snap.config.senders.iter().any(|s| warming(s)),
+        };
+        if warming {
+            let index = self.index.clone();
+            let all = ids.clone();
+            match tokio::task::spawn_blocking(move || index.engaged_first(&all)).await {
+                Ok(Ok(ordered)) => ids = ordered,
+                Ok(Err(e)) => {
+                    tracing::warn!(campaign = id, error = %e, "cannot order the audience by engagement; sending in id order")
+                }
+                Err(e) => {
+                    tracing::warn!(campaign = id, error = %e, "cannot order the audience by engagement; sending in id order")
+                }
+            }
+        }
         let mut groups = Vec::new();
         let mut seed = None;
         match &c.spec.ab {

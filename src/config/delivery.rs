@@ -3,13 +3,16 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::Checker;
+use super::shaping::Shaping;
 use super::values::{count, duration};
+use super::{Checker, resolve};
 
 /// `[delivery]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +38,9 @@ pub struct RawDelivery {
     pub max_age: Option<Spanned<String>>,
     /// Destination domains that must be reached over TLS.
     pub require_tls_domains: Option<Vec<Spanned<String>>>,
+    /// The traffic-shaping file (default: `shaping.toml` beside the config
+    /// when it exists, else the built-in copy of the shipped one).
+    pub shaping: Option<Spanned<String>>,
 }
 
 /// Validated `[delivery]`.
@@ -60,6 +66,8 @@ pub struct DeliveryConfig {
     pub max_age: Duration,
     /// Domains (lower case) that require TLS.
     pub require_tls_domains: BTreeSet<String>,
+    /// Provider groups and back-off rules.
+    pub shaping: Arc<Shaping>,
 }
 
 impl Default for DeliveryConfig {
@@ -75,6 +83,7 @@ impl Default for DeliveryConfig {
             retry_schedule: default_schedule(),
             max_age: Duration::from_secs(5 * 86400),
             require_tls_domains: BTreeSet::new(),
+            shaping: Arc::new(Shaping::built_in(10, 1000)),
         }
     }
 }
@@ -91,7 +100,7 @@ pub fn default_schedule() -> Vec<Duration> {
 
 /// Validates `[delivery]`. Problems are recorded in `c`; the returned value
 /// then carries defaults for the bad keys (the caller discards it).
-pub(super) fn validate(c: &mut Checker<'_>, raw: &RawDelivery) -> DeliveryConfig {
+pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &RawDelivery) -> DeliveryConfig {
     let mut d = DeliveryConfig::default();
     if let Some(ns) = &raw.nameserver {
         match ns.get_ref().parse::<SocketAddr>() {
@@ -167,5 +176,42 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: &RawDelivery) -> DeliveryConfig
             d.require_tls_domains.insert(dom);
         }
     }
+    d.shaping = Arc::new(shaping(c, base, raw, &d));
     d
+}
+
+/// Reads the shaping file: the one `[delivery] shaping` names (it must
+/// exist), else `shaping.toml` beside the config, else the built-in copy.
+fn shaping(c: &mut Checker<'_>, base: &Path, raw: &RawDelivery, d: &DeliveryConfig) -> Shaping {
+    let (conns, per_conn) = (d.max_connections_per_domain, d.messages_per_connection);
+    let path = match &raw.shaping {
+        Some(p) => resolve(base, p.get_ref()),
+        None => {
+            let beside = base.join("shaping.toml");
+            if !beside.exists() {
+                return Shaping::built_in(conns, per_conn);
+            }
+            beside
+        }
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => super::shaping::parse(&path, &text, conns, per_conn, c.errors)
+            .unwrap_or_else(|| Shaping::built_in(conns, per_conn)),
+        Err(e) => {
+            match &raw.shaping {
+                Some(p) => c.at(
+                    "delivery.shaping",
+                    p,
+                    format!("cannot read {}: {e}", path.display()),
+                ),
+                None => c.errors.push(super::ConfigError {
+                    file: path.clone(),
+                    position: None,
+                    key: String::new(),
+                    message: format!("cannot read the shaping file: {e}"),
+                }),
+            }
+            Shaping::built_in(conns, per_conn)
+        }
+    }
 }

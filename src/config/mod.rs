@@ -50,11 +50,13 @@ pub mod log;
 pub mod paths;
 pub mod rendering;
 pub mod senders;
+pub mod shaping;
 pub mod signup;
 pub mod sites;
 pub mod storage;
 pub mod tracking;
 mod values;
+pub mod warmup;
 
 pub use self::http::{HttpConfig, HttpLimits, MetricsToken};
 pub use self::log::{LogConfig, LogFormat};
@@ -541,8 +543,19 @@ fn validate(
     let admin = admin::validate(&mut c, &base, &raw.admin);
     let log = self::log::validate(&mut c, &raw.log);
     let (paths, references) = paths::validate(&mut c, &base, &raw.paths);
-    let delivery = delivery::validate(&mut c, &raw.delivery);
+    let delivery = delivery::validate(&mut c, &base, &raw.delivery);
     let senders = senders::validate(&mut c, &base, &raw.sender);
+    for (i, s) in raw.sender.iter().enumerate() {
+        for (g, v) in s.warmup.iter().flat_map(|w| &w.groups) {
+            if delivery.shaping.group(g).is_none() {
+                c.at(
+                    &format!("sender[{i}].warmup.groups.{g}"),
+                    v,
+                    format!("no provider group named `{g}` in the shaping file"),
+                );
+            }
+        }
+    }
     let tracking = tracking::validate(&mut c, &base, &raw.tracking);
     let rendering = rendering::validate(&mut c, &raw.rendering, &raw.greetings);
     let sites = sites::validate(&mut c, &base, &raw.site);

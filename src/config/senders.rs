@@ -47,6 +47,11 @@ pub struct RawSender {
     pub dkim: Vec<RawDkim>,
     /// Send everything through this smarthost instead of MX delivery.
     pub relay: Option<RawRelay>,
+    /// The local address MX connections are made from (default: the
+    /// system's choice). Shaping limits count per source address.
+    pub source_ip: Option<Spanned<String>>,
+    /// A day-by-day allowance for a new sender.
+    pub warmup: Option<super::warmup::RawWarmup>,
 }
 
 /// `[[sender.dkim]]`
@@ -140,6 +145,10 @@ pub struct Sender {
     pub dkim: Vec<Arc<DkimKey>>,
     /// Smarthost, if any.
     pub relay: Option<Relay>,
+    /// Local address of MX connections.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Warm-up allowances.
+    pub warmup: Option<super::warmup::Warmup>,
 }
 
 /// Whether `s` is a host name: labels of letters, digits and hyphens.
@@ -306,6 +315,20 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &[RawSender]) -> V
                 }
             }
         });
+        let source_ip = s
+            .source_ip
+            .as_ref()
+            .and_then(|v| match v.get_ref().parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    c.at(&k("source_ip"), v, "not an IP address of this host");
+                    None
+                }
+            });
+        let warmup = s
+            .warmup
+            .as_ref()
+            .and_then(|w| super::warmup::validate(c, &k("warmup"), w));
         if let (Some(id), Some((from, from_address)), Some(domain), Some(return_path), Some(helo)) =
             (id, from, domain, return_path, helo)
         {
@@ -323,6 +346,8 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &[RawSender]) -> V
                 unsubscribe_mailto,
                 dkim,
                 relay,
+                source_ip,
+                warmup,
             }));
         }
     }

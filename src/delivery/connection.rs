@@ -29,8 +29,8 @@ use super::model::BounceClass;
 use super::mx::MxError;
 use super::outcome::{Outcome, finish_job};
 use super::scheduler::{
-    DestKey, Job, defer_orphans, drain_jobs, forget_rcpts, none_live, pop_job, release_jobs,
-    reserve_slot, set_live, unpop_job,
+    DestKey, Job, Lane, defer_orphans, drain_jobs, forget_rcpts, none_live, observe, pop_job,
+    release_jobs, reserve_slot, set_live, should_close, unpop_job, unreserve_warm,
 };
 use super::smtp::{self, Reply, Session, Target, TlsMode};
 use crate::config::{Config, RelayTls, Sender};
@@ -43,7 +43,8 @@ const LINGER: Duration = Duration::from_millis(500);
 const MAX_RATE_WAIT: Duration = Duration::from_secs(30);
 
 /// One connection task, from the rate-limit wait to QUIT.
-pub(super) async fn run(inner: &Arc<Inner>, key: &DestKey) {
+pub(super) async fn run(inner: &Arc<Inner>, lane: &Lane) {
+    let key = &lane.dest;
     let config = inner.config.get();
     let Some(sender) = config.sender(&key.sender).cloned() else {
         // The sender left the config (reload) after its jobs were queued:
@@ -54,26 +55,54 @@ pub(super) async fn run(inner: &Arc<Inner>, key: &DestKey) {
         return;
     };
     // Wait for the rate limit before connecting, not while holding a session.
-    if let Some(at) = reserve_slot(inner, &sender)
+    if let Some(at) = reserve_slot(inner, &sender, lane)
         && !sleep_unless_stopping(inner, at).await
     {
         return;
     }
-    let Some(first) = pop_job(inner, key) else {
+    let Some(mut first) = pop_job(inner, lane) else {
         return;
     };
     let mut session = match open(inner, &config, &sender, key).await {
         Ok(s) => s,
-        Err(Unreachable::Destination(outcome)) => {
+        Err(e) => {
+            // Not sent: its warm-up count goes back.
+            unreserve_warm(inner, &mut first);
+            if let Unreachable::Servers(reply) = &e {
+                observe(inner, lane, &[reply.text.as_str()], false);
+            }
+            unreachable(inner, &config, key, first, e).await;
+            return;
+        }
+    };
+    set_live(inner, key, true);
+    let usable = send_jobs(inner, &config, &sender, lane, &mut session, first).await;
+    set_live(inner, key, false);
+    if usable {
+        session.quit().await;
+    }
+}
+
+/// Records the outcome of a destination that could not be reached for the
+/// job this connection took, and for those waiting when it is the
+/// destination as a whole (or no other connection to it works).
+async fn unreachable(
+    inner: &Arc<Inner>,
+    config: &Config,
+    key: &DestKey,
+    first: Job,
+    e: Unreachable,
+) {
+    match e {
+        Unreachable::Destination(outcome) => {
             // The whole destination shares this answer.
             let mut jobs = drain_jobs(inner, key);
             jobs.insert(0, first);
             for j in jobs {
-                finish_job(inner, &config, j, None, |_| outcome.clone()).await;
+                finish_job(inner, config, j, None, |_| outcome.clone()).await;
             }
-            return;
         }
-        Err(Unreachable::Servers(last_error)) => {
+        Unreachable::Servers(last_error) => {
             // Defer what this connection took, and everything waiting
             // unless another connection to the destination works. Even a
             // 5xx greeting or EHLO is a reason to retry later (as Postfix
@@ -86,19 +115,9 @@ pub(super) async fn run(inner: &Arc<Inner>, key: &DestKey) {
             jobs.insert(0, first);
             let text = last_error.text;
             for j in jobs {
-                finish_job(inner, &config, j, None, |_| {
-                    Outcome::Temporary(text.clone())
-                })
-                .await;
+                finish_job(inner, config, j, None, |_| Outcome::Temporary(text.clone())).await;
             }
-            return;
         }
-    };
-    set_live(inner, key, true);
-    let usable = send_jobs(inner, &config, &sender, key, &mut session, first).await;
-    set_live(inner, key, false);
-    if usable {
-        session.quit().await;
     }
 }
 
@@ -156,10 +175,17 @@ async fn send_jobs(
     inner: &Arc<Inner>,
     config: &Config,
     sender: &Sender,
-    key: &DestKey,
+    lane: &Lane,
     session: &mut Session,
     first: Job,
 ) -> bool {
+    let key = &lane.dest;
+    let per_connection = lane
+        .group
+        .as_ref()
+        .map_or(config.delivery.messages_per_connection, |(_, g)| {
+            g.messages_per_connection
+        });
     let host = session.host.clone();
     let mut job = Some(first);
     let mut sent = 0usize;
@@ -167,7 +193,7 @@ async fn send_jobs(
         let (j, body) = match load(inner, j).await {
             Loaded::Ready(j, body) => (j, body),
             Loaded::Nothing => {
-                job = wait_for_job(inner, key).await;
+                job = wait_for_job(inner, lane).await;
                 continue;
             }
             Loaded::Failed(j, text) => {
@@ -180,12 +206,15 @@ async fn send_jobs(
         sent += 1;
         match result {
             Ok(results) => {
+                let (failed, delivered) = replies_of(&results);
+                observe(inner, lane, &failed, delivered);
                 finish_job(inner, config, j, Some(&host), |i| {
                     Outcome::of_rcpt(results.get(i))
                 })
                 .await;
             }
             Err(reply) => {
+                observe(inner, lane, &[reply.text.as_str()], false);
                 let text = format!("{host}: {}", reply.text);
                 finish_job(inner, config, j, Some(&host), |_| {
                     Outcome::Temporary(text.clone())
@@ -194,13 +223,13 @@ async fn send_jobs(
                 return false;
             }
         }
-        if sent >= config.delivery.messages_per_connection {
+        if sent >= per_connection || should_close(inner, lane) {
             break;
         }
-        let Some(j) = wait_for_job(inner, key).await else {
+        let Some(j) = wait_for_job(inner, lane).await else {
             break;
         };
-        match reserve_slot(inner, sender) {
+        match reserve_slot(inner, sender, lane) {
             Some(at)
                 if at.saturating_duration_since(tokio::time::Instant::now()) > MAX_RATE_WAIT =>
             {
@@ -282,9 +311,27 @@ async fn sleep_unless_stopping(inner: &Inner, at: tokio::time::Instant) -> bool 
     }
 }
 
+/// The failure replies of a transaction's recipients (for the back-off
+/// rules), and whether any was delivered.
+fn replies_of(results: &[smtp::RcptResult]) -> (Vec<&str>, bool) {
+    let mut failed = Vec::new();
+    let mut delivered = false;
+    for r in results {
+        match r {
+            smtp::RcptResult::Delivered(_) => delivered = true,
+            smtp::RcptResult::Temporary(r) | smtp::RcptResult::Permanent(r, _) => {
+                if !failed.contains(&r.text.as_str()) {
+                    failed.push(r.text.as_str());
+                }
+            }
+        }
+    }
+    (failed, delivered)
+}
+
 /// Waits up to [`LINGER`] for another ready job of the destination; `None`
 /// when none came or the engine is stopping.
-async fn wait_for_job(inner: &Inner, key: &DestKey) -> Option<Job> {
+async fn wait_for_job(inner: &Inner, lane: &Lane) -> Option<Job> {
     let deadline = tokio::time::Instant::now() + LINGER;
     let stopping = inner.activity.stopping();
     tokio::pin!(stopping);
@@ -293,7 +340,7 @@ async fn wait_for_job(inner: &Inner, key: &DestKey) -> Option<Job> {
         let added = inner.jobs_added.notified();
         tokio::pin!(added);
         added.as_mut().enable();
-        if let Some(j) = pop_job(inner, key) {
+        if let Some(j) = pop_job(inner, lane) {
             return Some(j);
         }
         tokio::select! {
@@ -348,6 +395,7 @@ async fn targets(
                 connector: connector.clone(),
                 connect_timeout: d.connect_timeout,
                 command_timeout: d.command_timeout,
+                source: None,
             })
             .collect());
     }
@@ -372,6 +420,13 @@ async fn targets(
             connector: inner.mx_tls.clone(),
             connect_timeout: d.connect_timeout,
             command_timeout: d.command_timeout,
+            source: sender.source_ip,
+        })
+        // A source address reaches only servers of its own family.
+        .filter(|t| {
+            sender
+                .source_ip
+                .is_none_or(|s| s.is_ipv4() == t.addr.is_ipv4())
         })
         .collect())
 }

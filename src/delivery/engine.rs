@@ -92,6 +92,23 @@ pub(super) struct Inner {
     >,
     /// Open SMTP connections.
     pub(super) connections: prometheus_client::metrics::gauge::Gauge,
+    /// Back-off actions by group and rule.
+    backoffs: prometheus_client::metrics::family::Family<
+        crate::metrics::RuleLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl Inner {
+    /// Counts a back-off action of `rule` on `group`.
+    pub(super) fn backoffs(&self, group: &str, rule: &str) {
+        self.backoffs
+            .get_or_create(&crate::metrics::RuleLabels {
+                group: group.to_string(),
+                rule: rule.to_string(),
+            })
+            .inc();
+    }
 }
 
 /// A handle to the running engine; cheap to clone.
@@ -153,6 +170,7 @@ impl Engine {
                 failed: outcome("failed"),
                 bounces: metrics.bounces.clone(),
                 connections: metrics.smtp_connections.clone(),
+                backoffs: metrics.shaping_backoffs.clone(),
             }),
         })
     }
@@ -195,6 +213,37 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Every provider group's state (those with traffic since start), for
+    /// the queue API and metrics.
+    pub fn shaping(&self) -> Vec<super::shaping::GroupView> {
+        let config = self.inner.config.get();
+        let shaping = &config.delivery.shaping;
+        let now = tokio::time::Instant::now();
+        let st = lock(&self.inner.state);
+        let mut out: Vec<_> = st
+            .shaper
+            .groups
+            .iter()
+            .map(|(k, s)| s.view(k, shaping.group(&k.group).unwrap_or(&shaping.default), now))
+            // The default group's state is per domain: only those with
+            // something to show (every domain would be too many).
+            .filter(|v| v.domain.is_none() || v.state != "normal" || v.connections > 0)
+            .collect();
+        out.sort_by(|a, b| {
+            (&a.group, &a.domain, &a.source_ip).cmp(&(&b.group, &b.domain, &b.source_ip))
+        });
+        out
+    }
+
+    /// A warming-up sender's use of its current period; `None` when it has
+    /// no warm-up in force.
+    pub fn warmup(&self, sender: &str) -> Option<super::shaping::WarmStatus> {
+        let config = self.inner.config.get();
+        let s = config.sender(sender)?;
+        let now = now_ms(&self.inner.clock);
+        lock(&self.inner.state).shaper.warm_status(s, now)
     }
 
     /// Open SMTP connections.

@@ -18,6 +18,7 @@ pub mod mx;
 pub mod outcome;
 pub mod queue;
 mod scheduler;
+pub mod shaping;
 pub mod smtp;
 
 pub use engine::Engine;

@@ -208,6 +208,31 @@ pub fn record_outcomes(
     }
 }
 
+/// Holds recipients of message `id` in the queue until `until` (ms), with
+/// `why` as their last reply: traffic shaping's "not now" (a suspended
+/// provider group, a used-up warm-up allowance, a rate's turn). Not an
+/// attempt: the state, the attempt count and the send's counts stay.
+pub fn hold_recipients(
+    t: &mut WriteTables<'_>,
+    id: u64,
+    rcpts: &[usize],
+    until: i64,
+    why: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let Some(mut m) = t.queued_message(id)? else {
+        return Ok(()); // purged meanwhile
+    };
+    for &i in rcpts {
+        if let Some(r) = m.recipients.get_mut(i).filter(|r| r.state.is_pending()) {
+            r.next_attempt = Some(until.max(r.next_attempt.unwrap_or(i64::MIN)));
+            r.reply = Some(why.to_string());
+            r.updated = Some(now);
+        }
+    }
+    t.put_message(&mut m, None)
+}
+
 /// Records the outcome of a job (durably) and releases it from the active
 /// set. `outcome_of` gives the outcome of the job's `i`-th recipient.
 ///
@@ -245,15 +270,31 @@ pub(super) async fn finish_job(
     let policy = RetryPolicy::of(&config.delivery);
     let id = job.msg;
     let host = host.map(str::to_string);
+    // Warm-up use counts once sent to a server; without a session it is
+    // given back.
+    let mut job = job;
+    if host.is_none() {
+        super::scheduler::unreserve_warm(inner, &mut job);
+    }
+    let warm = job.warm.clone();
     // The job stays in the active set until its outcome is committed: were
     // it released after a failed write, the next fill would load the
     // message again and send a delivered recipient a second time.
     let mut backoff = Duration::from_millis(100);
     loop {
         let (outcomes2, policy2, host2) = (outcomes.clone(), policy.clone(), host.clone());
+        let warm2 = warm.clone();
         let written = inner
             .store
-            .write(move |t| record_outcomes(t, id, &outcomes2, host2.as_deref(), now, &policy2))
+            .write(move |t| {
+                record_outcomes(t, id, &outcomes2, host2.as_deref(), now, &policy2)?;
+                if let Some(u) = &warm2 {
+                    for scope in &u.scopes {
+                        t.add_warmup_used(&u.sender, scope, u.period, u.n)?;
+                    }
+                }
+                Ok(())
+            })
             .await;
         match written {
             Ok(()) => {

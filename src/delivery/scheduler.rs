@@ -22,7 +22,9 @@ use std::time::Duration;
 use super::engine::{Inner, lock, now_ms};
 use super::model::QueuedMessage;
 use super::outcome::{Suppressed, drop_unsent, unsendable};
+use super::shaping::{GroupKey, Shaper, WarmRoom, WarmUse};
 use crate::config::Sender;
+use crate::config::shaping::Group;
 use crate::store::ReadTables as _;
 use crate::store::StoreError;
 
@@ -54,6 +56,19 @@ pub(super) struct Job {
     pub(super) return_path: String,
     /// (recipient index in the message, address).
     pub(super) rcpts: Vec<(usize, String)>,
+    /// The warm-up allowance its recipients were counted against when it
+    /// was taken (recorded with its outcome, given back if not sent).
+    pub(super) warm: Option<WarmUse>,
+}
+
+/// What a connection task's destination counts against: its provider
+/// group (MX delivery) with the group's limits; none for a relay.
+#[derive(Debug, Clone)]
+pub(super) struct Lane {
+    /// The destination.
+    pub(super) dest: DestKey,
+    /// Its group, and the group's limits as configured when it started.
+    pub(super) group: Option<(GroupKey, Group)>,
 }
 
 /// A destination's jobs and connections.
@@ -93,6 +108,8 @@ pub(super) struct State {
     pub(super) total_conns: usize,
     /// Next free send slot per sender (rate limits), as an instant.
     rate_next: HashMap<String, tokio::time::Instant>,
+    /// Provider groups, their back-off and warm-up use.
+    pub(super) shaper: Shaper,
 }
 
 /// The scheduler loop; returns once the engine's `Activity` is stopping.
@@ -114,7 +131,10 @@ pub(super) async fn run(inner: Arc<Inner>) {
                 false
             }
         };
-        spawn_workers(&inner);
+        hold(&inner).await;
+        for domain in spawn_workers(&inner) {
+            tokio::spawn(learn_group(inner.clone(), domain));
+        }
         if more {
             // More is due than fits: wait for room.
             tokio::select! {
@@ -245,6 +265,178 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
     Ok(more)
 }
 
+/// How far ahead a rate-limited group keeps jobs in memory; the rest is
+/// held in the queue until about its turn, so that a slow provider never
+/// fills the active set and starves the others.
+const RATE_HORIZON: Duration = Duration::from_secs(60);
+
+/// A ready job to hold in the queue: its destination, until when (ms),
+/// why, and the group it counts for.
+struct Hold {
+    dest: DestKey,
+    job: Job,
+    until: i64,
+    why: String,
+    group: Option<GroupKey>,
+}
+
+/// The hold pass, after each fill: ready jobs that cannot go soon are
+/// written back to the queue with their next attempt at the time they can
+/// (a suspended group: its end; a used-up warm-up allowance: the next
+/// period; a rate-limited group's jobs beyond [`RATE_HORIZON`]: about their
+/// turn) and leave the active set. Not an attempt: no retry is used up.
+async fn hold(inner: &Arc<Inner>) {
+    let config = inner.config.get();
+    let now_ms = now_ms(&inner.clock);
+    load_warm_use(inner, &config, now_ms).await;
+    let holds = plan_holds(&mut lock(&inner.state), &config, now_ms);
+    if holds.is_empty() {
+        return;
+    }
+    let plan: Vec<(u64, Vec<usize>, i64, String)> = holds
+        .iter()
+        .map(|h| {
+            let idx = h.job.rcpts.iter().map(|(i, _)| *i).collect();
+            (h.job.msg, idx, h.until, h.why.clone())
+        })
+        .collect();
+    let written = inner
+        .store
+        .write(move |t| {
+            for (id, idx, until, why) in &plan {
+                super::outcome::hold_recipients(t, *id, idx, *until, why, now_ms)?;
+            }
+            Ok(())
+        })
+        .await;
+    let mut st = lock(&inner.state);
+    match written {
+        Ok(()) => {
+            let mut jobs = Vec::with_capacity(holds.len());
+            for h in holds {
+                if let Some(gk) = &h.group {
+                    st.shaper.state(gk).held += h.job.rcpts.len() as u64;
+                }
+                tracing::debug!(msg = h.job.msg, until = h.until, why = %h.why, "held in the queue");
+                jobs.push(h.job);
+            }
+            drop(st);
+            release_jobs(inner, &jobs);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hold jobs in the queue; they wait in memory");
+            for h in holds.into_iter().rev() {
+                st.dests.entry(h.dest).or_default().ready.push_front(h.job);
+            }
+        }
+    }
+}
+
+/// Reads this period's warm-up use of each warming-up sender from the
+/// store, once per period (a restart does not grant it again).
+async fn load_warm_use(inner: &Arc<Inner>, config: &crate::config::Config, now_ms: i64) {
+    let mut wanted = Vec::new();
+    {
+        let st = lock(&inner.state);
+        for s in &config.senders {
+            if let Some(w) = &s.warmup {
+                let p = w.period_at(now_ms);
+                if w.active(p) && st.shaper.warm_unloaded(&s.id, p) {
+                    let mut scopes = vec![String::new()];
+                    scopes.extend(w.groups.keys().cloned());
+                    wanted.push((s.id.clone(), p, scopes));
+                }
+            }
+        }
+    }
+    for (sender, p, scopes) in wanted {
+        let (id, sc) = (sender.clone(), scopes.clone());
+        let read = inner
+            .store
+            .read(move |v| {
+                sc.iter()
+                    .map(|s| Ok((s.clone(), v.warmup_used(&id, s, p)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await;
+        match read {
+            Ok(used) => lock(&inner.state).shaper.warm_load(&sender, p, used),
+            Err(e) => tracing::warn!(error = %e, %sender, "cannot read the warm-up use"),
+        }
+    }
+}
+
+/// Takes out of the ready lines the jobs to hold (see [`hold`]).
+fn plan_holds(st: &mut State, config: &crate::config::Config, now_ms: i64) -> Vec<Hold> {
+    let now = tokio::time::Instant::now();
+    let shaping = &config.delivery.shaping;
+    let State { dests, shaper, .. } = st;
+    let mut holds = Vec::new();
+    // Jobs kept per group so far (its line across its domains).
+    let mut kept: HashMap<GroupKey, usize> = HashMap::new();
+    for (key, dest) in dests.iter_mut() {
+        if key.domain.is_empty() || dest.ready.is_empty() {
+            continue;
+        }
+        let Some(sender) = config.sender(&key.sender) else {
+            continue;
+        };
+        let Some(name) = shaper.group_of(&key.domain, now).0.map(str::to_string) else {
+            continue;
+        };
+        let g = shaping.group(&name).unwrap_or(&shaping.default);
+        let gk = GroupKey::of(&g.name, &key.domain, sender.source_ip);
+        let gs = shaper.state(&gk);
+        let waiting = dest.ready.len();
+        let mut take = |from: usize, until: &dyn Fn(usize) -> i64, why: &str| {
+            for (j, job) in dest.ready.drain(from..).enumerate() {
+                holds.push(Hold {
+                    dest: key.clone(),
+                    job,
+                    until: until(j),
+                    why: why.to_string(),
+                    group: Some(gk.clone()),
+                });
+            }
+        };
+        if let Some(until) = gs.suspended(now) {
+            let why = format!(
+                "held: provider group `{}` is suspended by back-off rule `{}` until {}",
+                g.name,
+                gs.view(&gk, g, now).rule.unwrap_or_default(),
+                chrono::DateTime::from_timestamp_millis(until)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default()
+            );
+            take(0, &|_| until, &why);
+            continue;
+        }
+        let step = gs.interval(g);
+        if let WarmRoom::Exhausted { until, why } = shaper.warm_room(sender, &g.name, now_ms) {
+            take(0, &|_| until, &why);
+            continue;
+        }
+        let Some(step) = step else {
+            continue;
+        };
+        let horizon = (RATE_HORIZON.as_secs_f64() / step.as_secs_f64()).ceil() as usize;
+        let seen = kept.entry(gk.clone()).or_default();
+        let keep = horizon.max(1).saturating_sub(*seen).min(waiting);
+        let first = *seen + keep;
+        *seen += keep;
+        if keep < waiting {
+            let why = format!(
+                "held: provider group `{}` sends at most one message every {} now; waiting for its turn",
+                g.name,
+                humantime::format_duration(Duration::from_millis(step.as_millis() as u64))
+            );
+            let at = |j: usize| now_ms + (step.as_secs_f64() * 1000.0 * (first + j) as f64) as i64;
+            take(keep, &at, &why);
+        }
+    }
+    holds
+}
+
 /// The jobs of message `m` from `sender`: its recipients due at `now`,
 /// grouped by destination, at most [`MAX_RCPTS_PER_TRANSACTION`] per job,
 /// in recipient order; and the indexes of the recipients taken. A sender
@@ -283,6 +475,7 @@ fn jobs_of(
                 msg: m.id,
                 return_path: m.envelope_from(i, sender, keys),
                 rcpts: Vec::new(),
+                warm: None,
             });
         }
         if let Some(j) = list.last_mut() {
@@ -330,16 +523,21 @@ fn limit_key(key: &DestKey) -> String {
 }
 
 /// Starts connection tasks for destinations with more ready jobs than
-/// connections, as far as the limits allow; none once stopping.
-fn spawn_workers(inner: &Arc<Inner>) {
+/// connections, as far as the limits allow; none once stopping. Returns the
+/// destination domains whose provider group must be learned first (the
+/// caller looks up their MX).
+fn spawn_workers(inner: &Arc<Inner>) -> Vec<String> {
     let config = inner.config.get();
     let d = &config.delivery;
+    let now = tokio::time::Instant::now();
+    let now_ms = now_ms(&inner.clock);
     let mut st = lock(&inner.state);
+    let mut resolve = Vec::new();
     // Checked under the state lock, and each task's guard is taken before
     // the lock is released: the scheduler's own guard covers the gap
     // between a stop and this check (see `Engine::run`).
     if inner.activity.is_stopping() {
-        return;
+        return resolve;
     }
     let keys: Vec<DestKey> = st
         .dests
@@ -348,82 +546,157 @@ fn spawn_workers(inner: &Arc<Inner>) {
         .map(|(k, _)| k.clone())
         .collect();
     for key in keys {
+        let sender = config.sender(&key.sender);
+        let group = match sender {
+            Some(sender) if !key.domain.is_empty() => {
+                let (name, lookup) = st.shaper.group_of(&key.domain, now);
+                let name = name.map(str::to_string);
+                if lookup {
+                    resolve.push(key.domain.clone());
+                }
+                // Not started before its group is known.
+                let Some(name) = name else { continue };
+                let shaping = &d.shaping;
+                let g = shaping.group(&name).unwrap_or(&shaping.default).clone();
+                // A used-up warm-up allowance: the hold pass holds its jobs.
+                if !matches!(
+                    st.shaper.warm_room(sender, &g.name, now_ms),
+                    WarmRoom::Unlimited | WarmRoom::Left(..)
+                ) {
+                    continue;
+                }
+                Some((GroupKey::of(&g.name, &key.domain, sender.source_ip), g))
+            }
+            _ => None,
+        };
+        let lane = Lane {
+            dest: key.clone(),
+            group,
+        };
         let lk = limit_key(&key);
-        let per_limit = if key.domain.is_empty() {
-            config
-                .sender(&key.sender)
-                .and_then(|s| s.relay.as_ref())
-                .map_or(d.max_connections_per_domain, |r| r.max_connections)
-        } else {
-            d.max_connections_per_domain
+        let per_limit = match sender.and_then(|s| s.relay.as_ref()) {
+            Some(r) if key.domain.is_empty() => r.max_connections,
+            _ => d.max_connections_per_domain,
         };
         loop {
             if st.total_conns >= d.max_connections {
-                return;
+                return resolve;
             }
-            let used = st.limit_conns.get(&lk).copied().unwrap_or(0);
+            let (used, limit) = match &lane.group {
+                Some((gk, g)) => {
+                    let gs = st.shaper.state(gk);
+                    if gs.suspended(now).is_some() {
+                        break;
+                    }
+                    (gs.conns, gs.conn_limit(g))
+                }
+                None => (st.limit_conns.get(&lk).copied().unwrap_or(0), per_limit),
+            };
             let Some(dest) = st.dests.get_mut(&key) else {
                 break;
             };
-            if used >= per_limit || dest.ready.len() <= dest.conns {
+            if used >= limit || dest.ready.len() <= dest.conns {
                 break;
             }
             dest.conns += 1;
-            *st.limit_conns.entry(lk.clone()).or_default() += 1;
+            match &lane.group {
+                Some((gk, _)) => st.shaper.state(gk).conns += 1,
+                None => *st.limit_conns.entry(lk.clone()).or_default() += 1,
+            }
             st.total_conns += 1;
             inner.connections.inc();
-            let activity = inner.activity.guard("smtp connection");
-            let inner = inner.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                // Dropped last (locals drop in reverse order): the drain
-                // hears of the end only after the task let go of its store
-                // handle and its connection counts.
-                let _activity = activity;
-                let inner = inner;
-                // Released even if the task panics, so that the counters
-                // and limits never drift.
-                let _release = Release {
-                    inner: inner.clone(),
-                    key: key.clone(),
-                };
-                // Past the shutdown grace, a connection still stuck is
-                // abandoned (its message stays queued for the next start),
-                // so that its store handle goes and the store closes cleanly.
-                tokio::select! {
-                    () = super::connection::run(&inner, &key) => {}
-                    () = inner.abandon.cancelled() => {
-                        tracing::warn!(
-                            destination = %key.domain,
-                            sender = %key.sender,
-                            "connection abandoned at shutdown; its message stays queued"
-                        );
-                    }
-                }
-            });
+            spawn_connection(inner, lane.clone());
         }
     }
+    resolve
+}
+
+/// Starts one connection task for `lane` (its counts are already taken).
+fn spawn_connection(inner: &Arc<Inner>, lane: Lane) {
+    let activity = inner.activity.guard("smtp connection");
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        // Dropped last (locals drop in reverse order): the drain hears of
+        // the end only after the task let go of its store handle and its
+        // connection counts.
+        let _activity = activity;
+        let inner = inner;
+        // Released even if the task panics, so that the counters and
+        // limits never drift.
+        let _release = Release {
+            inner: inner.clone(),
+            lane: lane.clone(),
+        };
+        // Past the shutdown grace, a connection still stuck is abandoned
+        // (its message stays queued for the next start), so that its store
+        // handle goes and the store closes cleanly.
+        tokio::select! {
+            () = super::connection::run(&inner, &lane) => {}
+            () = inner.abandon.cancelled() => {
+                tracing::warn!(
+                    destination = %lane.dest.domain,
+                    sender = %lane.dest.sender,
+                    "connection abandoned at shutdown; its message stays queued"
+                );
+            }
+        }
+    });
+}
+
+/// Learns the provider group of `domain` from its MX hosts, then wakes the
+/// scheduler. A lookup that fails puts it in the default group for a
+/// minute (the connection reports the failure itself).
+pub(super) async fn learn_group(inner: Arc<Inner>, domain: String) {
+    let found = inner.mx.hosts(&domain).await;
+    let config = inner.config.get();
+    let shaping = &config.delivery.shaping;
+    let now = tokio::time::Instant::now();
+    let (name, at) = match &found {
+        Ok(hosts) => (
+            shaping
+                .group_of(hosts.iter().map(|h| h.name.as_str()))
+                .name
+                .clone(),
+            now,
+        ),
+        Err(_) => (
+            shaping.default.name.clone(),
+            now.checked_sub(Duration::from_secs(3540)).unwrap_or(now),
+        ),
+    };
+    tracing::debug!(%domain, group = %name, "provider group learned from MX");
+    lock(&inner.state).shaper.learned(&domain, name, at);
+    inner.wake.notify_one();
 }
 
 /// Gives a connection's place back when its task ends (or panics).
 struct Release {
     inner: Arc<Inner>,
-    key: DestKey,
+    lane: Lane,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        release(&self.inner, &self.key);
+        release(&self.inner, &self.lane);
     }
 }
 
-fn release(inner: &Arc<Inner>, key: &DestKey) {
+fn release(inner: &Arc<Inner>, lane: &Lane) {
     let mut st = lock(&inner.state);
-    let lk = limit_key(key);
-    if let Some(n) = st.limit_conns.get_mut(&lk) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            st.limit_conns.remove(&lk);
+    let key = &lane.dest;
+    match &lane.group {
+        Some((gk, _)) => {
+            let gs = st.shaper.state(gk);
+            gs.conns = gs.conns.saturating_sub(1);
+        }
+        None => {
+            let lk = limit_key(key);
+            if let Some(n) = st.limit_conns.get_mut(&lk) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    st.limit_conns.remove(&lk);
+                }
+            }
         }
     }
     st.total_conns = st.total_conns.saturating_sub(1);
@@ -438,14 +711,64 @@ fn release(inner: &Arc<Inner>, key: &DestKey) {
     inner.wake.notify_one();
 }
 
-/// Takes the destination's next ready job; none once stopping (the jobs
-/// stay queued in the store and are sent after the next start).
-pub(super) fn pop_job(inner: &Inner, key: &DestKey) -> Option<Job> {
+/// Takes the destination's next ready job, as the lane's group allows: none
+/// once stopping (the jobs stay queued in the store and are sent after the
+/// next start), while the group is suspended or over its connection limit
+/// (after a back-off), or when the sender's warm-up allowance is used up;
+/// at most the group's recipients per transaction (the rest goes back to
+/// the head of the line), counted against the warm-up allowance.
+pub(super) fn pop_job(inner: &Inner, lane: &Lane) -> Option<Job> {
+    let config = inner.config.get();
+    let now = tokio::time::Instant::now();
+    let now_ms = now_ms(&inner.clock);
     let mut st = lock(&inner.state);
     if inner.activity.is_stopping() {
         return None;
     }
-    st.dests.get_mut(key).and_then(|d| d.ready.pop_front())
+    let mut max_rcpts = MAX_RCPTS_PER_TRANSACTION;
+    let mut warm = None;
+    if let Some((gk, g)) = &lane.group {
+        let gs = st.shaper.state(gk);
+        if gs.suspended(now).is_some() || gs.conns > gs.conn_limit(g) {
+            return None;
+        }
+        max_rcpts = g.recipients_per_transaction;
+        let sender = config.sender(&lane.dest.sender)?;
+        match st.shaper.warm_room(sender, &g.name, now_ms) {
+            WarmRoom::Unlimited => {}
+            WarmRoom::Left(n, u) => {
+                max_rcpts = max_rcpts.min(usize::try_from(n).unwrap_or(usize::MAX));
+                warm = Some(u);
+            }
+            WarmRoom::Exhausted { .. } | WarmRoom::Unknown => return None,
+        }
+    }
+    let State {
+        dests,
+        active,
+        shaper,
+        ..
+    } = &mut *st;
+    let dest = dests.get_mut(&lane.dest)?;
+    let mut job = dest.ready.pop_front()?;
+    if job.rcpts.len() > max_rcpts.max(1) {
+        let rest = job.rcpts.split_off(max_rcpts.max(1));
+        dest.ready.push_front(Job {
+            msg: job.msg,
+            return_path: job.return_path.clone(),
+            rcpts: rest,
+            warm: None,
+        });
+        if let Some(a) = active.get_mut(&job.msg) {
+            a.jobs_left += 1;
+        }
+    }
+    if let Some(mut u) = warm {
+        u.n = job.rcpts.len() as u64;
+        shaper.warm_take(&u, false);
+        job.warm = Some(u);
+    }
+    Some(job)
 }
 
 /// Takes every ready job of a destination (when it cannot be reached);
@@ -461,15 +784,28 @@ pub(super) fn drain_jobs(inner: &Inner, key: &DestKey) -> Vec<Job> {
         .unwrap_or_default()
 }
 
-/// Puts a job back at the head of its destination's queue.
-pub(super) fn unpop_job(inner: &Inner, key: &DestKey, job: Job) {
-    lock(&inner.state)
-        .dests
+/// Puts a job back at the head of its destination's queue (not sent: its
+/// warm-up count is given back).
+pub(super) fn unpop_job(inner: &Inner, key: &DestKey, mut job: Job) {
+    let mut st = lock(&inner.state);
+    if let Some(u) = job.warm.take() {
+        st.shaper.warm_take(&u, true);
+    }
+    st.dests
         .entry(key.clone())
         .or_default()
         .ready
         .push_front(job);
+    drop(st);
     inner.jobs_added.notify_waiters();
+}
+
+/// Gives back the warm-up count of a job that was not sent (its connection
+/// never had a session).
+pub(super) fn unreserve_warm(inner: &Inner, job: &mut Job) {
+    if let Some(u) = job.warm.take() {
+        lock(&inner.state).shaper.warm_take(&u, true);
+    }
 }
 
 /// Whether no connection task of the destination has a working session:
@@ -492,20 +828,71 @@ pub(super) fn set_live(inner: &Inner, key: &DestKey, up: bool) {
     }
 }
 
-/// Reserves the sender's next send slot under its rate limits and returns
-/// when it is (`None`: no limit).
-pub(super) fn reserve_slot(inner: &Inner, sender: &Sender) -> Option<tokio::time::Instant> {
-    let step = rate_step(sender)?;
+/// Reserves the next send slot under the sender's rate limits and the
+/// lane's group's (the later of the two) and returns when it is (`None`:
+/// no limit).
+pub(super) fn reserve_slot(
+    inner: &Inner,
+    sender: &Sender,
+    lane: &Lane,
+) -> Option<tokio::time::Instant> {
     let mut st = lock(&inner.state);
     let now = tokio::time::Instant::now();
-    let slot = st
-        .rate_next
-        .get(&sender.id)
-        .copied()
-        .unwrap_or(now)
-        .max(now);
-    st.rate_next.insert(sender.id.clone(), slot + step);
-    Some(slot)
+    let group_slot = lane
+        .group
+        .as_ref()
+        .and_then(|(gk, g)| st.shaper.state(gk).reserve(g, now));
+    let sender_slot = rate_step(sender).map(|step| {
+        let slot = st
+            .rate_next
+            .get(&sender.id)
+            .copied()
+            .unwrap_or(now)
+            .max(now);
+        st.rate_next.insert(sender.id.clone(), slot + step);
+        slot
+    });
+    match (group_slot, sender_slot) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What a connection heard from a server of its lane's group: a reply that
+/// matches a back-off rule acts on the group; a delivery may take one
+/// recovery step.
+pub(super) fn observe(inner: &Inner, lane: &Lane, replies: &[&str], delivered: bool) {
+    let Some((gk, g)) = &lane.group else {
+        return;
+    };
+    let config = inner.config.get();
+    let now = tokio::time::Instant::now();
+    let now_ms = now_ms(&inner.clock);
+    let mut st = lock(&inner.state);
+    let gs = st.shaper.state(gk);
+    for reply in replies {
+        if let Some(rule) = config.delivery.shaping.rule_for(&g.name, reply)
+            && let Some(did) = gs.back_off(rule, reply, g, now, now_ms)
+        {
+            inner.backoffs(&g.name, &rule.name);
+            tracing::warn!(group = %g.name, domain = %lane.dest.domain, rule = %rule.name, %reply, "back-off: {did}");
+        }
+    }
+    if delivered && let Some(did) = gs.succeeded(g, now) {
+        tracing::info!(group = %g.name, domain = %lane.dest.domain, "recovery: {did}");
+    }
+}
+
+/// Whether a connection of `lane` should stop after its transaction: its
+/// group was suspended or capped below its connections meanwhile.
+pub(super) fn should_close(inner: &Inner, lane: &Lane) -> bool {
+    let Some((gk, g)) = &lane.group else {
+        return false;
+    };
+    let now = tokio::time::Instant::now();
+    let mut st = lock(&inner.state);
+    let gs = st.shaper.state(gk);
+    gs.suspended(now).is_some() || gs.conns > gs.conn_limit(g)
 }
 
 /// The least time between two messages of `sender` (the stricter of its
@@ -578,6 +965,8 @@ mod tests {
                 ca_certs: Vec::new(),
                 max_connections: 4,
             }),
+            source_ip: None,
+            warmup: None,
         }
     }
 

@@ -80,6 +80,8 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// Timeout for each command and the data transfer.
     pub command_timeout: Duration,
+    /// Local address to connect from (`[[sender]] source_ip`).
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// A reply or a local failure, as text for the queue record.
@@ -280,16 +282,18 @@ impl Session {
     async fn connect_once(t: &Target, mode: TlsMode) -> Result<Session, ConnectError> {
         let err = |reply: Reply| ConnectError { reply };
         let closed = Arc::new(AtomicBool::new(false));
-        let mut client = SmtpClient::connect(t.addr, t.connect_timeout)
-            .await
-            .map_err(|e| {
-                err(Reply::local(format!(
-                    "cannot connect to {} ({}): {}",
-                    t.host,
-                    t.addr,
-                    describe(&e).text
-                )))
-            })?;
+        let connected = match t.source {
+            Some(ip) => SmtpClient::connect_using(ip, t.addr, t.connect_timeout).await,
+            None => SmtpClient::connect(t.addr, t.connect_timeout).await,
+        };
+        let mut client = connected.map_err(|e| {
+            err(Reply::local(format!(
+                "cannot connect to {} ({}): {}",
+                t.host,
+                t.addr,
+                describe(&e).text
+            )))
+        })?;
         client.timeout = t.command_timeout;
         // SMTP is request/response: without TCP_NODELAY the small write that
         // ends the data ("\r\n.\r\n") waits for the ACK of the message's last

@@ -971,6 +971,7 @@ async fn call(
                     .metrics
                     .segment_index_contacts
                     .set(state.index.contacts() as i64);
+                state.metrics.set_shaping(&state.delivery.shaping());
                 let text = state.metrics.render(&state.store).await?;
                 Ok(reply::text_response(
                     StatusCode::OK,

@@ -622,6 +622,23 @@ impl Index {
             .map_err(|_| "the segment index is unavailable".to_string())
     }
 
+    /// `ids` reordered most recently engaged first (the later of the last
+    /// open and the last click, by day); ties and the never engaged keep
+    /// their order. A warming-up sender's campaign goes out in this order,
+    /// so that its allowance goes to the contacts that build reputation.
+    pub fn engaged_first(&self, ids: &[u64]) -> Result<Vec<u64>, String> {
+        let d = self.readable()?;
+        let last = |id: u64| {
+            usize::try_from(id)
+                .ok()
+                .and_then(|i| d.rows.get(i))
+                .map_or(index::NO_DAY, |r| r.last_open.max(r.last_click))
+        };
+        let mut keyed: Vec<(i32, u64)> = ids.iter().map(|id| (last(*id), *id)).collect();
+        keyed.sort_by_key(|(day, _)| std::cmp::Reverse(*day));
+        Ok(keyed.into_iter().map(|(_, id)| id).collect())
+    }
+
     /// Which of `ids` match `cond` now (blocking: call from a blocking
     /// thread). The condition is compiled once for all of them.
     pub fn test(

@@ -316,6 +316,8 @@ mod tests {
                 unsubscribe_mailto: None,
                 dkim: Vec::new(),
                 relay: None,
+                source_ip: None,
+                warmup: None,
             }),
             source: "campaign:7".into(),
             kind: Some(MailKind::Marketing),

@@ -37,6 +37,7 @@ mod queue;
 mod read;
 mod render;
 mod send;
+mod shaping;
 mod shop;
 mod signup;
 pub mod tables;

@@ -311,6 +311,16 @@ pub trait ReadTables {
     // Tracking (`store/track.rs`).
 
     /// A contact's last click by hand.
+    /// Recipients a warming-up sender has sent in `scope` ("": all its
+    /// mail; else a provider group) in warm-up period `period`.
+    fn warmup_used(&self, sender: &str, scope: &str, period: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .tables()
+            .warmup()?
+            .get((sender, scope, period))?
+            .map_or(0, |v| v.value()))
+    }
+
     fn last_click(&self, contact: u64) -> Result<Option<LastClick>, StoreError> {
         Ok(self.tables().last_click()?.get(contact)?.map(|v| v.value()))
     }

@@ -388,6 +388,11 @@ tables! {
     /// soft bounces since the last sign of a delivery, for
     /// `[inbound] soft_bounce_limit`.
     SOFT_BOUNCES, soft_bounces: u64 => (u32, i64, i64) = "soft_bounces_v1";
+
+    /// (sender id, scope: "" for all mail or a provider group, warm-up
+    /// period) → recipients sent: what a warming-up sender has used of its
+    /// allowance (`[sender.warmup]`), kept across restarts.
+    WARMUP, warmup: (&'static str, &'static str, u64) => u64 = "warmup_v1";
 }
 
 /// Tables of older schemas, read only by `store::migrate`.

@@ -333,6 +333,9 @@ pub async fn status(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
         .await?;
     let mut view = view;
     view["connections"] = json!(connections);
+    // Each provider group's shaping state: rate, connections, back-off and
+    // why, what it holds.
+    view["shaping"] = json!(state.delivery.shaping());
     reply::ok(&view)
 }
 
