@@ -1163,6 +1163,11 @@ fn sigterm_says_what_it_waits_for_and_gives_up_at_the_grace() {
     wait(&s.herald, id, Duration::from_secs(20), |m| {
         m["recipients"][0]["state"] == "in_flight"
     });
+    // In flight once loaded; the connection starts once the domain's
+    // provider group is known (its MX looked up).
+    common::wait_until("a connection", Duration::from_secs(20), || {
+        s.herald.get("/api/v1/queue").body["connections"] == 1
+    });
     assert_eq!(s.herald.stop(), Some(0));
     let log = s.herald.log();
     assert!(

@@ -375,13 +375,29 @@ fn plan_holds(st: &mut State, config: &crate::config::Config, now_ms: i64) -> Ve
     // Jobs kept per group so far (its line across its domains).
     let mut kept: HashMap<GroupKey, usize> = HashMap::new();
     for (key, dest) in dests.iter_mut() {
-        if key.domain.is_empty() || dest.ready.is_empty() {
+        if dest.ready.is_empty() {
             continue;
         }
         let Some(sender) = config.sender(&key.sender) else {
             continue;
         };
-        let Some(name) = shaper.group_of(&key.domain, now).0.map(str::to_string) else {
+        if key.domain.is_empty() {
+            // A relay: only a used-up warm-up allowance holds.
+            if let WarmRoom::Exhausted { until, why } = shaper.warm_room(sender, "", now_ms) {
+                for job in dest.ready.drain(..) {
+                    let (dest, why) = (key.clone(), why.clone());
+                    holds.push(Hold {
+                        dest,
+                        job,
+                        until,
+                        why,
+                        group: None,
+                    });
+                }
+            }
+            continue;
+        }
+        let Some(name) = shaper.known_group(&key.domain).map(str::to_string) else {
             continue;
         };
         let g = shaping.group(&name).unwrap_or(&shaping.default);
@@ -569,6 +585,15 @@ fn spawn_workers(inner: &Arc<Inner>) -> Vec<String> {
             }
             _ => None,
         };
+        if key.domain.is_empty()
+            && let Some(sender) = sender
+            && !matches!(
+                st.shaper.warm_room(sender, "", now_ms),
+                WarmRoom::Unlimited | WarmRoom::Left(..)
+            )
+        {
+            continue;
+        }
         let lane = Lane {
             dest: key.clone(),
             group,
@@ -727,14 +752,20 @@ pub(super) fn pop_job(inner: &Inner, lane: &Lane) -> Option<Job> {
     }
     let mut max_rcpts = MAX_RCPTS_PER_TRANSACTION;
     let mut warm = None;
+    let mut group_name = "";
     if let Some((gk, g)) = &lane.group {
         let gs = st.shaper.state(gk);
         if gs.suspended(now).is_some() || gs.conns > gs.conn_limit(g) {
             return None;
         }
         max_rcpts = g.recipients_per_transaction;
+        group_name = &g.name;
+    }
+    // MX delivery counts against its group and all mail; a relay against
+    // all mail.
+    if lane.group.is_some() || lane.dest.domain.is_empty() {
         let sender = config.sender(&lane.dest.sender)?;
-        match st.shaper.warm_room(sender, &g.name, now_ms) {
+        match st.shaper.warm_room(sender, group_name, now_ms) {
             WarmRoom::Unlimited => {}
             WarmRoom::Left(n, u) => {
                 max_rcpts = max_rcpts.min(usize::try_from(n).unwrap_or(usize::MAX));

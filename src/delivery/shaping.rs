@@ -339,6 +339,11 @@ impl Shaper {
         (self.domains.get(domain).map(|(g, _)| g.as_str()), resolve)
     }
 
+    /// The group of `domain`, when known (no lookup is started).
+    pub(super) fn known_group(&self, domain: &str) -> Option<&str> {
+        self.domains.get(domain).map(|(g, _)| g.as_str())
+    }
+
     /// Records the group of `domain` (its MX lookup is done).
     pub(super) fn learned(&mut self, domain: &str, group: String, now: Instant) {
         self.resolving.remove(domain);
@@ -387,7 +392,11 @@ impl Shaper {
         }
         let mut room: Option<u64> = None;
         let mut scopes = Vec::new();
-        for scope in ["", group] {
+        // A relay has no provider group: only the allowance of all mail.
+        for (i, scope) in ["", group].into_iter().enumerate() {
+            if i == 1 && scope.is_empty() {
+                continue;
+            }
             let allowance = w.allowance((!scope.is_empty()).then_some(scope), p);
             let Some(allowance) = allowance else {
                 continue;

@@ -164,6 +164,17 @@ async fn show(
     let now = state.clock.now().timestamp_millis();
     let mut v = view(&c, &counts, now);
     v["owner"] = json!(owner);
+    // A warming-up sender's allowance: a campaign larger than it carries on
+    // in the next period, and this says how far today's has gone.
+    let sender = c.spec.sender.clone().or_else(|| {
+        let snap = state.snapshot();
+        snap.templates
+            .get(&c.spec.template)
+            .map(|t| t.sender.clone())
+    });
+    if let Some(w) = sender.and_then(|s| state.delivery.warmup(&s)) {
+        v["warmup"] = json!(w);
+    }
     Ok(reply::json_response(status, &v))
 }
 
