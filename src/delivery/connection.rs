@@ -30,7 +30,7 @@ use super::mx::MxError;
 use super::outcome::{Outcome, finish_job};
 use super::scheduler::{
     DestKey, Job, Lane, defer_orphans, drain_jobs, forget_rcpts, none_live, observe, pop_job,
-    release_jobs, reserve_slot, set_live, should_close, unpop_job, unreserve_warm,
+    release_jobs, reserve_slot, set_live, should_close, starved, unpop_job, unreserve_warm,
 };
 use super::smtp::{self, Reply, Session, Target, TlsMode};
 use crate::config::{Config, RelayTls, Sender};
@@ -342,6 +342,10 @@ async fn wait_for_job(inner: &Inner, lane: &Lane) -> Option<Job> {
         added.as_mut().enable();
         if let Some(j) = pop_job(inner, lane) {
             return Some(j);
+        }
+        // Another domain of the provider waits for this connection's place.
+        if starved(inner, lane) {
+            return None;
         }
         tokio::select! {
             biased;

@@ -577,6 +577,8 @@ pub enum Selection {
     Id(u64),
     /// Every message with a recipient in this domain.
     Domain(String),
+    /// Every message (a retry of the whole queue, as `postqueue -f`).
+    All,
     /// Every message of a send (kind and id, any slot): cancelling a
     /// campaign purges its queued messages.
     Send(SendKind, u64),
@@ -593,7 +595,7 @@ fn select(
 ) -> Result<(Vec<QueuedMessage>, Option<u64>), StoreError> {
     match sel {
         Selection::Id(id) => Ok((t.queued_message(*id)?.into_iter().collect(), None)),
-        Selection::Domain(_) | Selection::Send(..) => {
+        Selection::Domain(_) | Selection::Send(..) | Selection::All => {
             let mut msgs = t.queued_messages_after(after, CHUNK)?;
             let next = (msgs.len() == CHUNK)
                 .then(|| msgs.last().map(|m| m.id))
@@ -608,7 +610,7 @@ fn select(
 
 fn matches_domain(sel: &Selection, domain: &str) -> bool {
     match sel {
-        Selection::Id(_) | Selection::Send(..) => true,
+        Selection::Id(_) | Selection::Send(..) | Selection::All => true,
         Selection::Domain(d) => d == domain,
     }
 }

@@ -561,6 +561,7 @@ fn spawn_workers(inner: &Arc<Inner>) -> Vec<String> {
         .filter(|(_, v)| v.ready.len() > v.conns)
         .map(|(k, _)| k.clone())
         .collect();
+    let mut lanes = Vec::with_capacity(keys.len());
     for key in keys {
         let sender = config.sender(&key.sender);
         let group = match sender {
@@ -603,37 +604,74 @@ fn spawn_workers(inner: &Arc<Inner>) -> Vec<String> {
             Some(r) if key.domain.is_empty() => r.max_connections,
             _ => d.max_connections_per_domain,
         };
-        loop {
+        lanes.push((lane, lk, per_limit));
+    }
+    for g in st.shaper.groups.values_mut() {
+        g.starved = false;
+    }
+    // One connection per destination per round, so that the domains behind
+    // one provider share its connections evenly.
+    let mut started = true;
+    while started {
+        started = false;
+        for (lane, lk, per_limit) in &lanes {
             if st.total_conns >= d.max_connections {
                 return resolve;
             }
-            let (used, limit) = match &lane.group {
-                Some((gk, g)) => {
-                    let gs = st.shaper.state(gk);
-                    if gs.suspended(now).is_some() {
-                        break;
-                    }
-                    (gs.conns, gs.conn_limit(g))
-                }
-                None => (st.limit_conns.get(&lk).copied().unwrap_or(0), per_limit),
-            };
-            let Some(dest) = st.dests.get_mut(&key) else {
-                break;
-            };
-            if used >= limit || dest.ready.len() <= dest.conns {
-                break;
+            if start_one(inner, &mut st, lane, lk, *per_limit, now) {
+                started = true;
             }
-            dest.conns += 1;
-            match &lane.group {
-                Some((gk, _)) => st.shaper.state(gk).conns += 1,
-                None => *st.limit_conns.entry(lk.clone()).or_default() += 1,
-            }
-            st.total_conns += 1;
-            inner.connections.inc();
-            spawn_connection(inner, lane.clone());
         }
     }
     resolve
+}
+
+/// Starts one more connection for `lane` if it has more ready jobs than
+/// connections and its limits allow; marks its group starved when only
+/// the group's limit stops it (lingering connections of the group then
+/// close at once to make room).
+fn start_one(
+    inner: &Arc<Inner>,
+    st: &mut State,
+    lane: &Lane,
+    lk: &str,
+    per_limit: usize,
+    now: tokio::time::Instant,
+) -> bool {
+    let wanted = st
+        .dests
+        .get(&lane.dest)
+        .is_some_and(|d| d.ready.len() > d.conns);
+    if !wanted {
+        return false;
+    }
+    match &lane.group {
+        Some((gk, g)) => {
+            let gs = st.shaper.state(gk);
+            if gs.suspended(now).is_some() {
+                return false;
+            }
+            if gs.conns >= gs.conn_limit(g) {
+                gs.starved = true;
+                return false;
+            }
+            gs.conns += 1;
+        }
+        None => {
+            let used = st.limit_conns.entry(lk.to_string()).or_default();
+            if *used >= per_limit {
+                return false;
+            }
+            *used += 1;
+        }
+    }
+    if let Some(d) = st.dests.get_mut(&lane.dest) {
+        d.conns += 1;
+    }
+    st.total_conns += 1;
+    inner.connections.inc();
+    spawn_connection(inner, lane.clone());
+    true
 }
 
 /// Starts one connection task for `lane` (its counts are already taken).
@@ -912,6 +950,19 @@ pub(super) fn observe(inner: &Inner, lane: &Lane, replies: &[&str], delivered: b
     if delivered && let Some(did) = gs.succeeded(g, now) {
         tracing::info!(group = %g.name, domain = %lane.dest.domain, "recovery: {did}");
     }
+}
+
+/// Whether another destination of `lane`'s group waits for a connection
+/// the group's limit does not allow.
+pub(super) fn starved(inner: &Inner, lane: &Lane) -> bool {
+    let Some((gk, _)) = &lane.group else {
+        return false;
+    };
+    lock(&inner.state)
+        .shaper
+        .groups
+        .get(gk)
+        .is_some_and(|g| g.starved)
 }
 
 /// Whether a connection of `lane` should stop after its transaction: its

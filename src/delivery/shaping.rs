@@ -59,6 +59,10 @@ impl GroupKey {
 pub(super) struct GroupState {
     /// Connection tasks counted against it.
     pub(super) conns: usize,
+    /// A destination of the group wanted a connection the group's limit
+    /// did not allow (at the scheduler's last round): idle connections of
+    /// the group close rather than linger.
+    pub(super) starved: bool,
     /// The next free send slot.
     next_slot: Option<Instant>,
     /// Rate multiplier: 1 as configured, less after a reduction.
@@ -90,6 +94,7 @@ impl GroupState {
     fn new(now: Instant) -> GroupState {
         GroupState {
             conns: 0,
+            starved: false,
             next_slot: None,
             factor: 1.0,
             learned: None,

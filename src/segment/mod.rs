@@ -686,3 +686,24 @@ pub async fn find_usable(
         .map(Arc::new)
         .map_err(|_| format!("segment `{name}` has problems (see GET /api/v1/segments)"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Most recently engaged first (open or click, whichever is later);
+    /// the never engaged and unknown ids after, in their order.
+    #[test]
+    fn engaged_first_orders_by_the_last_open_or_click() {
+        let idx = Index::new();
+        idx.with_data_mut(|d| {
+            d.rows.resize(6, index::Row::default());
+            d.rows[1].last_open = 100;
+            d.rows[2].last_click = 300;
+            d.rows[3].last_open = 200;
+            d.rows[3].last_click = 50;
+        });
+        let ids = [5, 1, 4, 2, 9, 3];
+        assert_eq!(idx.engaged_first(&ids).unwrap(), [2, 3, 1, 5, 4, 9]);
+    }
+}

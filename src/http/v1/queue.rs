@@ -380,12 +380,19 @@ pub struct SelectBody {
     /// Why (required for purge; kept in the record).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Every message (retry only).
+    #[serde(default)]
+    pub all: bool,
 }
 
 fn selection(b: &SelectBody) -> Result<Selection, ApiError> {
     match (&b.id, &b.domain) {
+        (None, None) if b.all => Ok(Selection::All),
         (Some(_), Some(_)) | (None, None) => Err(ApiError::bad_request(
-            "give exactly one of id (a queue id) and domain",
+            "give exactly one of id (a queue id) and domain (or, to retry, all: true)",
+        )),
+        _ if b.all => Err(ApiError::bad_request(
+            "all: true selects every message: give no id or domain with it",
         )),
         (Some(id), None) => Ok(Selection::Id(*id)),
         (None, Some(d)) => Ok(Selection::Domain(
@@ -440,6 +447,11 @@ pub async fn purge(
     req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let b: SelectBody = reply::read_json(req, 64 * 1024).await?;
+    if b.all {
+        return Err(ApiError::bad_request(
+            "purge takes an id or a domain, never all: true",
+        ));
+    }
     let sel = selection(&b)?;
     let reason = match b.reason.as_deref().map(str::trim) {
         Some(r) if !r.is_empty() && r.len() <= 500 => r.to_string(),
