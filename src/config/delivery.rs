@@ -1,15 +1,16 @@
 //! `[delivery]`: how Herald delivers mail (DNS, connection limits,
-//! timeouts, retries, domains that require TLS).
+//! timeouts, retries, domains that require TLS, MTA-STS).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::Checker;
 use super::values::{count, duration};
+use super::{Checker, resolve};
 
 /// `[delivery]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +36,13 @@ pub struct RawDelivery {
     pub max_age: Option<Spanned<String>>,
     /// Destination domains that must be reached over TLS.
     pub require_tls_domains: Option<Vec<Spanned<String>>>,
+    /// MTA-STS (RFC 8461): `"enforce-policies"` (default) or `"off"`.
+    pub mta_sts: Option<Spanned<String>>,
+    /// HTTPS port policies are fetched from (default 443; tests change it).
+    pub mta_sts_https_port: Option<Spanned<i64>>,
+    /// PEM file of extra CA certificates trusted for policy fetches and for
+    /// MX certificates under a policy (a private CA, tests).
+    pub mta_sts_ca_file: Option<Spanned<String>>,
 }
 
 /// Validated `[delivery]`.
@@ -60,6 +68,13 @@ pub struct DeliveryConfig {
     pub max_age: Duration,
     /// Domains (lower case) that require TLS.
     pub require_tls_domains: BTreeSet<String>,
+    /// Whether MTA-STS policies are looked up and applied (`"off"`: not).
+    pub mta_sts: bool,
+    /// HTTPS port of `mta-sts.<domain>`.
+    pub mta_sts_https_port: u16,
+    /// Extra trust anchors (DER certificates) from `mta_sts_ca_file`, added
+    /// to the system's for policy fetches and MX certificates under a policy.
+    pub mta_sts_ca_certs: Vec<Vec<u8>>,
 }
 
 impl Default for DeliveryConfig {
@@ -75,6 +90,9 @@ impl Default for DeliveryConfig {
             retry_schedule: default_schedule(),
             max_age: Duration::from_secs(5 * 86400),
             require_tls_domains: BTreeSet::new(),
+            mta_sts: true,
+            mta_sts_https_port: 443,
+            mta_sts_ca_certs: Vec::new(),
         }
     }
 }
@@ -91,7 +109,7 @@ pub fn default_schedule() -> Vec<Duration> {
 
 /// Validates `[delivery]`. Problems are recorded in `c`; the returned value
 /// then carries defaults for the bad keys (the caller discards it).
-pub(super) fn validate(c: &mut Checker<'_>, raw: &RawDelivery) -> DeliveryConfig {
+pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &RawDelivery) -> DeliveryConfig {
     let mut d = DeliveryConfig::default();
     if let Some(ns) = &raw.nameserver {
         match ns.get_ref().parse::<SocketAddr>() {
@@ -165,6 +183,30 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: &RawDelivery) -> DeliveryConfig
             c.at("delivery.require_tls_domains", v, "not a domain name");
         } else {
             d.require_tls_domains.insert(dom);
+        }
+    }
+    if let Some(v) = &raw.mta_sts {
+        match v.get_ref().as_str() {
+            "enforce-policies" => d.mta_sts = true,
+            "off" => d.mta_sts = false,
+            other => c.at(
+                "delivery.mta_sts",
+                v,
+                format!("`{other}` is neither \"enforce-policies\" nor \"off\""),
+            ),
+        }
+    }
+    d.mta_sts_https_port = count(
+        c,
+        "delivery.mta_sts_https_port",
+        &raw.mta_sts_https_port,
+        65535,
+        443,
+    ) as u16;
+    if let Some(f) = &raw.mta_sts_ca_file {
+        match super::senders::load_certs(&resolve(base, f.get_ref())) {
+            Ok(certs) => d.mta_sts_ca_certs = certs,
+            Err(e) => c.at("delivery.mta_sts_ca_file", f, e),
         }
     }
     d

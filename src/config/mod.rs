@@ -541,7 +541,7 @@ fn validate(
     let admin = admin::validate(&mut c, &base, &raw.admin);
     let log = self::log::validate(&mut c, &raw.log);
     let (paths, references) = paths::validate(&mut c, &base, &raw.paths);
-    let delivery = delivery::validate(&mut c, &raw.delivery);
+    let delivery = delivery::validate(&mut c, &base, &raw.delivery);
     let senders = senders::validate(&mut c, &base, &raw.sender);
     let tracking = tracking::validate(&mut c, &base, &raw.tracking);
     let rendering = rendering::validate(&mut c, &raw.rendering, &raw.greetings);

@@ -388,6 +388,11 @@ tables! {
     /// soft bounces since the last sign of a delivery, for
     /// `[inbound] soft_bounce_limit`.
     SOFT_BOUNCES, soft_bounces: u64 => (u32, i64, i64) = "soft_bounces_v1";
+
+    /// Lower-cased destination domain → `delivery::mta_sts::Cached` (JSON):
+    /// the last valid MTA-STS policy fetched for the domain, with its id and
+    /// when it was fetched (a cache: losing it only means fetching again).
+    MTA_STS, mta_sts: &'static str => &'static [u8] = "mta_sts_v1";
 }
 
 /// Tables of older schemas, read only by `store::migrate`.
