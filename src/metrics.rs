@@ -87,6 +87,13 @@ pub struct BounceLabels {
     pub class: &'static str,
 }
 
+/// Labels of MTA-STS failure counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// The policy's mode: `enforce` or `testing`.
+    pub mode: &'static str,
+}
+
 /// Labels of attribution counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttributionLabels {
@@ -152,6 +159,9 @@ pub struct Metrics {
     pub segment_evaluations: Counter,
     /// Permanent delivery failures by bounce class.
     pub bounces: Family<BounceLabels, Counter>,
+    /// MTA-STS policy failures (MX not listed, certificate not verified),
+    /// by the policy's mode.
+    pub mta_sts_failures: Family<ModeLabels, Counter>,
     /// Opens and clicks recorded, by kind and human/machine.
     pub tracking_hits: Family<HitLabels, Counter>,
     /// Contacts who unsubscribed (one-click or the page), by way.
@@ -344,6 +354,12 @@ impl Metrics {
             "Permanent delivery failures per recipient, by class: hard, soft, policy",
             bounces.clone(),
         );
+        let mta_sts_failures = Family::<ModeLabels, Counter>::default();
+        registry.register(
+            "mta_sts_failures",
+            "MTA-STS policy failures by the policy's mode (enforce: delivery deferred; testing: only reported): no MX host listed by the policy, or an MX certificate that does not verify",
+            mta_sts_failures.clone(),
+        );
         let tracking_hits = Family::<HitLabels, Counter>::default();
         registry.register(
             "tracking_hits",
@@ -412,6 +428,7 @@ impl Metrics {
             coupons_free,
             coupon_pool_low,
             bounces,
+            mta_sts_failures,
             tracking_hits,
             unsubscribes,
             signups,

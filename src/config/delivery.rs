@@ -1,5 +1,5 @@
 //! `[delivery]`: how Herald delivers mail (DNS, connection limits,
-//! timeouts, retries, domains that require TLS).
+//! timeouts, retries, domains that require TLS, MTA-STS).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -41,6 +41,13 @@ pub struct RawDelivery {
     /// The traffic-shaping file (default: `shaping.toml` beside the config
     /// when it exists, else the built-in copy of the shipped one).
     pub shaping: Option<Spanned<String>>,
+    /// MTA-STS (RFC 8461): `"enforce-policies"` (default) or `"off"`.
+    pub mta_sts: Option<Spanned<String>>,
+    /// HTTPS port policies are fetched from (default 443; tests change it).
+    pub mta_sts_https_port: Option<Spanned<i64>>,
+    /// PEM file of extra CA certificates trusted for policy fetches and for
+    /// MX certificates under a policy (a private CA, tests).
+    pub mta_sts_ca_file: Option<Spanned<String>>,
 }
 
 /// Validated `[delivery]`.
@@ -68,6 +75,13 @@ pub struct DeliveryConfig {
     pub require_tls_domains: BTreeSet<String>,
     /// Provider groups and back-off rules.
     pub shaping: Arc<Shaping>,
+    /// Whether MTA-STS policies are looked up and applied (`"off"`: not).
+    pub mta_sts: bool,
+    /// HTTPS port of `mta-sts.<domain>`.
+    pub mta_sts_https_port: u16,
+    /// Extra trust anchors (DER certificates) from `mta_sts_ca_file`, added
+    /// to the system's for policy fetches and MX certificates under a policy.
+    pub mta_sts_ca_certs: Vec<Vec<u8>>,
 }
 
 impl Default for DeliveryConfig {
@@ -84,6 +98,9 @@ impl Default for DeliveryConfig {
             max_age: Duration::from_secs(5 * 86400),
             require_tls_domains: BTreeSet::new(),
             shaping: Arc::new(Shaping::built_in(10, 1000)),
+            mta_sts: true,
+            mta_sts_https_port: 443,
+            mta_sts_ca_certs: Vec::new(),
         }
     }
 }
@@ -177,6 +194,30 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &RawDelivery) -> D
         }
     }
     d.shaping = Arc::new(shaping(c, base, raw, &d));
+    if let Some(v) = &raw.mta_sts {
+        match v.get_ref().as_str() {
+            "enforce-policies" => d.mta_sts = true,
+            "off" => d.mta_sts = false,
+            other => c.at(
+                "delivery.mta_sts",
+                v,
+                format!("`{other}` is neither \"enforce-policies\" nor \"off\""),
+            ),
+        }
+    }
+    d.mta_sts_https_port = count(
+        c,
+        "delivery.mta_sts_https_port",
+        &raw.mta_sts_https_port,
+        65535,
+        443,
+    ) as u16;
+    if let Some(f) = &raw.mta_sts_ca_file {
+        match super::senders::load_certs(&resolve(base, f.get_ref())) {
+            Ok(certs) => d.mta_sts_ca_certs = certs,
+            Err(e) => c.at("delivery.mta_sts_ca_file", f, e),
+        }
+    }
     d
 }
 

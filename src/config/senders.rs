@@ -439,7 +439,8 @@ fn validate_relay(c: &mut Checker<'_>, base: &Path, i: usize, r: &RawRelay) -> O
     })
 }
 
-fn load_certs(p: &PathBuf) -> Result<Vec<Vec<u8>>, String> {
+/// The PEM certificates in `p`, as DER (a relay's or MTA-STS's CA file).
+pub(super) fn load_certs(p: &PathBuf) -> Result<Vec<Vec<u8>>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let data = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;

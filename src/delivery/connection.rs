@@ -6,7 +6,10 @@
 //! 2. Resolves the candidate servers: the relay, or the MX hosts in
 //!    preference order ([`super::mx`]); an answer that holds for the whole
 //!    destination (null MX, NXDOMAIN, a DNS failure) is recorded for every
-//!    waiting job.
+//!    waiting job. The domain's MTA-STS policy ([`super::mta_sts`]), in
+//!    `enforce` mode, keeps only the MX hosts it lists (none: the
+//!    destination is deferred) and requires STARTTLS with a verified
+//!    certificate; in `testing` mode it only reports.
 //! 3. Connects to the first server that answers, greets (EHLO, HELO
 //!    fallback), STARTTLS when offered or required, AUTH to relays
 //!    ([`super::smtp::Session::connect`]). If none answers, the destination
@@ -26,7 +29,8 @@ use std::time::Duration;
 
 use super::engine::{Inner, lock};
 use super::model::BounceClass;
-use super::mx::MxError;
+use super::mta_sts::{Applied, Mode};
+use super::mx::{MxError, MxHost};
 use super::outcome::{Outcome, finish_job};
 use super::scheduler::{
     DestKey, Job, Lane, defer_orphans, drain_jobs, forget_rcpts, none_live, observe, pop_job,
@@ -400,15 +404,30 @@ async fn targets(
                 connect_timeout: d.connect_timeout,
                 command_timeout: d.command_timeout,
                 source: None,
+                tls_required_by: None,
             })
             .collect());
     }
-    let hosts = inner.mx.hosts(&key.domain).await?;
-    let tls = if sender.require_tls || d.require_tls_domains.contains(&key.domain) {
+    let mut hosts = inner.mx.hosts(&key.domain).await?;
+    let mut tls = if sender.require_tls || d.require_tls_domains.contains(&key.domain) {
         TlsMode::Required
     } else {
         TlsMode::Opportunistic
     };
+    let mut connector = inner.mx_tls.clone();
+    let mut tls_required_by = None;
+    if d.mta_sts
+        && let Some(policy) = inner.mta_sts.policy(&key.domain, d).await
+    {
+        let sts = apply_mta_sts(inner, d, &policy, &mut hosts)?;
+        if let Some(c) = sts.connector {
+            connector = c;
+        }
+        if sts.enforce {
+            tls = TlsMode::Required;
+            tls_required_by = Some(policy.describe());
+        }
+    }
     Ok(hosts
         .into_iter()
         .flat_map(|h| {
@@ -421,10 +440,11 @@ async fn targets(
             helo: sender.helo.clone(),
             tls,
             auth: None,
-            connector: inner.mx_tls.clone(),
+            connector: connector.clone(),
             connect_timeout: d.connect_timeout,
             command_timeout: d.command_timeout,
             source: sender.source_ip,
+            tls_required_by: tls_required_by.clone(),
         })
         // A source address reaches only servers of its own family.
         .filter(|t| {
@@ -433,4 +453,69 @@ async fn targets(
                 .is_none_or(|s| s.is_ipv4() == t.addr.is_ipv4())
         })
         .collect())
+}
+
+/// What an MTA-STS policy changes for a destination's MX targets.
+struct StsUse {
+    /// `enforce`: STARTTLS required, the certificate verified.
+    enforce: bool,
+    /// The connector to use instead of the unverifying one.
+    connector: Option<tokio_rustls::TlsConnector>,
+}
+
+/// Applies `policy` to the MX `hosts` (RFC 8461 §5): in `enforce` mode
+/// only the hosts it lists stay (none listed: the destination is deferred)
+/// and their certificates must verify; in `testing` mode nothing changes,
+/// but a host list the policy would refuse and certificates that do not
+/// verify are logged and counted.
+fn apply_mta_sts(
+    inner: &Inner,
+    d: &crate::config::DeliveryConfig,
+    policy: &Applied,
+    hosts: &mut Vec<MxHost>,
+) -> Result<StsUse, MxError> {
+    let listed = hosts.iter().any(|h| policy.policy.allows(&h.name));
+    let names = || {
+        hosts
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let connectors = inner.mta_sts.connectors(&d.mta_sts_ca_certs);
+    match policy.policy.mode {
+        Mode::Enforce => {
+            if !listed {
+                inner.mta_sts.count_failure(Mode::Enforce);
+                let text = format!(
+                    "451 4.7.5 {} lists none of its MX hosts: {}",
+                    policy.describe(),
+                    names()
+                );
+                tracing::warn!(domain = %policy.domain, mx = ?policy.policy.mx, "{text}");
+                return Err(MxError::Temporary(text));
+            }
+            hosts.retain(|h| policy.policy.allows(&h.name));
+            let connectors = connectors.map_err(|e| {
+                MxError::Temporary(format!(
+                    "451 4.7.5 {} requires verified certificates, but none can be verified: {e}",
+                    policy.describe()
+                ))
+            })?;
+            Ok(StsUse {
+                enforce: true,
+                connector: Some(connectors.enforce.clone()),
+            })
+        }
+        Mode::Testing | Mode::None => {
+            if !listed {
+                inner.mta_sts.count_failure(Mode::Testing);
+                tracing::warn!(domain = %policy.domain, mx = ?policy.policy.mx, hosts = %names(), "{} lists none of the MX hosts; delivering anyway", policy.describe());
+            }
+            Ok(StsUse {
+                enforce: false,
+                connector: connectors.ok().map(|c| c.testing.clone()),
+            })
+        }
+    }
 }

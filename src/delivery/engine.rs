@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use super::mta_sts::MtaSts;
 use super::mx::Mx;
 use super::scheduler::State;
 use super::smtp;
@@ -59,6 +60,8 @@ pub(super) struct Inner {
     pub(super) mx: Mx,
     /// TLS for MX delivery (opportunistic or required STARTTLS).
     pub(super) mx_tls: tokio_rustls::TlsConnector,
+    /// MTA-STS policies of destination domains (and their TLS settings).
+    pub(super) mta_sts: MtaSts,
     /// TLS per relay, built on first use and kept while its CA set is unchanged.
     pub(super) relay_tls: Mutex<HashMap<RelayTlsKey, tokio_rustls::TlsConnector>>,
     /// The active set, the destinations' ready jobs and the connection counts.
@@ -144,6 +147,12 @@ impl Engine {
         let c = config.get();
         let mx = Mx::new(c.delivery.nameserver)?;
         let mx_tls = smtp::mx_connector()?;
+        let mta_sts = MtaSts::new(
+            mx.clone(),
+            store.clone(),
+            clock.clone(),
+            metrics.mta_sts_failures.clone(),
+        );
         let outcome = |o: &'static str| {
             metrics
                 .delivery
@@ -157,6 +166,7 @@ impl Engine {
                 clock,
                 mx,
                 mx_tls,
+                mta_sts,
                 relay_tls: Mutex::new(HashMap::new()),
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),

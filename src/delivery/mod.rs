@@ -8,12 +8,15 @@
 //!   MX lookup ([`mx`]), SMTP ([`smtp`]), job after job) and [`outcome`]
 //!   (recording outcomes, retries, bounce classification ([`bounce`]),
 //!   consent at delivery, erasure, admin retry and purge).
+//! - [`mta_sts`]: MTA-STS (RFC 8461) policies of destination domains: look-up,
+//!   fetch, cache; `connection.rs` applies them to the MX hosts.
 //! - [`model`]: what the queue stores.
 pub mod bounce;
 mod connection;
 pub mod dkim;
 pub mod engine;
 pub mod model;
+pub mod mta_sts;
 pub mod mx;
 pub mod outcome;
 pub mod queue;

@@ -139,6 +139,41 @@ impl Mx {
         Ok(hosts)
     }
 
+    /// The addresses of a host name (not an MX look-up): for fetching
+    /// MTA-STS policies from `mta-sts.<domain>`.
+    pub async fn ips(&self, name: &str) -> Result<Vec<IpAddr>, String> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        self.addrs(&fqdn)
+            .await
+            .map_err(|(MxError::Permanent(m) | MxError::Temporary(m))| m)
+    }
+
+    /// The TXT records at `name`, each one's strings joined; empty when the
+    /// name has none or does not exist. `Err` for a failed look-up.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.txt_lookup(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(format!(
+                "TXT lookup for {} failed: {e}",
+                name.trim_end_matches('.')
+            )),
+        }
+    }
+
     async fn addrs(&self, name: &str) -> Result<Vec<IpAddr>, MxError> {
         match self.resolver.lookup_ip(name).await {
             Ok(l) => Ok(l.iter().collect()),

@@ -52,8 +52,9 @@ pub enum TlsMode {
     Opportunistic,
     /// STARTTLS must be offered and succeed. For MX hosts the certificate is
     /// not checked (Postfix's `encrypt` level: protection from passive
-    /// eavesdropping; MX certificates rarely match their names); relays are
-    /// always verified.
+    /// eavesdropping; MX certificates rarely match their names) unless an
+    /// MTA-STS policy in `enforce` mode gave the target a verifying
+    /// connector; relays are always verified.
     Required,
     /// TLS from the first byte (port 465 relays).
     Implicit,
@@ -82,6 +83,9 @@ pub struct Target {
     pub command_timeout: Duration,
     /// Local address to connect from (`[[sender]] source_ip`).
     pub source: Option<std::net::IpAddr>,
+    /// What requires TLS here, added to a TLS failure's reply (`MTA-STS
+    /// policy of x.test (enforce)`).
+    pub tls_required_by: Option<String>,
 }
 
 /// A reply or a local failure, as text for the queue record.
@@ -274,6 +278,12 @@ impl Session {
             Err(e) if t.tls == TlsMode::Opportunistic && e.reply.text.starts_with("TLS") => {
                 tracing::info!(host = %t.host, error = %e.reply.text, "STARTTLS failed; retrying without TLS");
                 Self::connect_once(t, TlsMode::Off).await
+            }
+            Err(mut e) if e.reply.text.starts_with("TLS") => {
+                if let Some(why) = &t.tls_required_by {
+                    e.reply.text = format!("{} (required by the {why})", e.reply.text);
+                }
+                Err(e)
             }
             other => other,
         }

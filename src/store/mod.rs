@@ -23,7 +23,8 @@
 //! their indexes and consent log, suppressions, fields, lists, tags,
 //! imports), `queue.rs`, `send.rs`, `audience.rs`, `shop.rs`, `render.rs`
 //! (products, links), `track.rs`, `signup.rs`, `coupons.rs` (coupon pools),
-//! `automation.rs` (automation runs and their timers). `migrate.rs` upgrades
+//! `automation.rs` (automation runs and their timers), `mta_sts.rs`
+//! (the MTA-STS policy cache). `migrate.rs` upgrades
 //! the schema of older files. The writer runs the automations' hook
 //! ([`Hook`]) at the end of every write transaction, before the commit.
 
@@ -33,6 +34,7 @@ mod contacts;
 mod coupons;
 mod inbound;
 mod migrate;
+mod mta_sts;
 mod queue;
 mod read;
 mod render;

@@ -393,6 +393,11 @@ tables! {
     /// period) → recipients sent: what a warming-up sender has used of its
     /// allowance (`[sender.warmup]`), kept across restarts.
     WARMUP, warmup: (&'static str, &'static str, u64) => u64 = "warmup_v1";
+
+    /// Lower-cased destination domain → `delivery::mta_sts::Cached` (JSON):
+    /// the last valid MTA-STS policy fetched for the domain, with its id and
+    /// when it was fetched (a cache: losing it only means fetching again).
+    MTA_STS, mta_sts: &'static str => &'static [u8] = "mta_sts_v1";
 }
 
 /// Tables of older schemas, read only by `store::migrate`.
