@@ -168,7 +168,12 @@ pub async fn check<D: Dns>(dns: &D, id: &Identity<'_>) -> Vec<Verdict> {
                 "dmarc",
                 &own,
                 format!(
-                    "no DMARC record (nor at _dmarc.{org}): mailbox providers require one of bulk senders"
+                    "no DMARC record{}: mailbox providers require one of bulk senders",
+                    if org == id.from {
+                        String::new()
+                    } else {
+                        format!(" (nor at _dmarc.{org})")
+                    }
                 ),
             )
             .fix(publish_txt(&own, &fresh)),
@@ -343,8 +348,13 @@ fn alignment(id: &Identity<'_>, record: Option<&(String, Record)>) -> Verdict {
         )
         .fix("fix the dkim check above"),
         (false, false) => {
-            Verdict::fail("dmarc-alignment", id.from, format!("{detail}: DMARC fails"))
-                .fix(format!("fix the dkim check above, or: {}", spf_fix()))
+            Verdict::fail("dmarc-alignment", id.from, format!("{detail}: DMARC fails")).fix(
+                if spf_domain_ok {
+                    "fix the dkim or the spf check above".to_string()
+                } else {
+                    format!("fix the dkim check above, or {}", spf_fix())
+                },
+            )
         }
     }
 }

@@ -77,7 +77,7 @@ pub async fn check<D: Dns>(dns: &D, ip: IpAddr, helo: &str, sender: &str) -> Ver
         )
         .fix(format!("publish {rtype} at {n}: {ip}"));
     };
-    if confirmed.iter().any(|n| *n == helo) {
+    if confirmed.contains(&helo) {
         return Verdict::ok(
             "ptr",
             &name,
