@@ -78,8 +78,8 @@ enum Command {
         /// Print the verdicts as a JSON array.
         #[arg(long)]
         json: bool,
-        /// An address Herald sends from (repeat for several); without one,
-        /// the checks that need it warn.
+        /// An address Herald sends from (repeat for several); default: each
+        /// sender's source_ip. Without one, the checks that need it warn.
         #[arg(long = "ip", value_name = "ADDR")]
         ips: Vec<std::net::IpAddr>,
         /// Check only this sender (its id).

@@ -127,6 +127,9 @@ fn records(k: &Keys) -> Vec<String> {
         "--ptr-record=10.113.0.203.in-addr.arpa,ghost.ptr.test".into(),
         "--host-record=ghost.ptr.test,203.0.113.99".into(),
         "--host-record=host11.isp.test,203.0.113.11".into(),
+        // src.test: the sending address is the sender's source_ip.
+        txt("src.test", "v=spf1 ip4:203.0.113.20 -all"),
+        "--host-record=mail.src.test,203.0.113.20".into(),
     ];
     for d in ["shop.test", "bounces.shop.test"] {
         r.push(txt(&format!("_mta-sts.{d}"), "v=STSv1; id=20260101"));
@@ -209,6 +212,12 @@ key_file = "keys/k1.pem"
 id = "strict"
 from = "news@strict.test"
 return_path = "b@b.strict.test"
+
+[[sender]]
+id = "src"
+from = "news@src.test"
+helo = "mail.src.test"
+source_ip = "203.0.113.20"
 
 [[sender]]
 id = "ptr"
@@ -527,6 +536,19 @@ fn broken_reverse_dns_is_named_with_its_fix() {
         "warn",
         "set helo = \"host11.isp.test\" in [[sender]] id = \"ptr\", or set the PTR of 203.0.113.11 to mail.ptr.test, and publish A at mail.ptr.test: 203.0.113.11",
     );
+}
+
+#[test]
+fn the_sending_address_defaults_to_source_ip() {
+    let s = setup();
+    let (_, vs) = verdicts(&s.config, "src", &[]);
+    assert_eq!(find(&vs, "spf", "src.test")["status"], "ok");
+    let v = find(&vs, "ptr", "203.0.113.20");
+    assert_eq!(v["status"], "ok", "{v:#}");
+    // --ip wins over it.
+    let (_, vs) = verdicts(&s.config, "src", &["203.0.113.5"]);
+    assert_eq!(find(&vs, "spf", "src.test")["status"], "fail");
+    assert_eq!(find(&vs, "ptr", "203.0.113.5")["status"], "warn");
 }
 
 #[test]

@@ -146,8 +146,8 @@ pub fn org_domain(domain: &str) -> String {
 /// What to check.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// The addresses Herald sends from (`--ip`); empty: unknown, and the
-    /// checks that need one warn instead.
+    /// The addresses Herald sends from (`--ip`); empty: each sender's
+    /// `source_ip`, and without one the checks that need it warn.
     pub ips: Vec<IpAddr>,
     /// Only this `[[sender]]` (`--sender`).
     pub sender: Option<String>,
@@ -222,9 +222,17 @@ async fn sender_checks<D: Dns>(
     s: &Sender,
     options: &Options,
 ) -> Vec<Verdict> {
-    // TODO(source_ip): fall back to the sender's `source_ip` when no --ip is
-    // given, once `config::Sender` has it.
-    let ips = options.ips.clone();
+    // `--ip` wins: behind NAT, `source_ip` is not the address receivers
+    // see; through a relay, the relay's address is, which Herald does not
+    // know.
+    let ips = if options.ips.is_empty() {
+        s.source_ip
+            .filter(|_| s.relay.is_none())
+            .into_iter()
+            .collect()
+    } else {
+        options.ips.clone()
+    };
     let envelope = s
         .bounce_domain
         .clone()
@@ -262,7 +270,7 @@ async fn sender_checks<D: Dns>(
                 &s.helo,
                 "no sending IP known: reverse DNS and the EHLO name are not checked",
             )
-            .fix("run herald doctor --ip ADDRESS with the address Herald sends from"),
+            .fix("set source_ip in the [[sender]], or run herald doctor --ip ADDRESS with the address Herald sends from"),
         );
     }
     for &ip in &ips {

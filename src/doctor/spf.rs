@@ -857,7 +857,7 @@ pub async fn check<D: Dns>(dns: &D, domain: &str, ips: &[IpAddr]) -> SpfCheck {
                 record.text()
             ),
         )
-        .fix("run herald doctor --ip ADDRESS with the address Herald sends from");
+        .fix("set source_ip in the [[sender]], or run herald doctor --ip ADDRESS with the address Herald sends from");
         if !walk.problems.is_empty() {
             v = Verdict::fail("spf", domain, walk.problems.join("; "));
         }
