@@ -14,6 +14,7 @@ pub mod config;
 pub mod contacts;
 pub mod coupons;
 pub mod delivery;
+pub mod doctor;
 pub mod http;
 pub mod inbound;
 pub mod metrics;

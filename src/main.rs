@@ -71,6 +71,21 @@ enum Command {
         #[arg(long, global = true)]
         api: Option<String>,
     },
+    /// Check the DNS of every sender's domains (SPF, DKIM, DMARC, reverse
+    /// DNS, the bounce domain's MX, MTA-STS, TLS-RPT) and print the record
+    /// to publish for each problem. Exit status 1 when a check fails.
+    Doctor {
+        /// Print the verdicts as a JSON array.
+        #[arg(long)]
+        json: bool,
+        /// An address Herald sends from (repeat for several); default: each
+        /// sender's source_ip. Without one, the checks that need it warn.
+        #[arg(long = "ip", value_name = "ADDR")]
+        ips: Vec<std::net::IpAddr>,
+        /// Check only this sender (its id).
+        #[arg(long, value_name = "ID")]
+        sender: Option<String>,
+    },
     /// The delivery queue (talks to a running daemon).
     Queue {
         #[command(subcommand)]
@@ -609,6 +624,37 @@ fn main() -> ExitCode {
                 }
                 .map(|()| 0)
             })
+        }
+        Command::Doctor { json, ips, sender } => {
+            let config = match load_or_report(&cli.config) {
+                Ok(s) => s.config,
+                Err(code) => return code,
+            };
+            let rt = match runtime(false) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            let options = herald::doctor::Options { ips, sender };
+            match rt.block_on(herald::doctor::run(&config, &options)) {
+                Ok(verdicts) => {
+                    if json {
+                        match serde_json::to_string_pretty(&verdicts) {
+                            Ok(s) => println!("{s}"),
+                            Err(e) => {
+                                eprintln!("herald: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    } else {
+                        print!("{}", herald::doctor::render_text(&verdicts));
+                    }
+                    ExitCode::from(herald::doctor::exit_code(&verdicts))
+                }
+                Err(e) => {
+                    eprintln!("herald: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Contacts {
             command:

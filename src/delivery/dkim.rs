@@ -424,6 +424,33 @@ fn rsa_private_bits(der: &[u8], pkcs8: bool) -> Option<usize> {
     Some((n.len() - 1) * 8 + (8 - first.leading_zeros() as usize))
 }
 
+/// Modulus size of the RSA public key in a DKIM `p=` value (a
+/// SubjectPublicKeyInfo, or a bare PKCS#1 RSAPublicKey, which some signers
+/// publish); `None` if it is neither. `herald doctor` uses it to name the
+/// size of a published key that is not Herald's.
+pub fn rsa_public_bits(der: &[u8]) -> Option<usize> {
+    let (_, seq, _) = tlv(der).filter(|t| t.0 == 0x30)?;
+    let (tag, first, rest) = tlv(seq)?;
+    let n = if tag == 0x30 {
+        // SubjectPublicKeyInfo: AlgorithmIdentifier, then a BIT STRING
+        // holding the RSAPublicKey.
+        let (_, bits, _) = tlv(rest).filter(|t| t.0 == 0x03)?;
+        let (_, rsa, _) = tlv(bits.get(1..)?).filter(|t| t.0 == 0x30)?;
+        let (_, n, _) = tlv(rsa).filter(|t| t.0 == 0x02)?;
+        n
+    } else if tag == 0x02 {
+        first
+    } else {
+        return None;
+    };
+    let Some(i) = n.iter().position(|&b| b != 0) else {
+        return Some(0);
+    };
+    let n = n.get(i..)?;
+    let first = *n.first()?;
+    Some((n.len() - 1) * 8 + (8 - first.leading_zeros() as usize))
+}
+
 fn der_len(len: usize, out: &mut Vec<u8>) {
     if len < 0x80 {
         out.push(len as u8);
@@ -474,6 +501,14 @@ mod tests {
             assert_eq!(key.dns_record, g.record_value);
             if alg == Algorithm::Rsa {
                 assert_eq!(key.bits, 2048);
+                let p = g
+                    .record_value
+                    .rsplit_once("p=")
+                    .map(|x| x.1)
+                    .unwrap_or_default();
+                let spki = B64.decode(p).map_err(|e| e.to_string())?;
+                assert_eq!(rsa_public_bits(&spki), Some(2048));
+                assert_eq!(rsa_public_bits(b"\x30\x03\x01\x01\x00"), None);
             }
             let msg = b"From: a@shop.example\r\nTo: b@x.test\r\nSubject: hi\r\n\r\nbody\r\n";
             let h = String::from_utf8(key.signature_header(msg).map_err(|e| e.to_string())?)

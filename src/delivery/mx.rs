@@ -12,6 +12,32 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use rand::seq::SliceRandom;
 
+/// A resolver that asks `nameserver` (tests point it at a dnsmasq on
+/// loopback), or the system's resolvers when it is `None`; also used by
+/// `herald doctor`.
+pub fn resolver(nameserver: Option<SocketAddr>) -> Result<TokioResolver, String> {
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_secs(5);
+    opts.attempts = 2;
+    match nameserver {
+        Some(ns) => {
+            let mut server = NameServerConfig::udp_and_tcp(ns.ip());
+            for c in &mut server.connections {
+                c.port = ns.port();
+            }
+            let config = ResolverConfig::from_parts(None, vec![], vec![server]);
+            hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+                .with_options(opts)
+                .build()
+        }
+        None => hickory_resolver::Resolver::builder_tokio()
+            .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
+            .with_options(opts)
+            .build(),
+    }
+    .map_err(|e| format!("cannot build the DNS resolver: {e}"))
+}
+
 /// One host to try, with its addresses.
 #[derive(Debug, Clone)]
 pub struct MxHost {
@@ -42,30 +68,9 @@ impl Mx {
     /// The system resolver, or the given nameserver (tests point this at a
     /// dnsmasq on loopback).
     pub fn new(nameserver: Option<SocketAddr>) -> Result<Mx, String> {
-        let mut opts = ResolverOpts::default();
-        opts.timeout = Duration::from_secs(5);
-        opts.attempts = 2;
-        let resolver = match nameserver {
-            Some(ns) => {
-                let mut server = NameServerConfig::udp_and_tcp(ns.ip());
-                for c in &mut server.connections {
-                    c.port = ns.port();
-                }
-                let config = ResolverConfig::from_parts(None, vec![], vec![server]);
-                hickory_resolver::Resolver::builder_with_config(
-                    config,
-                    TokioRuntimeProvider::default(),
-                )
-                .with_options(opts)
-                .build()
-            }
-            None => hickory_resolver::Resolver::builder_tokio()
-                .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
-                .with_options(opts)
-                .build(),
-        }
-        .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
-        Ok(Mx { resolver })
+        Ok(Mx {
+            resolver: resolver(nameserver)?,
+        })
     }
 
     /// The hosts to try for `domain`, in order.
