@@ -481,8 +481,8 @@ impl Shaper {
             allowance: w.allowance(None, p),
             groups: w
                 .groups
-                .iter()
-                .filter_map(|(g, _)| w.allowance(Some(g), p).map(|a| (g.clone(), (used(g), a))))
+                .keys()
+                .filter_map(|g| w.allowance(Some(g), p).map(|a| (g.clone(), (used(g), a))))
                 .collect(),
             period_ends: chrono::DateTime::from_timestamp_millis(w.period_end(p)),
         })
