@@ -174,6 +174,7 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         recent: Default::default(),
         signup_limits: Default::default(),
         ui: Default::default(),
+        doctor: Default::default(),
         hits,
         activity: activity.clone(),
     });

@@ -576,3 +576,43 @@ fn every_sender_is_checked_and_usage_errors_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("configuration problem"), "{err}");
 }
+
+/// The daemon serves the same verdicts (`GET /api/v1/doctor`), and the
+/// admin UI's dashboard shows them from the kept run, failures first.
+#[test]
+fn the_daemon_serves_the_same_verdicts_and_the_dashboard_shows_them() {
+    let s = setup();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+    let from = s.config.parent().unwrap();
+    std::fs::copy(from.join("keys/k1.pem"), dir.path().join("keys/k1.pem")).unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::copy(&s.config, &config).unwrap();
+    let h = common::Herald::start_in(dir, config.clone());
+    let (_, out, _) = doctor(&config, &["--json"]);
+    let cli: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let api = h.get("/api/v1/doctor");
+    assert_eq!(api.status, 200, "{}", api.body);
+    assert_eq!(api.body["verdicts"].as_array().unwrap(), &cli);
+    let fails: Vec<&Value> = cli.iter().filter(|v| v["status"] == "fail").collect();
+    assert!(!fails.is_empty());
+    assert_eq!(api.body["failures"], fails.len());
+    assert!(api.body["checked_at"].is_string());
+    // The dashboard reads the kept run (no DNS while the page is served).
+    let ui = common::ui::UiSession::new(&h, "ann", "viewer");
+    let page = ui.get("/admin");
+    assert_eq!(page.status, 200);
+    let text = page.text();
+    let at = text
+        .find("<h2>Sender DNS</h2>")
+        .expect("a Sender DNS section");
+    let section = &text[at..];
+    assert!(
+        section.contains(&format!("{} to fix", fails.len())),
+        "{section}"
+    );
+    // Failures come first: the first row is a failure.
+    let first_row = section.split("<tr class=\"status-").nth(1).unwrap();
+    assert!(first_row.starts_with("fail"), "{first_row}");
+    assert!(section.contains(fails[0]["name"].as_str().unwrap()));
+}

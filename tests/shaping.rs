@@ -322,3 +322,41 @@ fn a_warm_up_schedule_spreads_a_campaign_over_its_periods() {
     let c = h.get(&format!("/api/v1/campaigns/{id}")).body;
     assert_eq!(c["parts"][0]["counts"]["delivered"], 9, "{c}");
 }
+
+/// Mistakes in the shaping file and in a warm-up are named with the file,
+/// line and key by `check-config`, and the daemon does not start on them.
+#[test]
+fn check_config_names_mistakes_in_the_shaping_file_and_warm_up() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "shaping.toml",
+        "[[shaping]]\nname = \"prov\"\nmx = [\".prov.test\"]\nconnections = 0\n\n[[backoff]]\nname = \"x\"\nreply = [\"421\"]\naction = \"slower\"\n",
+    );
+    let config = dir.path().join("herald.toml");
+    let extra = "[[sender]]\nid = \"shop\"\nfrom = \"Shop <news@shop.test>\"\n[sender.warmup]\nstart = \"2026-12-01\"\ngroups = { nope = [10] }\n";
+    std::fs::write(
+        &config,
+        common::config_text(&dir.path().join("data"), extra),
+    )
+    .unwrap();
+    let (code, out, err) = common::run(&config, &["check-config"]);
+    assert_ne!(code, 0, "{out}");
+    let shaping = dir.path().join("shaping.toml");
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains(&format!("{}:4:15", shaping.display()))
+            && all.contains("shaping[0].connections")
+            && all.contains("must be between 1"),
+        "{all}"
+    );
+    assert!(
+        all.contains("backoff[0].action") && all.contains("`slower`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("sender[0].warmup.groups.nope")
+            && all.contains("no provider group named `nope`"),
+        "{all}"
+    );
+}

@@ -73,6 +73,8 @@ pub struct AppState {
     pub activity: crate::activity::Activity,
     /// The admin UI's own state (failed logins).
     pub ui: ui::UiState,
+    /// The last DNS checks of the senders (`GET /api/v1/doctor`).
+    pub doctor: v1::doctor::Cache,
 }
 
 /// Who sent a request: the client address (from `X-Forwarded-For` when
@@ -460,6 +462,8 @@ pub enum Route {
     InboundReport(String),
     /// `/api/v1/suppressions`
     Suppressions,
+    /// `/api/v1/doctor`
+    Doctor,
     /// `/api/v1/suppressions/{address or hash}`
     Suppression(String),
     /// `/` and everything under `/admin` (the admin UI; its own sessions).
@@ -532,6 +536,7 @@ impl Route {
             Route::InboundReports => "inbound",
             Route::InboundReport(_) => "inbound_report",
             Route::Suppressions => "suppressions",
+            Route::Doctor => "doctor",
             Route::Suppression(_) => "suppression",
             Route::Ui => "admin_ui",
             Route::ApiUnknown => "api_unknown",
@@ -704,6 +709,7 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "inbound"] => Route::InboundReports,
         ["api", "v1", "inbound", id] => Route::InboundReport(id.to_string()),
         ["api", "v1", "suppressions"] => Route::Suppressions,
+        ["api", "v1", "doctor"] => Route::Doctor,
         ["api", "v1", "suppressions", w] => Route::Suppression(w.to_string()),
         ["api", ..] => Route::ApiUnknown,
         [""] => Route::Ui,
@@ -1181,6 +1187,10 @@ async fn call(
         },
         Route::InboundReport(id) => match m {
             Method::GET => v1::inbound::get(state, id, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Doctor => match m {
+            Method::GET => v1::doctor::get(state, &req).await,
             _ => Err(method_not_allowed("GET")),
         },
         Route::Suppressions => match m {

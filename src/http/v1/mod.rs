@@ -5,6 +5,7 @@ pub mod automations;
 pub mod campaigns;
 pub mod contacts;
 pub mod coupons;
+pub mod doctor;
 pub mod events;
 pub mod fields;
 pub mod import;

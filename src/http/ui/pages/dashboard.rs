@@ -146,6 +146,9 @@ async fn page(ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
     let running = ctx.get("/api/v1/campaigns?status=running").await?;
     let flows = ctx.get("/api/v1/automations").await?;
     let templates = ctx.get("/api/v1/templates").await?;
+    // The last DNS checks of the senders (a new run starts in the
+    // background when they are old; the page never waits for DNS).
+    let doctor = ctx.get("/api/v1/doctor?cached=true").await?;
     let active: Vec<Value> = flows
         .as_array()
         .map(|a| {
@@ -178,8 +181,28 @@ async fn page(ctx: &Ctx<'_>) -> Result<Response<Body>, ApiError> {
             "automations": active,
             "chart": chart,
             "revenue_chart": revenue_chart,
+            "doctor": doctor_view(&doctor),
         }),
     ))
+}
+
+/// The doctor's verdicts for the page: failures first, then warnings, then
+/// what is fine.
+fn doctor_view(d: &Value) -> Value {
+    let mut verdicts = d["verdicts"].as_array().cloned().unwrap_or_default();
+    let rank = |v: &Value| match v["status"].as_str() {
+        Some("fail") => 0,
+        Some("warn") => 1,
+        _ => 2,
+    };
+    verdicts.sort_by_key(rank);
+    json!({
+        "checked_at": d["checked_at"],
+        "error": d["error"],
+        "failures": d["failures"],
+        "warnings": d["warnings"],
+        "verdicts": verdicts,
+    })
 }
 
 #[cfg(test)]
