@@ -520,6 +520,47 @@ impl Campaigns {
         Ok(())
     }
 
+    /// Whether the campaign's sender (or, when the template decides, any
+    /// sender) is warming up now.
+    fn warming(&self, snap: &crate::snapshot::Snapshot, spec: &super::model::Spec) -> bool {
+        let now_ms = self.now_ms();
+        let warming = |s: &crate::config::Sender| {
+            s.warmup
+                .as_ref()
+                .is_some_and(|w| w.active(w.period_at(now_ms)))
+        };
+        match &spec.sender {
+            Some(id) => snap.config.sender(id).is_some_and(|s| warming(s)),
+            None => snap.config.senders.iter().any(|s| warming(s)),
+        }
+    }
+
+    /// Each part's audience reordered most recently engaged first: a
+    /// warming-up sender's allowance goes to the contacts who open and
+    /// click. On failure (the segment index unavailable) the id order stays.
+    async fn engaged_first(&self, id: u64, groups: Vec<(u32, Vec<u64>)>) -> Vec<(u32, Vec<u64>)> {
+        let index = self.index.clone();
+        let keep = groups.clone();
+        let ordered = tokio::task::spawn_blocking(move || {
+            groups
+                .into_iter()
+                .map(|(v, ids)| index.engaged_first(&ids).map(|o| (v, o)))
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .await;
+        match ordered {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
+                tracing::warn!(campaign = id, error = %e, "cannot order the audience by engagement; sending in id order");
+                keep
+            }
+            Err(e) => {
+                tracing::warn!(campaign = id, error = %e, "cannot order the audience by engagement; sending in id order");
+                keep
+            }
+        }
+    }
+
     /// Starts a draft or scheduled campaign: resolves and records the
     /// audience (the A/B split too) and sets it running.
     pub async fn start(&self, id: u64) -> Result<Campaign, CampaignError> {
@@ -533,33 +574,8 @@ impl Campaigns {
         let snap = self.snapshot();
         super::check_spec(&c.spec, &snap, &self.store).await?;
         let today = self.clock.now().date_naive();
-        let mut ids =
+        let ids =
             audience::resolve(&snap, &self.store, &self.index, &c.spec.audience, today).await?;
-        // A sender still warming up sends to the engaged first: its daily
-        // allowance goes to the contacts that open and click.
-        let now_ms = self.now_ms();
-        let warming = |s: &crate::config::Sender| {
-            s.warmup
-                .as_ref()
-                .is_some_and(|w| w.active(w.period_at(now_ms)))
-        };
-        let warming = match &c.spec.sender {
-            Some(id) => snap.config.sender(id).is_some_and(|s| warming(s)),
-            None => snap.config.senders.iter().any(|s| warming(s)),
-        };
-        if warming {
-            let index = self.index.clone();
-            let all = ids.clone();
-            match tokio::task::spawn_blocking(move || index.engaged_first(&all)).await {
-                Ok(Ok(ordered)) => ids = ordered,
-                Ok(Err(e)) => {
-                    tracing::warn!(campaign = id, error = %e, "cannot order the audience by engagement; sending in id order")
-                }
-                Err(e) => {
-                    tracing::warn!(campaign = id, error = %e, "cannot order the audience by engagement; sending in id order")
-                }
-            }
-        }
         let mut groups = Vec::new();
         let mut seed = None;
         match &c.spec.ab {
@@ -575,6 +591,9 @@ impl Campaigns {
                 groups.push((WINNER, rest));
             }
             None => groups.push((0, ids.clone())),
+        }
+        if self.warming(&snap, &c.spec) {
+            groups = self.engaged_first(id, groups).await;
         }
         let budget_messages = match (c.spec.budget, c.spec.cost_per_message) {
             (Some(b), Some(cost)) if cost > 0.0 => Some((b / cost + 1e-9).floor() as u64),

@@ -314,10 +314,17 @@ fn group(c: &mut Checker<'_>, i: usize, g: &RawGroup, base: &Group) -> Group {
         // A suffix without its dot would match "notgoogle.com" too.
         mx.push(format!(".{bare}"));
     }
-    let rate = |c: &mut Checker<'_>, k: &str, v: &Option<Spanned<f64>>| match v {
-        Some(r) if r.get_ref().is_finite() && *r.get_ref() > 0.0 => Some(*r.get_ref()),
+    // At least one message an hour: a slower rate is no rate.
+    let rate = |c: &mut Checker<'_>, k: &str, v: &Option<Spanned<f64>>, min: f64| match v {
+        Some(r) if r.get_ref().is_finite() && *r.get_ref() >= min && *r.get_ref() <= 1e9 => {
+            Some(*r.get_ref())
+        }
         Some(r) => {
-            c.at(&key(k), r, "must be a number above zero");
+            c.at(
+                &key(k),
+                r,
+                format!("must be a number from {min} to 1000000000 (at least one message an hour)"),
+            );
             None
         }
         None => None,
@@ -336,8 +343,13 @@ fn group(c: &mut Checker<'_>, i: usize, g: &RawGroup, base: &Group) -> Group {
             10_000,
             base.connections,
         ),
-        messages_per_second: rate(c, "messages_per_second", &g.messages_per_second),
-        messages_per_hour: rate(c, "messages_per_hour", &g.messages_per_hour),
+        messages_per_second: rate(
+            c,
+            "messages_per_second",
+            &g.messages_per_second,
+            1.0 / 3600.0,
+        ),
+        messages_per_hour: rate(c, "messages_per_hour", &g.messages_per_hour, 1.0),
         messages_per_connection: count(
             c,
             &key("messages_per_connection"),
@@ -465,11 +477,37 @@ mod tests {
         assert_eq!(g(&["mail.notgoogle.com"]), "default");
         // The first MX host that matches decides.
         assert_eq!(g(&["backup.example.net", "mx.wp.pl"]), "wp");
-        assert!(
-            s.rules
-                .iter()
-                .any(|r| r.matches("421 4.7.0 Try again later"))
+        // The first matching rule acts: the specific ones come first.
+        let rule = |group: &str, reply: &str| s.rule_for(group, reply).map(|r| r.name.clone());
+        assert_eq!(
+            rule("google", "421 4.7.0 Try again later").as_deref(),
+            Some("rate-limited")
         );
+        assert_eq!(
+            rule(
+                "microsoft",
+                "451 4.7.650 The mail server has been temporarily rate limited"
+            )
+            .as_deref(),
+            Some("blocked-for-now")
+        );
+        assert_eq!(
+            rule(
+                "microsoft",
+                "451 4.7.500 Server busy. Please try again later"
+            )
+            .as_deref(),
+            Some("blocked-for-now")
+        );
+        assert_eq!(
+            rule("wp", "421 4.7.0 too many connections from your IP").as_deref(),
+            Some("too-many-connections")
+        );
+        assert_eq!(
+            rule("yahoo", "421 4.7.0 [TSS04] Messages temporarily deferred").as_deref(),
+            Some("rate-limited")
+        );
+        assert_eq!(rule("google", "550 5.1.1 no such user"), None);
     }
 
     #[test]

@@ -33,8 +33,9 @@ use super::mta_sts::{Applied, Mode};
 use super::mx::{MxError, MxHost};
 use super::outcome::{Outcome, finish_job};
 use super::scheduler::{
-    DestKey, Job, Lane, defer_orphans, drain_jobs, forget_rcpts, none_live, observe, pop_job,
-    release_jobs, reserve_slot, set_live, should_close, starved, unpop_job, unreserve_warm,
+    DestKey, Job, Lane, defer_orphans, drain_jobs, forget_rcpts, give_back_slot, none_live,
+    observe, pop_job, release_jobs, reserve_slot, set_live, should_close, starved, unpop_job,
+    unreserve_warm, warm_give_back,
 };
 use super::smtp::{self, Reply, Session, Target, TlsMode};
 use crate::config::{Config, RelayTls, Sender};
@@ -59,12 +60,17 @@ pub(super) async fn run(inner: &Arc<Inner>, lane: &Lane) {
         return;
     };
     // Wait for the rate limit before connecting, not while holding a session.
-    if let Some(at) = reserve_slot(inner, &sender, lane)
-        && !sleep_unless_stopping(inner, at).await
+    let slot = reserve_slot(inner, &sender, lane);
+    if let Some(slot) = &slot
+        && !sleep_unless_stopping(inner, slot.at).await
     {
+        give_back_slot(inner, &sender, lane, slot);
         return;
     }
     let Some(mut first) = pop_job(inner, lane) else {
+        if let Some(slot) = &slot {
+            give_back_slot(inner, &sender, lane, slot);
+        }
         return;
     };
     let mut session = match open(inner, &config, &sender, key).await {
@@ -234,17 +240,22 @@ async fn send_jobs(
             break;
         };
         match reserve_slot(inner, sender, lane) {
-            Some(at)
-                if at.saturating_duration_since(tokio::time::Instant::now()) > MAX_RATE_WAIT =>
+            Some(slot)
+                if slot
+                    .at
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    > MAX_RATE_WAIT =>
             {
                 // A long wait: close rather than idle; the next connection
-                // waits for its slot before connecting.
+                // takes the slot back and waits for it before connecting.
+                give_back_slot(inner, sender, lane, &slot);
                 unpop_job(inner, key, j);
                 break;
             }
-            Some(at) => {
-                if !sleep_unless_stopping(inner, at).await {
+            Some(slot) => {
+                if !sleep_unless_stopping(inner, slot.at).await {
                     // Not started: it stays queued for the next start.
+                    give_back_slot(inner, sender, lane, &slot);
                     unpop_job(inner, key, j);
                     break;
                 }
@@ -288,6 +299,8 @@ async fn load(inner: &Inner, mut j: Job) -> Loaded {
             if !gone.is_empty() {
                 j.rcpts.retain(|r| !gone.contains(r));
                 forget_rcpts(inner, j.msg, &gone);
+                // Not sent: their warm-up count goes back.
+                warm_give_back(inner, &mut j, gone.len() as u64);
             }
             if j.rcpts.is_empty() {
                 release_jobs(inner, std::slice::from_ref(&j));
@@ -296,6 +309,7 @@ async fn load(inner: &Inner, mut j: Job) -> Loaded {
             Loaded::Ready(j, body)
         }
         Ok(_) => {
+            unreserve_warm(inner, &mut j);
             release_jobs(inner, std::slice::from_ref(&j));
             Loaded::Nothing
         }

@@ -275,8 +275,15 @@ pub(super) async fn finish_job(
     let mut job = job;
     if host.is_none() {
         super::scheduler::unreserve_warm(inner, &mut job);
+    } else {
+        // Deferred recipients count when they go, not now.
+        let deferred = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Temporary(_)))
+            .count();
+        super::scheduler::warm_give_back(inner, &mut job, deferred as u64);
     }
-    let warm = job.warm.clone();
+    let warm = job.warm.clone().filter(|u| u.n > 0);
     // The job stays in the active set until its outcome is committed: were
     // it released after a failed write, the next fill would load the
     // message again and send a delivered recipient a second time.

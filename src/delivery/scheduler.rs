@@ -269,6 +269,9 @@ async fn fill(inner: &Arc<Inner>) -> Result<bool, StoreError> {
 /// held in the queue until about its turn, so that a slow provider never
 /// fills the active set and starves the others.
 const RATE_HORIZON: Duration = Duration::from_secs(60);
+/// A job held for a group's rate is looked at again at the latest after
+/// this long (the rate may have recovered).
+const HOLD_RECHECK: Duration = Duration::from_secs(600);
 
 /// A ready job to hold in the queue: its destination, until when (ms),
 /// why, and the group it counts for.
@@ -316,6 +319,14 @@ async fn hold(inner: &Arc<Inner>) {
             for h in holds {
                 if let Some(gk) = &h.group {
                     st.shaper.state(gk).held += h.job.rcpts.len() as u64;
+                }
+                // A destination left with neither jobs nor connections goes.
+                if st
+                    .dests
+                    .get(&h.dest)
+                    .is_some_and(|d| d.conns == 0 && d.ready.is_empty())
+                {
+                    st.dests.remove(&h.dest);
                 }
                 tracing::debug!(msg = h.job.msg, until = h.until, why = %h.why, "held in the queue");
                 jobs.push(h.job);
@@ -446,8 +457,17 @@ fn plan_holds(st: &mut State, config: &crate::config::Config, now_ms: i64) -> Ve
                 g.name,
                 humantime::format_duration(Duration::from_millis(step.as_millis() as u64))
             );
-            let at = |j: usize| now_ms + (step.as_secs_f64() * 1000.0 * (first + j) as f64) as i64;
-            take(keep, &at, &why);
+            // The held line up behind each other (across domains and
+            // rounds), each looked at again within HOLD_RECHECK: the rate
+            // may recover meanwhile.
+            let step_ms = i64::try_from(step.as_millis()).unwrap_or(i64::MAX).max(1);
+            let from = now_ms.saturating_add(step_ms.saturating_mul(first as i64));
+            let cap = now_ms.saturating_add(HOLD_RECHECK.as_millis() as i64);
+            let gs = shaper.state(&gk);
+            let times: Vec<i64> = (keep..waiting)
+                .map(|_| gs.hold_slot(from, step_ms).min(cap))
+                .collect();
+            take(keep, &|j| times.get(j).copied().unwrap_or(cap), &why);
         }
     }
     holds
@@ -606,9 +626,18 @@ fn spawn_workers(inner: &Arc<Inner>) -> Vec<String> {
         };
         lanes.push((lane, lk, per_limit));
     }
+    // Idle per-domain states of the default group are dropped (they would
+    // pile up, one per domain ever sent to); the rest start the round
+    // unstarved.
+    st.shaper
+        .groups
+        .retain(|k, g| k.domain.is_none() || !g.idle(now));
     for g in st.shaper.groups.values_mut() {
         g.starved = false;
     }
+    // Fewest connections first: a freed place of a group goes to the
+    // domain that has least of it.
+    lanes.sort_by_key(|(lane, _, _)| st.dests.get(&lane.dest).map_or(0, |d| d.conns));
     // One connection per destination per round, so that the domains behind
     // one provider share its connections evenly.
     let mut started = true;
@@ -869,6 +898,17 @@ pub(super) fn unpop_job(inner: &Inner, key: &DestKey, mut job: Job) {
     inner.jobs_added.notify_waiters();
 }
 
+/// Gives back `n` of a job's warm-up count (recipients not sent after all).
+pub(super) fn warm_give_back(inner: &Inner, job: &mut Job, n: u64) {
+    let Some(u) = job.warm.as_mut() else {
+        return;
+    };
+    let n = n.min(u.n);
+    let back = WarmUse { n, ..u.clone() };
+    u.n -= n;
+    lock(&inner.state).shaper.warm_take(&back, true);
+}
+
 /// Gives back the warm-up count of a job that was not sent (its connection
 /// never had a session).
 pub(super) fn unreserve_warm(inner: &Inner, job: &mut Job) {
@@ -897,21 +937,26 @@ pub(super) fn set_live(inner: &Inner, key: &DestKey, up: bool) {
     }
 }
 
+/// A reserved send slot: when, and what it took from the sender's and the
+/// group's lines (to give back if it goes unused).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot {
+    /// When the message may go.
+    pub(super) at: tokio::time::Instant,
+    group: Option<(tokio::time::Instant, Duration)>,
+    sender: Option<(tokio::time::Instant, Duration)>,
+}
+
 /// Reserves the next send slot under the sender's rate limits and the
-/// lane's group's (the later of the two) and returns when it is (`None`:
-/// no limit).
-pub(super) fn reserve_slot(
-    inner: &Inner,
-    sender: &Sender,
-    lane: &Lane,
-) -> Option<tokio::time::Instant> {
+/// lane's group's (the later of the two); `None`: no limit.
+pub(super) fn reserve_slot(inner: &Inner, sender: &Sender, lane: &Lane) -> Option<Slot> {
     let mut st = lock(&inner.state);
     let now = tokio::time::Instant::now();
-    let group_slot = lane
+    let group = lane
         .group
         .as_ref()
         .and_then(|(gk, g)| st.shaper.state(gk).reserve(g, now));
-    let sender_slot = rate_step(sender).map(|step| {
+    let own = rate_step(sender).map(|step| {
         let slot = st
             .rate_next
             .get(&sender.id)
@@ -919,11 +964,31 @@ pub(super) fn reserve_slot(
             .unwrap_or(now)
             .max(now);
         st.rate_next.insert(sender.id.clone(), slot + step);
-        slot
+        (slot, step)
     });
-    match (group_slot, sender_slot) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
+    let at = match (group, own) {
+        (Some(a), Some(b)) => a.0.max(b.0),
+        (Some(a), None) | (None, Some(a)) => a.0,
+        (None, None) => return None,
+    };
+    Some(Slot {
+        at,
+        group,
+        sender: own,
+    })
+}
+
+/// Gives back a slot that was not used (the connection closed, or found no
+/// job), so that it is not lost to the rate.
+pub(super) fn give_back_slot(inner: &Inner, sender: &Sender, lane: &Lane, slot: &Slot) {
+    let mut st = lock(&inner.state);
+    if let (Some((gk, _)), Some(taken)) = (&lane.group, slot.group) {
+        st.shaper.state(gk).give_back(taken);
+    }
+    if let Some((at, step)) = slot.sender
+        && st.rate_next.get(&sender.id) == Some(&(at + step))
+    {
+        st.rate_next.insert(sender.id.clone(), at);
     }
 }
 

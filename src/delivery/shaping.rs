@@ -84,6 +84,9 @@ pub(super) struct GroupState {
     backoffs: u64,
     /// Recipients held since start (rate, suspension, warm-up).
     pub(super) held: u64,
+    /// The next free time for a job held for the rate (ms): held jobs of
+    /// the group line up behind each other, across rounds.
+    hold_cursor: i64,
     /// Messages started in the current rate window, and its start.
     window: (Instant, u32),
     /// Messages per second in the last full window.
@@ -105,6 +108,7 @@ impl GroupState {
             recover_after: Duration::from_secs(300),
             backoffs: 0,
             held: 0,
+            hold_cursor: 0,
             window: (now, 0),
             recent_rate: 0.0,
         }
@@ -131,7 +135,7 @@ impl GroupState {
 
     /// Takes the group's next send slot (none without a rate) and counts
     /// the message for the recent rate.
-    pub(super) fn reserve(&mut self, g: &Group, now: Instant) -> Option<Instant> {
+    pub(super) fn reserve(&mut self, g: &Group, now: Instant) -> Option<(Instant, Duration)> {
         if now.duration_since(self.window.0) >= RATE_WINDOW {
             self.recent_rate = f64::from(self.window.1) / RATE_WINDOW.as_secs_f64();
             self.window = (now, 0);
@@ -140,7 +144,35 @@ impl GroupState {
         let step = self.interval(g)?;
         let slot = self.next_slot.unwrap_or(now).max(now);
         self.next_slot = Some(slot + step);
-        Some(slot)
+        Some((slot, step))
+    }
+
+    /// Gives back a slot taken by [`GroupState::reserve`] and not used,
+    /// when no later one was taken since.
+    pub(super) fn give_back(&mut self, (slot, step): (Instant, Duration)) {
+        if self.next_slot == Some(slot + step) {
+            self.next_slot = Some(slot);
+        }
+        self.window.1 = self.window.1.saturating_sub(1);
+    }
+
+    /// Whether the state carries nothing worth keeping (an idle default
+    /// group's, which is per domain: dropped so they do not pile up).
+    pub(super) fn idle(&self, now: Instant) -> bool {
+        self.conns == 0
+            && self.cause.is_none()
+            && self.factor >= 1.0
+            && self.conn_cap.is_none()
+            && self.suspended(now).is_none()
+            && self.next_slot.is_none_or(|s| s <= now)
+    }
+
+    /// Where the group's held jobs queue up (ms): the next free hold time,
+    /// at least `from`; advances by `step` per job.
+    pub(super) fn hold_slot(&mut self, from: i64, step_ms: i64) -> i64 {
+        let at = self.hold_cursor.max(from);
+        self.hold_cursor = at.saturating_add(step_ms);
+        at
     }
 
     /// The state's name: normal, reduced, limited, suspended.
@@ -379,8 +411,11 @@ impl Shaper {
                 .entry((sender.to_string(), scope, period))
                 .or_default() += n;
         }
-        // Earlier periods are over.
-        self.warm.retain(|(_, _, p), _| *p + 1 >= period);
+        // This sender's earlier periods are over (periods are per sender).
+        self.warm
+            .retain(|(s, _, p), _| s != sender || *p + 1 >= period);
+        self.warm_loaded
+            .retain(|(s, p)| s != sender || *p + 1 >= period);
     }
 
     /// `sender`'s room for `group` at `now_ms`.
@@ -592,7 +627,7 @@ mod tests {
         let t0 = Instant::now();
         let mut s = GroupState::new(t0);
         for i in 0..200 {
-            s.reserve(&g, t0 + Duration::from_millis(i * 50));
+            assert!(s.reserve(&g, t0 + Duration::from_millis(i * 50)).is_none());
         }
         s.reserve(&g, t0 + Duration::from_secs(11));
         assert_eq!(s.interval(&g), None);

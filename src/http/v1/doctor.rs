@@ -43,6 +43,17 @@ pub struct Checked {
 pub struct Cache {
     last: std::sync::Mutex<Option<Checked>>,
     running: AtomicBool,
+    /// One run at a time: each holds a blocking thread while it lasts.
+    one: tokio::sync::Mutex<()>,
+}
+
+/// Clears the "running" flag however the background run ends.
+struct Running(Arc<AppState>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.doctor.running.store(false, Ordering::Release);
+    }
 }
 
 impl Cache {
@@ -53,6 +64,7 @@ impl Cache {
 
 /// Runs the checks on the current config and keeps the result.
 async fn check(state: &Arc<AppState>) -> Checked {
+    let _one = state.doctor.one.lock().await;
     let config = state.snapshot().config.clone();
     // The checks' future is not `Send` (its DNS trait): it runs on a
     // blocking thread, driven by this runtime's handle.
@@ -111,8 +123,8 @@ pub async fn get(
     if stale && !state.doctor.running.swap(true, Ordering::AcqRel) {
         let state = state.clone();
         tokio::spawn(async move {
-            check(&state).await;
-            state.doctor.running.store(false, Ordering::Release);
+            let running = Running(state);
+            check(&running.0).await;
         });
     }
     match last {
