@@ -600,7 +600,10 @@ fn the_daemon_serves_the_same_verdicts_and_the_dashboard_shows_them() {
         let text = v.to_string();
         match text.find("id=") {
             Some(i) => {
-                let digits = text[i + 3..].chars().take_while(char::is_ascii_digit).count();
+                let digits = text[i + 3..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .count();
                 format!("{}id=N{}", &text[..i], &text[i + 3 + digits..])
             }
             None => text,

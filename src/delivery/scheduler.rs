@@ -656,9 +656,9 @@ fn spawn_workers(inner: &Arc<Inner>) -> Vec<String> {
 }
 
 /// Starts one more connection for `lane` if it has more ready jobs than
-/// connections and its limits allow; marks its group starved when only
-/// the group's limit stops it (lingering connections of the group then
-/// close at once to make room).
+/// connections and its limits allow; marks its group starved when the
+/// group's limit keeps a destination without any connection (lingering
+/// connections of the group then close at once to make room).
 fn start_one(
     inner: &Arc<Inner>,
     st: &mut State,
@@ -681,7 +681,12 @@ fn start_one(
                 return false;
             }
             if gs.conns >= gs.conn_limit(g) {
-                gs.starved = true;
+                // Starved: a domain of the group has work and no connection
+                // at all (fewer than it could use is not reason enough to
+                // close another domain's: that would churn connections).
+                if st.dests.get(&lane.dest).is_some_and(|d| d.conns == 0) {
+                    st.shaper.state(gk).starved = true;
+                }
                 return false;
             }
             gs.conns += 1;
