@@ -158,19 +158,7 @@ impl Mx {
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         match self.resolver.txt_lookup(fqdn.as_str()).await {
-            Ok(lookup) => Ok(lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TXT(t) => Some(
-                        t.txt_data
-                            .iter()
-                            .map(|s| String::from_utf8_lossy(s))
-                            .collect::<String>(),
-                    ),
-                    _ => None,
-                })
-                .collect()),
+            Ok(lookup) => Ok(txt_strings(lookup.answers())),
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(format!(
                 "TXT lookup for {} failed: {e}",
@@ -193,4 +181,21 @@ impl Mx {
             ))),
         }
     }
+}
+
+/// The TXT records among `answers`, each one's strings joined (as SPF,
+/// DKIM, DMARC and MTA-STS read them).
+pub fn txt_strings(answers: &[hickory_resolver::proto::rr::Record]) -> Vec<String> {
+    answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(t) => Some(
+                t.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s))
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
+        .collect()
 }

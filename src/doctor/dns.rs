@@ -57,19 +57,7 @@ fn empty_or<T>(e: NetError, what: &str, name: &str) -> Result<Vec<T>, DnsError> 
 impl Dns for Hickory {
     async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
         match self.0.txt_lookup(fqdn(name)).await {
-            Ok(l) => Ok(l
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TXT(t) => Some(
-                        t.txt_data
-                            .iter()
-                            .map(|s| String::from_utf8_lossy(s))
-                            .collect::<String>(),
-                    ),
-                    _ => None,
-                })
-                .collect()),
+            Ok(l) => Ok(crate::delivery::mx::txt_strings(l.answers())),
             Err(e) => empty_or(e, "TXT", name),
         }
     }
