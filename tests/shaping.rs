@@ -360,3 +360,65 @@ fn check_config_names_mistakes_in_the_shaping_file_and_warm_up() {
         "{all}"
     );
 }
+
+/// A warming-up sender's campaign goes to the most recently engaged
+/// contacts first: with an allowance of 2, the two who opened the last
+/// newsletter get it now, the others later.
+#[test]
+fn a_warming_sender_sends_to_the_engaged_first() {
+    let dns = dns();
+    let sink = Sink::start(&[]);
+    let warmup = format!(
+        "[sender.warmup]\nstart = \"{}\"\nperiod = \"1h\"\ndaily = [2]\n\n[[sender]]\nid = \"plain\"\nfrom = \"Shop <hello@shop.test>\"\n",
+        chrono::Utc::now().to_rfc3339()
+    );
+    let h = start(&dns, sink.port, &shaping(50), &warmup);
+    h.granted_contacts(8);
+    let campaign = |name: &str, sender: &str| {
+        let r = h.post_json(
+            "/api/v1/campaigns",
+            json!({"name": name, "template": "news", "sender": sender, "audience": {"lists": ["news"]}}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.body["id"].as_u64().unwrap();
+        let r = h.post_json(&format!("/api/v1/campaigns/{id}/start"), json!({}));
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    // A first newsletter from a sender that is not warming: everyone.
+    campaign("First", "plain");
+    let first = sink.wait_files(8, Duration::from_secs(30));
+    // The last two contacts (by id) open it.
+    let openers = ["c0006@example.test", "c0007@example.test"];
+    for f in &first {
+        if openers.iter().any(|o| rcpts_of(f).iter().any(|r| r == o)) {
+            let t = common::peers::tokens(f, "o");
+            assert_eq!(t.len(), 1, "one pixel");
+            assert_eq!(h.get_noauth(&format!("/o/{}", t[0]), None).status, 200);
+        }
+    }
+    wait_until(
+        "the opens known to segments",
+        Duration::from_secs(20),
+        || {
+            let r = h.put(
+                "/api/v1/segments/opened",
+                "application/json",
+                &json!({"field": "last_open", "after": "2 days ago"}).to_string(),
+            );
+            assert!(r.status < 300, "{r:?}");
+            h.get("/api/v1/segments/opened/preview").body["count"] == 2
+        },
+    );
+    // The warming sender's allowance of 2 goes to them.
+    campaign("Second", "shop");
+    let all = sink.wait_files(10, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sink.files().len(), 10, "only the allowance went out");
+    let mut second: Vec<String> = all
+        .iter()
+        .filter(|f| !first.contains(f))
+        .flat_map(|f| rcpts_of(f))
+        .collect();
+    second.sort();
+    assert_eq!(second, openers);
+}
