@@ -808,23 +808,23 @@ mod tests {
     }
 
     #[test]
-    fn the_first_of_a_repeated_key_counts_and_none_needs_no_mx() {
+    fn the_first_of_a_repeated_key_counts_and_none_needs_no_mx() -> Result<(), PolicyError> {
         let p = Policy::parse(
             "version: STSv1\nmode: testing\nmode: enforce\nmx: a.example\nmax_age: 5\nmax_age: 9\n",
-        )
-        .unwrap();
+        )?;
         assert_eq!((p.mode, p.max_age), (Mode::Testing, 5));
-        let none = Policy::parse("version: STSv1\nmode: none\nmax_age: 60\n").unwrap();
+        let none = Policy::parse("version: STSv1\nmode: none\nmax_age: 60\n")?;
         assert_eq!(none.mode, Mode::None);
         assert!(none.mx.is_empty());
+        Ok(())
     }
 
     #[test]
-    fn max_age_is_capped_at_a_year() {
+    fn max_age_is_capped_at_a_year() -> Result<(), PolicyError> {
         let p =
-            Policy::parse("version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 9999999999\n")
-                .unwrap();
+            Policy::parse("version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 9999999999\n")?;
         assert_eq!(p.max_age, MAX_AGE_CAP);
+        Ok(())
     }
 
     #[test]
@@ -886,7 +886,7 @@ mod tests {
     }
 
     #[test]
-    fn mx_patterns_match_names_and_one_wildcard_label() {
+    fn mx_patterns_match_names_and_one_wildcard_label() -> Result<(), PolicyError> {
         assert!(mx_matches("mail.example.com", "mail.example.com"));
         assert!(mx_matches("mail.example.com", "MAIL.Example.com."));
         assert!(!mx_matches("mail.example.com", "mail2.example.com"));
@@ -897,11 +897,11 @@ mod tests {
         assert!(!mx_matches("*.example.net", ".example.net"));
         let p = Policy::parse(
             "version: STSv1\nmode: enforce\nmx: mx.x.test\nmx: *.backup.test\nmax_age: 60\n",
-        )
-        .unwrap();
+        )?;
         assert!(p.allows("mx.x.test"));
         assert!(p.allows("b1.backup.test"));
         assert!(!p.allows("other.x.test"));
+        Ok(())
     }
 
     #[test]
@@ -945,7 +945,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_policy_lives_max_age_and_is_refreshed_past_half() {
+    fn a_cached_policy_lives_max_age_and_is_refreshed_past_half() -> Result<(), serde_json::Error> {
         let c = Cached {
             policy: Policy {
                 mode: Mode::Enforce,
@@ -960,8 +960,9 @@ mod tests {
         assert!(!c.is_live(1_100_000));
         assert!(!c.wants_refresh(1_040_000));
         assert!(c.wants_refresh(1_060_000));
-        let json = serde_json::to_string(&c).unwrap();
-        assert_eq!(serde_json::from_str::<Cached>(&json).unwrap(), c);
+        let json = serde_json::to_string(&c)?;
+        assert_eq!(serde_json::from_str::<Cached>(&json)?, c);
         assert!(json.contains("\"mode\":\"enforce\""), "{json}");
+        Ok(())
     }
 }

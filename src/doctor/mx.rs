@@ -148,7 +148,7 @@ mod tests {
     #[tokio::test]
     async fn bounce_domain_mx_reaches_the_listener() {
         let s = sender(Some("bounces.shop.test"));
-        let ip: IpAddr = "203.0.113.5".parse().unwrap();
+        let ip = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 5));
         let t = Table::default();
         let v = check(&t, &s, &inbound("203.0.113.5:25"), "mx.shop.test", &[]).await;
         assert_eq!(v.status, Status::Fail);

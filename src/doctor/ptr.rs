@@ -103,18 +103,20 @@ mod tests {
     #[test]
     fn reverse_names() {
         assert_eq!(
-            reverse_name("203.0.113.5".parse().unwrap()),
+            reverse_name(IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 5))),
             "5.113.0.203.in-addr.arpa"
         );
         assert_eq!(
-            reverse_name("2001:db8::1".parse().unwrap()),
+            reverse_name(IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0, 0, 0, 0, 0, 1
+            ))),
             "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"
         );
     }
 
     #[tokio::test]
     async fn missing_unconfirmed_mismatched_and_good() {
-        let ip: IpAddr = "203.0.113.5".parse().unwrap();
+        let ip = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 5));
         let t = Table::default();
         let v = check(&t, ip, "mail.shop.test", "shop").await;
         assert_eq!(v.status, Status::Fail);

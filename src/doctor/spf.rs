@@ -1030,9 +1030,8 @@ mod tests {
     use super::super::dns::Table;
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
+    /// The sending address of the tests (a documentation address).
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 5));
 
     #[test]
     fn parses_terms_and_keeps_their_text() {
@@ -1102,9 +1101,13 @@ mod tests {
         );
     }
 
-    async fn eval(t: &Table, ip_: &str, d: &str) -> (Outcome, usize) {
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+    }
+
+    async fn eval(t: &Table, ip: IpAddr, d: &str) -> (Outcome, usize) {
         let mut w = Walk::new(t);
-        let o = w.eval(ip(ip_), d.to_string()).await;
+        let o = w.eval(ip, d.to_string()).await;
         (o, w.lookups)
     }
 
@@ -1121,19 +1124,25 @@ mod tests {
             .with_txt("_spf.esp.test", "v=spf1 ip4:198.51.100.0/24 -all")
             .with_txt("_spf.shop.test", "v=spf1 ip6:2001:db8::/48 ~all");
         assert!(
-            matches!(eval(&t, "203.0.113.1", "shop.test").await.0, Outcome::Pass(at) if at.starts_with("a in"))
+            matches!(eval(&t, v4(203, 0, 113, 1), "shop.test").await.0, Outcome::Pass(at) if at.starts_with("a in"))
         );
         assert!(
-            matches!(eval(&t, "203.0.113.2", "shop.test").await.0, Outcome::Pass(at) if at.starts_with("mx in"))
+            matches!(eval(&t, v4(203, 0, 113, 2), "shop.test").await.0, Outcome::Pass(at) if at.starts_with("mx in"))
         );
-        let (o, n) = eval(&t, "198.51.100.7", "shop.test").await;
+        let (o, n) = eval(&t, v4(198, 51, 100, 7), "shop.test").await;
         assert!(matches!(o, Outcome::Pass(at) if at.contains("_spf.esp.test")));
         assert_eq!(n, 3);
         assert!(matches!(
-            eval(&t, "2001:db8::5", "shop.test").await.0,
+            eval(
+                &t,
+                IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 5)),
+                "shop.test"
+            )
+            .await
+            .0,
             Outcome::Pass(_)
         ));
-        let (o, n) = eval(&t, "192.0.2.9", "shop.test").await;
+        let (o, n) = eval(&t, v4(192, 0, 2, 9), "shop.test").await;
         assert_eq!(
             o,
             Outcome::NotPass(
@@ -1142,7 +1151,10 @@ mod tests {
             )
         );
         assert_eq!(n, 4);
-        assert_eq!(eval(&t, "192.0.2.9", "none.test").await.0, Outcome::None);
+        assert_eq!(
+            eval(&t, v4(192, 0, 2, 9), "none.test").await.0,
+            Outcome::None
+        );
     }
 
     #[tokio::test]
@@ -1156,16 +1168,16 @@ mod tests {
         }
         // 12 lookups in all, but 203.0.113.5 matches before the first.
         assert!(matches!(
-            eval(&t, "203.0.113.5", "shop.test").await.0,
+            eval(&t, v4(203, 0, 113, 5), "shop.test").await.0,
             Outcome::Pass(_)
         ));
-        let (o, _) = eval(&t, "192.0.2.1", "shop.test").await;
+        let (o, _) = eval(&t, v4(192, 0, 2, 1), "shop.test").await;
         // The a: targets find nothing: the third void lookup comes first.
         assert_eq!(o, Outcome::PermError(PermError::TooManyVoidLookups));
         for i in 1..=6 {
             t = t.with_addr(&format!("h{i}.test"), &format!("198.51.100.{i}"));
         }
-        let (o, n) = eval(&t, "192.0.2.1", "shop.test").await;
+        let (o, n) = eval(&t, v4(192, 0, 2, 1), "shop.test").await;
         assert_eq!(o, Outcome::PermError(PermError::TooManyLookups));
         assert_eq!(n, 11);
         let mut w = Walk::new(&t);
@@ -1182,20 +1194,20 @@ mod tests {
             .with_txt("gone.test", "v=spf1 include:nothing.test -all")
             .with_txt("macro.test", "v=spf1 exists:%{i}.bl.test -all");
         assert!(
-            matches!(eval(&t, "192.0.2.1", "loop.test").await.0, Outcome::PermError(PermError::Other(e, Some(t))) if e.contains("loop") && t == "include:loop.test")
+            matches!(eval(&t, v4(192, 0, 2, 1), "loop.test").await.0, Outcome::PermError(PermError::Other(e, Some(t))) if e.contains("loop") && t == "include:loop.test")
         );
         assert!(
-            matches!(eval(&t, "192.0.2.1", "gone.test").await.0, Outcome::PermError(PermError::Other(e, _)) if e.contains("nothing.test has no SPF record"))
+            matches!(eval(&t, v4(192, 0, 2, 1), "gone.test").await.0, Outcome::PermError(PermError::Other(e, _)) if e.contains("nothing.test has no SPF record"))
         );
         assert!(matches!(
-            eval(&t, "192.0.2.1", "macro.test").await.0,
+            eval(&t, v4(192, 0, 2, 1), "macro.test").await.0,
             Outcome::Unknown(_)
         ));
     }
 
     #[tokio::test]
     async fn verdicts_name_the_record_to_publish() {
-        let ips = [ip("203.0.113.5")];
+        let ips = [IP];
         let t = Table::default();
         let c = check(&t, "shop.test", &ips).await;
         assert_eq!(c.verdicts[0].status, Status::Fail);
@@ -1248,7 +1260,7 @@ mod tests {
         }
         rec.push_str(" -all");
         let t = t.with_txt("shop.test", &rec);
-        let c = check(&t, "shop.test", &[ip("203.0.113.5")]).await;
+        let c = check(&t, "shop.test", &[IP]).await;
         assert_eq!(c.verdicts[0].status, Status::Fail);
         assert!(
             c.verdicts[0].detail.contains("more than 10 DNS lookups"),

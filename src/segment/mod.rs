@@ -694,7 +694,7 @@ mod tests {
     /// Most recently engaged first (open or click, whichever is later);
     /// the never engaged and unknown ids after, in their order.
     #[test]
-    fn engaged_first_orders_by_the_last_open_or_click() {
+    fn engaged_first_orders_by_the_last_open_or_click() -> Result<(), String> {
         let idx = Index::new();
         idx.with_data_mut(|d| {
             d.rows.resize(6, index::Row::default());
@@ -704,6 +704,7 @@ mod tests {
             d.rows[3].last_click = 50;
         });
         let ids = [5, 1, 4, 2, 9, 3];
-        assert_eq!(idx.engaged_first(&ids).unwrap(), [2, 3, 1, 5, 4, 9]);
+        assert_eq!(idx.engaged_first(&ids)?, [2, 3, 1, 5, 4, 9]);
+        Ok(())
     }
 }
