@@ -160,24 +160,6 @@ fn send(h: &Herald, to: &[&str], subject: &str) -> u64 {
     r.body["id"].as_u64().unwrap()
 }
 
-/// Polls a queued message until `done` holds.
-fn wait(h: &Herald, id: u64, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let r = h.get(&format!("/api/v1/queue/{id}"));
-        assert_eq!(r.status, 200, "{}", r.body);
-        if done(&r.body) {
-            return r.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out; last state {}",
-            r.body
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn states(m: &Value) -> Vec<String> {
     m["recipients"]
         .as_array()
@@ -206,7 +188,7 @@ fn mx_delivery_with_fallback_implicit_null_and_nxdomain_all_signed() {
         ],
         "Grüße ✓",
     );
-    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
     let r = m["recipients"].as_array().unwrap();
     // example.test: the first MX is dead, the second took it.
     assert_eq!(r[0]["state"], "delivered", "{m}");
@@ -295,7 +277,7 @@ fn raw_messages_get_message_id_and_date_and_are_signed() {
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.body["id"].as_u64().unwrap();
-    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
     assert_eq!(states(&m), ["delivered"]);
     let files = sink.wait_files(1, Duration::from_secs(5));
     let msg = message_of(&files[0]);
@@ -395,7 +377,7 @@ fn temporary_failures_are_retried_until_the_server_takes_the_message() {
     let port = sink.port;
     let s = start(&dns, port, "", "");
     let id = send(&s.herald, &["alice@implicit.test"], "retry me");
-    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+    let m = s.herald.wait_message(id, Duration::from_secs(20), |m| {
         m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 2
     });
     assert_eq!(m["recipients"][0]["state"], "deferred", "{m}");
@@ -414,7 +396,7 @@ fn temporary_failures_are_retried_until_the_server_takes_the_message() {
     // The server recovers; the next attempt delivers, exactly once.
     drop(sink);
     let sink = Sink::start_on(port, &[]);
-    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
     assert_eq!(states(&m), ["delivered"]);
     assert!(m["recipients"][0]["attempts"].as_u64().unwrap() >= 3);
     assert_eq!(sink.wait_files(1, Duration::from_secs(5)).len(), 1);
@@ -432,13 +414,13 @@ fn disconnects_and_slow_servers_defer_and_expire_as_soft_bounces() {
     // Deferred after the attempt (waiting for a settled state: with a 1 s
     // retry schedule the next attempt may already be in flight on a busy
     // machine when the first read comes).
-    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+    let m = s.herald.wait_message(id, Duration::from_secs(20), |m| {
         m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 1
             && m["recipients"][0]["state"] != "in_flight"
     });
     assert_eq!(m["recipients"][0]["state"], "deferred", "{m}");
     // After max_age the message gives up: a soft bounce, not a hard one.
-    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
     let r = &m["recipients"][0];
     assert_eq!(r["state"], "failed", "{m}");
     assert_eq!(r["bounce"], "soft");
@@ -452,7 +434,7 @@ fn disconnects_and_slow_servers_defer_and_expire_as_soft_bounces() {
     // Deferred after the attempt (waiting for a settled state: with a 1 s
     // retry schedule the next attempt may already be in flight on a busy
     // machine when the first read comes).
-    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+    let m = s.herald.wait_message(id, Duration::from_secs(20), |m| {
         m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 1
             && m["recipients"][0]["state"] != "in_flight"
     });
@@ -483,7 +465,7 @@ fn hard_bounce_marks_the_contact_invalid_policy_bounce_does_not() {
     );
     assert!(c.status == 200 || c.status == 201, "{}", c.body);
     let id = send(h, &["gone@implicit.test"], "bounce");
-    let m = wait(h, id, Duration::from_secs(20), finished);
+    let m = h.wait_message(id, Duration::from_secs(20), finished);
     let r = &m["recipients"][0];
     assert_eq!(r["state"], "failed");
     assert_eq!(r["bounce"], "hard");
@@ -505,7 +487,7 @@ fn hard_bounce_marks_the_contact_invalid_policy_bounce_does_not() {
         json!({"email": "fine@implicit.test", "consent": "granted"}),
     );
     let id = send(h, &["fine@implicit.test"], "spammy");
-    let m = wait(h, id, Duration::from_secs(20), finished);
+    let m = h.wait_message(id, Duration::from_secs(20), finished);
     assert_eq!(m["recipients"][0]["bounce"], "policy", "{m}");
     let c = h.get("/api/v1/contacts/fine@implicit.test");
     assert_eq!(c.body["consent"], "granted", "{}", c.body);
@@ -521,7 +503,7 @@ fn hard_bounce_marks_the_contact_invalid_policy_bounce_does_not() {
         json!({"email": "kept@implicit.test", "consent": "granted"}),
     );
     let id = send(h, &["kept@implicit.test"], "content");
-    let m = wait(h, id, Duration::from_secs(20), finished);
+    let m = h.wait_message(id, Duration::from_secs(20), finished);
     assert_eq!(m["recipients"][0]["bounce"], "soft", "{m}");
     let c = h.get("/api/v1/contacts/kept@implicit.test");
     assert_eq!(c.body["consent"], "granted", "{}", c.body);
@@ -535,7 +517,7 @@ fn more_than_100_recipients_go_out_in_transactions_of_100() {
     let to: Vec<String> = (0..150).map(|i| format!("p{i}@implicit.test")).collect();
     let to: Vec<&str> = to.iter().map(String::as_str).collect();
     let id = send(&s.herald, &to, "many");
-    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
     assert!(states(&m).iter().all(|s| s == "delivered"), "{m}");
     let files = sink.wait_files(2, Duration::from_secs(5));
     let mut counts: Vec<usize> = files.iter().map(|f| rcpts_of(f).len()).collect();
@@ -552,7 +534,8 @@ fn one_connection_carries_many_messages_and_limits_hold() {
         .map(|i| send(&s.herald, &[&format!("u{i}@implicit.test")], "bulk"))
         .collect();
     for id in &ids {
-        wait(&s.herald, *id, Duration::from_secs(30), finished);
+        s.herald
+            .wait_message(*id, Duration::from_secs(30), finished);
     }
     sink.wait_files(30, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(1500));
@@ -574,7 +557,8 @@ fn rate_limit_per_sender_spaces_messages() {
         .map(|i| send(&s.herald, &[&format!("r{i}@implicit.test")], "rate"))
         .collect();
     for id in &ids {
-        wait(&s.herald, *id, Duration::from_secs(30), finished);
+        s.herald
+            .wait_message(*id, Duration::from_secs(30), finished);
     }
     // 10 messages at 4 per second take at least 9 intervals of 250 ms.
     assert!(
@@ -599,7 +583,7 @@ fn require_tls_refuses_a_server_without_starttls() {
         &["alice@implicit.test", "bob@example.test"],
         "tls only",
     );
-    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+    let m = s.herald.wait_message(id, Duration::from_secs(20), |m| {
         m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 1
             && m["recipients"][1]["state"] == "delivered"
     });
@@ -623,7 +607,7 @@ fn queue_status_retry_and_purge_over_api_and_cli() {
     let a = send(h, &["a@implicit.test"], "one");
     let b = send(h, &["b@implicit.test", "c@implicit.test"], "two");
     for id in [a, b] {
-        wait(h, id, Duration::from_secs(20), |m| {
+        h.wait_message(id, Duration::from_secs(20), |m| {
             m["recipients"]
                 .as_array()
                 .unwrap()
@@ -647,7 +631,7 @@ fn queue_status_retry_and_purge_over_api_and_cli() {
     // Retry now: the next attempt happens at once instead of in an hour.
     let r = h.post_json("/api/v1/queue/retry", json!({"id": a}));
     assert_eq!(r.body["messages"], 1, "{}", r.body);
-    wait(h, a, Duration::from_secs(20), |m| {
+    h.wait_message(a, Duration::from_secs(20), |m| {
         m["recipients"][0]["attempts"].as_u64().unwrap() >= 2
     });
     let (code, out, err) = run(
@@ -708,13 +692,13 @@ fn queued_mail_survives_a_restart_and_is_delivered_after_it() {
     // No server at first: the message waits in the queue.
     let mut s = start(&dns, port, "", "");
     let id = send(&s.herald, &["alice@implicit.test"], "later");
-    wait(&s.herald, id, Duration::from_secs(20), |m| {
+    s.herald.wait_message(id, Duration::from_secs(20), |m| {
         m["recipients"][0]["state"] == "deferred"
     });
     s.herald.kill9();
     let sink = Sink::start_on(port, &[]);
     s.herald.restart();
-    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
     assert_eq!(states(&m), ["delivered"]);
     let files = sink.wait_files(1, Duration::from_secs(5));
     assert_eq!(
@@ -825,7 +809,7 @@ fn starttls_is_used_when_an_mx_offers_it_and_required_tls_is_met() {
         "",
     );
     let id = send(&s.herald, &["alice@tls.test"], "encrypted");
-    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
     assert_eq!(states(&m), ["delivered"], "{m}");
     let got = server.received();
     assert_eq!(got.len(), 1);
@@ -864,7 +848,7 @@ fn relay_with_starttls_or_implicit_tls_and_auth() {
             &["someone@elsewhere.test", "other@example.test"],
             "via relay",
         );
-        let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+        let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
         assert_eq!(states(&m), ["delivered", "delivered"], "{tls}: {m}");
         let got = server.received();
         assert_eq!(got.len(), 1, "one transaction for both recipients");
@@ -889,7 +873,7 @@ fn relay_failures_are_deferred_with_the_reason() {
     );
     let s = start_with_relay(&dns, 9, "", "", &relay);
     let id = send(&s.herald, &["a@elsewhere.test"], "x");
-    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+    let m = s.herald.wait_message(id, Duration::from_secs(20), |m| {
         // With a short retry interval the next attempt may already be
         // under way when the first is recorded: wait for a settled state.
         m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 1
@@ -909,7 +893,7 @@ fn relay_failures_are_deferred_with_the_reason() {
     let relay = relay_toml(server.port, "starttls", &other.cert, "password = \"right\"");
     let s = start_with_relay(&dns, 9, "", "", &relay);
     let id = send(&s.herald, &["a@elsewhere.test"], "x");
-    let m = wait(&s.herald, id, Duration::from_secs(20), |m| {
+    let m = s.herald.wait_message(id, Duration::from_secs(20), |m| {
         // With a short retry interval the next attempt may already be
         // under way when the first is recorded: wait for a settled state.
         m["recipients"][0]["attempts"].as_u64().unwrap_or(0) >= 1
@@ -1090,7 +1074,7 @@ fn sigterm_with_delivery_running_closes_the_store_cleanly() {
     let sink = Sink::start(&[]);
     let mut s = start(&dns, sink.port, "", "");
     let id = send(&s.herald, &["alice@implicit.test"], "before stop");
-    wait(&s.herald, id, Duration::from_secs(20), finished);
+    s.herald.wait_message(id, Duration::from_secs(20), finished);
     assert_eq!(s.herald.stop(), Some(0));
     let log = s.herald.log();
     assert!(!log.contains("still busy"), "{log}");
@@ -1107,7 +1091,7 @@ fn sigterm_finishes_and_records_the_transaction_in_hand() {
     let sink = Sink::start(&["-w", "2"]);
     let mut s = start(&dns, sink.port, "", "");
     let id = send(&s.herald, &["alice@implicit.test"], "in hand");
-    wait(&s.herald, id, Duration::from_secs(20), |m| {
+    s.herald.wait_message(id, Duration::from_secs(20), |m| {
         m["recipients"][0]["state"] == "in_flight"
     });
     // Let the connection reach DATA.
@@ -1125,7 +1109,7 @@ fn sigterm_finishes_and_records_the_transaction_in_hand() {
     );
 
     s.herald.restart();
-    let m = wait(&s.herald, id, Duration::from_secs(20), finished);
+    let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
     assert_eq!(states(&m), ["delivered"], "{m}");
     assert_eq!(m["recipients"][0]["attempts"], 1, "{m}");
     std::thread::sleep(Duration::from_millis(500));
@@ -1160,7 +1144,7 @@ fn sigterm_says_what_it_waits_for_and_gives_up_at_the_grace() {
         "",
     );
     let id = send(&s.herald, &["alice@implicit.test"], "stuck");
-    wait(&s.herald, id, Duration::from_secs(20), |m| {
+    s.herald.wait_message(id, Duration::from_secs(20), |m| {
         m["recipients"][0]["state"] == "in_flight"
     });
     // In flight once loaded; the connection starts once the domain's

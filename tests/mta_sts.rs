@@ -11,77 +11,13 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::peers::{Dns, Sink, free_port, openssl, rcpts_of};
+use common::peers::{Dns, Sink, free_port, rcpts_of, test_ca_and_cert};
 use common::tls_smtp::{Mode, TlsSmtp};
 use common::{Herald, run};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A test CA and a server certificate it signed for `names`: (CA
-/// certificate, certificate, key).
-fn make_certs(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| openssl(dir, args);
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=Herald MTA-STS Test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        &format!("/CN={}", names[0]),
-        "-keyout",
-        "key.pem",
-        "-out",
-        "leaf.csr",
-    ]);
-    let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-    std::fs::write(
-        dir.join("ext.cnf"),
-        format!(
-            "subjectAltName={}\nbasicConstraints=CA:FALSE\n",
-            sans.join(",")
-        ),
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    )
-}
 
 /// What the policy server answers for one host: status, content type, body.
 #[derive(Clone)]
@@ -121,7 +57,7 @@ impl PolicyServer {
         let dir = tempfile::tempdir().unwrap();
         let mut names: Vec<&str> = answers.keys().map(String::as_str).collect();
         names.sort();
-        let (ca, cert, key) = make_certs(dir.path(), &names);
+        let (ca, cert, key) = test_ca_and_cert(dir.path(), &names);
         let certs = rustls::pki_types::CertificateDer::pem_file_iter(&cert)
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
@@ -267,31 +203,7 @@ from = "Shop <news@shop.test>"
 }
 
 fn send(h: &Herald, to: &[&str]) -> u64 {
-    let r = h.post_json(
-        "/api/v1/messages",
-        json!({"sender": "shop", "to": to, "subject": "Policy", "text": "Hello\n"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.body["id"].as_u64().unwrap()
-}
-
-/// Polls a queued message until `done` holds.
-fn wait(h: &Herald, id: u64, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let r = h.get(&format!("/api/v1/queue/{id}"));
-        assert_eq!(r.status, 200, "{}", r.body);
-        if done(&r.body) {
-            return r.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out; last state {}\n{}",
-            r.body,
-            h.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    h.send_text("shop", to, "Policy")
 }
 
 fn rcpt(m: &Value, i: usize) -> &Value {
@@ -386,7 +298,7 @@ fn enforce_refuses_unlisted_mx_and_plain_text_testing_only_reports() {
             "g@big.test",
         ],
     );
-    let m = wait(&h, id, Duration::from_secs(30), |m| {
+    let m = h.wait_message(id, Duration::from_secs(30), |m| {
         attempted(m, 0) && attempted(m, 1) && (2..7).all(|i| rcpt(m, i)["state"] == "delivered")
     });
     assert_eq!(rcpt(&m, 0)["state"], "deferred", "{m}");
@@ -419,7 +331,7 @@ fn enforce_refuses_unlisted_mx_and_plain_text_testing_only_reports() {
     // No TXT record: no fetch. Each other policy fetched once, however
     // many connections and retries.
     assert_eq!(server.requests_for("mta-sts.none.test"), 0);
-    wait(&h, id, Duration::from_secs(20), |m| {
+    h.wait_message(id, Duration::from_secs(20), |m| {
         rcpt(m, 0)["attempts"].as_u64().unwrap_or(0) >= 2
     });
     for d in ["other", "plain", "testing", "redirect", "html", "big"] {
@@ -444,7 +356,7 @@ fn enforce_refuses_unlisted_mx_and_plain_text_testing_only_reports() {
     server.stop();
     h.restart();
     let id = send(&h, &["x@other.test", "y@none.test"]);
-    let m = wait(&h, id, Duration::from_secs(30), |m| {
+    let m = h.wait_message(id, Duration::from_secs(30), |m| {
         attempted(m, 0) && rcpt(m, 1)["state"] == "delivered"
     });
     assert_eq!(rcpt(&m, 0)["state"], "deferred", "{m}");
@@ -505,7 +417,7 @@ fn enforce_requires_a_verified_certificate_testing_only_reports() {
     std::fs::write(&ca, pem).unwrap();
     let h = start(&dns, tls.port, server.port, &ca, "");
     let id = send(&h, &["a@good.test", "b@bad.test", "c@lax.test"]);
-    let m = wait(&h, id, Duration::from_secs(30), |m| {
+    let m = h.wait_message(id, Duration::from_secs(30), |m| {
         rcpt(m, 0)["state"] == "delivered" && attempted(m, 1) && rcpt(m, 2)["state"] == "delivered"
     });
     assert_eq!(rcpt(&m, 0)["host"], "mx.tls.test", "{m}");
@@ -548,7 +460,7 @@ fn mta_sts_can_be_turned_off_and_its_keys_are_checked() {
         "mta_sts = \"off\"",
     );
     let id = send(&h, &["a@other.test"]);
-    let m = wait(&h, id, Duration::from_secs(20), |m| {
+    let m = h.wait_message(id, Duration::from_secs(20), |m| {
         rcpt(m, 0)["state"] == "delivered"
     });
     assert_eq!(rcpt(&m, 0)["host"], "mx.other.test", "{m}");

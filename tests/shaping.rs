@@ -91,12 +91,7 @@ helo = "mail.shop.test"
 }
 
 fn send(h: &Herald, to: &str) -> u64 {
-    let r = h.post_json(
-        "/api/v1/messages",
-        json!({"sender": "shop", "to": [to], "subject": "Hi", "text": "Hello\n"}),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.body["id"].as_u64().unwrap()
+    h.send_text("shop", &[to], "Hi")
 }
 
 fn message(h: &Herald, id: u64) -> Value {
@@ -104,20 +99,9 @@ fn message(h: &Herald, id: u64) -> Value {
 }
 
 fn all_delivered(h: &Herald, ids: &[u64], within: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    for id in ids {
-        let deadline = Instant::now() + within;
-        loop {
-            let m = message(h, *id);
-            if m["recipients"][0]["state"] == "delivered" {
-                out.push(m);
-                break;
-            }
-            assert!(Instant::now() < deadline, "not delivered: {m}\n{}", h.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    out
+    ids.iter()
+        .map(|id| h.wait_message(*id, within, |m| m["recipients"][0]["state"] == "delivered"))
+        .collect()
 }
 
 /// The group's entry in `GET /api/v1/queue`.

@@ -363,6 +363,42 @@ impl Herald {
         }
     }
 
+    /// Queues a plain-text message from `sender` (`POST /api/v1/messages`),
+    /// asserting it is accepted; returns its queue id.
+    pub fn send_text(&self, sender: &str, to: &[&str], subject: &str) -> u64 {
+        let r = self.post_json(
+            "/api/v1/messages",
+            serde_json::json!({"sender": sender, "to": to, "subject": subject, "text": "Hello\n"}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.body["id"].as_u64().unwrap()
+    }
+
+    /// Polls queued message `id` (`GET /api/v1/queue/{id}`) until `done`
+    /// holds; fails with its last state and the daemon's log after `within`.
+    pub fn wait_message(
+        &self,
+        id: u64,
+        within: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.get(&format!("/api/v1/queue/{id}"));
+            assert_eq!(r.status, 200, "{}", r.body);
+            if done(&r.body) {
+                return r.body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out; last state {}\n{}",
+                r.body,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Creates a field, asserting success.
     pub fn field(&self, name: &str, t: &str) {
         let r = self.post_json(
