@@ -83,14 +83,7 @@ impl Group {
     /// The least time between two messages (the stricter of the limits per
     /// second and per hour), `None` without a limit.
     pub fn interval(&self) -> Option<Duration> {
-        let mut s = 0f64;
-        if let Some(r) = self.messages_per_second {
-            s = s.max(1.0 / r);
-        }
-        if let Some(r) = self.messages_per_hour {
-            s = s.max(3600.0 / r);
-        }
-        Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero())
+        interval(self.messages_per_second, self.messages_per_hour)
     }
 
     /// Whether one of the MX host names matches a suffix of this group.
@@ -99,6 +92,20 @@ impl Group {
             host.ends_with(s.as_str()) || s.strip_prefix('.').is_some_and(|bare| host == bare)
         })
     }
+}
+
+/// The least time between two messages under limits per second and per
+/// hour (the stricter wins); `None` without a limit. A group's and a
+/// sender's rates are both spaced by it.
+pub fn interval(per_second: Option<f64>, per_hour: Option<f64>) -> Option<Duration> {
+    let mut s = 0f64;
+    if let Some(r) = per_second {
+        s = s.max(1.0 / r);
+    }
+    if let Some(r) = per_hour {
+        s = s.max(3600.0 / r);
+    }
+    Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero())
 }
 
 /// What a back-off rule does to the group whose server gave the reply.

@@ -22,7 +22,7 @@ use std::time::Duration;
 use super::engine::{Inner, lock, now_ms};
 use super::model::QueuedMessage;
 use super::outcome::{Suppressed, drop_unsent, unsendable};
-use super::shaping::{GroupKey, Shaper, WarmRoom, WarmUse};
+use super::shaping::{GroupKey, Shaper, SlotLine, WarmRoom, WarmUse};
 use crate::config::Sender;
 use crate::config::shaping::Group;
 use crate::store::ReadTables as _;
@@ -107,7 +107,7 @@ pub(super) struct State {
     /// Open connections in all.
     pub(super) total_conns: usize,
     /// Next free send slot per sender (rate limits), as an instant.
-    rate_next: HashMap<String, tokio::time::Instant>,
+    rate_next: HashMap<String, SlotLine>,
     /// Provider groups, their back-off and warm-up use.
     pub(super) shaper: Shaper,
 }
@@ -408,11 +408,10 @@ fn plan_holds(st: &mut State, config: &crate::config::Config, now_ms: i64) -> Ve
             }
             continue;
         }
-        let Some(name) = shaper.known_group(&key.domain).map(str::to_string) else {
+        let Some((gk, g)) = shaper.group_for(shaping, &key.domain, sender) else {
             continue;
         };
-        let g = shaping.group(&name).unwrap_or(&shaping.default);
-        let gk = GroupKey::of(&g.name, &key.domain, sender.source_ip);
+        let g = &g;
         let gs = shaper.state(&gk);
         let waiting = dest.ready.len();
         let mut take = |from: usize, until: &dyn Fn(usize) -> i64, why: &str| {
@@ -586,34 +585,29 @@ fn spawn_workers(inner: &Arc<Inner>) -> Vec<String> {
         let sender = config.sender(&key.sender);
         let group = match sender {
             Some(sender) if !key.domain.is_empty() => {
-                let (name, lookup) = st.shaper.group_of(&key.domain, now);
-                let name = name.map(str::to_string);
-                if lookup {
+                if st.shaper.needs_lookup(&key.domain, now) {
                     resolve.push(key.domain.clone());
                 }
                 // Not started before its group is known.
-                let Some(name) = name else { continue };
-                let shaping = &d.shaping;
-                let g = shaping.group(&name).unwrap_or(&shaping.default).clone();
-                // A used-up warm-up allowance: the hold pass holds its jobs.
-                if !matches!(
-                    st.shaper.warm_room(sender, &g.name, now_ms),
-                    WarmRoom::Unlimited | WarmRoom::Left(..)
-                ) {
+                let Some(group) = st.shaper.group_for(&d.shaping, &key.domain, sender) else {
                     continue;
-                }
-                Some((GroupKey::of(&g.name, &key.domain, sender.source_ip), g))
+                };
+                Some(group)
             }
             _ => None,
         };
-        if key.domain.is_empty()
-            && let Some(sender) = sender
-            && !matches!(
-                st.shaper.warm_room(sender, "", now_ms),
-                WarmRoom::Unlimited | WarmRoom::Left(..)
-            )
+        // A used-up warm-up allowance (of the group, or of all mail for a
+        // relay): no connection; the hold pass holds its jobs.
+        if let Some(sender) = sender
+            && (group.is_some() || key.domain.is_empty())
         {
-            continue;
+            let scope = group.as_ref().map_or("", |(_, g)| g.name.as_str());
+            if !matches!(
+                st.shaper.warm_room(sender, scope, now_ms),
+                WarmRoom::Unlimited | WarmRoom::Left(..)
+            ) {
+                continue;
+            }
         }
         let lane = Lane {
             dest: key.clone(),
@@ -962,14 +956,8 @@ pub(super) fn reserve_slot(inner: &Inner, sender: &Sender, lane: &Lane) -> Optio
         .as_ref()
         .and_then(|(gk, g)| st.shaper.state(gk).reserve(g, now));
     let own = rate_step(sender).map(|step| {
-        let slot = st
-            .rate_next
-            .get(&sender.id)
-            .copied()
-            .unwrap_or(now)
-            .max(now);
-        st.rate_next.insert(sender.id.clone(), slot + step);
-        (slot, step)
+        let line = st.rate_next.entry(sender.id.clone()).or_default();
+        (line.take(now, step), step)
     });
     let at = match (group, own) {
         (Some(a), Some(b)) => a.0.max(b.0),
@@ -990,10 +978,8 @@ pub(super) fn give_back_slot(inner: &Inner, sender: &Sender, lane: &Lane, slot: 
     if let (Some((gk, _)), Some(taken)) = (&lane.group, slot.group) {
         st.shaper.state(gk).give_back(taken);
     }
-    if let Some((at, step)) = slot.sender
-        && st.rate_next.get(&sender.id) == Some(&(at + step))
-    {
-        st.rate_next.insert(sender.id.clone(), at);
+    if let (Some(taken), Some(line)) = (slot.sender, st.rate_next.get_mut(&sender.id)) {
+        line.give_back(taken);
     }
 }
 
@@ -1050,16 +1036,7 @@ pub(super) fn should_close(inner: &Inner, lane: &Lane) -> bool {
 /// The least time between two messages of `sender` (the stricter of its
 /// limits per second and per hour); `None` without a limit.
 fn rate_step(sender: &Sender) -> Option<Duration> {
-    let mut interval = 0f64;
-    if let Some(r) = sender.rate_per_second {
-        interval = interval.max(1.0 / r);
-    }
-    if let Some(r) = sender.rate_per_hour {
-        interval = interval.max(3600.0 / r);
-    }
-    Duration::try_from_secs_f64(interval)
-        .ok()
-        .filter(|d| !d.is_zero())
+    crate::config::shaping::interval(sender.rate_per_second, sender.rate_per_hour)
 }
 
 /// Takes finished jobs out of the active set; a message leaves it with its

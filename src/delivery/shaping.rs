@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::Sender;
-use crate::config::shaping::{Action, DEFAULT_GROUP, Group, Rule};
+use crate::config::shaping::{Action, DEFAULT_GROUP, Group, Rule, Shaping};
 
 /// The least rate factor a reduction goes down to (1/64 of the limit).
 const MIN_FACTOR: f64 = 1.0 / 64.0;
@@ -63,8 +63,8 @@ pub(super) struct GroupState {
     /// did not allow (at the scheduler's last round): idle connections of
     /// the group close rather than linger.
     pub(super) starved: bool,
-    /// The next free send slot.
-    next_slot: Option<Instant>,
+    /// The group's send slots.
+    slots: SlotLine,
     /// Rate multiplier: 1 as configured, less after a reduction.
     factor: f64,
     /// For a group without a rate: the interval its recent rate gave when
@@ -98,7 +98,7 @@ impl GroupState {
         GroupState {
             conns: 0,
             starved: false,
-            next_slot: None,
+            slots: SlotLine::default(),
             factor: 1.0,
             learned: None,
             conn_cap: None,
@@ -142,17 +142,12 @@ impl GroupState {
         }
         self.window.1 = self.window.1.saturating_add(1);
         let step = self.interval(g)?;
-        let slot = self.next_slot.unwrap_or(now).max(now);
-        self.next_slot = Some(slot + step);
-        Some((slot, step))
+        Some((self.slots.take(now, step), step))
     }
 
-    /// Gives back a slot taken by [`GroupState::reserve`] and not used,
-    /// when no later one was taken since.
-    pub(super) fn give_back(&mut self, (slot, step): (Instant, Duration)) {
-        if self.next_slot == Some(slot + step) {
-            self.next_slot = Some(slot);
-        }
+    /// Gives back a slot taken by [`GroupState::reserve`] and not used.
+    pub(super) fn give_back(&mut self, taken: (Instant, Duration)) {
+        self.slots.give_back(taken);
         self.window.1 = self.window.1.saturating_sub(1);
     }
 
@@ -164,7 +159,7 @@ impl GroupState {
             && self.factor >= 1.0
             && self.conn_cap.is_none()
             && self.suspended(now).is_none()
-            && self.next_slot.is_none_or(|s| s <= now)
+            && self.slots.free_by(now)
     }
 
     /// Where the group's held jobs queue up (ms): the next free hold time,
@@ -288,6 +283,36 @@ impl GroupState {
     }
 }
 
+/// A line of evenly spaced send slots (a group's or a sender's rate).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct SlotLine {
+    /// The next free slot.
+    next: Option<Instant>,
+}
+
+impl SlotLine {
+    /// Takes the next slot (now at the earliest); the one after is `step`
+    /// later.
+    pub(super) fn take(&mut self, now: Instant, step: Duration) -> Instant {
+        let slot = self.next.unwrap_or(now).max(now);
+        self.next = Some(slot + step);
+        slot
+    }
+
+    /// Gives back a slot taken and not used, when no later one was taken
+    /// since.
+    pub(super) fn give_back(&mut self, (slot, step): (Instant, Duration)) {
+        if self.next == Some(slot + step) {
+            self.next = Some(slot);
+        }
+    }
+
+    /// Whether no slot is reserved after `now`.
+    fn free_by(&self, now: Instant) -> bool {
+        self.next.is_none_or(|s| s <= now)
+    }
+}
+
 /// A provider group's state as the API and metrics show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupView {
@@ -365,15 +390,28 @@ pub(super) struct Shaper {
 }
 
 impl Shaper {
-    /// The group of `domain`, when known; `resolve` is set when its MX
-    /// should be (re)looked up (the caller starts that).
-    pub(super) fn group_of(&mut self, domain: &str, now: Instant) -> (Option<&str>, bool) {
+    /// Whether the MX of `domain` should be (re)looked up for its group:
+    /// unknown or older than an hour, and no lookup under way (the caller
+    /// starts it).
+    pub(super) fn needs_lookup(&mut self, domain: &str, now: Instant) -> bool {
         let stale = self
             .domains
             .get(domain)
             .is_none_or(|(_, at)| now.duration_since(*at) >= GROUP_TTL);
-        let resolve = stale && self.resolving.insert(domain.to_string());
-        (self.domains.get(domain).map(|(g, _)| g.as_str()), resolve)
+        stale && self.resolving.insert(domain.to_string())
+    }
+
+    /// The provider group destination `domain` of `sender` counts against,
+    /// with the group's limits, once the domain's group is known.
+    pub(super) fn group_for(
+        &self,
+        shaping: &Shaping,
+        domain: &str,
+        sender: &Sender,
+    ) -> Option<(GroupKey, Group)> {
+        let name = self.known_group(domain)?;
+        let g = shaping.group(name).unwrap_or(&shaping.default);
+        Some((GroupKey::of(&g.name, domain, sender.source_ip), g.clone()))
     }
 
     /// The group of `domain`, when known (no lookup is started).
