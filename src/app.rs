@@ -69,9 +69,8 @@ async fn recover_imports(store: &Store) -> anyhow::Result<()> {
 /// Runs the daemon on `snap` until a termination signal.
 pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     let config = snap.config.clone();
-    let dir = config.storage.dir.clone();
-    let cache = config.storage.cache_bytes;
-    let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&dir, cache))
+    let storage = config.storage.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&storage))
         .await
         .context("store task")?
         .context("cannot open the store")?;
@@ -216,7 +215,41 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         public: listener,
         admin: admin_listener,
     };
-    http::serve(listeners, state.clone(), shutdown_signal(term, int)).await;
+    // The free space of the store's filesystem, read every 10 s (bulk
+    // intake also reads it when its last reading is a second old).
+    let space_watch = {
+        let health = store.health().clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SPACE_CHECK).await;
+                let h = health.clone();
+                let _ = tokio::task::spawn_blocking(move || h.refresh_space()).await;
+            }
+        })
+    };
+    // A store that cannot be re-opened ends the daemon (non-zero): the
+    // service manager restarts it.
+    let lost = {
+        let health = store.health().clone();
+        async move { health.fatal().await }
+    };
+    let lost = tokio::spawn(lost);
+    let store_lost = std::sync::Arc::new(std::sync::OnceLock::new());
+    let stop = {
+        let store_lost = store_lost.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal(term, int) => {}
+                why = lost => {
+                    if let Ok(why) = why {
+                        let _ = store_lost.set(why);
+                    }
+                }
+            }
+        }
+    };
+    http::serve(listeners, state.clone(), stop).await;
+    space_watch.abort();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // One stop for all in-flight work: campaign workers commit the batch in
     // hand and end (the rest of each audience is sent after the next start,
@@ -251,9 +284,15 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || store.close())
         .await
         .ok();
+    if let Some(why) = store_lost.get() {
+        anyhow::bail!("{why}");
+    }
     tracing::info!("herald stopped");
     Ok(())
 }
+
+/// How often the store's free disk space is read.
+const SPACE_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long SIGTERM waits for work in flight (SMTP transactions, campaign
 /// batches, the hit applier) before the process exits; what is left resumes
@@ -299,6 +338,7 @@ async fn reload_on_sighup(state: Arc<AppState>, mut hup: Signal) {
                     tracing::warn!("rendering.threads takes effect only after a restart");
                 }
                 log_template_problems(&snap);
+                state.store.health().configure(&snap.config.storage);
                 state.config.set(snap);
                 if let Err(e) = state.automations.reload().await {
                     tracing::error!(error = %e, "automations not reloaded");

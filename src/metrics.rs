@@ -55,6 +55,13 @@ pub struct ConsentLabels {
     pub consent: &'static str,
 }
 
+/// Labels for the store's state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreStateLabels {
+    /// ok, low_space, unavailable.
+    pub state: &'static str,
+}
+
 /// Labels for import row outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -149,6 +156,16 @@ pub struct Metrics {
     store_commits: Gauge,
     /// Store write jobs committed.
     store_jobs: Gauge,
+    /// 1 for the store's state now, 0 for the others.
+    store_state: Family<StoreStateLabels, Gauge>,
+    /// Free bytes of the store's filesystem.
+    store_free_bytes: Gauge,
+    /// Bytes kept free (the reserve).
+    store_reserve_bytes: Gauge,
+    /// Times the store was re-opened after an I/O error.
+    store_reopens: Gauge,
+    /// Tracking hits answered (redirect, pixel) but not recorded.
+    pub hits_dropped: Counter,
     /// Delivery attempts per recipient, by result (delivered, deferred, failed).
     pub delivery: Family<OutcomeLabels, Counter>,
     /// SMTP client connections open now.
@@ -263,6 +280,36 @@ impl Metrics {
             "store_jobs",
             "Store write jobs committed since start (grouped into commits)",
             store_jobs.clone(),
+        );
+        let store_state = Family::<StoreStateLabels, Gauge>::default();
+        registry.register(
+            "store_state",
+            "The store's state: 1 for the current one of ok (reads and writes work), low_space (below the free-space reserve: bulk intake refused), unavailable (being re-opened after an I/O error)",
+            store_state.clone(),
+        );
+        let store_free_bytes = Gauge::default();
+        registry.register(
+            "store_free_bytes",
+            "Free bytes of the store's filesystem",
+            store_free_bytes.clone(),
+        );
+        let store_reserve_bytes = Gauge::default();
+        registry.register(
+            "store_reserve_bytes",
+            "Free bytes the store keeps in reserve ([storage] reserve_mb, reserve_percent)",
+            store_reserve_bytes.clone(),
+        );
+        let store_reopens = Gauge::default();
+        registry.register(
+            "store_reopens",
+            "Times the store was re-opened after an I/O error since start",
+            store_reopens.clone(),
+        );
+        let hits_dropped = Counter::default();
+        registry.register(
+            "hits_dropped",
+            "Tracking hits (opens, clicks) answered while the store could not record them",
+            hits_dropped.clone(),
         );
         let delivery = Family::<OutcomeLabels, Counter>::default();
         registry.register(
@@ -450,6 +497,11 @@ impl Metrics {
             import_rows,
             store_commits,
             store_jobs,
+            store_state,
+            store_free_bytes,
+            store_reserve_bytes,
+            store_reopens,
+            hits_dropped,
         }
     }
 
@@ -489,6 +541,43 @@ impl Metrics {
 
     /// Refreshes the store-backed gauges and renders the text exposition format.
     pub async fn render(&self, store: &Store) -> Result<String, StoreError> {
+        self.set_store_health(store);
+        // Figures read from the store keep their last values while it
+        // cannot be read: the store's own state is what to look at then.
+        if let Err(e) = self.read_figures(store).await {
+            if !e.is_unavailable() {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, "metrics: store figures not refreshed");
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .map_err(|e| StoreError::Io(format!("cannot encode metrics: {e}")))?;
+        Ok(out)
+    }
+
+    fn set_store_health(&self, store: &Store) {
+        let h = store.health();
+        let now = h.state();
+        for s in crate::store::health::StoreState::ALL {
+            self.store_state
+                .get_or_create(&StoreStateLabels { state: s.name() })
+                .set(i64::from(s == now));
+        }
+        let (free, reserve) = h.space();
+        self.store_free_bytes
+            .set(i64::try_from(free).unwrap_or(i64::MAX));
+        self.store_reserve_bytes
+            .set(i64::try_from(reserve).unwrap_or(i64::MAX));
+        self.store_reopens
+            .set(i64::try_from(h.reopens.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        self.store_commits
+            .set(store.stats.commits.load(Ordering::Relaxed) as i64);
+        self.store_jobs
+            .set(store.stats.jobs.load(Ordering::Relaxed) as i64);
+    }
+
+    async fn read_figures(&self, store: &Store) -> Result<(), StoreError> {
         let counts = store.read(|r| r.consent_counts()).await?;
         for (state, n) in counts {
             self.contacts
@@ -535,13 +624,6 @@ impl Metrics {
         let pending = store.read(|r| r.pending_runs()).await?;
         self.automation_pending
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
-        self.store_commits
-            .set(store.stats.commits.load(Ordering::Relaxed) as i64);
-        self.store_jobs
-            .set(store.stats.jobs.load(Ordering::Relaxed) as i64);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .map_err(|e| StoreError::Io(format!("cannot encode metrics: {e}")))?;
-        Ok(out)
+        Ok(())
     }
 }

@@ -122,19 +122,7 @@ fn contact_id(h: &Herald, email: &str) -> u64 {
 /// Starts campaign `news` to list `news`, waits for `n` files in the sink
 /// and for completion; returns the campaign id.
 fn campaign(h: &Herald, sink: &Sink, n: usize) -> u64 {
-    let r = h.post_json(
-        "/api/v1/campaigns",
-        json!({"name": "Sale", "template": "news", "audience": {"lists": ["news"]}}),
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id = r.body["id"].as_u64().unwrap();
-    let r = h.post_json(&format!("/api/v1/campaigns/{id}/start"), json!({}));
-    assert_eq!(r.status, 200, "{}", r.body);
-    sink.wait_files(n, Duration::from_secs(60));
-    wait_until("completed", Duration::from_secs(60), || {
-        h.get(&format!("/api/v1/campaigns/{id}")).body["status"] == "completed"
-    });
-    id
+    common::send_news(h, sink, n, json!({})).0
 }
 
 /// The sink file of the message to `email`.

@@ -75,30 +75,7 @@ fn start_full(sink: &Sink, tracking: &str, site: &str, news_html: &str) -> Heral
 
 use common::wait_until;
 
-/// Starts a campaign of `news` to list `news` and waits until the sink has
-/// `n` messages and the campaign is completed; returns (id, recipient → file).
-fn send(h: &Herald, sink: &Sink, n: usize, extra: Value) -> (u64, Vec<(String, PathBuf)>) {
-    let mut spec = json!({"name": "Sale", "template": "news", "audience": {"lists": ["news"]}});
-    if let (Some(o), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        o.extend(e.clone());
-    }
-    let r = h.post_json("/api/v1/campaigns", spec);
-    assert_eq!(r.status, 201, "{}", r.body);
-    let id = r.body["id"].as_u64().unwrap();
-    let r = h.post_json(&format!("/api/v1/campaigns/{id}/start"), json!({}));
-    assert_eq!(r.status, 200, "{}", r.body);
-    sink.wait_files(n, Duration::from_secs(60));
-    wait_until("completed", Duration::from_secs(60), || {
-        h.get(&format!("/api/v1/campaigns/{id}")).body["status"] == "completed"
-    });
-    let mut files: Vec<(String, PathBuf)> = sink
-        .files()
-        .into_iter()
-        .flat_map(|f| rcpts_of(&f).into_iter().map(move |r| (r, f.clone())))
-        .collect();
-    files.sort();
-    (id, files)
-}
+use common::send_news as send;
 
 fn report(h: &Herald, id: u64) -> Value {
     let r = h.get(&format!("/api/v1/reports/campaigns/{id}"));

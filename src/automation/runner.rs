@@ -76,10 +76,13 @@ impl Automations {
                 *a = None;
             }
             let due = self.store.read(move |v| v.due_runs(now, BATCH)).await;
+            self.store.report_loop("automations", &due);
             let due = match due {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::error!(error = %e, "automations: cannot read due runs");
+                    if !e.is_unavailable() {
+                        tracing::error!(error = %e, "automations: cannot read due runs");
+                    }
                     Vec::new()
                 }
             };

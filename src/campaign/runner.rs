@@ -226,7 +226,9 @@ impl Campaigns {
         let stopping = self.activity.stopping();
         tokio::pin!(stopping);
         while !self.activity.is_stopping() {
-            let next = match self.tick().await {
+            let ticked = self.tick().await;
+            self.store.report_loop("campaign supervisor", &ticked);
+            let next = match ticked {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::warn!(error = %e, "campaigns: supervisor step failed; retrying");
@@ -335,6 +337,14 @@ impl Campaigns {
             }
             // One campaign's trouble never holds up the others.
             let r = match c.status {
+                Status::Scheduled
+                    if c.run.scheduled_for.is_some_and(|t| t <= now)
+                        && self.store.bulk_allowed().is_err() =>
+                {
+                    // Starts once the store takes writes and has room.
+                    next = next.min(Next::retry(self.now_ms()));
+                    Ok(())
+                }
                 Status::Scheduled if c.run.scheduled_for.is_some_and(|t| t <= now) => {
                     match self.start(c.id).await {
                         Ok(_) => Ok(()),
@@ -674,7 +684,16 @@ impl Campaigns {
             .name(format!("herald-campaign-{id}"))
             .spawn(move || {
                 let _guard = guard;
-                if let Err(e) = svc.work(id, part, &s2) {
+                let worked = svc.work(id, part, &s2);
+                svc.store.report_loop("campaigns", &worked);
+                if let Err(WorkError::Store(e)) = &worked
+                    && (e.is_unavailable() || matches!(e, StoreError::LowSpace { .. }))
+                {
+                    // Not the campaign's fault: the supervisor starts a
+                    // worker again from the durable cursor once the store
+                    // takes writes.
+                    tracing::warn!(campaign = id, error = %e, "campaign worker stopped: the store cannot take its messages now; it goes on from its cursor");
+                } else if let Err(e) = worked {
                     tracing::error!(campaign = id, error = %e, "campaign paused: sending failed");
                     let now = svc.now_ms();
                     let r = svc.store.write_blocking(move |t| {
@@ -711,7 +730,7 @@ impl Campaigns {
         stage: u32,
         variant: u32,
         send: SendRef,
-    ) -> Result<Compiled, String> {
+    ) -> Result<Compiled, WorkError> {
         let l = look(&c.spec, stage, variant);
         let base = snap
             .templates
@@ -732,7 +751,7 @@ impl Campaigns {
                 }
                 Ok((links, products))
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(WorkError::Store)?;
         let opts = SendOptions {
             send,
             personalize: c.spec.personalize,
@@ -741,7 +760,7 @@ impl Campaigns {
             data: c.spec.data.clone(),
             links,
         };
-        Compiled::new(Arc::new(t), &snap.config, opts)
+        Ok(Compiled::new(Arc::new(t), &snap.config, opts)?)
     }
 
     /// Messages of the campaign in the queue and not final (deferred ones
@@ -758,8 +777,8 @@ impl Campaigns {
     }
 
     /// Sends one part, batch after batch, from its durable cursor.
-    fn work(&self, id: u64, part_no: usize, stop: &AtomicBool) -> Result<(), String> {
-        let err = |e: StoreError| e.to_string();
+    fn work(&self, id: u64, part_no: usize, stop: &AtomicBool) -> Result<(), WorkError> {
+        let err = WorkError::Store;
         let activity = &self.activity;
         let Some(c) = self.store.read_blocking(|r| r.campaign(id)).map_err(err)? else {
             return Ok(());
@@ -806,7 +825,7 @@ impl Campaigns {
             .rate_per_hour
             .map(|r| Duration::from_secs_f64(3600.0 / r as f64));
         let start = (part.cursor as usize).min(ids.len());
-        let (tx, rx) = sync_channel::<Result<Batch, String>>(1);
+        let (tx, rx) = sync_channel::<Result<Batch, WorkError>>(1);
         let sender = compiled.sender().clone();
         let store = &self.store;
         let pool = &self.pool;
@@ -834,7 +853,7 @@ impl Campaigns {
                     let contacts = match contacts {
                         Ok(c) => c,
                         Err(e) => {
-                            let _ = tx.send(Err(e.to_string()));
+                            let _ = tx.send(Err(WorkError::Store(e)));
                             return;
                         }
                     };
@@ -907,7 +926,7 @@ impl Campaigns {
                     Ok(Some(end)) => cursor = end,
                     Ok(None) => break, // paused, cancelled or moved on
                     Err(e) => {
-                        result = Err(e.to_string());
+                        result = Err(WorkError::Store(e));
                         break;
                     }
                 }
@@ -933,11 +952,21 @@ impl Campaigns {
     }
 
     /// Waits until fewer than `window` of the campaign's messages are waiting
-    /// for delivery. False if told to stop meanwhile.
+    /// for delivery, and the store can take them (available, its disk above
+    /// the reserve). False if told to stop meanwhile.
     fn wait_for_room(&self, id: u64, window: u64, stop: &AtomicBool) -> bool {
+        let mut said = false;
         loop {
             if stop.load(Ordering::Relaxed) || self.activity.is_stopping() {
                 return false;
+            }
+            if let Err(e) = self.store.bulk_allowed() {
+                if !said {
+                    tracing::warn!(campaign = id, error = %e, "campaign waits: the store cannot take more messages now");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+                continue;
             }
             match self.outstanding(id) {
                 Ok(n) if n < window => return true,
@@ -1078,7 +1107,9 @@ impl Campaigns {
             return Ok(None);
         }
         let snap = self.snapshot();
-        let compiled = self.compile(&snap, &c, stage, variant, s)?;
+        let compiled = self
+            .compile(&snap, &c, stage, variant, s)
+            .map_err(|e| e.to_string())?;
         let r = Recipient::new(contact);
         let rendered = compiled.render_at(&r, sent_at).map_err(|e| e.0)?;
         Ok(Some(rendered.html))
@@ -1142,7 +1173,10 @@ impl Campaigns {
             };
             let compiled = self
                 .compile(&snap, &c, stage, variant, send)
-                .map_err(CampaignError::Invalid)?;
+                .map_err(|e| match e {
+                    WorkError::Store(s) => CampaignError::Store(s),
+                    WorkError::Other(m) => CampaignError::Invalid(m),
+                })?;
             let now = self.now_ms();
             let mut signed = Vec::new();
             for (e, contact) in seeds.iter().zip(&known) {
@@ -1244,6 +1278,30 @@ fn build_one(
 /// rendering the batch again after a restart finds the same codes). An
 /// empty pool is an error: the campaign pauses rather than send a message
 /// without its code.
+/// Why a campaign worker stopped: the store (which the supervisor waits
+/// out) or something about the campaign (which pauses it).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The campaign cannot be sent as it is.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for WorkError {
+    fn from(e: String) -> Self {
+        WorkError::Other(e)
+    }
+}
+
+impl From<&str> for WorkError {
+    fn from(e: &str) -> Self {
+        WorkError::Other(e.to_string())
+    }
+}
+
 fn coupons_for(
     store: &crate::store::Store,
     pool: &str,
@@ -1251,7 +1309,7 @@ fn coupons_for(
     stage: u32,
     contacts: &[Option<Contact>],
     now: i64,
-) -> Result<Vec<Option<String>>, String> {
+) -> Result<Vec<Option<String>>, WorkError> {
     let owners: Vec<Option<String>> = contacts
         .iter()
         .map(|c| {
@@ -1272,11 +1330,11 @@ fn coupons_for(
             }
             Ok(out)
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(WorkError::Store)?;
     if codes.iter().any(|c| matches!(c, Some(None))) {
-        return Err(format!(
+        return Err(WorkError::Other(format!(
             "coupon pool `{pool}` has no free codes left; upload more (POST /api/v1/coupons/{pool}) and resume"
-        ));
+        )));
     }
     Ok(codes.into_iter().map(Option::flatten).collect())
 }

@@ -124,6 +124,12 @@ pub enum ImportError {
         line: u64,
         message: String,
     },
+    /// The store became unavailable or low on space part-way: committed
+    /// batches stand and the import can be resumed.
+    #[error(
+        "import {id} stopped: {store}; the rows committed before stand: resume with ?resume={id} once the store takes writes"
+    )]
+    Stopped { id: u64, store: StoreError },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -472,19 +478,18 @@ pub fn run_import(
             while let Some(p) = pending.pop_front() {
                 let _ = p.blocking_recv();
             }
-            let (id, message, at) = (import.id, e.to_string(), now());
-            if let Ok(rx) = store.write_blocking(move |t| {
-                if let Some(mut r) = t.import(id)? {
-                    r.status = ImportStatus::Interrupted;
-                    r.error = Some(message);
-                    r.finished_at = Some(at);
-                    t.put_import(&r)?;
+            mark_interrupted(store, import.id, e.to_string(), now());
+            return Err(match e {
+                ImportError::Store(s)
+                    if s.is_unavailable() || matches!(s, StoreError::LowSpace { .. }) =>
+                {
+                    ImportError::Stopped {
+                        id: import.id,
+                        store: s,
+                    }
                 }
-                Ok(())
-            }) {
-                let _ = wait(rx);
-            }
-            return Err(e);
+                e => e,
+            });
         }
     };
 
@@ -540,6 +545,45 @@ fn finish(p: Pending) -> Result<BatchResult, ImportError> {
     wait(p)?.map_err(|m| ImportError::Contact(ContactError::Conflict(m)))
 }
 
+/// Records that import `id` stopped. When the store is what failed, the
+/// record is written once it is back (a thread tries every second, for up
+/// to ten minutes), so that the import can be resumed without a restart.
+fn mark_interrupted(store: &Store, id: u64, message: String, at: DateTime<Utc>) {
+    let mark = move |store: &Store, message: String| {
+        store.write_wait(move |t| {
+            if let Some(mut r) = t.import(id)?
+                && r.status == ImportStatus::Running
+            {
+                r.status = ImportStatus::Interrupted;
+                r.error = Some(message);
+                r.finished_at = Some(at);
+                t.put_import(&r)?;
+            }
+            Ok(())
+        })
+    };
+    match mark(store, message.clone()) {
+        Err(e) if e.is_unavailable() => {
+            let store = store.clone();
+            let later = std::thread::Builder::new()
+                .name("herald-import-mark".into())
+                .spawn(move || {
+                    for _ in 0..600 {
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        match mark(&store, message.clone()) {
+                            Err(e) if e.is_unavailable() => continue,
+                            _ => return,
+                        }
+                    }
+                });
+            if let Err(e) = later {
+                tracing::warn!(import = id, error = %e, "cannot wait to mark the import interrupted");
+            }
+        }
+        _ => {}
+    }
+}
+
 fn send_batch(
     store: &Store,
     import_id: u64,
@@ -548,6 +592,7 @@ fn send_batch(
     now: &impl Fn() -> DateTime<Utc>,
 ) -> Result<Pending, StoreError> {
     let at = now();
+    store.bulk_allowed()?;
     store.write_blocking(move |t| {
         let salt = t.salt()?;
         let Some(mut rec) = t.import(import_id)? else {

@@ -305,11 +305,19 @@ pub(super) async fn finish_job(
             .await;
         match written {
             Ok(()) => {
+                if backoff > Duration::from_millis(100) {
+                    inner
+                        .store
+                        .report_loop("delivery outcomes", &Ok::<(), String>(()));
+                }
                 inner.outcomes_recorded.notify_one();
                 break;
             }
             Err(StoreError::Closed) => return,
             Err(e) => {
+                inner
+                    .store
+                    .report_loop("delivery outcomes", &Err::<(), _>(&e));
                 tracing::error!(error = %e, msg = id, "cannot record a delivery outcome; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -124,8 +124,12 @@ pub(super) async fn run(inner: Arc<Inner>) {
             _ = tokio::time::sleep_until(last_fill + FILL_INTERVAL) => {}
         }
         last_fill = tokio::time::Instant::now();
-        let more = match fill(&inner).await {
+        let filled = fill(&inner).await;
+        inner.store.report_loop("delivery", &filled);
+        let more = match filled {
             Ok(more) => more,
+            // An unavailable store is logged (and reported) by the store.
+            Err(e) if e.is_unavailable() => false,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the queue; retrying in a second");
                 false

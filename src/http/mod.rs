@@ -348,6 +348,8 @@ pub async fn serve(listeners: Listeners, state: Arc<AppState>, shutdown: impl Fu
 pub enum Route {
     /// `GET /healthz`
     Health,
+    /// `GET /readyz`
+    Ready,
     /// `GET /metrics`
     Metrics,
     /// `/api/v1/contacts`
@@ -479,6 +481,7 @@ impl Route {
     pub fn name(&self) -> &'static str {
         match self {
             Route::Health => "healthz",
+            Route::Ready => "readyz",
             Route::Metrics => "metrics",
             Route::Contacts => "contacts",
             Route::Import => "contacts_import",
@@ -548,6 +551,7 @@ impl Route {
         !matches!(
             self,
             Route::Health
+                | Route::Ready
                 | Route::Metrics
                 | Route::Unknown
                 | Route::Open(_)
@@ -649,6 +653,7 @@ pub fn route(path: &str) -> Route {
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match segs.as_slice() {
         ["healthz"] => Route::Health,
+        ["readyz"] => Route::Ready,
         ["o", t] => Route::Open(t.to_string()),
         ["c", t] => Route::Click(t.to_string()),
         ["u", t] => Route::Unsubscribe(t.to_string()),
@@ -816,12 +821,18 @@ pub async fn dispatch(
     listener: Listener,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let mut req = req.map(reply::boxed_incoming);
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (parts, body) = req.into_parts();
+    let (body, unread) = reply::shared_incoming(body);
+    let mut req = Request::from_parts(parts, body);
     let route = route(req.uri().path());
     let method = req.method().clone();
     let config = state.config();
-    req.extensions_mut()
-        .insert(reply::BodyPace::of(&config.http.limits));
+    let pace = reply::BodyPace::of(&config.http.limits);
+    req.extensions_mut().insert(pace);
     let admin_elsewhere = listener == Listener::Public && config.http.admin_listen.is_some();
     let result =
         if admin_elsewhere && (route.is_admin() || route == Route::Metrics || route == Route::Ui) {
@@ -847,8 +858,12 @@ pub async fn dispatch(
             call(&state, &route, peer, req).await
         };
     let mut response = result.unwrap_or_else(ApiError::into_response);
-    if response.status() == StatusCode::REQUEST_TIMEOUT {
-        // The rest of a body that fell behind is not waited for.
+    // The rest of a body that fell behind is not waited for; the rest of
+    // one the handler answered early (an error) is read first, so that the
+    // client sees the answer rather than a reset connection.
+    if response.status() == StatusCode::REQUEST_TIMEOUT
+        || !reply::drain_unread(unread, &pace, expects_continue).await
+    {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -947,6 +962,58 @@ pub async fn call_as(
     Ok(response)
 }
 
+/// `GET /healthz`: the store's state (`ok`, `low_space`, `unavailable`),
+/// its free space and reserve, the background loops' last reports; 503
+/// when the store cannot be written (or read). The store is read once, so
+/// a store that fails reads is found out here too.
+async fn health(state: &Arc<AppState>) -> Response<Body> {
+    let store = &state.store;
+    let mut read_error = None;
+    if !store.health().is_unavailable()
+        && let Err(e) = store.read(|r| r.schema_version()).await
+    {
+        tracing::warn!(error = %e, "healthz: the store cannot be read");
+        // An I/O error made the store unavailable (reported below); any
+        // other is this answer's own.
+        if !e.is_unavailable() {
+            read_error = Some(e.to_string());
+        }
+    }
+    let mut report = store.health().report();
+    let status = match report.status {
+        crate::store::health::StoreState::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ if read_error.is_some() => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::OK,
+    };
+    if read_error.is_some() {
+        report.error = read_error;
+    }
+    let mut r = reply::json_response(status, &report);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `GET /readyz`, for load balancers: 200 `{"ready":true}` while the store
+/// takes writes (`ok` or `low_space`), 503 while it is being re-opened.
+/// Reads nothing.
+fn ready(state: &Arc<AppState>) -> Response<Body> {
+    let s = state.store.health().state();
+    let ready = s != crate::store::health::StoreState::Unavailable;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut r = reply::json_response(
+        status,
+        &serde_json::json!({"ready": ready, "store": s.name()}),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 async fn call(
     state: &Arc<AppState>,
     route: &Route,
@@ -961,10 +1028,11 @@ async fn call(
     };
     match route {
         Route::Health => match m {
-            Method::GET | Method::HEAD => {
-                state.store.read(|r| r.schema_version()).await?;
-                reply::ok(&serde_json::json!({"status": "ok"}))
-            }
+            Method::GET | Method::HEAD => Ok(health(state).await),
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Ready => match m {
+            Method::GET | Method::HEAD => Ok(ready(state)),
             _ => Err(method_not_allowed("GET")),
         },
         Route::Metrics => match m {
@@ -1141,30 +1209,46 @@ async fn call(
             _ => Err(method_not_allowed("GET, HEAD")),
         },
         Route::Click(t) => match m {
-            Method::GET | Method::HEAD => track::click(state, t, &m, &client()).await,
+            Method::GET | Method::HEAD => public::page_unavailable(
+                false,
+                &state.config(),
+                track::click(state, t, &m, &client()).await,
+            ),
             _ => Err(method_not_allowed("GET, HEAD")),
         },
         Route::Unsubscribe(t) => match m {
-            Method::GET | Method::HEAD => public::unsubscribe_page(state, t).await,
+            Method::GET | Method::HEAD => public::page_unavailable(
+                false,
+                &state.config(),
+                public::unsubscribe_page(state, t).await,
+            ),
             Method::POST => {
                 let c = client();
-                public::unsubscribe_post(state, t, &c, req).await
+                let r = public::unsubscribe_post(state, t, &c, req).await;
+                public::page_unavailable(true, &state.config(), r)
             }
             _ => Err(method_not_allowed("GET, POST")),
         },
         Route::Confirm(t) => match m {
-            Method::GET | Method::POST => public::confirm(state, t, &client(), true).await,
+            Method::GET | Method::POST => public::page_unavailable(
+                true,
+                &state.config(),
+                public::confirm(state, t, &client(), true).await,
+            ),
             Method::HEAD => public::confirm(state, t, &client(), false).await,
             _ => Err(method_not_allowed("GET, POST")),
         },
         Route::View(t) => match m {
-            Method::GET | Method::HEAD => public::view(state, t).await,
+            Method::GET | Method::HEAD => {
+                public::page_unavailable(false, &state.config(), public::view(state, t).await)
+            }
             _ => Err(method_not_allowed("GET")),
         },
         Route::Subscribe => match m {
             Method::POST => {
                 let c = client();
-                public::subscribe(state, &c, req).await
+                let r = public::subscribe(state, &c, req).await;
+                public::page_unavailable(true, &state.config(), r)
             }
             _ => Err(method_not_allowed("POST")),
         },
@@ -1304,6 +1388,7 @@ mod tests {
             crate::users::Role::Viewer
         );
         assert_eq!(route("/healthz"), Route::Health);
+        assert_eq!(route("/readyz"), Route::Ready);
         // A raw `&` or `+` in a path segment is part of the name.
         assert_eq!(
             route("/api/v1/lists/sales&marketing"),

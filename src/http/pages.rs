@@ -53,6 +53,12 @@ pub struct Texts {
     pub invalid_title: &'static str,
     /// Text of a bad or expired link.
     pub invalid_text: &'static str,
+    /// Title when the answer could not be recorded just now.
+    pub unavailable_title: &'static str,
+    /// Text when the answer could not be recorded just now.
+    pub unavailable_text: &'static str,
+    /// Text when a page (or a link's target) cannot be read just now.
+    pub unavailable_read_text: &'static str,
 }
 
 const EN: Texts = Texts {
@@ -76,6 +82,9 @@ const EN: Texts = Texts {
     confirmed_text: "{email} is now subscribed to {site}.",
     invalid_title: "This link does not work",
     invalid_text: "The link is not valid or has expired.",
+    unavailable_title: "Please try again in a minute",
+    unavailable_text: "We could not save this just now, so nothing has changed yet. Please try again in a minute.",
+    unavailable_read_text: "This page cannot be shown just now. Please try again in a minute.",
 };
 
 const PL: Texts = Texts {
@@ -99,6 +108,9 @@ const PL: Texts = Texts {
     confirmed_text: "Adres {email} jest zapisany do {site}.",
     invalid_title: "Ten link nie działa",
     invalid_text: "Link jest nieprawidłowy albo wygasł.",
+    unavailable_title: "Spróbuj ponownie za minutę",
+    unavailable_text: "Nie udało się tego teraz zapisać, więc nic się jeszcze nie zmieniło. Spróbuj ponownie za minutę.",
+    unavailable_read_text: "Tej strony nie da się teraz wyświetlić. Spróbuj ponownie za minutę.",
 };
 
 const DE: Texts = Texts {
@@ -122,6 +134,9 @@ const DE: Texts = Texts {
     confirmed_text: "{email} ist jetzt bei {site} angemeldet.",
     invalid_title: "Dieser Link funktioniert nicht",
     invalid_text: "Der Link ist ungültig oder abgelaufen.",
+    unavailable_title: "Bitte versuchen Sie es in einer Minute erneut",
+    unavailable_text: "Wir konnten das gerade nicht speichern, daher hat sich noch nichts geändert. Bitte versuchen Sie es in einer Minute erneut.",
+    unavailable_read_text: "Diese Seite kann gerade nicht angezeigt werden. Bitte versuchen Sie es in einer Minute erneut.",
 };
 
 /// The texts for a language code (`pl`, `de-AT`…), English by default.
@@ -199,6 +214,28 @@ pub fn invalid(lang: &str, site: &str) -> Response<Body> {
         t.invalid_title,
         &format!("<p>{}</p>", esc(t.invalid_text)),
     )
+}
+
+/// The page for an answer the store could not take (`saving`) or a page it
+/// could not read just now (503, with `Retry-After`): it never pretends
+/// that anything was saved.
+pub fn unavailable(lang: &str, site: &str, saving: bool) -> Response<Body> {
+    let (t, l) = texts(lang);
+    let text = if saving {
+        t.unavailable_text
+    } else {
+        t.unavailable_read_text
+    };
+    let mut r = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        l,
+        site,
+        t.unavailable_title,
+        &format!("<p>{}</p>", esc(text)),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    r
 }
 
 /// A 303 redirect to a configured URL (never one from the request).

@@ -99,6 +99,27 @@ fn invalid(config: &Config) -> Response<Body> {
     pages::invalid(&lang, &site)
 }
 
+/// A recipient's page whose answer could not be stored (`saving`) or read
+/// (the store is unavailable or shutting down): an HTML page saying to try
+/// again, never a JSON error and never a pretended success. Other errors
+/// pass.
+pub fn page_unavailable(
+    saving: bool,
+    config: &Config,
+    r: Result<Response<Body>, ApiError>,
+) -> Result<Response<Body>, ApiError> {
+    match r {
+        Err(e)
+            if e.status == StatusCode::SERVICE_UNAVAILABLE
+                || e.status == StatusCode::INSUFFICIENT_STORAGE =>
+        {
+            let (site, lang) = site_and_lang(config, None);
+            Ok(pages::unavailable(&lang, &site, saving))
+        }
+        r => r,
+    }
+}
+
 /// Form fields of a body: `application/x-www-form-urlencoded`,
 /// `multipart/form-data` or a JSON object of strings.
 fn form_fields(content_type: &str, body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {

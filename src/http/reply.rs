@@ -4,6 +4,7 @@
 //! behind), JSON with positioned parse errors, and query-string parsing.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,12 +28,96 @@ pub type Body = Full<Bytes>;
 /// handler in-process (a form turned into JSON, an uploaded file's part).
 pub type ReqBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
-/// The connection's body as a [`ReqBody`].
-pub fn boxed_incoming(body: hyper::body::Incoming) -> ReqBody {
+/// The connection's body, shared between the handler (which reads it as a
+/// [`ReqBody`]) and `http::dispatch`, which takes back what the handler
+/// left unread and drains it before answering (see [`drain_unread`]).
+#[derive(Clone, Default)]
+pub struct Unread(Arc<std::sync::Mutex<(Option<hyper::body::Incoming>, bool)>>);
+
+impl Unread {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Option<hyper::body::Incoming>, bool)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl hyper::body::Body for Unread {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut g = self.lock();
+        g.1 = true;
+        match g.0.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.lock().0.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.lock()
+            .0
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// The connection's body as a [`ReqBody`] for the handler, and the handle
+/// through which the rest is drained after it.
+pub fn shared_incoming(body: hyper::body::Incoming) -> (ReqBody, Unread) {
     fn boxed_error(e: hyper::Error) -> BoxError {
         Box::new(e)
     }
-    body.map_err(boxed_error).boxed()
+    let unread = Unread(Arc::new(std::sync::Mutex::new((Some(body), false))));
+    (unread.clone().map_err(boxed_error).boxed(), unread)
+}
+
+/// Most of an unread body drained before an answer (beyond it the answer
+/// says `Connection: close`).
+const DRAIN_MAX_BYTES: u64 = 64 << 20;
+
+/// Reads and discards what the handler left of the request body (an early
+/// error: a refused import, a wrong token), so that the client, still
+/// sending, sees the answer instead of a reset connection. Held to the
+/// body's pace (a client that trickles is cut off as a slow body is) and
+/// at most [`DRAIN_MAX_BYTES`]; false when the body did not end within that
+/// (the answer should close the connection). A body never asked for (the
+/// client waits for `100 Continue`, `expects_continue`) is not: the answer
+/// closes the connection instead.
+pub async fn drain_unread(unread: Unread, pace: &BodyPace, expects_continue: bool) -> bool {
+    let (body, polled) = {
+        let mut g = unread.lock();
+        (g.0.take(), g.1)
+    };
+    let Some(body) = body else {
+        return true;
+    };
+    if hyper::body::Body::is_end_stream(&body) {
+        return true;
+    }
+    if expects_continue && !polled {
+        return false;
+    }
+    let mut body = Paced::new(body, *pace);
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                n += f.data_ref().map_or(0, |d| d.len() as u64);
+                if n > DRAIN_MAX_BYTES {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// A request body made of one buffer.
@@ -51,6 +136,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// What is wrong and where.
     pub message: String,
+    /// Seconds after which trying again makes sense (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -60,6 +147,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -82,6 +170,10 @@ impl ApiError {
     pub fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut r = json_response(self.status, &body);
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -94,6 +186,31 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        let retry = |status, code, message: String, secs| {
+            let mut a = ApiError::new(status, code, message);
+            a.retry_after = Some(secs);
+            a
+        };
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        match &e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "request refused: the store is unavailable");
+                let m = format!("{e}; nothing of this request was stored");
+                return retry(unavailable, "storage_unavailable", m, 5);
+            }
+            StoreError::CommitUnknown(_) => {
+                tracing::warn!(error = %e, "request answered: its commit's outcome is unknown");
+                return retry(unavailable, "storage_unavailable", e.to_string(), 5);
+            }
+            StoreError::LowSpace { .. } => {
+                let status = StatusCode::INSUFFICIENT_STORAGE;
+                return retry(status, "insufficient_storage", e.to_string(), 60);
+            }
+            StoreError::Closed => {
+                return retry(unavailable, "shutting_down", e.to_string(), 5);
+            }
+            _ => {}
+        }
         tracing::error!(error = %e, "store error while serving a request");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,6 +243,15 @@ impl From<ImportError> for ApiError {
             ImportError::Contact(c) => c.into(),
             ImportError::Interrupted { .. } => ApiError::bad_request(e.to_string()),
             ImportError::Store(s) => s.into(),
+            ImportError::Stopped { .. } => {
+                let message = e.to_string();
+                let ImportError::Stopped { store, .. } = e else {
+                    return ApiError::bad_request(message);
+                };
+                let mut a = ApiError::from(store);
+                a.message = message;
+                a
+            }
         }
     }
 }

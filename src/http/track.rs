@@ -30,10 +30,23 @@ fn not_found() -> ApiError {
     ApiError::not_found("no such link")
 }
 
-/// Journals a hit: answered only once it is committed.
-async fn record(state: &AppState, hit: Hit) -> Result<(), ApiError> {
-    state.hits.push(&hit).await?;
-    Ok(())
+/// Journals a hit: answered only once it is committed. A hit the store
+/// cannot take (it is unavailable) is dropped, counted and logged, and the
+/// recipient still gets the pixel or the redirect: recipients first.
+async fn record(state: &AppState, hit: Hit) {
+    if let Err(e) = state.hits.push(&hit).await {
+        state.metrics.hits_dropped.inc();
+        state
+            .store
+            .health()
+            .hits_dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let kind = match hit.kind {
+            HitKind::Open => "open",
+            HitKind::Click { .. } => "click",
+        };
+        tracing::warn!(error = %e, kind, contact = hit.message.contact, "tracking hit not recorded (hits_dropped)");
+    }
 }
 
 fn message_key(m: &MessageRef) -> machine::MessageKey {
@@ -68,7 +81,7 @@ pub async fn open(
                 scanner_window_ms: config.tracking.scanner_window.as_millis() as i64,
             },
         )
-        .await?;
+        .await;
     }
     let mut r = Response::new(Full::new(Bytes::from_static(PIXEL)));
     let h = r.headers_mut();
@@ -99,22 +112,27 @@ pub async fn click(
         // A preview's links lead nowhere.
         return Err(not_found());
     }
-    let key = msg.send.key();
     let contact = msg.contact;
-    let (link, who) = state
+    // From memory when known (a link never changes): a click redirects
+    // even while the store cannot be read.
+    let link = state
         .store
-        .read(move |r| {
-            let link = r.link(&key, n)?;
-            // Auto-login only for tokens that say when the message was
-            // sent (older ones go to the plain URL).
-            let who = match &link {
-                Some(l) if l.autologin && sent.is_some() => r.contact(contact)?,
-                _ => None,
-            };
-            Ok((link, who))
-        })
-        .await?;
-    let link = link.ok_or_else(not_found)?;
+        .link(msg.send.key().to_vec(), n)
+        .await?
+        .ok_or_else(not_found)?;
+    // Auto-login only for tokens that say when the message was sent (older
+    // ones go to the plain URL), and only when the contact can be read.
+    let who = if link.autologin && sent.is_some() {
+        match state.store.read(move |r| r.contact(contact)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, contact, "click: contact not read; redirecting without auto-login");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut url = url::Url::parse(&link.url).map_err(|_| not_found())?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(not_found());
@@ -140,7 +158,7 @@ pub async fn click(
                 scanner_window_ms: config.tracking.scanner_window.as_millis() as i64,
             },
         )
-        .await?;
+        .await;
         if let Some(c) = who
             && let Some(sent) = sent.and_then(|s| i64::try_from(s).ok())
             && let Ok(u) = crate::render::compile::autologin_url_for(

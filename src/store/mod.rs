@@ -32,6 +32,7 @@ mod audience;
 pub mod automation;
 mod contacts;
 mod coupons;
+pub mod health;
 mod inbound;
 mod migrate;
 mod mta_sts;
@@ -111,12 +112,67 @@ pub enum StoreError {
     /// An I/O error around the store file.
     #[error("{0}")]
     Io(String),
+    /// The store cannot be written or read just now (an I/O error, a full
+    /// disk): it is being re-opened. Nothing of the failed work was stored.
+    #[error("the store is unavailable ({0}); try again shortly")]
+    Unavailable(String),
+    /// The store failed while committing this write and is not back yet:
+    /// whether it was stored is unknown.
+    #[error(
+        "the store failed while committing this and is not back yet, so whether it was stored is unknown ({0}); look before repeating it"
+    )]
+    CommitUnknown(String),
+    /// The store's filesystem is below its free-space reserve: bulk intake
+    /// waits until there is room.
+    #[error(
+        "the store's disk is low on space ({} MiB free, {} MiB kept in reserve); \
+         bulk intake is refused until there is room",
+        free >> 20,
+        reserve >> 20
+    )]
+    LowSpace {
+        /// Free bytes.
+        free: u64,
+        /// The reserve in bytes.
+        reserve: u64,
+    },
+}
+
+impl StoreError {
+    /// Whether this is the store failing to read or write (an I/O error,
+    /// or redb refusing after one), which re-opening can cure.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::CommitUnknown(_)
+        )
+    }
+
+    /// What went wrong, without the wrapping of [`StoreError::Unavailable`].
+    fn cause(&self) -> String {
+        match self {
+            StoreError::Unavailable(m) | StoreError::CommitUnknown(m) => m.clone(),
+            e => e.to_string(),
+        }
+    }
+}
+
+/// redb's errors that mean the file cannot be used until it is re-opened.
+fn redb_error(e: redb::Error) -> StoreError {
+    match e {
+        redb::Error::Io(_)
+        | redb::Error::PreviousIo
+        | redb::Error::DatabaseClosed
+        | redb::Error::LockPoisoned(_)
+        | redb::Error::TransactionPoisoned => StoreError::Unavailable(e.to_string()),
+        e => StoreError::Redb(e.to_string()),
+    }
 }
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError::Redb(e.to_string()) }
+            fn from(e: $t) -> Self { redb_error(e.into()) }
         }
     )*};
 }
@@ -228,7 +284,10 @@ pub type Observer = Arc<dyn Fn(Vec<Change>) + Send + Sync>;
 /// event that fired it). `Err` aborts the transaction like any job's.
 pub type Hook =
     Arc<dyn for<'a> Fn(&mut WriteTables<'a>, &[Change]) -> Result<(), StoreError> + Send + Sync>;
-type Job = Box<dyn for<'a> FnOnce(&mut WriteTables<'a>) -> (bool, Completion) + Send>;
+/// A write: run with the transaction's tables, or refused unrun with the
+/// error given instead (the store is being re-opened, or gone).
+type Job =
+    Box<dyn for<'a> FnOnce(Result<&mut WriteTables<'a>, StoreError>) -> (bool, Completion) + Send>;
 
 /// What the writer is sent: a job over every table, or a tracking hit to
 /// append to the journal. A batch of hits alone opens only the journal's
@@ -236,6 +295,8 @@ type Job = Box<dyn for<'a> FnOnce(&mut WriteTables<'a>) -> (bool, Completion) + 
 enum Work {
     Job(Job),
     Hit(u64, Vec<u8>, Completion),
+    /// Wakes the writer: a reader met an I/O error (the health says so).
+    Recover,
 }
 
 /// redb page cache used unless the config says otherwise.
@@ -257,28 +318,66 @@ pub struct StoreStats {
     pub jobs: AtomicU64,
 }
 
+/// The open database, or nothing while it is being re-opened. Readers take
+/// the `Arc` only to begin a transaction; the generation tells a reader's
+/// error about this file apart from one about a file already replaced.
+struct DbSlot(std::sync::RwLock<(u64, Option<Arc<Database>>)>);
+
+impl DbSlot {
+    fn get(&self) -> Result<(u64, Arc<Database>), StoreError> {
+        let g = self.0.read().unwrap_or_else(|p| p.into_inner());
+        match &g.1 {
+            Some(db) => Ok((g.0, db.clone())),
+            None => Err(StoreError::Unavailable(
+                "being re-opened after an I/O error".into(),
+            )),
+        }
+    }
+
+    fn take(&self) -> Option<Arc<Database>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).1.take()
+    }
+
+    fn put(&self, db: Database) {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        g.0 += 1;
+        g.1 = Some(Arc::new(db));
+    }
+}
+
 /// A handle to the open store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<DbSlot>,
     writer: mpsc::Sender<Work>,
     /// Writer statistics.
     pub stats: Arc<StoreStats>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     observer: Arc<std::sync::OnceLock<Observer>>,
     hook: Arc<std::sync::OnceLock<Hook>>,
+    health: Arc<health::Health>,
+    links: Arc<render::LinkCache>,
 }
 
 impl Store {
     /// Opens (creating if needed) the store in `dir`, checks its schema version
-    /// and upgrades or refuses it, and starts the writer thread.
+    /// and upgrades or refuses it, and starts the writer thread; no disk
+    /// space reserve (tests and tools).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+        Self::open_with(&crate::config::storage::StorageConfig {
+            dir: dir.to_path_buf(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            reserve_bytes: 0,
+            reserve_percent: 0,
+            unavailable_exit_after: crate::config::storage::DEFAULT_UNAVAILABLE_EXIT_AFTER,
+        })
     }
 
-    /// Like [`Store::open`] with redb's page cache limited to `cache_bytes`
-    /// (redb's own default is 1 GiB, which would dominate the daemon's memory).
-    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+    /// Like [`Store::open`] as `[storage]` says: redb's page cache limited
+    /// to `cache_bytes` (redb's own default is 1 GiB, which would dominate
+    /// the daemon's memory), the disk space reserve, the exit limit.
+    pub fn open_with(config: &crate::config::storage::StorageConfig) -> Result<Store, StoreError> {
+        let dir = &config.dir;
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Io(format!(
                 "cannot create the storage directory {}: {e}",
@@ -287,7 +386,7 @@ impl Store {
         })?;
         let path = dir.join("herald.redb");
         let db = match Database::builder()
-            .set_cache_size(cache_bytes)
+            .set_cache_size(config.cache_bytes)
             .create(&path)
         {
             Ok(db) => db,
@@ -300,34 +399,119 @@ impl Store {
             }
         };
         prepare_schema(&db, &path)?;
-        let db = Arc::new(db);
+        let seq = stored_commit_seq(&db)?;
+        let slot = Arc::new(DbSlot(std::sync::RwLock::new((0, None))));
+        slot.put(db);
         let (tx, rx) = mpsc::channel::<Work>(1024);
         let stats = Arc::new(StoreStats::default());
         let observer = Arc::new(std::sync::OnceLock::new());
         let hook = Arc::new(std::sync::OnceLock::new());
+        let health = Arc::new(health::Health::new(dir, config));
+        let links = Arc::new(render::LinkCache::default());
         let thread = {
-            let db = db.clone();
-            let stats = stats.clone();
-            let observer = observer.clone();
-            let hook = hook.clone();
+            let w = Writer {
+                slot: slot.clone(),
+                path,
+                cache_bytes: config.cache_bytes,
+                stats: stats.clone(),
+                observer: observer.clone(),
+                hook: hook.clone(),
+                health: health.clone(),
+                links: links.clone(),
+                seq,
+            };
             std::thread::Builder::new()
                 .name("herald-store-writer".into())
-                .spawn(move || writer_loop(&db, rx, &stats, &observer, &hook))
+                .spawn(move || w.run(rx))
                 .map_err(|e| StoreError::Io(format!("cannot start the store writer: {e}")))?
         };
         Ok(Store {
-            db,
+            db: slot,
             writer: tx,
             stats,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
             observer,
             hook,
+            health,
+            links,
         })
+    }
+
+    /// The store's health (state, free space, loops' reports).
+    pub fn health(&self) -> &Arc<health::Health> {
+        &self.health
+    }
+
+    /// For bulk intake (imports, event batches, campaign sends): `Ok` when
+    /// the store is available and its disk above the reserve.
+    pub fn bulk_allowed(&self) -> Result<(), StoreError> {
+        self.health.bulk_allowed()
+    }
+
+    /// Records a background loop's round in the health report.
+    pub fn report_loop<T>(&self, name: &'static str, result: &Result<T, impl std::fmt::Display>) {
+        self.health
+            .report_loop(name, result.as_ref().map(drop).map_err(|e| e.to_string()));
+    }
+
+    /// A read of the database of generation `generation` failed with `e`:
+    /// if that is an I/O error of the file still in use, the store becomes
+    /// unavailable and the writer re-opens it.
+    fn reported(&self, generation: u64, e: &StoreError) {
+        if !e.is_unavailable() {
+            return;
+        }
+        // Under the slot's lock, so that the writer cannot put a new file
+        // in between: an error of a file already closed (being re-opened)
+        // or replaced changes nothing.
+        let slot = self.db.0.read().unwrap_or_else(|p| p.into_inner());
+        if slot.0 != generation || slot.1.is_none() {
+            return;
+        }
+        let first = self.health.set_unavailable(&e.cause());
+        drop(slot);
+        if first {
+            tracing::error!(error = %e, "store: a read failed with an I/O error; re-opening the store");
+            // If the queue is full, the writer finds the flag at its next
+            // batch.
+            let _ = self.writer.try_send(Work::Recover);
+        }
+    }
+
+    /// Begins a read transaction on the current file.
+    fn begin_read(&self) -> Result<(u64, ReadTransaction), StoreError> {
+        let (generation, db) = self.db.get()?;
+        let txn = db.begin_read().map_err(StoreError::from);
+        drop(db);
+        match txn {
+            Ok(t) => Ok((generation, t)),
+            Err(e) => {
+                self.reported(generation, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// One recorded link of a send, from memory when it was recorded or
+    /// looked up since the start (a link's URL never changes), so a click
+    /// redirects even while the store cannot be read.
+    pub async fn link(
+        &self,
+        send: Vec<u8>,
+        n: u32,
+    ) -> Result<Option<Arc<crate::render::links::LinkRecord>>, StoreError> {
+        if let Some(l) = self.links.get(&send, n) {
+            return Ok(Some(l));
+        }
+        let links = self.links.clone();
+        self.read(move |r| Ok(r.link(&send, n)?.map(|l| links.insert(send, n, l))))
+            .await
     }
 
     /// Appends a tracking hit to the journal (`hits_v1`) under `seq`;
     /// returns once it is durably committed.
     pub async fn append_hit(&self, seq: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.check_available()?;
         let (reply, rx) = oneshot::channel();
         let done: Completion = Box::new(move |r| {
             let _ = reply.send(r);
@@ -352,11 +536,29 @@ impl Store {
         self.hook.set(h).is_ok()
     }
 
+    /// Refuses at once while the store is being re-opened: the caller gets
+    /// its answer (503) without waiting in the writer's queue.
+    fn check_available(&self) -> Result<(), StoreError> {
+        if self.health.is_unavailable() {
+            return Err(StoreError::Unavailable(self.health.reason()));
+        }
+        Ok(())
+    }
+
     fn job<R: Send + 'static>(
         f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
         reply: oneshot::Sender<Result<R, StoreError>>,
     ) -> Job {
         Box::new(move |t| {
+            let t = match t {
+                Ok(t) => t,
+                Err(e) => {
+                    // Refused unrun.
+                    let _ = reply.send(Err(e));
+                    let nothing: Completion = Box::new(|_| {});
+                    return (false, nothing);
+                }
+            };
             let result = f(t);
             let ok = result.is_ok();
             // A job's own error is the most precise answer for its caller;
@@ -376,6 +578,7 @@ impl Store {
         &self,
         f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.check_available()?;
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(Work::Job(Self::job(f, reply)))
@@ -390,6 +593,7 @@ impl Store {
         &self,
         f: impl for<'a> FnOnce(&mut WriteTables<'a>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<oneshot::Receiver<Result<R, StoreError>>, StoreError> {
+        self.check_available()?;
         let (reply, rx) = oneshot::channel();
         self.writer
             .blocking_send(Work::Job(Self::job(f, reply)))
@@ -418,10 +622,10 @@ impl Store {
         &self,
         at_boundary: impl FnOnce() + Send + 'static,
     ) -> Result<ReadView, StoreError> {
-        let db = self.db.clone();
+        let me = self.clone();
         let rx = self.write_blocking(move |_t| {
             at_boundary();
-            Ok(db.begin_read()?)
+            Ok(me.begin_read()?.1)
         })?;
         let txn = rx.blocking_recv().map_err(|_| StoreError::Closed)??;
         Ok(ReadView::new(txn))
@@ -432,13 +636,10 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadView) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let view = ReadView::new(db.begin_read()?);
-            f(&view)
-        })
-        .await
-        .map_err(|e| StoreError::Io(format!("read task failed: {e}")))?
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Io(format!("read task failed: {e}")))?
     }
 
     /// Runs `f` over a consistent snapshot on the calling (blocking) thread.
@@ -446,8 +647,12 @@ impl Store {
         &self,
         f: impl FnOnce(&ReadView) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let view = ReadView::new(self.db.begin_read()?);
-        f(&view)
+        let (generation, txn) = self.begin_read()?;
+        let r = f(&ReadView::new(txn));
+        if let Err(e) = &r {
+            self.reported(generation, e);
+        }
+        r
     }
 
     /// Stops accepting writes from this handle and, once no other handle is
@@ -534,65 +739,426 @@ fn decode_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(a)
 }
 
-fn writer_loop(
-    db: &Database,
-    mut rx: mpsc::Receiver<Work>,
-    stats: &StoreStats,
-    observer: &std::sync::OnceLock<Observer>,
-    hook: &std::sync::OnceLock<Hook>,
-) {
-    let mut busy = false;
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        // Under load (the last batch had several jobs), linger a moment for
-        // more: every commit costs an fsync, so fewer, larger batches leave
-        // more CPU for the callers; an idle store commits at once.
-        let linger = std::time::Instant::now() + LINGER;
-        while jobs.len() < MAX_BATCH_JOBS {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) if busy && std::time::Instant::now() < linger => {
-                    std::thread::sleep(std::time::Duration::from_micros(50));
+/// The writer thread's state: the database slot it re-opens, what it
+/// reports to, and what it feeds after each commit.
+struct Writer {
+    slot: Arc<DbSlot>,
+    path: PathBuf,
+    cache_bytes: usize,
+    stats: Arc<StoreStats>,
+    observer: Arc<std::sync::OnceLock<Observer>>,
+    hook: Arc<std::sync::OnceLock<Hook>>,
+    health: Arc<health::Health>,
+    links: Arc<render::LinkCache>,
+    /// The number of the last committed batch.
+    seq: u64,
+}
+
+/// The meta key a re-opened store writes (and removes) to prove it has
+/// room, and how much.
+const PROBE_KEY: &str = "store.probe";
+const PROBE_BYTES: usize = 1 << 20;
+
+/// First and longest wait between two attempts to re-open the store.
+const REOPEN_BACKOFF: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(5),
+);
+
+/// A batch whose commit failed: redb may have made it durable before
+/// failing (its work after the commit point, such as freeing pages, can
+/// fail too), so whether it is stored is known only once the file is open
+/// again, from [`COMMIT_SEQ_KEY`].
+struct Uncertain {
+    seq: u64,
+    /// Why the commit failed.
+    why: String,
+    /// Callers not answered yet (answered "unknown" after [`UNCERTAIN_WAIT`]).
+    completions: Option<Vec<Completion>>,
+    changes: Vec<Change>,
+    links: NewLinks,
+    since: std::time::Instant,
+}
+
+/// How long callers of a batch whose commit failed wait for the re-open
+/// to say whether it was stored, before they are told it is unknown.
+const UNCERTAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The meta key holding the number of the last committed batch.
+const COMMIT_SEQ_KEY: &str = "store.commit_seq";
+
+/// The number of the last committed batch, as the file has it.
+fn stored_commit_seq(db: &Database) -> Result<u64, StoreError> {
+    let txn = db.begin_read()?;
+    let t = txn.open_table(META)?;
+    meta_u64(&t, COMMIT_SEQ_KEY)
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Work>) {
+        let mut busy = false;
+        while let Some(first) = rx.blocking_recv() {
+            let mut jobs = vec![first];
+            // Under load (the last batch had several jobs), linger a moment
+            // for more: every commit costs an fsync, so fewer, larger batches
+            // leave more CPU for the callers; an idle store commits at once.
+            let linger = std::time::Instant::now() + LINGER;
+            while jobs.len() < MAX_BATCH_JOBS {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) if busy && std::time::Instant::now() < linger => {
+                        std::thread::sleep(std::time::Duration::from_micros(50));
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            }
+            busy = jobs.len() >= 4;
+            recover_requested(&mut jobs);
+            // A reader (or a loop) found the file failing: outside
+            // `recover`, the flag means a re-open is due.
+            if self.health.is_unavailable() {
+                let why = self.health.reason();
+                if !self.recover(&mut rx, &why, None) {
+                    refuse_all(jobs, &StoreError::Closed);
+                    break;
+                }
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            let n = jobs.len() as u64;
+            let db = match self.slot.get() {
+                Ok((_, db)) => db,
+                Err(e) => {
+                    refuse_all(jobs, &e);
+                    continue;
+                }
+            };
+            let seq = self.seq + 1;
+            let result = run_batch(
+                &db,
+                jobs,
+                self.observer.get().is_some(),
+                self.hook.get(),
+                seq,
+            );
+            drop(db);
+            match result {
+                Ok(c) => {
+                    self.seq = seq;
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.stats.jobs.fetch_add(n, Ordering::Relaxed);
+                    self.deliver(c.changes, c.links);
+                    for c in c.completions {
+                        c(Ok(()));
+                    }
+                }
+                Err(BatchError::NotCommitted(e, done)) => {
+                    tracing::error!(error = %e, jobs = n, "store write transaction failed; the batch was not committed");
+                    let unavailable = e.is_unavailable();
+                    if unavailable {
+                        // Known before anyone is answered: a caller that
+                        // looks at the health sees why.
+                        self.health.set_unavailable(&e.cause());
+                    }
+                    for c in done {
+                        c(Err(match &e {
+                            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                            e => StoreError::Redb(format!("write transaction failed: {e}")),
+                        }));
+                    }
+                    if unavailable && !self.recover(&mut rx, &e.cause(), None) {
+                        break;
+                    }
+                }
+                Err(BatchError::Uncertain(e, c)) => {
+                    tracing::error!(error = %e, jobs = n, "store commit failed; whether it was stored is known once the store is re-opened");
+                    self.health.set_unavailable(&e.cause());
+                    let uncertain = Uncertain {
+                        seq,
+                        why: e.cause(),
+                        completions: Some(c.completions),
+                        changes: c.changes,
+                        links: c.links,
+                        since: std::time::Instant::now(),
+                    };
+                    if !self.recover(&mut rx, &e.cause(), Some(uncertain)) {
+                        break;
+                    }
+                }
             }
         }
-        busy = jobs.len() >= 4;
-        let n = jobs.len() as u64;
-        let completions = run_batch(db, jobs, observer.get().is_some(), hook.get());
-        match completions {
-            Ok((done, changes)) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.jobs.fetch_add(n, Ordering::Relaxed);
-                if let Some(o) = observer.get()
-                    && !changes.is_empty()
-                {
-                    o(changes);
+        // Refuse what is still queued (a fatal store) and close the file.
+        while let Some(w) = rx.blocking_recv() {
+            refuse(w, &StoreError::Closed);
+        }
+        if let Some(db) = self.slot.take() {
+            close_db(db);
+        }
+    }
+
+    /// Hands a committed batch's changes to the observer and its links to
+    /// the link cache.
+    fn deliver(&self, changes: Vec<Change>, links: NewLinks) {
+        self.links.extend(links);
+        if let Some(o) = self.observer.get()
+            && !changes.is_empty()
+        {
+            o(changes);
+        }
+    }
+
+    /// After an I/O error: refuses all work, closes the database and opens
+    /// the file again (never creating it) with growing pauses until a
+    /// commit goes through; settles a batch whose commit failed (`uncertain`)
+    /// by what the re-opened file holds. False when it gave up: the store
+    /// stayed unavailable past `unavailable_exit_after` (the health turns
+    /// fatal and the daemon exits), or every handle is gone.
+    fn recover(
+        &mut self,
+        rx: &mut mpsc::Receiver<Work>,
+        why: &str,
+        mut uncertain: Option<Uncertain>,
+    ) -> bool {
+        self.health.set_unavailable(why);
+        tracing::error!(error = why, path = %self.path.display(), "store: unavailable; refusing work and re-opening the file");
+        if let Some(db) = self.slot.take() {
+            close_db(db);
+        }
+        let mut pause = REOPEN_BACKOFF.0;
+        let mut last_log = std::time::Instant::now();
+        loop {
+            if let Some(u) = &mut uncertain
+                && u.since.elapsed() >= UNCERTAIN_WAIT
+            {
+                answer_unknown(u);
+            }
+            if !refuse_queued(rx) {
+                return false;
+            }
+            if self.health.past_exit_limit() {
+                let why = format!(
+                    "the store {} could not be re-opened for {}s; exiting so that the service manager restarts herald",
+                    self.path.display(),
+                    self.health.unavailable_for().unwrap_or_default().as_secs()
+                );
+                tracing::error!("{why}");
+                if let Some(u) = &mut uncertain {
+                    answer_unknown(u);
                 }
+                self.health.set_fatal(why);
+                return false;
+            }
+            match self.reopen() {
+                Ok((db, stored)) => {
+                    if let Some(u) = uncertain.take() {
+                        self.settle(u, stored);
+                    }
+                    self.seq = stored;
+                    self.slot.put(db);
+                    self.health.reopens.fetch_add(1, Ordering::Relaxed);
+                    self.health.set_available();
+                    return true;
+                }
+                Err(e) if last_log.elapsed() >= std::time::Duration::from_secs(10) => {
+                    tracing::warn!(error = %e, "store: still cannot re-open the store; retrying");
+                    last_log = std::time::Instant::now();
+                }
+                Err(e) => tracing::debug!(error = %e, "store: re-open failed"),
+            }
+            let until = std::time::Instant::now() + pause;
+            while std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                if !refuse_queued(rx) {
+                    return false;
+                }
+                if let Some(u) = &mut uncertain
+                    && u.since.elapsed() >= UNCERTAIN_WAIT
+                {
+                    answer_unknown(u);
+                }
+            }
+            pause = (pause * 2).min(REOPEN_BACKOFF.1);
+        }
+    }
+
+    /// A batch whose commit failed, once the file says whether it holds it
+    /// (`stored` is the last batch number there).
+    fn settle(&self, u: Uncertain, stored: u64) {
+        let committed = stored >= u.seq;
+        match (committed, u.completions) {
+            (true, Some(done)) => {
+                tracing::info!(
+                    "store: the batch whose commit failed was stored after all; its callers are answered as such"
+                );
                 for c in done {
                     c(Ok(()));
                 }
             }
-            Err((e, done)) => {
-                tracing::error!(error = %e, jobs = n, "store write transaction failed; the batch was not committed");
+            (true, None) => {
+                tracing::warn!(
+                    "store: a batch whose callers were told its outcome was unknown was stored"
+                );
+            }
+            (false, Some(done)) => {
                 for c in done {
-                    c(Err(StoreError::Redb(format!(
-                        "write transaction failed: {e}"
+                    c(Err(StoreError::Unavailable(format!(
+                        "the commit failed ({}); the file does not hold it",
+                        u.why
                     ))));
                 }
+            }
+            (false, None) => {
+                tracing::info!("store: the batch whose outcome was unknown was not stored");
+            }
+        }
+        if committed {
+            // The in-memory views follow what the file holds.
+            self.deliver(u.changes, u.links);
+        }
+    }
+
+    /// Opens the existing file (a missing one is an error: re-opening must
+    /// never start an empty store) and proves it writable with a commit;
+    /// with the number of the last batch it holds.
+    fn reopen(&self) -> Result<(Database, u64), StoreError> {
+        if !self.path.is_file() {
+            return Err(StoreError::Io(format!("{} is gone", self.path.display())));
+        }
+        let db = Database::builder()
+            .set_cache_size(self.cache_bytes)
+            .open(&self.path)?;
+        let probe = (|| -> Result<u64, StoreError> {
+            let stored = stored_commit_seq(&db)?;
+            // A commit that needs room: a full disk fails it here rather
+            // than the next caller's write.
+            let txn = db.begin_write()?;
+            txn.open_table(META)?
+                .insert(PROBE_KEY, vec![0u8; PROBE_BYTES].as_slice())?;
+            txn.commit()?;
+            let txn = db.begin_write()?;
+            txn.open_table(META)?.remove(PROBE_KEY)?;
+            txn.commit()?;
+            Ok(stored)
+        })();
+        match probe {
+            Ok(stored) => Ok((db, stored)),
+            Err(e) => {
+                close_db(Arc::new(db));
+                Err(e)
             }
         }
     }
 }
 
-type BatchResult = Result<(Vec<Completion>, Vec<Change>), (StoreError, Vec<Completion>)>;
+/// Tells the callers of an uncertain batch that its outcome is unknown.
+fn answer_unknown(u: &mut Uncertain) {
+    if let Some(done) = u.completions.take() {
+        for c in done {
+            c(Err(StoreError::CommitUnknown(u.why.clone())));
+        }
+    }
+}
 
-fn run_batch(db: &Database, work: Vec<Work>, observed: bool, hook: Option<&Hook>) -> BatchResult {
-    // If no transaction can be started, dropping the jobs drops their reply
-    // channels, and every caller sees the store as unavailable.
+/// Closes a database whose other handles are short-lived (readers hold it
+/// only to begin a transaction): waits a moment for them, then closes it,
+/// which also cuts off read transactions still open on it.
+fn close_db(db: Arc<Database>) {
+    let mut db = db;
+    for _ in 0..100 {
+        match Arc::try_unwrap(db) {
+            Ok(d) => {
+                if let Err(e) = d.close() {
+                    tracing::debug!(error = %e, "store: closing the old file");
+                }
+                return;
+            }
+            Err(shared) => db = shared,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Still shared: it closes when the last reader lets go (until then a
+    // re-open finds the file in use and tries again).
+}
+
+/// Takes `Recover` requests out of a batch (they only wake the writer: the
+/// health flag says whether a re-open is due).
+fn recover_requested(jobs: &mut Vec<Work>) {
+    jobs.retain(|w| !matches!(w, Work::Recover));
+}
+
+/// Answers one piece of work with `e`, unrun.
+fn refuse(w: Work, e: &StoreError) {
+    let err = || match e {
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        e => StoreError::Redb(e.to_string()),
+    };
+    match w {
+        Work::Job(j) => {
+            let (_, completion) = j(Err(err()));
+            completion(Err(err()));
+        }
+        Work::Hit(_, _, done) => done(Err(err())),
+        Work::Recover => {}
+    }
+}
+
+fn refuse_all(work: Vec<Work>, e: &StoreError) {
+    for w in work {
+        refuse(w, e);
+    }
+}
+
+/// Refuses everything queued now; false once every handle is gone.
+fn refuse_queued(rx: &mut mpsc::Receiver<Work>) -> bool {
+    let e = StoreError::Unavailable("being re-opened after an I/O error".into());
+    loop {
+        match rx.try_recv() {
+            Ok(w) => refuse(w, &e),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+}
+
+/// Links recorded by a committed batch, for the link cache.
+type NewLinks = Vec<(Vec<u8>, u32, crate::render::links::LinkRecord)>;
+
+/// A batch that committed (or whose commit failed, in [`BatchError::Uncertain`]):
+/// its callers' answers, its changes for the observer, its links.
+struct Batch {
+    completions: Vec<Completion>,
+    changes: Vec<Change>,
+    links: NewLinks,
+}
+
+enum BatchError {
+    /// Nothing of the batch was committed.
+    NotCommitted(StoreError, Vec<Completion>),
+    /// The commit itself failed: stored or not, the re-opened file says.
+    Uncertain(StoreError, Batch),
+}
+
+type BatchResult = Result<Batch, BatchError>;
+
+/// Runs one batch in one write transaction numbered `seq` (kept under
+/// [`COMMIT_SEQ_KEY`], so that a failed commit can be settled later).
+fn run_batch(
+    db: &Database,
+    work: Vec<Work>,
+    observed: bool,
+    hook: Option<&Hook>,
+    seq: u64,
+) -> BatchResult {
+    // If no transaction can be started, every caller is told why, unrun.
     let txn = match db.begin_write() {
         Ok(t) => t,
-        Err(e) => return Err((e.into(), Vec::new())),
+        Err(e) => {
+            let e = StoreError::from(e);
+            refuse_all(work, &e);
+            return Err(BatchError::NotCommitted(e, Vec::new()));
+        }
     };
     let mut completions = Vec::with_capacity(work.len());
     let mut jobs = Vec::with_capacity(work.len());
@@ -604,71 +1170,86 @@ fn run_batch(db: &Database, work: Vec<Work>, observed: bool, hook: Option<&Hook>
                 hits.push((seq, bytes));
                 completions.push(done);
             }
+            Work::Recover => {}
         }
     }
     let mut failed = None;
     let mut changes = Vec::new();
+    let mut links = Vec::new();
     if jobs.is_empty() {
         let appended = (|| -> Result<(), StoreError> {
             let mut t = txn.open_table(HITS)?;
             for (seq, b) in &hits {
                 t.insert(*seq, b.as_slice())?;
             }
+            txn.open_table(META)?
+                .insert(COMMIT_SEQ_KEY, seq.to_be_bytes().as_slice())?;
             Ok(())
         })();
         if let Err(e) = appended {
             let _ = txn.abort();
-            return Err((e, completions));
+            return Err(BatchError::NotCommitted(e, completions));
         }
-        return match txn.commit() {
-            Ok(()) => Ok((completions, changes)),
-            Err(e) => Err((e.into(), completions)),
-        };
-    }
-    match WriteTables::open(&txn) {
-        Ok(mut tables) => {
-            for (seq, b) in &hits {
-                if let Err(e) = tables.push_hit(*seq, b) {
+    } else {
+        match WriteTables::open(&txn) {
+            Ok(mut tables) => {
+                for (seq, b) in &hits {
+                    if let Err(e) = tables.push_hit(*seq, b) {
+                        failed = Some(e);
+                    }
+                }
+                if observed || hook.is_some() {
+                    tables.changes = Some(Vec::new());
+                }
+                // After a failure the rest still run (into a transaction
+                // that will be aborted) so that every caller is told why,
+                // rather than finding its reply channel dropped.
+                for job in jobs {
+                    let (ok, completion) = job(Ok(&mut tables));
+                    completions.push(completion);
+                    if !ok && failed.is_none() {
+                        failed = Some(StoreError::Redb(
+                            "another write in the same transaction failed".into(),
+                        ));
+                    }
+                }
+                if failed.is_none()
+                    && let Some(h) = hook
+                    && let Err(e) = tables.run_hook(h)
+                {
                     failed = Some(e);
                 }
-            }
-            if observed || hook.is_some() {
-                tables.changes = Some(Vec::new());
-            }
-            // After a failure the rest still run (into a transaction that
-            // will be aborted) so that every caller is told why, rather than
-            // finding its reply channel dropped.
-            for job in jobs {
-                let (ok, completion) = job(&mut tables);
-                completions.push(completion);
-                if !ok && failed.is_none() {
-                    failed = Some(StoreError::Redb(
-                        "another write in the same transaction failed".into(),
-                    ));
+                if failed.is_none()
+                    && let Err(e) = tables.flush()
+                {
+                    failed = Some(e);
                 }
+                if failed.is_none()
+                    && let Err(e) = tables
+                        .tables
+                        .meta
+                        .insert(COMMIT_SEQ_KEY, seq.to_be_bytes().as_slice())
+                {
+                    failed = Some(e.into());
+                }
+                changes = tables.changes.take().unwrap_or_default();
+                links = std::mem::take(&mut tables.links_written);
             }
-            if failed.is_none()
-                && let Some(h) = hook
-                && let Err(e) = tables.run_hook(h)
-            {
-                failed = Some(e);
-            }
-            if failed.is_none()
-                && let Err(e) = tables.flush()
-            {
-                failed = Some(e);
-            }
-            changes = tables.changes.take().unwrap_or_default();
+            Err(e) => failed = Some(e),
         }
-        Err(e) => failed = Some(e),
+        if let Some(e) = failed {
+            let _ = txn.abort();
+            return Err(BatchError::NotCommitted(e, completions));
+        }
     }
-    if let Some(e) = failed {
-        let _ = txn.abort();
-        return Err((e, completions));
-    }
+    let batch = Batch {
+        completions,
+        changes,
+        links,
+    };
     match txn.commit() {
-        Ok(()) => Ok((completions, changes)),
-        Err(e) => Err((e.into(), completions)),
+        Ok(()) => Ok(batch),
+        Err(e) => Err(BatchError::Uncertain(e.into(), batch)),
     }
 }
 
@@ -779,6 +1360,9 @@ pub struct WriteTables<'t> {
     /// Field definitions, read once per transaction when first needed, so
     /// that every write checks values against the definitions it commits with.
     field_defs: Option<std::collections::HashMap<String, FieldDef>>,
+    /// Links recorded in this transaction, for the link cache once it
+    /// commits.
+    links_written: NewLinks,
 }
 
 impl<'t> WriteTables<'t> {
@@ -796,6 +1380,7 @@ impl<'t> WriteTables<'t> {
             hourly_deltas: Default::default(),
             link_deltas: Default::default(),
             step_deltas: Default::default(),
+            links_written: Vec::new(),
         })
     }
 

@@ -54,8 +54,74 @@ impl WriteTables<'_> {
             self.tables
                 .links
                 .insert((send, *n), to_json(rec).as_slice())?;
+            self.links_written.push((send.to_vec(), *n, rec.clone()));
         }
         Ok(())
+    }
+}
+
+/// Links kept in memory: (send key, link number) → the recorded link. A
+/// link's URL never changes once recorded, so an entry is never stale; it
+/// serves clicks without a read, and while the store cannot be read. Two
+/// generations of up to [`LinkCache::GENERATION`] entries each: when the
+/// young one is full it becomes the old one, so links in use stay and the
+/// memory stays bounded.
+#[derive(Default)]
+pub struct LinkCache(std::sync::Mutex<LinkGens>);
+
+type LinkMap = std::collections::HashMap<(Vec<u8>, u32), std::sync::Arc<LinkRecord>>;
+
+#[derive(Default)]
+pub struct LinkGens {
+    young: LinkMap,
+    old: LinkMap,
+}
+
+impl LinkGens {
+    fn insert(&mut self, key: (Vec<u8>, u32), l: std::sync::Arc<LinkRecord>) {
+        if self.young.len() >= LinkCache::GENERATION {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(key, l);
+    }
+}
+
+impl LinkCache {
+    /// Entries per generation (a link is a few hundred bytes).
+    pub const GENERATION: usize = 50_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkGens> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The link, if known.
+    pub fn get(&self, send: &[u8], n: u32) -> Option<std::sync::Arc<LinkRecord>> {
+        let mut g = self.lock();
+        let key = (send.to_vec(), n);
+        if let Some(l) = g.young.get(&key) {
+            return Some(l.clone());
+        }
+        let l = g.old.remove(&key)?;
+        g.insert(key, l.clone());
+        Some(l)
+    }
+
+    /// Remembers a link read from the store; returns it shared.
+    pub fn insert(&self, send: Vec<u8>, n: u32, l: LinkRecord) -> std::sync::Arc<LinkRecord> {
+        let l = std::sync::Arc::new(l);
+        self.lock().insert((send, n), l.clone());
+        l
+    }
+
+    /// Remembers the links a commit recorded.
+    pub fn extend(&self, links: Vec<(Vec<u8>, u32, LinkRecord)>) {
+        if links.is_empty() {
+            return;
+        }
+        let mut g = self.lock();
+        for (send, n, l) in links {
+            g.insert((send, n), std::sync::Arc::new(l));
+        }
     }
 }
 
@@ -99,5 +165,38 @@ impl ReadView {
             Some(v) => Ok(Some(from_json("links", v.value())?)),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(url: &str) -> LinkRecord {
+        LinkRecord {
+            url: url.into(),
+            autologin: false,
+        }
+    }
+
+    #[test]
+    fn the_link_cache_keeps_links_in_use_and_stays_bounded() {
+        let c = LinkCache::default();
+        c.insert(b"s".to_vec(), 0, link("https://a/"));
+        for i in 1..=LinkCache::GENERATION as u32 {
+            c.insert(b"t".to_vec(), i, link("https://b/"));
+        }
+        // Link 0 is in the old generation now; a use brings it back.
+        assert_eq!(
+            c.get(b"s", 0).map(|l| l.url.clone()).as_deref(),
+            Some("https://a/")
+        );
+        for i in 1..=LinkCache::GENERATION as u32 {
+            c.insert(b"u".to_vec(), i, link("https://c/"));
+        }
+        assert!(c.get(b"s", 0).is_some());
+        assert!(c.get(b"t", 1).is_none());
+        let g = c.lock();
+        assert!(g.young.len() + g.old.len() <= 2 * LinkCache::GENERATION);
     }
 }

@@ -199,7 +199,9 @@ impl Applier {
     pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         loop {
-            if let Err(e) = self.drain().await {
+            let drained = self.drain().await;
+            self.store.report_loop("hit applier", &drained);
+            if let Err(e) = drained {
                 tracing::error!(error = %e, "applying tracking hits failed; retrying");
             }
             tokio::select! {

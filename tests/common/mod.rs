@@ -221,6 +221,30 @@ impl Herald {
         }
     }
 
+    /// Waits for the daemon to exit on its own; its exit code (`None`
+    /// for a signal), or a failed test after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut c = self.child.take().expect("herald is running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("herald did not exit within {within:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the daemon's process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends SIGHUP.
     pub fn hup(&self) {
         if let Some(c) = &self.child {
@@ -495,4 +519,39 @@ pub fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "waited for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Starts a campaign of template `news` to list `news` (`extra` keys added
+/// to its spec) and waits until `sink` has `n` messages and the campaign is
+/// completed; returns (id, recipient → message file), sorted.
+pub fn send_news(
+    h: &Herald,
+    sink: &peers::Sink,
+    n: usize,
+    extra: Value,
+) -> (u64, Vec<(String, PathBuf)>) {
+    let mut spec =
+        serde_json::json!({"name": "Sale", "template": "news", "audience": {"lists": ["news"]}});
+    if let (Some(o), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    let r = h.post_json("/api/v1/campaigns", spec);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_u64().unwrap();
+    let r = h.post_json(
+        &format!("/api/v1/campaigns/{id}/start"),
+        serde_json::json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    sink.wait_files(n, Duration::from_secs(60));
+    wait_until("completed", Duration::from_secs(60), || {
+        h.get(&format!("/api/v1/campaigns/{id}")).body["status"] == "completed"
+    });
+    let mut files: Vec<(String, PathBuf)> = sink
+        .files()
+        .into_iter()
+        .flat_map(|f| peers::rcpts_of(&f).into_iter().map(move |r| (r, f.clone())))
+        .collect();
+    files.sort();
+    (id, files)
 }

@@ -293,6 +293,28 @@ impl Ctx<'_> {
         self.api(Method::GET, path_and_query, None).await
     }
 
+    /// The banner every page shows while the store is low on space or
+    /// unavailable (`/healthz` says the same).
+    fn storage_warning(&self) -> Option<String> {
+        use crate::store::health::StoreState;
+        let h = self.state.store.health();
+        match h.state() {
+            StoreState::Ok => None,
+            StoreState::LowSpace => {
+                let (free, reserve) = h.space();
+                Some(format!(
+                    "The store's disk is low on space ({} MiB free, {} MiB kept in reserve): imports, event batches and campaign sends wait until there is room.",
+                    free >> 20,
+                    reserve >> 20
+                ))
+            }
+            StoreState::Unavailable => Some(format!(
+                "The store is unavailable ({}); Herald is re-opening it. Changes are refused until then.",
+                h.reason()
+            )),
+        }
+    }
+
     /// Renders a page: `template` with `data`, inside the layout (which
     /// sees `user`, `role`, `csrf`, `nav` and the query's `notice` and
     /// `problem`).
@@ -307,6 +329,7 @@ impl Ctx<'_> {
             m.insert("nav".into(), json!(nav));
             m.insert("notice".into(), json!(self.param("notice")));
             m.insert("problem".into(), json!(self.param("problem")));
+            m.insert("storage_warning".into(), json!(self.storage_warning()));
         }
         render(StatusCode::OK, template, &data)
     }

@@ -354,9 +354,17 @@ pub async fn action(
                 .timestamp_millis();
             campaign::schedule(svc, id, at).await?
         }
-        "start" => campaign::start(svc, id).await?,
+        "start" => {
+            // Bulk intake: refused while the store's disk is below its
+            // reserve (507) or the store is unavailable (503).
+            state.store.bulk_allowed()?;
+            campaign::start(svc, id).await?
+        }
         "pause" => campaign::pause(svc, id).await?,
-        "resume" => campaign::resume(svc, id).await?,
+        "resume" => {
+            state.store.bulk_allowed()?;
+            campaign::resume(svc, id).await?
+        }
         "cancel" => campaign::cancel(svc, id).await?,
         "duplicate" => {
             let c = campaign::duplicate(svc, id).await?;

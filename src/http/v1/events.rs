@@ -26,6 +26,9 @@ pub async fn ingest(
     state: &Arc<AppState>,
     req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
+    // Bulk intake: refused while the store's disk is below its reserve
+    // (507) or the store is unavailable (503).
+    state.store.bulk_allowed()?;
     let config = state.config();
     let limit = config.http.max_body_bytes.max(MIN_BODY_LIMIT);
     let bytes = reply::read_body(req, limit).await?;

@@ -78,6 +78,10 @@ pub async fn start(
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
     let opts = options(&q, state.config().import.max_record_bytes)?;
+    // Bulk intake: refused while the store's disk is below its reserve
+    // (507) or the store is unavailable (503); a running import checks
+    // again before each batch and stops (resumable) when it must.
+    state.store.bulk_allowed()?;
     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         if !(ct.starts_with("text/csv")

@@ -14,6 +14,10 @@ use crate::users::{self, Activity, Role, User, UserError};
 
 impl From<UserError> for ApiError {
     fn from(e: UserError) -> Self {
+        let e = match e {
+            UserError::Store(s) => return s.into(),
+            e => e,
+        };
         let (status, code) = match &e {
             UserError::Store(_) | UserError::Hash(_) => {
                 tracing::error!(error = %e, "user operation failed");
