@@ -310,9 +310,9 @@ impl Health {
         (self.free.load(Ordering::Relaxed), self.reserve_of(total))
     }
 
-    /// For bulk intake: `Ok` when it may go ahead; the free space is read
-    /// again when the last reading is older than a second.
-    pub fn bulk_allowed(&self) -> Result<(), super::StoreError> {
+    /// Reads the free space again when the last reading is older than a
+    /// second.
+    fn fresh_space(&self) {
         let stale = self
             .lock()
             .space_read
@@ -320,6 +320,12 @@ impl Health {
         if stale {
             self.refresh_space();
         }
+    }
+
+    /// For bulk intake: `Ok` when it may go ahead (the free space read at
+    /// most a second ago).
+    pub fn bulk_allowed(&self) -> Result<(), super::StoreError> {
+        self.fresh_space();
         match self.state() {
             StoreState::Ok => Ok(()),
             StoreState::Unavailable => Err(super::StoreError::Unavailable(self.reason())),
@@ -338,8 +344,10 @@ impl Health {
             .map_or_else(|| "being re-opened".into(), |(.., w)| w.clone())
     }
 
-    /// The whole account, for `/healthz`.
+    /// The whole account, for `/healthz` (the free space read at most a
+    /// second ago).
     pub fn report(&self) -> HealthReport {
+        self.fresh_space();
         let (free, reserve) = self.space();
         let inner = self.lock();
         let mut loops = inner.loops.clone();

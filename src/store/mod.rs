@@ -762,7 +762,7 @@ const PROBE_BYTES: usize = 1 << 20;
 /// First and longest wait between two attempts to re-open the store.
 const REOPEN_BACKOFF: (std::time::Duration, std::time::Duration) = (
     std::time::Duration::from_millis(100),
-    std::time::Duration::from_secs(5),
+    std::time::Duration::from_secs(2),
 );
 
 /// A batch whose commit failed: redb may have made it durable before
