@@ -768,9 +768,9 @@ const REOPEN_BACKOFF: (std::time::Duration, std::time::Duration) = (
 /// A batch whose commit failed: redb may have made it durable before
 /// failing (its work after the commit point, such as freeing pages, can
 /// fail too), so whether it is stored is known only once the file is open
-/// again, from [`COMMIT_SEQ_KEY`].
+/// again, by its [`Mark`].
 struct Uncertain {
-    seq: u64,
+    mark: Mark,
     /// Why the commit failed.
     why: String,
     /// Callers not answered yet (answered "unknown" after [`UNCERTAIN_WAIT`]).
@@ -784,8 +784,31 @@ struct Uncertain {
 /// to say whether it was stored, before they are told it is unknown.
 const UNCERTAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The meta key holding the number of the last committed batch.
+/// The meta key holding the number of the last committed batch of jobs.
 const COMMIT_SEQ_KEY: &str = "store.commit_seq";
+
+/// How the file shows that a batch was committed: a batch of jobs by its
+/// number under [`COMMIT_SEQ_KEY`] (its transaction writes `meta` anyway,
+/// for its counters), a batch of tracking hits alone by its first hit in
+/// the journal (no `meta` page written on the pixel's path).
+#[derive(Debug, Clone, Copy)]
+enum Mark {
+    Seq(u64),
+    Hit(u64),
+}
+
+impl Mark {
+    /// Whether the file `db` holds the batch.
+    fn held_by(self, db: &Database) -> Result<bool, StoreError> {
+        match self {
+            Mark::Seq(n) => Ok(stored_commit_seq(db)? >= n),
+            Mark::Hit(k) => {
+                let txn = db.begin_read()?;
+                Ok(txn.open_table(HITS)?.get(k)?.is_some())
+            }
+        }
+    }
+}
 
 /// The number of the last committed batch, as the file has it.
 fn stored_commit_seq(db: &Database) -> Result<u64, StoreError> {
@@ -845,7 +868,9 @@ impl Writer {
             drop(db);
             match result {
                 Ok(c) => {
-                    self.seq = seq;
+                    if let Mark::Seq(n) = c.mark {
+                        self.seq = n;
+                    }
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats.jobs.fetch_add(n, Ordering::Relaxed);
                     self.deliver(c.changes, c.links);
@@ -875,7 +900,7 @@ impl Writer {
                     tracing::error!(error = %e, jobs = n, "store commit failed; whether it was stored is known once the store is re-opened");
                     self.health.set_unavailable(&e.cause());
                     let uncertain = Uncertain {
-                        seq,
+                        mark: c.mark,
                         why: e.cause(),
                         completions: Some(c.completions),
                         changes: c.changes,
@@ -952,7 +977,7 @@ impl Writer {
             match self.reopen() {
                 Ok((db, stored)) => {
                     if let Some(u) = uncertain.take() {
-                        self.settle(u, stored);
+                        self.settle(u, &db);
                     }
                     self.seq = stored;
                     self.slot.put(db);
@@ -984,8 +1009,15 @@ impl Writer {
 
     /// A batch whose commit failed, once the file says whether it holds it
     /// (`stored` is the last batch number there).
-    fn settle(&self, u: Uncertain, stored: u64) {
-        let committed = stored >= u.seq;
+    fn settle(&self, mut u: Uncertain, db: &Database) {
+        let committed = match u.mark.held_by(db) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "store: cannot tell whether the batch whose commit failed was stored");
+                answer_unknown(&mut u);
+                return;
+            }
+        };
         match (committed, u.completions) {
             (true, Some(done)) => {
                 tracing::info!(
@@ -1126,8 +1158,9 @@ fn refuse_queued(rx: &mut mpsc::Receiver<Work>) -> bool {
 type NewLinks = Vec<(Vec<u8>, u32, crate::render::links::LinkRecord)>;
 
 /// A batch that committed (or whose commit failed, in [`BatchError::Uncertain`]):
-/// its callers' answers, its changes for the observer, its links.
+/// its callers' answers, its changes for the observer, its links, its mark.
 struct Batch {
+    mark: Mark,
     completions: Vec<Completion>,
     changes: Vec<Change>,
     links: NewLinks,
@@ -1137,13 +1170,14 @@ enum BatchError {
     /// Nothing of the batch was committed.
     NotCommitted(StoreError, Vec<Completion>),
     /// The commit itself failed: stored or not, the re-opened file says.
-    Uncertain(StoreError, Batch),
+    Uncertain(StoreError, Box<Batch>),
 }
 
 type BatchResult = Result<Batch, BatchError>;
 
-/// Runs one batch in one write transaction numbered `seq` (kept under
-/// [`COMMIT_SEQ_KEY`], so that a failed commit can be settled later).
+/// Runs one batch in one write transaction; a batch with jobs is numbered
+/// `seq` (kept under [`COMMIT_SEQ_KEY`]) so that a failed commit can be
+/// settled later (a batch of hits alone by its first hit, [`Mark`]).
 fn run_batch(
     db: &Database,
     work: Vec<Work>,
@@ -1176,14 +1210,13 @@ fn run_batch(
     let mut failed = None;
     let mut changes = Vec::new();
     let mut links = Vec::new();
+    let jobs_run = jobs.len();
     if jobs.is_empty() {
         let appended = (|| -> Result<(), StoreError> {
             let mut t = txn.open_table(HITS)?;
             for (seq, b) in &hits {
                 t.insert(*seq, b.as_slice())?;
             }
-            txn.open_table(META)?
-                .insert(COMMIT_SEQ_KEY, seq.to_be_bytes().as_slice())?;
             Ok(())
         })();
         if let Err(e) = appended {
@@ -1242,14 +1275,19 @@ fn run_batch(
             return Err(BatchError::NotCommitted(e, completions));
         }
     }
+    let mark = match hits.first() {
+        Some((k, _)) if jobs_run == 0 => Mark::Hit(*k),
+        _ => Mark::Seq(seq),
+    };
     let batch = Batch {
+        mark,
         completions,
         changes,
         links,
     };
     match txn.commit() {
         Ok(()) => Ok(batch),
-        Err(e) => Err(BatchError::Uncertain(e.into(), batch)),
+        Err(e) => Err(BatchError::Uncertain(e.into(), Box::new(batch))),
     }
 }
 

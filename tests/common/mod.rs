@@ -30,6 +30,8 @@ pub fn bin() -> &'static str {
 pub const TRACKING_SECRET: &str = "test-tracking-secret-0123456789abcdef";
 
 /// A config file's text with the given storage dir and extra TOML appended.
+/// No free-space reserve: a test's daemon takes imports however full the
+/// machine's disk is (`tests/storage_faults.rs` tests the reserve).
 /// Clicks count as a person's however soon after delivery they come
 /// (`scanner_window = "1ms"`): tests click right away.
 pub fn config_text(data: &Path, extra: &str) -> String {
@@ -39,7 +41,7 @@ pub fn config_text(data: &Path, extra: &str) -> String {
 /// [`config_text`] with these keys in `[tracking]` (besides the secret).
 pub fn config_text_tracking(data: &Path, tracking: &str, extra: &str) -> String {
     format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\ntrusted_proxies = [\"127.0.0.1\"]\n[storage]\npath = \"{}\"\n[admin]\ntoken = \"{TOKEN}\"\n[tracking]\nsecret = \"{TRACKING_SECRET}\"\n{tracking}[log]\nlevel = \"info\"\n{extra}",
+        "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://127.0.0.1\"\ntrusted_proxies = [\"127.0.0.1\"]\n[storage]\npath = \"{}\"\nreserve_mb = 0\nreserve_percent = 0\n[admin]\ntoken = \"{TOKEN}\"\n[tracking]\nsecret = \"{TRACKING_SECRET}\"\n{tracking}[log]\nlevel = \"info\"\n{extra}",
         data.display()
     )
 }
