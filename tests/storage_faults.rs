@@ -13,6 +13,9 @@
 //!   campaign starts (507) but records hits and unsubscribes.
 //! - Re-opening failing past `unavailable_exit_after` ends the daemon with
 //!   a non-zero exit code.
+//! - An answer given before the body was read reaches a client still
+//!   sending it (the body is drained), and one waiting for `100 Continue`
+//!   gets it at once with the connection closed.
 //!
 //! Mounting needs root (`scripts/test` runs as root); without it the tmpfs
 //! tests say so and skip.
@@ -483,4 +486,62 @@ fn a_store_that_cannot_be_reopened_ends_the_daemon_non_zero() {
         "a new store was created in place of the missing one"
     );
     assert!(h.log().contains("could not be re-opened"), "{}", h.log());
+}
+
+/// An answer given before the body was read (a wrong token here) still
+/// reaches a client that is sending a large body, and the connection stays
+/// usable; a client waiting for `100 Continue` gets the answer at once and
+/// the connection is closed instead of its body being asked for.
+#[test]
+fn an_early_answer_reaches_a_client_still_sending() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let h = Herald::start();
+    let body = vec![b'x'; 20 << 20];
+    let mut s = std::net::TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /api/v1/contacts/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-token-0123456789abcdef\r\nContent-Type: text/csv\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // The whole body goes out (a reset would fail this write).
+    s.write_all(&body).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 401"), "{status}");
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut rest = vec![0u8; len];
+    r.read_exact(&mut rest).unwrap();
+    // Kept alive: the next request on the same connection is answered.
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut next = String::new();
+    r.read_line(&mut next).unwrap();
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+
+    // Expect: 100-continue, body never sent: answered at once, closed.
+    let mut s = std::net::TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        b"POST /api/v1/contacts/import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-token-0123456789abcdef\r\nContent-Type: text/csv\r\nContent-Length: 10485760\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
 }
