@@ -215,8 +215,8 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         public: listener,
         admin: admin_listener,
     };
-    // The free space of the store's filesystem, read every 10 s (bulk
-    // intake also reads it when its last reading is a second old).
+    // The free space of the store's filesystem, read every second on a
+    // blocking thread (bulk intake and /healthz only look at the reading).
     let space_watch = {
         let health = store.health().clone();
         tokio::spawn(async move {
@@ -292,7 +292,7 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
 }
 
 /// How often the store's free disk space is read.
-const SPACE_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+const SPACE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long SIGTERM waits for work in flight (SMTP transactions, campaign
 /// batches, the hit applier) before the process exits; what is left resumes

@@ -164,8 +164,9 @@ pub struct Metrics {
     store_reserve_bytes: Gauge,
     /// Times the store was re-opened after an I/O error.
     store_reopens: Gauge,
-    /// Tracking hits answered (redirect, pixel) but not recorded.
-    pub hits_dropped: Counter,
+    /// Tracking hits answered (redirect, pixel) but not recorded (the
+    /// store's health counts them; brought up to date at scrape time).
+    hits_dropped: Counter,
     /// Delivery attempts per recipient, by result (delivered, deferred, failed).
     pub delivery: Family<OutcomeLabels, Counter>,
     /// SMTP client connections open now.
@@ -571,6 +572,9 @@ impl Metrics {
             .set(i64::try_from(reserve).unwrap_or(i64::MAX));
         self.store_reopens
             .set(i64::try_from(h.reopens.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        let dropped = h.hits_dropped.load(Ordering::Relaxed);
+        self.hits_dropped
+            .inc_by(dropped.saturating_sub(self.hits_dropped.get()));
         self.store_commits
             .set(store.stats.commits.load(Ordering::Relaxed) as i64);
         self.store_jobs

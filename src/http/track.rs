@@ -35,7 +35,6 @@ fn not_found() -> ApiError {
 /// recipient still gets the pixel or the redirect: recipients first.
 async fn record(state: &AppState, hit: Hit) {
     if let Err(e) = state.hits.push(&hit).await {
-        state.metrics.hits_dropped.inc();
         state
             .store
             .health()

@@ -53,9 +53,6 @@ impl StoreState {
     ];
 }
 
-/// How often the free space is read at most when bulk intake asks.
-const SPACE_FRESH: Duration = Duration::from_secs(1);
-
 /// What a background loop last said.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoopReport {
@@ -74,8 +71,6 @@ pub struct LoopReport {
 struct Inner {
     /// Since when the store is unavailable, and why.
     unavailable: Option<(Instant, chrono::DateTime<chrono::Utc>, String)>,
-    /// When the free space was last read.
-    space_read: Option<Instant>,
     /// Why reading the free space failed, if it did.
     space_error: Option<String>,
     loops: BTreeMap<&'static str, LoopReport>,
@@ -143,6 +138,7 @@ impl Health {
             fatal: Notify::new(),
         };
         h.configure(config);
+        h.refresh_space();
         h
     }
 
@@ -156,7 +152,7 @@ impl Health {
             config.unavailable_exit_after.as_millis() as u64,
             Ordering::Relaxed,
         );
-        self.refresh_space();
+        self.judge_space();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -256,43 +252,47 @@ impl Health {
         }
     }
 
-    /// Reads the free space of the store's filesystem now and updates the
-    /// low-space state (logging a change).
+    /// Reads the free space of the store's filesystem (a system call: on a
+    /// blocking thread, `app::serve` does it every second) and judges it.
     pub fn refresh_space(&self) {
         let read = disk_space(&self.dir);
         let mut inner = self.lock();
-        inner.space_read = Some(Instant::now());
         match read {
             Ok((free, total)) => {
                 inner.space_error = None;
                 self.free.store(free, Ordering::Relaxed);
                 self.total.store(total, Ordering::Relaxed);
-                let reserve = self.reserve_of(total);
-                let low = free < reserve;
-                let was = self.low.swap(low, Ordering::AcqRel);
-                if low && !was {
-                    tracing::warn!(
-                        free_bytes = free,
-                        reserve_bytes = reserve,
-                        dir = %self.dir.display(),
-                        "store: low on disk space; imports, event batches and campaign sends wait until there is room"
-                    );
-                } else if was && !low {
-                    tracing::info!(
-                        free_bytes = free,
-                        reserve_bytes = reserve,
-                        "store: disk space back above the reserve"
-                    );
-                }
             }
             Err(e) => {
-                // Unknown free space never blocks intake; it is reported.
                 if inner.space_error.is_none() {
                     tracing::warn!(error = %e, dir = %self.dir.display(), "store: cannot read the free disk space");
                 }
                 inner.space_error = Some(e.to_string());
-                self.low.store(false, Ordering::Release);
             }
+        }
+        drop(inner);
+        self.judge_space();
+    }
+
+    /// Sets the low-space state from the last reading and the reserve in
+    /// force (logging a change); unknown free space never blocks intake.
+    fn judge_space(&self) {
+        let (free, reserve) = self.space();
+        let low = self.lock().space_error.is_none() && free < reserve;
+        let was = self.low.swap(low, Ordering::AcqRel);
+        if low && !was {
+            tracing::warn!(
+                free_bytes = free,
+                reserve_bytes = reserve,
+                dir = %self.dir.display(),
+                "store: low on disk space; imports, event batches and campaign sends wait until there is room"
+            );
+        } else if was && !low {
+            tracing::info!(
+                free_bytes = free,
+                reserve_bytes = reserve,
+                "store: disk space back above the reserve"
+            );
         }
     }
 
@@ -310,22 +310,9 @@ impl Health {
         (self.free.load(Ordering::Relaxed), self.reserve_of(total))
     }
 
-    /// Reads the free space again when the last reading is older than a
-    /// second.
-    fn fresh_space(&self) {
-        let stale = self
-            .lock()
-            .space_read
-            .is_none_or(|t| t.elapsed() >= SPACE_FRESH);
-        if stale {
-            self.refresh_space();
-        }
-    }
-
-    /// For bulk intake: `Ok` when it may go ahead (the free space read at
-    /// most a second ago).
+    /// For bulk intake: `Ok` when it may go ahead (the free space as read
+    /// at most a second ago; no system call here).
     pub fn bulk_allowed(&self) -> Result<(), super::StoreError> {
-        self.fresh_space();
         match self.state() {
             StoreState::Ok => Ok(()),
             StoreState::Unavailable => Err(super::StoreError::Unavailable(self.reason())),
@@ -344,10 +331,8 @@ impl Health {
             .map_or_else(|| "being re-opened".into(), |(.., w)| w.clone())
     }
 
-    /// The whole account, for `/healthz` (the free space read at most a
-    /// second ago).
+    /// The whole account, for `/healthz`.
     pub fn report(&self) -> HealthReport {
-        self.fresh_space();
         let (free, reserve) = self.space();
         let inner = self.lock();
         let mut loops = inner.loops.clone();

@@ -950,17 +950,14 @@ impl Writer {
         if let Some(db) = self.slot.take() {
             close_db(db);
         }
-        let mut pause = REOPEN_BACKOFF.0;
+        // The first attempt at once, then growing pauses.
+        let mut pause = std::time::Duration::ZERO;
         let mut last_log = std::time::Instant::now();
         loop {
-            if let Some(u) = &mut uncertain
-                && u.since.elapsed() >= UNCERTAIN_WAIT
-            {
-                answer_unknown(u);
-            }
-            if !refuse_queued(rx) {
+            if !wait_refusing(rx, pause, &mut uncertain) {
                 return false;
             }
+            pause = (pause * 2).clamp(REOPEN_BACKOFF.0, REOPEN_BACKOFF.1);
             if self.health.past_exit_limit() {
                 let why = format!(
                     "the store {} could not be re-opened for {}s; exiting so that the service manager restarts herald",
@@ -991,24 +988,11 @@ impl Writer {
                 }
                 Err(e) => tracing::debug!(error = %e, "store: re-open failed"),
             }
-            let until = std::time::Instant::now() + pause;
-            while std::time::Instant::now() < until {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                if !refuse_queued(rx) {
-                    return false;
-                }
-                if let Some(u) = &mut uncertain
-                    && u.since.elapsed() >= UNCERTAIN_WAIT
-                {
-                    answer_unknown(u);
-                }
-            }
-            pause = (pause * 2).min(REOPEN_BACKOFF.1);
         }
     }
 
-    /// A batch whose commit failed, once the file says whether it holds it
-    /// (`stored` is the last batch number there).
+    /// A batch whose commit failed, once the re-opened file `db` says
+    /// whether it holds it.
     fn settle(&self, mut u: Uncertain, db: &Database) {
         let committed = match u.mark.held_by(db) {
             Ok(c) => c,
@@ -1080,6 +1064,31 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+}
+
+/// Waits `pause` while the store is being re-opened, refusing the work that
+/// comes meanwhile and telling an uncertain batch's callers once they have
+/// waited [`UNCERTAIN_WAIT`]; false once every handle is gone.
+fn wait_refusing(
+    rx: &mut mpsc::Receiver<Work>,
+    pause: std::time::Duration,
+    uncertain: &mut Option<Uncertain>,
+) -> bool {
+    let until = std::time::Instant::now() + pause;
+    loop {
+        if !refuse_queued(rx) {
+            return false;
+        }
+        if let Some(u) = uncertain
+            && u.since.elapsed() >= UNCERTAIN_WAIT
+        {
+            answer_unknown(u);
+        }
+        if std::time::Instant::now() >= until {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
