@@ -5,7 +5,8 @@
 //!
 //! The documented ready line, logged once the store is open and the listener
 //! bound, is `herald ready listen=<ADDR> public_url=<URL>`, followed by
-//! ` admin_listen=<ADDR>` when `[http] admin_listen` is set; tests and scripts
+//! ` admin_listen=<ADDR>` when `[http] admin_listen` is set (and
+//! ` inbound_listen=<ADDR>`, ` capture=<DIR>` in capture mode); tests and scripts
 //! wait for it (with `listen = "127.0.0.1:0"` it carries the port picked).
 
 use std::io::IsTerminal;
@@ -208,8 +209,22 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     let reload_state = state.clone();
     let reloader = tokio::spawn(async move { reload_on_sighup(reload_state, hup).await });
 
+    let capture_note = match &state.config.get().delivery.capture {
+        Some(dir) => {
+            crate::delivery::capture::prepare(dir)
+                .with_context(|| format!("cannot make the capture folder {}", dir.display()))?;
+            tracing::warn!(
+                "CAPTURE MODE: no mail leaves this machine; every message is written to {} (`herald outbox list`); remove `[delivery] capture` for real delivery",
+                dir.display()
+            );
+            format!(" capture={}", dir.display())
+        }
+        None => String::new(),
+    };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    tracing::info!("herald ready listen={addr} public_url={public_url}{admin_note}{inbound_note}");
+    tracing::info!(
+        "herald ready listen={addr} public_url={public_url}{admin_note}{inbound_note}{capture_note}"
+    );
 
     let listeners = http::Listeners {
         public: listener,
@@ -417,6 +432,9 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
         ),
     };
     if !errors.is_empty() {
+        // A file's problems together and in line order: a segment's unknown
+        // lists and fields are found after its other problems.
+        errors.sort_by(|a, b| (&a.file, a.position).cmp(&(&b.file, b.position)));
         return Err(crate::config::ConfigErrors(errors));
     }
     let mut out = format!(
@@ -432,6 +450,13 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
         out.push_str(&format!(
             "  admin_listen {a} (admin API and /metrics only there)\n"
         ));
+    }
+    match &c.delivery.capture {
+        Some(dir) => out.push_str(&format!(
+            "  CAPTURE MODE: no mail leaves this machine; every message is written to {} (`herald outbox list`); remove `[delivery] capture` for real delivery\n",
+            dir.display()
+        )),
+        None => out.push_str("  delivery    REAL: mail goes to the recipients' MX hosts (or each sender's relay)\n"),
     }
     for (name, f) in &snap.automations.loaded {
         out.push_str(&format!(
@@ -449,7 +474,7 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     }
     for s in &c.senders {
         let route = match &s.relay {
-            Some(r) => format!("relay {}:{} ({:?})", r.host, r.port, r.tls),
+            Some(r) => format!("relay {}:{} ({})", r.host, r.port, r.tls.describe()),
             None => "direct MX delivery".to_string(),
         };
         out.push_str(&format!(
@@ -471,7 +496,11 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
             ));
         }
         if s.dkim.is_empty() {
-            out.push_str("    no DKIM key: mail from this sender goes out unsigned\n");
+            out.push_str(&format!(
+                "    WARNING: no DKIM key: mail from this sender goes out unsigned and most providers will file it as spam; `herald dkim keygen --domain {} --selector s1 --sender {}`\n",
+                s.domain,
+                s.id
+            ));
         }
     }
     if c.senders.is_empty() {

@@ -102,6 +102,74 @@ pub struct ImportArgs {
     pub consent: Option<String>,
     /// Resume an interrupted import.
     pub resume: Option<u64>,
+    /// The delimiter (`,` `;` `|` `tab`).
+    pub delimiter: Option<String>,
+    /// The file's encoding.
+    pub encoding: Option<String>,
+    /// Exit 0 even when rows were rejected.
+    pub allow_rejects: bool,
+}
+
+/// The daemon's words for import options (query parameters) in the CLI's
+/// own (flags).
+fn in_flag_words(message: &str) -> String {
+    [
+        ("import with create_list=true", "import with --create-list"),
+        (
+            "import with create_fields=true",
+            "import with --create-fields",
+        ),
+        ("create_fields=true", "--create-fields"),
+        ("create_list=true", "--create-list"),
+        ("query parameter `consent`", "--consent"),
+        ("query parameter `delimiter`", "--delimiter"),
+        ("query parameter `encoding`", "--encoding"),
+        ("?resume=", "--resume "),
+        (
+            "(POST /api/v1/fields)",
+            "(the admin UI's Fields page, or POST /api/v1/fields)",
+        ),
+        ("(name the delimiter)", "(--delimiter)"),
+        (
+            "(is the file in another encoding? name it)",
+            "(is the file in another encoding? --encoding)",
+        ),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (api, cli)| m.replace(api, cli))
+}
+
+/// The text of lines `wanted` (1-based, ascending) of `file`, each cut to
+/// 100 characters; lines that cannot be read are left out.
+fn lines_of(file: &Path, wanted: &[u64]) -> std::collections::HashMap<u64, String> {
+    use std::io::BufRead;
+    let mut out = std::collections::HashMap::new();
+    let Some(&last) = wanted.iter().max() else {
+        return out;
+    };
+    let Ok(f) = std::fs::File::open(file) else {
+        return out;
+    };
+    let mut buf = Vec::new();
+    let mut r = std::io::BufReader::new(f);
+    for n in 1..=last {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf).unwrap_or(0) == 0 {
+            break;
+        }
+        if wanted.contains(&n) {
+            let text = String::from_utf8_lossy(&buf);
+            let text = text.trim_end_matches(['\r', '\n']);
+            let cut: String = text.chars().take(100).collect();
+            let more = if text.chars().count() > 100 {
+                "…"
+            } else {
+                ""
+            };
+            out.insert(n, format!("{cut}{more}"));
+        }
+    }
+    out
 }
 
 /// `herald contacts import FILE.csv`: streams the file to the daemon and
@@ -129,6 +197,12 @@ pub async fn import(target: &ApiTarget, file: &Path, args: &ImportArgs) -> anyho
     if let Some(r) = args.resume {
         q.append_pair("resume", &r.to_string());
     }
+    if let Some(d) = &args.delimiter {
+        q.append_pair("delimiter", d);
+    }
+    if let Some(e) = &args.encoding {
+        q.append_pair("encoding", e);
+    }
     let path = format!("/api/v1/contacts/import?{}", q.finish());
     let (status, body) = send(
         target,
@@ -142,11 +216,25 @@ pub async fn import(target: &ApiTarget, file: &Path, args: &ImportArgs) -> anyho
         serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body.clone()));
     if status != 200 {
         let msg = json["error"]["message"].as_str().unwrap_or(&body);
-        eprintln!("import refused ({status}): {msg}");
+        eprintln!(
+            "herald: {}: import refused ({status}): {}",
+            file.display(),
+            in_flag_words(msg)
+        );
         return Ok(1);
     }
+    let read_as = format!(
+        "read as {}{}, delimiter {}",
+        json["encoding"].as_str().unwrap_or("?"),
+        if json["encoding_detected"] == true && json["encoding"] != "UTF-8" {
+            " (the file is not UTF-8; --encoding names another)"
+        } else {
+            ""
+        },
+        json["delimiter"].as_str().unwrap_or("?"),
+    );
     println!(
-        "import {}: {} created, {} updated, {} unchanged, {} duplicates merged, {} rejected",
+        "import {}: {} created, {} updated, {} unchanged, {} duplicates merged, {} rejected ({read_as})",
         json["id"],
         json["created"],
         json["updated"],
@@ -154,20 +242,37 @@ pub async fn import(target: &ApiTarget, file: &Path, args: &ImportArgs) -> anyho
         json["merged_duplicates"],
         json["rejected"]
     );
-    if let Some(rejects) = json["rejects"].as_array() {
-        for r in rejects {
-            println!(
-                "  line {}: {}",
-                r["line"],
-                r["reason"].as_str().unwrap_or("")
+    let rejects = json["rejects"].as_array().cloned().unwrap_or_default();
+    if !rejects.is_empty() {
+        let numbers: Vec<u64> = rejects.iter().filter_map(|r| r["line"].as_u64()).collect();
+        let texts = lines_of(file, &numbers);
+        eprintln!("rejected rows:");
+        for r in &rejects {
+            let n = r["line"].as_u64().unwrap_or(0);
+            eprintln!(
+                "  {}:{n}: {}",
+                file.display(),
+                in_flag_words(r["reason"].as_str().unwrap_or(""))
             );
+            if let Some(t) = texts.get(&n) {
+                eprintln!("      {t}");
+            }
         }
     }
     if json["rejects_truncated"].as_bool() == Some(true) {
-        println!(
+        eprintln!(
             "  … more rejects: GET /api/v1/contacts/import/{}/rejects",
             json["id"]
         );
+    }
+    let rejected = json["rejected"].as_u64().unwrap_or(0);
+    if rejected > 0 && !args.allow_rejects {
+        eprintln!(
+            "herald: {rejected} row{} of {} rejected; the others are imported (--allow-rejects to exit 0 all the same)",
+            if rejected == 1 { "" } else { "s" },
+            file.display()
+        );
+        return Ok(1);
     }
     Ok(0)
 }
@@ -201,6 +306,13 @@ fn api_failure(status: u16, json: &serde_json::Value) -> anyhow::Error {
     anyhow::anyhow!("the daemon refused ({status}): {msg}")
 }
 
+/// `n` (a JSON number) with the noun for one or for several: `1 message`,
+/// `2 messages`.
+fn plural(n: &serde_json::Value, one: &str, many: &str) -> String {
+    let n = n.as_u64().unwrap_or(0);
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `herald queue status`: prints the queue summary (or the JSON).
 pub async fn queue_status(target: &ApiTarget, as_json: bool) -> anyhow::Result<()> {
     let (status, v) = send_json(target, Method::GET, "/api/v1/queue", None).await?;
@@ -213,8 +325,12 @@ pub async fn queue_status(target: &ApiTarget, as_json: bool) -> anyhow::Result<(
     }
     let r = &v["recipients"];
     println!(
-        "queue: {} messages; recipients {} queued, {} in flight, {} deferred; {} connections",
-        v["messages"], r["queued"], r["in_flight"], r["deferred"], v["connections"]
+        "queue: {}; recipients {} queued, {} in flight, {} deferred; {}",
+        plural(&v["messages"], "message", "messages"),
+        r["queued"],
+        r["in_flight"],
+        r["deferred"],
+        plural(&v["connections"], "connection", "connections")
     );
     println!(
         "since the store was created: {} delivered, {} failed",
@@ -228,20 +344,32 @@ pub async fn queue_status(target: &ApiTarget, as_json: bool) -> anyhow::Result<(
         );
     }
     if let Some(domains) = v["domains"].as_array().filter(|d| !d.is_empty()) {
+        // A `Value` ignores width and alignment when displayed, so the
+        // figures are printed as numbers; the first column fits the
+        // longest domain.
+        let num = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+        let w = domains
+            .iter()
+            .filter_map(|d| d["domain"].as_str())
+            .map(|d| d.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max("domain".len());
         println!(
-            "{:<32} {:>8} {:>9} {:>8}  next attempt / last error",
+            "{:<w$} {:>8} {:>9} {:>8}  next attempt / last error",
             "domain", "queued", "in flight", "deferred"
         );
         for d in domains {
-            println!(
-                "{:<32} {:>8} {:>9} {:>8}  {} {}",
+            let row = format!(
+                "{:<w$} {:>8} {:>9} {:>8}  {} {}",
                 d["domain"].as_str().unwrap_or(""),
-                d["queued"],
-                d["in_flight"],
-                d["deferred"],
+                num(&d["queued"]),
+                num(&d["in_flight"]),
+                num(&d["deferred"]),
                 d["next_attempt"].as_str().unwrap_or("-"),
                 d["last_error"].as_str().unwrap_or("")
             );
+            println!("{}", row.trim_end());
         }
     }
     Ok(())
@@ -277,10 +405,14 @@ pub async fn queue_action(
     }
     match action {
         "purge" => println!(
-            "purged {} recipients of {} messages",
-            v["recipients"], v["messages"]
+            "purged {} of {}",
+            plural(&v["recipients"], "recipient", "recipients"),
+            plural(&v["messages"], "message", "messages")
         ),
-        _ => println!("{} messages are due now", v["messages"]),
+        _ => println!(
+            "{} due now",
+            plural(&v["messages"], "message is", "messages are")
+        ),
     }
     Ok(())
 }
@@ -328,15 +460,27 @@ pub mod campaign {
     use serde_json::Value;
 
     use super::{ApiTarget, api_failure, send_json};
+    use crate::campaign::model::Spec;
+
+    /// The status, with the phase when it says more (`running (sending)`,
+    /// not `draft (draft)`) and a scheduled campaign's start time.
+    fn state(v: &Value) -> String {
+        let status = v["status"].as_str().unwrap_or("");
+        let phase = v["phase"].as_str().unwrap_or("");
+        match v["scheduled_for"].as_str() {
+            Some(at) if status == "scheduled" => format!("scheduled for {at}"),
+            _ if phase.is_empty() || phase == status => status.to_string(),
+            _ => format!("{status} ({phase})"),
+        }
+    }
 
     fn line(v: &Value) -> String {
         let p = &v["progress"];
         format!(
-            "campaign {} \"{}\": {} ({}); audience {}, queued {}, delivered {}, deferred {}, failed {}, skipped {}, remaining {}",
+            "campaign {} \"{}\": {}; audience {}, queued {}, delivered {}, deferred {}, failed {}, skipped {}, remaining {}",
             v["id"],
             v["name"].as_str().unwrap_or(""),
-            v["status"].as_str().unwrap_or(""),
-            v["phase"].as_str().unwrap_or(""),
+            state(v),
             p["audience"],
             p["queued"],
             p["delivered"],
@@ -351,9 +495,24 @@ pub mod campaign {
     pub async fn create(target: &ApiTarget, file: &Path) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
+        // The file is read as a spec here first, so that a mistake in it (a
+        // wrong type, an unknown key) is reported at its line and column in
+        // the file: the daemon sees only the JSON sent, all on one line.
         let spec: Value = if file.extension().is_some_and(|e| e == "json") {
+            let de = &mut serde_json::Deserializer::from_str(&text);
+            serde_path_to_error::deserialize::<_, Spec>(de).map_err(|e| {
+                let path = e.path().to_string();
+                let at = if path == "." {
+                    String::new()
+                } else {
+                    format!("`{path}`: ")
+                };
+                anyhow::anyhow!("{}: {at}{}", file.display(), e.into_inner())
+            })?;
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?
         } else {
+            toml::from_str::<Spec>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let t: toml::Value =
                 toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             serde_json::to_value(t)?
@@ -439,25 +598,60 @@ pub mod campaign {
             );
         }
         if let Some(ab) = v["ab"].as_object() {
-            println!(
-                "A/B: test ends {}, winner {} {}",
-                ab["test_ends"].as_str().unwrap_or("-"),
-                ab["winner_name"].as_str().unwrap_or("-"),
-                ab["winner_reason"].as_str().unwrap_or("")
-            );
+            match (ab["winner_name"].as_str(), ab["test_ends"].as_str()) {
+                (Some(w), _) => println!(
+                    "A/B: winner {w}{}",
+                    ab["winner_reason"]
+                        .as_str()
+                        .map(|r| format!("; {r}"))
+                        .unwrap_or_default()
+                ),
+                (None, Some(ends)) => println!("A/B: no winner yet; the test ends {ends}"),
+                (None, None) => println!("A/B: the test has not started"),
+            }
         }
-        for p in v["parts"].as_array().into_iter().flatten() {
-            println!(
-                "  stage {} {} {}: size {}, queued {}, delivered {}, opens {}, clicks {}",
-                p["stage"],
-                p["role"].as_str().unwrap_or(""),
-                p["name"].as_str().unwrap_or(""),
-                p["size"],
-                p["queued"],
-                p["counts"]["delivered"],
-                p["counts"]["unique_opens"],
-                p["counts"]["unique_clicks"],
+        // Delivery and engagement are counted per stage and variant, not
+        // per part: an A/B test part and the winner part of the same
+        // variant share their counts, so those are printed once, for the
+        // variant, after the parts. A winner not chosen yet has none.
+        let parts: Vec<&Value> = v["parts"].as_array().into_iter().flatten().collect();
+        let slot = |p: &Value| (p["stage"].as_u64(), p["variant"].as_u64());
+        let shared = |p: &Value| {
+            p["variant"].is_u64() && parts.iter().filter(|&&q| slot(q) == slot(p)).count() > 1
+        };
+        let figures = |c: &Value| {
+            format!(
+                "delivered {}, opens {}, clicks {}",
+                c["delivered"], c["unique_opens"], c["unique_clicks"]
+            )
+        };
+        for &p in &parts {
+            let name = p["name"].as_str().unwrap_or("");
+            let label = match p["role"].as_str().unwrap_or("") {
+                "test" => format!("A/B test {name}"),
+                "winner" if p["variant"].is_u64() => format!("winner {name}"),
+                "winner" => "winner (not chosen yet)".to_string(),
+                _ => format!("stage {}", p["stage"]),
+            };
+            let mut row = format!(
+                "  {label}: size {}, queued {}, remaining {}",
+                p["size"], p["queued"], p["remaining"]
             );
+            if p["counts"].is_object() && !shared(p) {
+                row.push_str(&format!(", {}", figures(&p["counts"])));
+            }
+            println!("{row}");
+        }
+        let mut shown = Vec::new();
+        for &p in &parts {
+            if shared(p) && !shown.contains(&slot(p)) {
+                shown.push(slot(p));
+                println!(
+                    "  variant {} (test and winner together): {}",
+                    p["name"].as_str().unwrap_or(""),
+                    figures(&p["counts"])
+                );
+            }
         }
         if let Some(n) = v["note"].as_str() {
             println!("note: {n}");

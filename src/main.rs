@@ -86,6 +86,12 @@ enum Command {
         #[arg(long, value_name = "ID")]
         sender: Option<String>,
     },
+    /// The capture outbox (`[delivery] capture`): the messages written
+    /// there instead of being sent (reads the folder; no daemon needed).
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
     /// The delivery queue (talks to a running daemon).
     Queue {
         #[command(subcommand)]
@@ -98,20 +104,51 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DkimCommand {
-    /// Generate a signing key, write it (mode 0600) and print the DNS TXT record.
-    Keygen {
-        /// The signing domain (the From domain), e.g. shop.example.
+    /// Generate a signing key, write it (mode 0640, the config folder's
+    /// group), print the DNS TXT record and the `[[sender.dkim]]` lines (or
+    /// add them to the sender with --sender).
+    Keygen(KeygenArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// The signing domain (the From domain), e.g. shop.example.
+    #[arg(long)]
+    domain: String,
+    /// The selector, e.g. s2026.
+    #[arg(long)]
+    selector: String,
+    /// Key type.
+    #[arg(long, value_enum, default_value = "rsa")]
+    algorithm: KeyAlgorithm,
+    /// Where to write the key (default: dkim/SELECTOR.DOMAIN.ALGORITHM.pem next to the config file).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Add the key to this sender (its id) in the config file, keeping its comments.
+    #[arg(long, value_name = "ID")]
+    sender: Option<String>,
+    /// The group the key file is given to, so the service's user can read
+    /// it (default: the config folder's group).
+    #[arg(long)]
+    group: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// One line per captured message, oldest first: number (the queue id),
+    /// time, recipients, subject.
+    List {
+        /// Print a JSON array instead.
         #[arg(long)]
-        domain: String,
-        /// The selector, e.g. s2026.
+        json: bool,
+    },
+    /// A captured message: envelope, header fields, the text part and its links.
+    Show {
+        /// The number `outbox list` printed (the queue id).
+        id: u64,
+        /// Print the message file exactly as captured instead.
         #[arg(long)]
-        selector: String,
-        /// Key type.
-        #[arg(long, value_enum, default_value = "rsa")]
-        algorithm: KeyAlgorithm,
-        /// Where to write the key (default: dkim/SELECTOR.DOMAIN.ALGORITHM.pem next to the config file).
-        #[arg(long)]
-        out: Option<PathBuf>,
+        raw: bool,
     },
 }
 
@@ -285,18 +322,20 @@ enum QueueCommand {
         json: bool,
     },
     /// Make deferred recipients due now: one message or a whole domain.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["id", "domain"])))]
     Retry {
         /// Queue id.
-        #[arg(long, conflicts_with = "domain", required_unless_present = "domain")]
+        #[arg(long)]
         id: Option<u64>,
         /// Destination domain.
         #[arg(long)]
         domain: Option<String>,
     },
     /// Give up on pending recipients (recorded with the reason): one message or a domain.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["id", "domain"])))]
     Purge {
         /// Queue id.
-        #[arg(long, conflicts_with = "domain", required_unless_present = "domain")]
+        #[arg(long)]
         id: Option<u64>,
         /// Destination domain.
         #[arg(long)]
@@ -328,6 +367,16 @@ enum ContactsCommand {
         /// Resume the interrupted import with this id.
         #[arg(long)]
         resume: Option<u64>,
+        /// The field delimiter: `,` `;` `|` or `tab` (default: found from the header line).
+        #[arg(long)]
+        delimiter: Option<String>,
+        /// The file's encoding, e.g. windows-1250 (default: UTF-8, or
+        /// Windows-1250 when the file is not UTF-8).
+        #[arg(long)]
+        encoding: Option<String>,
+        /// Exit 0 even when rows were rejected (they are still printed).
+        #[arg(long)]
+        allow_rejects: bool,
         /// Admin API base URL (default: from the config's http.listen).
         #[arg(long)]
         api: Option<String>,
@@ -341,6 +390,240 @@ fn load_or_report(path: &std::path::Path) -> Result<Snapshot, ExitCode> {
         eprint!("{errors}");
         ExitCode::from(2)
     })
+}
+
+/// `herald dkim keygen`: writes the key, gives it to the service's group,
+/// prints the record and the config lines (or adds them with `--sender`).
+fn dkim_keygen(config: &std::path::Path, a: KeygenArgs) -> ExitCode {
+    use herald::delivery::dkim;
+    let alg = match a.algorithm {
+        KeyAlgorithm::Rsa => dkim::Algorithm::Rsa,
+        KeyAlgorithm::Ed25519 => dkim::Algorithm::Ed25519,
+    };
+    let base = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let out = a.out.clone().unwrap_or_else(|| {
+        base.join("dkim")
+            .join(format!("{}.{}.{}.pem", a.selector, a.domain, alg.as_str()))
+    });
+    // Check the edit before writing anything: a wrong --sender leaves no key.
+    let edit = match &a.sender {
+        Some(id) => match std::fs::read_to_string(config) {
+            Ok(text) => {
+                let key_file = herald::config::relative_to(&base, &out);
+                match herald::config::edit::add_dkim(&text, id, &a.selector, &key_file) {
+                    Ok(new) => Some((id.clone(), new)),
+                    Err(e) => {
+                        eprintln!("herald: {}: {e}", config.display());
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("herald: cannot read {}: {e}", config.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let gid = match keygen_group(&base, a.group.as_deref()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let g = match dkim::keygen(&a.domain, &a.selector, alg, &out) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The default folder (`dkim/` beside the config) goes to the group too,
+    // so the service's user can pass it whatever the umask made it.
+    let folder = match (gid, &a.out, g.path.parent()) {
+        (Some(gid), None, Some(dir)) => {
+            use std::os::unix::fs::PermissionsExt as _;
+            dkim::give_to_group(dir, gid).and_then(|()| {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+                    .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
+            })
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = folder {
+        eprintln!("herald: {e}");
+        return ExitCode::FAILURE;
+    }
+    let group_note = match gid.map(|gid| dkim::give_to_group(&g.path, gid).map(|()| gid)) {
+        Some(Ok(gid)) => format!(", group {}", group_name(gid)),
+        Some(Err(e)) => {
+            eprintln!("herald: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => String::new(),
+    };
+    println!("wrote {} (mode 0640{group_note})", g.path.display());
+    println!();
+    println!("Publish this DNS TXT record:");
+    println!("  name:  {}", g.record_name);
+    println!("  value: {}", g.record_value);
+    println!();
+    println!("As a zone-file line:");
+    println!("  {}", dkim::zone_line(&g));
+    println!();
+    let key_file = herald::config::relative_to(&base, &g.path);
+    let lines = format!(
+        "  [[sender.dkim]]\n  selector = \"{}\"\n  key_file = \"{key_file}\"",
+        a.selector
+    );
+    let reload = "then reload the daemon to sign with it: `systemctl reload herald` (or `kill -HUP` its pid)";
+    match edit {
+        Some((id, text)) => {
+            if let Err(e) = write_config(config, &text) {
+                eprintln!(
+                    "herald: the key is written, but {e}; add these lines to sender `{id}` yourself:\n{lines}"
+                );
+                return ExitCode::FAILURE;
+            }
+            println!("Added to sender `{id}` in {}:\n{lines}", config.display());
+            println!(
+                "Check it with `herald --config {} check-config`, {reload}.",
+                config.display()
+            );
+        }
+        None => {
+            println!(
+                "Add to the [[sender]] whose From domain is {} in {} (or run keygen with `--sender ID` to have it added):",
+                a.domain,
+                config.display()
+            );
+            println!("{lines}");
+            println!("{}{}.", reload[..1].to_uppercase(), &reload[1..]);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The group a new key is given to: `--group`, else the config folder's.
+fn keygen_group(base: &std::path::Path, name: Option<&str>) -> Result<Option<u32>, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    match name {
+        Some(n) => {
+            let c = std::ffi::CString::new(n).map_err(|_| format!("bad group name `{n}`"))?;
+            // SAFETY: getgrnam reads a NUL-terminated name; the result is
+            // used before any other call that could overwrite it.
+            let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+            if gr.is_null() {
+                return Err(format!("no group `{n}` on this machine (--group)"));
+            }
+            // SAFETY: non-null, points at libc's static group record.
+            Ok(Some(unsafe { (*gr).gr_gid }))
+        }
+        None => Ok(std::fs::metadata(base).ok().map(|m| m.gid())),
+    }
+}
+
+/// A group's name, or its number.
+fn group_name(gid: u32) -> String {
+    // SAFETY: getgrgid returns libc's static record or null; read at once.
+    let gr = unsafe { libc::getgrgid(gid) };
+    if gr.is_null() {
+        return gid.to_string();
+    }
+    // SAFETY: gr_name is a NUL-terminated string in that record.
+    unsafe { std::ffi::CStr::from_ptr((*gr).gr_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Replaces the config file with `text` (a file beside it, then rename),
+/// keeping its mode, after checking that the new text still validates.
+fn write_config(path: &std::path::Path, text: &str) -> Result<(), String> {
+    if let Err(e) = herald::config::Config::from_str(path, text) {
+        // Refused only when the edit is what breaks it.
+        let before = std::fs::read_to_string(path).unwrap_or_default();
+        if herald::config::Config::from_str(path, &before).is_ok() {
+            return Err(format!("the edited config would not load:\n{e}"));
+        }
+    }
+    use std::os::unix::fs::MetadataExt as _;
+    let tmp = path.with_extension("toml.herald-edit");
+    let meta = std::fs::metadata(path).ok();
+    // The same mode, owner and group: the service's user reads it through
+    // its group.
+    std::fs::write(&tmp, text)
+        .and_then(|()| match &meta {
+            Some(m) => std::fs::set_permissions(&tmp, m.permissions())
+                .and_then(|()| std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()))),
+            None => Ok(()),
+        })
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", path.display())
+        })
+}
+
+/// `herald outbox list|show`: reads the capture folder.
+fn outbox(
+    path: &std::path::Path,
+    config: &herald::config::Config,
+    command: OutboxCommand,
+) -> ExitCode {
+    use herald::delivery::capture;
+    let Some(dir) = &config.delivery.capture else {
+        eprintln!(
+            "herald: capture is off in {} (no `[delivery] capture`): messages are delivered; see `herald queue status`",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let text = match command {
+        OutboxCommand::List { json } => capture::list(dir).map(|all| {
+            if json {
+                serde_json::to_string_pretty(&all).unwrap_or_default() + "\n"
+            } else {
+                capture::format_list(&all)
+            }
+        }),
+        OutboxCommand::Show { id, raw } => match capture::show(dir, id) {
+            Ok(found) if found.is_empty() => {
+                eprintln!(
+                    "herald: nothing captured as number {id} in {} (`herald outbox list` shows the numbers)",
+                    dir.display()
+                );
+                return ExitCode::from(1);
+            }
+            Ok(found) if raw => Ok(found
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.raw).into_owned())
+                .collect()),
+            Ok(found) => Ok(found
+                .iter()
+                .map(capture::format_shown)
+                .collect::<Vec<_>>()
+                .join("\n")),
+            Err(e) => Err(e),
+        },
+    };
+    match text {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "herald: cannot read the capture folder {}: {e}",
+                dir.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs a client command (one that talks to the daemon's API) on a
@@ -433,8 +716,13 @@ fn main() -> ExitCode {
             match rt.block_on(app::serve(snap)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("herald: {e:#}");
+                    // The log is written to stderr: say it once, as a log
+                    // line, unless the log level hides errors.
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e:#}");
+                    } else {
+                        eprintln!("herald: {e:#}");
+                    }
                     ExitCode::FAILURE
                 }
             }
@@ -467,6 +755,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             use herald::render::preview;
+            let asked = language.clone();
+            let languages = t.languages().into_iter().collect::<Vec<_>>().join(", ");
             let input = preview::PreviewInput {
                 language,
                 site,
@@ -479,6 +769,14 @@ fn main() -> ExitCode {
                 Ok(p) => {
                     use std::io::Write;
                     let r = &p.rendered;
+                    if let Some(asked) = asked.as_deref()
+                        && !r.language.eq_ignore_ascii_case(asked)
+                    {
+                        eprintln!(
+                            "herald: no `{asked}` version of {name} (it has {languages}); rendered `{}`",
+                            r.language
+                        );
+                    }
                     let out = match format {
                         RenderFormat::Mime => p.mime.clone(),
                         RenderFormat::Html => r.html.clone().into_bytes(),
@@ -502,51 +800,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Dkim {
-            command:
-                DkimCommand::Keygen {
-                    domain,
-                    selector,
-                    algorithm,
-                    out,
-                },
-        } => {
-            use herald::delivery::dkim;
-            let alg = match algorithm {
-                KeyAlgorithm::Rsa => dkim::Algorithm::Rsa,
-                KeyAlgorithm::Ed25519 => dkim::Algorithm::Ed25519,
+            command: DkimCommand::Keygen(args),
+        } => dkim_keygen(&cli.config, args),
+        Command::Outbox { command } => {
+            let snap = match load_or_report(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return code,
             };
-            let out = out.unwrap_or_else(|| {
-                let base = cli
-                    .config
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("."));
-                base.join("dkim")
-                    .join(format!("{selector}.{domain}.{}.pem", alg.as_str()))
-            });
-            match dkim::keygen(&domain, &selector, alg, &out) {
-                Ok(g) => {
-                    println!("wrote {} (mode 0600)", g.path.display());
-                    println!();
-                    println!("Publish this DNS TXT record:");
-                    println!("  name:  {}", g.record_name);
-                    println!("  value: {}", g.record_value);
-                    println!();
-                    println!("As a zone-file line:");
-                    println!("  {}", dkim::zone_line(&g));
-                    println!();
-                    println!("And add to the [[sender]] whose From domain is {domain}:");
-                    println!("  [[sender.dkim]]");
-                    println!("  selector = \"{selector}\"");
-                    println!("  key_file = \"{}\"", g.path.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("herald: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            outbox(&cli.config, &snap.config, command)
         }
         Command::Campaign { command, api } => {
             run_client(&cli.config, api.as_deref(), async |target| {
@@ -665,6 +926,9 @@ fn main() -> ExitCode {
                     create_fields,
                     consent,
                     resume,
+                    delimiter,
+                    encoding,
+                    allow_rejects,
                     api,
                 },
         } => {
@@ -674,6 +938,9 @@ fn main() -> ExitCode {
                 create_fields,
                 consent,
                 resume,
+                delimiter,
+                encoding,
+                allow_rejects,
             };
             run_client(&cli.config, api.as_deref(), async |target| {
                 client::import(&target, &file, &args)

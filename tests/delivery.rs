@@ -673,7 +673,7 @@ fn queue_status_retry_and_purge_over_api_and_cli() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("purged 2 recipients of 1 messages"), "{out}");
+    assert!(out.contains("purged 2 recipients of 1 message\n"), "{out}");
     let q = h.get("/api/v1/queue");
     assert_eq!(q.body["messages"], 0, "{}", q.body);
     assert_eq!(q.body["failed_total"], 3);

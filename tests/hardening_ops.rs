@@ -166,36 +166,11 @@ fn the_example_config_passes_and_renders_its_newsletter_for_a_contact_of_each_si
 
     // The example config on a daemon of its own (free port, fresh store).
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(&example)
-        .unwrap()
-        .replace("listen = \"127.0.0.1:8025\"", "listen = \"127.0.0.1:0\"")
-        .replace(
-            "token = \"change-me-this-is-the-example-admin-token\"",
-            &format!("token = \"{TOKEN}\""),
-        )
-        .replace(
-            "path = \"../data\"",
-            &format!("path = \"{}\"", dir.path().join("data").display()),
-        );
-    let text = ["templates", "segments", "automations"]
-        .iter()
-        .fold(text, |t, what| {
-            let from = if *what == "templates" {
-                "../templates".to_string()
-            } else {
-                what.to_string()
-            };
-            let to = if *what == "templates" {
-                repo().join("templates")
-            } else {
-                repo().join("config").join(what)
-            };
-            t.replace(
-                &format!("{what} = \"{from}\""),
-                &format!("{what} = \"{}\"", to.display()),
-            )
-        });
-    let config = dir.path().join("herald.toml");
+    let config = common::example_config(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "token = \"change-me-this-is-the-example-admin-token\"",
+        &format!("token = \"{TOKEN}\""),
+    );
     std::fs::write(&config, text).unwrap();
     let mut h = Herald::start_in(dir, config);
     let r = h.get("/api/v1/templates");

@@ -230,13 +230,21 @@ fn the_cli_client_streams_a_file_to_the_daemon() {
             &api,
         ],
     );
-    assert_eq!(code, 0, "{out}{err}");
+    // A rejected row: exit 1, the row printed with its line and text.
+    assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("2 created"), "{out}");
-    assert!(out.contains("1 rejected"), "{out}");
     assert!(
-        out.contains("line 4: invalid e-mail address `bad`"),
+        out.contains("1 rejected (read as UTF-8, delimiter ,)"),
         "{out}"
     );
+    assert!(
+        err.contains(&format!(
+            "{}:4: invalid e-mail address `bad`: no @\n      bad,\n",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("1 row of"), "{err}");
     assert_eq!(
         h.get("/api/v1/contacts?list=Customers").body["contacts"]
             .as_array()
@@ -258,6 +266,90 @@ fn the_cli_client_streams_a_file_to_the_daemon() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("no list named `nope`"), "{err}");
+    assert!(err.contains("import with --create-list"), "{err}");
+    let (code, _, err) = run(
+        &h.config,
+        &[
+            "contacts",
+            "import",
+            file.to_str().unwrap(),
+            "--consent",
+            "yes",
+            "--api",
+            &api,
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("--consent: `yes` is not one of"), "{err}");
+    let (code, out, err) = run(
+        &h.config,
+        &[
+            "contacts",
+            "import",
+            file.to_str().unwrap(),
+            "--allow-rejects",
+            "--api",
+            &api,
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Runs `herald contacts import` on `bytes` (written to a file) with `args`.
+fn import_cli(h: &Herald, name: &str, bytes: &[u8], args: &[&str]) -> (i32, String, String) {
+    let file = h.dir.path().join(name);
+    std::fs::write(&file, bytes).unwrap();
+    let api = format!("http://{}", h.addr);
+    let mut all = vec!["contacts", "import", file.to_str().unwrap(), "--api", &api];
+    all.extend_from_slice(args);
+    run(&h.config, &all)
+}
+
+#[test]
+fn csv_as_excel_writes_it_semicolons_windows_1250_bom_and_open_quotes() {
+    let h = Herald::start();
+    h.field("first_name", "text");
+    let name = |email: &str| {
+        h.get(&format!("/api/v1/contacts/{email}")).body["fields"]["first_name"].clone()
+    };
+    // Polish Excel: `;`, Windows-1250, CRLF ("Łucja", "Żaneta").
+    let pl = b"email;first_name\r\nlucja@example.pl;\xa3ucja\r\nzaneta@example.pl;\xafaneta\r\n";
+    let (code, out, err) = import_cli(&h, "pl.csv", pl, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 created, 0 updated, 0 unchanged, 0 duplicates merged, 0 rejected (read as windows-1250 (the file is not UTF-8"), "{out}");
+    assert!(out.contains("delimiter ;"), "{out}");
+    assert_eq!(name("lucja@example.pl"), "Łucja");
+    assert_eq!(name("zaneta@example.pl"), "Żaneta");
+
+    // UTF-8 with a BOM, tab-separated, quoted header.
+    let tab = "\u{feff}\"email\"\t\"first_name\"\njurgen@example.de\tJürgen\n";
+    let (code, out, err) = import_cli(&h, "de.tsv", tab.as_bytes(), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("delimiter tab"), "{out}");
+    assert_eq!(name("jurgen@example.de"), "Jürgen");
+
+    // A named delimiter that does not fit: the error says what it read.
+    let (code, _, err) = import_cli(&h, "pl2.csv", pl, &["--delimiter", ","]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no `email` column (read with the delimiter `,`, the header's columns are: `email;first_name`); the header has `;` in it: is the file separated by `;`? (--delimiter)"), "{err}");
+
+    // An unclosed quote: the row where it opens is rejected with its line,
+    // nothing after it is taken silently.
+    let open =
+        b"email,first_name\nx1@example.com,One\nx2@example.com,\"Unclosed\nx3@example.com,Fine\n";
+    let (code, out, err) = import_cli(&h, "open.csv", open, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("1 created"), "{out}");
+    assert!(out.contains("1 rejected"), "{out}");
+    assert!(err.contains(":3: the quote opened on line 3 is never closed: lines 3–4 were read as one field, so this row and the 1 line(s) after it are not imported"), "{err}");
+    assert_eq!(h.get("/api/v1/contacts/x2@example.com").status, 404);
+    // A quote closed further on by another: the row that swallowed a
+    // record is reported, the rows after it are imported.
+    let swallow = b"email,first_name\ny1@example.com,\"Open\ny2@example.com,Lost\ny3@example.com,\"Closed\"\ny4@example.com,Four\n";
+    let (code, out, err) = import_cli(&h, "swallow.csv", swallow, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains(":2: a quoted field runs over 3 lines and holds what looks like another record (`y2@example.com,Lost`): is a quote left open?"), "{err}");
+    assert_eq!(h.get("/api/v1/contacts/y4@example.com").status, 200);
 }
 
 fn rows(from: usize, to: usize) -> String {

@@ -277,14 +277,14 @@ name = "Example Shop"
 url = "https://shop.example"
 default_language = "en"
 currency = "USD"
-autologin_secret = "example-autologin-secret-change-me-0123456789"
+autologin_secret = "test-autologin-secret-for-the-template-tests-0123"
 [[site]]
 id = "outlet"
 name = "Example Outlet"
 url = "https://outlet.shop.example"
 default_language = "pl"
 currency = "PLN"
-autologin_secret = "example-outlet-autologin-secret-change-me-0123"
+autologin_secret = "test-outlet-autologin-secret-for-the-tests-0123"
 "#
         ),
     );

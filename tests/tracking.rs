@@ -515,6 +515,51 @@ fn opens_clicks_unsubscribes_orders_and_the_report() {
     ] {
         assert!(m.contains(line), "{line} not in\n{m}");
     }
+
+    // After the cancellation (o-1) and a lowered total (o-5: 30 → 20),
+    // every series adds up to the totals: hours, variants, links; every
+    // hour has every figure (zeros as zeros), in JSON and CSV.
+    order(&h, "o-5", "c0005@example.test", "20.00", "shipped", None);
+    let r = report(&h, id);
+    assert_eq!(
+        (&r["totals"]["orders"], &r["totals"]["revenue"]),
+        (&json!(2), &json!(120.0)),
+        "{r}"
+    );
+    let hours = r["hourly"].as_array().unwrap();
+    let orders: u64 = hours.iter().map(|h| h["orders"].as_u64().unwrap()).sum();
+    let revenue: f64 = hours.iter().map(|h| h["revenue"].as_f64().unwrap()).sum();
+    assert_eq!((orders, revenue), (2, 120.0), "{hours:?}");
+    for hour in hours {
+        for k in [
+            "delivered",
+            "failed",
+            "complaints",
+            "unsubscribes",
+            "orders",
+            "revenue",
+        ] {
+            assert!(hour[k].is_number(), "{k} in {hour}");
+        }
+    }
+    assert_eq!(r["variants"][0]["revenue"], 120.0, "{r}");
+    let links: f64 = r["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["revenue"].as_f64().unwrap())
+        .sum();
+    assert_eq!(links, 120.0, "{r}");
+    let csv = h.get(&format!(
+        "/api/v1/reports/campaigns/{id}?format=csv&part=hourly"
+    ));
+    let csv = csv.body.as_str().unwrap().to_string();
+    for line in csv.lines().skip(1) {
+        assert!(
+            !line.contains(",,") && !line.ends_with(','),
+            "an empty cell: {csv}"
+        );
+    }
 }
 
 /// The public signup form and double opt-in: pending until the recipient's

@@ -48,6 +48,9 @@ pub struct RawDelivery {
     /// PEM file of extra CA certificates trusted for policy fetches and for
     /// MX certificates under a policy (a private CA, tests).
     pub mta_sts_ca_file: Option<Spanned<String>>,
+    /// Capture outbox: a folder every finished message is written to
+    /// instead of being delivered (nothing leaves the machine).
+    pub capture: Option<Spanned<String>>,
 }
 
 /// Validated `[delivery]`.
@@ -82,6 +85,9 @@ pub struct DeliveryConfig {
     /// Extra trust anchors (DER certificates) from `mta_sts_ca_file`, added
     /// to the system's for policy fetches and MX certificates under a policy.
     pub mta_sts_ca_certs: Vec<Vec<u8>>,
+    /// The capture outbox ([`crate::delivery::capture`]): when set, no
+    /// message is delivered; each is written here instead.
+    pub capture: Option<std::path::PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -101,6 +107,7 @@ impl Default for DeliveryConfig {
             mta_sts: true,
             mta_sts_https_port: 443,
             mta_sts_ca_certs: Vec::new(),
+            capture: None,
         }
     }
 }
@@ -216,6 +223,17 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &RawDelivery) -> D
         match super::senders::load_certs(&resolve(base, f.get_ref())) {
             Ok(certs) => d.mta_sts_ca_certs = certs,
             Err(e) => c.at("delivery.mta_sts_ca_file", f, e),
+        }
+    }
+    if let Some(p) = &raw.capture {
+        if p.get_ref().trim().is_empty() {
+            c.at(
+                "delivery.capture",
+                p,
+                "an empty path; leave the key out for real delivery",
+            );
+        } else {
+            d.capture = Some(resolve(base, p.get_ref()));
         }
     }
     d

@@ -43,6 +43,7 @@ use toml::Spanned;
 pub mod admin;
 pub mod automation;
 pub mod delivery;
+pub mod edit;
 pub mod http;
 pub mod import;
 pub mod inbound;
@@ -518,12 +519,94 @@ fn base_dir(file: &Path) -> PathBuf {
     }
 }
 
+/// `path` (relative to the current directory, or absolute) as a config
+/// value in a file in `base` names it: relative to `base` when inside it,
+/// else absolute (`config/dkim/k.pem` for `config/herald.toml` is
+/// `dkim/k.pem`).
+pub fn relative_to(base: &Path, path: &Path) -> String {
+    let absolute = |p: &Path| -> PathBuf {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map(|d| d.join(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    let (b, p) = (absolute(base), absolute(path));
+    match p.strip_prefix(&b) {
+        Ok(r) => r.display().to_string(),
+        Err(_) => p.display().to_string(),
+    }
+}
+
+/// `p` relative to the config's folder, without `.` steps (`./dkim/k.pem`
+/// beside `config/herald.toml` is `config/dkim/k.pem`).
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() {
+    let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
         base.join(p)
+    };
+    let tidy: PathBuf = joined
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if tidy.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        tidy
+    }
+}
+
+/// The secrets `config/herald.toml` ships with: public, so fine for trying
+/// Herald in capture mode, refused once mail really goes out.
+pub const EXAMPLE_SECRETS: [&str; 4] = [
+    "change-me-this-is-the-example-admin-token",
+    "example-tracking-secret-change-me-0123456789",
+    "example-autologin-secret-change-me-0123456789",
+    "example-outlet-autologin-secret-change-me-0123",
+];
+
+/// With real delivery (no `[delivery] capture`), the example's public
+/// secrets would let anyone forge unsubscribe links, log in as customers
+/// or use the admin API: each is an error.
+fn refuse_example_secrets(c: &mut Checker<'_>, raw: &RawConfig) {
+    let mut keys = vec![
+        ("admin.token".to_string(), raw.admin.token.as_ref()),
+        (
+            "tracking.secret".to_string(),
+            raw.tracking.as_ref().and_then(|t| t.secret.as_ref()),
+        ),
+    ];
+    for (i, s) in raw.site.iter().enumerate() {
+        keys.push((
+            format!("site[{i}].autologin_secret"),
+            s.autologin_secret.as_ref(),
+        ));
+    }
+    for (key, v) in keys {
+        if let Some(v) = v
+            && EXAMPLE_SECRETS.contains(&v.get_ref().trim())
+        {
+            c.at(
+                &key,
+                v,
+                "the example's public value: with real delivery (no `[delivery] capture`) anyone could use it; put a new one here (`openssl rand -hex 32`)",
+            );
+        }
     }
 }
 
@@ -581,6 +664,9 @@ fn validate(
             v,
             "complaints are matched by the VERP return path they quote: set a `bounce_domain` on the [[sender]]s whose mail the loops report",
         );
+    }
+    if delivery.capture.is_none() {
+        refuse_example_secrets(&mut c, &raw);
     }
     let http = self::http::validate(&mut c, &raw.http, addresses, trusted_proxies);
     Some(Config {

@@ -98,6 +98,17 @@ pub enum RelayTls {
     None,
 }
 
+impl RelayTls {
+    /// As `check-config` prints it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RelayTls::StartTls => "STARTTLS required",
+            RelayTls::Implicit => "TLS from the first byte",
+            RelayTls::None => "no TLS",
+        }
+    }
+}
+
 /// Validated `[sender.relay]`.
 #[derive(Debug, Clone)]
 pub struct Relay {

@@ -68,6 +68,12 @@ pub struct ImportOptions {
     /// Longest record (row, with its quoted line breaks) read, in bytes: a
     /// longer one stops the import before it is held in memory whole.
     pub max_record_bytes: u64,
+    /// The field delimiter; `None`: found from the header line
+    /// ([`super::csv_input::sniff_delimiter`]).
+    pub delimiter: Option<u8>,
+    /// The file's encoding; `None`: UTF-8 (a BOM says which UTF), else
+    /// Windows-1250.
+    pub encoding: Option<&'static encoding_rs::Encoding>,
 }
 
 impl Default for ImportOptions {
@@ -79,6 +85,8 @@ impl Default for ImportOptions {
             consent: None,
             resume: None,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            delimiter: None,
+            encoding: None,
         }
     }
 }
@@ -93,6 +101,13 @@ pub struct ImportReport {
     pub rejects: Vec<Reject>,
     /// True when more rejects exist than are listed here.
     pub rejects_truncated: bool,
+    /// The delimiter the file was read with (`,` `;` `tab`…).
+    pub delimiter: String,
+    /// The encoding it was read in (`UTF-8`, `windows-1250`…), and whether
+    /// that was found from its bytes.
+    pub encoding: String,
+    /// Whether the encoding was found from the bytes (not named).
+    pub encoding_detected: bool,
 }
 
 /// One rejected row.
@@ -173,16 +188,28 @@ pub fn run_import(
 ) -> Result<ImportReport, ImportError> {
     let newlines = Rc::new(RefCell::new(LineIndex::default()));
     let record_start = Rc::new(Cell::new(0u64));
+    let unclosed = Rc::new(Cell::new(None));
     let limit = opts.max_record_bytes;
+    let input = super::csv_input::prepare(input, opts.delimiter, opts.encoding).map_err(|e| {
+        ImportError::Header {
+            line: 1,
+            message: format!("cannot read the file: {e}"),
+        }
+    })?;
+    let (delimiter, encoding) = (input.delimiter, input.encoding.clone());
+    let encoding_detected = !input.encoding_named;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
+        .delimiter(delimiter)
         .from_reader(NewlineTracker {
-            inner: input,
+            inner: input.reader,
             offset: 0,
             index: newlines.clone(),
             record_start: record_start.clone(),
             limit,
+            quotes: Quotes::new(delimiter),
+            unclosed: unclosed.clone(),
         });
     let mut record = csv::ByteRecord::new();
 
@@ -212,7 +239,7 @@ pub fn run_import(
         .into_iter()
         .map(|f| (f.name.clone(), f))
         .collect();
-    let (names, unknown) = header_names(&header)?;
+    let (names, unknown) = header_names(&header, delimiter)?;
     if !unknown.is_empty() && !opts.create_fields {
         let missing: Vec<&str> = unknown
             .iter()
@@ -362,6 +389,7 @@ pub fn run_import(
         .collect();
 
     let ctx = RowContext {
+        delimiter,
         columns: &columns,
         list_id,
         default_consent: opts.consent,
@@ -421,6 +449,32 @@ pub fn run_import(
                 .line_at(record.position().map_or(0, |p| p.byte()));
             batch.records += 1;
             batch.last_line = line;
+            let start = record.position().map_or(0, |p| p.byte());
+            if let Some(open) = unclosed.get().filter(|open| *open >= start) {
+                // The file ended inside this record's quotes: everything
+                // after the quote was read as one field.
+                let opened = newlines.borrow_mut().line_at(open);
+                let inside = record
+                    .iter()
+                    .flat_map(|f| f.iter())
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    .saturating_sub(usize::from(
+                        record
+                            .iter()
+                            .next_back()
+                            .is_some_and(|f| f.ends_with(b"\n")),
+                    ));
+                let last = opened + inside as u64;
+                batch.rejects.push((
+                    line,
+                    format!(
+                        "the quote opened on line {opened} is never closed: lines {opened}–{last} were read as one field, so this row and the {} line(s) after it are not imported",
+                        last.saturating_sub(opened)
+                    ),
+                ));
+                continue;
+            }
             match ctx.parse(&record, line) {
                 Ok(row) => {
                     if !seen.insert(hasher.hash_one(&row.email.key)) {
@@ -531,6 +585,11 @@ pub fn run_import(
         rejects_truncated: total_rejects > inline.len() as u64,
         record,
         rejects: inline,
+        delimiter: super::csv_input::delimiter_name(delimiter)
+            .trim_matches('`')
+            .to_string(),
+        encoding: encoding.get().name().to_string(),
+        encoding_detected,
     })
 }
 
@@ -629,7 +688,10 @@ fn send_batch(
 
 /// Checks the header and returns the normalised column names and those that
 /// are not built-in attributes (custom field names).
-fn header_names(header: &csv::ByteRecord) -> Result<(Vec<String>, Vec<String>), ImportError> {
+fn header_names(
+    header: &csv::ByteRecord,
+    delimiter: u8,
+) -> Result<(Vec<String>, Vec<String>), ImportError> {
     let mut names = Vec::new();
     let mut unknown = Vec::new();
     let mut seen = BTreeSet::new();
@@ -659,15 +721,35 @@ fn header_names(header: &csv::ByteRecord) -> Result<(Vec<String>, Vec<String>), 
         names.push(name);
     }
     if !seen.contains("email") {
+        let other = [b',', b';', b'\t']
+            .into_iter()
+            .filter(|d| *d != delimiter)
+            .find(|d| names.iter().any(|n| n.as_bytes().contains(d)));
+        let hint = match other {
+            Some(d) => format!(
+                "; the header has {} in it: is the file separated by {0}? (name the delimiter)",
+                super::csv_input::delimiter_name(d)
+            ),
+            None => String::new(),
+        };
         return Err(ImportError::Header {
             line: 1,
-            message: "no `email` column (the header must name one)".into(),
+            message: format!(
+                "no `email` column (read with the delimiter {}, the header's columns are: {}){hint}",
+                super::csv_input::delimiter_name(delimiter),
+                names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         });
     }
     Ok((names, unknown))
 }
 
 struct RowContext<'a> {
+    delimiter: u8,
     columns: &'a [Column],
     list_id: Option<u64>,
     default_consent: Option<ConsentState>,
@@ -695,8 +777,17 @@ impl RowContext<'_> {
         let mut consent = self.default_consent;
         for (col, raw) in self.columns.iter().zip(rec.iter()) {
             let Ok(cell) = std::str::from_utf8(raw) else {
-                return Err(format!("column `{}` is not valid UTF-8", col_name(col)));
+                return Err(format!(
+                    "column `{}` is not valid UTF-8 (is the file in another encoding? name it)",
+                    col_name(col)
+                ));
             };
+            if let Some(swallowed) = swallowed_record(cell, self.delimiter) {
+                return Err(format!(
+                    "a quoted field runs over {} lines and holds what looks like another record (`{swallowed}`): is a quote left open?",
+                    cell.lines().count()
+                ));
+            }
             let v = cell.trim();
             match col {
                 Column::Email => {
@@ -747,6 +838,23 @@ impl RowContext<'_> {
             update,
         })
     }
+}
+
+/// A line after the first of a quoted field that looks like a record of
+/// its own (a delimiter and an e-mail address), cut to 60 characters.
+fn swallowed_record(cell: &str, delimiter: u8) -> Option<String> {
+    let (_, rest) = cell.split_once('\n')?;
+    rest.lines()
+        .map(str::trim)
+        .find(|l| {
+            l.as_bytes().contains(&delimiter)
+                && l.split(|c: char| c == delimiter as char || c.is_whitespace())
+                    .any(|w| {
+                        w.split_once('@')
+                            .is_some_and(|(a, d)| !a.is_empty() && d.contains('.'))
+                    })
+        })
+        .map(|l| l.chars().take(60).collect())
 }
 
 fn col_name(c: &Column) -> &str {
@@ -825,6 +933,55 @@ struct NewlineTracker<R> {
     record_start: Rc<Cell<u64>>,
     /// Most bytes one record may take.
     limit: u64,
+    /// Where quotes open and close.
+    quotes: Quotes,
+    /// Set at the end of the input when a quote is still open: where it
+    /// opened.
+    unclosed: Rc<Cell<Option<u64>>>,
+}
+
+/// Follows the quoting of a CSV text byte by byte, as the csv crate reads
+/// it: a `"` at the start of a field opens a quoted field, the next one
+/// closes it unless another follows (`""`, a quote inside); a `"` inside an
+/// unquoted field is a character.
+struct Quotes {
+    delimiter: u8,
+    open: bool,
+    /// The last byte closed a quoted field (or was the first of `""`).
+    just_closed: bool,
+    /// Whether the last byte ended a field (or nothing was read yet).
+    at_field_start: bool,
+    /// Where the quote that is open began.
+    opened_at: u64,
+}
+
+impl Quotes {
+    fn new(delimiter: u8) -> Quotes {
+        Quotes {
+            delimiter,
+            open: false,
+            just_closed: false,
+            at_field_start: true,
+            opened_at: 0,
+        }
+    }
+
+    fn byte(&mut self, b: u8, offset: u64) {
+        let closed = self.just_closed;
+        self.just_closed = false;
+        if b == b'"' {
+            if self.open {
+                self.open = false;
+                self.just_closed = true;
+            } else if closed {
+                self.open = true;
+            } else if self.at_field_start {
+                self.open = true;
+                self.opened_at = offset;
+            }
+        }
+        self.at_field_start = !self.open && (b == self.delimiter || b == b'\n' || b == b'\r');
+    }
 }
 
 impl<R: Read> Read for NewlineTracker<R> {
@@ -840,13 +997,16 @@ impl<R: Read> Read for NewlineTracker<R> {
             ));
         }
         let n = self.inner.read(buf)?;
+        if n == 0 && self.quotes.open {
+            self.unclosed.set(Some(self.quotes.opened_at));
+        }
         let mut index = self.index.borrow_mut();
         for (i, b) in buf[..n].iter().enumerate() {
+            let at = self.offset + i as u64;
             if *b == b'\n' || *b == b'\r' {
-                index
-                    .pending
-                    .push_back((self.offset + i as u64, *b == b'\n'));
+                index.pending.push_back((at, *b == b'\n'));
             }
+            self.quotes.byte(*b, at);
         }
         self.offset += n as u64;
         Ok(n)
@@ -925,6 +1085,8 @@ mod tests {
                 index: index.clone(),
                 record_start: start.clone(),
                 limit: 1024,
+                quotes: Quotes::new(b','),
+                unclosed: Rc::new(Cell::new(None)),
             });
         let mut rec = csv::ByteRecord::new();
         let mut read = 0;
@@ -946,6 +1108,36 @@ mod tests {
     }
 
     #[test]
+    fn quotes_are_followed_as_the_csv_reader_reads_them() {
+        let open_at = |text: &str| {
+            let mut q = Quotes::new(b',');
+            for (i, b) in text.bytes().enumerate() {
+                q.byte(b, i as u64);
+            }
+            q.open.then_some(q.opened_at)
+        };
+        assert_eq!(open_at("a,\"b\"\"c\",d\n"), None);
+        assert_eq!(
+            open_at("a,b\"c,d\n"),
+            None,
+            "a quote inside a field is a character"
+        );
+        assert_eq!(open_at("a,\"\"\n"), None);
+        assert_eq!(open_at("x2@e.com,\"Unclosed\nx3@e.com,Fine\n"), Some(9));
+        assert_eq!(
+            open_at("a,\"x\"\"\ny"),
+            Some(2),
+            "an escaped quote keeps it open"
+        );
+        assert_eq!(
+            swallowed_record("Unclosed\nx3@example.com,Fine", b',').as_deref(),
+            Some("x3@example.com,Fine")
+        );
+        assert_eq!(swallowed_record("two\nlines, no address", b','), None);
+        assert_eq!(swallowed_record("one line a@b.pl,x", b','), None);
+    }
+
+    #[test]
     fn line_numbers_follow_the_file_with_quoted_newlines_and_crlf() -> TestResult {
         let text = "email,note\r\na@x.com,\"two\r\nlines\"\r\nb@x.com,z\r\n\r\nc@x.com,\"\n\n\"\nd@x.com,\n";
         let index = Rc::new(RefCell::new(LineIndex::default()));
@@ -958,6 +1150,8 @@ mod tests {
                 index: index.clone(),
                 record_start: Rc::new(Cell::new(0)),
                 limit: DEFAULT_MAX_RECORD_BYTES,
+                quotes: Quotes::new(b','),
+                unclosed: Rc::new(Cell::new(None)),
             });
         let mut rec = csv::ByteRecord::new();
         let mut lines = Vec::new();

@@ -11,6 +11,7 @@
 //! Everything here that writes runs inside the store writer's transaction
 //! (a [`WriteTables`]), checks its input first and writes only if it passes.
 
+pub mod csv_input;
 pub mod import;
 pub mod model;
 pub mod signup;

@@ -73,8 +73,12 @@ pub(super) async fn run(inner: &Arc<Inner>, lane: &Lane) {
         }
         return;
     };
-    let mut session = match open(inner, &config, &sender, key).await {
-        Ok(s) => s,
+    let opened = match &config.delivery.capture {
+        Some(dir) => Ok(Link::Capture(dir.clone())),
+        None => open(inner, &config, &sender, key).await.map(Link::Smtp),
+    };
+    let mut link = match opened {
+        Ok(l) => l,
         Err(e) => {
             // Not sent: its warm-up count goes back.
             unreserve_warm(inner, &mut first);
@@ -86,10 +90,70 @@ pub(super) async fn run(inner: &Arc<Inner>, lane: &Lane) {
         }
     };
     set_live(inner, key, true);
-    let usable = send_jobs(inner, &config, &sender, lane, &mut session, first).await;
+    let usable = send_jobs(inner, &config, &sender, lane, &mut link, first).await;
     set_live(inner, key, false);
-    if usable {
+    if usable && let Link::Smtp(session) = link {
         session.quit().await;
+    }
+}
+
+/// Where a connection task's transactions go: an SMTP session, or the
+/// capture outbox ([`super::capture`]) when `[delivery] capture` is set.
+enum Link {
+    Smtp(Session),
+    Capture(std::path::PathBuf),
+}
+
+impl Link {
+    /// The peer's name for the queue record.
+    fn host(&self) -> String {
+        match self {
+            Link::Smtp(s) => s.host.clone(),
+            Link::Capture(_) => "capture".to_string(),
+        }
+    }
+
+    /// One transaction: `Err` when the link is no longer usable.
+    async fn send(
+        &mut self,
+        sender: &str,
+        j: &Job,
+        body: Vec<u8>,
+    ) -> Result<Vec<smtp::RcptResult>, Reply> {
+        let rcpts: Vec<&str> = j.rcpts.iter().map(|(_, a)| a.as_str()).collect();
+        let dir = match self {
+            Link::Smtp(session) => return session.send(&j.return_path, &rcpts, &body).await,
+            Link::Capture(dir) => dir.clone(),
+        };
+        let env = super::capture::Envelope {
+            queue_id: j.msg,
+            sender: sender.to_string(),
+            return_path: j.return_path.clone(),
+            recipients: rcpts.iter().map(|r| r.to_string()).collect(),
+            captured_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        };
+        let first = j.rcpts.first().map_or(0, |(i, _)| *i);
+        let n = rcpts.len();
+        let written =
+            tokio::task::spawn_blocking(move || super::capture::write(&dir, &env, first, &body))
+                .await;
+        match written {
+            Ok(Ok(name)) => {
+                let r = Reply {
+                    code: 250,
+                    text: format!("250 2.0.0 captured as {name}"),
+                };
+                Ok(vec![smtp::RcptResult::Delivered(r); n])
+            }
+            Ok(Err(e)) => Err(Reply {
+                code: 451,
+                text: format!("451 4.3.0 cannot write to the capture folder: {e}"),
+            }),
+            Err(e) => Err(Reply {
+                code: 451,
+                text: format!("451 4.3.0 capture failed: {e}"),
+            }),
+        }
     }
 }
 
@@ -186,7 +250,7 @@ async fn send_jobs(
     config: &Config,
     sender: &Sender,
     lane: &Lane,
-    session: &mut Session,
+    session: &mut Link,
     first: Job,
 ) -> bool {
     let key = &lane.dest;
@@ -196,7 +260,7 @@ async fn send_jobs(
         .map_or(config.delivery.messages_per_connection, |(_, g)| {
             g.messages_per_connection
         });
-    let host = session.host.clone();
+    let host = session.host();
     let mut job = Some(first);
     let mut sent = 0usize;
     while let Some(j) = job.take() {
@@ -211,8 +275,7 @@ async fn send_jobs(
                 return true;
             }
         };
-        let rcpts: Vec<&str> = j.rcpts.iter().map(|(_, a)| a.as_str()).collect();
-        let result = session.send(&j.return_path, &rcpts, &body).await;
+        let result = session.send(&sender.id, &j, body).await;
         sent += 1;
         match result {
             Ok(results) => {

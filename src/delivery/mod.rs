@@ -10,8 +10,11 @@
 //!   consent at delivery, erasure, admin retry and purge).
 //! - [`mta_sts`]: MTA-STS (RFC 8461) policies of destination domains: look-up,
 //!   fetch, cache; `connection.rs` applies them to the MX hosts.
+//! - [`capture`]: the capture outbox (`[delivery] capture`): finished
+//!   messages written to a maildir-style folder instead of sent.
 //! - [`model`]: what the queue stores.
 pub mod bounce;
+pub mod capture;
 mod connection;
 pub mod dkim;
 pub mod engine;

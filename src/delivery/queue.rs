@@ -150,6 +150,8 @@ pub async fn enqueue(
     let id = store
         .write(move |t| {
             let id = t.next_id(Sequence::Message)?;
+            let mut recipients = recipients;
+            link_contacts(t, &mut recipients)?;
             let mut m = QueuedMessage {
                 id,
                 sender: sender_id,
@@ -170,6 +172,22 @@ pub async fn enqueue(
         })
         .await?;
     Ok((id, message_id))
+}
+
+/// Names the contact of each recipient given without one whose address is
+/// a contact's, in the queuing transaction (an erasure cannot come between):
+/// the message is then in the contact's history, and goes with an erasure.
+fn link_contacts(
+    t: &mut crate::store::WriteTables<'_>,
+    recipients: &mut [Recipient],
+) -> Result<(), StoreError> {
+    use crate::store::ReadTables as _;
+    for r in recipients.iter_mut().filter(|r| r.contact.is_none()) {
+        if let Ok(e) = crate::contacts::normalize_email(&r.address) {
+            r.contact = t.contact_id_by_email(&e.key)?;
+        }
+    }
+    Ok(())
 }
 
 /// A built, signed message for one contact, ready to be queued inside a

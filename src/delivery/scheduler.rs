@@ -742,8 +742,17 @@ fn spawn_connection(inner: &Arc<Inner>, lane: Lane) {
 /// scheduler. A lookup that fails puts it in the default group for a
 /// minute (the connection reports the failure itself).
 pub(super) async fn learn_group(inner: Arc<Inner>, domain: String) {
-    let found = inner.mx.hosts(&domain).await;
     let config = inner.config.get();
+    if config.delivery.capture.is_some() {
+        // Nothing leaves the machine: no DNS either; the default group.
+        let name = config.delivery.shaping.default.name.clone();
+        lock(&inner.state)
+            .shaper
+            .learned(&domain, name, tokio::time::Instant::now());
+        inner.wake.notify_one();
+        return;
+    }
+    let found = inner.mx.hosts(&domain).await;
     let shaping = &config.delivery.shaping;
     let now = tokio::time::Instant::now();
     let (name, at) = match &found {

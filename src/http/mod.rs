@@ -466,6 +466,10 @@ pub enum Route {
     Suppressions,
     /// `/api/v1/doctor`
     Doctor,
+    /// `/api/v1/outbox` (the capture outbox)
+    Outbox,
+    /// `/api/v1/outbox/{queue id}`
+    OutboxMessage(String),
     /// `/api/v1/suppressions/{address or hash}`
     Suppression(String),
     /// `/` and everything under `/admin` (the admin UI; its own sessions).
@@ -540,6 +544,8 @@ impl Route {
             Route::InboundReport(_) => "inbound_report",
             Route::Suppressions => "suppressions",
             Route::Doctor => "doctor",
+            Route::Outbox => "outbox",
+            Route::OutboxMessage(_) => "outbox_message",
             Route::Suppression(_) => "suppression",
             Route::Ui => "admin_ui",
             Route::ApiUnknown => "api_unknown",
@@ -715,6 +721,8 @@ pub fn route(path: &str) -> Route {
         ["api", "v1", "inbound", id] => Route::InboundReport(id.to_string()),
         ["api", "v1", "suppressions"] => Route::Suppressions,
         ["api", "v1", "doctor"] => Route::Doctor,
+        ["api", "v1", "outbox"] => Route::Outbox,
+        ["api", "v1", "outbox", id] => Route::OutboxMessage(id.to_string()),
         ["api", "v1", "suppressions", w] => Route::Suppression(w.to_string()),
         ["api", ..] => Route::ApiUnknown,
         [""] => Route::Ui,
@@ -1275,6 +1283,14 @@ async fn call(
         },
         Route::Doctor => match m {
             Method::GET => v1::doctor::get(state, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::Outbox => match m {
+            Method::GET => v1::outbox::list(state).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::OutboxMessage(id) => match m {
+            Method::GET => v1::outbox::get(state, id).await,
             _ => Err(method_not_allowed("GET")),
         },
         Route::Suppressions => match m {

@@ -418,6 +418,8 @@ fn note_on_recipient(
         && r.state != RcptState::Failed
     {
         let before = r.state;
+        // When it was counted delivered: taken back from that hour.
+        let counted_at = r.updated.unwrap_or(now);
         turned_failed = before == RcptState::Delivered;
         r.state = RcptState::Failed;
         r.bounce = Some(class);
@@ -426,7 +428,7 @@ fn note_on_recipient(
         r.reply = Some(format!("bounce report #{report_id} after the attempt"));
         if let Some(s) = send {
             if before == RcptState::Delivered {
-                t.bump_send(s, Counter::Delivered, -1)?;
+                t.bump_send_at(s, Counter::Delivered, -1, counted_at)?;
             } else if before == RcptState::Deferred {
                 t.bump_send(s, Counter::Deferred, -1)?;
             }

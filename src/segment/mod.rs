@@ -158,24 +158,14 @@ impl Catalog {
             Cond::Not(c) => self.check_into(c, out),
             Cond::InList(names, loc) => {
                 for n in names {
-                    if !self.lists.contains_key(&n.to_lowercase()) {
-                        out.push(Problem {
-                            loc: loc.clone(),
-                            message: format!("unknown list `{n}`"),
-                        });
-                    }
+                    self.check_list(n, loc, out);
                 }
             }
             Cond::Field { name, loc, .. } => {
                 let kind =
                     builtin_kind(name, &self.sites).or_else(|| self.fields.get(name).cloned());
                 match kind {
-                    None => out.push(Problem {
-                        loc: loc.clone(),
-                        message: format!(
-                            "unknown field `{name}`: not built-in and not defined (see GET /api/v1/fields)"
-                        ),
-                    }),
+                    None => out.push(unknown_field(name, loc)),
                     Some(k) => {
                         if let Err(p) = lang::check_field(cond, &k) {
                             out.push(p);
@@ -185,6 +175,86 @@ impl Catalog {
             }
             _ => {}
         }
+    }
+
+    fn check_list(&self, name: &str, loc: &lang::Loc, out: &mut Vec<Problem>) {
+        if !self.lists.contains_key(&name.to_lowercase()) {
+            out.push(Problem {
+                loc: loc.clone(),
+                message: format!("unknown list `{name}`"),
+            });
+        }
+    }
+
+    /// [`Catalog::check`] for a document that did not parse as a whole
+    /// (`root` as [`parse_document`] gets it): each part that parses on its
+    /// own is checked as a condition, and in the others the `in_list` and
+    /// `field` names are looked up, so that unknown lists and fields are
+    /// reported together with the document's other problems instead of
+    /// once those are fixed. Reports nothing that parsing reports.
+    pub fn check_tree(&self, root: &Node) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if let NodeV::Table(entries) = &root.v {
+            let cond = Node {
+                loc: root.loc.clone(),
+                v: NodeV::Table(
+                    entries
+                        .iter()
+                        .filter(|(k, _)| k != "description")
+                        .cloned()
+                        .collect(),
+                ),
+            };
+            self.check_tree_into(&cond, &mut out);
+        }
+        out
+    }
+
+    fn check_tree_into(&self, node: &Node, out: &mut Vec<Problem>) {
+        match &node.v {
+            NodeV::Array(items) => items.iter().for_each(|i| self.check_tree_into(i, out)),
+            NodeV::Table(entries) => {
+                let kinds = |n: &str| builtin_kind(n, &self.sites);
+                if let Some(cond) = lang::parse_cond(node, &kinds, &mut Vec::new()) {
+                    self.check_into(&cond, out);
+                    return;
+                }
+                for (k, v) in entries {
+                    match (k.as_str(), &v.v) {
+                        ("all" | "any" | "not", _) => self.check_tree_into(v, out),
+                        ("in_list", NodeV::Str(n)) if !n.trim().is_empty() => {
+                            self.check_list(n.trim(), &v.loc, out)
+                        }
+                        ("in_list", NodeV::Array(a)) => {
+                            for x in a {
+                                if let NodeV::Str(n) = &x.v
+                                    && !n.trim().is_empty()
+                                {
+                                    self.check_list(n.trim(), &v.loc, out);
+                                }
+                            }
+                        }
+                        ("field", NodeV::Str(name))
+                            if builtin_kind(name, &self.sites).is_none()
+                                && !self.fields.contains_key(name) =>
+                        {
+                            out.push(unknown_field(name, &v.loc))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn unknown_field(name: &str, loc: &lang::Loc) -> Problem {
+    Problem {
+        loc: loc.clone(),
+        message: format!(
+            "unknown field `{name}`: not built-in and not defined (see GET /api/v1/fields)"
+        ),
     }
 }
 
@@ -284,6 +354,9 @@ pub struct SegmentFiles {
     pub loaded: BTreeMap<String, Arc<Segment>>,
     /// Segments with problems: name → every problem.
     pub failed: BTreeMap<String, Vec<ConfigError>>,
+    /// The documents of failed segments that are valid TOML (file, root),
+    /// for [`SegmentFiles::check_catalog`] to check their names too.
+    broken: BTreeMap<String, (PathBuf, Node)>,
 }
 
 impl SegmentFiles {
@@ -318,8 +391,11 @@ impl SegmentFiles {
                     continue;
                 }
             };
-            let parsed = lang::from_toml(&text)
-                .and_then(|root| parse_document(&name, &f.display().to_string(), &root, sites));
+            let parsed = lang::from_toml(&text).and_then(|root| {
+                parse_document(&name, &f.display().to_string(), &root, sites).inspect_err(|_| {
+                    out.broken.insert(name.clone(), (f.clone(), root.clone()));
+                })
+            });
             match parsed {
                 Ok(s) => {
                     out.loaded.insert(name, Arc::new(s));
@@ -338,14 +414,24 @@ impl SegmentFiles {
         out
     }
 
-    /// Problems of loaded segments against a catalog (unknown lists and
-    /// fields), as config errors.
+    /// Problems of the segments against a catalog (unknown lists and
+    /// fields), as config errors: of the loaded ones, and of the failed
+    /// ones too, with their other problems.
     pub fn check_catalog(&self, catalog: &Catalog) -> Vec<ConfigError> {
         let mut out = Vec::new();
-        for s in self.loaded.values() {
-            for p in catalog.check(&s.cond) {
+        let problems = self
+            .loaded
+            .values()
+            .map(|s| (PathBuf::from(&s.source), catalog.check(&s.cond)))
+            .chain(
+                self.broken
+                    .values()
+                    .map(|(file, root)| (file.clone(), catalog.check_tree(root))),
+            );
+        for (file, found) in problems {
+            for p in found {
                 out.push(ConfigError {
-                    file: PathBuf::from(&s.source),
+                    file: file.clone(),
                     position: p.loc.position,
                     key: p.loc.path,
                     message: p.message,

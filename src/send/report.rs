@@ -216,7 +216,26 @@ pub fn links(
     Ok(links)
 }
 
-/// A send's hourly series: one row per hour with a value.
+/// The figures of an hourly row, in order.
+const HOURLY: [&str; 13] = [
+    "sent",
+    "delivered",
+    "failed",
+    "opens_total",
+    "opens_unique",
+    "machine_opens_total",
+    "clicks_total",
+    "clicks_unique",
+    "machine_clicks_total",
+    "unsubscribes",
+    "complaints",
+    "orders",
+    "revenue",
+];
+
+/// A send's hourly series: one row per hour with a value, every figure in
+/// it (zero when nothing happened). An hour's figures move with what is
+/// taken back (a refunded order, a late bounce) as the totals do.
 pub fn hourly(r: &ReadView, kind: SendKind, id: u64) -> Result<Vec<Value>, StoreError> {
     let mut hours: BTreeMap<u32, Map<String, Value>> = BTreeMap::new();
     for ((h, k), v) in r.send_hourly(kind, id)? {
@@ -239,6 +258,14 @@ pub fn hourly(r: &ReadView, kind: SendKind, id: u64) -> Result<Vec<Value>, Store
         let row = hours.entry(h).or_insert_with(|| {
             let mut m = Map::new();
             m.insert("hour".into(), time(Some(h as i64 * 3_600_000)));
+            for name in HOURLY {
+                let zero = if name == "revenue" {
+                    money(0.0)
+                } else {
+                    0.into()
+                };
+                m.insert(name.into(), zero);
+            }
             m
         });
         let value = if name == "revenue" {

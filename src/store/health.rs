@@ -277,6 +277,11 @@ impl Health {
     /// Sets the low-space state from the last reading and the reserve in
     /// force (logging a change); unknown free space never blocks intake.
     fn judge_space(&self) {
+        if self.total.load(Ordering::Relaxed) == 0 {
+            // Nothing read yet (the settings come before the first
+            // reading): no verdict rather than "0 bytes free".
+            return;
+        }
         let (free, reserve) = self.space();
         let low = self.lock().space_error.is_none() && free < reserve;
         let was = self.low.swap(low, Ordering::AcqRel);

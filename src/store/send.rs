@@ -94,8 +94,9 @@ impl WriteTables<'_> {
         Ok(())
     }
 
-    /// Adds `delta` to a send counter and, for a positive delta, to the
-    /// hour of `at` in the send's time series.
+    /// Adds `delta` (either sign) to a send counter and to the hour of `at`
+    /// in the send's time series. Taking something back, the caller gives
+    /// the time it was counted at, so the hours add up to the total.
     pub fn bump_send_at(
         &mut self,
         s: SendRef,
@@ -104,12 +105,10 @@ impl WriteTables<'_> {
         at: i64,
     ) -> Result<(), StoreError> {
         self.bump_send(s, counter, delta)?;
-        if delta > 0 {
-            *self
-                .hourly_deltas
-                .entry((s.kind.code(), s.id, hour_of(at), counter as u8))
-                .or_insert(0) += delta;
-        }
+        *self
+            .hourly_deltas
+            .entry((s.kind.code(), s.id, hour_of(at), counter as u8))
+            .or_insert(0) += delta;
         Ok(())
     }
 

@@ -447,25 +447,30 @@ impl AttributionRules {
     }
 }
 
-/// Counts `orders` and `cents` for an attribution (campaign counters, per
-/// link; the hour of `at` when adding).
+/// What one version of an attributed order adds to its send's figures: one
+/// order and its total in the hour it was placed; nothing when it does not
+/// count (cancelled, refunded, failed).
+fn contribution(o: &crate::shop::model::Order) -> Option<(i64, i64)> {
+    o.counted().then(|| (o.total.max(0), o.placed_at))
+}
+
+/// Adds (`sign` 1) or takes back (`sign` -1) a version's contribution
+/// (`cents` placed at `at`): the send's slot, link and hour. Taken back at
+/// the hour it was added at, every series moves as the totals do.
 fn count_order(
     t: &mut WriteTables<'_>,
     a: &Attributed,
-    orders: i64,
-    cents: i64,
-    at: i64,
+    (cents, at): (i64, i64),
+    sign: i64,
 ) -> Result<(), StoreError> {
     let Some(s) = a.send().filter(SendRef::counted) else {
         return Ok(());
     };
-    if orders != 0 {
-        t.bump_send_at(s, Counter::Orders, orders, at)?;
-        t.bump_link(s, a.link, Counter::Orders, orders)?;
-    }
+    t.bump_send_at(s, Counter::Orders, sign, at)?;
+    t.bump_link(s, a.link, Counter::Orders, sign)?;
     if cents != 0 {
-        t.bump_send_at(s, Counter::Revenue, cents, at)?;
-        t.bump_link(s, a.link, Counter::Revenue, cents)?;
+        t.bump_send_at(s, Counter::Revenue, sign * cents, at)?;
+        t.bump_link(s, a.link, Counter::Revenue, sign * cents)?;
     }
     Ok(())
 }
@@ -509,7 +514,10 @@ pub fn attribute_order(
     }
     if let Some(a) = &found {
         t.put_order_attribution(&order.order_id, a)?;
-        count_order(t, a, 1, order.total.max(0), order.placed_at)?;
+        // Found only for an order that counts.
+        if let Some(c) = contribution(order) {
+            count_order(t, a, c, 1)?;
+        }
         if let Ok(mut g) = rules.attributed.lock() {
             g.push((a.by, order.total.max(0)));
         }
@@ -543,9 +551,12 @@ pub fn attribute_order(
     Ok(())
 }
 
-/// Keeps an attributed order's counts true when the shop updates it: a
-/// cancellation (or refund) takes it out, a reinstatement puts it back, a
-/// changed total changes the revenue.
+/// Keeps an attributed order's counts true when the shop updates it: the
+/// stored version's contribution is taken back where it was counted (the
+/// hour it was placed) and the new version's added where it belongs. A
+/// cancellation or refund takes it out, a reinstatement puts it back, a
+/// changed total or placing time moves it; totals, variants, links and
+/// hours move together.
 pub fn reattribute_order(
     t: &mut WriteTables<'_>,
     before: &crate::shop::model::Order,
@@ -554,20 +565,15 @@ pub fn reattribute_order(
     let Some(a) = t.order_attribution(&before.order_id)? else {
         return Ok(());
     };
-    let a = &a;
-    let was = if before.counted() {
-        before.total.max(0)
-    } else {
-        0
-    };
-    let now = if after.counted() {
-        after.total.max(0)
-    } else {
-        0
-    };
-    let orders = i64::from(after.counted()) - i64::from(before.counted());
-    if orders != 0 || was != now {
-        count_order(t, a, orders, now - was, after.updated_at)?;
+    let (was, now) = (contribution(before), contribution(after));
+    if was == now {
+        return Ok(());
+    }
+    if let Some(c) = was {
+        count_order(t, &a, c, -1)?;
+    }
+    if let Some(c) = now {
+        count_order(t, &a, c, 1)?;
     }
     Ok(())
 }

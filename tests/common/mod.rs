@@ -557,3 +557,51 @@ pub fn send_news(
     files.sort();
     (id, files)
 }
+
+/// The secrets of `config/herald.toml` (refused with capture off).
+pub const EXAMPLE_SECRETS: [&str; 4] = [
+    "change-me-this-is-the-example-admin-token",
+    "example-tracking-secret-change-me-0123456789",
+    "example-autologin-secret-change-me-0123456789",
+    "example-outlet-autologin-secret-change-me-0123",
+];
+
+/// The repository's root (the example config, templates, README).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `config/herald.toml` as shipped, written to `dir/herald.toml` for a
+/// daemon of its own: a free port, the store in `dir/data`, the capture
+/// outbox in `dir/outbox` and the repository's templates, segments and
+/// automations; everything else (secrets included) as in the example.
+pub fn example_config(dir: &Path) -> PathBuf {
+    let example = repo().join("config/herald.toml");
+    let text = std::fs::read_to_string(&example)
+        .expect("config/herald.toml")
+        .replace("listen = \"127.0.0.1:8025\"", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "path = \"../data\"",
+            &format!("path = \"{}\"", dir.join("data").display()),
+        )
+        .replace(
+            "capture = \"../outbox\"",
+            &format!("capture = \"{}\"", dir.join("outbox").display()),
+        )
+        .replace(
+            "templates = \"../templates\"",
+            &format!("templates = \"{}\"", repo().join("templates").display()),
+        );
+    let text = ["segments", "automations"].iter().fold(text, |t, what| {
+        t.replace(
+            &format!("{what} = \"{what}\""),
+            &format!(
+                "{what} = \"{}\"",
+                repo().join("config").join(what).display()
+            ),
+        )
+    });
+    let config = dir.join("herald.toml");
+    std::fs::write(&config, text).expect("write the example config");
+    config
+}

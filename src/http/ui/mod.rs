@@ -33,6 +33,8 @@
 //!   (`pages/campaigns.rs`)
 //! - `/admin/automations`, `/admin/automations/{name}` (`pages/automations.rs`)
 //! - `/admin/queue`, `/admin/queue/{id}` (`pages/queue.rs`)
+//! - `/admin/outbox`, `/admin/outbox/{id}`, `…/{id}/frame` (`pages/outbox.rs`,
+//!   the capture outbox)
 //! - `/admin/users`, `/admin/activity` (`pages/users.rs`)
 
 pub mod chart;
@@ -330,9 +332,27 @@ impl Ctx<'_> {
             m.insert("notice".into(), json!(self.param("notice")));
             m.insert("problem".into(), json!(self.param("problem")));
             m.insert("storage_warning".into(), json!(self.storage_warning()));
+            let capture = self.state.config.get().delivery.capture.is_some();
+            m.insert("capture_mode".into(), json!(capture));
         }
         render(StatusCode::OK, template, &data)
     }
+}
+
+/// A message's HTML alone, for a sandboxed iframe of a page: under
+/// [`PREVIEW_CSP`] (no script), framed only by this UI.
+pub fn preview_frame(status: StatusCode, html: String) -> Response<Body> {
+    let mut resp = reply::text_response(status, "text/html; charset=utf-8", html);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PREVIEW_CSP),
+    );
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("SAMEORIGIN"),
+    );
+    resp
 }
 
 /// Reads a whole response body (in-process answers are in memory).

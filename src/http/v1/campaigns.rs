@@ -257,6 +257,7 @@ pub async fn list(
         out.push(json!({
             "id": c.id, "name": c.spec.name, "status": c.status.as_str(),
             "phase": c.phase(), "created": v["created"], "template": c.spec.template,
+            "scheduled_for": v["scheduled_for"],
             "started": v["started"], "finished": v["finished"], "progress": v["progress"],
             "owner": owned_by,
         }));

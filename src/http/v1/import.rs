@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::contacts::ContactError;
+use crate::contacts::csv_input;
 use crate::contacts::import::{ImportOptions, run_import};
 use crate::contacts::model::{ConsentState, ImportStatus};
 use crate::http::AppState;
@@ -52,8 +53,32 @@ impl Read for ChannelReader {
 fn options(q: &[(String, String)], max_record_bytes: u64) -> Result<ImportOptions, ApiError> {
     reply::only_params(
         q,
-        &["list", "create_list", "create_fields", "consent", "resume"],
+        &[
+            "list",
+            "create_list",
+            "create_fields",
+            "consent",
+            "resume",
+            "delimiter",
+            "encoding",
+        ],
     )?;
+    let delimiter = match reply::query_str(q, "delimiter") {
+        None => None,
+        Some(d) => Some(csv_input::parse_delimiter(d).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "query parameter `delimiter`: `{d}` is not one of `,` `;` `|` `:` `tab`"
+            ))
+        })?),
+    };
+    let encoding = match reply::query_str(q, "encoding") {
+        None => None,
+        Some(e) => Some(csv_input::parse_encoding(e).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "query parameter `encoding`: `{e}` is not an encoding name (utf-8, windows-1250, iso-8859-2, windows-1252…)"
+            ))
+        })?),
+    };
     let consent = match reply::query_str(q, "consent") {
         None => None,
         Some(s) => Some(ConsentState::parse(s).ok_or_else(|| {
@@ -67,10 +92,12 @@ fn options(q: &[(String, String)], max_record_bytes: u64) -> Result<ImportOption
         consent,
         resume: reply::query_u64(q, "resume")?,
         max_record_bytes,
+        delimiter,
+        encoding,
     })
 }
 
-/// `POST /api/v1/contacts/import?list=&create_list=&create_fields=&consent=&resume=`
+/// `POST /api/v1/contacts/import?list=&create_list=&create_fields=&consent=&resume=&delimiter=&encoding=`
 /// with a `text/csv` body.
 pub async fn start(
     state: &Arc<AppState>,

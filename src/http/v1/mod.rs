@@ -11,6 +11,7 @@ pub mod fields;
 pub mod import;
 pub mod inbound;
 pub mod lists;
+pub mod outbox;
 pub mod products;
 pub mod queue;
 pub mod reports;

@@ -209,13 +209,15 @@ pub async fn send(
     };
     state.hits.drain().await?;
     let cur = currency(state);
+    // An automation that has sent nothing yet has a report of zeros.
+    let live_flow = k == SendKind::Automation && state.automations.flows().by_id.contains_key(&num);
     let rep = state
         .store
         .read(move |r| {
-            let known = r
-                .send_names(k)?
-                .iter()
-                .any(|(i, n)| *i == num && *n == name)
+            let known = live_flow
+                || r.send_names(k)?
+                    .iter()
+                    .any(|(i, n)| *i == num && *n == name)
                 || !r.send_counts(k, num)?.is_empty();
             if !known {
                 return Ok(None);

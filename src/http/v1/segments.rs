@@ -200,8 +200,16 @@ pub async fn put(
         (lang::from_json(&def), def)
     };
     let sites: Vec<String> = config.sites.iter().map(|s| s.id.clone()).collect();
-    let seg = parse_document(name, "api", &root, &sites).map_err(|p| problems_error(&p))?;
     let cat = catalog(state).await?;
+    let seg = match parse_document(name, "api", &root, &sites) {
+        Ok(seg) => seg,
+        // Unknown lists and fields too, so that one answer has them all.
+        Err(mut problems) => {
+            problems.extend(cat.check_tree(&root));
+            problems.sort_by_key(|p| p.loc.position);
+            return Err(problems_error(&problems));
+        }
+    };
     let problems = cat.check(&seg.cond);
     if !problems.is_empty() {
         return Err(problems_error(&problems));

@@ -8,6 +8,7 @@ pub mod campaigns;
 pub mod contacts;
 pub mod dashboard;
 pub mod imports;
+pub mod outbox;
 pub mod queue;
 pub mod segments;
 pub mod templates;
@@ -27,6 +28,7 @@ pub fn templates() -> impl Iterator<Item = (&'static str, &'static str)> {
         contacts::TEMPLATES,
         dashboard::TEMPLATES,
         imports::TEMPLATES,
+        outbox::TEMPLATES,
         queue::TEMPLATES,
         segments::TEMPLATES,
         templates::TEMPLATES,
@@ -52,6 +54,7 @@ pub async fn route(
         Some("campaigns") => campaigns::route(ctx, method, rest, input).await,
         Some("automations") => automations::route(ctx, method, rest, input).await,
         Some("queue") => queue::route(ctx, method, rest, input).await,
+        Some("outbox") => outbox::route(ctx, method, rest, input).await,
         Some("bounces") => bounces::route(ctx, method, rest, input).await,
         Some("users" | "activity") => users::route(ctx, method, rest, input).await,
         _ => Err(not_found(rest)),

@@ -7,11 +7,11 @@
 //! - `GET /admin/templates/{name}/frame?lang=&site=&contact=`
 //! - `POST /admin/templates/{name}/test` (`to`, `lang`, `site`, `contact`)
 
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::http::reply::{self, ApiError, Body};
-use crate::http::ui::{Ctx, Form, Input, PREVIEW_CSP, enc, error_page, redirect_with};
+use crate::http::reply::{ApiError, Body};
+use crate::http::ui::{Ctx, Form, Input, enc, error_page, redirect_with};
 
 /// This module's templates.
 pub const TEMPLATES: &[(&str, &str)] = &[
@@ -197,17 +197,7 @@ async fn frame(ctx: &Ctx<'_>, name: &str) -> Result<Response<Body>, ApiError> {
             ),
         ),
     };
-    let mut resp = reply::text_response(status, "text/html; charset=utf-8", html);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(PREVIEW_CSP),
-    );
-    h.insert(
-        header::X_FRAME_OPTIONS,
-        HeaderValue::from_static("SAMEORIGIN"),
-    );
-    Ok(resp)
+    Ok(crate::http::ui::preview_frame(status, html))
 }
 
 /// The sample's `key` for `site` (its `sites.<site>` value first).
