@@ -474,14 +474,40 @@ pub mod campaign {
         }
     }
 
+    /// `left out 3 (consent unknown 2, suppressed 1)`, or nothing.
+    fn left_out(p: &Value) -> String {
+        let l = &p["left_out"];
+        let total = l["total"].as_u64().unwrap_or(0);
+        if total == 0 {
+            return String::new();
+        }
+        let why: Vec<String> = [
+            ("excluded_list", "in an excluded list"),
+            ("excluded_segment", "in an excluded segment"),
+            ("consent_unknown", "consent unknown"),
+            ("consent_pending", "consent pending"),
+            ("consent_withdrawn", "consent withdrawn"),
+            ("consent_invalid", "consent invalid"),
+            ("suppressed", "suppressed"),
+        ]
+        .iter()
+        .filter_map(|(k, label)| {
+            let n = l[*k].as_u64().unwrap_or(0);
+            (n > 0).then(|| format!("{label} {n}"))
+        })
+        .collect();
+        format!(" (left out {total}: {})", why.join(", "))
+    }
+
     fn line(v: &Value) -> String {
         let p = &v["progress"];
         format!(
-            "campaign {} \"{}\": {}; audience {}, queued {}, delivered {}, deferred {}, failed {}, skipped {}, remaining {}",
+            "campaign {} \"{}\": {}; audience {}{}, queued {}, delivered {}, deferred {}, failed {}, skipped {}, remaining {}",
             v["id"],
             v["name"].as_str().unwrap_or(""),
             state(v),
             p["audience"],
+            left_out(p),
             p["queued"],
             p["delivered"],
             p["deferred"],

@@ -446,28 +446,22 @@ fn dkim_keygen(config: &std::path::Path, a: KeygenArgs) -> ExitCode {
     // The default folder (`dkim/` beside the config) goes to the group too,
     // so the service's user can pass it whatever the umask made it.
     let folder = match (gid, &a.out, g.path.parent()) {
-        (Some(gid), None, Some(dir)) => {
-            use std::os::unix::fs::PermissionsExt as _;
-            dkim::give_to_group(dir, gid).and_then(|()| {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
-                    .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))
-            })
-        }
+        (Some(gid), None, Some(dir)) => dkim::give_to_group(dir, gid, 0o750),
         _ => Ok(()),
     };
     if let Err(e) = folder {
         eprintln!("herald: {e}");
         return ExitCode::FAILURE;
     }
-    let group_note = match gid.map(|gid| dkim::give_to_group(&g.path, gid).map(|()| gid)) {
-        Some(Ok(gid)) => format!(", group {}", group_name(gid)),
+    let mode_note = match gid.map(|gid| dkim::give_to_group(&g.path, gid, 0o640).map(|()| gid)) {
+        Some(Ok(gid)) => format!("mode 0640, group {}", group_name(gid)),
         Some(Err(e)) => {
             eprintln!("herald: {e}");
             return ExitCode::FAILURE;
         }
-        None => String::new(),
+        None => "mode 0600".to_string(),
     };
-    println!("wrote {} (mode 0640{group_note})", g.path.display());
+    println!("wrote {} ({mode_note})", g.path.display());
     println!();
     println!("Publish this DNS TXT record:");
     println!("  name:  {}", g.record_name);
@@ -541,9 +535,14 @@ fn group_name(gid: u32) -> String {
         .into_owned()
 }
 
-/// Replaces the config file with `text` (a file beside it, then rename),
-/// keeping its mode, after checking that the new text still validates.
+/// Replaces the config file with `text` (a new file beside it, synced,
+/// then renamed over it; a symlink's target is what is replaced), keeping
+/// its mode, owner and group, after checking that the new text still
+/// validates. The new file is created owner-only, so the secrets in it are
+/// never readable by anyone else on the way.
 fn write_config(path: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     if let Err(e) = herald::config::Config::from_str(path, text) {
         // Refused only when the edit is what breaks it.
         let before = std::fs::read_to_string(path).unwrap_or_default();
@@ -551,22 +550,29 @@ fn write_config(path: &std::path::Path, text: &str) -> Result<(), String> {
             return Err(format!("the edited config would not load:\n{e}"));
         }
     }
-    use std::os::unix::fs::MetadataExt as _;
-    let tmp = path.with_extension("toml.herald-edit");
-    let meta = std::fs::metadata(path).ok();
-    // The same mode, owner and group: the service's user reads it through
-    // its group.
-    std::fs::write(&tmp, text)
-        .and_then(|()| match &meta {
-            Some(m) => std::fs::set_permissions(&tmp, m.permissions())
-                .and_then(|()| std::os::unix::fs::chown(&tmp, Some(m.uid()), Some(m.gid()))),
+    let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
+    let tmp = real.with_extension(format!("toml.herald-edit.{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+            f.set_permissions(meta.permissions())
+        })
+        .and_then(|()| std::fs::rename(&tmp, &real))
+        .and_then(|()| match real.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
             None => Ok(()),
-        })
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", path.display())
-        })
+        });
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {e}", real.display())
+    })
 }
 
 /// `herald outbox list|show`: reads the capture folder.

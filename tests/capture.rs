@@ -94,14 +94,53 @@ fn a_campaign_a_template_message_and_a_confirmation_land_in_the_outbox_signed() 
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let message = r.body["id"].as_u64().unwrap();
+    // Members of the list the campaign leaves out, each for its reason.
+    h.list("staff");
+    for (email, consent, lists) in [
+        ("unknown@example.com", "unknown", vec!["newsletter"]),
+        ("pending@example.com", "pending", vec!["newsletter"]),
+        ("staff@example.com", "granted", vec!["newsletter", "staff"]),
+        ("blocked@example.com", "granted", vec!["newsletter"]),
+    ] {
+        let r = h.post_json(
+            "/api/v1/contacts",
+            json!({"email": email, "lists": lists, "consent": consent}),
+        );
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    }
+    let r = h.post_json(
+        "/api/v1/suppressions",
+        json!({"address": "blocked@example.com", "reason": "asked by phone"}),
+    );
+    assert!(r.status == 200 || r.status == 201, "{}", r.body);
     let r = h.post_json(
         "/api/v1/campaigns",
-        json!({"name": "November", "template": "newsletter", "audience": {"lists": ["newsletter"]}}),
+        json!({"name": "November", "template": "newsletter",
+               "audience": {"lists": ["newsletter"], "exclude_lists": ["staff"]}}),
     );
     assert_eq!(r.status, 201, "{}", r.body);
     let campaign = r.body["id"].as_u64().unwrap();
     let r = h.post_json(&format!("/api/v1/campaigns/{campaign}/start"), json!({}));
     assert_eq!(r.status, 200, "{}", r.body);
+    let p = h.get(&format!("/api/v1/campaigns/{campaign}")).body["progress"].clone();
+    assert_eq!(p["audience"], 1, "{p}");
+    assert_eq!(
+        p["left_out"],
+        json!({"excluded_list": 1, "excluded_segment": 0, "consent_unknown": 1,
+               "consent_pending": 1, "consent_withdrawn": 0, "consent_invalid": 0,
+               "suppressed": 1, "total": 4}),
+        "{p}"
+    );
+    let api = h.url("");
+    let (code, out, err) = run(
+        &config,
+        &["campaign", "status", &campaign.to_string(), "--api", &api],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("audience 1 (left out 4: in an excluded list 1, consent unknown 1, consent pending 1, suppressed 1)"),
+        "{out}"
+    );
     let r = h.public(
         "POST",
         "/subscribe",

@@ -8,6 +8,9 @@
 //!   the send layer moved the `campaign_*` counter, engagement, link and
 //!   ledger tables to send-keyed `send_*` tables, schema 1 → 2) with
 //!   `tests/fixtures/make-store.py`.
+//! - `tests/fixtures/store-v3/` was made by commit 01868cd (schema 2, the
+//!   last before issue 25 added `send_money_v1`, attributed orders by
+//!   currency) with `tests/fixtures/make-store.py`.
 //!
 //! Each script also saved what that binary's API answered (`expected.json`).
 //! This binary must answer the same (it may add keys), and the new tables
@@ -121,6 +124,44 @@ fn settled(mut m: Value) -> Value {
 fn migration_of_a_store_written_by_the_previous_version_keeps_every_answer() {
     let (h, want) = start_on_fixture("store-v1");
     same_answers(&h, &want);
+}
+
+#[test]
+fn migration_to_orders_by_currency_fills_the_lines_and_counting_goes_on() {
+    let (h, want) = start_on_fixture("store-v3");
+    same_answers(&h, &want);
+    let id = want["campaign_id"].as_u64().unwrap();
+    let r = get(&h, &format!("/api/v1/reports/campaigns/{id}"));
+    assert_eq!(
+        r["totals"]["revenue_by_currency"],
+        serde_json::json!({"EUR": {"orders": 1, "revenue": 49.9}}),
+        "{r}"
+    );
+    assert_eq!(r["campaign"]["currencies"], serde_json::json!(["EUR"]));
+    // The migrated line moves with the order: refunded, it is taken back.
+    let email = want["history"]["contact"]["email"].as_str().unwrap();
+    let refund = serde_json::json!([{"type": "order", "id": "ev-o-1-refund",
+        "at": want["report"]["campaign"]["finished"], "email": email, "order_id": "o-1",
+        "status": "refunded", "items": [{"sku": "X", "quantity": 1, "price": "49.90"}],
+        "total": "49.90", "currency": "EUR"}]);
+    let res = h.post_json("/api/v1/events", refund);
+    assert_eq!(res.body["accepted"], 1, "{}", res.body);
+    let r = get(&h, &format!("/api/v1/reports/campaigns/{id}"));
+    assert_eq!(r["totals"]["orders"], 0, "{r}");
+    assert_eq!(
+        r["totals"]["revenue_by_currency"],
+        serde_json::json!({}),
+        "{r}"
+    );
+    let hours = r["hourly"].as_array().unwrap();
+    assert_eq!(
+        hours
+            .iter()
+            .map(|h| h["orders"].as_u64().unwrap())
+            .sum::<u64>(),
+        0,
+        "{hours:?}"
+    );
 }
 
 #[test]

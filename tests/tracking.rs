@@ -560,6 +560,40 @@ fn opens_clicks_unsubscribes_orders_and_the_report() {
             "an empty cell: {csv}"
         );
     }
+    assert_eq!(
+        r["campaign"]["currency"], "EUR",
+        "the orders' currency: {r}"
+    );
+
+    // An order in another currency: one line per currency, never a sum of
+    // both (the single-currency figures are null, in JSON and the UI).
+    let mut e = json!({"type": "order", "id": "ev-o-9", "at": chrono_now(),
+        "email": "c0005@example.test", "order_id": "o-9", "status": "placed",
+        "items": [{"sku": "X", "quantity": 1, "price": "99.00"}], "total": "99.00", "currency": "PLN"});
+    e["attribution"] = hrl0.clone().into();
+    let res = h.post_json("/api/v1/events", json!([e]));
+    assert_eq!(res.body["accepted"], 1, "{}", res.body);
+    let r = report(&h, id);
+    assert_eq!(r["campaign"]["currencies"], json!(["EUR", "PLN"]), "{r}");
+    assert!(r["campaign"]["currency"].is_null(), "{r}");
+    assert!(r["totals"]["revenue"].is_null(), "{r}");
+    assert_eq!(
+        r["totals"]["revenue_by_currency"],
+        json!({"EUR": {"orders": 2, "revenue": 120.0}, "PLN": {"orders": 1, "revenue": 99.0}}),
+        "{r}"
+    );
+    assert_eq!(r["totals"]["orders"], 3, "{r}");
+    let csv = h.get(&format!("/api/v1/reports/campaigns/{id}?format=csv"));
+    let csv = csv.body.as_str().unwrap().to_string();
+    let mut lines = csv.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let total: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |k: &str| total[head.iter().position(|h| *h == k).unwrap()];
+    assert_eq!(
+        (col("revenue_EUR"), col("orders_PLN"), col("revenue_PLN")),
+        ("120.0", "1", "99.0"),
+        "{csv}"
+    );
 }
 
 /// The public signup form and double opt-in: pending until the recipient's

@@ -38,28 +38,35 @@ async fn conds(
     Ok(out)
 }
 
-/// The `granted` contact ids of an audience, ascending.
+/// A resolved audience: who gets the campaign, and who was left out and why.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// Contact ids, ascending.
+    pub ids: Vec<u64>,
+    /// Members of the lists and segments left out, by reason.
+    pub left_out: super::model::LeftOut,
+}
+
+/// The audience: members of any list or segment, minus exclusions, only
+/// `granted` and not suppressed, ascending; with the count of everyone
+/// left out, by reason.
 pub async fn resolve(
     snap: &Snapshot,
     store: &Store,
     index: &Arc<Index>,
     audience: &Audience,
     today: chrono::NaiveDate,
-) -> Result<Vec<u64>, CampaignError> {
+) -> Result<Resolved, CampaignError> {
     let include = conds(snap, store, &audience.lists, &audience.segments, "").await?;
-    let exclude = conds(
-        snap,
-        store,
-        &audience.exclude_lists,
-        &audience.exclude_segments,
-        "exclude_",
-    )
-    .await?;
+    // Apart, so that each member left out is counted under its reason.
+    let exclude_lists = conds(snap, store, &audience.exclude_lists, &[], "exclude_").await?;
+    let exclude_segments = conds(snap, store, &[], &audience.exclude_segments, "exclude_").await?;
     let sites = snap.config.sites.iter().map(|s| s.id.clone()).collect();
     let catalog = Catalog::load(store, sites).await?;
     let problems: Vec<String> = include
         .iter()
-        .chain(&exclude)
+        .chain(&exclude_lists)
+        .chain(&exclude_segments)
         .flat_map(|c| catalog.check(c))
         .map(|p| p.message)
         .collect();
@@ -69,21 +76,47 @@ pub async fn resolve(
             problems.join("; ")
         )));
     }
+    let suppressed = store.read(|r| r.suppressed_contacts()).await?;
     index.ready().await;
     let index = index.clone();
     tokio::task::spawn_blocking(move || {
         let inc = index.evaluate(&Cond::Any(include), &catalog, today)?;
-        let exc = if exclude.is_empty() {
-            None
-        } else {
-            Some(index.evaluate(&Cond::Any(exclude), &catalog, today)?)
+        let eval = |c: Vec<Cond>| -> Result<_, String> {
+            if c.is_empty() {
+                Ok(None)
+            } else {
+                index.evaluate(&Cond::Any(c), &catalog, today).map(Some)
+            }
         };
-        Ok(inc
-            .members
-            .iter()
-            .filter(|id| exc.as_ref().is_none_or(|e| !e.members.has(*id as usize)))
-            .filter(|id| index.consent_of(*id) == Some(ConsentState::Granted))
-            .collect())
+        let (by_list, by_segment) = (eval(exclude_lists)?, eval(exclude_segments)?);
+        let within = |e: &Option<crate::segment::Evaluation>, id: u64| {
+            e.as_ref().is_some_and(|e| e.members.has(id as usize))
+        };
+        let mut out = Resolved::default();
+        let l = &mut out.left_out;
+        for id in inc.members.iter() {
+            let counter = if within(&by_list, id) {
+                &mut l.excluded_list
+            } else if within(&by_segment, id) {
+                &mut l.excluded_segment
+            } else {
+                match index.consent_of(id) {
+                    Some(ConsentState::Granted) if suppressed.contains(&id) => &mut l.suppressed,
+                    Some(ConsentState::Granted) => {
+                        out.ids.push(id);
+                        continue;
+                    }
+                    Some(ConsentState::Unknown) => &mut l.consent_unknown,
+                    Some(ConsentState::Pending) => &mut l.consent_pending,
+                    Some(ConsentState::Withdrawn) => &mut l.consent_withdrawn,
+                    Some(ConsentState::Invalid) => &mut l.consent_invalid,
+                    // Erased since the evaluation: nobody to count.
+                    None => continue,
+                }
+            };
+            *counter += 1;
+        }
+        Ok(out)
     })
     .await
     .map_err(|e| CampaignError::Invalid(format!("resolving the audience failed: {e}")))?

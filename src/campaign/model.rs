@@ -391,6 +391,11 @@ impl Part {
 /// What Herald keeps while running a campaign.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Run {
+    /// Members of its lists and segments left out of the audience when it
+    /// was resolved, and why (none for a campaign started before Herald
+    /// counted them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_out: Option<LeftOut>,
     /// When it should start by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<i64>,
@@ -427,6 +432,61 @@ pub struct Run {
     /// Messages the budget allows (cost per message × this ≤ budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_messages: Option<u64>,
+}
+
+/// Members of a campaign's lists and segments left out of its audience when
+/// it was resolved, each counted once, under the first reason that applies
+/// in this order: an exclusion (the marketer's choice), consent other than
+/// `granted`, the suppression list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOut {
+    /// In a list of `exclude_lists`.
+    #[serde(default)]
+    pub excluded_list: u64,
+    /// In a segment of `exclude_segments`.
+    #[serde(default)]
+    pub excluded_segment: u64,
+    /// Consent `unknown` (imported or created by a shop event without it).
+    #[serde(default)]
+    pub consent_unknown: u64,
+    /// Consent `pending` (double opt-in not confirmed).
+    #[serde(default)]
+    pub consent_pending: u64,
+    /// Consent `withdrawn`.
+    #[serde(default)]
+    pub consent_withdrawn: u64,
+    /// Consent `invalid` (a hard bounce).
+    #[serde(default)]
+    pub consent_invalid: u64,
+    /// `granted`, but the address is on the suppression list.
+    #[serde(default)]
+    pub suppressed: u64,
+}
+
+impl LeftOut {
+    /// As the API shows it: every reason and the total; null for a campaign
+    /// started before Herald counted them.
+    pub fn view(l: Option<&LeftOut>) -> serde_json::Value {
+        match l {
+            None => serde_json::Value::Null,
+            Some(l) => {
+                let mut v = serde_json::to_value(l).unwrap_or_default();
+                v["total"] = l.total().into();
+                v
+            }
+        }
+    }
+
+    /// Everyone left out.
+    pub fn total(&self) -> u64 {
+        self.excluded_list
+            + self.excluded_segment
+            + self.consent_unknown
+            + self.consent_pending
+            + self.consent_withdrawn
+            + self.consent_invalid
+            + self.suppressed
+    }
 }
 
 /// A campaign.

@@ -9,7 +9,9 @@ use serde_json::{Map, Value, json};
 
 use crate::campaign::model::{Campaign, WINNER, slot, unslot};
 use crate::send::SendKind;
-use crate::send::report::{figures, hourly, links, time, total};
+use crate::send::report::{
+    by_currency, figures, hourly, links, money_currency, money_view, no_mixed_sums, time, total,
+};
 use crate::store::{ReadView, SendCounts, StoreError};
 
 pub use crate::send::report::{COLUMNS, csv};
@@ -63,8 +65,9 @@ pub fn summary(c: &Campaign, counts: &SendCounts) -> Value {
 }
 
 /// The full report of one campaign.
-pub fn campaign(r: &ReadView, c: &Campaign, currency: &str) -> Result<Value, StoreError> {
+pub fn campaign(r: &ReadView, c: &Campaign, currency: Option<&str>) -> Result<Value, StoreError> {
     let counts = r.send_counts(SendKind::Campaign, c.id)?;
+    let money = r.send_money(SendKind::Campaign, c.id)?;
     let sent = sent_per_slot(c);
     let mut slots: Vec<u32> = sent.keys().copied().collect();
     for (s, _) in counts.keys() {
@@ -91,6 +94,10 @@ pub fn campaign(r: &ReadView, c: &Campaign, currency: &str) -> Result<Value, Sto
                 c.spec.cost_per_message,
                 None,
             ));
+            row.insert(
+                "revenue_by_currency".into(),
+                money_view(&by_currency(&money, Some(s))),
+            );
             Value::Object(row)
         })
         .collect();
@@ -103,16 +110,25 @@ pub fn campaign(r: &ReadView, c: &Campaign, currency: &str) -> Result<Value, Sto
         c.spec.budget,
     );
     totals.insert("audience".into(), c.run.audience.into());
-    Ok(json!({
+    let all = by_currency(&money, None);
+    totals.insert("revenue_by_currency".into(), money_view(&all));
+    let currencies: Vec<&String> = all.keys().collect();
+    let mut report = json!({
         "campaign": {
             "id": c.id, "name": c.spec.name, "status": c.status.as_str(),
             "started": time(c.run.started), "finished": time(c.run.finished),
             "cost_per_message": c.spec.cost_per_message, "budget": c.spec.budget,
-            "currency": currency,
+            "currency": money_currency(&all, currency),
+            "currencies": currencies,
+            "left_out": super::model::LeftOut::view(c.run.left_out.as_ref()),
         },
         "totals": totals,
         "variants": variants,
         "links": links,
         "hourly": hours,
-    }))
+    });
+    if all.len() > 1 {
+        no_mixed_sums(&mut report, &["totals", "variants", "links", "hourly"]);
+    }
+    Ok(report)
 }

@@ -584,8 +584,9 @@ impl Campaigns {
         let snap = self.snapshot();
         super::check_spec(&c.spec, &snap, &self.store).await?;
         let today = self.clock.now().date_naive();
-        let ids =
+        let resolved =
             audience::resolve(&snap, &self.store, &self.index, &c.spec.audience, today).await?;
+        let (ids, left_out) = (resolved.ids, resolved.left_out);
         let mut groups = Vec::new();
         let mut seed = None;
         match &c.spec.ab {
@@ -636,6 +637,7 @@ impl Campaigns {
                 c.status = Status::Running;
                 c.run.started = Some(now);
                 c.run.audience = size;
+                c.run.left_out = Some(left_out);
                 c.run.seed = seed;
                 c.run.budget_messages = budget_messages;
                 c.updated = now;
@@ -643,7 +645,12 @@ impl Campaigns {
                 Ok(Ok(c))
             })
             .await??;
-        tracing::info!(campaign = id, audience = size, "campaign started");
+        tracing::info!(
+            campaign = id,
+            audience = size,
+            left_out = started.run.left_out.as_ref().map_or(0, |l| l.total()),
+            "campaign started"
+        );
         self.wake_for(id);
         Ok(started)
     }

@@ -597,6 +597,14 @@ fn refuse_example_secrets(c: &mut Checker<'_>, raw: &RawConfig) {
             s.autologin_secret.as_ref(),
         ));
     }
+    // A rotated-out example secret still verifies old tokens: refused too.
+    let previous = raw
+        .tracking
+        .as_ref()
+        .and_then(|t| t.previous_secrets.as_ref());
+    for (i, p) in previous.into_iter().flatten().enumerate() {
+        keys.push((format!("tracking.previous_secrets[{i}]"), Some(p)));
+    }
     for (key, v) in keys {
         if let Some(v) = v
             && EXAMPLE_SECRETS.contains(&v.get_ref().trim())

@@ -844,15 +844,19 @@ impl RowContext<'_> {
 /// its own (a delimiter and an e-mail address), cut to 60 characters.
 fn swallowed_record(cell: &str, delimiter: u8) -> Option<String> {
     let (_, rest) = cell.split_once('\n')?;
+    // A field that is an address and nothing else: "x3@example.com,Fine",
+    // not a note that mentions one ("kontakt: biuro@firma.pl, tel 12").
+    let address = |f: &str| {
+        let f = f.trim().trim_matches('"');
+        !f.contains(char::is_whitespace)
+            && f.split_once('@')
+                .is_some_and(|(a, d)| !a.is_empty() && d.contains('.') && !d.contains('@'))
+    };
     rest.lines()
         .map(str::trim)
         .find(|l| {
-            l.as_bytes().contains(&delimiter)
-                && l.split(|c: char| c == delimiter as char || c.is_whitespace())
-                    .any(|w| {
-                        w.split_once('@')
-                            .is_some_and(|(a, d)| !a.is_empty() && d.contains('.'))
-                    })
+            let mut fields = l.split(delimiter as char);
+            l.as_bytes().contains(&delimiter) && fields.any(address)
         })
         .map(|l| l.chars().take(60).collect())
 }
@@ -1135,6 +1139,10 @@ mod tests {
         );
         assert_eq!(swallowed_record("two\nlines, no address", b','), None);
         assert_eq!(swallowed_record("one line a@b.pl,x", b','), None);
+        assert_eq!(
+            swallowed_record("ul. Długa 5\nkontakt: biuro@firma.pl, tel 12", b','),
+            None
+        );
     }
 
     #[test]

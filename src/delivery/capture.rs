@@ -116,14 +116,21 @@ pub fn write(
     let name = name_of(env.queue_id, first_rcpt, body);
     let new = dir.join("new").join(&name);
     if new.exists() || dir.join("cur").join(format!("{name}:2,")).exists() {
+        // Written by an attempt whose outcome was not recorded: made
+        // durable (that attempt may have failed at the folder's sync).
+        std::fs::File::open(dir.join("new"))?.sync_all()?;
         return Ok(name);
     }
     let side = serde_json::to_vec_pretty(env).map_err(std::io::Error::other)?;
-    if !dir.join("envelope").is_dir() {
+    if ["tmp", "new", "envelope"]
+        .iter()
+        .any(|s| !dir.join(s).is_dir())
+    {
         // Set by a reload, or removed by a person: made again.
         prepare(dir)?;
     }
     durable_write(&dir.join("envelope").join(format!("{name}.json")), &side)?;
+    std::fs::File::open(dir.join("envelope"))?.sync_all()?;
     let tmp = dir.join("tmp").join(&name);
     durable_write(&tmp, body)?;
     std::fs::rename(&tmp, &new)?;
@@ -139,6 +146,11 @@ fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Every captured message, oldest first (by file time, then name).
 pub fn list(dir: &Path) -> std::io::Result<Vec<Entry>> {
+    list_named(dir, |_| true)
+}
+
+/// The captured messages whose file name `want` accepts, oldest first.
+fn list_named(dir: &Path, want: impl Fn(&str) -> bool) -> std::io::Result<Vec<Entry>> {
     let mut found = Vec::new();
     for sub in ["new", "cur"] {
         let rd = match std::fs::read_dir(dir.join(sub)) {
@@ -152,22 +164,33 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<Entry>> {
             if !meta.is_file() {
                 continue;
             }
-            let modified = meta.modified().ok();
-            found.push((
-                modified,
-                item.file_name().to_string_lossy().into_owned(),
-                item.path(),
-                meta.len(),
-            ));
+            let name = item.file_name().to_string_lossy().into_owned();
+            if !want(&name) {
+                continue;
+            }
+            found.push((meta.modified().ok(), name, item.path(), meta.len()));
         }
     }
     found.sort();
     let mut out = Vec::with_capacity(found.len());
     for (_, name, path, size) in found {
-        let bytes = std::fs::read(&path)?;
-        out.push(entry(dir, name, path, size, &bytes));
+        let head = head_of(&path)?;
+        out.push(entry(dir, name, path, size, &head));
     }
     Ok(out)
+}
+
+/// The header block of a message file (at most its first 64 KiB).
+fn head_of(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(64 * 1024)
+        .read_to_end(&mut buf)?;
+    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        buf.truncate(end + 4);
+    }
+    Ok(buf)
 }
 
 fn entry(dir: &Path, name: String, path: PathBuf, size: u64, bytes: &[u8]) -> Entry {
@@ -209,10 +232,9 @@ fn entry(dir: &Path, name: String, path: PathBuf, size: u64, bytes: &[u8]) -> En
 /// transaction when its recipients went in several).
 pub fn show(dir: &Path, queue_id: u64) -> std::io::Result<Vec<Shown>> {
     let mut out = Vec::new();
-    for e in list(dir)?
-        .into_iter()
-        .filter(|e| e.queue_id() == Some(queue_id))
-    {
+    let prefix = format!("Q{queue_id}.");
+    let mine = list_named(dir, |name| name.starts_with(&prefix))?;
+    for e in mine.into_iter().filter(|e| e.queue_id() == Some(queue_id)) {
         let raw = std::fs::read(&e.path)?;
         out.push(open(e, raw));
     }
@@ -276,7 +298,7 @@ fn hrefs(html: &str) -> Vec<String> {
         }
         .unwrap_or(rest.len());
         out.push(rest[..end].replace("&amp;", "&"));
-        from = start + end;
+        from = start + usize::from(quote.is_some()) + end;
     }
     out
 }

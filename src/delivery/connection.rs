@@ -105,6 +105,15 @@ enum Link {
 }
 
 impl Link {
+    /// Whether this link is where mail goes under the config's `capture`.
+    fn fits(&self, capture: Option<&std::path::PathBuf>) -> bool {
+        match (self, capture) {
+            (Link::Smtp(_), None) => true,
+            (Link::Capture(dir), Some(now)) => dir == now,
+            _ => false,
+        }
+    }
+
     /// The peer's name for the queue record.
     fn host(&self) -> String {
         match self {
@@ -264,6 +273,12 @@ async fn send_jobs(
     let mut job = Some(first);
     let mut sent = 0usize;
     while let Some(j) = job.take() {
+        if !session.fits(inner.config.get().delivery.capture.as_ref()) {
+            // A reload switched capture on or off: this link no longer
+            // fits; the job goes back for a connection that does.
+            unpop_job(inner, key, j);
+            break;
+        }
         let (j, body) = match load(inner, j).await {
             Loaded::Ready(j, body) => (j, body),
             Loaded::Nothing => {

@@ -273,7 +273,7 @@ pub struct Generated {
     pub record_value: String,
 }
 
-/// Generates a key, writes it as PEM (mode 0640, refusing to overwrite) and
+/// Generates a key, writes it as PEM (mode 0600, refusing to overwrite) and
 /// returns the DNS record to publish.
 pub fn keygen(
     domain: &str,
@@ -313,7 +313,7 @@ pub fn keygen(
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o640);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(out).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => format!(
             "{} already exists; refusing to overwrite a key (remove it or choose --out)",
@@ -321,11 +321,11 @@ pub fn keygen(
         ),
         _ => format!("cannot create {}: {e}", out.display()),
     })?;
-    // Readable by the service's group (see `give_to_group`), whatever the
-    // umask: the daemon runs as its own user, not as whoever made the key.
+    // Owner only, whatever the umask; `give_to_group` opens it to the
+    // service's group once the file is that group's.
     let mode = {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::Permissions::from_mode(0o640)
+        std::fs::Permissions::from_mode(0o600)
     };
     f.set_permissions(mode)
         .and_then(|()| f.write_all(pem.as_bytes()))
@@ -340,15 +340,19 @@ pub fn keygen(
     })
 }
 
-/// Gives the key file at `path` to group `gid` (owner unchanged), so the
-/// service's user reads it through its group.
-pub fn give_to_group(path: &Path, gid: u32) -> Result<(), String> {
-    std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
-        format!(
-            "cannot give {} to group {gid}: {e} (run as root, or as a member of that group)",
-            path.display()
-        )
-    })
+/// Gives the file at `path` to group `gid` (owner unchanged), then opens it
+/// to the group with `mode` (in that order: never readable by a group it
+/// was not meant for), so the service's user reads it through its group.
+pub fn give_to_group(path: &Path, gid: u32, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::os::unix::fs::chown(path, None, Some(gid))
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+        .map_err(|e| {
+            format!(
+                "cannot give {} to group {gid}: {e} (run as root, or as a member of that group)",
+                path.display()
+            )
+        })
 }
 
 /// The record split into quoted strings of at most 255 characters, as a
@@ -550,7 +554,7 @@ mod tests {
             {
                 use std::os::unix::fs::PermissionsExt;
                 let mode = std::fs::metadata(&path).map_err(|e| e.to_string())?;
-                assert_eq!(mode.permissions().mode() & 0o777, 0o640);
+                assert_eq!(mode.permissions().mode() & 0o777, 0o600);
             }
         }
         Ok(())

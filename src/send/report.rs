@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::model::{Counter, SendKind, SendRef, unslot};
-use crate::store::{LinkCounts, ReadView, SendCounts, StoreError};
+use crate::store::{LinkCounts, ReadView, SendCounts, SendMoney, StoreError};
 
 /// Columns of the CSV summary, in order (also the keys of `totals`).
 pub const COLUMNS: &[&str] = &[
@@ -233,6 +233,70 @@ const HOURLY: [&str; 13] = [
     "revenue",
 ];
 
+/// A send's attributed orders by currency, of one slot or all: currency →
+/// (orders, hundredths); lines that came back to nothing (refunded) are
+/// left out.
+pub fn by_currency(money: &SendMoney, slot: Option<u32>) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for ((s, cur), (orders, cents)) in money {
+        if slot.is_none_or(|want| want == *s) && (*orders > 0 || *cents > 0) {
+            let e = out.entry(cur.clone()).or_default();
+            e.0 += orders;
+            e.1 += cents;
+        }
+    }
+    out
+}
+
+/// `{"PLN": {"orders": 3, "revenue": 120.5}, …}`.
+pub fn money_view(lines: &BTreeMap<String, (u64, u64)>) -> Value {
+    lines
+        .iter()
+        .map(|(cur, (orders, cents))| {
+            (
+                cur.clone(),
+                json!({"orders": orders, "revenue": money(*cents as f64)}),
+            )
+        })
+        .collect::<Map<String, Value>>()
+        .into()
+}
+
+/// The currency a report states: its orders' one currency, else (no orders)
+/// what the caller says (the sites' common currency), else none. With
+/// several, none: `revenue_by_currency` has a line for each.
+pub fn money_currency(lines: &BTreeMap<String, (u64, u64)>, fallback: Option<&str>) -> Value {
+    match lines.len() {
+        0 => fallback.map_or(Value::Null, |c| c.into()),
+        1 => lines
+            .keys()
+            .next()
+            .cloned()
+            .map_or(Value::Null, Value::from),
+        _ => Value::Null,
+    }
+}
+
+/// Herald never adds amounts in different currencies: with several, the
+/// single-currency money figures of every row under `keys` are null (the
+/// `revenue_by_currency` lines stand).
+pub fn no_mixed_sums(report: &mut Value, keys: &[&str]) {
+    let blank = |row: &mut Value| {
+        for k in ["revenue", "revenue_per_recipient", "roi"] {
+            if let Some(v) = row.get_mut(k) {
+                *v = Value::Null;
+            }
+        }
+    };
+    for key in keys {
+        match report.get_mut(*key) {
+            Some(Value::Array(rows)) => rows.iter_mut().for_each(blank),
+            Some(row @ Value::Object(_)) => blank(row),
+            _ => {}
+        }
+    }
+}
+
 /// A send's hourly series: one row per hour with a value, every figure in
 /// it (zero when nothing happened). An hour's figures move with what is
 /// taken back (a refunded order, a late bounce) as the totals do.
@@ -301,9 +365,10 @@ pub fn send(
     kind: SendKind,
     id: u64,
     name: &str,
-    currency: &str,
+    currency: Option<&str>,
 ) -> Result<Value, StoreError> {
     let counts = r.send_counts(kind, id)?;
+    let money = r.send_money(kind, id)?;
     let mut slots: Vec<u32> = counts.keys().map(|(s, _)| *s).collect();
     slots.dedup();
     let rows: Vec<Value> = slots
@@ -320,27 +385,38 @@ pub fn send(
             }
             let get = |k: Counter| counts.get(&(s, k as u8)).copied().unwrap_or(0);
             row.extend(figures(get, get(Counter::Sent), None, None));
+            row.insert(
+                "revenue_by_currency".into(),
+                money_view(&by_currency(&money, Some(s))),
+            );
             Value::Object(row)
         })
         .collect();
-    let totals = figures(
+    let mut totals = figures(
         |k| total(&counts, k),
         total(&counts, Counter::Sent),
         None,
         None,
     );
+    let all = by_currency(&money, None);
+    totals.insert("revenue_by_currency".into(), money_view(&all));
     let rows_key = if kind == SendKind::Transactional {
         "days"
     } else {
         "slots"
     };
-    Ok(json!({
-        "send": {"kind": kind.name(), "id": id, "name": name, "currency": currency},
+    let mut report = json!({
+        "send": {"kind": kind.name(), "id": id, "name": name,
+                 "currency": money_currency(&all, currency), "currencies": all.keys().collect::<Vec<_>>()},
         "totals": totals,
         rows_key: rows,
         "links": links(r, kind, id, |s| slot_label(kind, s))?,
         "hourly": hourly(r, kind, id)?,
-    }))
+    });
+    if all.len() > 1 {
+        no_mixed_sums(&mut report, &["totals", rows_key, "links", "hourly"]);
+    }
+    Ok(report)
 }
 
 fn csv_cell(v: &Value) -> String {

@@ -213,6 +213,29 @@ impl ReadView {
         Ok(out)
     }
 
+    /// The contacts whose address is on the suppression list for a reason
+    /// that stops mail (an erasure's entry names nobody): read once when a
+    /// campaign's audience is resolved, O(suppressions).
+    pub fn suppressed_contacts(&self) -> Result<std::collections::HashSet<u64>, StoreError> {
+        use crate::contacts::model::SuppressionSource;
+        use crate::store::ReadTables as _;
+        let mut out = std::collections::HashSet::new();
+        for r in self.tables().suppressions()?.iter()? {
+            let (_, v) = r?;
+            let s: Suppression = from_json("suppressions", v.value())?;
+            if s.source == SuppressionSource::Erasure {
+                continue;
+            }
+            if let Some(a) = s.address
+                && let Ok(e) = crate::contacts::normalize_email(&a)
+                && let Some(id) = self.contact_id_by_email(&e.key)?
+            {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// How many addresses are suppressed.
     pub fn suppression_count(&self) -> Result<u64, StoreError> {
         Ok(self.tables().suppressions()?.len()?)

@@ -9,6 +9,15 @@
 //!   kind), and queue records name their send (`"send": {"kind":
 //!   "campaign", "id", "slot"}`) instead of a campaign (`"campaign": {"id",
 //!   "slot"}`).
+//! - v2 → v3: `send_money_v1`, attributed orders by currency, is filled from
+//!   the attributed orders still stored (`order_attribution_v1` ⋈
+//!   `orders_v1`); what the counters hold beyond them (orders of contacts
+//!   erased before the upgrade, whose records are gone) goes to the slot's
+//!   one currency, or under `XXX` (ISO 4217's "no currency") when the slot
+//!   has none or several, so the lines add up to the totals. The hourly
+//!   series of old orders stays as the old code wrote it (changes at the
+//!   hour of the change): a refund of an order counted before the upgrade
+//!   can leave its hour short (saturating at 0).
 
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
@@ -70,6 +79,95 @@ pub fn run(txn: &WriteTransaction, from: u64) -> Result<(), StoreError> {
     if from < 2 {
         v1_to_v2(txn)?;
     }
+    if from < 3 {
+        v2_to_v3(txn)?;
+    }
+    Ok(())
+}
+
+/// (send kind, send id, slot, currency) → (orders, hundredths).
+type Money = std::collections::BTreeMap<(u8, u64, u32, String), (u64, u64)>;
+
+fn v2_to_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
+    use crate::send::model::Counter;
+    let mut p = Progress::new(
+        "v2 to v3: attributed orders by currency",
+        rows(txn, ORDER_ATTRIBUTION)?,
+    );
+    let mut sums = Money::new();
+    {
+        let attributed = txn.open_table(ORDER_ATTRIBUTION)?;
+        let orders = txn.open_table(ORDERS)?;
+        for r in attributed.iter()? {
+            let (k, v) = r?;
+            let (kind, id, slot, _, _) = v.value();
+            // Only sends that count (the live code counts no test or preview).
+            let counted = SendKind::from_code(kind).is_some_and(|k| {
+                crate::send::model::SendRef {
+                    kind: k,
+                    id,
+                    variant: slot,
+                }
+                .counted()
+            });
+            if !counted {
+                p.row();
+                continue;
+            }
+            if let Some(b) = orders.get(k.value())? {
+                let o: crate::shop::model::Order =
+                    postcard::from_bytes(b.value()).map_err(|e| StoreError::Corrupt {
+                        table: "orders",
+                        message: e.to_string(),
+                    })?;
+                if o.counted() {
+                    let e = sums
+                        .entry((kind, id, slot, o.currency.clone()))
+                        .or_default();
+                    e.0 += 1;
+                    e.1 += o.total.max(0) as u64;
+                }
+            }
+            p.row();
+        }
+    }
+    // The counters' orders and revenue per slot beyond the stored orders.
+    let mut counted: std::collections::BTreeMap<(u8, u64, u32), (u64, u64)> = Default::default();
+    for r in txn.open_table(SEND_COUNTS)?.iter()? {
+        let (k, v) = r?;
+        let (kind, id, slot, c) = k.value();
+        let e = counted.entry((kind, id, slot)).or_default();
+        if c == Counter::Orders as u8 {
+            e.0 = v.value();
+        } else if c == Counter::Revenue as u8 {
+            e.1 = v.value();
+        }
+    }
+    for ((kind, id, slot), (orders, cents)) in counted {
+        let known: Vec<(String, (u64, u64))> = sums
+            .range((kind, id, slot, String::new())..=(kind, id, slot, "\u{7f}".to_string()))
+            .map(|((_, _, _, cur), v)| (cur.clone(), *v))
+            .collect();
+        let (known_o, known_c) = known
+            .iter()
+            .fold((0, 0), |(o, c), (_, v)| (o + v.0, c + v.1));
+        if orders > known_o || cents > known_c {
+            // The slot's one currency when it has one (its other orders'),
+            // else ISO 4217's "no currency".
+            let cur = match known.as_slice() {
+                [(cur, _)] => cur.clone(),
+                _ => "XXX".to_string(),
+            };
+            let e = sums.entry((kind, id, slot, cur)).or_default();
+            e.0 += orders.saturating_sub(known_o);
+            e.1 += cents.saturating_sub(known_c);
+        }
+    }
+    let mut money = txn.open_table(SEND_MONEY)?;
+    for ((kind, id, slot, cur), v) in sums {
+        money.insert((kind, id, slot, cur.as_str()), v)?;
+    }
+    tracing::info!(rows = p.done, "migrated the store to schema 3");
     Ok(())
 }
 

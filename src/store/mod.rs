@@ -52,7 +52,7 @@ pub use contacts::{ContactIndex, suppression_key};
 pub use inbound::SoftStreak;
 pub use queue::{DueEntry, QueueSummary};
 pub use read::ReadTables;
-pub use send::{LinkCounts, SendCounts, hour_of};
+pub use send::{LinkCounts, SendCounts, SendMoney, hour_of};
 pub use track::HistoryEvent;
 
 use std::path::{Path, PathBuf};
@@ -1398,6 +1398,8 @@ pub struct WriteTables<'t> {
     count_deltas: std::collections::HashMap<(u8, u64, u32, u8), i64>,
     hourly_deltas: std::collections::HashMap<(u8, u64, u32, u8), i64>,
     link_deltas: std::collections::HashMap<(u8, u64, u32, u32, u8), i64>,
+    /// Pending (orders, hundredths) of attributed orders by currency.
+    money_deltas: std::collections::HashMap<(u8, u64, u32, String), (i64, i64)>,
     /// Pending additions to automation step counters, written by `flush`
     /// (an import of old orders counts thousands of `missed` per batch).
     step_deltas: std::collections::HashMap<(u64, u32, String), u64>,
@@ -1426,6 +1428,7 @@ impl<'t> WriteTables<'t> {
             count_deltas: Default::default(),
             hourly_deltas: Default::default(),
             link_deltas: Default::default(),
+            money_deltas: Default::default(),
             step_deltas: Default::default(),
             links_written: Vec::new(),
         })
@@ -1487,6 +1490,17 @@ impl<'t> WriteTables<'t> {
         for (k, d) in std::mem::take(&mut self.link_deltas) {
             let now = t.send_links.get(k)?.map(|v| v.value()).unwrap_or(0);
             t.send_links.insert(k, now.saturating_add_signed(d))?;
+        }
+        for ((kind, id, slot, cur), (orders, cents)) in std::mem::take(&mut self.money_deltas) {
+            let k = (kind, id, slot, cur.as_str());
+            let (o, c) = t.send_money.get(k)?.map(|v| v.value()).unwrap_or((0, 0));
+            t.send_money.insert(
+                k,
+                (
+                    o.saturating_add_signed(orders),
+                    c.saturating_add_signed(cents),
+                ),
+            )?;
         }
         for (id, delta) in std::mem::take(&mut self.list_deltas) {
             if let Some(mut l) = get_json::<u64, List>(&t.lists, "lists", id)? {

@@ -23,6 +23,10 @@ pub fn hour_of(ms: i64) -> u32 {
 /// Counters of one send: (slot, counter code) → count.
 pub type SendCounts = BTreeMap<(u32, u8), u64>;
 
+/// A send's attributed orders by currency: (slot, currency) → (orders,
+/// revenue in hundredths).
+pub type SendMoney = BTreeMap<(u32, String), (u64, u64)>;
+
 /// Counters of one link of a send's message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LinkCounts {
@@ -109,6 +113,24 @@ impl WriteTables<'_> {
             .hourly_deltas
             .entry((s.kind.code(), s.id, hour_of(at), counter as u8))
             .or_insert(0) += delta;
+        Ok(())
+    }
+
+    /// Adds `orders` and `cents` (either sign) of attributed orders in
+    /// `currency` to a send's slot.
+    pub fn bump_money(
+        &mut self,
+        s: SendRef,
+        currency: &str,
+        orders: i64,
+        cents: i64,
+    ) -> Result<(), StoreError> {
+        let e = self
+            .money_deltas
+            .entry((s.kind.code(), s.id, s.variant, currency.to_string()))
+            .or_insert((0, 0));
+        e.0 += orders;
+        e.1 += cents;
         Ok(())
     }
 
@@ -226,6 +248,23 @@ impl ReadView {
             let (key, v) = r?;
             let (_, _, slot, c) = key.value();
             out.insert((slot, c), v.value());
+        }
+        Ok(out)
+    }
+
+    /// A send's attributed orders by currency: (slot, currency) → (orders,
+    /// revenue in hundredths).
+    pub fn send_money(&self, kind: SendKind, id: u64) -> Result<SendMoney, StoreError> {
+        let k = kind.code();
+        let mut out = BTreeMap::new();
+        for r in self
+            .tables
+            .send_money()?
+            .range((k, id, 0u32, "")..=(k, id, u32::MAX, "\u{7f}"))?
+        {
+            let (key, v) = r?;
+            let (_, _, slot, cur) = key.value();
+            out.insert((slot, cur.to_string()), v.value());
         }
         Ok(out)
     }

@@ -28,7 +28,7 @@ use redb::{
 };
 
 /// The schema this binary writes. Bump it together with a migration.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// The oldest schema this binary can upgrade from.
 pub const OLDEST_UPGRADABLE: u64 = 1;
@@ -280,6 +280,13 @@ tables! {
     /// (send kind, send id, slot, link number, counter code) → count: clicks,
     /// unique clickers, machine clicks, orders and revenue per link.
     SEND_LINKS, send_links: (u8, u64, u32, u32, u8) => u64 = "send_links_v1";
+
+    /// (send kind, send id, slot, currency) → (orders, revenue in
+    /// hundredths): attributed orders in the currency the shop sent them in
+    /// (`Orders` and `Revenue` of `send_counts_v1` are their sums over
+    /// currencies). Schema 3 (filled from the stored orders by the
+    /// migration).
+    SEND_MONEY, send_money: (u8, u64, u32, &'static str) => (u64, u64) = "send_money_v1";
 
     /// (send kind, send id, slot, link number, contact id): who clicked a link
     /// (by hand), for unique clicks per link.

@@ -448,31 +448,42 @@ impl AttributionRules {
 }
 
 /// What one version of an attributed order adds to its send's figures: one
-/// order and its total in the hour it was placed; nothing when it does not
-/// count (cancelled, refunded, failed).
-fn contribution(o: &crate::shop::model::Order) -> Option<(i64, i64)> {
-    o.counted().then(|| (o.total.max(0), o.placed_at))
+/// order and its total, in its currency, in the hour it was placed; nothing
+/// when it does not count (cancelled, refunded, failed).
+#[derive(Debug, PartialEq, Eq)]
+struct Contribution<'a> {
+    cents: i64,
+    currency: &'a str,
+    placed_at: i64,
 }
 
-/// Adds (`sign` 1) or takes back (`sign` -1) a version's contribution
-/// (`cents` placed at `at`): the send's slot, link and hour. Taken back at
-/// the hour it was added at, every series moves as the totals do.
+fn contribution(o: &crate::shop::model::Order) -> Option<Contribution<'_>> {
+    o.counted().then(|| Contribution {
+        cents: o.total.max(0),
+        currency: &o.currency,
+        placed_at: o.placed_at,
+    })
+}
+
+/// Adds (`sign` 1) or takes back (`sign` -1) a version's contribution: the
+/// send's slot (also by currency), link and hour. Taken back at the hour and
+/// in the currency it was added with, every series moves as the totals do.
 fn count_order(
     t: &mut WriteTables<'_>,
     a: &Attributed,
-    (cents, at): (i64, i64),
+    c: &Contribution<'_>,
     sign: i64,
 ) -> Result<(), StoreError> {
     let Some(s) = a.send().filter(SendRef::counted) else {
         return Ok(());
     };
-    t.bump_send_at(s, Counter::Orders, sign, at)?;
+    t.bump_send_at(s, Counter::Orders, sign, c.placed_at)?;
     t.bump_link(s, a.link, Counter::Orders, sign)?;
-    if cents != 0 {
-        t.bump_send_at(s, Counter::Revenue, sign * cents, at)?;
-        t.bump_link(s, a.link, Counter::Revenue, sign * cents)?;
+    if c.cents != 0 {
+        t.bump_send_at(s, Counter::Revenue, sign * c.cents, c.placed_at)?;
+        t.bump_link(s, a.link, Counter::Revenue, sign * c.cents)?;
     }
-    Ok(())
+    t.bump_money(s, c.currency, sign, sign * c.cents)
 }
 
 /// Decides which click brought a new order: the click token the shop
@@ -516,7 +527,7 @@ pub fn attribute_order(
         t.put_order_attribution(&order.order_id, a)?;
         // Found only for an order that counts.
         if let Some(c) = contribution(order) {
-            count_order(t, a, c, 1)?;
+            count_order(t, a, &c, 1)?;
         }
         if let Ok(mut g) = rules.attributed.lock() {
             g.push((a.by, order.total.max(0)));
@@ -553,9 +564,9 @@ pub fn attribute_order(
 
 /// Keeps an attributed order's counts true when the shop updates it: the
 /// stored version's contribution is taken back where it was counted (the
-/// hour it was placed) and the new version's added where it belongs. A
-/// cancellation or refund takes it out, a reinstatement puts it back, a
-/// changed total or placing time moves it; totals, variants, links and
+/// hour it was placed, its currency) and the new version's added where it
+/// belongs. A cancellation or refund takes it out, a reinstatement puts it
+/// back, a changed total, currency or placing time moves it; totals, variants, links and
 /// hours move together.
 pub fn reattribute_order(
     t: &mut WriteTables<'_>,
@@ -569,10 +580,10 @@ pub fn reattribute_order(
     if was == now {
         return Ok(());
     }
-    if let Some(c) = was {
+    if let Some(c) = &was {
         count_order(t, &a, c, -1)?;
     }
-    if let Some(c) = now {
+    if let Some(c) = &now {
         count_order(t, &a, c, 1)?;
     }
     Ok(())

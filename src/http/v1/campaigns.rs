@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::super::AppState;
 use super::super::reply::{self, ApiError, Body};
-use crate::campaign::model::{Campaign, Counter, Spec, Status, WINNER, slot};
+use crate::campaign::model::{Campaign, Counter, LeftOut, Spec, Status, WINNER, slot};
 use crate::campaign::runner::total;
 use crate::campaign::{self, CampaignError};
 use crate::store::SendCounts as CampaignCounts;
@@ -65,6 +65,7 @@ pub fn view(c: &Campaign, counts: &CampaignCounts, now: i64) -> Value {
     let finals = total(counts, Counter::Delivered) + total(counts, Counter::Failed);
     let mut progress = counts_json(counts, None);
     progress.insert("audience".into(), c.run.audience.into());
+    progress.insert("left_out".into(), LeftOut::view(c.run.left_out.as_ref()));
     progress.insert("queued".into(), queued.into());
     progress.insert("skipped".into(), skipped.into());
     progress.insert("render_failed".into(), render_failed.into());

@@ -45,13 +45,14 @@ fn format_of(pairs: &[(String, String)]) -> Result<bool, ApiError> {
     }
 }
 
-fn currency(state: &AppState) -> String {
-    state
-        .config()
-        .sites
-        .first()
-        .and_then(|s| s.currency.clone())
-        .unwrap_or_default()
+/// The currency a report names when it has no orders to go by: the one
+/// every site names, if they agree (never a default).
+fn currency(state: &AppState) -> Option<String> {
+    let config = state.config();
+    let mut all = config.sites.iter().map(|s| s.currency.clone());
+    let first = all.next().flatten()?;
+    all.all(|c| c.as_deref() == Some(first.as_str()))
+        .then_some(first)
 }
 
 /// `GET /api/v1/reports/campaigns/{id}[?format=csv[&part=summary|links|hourly]]`.
@@ -77,7 +78,7 @@ pub async fn campaign(
     let rep = state
         .store
         .read(move |r| match r.campaign(id)? {
-            Some(c) => Ok(Some(report::campaign(r, &c, &cur)?)),
+            Some(c) => Ok(Some(report::campaign(r, &c, cur.as_deref())?)),
             None => Ok(None),
         })
         .await?
@@ -136,8 +137,41 @@ pub async fn campaign(
                 rows.push(r);
             }
             rows.extend(rows_of("variants"));
+            // A pair of columns per currency of the orders; `currency` names
+            // the one `revenue` is in (empty with several: no sum).
+            let currencies: Vec<String> = rep["campaign"]["currencies"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut extra = vec!["currency".to_string()];
+            for cur in &currencies {
+                extra.push(format!("orders_{cur}"));
+                extra.push(format!("revenue_{cur}"));
+            }
+            for r in &mut rows {
+                r.insert("currency".into(), rep["campaign"]["currency"].clone());
+                for cur in &currencies {
+                    let line = &r.get("revenue_by_currency").cloned().unwrap_or_default()[cur];
+                    let orders = line["orders"].as_u64().unwrap_or(0);
+                    let revenue = line["revenue"].clone();
+                    r.insert(format!("orders_{cur}"), orders.into());
+                    r.insert(
+                        format!("revenue_{cur}"),
+                        if revenue.is_null() {
+                            0.0.into()
+                        } else {
+                            revenue
+                        },
+                    );
+                }
+            }
             let mut head = vec!["label", "stage", "variant"];
             head.extend_from_slice(report::COLUMNS);
+            head.extend(extra.iter().map(String::as_str));
             report::csv(&head, &rows.iter().collect::<Vec<_>>())
         }
     };
@@ -222,7 +256,7 @@ pub async fn send(
             if !known {
                 return Ok(None);
             }
-            crate::send::report::send(r, k, num, &name, &cur).map(Some)
+            crate::send::report::send(r, k, num, &name, cur.as_deref()).map(Some)
         })
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no {} send `{id}`", k.name())))?;

@@ -58,5 +58,28 @@ async fn frame(ctx: &Ctx<'_>, id: &str) -> Result<Response<Body>, ApiError> {
         .unwrap_or_else(|| {
             "<!doctype html><meta charset=\"utf-8\"><p>This message has no HTML part.</p>".into()
         });
-    Ok(preview_frame(StatusCode::OK, html))
+    Ok(preview_frame(
+        StatusCode::OK,
+        untracked(&html, &ctx.state.config.get().http.public_base()),
+    ))
+}
+
+/// `html` with its open pixel and tracked links made inert: looking at a
+/// captured message in the admin UI must not count as the recipient
+/// opening or clicking it (the links are listed beside the frame).
+fn untracked(html: &str, public: &str) -> String {
+    html.replace(&format!("{public}/o/"), "data:,")
+        .replace(&format!("href=\"{public}/c/"), "href=\"#tracked-")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pixel_and_tracked_links_are_inert() {
+        let html = r#"<a href="http://h/c/abc">x</a><a href="https://shop/p">y</a><img src="http://h/o/tok">"#;
+        assert_eq!(
+            super::untracked(html, "http://h"),
+            r##"<a href="#tracked-abc">x</a><a href="https://shop/p">y</a><img src="data:,tok">"##
+        );
+    }
 }
