@@ -583,6 +583,14 @@ fn opens_clicks_unsubscribes_orders_and_the_report() {
         "{r}"
     );
     assert_eq!(r["totals"]["orders"], 3, "{r}");
+    // The comparison across campaigns says the same.
+    let list = h.get("/api/v1/reports/campaigns").body;
+    let row = &list["campaigns"][0];
+    assert!(
+        row["revenue"].is_null() && row["currency"].is_null(),
+        "{row}"
+    );
+    assert_eq!(row["revenue_by_currency"]["PLN"]["revenue"], 99.0, "{row}");
     let csv = h.get(&format!("/api/v1/reports/campaigns/{id}?format=csv"));
     let csv = csv.body.as_str().unwrap().to_string();
     let mut lines = csv.lines();

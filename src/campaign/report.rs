@@ -48,8 +48,9 @@ fn label(c: &Campaign, s: u32) -> String {
     }
 }
 
-/// A campaign's totals with rates and money (the comparison row).
-pub fn summary(c: &Campaign, counts: &SendCounts) -> Value {
+/// A campaign's totals with rates and money (the comparison row); money as
+/// in the full report: one line per currency, no sums across currencies.
+pub fn summary(c: &Campaign, counts: &SendCounts, money: &crate::store::SendMoney) -> Value {
     let mut row = Map::new();
     row.insert("id".into(), c.id.into());
     row.insert("name".into(), c.spec.name.clone().into());
@@ -61,7 +62,16 @@ pub fn summary(c: &Campaign, counts: &SendCounts) -> Value {
         c.spec.cost_per_message,
         c.spec.budget,
     ));
-    Value::Object(row)
+    let lines = by_currency(money, None);
+    row.insert("currency".into(), money_currency(&lines, None));
+    row.insert("revenue_by_currency".into(), money_view(&lines));
+    let mut row = Value::Object(row);
+    if lines.len() > 1 {
+        for k in ["revenue", "revenue_per_recipient", "roi"] {
+            row[k] = Value::Null;
+        }
+    }
+    row
 }
 
 /// The full report of one campaign.

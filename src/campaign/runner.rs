@@ -403,11 +403,16 @@ impl Campaigns {
                     .await?;
                 }
                 Some(t) if t <= now && ab.auto => {
-                    let counts = self
+                    let (counts, money) = self
                         .store
-                        .read(move |r| r.send_counts(SendKind::Campaign, id))
+                        .read(move |r| {
+                            Ok((
+                                r.send_counts(SendKind::Campaign, id)?,
+                                r.send_money(SendKind::Campaign, id)?,
+                            ))
+                        })
                         .await?;
-                    let (winner, reason) = pick_winner(c, ab.metric, &counts);
+                    let (winner, reason) = pick_winner(c, ab.metric, &counts, &money);
                     super::change(self, id, move |c, _| {
                         if c.run.winner.is_none() {
                             c.run.winner = Some(winner);
@@ -1348,8 +1353,37 @@ fn coupons_for(
 
 /// The A/B winner by the metric (rate per message queued; ties go to the
 /// earlier variant), with the figures that decided it.
-fn pick_winner(c: &Campaign, metric: Metric, counts: &crate::store::SendCounts) -> (u32, String) {
+fn pick_winner(
+    c: &Campaign,
+    metric: Metric,
+    counts: &crate::store::SendCounts,
+    money: &crate::store::SendMoney,
+) -> (u32, String) {
     let names = c.spec.variant_names();
+    // Revenue is compared in one currency: the one most of the test's
+    // orders were placed in (amounts in different currencies never add up).
+    let test_slots: Vec<u32> = c
+        .run
+        .parts
+        .iter()
+        .filter(|p| p.stage == 0 && p.variant != WINNER)
+        .map(|p| model::slot(0, p.variant))
+        .collect();
+    let mut by_cur: std::collections::BTreeMap<&str, u64> = Default::default();
+    for ((s, cur), (orders, _)) in money {
+        if test_slots.contains(s) {
+            *by_cur.entry(cur.as_str()).or_default() += orders;
+        }
+    }
+    let currency = (by_cur.len() > 1)
+        .then(|| by_cur.iter().max_by_key(|(_, n)| **n).map(|(c, _)| *c))
+        .flatten();
+    let revenue_of = |slot: u32| match currency {
+        Some(cur) => money
+            .get(&(slot, cur.to_string()))
+            .map_or(0, |(_, cents)| *cents),
+        None => count(counts, slot, Counter::Revenue),
+    };
     let counter = match metric {
         Metric::Opens => Counter::UniqueOpens,
         Metric::Clicks => Counter::UniqueClicks,
@@ -1363,7 +1397,10 @@ fn pick_winner(c: &Campaign, metric: Metric, counts: &crate::store::SendCounts) 
         .iter()
         .filter(|p| p.stage == 0 && p.variant != WINNER)
     {
-        let v = count(counts, model::slot(0, p.variant), counter);
+        let v = match metric {
+            Metric::Revenue => revenue_of(model::slot(0, p.variant)),
+            _ => count(counts, model::slot(0, p.variant), counter),
+        };
         let rate = if p.queued == 0 {
             0.0
         } else {
@@ -1383,10 +1420,55 @@ fn pick_winner(c: &Campaign, metric: Metric, counts: &crate::store::SendCounts) 
             best = (p.variant, rate);
         }
     }
-    let m = match metric {
-        Metric::Opens => "unique opens",
-        Metric::Clicks => "unique clicks",
-        Metric::Revenue => "revenue",
+    let m = match (metric, currency) {
+        (Metric::Opens, _) => "unique opens".to_string(),
+        (Metric::Clicks, _) => "unique clicks".to_string(),
+        (Metric::Revenue, None) => "revenue".to_string(),
+        (Metric::Revenue, Some(cur)) => {
+            format!("revenue in {cur} (the currency of most test orders; the others left out)")
+        }
     };
     (best.0, format!("{m}: {}", parts.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A running A/B campaign of two variants, 10 test messages each.
+    fn ab() -> Result<Campaign, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "created": 0, "updated": 0, "status": "running",
+            "spec": {"name": "N", "template": "t", "ab": {"metric": "revenue", "test_share": 20.0, "window": "1h",
+                     "variants": [{"subject": "a"}, {"subject": "b"}]}},
+            "run": {"parts": [
+                {"stage": 0, "variant": 0, "size": 10, "cursor": 10, "queued": 10, "skipped": 0, "failed": 0},
+                {"stage": 0, "variant": 1, "size": 10, "cursor": 10, "queued": 10, "skipped": 0, "failed": 0}
+            ]}
+        }))
+    }
+
+    #[test]
+    fn revenue_is_compared_in_the_currency_of_most_test_orders() -> Result<(), serde_json::Error> {
+        let c = ab()?;
+        let (a, b) = (model::slot(0, 0), model::slot(0, 1));
+        let mut counts = crate::store::SendCounts::new();
+        // Summed across currencies, A would win: 100 EUR + 50 PLN > 120 PLN.
+        counts.insert((a, Counter::Revenue as u8), 15_000);
+        counts.insert((b, Counter::Revenue as u8), 12_000);
+        let mut money = crate::store::SendMoney::new();
+        money.insert((a, "EUR".into()), (1, 10_000));
+        money.insert((a, "PLN".into()), (1, 5_000));
+        money.insert((b, "PLN".into()), (2, 12_000));
+        let (winner, reason) = pick_winner(&c, Metric::Revenue, &counts, &money);
+        assert_eq!(winner, 1, "{reason}");
+        assert!(reason.starts_with("revenue in PLN"), "{reason}");
+        // One currency: as before.
+        money.remove(&(a, "EUR".into()));
+        counts.insert((a, Counter::Revenue as u8), 5_000);
+        let (winner, reason) = pick_winner(&c, Metric::Revenue, &counts, &money);
+        assert_eq!(winner, 1, "{reason}");
+        assert!(reason.starts_with("revenue: "), "{reason}");
+        Ok(())
+    }
 }

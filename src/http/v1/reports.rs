@@ -332,7 +332,8 @@ pub async fn campaigns(
                     continue;
                 }
                 let counts = r.send_counts(SendKind::Campaign, c.id)?;
-                out.push(report::summary(&c, &counts));
+                let money = r.send_money(SendKind::Campaign, c.id)?;
+                out.push(report::summary(&c, &counts, &money));
             }
             Ok(out)
         })
