@@ -294,28 +294,69 @@ mod tests {
         input: &[u8],
         d: Option<u8>,
         e: Option<&'static Encoding>,
-    ) -> (String, u8, &'static str) {
-        let mut p = prepare(input, d, e).expect("prepare");
+    ) -> std::io::Result<(String, u8, &'static str)> {
+        let mut p = prepare(input, d, e)?;
         let mut out = String::new();
-        p.reader.read_to_string(&mut out).expect("UTF-8 out");
-        (out, p.delimiter, p.encoding.get().name())
+        p.reader.read_to_string(&mut out)?;
+        Ok((out, p.delimiter, p.encoding.get().name()))
     }
 
     #[test]
-    fn excel_files_of_poland_and_of_germany() {
+    fn excel_files_of_poland_and_of_germany() -> std::io::Result<()> {
         // "email;imię\nanna@example.pl;Łucja" in Windows-1250.
-        let mut pl = b"email;imi\xea\r\nanna@example.pl;\xa3ucja\r\n".to_vec();
-        let (text, d, enc) = read_all(&pl, None, None);
+        let pl = b"email;imi\xea\r\nanna@example.pl;\xa3ucja\r\n";
+        let (text, d, enc) = read_all(pl, None, None)?;
         assert_eq!((d, enc), (b';', "windows-1250"));
         assert_eq!(text, "email;imię\r\nanna@example.pl;Łucja\r\n");
-        pl.clear();
         let (text, d, enc) = read_all(
             b"\xef\xbb\xbf\"email\"\t\"name\"\nx@y.de\tJ\xc3\xbcrgen\n",
             None,
             None,
-        );
+        )?;
         assert_eq!((d, enc), (b'\t', "UTF-8"));
         assert_eq!(text, "\"email\"\t\"name\"\nx@y.de\tJürgen\n");
+        Ok(())
+    }
+
+    /// Hands out one chunk per read, as an upload arrives, and counts the
+    /// reads.
+    struct Chunks(Vec<&'static [u8]>, std::rc::Rc<Cell<usize>>);
+
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1.set(self.1.get() + 1);
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let c = self.0.remove(0);
+            let n = c.len().min(buf.len());
+            buf[..n].copy_from_slice(&c[..n]);
+            if n < c.len() {
+                self.0.insert(0, &c[n..]);
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_ascii_header_waits_for_nothing_and_a_later_chunk_decides() -> std::io::Result<()> {
+        let reads = std::rc::Rc::new(Cell::new(0));
+        let chunks = Chunks(
+            vec![
+                b"email,name\nann@x.pl,Ann\n",
+                b"lucja@x.pl,\xa3ucja \xbf\xf3\xb3w\n",
+            ],
+            reads.clone(),
+        );
+        let mut p = prepare(chunks, None, None)?;
+        // Only the header's chunk was read: a slow upload is not waited for.
+        assert_eq!(reads.get(), 1);
+        assert_eq!(p.encoding.get(), encoding_rs::UTF_8);
+        let mut out = String::new();
+        p.reader.read_to_string(&mut out)?;
+        assert_eq!(out, "email,name\nann@x.pl,Ann\nlucja@x.pl,Łucja żółw\n");
+        assert_eq!(p.encoding.get(), encoding_rs::WINDOWS_1250);
+        Ok(())
     }
 
     #[test]
@@ -346,13 +387,14 @@ mod tests {
     }
 
     #[test]
-    fn named_encoding_and_delimiter_win() {
+    fn named_encoding_and_delimiter_win() -> std::io::Result<()> {
         let (text, d, enc) = read_all(
             b"email|n\nx@y.pl|\xb1\n",
             Some(b'|'),
             parse_encoding("latin2"),
-        );
+        )?;
         assert_eq!((d, enc), (b'|', "ISO-8859-2"));
         assert_eq!(text, "email|n\nx@y.pl|ą\n");
+        Ok(())
     }
 }
