@@ -400,11 +400,7 @@ fn dkim_keygen(config: &std::path::Path, a: KeygenArgs) -> ExitCode {
         KeyAlgorithm::Rsa => dkim::Algorithm::Rsa,
         KeyAlgorithm::Ed25519 => dkim::Algorithm::Ed25519,
     };
-    let base = config
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base = herald::config::base_dir(config);
     let out = a.out.clone().unwrap_or_else(|| {
         base.join("dkim")
             .join(format!("{}.{}.{}.pem", a.selector, a.domain, alg.as_str()))
@@ -429,7 +425,15 @@ fn dkim_keygen(config: &std::path::Path, a: KeygenArgs) -> ExitCode {
         },
         None => None,
     };
-    let gid = match keygen_group(&base, a.group.as_deref()) {
+    // The group a new key is given to: `--group`, else the config folder's.
+    let gid = match a.group.as_deref() {
+        Some(name) => dkim::group_id(name),
+        None => std::fs::metadata(&base)
+            .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+            .map_err(|e| format!("cannot read {}: {e}", base.display())),
+    }
+    .map(Some);
+    let gid = match gid {
         Ok(g) => g,
         Err(e) => {
             eprintln!("herald: {e}");
@@ -454,7 +458,7 @@ fn dkim_keygen(config: &std::path::Path, a: KeygenArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mode_note = match gid.map(|gid| dkim::give_to_group(&g.path, gid, 0o640).map(|()| gid)) {
-        Some(Ok(gid)) => format!("mode 0640, group {}", group_name(gid)),
+        Some(Ok(gid)) => format!("mode 0640, group {}", dkim::group_name(gid)),
         Some(Err(e)) => {
             eprintln!("herald: {e}");
             return ExitCode::FAILURE;
@@ -478,7 +482,7 @@ fn dkim_keygen(config: &std::path::Path, a: KeygenArgs) -> ExitCode {
     let reload = "then reload the daemon to sign with it: `systemctl reload herald` (or `kill -HUP` its pid)";
     match edit {
         Some((id, text)) => {
-            if let Err(e) = write_config(config, &text) {
+            if let Err(e) = herald::config::edit::replace_config(config, &text) {
                 eprintln!(
                     "herald: the key is written, but {e}; add these lines to sender `{id}` yourself:\n{lines}"
                 );
@@ -501,78 +505,6 @@ fn dkim_keygen(config: &std::path::Path, a: KeygenArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
-}
-
-/// The group a new key is given to: `--group`, else the config folder's.
-fn keygen_group(base: &std::path::Path, name: Option<&str>) -> Result<Option<u32>, String> {
-    use std::os::unix::fs::MetadataExt as _;
-    match name {
-        Some(n) => {
-            let c = std::ffi::CString::new(n).map_err(|_| format!("bad group name `{n}`"))?;
-            // SAFETY: getgrnam reads a NUL-terminated name; the result is
-            // used before any other call that could overwrite it.
-            let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-            if gr.is_null() {
-                return Err(format!("no group `{n}` on this machine (--group)"));
-            }
-            // SAFETY: non-null, points at libc's static group record.
-            Ok(Some(unsafe { (*gr).gr_gid }))
-        }
-        None => Ok(std::fs::metadata(base).ok().map(|m| m.gid())),
-    }
-}
-
-/// A group's name, or its number.
-fn group_name(gid: u32) -> String {
-    // SAFETY: getgrgid returns libc's static record or null; read at once.
-    let gr = unsafe { libc::getgrgid(gid) };
-    if gr.is_null() {
-        return gid.to_string();
-    }
-    // SAFETY: gr_name is a NUL-terminated string in that record.
-    unsafe { std::ffi::CStr::from_ptr((*gr).gr_name) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Replaces the config file with `text` (a new file beside it, synced,
-/// then renamed over it; a symlink's target is what is replaced), keeping
-/// its mode, owner and group, after checking that the new text still
-/// validates. The new file is created owner-only, so the secrets in it are
-/// never readable by anyone else on the way.
-fn write_config(path: &std::path::Path, text: &str) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
-    if let Err(e) = herald::config::Config::from_str(path, text) {
-        // Refused only when the edit is what breaks it.
-        let before = std::fs::read_to_string(path).unwrap_or_default();
-        if herald::config::Config::from_str(path, &before).is_ok() {
-            return Err(format!("the edited config would not load:\n{e}"));
-        }
-    }
-    let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let meta = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", real.display()))?;
-    let tmp = real.with_extension(format!("toml.herald-edit.{}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
-            f.set_permissions(meta.permissions())
-        })
-        .and_then(|()| std::fs::rename(&tmp, &real))
-        .and_then(|()| match real.parent() {
-            Some(dir) => std::fs::File::open(dir)?.sync_all(),
-            None => Ok(()),
-        });
-    written.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", real.display())
-    })
 }
 
 /// `herald outbox list|show`: reads the capture folder.

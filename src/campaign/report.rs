@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 use crate::campaign::model::{Campaign, WINNER, slot, unslot};
 use crate::send::SendKind;
 use crate::send::report::{
-    by_currency, figures, hourly, links, money_currency, money_view, no_mixed_sums, time, total,
+    blank_money, by_currency, figures, hourly, links, money_currency, money_view, no_mixed_sums,
+    time, total,
 };
 use crate::store::{ReadView, SendCounts, StoreError};
 
@@ -67,9 +68,7 @@ pub fn summary(c: &Campaign, counts: &SendCounts, money: &crate::store::SendMone
     row.insert("revenue_by_currency".into(), money_view(&lines));
     let mut row = Value::Object(row);
     if lines.len() > 1 {
-        for k in ["revenue", "revenue_per_recipient", "roi"] {
-            row[k] = Value::Null;
-        }
+        blank_money(&mut row);
     }
     row
 }

@@ -13,6 +13,56 @@ pub enum EditError {
     /// The sender already has a key with this selector.
     #[error("sender `{0}` already has a [[sender.dkim]] with selector = \"{1}\"")]
     Duplicate(String, String),
+    /// The edited config would not load (and the one before did).
+    #[error("the edited config would not load:\n{0}")]
+    Breaks(super::ConfigErrors),
+    /// The file could not be replaced.
+    #[error("cannot write {0}: {1}")]
+    Io(std::path::PathBuf, std::io::Error),
+}
+
+/// Replaces the config file `path` with `text` (a new file beside it,
+/// synced, then renamed over it; a symlink's target is what is replaced),
+/// keeping its mode, owner and group, after checking that the new text
+/// still validates. The new file is created owner-only, so the secrets in
+/// it are never readable by anyone else on the way.
+pub fn replace_config(path: &std::path::Path, text: &str) -> Result<(), EditError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    if let Err(e) = super::Config::from_str(path, text) {
+        // Refused only when the edit is what breaks it.
+        let before = std::fs::read_to_string(path).unwrap_or_default();
+        if super::Config::from_str(path, &before).is_ok() {
+            return Err(EditError::Breaks(e));
+        }
+    }
+    let io = |p: &std::path::Path| {
+        let p = p.to_path_buf();
+        move |e| EditError::Io(p, e)
+    };
+    let real = std::fs::canonicalize(path).map_err(io(path))?;
+    let meta = std::fs::metadata(&real).map_err(io(&real))?;
+    let tmp = real.with_extension(format!("toml.herald-edit.{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+            f.set_permissions(meta.permissions())
+        })
+        .and_then(|()| std::fs::rename(&tmp, &real))
+        .and_then(|()| match real.parent() {
+            Some(dir) => std::fs::File::open(dir)?.sync_all(),
+            None => Ok(()),
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io(&real))
 }
 
 /// `text` with a `[[sender.dkim]]` of `selector` and `key_file` added to
@@ -173,6 +223,31 @@ mod tests {
             parsed["sender"][1]["dkim"].as_array().map(Vec::len),
             Some(2)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn the_file_is_replaced_keeping_its_mode_and_an_edit_that_breaks_it_is_refused()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let good = "[http]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://localhost\"\n[storage]\npath = \"data\"\n[admin]\ntoken = \"0123456789abcdef0123456789abcdef\"\n[tracking]\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, good)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))?;
+        let edited = format!("# edited\n{good}");
+        replace_config(&path, &edited)?;
+        assert_eq!(std::fs::read_to_string(&path)?, edited);
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o640
+        );
+        let broken = edited.replace("[storage]\npath = \"data\"\n", "");
+        let e = replace_config(&path, &broken).unwrap_err();
+        assert!(matches!(e, EditError::Breaks(_)), "{e}");
+        assert_eq!(std::fs::read_to_string(&path)?, edited);
+        // Nothing left beside it.
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
         Ok(())
     }
 

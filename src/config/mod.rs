@@ -512,7 +512,8 @@ impl Checker<'_> {
     }
 }
 
-fn base_dir(file: &Path) -> PathBuf {
+/// The folder relative paths in the config file `file` are resolved from.
+pub fn base_dir(file: &Path) -> PathBuf {
     match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

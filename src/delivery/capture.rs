@@ -95,8 +95,7 @@ pub fn prepare(dir: &Path) -> std::io::Result<()> {
 /// The file name of a transaction.
 fn name_of(queue_id: u64, first_rcpt: usize, body: &[u8]) -> String {
     let digest = sha2::Sha256::digest(body);
-    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("Q{queue_id}.R{first_rcpt}.{hex}")
+    format!("Q{queue_id}.R{first_rcpt}.{}", hex::encode(&digest[..4]))
 }
 
 /// The queue id in a capture file name.
@@ -118,7 +117,7 @@ pub fn write(
     if new.exists() || dir.join("cur").join(format!("{name}:2,")).exists() {
         // Written by an attempt whose outcome was not recorded: made
         // durable (that attempt may have failed at the folder's sync).
-        std::fs::File::open(dir.join("new"))?.sync_all()?;
+        sync_dir(&dir.join("new"))?;
         return Ok(name);
     }
     let side = serde_json::to_vec_pretty(env).map_err(std::io::Error::other)?;
@@ -130,12 +129,17 @@ pub fn write(
         prepare(dir)?;
     }
     durable_write(&dir.join("envelope").join(format!("{name}.json")), &side)?;
-    std::fs::File::open(dir.join("envelope"))?.sync_all()?;
+    sync_dir(&dir.join("envelope"))?;
     let tmp = dir.join("tmp").join(&name);
     durable_write(&tmp, body)?;
     std::fs::rename(&tmp, &new)?;
-    std::fs::File::open(dir.join("new"))?.sync_all()?;
+    sync_dir(&dir.join("new"))?;
     Ok(name)
+}
+
+/// Makes the entries of folder `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -146,11 +150,24 @@ fn durable_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Every captured message, oldest first (by file time, then name).
 pub fn list(dir: &Path) -> std::io::Result<Vec<Entry>> {
-    list_named(dir, |_| true)
+    list_named(dir, |_| true, usize::MAX).map(|(_, all)| all)
 }
 
-/// The captured messages whose file name `want` accepts, oldest first.
-fn list_named(dir: &Path, want: impl Fn(&str) -> bool) -> std::io::Result<Vec<Entry>> {
+/// How many messages are captured, and the newest `limit` of them, newest
+/// first (only those are opened).
+pub fn newest(dir: &Path, limit: usize) -> std::io::Result<(usize, Vec<Entry>)> {
+    let (total, mut last) = list_named(dir, |_| true, limit)?;
+    last.reverse();
+    Ok((total, last))
+}
+
+/// How many captured messages' file names `want` accepts, and the last
+/// `limit` of them, oldest first (only those are opened).
+fn list_named(
+    dir: &Path,
+    want: impl Fn(&str) -> bool,
+    limit: usize,
+) -> std::io::Result<(usize, Vec<Entry>)> {
     let mut found = Vec::new();
     for sub in ["new", "cur"] {
         let rd = match std::fs::read_dir(dir.join(sub)) {
@@ -172,12 +189,13 @@ fn list_named(dir: &Path, want: impl Fn(&str) -> bool) -> std::io::Result<Vec<En
         }
     }
     found.sort();
-    let mut out = Vec::with_capacity(found.len());
-    for (_, name, path, size) in found {
+    let total = found.len();
+    let mut out = Vec::with_capacity(total.min(limit));
+    for (_, name, path, size) in found.into_iter().skip(total.saturating_sub(limit)) {
         let head = head_of(&path)?;
         out.push(entry(dir, name, path, size, &head));
     }
-    Ok(out)
+    Ok((total, out))
 }
 
 /// The header block of a message file (at most its first 64 KiB).
@@ -233,7 +251,7 @@ fn entry(dir: &Path, name: String, path: PathBuf, size: u64, bytes: &[u8]) -> En
 pub fn show(dir: &Path, queue_id: u64) -> std::io::Result<Vec<Shown>> {
     let mut out = Vec::new();
     let prefix = format!("Q{queue_id}.");
-    let mine = list_named(dir, |name| name.starts_with(&prefix))?;
+    let (_, mine) = list_named(dir, |name| name.starts_with(&prefix), usize::MAX)?;
     for e in mine.into_iter().filter(|e| e.queue_id() == Some(queue_id)) {
         let raw = std::fs::read(&e.path)?;
         out.push(open(e, raw));
@@ -411,6 +429,8 @@ mod tests {
         write(dir.path(), &env(8), 0, MSG)?;
         let all = list(dir.path())?;
         assert_eq!(all.len(), 2);
+        let (total, last) = newest(dir.path(), 1)?;
+        assert_eq!((total, last.len(), last[0].queue_id()), (2, 1, Some(8)));
         assert_eq!(all[0].queue_id(), Some(7));
         assert_eq!(all[0].subject, "Cześć");
         assert_eq!(all[0].envelope, Some(env(7)));

@@ -340,6 +340,32 @@ pub fn keygen(
     })
 }
 
+/// The id of group `name` on this machine.
+pub fn group_id(name: &str) -> Result<u32, String> {
+    let c = std::ffi::CString::new(name).map_err(|_| format!("bad group name `{name}`"))?;
+    // SAFETY: getgrnam reads a NUL-terminated name; the record it returns
+    // is read at once, before any other call could overwrite it.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        return Err(format!("no group `{name}` on this machine (--group)"));
+    }
+    // SAFETY: non-null, points at libc's static group record.
+    Ok(unsafe { (*gr).gr_gid })
+}
+
+/// A group's name, or its number.
+pub fn group_name(gid: u32) -> String {
+    // SAFETY: getgrgid returns libc's static record or null; read at once.
+    let gr = unsafe { libc::getgrgid(gid) };
+    if gr.is_null() {
+        return gid.to_string();
+    }
+    // SAFETY: gr_name is a NUL-terminated string in that record.
+    unsafe { std::ffi::CStr::from_ptr((*gr).gr_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// Gives the file at `path` to group `gid` (owner unchanged), then opens it
 /// to the group with `mode` (in that order: never readable by a group it
 /// was not meant for), so the service's user reads it through its group.

@@ -281,18 +281,20 @@ pub fn money_currency(lines: &BTreeMap<String, (u64, u64)>, fallback: Option<&st
 /// single-currency money figures of every row under `keys` are null (the
 /// `revenue_by_currency` lines stand).
 pub fn no_mixed_sums(report: &mut Value, keys: &[&str]) {
-    let blank = |row: &mut Value| {
-        for k in ["revenue", "revenue_per_recipient", "roi"] {
-            if let Some(v) = row.get_mut(k) {
-                *v = Value::Null;
-            }
-        }
-    };
     for key in keys {
         match report.get_mut(*key) {
-            Some(Value::Array(rows)) => rows.iter_mut().for_each(blank),
-            Some(row @ Value::Object(_)) => blank(row),
+            Some(Value::Array(rows)) => rows.iter_mut().for_each(blank_money),
+            Some(row @ Value::Object(_)) => blank_money(row),
             _ => {}
+        }
+    }
+}
+
+/// A row's single-currency money figures made null (it holds several).
+pub fn blank_money(row: &mut Value) {
+    for k in ["revenue", "revenue_per_recipient", "roi"] {
+        if let Some(v) = row.get_mut(k) {
+            *v = Value::Null;
         }
     }
 }

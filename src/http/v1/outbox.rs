@@ -20,9 +20,7 @@ pub async fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     let Some(dir) = state.config.get().delivery.capture.clone() else {
         return reply::ok(&json!({"capture": null, "total": 0, "messages": []}));
     };
-    let found = read_folder(&dir, capture::list).await?;
-    let total = found.len();
-    let newest: Vec<_> = found.into_iter().rev().take(LIST_LIMIT).collect();
+    let (total, newest) = read_folder(&dir, |d| capture::newest(d, LIST_LIMIT)).await?;
     reply::ok(&json!({
         "capture": dir.display().to_string(),
         "total": total,
