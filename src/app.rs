@@ -160,6 +160,15 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
             drop(guard);
         })
     };
+    // Text messages: their own queue in the store, their own engine.
+    let sms = crate::sms::engine::SmsEngine::new(
+        store.clone(),
+        config.clone(),
+        clock.clone(),
+        activity.clone(),
+        engine.outcomes_recorded(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the SMS engine: {e}"))?;
     let state = Arc::new(AppState {
         config,
         store: store.clone(),
@@ -183,6 +192,7 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     let scheduler = tokio::spawn(engine.clone().run());
     // Running campaigns resume from their durable cursors.
     let supervisor = tokio::spawn(campaigns.clone().run());
+    let sms_task = tokio::spawn(sms.clone().run());
     // Due automation steps are sent from the store's due index.
     let runner = automations_on.then(|| {
         (
@@ -282,6 +292,8 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         let _ = t.await;
     }
     let _ = supervisor.await;
+    let _ = sms_task.await;
+    drop(sms);
     if let Some((watcher, r)) = runner {
         let _ = watcher.await;
         let _ = r.await;
@@ -472,6 +484,7 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     if c.http.metrics_token.is_some() {
         out.push_str("  /metrics needs [http] metrics_token or the admin token\n");
     }
+    out.push_str(&sms_lines(c));
     for s in &c.senders {
         let route = match &s.relay {
             Some(r) => format!("relay {}:{} ({})", r.host, r.port, r.tls.describe()),
@@ -559,6 +572,32 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
 }
 
 /// Fetches the running daemon's lists and fields (2 s at most).
+/// What `check-config` says about SMS: each gateway and the URL to give
+/// its provider for replies, and the quiet hours.
+fn sms_lines(c: &crate::config::Config) -> String {
+    let public = c.http.public_base();
+    let mut out = String::new();
+    for g in &c.sms.gateways {
+        out.push_str(&format!(
+            "  sms_gateway {}: {} at {}, from {}, {}/s, {} connection(s); replies (STOP) to {}\n",
+            g.id,
+            g.kind.as_str(),
+            g.base_url,
+            g.from,
+            g.rate_per_second,
+            g.connections,
+            crate::sms::gateway::inbound_url(g, &public),
+        ));
+    }
+    if !c.sms.gateways.is_empty() {
+        let quiet = c.sms.quiet_hours.map_or("off".to_string(), |(a, b)| {
+            format!("{:02}:{:02}-{:02}:{:02}", a / 60, a % 60, b / 60, b % 60)
+        });
+        out.push_str(&format!("  sms quiet hours {quiet} (site time)\n"));
+    }
+    out
+}
+
 fn daemon_catalog(c: &Config) -> anyhow::Result<crate::segment::Catalog> {
     let target = crate::client::ApiTarget::from_config(c, None, None)?;
     let sites = c.sites.iter().map(|s| s.id.clone()).collect();

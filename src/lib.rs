@@ -23,6 +23,7 @@ pub mod render;
 pub mod segment;
 pub mod send;
 pub mod shop;
+pub mod sms;
 pub mod snapshot;
 pub mod store;
 pub mod tokens;

@@ -103,7 +103,15 @@ pub fn check_field_name(name: &str) -> Result<(), InvalidFieldName> {
 
 /// Contact attributes that are not custom fields (also the CSV columns that map
 /// to them).
-pub const BUILTIN_COLUMNS: &[&str] = &["email", "language", "site", "consent", "tags"];
+pub const BUILTIN_COLUMNS: &[&str] = &[
+    "email",
+    "language",
+    "site",
+    "consent",
+    "tags",
+    "phone",
+    "sms_consent",
+];
 
 /// Built-in attributes and aggregates segment conditions can name with
 /// `field`, with what they mean (`segment::BUILTINS`, which gives them their
@@ -138,3 +146,12 @@ pub const SEGMENT_BUILTINS: &[(&str, &str)] = &[
     ("last_open", "date of the last open"),
     ("last_click", "date of the last click"),
 ];
+
+/// Whether `c` is an ISO 3166 country code the phone-number metadata knows
+/// (`PL`, `de`): where a national phone number can be read.
+pub fn is_country(c: &str) -> bool {
+    c.len() == 2
+        && c.to_ascii_uppercase()
+            .parse::<phonenumber::country::Id>()
+            .is_ok()
+}

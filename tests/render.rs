@@ -68,6 +68,8 @@ fn contact(id: u64, lang: Option<&str>, site: Option<&str>, first_name: &str) ->
         id,
         email: format!("c{id}@example.com"),
         consent: ConsentState::Granted,
+        phone: None,
+        sms_consent: ConsentState::Unknown,
         language: lang.map(String::from),
         site: site.map(String::from),
         fields,

@@ -15,6 +15,8 @@ fn contact(id: u64) -> Contact {
         id,
         email: format!("c{id}@example.com"),
         consent: ConsentState::Granted,
+        phone: None,
+        sms_consent: ConsentState::Unknown,
         language: None,
         site: None,
         fields: BTreeMap::new(),

@@ -11,6 +11,10 @@
 //! - `tests/fixtures/store-v3/` was made by commit 01868cd (schema 2, the
 //!   last before issue 25 added `send_money_v1`, attributed orders by
 //!   currency) with `tests/fixtures/make-store.py`.
+//! - `tests/fixtures/store-v4/` was made by commit 3973176 (schema 3, the
+//!   last before the SMS channel's tables and the built-in `phone`) with
+//!   `tests/fixtures/make-store.py` (which since also sends two customer
+//!   events with phones).
 //!
 //! Each script also saved what that binary's API answered (`expected.json`).
 //! This binary must answer the same (it may add keys), and the new tables
@@ -124,6 +128,51 @@ fn settled(mut m: Value) -> Value {
 fn migration_of_a_store_written_by_the_previous_version_keeps_every_answer() {
     let (h, want) = start_on_fixture("store-v1");
     same_answers(&h, &want);
+}
+
+#[test]
+fn migration_to_the_sms_channel_moves_international_phones_and_keeps_every_answer() {
+    let (h, mut want) = start_on_fixture("store-v4");
+    for c in want["contacts"]["contacts"].as_array_mut().unwrap() {
+        if c["email"] == "c01@example.test" {
+            c["fields"].as_object_mut().unwrap().remove("phone");
+        }
+    }
+    same_answers(&h, &want);
+    // "+48 500 100 200" became the built-in phone (and left the field);
+    // "500100201" (no country code: the store cannot know which country)
+    // stays in the custom field, untouched.
+    let c1 = get(&h, "/api/v1/contacts/c01@example.test");
+    assert_eq!(c1["phone"], "+48500100200", "{c1}");
+    assert!(c1["fields"].get("phone").is_none(), "{c1}");
+    assert_eq!(c1["sms_consent"], "unknown");
+    let c2 = get(&h, "/api/v1/contacts/c02@example.test");
+    assert_eq!(c2["phone"], Value::Null, "{c2}");
+    assert_eq!(c2["fields"]["phone"], "500100201", "{c2}");
+    // The phone index works on the migrated contact: SMS consent can be
+    // granted, and a new phone set by an event.
+    let r = h.post_json(
+        "/api/v1/contacts/c01@example.test/consent",
+        serde_json::json!({"state": "granted", "channel": "sms"}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["sms_consent"], "granted");
+    let r = h.post_json(
+        "/api/v1/events",
+        serde_json::json!([{"type": "customer", "id": "ev-c-9", "at": "2026-12-01T10:00:00Z",
+            "email": "c02@example.test", "phone": "+48 500 100 201"}]),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        get(&h, "/api/v1/contacts/c02@example.test")["phone"],
+        "+48500100201"
+    );
+    // The old queue and campaign still answer as they did.
+    let id = want["campaign_id"].as_u64().unwrap();
+    assert_eq!(
+        get(&h, &format!("/api/v1/campaigns/{id}"))["status"],
+        "completed"
+    );
 }
 
 #[test]

@@ -128,6 +128,29 @@ pub fn check(f: &Flow, root: &lang::Node, config: &Config, templates: &Templates
                     message: format!("template `{}` {why}", m.template),
                 });
             }
+            if m.channel == crate::contacts::model::Channel::Sms {
+                if templates.get(&m.template).is_some_and(|t| t.sms.is_empty()) {
+                    out.push(Problem {
+                        loc: loc_of("sms"),
+                        message: format!(
+                            "template `{}` has no SMS body (body.<lang>.sms.txt)",
+                            m.template
+                        ),
+                    });
+                }
+                let gw = m.gateway.as_ref().or(config.sms.default_gateway.as_ref());
+                match gw {
+                    Some(g) if config.sms.gateway(g).is_some() => {}
+                    Some(g) => out.push(Problem {
+                        loc: loc_of("sms"),
+                        message: format!("no [[sms_gateway]] with id `{g}`"),
+                    }),
+                    None => out.push(Problem {
+                        loc: loc_of("sms"),
+                        message: "an SMS step needs an [[sms_gateway]] in the config".into(),
+                    }),
+                }
+            }
             if let Some(sender) = &m.sender
                 && config.sender(sender).is_none()
             {

@@ -210,6 +210,10 @@ pub enum Products {
 /// What a step (or one of its variants) sends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
+    /// E-mail (`template = …`) or SMS (`sms = { template = … }`).
+    pub channel: crate::contacts::model::Channel,
+    /// The SMS gateway (`sms = { gateway = … }`; `None`: `[sms] gateway`).
+    pub gateway: Option<String>,
     /// Template name.
     pub template: String,
     /// Sender id (`None`: the template's).
@@ -413,7 +417,7 @@ impl P<'_> {
 pub use super::when::{parse_clock, parse_offset as parse_delay};
 
 const FLOW_KEYS: &str = "description, trigger, conditions, steps, reentry, coupon_pool, max_late";
-const STEP_KEYS: &str = "after, at, template, sender, subject, data, products, variants, \
+const STEP_KEYS: &str = "after, at, template, sender, subject, data, products, sms, variants, \
                          tags_add, tags_remove, exit_if, coupon";
 
 /// Parses a flow document (the root of a TOML file or a JSON body).
@@ -713,7 +717,7 @@ fn parse_step(
                 },
                 _ => p.at(&v.loc, "`at` must be a time such as \"09:00\""),
             },
-            "template" | "sender" | "subject" | "data" | "products" => {
+            "template" | "sender" | "subject" | "data" | "products" | "sms" => {
                 message_keys.push((k.clone(), v.clone()));
             }
             "variants" => match &v.v {
@@ -762,7 +766,7 @@ fn parse_step(
         step.message = parse_message(p, &n.loc, &message_keys);
     }
     if step.message.is_none() && step.variants.is_empty() && p.problems.len() == before {
-        p.at(&n.loc, "a step needs a `template` or `variants`");
+        p.at(&n.loc, "a step needs a `template`, an `sms` or `variants`");
     }
     (p.problems.len() == before).then_some(step)
 }
@@ -778,13 +782,13 @@ fn parse_variant(
     for (k, v) in entries {
         match k.as_str() {
             "when" => when = lang::parse_cond(v, kinds, p.problems),
-            "template" | "sender" | "subject" | "data" | "products" => {
+            "template" | "sender" | "subject" | "data" | "products" | "sms" => {
                 message_keys.push((k.clone(), v.clone()));
             }
             other => p.at(
                 &v.loc,
                 format!(
-                    "unknown key `{other}`; a variant has: when, template, sender, subject, data, products"
+                    "unknown key `{other}`; a variant has: when, template, sender, subject, data, products, sms"
                 ),
             ),
         }
@@ -798,7 +802,22 @@ fn parse_variant(
 }
 
 fn parse_message(p: &mut P<'_>, at: &Loc, keys: &[(String, Node)]) -> Option<Message> {
+    if let Some((_, sms)) = keys.iter().find(|(k, _)| k == "sms") {
+        if let Some((k, v)) = keys
+            .iter()
+            .find(|(k, _)| k == "template" || k == "sender" || k == "subject")
+        {
+            p.at(
+                &v.loc,
+                format!("`{k}` is an e-mail's; a message with `sms` gives its template inside it: sms = {{ template = \"…\" }}"),
+            );
+            return None;
+        }
+        return parse_sms(p, sms, keys);
+    }
     let mut m = Message {
+        channel: crate::contacts::model::Channel::Email,
+        gateway: None,
         template: String::new(),
         sender: None,
         subject: None,
@@ -834,6 +853,54 @@ fn parse_message(p: &mut P<'_>, at: &Loc, keys: &[(String, Node)]) -> Option<Mes
     if m.template.is_empty() {
         p.at(at, "a message needs a `template`");
         return None;
+    }
+    Some(m)
+}
+
+/// `sms = { template = "…", gateway = "…" }`, with the step's `data` and
+/// `products` beside it.
+fn parse_sms(p: &mut P<'_>, sms: &Node, keys: &[(String, Node)]) -> Option<Message> {
+    let entries = p.table(sms, "`sms`")?;
+    let mut m = Message {
+        channel: crate::contacts::model::Channel::Sms,
+        gateway: None,
+        template: String::new(),
+        sender: None,
+        subject: None,
+        data: Value::Null,
+        products: Products::None,
+    };
+    for (k, v) in entries {
+        match k.as_str() {
+            "template" => m.template = p.str(v, k)?,
+            "gateway" => m.gateway = p.str(v, k),
+            other => p.at(
+                &v.loc,
+                format!("unknown key `{other}`; `sms` has: template, gateway"),
+            ),
+        }
+    }
+    if m.template.is_empty() {
+        p.at(&sms.loc, "`sms` needs a `template`");
+        return None;
+    }
+    let rest: Vec<(String, Node)> = keys
+        .iter()
+        .filter(|(k, _)| k == "data" || k == "products")
+        .cloned()
+        .collect();
+    if !rest.is_empty() {
+        let mut with = rest;
+        with.push((
+            "template".into(),
+            Node {
+                v: NodeV::Str(m.template.clone()),
+                loc: sms.loc.clone(),
+            },
+        ));
+        let e = parse_message(p, &sms.loc, &with)?;
+        m.data = e.data;
+        m.products = e.products;
     }
     Some(m)
 }

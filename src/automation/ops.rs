@@ -447,6 +447,24 @@ impl Automations {
             let c = l2.contact.as_ref().ok_or("no contact")?;
             let products = super::runner::ProductCache::new(&me.store);
             let mut r = me.recipient(&l2, c, message, &|sku: &str| products.get(sku));
+            // An SMS step is previewed (never test-sent: seeds are e-mail
+            // addresses) with its text, encoding and parts.
+            let Some(sender) = sender else {
+                let text = compiled
+                    .render_sms(&r, (now / 1000).max(0) as u64)
+                    .map_err(|e| e.0)?;
+                let a = crate::sms::encoding::analyze(&text);
+                let view = json!({
+                    "sms": text,
+                    "encoding": a.encoding.label(),
+                    "parts": a.parts,
+                    "template": message.template,
+                });
+                return Ok((
+                    decision.clone(),
+                    Some((*variant, view, None, None, NewLinks::new())),
+                ));
+            };
             if let Some(s) = &seed {
                 let mut c = (*r.contact).clone();
                 c.email = s.clone();
@@ -473,7 +491,7 @@ impl Automations {
             };
             Ok::<_, String>((
                 decision.clone(),
-                Some((*variant, view, signed, sender, links)),
+                Some((*variant, view, signed, Some(sender), links)),
             ))
         })
         .await
@@ -483,7 +501,7 @@ impl Automations {
         let Some((variant, mut view, signed, sender, links)) = rest else {
             return Ok((decision, None));
         };
-        if let Some(m) = signed {
+        if let (Some(m), Some(sender)) = (signed, sender) {
             let send = *links
                 .keys()
                 .next()

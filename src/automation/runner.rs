@@ -44,12 +44,17 @@ pub const BATCH: usize = 200;
 /// Links of the sends a batch rendered, not yet recorded.
 pub(crate) type NewLinks = HashMap<SendRef, Vec<(u32, LinkRecord)>>;
 
-/// A rendered message: its send, the sender identity it goes from, the
-/// signed bytes.
+/// A rendered message: its send and what goes out.
 struct Ready {
     send: SendRef,
-    sender: Arc<crate::config::Sender>,
-    signed: Signed,
+    body: ReadyBody,
+}
+
+/// A rendered e-mail (the sender identity and the signed bytes) or text
+/// message (the gateway and the text).
+enum ReadyBody {
+    Mail(Arc<crate::config::Sender>, Signed),
+    Sms(String, crate::send::outbox::SmsOut),
 }
 
 /// What a run's message needs once decided.
@@ -398,21 +403,29 @@ impl Automations {
                 })
                 .collect();
             let (c, sender) = (&compiled.0, &compiled.1);
-            let out: Vec<(usize, Result<Signed, String>)> = self.pool.install(|| {
+            let gateway = message
+                .gateway
+                .clone()
+                .or_else(|| snap.config.sms.default_gateway.clone())
+                .unwrap_or_default();
+            let out: Vec<(usize, Result<ReadyBody, String>)> = self.pool.install(|| {
                 recipients
                     .into_par_iter()
-                    .map(|(i, r)| (i, render_and_sign(c, sender, &r, now)))
+                    .map(|(i, r)| {
+                        let body = match sender {
+                            Some(s) => render_and_sign(c, s, &r, now)
+                                .map(|signed| ReadyBody::Mail(s.clone(), signed)),
+                            None => {
+                                render_sms(c, &r, now).map(|m| ReadyBody::Sms(gateway.clone(), m))
+                            }
+                        };
+                        (i, body)
+                    })
                     .collect()
             });
             for (i, r) in out {
                 match r {
-                    Ok(signed) => {
-                        plans[i].ready = Some(Ready {
-                            send,
-                            sender: sender.clone(),
-                            signed,
-                        })
-                    }
+                    Ok(body) => plans[i].ready = Some(Ready { send, body }),
                     Err(e) => plans[i].failed = Some(e),
                 }
             }
@@ -429,7 +442,7 @@ impl Automations {
         f: &LiveFlow,
         m: &Message,
         send: SendRef,
-    ) -> Result<(Arc<Compiled>, Arc<crate::config::Sender>), String> {
+    ) -> Result<(Arc<Compiled>, Option<Arc<crate::config::Sender>>), String> {
         let base = snap
             .templates
             .get(&m.template)
@@ -439,11 +452,16 @@ impl Automations {
             m.sender.as_deref(),
             m.subject.as_deref(),
         ));
-        let sender = snap
-            .config
-            .sender(&t.sender)
-            .cloned()
-            .ok_or_else(|| format!("no [[sender]] `{}`", t.sender))?;
+        // An SMS goes through a gateway, not a sender.
+        let sender = match m.channel {
+            crate::contacts::model::Channel::Sms => None,
+            crate::contacts::model::Channel::Email => Some(
+                snap.config
+                    .sender(&t.sender)
+                    .cloned()
+                    .ok_or_else(|| format!("no [[sender]] `{}`", t.sender))?,
+            ),
+        };
         let key = send.key();
         let (links, products) = self
             .store
@@ -734,21 +752,38 @@ fn send_one(
         arm::exit(t, key, run, "id_taken")?;
         return Ok(false);
     }
-    let Ready {
-        send,
-        sender,
-        signed,
-    } = ready;
-    let out = Outbox {
-        send,
-        sender,
-        source: format!("automation:{}", f.flow.name),
-        kind: Some(kind),
-        once: false,
-    };
+    let Ready { send, body } = ready;
     // Links already recorded by an earlier message of the batch are
     // recorded again with the same URLs, which `put_links` accepts.
-    let done = commit_batch(t, &out, links, vec![signed], None, now, |_, _| Ok(()))?;
+    let done = match body {
+        ReadyBody::Mail(sender, signed) => {
+            let out = Outbox {
+                send,
+                sender,
+                source: format!("automation:{}", f.flow.name),
+                kind: Some(kind),
+                once: false,
+            };
+            commit_batch(t, &out, links, vec![signed], None, now, |_, _| Ok(()))?
+        }
+        ReadyBody::Sms(gateway, m) => {
+            let out = crate::send::outbox::SmsOutbox {
+                send,
+                gateway,
+                marketing: kind == MailKind::Marketing,
+                once: false,
+            };
+            crate::send::outbox::commit_sms_batch(
+                t,
+                &out,
+                links,
+                vec![m],
+                None,
+                now,
+                |_, _| Ok(()),
+            )?
+        }
+    };
     let Some(&contact) = done.queued.first() else {
         arm::exit(t, key, run, "consent")?;
         return Ok(false);
@@ -876,6 +911,28 @@ fn related_products(l: &Loaded, catalogue: &dyn Fn(&str) -> Option<Product>) -> 
         }
     }
     out
+}
+
+/// Renders one recipient's text message (a rayon thread).
+fn render_sms(
+    c: &Compiled,
+    r: &Recipient,
+    now: i64,
+) -> Result<crate::send::outbox::SmsOut, String> {
+    let to = r
+        .contact
+        .phone
+        .clone()
+        .ok_or("the contact has no phone number")?;
+    let text = c
+        .render_sms(r, (now / 1000).max(0) as u64)
+        .map_err(|e| e.0)?;
+    Ok(crate::send::outbox::SmsOut {
+        contact: r.contact.id,
+        to,
+        text,
+        site: r.contact.site.clone(),
+    })
 }
 
 /// Renders, builds and signs one recipient's message (a rayon thread).

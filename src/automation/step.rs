@@ -140,8 +140,15 @@ pub fn decide(l: &Loaded, flow: Option<&LiveFlow>, x: &Inputs<'_>) -> Decision {
     let Some(kind) = (x.kind_of)(&message.template) else {
         return Decision::Hold(x.now + RETRY_HELD_MS, "held.template_not_loaded");
     };
+    let sms = message.channel == crate::contacts::model::Channel::Sms;
+    if sms && c.phone.is_none() {
+        return Decision::Skip("no_phone");
+    }
     if kind == MailKind::Marketing {
-        if c.consent != ConsentState::Granted {
+        if sms && c.sms_consent != ConsentState::Granted {
+            return Decision::Skip("no_sms_consent");
+        }
+        if !sms && c.consent != ConsentState::Granted {
             return Decision::Skip("no_consent");
         }
         if let Some(q) = x.config.quiet_hours
@@ -228,6 +235,8 @@ mod tests {
 
     fn live(trigger: Trigger, exit: ExitIf) -> LiveFlow {
         let message = Message {
+            channel: crate::contacts::model::Channel::Email,
+            gateway: None,
             template: "t".into(),
             sender: None,
             subject: None,
@@ -281,6 +290,8 @@ mod tests {
                 id: 7,
                 email: "a@example.com".into(),
                 consent,
+                phone: None,
+                sms_consent: ConsentState::Unknown,
                 language: None,
                 site: None,
                 fields: Default::default(),

@@ -55,6 +55,7 @@ pub async fn resolve(
     store: &Store,
     index: &Arc<Index>,
     audience: &Audience,
+    channel: super::model::Channel,
     today: chrono::NaiveDate,
 ) -> Result<Resolved, CampaignError> {
     let include = conds(snap, store, &audience.lists, &audience.segments, "").await?;
@@ -100,8 +101,23 @@ pub async fn resolve(
             } else if within(&by_segment, id) {
                 &mut l.excluded_segment
             } else {
-                match index.consent_of(id) {
-                    Some(ConsentState::Granted) if suppressed.contains(&id) => &mut l.suppressed,
+                let consent = match channel {
+                    super::model::Channel::Email => index.consent_of(id),
+                    super::model::Channel::Sms => match index.sms_of(id) {
+                        Some((_, false)) => {
+                            l.no_phone += 1;
+                            continue;
+                        }
+                        Some((state, true)) => Some(state),
+                        None => None,
+                    },
+                };
+                match consent {
+                    Some(ConsentState::Granted)
+                        if channel == super::model::Channel::Email && suppressed.contains(&id) =>
+                    {
+                        &mut l.suppressed
+                    }
                     Some(ConsentState::Granted) => {
                         out.ids.push(id);
                         continue;

@@ -168,6 +168,28 @@ fn trial_render(
     let mut p: Vec<String> = Vec::new();
     for (at, l, base) in tried {
         let t = Arc::new(look_template(&base, &l));
+        if spec.channel == model::Channel::Sms {
+            for (site, lang) in t.sms.keys() {
+                let input = preview::PreviewInput {
+                    language: Some(lang.clone()),
+                    site: (!site.is_empty()).then(|| site.clone()),
+                    products: products.clone(),
+                    data: (!spec.data.is_null()).then(|| spec.data.clone()),
+                    personalize: spec.personalize,
+                    tracking: spec.tracking,
+                    ..Default::default()
+                };
+                if let Err(e) =
+                    preview::render_sms(t.clone(), config, preview::preview_send(), input, 0)
+                {
+                    p.push(format!(
+                        "template `{}` SMS does not render with this campaign (language {lang}): {e}",
+                        l.template
+                    ));
+                }
+            }
+            continue;
+        }
         for (site, lang) in t.variants.keys() {
             let input = preview::PreviewInput {
                 language: Some(lang.clone()),
@@ -251,7 +273,21 @@ pub async fn check_spec(
                     ));
                 }
                 let sender = l.sender.clone().unwrap_or_else(|| t.sender.clone());
-                if config.sender(&sender).is_none() {
+                if spec.channel == model::Channel::Sms {
+                    if t.sms.is_empty() {
+                        p.push(format!(
+                            "{at}template `{}` has no SMS body (body.<lang>.sms.txt)",
+                            l.template
+                        ));
+                    } else {
+                        tried.push((at_key.clone(), l.clone(), t.clone()));
+                    }
+                } else if t.variants.is_empty() {
+                    p.push(format!(
+                        "{at}template `{}` has no e-mail body; send it with \"channel\": \"sms\"",
+                        l.template
+                    ));
+                } else if config.sender(&sender).is_none() {
                     p.push(format!("{at}no [[sender]] `{sender}` in the config"));
                 } else {
                     tried.push((at_key.clone(), l.clone(), t.clone()));
@@ -264,6 +300,19 @@ pub async fn check_spec(
                 p.push(format!("{at}subject: {e}"));
                 tried.retain(|(k, _, _)| *k != at_key);
             }
+        }
+    }
+    if spec.channel == model::Channel::Sms {
+        let gw = spec
+            .sms_gateway
+            .as_ref()
+            .or(config.sms.default_gateway.as_ref());
+        match gw {
+            None => p.push("sms_gateway: no [[sms_gateway]] is configured".into()),
+            Some(g) if config.sms.gateway(g).is_none() => p.push(format!(
+                "sms_gateway: no [[sms_gateway]] `{g}` in the config"
+            )),
+            Some(_) => {}
         }
     }
     let a = &spec.audience;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::contacts::model::Channel;
+
 /// Where a campaign is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,6 +179,15 @@ pub struct Spec {
     pub audience: Audience,
     /// Template folder name.
     pub template: String,
+    /// `email` (the default) or `sms`: an SMS campaign sends each
+    /// template's `body.<lang>.sms.txt` to contacts with a phone and SMS
+    /// consent `granted`.
+    #[serde(default, skip_serializing_if = "Channel::is_email")]
+    pub channel: Channel,
+    /// The `[[sms_gateway]]` an SMS campaign goes through (default:
+    /// `[sms] gateway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms_gateway: Option<String>,
     /// Sender identity (default: the template's).
     #[serde(default)]
     pub sender: Option<String>,
@@ -461,6 +472,14 @@ pub struct LeftOut {
     /// `granted`, but the address is on the suppression list.
     #[serde(default)]
     pub suppressed: u64,
+    /// An SMS campaign's member without a phone number (their consent is
+    /// SMS consent, counted under the `consent_*` reasons).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub no_phone: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl LeftOut {
@@ -486,6 +505,7 @@ impl LeftOut {
             + self.consent_withdrawn
             + self.consent_invalid
             + self.suppressed
+            + self.no_phone
     }
 }
 

@@ -35,7 +35,7 @@ use crate::delivery::queue::{Signed, sign};
 use crate::render::bulk::{Outcome, render_one};
 use crate::render::{Compiled, Recipient, SendOptions};
 use crate::segment::Index;
-use crate::send::outbox::{Outbox, commit_batch};
+use crate::send::outbox::{Outbox, SmsOutbox, commit_batch, commit_sms_batch};
 use crate::send::{SendKind, SendRef};
 use crate::snapshot::{Current, Snapshot};
 use crate::store::ReadTables as _;
@@ -137,6 +137,7 @@ pub struct Campaigns {
 
 enum Item {
     Built(Box<Signed>),
+    Sms(Box<crate::send::outbox::SmsOut>),
     Skip,
     Failed,
 }
@@ -460,8 +461,7 @@ impl Campaigns {
             .store
             .read(move |r| r.send_counts(SendKind::Campaign, id))
             .await?;
-        let finals = total(&counts, Counter::Delivered) + total(&counts, Counter::Failed);
-        if finals >= c.queued() {
+        if settled(c, &counts, false) >= c.queued() {
             super::change(self, id, |c, now| {
                 if c.status == Status::Running {
                     c.status = Status::Completed;
@@ -589,8 +589,15 @@ impl Campaigns {
         let snap = self.snapshot();
         super::check_spec(&c.spec, &snap, &self.store).await?;
         let today = self.clock.now().date_naive();
-        let resolved =
-            audience::resolve(&snap, &self.store, &self.index, &c.spec.audience, today).await?;
+        let resolved = audience::resolve(
+            &snap,
+            &self.store,
+            &self.index,
+            &c.spec.audience,
+            c.spec.channel,
+            today,
+        )
+        .await?;
         let (ids, left_out) = (resolved.ids, resolved.left_out);
         let mut groups = Vec::new();
         let mut seed = None;
@@ -776,15 +783,15 @@ impl Campaigns {
     }
 
     /// Messages of the campaign in the queue and not final (deferred ones
-    /// excluded: they wait for a retry and do not use delivery now).
+    /// excluded: they wait for a retry and do not use delivery now); for
+    /// SMS, not yet out of the SMS queue.
     fn outstanding(&self, id: u64) -> Result<u64, StoreError> {
         self.store.read_blocking(|r| {
-            let queued = r.campaign(id)?.map(|c| c.queued()).unwrap_or(0);
+            let Some(c) = r.campaign(id)? else {
+                return Ok(0);
+            };
             let counts = r.send_counts(SendKind::Campaign, id)?;
-            let done = total(&counts, Counter::Delivered)
-                + total(&counts, Counter::Failed)
-                + total(&counts, Counter::Deferred);
-            Ok(queued.saturating_sub(done))
+            Ok(c.queued().saturating_sub(settled(&c, &counts, true)))
         })
     }
 
@@ -838,7 +845,17 @@ impl Campaigns {
             .map(|r| Duration::from_secs_f64(3600.0 / r as f64));
         let start = (part.cursor as usize).min(ids.len());
         let (tx, rx) = sync_channel::<Result<Batch, WorkError>>(1);
-        let sender = compiled.sender().clone();
+        let sms = c.spec.channel == super::model::Channel::Sms;
+        let sender = if sms {
+            None
+        } else {
+            Some(
+                compiled
+                    .sender()
+                    .map_err(|e| WorkError::Other(e.0))?
+                    .clone(),
+            )
+        };
         let store = &self.store;
         let pool = &self.pool;
         let clock = &self.clock;
@@ -884,7 +901,10 @@ impl Campaigns {
                         contacts
                             .into_par_iter()
                             .zip(codes)
-                            .map(|(c, code)| build_one(compiled_ref, &sender, c, now, true, code))
+                            .map(|(c, code)| match &sender {
+                                Some(s) => build_one(compiled_ref, s, c, now, true, code),
+                                None => build_sms(compiled_ref, c, now, code),
+                            })
                             .collect()
                     });
                     if tx.send(Ok(Batch { end, items })).is_err() {
@@ -1006,16 +1026,31 @@ impl Campaigns {
         let now = self.now_ms();
         let links = compiled.links().unrecorded();
         let last_link = links.last().map(|(n, _)| *n);
-        let out = Outbox {
-            send: SendRef {
-                kind: SendKind::Campaign,
-                id,
-                variant: model::slot(stage, variant),
-            },
-            sender: compiled.sender().clone(),
-            source: format!("campaign:{id}"),
-            kind: Some(MailKind::Marketing),
+        let send = SendRef {
+            kind: SendKind::Campaign,
+            id,
+            variant: model::slot(stage, variant),
+        };
+        let sms = (c.spec.channel == super::model::Channel::Sms).then(|| SmsOutbox {
+            send,
+            gateway: c
+                .spec
+                .sms_gateway
+                .clone()
+                .or_else(|| self.snapshot().config.sms.default_gateway.clone())
+                .unwrap_or_default(),
+            marketing: true,
             once: true,
+        });
+        let out = match &sms {
+            Some(_) => None,
+            None => Some(Outbox {
+                send,
+                sender: compiled.sender().map_err(|e| StoreError::Io(e.0))?.clone(),
+                source: format!("campaign:{id}"),
+                kind: Some(MailKind::Marketing),
+                once: true,
+            }),
         };
         let tags: std::collections::BTreeSet<String> = c.spec.tags_after.iter().cloned().collect();
         let end = b.end;
@@ -1034,14 +1069,16 @@ impl Campaigns {
             let room = c.run.budget_messages.map(|m| m.saturating_sub(c.queued()));
             let (mut skipped, mut failed) = (0u64, 0u64);
             let mut built = Vec::with_capacity(b.items.len());
+            let mut texts = Vec::new();
             for item in b.items {
                 match item {
                     Item::Built(m) => built.push(*m),
+                    Item::Sms(m) => texts.push(*m),
                     Item::Skip => skipped += 1,
                     Item::Failed => failed += 1,
                 }
             }
-            let done = commit_batch(t, &out, &links, built, room, now, |t, contact| {
+            let after = |t: &mut crate::store::WriteTables<'_>, contact| {
                 if !tags.is_empty() {
                     let update = crate::contacts::ContactUpdate {
                         add_tags: tags.clone(),
@@ -1052,7 +1089,12 @@ impl Campaigns {
                     let _ = crate::contacts::apply_update_by_id(t, contact, update, when)?;
                 }
                 Ok(())
-            })?;
+            };
+            let done = match (&out, &sms) {
+                (Some(out), _) => commit_batch(t, out, &links, built, room, now, after)?,
+                (None, Some(sms)) => commit_sms_batch(t, sms, &links, texts, room, now, after)?,
+                (None, None) => return Ok(None),
+            };
             let queued = done.queued.len() as u64;
             skipped += done.skipped + done.over_budget;
             let budget_hit = done.over_budget > 0;
@@ -1202,7 +1244,10 @@ impl Campaigns {
                         s
                     }
                 };
-                let sender = compiled.sender().clone();
+                let sender = compiled
+                    .sender()
+                    .map_err(|e| CampaignError::Invalid(e.0))?
+                    .clone();
                 // A seed address gets the test whatever its consent: it
                 // asked for it, and it is not counted as marketing mail.
                 match build_one(&compiled, &sender, Some(contact), now, false, None) {
@@ -1220,7 +1265,10 @@ impl Campaigns {
             // for it (no consent rule), and it is not counted as marketing.
             let outbox = Outbox {
                 send,
-                sender: compiled.sender().clone(),
+                sender: compiled
+                    .sender()
+                    .map_err(|e| CampaignError::Invalid(e.0))?
+                    .clone(),
                 source: format!("campaign-test:{id}"),
                 kind: None,
                 once: false,
@@ -1249,6 +1297,57 @@ impl Campaigns {
 }
 
 /// Renders, builds and signs one recipient's message (rayon thread).
+/// A campaign's messages that need nothing more from delivery: for mail,
+/// delivered or failed (and deferred, when `deferred`: waiting, not using
+/// delivery now); for SMS, out of the SMS queue (the gateway took them, or
+/// they failed before).
+fn settled(c: &Campaign, counts: &crate::store::SendCounts, deferred: bool) -> u64 {
+    if c.spec.channel == super::model::Channel::Sms {
+        return total(counts, Counter::Dequeued);
+    }
+    let d = if deferred {
+        total(counts, Counter::Deferred)
+    } else {
+        0
+    };
+    total(counts, Counter::Delivered) + total(counts, Counter::Failed) + d
+}
+
+/// Renders one contact's text message: skipped without a number or SMS
+/// consent.
+fn build_sms(
+    compiled: &Compiled,
+    contact: Option<Contact>,
+    now: i64,
+    coupon: Option<String>,
+) -> Item {
+    let Some(contact) = contact else {
+        return Item::Skip;
+    };
+    let Some(to) = contact.phone.clone() else {
+        return Item::Skip;
+    };
+    if contact.sms_consent != ConsentState::Granted {
+        return Item::Skip;
+    }
+    let site = contact.site.clone();
+    let id = contact.id;
+    let mut r = Recipient::new(contact);
+    r.coupon = coupon;
+    match compiled.render_sms(&r, (now / 1000).max(0) as u64) {
+        Ok(text) => Item::Sms(Box::new(crate::send::outbox::SmsOut {
+            contact: id,
+            to,
+            text,
+            site,
+        })),
+        Err(e) => {
+            tracing::warn!(contact = id, error = %e, "a campaign SMS could not be rendered");
+            Item::Failed
+        }
+    }
+}
+
 fn build_one(
     compiled: &Compiled,
     sender: &crate::config::Sender,

@@ -54,6 +54,7 @@ pub mod senders;
 pub mod shaping;
 pub mod signup;
 pub mod sites;
+pub mod sms;
 pub mod storage;
 pub mod tracking;
 mod values;
@@ -178,6 +179,12 @@ pub struct RawConfig {
     /// `[inbound]`: the SMTP listener for bounces and complaints.
     #[serde(default)]
     pub inbound: inbound::RawInbound,
+    /// `[sms]`: what every text message shares.
+    #[serde(default)]
+    pub sms: sms::RawSms,
+    /// `[[sms_gateway]]`: where text messages go.
+    #[serde(default)]
+    pub sms_gateway: Vec<sms::RawGateway>,
 }
 
 // ---------------------------------------------------------------------------
@@ -221,6 +228,8 @@ pub struct Config {
     pub automation: AutomationConfig,
     /// `[inbound]` (defaults, listener off, when the section is absent).
     pub inbound: inbound::InboundConfig,
+    /// `[sms]` and the `[[sms_gateway]]`s.
+    pub sms: sms::SmsConfig,
 }
 
 impl Config {
@@ -235,6 +244,14 @@ impl Config {
         site.and_then(|id| self.site(id))
             .or(self.sites.first())
             .map_or(chrono_tz::Tz::UTC, |s| s.time_zone)
+    }
+
+    /// The country a national phone number of site `site`'s contacts is
+    /// read in: that site's `country`, else the first `[[site]]`'s.
+    pub fn phone_country(&self, site: Option<&str>) -> Option<&str> {
+        site.and_then(|id| self.site(id))
+            .and_then(|s| s.country.as_deref())
+            .or_else(|| self.sites.first().and_then(|s| s.country.as_deref()))
     }
 
     /// The sender identity called `id`.
@@ -655,6 +672,8 @@ fn validate(
     let signup = signup::validate(&mut c, &raw.signup);
     let automation = automation::validate(&mut c, &raw.automation);
     let inbound = inbound::validate(&mut c, &base, &raw.inbound);
+    let site_currency = sites.first().and_then(|s| s.currency.as_deref());
+    let sms = sms::validate(&mut c, &base, &raw.sms, &raw.sms_gateway, site_currency);
     if let Some(v) = &raw.inbound.listen
         && inbound.fbl_addresses.is_empty()
         && !senders.iter().any(|s| s.bounce_domain.is_some())
@@ -695,6 +714,7 @@ fn validate(
         import: import?,
         automation: automation?,
         inbound,
+        sms,
     })
 }
 

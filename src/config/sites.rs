@@ -24,6 +24,9 @@ pub struct RawSite {
     pub default_language: Option<Spanned<String>>,
     /// Default currency for `money` when none is given.
     pub currency: Option<Spanned<String>>,
+    /// ISO 3166 country (e.g. "PL") a phone number written without its
+    /// country code is read in.
+    pub country: Option<Spanned<String>>,
     /// IANA time zone of the site's contacts (default "UTC"): automations'
     /// clock times, dates and quiet hours are local to it.
     pub time_zone: Option<Spanned<String>>,
@@ -76,6 +79,8 @@ pub struct Site {
     pub default_language: Option<String>,
     /// Default currency.
     pub currency: Option<String>,
+    /// Country of national phone numbers (ISO 3166 alpha-2, upper case).
+    pub country: Option<String>,
     /// Time zone of the site's contacts (`time_zone`, default UTC).
     pub time_zone: chrono_tz::Tz,
     /// Auto-login, when configured.
@@ -135,6 +140,13 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &[RawSite]) -> Vec
                 None
             }
             v => v.as_ref().map(|v| v.get_ref().clone()),
+        };
+        let country = match &s.country {
+            Some(v) if !crate::names::is_country(v.get_ref()) => {
+                c.at(&k("country"), v, "not a country code such as PL or DE");
+                None
+            }
+            v => v.as_ref().map(|v| v.get_ref().to_ascii_uppercase()),
         };
         let time_zone = match &s.time_zone {
             None => Some(chrono_tz::Tz::UTC),
@@ -215,6 +227,7 @@ pub(super) fn validate(c: &mut Checker<'_>, base: &Path, raw: &[RawSite]) -> Vec
                 url,
                 default_language,
                 currency,
+                country,
                 time_zone,
                 autologin,
             });

@@ -74,6 +74,8 @@ pub struct ImportOptions {
     /// The file's encoding; `None`: UTF-8 (a BOM says which UTF), else
     /// Windows-1250.
     pub encoding: Option<&'static encoding_rs::Encoding>,
+    /// The countries national phone numbers are read in.
+    pub countries: crate::sms::phone::Countries,
 }
 
 impl Default for ImportOptions {
@@ -87,6 +89,7 @@ impl Default for ImportOptions {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             delimiter: None,
             encoding: None,
+            countries: Default::default(),
         }
     }
 }
@@ -156,6 +159,8 @@ enum Column {
     Site,
     Consent,
     Tags,
+    Phone,
+    SmsConsent,
     Field(FieldDef),
 }
 
@@ -384,6 +389,8 @@ pub fn run_import(
             "site" => Column::Site,
             "consent" => Column::Consent,
             "tags" => Column::Tags,
+            "phone" => Column::Phone,
+            "sms_consent" => Column::SmsConsent,
             other => Column::Field(fields[other].clone()),
         })
         .collect();
@@ -394,6 +401,7 @@ pub fn run_import(
         list_id,
         default_consent: opts.consent,
         import_id: import.id,
+        countries: &opts.countries,
     };
     let skip = import.records_committed;
     let hasher = std::collections::hash_map::RandomState::new();
@@ -754,6 +762,7 @@ struct RowContext<'a> {
     list_id: Option<u64>,
     default_consent: Option<ConsentState>,
     import_id: u64,
+    countries: &'a crate::sms::phone::Countries,
 }
 
 impl RowContext<'_> {
@@ -775,6 +784,7 @@ impl RowContext<'_> {
         let mut email = None;
         let mut update = ContactUpdate::default();
         let mut consent = self.default_consent;
+        let (mut phone, mut sms_consent) = (None, None);
         for (col, raw) in self.columns.iter().zip(rec.iter()) {
             let Ok(cell) = std::str::from_utf8(raw) else {
                 return Err(format!(
@@ -806,6 +816,14 @@ impl RowContext<'_> {
                         "consent `{v}` is not one of: unknown, pending, granted, withdrawn, invalid"
                     )
                 })?),
+                Column::Phone => phone = Some(v),
+                Column::SmsConsent => {
+                    sms_consent = Some(ConsentState::parse(v).ok_or_else(|| {
+                        format!(
+                            "sms_consent `{v}` is not one of: unknown, pending, granted, withdrawn, invalid"
+                        )
+                    })?)
+                }
                 Column::Tags => {
                     for t in v.split([',', ';']).filter(|t| !t.trim().is_empty()) {
                         update
@@ -820,15 +838,22 @@ impl RowContext<'_> {
             }
         }
         let email = email.ok_or_else(|| "no e-mail address".to_string())?;
-        if let Some(to) = consent {
-            update.consent = Some(super::ConsentChange {
-                to,
-                source: ConsentSource::Import,
-                ip: None,
-                user_agent: None,
-                note: Some(format!("import {} line {line}", self.import_id)),
-            });
+        if let Some(raw) = phone {
+            let site = update.site.clone().flatten();
+            let country = self.countries.of_site(site.as_deref());
+            let p =
+                crate::sms::phone::normalize(raw, country).map_err(|e| format!("phone: {e}"))?;
+            update.phone = Some(Some(p));
         }
+        let change = |to| super::ConsentChange {
+            to,
+            source: ConsentSource::Import,
+            ip: None,
+            user_agent: None,
+            note: Some(format!("import {} line {line}", self.import_id)),
+        };
+        update.consent = consent.map(change);
+        update.sms_consent = sms_consent.map(change);
         if let Some(l) = self.list_id {
             update.add_lists.insert(l);
         }
@@ -868,6 +893,8 @@ fn col_name(c: &Column) -> &str {
         Column::Site => "site",
         Column::Consent => "consent",
         Column::Tags => "tags",
+        Column::Phone => "phone",
+        Column::SmsConsent => "sms_consent",
         Column::Field(d) => &d.name,
     }
 }

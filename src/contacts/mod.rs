@@ -210,6 +210,9 @@ pub fn check_transition(
         },
         Bounce => to == Invalid,
         Complaint => to == Withdrawn,
+        // A text from the person's own phone: STOP withdraws, START (their
+        // own confirmation) grants again.
+        Reply => matches!(to, Granted | Withdrawn),
         Import | Api => match from {
             Withdrawn | Invalid => matches!(to, Withdrawn | Invalid),
             Unknown | Pending | Granted => true,
@@ -264,6 +267,10 @@ pub struct ContactUpdate {
     pub site: Option<Option<String>>,
     /// Consent change, if any.
     pub consent: Option<ConsentChange>,
+    /// New phone number, E.164 already (`Some(None)` clears it).
+    pub phone: Option<Option<String>>,
+    /// SMS consent change, if any (same rules as `consent`).
+    pub sms_consent: Option<ConsentChange>,
     /// Lists to add the contact to.
     pub add_lists: BTreeSet<u64>,
     /// Lists to take the contact out of.
@@ -414,6 +421,8 @@ fn apply_to(
                 id: 0,
                 email: email.display.clone(),
                 consent: ConsentState::Unknown,
+                phone: None,
+                sms_consent: ConsentState::Unknown,
                 language: None,
                 site: None,
                 fields: BTreeMap::new(),
@@ -429,29 +438,32 @@ fn apply_to(
         language,
         site,
         consent,
+        phone,
+        sms_consent,
         add_lists,
         remove_lists,
         add_tags,
         remove_tags,
     } = update;
-    let consent_event = match consent {
-        Some(ch) if ch.to != c.consent => {
-            if let Err(e) = check_transition(c.consent, ch.to, ch.source) {
-                return Ok(Err(e));
-            }
-            let ev = ConsentEvent {
-                at: now,
-                from: c.consent,
-                to: ch.to,
-                source: ch.source,
-                ip: ch.ip,
-                user_agent: ch.user_agent,
-                note: ch.note,
-            };
-            c.consent = ch.to;
-            Some(ev)
-        }
-        _ => None,
+    let consent_event = match consent_change(&mut c.consent, consent, Channel::Email, now) {
+        Ok(ev) => ev,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Some(p) = phone {
+        c.phone = p;
+    }
+    if sms_consent
+        .as_ref()
+        .is_some_and(|ch| ch.to == ConsentState::Granted)
+        && c.phone.is_none()
+    {
+        return Ok(Err(ContactError::Invalid(
+            "SMS consent cannot be granted to a contact without a phone number".into(),
+        )));
+    }
+    let sms_event = match consent_change(&mut c.sms_consent, sms_consent, Channel::Sms, now) {
+        Ok(ev) => ev,
+        Err(e) => return Ok(Err(e)),
     };
     for (k, v) in fields {
         match v {
@@ -484,10 +496,36 @@ fn apply_to(
     }
     c.updated_at = now;
     t.put_contact(&c, existing.as_ref())?;
-    if let Some(ev) = consent_event {
+    for ev in [consent_event, sms_event].into_iter().flatten() {
         t.append_consent(c.id, &ev)?;
     }
     Ok(Ok((outcome, c)))
+}
+
+/// Applies a requested change to one consent (`state`, of `channel`): the
+/// log entry it makes, none when it changes nothing, or why it may not.
+fn consent_change(
+    state: &mut ConsentState,
+    change: Option<ConsentChange>,
+    channel: Channel,
+    now: DateTime<Utc>,
+) -> Result<Option<ConsentEvent>, ContactError> {
+    let Some(ch) = change.filter(|ch| ch.to != *state) else {
+        return Ok(None);
+    };
+    check_transition(*state, ch.to, ch.source)?;
+    let ev = ConsentEvent {
+        at: now,
+        channel,
+        from: *state,
+        to: ch.to,
+        source: ch.source,
+        ip: ch.ip,
+        user_agent: ch.user_agent,
+        note: ch.note,
+    };
+    *state = ch.to;
+    Ok(Some(ev))
 }
 
 /// Moves a contact to consent state `to` with a consent log entry (no IP
@@ -685,14 +723,22 @@ mod tests {
         use ConsentSource as S;
         use ConsentState as C;
         let states = [C::Unknown, C::Pending, C::Granted, C::Withdrawn, C::Invalid];
-        let sources = [S::Import, S::Api, S::Form, S::Link, S::Bounce, S::Complaint];
+        let sources = [
+            S::Import,
+            S::Api,
+            S::Form,
+            S::Link,
+            S::Bounce,
+            S::Complaint,
+            S::Reply,
+        ];
         let expected = |from: ConsentState, s: ConsentSource, to: ConsentState| -> bool {
             if from == to {
                 return true;
             }
             let gone = matches!(from, C::Withdrawn | C::Invalid);
             match s {
-                S::Link => matches!(to, C::Granted | C::Withdrawn),
+                S::Link | S::Reply => matches!(to, C::Granted | C::Withdrawn),
                 S::Form => {
                     !gone && (to == C::Withdrawn || (from == C::Unknown && to == C::Pending))
                 }
@@ -711,14 +757,15 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 5 * 6 * 5);
-        // The promise, spelled out: only the recipient's link grants again.
+        assert_eq!(checked, 5 * 7 * 5);
+        // The promise, spelled out: only the recipient's own link (or, for
+        // SMS, their START reply) grants again.
         for s in sources {
             for from in [C::Withdrawn, C::Invalid] {
                 for to in [C::Granted, C::Pending] {
                     assert_eq!(
                         check_transition(from, to, s).is_ok(),
-                        s == S::Link && to == C::Granted
+                        matches!(s, S::Link | S::Reply) && to == C::Granted
                     );
                 }
             }

@@ -58,6 +58,14 @@ pub struct Contact {
     pub email: String,
     /// Current consent state (the consent log says how it got there).
     pub consent: ConsentState,
+    /// Mobile phone number, E.164 (`+48500100200`): where SMS go. One of
+    /// the contact's attributes; the contact is still its e-mail address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// Consent to marketing SMS: the same five states and rules as e-mail
+    /// consent, kept apart (its log entries say `channel: sms`).
+    #[serde(default, skip_serializing_if = "ConsentState::is_unknown")]
+    pub sms_consent: ConsentState,
     /// Language code such as `pl` or `en`, for templates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
@@ -82,10 +90,13 @@ pub struct Contact {
 }
 
 /// System-wide consent (opt-in) state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ConsentState {
     /// Nothing known: no marketing mail.
+    #[default]
     Unknown,
     /// Awaiting the recipient's confirmation (double opt-in).
     Pending,
@@ -98,6 +109,11 @@ pub enum ConsentState {
 }
 
 impl ConsentState {
+    /// Whether nothing is known (the default, not stored).
+    pub fn is_unknown(&self) -> bool {
+        *self == ConsentState::Unknown
+    }
+
     /// All states, in code order.
     pub const ALL: [ConsentState; 5] = [
         ConsentState::Unknown,
@@ -154,6 +170,44 @@ pub enum ConsentSource {
     Bounce,
     /// A spam complaint.
     Complaint,
+    /// A text message from the person's phone (a STOP reply).
+    Reply,
+}
+
+/// What a consent is for: e-mail (the contact's `consent`) or SMS
+/// (`sms_consent`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// E-mail.
+    #[default]
+    Email,
+    /// Text messages.
+    Sms,
+}
+
+impl Channel {
+    /// Whether this is e-mail (the default, not stored).
+    pub fn is_email(&self) -> bool {
+        *self == Channel::Email
+    }
+
+    /// `email` or `sms`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+        }
+    }
+
+    /// The channel called `s`.
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "email" => Some(Channel::Email),
+            "sms" => Some(Channel::Sms),
+            _ => None,
+        }
+    }
 }
 
 /// One entry of the append-only consent log: the proof GDPR asks for.
@@ -162,6 +216,9 @@ pub struct ConsentEvent {
     /// When it happened.
     #[serde(with = "compact::millis")]
     pub at: DateTime<Utc>,
+    /// Which consent changed (e-mail unless it says `sms`).
+    #[serde(default, skip_serializing_if = "Channel::is_email")]
+    pub channel: Channel,
     /// State before.
     pub from: ConsentState,
     /// State after.
@@ -267,6 +324,7 @@ impl ConsentEvent {
             "from": self.from,
             "to": self.to,
             "source": self.source,
+            "channel": self.channel,
         });
         for (k, x) in [
             ("ip", &self.ip),

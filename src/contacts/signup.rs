@@ -63,7 +63,7 @@ pub enum Requested {
     /// the token).
     Confirm {
         /// The contact as stored.
-        contact: Contact,
+        contact: Box<Contact>,
         /// The request's number.
         request: u64,
     },
@@ -153,7 +153,10 @@ pub fn request(
         },
     )?;
     t.note_signup(contact.id, Some(list), false);
-    Ok(Ok(Requested::Confirm { contact, request }))
+    Ok(Ok(Requested::Confirm {
+        contact: Box::new(contact),
+        request,
+    }))
 }
 
 /// What a confirmation click did.

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod pages;
 pub mod public;
 pub mod reply;
+pub mod sms;
 pub mod track;
 pub mod ui;
 pub mod v1;
@@ -348,6 +349,14 @@ pub async fn serve(listeners: Listeners, state: Arc<AppState>, shutdown: impl Fu
 pub enum Route {
     /// `GET /healthz`
     Health,
+    /// `/sms/{gateway}/status`: delivery reports (public, signed).
+    SmsStatus(String),
+    /// `/sms/{gateway}/inbound`: replies to the shop's number (public, signed).
+    SmsInbound(String),
+    /// `GET /api/v1/sms`: the SMS queue, newest first.
+    SmsList,
+    /// `GET /api/v1/sms/{id}`: one text message.
+    SmsOne(String),
     /// `GET /readyz`
     Ready,
     /// `GET /metrics`
@@ -485,6 +494,10 @@ impl Route {
     pub fn name(&self) -> &'static str {
         match self {
             Route::Health => "healthz",
+            Route::SmsStatus(_) => "sms_status",
+            Route::SmsInbound(_) => "sms_inbound",
+            Route::SmsList => "sms_list",
+            Route::SmsOne(_) => "sms_one",
             Route::Ready => "readyz",
             Route::Metrics => "metrics",
             Route::Contacts => "contacts",
@@ -566,6 +579,8 @@ impl Route {
                 | Route::Confirm(_)
                 | Route::View(_)
                 | Route::Subscribe
+                | Route::SmsStatus(_)
+                | Route::SmsInbound(_)
                 | Route::Ui
         )
     }
@@ -666,6 +681,10 @@ pub fn route(path: &str) -> Route {
         ["confirm", t] => Route::Confirm(t.to_string()),
         ["v", t] => Route::View(t.to_string()),
         ["subscribe"] => Route::Subscribe,
+        ["sms", g, "status"] => Route::SmsStatus(g.to_string()),
+        ["sms", g, "inbound"] => Route::SmsInbound(g.to_string()),
+        ["api", "v1", "sms"] => Route::SmsList,
+        ["api", "v1", "sms", id] => Route::SmsOne(id.to_string()),
         ["api", "v1", "reports", "campaigns"] => Route::ReportCampaigns,
         ["api", "v1", "complaints"] => Route::Complaints,
         ["api", "v1", "reports", "campaigns", id] => Route::ReportCampaign(id.to_string()),
@@ -1250,6 +1269,22 @@ async fn call(
             Method::GET | Method::HEAD => {
                 public::page_unavailable(false, &state.config(), public::view(state, t).await)
             }
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::SmsStatus(g) => match m {
+            Method::GET | Method::POST => sms::handle(state, g, sms::Kind::Status, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::SmsInbound(g) => match m {
+            Method::GET | Method::POST => sms::handle(state, g, sms::Kind::Inbound, req).await,
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        Route::SmsList => match m {
+            Method::GET => v1::sms::list(state, &req).await,
+            _ => Err(method_not_allowed("GET")),
+        },
+        Route::SmsOne(id) => match m {
+            Method::GET => v1::sms::get(state, id).await,
             _ => Err(method_not_allowed("GET")),
         },
         Route::Subscribe => match m {

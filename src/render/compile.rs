@@ -219,7 +219,8 @@ pub struct RenderError(pub String);
 pub struct Compiled {
     template: Arc<Template>,
     env: Environment<'static>,
-    sender: Arc<Sender>,
+    /// The sender identity (`None` for a template with only SMS bodies).
+    sender: Option<Arc<Sender>>,
     sites: Arc<Vec<Site>>,
     site_values: HashMap<String, Value>,
     keys: Keys,
@@ -253,12 +254,13 @@ impl Compiled {
         config: &Config,
         opts: SendOptions,
     ) -> Result<Compiled, String> {
-        let sender = config.sender(&template.sender).cloned().ok_or_else(|| {
-            format!(
+        let sender = config.sender(&template.sender).cloned();
+        if sender.is_none() && !template.variants.is_empty() {
+            return Err(format!(
                 "template {}: no [[sender]] `{}`",
                 template.name, template.sender
-            )
-        })?;
+            ));
+        }
         let sites = Arc::new(config.sites.clone());
         let tracking = opts.tracking && template.tracking;
         let mut env = base_env();
@@ -275,6 +277,15 @@ impl Compiled {
                         .map_err(|e| format!("template {} ({part}): {e}", template.name))?;
                 }
             }
+        }
+        for v in template.sms.values() {
+            let name = format!(
+                "{}/{}/body.sms",
+                v.site.as_deref().unwrap_or("_"),
+                v.language
+            );
+            env.add_template_owned(name, v.text.clone())
+                .map_err(|e| format!("template {} (SMS): {e}", template.name))?;
         }
         let public = config.http.public_base();
         let tracker = Arc::new(Tracker {
@@ -345,9 +356,14 @@ impl Compiled {
         &self.tracker.table
     }
 
-    /// The sender identity.
-    pub fn sender(&self) -> &Arc<Sender> {
-        &self.sender
+    /// The sender identity; an error for a template without e-mail bodies.
+    pub fn sender(&self) -> Result<&Arc<Sender>, RenderError> {
+        self.sender.as_ref().ok_or_else(|| {
+            RenderError(format!(
+                "template {} has no e-mail body and no sender",
+                self.template.name
+            ))
+        })
     }
 
     /// The contact's site, or the first configured site (the default one).
@@ -400,27 +416,18 @@ impl Compiled {
         g.neutral.clone()
     }
 
-    /// Renders one recipient, sent now.
-    pub fn render(&self, r: &Recipient) -> Result<Rendered, RenderError> {
-        self.render_at(r, chrono::Utc::now().timestamp().max(0) as u64)
-    }
-
-    /// Renders one recipient as sent at `sent` (seconds since the epoch):
-    /// click and view tokens carry that time, and auto-login links expire
-    /// with it (`autologin_window`), so rendering an old message again (view
-    /// in browser) gives the same, expired, links.
-    pub fn render_at(&self, r: &Recipient, sent: u64) -> Result<Rendered, RenderError> {
+    /// What every part of a message renders with: the contact, greeting,
+    /// products, data, site, the message's own links; and the
+    /// unsubscribe URL.
+    fn context(
+        &self,
+        r: &Recipient,
+        site: Option<&Site>,
+        lang: &str,
+        message: MessageRef,
+        sent: u64,
+    ) -> (Value, String) {
         let c = &r.contact;
-        let site = self.site_of(c);
-        let variant = self
-            .template
-            .variant(site, c.language.as_deref())
-            .ok_or_else(|| RenderError(format!("template {} has no body", self.template.name)))?;
-        let lang = variant.language.as_str();
-        let message = MessageRef {
-            send: self.opts.send,
-            contact: c.id,
-        };
         let url = |t: Token, path: &str| format!("{}/{path}/{}", self.public, self.keys.sign(&t));
         let unsubscribe_url = url(Token::Unsubscribe(message), "u");
         let data = match (&r.data, &self.opts.data) {
@@ -456,6 +463,70 @@ impl Compiled {
                 String::new()
             }),
         };
+        (common, unsubscribe_url)
+    }
+
+    /// Renders the text message (SMS) of one recipient sent at `sent`
+    /// (seconds): the contact's SMS variant, links turned into Herald click
+    /// links (when tracking), transliterated when the template allows.
+    pub fn render_sms(&self, r: &Recipient, sent: u64) -> Result<String, RenderError> {
+        let c = &r.contact;
+        let site = self.site_of(c);
+        let variant = self
+            .template
+            .sms_variant(site, c.language.as_deref())
+            .ok_or_else(|| {
+                RenderError(format!("template {} has no SMS body", self.template.name))
+            })?;
+        let lang = variant.language.as_str();
+        let message = MessageRef {
+            send: self.opts.send,
+            contact: c.id,
+        };
+        let (ctx, _) = self.context(r, site, lang, message, sent);
+        let name = format!(
+            "{}/{}/body.sms",
+            variant.site.as_deref().unwrap_or("_"),
+            variant.language
+        );
+        let t = self
+            .env
+            .get_template(&name)
+            .map_err(|e| render_err("SMS", &e))?;
+        let mut text = t.render(&ctx).map_err(|e| render_err("SMS", &e))?;
+        text = text.trim().to_string();
+        if self.tracking {
+            let m = message_links(site, message, sent);
+            text = links::rewrite_text_links(&text, &self.tracker, &m);
+        }
+        if self.template.sms_transliterate {
+            text = crate::sms::encoding::transliterate(&text);
+        }
+        Ok(text)
+    }
+
+    /// Renders one recipient, sent now.
+    pub fn render(&self, r: &Recipient) -> Result<Rendered, RenderError> {
+        self.render_at(r, chrono::Utc::now().timestamp().max(0) as u64)
+    }
+
+    /// Renders one recipient as sent at `sent` (seconds since the epoch):
+    /// click and view tokens carry that time, and auto-login links expire
+    /// with it (`autologin_window`), so rendering an old message again (view
+    /// in browser) gives the same, expired, links.
+    pub fn render_at(&self, r: &Recipient, sent: u64) -> Result<Rendered, RenderError> {
+        let c = &r.contact;
+        let site = self.site_of(c);
+        let variant = self
+            .template
+            .variant(site, c.language.as_deref())
+            .ok_or_else(|| RenderError(format!("template {} has no body", self.template.name)))?;
+        let lang = variant.language.as_str();
+        let message = MessageRef {
+            send: self.opts.send,
+            contact: c.id,
+        };
+        let (common, unsubscribe_url) = self.context(r, site, lang, message, sent);
         // The preheader renders first: the body shows it hidden at its top.
         let preheader = match &variant.preheader {
             Some(_) => {
@@ -485,12 +556,7 @@ impl Compiled {
         let subject = part("subject")?.trim().replace(['\r', '\n'], " ");
         let mut html = part("body.html")?;
         if self.tracking {
-            let m = MessageLinks::new(
-                message,
-                site.and_then(|s| s.autologin.as_ref())
-                    .map(|a| a.param.clone()),
-                sent,
-            );
+            let m = message_links(site, message, sent);
             html = links::rewrite_links(&html, &self.tracker, &m);
         }
         let text = part("body.txt")?;
@@ -504,7 +570,7 @@ impl Compiled {
             preheader: preheader.map(|p| html_escape::decode_html_entities(&p).into_owned()),
             html,
             text,
-            message_id: message_id(s, c.id, r.occurrence, &self.sender.domain),
+            message_id: message_id(s, c.id, r.occurrence, &self.sender()?.domain),
             from_name: variant
                 .from_name
                 .clone()
@@ -519,11 +585,12 @@ impl Compiled {
 
     /// Assembles the MIME message (not yet DKIM-signed: the queue signs).
     pub fn build(&self, r: &Rendered, now_ms: i64) -> Result<Vec<u8>, RenderError> {
-        let (sender_name, _) = crate::delivery::queue::mailbox_parts(&self.sender.from);
+        let sender = self.sender()?;
+        let (sender_name, _) = crate::delivery::queue::mailbox_parts(&sender.from);
         let name = r.from_name.clone().or(sender_name);
         let s = self.opts.send;
         let mut b = MessageBuilder::new()
-            .from(Address::new_address(name, self.sender.from_address.clone()))
+            .from(Address::new_address(name, sender.from_address.clone()))
             .to(Address::new_address(None::<String>, r.email.clone()))
             .subject(r.subject.clone())
             .message_id(r.message_id.clone())
@@ -536,7 +603,7 @@ impl Compiled {
                     s.id,
                     s.variant,
                     self.template.name,
-                    self.sender.id
+                    sender.id
                 )),
             );
         if let Some(rt) = &r.reply_to {
@@ -545,7 +612,7 @@ impl Compiled {
         }
         if self.template.kind == Kind::Marketing {
             let mut lu = format!("<{}>", r.unsubscribe_url);
-            if let Some(m) = &self.sender.unsubscribe_mailto {
+            if let Some(m) = &sender.unsubscribe_mailto {
                 let token = r.unsubscribe_url.rsplit('/').next().unwrap_or("");
                 lu.push_str(&format!(", <mailto:{m}?subject=unsubscribe%20{token}>"));
             }
@@ -557,7 +624,7 @@ impl Compiled {
                 )
                 .header(
                     "List-Id",
-                    Raw::new(format!("<{}.{}>", self.sender.id, self.sender.domain)),
+                    Raw::new(format!("<{}.{}>", sender.id, sender.domain)),
                 );
         }
         // HTML with its non-ASCII characters as character references is
@@ -587,6 +654,17 @@ impl Compiled {
 /// over RFC 5322's 998 characters, non-ASCII inside `<style>`/`<script>`
 /// (references are not decoded there) — and the part is then encoded
 /// (quoted-printable) as usual.
+/// The link state of one message sent at `sent` to a contact of `site`
+/// (whose auto-login parameter recorded URLs leave out).
+fn message_links(site: Option<&Site>, message: MessageRef, sent: u64) -> MessageLinks {
+    MessageLinks::new(
+        message,
+        site.and_then(|s| s.autologin.as_ref())
+            .map(|a| a.param.clone()),
+        sent,
+    )
+}
+
 pub fn html_7bit(html: &str) -> Option<String> {
     let b = html.as_bytes();
     if memchr::memchr2(b'\r', 0, b).is_some() {
@@ -809,6 +887,7 @@ mod tests {
             url: url::Url::parse("https://shop.example").map_err(|e| e.to_string())?,
             default_language: None,
             currency: None,
+            country: None,
             time_zone: chrono_tz::Tz::UTC,
             autologin: Some(Autologin {
                 secret: crate::config::Secret("0123456789abcdef0123456789abcdef".into()),
@@ -821,6 +900,8 @@ mod tests {
             id: 7,
             email: "a@example.com".into(),
             consent: crate::contacts::model::ConsentState::Granted,
+            phone: None,
+            sms_consent: crate::contacts::model::ConsentState::Unknown,
             language: None,
             site: None,
             fields: Default::default(),

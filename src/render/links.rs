@@ -377,6 +377,30 @@ fn anchor_hrefs(html: &str) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// Plain text (an SMS) with every `http://` or `https://` URL that can be
+/// tracked replaced by its click URL. A URL ends at white space; trailing
+/// punctuation (`.`, `,`, `)`, `!`, `?`…) stays outside it.
+pub fn rewrite_text_links(text: &str, t: &Tracker, m: &MessageLinks) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut rest = text;
+    while let Some(i) = ["http://", "https://"]
+        .iter()
+        .filter_map(|p| rest.find(p))
+        .min()
+    {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        let url = tail[..end].trim_end_matches(['.', ',', ')', '!', '?', ';', ':', '"', '\'']);
+        if !t.track_into(url, m, &mut out) {
+            out.push_str(url);
+        }
+        rest = &tail[url.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Rewrites every trackable link of finished HTML to a signed click link.
 pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks) -> String {
     let mut out = String::with_capacity(html.len() + 4096);

@@ -80,6 +80,8 @@ pub fn sample_contact(t: &Template) -> Result<Contact, String> {
         id: 0,
         email: "sample@example.com".into(),
         consent: ConsentState::Granted,
+        phone: None,
+        sms_consent: ConsentState::Unknown,
         language: None,
         site: None,
         fields: BTreeMap::new(),
@@ -156,6 +158,69 @@ pub fn render(
     input: PreviewInput,
     now_ms: i64,
 ) -> Result<Preview, String> {
+    let (compiled, recipient) = prepare(template, config, send, input)?;
+    let rendered = compiled.render(&recipient).map_err(|e| e.0)?;
+    let mime = compiled.build(&rendered, now_ms).map_err(|e| e.0)?;
+    Ok(Preview { rendered, mime })
+}
+
+/// A rendered text message and what it costs.
+#[derive(Debug, Clone)]
+pub struct SmsPreview {
+    /// The text as it would be sent.
+    pub text: String,
+    /// Encoding, characters, units and parts.
+    pub analysis: crate::sms::encoding::Analysis,
+    /// Warnings: more parts than `[sms] max_parts`, accents that force
+    /// UCS-2.
+    pub warnings: Vec<String>,
+}
+
+/// Renders the SMS of `template` for a preview, with its encoding and
+/// parts.
+pub fn render_sms(
+    template: Arc<Template>,
+    config: &Config,
+    send: SendRef,
+    input: PreviewInput,
+    now_ms: i64,
+) -> Result<SmsPreview, String> {
+    use crate::sms::encoding::{Encoding, analyze, transliterate};
+    let (compiled, recipient) = prepare(template.clone(), config, send, input)?;
+    let sent = (now_ms / 1000).max(0) as u64;
+    let text = compiled.render_sms(&recipient, sent).map_err(|e| e.0)?;
+    let analysis = analyze(&text);
+    let max = config.sms.max_parts;
+    let mut warnings = Vec::new();
+    if analysis.parts > max {
+        warnings.push(format!(
+            "{} parts: more than [sms] max_parts ({max}); each part is billed",
+            analysis.parts
+        ));
+    }
+    if analysis.encoding == Encoding::Ucs2 && !template.sms_transliterate {
+        let plain = analyze(&transliterate(&text));
+        if plain.encoding == Encoding::Gsm7 {
+            warnings.push(format!(
+                "accented letters make this UCS-2 (70 characters a part, {} parts); `sms_transliterate = true` in template.toml would send it as GSM-7 in {} parts",
+                analysis.parts, plain.parts
+            ));
+        }
+    }
+    Ok(SmsPreview {
+        text,
+        analysis,
+        warnings,
+    })
+}
+
+/// The compiled template and the recipient a preview renders.
+fn prepare(
+    template: Arc<Template>,
+    config: &Config,
+    send: SendRef,
+    input: PreviewInput,
+) -> Result<(Compiled, Recipient), String> {
     let mut contact = match input.contact {
         Some(c) => c,
         None => sample_contact(&template)?,
@@ -201,9 +266,7 @@ pub fn render(
         }),
         occurrence: None,
     };
-    let rendered = compiled.render(&recipient).map_err(|e| e.0)?;
-    let mime = compiled.build(&rendered, now_ms).map_err(|e| e.0)?;
-    Ok(Preview { rendered, mime })
+    Ok((compiled, recipient))
 }
 
 /// A preview send: links in it lead nowhere.

@@ -4,6 +4,7 @@
 //! templates/<name>/template.toml       name, sender, subjects, …
 //! templates/<name>/body.<lang>.html    or body.<lang>.mjml
 //! templates/<name>/body.<lang>.txt     optional; derived from the HTML if absent
+//! templates/<name>/body.<lang>.sms.txt the text message (SMS), optional
 //! templates/<name>/sample.json         optional sample data for previews
 //! templates/<name>/sites/<site>/…      per-site template.toml and bodies
 //! ```
@@ -41,6 +42,9 @@ struct RawMeta {
     subject: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     preheader: BTreeMap<String, Spanned<String>>,
+    /// Whether the SMS text may lose its accents to stay in GSM-7 (`ą` →
+    /// `a`): cheaper parts, plainer text.
+    sms_transliterate: Option<Spanned<bool>>,
 }
 
 /// `sites/<site>/template.toml` as written: what a site may override.
@@ -101,6 +105,17 @@ pub struct Variant {
     pub html_file: PathBuf,
 }
 
+/// One (site, language) of a template's text message.
+#[derive(Debug, Clone)]
+pub struct SmsVariant {
+    /// Site override this comes from; `None` for the template's own file.
+    pub site: Option<String>,
+    /// Language.
+    pub language: String,
+    /// The text template.
+    pub text: String,
+}
+
 /// A loaded, checked template.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -124,6 +139,10 @@ pub struct Template {
     pub kind: Kind,
     /// Variants by (site or "", language).
     pub variants: BTreeMap<(String, String), Arc<Variant>>,
+    /// Text-message variants by (site or "", language).
+    pub sms: BTreeMap<(String, String), Arc<SmsVariant>>,
+    /// Whether SMS text is transliterated to stay in GSM-7.
+    pub sms_transliterate: bool,
     /// `sample.json`, for previews without a contact.
     pub sample: Option<serde_json::Value>,
     /// Contact attributes the bodies read (`contact.X`), checked against the
@@ -141,32 +160,54 @@ impl Template {
     /// files before the template's. `None` only for a template without any
     /// body, which `load` never returns.
     pub fn variant(&self, site: Option<&Site>, language: Option<&str>) -> Option<&Arc<Variant>> {
-        let site_id = site.map(|s| s.id.as_str()).unwrap_or("");
-        let candidates = [
-            language,
-            site.and_then(|s| s.default_language.as_deref()),
-            Some(self.default_language.as_str()),
-        ];
-        for lang in candidates.into_iter().flatten() {
-            let lang = lang.to_ascii_lowercase();
-            if !site_id.is_empty()
-                && let Some(v) = self.variants.get(&(site_id.to_string(), lang.clone()))
-            {
-                return Some(v);
-            }
-            if let Some(v) = self.variants.get(&(String::new(), lang)) {
-                return Some(v);
-            }
-        }
-        // `load` guarantees a body in the default language, so this is
-        // reached only by a template built by hand without one.
-        self.variants.values().next()
+        pick(&self.variants, site, language, &self.default_language)
+    }
+
+    /// The text-message variant for a contact, chosen as [`Self::variant`]
+    /// chooses; `None` when the template has no SMS body.
+    pub fn sms_variant(
+        &self,
+        site: Option<&Site>,
+        language: Option<&str>,
+    ) -> Option<&Arc<SmsVariant>> {
+        pick(&self.sms, site, language, &self.default_language)
     }
 
     /// Languages with a body, any site.
     pub fn languages(&self) -> BTreeSet<String> {
         self.variants.keys().map(|(_, l)| l.clone()).collect()
     }
+}
+
+/// The first of (contact's language, site's default language, template
+/// default) that `map` has, the site's own files before the template's;
+/// else any.
+fn pick<'a, V>(
+    map: &'a BTreeMap<(String, String), V>,
+    site: Option<&Site>,
+    language: Option<&str>,
+    default_language: &str,
+) -> Option<&'a V> {
+    let site_id = site.map(|s| s.id.as_str()).unwrap_or("");
+    let candidates = [
+        language,
+        site.and_then(|s| s.default_language.as_deref()),
+        Some(default_language),
+    ];
+    for lang in candidates.into_iter().flatten() {
+        let lang = lang.to_ascii_lowercase();
+        if !site_id.is_empty()
+            && let Some(v) = map.get(&(site_id.to_string(), lang.clone()))
+        {
+            return Some(v);
+        }
+        if let Some(v) = map.get(&(String::new(), lang)) {
+            return Some(v);
+        }
+    }
+    // `load` guarantees a body in the default language, so this is
+    // reached only by a template built by hand without one.
+    map.values().next()
 }
 
 /// Every name a template may read at the top level.
@@ -358,12 +399,14 @@ fn check_site_samples(l: &mut Loader<'_>, file: &Path, sample: &serde_json::Valu
 struct Bodies {
     html: BTreeMap<String, (PathBuf, bool)>,
     text: BTreeMap<String, PathBuf>,
+    sms: BTreeMap<String, PathBuf>,
 }
 
 fn scan_bodies(l: &mut Loader<'_>, dir: &Path) -> Bodies {
     let mut b = Bodies {
         html: BTreeMap::new(),
         text: BTreeMap::new(),
+        sms: BTreeMap::new(),
     };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return b;
@@ -380,13 +423,14 @@ fn scan_bodies(l: &mut Loader<'_>, dir: &Path) -> Bodies {
         let parts: Vec<&str> = rest.split('.').collect();
         let (lang, ext) = match parts.as_slice() {
             [lang, ext] => (lang.to_ascii_lowercase(), *ext),
+            [lang, "sms", "txt"] => (lang.to_ascii_lowercase(), "sms.txt"),
             _ => {
                 l.err(
                     &p,
                     "",
                     None,
                     "",
-                    "body files are named body.<lang>.html, body.<lang>.mjml or body.<lang>.txt",
+                    "body files are named body.<lang>.html, body.<lang>.mjml, body.<lang>.txt or body.<lang>.sms.txt",
                 );
                 continue;
             }
@@ -418,10 +462,28 @@ fn scan_bodies(l: &mut Loader<'_>, dir: &Path) -> Bodies {
             "txt" => {
                 b.text.insert(lang, p.clone());
             }
+            "sms.txt" => {
+                b.sms.insert(lang, p.clone());
+            }
             _ => l.err(&p, "", None, "", "body files end in .html, .mjml or .txt"),
         }
     }
     b
+}
+
+/// Whether `dir` has SMS bodies (`body.<lang>.sms.txt`) and no e-mail body.
+fn sms_only(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("body."))
+        .collect();
+    names.iter().any(|n| n.ends_with(".sms.txt"))
+        && !names
+            .iter()
+            .any(|n| n.ends_with(".html") || n.ends_with(".mjml"))
 }
 
 fn strings(map: &BTreeMap<String, Spanned<String>>) -> BTreeMap<String, String> {
@@ -485,6 +547,8 @@ pub fn load(
         );
     }
     let sender = match &raw.sender {
+        // Only a template with SMS bodies alone may do without a sender.
+        None if sms_only(dir) => None,
         None => {
             l.err(
                 &meta_file,
@@ -621,8 +685,10 @@ pub fn load(
     }
 
     let mut variants = BTreeMap::new();
+    let mut sms_variants = BTreeMap::new();
     // Languages with a body file of the template's own (checked or not).
     let mut own_languages: BTreeSet<String> = BTreeSet::new();
+    let mut own_sms: BTreeSet<String> = BTreeSet::new();
     let mut attrs = BTreeSet::new();
     let mut used = BTreeSet::new();
     let base_subjects = strings(&raw.subject);
@@ -631,15 +697,33 @@ pub fn load(
         let bodies = scan_bodies(&mut l, fdir);
         if site.is_none() {
             own_languages.extend(bodies.html.keys().cloned());
+            own_sms.extend(bodies.sms.keys().cloned());
         }
-        if site.is_none() && bodies.html.is_empty() {
+        if site.is_none() && bodies.html.is_empty() && bodies.sms.is_empty() {
             l.err(
                 dir,
                 "",
                 None,
                 "",
-                "no body: add body.<lang>.html or body.<lang>.mjml",
+                "no body: add body.<lang>.html or body.<lang>.mjml (e-mail), or body.<lang>.sms.txt (SMS)",
             );
+        }
+        for (lang, path) in &bodies.sms {
+            match std::fs::read_to_string(path) {
+                Ok(src) => {
+                    if check_source(&mut l, path, &src, &mut attrs, &mut used) {
+                        sms_variants.insert(
+                            (site.clone().unwrap_or_default(), lang.clone()),
+                            Arc::new(SmsVariant {
+                                site: site.clone(),
+                                language: lang.clone(),
+                                text: src,
+                            }),
+                        );
+                    }
+                }
+                Err(e) => l.err(path, "", None, "", format!("cannot read: {e}")),
+            }
         }
         for lang in bodies.text.keys() {
             if !bodies.html.contains_key(lang) {
@@ -767,6 +851,11 @@ pub fn load(
             );
         }
     }
+    let own_languages = if own_languages.is_empty() {
+        own_sms
+    } else {
+        own_languages
+    };
     if let Some(dl) = &default_language
         && !own_languages.contains(dl)
     {
@@ -859,6 +948,8 @@ pub fn load(
         tracking: raw.tracking.is_none_or(|t| *t.get_ref()),
         kind,
         variants,
+        sms: sms_variants,
+        sms_transliterate: raw.sms_transliterate.is_some_and(|t| *t.get_ref()),
         sample,
         contact_attrs: attrs,
         uses_greeting: used.contains("greeting"),

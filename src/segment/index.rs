@@ -16,6 +16,9 @@ use crate::send::SendKind;
 use crate::shop::model::{Cart, ShopStats, StatsDelta, day_of_ms};
 use crate::store::Change;
 
+/// [`Row::sms`]'s flag: the contact has a phone number.
+pub const HAS_PHONE: u8 = 0x80;
+
 /// "No value" for day columns.
 pub const NO_DAY: i32 = i32::MIN;
 
@@ -26,6 +29,9 @@ pub struct Row {
     pub present: bool,
     /// Consent state code.
     pub consent: u8,
+    /// SMS consent state code, plus [`HAS_PHONE`] when the contact has a
+    /// phone number.
+    pub sms: u8,
     /// Site (symbol; 0 = none).
     pub site: u32,
     /// Language (symbol; 0 = none).
@@ -57,6 +63,7 @@ impl Default for Row {
         Row {
             present: false,
             consent: 0,
+            sms: 0,
             site: 0,
             language: 0,
             email_domain: 0,
@@ -555,6 +562,7 @@ impl Data {
         let new = !row.present;
         row.present = true;
         row.consent = c.consent.code();
+        row.sms = c.sms_consent.code() | if c.phone.is_some() { HAS_PHONE } else { 0 };
         row.site = site;
         row.language = language;
         row.email_domain = domain;

@@ -657,6 +657,20 @@ impl Index {
         ConsentState::ALL.get(r.consent as usize).copied()
     }
 
+    /// A contact's SMS consent and whether it has a phone number (`None`:
+    /// no such contact).
+    pub fn sms_of(&self, id: u64) -> Option<(ConsentState, bool)> {
+        let d = self.data.read().ok()?;
+        let r = d.rows.get(usize::try_from(id).ok()?)?;
+        if !r.present {
+            return None;
+        }
+        let state = ConsentState::ALL
+            .get((r.sms & !index::HAS_PHONE) as usize)
+            .copied()?;
+        Some((state, r.sms & index::HAS_PHONE != 0))
+    }
+
     /// Number of contacts in the index.
     pub fn contacts(&self) -> usize {
         self.data.read().map(|d| d.contacts).unwrap_or(0)

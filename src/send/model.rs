@@ -236,11 +236,20 @@ pub enum Counter {
     /// Messages taken out of the queue unsent because the address is on
     /// the suppression list (also counted as failed).
     NotSentSuppressed = 25,
+    /// Text messages an SMS gateway took.
+    Handed = 26,
+    /// Text messages that left the SMS queue: handed to the gateway, or
+    /// failed before (refused, out of attempts, not sent).
+    Dequeued = 27,
+    /// SMS parts billed (a long or UCS-2 text is several).
+    SmsParts = 28,
+    /// What the parts cost, in ten-thousandths of the gateway's currency.
+    SmsCost = 29,
 }
 
 impl Counter {
     /// Every counter, for reading them all.
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 29] = [
         Counter::Delivered,
         Counter::Failed,
         Counter::Deferred,
@@ -266,6 +275,10 @@ impl Counter {
         Counter::AutoReplies,
         Counter::DelayNotices,
         Counter::NotSentSuppressed,
+        Counter::Handed,
+        Counter::Dequeued,
+        Counter::SmsParts,
+        Counter::SmsCost,
     ];
 
     /// The name in the API.
@@ -296,6 +309,10 @@ impl Counter {
             Counter::AutoReplies => "auto_replies",
             Counter::DelayNotices => "delay_notices",
             Counter::NotSentSuppressed => "not_sent_suppressed",
+            Counter::Handed => "sms_handed",
+            Counter::Dequeued => "sms_dequeued",
+            Counter::SmsParts => "sms_parts",
+            Counter::SmsCost => "sms_cost_ten_thousandths",
         }
     }
 }

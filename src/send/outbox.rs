@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::model::{SendKind, SendRef, transactional, valid_tag};
+use crate::contacts::model::Contact;
 use crate::delivery::model::MailKind;
 use crate::delivery::queue::{SignError, Signed, queue_signed, sign};
 use crate::render::links::LinkRecord;
@@ -65,32 +66,23 @@ pub fn commit_batch(
     out: &Outbox,
     links: &[(u32, LinkRecord)],
     messages: Vec<Signed>,
-    mut room: Option<u64>,
+    room: Option<u64>,
     now: i64,
-    mut after: impl FnMut(&mut WriteTables<'_>, u64) -> Result<(), StoreError>,
+    after: impl FnMut(&mut WriteTables<'_>, u64) -> Result<(), StoreError>,
 ) -> Result<Committed, StoreError> {
-    if !links.is_empty() {
-        t.put_links(&out.send.key(), links)?;
-    }
-    let mut done = Committed::default();
-    let total = messages.len() as u64;
-    for (i, m) in messages.into_iter().enumerate() {
-        // Consent is law at the moment of queuing: an unsubscribe or a
-        // hard bounce committed since the batch was read wins.
-        let allowed = match out.kind {
-            Some(kind) => t
-                .contact(m.contact)?
-                .is_some_and(|c| kind.allows(c.consent)),
-            None => true,
-        };
-        if !allowed || (out.once && t.sent(out.send, m.contact)?.is_some()) {
-            done.skipped += 1;
-            continue;
-        }
-        if room == Some(0) {
-            done.over_budget = total - i as u64;
-            break;
-        }
+    let each = Each {
+        send: out.send,
+        once: out.once,
+        room,
+        now,
+    };
+    // Consent is law at the moment of queuing: an unsubscribe or a hard
+    // bounce committed since the batch was read wins.
+    let allowed = |c: Option<&Contact>, _: &Signed| match out.kind {
+        Some(kind) => c.is_some_and(|c| kind.allows(c.consent)),
+        None => true,
+    };
+    let queue = |t: &mut WriteTables<'_>, m: Signed| {
         let qid = queue_signed(
             t,
             &out.sender,
@@ -100,17 +92,161 @@ pub fn commit_batch(
             out.kind,
             now,
         )?;
-        t.put_sent(out.send, m.contact, qid, now)?;
         if out.kind == Some(MailKind::Marketing) && out.send.counted() {
             // The frequency cap counts every marketing message.
             t.note_marketing(m.contact, now)?;
         }
-        after(t, m.contact)?;
-        done.queued.push(m.contact);
+        Ok(qid)
+    };
+    commit_each(
+        t,
+        each,
+        links,
+        messages,
+        |m| m.contact,
+        allowed,
+        queue,
+        after,
+    )
+}
+
+/// What [`commit_each`] needs besides the messages.
+struct Each {
+    send: SendRef,
+    once: bool,
+    room: Option<u64>,
+    now: i64,
+}
+
+/// The loop both kinds of batch share: the send's new links first, then
+/// per message the contact's consent (`allowed`) and the ledger again,
+/// `queue` (which returns the queue or SMS id), the ledger entry and the
+/// `sent` count, and `after`; at most `room` messages.
+#[allow(clippy::too_many_arguments)]
+fn commit_each<M>(
+    t: &mut WriteTables<'_>,
+    e: Each,
+    links: &[(u32, LinkRecord)],
+    messages: Vec<M>,
+    contact_of: impl Fn(&M) -> u64,
+    allowed: impl Fn(Option<&Contact>, &M) -> bool,
+    mut queue: impl FnMut(&mut WriteTables<'_>, M) -> Result<u64, StoreError>,
+    mut after: impl FnMut(&mut WriteTables<'_>, u64) -> Result<(), StoreError>,
+) -> Result<Committed, StoreError> {
+    if !links.is_empty() {
+        t.put_links(&e.send.key(), links)?;
+    }
+    let mut room = e.room;
+    let mut done = Committed::default();
+    let total = messages.len() as u64;
+    for (i, m) in messages.into_iter().enumerate() {
+        let contact = contact_of(&m);
+        let ok = allowed(t.contact(contact)?.as_ref(), &m);
+        if !ok || (e.once && t.sent(e.send, contact)?.is_some()) {
+            done.skipped += 1;
+            continue;
+        }
+        if room == Some(0) {
+            done.over_budget = total - i as u64;
+            break;
+        }
+        let id = queue(t, m)?;
+        t.put_sent(e.send, contact, id, e.now)?;
+        after(t, contact)?;
+        done.queued.push(contact);
         room = room.map(|r| r - 1);
     }
-    t.note_sent(out.send, done.queued.clone());
+    t.note_sent(e.send, done.queued.clone());
     Ok(done)
+}
+
+/// One rendered text message for [`commit_sms_batch`].
+#[derive(Debug, Clone)]
+pub struct SmsOut {
+    /// The contact.
+    pub contact: u64,
+    /// The number it was rendered for, E.164.
+    pub to: String,
+    /// The text.
+    pub text: String,
+    /// The contact's site (quiet hours).
+    pub site: Option<String>,
+}
+
+/// Where a batch of text messages goes: the send, the gateway, whether it
+/// is marketing (SMS consent `granted` needed, quiet hours).
+#[derive(Debug, Clone)]
+pub struct SmsOutbox {
+    /// The send.
+    pub send: SendRef,
+    /// The gateway's id.
+    pub gateway: String,
+    /// Marketing or transactional.
+    pub marketing: bool,
+    /// One message per contact and round.
+    pub once: bool,
+}
+
+/// [`commit_batch`] for text messages: checks each contact's SMS consent
+/// and number and the send's ledger again, queues the message in the SMS
+/// queue, records it in the ledger and counts it sent.
+pub fn commit_sms_batch(
+    t: &mut WriteTables<'_>,
+    out: &SmsOutbox,
+    links: &[(u32, LinkRecord)],
+    messages: Vec<SmsOut>,
+    room: Option<u64>,
+    now: i64,
+    after: impl FnMut(&mut WriteTables<'_>, u64) -> Result<(), StoreError>,
+) -> Result<Committed, StoreError> {
+    use crate::contacts::model::ConsentState;
+    let each = Each {
+        send: out.send,
+        once: out.once,
+        room,
+        now,
+    };
+    let allowed = |c: Option<&Contact>, m: &SmsOut| {
+        c.is_some_and(|c| {
+            c.phone.as_deref() == Some(m.to.as_str())
+                && (!out.marketing || c.sms_consent == ConsentState::Granted)
+        })
+    };
+    let queue = |t: &mut WriteTables<'_>, m: SmsOut| {
+        let a = crate::sms::encoding::analyze(&m.text);
+        let record = crate::sms::model::SmsRecord {
+            id: 0,
+            send: Some(out.send),
+            contact: m.contact,
+            to: m.to,
+            text: m.text,
+            encoding: a.encoding,
+            parts: a.parts as u32,
+            gateway: out.gateway.clone(),
+            marketing: out.marketing,
+            site: m.site,
+            state: crate::sms::model::SmsState::Queued,
+            attempts: 0,
+            due: Some(now),
+            gateway_id: None,
+            status: None,
+            error: None,
+            created: now,
+            updated: now,
+            sent_at: None,
+        };
+        crate::sms::queue::queue(t, record)
+    };
+    commit_each(
+        t,
+        each,
+        links,
+        messages,
+        |m| m.contact,
+        allowed,
+        queue,
+        after,
+    )
 }
 
 /// Why [`queue_template`] did not queue.

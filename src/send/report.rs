@@ -122,6 +122,13 @@ pub fn figures(
     put("complaints", get(Counter::Complaints).into());
     put("orders", get(Counter::Orders).into());
     put("revenue", money(revenue_cents as f64));
+    // Text messages: shown for sends that had any.
+    let handed = get(Counter::Handed);
+    if handed > 0 || get(Counter::Dequeued) > 0 {
+        put("sms_handed", handed.into());
+        put("sms_parts", get(Counter::SmsParts).into());
+        put("sms_cost", json!(get(Counter::SmsCost) as f64 / 10_000.0));
+    }
     put("open_rate", rate(uo, delivered));
     put("ctr", rate(uc, delivered));
     put("ctor", rate(uc, uo));

@@ -178,7 +178,7 @@ pub async fn subscribe(cx: Context<'_>, form: SignupForm) -> Result<Subscribed, 
         .cloned()
         .ok_or_else(|| SignupError::TemplateNotLoaded(sc.template.clone()))?;
     let recipient = crate::render::Recipient {
-        contact: Arc::new(contact),
+        contact: Arc::new(*contact),
         cart: None,
         order: None,
         data: Some(json!({"confirm_url": confirm_url, "list": list})),

@@ -32,7 +32,6 @@ pub const SHOP_FIELDS: &[(&str, &str, FieldType, &[&str])] = &[
     ("customer_id", "customer_id", FieldType::Text, &[]),
     ("first_name", "first_name", FieldType::Text, &[]),
     ("last_name", "last_name", FieldType::Text, &[]),
-    ("phone", "phone", FieldType::Text, &[]),
     ("birthday", "birthday", FieldType::Date, &[]),
     ("registered_at", "registered_at", FieldType::Date, &[]),
     ("country", "country", FieldType::Text, &[]),
@@ -123,11 +122,21 @@ fn apply(
             fields,
             language,
             site,
+            phone,
+            sms_consent,
             tags,
         } => {
             let mut update = ContactUpdate {
                 language,
                 site,
+                phone,
+                sms_consent: sms_consent.map(|to| ConsentChange {
+                    to,
+                    source: ConsentSource::Api,
+                    ip: None,
+                    user_agent: None,
+                    note: Some("customer event from the shop".into()),
+                }),
                 add_tags: tags,
                 ..Default::default()
             };

@@ -76,6 +76,10 @@ pub enum Body {
         language: Option<Option<String>>,
         /// New site (`Some(None)` clears).
         site: Option<Option<String>>,
+        /// New phone, E.164 (`Some(None)` clears).
+        phone: Option<Option<String>>,
+        /// New SMS consent (`granted` from a checkout checkbox…).
+        sms_consent: Option<ConsentState>,
         /// Tags to add.
         tags: BTreeSet<String>,
     },
@@ -164,12 +168,32 @@ fn check_time(key: &str, s: &str, ms: i64, now_ms: i64) -> Result<i64, String> {
     Ok(ms)
 }
 
+/// What parsing events needs from the config: the site ids, and the
+/// countries their national phone numbers are read in.
+#[derive(Debug, Clone, Default)]
+pub struct Sites {
+    /// Every `[[site]]` id.
+    pub ids: Vec<String>,
+    /// Phone-number countries per site.
+    pub countries: crate::sms::phone::Countries,
+}
+
+impl Sites {
+    /// The sites of `config`.
+    pub fn of(config: &crate::config::Config) -> Sites {
+        Sites {
+            ids: config.sites.iter().map(|s| s.id.clone()).collect(),
+            countries: crate::sms::phone::Countries::of(config),
+        }
+    }
+}
+
 /// Parses a request body: a JSON array of events. `Err` only when the body
 /// as a whole is unusable (not an array, too many events). Event times must
 /// lie between 1970 and a day after `now`.
 pub fn parse_batch(
     body: &[u8],
-    sites: &[String],
+    sites: &Sites,
     now: DateTime<Utc>,
 ) -> Result<Vec<Result<Event, Malformed>>, String> {
     let raw: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).map_err(|e| {
@@ -203,7 +227,7 @@ struct Envelope {
     at: Option<Value>,
 }
 
-fn parse_one(index: usize, text: &str, sites: &[String], now_ms: i64) -> Result<Event, Malformed> {
+fn parse_one(index: usize, text: &str, sites: &Sites, now_ms: i64) -> Result<Event, Malformed> {
     let env: Envelope = match serde_json::from_str(text) {
         Ok(m) => m,
         Err(e) => {
@@ -316,13 +340,7 @@ fn rest<T: serde::de::DeserializeOwned>(m: Map<String, Value>) -> Result<T, Stri
     serde_json::from_value(Value::Object(m)).map_err(|e| e.to_string())
 }
 
-fn parse_body(
-    kind: &str,
-    text: &str,
-    at: i64,
-    now_ms: i64,
-    sites: &[String],
-) -> Result<Body, String> {
+fn parse_body(kind: &str, text: &str, at: i64, now_ms: i64, sites: &Sites) -> Result<Body, String> {
     // The frequent kinds are read straight into their wire structs; the
     // others go through a map.
     let mut m: Map<String, Value> = match kind {
@@ -345,7 +363,6 @@ fn parse_body(
                 ("customer_id", c.customer_id),
                 ("first_name", c.first_name),
                 ("last_name", c.last_name),
-                ("phone", c.phone),
                 ("birthday", c.birthday),
                 ("registered_at", c.registered_at),
                 ("country", c.country),
@@ -370,6 +387,25 @@ fn parse_body(
             if let Some(Some(s)) = &site {
                 check_site(s, sites)?;
             }
+            let phone = match c.phone {
+                None => None,
+                Some(Value::Null) => Some(None),
+                Some(Value::String(raw)) if raw.trim().is_empty() => Some(None),
+                Some(Value::String(raw)) => {
+                    let country = sites.countries.of_site(site.clone().flatten().as_deref());
+                    Some(Some(
+                        crate::sms::phone::normalize(&raw, country)
+                            .map_err(|e| format!("phone: {e}"))?,
+                    ))
+                }
+                Some(v) => return Err(format!("`phone` must be a string, not {v}")),
+            };
+            let sms_consent = match c.sms_consent {
+                None => None,
+                Some(s) => Some(ConsentState::parse(&s).ok_or_else(|| {
+                    format!("sms_consent `{s}` is not one of: unknown, pending, granted, withdrawn, invalid")
+                })?),
+            };
             for (k, v) in c.fields {
                 if fields.contains_key(&k) {
                     return Err(format!(
@@ -388,6 +424,8 @@ fn parse_body(
                 fields,
                 language,
                 site,
+                phone,
+                sms_consent,
                 tags,
             })
         }
@@ -498,13 +536,13 @@ fn take_code(m: &mut Map<String, Value>, key: &str) -> Result<Option<Option<Stri
     }
 }
 
-fn check_site(s: &str, sites: &[String]) -> Result<(), String> {
-    if sites.is_empty() || sites.iter().any(|x| x == s) {
+fn check_site(s: &str, sites: &Sites) -> Result<(), String> {
+    if sites.ids.is_empty() || sites.ids.iter().any(|x| x == s) {
         Ok(())
     } else {
         Err(format!(
             "site `{s}` is not configured (known: {})",
-            sites.join(", ")
+            sites.ids.join(", ")
         ))
     }
 }
@@ -610,6 +648,9 @@ wire!(CustomerWire {
     language: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     site: Option<Value>,
+    /// SMS consent state.
+    #[serde(default)]
+    sms_consent: Option<String>,
     /// Other custom fields by name.
     #[serde(default)]
     fields: BTreeMap<String, Value>,
@@ -810,7 +851,7 @@ mod tests {
             {"type":"cart","id":"5","at":"2026-11-24T10:00:00Z","email":"a@example.com","items":[],"colour":"red"},
             42
         ]"#;
-        let parsed = parse_batch(body, &[], Utc::now())?;
+        let parsed = parse_batch(body, &Sites::default(), Utc::now())?;
         assert!(parsed[0].is_ok());
         let reasons: Vec<String> = parsed[1..]
             .iter()
@@ -826,7 +867,7 @@ mod tests {
         assert!(reasons[2].contains("at least one item"));
         assert!(reasons[3].contains("unknown field `colour`"));
         assert!(reasons[4].contains("JSON object"));
-        assert!(parse_batch(b"{}", &[], Utc::now()).is_err());
+        assert!(parse_batch(b"{}", &Sites::default(), Utc::now()).is_err());
         Ok(())
     }
 
@@ -851,7 +892,7 @@ mod tests {
             order("4", "2026-11-24T10:00:00Z", "2027-01-01T00:00:00Z"),
             order("5", "2026-11-24T10:00:00Z", "1900-01-01T00:00:00Z"),
         );
-        let parsed = parse_batch(body.as_bytes(), &[], now)?;
+        let parsed = parse_batch(body.as_bytes(), &Sites::default(), now)?;
         assert!(parsed[0].is_ok(), "{:?}", parsed[0]);
         let reason = |i: usize| {
             parsed[i]

@@ -97,6 +97,17 @@ impl WriteTables<'_> {
                 }
             }
         }
+        let old_phone = before.and_then(|b| b.phone.as_deref());
+        if old_phone != c.phone.as_deref() {
+            if let Some(p) = old_phone {
+                self.tables.contact_by_phone.remove((p, c.id))?;
+            }
+            if let Some(p) = &c.phone {
+                self.tables
+                    .contact_by_phone
+                    .insert((p.as_str(), c.id), ())?;
+            }
+        }
         let empty_lists = Default::default();
         let empty_tags = Default::default();
         let (old_lists, old_tags) =
@@ -137,6 +148,7 @@ impl WriteTables<'_> {
         let mut gone = c.clone();
         gone.lists.clear();
         gone.tags.clear();
+        gone.phone = None;
         self.put_contact(&gone, Some(c))?;
         self.tables
             .contact_by_email

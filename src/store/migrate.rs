@@ -18,6 +18,13 @@
 //!   series of old orders stays as the old code wrote it (changes at the
 //!   hour of the change): a refund of an order counted before the upgrade
 //!   can leave its hour short (saturating at 0).
+//! - v3 → v4: the SMS channel. Its tables (`sms_v1`, `sms_due_v1`,
+//!   `sms_by_gateway_id_v1`, `contact_by_phone_v1`) are created empty. A
+//!   phone that customer events kept in the custom text field `phone`
+//!   becomes the contact's built-in `phone` when it is written with its
+//!   country code (`+48…`, `0048…`), and leaves the field; a national
+//!   number (no country code: the store does not know which country) stays
+//!   in the field, untouched, until an event or import sets the phone.
 
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
@@ -82,6 +89,49 @@ pub fn run(txn: &WriteTransaction, from: u64) -> Result<(), StoreError> {
     if from < 3 {
         v2_to_v3(txn)?;
     }
+    if from < 4 {
+        v3_to_v4(txn)?;
+    }
+    Ok(())
+}
+
+/// Moves international numbers from the custom field `phone` to the
+/// built-in phone, with its index entry.
+fn v3_to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
+    use crate::contacts::model::{Contact, FieldValue};
+    let mut p = Progress::new("v3 to v4: phone numbers", rows(txn, CONTACTS)?);
+    let mut moved = Vec::new();
+    {
+        let contacts = txn.open_table(CONTACTS)?;
+        for r in contacts.iter()? {
+            let (_, v) = r?;
+            p.row();
+            let mut c: Contact = super::from_json("contacts", v.value())?;
+            let Some(FieldValue::Text(raw)) = c.fields.get("phone") else {
+                continue;
+            };
+            if c.phone.is_some() {
+                continue;
+            }
+            if let Ok(e164) = crate::sms::phone::normalize(raw, None) {
+                c.fields.remove("phone");
+                c.phone = Some(e164);
+                moved.push(c);
+            }
+        }
+    }
+    let mut contacts = txn.open_table(CONTACTS)?;
+    let mut by_phone = txn.open_table(CONTACT_BY_PHONE)?;
+    for c in &moved {
+        contacts.insert(c.id, super::to_json(c).as_slice())?;
+        if let Some(ph) = &c.phone {
+            by_phone.insert((ph.as_str(), c.id), ())?;
+        }
+    }
+    tracing::info!(
+        moved = moved.len(),
+        "phone numbers with a country code are now contacts' phones"
+    );
     Ok(())
 }
 

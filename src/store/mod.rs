@@ -43,6 +43,7 @@ mod send;
 mod shaping;
 mod shop;
 mod signup;
+mod sms;
 pub mod tables;
 mod track;
 mod users;
@@ -53,6 +54,7 @@ pub use inbound::SoftStreak;
 pub use queue::{DueEntry, QueueSummary};
 pub use read::ReadTables;
 pub use send::{LinkCounts, SendCounts, SendMoney, hour_of};
+pub use sms::SmsTables;
 pub use track::HistoryEvent;
 
 use std::path::{Path, PathBuf};
@@ -1356,6 +1358,8 @@ pub enum Sequence {
     Activity,
     /// Inbound reports (bounces, complaints, auto-replies).
     Inbound,
+    /// Text messages.
+    Sms,
 }
 
 impl Sequence {
@@ -1371,6 +1375,7 @@ impl Sequence {
             Sequence::Signup => "seq.signup",
             Sequence::Activity => "seq.activity",
             Sequence::Inbound => "seq.inbound",
+            Sequence::Sms => "seq.sms",
         }
     }
 }
@@ -1628,6 +1633,8 @@ mod tests {
             id,
             email: format!("c{id}@example.com"),
             consent: ConsentState::Unknown,
+            phone: None,
+            sms_consent: ConsentState::Unknown,
             language: None,
             site: None,
             fields: Default::default(),

@@ -89,6 +89,19 @@ pub trait ReadTables {
             .map(|v| v.value()))
     }
 
+    /// The ids of the contacts with this E.164 phone number.
+    fn contacts_by_phone(&self, phone: &str) -> Result<Vec<u64>, StoreError> {
+        let mut ids = Vec::new();
+        for r in self
+            .tables()
+            .contact_by_phone()?
+            .range((phone, 0)..=(phone, u64::MAX))?
+        {
+            ids.push(r?.0.value().1);
+        }
+        Ok(ids)
+    }
+
     /// A field definition.
     fn field(&self, name: &str) -> Result<Option<FieldDef>, StoreError> {
         get_json(self.tables().fields()?, "fields", name)

@@ -28,7 +28,7 @@ use redb::{
 };
 
 /// The schema this binary writes. Bump it together with a migration.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// The oldest schema this binary can upgrade from.
 pub const OLDEST_UPGRADABLE: u64 = 1;
@@ -154,6 +154,21 @@ tables! {
 
     /// (consent state code, contact id) → (). For listing contacts by consent.
     CONTACT_BY_CONSENT, contact_by_consent: (u8, u64) => () = "contact_by_consent_v1";
+
+    /// (E.164 phone number, contact id) → (): who has a number, for text
+    /// replies (STOP) and phone lookups. Several contacts may share one.
+    CONTACT_BY_PHONE, contact_by_phone: (&'static str, u64) => () = "contact_by_phone_v1";
+
+    /// SMS id → `SmsRecord` (JSON): every text message queued, its state,
+    /// attempts and the gateway's message id.
+    SMS, sms: u64 => &'static [u8] = "sms_v1";
+
+    /// (due time in ms, SMS id) → (): which text messages are due when.
+    SMS_DUE, sms_due: (i64, u64) => () = "sms_due_v1";
+
+    /// (gateway id, the gateway's message id) → SMS id: where a delivery
+    /// report belongs.
+    SMS_BY_GATEWAY_ID, sms_by_gateway_id: (&'static str, &'static str) => u64 = "sms_by_gateway_id_v1";
 
     /// (list id, contact id) → (). Static list membership.
     LIST_MEMBERS, list_members: (u64, u64) => () = "list_members_v1";

@@ -40,6 +40,13 @@ pub struct UpsertBody {
     /// Note for the consent log.
     #[serde(default)]
     pub consent_note: Option<String>,
+    /// Mobile phone (E.164, or national in the site's country); `null`
+    /// clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub phone: Option<Option<String>>,
+    /// New SMS consent state.
+    #[serde(default)]
+    pub sms_consent: Option<String>,
     /// Lists (by name) to add the contact to.
     #[serde(default)]
     pub lists: Vec<String>,
@@ -61,6 +68,9 @@ pub struct UpdateBody {
     /// Site; `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
     pub site: Option<Option<String>>,
+    /// Mobile phone; `null` clears it.
+    #[serde(default, deserialize_with = "double_option")]
+    pub phone: Option<Option<String>>,
     /// Lists (by name) to add.
     #[serde(default)]
     pub add_lists: Vec<String>,
@@ -84,6 +94,9 @@ pub struct ConsentBody {
     /// Why (kept in the consent log).
     #[serde(default)]
     pub note: Option<String>,
+    /// `email` (the default) or `sms`.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 /// A parsed `{ref}`: all digits is a contact id, anything else an address.
@@ -151,6 +164,8 @@ pub fn view(c: &Contact, list_names: &HashMap<u64, String>) -> Value {
         "id": c.id,
         "email": c.email,
         "consent": c.consent,
+        "phone": c.phone,
+        "sms_consent": c.sms_consent,
         "language": c.language,
         "site": c.site,
         "fields": fields,
@@ -182,6 +197,7 @@ async fn build_update(
     fields: BTreeMap<String, Value>,
     language: Option<Option<String>>,
     site: Option<Option<String>>,
+    phone: Option<Option<String>>,
     lists: (Vec<String>, Vec<String>),
     tags: (Vec<String>, Vec<String>),
 ) -> Result<ContactUpdate, ApiError> {
@@ -211,6 +227,16 @@ async fn build_update(
         };
     u.language = code("language", language)?;
     u.site = code("site", site)?;
+    u.phone = match phone {
+        Some(Some(raw)) => {
+            let config = state.config();
+            let country = config.phone_country(u.site.clone().flatten().as_deref());
+            Some(Some(crate::sms::phone::normalize(&raw, country).map_err(
+                |e| ApiError::invalid("invalid_value", format!("phone: {e}")),
+            )?))
+        }
+        other => other,
+    };
     let list_id = |n: &String| {
         by_name
             .get(&n.to_lowercase())
@@ -254,12 +280,22 @@ pub async fn upsert(
         body.fields,
         body.language,
         body.site,
+        body.phone,
         (body.lists, vec![]),
         (body.tags, vec![]),
     )
     .await?;
     if let Some(s) = &body.consent {
         update.consent = Some(ConsentChange {
+            to: parse_state(s)?,
+            source: ConsentSource::Api,
+            ip: None,
+            user_agent: None,
+            note: body.consent_note.clone(),
+        });
+    }
+    if let Some(s) = &body.sms_consent {
+        update.sms_consent = Some(ConsentChange {
             to: parse_state(s)?,
             source: ConsentSource::Api,
             ip: None,
@@ -339,6 +375,7 @@ pub async fn update(
         body.fields,
         body.language,
         body.site,
+        body.phone,
         (body.add_lists, body.remove_lists),
         (body.add_tags, body.remove_tags),
     )
@@ -361,15 +398,28 @@ pub async fn change_consent(
     let id = resolve(state, r).await?;
     let limit = state.config().http.max_body_bytes;
     let body: ConsentBody = reply::read_json(req, limit).await?;
-    let update = ContactUpdate {
-        consent: Some(ConsentChange {
-            to: parse_state(&body.state)?,
-            source: ConsentSource::Api,
-            ip: None,
-            user_agent: None,
-            note: body.note,
-        }),
-        ..Default::default()
+    let change = ConsentChange {
+        to: parse_state(&body.state)?,
+        source: ConsentSource::Api,
+        ip: None,
+        user_agent: None,
+        note: body.note,
+    };
+    let update = match body.channel.as_deref().unwrap_or("email") {
+        "email" => ContactUpdate {
+            consent: Some(change),
+            ..Default::default()
+        },
+        "sms" => ContactUpdate {
+            sms_consent: Some(change),
+            ..Default::default()
+        },
+        other => {
+            return Err(ApiError::invalid(
+                "invalid_value",
+                format!("channel `{other}` is not one of: email, sms"),
+            ));
+        }
     };
     let now = state.clock.now();
     let (_, c) = state
@@ -377,7 +427,9 @@ pub async fn change_consent(
         .write(move |t| contacts::apply_update_by_id(t, id, update, now))
         .await??;
     let log = state.store.read(move |v| v.consent_log(id)).await?;
-    reply::ok(&json!({"id": c.id, "consent": c.consent, "log": log_view(&log)}))
+    reply::ok(
+        &json!({"id": c.id, "consent": c.consent, "sms_consent": c.sms_consent, "log": log_view(&log)}),
+    )
 }
 
 /// `GET /api/v1/contacts/{ref}/consent`
@@ -388,7 +440,9 @@ pub async fn consent_log(state: &Arc<AppState>, r: &str) -> Result<Response<Body
         .read(move |v| Ok((v.contact(id)?, v.consent_log(id)?)))
         .await?;
     let c = c.ok_or_else(|| ApiError::not_found(format!("no contact with id {id}")))?;
-    reply::ok(&json!({"id": c.id, "consent": c.consent, "log": log_view(&log)}))
+    reply::ok(
+        &json!({"id": c.id, "consent": c.consent, "sms_consent": c.sms_consent, "log": log_view(&log)}),
+    )
 }
 
 /// `GET /api/v1/contacts/{ref}/export`: everything Herald holds about one

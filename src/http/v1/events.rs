@@ -32,7 +32,7 @@ pub async fn ingest(
     let config = state.config();
     let limit = config.http.max_body_bytes.max(MIN_BODY_LIMIT);
     let bytes = reply::read_body(req, limit).await?;
-    let sites: Vec<String> = config.sites.iter().map(|s| s.id.clone()).collect();
+    let sites = wire::Sites::of(&config);
     let clock_now = state.clock.now();
     let parsed = tokio::task::spawn_blocking(move || wire::parse_batch(&bytes, &sites, clock_now))
         .await

@@ -94,6 +94,7 @@ fn options(q: &[(String, String)], max_record_bytes: u64) -> Result<ImportOption
         max_record_bytes,
         delimiter,
         encoding,
+        countries: Default::default(),
     })
 }
 
@@ -104,7 +105,9 @@ pub async fn start(
     req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let q = reply::query_pairs(req.uri().query());
-    let opts = options(&q, state.config().import.max_record_bytes)?;
+    let config = state.config();
+    let mut opts = options(&q, config.import.max_record_bytes)?;
+    opts.countries = crate::sms::phone::Countries::of(&config);
     // Bulk intake: refused while the store's disk is below its reserve
     // (507) or the store is unavailable (503); a running import checks
     // again before each batch and stops (resumable) when it must.

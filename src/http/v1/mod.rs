@@ -16,6 +16,7 @@ pub mod products;
 pub mod queue;
 pub mod reports;
 pub mod segments;
+pub mod sms;
 pub mod templates;
 pub mod users;
 

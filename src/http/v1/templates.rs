@@ -172,6 +172,8 @@ pub struct PreviewBody {
     pub tracking: Option<bool>,
     /// Include the complete MIME message (default false).
     pub mime: Option<bool>,
+    /// `email` (default) or `sms`: the text message, its encoding and parts.
+    pub channel: Option<String>,
 }
 
 /// Looks up SKUs in the catalogue; unknown ones are a 422 naming them.
@@ -202,6 +204,36 @@ pub async fn products_by_sku(
         ));
     }
     Ok(found.into_iter().filter_map(|(_, p)| p).collect())
+}
+
+/// The SMS half of the preview endpoint: the text, its encoding, units,
+/// parts and warnings.
+async fn sms_preview(
+    t: Arc<crate::render::template::Template>,
+    name: &str,
+    input: PreviewInput,
+    mut warnings: Vec<Value>,
+    config: Arc<crate::config::Config>,
+    now: i64,
+) -> Result<Response<Body>, ApiError> {
+    let result = tokio::task::spawn_blocking(move || {
+        preview::render_sms(t, &config, preview::preview_send(), input, now)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let p = result.map_err(|e| ApiError::invalid("render_failed", e))?;
+    warnings.extend(p.warnings.into_iter().map(Value::String));
+    reply::ok(&json!({
+        "template": name,
+        "channel": "sms",
+        "text": p.text,
+        "encoding": p.analysis.encoding.label(),
+        "characters": p.analysis.characters,
+        "units": p.analysis.units,
+        "parts": p.analysis.parts,
+        "per_part": p.analysis.per_part,
+        "warnings": warnings,
+    }))
 }
 
 /// `POST /api/v1/templates/{name}/preview`: subject, HTML and text rendered
@@ -254,6 +286,16 @@ pub async fn preview(
         tracking: b.tracking.unwrap_or(false),
     };
     let now = state.clock.now().timestamp_millis();
+    match b.channel.as_deref() {
+        None | Some("email") => {}
+        Some("sms") => return sms_preview(t, name, input, warnings, config, now).await,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "invalid_value",
+                format!("channel `{other}` is not one of: email, sms"),
+            ));
+        }
+    }
     let want_mime = b.mime.unwrap_or(false);
     let result = tokio::task::spawn_blocking(move || {
         preview::render(t, &config, preview::preview_send(), input, now)

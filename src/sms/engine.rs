@@ -1,0 +1,441 @@
+//! The SMS engine: one task that takes due messages from the store's due
+//! index and hands each to its gateway, at most `connections` requests in
+//! flight and `rate_per_second` started per gateway, and records every
+//! answer in the store before the message is let go.
+//!
+//! Exactly once: a message is sent only while it is `queued` in the store,
+//! and the answer is committed before anything else happens to it. The
+//! only window for a second copy is a crash between the gateway's answer
+//! and that commit — one request per connection — and SMSAPI closes even
+//! that (`idx` + `check_idx`); a delivery report that arrives for a
+//! message still queued moves it on, so it is not sent again either.
+//!
+//! Before a request the engine looks at the contact again: gone, no
+//! longer a number, or (marketing) SMS consent not `granted`, and the
+//! message fails unsent; inside the quiet hours of the contact's site, a
+//! marketing message is held until they end.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use tokio::sync::{Notify, Semaphore};
+
+use super::gateway::{self, Outgoing, Reply};
+use super::model::{SmsRecord, SmsState};
+use super::queue;
+use crate::activity::Activity;
+use crate::clock::Clock;
+use crate::config::sms::Gateway;
+use crate::contacts::model::{ConsentState, Contact};
+use crate::send::model::Counter;
+use crate::snapshot::Current;
+use crate::store::{ReadTables as _, SmsTables as _, Store, StoreError};
+
+/// Due messages read per round.
+const BATCH: usize = 200;
+
+/// The longest answer read from a gateway.
+const MAX_ANSWER: usize = 64 << 10;
+
+/// The SMS engine (cheap to clone).
+#[derive(Clone)]
+pub struct SmsEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: Arc<Current>,
+    clock: Clock,
+    activity: Activity,
+    wake: Notify,
+    /// Told after every recorded answer: campaigns waiting for their
+    /// messages to leave the queue look again.
+    outcomes: Arc<Notify>,
+    in_flight: Mutex<HashSet<u64>>,
+    gateways: Mutex<HashMap<String, Arc<Lane>>>,
+    tls: tokio_rustls::TlsConnector,
+}
+
+/// One gateway's limits and idle connections.
+struct Lane {
+    permits: Semaphore,
+    /// The earliest instant the next request may start.
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+    spacing: Duration,
+    idle: Mutex<Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the engine decided about a due message before sending it.
+enum Plan {
+    Send(SmsRecord),
+    Hold(u64, i64),
+    Fail(SmsRecord, String, Counter),
+}
+
+impl SmsEngine {
+    /// An engine over `store` with the daemon's config.
+    pub fn new(
+        store: Store,
+        config: Arc<Current>,
+        clock: Clock,
+        activity: Activity,
+        outcomes: Arc<Notify>,
+    ) -> Result<SmsEngine, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
+            .map_err(|e| format!("cannot load CA certificates: {e}"))?;
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("cannot set up TLS: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(SmsEngine {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                clock,
+                activity,
+                wake: Notify::new(),
+                outcomes,
+                in_flight: Mutex::new(HashSet::new()),
+                gateways: Mutex::new(HashMap::new()),
+                tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            }),
+        })
+    }
+
+    /// Wakes the engine: something was queued.
+    pub fn notify(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Runs until the daemon stops; requests in flight finish and are
+    /// recorded (each holds an `sms request` guard).
+    pub async fn run(self) {
+        let guard = self.inner.activity.guard("sms engine");
+        let stopping = self.inner.activity.stopping();
+        tokio::pin!(stopping);
+        loop {
+            if self.inner.activity.is_stopping() {
+                break;
+            }
+            let wait = match self.round().await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SMS queue: reading due messages failed");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = &mut stopping => break,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        drop(guard);
+    }
+
+    /// Starts every due message not in flight; how long to wait for the next.
+    async fn round(&self) -> Result<Duration, StoreError> {
+        let now = self.inner.clock.now().timestamp_millis();
+        let busy: HashSet<u64> = lock(&self.inner.in_flight).clone();
+        let due = self
+            .inner
+            .store
+            .read(move |r| {
+                let mut out = Vec::new();
+                for (_, id) in r.due_sms(now, BATCH + busy.len())? {
+                    if busy.contains(&id) {
+                        continue;
+                    }
+                    if let Some(rec) = r.sms(id)? {
+                        let c = r.contact(rec.contact)?;
+                        out.push((rec, c));
+                    }
+                }
+                Ok((out, r.next_sms_due()?))
+            })
+            .await?;
+        let (due, next) = due;
+        let snap = self.inner.config.snapshot();
+        let mut plans = Vec::new();
+        for (rec, c) in due {
+            plans.push(plan(&snap.config, rec, c, now));
+        }
+        let mut settle = Vec::new();
+        for p in plans {
+            match p {
+                Plan::Send(rec) => self.start(rec),
+                other => settle.push(other),
+            }
+        }
+        if !settle.is_empty() {
+            self.inner
+                .store
+                .write(move |t| {
+                    for p in settle {
+                        match p {
+                            Plan::Hold(id, until) => queue::hold(t, id, until, now)?,
+                            Plan::Fail(rec, why, c) => {
+                                queue::fail_queued(t, rec, why, Some(c), now)?
+                            }
+                            Plan::Send(_) => {}
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+            self.inner.outcomes.notify_one();
+            return Ok(Duration::ZERO);
+        }
+        let wait = next.map_or(1000, |n| (n - now).clamp(10, 1000));
+        Ok(Duration::from_millis(wait as u64))
+    }
+
+    fn lane(&self, g: &Gateway) -> Arc<Lane> {
+        let mut m = lock(&self.inner.gateways);
+        let spacing = Duration::from_secs_f64(1.0 / f64::from(g.rate_per_second.max(1)));
+        let fresh = || {
+            Arc::new(Lane {
+                permits: Semaphore::new(g.connections),
+                next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+                spacing,
+                idle: Mutex::new(Vec::new()),
+            })
+        };
+        let lane = m.entry(g.id.clone()).or_insert_with(fresh);
+        // A reload that changed the limits starts a new lane.
+        if lane.spacing != spacing || lane.permits.available_permits() > g.connections {
+            *lane = fresh();
+        }
+        lane.clone()
+    }
+
+    /// Sends one message on its own task and records the answer.
+    fn start(&self, rec: SmsRecord) {
+        lock(&self.inner.in_flight).insert(rec.id);
+        let me = self.clone();
+        let guard = self.inner.activity.guard("sms request");
+        tokio::spawn(async move {
+            let id = rec.id;
+            me.send(rec).await;
+            lock(&me.inner.in_flight).remove(&id);
+            drop(guard);
+            me.notify();
+        });
+    }
+
+    async fn send(&self, rec: SmsRecord) {
+        let snap = self.inner.config.snapshot();
+        let sms = &snap.config.sms;
+        let Some(g) = sms.gateway(&rec.gateway).cloned() else {
+            let reply = Reply::Refused {
+                reason: format!("no [[sms_gateway]] `{}` is configured", rec.gateway),
+                effect: None,
+            };
+            self.record(rec.id, reply, policy(sms, 0)).await;
+            return;
+        };
+        let lane = self.lane(&g);
+        let Ok(_permit) = lane.permits.acquire().await else {
+            return;
+        };
+        {
+            let mut next = lane.next.lock().await;
+            let at = (*next).max(tokio::time::Instant::now());
+            *next = at + lane.spacing;
+            drop(next);
+            tokio::time::sleep_until(at).await;
+        }
+        let public = snap.config.http.public_base();
+        let enc = match rec.encoding {
+            super::encoding::Encoding::Gsm7 => "gsm7",
+            super::encoding::Encoding::Ucs2 => "ucs2",
+        };
+        let out = Outgoing {
+            id: rec.id,
+            to: &rec.to,
+            text: &rec.text,
+            parts: rec.parts,
+            encoding: enc,
+            status_url: gateway::status_url(&g, &public, rec.id),
+        };
+        let now_secs = self.inner.clock.now().timestamp();
+        let reply = match gateway::request(&g, &out, now_secs) {
+            Ok(req) => match tokio::time::timeout(g.timeout, self.exchange(&g, &lane, req)).await {
+                Ok(Ok((status, body))) => gateway::reply(&g, status, &body),
+                Ok(Err(e)) => Reply::Retry(e),
+                Err(_) => Reply::Retry(format!("no answer within {:?}", g.timeout)),
+            },
+            Err(e) => Reply::Refused {
+                reason: e,
+                effect: None,
+            },
+        };
+        match &reply {
+            Reply::Accepted { .. } => {}
+            Reply::Retry(why) => {
+                tracing::warn!(sms = rec.id, gateway = %g.id, error = %why, "SMS not taken; it will be tried again")
+            }
+            Reply::Refused { reason, .. } => {
+                tracing::warn!(sms = rec.id, gateway = %g.id, error = %reason, "SMS refused by the gateway")
+            }
+        }
+        self.record(rec.id, reply, policy(sms, g.cost_per_part))
+            .await;
+    }
+
+    /// Commits an answer, trying again until the store takes it: the
+    /// message stays in flight (never sent twice) meanwhile.
+    async fn record(&self, id: u64, reply: Reply, policy: queue::Policy) {
+        loop {
+            let now = self.inner.clock.now().timestamp_millis();
+            let r = reply.clone();
+            let done = self
+                .inner
+                .store
+                .write(move |t| queue::record_reply(t, id, &r, policy, now))
+                .await;
+            match done {
+                Ok(()) => {
+                    self.inner.outcomes.notify_one();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(sms = id, error = %e, "recording an SMS answer failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// One HTTP exchange on an idle connection of the lane or a new one.
+    async fn exchange(
+        &self,
+        g: &Gateway,
+        lane: &Lane,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let idle = lock(&lane.idle).pop();
+        let mut conn = match idle {
+            Some(c) if c.is_ready() => c,
+            _ => self.connect(g).await?,
+        };
+        let (mut parts, body) = req.into_parts();
+        // An HTTP/1 connection takes the path; the host goes in its header.
+        let uri = parts.uri.clone();
+        if let Some(h) = uri.authority() {
+            parts.headers.insert(
+                http::header::HOST,
+                h.as_str().parse().map_err(|_| "bad host")?,
+            );
+        }
+        parts.uri = uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|_| "bad path")?;
+        let resp = conn
+            .send_request(http::Request::from_parts(parts, body))
+            .await
+            .map_err(|e| format!("HTTP request to {} failed: {e}", g.base_url))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer failed: {e}"))?
+            .to_bytes();
+        lock(&lane.idle).push(conn);
+        Ok((status, body))
+    }
+
+    async fn connect(
+        &self,
+        g: &Gateway,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+        let host = g.base_url.host_str().ok_or("the gateway URL has no host")?;
+        let port = g.base_url.port_or_known_default().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+            .await
+            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        if g.base_url.scheme() == "https" {
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|_| format!("{host} is not a valid TLS server name"))?;
+            let tls = self
+                .inner
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {host} failed: {e}"))?;
+            handshake(hyper_util::rt::TokioIo::new(tls)).await
+        } else {
+            handshake(hyper_util::rt::TokioIo::new(tcp)).await
+        }
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
+}
+
+fn policy(sms: &crate::config::sms::SmsConfig, cost_per_part: u64) -> queue::Policy {
+    queue::Policy {
+        max_attempts: sms.max_attempts,
+        retry_after_ms: sms.retry_after_ms,
+        cost_per_part,
+    }
+}
+
+/// What to do with a due message: send it, hold it for quiet hours, or
+/// fail it unsent (contact gone, number gone or changed, no consent).
+fn plan(config: &crate::config::Config, rec: SmsRecord, c: Option<Contact>, now: i64) -> Plan {
+    if rec.state != SmsState::Queued {
+        return Plan::Hold(rec.id, now);
+    }
+    let Some(c) = c else {
+        return Plan::Fail(
+            rec,
+            "not sent: the contact was erased".into(),
+            Counter::Erased,
+        );
+    };
+    if c.phone.as_deref() != Some(rec.to.as_str()) {
+        return Plan::Fail(
+            rec,
+            "not sent: the contact's phone number changed or was removed".into(),
+            Counter::Unsent,
+        );
+    }
+    if rec.marketing {
+        if c.sms_consent != ConsentState::Granted {
+            let why = format!("not sent: SMS consent is {}", c.sms_consent);
+            return Plan::Fail(rec, why, Counter::Unsent);
+        }
+        if let Some(q) = config.sms.quiet_hours {
+            let tz = config.time_zone_of(rec.site.as_deref().or(c.site.as_deref()));
+            if let Some(until) = crate::automation::when::quiet_until(now, q, tz) {
+                return Plan::Hold(rec.id, until);
+            }
+        }
+    }
+    Plan::Send(rec)
+}
