@@ -207,6 +207,8 @@ fn config(fake: &Fake, extra: &str) -> String {
         r#"
 [paths]
 templates = "templates"
+[automation]
+poll = "200ms"
 [[site]]
 id = "shop"
 name = "Shop"
@@ -629,4 +631,226 @@ fn quiet_hours_hold_marketing_sms_until_they_end() {
             "held until the end: {s}"
         );
     }
+}
+
+#[test]
+fn an_automation_step_sends_an_sms_to_contacts_with_sms_consent() {
+    let fake = Fake::start(FakeState::default());
+    let h = daemon(&fake, "quiet_hours = \"off\"", 3);
+    h.list("vip");
+    let r = h.put(
+        "/api/v1/automations/vip_sms",
+        "application/json",
+        &json!({"trigger": {"type": "list_joined", "list": "vip"},
+                "steps": [{"sms": {"template": "promo", "gateway": "smsapi"}}]})
+        .to_string(),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    // An e-mail key beside `sms` is refused with the reason.
+    let bad = h.put(
+        "/api/v1/automations/bad_sms",
+        "application/json",
+        &json!({"trigger": {"type": "list_joined", "list": "vip"},
+                "steps": [{"sms": {"template": "promo"}, "subject": "x"}]})
+        .to_string(),
+    );
+    assert_eq!(bad.status, 422, "{bad:?}");
+    assert!(bad.body.to_string().contains("sms = {"), "{bad:?}");
+    for who in [
+        "c0@example.com",
+        "c2@example.com",
+        "said-no@example.com",
+        "nophone@example.com",
+    ] {
+        let r = h.patch_json(
+            &format!("/api/v1/contacts/{who}"),
+            json!({"add_lists": ["vip"]}),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    wait_until("two SMS reach the gateway", Duration::from_secs(30), || {
+        fake.taken().len() >= 2
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let taken = fake.taken();
+    let to: HashSet<String> = once_each(&taken);
+    assert_eq!(
+        to,
+        ["48500000000".to_string(), "48500000002".to_string()].into()
+    );
+    assert!(taken[0].text.contains("/c/"), "{}", taken[0].text);
+    let status = h.get("/api/v1/automations/vip_sms").body;
+    let text = status.to_string();
+    assert!(text.contains("no_sms_consent"), "{status}");
+    assert!(text.contains("no_phone"), "{status}");
+}
+
+#[test]
+fn the_webhook_gateway_signs_its_requests_and_takes_signed_reports() {
+    // The webhook: Herald posts signed JSON; this test's server checks the
+    // signature with the credentials and answers with its id.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let g2 = got.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().map_while(Result::ok) {
+            let g = g2.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut w = c;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut headers = HashMap::new();
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        if h.trim_end().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.trim_end().split_once(':') {
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        }
+                    }
+                    let n: usize = headers["content-length"].parse().unwrap();
+                    let mut body = vec![0; n];
+                    r.read_exact(&mut body).unwrap();
+                    let ts = &headers["x-herald-timestamp"];
+                    let key =
+                        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"webhook-signing-secret");
+                    let mut data = ts.as_bytes().to_vec();
+                    data.push(b'.');
+                    data.extend(&body);
+                    let want =
+                        format!("v1={}", hex::encode(ring::hmac::sign(&key, &data).as_ref()));
+                    assert_eq!(headers["x-herald-signature"], want);
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    g.lock().unwrap().push(v);
+                    let a = r#"{"id":"prov-1"}"#;
+                    let out = format!(
+                        "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\n\r\n{a}",
+                        a.len()
+                    );
+                    w.write_all(out.as_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    let fake = Fake::start(FakeState::default());
+    let extra = format!(
+        "quiet_hours = \"off\"\ngateway = \"hook\"\n[[sms_gateway]]\nid = \"hook\"\nkind = \"webhook\"\nbase_url = \"http://{addr}/send\"\ncredentials = \"webhook-signing-secret\"\nfrom = \"Shop\"\ncallback_secret = \"{CALLBACK_SECRET}\"\n"
+    );
+    let h = daemon(&fake, &extra, 2);
+    let id = campaign(&h, "Hook", "hook");
+    completed(&h, id, Duration::from_secs(30));
+    let sent = got.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let m = &sent[0];
+    assert_eq!(
+        (
+            m["from"].as_str(),
+            m["encoding"].as_str(),
+            m["parts"].as_u64()
+        ),
+        (Some("Shop"), Some("ucs2"), Some(2))
+    );
+    // Its report, signed with the callback secret.
+    let body = json!({"id": m["id"], "status": "delivered"}).to_string();
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, CALLBACK_SECRET.as_bytes());
+    let mut data = ts.as_bytes().to_vec();
+    data.push(b'.');
+    data.extend(body.as_bytes());
+    let sig = format!("v1={}", hex::encode(ring::hmac::sign(&key, &data).as_ref()));
+    let url = local(m["status_url"].as_str().unwrap());
+    let post = |sig: &str| {
+        h.public(
+            "POST",
+            &url,
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Herald-Timestamp", &ts),
+                ("X-Herald-Signature", sig),
+            ],
+            Some(body.as_bytes()),
+        )
+    };
+    assert_eq!(post("v1=00").status, 403);
+    assert_eq!(post(&sig).status, 200);
+    let one = h
+        .get(&format!("/api/v1/sms/{}", m["id"].as_str().unwrap()))
+        .body;
+    assert_eq!(
+        (one["state"].as_str(), one["gateway_id"].as_str()),
+        (Some("delivered"), Some("prov-1")),
+        "{one}"
+    );
+}
+
+#[test]
+fn bad_phone_numbers_are_rejected_with_the_reason() {
+    let fake = Fake::start(FakeState::default());
+    let h = daemon(&fake, "", 0);
+    let r = h.post_csv(
+        "/api/v1/contacts/import",
+        "email,phone\nok@example.com,+48 500 100 200\nbad@example.com,12\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["rejected"], 1, "{r:?}");
+    assert!(
+        r.body
+            .to_string()
+            .contains("phone: `12` is not a valid phone number"),
+        "{r:?}"
+    );
+    let r = h.post_json(
+        "/api/v1/contacts",
+        json!({"email": "x@example.com", "phone": "call me"}),
+    );
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("phone:"),
+        "{r:?}"
+    );
+    let r = h.post_json(
+        "/api/v1/contacts",
+        json!({"email": "y@example.com", "sms_consent": "granted"}),
+    );
+    assert_eq!(r.status, 422, "SMS consent without a number: {r:?}");
+    let r = h.post_json(
+        "/api/v1/events",
+        json!([{"type": "customer", "id": "e1", "at": "2026-12-01T10:00:00Z", "email": "z@example.com", "phone": "0"},
+               {"type": "customer", "id": "e2", "at": "2026-12-01T10:00:00Z", "email": "w@example.com", "phone": "600 100 200", "sms_consent": "granted"}]),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let text = r.body.to_string();
+    assert!(text.contains("phone:"), "{text}");
+    let w = h.get("/api/v1/contacts/w@example.com").body;
+    assert_eq!(
+        (w["phone"].as_str(), w["sms_consent"].as_str()),
+        (Some("+48600100200"), Some("granted")),
+        "{w}"
+    );
+    // A withdrawn SMS consent does not come back by the API or an import.
+    let r = h.post_json(
+        "/api/v1/contacts/w@example.com/consent",
+        json!({"state": "withdrawn", "channel": "sms"}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = h.post_json(
+        "/api/v1/contacts/w@example.com/consent",
+        json!({"state": "granted", "channel": "sms"}),
+    );
+    assert_eq!(r.status, 422, "{r:?}");
+    let r = h.post_csv(
+        "/api/v1/contacts/import",
+        "email,sms_consent\nw@example.com,granted\n",
+    );
+    assert_eq!(r.body["rejected"], 1, "{r:?}");
 }
