@@ -560,13 +560,18 @@ pub fn check_config(path: &Path) -> Result<String, crate::config::ConfigErrors> 
     ));
     for t in snap.templates.loaded.values() {
         let langs: Vec<String> = t.languages().into_iter().collect();
-        out.push_str(&format!(
-            "    {}: {}, sender {}, languages {}\n",
-            t.name,
-            t.kind.as_str(),
-            t.sender,
-            langs.join(", ")
-        ));
+        let sms: std::collections::BTreeSet<&str> = t.sms.keys().map(|(_, l)| l.as_str()).collect();
+        let sms = sms.into_iter().collect::<Vec<_>>().join(", ");
+        let line = match (langs.is_empty(), sms.is_empty()) {
+            (true, _) => format!("SMS only, languages {sms}"),
+            (false, true) => format!("sender {}, languages {}", t.sender, langs.join(", ")),
+            (false, false) => format!(
+                "sender {}, languages {}; SMS {sms}",
+                t.sender,
+                langs.join(", ")
+            ),
+        };
+        out.push_str(&format!("    {}: {}, {line}\n", t.name, t.kind.as_str()));
     }
     Ok(out)
 }
@@ -588,6 +593,9 @@ fn sms_lines(c: &crate::config::Config) -> String {
             g.connections,
             crate::sms::gateway::inbound_url(g, &public),
         ));
+    }
+    if !c.sms.gateways.is_empty() && c.delivery.capture.is_some() {
+        out.push_str("  CAPTURE MODE keeps SMS too: each is written to the capture folder's sms/, no gateway is called\n");
     }
     if !c.sms.gateways.is_empty() {
         let quiet = c.sms.quiet_hours.map_or("off".to_string(), |(a, b)| {

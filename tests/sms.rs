@@ -465,12 +465,30 @@ fn a_campaign_of_500_sms_arrives_once_each_through_errors_timeouts_and_reports()
     );
 
     // STOP from c7's phone withdraws SMS consent; the next campaign skips them.
-    let key = a
+    // The reply URL's key is its own (check-config prints the URL); the
+    // status URL's key, which SMSAPI sees with every message, posts none.
+    let status_key = a
         .notify_url
         .as_ref()
         .unwrap()
         .split("key=")
         .nth(1)
+        .unwrap()
+        .to_string();
+    let forged = h.public(
+        "POST",
+        &format!("/sms/smsapi/inbound?key={status_key}"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(b"sms_from=48500000008&sms_text=START"),
+    );
+    assert_eq!(forged.status, 403);
+    let (_, out, _) = run(&h.config, &["check-config"]);
+    let key = out
+        .split("/sms/smsapi/inbound?key=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
         .unwrap()
         .to_string();
     let r = h.public(
@@ -631,6 +649,29 @@ fn quiet_hours_hold_marketing_sms_until_they_end() {
             "held until the end: {s}"
         );
     }
+    // Erasure blanks a held message and fails it; a cancel fails the rest.
+    assert_eq!(h.delete("/api/v1/contacts/c1@example.com").status, 200);
+    let all = h.get("/api/v1/sms").body["sms"].as_array().unwrap().clone();
+    let erased: Vec<&Value> = all.iter().filter(|s| s["to"] == "").collect();
+    assert_eq!(erased.len(), 1, "{all:?}");
+    assert_eq!(
+        (erased[0]["state"].as_str(), erased[0]["text"].as_str()),
+        (Some("failed"), Some(""))
+    );
+    let r = h.post_json(&format!("/api/v1/campaigns/{id}/cancel"), json!({}));
+    assert_eq!(r.status, 200, "{r:?}");
+    wait_until(
+        "the cancel fails the held SMS",
+        Duration::from_secs(10),
+        || {
+            h.get("/api/v1/sms").body["sms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["state"] == "failed")
+        },
+    );
+    assert!(fake.taken().is_empty());
 }
 
 #[test]
@@ -853,4 +894,69 @@ fn bad_phone_numbers_are_rejected_with_the_reason() {
         "email,sms_consent\nw@example.com,granted\n",
     );
     assert_eq!(r.body["rejected"], 1, "{r:?}");
+    // A shop resending its checkbox: the rest of the update goes in.
+    let r = h.post_json(
+        "/api/v1/events",
+        json!([{"type": "customer", "id": "e3", "at": "2026-12-01T11:00:00Z", "email": "w@example.com",
+                "sms_consent": "granted", "tags": ["vip"]}]),
+    );
+    assert!(
+        r.body.to_string().contains("sms_consent left withdrawn"),
+        "{r:?}"
+    );
+    let w = h.get("/api/v1/contacts/w@example.com").body;
+    assert_eq!(
+        (w["sms_consent"].as_str(), w["tags"][0].as_str()),
+        (Some("withdrawn"), Some("vip")),
+        "{w}"
+    );
+    // SMS consent was for a number: a new one starts at unknown.
+    let r = h.post_json(
+        "/api/v1/contacts",
+        json!({"email": "v@example.com", "phone": "600100300", "sms_consent": "granted"}),
+    );
+    assert_eq!(r.body["contact"]["sms_consent"], "granted", "{r:?}");
+    let r = h.patch_json(
+        "/api/v1/contacts/v@example.com",
+        json!({"phone": "600100301"}),
+    );
+    assert_eq!(r.body["contact"]["sms_consent"], "unknown", "{r:?}");
+}
+
+#[test]
+fn capture_mode_keeps_sms_in_the_capture_folder_and_calls_no_gateway() {
+    let fake = Fake::start(FakeState::default());
+    let h = daemon(
+        &fake,
+        "quiet_hours = \"off\"\n[delivery]\ncapture = \"outbox\"",
+        3,
+    );
+    let id = campaign(&h, "Captured", "smsapi");
+    completed(&h, id, Duration::from_secs(30));
+    assert!(
+        fake.taken().is_empty(),
+        "no gateway is called in capture mode"
+    );
+    let dir = h.dir.path().join("outbox/sms");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["S1.json", "S2.json", "S3.json"]);
+    let one: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("S1.json")).unwrap()).unwrap();
+    assert!(
+        one["text"].as_str().unwrap().starts_with("Promocja"),
+        "{one}"
+    );
+    let sms = h.get("/api/v1/sms/1").body;
+    assert_eq!(
+        (sms["state"].as_str(), sms["status"].as_str()),
+        (Some("sent"), Some("captured")),
+        "{sms}"
+    );
+    let (_, out, _) = run(&h.config, &["check-config"]);
+    assert!(out.contains("CAPTURE MODE keeps SMS too"), "{out}");
+    assert!(out.contains("/sms/smsapi/inbound?key="), "{out}");
 }

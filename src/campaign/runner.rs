@@ -685,6 +685,18 @@ impl Campaigns {
                 None => break,
             }
         }
+        // Its text messages still queued, too.
+        self.store
+            .write(move |t| {
+                crate::sms::queue::purge_send(
+                    t,
+                    SendKind::Campaign,
+                    id,
+                    "the campaign was cancelled",
+                    now,
+                )
+            })
+            .await?;
         Ok(())
     }
 

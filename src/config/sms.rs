@@ -32,7 +32,7 @@ pub struct RawSms {
     /// STOP, NIE; de STOP, ABMELDEN).
     #[serde(default)]
     pub stop_words: BTreeMap<String, Vec<Spanned<String>>>,
-    /// Reply words that give SMS consent back (default START, UNSTOP, YES).
+    /// Reply words that give SMS consent back (default START, UNSTOP).
     pub start_words: Option<Vec<Spanned<String>>>,
     /// The brand a reply may name after the word (`STOP Shop`).
     pub brand: Option<Spanned<String>>,
@@ -218,7 +218,7 @@ pub(super) fn validate(
     }
     let start_words = match &raw.start_words {
         Some(w) => w.iter().map(upper).collect(),
-        None => vec!["START".into(), "UNSTOP".into(), "YES".into()],
+        None => vec!["START".into(), "UNSTOP".into()],
     };
     SmsConfig {
         gateways: out,

@@ -449,6 +449,20 @@ fn apply_to(
         Ok(ev) => ev,
         Err(e) => return Ok(Err(e)),
     };
+    // SMS consent was given for a number: a new one (or none) starts over,
+    // unless this same update says what it is.
+    let sms_consent = match (&phone, sms_consent) {
+        (Some(p), None) if *p != c.phone && c.sms_consent == ConsentState::Granted => {
+            Some(ConsentChange {
+                to: ConsentState::Unknown,
+                source: ConsentSource::Api,
+                ip: None,
+                user_agent: None,
+                note: Some("the phone number changed; SMS consent was for the old one".into()),
+            })
+        }
+        (_, s) => s,
+    };
     if let Some(p) = phone {
         c.phone = p;
     }
@@ -606,6 +620,7 @@ pub fn erase(
     let key = suppression_key(&salt, &c.email.to_lowercase());
     // The queue first: finishing a message writes history, which goes next.
     crate::delivery::engine::erase_recipient(t, &key, now.timestamp_millis())?;
+    t.scrub_sms_of(id, now.timestamp_millis())?;
     t.delete_contact(&c)?;
     t.erase_history(id)?;
     t.scrub_inbound_of(id)?;

@@ -65,6 +65,11 @@ pub async fn handle(
                     "SMS callback about messages Herald does not know"
                 );
             }
+            // Campaigns waiting for their messages to leave the queue look
+            // again (a report may have moved one on).
+            if matches!(kind, Kind::Status) && t.changed > 0 {
+                state.delivery.outcomes_recorded().notify_one();
+            }
             if matches!(kind, Kind::Inbound) && t.changed > 0 {
                 tracing::info!(
                     gateway,

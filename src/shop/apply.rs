@@ -170,8 +170,23 @@ fn apply(
             for d in &new_defs {
                 t.put_field(d)?;
             }
+            // A shop that sends its checkbox with every customer update must
+            // not have the rest refused once the person said STOP: the SMS
+            // consent it may not change is left out, with a remark.
+            let mut remark = None;
+            if let Some(ch) = &update.sms_consent
+                && let Some(id) = t.contact_id_by_email(&who.email.key)?
+                && let Some(c) = t.contact(id)?
+                && crate::contacts::check_transition(c.sms_consent, ch.to, ch.source).is_err()
+            {
+                remark = Some(format!(
+                    "sms_consent left {}: only the person's own START reply gives it back",
+                    c.sms_consent
+                ));
+                update.sms_consent = None;
+            }
             match apply_upsert_salted(t, salt, &who.email, update, true, now)? {
-                Ok(_) => Ok(Outcome::Accepted(None)),
+                Ok(_) => Ok(Outcome::Accepted(remark)),
                 Err(e) => Ok(Outcome::Rejected(e.to_string())),
             }
         }

@@ -54,7 +54,7 @@ pub async fn status(
     now: i64,
 ) -> Result<Taken, CallbackFailure> {
     let g = gateway_of(config, gateway_id)?;
-    gateway::verify(g, c)?;
+    gateway::verify(g, gateway::Purpose::Status, c)?;
     let reports = gateway::reports(g, c)?;
     let (gid, cost) = (g.id.clone(), g.cost_per_part);
     let applied = store
@@ -87,7 +87,7 @@ pub async fn incoming(
     now: i64,
 ) -> Result<Taken, CallbackFailure> {
     let g = gateway_of(config, gateway_id)?;
-    gateway::verify(g, c)?;
+    gateway::verify(g, gateway::Purpose::Inbound, c)?;
     let m = gateway::incoming(g, c)?;
     let (content_type, body) = gateway::acknowledgement(g);
     let mut taken = Taken {

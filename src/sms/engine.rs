@@ -55,7 +55,8 @@ struct Inner {
     /// Told after every recorded answer: campaigns waiting for their
     /// messages to leave the queue look again.
     outcomes: Arc<Notify>,
-    in_flight: Mutex<HashSet<u64>>,
+    /// Messages being sent: id → gateway.
+    in_flight: Mutex<HashMap<u64, String>>,
     gateways: Mutex<HashMap<String, Arc<Lane>>>,
     tls: tokio_rustls::TlsConnector,
 }
@@ -106,7 +107,7 @@ impl SmsEngine {
                 activity,
                 wake: Notify::new(),
                 outcomes,
-                in_flight: Mutex::new(HashSet::new()),
+                in_flight: Mutex::new(HashMap::new()),
                 gateways: Mutex::new(HashMap::new()),
                 tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             }),
@@ -147,7 +148,15 @@ impl SmsEngine {
     /// Starts every due message not in flight; how long to wait for the next.
     async fn round(&self) -> Result<Duration, StoreError> {
         let now = self.inner.clock.now().timestamp_millis();
-        let busy: HashSet<u64> = lock(&self.inner.in_flight).clone();
+        let (busy, mut per_gateway) = {
+            let f = lock(&self.inner.in_flight);
+            let mut per: HashMap<String, usize> = HashMap::new();
+            for g in f.values() {
+                *per.entry(g.clone()).or_default() += 1;
+            }
+            (f.keys().copied().collect::<HashSet<u64>>(), per)
+        };
+        let any_busy = !busy.is_empty();
         let due = self
             .inner
             .store
@@ -172,9 +181,25 @@ impl SmsEngine {
             plans.push(plan(&snap.config, rec, c, now));
         }
         let mut settle = Vec::new();
+        let mut started = 0;
         for p in plans {
             match p {
-                Plan::Send(rec) => self.start(rec),
+                // Only what its gateway can take soon: a message is looked
+                // at again right before its request, but a long backlog in
+                // flight would only wait.
+                Plan::Send(rec) => {
+                    let room = snap
+                        .config
+                        .sms
+                        .gateway(&rec.gateway)
+                        .map_or(1, |g| g.connections * 2);
+                    let n = per_gateway.entry(rec.gateway.clone()).or_default();
+                    if *n < room {
+                        *n += 1;
+                        started += 1;
+                        self.start(rec);
+                    }
+                }
                 other => settle.push(other),
             }
         }
@@ -186,7 +211,7 @@ impl SmsEngine {
                         match p {
                             Plan::Hold(id, until) => queue::hold(t, id, until, now)?,
                             Plan::Fail(rec, why, c) => {
-                                queue::fail_queued(t, rec, why, Some(c), now)?
+                                queue::fail_if_unchanged(t, rec.id, rec.due, why, c, now)?
                             }
                             Plan::Send(_) => {}
                         }
@@ -197,7 +222,13 @@ impl SmsEngine {
             self.inner.outcomes.notify_one();
             return Ok(Duration::ZERO);
         }
-        let wait = next.map_or(1000, |n| (n - now).clamp(10, 1000));
+        // Messages in flight stay in the due index until answered, and each
+        // answer wakes the engine: with nothing new started, wait.
+        let wait = match next {
+            _ if started == 0 && any_busy => 1000,
+            Some(n) => (n - now).clamp(10, 1000),
+            None => 1000,
+        };
         Ok(Duration::from_millis(wait as u64))
     }
 
@@ -222,7 +253,7 @@ impl SmsEngine {
 
     /// Sends one message on its own task and records the answer.
     fn start(&self, rec: SmsRecord) {
-        lock(&self.inner.in_flight).insert(rec.id);
+        lock(&self.inner.in_flight).insert(rec.id, rec.gateway.clone());
         let me = self.clone();
         let guard = self.inner.activity.guard("sms request");
         tokio::spawn(async move {
@@ -238,13 +269,32 @@ impl SmsEngine {
         let snap = self.inner.config.snapshot();
         let sms = &snap.config.sms;
         let Some(g) = sms.gateway(&rec.gateway).cloned() else {
-            let reply = Reply::Refused {
-                reason: format!("no [[sms_gateway]] `{}` is configured", rec.gateway),
-                effect: None,
-            };
+            // A config mistake (a gateway renamed or removed): tried again
+            // until fixed or out of attempts.
+            let reply = Reply::Retry(format!(
+                "no [[sms_gateway]] `{}` is configured",
+                rec.gateway
+            ));
             self.record(rec.id, reply, policy(sms, 0)).await;
             return;
         };
+        // Capture mode keeps text messages too: written, never sent.
+        if let Some(dir) = snap.config.delivery.capture.clone() {
+            let r = rec.clone();
+            let reply = tokio::task::spawn_blocking(move || capture(&dir, &r))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            let reply = match reply {
+                Ok(name) => Reply::Accepted {
+                    gateway_id: Some(name),
+                    status: "captured".into(),
+                },
+                Err(e) => Reply::Retry(format!("cannot write the captured SMS: {e}")),
+            };
+            self.record(rec.id, reply, policy(sms, g.cost_per_part))
+                .await;
+            return;
+        }
         let lane = self.lane(&g);
         let Ok(_permit) = lane.permits.acquire().await else {
             return;
@@ -256,6 +306,15 @@ impl SmsEngine {
             drop(next);
             tokio::time::sleep_until(at).await;
         }
+        // Stopping: the message stays queued for the next start.
+        if self.inner.activity.is_stopping() {
+            return;
+        }
+        // The contact again, right before the request: a STOP, an erasure
+        // or the quiet hours may have come while it waited for its turn.
+        let Some(rec) = self.recheck(rec, &snap.config).await else {
+            return;
+        };
         let public = snap.config.http.public_base();
         let enc = match rec.encoding {
             super::encoding::Encoding::Gsm7 => "gsm7",
@@ -292,6 +351,50 @@ impl SmsEngine {
         }
         self.record(rec.id, reply, policy(sms, g.cost_per_part))
             .await;
+    }
+
+    /// The message again with its contact, planned anew; `None` (settled
+    /// here) unless it is still to be sent now.
+    async fn recheck(&self, rec: SmsRecord, config: &crate::config::Config) -> Option<SmsRecord> {
+        let id = rec.id;
+        let read = self
+            .inner
+            .store
+            .read(move |r| {
+                let Some(rec) = r.sms(id)? else {
+                    return Ok(None);
+                };
+                let c = r.contact(rec.contact)?;
+                Ok(Some((rec, c)))
+            })
+            .await;
+        let (rec, c) = match read {
+            Ok(Some(x)) => x,
+            Ok(None) => return None,
+            // The store is unavailable: the message stays queued.
+            Err(_) => return None,
+        };
+        let now = self.inner.clock.now().timestamp_millis();
+        let settle = match plan(config, rec, c, now) {
+            Plan::Send(rec) => return Some(rec),
+            other => other,
+        };
+        let done = self
+            .inner
+            .store
+            .write(move |t| match settle {
+                Plan::Hold(id, until) => queue::hold(t, id, until, now),
+                Plan::Fail(rec, why, c) => {
+                    queue::fail_if_unchanged(t, rec.id, rec.due, why, c, now)
+                }
+                Plan::Send(_) => Ok(()),
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::warn!(sms = id, error = %e, "settling an SMS failed; it is looked at again");
+        }
+        self.inner.outcomes.notify_one();
+        None
     }
 
     /// Commits an answer, trying again until the store takes it: the
@@ -395,6 +498,26 @@ where
         let _ = conn.await;
     });
     Ok(send)
+}
+
+/// Writes a text message to `dir/sms/S<id>.json` (synced) instead of
+/// sending it; the name is the message's, so a repeat writes it again in
+/// place. Returns the name.
+fn capture(dir: &std::path::Path, r: &SmsRecord) -> Result<String, String> {
+    use std::io::Write as _;
+    let folder = dir.join("sms");
+    std::fs::create_dir_all(&folder).map_err(|e| e.to_string())?;
+    let name = format!("S{}.json", r.id);
+    let tmp = folder.join(format!(".{name}.tmp"));
+    let body = serde_json::to_vec_pretty(&r.to_json()).map_err(|e| e.to_string())?;
+    let mut f = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+    f.write_all(&body).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, folder.join(&name)).map_err(|e| e.to_string())?;
+    std::fs::File::open(&folder)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| e.to_string())?;
+    Ok(name)
 }
 
 fn policy(sms: &crate::config::sms::SmsConfig, cost_per_part: u64) -> queue::Policy {

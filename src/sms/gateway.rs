@@ -144,12 +144,26 @@ pub struct Callback<'a> {
     pub now_secs: i64,
 }
 
+/// Which callback a URL is for: each has its own key, so the status URL
+/// SMSAPI sees with every message cannot post replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Delivery reports.
+    Status,
+    /// Incoming messages.
+    Inbound,
+}
+
 /// The key SMSAPI's callback URLs carry: 32 hex characters of an HMAC of
-/// the gateway's id under its callback secret.
-pub fn callback_key(g: &Gateway) -> String {
+/// the gateway's id and the purpose under its callback secret.
+pub fn callback_key(g: &Gateway, purpose: Purpose) -> String {
     let secret = g.callback_secret.as_ref().map_or("", |s| s.0.as_str());
     let k = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let tag = hmac::sign(&k, format!("herald-sms-callback:{}", g.id).as_bytes());
+    let what = match purpose {
+        Purpose::Status => "status",
+        Purpose::Inbound => "inbound",
+    };
+    let tag = hmac::sign(&k, format!("herald-sms-{what}:{}", g.id).as_bytes());
     hex::encode(&tag.as_ref()[..16])
 }
 
@@ -159,7 +173,7 @@ pub fn status_url(g: &Gateway, public: &str, id: u64) -> String {
         GatewayKind::Smsapi => format!(
             "{public}/sms/{}/status?m={id}&key={}",
             g.id,
-            callback_key(g)
+            callback_key(g, Purpose::Status)
         ),
         GatewayKind::Twilio | GatewayKind::Webhook => {
             format!("{public}/sms/{}/status?m={id}", g.id)
@@ -171,7 +185,11 @@ pub fn status_url(g: &Gateway, public: &str, id: u64) -> String {
 /// panel).
 pub fn inbound_url(g: &Gateway, public: &str) -> String {
     match g.kind {
-        GatewayKind::Smsapi => format!("{public}/sms/{}/inbound?key={}", g.id, callback_key(g)),
+        GatewayKind::Smsapi => format!(
+            "{public}/sms/{}/inbound?key={}",
+            g.id,
+            callback_key(g, Purpose::Inbound)
+        ),
         _ => format!("{public}/sms/{}/inbound", g.id),
     }
 }
@@ -280,13 +298,19 @@ pub fn request(
 }
 
 /// SMSAPI error codes worth another try (server side, rate limits).
-const SMSAPI_TEMPORARY: &[i64] = &[8, 52, 200, 201, 202, 203, 666, 999];
+/// Authorisation and account problems (101 bad token, 102 bad login, 103
+/// no credit, 105 IP not allowed, 110 service off) are retried too: they
+/// are fixed on the account, not in the message.
+const SMSAPI_TEMPORARY: &[i64] = &[8, 52, 101, 102, 103, 105, 110, 200, 201, 202, 203, 666, 999];
 
 /// What gateway `g`'s answer (`status`, `body`) to a send means.
 pub fn reply(g: &Gateway, status: StatusCode, body: &[u8]) -> Reply {
+    // 401/403: the credentials, fixed on the account: tried again.
     if status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
     {
         return Reply::Retry(format!("{status}: {}", snippet(body)));
     }
@@ -407,12 +431,12 @@ fn param<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// Checks a callback's key (SMSAPI) or signature (Twilio, webhook).
-pub fn verify(g: &Gateway, c: &Callback<'_>) -> Result<(), CallbackError> {
+pub fn verify(g: &Gateway, purpose: Purpose, c: &Callback<'_>) -> Result<(), CallbackError> {
     use subtle::ConstantTimeEq as _;
     match g.kind {
         GatewayKind::Smsapi => {
             let given = param(c.query, "key").unwrap_or("");
-            if bool::from(given.as_bytes().ct_eq(callback_key(g).as_bytes())) {
+            if bool::from(given.as_bytes().ct_eq(callback_key(g, purpose).as_bytes())) {
                 Ok(())
             } else {
                 Err(CallbackError::Forbidden(
@@ -853,7 +877,7 @@ mod tests {
         let g = gw(GatewayKind::Smsapi);
         let q: Vec<(String, String)> = [
             ("m", "5"),
-            ("key", callback_key(&g).as_str()),
+            ("key", callback_key(&g, Purpose::Status).as_str()),
             ("MsgId", "111,222"),
             ("status", "404,405"),
             ("idx", "5,6"),
@@ -869,7 +893,11 @@ mod tests {
             body: b"",
             now_secs: 0,
         };
-        verify(&g, &c)?;
+        verify(&g, Purpose::Status, &c)?;
+        assert!(
+            verify(&g, Purpose::Inbound, &c).is_err(),
+            "the status key posts no replies"
+        );
         let r = reports(&g, &c)?;
         assert_eq!(r.len(), 2);
         assert_eq!((r[0].sms, r[0].outcome), (Some(5), Outcome::Delivered));
@@ -878,6 +906,7 @@ mod tests {
         assert!(
             verify(
                 &g,
+                Purpose::Status,
                 &Callback {
                     query: &wrong,
                     ..c.clone()
@@ -904,11 +933,12 @@ mod tests {
             body,
             now_secs: 1100,
         };
-        verify(&g, &c)?;
+        verify(&g, Purpose::Status, &c)?;
         assert_eq!(reports(&g, &c)?[0].sms, Some(9));
         assert!(
             verify(
                 &g,
+                Purpose::Status,
                 &Callback {
                     now_secs: 2000,
                     ..c.clone()
@@ -916,7 +946,7 @@ mod tests {
             )
             .is_err()
         );
-        assert!(verify(&g, &Callback { body: b"{}", ..c }).is_err());
+        assert!(verify(&g, Purpose::Status, &Callback { body: b"{}", ..c }).is_err());
         Ok(())
     }
 }

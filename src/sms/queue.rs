@@ -95,6 +95,44 @@ pub fn fail_queued(
     Ok(())
 }
 
+/// Fails every queued text message of a send (a cancelled campaign);
+/// returns how many.
+pub fn purge_send(
+    t: &mut WriteTables<'_>,
+    kind: crate::send::SendKind,
+    id: u64,
+    why: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let ids = t.queued_sms_of(kind.code(), id)?;
+    for sms in &ids {
+        if let Some(r) = t.sms(*sms)?
+            && r.state == SmsState::Queued
+        {
+            fail_queued(t, r, why.to_string(), None, now)?;
+        }
+    }
+    Ok(ids.len())
+}
+
+/// Fails message `id` unsent if it is still queued and due at `due` (what
+/// the engine read): a report or another write since wins.
+pub fn fail_if_unchanged(
+    t: &mut WriteTables<'_>,
+    id: u64,
+    due: Option<i64>,
+    reason: String,
+    extra: Counter,
+    now: i64,
+) -> Result<(), StoreError> {
+    match t.sms(id)? {
+        Some(r) if r.state == SmsState::Queued && r.due == due => {
+            fail_queued(t, r, reason, Some(extra), now)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Moves a queued message's due time to `until` (quiet hours): no attempt
 /// is counted.
 pub fn hold(t: &mut WriteTables<'_>, id: u64, until: i64, now: i64) -> Result<(), StoreError> {

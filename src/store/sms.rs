@@ -31,8 +31,47 @@ impl WriteTables<'_> {
                 .sms_by_gateway_id
                 .insert((r.gateway.as_str(), g.as_str()), r.id)?;
         }
+        if before.is_none() {
+            self.tables.sms_by_contact.insert((r.contact, r.id), ())?;
+        }
         self.tables.sms.insert(r.id, to_json(r).as_slice())?;
         Ok(())
+    }
+
+    /// Erasure: a contact's text messages keep neither number nor text; a
+    /// queued one fails unsent (counted `not_sent_erased`). Returns how
+    /// many records were scrubbed.
+    pub fn scrub_sms_of(&mut self, contact: u64, now: i64) -> Result<usize, StoreError> {
+        use crate::send::model::Counter;
+        let mut ids = Vec::new();
+        for e in self
+            .tables
+            .sms_by_contact
+            .range((contact, 0)..=(contact, u64::MAX))?
+        {
+            ids.push(e?.0.value().1);
+        }
+        for id in &ids {
+            let Some(before) = self.sms(*id)? else {
+                continue;
+            };
+            let mut r = before.clone();
+            r.to = String::new();
+            r.text = String::new();
+            r.updated = now;
+            if r.state == SmsState::Queued {
+                r.state = SmsState::Failed;
+                r.error = Some("not sent: the contact was erased".into());
+                if let Some(s) = r.send.filter(|s| s.counted()) {
+                    for c in [Counter::Failed, Counter::Dequeued, Counter::Erased] {
+                        self.bump_send_at(s, c, 1, now)?;
+                    }
+                }
+            }
+            self.put_sms(&r, Some(&before))?;
+            self.tables.sms_by_contact.remove((contact, *id))?;
+        }
+        Ok(ids.len())
     }
 }
 
@@ -74,6 +113,22 @@ pub trait SmsTables: ReadTables {
             .sms_by_gateway_id()?
             .get((gateway, id))?
             .map(|v| v.value()))
+    }
+
+    /// The queued SMS of send (`kind` code, `id`): those a cancel fails.
+    fn queued_sms_of(&self, kind: u8, id: u64) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.tables().sms_due()?.iter()? {
+            let (_, sms) = r?.0.value();
+            if let Some(rec) = self.sms(sms)?
+                && rec
+                    .send
+                    .is_some_and(|s| s.kind.code() == kind && s.id == id)
+            {
+                out.push(sms);
+            }
+        }
+        Ok(out)
     }
 
     /// SMS records with ids below `before`, newest first, at most `limit`.

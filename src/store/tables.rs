@@ -166,6 +166,9 @@ tables! {
     /// (due time in ms, SMS id) → (): which text messages are due when.
     SMS_DUE, sms_due: (i64, u64) => () = "sms_due_v1";
 
+    /// (contact id, SMS id) → (): a contact's text messages (erasure).
+    SMS_BY_CONTACT, sms_by_contact: (u64, u64) => () = "sms_by_contact_v1";
+
     /// (gateway id, the gateway's message id) → SMS id: where a delivery
     /// report belongs.
     SMS_BY_GATEWAY_ID, sms_by_gateway_id: (&'static str, &'static str) => u64 = "sms_by_gateway_id_v1";
