@@ -365,7 +365,7 @@ fn templates_api_lists_previews_and_refuses_what_it_must() {
     let r = h.get("/api/v1/templates");
     assert_eq!(r.status, 200, "{}", r.body);
     let list = r.body["templates"].as_array().unwrap();
-    assert_eq!(list.len(), 12, "{}", r.body);
+    assert_eq!(list.len(), 13, "{}", r.body);
     let broken = list.iter().find(|t| t["name"] == "broken").unwrap();
     assert_eq!(broken["status"], "error");
     assert!(

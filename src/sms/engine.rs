@@ -157,12 +157,24 @@ impl SmsEngine {
             (f.keys().copied().collect::<HashSet<u64>>(), per)
         };
         let any_busy = !busy.is_empty();
+        // Records are read only for as many messages as the gateways can
+        // take now (the due index's front holds those in flight too).
+        let snap = self.inner.config.snapshot();
+        let capacity: usize = snap
+            .config
+            .sms
+            .gateways
+            .iter()
+            .map(|g| g.connections * 2)
+            .sum::<usize>()
+            .max(1);
+        let room = capacity.saturating_sub(busy.len()).clamp(1, BATCH);
         let due = self
             .inner
             .store
             .read(move |r| {
                 let mut out = Vec::new();
-                for (_, id) in r.due_sms(now, BATCH + busy.len())? {
+                for (_, id) in r.due_sms(now, room + busy.len())? {
                     if busy.contains(&id) {
                         continue;
                     }
@@ -175,7 +187,6 @@ impl SmsEngine {
             })
             .await?;
         let (due, next) = due;
-        let snap = self.inner.config.snapshot();
         let mut plans = Vec::new();
         for (rec, c) in due {
             plans.push(plan(&snap.config, rec, c, now));

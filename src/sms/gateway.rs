@@ -812,9 +812,12 @@ mod tests {
             reply(&g, StatusCode::BAD_GATEWAY, b""),
             Reply::Retry(_)
         ));
+        // An account problem is fixed on the account: tried again.
         let auth = br#"{"error":101,"message":"Invalid authorization"}"#;
+        assert!(matches!(reply(&g, StatusCode::OK, auth), Reply::Retry(_)));
+        let sender = br#"{"error":14,"message":"Invalid sender name."}"#;
         assert!(matches!(
-            reply(&g, StatusCode::OK, auth),
+            reply(&g, StatusCode::OK, sender),
             Reply::Refused { effect: None, .. }
         ));
     }

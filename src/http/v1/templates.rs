@@ -72,6 +72,8 @@ fn template_view(t: &Template, defined: &[String]) -> Value {
         "sender": t.sender,
         "default_language": t.default_language,
         "languages": t.languages(),
+        "sms_languages": t.sms.keys().map(|(_, l)| l.as_str()).collect::<std::collections::BTreeSet<_>>(),
+        "sms_transliterate": t.sms_transliterate,
         "sites": sites,
         "tracking": t.tracking,
         "derived_text": t.variants.values().filter(|v| v.text_derived).map(|v| format!("{}/{}", v.site.as_deref().unwrap_or("-"), v.language)).collect::<Vec<_>>(),
