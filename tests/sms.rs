@@ -960,3 +960,71 @@ fn capture_mode_keeps_sms_in_the_capture_folder_and_calls_no_gateway() {
     assert!(out.contains("CAPTURE MODE keeps SMS too"), "{out}");
     assert!(out.contains("/sms/smsapi/inbound?key="), "{out}");
 }
+
+#[test]
+fn an_unanswered_twilio_request_waits_for_its_report_instead_of_a_second_copy() {
+    // The first request reaches the fake, which takes the message but
+    // answers after Herald's 2 s timeout.
+    let fake = Fake::start(FakeState {
+        slow: [0].into(),
+        delay: Duration::from_millis(3000),
+        ..Default::default()
+    });
+    let h = daemon(&fake, "quiet_hours = \"off\"", 3);
+    let id = campaign(&h, "Unclear", "twilio");
+    wait_until("three taken", Duration::from_secs(30), || {
+        fake.taken().len() == 3
+    });
+    let first = fake
+        .taken()
+        .into_iter()
+        .find(|t| t.id == format!("SM{:032x}", 0))
+        .unwrap();
+    let sms_id: u64 = first
+        .notify_url
+        .as_ref()
+        .unwrap()
+        .split("m=")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    wait_until("the timeout is recorded", Duration::from_secs(10), || {
+        h.get(&format!("/api/v1/sms/{sms_id}")).body["attempts"] == 1
+    });
+    let rec = h.get(&format!("/api/v1/sms/{sms_id}")).body;
+    assert_eq!(rec["state"], "queued", "{rec}");
+    let due = chrono::DateTime::parse_from_rfc3339(rec["due"].as_str().unwrap()).unwrap();
+    assert!(
+        due > chrono::Utc::now() + chrono::Duration::minutes(4),
+        "waits for the report: {rec}"
+    );
+    // Twilio's report comes: the message is sent, and never sent again.
+    let cb = first.notify_url.clone().unwrap();
+    let params = [
+        ("MessageSid", first.id.as_str()),
+        ("MessageStatus", "sent"),
+        ("AccountSid", TWILIO_SID),
+    ];
+    let body: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let r = h.public(
+        "POST",
+        &local(&cb),
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("X-Twilio-Signature", &twilio_signature(&cb, &params)),
+        ],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    completed(&h, id, Duration::from_secs(30));
+    assert_eq!(once_each(&fake.taken()).len(), 3);
+    let rec = h.get(&format!("/api/v1/sms/{sms_id}")).body;
+    assert_eq!(
+        (rec["state"].as_str(), rec["gateway_id"].as_str()),
+        (Some("sent"), Some(first.id.as_str())),
+        "{rec}"
+    );
+}

@@ -343,8 +343,9 @@ impl SmsEngine {
         let reply = match gateway::request(&g, &out, now_secs) {
             Ok(req) => match tokio::time::timeout(g.timeout, self.exchange(&g, &lane, req)).await {
                 Ok(Ok((status, body))) => gateway::reply(&g, status, &body),
-                Ok(Err(e)) => Reply::Retry(e),
-                Err(_) => Reply::Retry(format!("no answer within {:?}", g.timeout)),
+                Ok(Err((false, e))) => Reply::Retry(e),
+                Ok(Err((true, e))) => unclear(&g, e),
+                Err(_) => unclear(&g, format!("no answer within {:?}", g.timeout)),
             },
             Err(e) => Reply::Refused {
                 reason: e,
@@ -353,7 +354,7 @@ impl SmsEngine {
         };
         match &reply {
             Reply::Accepted { .. } => {}
-            Reply::Retry(why) => {
+            Reply::Retry(why) | Reply::Unclear(why) => {
                 tracing::warn!(sms = rec.id, gateway = %g.id, error = %why, "SMS not taken; it will be tried again")
             }
             Reply::Refused { reason, .. } => {
@@ -438,11 +439,12 @@ impl SmsEngine {
         g: &Gateway,
         lane: &Lane,
         req: http::Request<Full<Bytes>>,
-    ) -> Result<(http::StatusCode, Bytes), String> {
+    ) -> Result<(http::StatusCode, Bytes), (bool, String)> {
         let idle = lock(&lane.idle).pop();
+        // (false, …): nothing was sent; (true, …): the request may be there.
         let mut conn = match idle {
             Some(c) if c.is_ready() => c,
-            _ => self.connect(g).await?,
+            _ => self.connect(g).await.map_err(|e| (false, e))?,
         };
         let (mut parts, body) = req.into_parts();
         // An HTTP/1 connection takes the path; the host goes in its header.
@@ -450,23 +452,25 @@ impl SmsEngine {
         if let Some(h) = uri.authority() {
             parts.headers.insert(
                 http::header::HOST,
-                h.as_str().parse().map_err(|_| "bad host")?,
+                h.as_str()
+                    .parse()
+                    .map_err(|_| (false, "bad host".to_string()))?,
             );
         }
         parts.uri = uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .parse()
-            .map_err(|_| "bad path")?;
+            .map_err(|_| (false, "bad path".to_string()))?;
         let resp = conn
             .send_request(http::Request::from_parts(parts, body))
             .await
-            .map_err(|e| format!("HTTP request to {} failed: {e}", g.base_url))?;
+            .map_err(|e| (true, format!("HTTP request to {} failed: {e}", g.base_url)))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| format!("reading the answer failed: {e}"))?
+            .map_err(|e| (true, format!("reading the answer failed: {e}")))?
             .to_bytes();
         lock(&lane.idle).push(conn);
         Ok((status, body))
@@ -529,6 +533,16 @@ fn capture(dir: &std::path::Path, r: &SmsRecord) -> Result<String, String> {
         .and_then(|d| d.sync_all())
         .map_err(|e| e.to_string())?;
     Ok(name)
+}
+
+/// A request that went out and got no answer: SMSAPI refuses a repeated
+/// `idx`, so it is an ordinary retry there; any other gateway may send a
+/// second copy, so it waits for the gateway's report first.
+fn unclear(g: &Gateway, why: String) -> Reply {
+    match g.kind {
+        crate::config::sms::GatewayKind::Smsapi => Reply::Retry(why),
+        _ => Reply::Unclear(why),
+    }
 }
 
 fn policy(sms: &crate::config::sms::SmsConfig, cost_per_part: u64) -> queue::Policy {

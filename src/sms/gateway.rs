@@ -61,8 +61,13 @@ pub enum Reply {
         /// Its status word.
         status: String,
     },
-    /// Try again later (5xx, 429, a timeout, a temporary error code).
+    /// Try again later (5xx, 429, a temporary error code, no connection).
     Retry(String),
+    /// The request went out and no answer came (a timeout, a connection
+    /// lost): the gateway may have taken it. Tried again later than a
+    /// retry, so that a gateway without duplicate checks (Twilio, a
+    /// webhook) can report it first.
+    Unclear(String),
     /// It will never take this message.
     Refused {
         /// The reason as the gateway gave it.

@@ -22,6 +22,10 @@ pub fn backoff_ms(attempts: u32, base_ms: i64) -> i64 {
     BACKOFF[i] * base_ms
 }
 
+/// The least wait after a request that got no answer from a gateway
+/// without duplicate checks: time for its delivery report to come.
+const UNCLEAR_WAIT_MS: i64 = 5 * 60_000;
+
 /// What [`record_reply`] needs from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -188,7 +192,15 @@ pub fn record_reply(
             r.error = Some(why.clone());
             t.put_sms(&r, Some(&before))
         }
-        Reply::Retry(why) => {
+        Reply::Unclear(why) if r.attempts < max_attempts => {
+            let wait = (backoff_ms(r.attempts, retry_after_ms) * 10).max(UNCLEAR_WAIT_MS);
+            r.due = Some(now + wait);
+            r.error = Some(format!(
+                "{why} (the gateway may have taken it: waiting for its report)"
+            ));
+            t.put_sms(&r, Some(&before))
+        }
+        Reply::Retry(why) | Reply::Unclear(why) => {
             let reason = format!("gave up after {} attempts: {why}", r.attempts);
             t.put_sms(&r, Some(&before))?;
             fail_queued(t, r, reason, None, now)
