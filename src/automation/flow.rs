@@ -226,6 +226,21 @@ pub struct Message {
     pub products: Products,
 }
 
+impl Message {
+    /// An empty message of `channel` (the parser fills it).
+    fn new(channel: crate::contacts::model::Channel) -> Message {
+        Message {
+            channel,
+            gateway: None,
+            template: String::new(),
+            sender: None,
+            subject: None,
+            data: Value::Null,
+            products: Products::None,
+        }
+    }
+}
+
 /// A variant of a step: sent to contacts matching `when` (first match).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Variant {
@@ -815,39 +830,13 @@ fn parse_message(p: &mut P<'_>, at: &Loc, keys: &[(String, Node)]) -> Option<Mes
         }
         return parse_sms(p, sms, keys);
     }
-    let mut m = Message {
-        channel: crate::contacts::model::Channel::Email,
-        gateway: None,
-        template: String::new(),
-        sender: None,
-        subject: None,
-        data: Value::Null,
-        products: Products::None,
-    };
+    let mut m = Message::new(crate::contacts::model::Channel::Email);
     for (k, v) in keys {
         match k.as_str() {
             "template" => m.template = p.str(v, k)?,
             "sender" => m.sender = p.str(v, k),
             "subject" => m.subject = p.str(v, k),
-            "data" => {
-                if p.table(v, "`data`").is_some() {
-                    m.data = lang::to_json(v);
-                }
-            }
-            _ => {
-                m.products = match &v.v {
-                    NodeV::Str(s) if s == "trigger" => Products::Trigger,
-                    NodeV::Str(s) if s == "related" => Products::Related,
-                    NodeV::Array(_) => Products::Skus(p.strings(v, k)),
-                    _ => {
-                        p.at(
-                            &v.loc,
-                            "`products` must be \"trigger\", \"related\" or a list of SKUs",
-                        );
-                        Products::None
-                    }
-                }
-            }
+            _ => data_or_products(p, k, v, &mut m),
         }
     }
     if m.template.is_empty() {
@@ -861,15 +850,7 @@ fn parse_message(p: &mut P<'_>, at: &Loc, keys: &[(String, Node)]) -> Option<Mes
 /// `products` beside it.
 fn parse_sms(p: &mut P<'_>, sms: &Node, keys: &[(String, Node)]) -> Option<Message> {
     let entries = p.table(sms, "`sms`")?;
-    let mut m = Message {
-        channel: crate::contacts::model::Channel::Sms,
-        gateway: None,
-        template: String::new(),
-        sender: None,
-        subject: None,
-        data: Value::Null,
-        products: Products::None,
-    };
+    let mut m = Message::new(crate::contacts::model::Channel::Sms);
     for (k, v) in entries {
         match k.as_str() {
             "template" => m.template = p.str(v, k)?,
@@ -884,25 +865,33 @@ fn parse_sms(p: &mut P<'_>, sms: &Node, keys: &[(String, Node)]) -> Option<Messa
         p.at(&sms.loc, "`sms` needs a `template`");
         return None;
     }
-    let rest: Vec<(String, Node)> = keys
-        .iter()
-        .filter(|(k, _)| k == "data" || k == "products")
-        .cloned()
-        .collect();
-    if !rest.is_empty() {
-        let mut with = rest;
-        with.push((
-            "template".into(),
-            Node {
-                v: NodeV::Str(m.template.clone()),
-                loc: sms.loc.clone(),
-            },
-        ));
-        let e = parse_message(p, &sms.loc, &with)?;
-        m.data = e.data;
-        m.products = e.products;
+    for (k, v) in keys.iter().filter(|(k, _)| k == "data" || k == "products") {
+        data_or_products(p, k, v, &mut m);
     }
     Some(m)
+}
+
+/// A message's `data` (a table) or `products` ("trigger", "related" or
+/// SKUs), whatever its channel.
+fn data_or_products(p: &mut P<'_>, k: &str, v: &Node, m: &mut Message) {
+    if k == "data" {
+        if p.table(v, "`data`").is_some() {
+            m.data = lang::to_json(v);
+        }
+        return;
+    }
+    m.products = match &v.v {
+        NodeV::Str(s) if s == "trigger" => Products::Trigger,
+        NodeV::Str(s) if s == "related" => Products::Related,
+        NodeV::Array(_) => Products::Skus(p.strings(v, k)),
+        _ => {
+            p.at(
+                &v.loc,
+                "`products` must be \"trigger\", \"related\" or a list of SKUs",
+            );
+            Products::None
+        }
+    };
 }
 
 /// A flow, pool or tag name: 1-64 letters, digits, `-`, `_` or `.`.

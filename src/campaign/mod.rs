@@ -168,17 +168,18 @@ fn trial_render(
     let mut p: Vec<String> = Vec::new();
     for (at, l, base) in tried {
         let t = Arc::new(look_template(&base, &l));
+        let input = |site: &String, lang: &String| preview::PreviewInput {
+            language: Some(lang.clone()),
+            site: (!site.is_empty()).then(|| site.clone()),
+            products: products.clone(),
+            data: (!spec.data.is_null()).then(|| spec.data.clone()),
+            personalize: spec.personalize,
+            tracking: spec.tracking,
+            ..Default::default()
+        };
         if spec.channel == model::Channel::Sms {
             for (site, lang) in t.sms.keys() {
-                let input = preview::PreviewInput {
-                    language: Some(lang.clone()),
-                    site: (!site.is_empty()).then(|| site.clone()),
-                    products: products.clone(),
-                    data: (!spec.data.is_null()).then(|| spec.data.clone()),
-                    personalize: spec.personalize,
-                    tracking: spec.tracking,
-                    ..Default::default()
-                };
+                let input = input(site, lang);
                 if let Err(e) =
                     preview::render_sms(t.clone(), config, preview::preview_send(), input, 0)
                 {
@@ -191,15 +192,7 @@ fn trial_render(
             continue;
         }
         for (site, lang) in t.variants.keys() {
-            let input = preview::PreviewInput {
-                language: Some(lang.clone()),
-                site: (!site.is_empty()).then(|| site.clone()),
-                products: products.clone(),
-                data: (!spec.data.is_null()).then(|| spec.data.clone()),
-                personalize: spec.personalize,
-                tracking: spec.tracking,
-                ..Default::default()
-            };
+            let input = input(site, lang);
             let Err(e) = preview::render(t.clone(), config, preview::preview_send(), input, 0)
             else {
                 continue;

@@ -35,14 +35,20 @@ pub struct Taken {
     pub unknown: usize,
 }
 
-fn gateway_of<'a>(
+/// Gateway `id`, once the callback's key or signature for `purpose`
+/// verifies.
+fn checked<'a>(
     config: &'a Config,
     id: &str,
+    purpose: gateway::Purpose,
+    c: &Callback<'_>,
 ) -> Result<&'a crate::config::sms::Gateway, CallbackFailure> {
-    config
+    let g = config
         .sms
         .gateway(id)
-        .ok_or_else(|| CallbackFailure::UnknownGateway(id.to_string()))
+        .ok_or_else(|| CallbackFailure::UnknownGateway(id.to_string()))?;
+    gateway::verify(g, purpose, c)?;
+    Ok(g)
 }
 
 /// Applies a gateway's delivery reports.
@@ -53,8 +59,7 @@ pub async fn status(
     c: &Callback<'_>,
     now: i64,
 ) -> Result<Taken, CallbackFailure> {
-    let g = gateway_of(config, gateway_id)?;
-    gateway::verify(g, gateway::Purpose::Status, c)?;
+    let g = checked(config, gateway_id, gateway::Purpose::Status, c)?;
     let reports = gateway::reports(g, c)?;
     let (gid, cost) = (g.id.clone(), g.cost_per_part);
     let applied = store
@@ -86,8 +91,7 @@ pub async fn incoming(
     c: &Callback<'_>,
     now: i64,
 ) -> Result<Taken, CallbackFailure> {
-    let g = gateway_of(config, gateway_id)?;
-    gateway::verify(g, gateway::Purpose::Inbound, c)?;
+    let g = checked(config, gateway_id, gateway::Purpose::Inbound, c)?;
     let m = gateway::incoming(g, c)?;
     let (content_type, body) = gateway::acknowledgement(g);
     let mut taken = Taken {
