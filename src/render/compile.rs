@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use mail_builder::MessageBuilder;
 use mail_builder::headers::address::Address;
 use mail_builder::headers::raw::Raw;
-use minijinja::value::{Object, Value};
+use minijinja::value::{Object, ObjectExt, Value};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
 
 use super::links::{self, LinkRecord, LinkTable, MessageLinks, Tracker};
@@ -107,6 +107,45 @@ fn field_value(v: &FieldValue) -> Value {
             .unwrap_or_else(|_| Value::from(n.as_str())),
         FieldValue::Date(d) => Value::from(d.format("%Y-%m-%d").to_string()),
         FieldValue::Boolean(b) => Value::from(*b),
+    }
+}
+
+/// Named values as a template map: a field is found by comparing names,
+/// where minijinja's maps of serialised values (and merged contexts)
+/// compare each entry as a value, a fifth of a product block's rendering
+/// time. Keys are the field names of a JSON object, or the context's own.
+#[derive(Debug)]
+struct Fields<K>(Vec<(K, Value)>);
+
+impl<K: AsRef<str> + std::fmt::Debug + Send + Sync + 'static> Object for Fields<K> {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_ref() == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
+        self.mapped_enumerator(|this| Box::new(this.0.iter().map(|(k, _)| Value::from(k.as_ref()))))
+    }
+}
+
+/// `v` as a template value, objects (at any depth) as [`Fields`].
+fn json_value(v: serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Object(m) => Value::from_object(Fields(
+            m.into_iter().map(|(k, v)| (k, json_value(v))).collect(),
+        )),
+        serde_json::Value::Array(a) => Value::from_iter(a.into_iter().map(json_value)),
+        other => Value::from_serialize(other),
     }
 }
 
@@ -230,6 +269,8 @@ pub struct Compiled {
     name_fields: Vec<String>,
     opts: SendOptions,
     tracking: bool,
+    /// The HTML bodies carry anchor marks (`links::instrument`).
+    marked_anchors: bool,
     products: Mutex<HashMap<String, Value>>,
     send_value: Value,
 }
@@ -264,8 +305,11 @@ impl Compiled {
         let sites = Arc::new(config.sites.clone());
         let tracking = opts.tracking && template.tracking;
         let mut env = base_env();
+        // Anchors are marked in every HTML body or in none.
+        let marked_anchors =
+            tracking && template.variants.values().all(|v| links::can_mark(&v.html));
         for v in template.variants.values() {
-            let html = links::instrument(&v.html);
+            let html = links::instrument(&v.html, marked_anchors);
             for (part, src) in [
                 ("subject", Some(&v.subject)),
                 ("preheader.html", v.preheader.as_ref()),
@@ -330,6 +374,7 @@ impl Compiled {
         }));
         Ok(Compiled {
             tracking,
+            marked_anchors,
             tracker,
             template,
             env,
@@ -383,12 +428,11 @@ impl Compiled {
         cache
             .entry(lang.to_string())
             .or_insert_with(|| {
-                Value::from_serialize(
+                Value::from_iter(
                     self.opts
                         .products
                         .iter()
-                        .map(|p| product_json(p, lang))
-                        .collect::<Vec<_>>(),
+                        .map(|p| json_value(product_json(p, lang))),
                 )
             })
             .clone()
@@ -426,7 +470,7 @@ impl Compiled {
         lang: &str,
         message: MessageRef,
         sent: u64,
-    ) -> (Value, String) {
+    ) -> (Vec<(&'static str, Value)>, String) {
         let c = &r.contact;
         let url = |t: Token, path: &str| format!("{}/{path}/{}", self.public, self.keys.sign(&t));
         let unsubscribe_url = url(Token::Unsubscribe(message), "u");
@@ -439,30 +483,47 @@ impl Compiled {
             (Some(own), _) => Value::from_serialize(own),
             (None, d) => Value::from_serialize(d),
         };
-        let common = minijinja::context! {
-            contact => Value::from_object(ContactView(c.clone())),
-            greeting => self.greeting(c, lang),
-            products => match &r.products {
-                Some(p) => Value::from_serialize(p.iter().map(|p| product_json(p, lang)).collect::<Vec<_>>()),
-                None => self.products_for(lang),
-            },
-            cart => r.cart.as_ref().map(Value::from_serialize),
-            order => r.order.as_ref().map(Value::from_serialize),
-            coupon => r.coupon.clone(),
-            data => data,
-            site => site.and_then(|s| self.site_values.get(&s.id).cloned()),
-            send => self.send_value.clone(),
-            unsubscribe_url => own_url(unsubscribe_url.clone()),
-            preferences_url => own_url(url(Token::Preferences(message), "u")),
-            view_in_browser_url => own_url(url(Token::View(message, Some(sent)), "v")),
-            __lang => lang,
-            __sent => sent,
-            __pixel => Value::from_safe_string(if self.tracking {
-                links::pixel(&url(Token::Open(message), "o"))
-            } else {
-                String::new()
-            }),
+        let pixel = if self.tracking {
+            links::pixel(&url(Token::Open(message), "o"))
+        } else {
+            String::new()
         };
+        let products = match &r.products {
+            Some(p) => Value::from_iter(p.iter().map(|p| json_value(product_json(p, lang)))),
+            None => self.products_for(lang),
+        };
+        let common = vec![
+            ("contact", Value::from_object(ContactView(c.clone()))),
+            ("greeting", Value::from(self.greeting(c, lang))),
+            ("products", products),
+            (
+                "cart",
+                Value::from(r.cart.as_ref().map(Value::from_serialize)),
+            ),
+            (
+                "order",
+                Value::from(r.order.as_ref().map(Value::from_serialize)),
+            ),
+            ("coupon", Value::from(r.coupon.clone())),
+            ("data", data),
+            (
+                "site",
+                Value::from(site.and_then(|s| self.site_values.get(&s.id).cloned())),
+            ),
+            ("send", self.send_value.clone()),
+            ("unsubscribe_url", own_url(unsubscribe_url.clone())),
+            (
+                "preferences_url",
+                own_url(url(Token::Preferences(message), "u")),
+            ),
+            (
+                "view_in_browser_url",
+                own_url(url(Token::View(message, Some(sent)), "v")),
+            ),
+            ("__lang", Value::from(lang)),
+            ("__sent", Value::from(sent)),
+            ("__pixel", Value::from_safe_string(pixel)),
+        ];
         (common, unsubscribe_url)
     }
 
@@ -483,7 +544,8 @@ impl Compiled {
             send: self.opts.send,
             contact: c.id,
         };
-        let (ctx, _) = self.context(r, site, lang, message, sent);
+        let (vars, _) = self.context(r, site, lang, message, sent);
+        let ctx = Value::from_object(Fields(vars));
         let name = format!(
             "{}/{}/body.sms",
             variant.site.as_deref().unwrap_or("_"),
@@ -526,7 +588,7 @@ impl Compiled {
             send: self.opts.send,
             contact: c.id,
         };
-        let (common, unsubscribe_url) = self.context(r, site, lang, message, sent);
+        let (mut vars, unsubscribe_url) = self.context(r, site, lang, message, sent);
         // The preheader renders first: the body shows it hidden at its top.
         let preheader = match &variant.preheader {
             Some(_) => {
@@ -535,16 +597,21 @@ impl Compiled {
                     .env
                     .get_template(&name)
                     .map_err(|e| render_err("preheader", &e))?;
+                let common = Value::from_object(Fields(vars.clone()));
                 Some(t.render(&common).map_err(|e| render_err("preheader", &e))?)
             }
             None => None,
         };
-        let ctx = minijinja::context! {
-            __preheader => Value::from_safe_string(
-                preheader.as_deref().map(links::preheader_block).unwrap_or_default(),
+        vars.push((
+            "__preheader",
+            Value::from_safe_string(
+                preheader
+                    .as_deref()
+                    .map(links::preheader_block)
+                    .unwrap_or_default(),
             ),
-            ..common
-        };
+        ));
+        let ctx = Value::from_object(Fields(vars));
         let part = |p: &str| -> Result<String, RenderError> {
             let name = part_name(variant, p);
             let t = self
@@ -557,7 +624,7 @@ impl Compiled {
         let mut html = part("body.html")?;
         if self.tracking {
             let m = message_links(site, message, sent);
-            html = links::rewrite_links(&html, &self.tracker, &m);
+            html = links::rewrite_links(&html, &self.tracker, &m, self.marked_anchors);
         }
         let text = part("body.txt")?;
         let s = self.opts.send;
@@ -647,13 +714,6 @@ impl Compiled {
     }
 }
 
-/// The HTML part as a 7bit MIME body, built in one pass: every non-ASCII
-/// character written as a numeric character reference (`ł` → `&#322;`, which
-/// every HTML reader decodes to the same text) and lines ended with CRLF.
-/// `None` when that cannot be done faithfully — a CR or NUL in it, a line
-/// over RFC 5322's 998 characters, non-ASCII inside `<style>`/`<script>`
-/// (references are not decoded there) — and the part is then encoded
-/// (quoted-printable) as usual.
 /// The link state of one message sent at `sent` to a contact of `site`
 /// (whose auto-login parameter recorded URLs leave out).
 fn message_links(site: Option<&Site>, message: MessageRef, sent: u64) -> MessageLinks {
@@ -665,6 +725,13 @@ fn message_links(site: Option<&Site>, message: MessageRef, sent: u64) -> Message
     )
 }
 
+/// The HTML part as a 7bit MIME body, built in one pass: every non-ASCII
+/// character written as a numeric character reference (`ł` → `&#322;`, which
+/// every HTML reader decodes to the same text) and lines ended with CRLF.
+/// `None` when that cannot be done faithfully — a CR or NUL in it, a line
+/// over RFC 5322's 998 characters, non-ASCII inside `<style>`/`<script>`
+/// (references are not decoded there) — and the part is then encoded
+/// (quoted-printable) as usual.
 pub fn html_7bit(html: &str) -> Option<String> {
     let b = html.as_bytes();
     if memchr::memchr2(b'\r', 0, b).is_some() {
@@ -675,14 +742,21 @@ pub fn html_7bit(html: &str) -> Option<String> {
     // by the CSS inliner's parser, and values in it are escaped).
     let mut raw: Vec<(usize, usize)> = Vec::new();
     if first.is_some() {
-        for (open, close) in [("<style", "</style"), ("<script", "</script")] {
-            let mut from = 0;
-            while let Some(s) = memchr::memmem::find(&b[from..], open.as_bytes()) {
-                let s = from + s;
-                let e = memchr::memmem::find(&b[s..], close.as_bytes()).map_or(b.len(), |e| s + e);
-                raw.push((s, e));
-                from = e;
-            }
+        // One pass for both: every `<s`, then its close.
+        static OPEN: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new("<s"));
+        let mut from = 0;
+        while let Some(s) = OPEN.find(&b[from..]) {
+            let s = from + s;
+            from = s + 2;
+            let close: &[u8] = match &b[s + 2..] {
+                t if t.starts_with(b"tyle") => b"</style",
+                t if t.starts_with(b"cript") => b"</script",
+                _ => continue,
+            };
+            let e = memchr::memmem::find(&b[s..], close).map_or(b.len(), |e| s + e);
+            raw.push((s, e));
+            from = e;
         }
     }
     let mut out = String::with_capacity(html.len() + html.len() / 16);

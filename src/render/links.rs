@@ -216,38 +216,36 @@ impl Tracker {
     }
 }
 
-/// Start offsets of every `<a` and `<A` followed by white space, in order:
-/// one memmem pass per case over the whole HTML.
-fn anchor_starts(html: &str) -> Vec<usize> {
-    static LOWER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("<a"));
-    static UPPER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("<A"));
-    let b = html.as_bytes();
-    let is_tag = |at: &usize| b.get(at + 2).is_some_and(|c| c.is_ascii_whitespace());
-    let mut starts: Vec<usize> = LOWER.find_iter(b).filter(is_tag).collect();
-    let upper: Vec<usize> = UPPER.find_iter(b).filter(is_tag).collect();
-    if !upper.is_empty() {
-        starts.extend(upper);
-        starts.sort_unstable();
+/// The start of the next `<a` or `<A` followed by white space at or after
+/// `from`: one memchr for `<` at a time, so upper and lower case are found in
+/// the same pass.
+fn next_anchor(b: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(i) = memchr::memchr(b'<', b.get(from..)?) {
+        let at = from + i;
+        if is_anchor(b, at) {
+            return Some(at);
+        }
+        from = at + 1;
     }
-    starts
+    None
 }
 
-/// One attribute of a tag: name and the byte range of its value including
-/// quotes (empty for a bare attribute).
-struct Attr {
-    name: std::ops::Range<usize>,
-    value: std::ops::Range<usize>,
-    quoted: bool,
+/// Whether an `<a` or `<A` tag followed by white space starts at `at`.
+fn is_anchor(b: &[u8], at: usize) -> bool {
+    b.get(at) == Some(&b'<')
+        && matches!(b.get(at + 1), Some(b'a' | b'A'))
+        && b.get(at + 2).is_some_and(|c| c.is_ascii_whitespace())
 }
 
-/// Parses the attributes of the tag starting at `start` (`<a …>`); returns
-/// them and the index just past `>`.
-fn attributes(html: &str, start: usize) -> Option<(Vec<Attr>, usize)> {
+/// What tracking needs of one `<a …>` tag: the byte range of its `href`
+/// value (inside the quotes, if quoted; `None` without one), whether it has
+/// `data-notrack`, and the index just past `>`. `None` for a tag that does
+/// not end.
+fn anchor_tag(html: &str, start: usize) -> Option<(Option<std::ops::Range<usize>>, bool, usize)> {
     let b = html.as_bytes();
     let mut i = start + 2;
-    let mut attrs = Vec::new();
+    let mut href = None;
+    let mut notrack = false;
     loop {
         while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
             i += 1;
@@ -256,52 +254,41 @@ fn attributes(html: &str, start: usize) -> Option<(Vec<Attr>, usize)> {
             return None;
         }
         if b[i] == b'>' {
-            return Some((attrs, i + 1));
+            return Some((href, notrack, i + 1));
         }
         let ns = i;
         while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'=' | b'>' | b'/') {
             i += 1;
         }
-        let name = ns..i;
+        let name = &b[ns..i];
+        let is_href = href.is_none() && name.eq_ignore_ascii_case(b"href");
+        notrack |= name.eq_ignore_ascii_case(b"data-notrack");
         while i < b.len() && b[i].is_ascii_whitespace() {
             i += 1;
         }
-        if i < b.len() && b[i] == b'=' {
+        if i >= b.len() || b[i] != b'=' {
+            continue; // a bare attribute
+        }
+        i += 1;
+        while i < b.len() && b[i].is_ascii_whitespace() {
             i += 1;
-            while i < b.len() && b[i].is_ascii_whitespace() {
-                i += 1;
-            }
-            if i >= b.len() {
-                return None;
-            }
-            if b[i] == b'"' || b[i] == b'\'' {
-                let q = b[i];
-                let vs = i;
-                // Inlined styles make values long: jump to the closing quote.
-                i = i + 1 + memchr::memchr(q, &b[i + 1..])?;
-                i += 1;
-                attrs.push(Attr {
-                    name,
-                    value: vs..i,
-                    quoted: true,
-                });
-            } else {
-                let vs = i;
-                while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
-                    i += 1;
-                }
-                attrs.push(Attr {
-                    name,
-                    value: vs..i,
-                    quoted: false,
-                });
-            }
+        }
+        let q = *b.get(i)?;
+        let value = if q == b'"' || q == b'\'' {
+            // Inlined styles make values long: jump to the closing quote.
+            let close = i + 1 + memchr::memchr(q, &b[i + 1..])?;
+            let v = i + 1..close;
+            i = close + 1;
+            v
         } else {
-            attrs.push(Attr {
-                name,
-                value: i..i,
-                quoted: false,
-            });
+            let vs = i;
+            while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
+                i += 1;
+            }
+            vs..i
+        };
+        if is_href {
+            href = Some(value);
         }
     }
 }
@@ -345,38 +332,6 @@ pub fn trackable(href: &str, public: &str, autologin_param: Option<&str>) -> Opt
     })
 }
 
-/// The anchors of `html` that tracking may rewrite: the byte range of each
-/// one's `href` value (inside the quotes, if quoted). Anchors with
-/// `data-notrack` are left out.
-fn anchor_hrefs(html: &str) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    for start in anchor_starts(html) {
-        if start < from {
-            continue; // inside the previous tag's attributes
-        }
-        let Some((attrs, end)) = attributes(html, start) else {
-            break;
-        };
-        from = end;
-        let name = |a: &Attr| &html[a.name.clone()];
-        if attrs
-            .iter()
-            .any(|a| name(a).eq_ignore_ascii_case("data-notrack"))
-        {
-            continue;
-        }
-        if let Some(href) = attrs.iter().find(|a| name(a).eq_ignore_ascii_case("href")) {
-            if href.quoted {
-                out.push(href.value.start + 1..href.value.end - 1);
-            } else if !href.value.is_empty() {
-                out.push(href.value.clone());
-            }
-        }
-    }
-    out
-}
-
 /// Plain text (an SMS) with every `http://` or `https://` URL that can be
 /// tracked replaced by its click URL. A URL ends at white space; trailing
 /// punctuation (`.`, `,`, `)`, `!`, `?`…) stays outside it.
@@ -401,17 +356,50 @@ pub fn rewrite_text_links(text: &str, t: &Tracker, m: &MessageLinks) -> String {
     out
 }
 
+/// The byte [`instrument`] puts before every `<a` of a body template it
+/// marks: finding the anchors of a rendered message is then one memchr for a
+/// byte that HTML text does not contain, instead of looking at every `<`.
+const ANCHOR_MARK: u8 = 0x01;
+
 /// Rewrites every trackable link of finished HTML to a signed click link.
-pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks) -> String {
+/// `marked`: the template was instrumented with anchor marks (see
+/// [`instrument`]); they are found instead of searching for `<a`, and every
+/// mark byte is left out of the result.
+pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks, marked: bool) -> String {
+    let b = html.as_bytes();
     let mut out = String::with_capacity(html.len() + 4096);
-    let mut last = 0;
-    for r in anchor_hrefs(html) {
-        let mark = out.len();
-        out.push_str(&html[last..r.start]);
-        if t.track_into(&html[r.clone()], m, &mut out) {
-            last = r.end;
+    // `html[..last]` is in `out`; the search goes on from `from`.
+    let (mut last, mut from) = (0, 0);
+    loop {
+        let start = if marked {
+            let Some(i) = memchr::memchr(ANCHOR_MARK, &b[from..]) else {
+                break;
+            };
+            let at = from + i;
+            out.push_str(&html[last..at]);
+            (last, from) = (at + 1, at + 1);
+            if !is_anchor(b, at + 1) {
+                continue;
+            }
+            at + 1
         } else {
-            out.truncate(mark);
+            let Some(at) = next_anchor(b, from) else {
+                break;
+            };
+            at
+        };
+        let Some((href, notrack, end)) = anchor_tag(html, start) else {
+            break;
+        };
+        from = end;
+        if let Some(r) = href.filter(|r| !notrack && !r.is_empty()) {
+            let mark = out.len();
+            out.push_str(&html[last..r.start]);
+            if t.track_into(&html[r.clone()], m, &mut out) {
+                last = r.end;
+            } else {
+                out.truncate(mark);
+            }
         }
     }
     out.push_str(&html[last..]);
@@ -421,8 +409,21 @@ pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks) -> String {
 /// Prepares an HTML body template for a send, once, so that rendering a
 /// recipient does not search for the insertion points: `{{ __preheader }}`
 /// goes right after `<body…>` and `{{ __pixel }}` right before `</body>`.
-pub fn instrument(template: &str) -> String {
-    let mut out = template.to_string();
+///
+/// With `mark_anchors` (for templates that [`can_mark`]), every `<a` tag of
+/// the template also gets [`ANCHOR_MARK`] before it; [`rewrite_links`] then
+/// finds the anchors by their marks.
+pub fn instrument(template: &str, mark_anchors: bool) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let b = template.as_bytes();
+    let mut last = 0;
+    let mut from = 0;
+    while mark_anchors && let Some(at) = next_anchor(b, from) {
+        out.push_str(&template[last..at]);
+        out.push(char::from(ANCHOR_MARK));
+        (last, from) = (at, at + 2);
+    }
+    out.push_str(&template[last..]);
     let at = find_ci(&out, "<body")
         .and_then(|i| out[i..].find('>').map(|e| i + e + 1))
         .unwrap_or(0);
@@ -432,6 +433,15 @@ pub fn instrument(template: &str) -> String {
         None => out.push_str("{{ __pixel }}"),
     }
     out
+}
+
+/// Whether every anchor a body template can write is in its text, so that
+/// marking them ([`instrument`]) finds them all: not when a value may be
+/// written unescaped (`safe`, `autoescape`) and so hold HTML of its own.
+pub fn can_mark(template: &str) -> bool {
+    !template.contains("safe")
+        && !template.contains("autoescape")
+        && !template.as_bytes().contains(&ANCHOR_MARK)
 }
 
 /// The open pixel for `url`.
@@ -480,12 +490,19 @@ mod tests {
         }
     }
 
+    /// Rewrites `html` both ways (searching for anchors, and with the
+    /// marks `instrument` would put), checks both agree and returns it.
     fn rw(html: &str, t: &Tracker) -> String {
-        rewrite_links(
-            html,
-            t,
-            &MessageLinks::new(msg(), Some("hal".into()), 1_800_000_000),
-        )
+        let m = MessageLinks::new(msg(), Some("hal".into()), 1_800_000_000);
+        let plain = rewrite_links(html, t, &m, false);
+        if can_mark(html) {
+            let instrumented = instrument(html, true);
+            let body = instrumented
+                .replace("{{ __preheader }}", "")
+                .replace("{{ __pixel }}", "");
+            assert_eq!(rewrite_links(&body, t, &m, true), plain, "marked: {body:?}");
+        }
+        plain
     }
 
     fn msg() -> MessageRef {
@@ -605,14 +622,44 @@ mod tests {
 
     #[test]
     fn instrument_places_preheader_and_pixel() {
-        let out = instrument("<html><BODY class=a><p>x</p></BODY></html>");
+        let out = instrument("<html><BODY class=a><p>x</p></BODY></html>", false);
         assert_eq!(
             out,
             "<html><BODY class=a>{{ __preheader }}<p>x</p>{{ __pixel }}</BODY></html>"
         );
         assert_eq!(
-            instrument("<p>x</p>"),
+            instrument("<p>x</p>", false),
             "{{ __preheader }}<p>x</p>{{ __pixel }}"
+        );
+    }
+
+    #[test]
+    fn instrument_marks_anchors_unless_the_template_may_write_html() {
+        let template = "<p><a href=\"x\">1</a><A\thref=y>2</A><abbr>";
+        assert!(can_mark(template));
+        let out = instrument(template, true);
+        assert_eq!(
+            out,
+            "{{ __preheader }}<p>\u{1}<a href=\"x\">1</a>\u{1}<A\thref=y>2</A><abbr>{{ __pixel }}"
+        );
+        for unsafe_template in [
+            "<a href=x>{{ d|safe }}</a>",
+            "{% autoescape false %}{% endautoescape %}",
+        ] {
+            assert!(!can_mark(unsafe_template), "{unsafe_template}");
+        }
+        // A mark that a value brings (not before an anchor) is dropped.
+        let t = tracker(vec![]);
+        let m = MessageLinks::new(msg(), None, 1_800_000_000);
+        let out = rewrite_links(
+            "a\u{1}b\u{1}<a href=\"https://s.example/\">x</a>",
+            &t,
+            &m,
+            true,
+        );
+        assert!(
+            out.starts_with("ab<a href=\"https://mail.example/c/"),
+            "{out}"
         );
     }
 }
