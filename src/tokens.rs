@@ -18,8 +18,14 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::hmac;
+use hmac::Mac as _;
+use ring::hmac as ring_hmac;
 use sha2::Digest as _;
+
+/// HMAC-SHA256 keyed once (RustCrypto `hmac`): a keyed instance holds the
+/// key's inner and outer hash states, so a tag from a clone of it costs two
+/// SHA-256 block compressions for a short token and no allocation.
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// Bytes of HMAC kept in a token: 128 bits, far beyond guessing.
 const TAG_LEN: usize = 16;
@@ -32,9 +38,7 @@ pub const MAX_TOKEN_LEN: usize = 128;
 #[derive(Clone)]
 pub struct Key {
     id: u8,
-    key: hmac::Key,
-    /// The same key for the tokens' own HMAC ([`Hmac256`]).
-    fast: Hmac256,
+    mac: HmacSha256,
 }
 
 impl fmt::Debug for Key {
@@ -49,9 +53,24 @@ impl Key {
         let digest = sha2::Sha256::digest(secret);
         Key {
             id: digest[0],
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
-            fast: Hmac256::new(secret),
+            mac: HmacSha256::new_from_slice(secret)
+                .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length")),
         }
+    }
+
+    /// HMAC-SHA256 of `parts`, one after the other.
+    fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        for p in parts {
+            mac.update(p);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    /// HMAC over `verp:` and the body, so a VERP tag can never stand for any
+    /// other token's.
+    fn bounce_tag(&self, body: &[u8]) -> [u8; 32] {
+        self.tag(&[b"verp:", body])
     }
 }
 
@@ -81,8 +100,9 @@ impl Keys {
     /// Appends the signed `token` to `out` (what [`Keys::sign`] returns),
     /// allocating nothing else: rendering signs some thirty per message.
     pub fn sign_into(&self, token: &Token, out: &mut String) {
-        // Kind, key id, at most five varints of ten bytes, the tag.
-        let mut buf = [0u8; 2 + 50 + TAG_LEN];
+        // Kind, key id, the longest payload (a click's: the send's kind
+        // byte and five varints of at most ten bytes), the tag.
+        let mut buf = [0u8; 2 + 1 + 5 * 10 + TAG_LEN];
         let mut body = Payload {
             buf: &mut buf,
             len: 2,
@@ -91,7 +111,7 @@ impl Keys {
         body.buf[1] = self.current.id;
         token.write_payload(&mut body);
         let len = body.len;
-        let tag = self.current.fast.tag(&buf[..len]);
+        let tag = self.current.tag(&[&buf[..len]]);
         buf[len..len + TAG_LEN].copy_from_slice(&tag[..TAG_LEN]);
         URL_SAFE_NO_PAD.encode_string(&buf[..len + TAG_LEN], out);
     }
@@ -112,7 +132,7 @@ impl Keys {
             .chain(&self.previous)
             .filter(|k| k.id == id)
             .any(|k| {
-                let full = k.fast.tag(body);
+                let full = k.tag(&[body]);
                 // Constant-time comparison of the truncated tag.
                 subtle::ConstantTimeEq::ct_eq(&full[..TAG_LEN], tag).into()
             });
@@ -151,7 +171,7 @@ impl Keys {
         put_varint(&mut buf, r.queue_id);
         put_varint(&mut buf, r.rcpt as u64);
         put_varint(&mut buf, r.day as u64);
-        let tag = bounce_tag(&self.current.key, &buf);
+        let tag = self.current.bounce_tag(&buf);
         buf.extend_from_slice(&tag.as_ref()[..BOUNCE_TAG_LEN]);
         hex::encode(buf)
     }
@@ -171,7 +191,7 @@ impl Keys {
             .chain(&self.previous)
             .filter(|k| k.id == body[0])
             .any(|k| {
-                let full = bounce_tag(&k.key, body);
+                let full = k.bounce_tag(body);
                 subtle::ConstantTimeEq::ct_eq(&full.as_ref()[..BOUNCE_TAG_LEN], tag).into()
             });
         if !ok {
@@ -187,15 +207,6 @@ impl Keys {
             day,
         })
     }
-}
-
-/// HMAC over `verp:` and the body, so a VERP tag can never stand for any
-/// other token's.
-fn bounce_tag(key: &hmac::Key, body: &[u8]) -> hmac::Tag {
-    let mut ctx = hmac::Context::with_key(key);
-    ctx.update(b"verp:");
-    ctx.update(body);
-    ctx.sign()
 }
 
 pub use crate::send::model::{SendKind, SendRef};
@@ -361,81 +372,13 @@ struct Payload<'a> {
 
 impl PushByte for Payload<'_> {
     fn push(&mut self, b: u8) {
-        // The buffer holds the longest payload (five ten-byte varints and a
-        // byte); a longer one cannot be written, so nothing is lost here.
+        // The buffer leaves room for the longest payload and the tag after
+        // it (see `sign_into`), so no byte of a payload is ever dropped.
         if let Some(slot) = self.buf.get_mut(self.len) {
             *slot = b;
             self.len += 1;
         }
     }
-}
-
-/// HMAC-SHA256 (RFC 2104) with the key's inner and outer hash states
-/// computed once: a token's tag costs two SHA-256 block compressions
-/// (SHA-NI where the CPU has it) and no allocation. Gives the same tags as
-/// ring's `hmac::sign` (tested), so tokens in mail already sent still verify.
-#[derive(Clone)]
-struct Hmac256 {
-    inner: [u32; 8],
-    outer: [u32; 8],
-}
-
-/// SHA-256's initial hash value (FIPS 180-4, 5.3.3).
-const SHA256_H0: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
-
-impl Hmac256 {
-    fn new(secret: &[u8]) -> Hmac256 {
-        let mut key = [0u8; 64];
-        if secret.len() > 64 {
-            key[..32].copy_from_slice(&sha2::Sha256::digest(secret));
-        } else {
-            key[..secret.len()].copy_from_slice(secret);
-        }
-        let padded = |x: u8| {
-            let mut state = SHA256_H0;
-            compress(&mut state, &key.map(|k| k ^ x));
-            state
-        };
-        Hmac256 {
-            inner: padded(0x36),
-            outer: padded(0x5c),
-        }
-    }
-
-    fn tag(&self, msg: &[u8]) -> [u8; 32] {
-        let inner = sha256_finish(self.inner, msg);
-        sha256_finish(self.outer, &inner)
-    }
-}
-
-fn compress(state: &mut [u32; 8], block: &[u8]) {
-    use sha2::digest::generic_array::GenericArray;
-    sha2::compress256(state, std::slice::from_ref(GenericArray::from_slice(block)));
-}
-
-/// SHA-256 of one 64-byte block already compressed into `state`, then `msg`.
-fn sha256_finish(mut state: [u32; 8], msg: &[u8]) -> [u8; 32] {
-    let mut blocks = msg.chunks_exact(64);
-    for block in &mut blocks {
-        compress(&mut state, block);
-    }
-    let rest = blocks.remainder();
-    let mut last = [0u8; 128];
-    last[..rest.len()].copy_from_slice(rest);
-    last[rest.len()] = 0x80;
-    let end = if rest.len() < 56 { 64 } else { 128 };
-    let bits = (64 + msg.len() as u64) * 8;
-    last[end - 8..end].copy_from_slice(&bits.to_be_bytes());
-    for block in last[..end].chunks_exact(64) {
-        compress(&mut state, block);
-    }
-    let mut out = [0u8; 32];
-    for (o, w) in out.chunks_exact_mut(4).zip(state) {
-        o.copy_from_slice(&w.to_be_bytes());
-    }
-    out
 }
 
 fn put_varint(out: &mut (impl PushByte + ?Sized), mut v: u64) {
@@ -489,8 +432,8 @@ pub fn autologin_jwt(
     });
     let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signing_input = format!("{header}.{claims}");
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let sig = URL_SAFE_NO_PAD.encode(hmac::sign(&key, signing_input.as_bytes()).as_ref());
+    let key = ring_hmac::Key::new(ring_hmac::HMAC_SHA256, secret);
+    let sig = URL_SAFE_NO_PAD.encode(ring_hmac::sign(&key, signing_input.as_bytes()).as_ref());
     format!("{signing_input}.{sig}")
 }
 
@@ -499,17 +442,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn own_hmac_gives_rings_tags_for_every_length() {
+    fn token_tags_are_rings_hmac_for_every_length() {
+        // Tokens in mail already sent were signed with ring's HMAC.
         for key_len in [0, 1, 32, 63, 64, 65, 100] {
             let secret: Vec<u8> = (0..key_len).map(|i| (i * 7 + 1) as u8).collect();
-            let fast = Hmac256::new(&secret);
-            let ring_key = hmac::Key::new(hmac::HMAC_SHA256, &secret);
+            let fast = Key::new(&secret);
+            let ring_key = ring_hmac::Key::new(ring_hmac::HMAC_SHA256, &secret);
             for len in 0..300 {
                 let msg: Vec<u8> = (0..len).map(|i| (i * 31 + key_len) as u8).collect();
                 assert_eq!(
-                    fast.tag(&msg)[..],
-                    hmac::sign(&ring_key, &msg).as_ref()[..],
+                    fast.tag(&[&msg])[..],
+                    ring_hmac::sign(&ring_key, &msg).as_ref()[..],
                     "key {key_len} bytes, message {len} bytes"
+                );
+                // And VERP return paths' tags, over `verp:` and the body.
+                assert_eq!(
+                    fast.bounce_tag(&msg)[..],
+                    ring_hmac::sign(&ring_key, &[&b"verp:"[..], &msg].concat()).as_ref()[..],
+                    "VERP: key {key_len} bytes, message {len} bytes"
                 );
             }
         }
@@ -533,6 +483,19 @@ mod tests {
             Token::Open(m(7)),
             Token::Click(m(u64::MAX), 3, None),
             Token::Click(m(u64::MAX), 3, Some(1_800_000_000)),
+            // The longest payload there is.
+            Token::Click(
+                MessageRef {
+                    send: SendRef {
+                        kind: SendKind::Campaign,
+                        id: u64::MAX,
+                        variant: u32::MAX,
+                    },
+                    contact: u64::MAX,
+                },
+                u32::MAX,
+                Some(u64::MAX),
+            ),
             Token::Unsubscribe(m(0)),
             Token::Preferences(m(1 << 40)),
             Token::View(m(9), None),
@@ -619,10 +582,10 @@ mod tests {
         let t = autologin_jwt(b"shop-secret", "ann@example.com", 7, "shop1", 10, 20);
         let parts: Vec<&str> = t.split('.').collect();
         assert_eq!(parts.len(), 3);
-        let key = hmac::Key::new(hmac::HMAC_SHA256, b"shop-secret");
+        let key = ring_hmac::Key::new(ring_hmac::HMAC_SHA256, b"shop-secret");
         let sig = URL_SAFE_NO_PAD.decode(parts[2])?;
         let signed = format!("{}.{}", parts[0], parts[1]);
-        assert!(hmac::verify(&key, signed.as_bytes(), &sig).is_ok());
+        assert!(ring_hmac::verify(&key, signed.as_bytes(), &sig).is_ok());
         let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1])?)?;
         assert_eq!(claims["sub"], "ann@example.com");
         assert_eq!(claims["exp"], 20);

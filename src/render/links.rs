@@ -368,6 +368,13 @@ const ANCHOR_MARK: u8 = 0x01;
 pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks, marked: bool) -> String {
     let b = html.as_bytes();
     let mut out = String::with_capacity(html.len() + 4096);
+    let copy = |out: &mut String, s: &str| {
+        if marked {
+            push_unmarked(out, s);
+        } else {
+            out.push_str(s);
+        }
+    };
     // `html[..last]` is in `out`; the search goes on from `from`.
     let (mut last, mut from) = (0, 0);
     loop {
@@ -375,13 +382,11 @@ pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks, marked: bool) ->
             let Some(i) = memchr::memchr(ANCHOR_MARK, &b[from..]) else {
                 break;
             };
-            let at = from + i;
-            out.push_str(&html[last..at]);
-            (last, from) = (at + 1, at + 1);
-            if !is_anchor(b, at + 1) {
+            from += i + 1;
+            if !is_anchor(b, from) {
                 continue;
             }
-            at + 1
+            from
         } else {
             let Some(at) = next_anchor(b, from) else {
                 break;
@@ -394,7 +399,7 @@ pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks, marked: bool) ->
         from = end;
         if let Some(r) = href.filter(|r| !notrack && !r.is_empty()) {
             let mark = out.len();
-            out.push_str(&html[last..r.start]);
+            copy(&mut out, &html[last..r.start]);
             if t.track_into(&html[r.clone()], m, &mut out) {
                 last = r.end;
             } else {
@@ -402,8 +407,19 @@ pub fn rewrite_links(html: &str, t: &Tracker, m: &MessageLinks, marked: bool) ->
             }
         }
     }
-    out.push_str(&html[last..]);
+    copy(&mut out, &html[last..]);
     out
+}
+
+/// Appends `s` without its [`ANCHOR_MARK`] bytes: wherever a mark ended up
+/// (before an anchor, inside a tag whose attribute held `<a`, or brought by
+/// a value), none reaches the message.
+fn push_unmarked(out: &mut String, mut s: &str) {
+    while let Some(i) = memchr::memchr(ANCHOR_MARK, s.as_bytes()) {
+        out.push_str(&s[..i]);
+        s = &s[i + 1..];
+    }
+    out.push_str(s);
 }
 
 /// Prepares an HTML body template for a send, once, so that rendering a
@@ -530,6 +546,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_anchor_in_an_attribute_value_leaves_no_mark() {
+        let t = tracker(vec![]);
+        // `rw` also checks that the marked template gives the same HTML.
+        let out = rw(r#"<a title="<a b" href="https://shop.example/t">t</a>"#, &t);
+        assert_eq!(out.matches("/c/").count(), 1, "{out}");
+        assert!(!out.contains('\u{1}'), "{out:?}");
     }
 
     #[test]
