@@ -76,9 +76,15 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
         .context("store task")?
         .context("cannot open the store")?;
     // The index subscribes before anything else writes, and builds itself
-    // in the background; segment requests wait until it is ready.
+    // in the background (or reads what the last clean stop saved, if the
+    // store has not changed since); segment requests wait until it is
+    // ready, nothing else does.
     let index = crate::segment::Index::new();
-    index.attach(&store);
+    index.attach_saved(
+        &store,
+        config.storage.dir.join(crate::segment::persist::FILE_NAME),
+    );
+    let index_at_stop = index.clone();
     recover_imports(&store).await?;
     // Every connection is a descriptor: take all the hard limit allows
     // (http::serve keeps its connection caps below it).
@@ -308,9 +314,14 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     // the file cleanly: the engine's too.
     drop(engine);
     drop(state);
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .ok();
+    // The index saw every commit before its writer was answered: once the
+    // writer has ended, it is the store's state at its last commit.
+    tokio::task::spawn_blocking(move || match store.close() {
+        Some(commit) => index_at_stop.save(commit),
+        None => index_at_stop.save_nothing(),
+    })
+    .await
+    .ok();
     if let Some(why) = store_lost.get() {
         anyhow::bail!("{why}");
     }

@@ -100,6 +100,30 @@ enum Command {
         #[arg(long, global = true)]
         api: Option<String>,
     },
+    /// The store file: where its bytes go, and giving free space back
+    /// (open the file directly: stop the daemon first).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Print the store's size, free space and every table's entries and
+    /// pages, largest first.
+    Stats {
+        /// Also read every entry to split each table's bytes into keys and
+        /// values (reads the whole file).
+        #[arg(long)]
+        scan: bool,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rewrite the store so that its free pages are given back to the
+    /// filesystem (needs up to the file's size again while it runs).
+    Compact,
 }
 
 #[derive(Subcommand)]
@@ -507,6 +531,39 @@ fn dkim_keygen(config: &std::path::Path, a: KeygenArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `herald store stats|compact`: opens the store file itself.
+fn store_command(dir: &std::path::Path, command: StoreCommand) -> ExitCode {
+    use herald::store::usage;
+    let result = match command {
+        StoreCommand::Stats { scan, json } => usage::usage(dir, scan).map(|u| {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&u).unwrap_or_default());
+            } else {
+                print!("{}", usage::format(&u));
+            }
+        }),
+        StoreCommand::Compact => usage::compact(dir).map(|(before, after)| {
+            println!(
+                "compacted {}: {:.1} MB -> {:.1} MB",
+                usage::store_file(dir).display(),
+                before as f64 / 1e6,
+                after as f64 / 1e6
+            );
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ herald::store::StoreError::Locked(_)) => {
+            eprintln!("herald: {e}: stop the daemon first (systemctl stop herald)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `herald outbox list|show`: reads the capture folder.
 fn outbox(
     path: &std::path::Path,
@@ -740,6 +797,13 @@ fn main() -> ExitCode {
         Command::Dkim {
             command: DkimCommand::Keygen(args),
         } => dkim_keygen(&cli.config, args),
+        Command::Store { command } => {
+            let snap = match load_or_report(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            store_command(&snap.config.storage.dir, command)
+        }
         Command::Outbox { command } => {
             let snap = match load_or_report(&cli.config) {
                 Ok(s) => s,

@@ -11,6 +11,8 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::contacts::model::{Contact, FieldValue};
 use crate::send::SendKind;
 use crate::shop::model::{Cart, ShopStats, StatsDelta, day_of_ms};
@@ -23,7 +25,7 @@ pub const HAS_PHONE: u8 = 0x80;
 pub const NO_DAY: i32 = i32::MIN;
 
 /// Per-contact built-in attributes and aggregates.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Row {
     /// The contact exists.
     pub present: bool,
@@ -186,6 +188,52 @@ impl Interner {
     }
 }
 
+/// Saved as its strings (arena and starts); the hash table is made again
+/// when it is read.
+impl Serialize for Interner {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.bytes, &self.starts).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Interner {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (bytes, starts): (Vec<u8>, Vec<u32>) = Deserialize::deserialize(d)?;
+        let bad = |m: &str| serde::de::Error::custom(format!("interned strings: {m}"));
+        if starts.len() < 2 || starts[0] != 0 || starts[1] != 0 {
+            return Err(bad("symbol 0 is not the empty string"));
+        }
+        if starts.windows(2).any(|w| w[0] > w[1]) || starts.last() != Some(&(bytes.len() as u32)) {
+            return Err(bad("string bounds out of order"));
+        }
+        if std::str::from_utf8(&bytes).is_err()
+            || starts
+                .iter()
+                .any(|&b| !is_char_boundary(&bytes, b as usize))
+        {
+            return Err(bad("not UTF-8"));
+        }
+        let mut table = hashbrown::HashTable::with_capacity(starts.len() - 2);
+        let hasher = rustc_hash::FxBuildHasher;
+        for n in 1..(starts.len() - 1) as u32 {
+            let h = std::hash::BuildHasher::hash_one(&hasher, Self::str_of(&bytes, &starts, n));
+            table.insert_unique(h, n, |&m| {
+                std::hash::BuildHasher::hash_one(&hasher, Self::str_of(&bytes, &starts, m))
+            });
+        }
+        Ok(Interner {
+            bytes,
+            starts,
+            table,
+            hasher,
+        })
+    }
+}
+
+fn is_char_boundary(bytes: &[u8], at: usize) -> bool {
+    at == bytes.len() || bytes.get(at).is_some_and(|b| (*b as i8) >= -0x40)
+}
+
 /// Makes room for one more element, growing by an eighth (at least 8)
 /// instead of doubling: the index's vectors are large and long-lived, and
 /// doubling would leave up to half of them unused.
@@ -196,7 +244,7 @@ fn room<T>(v: &mut Vec<T>) {
 }
 
 /// A sorted set of contact ids.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct IdSet(pub Vec<u32>);
 
 impl IdSet {
@@ -225,7 +273,7 @@ impl IdSet {
 }
 
 /// Purchase postings of one category or SKU: (contact, day) pairs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Postings {
     /// Contact ids.
     pub ids: Vec<u32>,
@@ -261,7 +309,7 @@ impl Postings {
 }
 
 /// A custom field's values, by contact id.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub enum Column {
     /// Text (symbol; 0 none).
     Text(Vec<u32>),
@@ -343,7 +391,7 @@ impl Column {
 }
 
 /// A contact's current cart, for the few contacts that have one.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct CartRow {
     /// Units.
     pub units: u32,
@@ -354,7 +402,7 @@ pub struct CartRow {
 }
 
 /// What one campaign's recipients did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct SendSets {
     /// Contacts it was sent to.
     pub sent: Bits,
@@ -367,7 +415,7 @@ pub struct SendSets {
 /// A growable bitset of contact ids: a campaign's recipients arrive in
 /// batches from several parts (an A/B test's groups interleave), which a
 /// sorted id list would pay for with moves; a bit costs nothing to set.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Bits(pub Vec<u64>);
 
 impl Bits {
@@ -389,7 +437,7 @@ impl Bits {
 }
 
 /// The index's data, behind the index's lock.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Data {
     /// Rows by contact id (index 0 unused).
     pub rows: Vec<Row>,

@@ -22,6 +22,7 @@
 pub mod eval;
 pub mod index;
 pub mod lang;
+pub mod persist;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 use crate::contacts::model::{ConsentState, FieldDef, FieldType};
 use crate::shop::apply::SHOP_FIELDS;
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Change, ReadTables as _, Store, StoreError};
 use eval::Bitset;
 use lang::{Cond, Node, NodeV, Problem};
 
@@ -444,11 +445,58 @@ impl SegmentFiles {
 
 type Pending = Arc<std::sync::Mutex<Option<Vec<Change>>>>;
 
-/// Builds the index's data from a snapshot the store writer takes between
-/// two transactions; the changes queued before that moment are dropped
-/// (the snapshot holds them).
-fn load(store: &Store, pending: &Pending) -> Result<index::Data, StoreError> {
-    let mut data = index::Data::default();
+/// Fault injection for tests: `HERALD_FAULT_INDEX_BUILD_DELAY_MS` holds
+/// the startup build back that long, so that a test can show that nothing
+/// but segments waits for it.
+fn build_delay_fault() {
+    if let Some(ms) = std::env::var("HERALD_FAULT_INDEX_BUILD_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!(ms, "fault injection: holding the segment index build back");
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+/// Where the index's data came from at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The file saved when the daemon last stopped.
+    Saved,
+    /// Built from the store.
+    Store,
+}
+
+/// The index's data at start, and the stamp of the store it is for (the
+/// commit number left out: [`Index::save`] puts the last one in).
+///
+/// `saved` is the file the last clean stop wrote and the store's commit
+/// number when the index subscribed to its changes: if the file was saved
+/// at exactly that state, it is the data, and every change queued since the
+/// subscription is still to apply. Otherwise the data is built from a
+/// snapshot the store writer takes between two transactions; the changes
+/// queued before that moment are dropped (the snapshot holds them).
+fn load(
+    store: &Store,
+    pending: &Pending,
+    saved: Option<(&Path, u64)>,
+) -> Result<(index::Data, Source, persist::Stamp), StoreError> {
+    if let Some((path, commit)) = saved {
+        let stamp = store.read_blocking(|r| {
+            Ok(persist::Stamp {
+                store: persist::store_id(&r.salt()?),
+                schema: r.schema_version()?,
+                commit,
+            })
+        })?;
+        match persist::read(path, &stamp) {
+            Ok(data) => return Ok((data, Source::Saved, stamp)),
+            Err(persist::PersistError::Missing) => {}
+            Err(e) => {
+                tracing::warn!(reason = %e, "saved segment index not used; building it from the store")
+            }
+        }
+    }
     let boundary = pending.clone();
     let r = store.snapshot_blocking(move || {
         if let Ok(mut p) = boundary.lock()
@@ -457,6 +505,17 @@ fn load(store: &Store, pending: &Pending) -> Result<index::Data, StoreError> {
             q.clear();
         }
     })?;
+    let stamp = persist::Stamp {
+        store: persist::store_id(&r.salt()?),
+        schema: r.schema_version()?,
+        commit: r.commit_seq()?,
+    };
+    Ok((from_store(&r)?, Source::Store, stamp))
+}
+
+/// Builds the index's data from a snapshot of the store.
+fn from_store(r: &crate::store::ReadView) -> Result<index::Data, StoreError> {
+    let mut data = index::Data::default();
     r.each_contact(|chunk| {
         chunk.iter().for_each(|c| data.put_contact(c));
         Ok(())
@@ -495,6 +554,13 @@ fn load(store: &Store, pending: &Pending) -> Result<index::Data, StoreError> {
 /// The live index: data behind a lock, and whether the startup build is done.
 pub struct Index {
     data: RwLock<index::Data>,
+    /// Where the index is saved when the daemon stops (`None`: not saved).
+    file: RwLock<Option<PathBuf>>,
+    /// The store's commit number when the index subscribed to its changes.
+    subscribed_at: RwLock<u64>,
+    /// The stamp of the store the index was built for, less the commit
+    /// number (set by the startup build).
+    stamp: RwLock<Option<persist::Stamp>>,
     ready: tokio::sync::watch::Sender<bool>,
     /// How long the startup build took.
     pub build_time: RwLock<Option<Duration>>,
@@ -520,10 +586,30 @@ impl Index {
     pub fn new() -> Arc<Index> {
         Arc::new(Index {
             data: RwLock::new(index::Data::default()),
+            file: RwLock::new(None),
+            subscribed_at: RwLock::new(0),
+            stamp: RwLock::new(None),
             ready: tokio::sync::watch::channel(false).0,
             build_time: RwLock::new(None),
             failed: RwLock::new(None),
         })
+    }
+
+    /// Like [`Index::attach`], reading the index from `file` if it was
+    /// saved there at the state the store is in (see [`persist`]), and
+    /// saving it there when [`Index::save`] is called.
+    pub fn attach_saved(self: &Arc<Self>, store: &Store, file: PathBuf) {
+        if let Ok(mut f) = self.file.write() {
+            *f = Some(file);
+        }
+        self.attach(store);
+    }
+
+    /// The saved file to try at start, with the store's commit number when
+    /// the index subscribed.
+    fn saved_file(&self) -> Option<(PathBuf, u64)> {
+        let file = self.file.read().ok()?.clone()?;
+        Some((file, *self.subscribed_at.read().ok()?))
     }
 
     /// Subscribes to the store's changes and builds the index from a snapshot
@@ -546,6 +632,12 @@ impl Index {
                 me.apply(&changes);
             }));
         }
+        // Nothing else writes yet (the daemon attaches the index right after
+        // opening the store), so no commit is under way: every commit after
+        // this number reaches the queue above.
+        if let Ok(mut at) = self.subscribed_at.write() {
+            *at = store.last_commit_seq();
+        }
         let me = self.clone();
         let store = store.clone();
         std::thread::Builder::new()
@@ -557,18 +649,26 @@ impl Index {
     /// The startup build (on its own thread).
     fn build(&self, store: &Store, pending: &Pending) {
         let started = Instant::now();
+        build_delay_fault();
+        let saved = self.saved_file();
+        let saved = saved.as_ref().map(|(f, at)| (f.as_path(), *at));
         // A snapshot job shares its transaction with other writers;
         // if one of them fails, the snapshot is refused too: retry.
-        let mut built = load(store, pending);
+        let mut built = load(store, pending, saved);
         for _ in 0..2 {
             if built.is_ok() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
-            built = load(store, pending);
+            built = load(store, pending, saved);
         }
-        let mut data = match built {
-            Ok(d) => d,
+        let (mut data, source) = match built {
+            Ok((d, source, stamp)) => {
+                if let Ok(mut s) = self.stamp.write() {
+                    *s = Some(stamp);
+                }
+                (d, source)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "segment index not built: segments unavailable");
                 // Requests get the reason instead of waiting for ever,
@@ -583,7 +683,8 @@ impl Index {
                 return;
             }
         };
-        // Changes committed after the snapshot were queued; apply
+        // Changes committed after the snapshot (after the subscription, for
+        // a saved index) were queued; apply
         // them in commit order, then switch to applying directly.
         data.shrink();
         if let Ok(mut d) = self.data.write() {
@@ -604,9 +705,52 @@ impl Index {
         tracing::info!(
             took_ms = took.as_millis() as u64,
             memory_mb = bytes / (1 << 20),
+            from = match source {
+                Source::Saved => "saved file",
+                Source::Store => "store",
+            },
             "segment index built"
         );
         self.ready.send_replace(true);
+    }
+
+    /// Removes what an earlier stop saved: the store did not close cleanly,
+    /// so this run's state cannot be stamped.
+    pub fn save_nothing(&self) {
+        if let Some(file) = self.file.read().ok().and_then(|f| f.clone()) {
+            persist::remove(&file);
+        }
+    }
+
+    /// Saves the index beside the store, stamped with the number of the
+    /// store's last committed batch (`commit`, from [`Store::close`]): call
+    /// it after the store is closed, when no change can follow. Does
+    /// nothing when the index was never built or is not to be saved.
+    pub fn save(&self, commit: u64) {
+        let Some(file) = self.file.read().ok().and_then(|f| f.clone()) else {
+            return;
+        };
+        let stamp = self.stamp.read().ok().and_then(|s| *s);
+        let failed = self.failed.read().map_or(true, |f| f.is_some());
+        let (Some(stamp), false, true) = (stamp, failed, self.is_ready()) else {
+            // Whatever was saved before is not this run's state.
+            persist::remove(&file);
+            return;
+        };
+        let started = Instant::now();
+        let Ok(data) = self.data.read() else { return };
+        match persist::write(&file, &data, persist::Stamp { commit, ..stamp }) {
+            Ok(bytes) => tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                size_mb = bytes / (1 << 20),
+                commit,
+                "segment index saved"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "segment index not saved; the next start builds it from the store");
+                persist::remove(&file);
+            }
+        }
     }
 
     /// Applies committed changes (from the store's observer).

@@ -46,6 +46,7 @@ mod signup;
 mod sms;
 pub mod tables;
 mod track;
+pub mod usage;
 mod users;
 
 pub use audience::{decode_ids, encode_ids};
@@ -359,6 +360,9 @@ pub struct Store {
     hook: Arc<std::sync::OnceLock<Hook>>,
     health: Arc<health::Health>,
     links: Arc<render::LinkCache>,
+    /// The number of the writer's last committed batch (see
+    /// [`Store::close`]).
+    commit_seq: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -410,6 +414,7 @@ impl Store {
         let hook = Arc::new(std::sync::OnceLock::new());
         let health = Arc::new(health::Health::new(dir, config));
         let links = Arc::new(render::LinkCache::default());
+        let commit_seq = Arc::new(AtomicU64::new(seq));
         let thread = {
             let w = Writer {
                 slot: slot.clone(),
@@ -421,6 +426,7 @@ impl Store {
                 health: health.clone(),
                 links: links.clone(),
                 seq,
+                commit_seq: commit_seq.clone(),
             };
             std::thread::Builder::new()
                 .name("herald-store-writer".into())
@@ -436,6 +442,7 @@ impl Store {
             hook,
             health,
             links,
+            commit_seq,
         })
     }
 
@@ -657,25 +664,39 @@ impl Store {
         r
     }
 
+    /// The number of the last batch the writer committed (as [`Store::close`]
+    /// returns it at the end).
+    pub fn last_commit_seq(&self) -> u64 {
+        self.commit_seq.load(Ordering::Acquire)
+    }
+
     /// Stops accepting writes from this handle and, once no other handle is
     /// left, waits (up to ten seconds) for the writer to commit what it has and
-    /// close the file cleanly.
-    pub fn close(self) {
+    /// close the file cleanly. Returns the number of the last batch the file
+    /// holds when the writer ended and the store was healthy (what the
+    /// segment index saved beside it is stamped with), `None` otherwise.
+    pub fn close(self) -> Option<u64> {
         let thread = self.thread.lock().ok().and_then(|mut t| t.take());
-        let Store { writer, db, .. } = self;
+        let Store {
+            writer,
+            db,
+            commit_seq,
+            health,
+            ..
+        } = self;
         drop(writer);
         drop(db);
-        if let Some(t) = thread {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                tracing::warn!("the store writer is still busy; other handles are open");
-            }
+        let t = thread?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        if !t.is_finished() {
+            tracing::warn!("the store writer is still busy; other handles are open");
+            return None;
+        }
+        let _ = t.join();
+        (!health.is_unavailable()).then(|| commit_seq.load(Ordering::Acquire))
     }
 }
 
@@ -754,6 +775,8 @@ struct Writer {
     links: Arc<render::LinkCache>,
     /// The number of the last committed batch.
     seq: u64,
+    /// `seq`, for the store's handles.
+    commit_seq: Arc<AtomicU64>,
 }
 
 /// The meta key a re-opened store writes (and removes) to prove it has
@@ -872,6 +895,7 @@ impl Writer {
                 Ok(c) => {
                     if let Mark::Seq(n) = c.mark {
                         self.seq = n;
+                        self.commit_seq.store(n, Ordering::Release);
                     }
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats.jobs.fetch_add(n, Ordering::Relaxed);
@@ -979,6 +1003,7 @@ impl Writer {
                         self.settle(u, &db);
                     }
                     self.seq = stored;
+                    self.commit_seq.store(stored, Ordering::Release);
                     self.slot.put(db);
                     self.health.reopens.fetch_add(1, Ordering::Relaxed);
                     self.health.set_available();
@@ -1552,6 +1577,12 @@ impl ReadView {
     /// The stored schema version.
     pub fn schema_version(&self) -> Result<u64, StoreError> {
         meta_u64(self.tables.meta()?, "schema_version")
+    }
+
+    /// The number of the last batch committed before this view (what
+    /// [`Store::close`] returns at the end of a run).
+    pub fn commit_seq(&self) -> Result<u64, StoreError> {
+        meta_u64(self.tables.meta()?, COMMIT_SEQ_KEY)
     }
 }
 

@@ -60,6 +60,12 @@ macro_rules! tables {
             Ok(())
         }
 
+        /// Every table's entries and their key and value bytes, read
+        /// through in `txn` (`herald store stats --scan`).
+        pub(super) fn scan_all(txn: &ReadTransaction) -> Result<Vec<Scanned>, redb::StorageError> {
+            Ok(vec![$( scan(txn, $konst, $name)?, )*])
+        }
+
         /// Every table, open in one write transaction.
         pub(super) struct Tables<'t> {
             $(
@@ -124,6 +130,43 @@ macro_rules! tables {
             )*
         }
     };
+}
+
+/// What reading a table through found: its name, entries, and the bytes
+/// of their keys and values as stored.
+pub(super) struct Scanned {
+    pub name: &'static str,
+    pub entries: u64,
+    pub key_bytes: u64,
+    pub value_bytes: u64,
+}
+
+/// Reads `def` through in `txn`, summing its key and value lengths (a
+/// table that does not exist yet is empty).
+fn scan<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<K, V>,
+    name: &'static str,
+) -> Result<Scanned, redb::StorageError> {
+    let mut s = Scanned {
+        name,
+        entries: 0,
+        key_bytes: 0,
+        value_bytes: 0,
+    };
+    let table = match txn.open_table(def) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(s),
+        Err(TableError::Storage(e)) => return Err(e),
+        Err(e) => return Err(redb::StorageError::Corrupted(e.to_string())),
+    };
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        s.entries += 1;
+        s.key_bytes += K::as_bytes(&k.value()).as_ref().len() as u64;
+        s.value_bytes += V::as_bytes(&v.value()).as_ref().len() as u64;
+    }
+    Ok(s)
 }
 
 /// The table in `cell`, opened in `txn` if this is its first use.

@@ -257,6 +257,17 @@ impl Herald {
         }
     }
 
+    /// SIGTERM, then starts the daemon again on the same directory.
+    pub fn stop_and_start(&mut self) {
+        assert_eq!(self.stop(), Some(0), "{}", self.log());
+        self.spawn();
+    }
+
+    /// Starts the daemon again after [`Herald::stop`].
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// Starts the daemon again on the same directory.
     pub fn restart(&mut self) {
         self.kill9();
@@ -556,6 +567,14 @@ pub fn send_news(
         .collect();
     files.sort();
     (id, files)
+}
+
+/// `[[sender]] shop` relaying to `port` on loopback without TLS, for a
+/// config's extra text.
+pub fn relay_sender(port: u16) -> String {
+    format!(
+        "[[sender]]\nid = \"shop\"\nfrom = \"Shop <news@shop.example>\"\n[sender.relay]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n"
+    )
 }
 
 /// The secrets of `config/herald.toml` (refused with capture off).
