@@ -112,7 +112,7 @@ fn a_clean_stop_saves_the_index_and_a_stale_or_damaged_file_is_rebuilt() {
     assert_eq!(h.stop(), Some(0));
     let (code, out, err) = run(&h.config, &["store", "stats", "--scan"]);
     assert_eq!(code, 0, "{err}");
-    let contacts = out.lines().find(|l| l.starts_with("contacts_v1 "));
+    let contacts = out.lines().find(|l| l.starts_with("contacts_v2 "));
     let entries = contacts.and_then(|l| l.split_whitespace().nth(1));
     assert_eq!(entries, Some("31"), "{out}");
     let (code, out, err) = run(&h.config, &["store", "compact"]);

@@ -15,6 +15,9 @@
 //!   last before the SMS channel's tables and the built-in `phone`) with
 //!   `tests/fixtures/make-store.py` (which since also sends two customer
 //!   events with phones).
+//! - `tests/fixtures/store-v5/` was made by commit 0cbfaf8 (schema 4, the
+//!   last with contacts in JSON; its daemon saved `segment-index.bin` when
+//!   it stopped) with `tests/fixtures/make-store.py`.
 //!
 //! Each script also saved what that binary's API answered (`expected.json`).
 //! This binary must answer the same (it may add keys), and the new tables
@@ -71,6 +74,12 @@ fn fixture(name: &str) -> (tempfile::TempDir, std::path::PathBuf, Value) {
         .join("tests/fixtures")
         .join(name);
     std::fs::copy(fixture.join("herald.redb"), data.join("herald.redb")).unwrap();
+    // The segment index the fixture's binary saved when it stopped, if it
+    // did (store-v5 on).
+    let saved = fixture.join("segment-index.bin");
+    if saved.exists() {
+        std::fs::copy(&saved, data.join("segment-index.bin")).unwrap();
+    }
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())
             .unwrap();
@@ -235,6 +244,60 @@ fn migration_to_send_keyed_tables_keeps_every_answer_and_counting_goes_on() {
         "receipt",
     );
     same_answers(&h, &want);
+}
+
+#[test]
+fn migration_to_compact_contacts_keeps_every_answer_and_ignores_the_old_saved_index() {
+    let (h, want) = start_on_fixture("store-v5");
+    same_answers(&h, &want);
+    let log = h.log();
+    assert!(log.contains("migrated the store to schema 5"), "{log}");
+    // The index the old binary saved is for schema 4: not used, built anew.
+    assert!(log.contains("saved for another store or schema"), "{log}");
+    assert!(log.contains("from=\"store\""), "{log}");
+    // Migrated contacts are read, changed and found by segments.
+    let r = h.patch_json(
+        "/api/v1/contacts/c01@example.test",
+        serde_json::json!({"language": "pl", "add_tags": ["moved"]}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let c = get(&h, "/api/v1/contacts/c01@example.test");
+    assert_eq!(c["language"], "pl", "{c}");
+    assert_eq!(c["tags"], serde_json::json!(["moved"]), "{c}");
+    assert_eq!(c["phone"], "+48500100200", "{c}");
+    let seg = serde_json::json!({"field": "tags", "contains": "moved"}).to_string();
+    assert_eq!(
+        h.put("/api/v1/segments/moved", "application/json", &seg)
+            .status,
+        201
+    );
+    let r = get(&h, "/api/v1/segments/moved/preview");
+    assert_eq!(r["count"], 1, "{r}");
+
+    // The migrated order is found by the shop's id: an update replaces it
+    // (still one order, the new total), a new id adds one.
+    let buyer = (0..10)
+        .map(|n| format!("c{n:02}@example.test"))
+        .find(|e| get(&h, &format!("/api/v1/contacts/{e}"))["shop"]["order_count"] == 1)
+        .expect("the fixture's buyer");
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    // Posts an order event; the buyer's (order count, order sum) after it.
+    let order = |id: &str, ev: &str, total: &str| {
+        let r = h.post_json(
+            "/api/v1/events",
+            serde_json::json!([{"type": "order", "id": ev, "at": now,
+                "email": buyer, "order_id": id, "total": total, "currency": "EUR",
+                "items": [{"sku": "X", "quantity": 1, "price": total}]}]),
+        );
+        assert_eq!(r.body["accepted"], 1, "{r:?}");
+        let shop = get(&h, &format!("/api/v1/contacts/{buyer}"))["shop"].clone();
+        (shop["order_count"].clone(), shop["order_sum"].clone())
+    };
+    assert_eq!(
+        order("o-1", "ev-o-1-update", "59.90"),
+        (1.into(), "59.90".into())
+    );
+    assert_eq!(order("o-2", "ev-o-2", "10.00"), (2.into(), "69.90".into()));
 }
 
 #[test]

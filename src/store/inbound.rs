@@ -130,7 +130,7 @@ impl WriteTables<'_> {
             .range((contact, 0u64)..=(contact, u64::MAX))?;
         for r in range.rev() {
             let (_, v) = r?;
-            let e: crate::store::HistoryEvent = from_json("contact_history", v.value())?;
+            let e = super::track::decode_history(v.value())?;
             if e.at < since {
                 break;
             }

@@ -809,6 +809,9 @@ struct Uncertain {
 /// to say whether it was stored, before they are told it is unknown.
 const UNCERTAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The meta key of [`Sequence::Order`] (the migration to schema 5 sets it).
+pub(super) const ORDER_SEQ_KEY: &str = "seq.order";
+
 /// The meta key holding the number of the last committed batch of jobs.
 const COMMIT_SEQ_KEY: &str = "store.commit_seq";
 
@@ -1385,6 +1388,8 @@ pub enum Sequence {
     Inbound,
     /// Text messages.
     Sms,
+    /// Orders (the store's own number of each, `orders_v2`'s key).
+    Order,
 }
 
 impl Sequence {
@@ -1398,6 +1403,7 @@ impl Sequence {
             Sequence::Campaign => "seq.campaign",
             Sequence::History => "seq.history",
             Sequence::Signup => "seq.signup",
+            Sequence::Order => ORDER_SEQ_KEY,
             Sequence::Activity => "seq.activity",
             Sequence::Inbound => "seq.inbound",
             Sequence::Sms => "seq.sms",

@@ -77,7 +77,10 @@ pub trait ReadTables {
 
     /// A contact by id.
     fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
-        get_json(self.tables().contacts()?, "contacts", id)
+        match self.tables().contacts()?.get(id)? {
+            Some(v) => Ok(Some(super::contacts::decode_contact(id, v.value())?)),
+            None => Ok(None),
+        }
     }
 
     /// The id of the contact with this normalised (lower-cased) address.
@@ -169,7 +172,15 @@ pub trait ReadTables {
 
     /// An order by the shop's id.
     fn order(&self, order_id: &str) -> Result<Option<Order>, StoreError> {
-        get_bin(self.tables().orders()?, "orders", order_id)
+        let number = self
+            .tables()
+            .order_numbers()?
+            .get(order_id)?
+            .map(|v| v.value());
+        match number {
+            Some(n) => get_bin(self.tables().orders()?, "orders", n),
+            None => Ok(None),
+        }
     }
 
     /// The stored orders with these ids that belong to `contact` (an order

@@ -13,7 +13,9 @@ use super::tables::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{Change, ReadTables, ReadView, StoreError, WriteTables, from_json, get_json, to_json};
+use super::{
+    Change, ReadTables, ReadView, Sequence, StoreError, WriteTables, from_json, get_json, to_json,
+};
 use crate::segment::StoredSegment;
 use crate::shop::model::{Cart, Order, ShopStats, StatsDelta, WaitEntry};
 
@@ -45,12 +47,29 @@ pub(super) fn get_bin<'k, K: redb::Key + 'static, T: DeserializeOwned>(
 
 impl WriteTables<'_> {
     /// Stores an order. (A contact's orders are listed in its `ShopStats`,
-    /// which the caller updates in the same transaction.)
+    /// which the caller updates in the same transaction.) A new order id
+    /// gets the store's next order number: `orders_v2` is keyed by it, so
+    /// that orders are appended in the order they arrive (keyed by the
+    /// shop's ids, which arrive in no order, the table's pages stayed
+    /// about half empty).
     pub fn put_order(&mut self, o: &Order) -> Result<(), StoreError> {
+        let known = self
+            .tables
+            .order_numbers
+            .get(o.order_id.as_str())?
+            .map(|v| v.value());
+        let number = match known {
+            Some(n) => n,
+            None => {
+                let n = self.next_id(Sequence::Order)?;
+                self.tables.order_numbers.insert(o.order_id.as_str(), n)?;
+                n
+            }
+        };
         let before = self
             .tables
             .orders
-            .insert(o.order_id.as_str(), enc(o).as_slice())?
+            .insert(number, enc(o).as_slice())?
             .map(|v| v.value().to_vec());
         if self.changes.is_some() {
             let before = match before {
@@ -149,7 +168,9 @@ impl WriteTables<'_> {
     pub(super) fn delete_shop_data(&mut self, contact: u64) -> Result<(), StoreError> {
         if let Some(old) = self.stats(contact)? {
             for o in self.orders_of(contact, &old.orders)? {
-                self.tables.orders.remove(o.order_id.as_str())?;
+                if let Some(n) = self.tables.order_numbers.remove(o.order_id.as_str())? {
+                    self.tables.orders.remove(n.value())?;
+                }
                 self.tables.order_attribution.remove(o.order_id.as_str())?;
             }
             self.tables.shop_stats.remove(contact)?;
@@ -263,18 +284,18 @@ impl ReadView {
         &self,
         mut f: impl FnMut(Vec<crate::contacts::model::Contact>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut raw: Vec<Vec<u8>> = Vec::with_capacity(CHUNK);
-        let mut decode = |raw: &mut Vec<Vec<u8>>| -> Result<(), StoreError> {
+        let mut raw: Vec<(u64, Vec<u8>)> = Vec::with_capacity(CHUNK);
+        let mut decode = |raw: &mut Vec<(u64, Vec<u8>)>| -> Result<(), StoreError> {
             let chunk = raw
                 .par_iter()
-                .map(|b| from_json("contacts", b))
+                .map(|(id, b)| super::contacts::decode_contact(*id, b))
                 .collect::<Result<Vec<_>, StoreError>>()?;
             raw.clear();
             f(chunk)
         };
         for r in self.tables.contacts()?.iter()? {
-            let (_, v) = r?;
-            raw.push(v.value().to_vec());
+            let (k, v) = r?;
+            raw.push((k.value(), v.value().to_vec()));
             if raw.len() == CHUNK {
                 decode(&mut raw)?;
             }

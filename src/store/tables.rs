@@ -28,7 +28,7 @@ use redb::{
 };
 
 /// The schema this binary writes. Bump it together with a migration.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// The oldest schema this binary can upgrade from.
 pub const OLDEST_UPGRADABLE: u64 = 1;
@@ -189,8 +189,9 @@ tables! {
     /// installation salt. Its layout never changes.
     META, meta: &'static str => &'static [u8] = "meta";
 
-    /// Contact id → `Contact` (JSON).
-    CONTACTS, contacts: u64 => &'static [u8] = "contacts_v1";
+    /// Contact id → the contact (postcard, see `store::contacts::StoredRef`;
+    /// schema 5).
+    CONTACTS, contacts: u64 => &'static [u8] = "contacts_v2";
 
     /// Lower-cased e-mail → contact id. The identity index.
     CONTACT_BY_EMAIL, contact_by_email: &'static str => u64 = "contact_by_email_v1";
@@ -278,8 +279,12 @@ tables! {
     /// recognised as a duplicate.
     SHOP_EVENTS, shop_events: (&'static str, &'static str) => i64 = "shop_events_v1";
 
-    /// The shop's order id → `Order` (postcard), the latest version of each order.
-    ORDERS, orders: &'static str => &'static [u8] = "orders_v1";
+    /// Order number (the store's, in the order orders arrived) → `Order`
+    /// (postcard), the latest version of each order (schema 5).
+    ORDERS, orders: u64 => &'static [u8] = "orders_v2";
+
+    /// The shop's order id → the order's number in `orders_v2` (schema 5).
+    ORDER_NUMBERS, order_numbers: &'static str => u64 = "order_numbers_v1";
 
     /// Contact id → `ShopStats` (postcard): the aggregates segments read.
     SHOP_STATS, shop_stats: u64 => &'static [u8] = "shop_stats_v1";
@@ -357,9 +362,10 @@ tables! {
     /// hash (a transactional tag).
     SEND_NAMES, send_names: (u8, u64) => &'static str = "send_names_v1";
 
-    /// (contact id, sequence) → `HistoryEvent` (JSON): what was sent to a
-    /// contact and everything they did, in order.
-    HISTORY, history: (u64, u64) => &'static [u8] = "contact_history_v1";
+    /// (contact id, sequence) → `HistoryEvent` (postcard, see
+    /// `store::track::StoredRef`; schema 5): what was sent to a contact and
+    /// everything they did, in order.
+    HISTORY, history: (u64, u64) => &'static [u8] = "contact_history_v2";
 
     /// Contact id → (send kind code, send id, packed variant, link number, ms):
     /// the contact's last click by hand, for attribution by time window.
@@ -472,6 +478,13 @@ tables! {
 pub mod legacy {
     use redb::TableDefinition;
 
+    /// v1–v4: the shop's order id → `Order` (postcard).
+    pub const ORDERS_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("orders_v1");
+    /// v1–v4: (contact id, sequence) → `HistoryEvent` (JSON).
+    pub const HISTORY_V1: TableDefinition<(u64, u64), &[u8]> =
+        TableDefinition::new("contact_history_v1");
+    /// v1–v4: contact id → `Contact` (JSON).
+    pub const CONTACTS_V1: TableDefinition<u64, &[u8]> = TableDefinition::new("contacts_v1");
     /// v1: (campaign id, stage, contact id) → (variant, queue id).
     pub const CAMPAIGN_SENDS: TableDefinition<(u64, u32, u64), (u32, u64)> =
         TableDefinition::new("campaign_sends_v1");
