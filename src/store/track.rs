@@ -53,8 +53,9 @@ pub struct HistoryEvent {
 }
 
 /// A history entry as `contact_history_v2` keeps it: postcard, every
-/// field present and in this order (schema 5; `contact_history_v1` was
-/// JSON, twice the size). A new field is a new table version.
+/// field present and in [`HistoryEvent`]'s order (schema 5;
+/// `contact_history_v1` was JSON, twice the size). A new field is a new
+/// table version.
 #[derive(Serialize)]
 struct StoredRef<'a> {
     at: i64,
@@ -71,25 +72,6 @@ struct StoredRef<'a> {
     currency: &'a Option<String>,
     note: &'a Option<String>,
 }
-
-/// [`StoredRef`] read back: the same fields in the same order, which is
-/// [`HistoryEvent`]'s own.
-#[derive(Deserialize)]
-struct Stored(
-    i64,
-    String,
-    Option<String>,
-    Option<u32>,
-    Option<u64>,
-    Option<String>,
-    Option<u32>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-);
 
 /// A history entry's `contact_history_v2` value.
 pub(super) fn encode_history(e: &HistoryEvent) -> Vec<u8> {
@@ -112,40 +94,13 @@ pub(super) fn encode_history(e: &HistoryEvent) -> Vec<u8> {
     postcard::to_allocvec(&stored).unwrap_or_default()
 }
 
-/// A history entry from its `contact_history_v2` value.
+/// A history entry from its `contact_history_v2` value: [`HistoryEvent`]'s
+/// own fields are [`StoredRef`]'s, in the same order (its
+/// `skip_serializing_if` matters only to JSON).
 pub(super) fn decode_history(b: &[u8]) -> Result<HistoryEvent, StoreError> {
-    let Stored(
-        at,
-        kind,
-        source,
-        slot,
-        message,
-        outcome,
-        link,
-        url,
-        machine,
-        order,
-        amount,
-        currency,
-        note,
-    ) = postcard::from_bytes(b).map_err(|e| StoreError::Corrupt {
+    postcard::from_bytes(b).map_err(|e| StoreError::Corrupt {
         table: "contact_history",
         message: e.to_string(),
-    })?;
-    Ok(HistoryEvent {
-        at,
-        kind,
-        source,
-        slot,
-        message,
-        outcome,
-        link,
-        url,
-        machine,
-        order,
-        amount,
-        currency,
-        note,
     })
 }
 
