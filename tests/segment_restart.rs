@@ -145,7 +145,7 @@ fn only_segments_wait_for_the_index_build() {
     let h = Herald::start_in_env(
         dir,
         config,
-        vec![("HERALD_FAULT_INDEX_BUILD_DELAY_MS".into(), "8000".into())],
+        vec![("HERALD_FAULT_INDEX_BUILD_DELAY_MS".into(), "20000".into())],
     );
     let building = |h: &Herald| !h.log().contains("segment index built");
     assert!(building(&h));
