@@ -80,9 +80,9 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     // store has not changed since); segment requests wait until it is
     // ready, nothing else does.
     let index = crate::segment::Index::new();
-    index.attach_saved(
+    index.attach(
         &store,
-        config.storage.dir.join(crate::segment::persist::FILE_NAME),
+        Some(config.storage.dir.join(crate::segment::persist::FILE_NAME)),
     );
     let index_at_stop = index.clone();
     recover_imports(&store).await?;

@@ -545,7 +545,7 @@ fn store_command(dir: &std::path::Path, command: StoreCommand) -> ExitCode {
         StoreCommand::Compact => usage::compact(dir).map(|(before, after)| {
             println!(
                 "compacted {}: {:.1} MB -> {:.1} MB",
-                usage::store_file(dir).display(),
+                herald::store::store_file(dir).display(),
                 before as f64 / 1e6,
                 after as f64 / 1e6
             );

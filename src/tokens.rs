@@ -19,7 +19,6 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::Mac as _;
-use ring::hmac as ring_hmac;
 use sha2::Digest as _;
 
 /// HMAC-SHA256 keyed once (RustCrypto `hmac`): a keyed instance holds the
@@ -432,14 +431,17 @@ pub fn autologin_jwt(
     });
     let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
     let signing_input = format!("{header}.{claims}");
-    let key = ring_hmac::Key::new(ring_hmac::HMAC_SHA256, secret);
-    let sig = URL_SAFE_NO_PAD.encode(ring_hmac::sign(&key, signing_input.as_bytes()).as_ref());
+    let mut mac = HmacSha256::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(signing_input.as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
     format!("{signing_input}.{sig}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring::hmac as ring_hmac;
 
     #[test]
     fn token_tags_are_rings_hmac_for_every_length() {

@@ -24,16 +24,9 @@ fn post_events(h: &Herald, events: Vec<Value>) {
     assert_eq!(r.body["rejected"], 0, "{}", r.body);
 }
 
-/// Members of the API segment `poles`, as e-mail local parts, sorted.
+/// Members of the API segment `poles`.
 fn poles(h: &Herald) -> Vec<String> {
-    let r = h.get("/api/v1/segments/poles/preview?limit=1000");
-    assert_eq!(r.status, 200, "{r:?}");
-    let emails = r.body["contacts"].as_array().unwrap().iter();
-    let mut v: Vec<String> = emails
-        .filter_map(|c| c["email"].as_str()?.split('@').next().map(String::from))
-        .collect();
-    v.sort();
-    v
+    h.segment_members("poles")
 }
 
 /// The source the last start's index came from, from the daemon's log.

@@ -264,29 +264,6 @@ fn post_events(h: &Herald, events: &[Value]) -> Value {
     r.body
 }
 
-/// Members of a segment, as e-mail local parts, sorted.
-fn members(h: &Herald, segment: &str) -> Vec<String> {
-    let r = h.get(&format!("/api/v1/segments/{segment}/preview?limit=1000"));
-    assert_eq!(r.status, 200, "{segment}: {r:?}");
-    let mut v: Vec<String> = r.body["contacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            c["email"]
-                .as_str()
-                .unwrap()
-                .split('@')
-                .next()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    v.sort();
-    assert_eq!(r.body["count"].as_u64().unwrap() as usize, v.len());
-    v
-}
-
 fn names(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -327,7 +304,7 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
         ("engaged_with_campaign_1", &[]),
     ];
     for (seg, want) in expect {
-        assert_eq!(members(&h, seg), names(want), "segment {seg}");
+        assert_eq!(h.segment_members(seg), names(want), "segment {seg}");
     }
 
     // Ad-hoc API segments for the remaining condition kinds.
@@ -388,7 +365,7 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
             &def.to_string(),
         );
         assert_eq!(r.status, 201, "{def}: {r:?}");
-        assert_eq!(members(&h, &name), names(want), "{def}");
+        assert_eq!(h.segment_members(&name), names(want), "{def}");
     }
 
     // The same through TOML, and the member list endpoint.
@@ -408,8 +385,8 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
     let again = post_events(&h, &shop_events());
     assert_eq!(again["duplicate"], n, "{again}");
     assert_eq!(again["accepted"], 0);
-    assert_eq!(members(&h, "polish_shoe_lovers"), names(&["ann"]));
-    assert_eq!(members(&h, "high_average_basket").len(), 5);
+    assert_eq!(h.segment_members("polish_shoe_lovers"), names(&["ann"]));
+    assert_eq!(h.segment_members("high_average_basket").len(), 5);
 
     // Out of order: G1 is cancelled at day -5; an older "paid" update that
     // arrives afterwards is accepted but not applied.
@@ -447,7 +424,7 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
             .to_string(),
     );
     assert_eq!(one.status, 201);
-    assert_eq!(members(&h, "gus-orders"), names(&["gus"]));
+    assert_eq!(h.segment_members("gus-orders"), names(&["gus"]));
 
     // The cart emptied: fay leaves the cart segments.
     post_events(
@@ -456,8 +433,8 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
             json!({"type": "cart", "id": "cart-fay-2", "at": ago(1), "email": "fay@example.com", "items": []}),
         ],
     );
-    assert!(members(&h, "shoes_in_cart").is_empty());
-    assert!(members(&h, "cart_abandoners").is_empty());
+    assert!(h.segment_members("shoes_in_cart").is_empty());
+    assert!(h.segment_members("cart_abandoners").is_empty());
     // A cart event older than the emptying arrives late: not applied.
     let late = post_events(
         &h,
@@ -473,7 +450,7 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
             .contains("newer"),
         "{late}"
     );
-    assert!(members(&h, "shoes_in_cart").is_empty());
+    assert!(h.segment_members("shoes_in_cart").is_empty());
 
     // An order update without `placed_at` and without categories keeps both.
     let mut shipped = order(
@@ -487,7 +464,7 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
     shipped["id"] = "ev-A3-shipped".into();
     shipped["status"] = "shipped".into();
     assert_eq!(post_events(&h, &[shipped])["accepted"], 1);
-    assert_eq!(members(&h, "polish_shoe_lovers"), names(&["ann"]));
+    assert_eq!(h.segment_members("polish_shoe_lovers"), names(&["ann"]));
 
     // Tags are case-sensitive in the store: removing `VIP` keeps `vip`.
     let r = h.patch_json(
@@ -500,7 +477,7 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
         json!({"remove_tags": ["VIP"]}),
     );
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(members(&h, "vip_tag"), names(&["ann"]));
+    assert_eq!(h.segment_members("vip_tag"), names(&["ann"]));
 
     // A TOML segment with bare dates, through the API, works after storing.
     let toml = "any = [ { bought_sku = \"S-1\", after = 2000-01-01, before = 2999-12-31 } ]\n";
@@ -510,7 +487,7 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
         201
     );
     assert_eq!(
-        members(&h, "bare-dates"),
+        h.segment_members("bare-dates"),
         names(&["ann", "bob", "cat", "dan", "eve"])
     );
 
@@ -524,10 +501,10 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
     // kill -9 and a restart: the index is rebuilt from the store, same answers.
     let mut h = h;
     h.restart();
-    assert_eq!(members(&h, "polish_shoe_lovers"), names(&["ann"]));
-    assert_eq!(members(&h, "gus-orders"), names(&["gus"]));
-    assert_eq!(members(&h, "case-0"), names(&["hal"]));
-    assert!(members(&h, "shoes_in_cart").is_empty());
+    assert_eq!(h.segment_members("polish_shoe_lovers"), names(&["ann"]));
+    assert_eq!(h.segment_members("gus-orders"), names(&["gus"]));
+    assert_eq!(h.segment_members("case-0"), names(&["hal"]));
+    assert!(h.segment_members("shoes_in_cart").is_empty());
 
     // Lists and fields used by API segments cannot be deleted.
     let lists = h.get("/api/v1/lists");
@@ -574,7 +551,7 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
             .status,
         201
     );
-    assert_eq!(members(&h, "sized"), names(&["ann"]));
+    assert_eq!(h.segment_members("sized"), names(&["ann"]));
     assert_eq!(h.delete("/api/v1/segments/sized").status, 200);
     assert_eq!(h.delete("/api/v1/fields/shoe_size").status, 200);
     h.field("shoe_size", "number");
@@ -583,15 +560,15 @@ fn events_build_aggregates_and_every_condition_kind_selects_the_right_contacts()
             .status,
         201
     );
-    assert!(members(&h, "sized").is_empty());
+    assert!(h.segment_members("sized").is_empty());
 
     // Erasure removes the contact from every segment and their shop data.
     assert_eq!(h.delete("/api/v1/contacts/bob@example.com").status, 200);
-    assert_eq!(members(&h, "big_cities_pl"), names(&["ann"]));
-    assert_eq!(members(&h, "wholesale"), Vec::<String>::new());
-    assert_eq!(members(&h, "blik_payers"), names(&["ann"]));
+    assert_eq!(h.segment_members("big_cities_pl"), names(&["ann"]));
+    assert_eq!(h.segment_members("wholesale"), Vec::<String>::new());
+    assert_eq!(h.segment_members("blik_payers"), names(&["ann"]));
     h.restart();
-    assert_eq!(members(&h, "blik_payers"), names(&["ann"]));
+    assert_eq!(h.segment_members("blik_payers"), names(&["ann"]));
     // The same events sent again are duplicates still: the erased address
     // stays out (it is suppressed).
     let again = post_events(&h, &shop_events());

@@ -554,13 +554,11 @@ fn from_store(r: &crate::store::ReadView) -> Result<index::Data, StoreError> {
 /// The live index: data behind a lock, and whether the startup build is done.
 pub struct Index {
     data: RwLock<index::Data>,
-    /// Where the index is saved when the daemon stops (`None`: not saved).
-    file: RwLock<Option<PathBuf>>,
-    /// The store's commit number when the index subscribed to its changes.
-    subscribed_at: RwLock<u64>,
+    /// Where the index is saved when the daemon stops (unset: not saved).
+    file: std::sync::OnceLock<PathBuf>,
     /// The stamp of the store the index was built for, less the commit
     /// number (set by the startup build).
-    stamp: RwLock<Option<persist::Stamp>>,
+    stamp: std::sync::OnceLock<persist::Stamp>,
     ready: tokio::sync::watch::Sender<bool>,
     /// How long the startup build took.
     pub build_time: RwLock<Option<Duration>>,
@@ -586,37 +584,22 @@ impl Index {
     pub fn new() -> Arc<Index> {
         Arc::new(Index {
             data: RwLock::new(index::Data::default()),
-            file: RwLock::new(None),
-            subscribed_at: RwLock::new(0),
-            stamp: RwLock::new(None),
+            file: std::sync::OnceLock::new(),
+            stamp: std::sync::OnceLock::new(),
             ready: tokio::sync::watch::channel(false).0,
             build_time: RwLock::new(None),
             failed: RwLock::new(None),
         })
     }
 
-    /// Like [`Index::attach`], reading the index from `file` if it was
-    /// saved there at the state the store is in (see [`persist`]), and
-    /// saving it there when [`Index::save`] is called.
-    pub fn attach_saved(self: &Arc<Self>, store: &Store, file: PathBuf) {
-        if let Ok(mut f) = self.file.write() {
-            *f = Some(file);
-        }
-        self.attach(store);
-    }
-
-    /// The saved file to try at start, with the store's commit number when
-    /// the index subscribed.
-    fn saved_file(&self) -> Option<(PathBuf, u64)> {
-        let file = self.file.read().ok()?.clone()?;
-        Some((file, *self.subscribed_at.read().ok()?))
-    }
-
     /// Subscribes to the store's changes and builds the index from a snapshot
     /// of the store, on its own thread. Changes committed after the snapshot
     /// are queued by the observer and applied after the build, in commit
-    /// order; none is applied twice ([`Store::snapshot_blocking`]).
-    pub fn attach(self: &Arc<Self>, store: &Store) {
+    /// order; none is applied twice ([`Store::snapshot_blocking`]). With
+    /// `saved`, the index is read from that file instead if it was saved
+    /// there at the state the store is in (see [`persist`]), and
+    /// [`Index::save`] writes it there.
+    pub fn attach(self: &Arc<Self>, store: &Store, saved: Option<PathBuf>) {
         let pending: Pending = Arc::new(std::sync::Mutex::new(Some(Vec::new())));
         {
             let me = self.clone();
@@ -635,23 +618,25 @@ impl Index {
         // Nothing else writes yet (the daemon attaches the index right after
         // opening the store), so no commit is under way: every commit after
         // this number reaches the queue above.
-        if let Ok(mut at) = self.subscribed_at.write() {
-            *at = store.last_commit_seq();
+        let subscribed_at = store.last_commit_seq();
+        if let Some(f) = &saved {
+            let _ = self.file.set(f.clone());
         }
         let me = self.clone();
         let store = store.clone();
         std::thread::Builder::new()
             .name("herald-segment-index".into())
-            .spawn(move || me.build(&store, &pending))
+            .spawn(move || {
+                let saved = saved.as_deref().map(|f| (f, subscribed_at));
+                me.build(&store, &pending, saved)
+            })
             .ok();
     }
 
-    /// The startup build (on its own thread).
-    fn build(&self, store: &Store, pending: &Pending) {
+    /// The startup build (on its own thread); `saved` as [`load`] takes it.
+    fn build(&self, store: &Store, pending: &Pending, saved: Option<(&Path, u64)>) {
         let started = Instant::now();
         build_delay_fault();
-        let saved = self.saved_file();
-        let saved = saved.as_ref().map(|(f, at)| (f.as_path(), *at));
         // A snapshot job shares its transaction with other writers;
         // if one of them fails, the snapshot is refused too: retry.
         let mut built = load(store, pending, saved);
@@ -664,9 +649,7 @@ impl Index {
         }
         let (mut data, source) = match built {
             Ok((d, source, stamp)) => {
-                if let Ok(mut s) = self.stamp.write() {
-                    *s = Some(stamp);
-                }
+                let _ = self.stamp.set(stamp);
                 (d, source)
             }
             Err(e) => {
@@ -717,8 +700,8 @@ impl Index {
     /// Removes what an earlier stop saved: the store did not close cleanly,
     /// so this run's state cannot be stamped.
     pub fn save_nothing(&self) {
-        if let Some(file) = self.file.read().ok().and_then(|f| f.clone()) {
-            persist::remove(&file);
+        if let Some(file) = self.file.get() {
+            persist::remove(file);
         }
     }
 
@@ -727,19 +710,18 @@ impl Index {
     /// it after the store is closed, when no change can follow. Does
     /// nothing when the index was never built or is not to be saved.
     pub fn save(&self, commit: u64) {
-        let Some(file) = self.file.read().ok().and_then(|f| f.clone()) else {
+        let Some(file) = self.file.get() else {
             return;
         };
-        let stamp = self.stamp.read().ok().and_then(|s| *s);
         let failed = self.failed.read().map_or(true, |f| f.is_some());
-        let (Some(stamp), false, true) = (stamp, failed, self.is_ready()) else {
+        let stamp = self.stamp.get().filter(|_| !failed && self.is_ready());
+        let (Some(stamp), Ok(data)) = (stamp, self.data.read()) else {
             // Whatever was saved before is not this run's state.
-            persist::remove(&file);
+            persist::remove(file);
             return;
         };
         let started = Instant::now();
-        let Ok(data) = self.data.read() else { return };
-        match persist::write(&file, &data, persist::Stamp { commit, ..stamp }) {
+        match persist::write(file, &data, persist::Stamp { commit, ..*stamp }) {
             Ok(bytes) => tracing::info!(
                 took_ms = started.elapsed().as_millis() as u64,
                 size_mb = bytes / (1 << 20),
@@ -748,7 +730,7 @@ impl Index {
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "segment index not saved; the next start builds it from the store");
-                persist::remove(&file);
+                persist::remove(file);
             }
         }
     }

@@ -348,6 +348,11 @@ impl DbSlot {
     }
 }
 
+/// The store file in the storage directory `dir`.
+pub fn store_file(dir: &Path) -> PathBuf {
+    dir.join("herald.redb")
+}
+
 /// A handle to the open store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -390,7 +395,7 @@ impl Store {
                 dir.display()
             ))
         })?;
-        let path = dir.join("herald.redb");
+        let path = store_file(dir);
         let db = match Database::builder()
             .set_cache_size(config.cache_bytes)
             .create(&path)

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableHandle};
 use serde::Serialize;
 
-use super::StoreError;
 use super::tables::scan_all;
+use super::{StoreError, store_file};
 
 /// One table's share of the file.
 #[derive(Debug, Clone, Serialize)]
@@ -50,11 +50,6 @@ pub struct Usage {
     pub free_bytes: u64,
     /// Every table, largest first.
     pub tables: Vec<TableUsage>,
-}
-
-/// The store file in `dir`.
-pub fn store_file(dir: &Path) -> PathBuf {
-    dir.join("herald.redb")
 }
 
 fn open(path: &Path) -> Result<Database, StoreError> {

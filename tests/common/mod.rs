@@ -436,6 +436,20 @@ impl Herald {
         }
     }
 
+    /// Members of a segment (its preview, up to 1,000), as e-mail local
+    /// parts, sorted; asserts that the count says as many.
+    pub fn segment_members(&self, segment: &str) -> Vec<String> {
+        let r = self.get(&format!("/api/v1/segments/{segment}/preview?limit=1000"));
+        assert_eq!(r.status, 200, "{segment}: {r:?}");
+        let emails = r.body["contacts"].as_array().unwrap().iter();
+        let mut v: Vec<String> = emails
+            .filter_map(|c| c["email"].as_str()?.split('@').next().map(String::from))
+            .collect();
+        v.sort();
+        assert_eq!(r.body["count"].as_u64().unwrap() as usize, v.len());
+        v
+    }
+
     /// Creates a field, asserting success.
     pub fn field(&self, name: &str, t: &str) {
         let r = self.post_json(
