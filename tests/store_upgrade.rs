@@ -18,6 +18,12 @@
 //! - `tests/fixtures/store-v5/` was made by commit 0cbfaf8 (schema 4, the
 //!   last with contacts in JSON; its daemon saved `segment-index.bin` when
 //!   it stopped) with `tests/fixtures/make-store.py`.
+//! - `tests/fixtures/store-v6/` was made by commit e68a04d (schema 5, the
+//!   last with the shop's strings in every order and aggregate) with
+//!   `tests/fixtures/make-store.py` (which since also sends a catalogue,
+//!   orders with categories, names, payment types, a delivery date, a
+//!   cancelled order, an update and a login, and saves two contacts' shop
+//!   export).
 //!
 //! Each script also saved what that binary's API answered (`expected.json`).
 //! This binary must answer the same (it may add keys), and the new tables
@@ -298,6 +304,78 @@ fn migration_to_compact_contacts_keeps_every_answer_and_ignores_the_old_saved_in
         (1.into(), "59.90".into())
     );
     assert_eq!(order("o-2", "ev-o-2", "10.00"), (2.into(), "69.90".into()));
+}
+
+#[test]
+fn migration_to_the_term_dictionary_keeps_every_order_and_aggregate() {
+    let (mut h, want) = start_on_fixture("store-v6");
+    same_answers(&h, &want);
+    assert!(
+        h.log().contains("migrated the store to schema 6"),
+        "{}",
+        h.log()
+    );
+    let shop =
+        |h: &Herald, e: &str| get(h, &format!("/api/v1/contacts/{e}/export"))["shop"].clone();
+    for e in ["c03@example.test", "c04@example.test"] {
+        assert_subset(&want["shop"][e], &shop(&h, e), e);
+    }
+    // Segments read the migrated aggregates (the index is built anew: the
+    // saved one is for schema 5).
+    let count = |h: &Herald, name: &str, seg: Value| {
+        let r = h.put(
+            &format!("/api/v1/segments/{name}"),
+            "application/json",
+            &seg.to_string(),
+        );
+        assert!(r.status == 201 || r.status == 200, "{r:?}");
+        get(h, &format!("/api/v1/segments/{name}/preview"))["count"].clone()
+    };
+    let boots = serde_json::json!({"bought_category": "boots", "after": "365 days ago"});
+    assert_eq!(count(&h, "boots", boots.clone()), 1);
+    let blik = serde_json::json!({"field": "payment_types", "contains": "blik"});
+    assert_eq!(count(&h, "blik", blik), 1);
+    // New orders use the migrated terms and add new ones.
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    // An event the old binary accepted is still a duplicate (its id is
+    // kept as a hash now).
+    let r = h.post_json(
+        "/api/v1/events",
+        serde_json::json!([{"type": "login", "id": "ev-l-1", "at": now,
+            "email": "c04@example.test"}]),
+    );
+    assert_eq!(r.body["duplicate"], 1, "{r:?}");
+    let r = h.post_json(
+        "/api/v1/events",
+        serde_json::json!([{"type": "order", "id": "ev-o-s4", "at": now,
+            "email": "c04@example.test", "order_id": "s-4", "total": "260.00",
+            "currency": "PLN", "payment_type": "card",
+            "items": [{"sku": "BOOT-1", "quantity": 1, "price": "199.00"},
+                      {"sku": "SCARF-2", "quantity": 1, "price": "61.00",
+                       "category": "scarves", "name": "Silk Scarf"}]}]),
+    );
+    assert_eq!(r.body["accepted"], 1, "{r:?}");
+    let s = shop(&h, "c04@example.test");
+    assert_eq!(s["aggregates"]["order_count"], 1, "{s}");
+    assert_eq!(s["payment_types"], serde_json::json!(["card"]), "{s}");
+    let o = &s["orders"][1];
+    assert_eq!(o["items"][0]["category"], "boots", "{s}");
+    assert_eq!(o["items"][1]["name"], "Silk Scarf", "{s}");
+    assert_eq!(count(&h, "boots", boots), 2);
+    let scarves = serde_json::json!({"bought_category": "scarves", "after": "1 day ago"});
+    assert_eq!(count(&h, "scarves", scarves), 1);
+    // After a restart (the index saved at the stop) the same answers.
+    h.stop_and_start();
+    assert_eq!(
+        get(&h, "/api/v1/segments/scarves/preview")["count"],
+        1,
+        "{}",
+        h.log()
+    );
+    assert_eq!(
+        shop(&h, "c04@example.test")["orders"][1]["items"][1]["sku"],
+        "SCARF-2"
+    );
 }
 
 #[test]

@@ -71,7 +71,7 @@ pub fn apply_batch(
     let salt = t.salt()?;
     let mut out = Vec::with_capacity(events.len());
     for e in events {
-        if !t.record_event(e.kind, &e.id, e.at)? {
+        if !t.record_event(e.kind, &e.id)? {
             out.push((e.index, Outcome::Duplicate));
             continue;
         }

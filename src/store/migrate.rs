@@ -32,6 +32,13 @@
 //!   move from `orders_v1` (keyed by the shop's order id) to `orders_v2`
 //!   (keyed by the store's order number, appended as orders arrive) with
 //!   `order_numbers_v1` (shop id → number).
+//! - v5 → v6: the term dictionary (`terms_v1`, `term_ids_v1`). Orders
+//!   (`orders_v2` → `orders_v3`) and aggregates (`shop_stats_v1` →
+//!   `shop_stats_v2`) hold term numbers for their SKUs, categories, item
+//!   names, currencies, statuses and payment types (`store::shop_codec`),
+//!   about half the bytes at a million contacts. Accepted events
+//!   (`shop_events_v1`, (type, id) → time) are kept as a type byte and the
+//!   id (`shop_events_v2`, no value): duplicates are still recognised.
 
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 
@@ -102,6 +109,9 @@ pub fn run(txn: &WriteTransaction, from: u64) -> Result<(), StoreError> {
     if from < 5 {
         v4_to_v5(txn)?;
     }
+    if from < 6 {
+        v5_to_v6(txn)?;
+    }
     Ok(())
 }
 
@@ -112,7 +122,7 @@ fn renumber_orders(txn: &WriteTransaction, p: &mut Progress) -> Result<(), Store
     let mut next = 0u64;
     {
         let old = txn.open_table(legacy::ORDERS_V1)?;
-        let mut orders = txn.open_table(ORDERS)?;
+        let mut orders = txn.open_table(legacy::ORDERS_V2)?;
         let mut numbers = txn.open_table(ORDER_NUMBERS)?;
         for r in old.iter()? {
             let (k, v) = r?;
@@ -162,6 +172,77 @@ fn v4_to_v5(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.delete_table(legacy::HISTORY_V1)?;
     renumber_orders(txn, &mut p)?;
     tracing::info!(rows = p.done, "migrated the store to schema 5");
+    Ok(())
+}
+
+/// Re-encodes orders and aggregates with the term dictionary
+/// (`shop_codec`) and drops the schema-5 tables.
+fn v5_to_v6(txn: &WriteTransaction) -> Result<(), StoreError> {
+    use super::shop_codec::{encode_order, encode_stats};
+    use crate::shop::model::{Order, ShopStats};
+    let mut p = Progress::new(
+        "v5 to v6: orders and aggregates with the term dictionary",
+        rows(txn, legacy::ORDERS_V2)?
+            + rows(txn, legacy::SHOP_STATS_V1)?
+            + rows(txn, legacy::SHOP_EVENTS_V1)?,
+    );
+    {
+        let mut ids = txn.open_table(TERM_IDS)?;
+        let mut names = txn.open_table(TERMS)?;
+        let mut interner = super::terms::Interner::default();
+        let mut intern = |s: &str| interner.intern(&mut ids, &mut names, s);
+        reencode(
+            txn,
+            legacy::ORDERS_V2,
+            ORDERS,
+            "orders",
+            &mut p,
+            |o: Order| encode_order(&o, &mut intern),
+        )?;
+        reencode(
+            txn,
+            legacy::SHOP_STATS_V1,
+            SHOP_STATS,
+            "shop_stats",
+            &mut p,
+            |s: ShopStats| encode_stats(&s, &mut intern),
+        )?;
+    }
+    {
+        let old = txn.open_table(legacy::SHOP_EVENTS_V1)?;
+        let mut new = txn.open_table(SHOP_EVENTS)?;
+        for r in old.iter()? {
+            let (k, _) = r?;
+            let (kind, id) = k.value();
+            new.insert(super::shop::event_key(kind, id).as_slice(), ())?;
+            p.row();
+        }
+    }
+    txn.delete_table(legacy::ORDERS_V2)?;
+    txn.delete_table(legacy::SHOP_STATS_V1)?;
+    txn.delete_table(legacy::SHOP_EVENTS_V1)?;
+    tracing::info!(rows = p.done, "migrated the store to schema 6");
+    Ok(())
+}
+
+/// Copies every row of the schema-5 table `old` (a postcard domain value)
+/// to `new`, the value re-encoded by `f`.
+fn reencode<T: serde::de::DeserializeOwned>(
+    txn: &WriteTransaction,
+    old: TableDefinition<u64, &[u8]>,
+    new: TableDefinition<u64, &[u8]>,
+    name: &'static str,
+    p: &mut Progress,
+    mut f: impl FnMut(T) -> Result<Vec<u8>, StoreError>,
+) -> Result<(), StoreError> {
+    let old = txn.open_table(old)?;
+    let mut new = txn.open_table(new)?;
+    for r in old.iter()? {
+        let (k, v) = r?;
+        let value: T = super::shop_codec::decode_v5(name, v.value())?;
+        new.insert(k.value(), f(value)?.as_slice())?;
+        p.row();
+    }
     Ok(())
 }
 

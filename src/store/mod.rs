@@ -42,9 +42,11 @@ mod render;
 mod send;
 mod shaping;
 mod shop;
+mod shop_codec;
 mod signup;
 mod sms;
 pub mod tables;
+mod terms;
 mod track;
 pub mod usage;
 mod users;
@@ -1453,6 +1455,12 @@ pub struct WriteTables<'t> {
     /// Links recorded in this transaction, for the link cache once it
     /// commits.
     links_written: NewLinks,
+    /// The term dictionary's entries this transaction has read or added.
+    terms: terms::Interner,
+    /// Aggregates changed in this transaction (`None`: removed), written
+    /// by `flush` in contact order (`WriteTables::flush_stats`); reads in
+    /// the transaction see them.
+    stats_written: std::collections::BTreeMap<u64, Option<Vec<u8>>>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -1472,6 +1480,8 @@ impl<'t> WriteTables<'t> {
             money_deltas: Default::default(),
             step_deltas: Default::default(),
             links_written: Vec::new(),
+            terms: Default::default(),
+            stats_written: Default::default(),
         })
     }
 
@@ -1511,6 +1521,7 @@ impl<'t> WriteTables<'t> {
     /// Writes cached counters and list member counts back. Called by the
     /// writer once per transaction, before commit.
     fn flush(&mut self) -> Result<(), StoreError> {
+        self.flush_stats()?;
         let t = &mut self.tables;
         for (k, v) in std::mem::take(&mut self.counters) {
             t.meta.insert(k, v.to_be_bytes().as_slice())?;

@@ -45,6 +45,12 @@ pub trait ReadTables {
         0
     }
 
+    /// The text of a term of the dictionary (`store::terms`); the write
+    /// side remembers the terms its transaction has read.
+    fn term_name(&self, n: u32) -> Result<String, StoreError> {
+        super::terms::name(self.tables().terms()?, n)
+    }
+
     // Contacts and lists (written in `store/contacts.rs`).
 
     /// The installation's salt for suppression hashes.
@@ -178,7 +184,12 @@ pub trait ReadTables {
             .get(order_id)?
             .map(|v| v.value());
         match number {
-            Some(n) => get_bin(self.tables().orders()?, "orders", n),
+            Some(n) => match self.tables().orders()?.get(n)? {
+                Some(v) => Ok(Some(super::shop_codec::decode_order(v.value(), &|t| {
+                    self.term_name(t)
+                })?)),
+                None => Ok(None),
+            },
             None => Ok(None),
         }
     }
@@ -203,7 +214,12 @@ pub trait ReadTables {
 
     /// A contact's aggregates.
     fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
-        get_bin(self.tables().shop_stats()?, "shop_stats", contact)
+        match self.tables().shop_stats()?.get(contact)? {
+            Some(v) => Ok(Some(super::shop_codec::decode_stats(v.value(), &|t| {
+                self.term_name(t)
+            })?)),
+            None => Ok(None),
+        }
     }
 
     /// A contact's cart.
@@ -369,6 +385,22 @@ impl ReadTables for WriteTables<'_> {
 
     fn pending_list_delta(&self, list: u64) -> i64 {
         self.list_deltas.get(&list).copied().unwrap_or(0)
+    }
+
+    fn term_name(&self, n: u32) -> Result<String, StoreError> {
+        self.terms.name(&self.tables.terms, n)
+    }
+
+    fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
+        let name = |t| self.term_name(t);
+        match self.stats_written.get(&contact) {
+            Some(Some(b)) => Ok(Some(super::shop_codec::decode_stats(b, &name)?)),
+            Some(None) => Ok(None),
+            None => match self.tables.shop_stats.get(contact)? {
+                Some(v) => Ok(Some(super::shop_codec::decode_stats(v.value(), &name)?)),
+                None => Ok(None),
+            },
+        }
     }
 }
 

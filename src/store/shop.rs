@@ -13,6 +13,7 @@ use super::tables::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::shop_codec::{decode_order, decode_stats, encode_order, encode_stats};
 use super::{
     Change, ReadTables, ReadView, Sequence, StoreError, WriteTables, from_json, get_json, to_json,
 };
@@ -45,10 +46,51 @@ pub(super) fn get_bin<'k, K: redb::Key + 'static, T: DeserializeOwned>(
     }
 }
 
+/// The key of an event in `shop_events_v2`: a byte for its type, then its
+/// id (a type without a byte of its own: 0, the type, a 0 byte, the id).
+/// Keys stay in the order of the shop's ids, so that a batch of events with
+/// ids close together writes few pages (hashed keys, tried, scattered every
+/// batch over the whole table: ingest halved at a million contacts).
+pub(super) fn event_key(kind: &str, id: &str) -> Vec<u8> {
+    let code: u8 = match kind {
+        "customer" => 1,
+        "order" => 2,
+        "cart" => 3,
+        "product" => 4,
+        "waitlist" => 5,
+        "login" => 6,
+        "signup" => 7,
+        _ => 0,
+    };
+    let mut k = Vec::with_capacity(id.len() + 2 + kind.len());
+    k.push(code);
+    if code == 0 {
+        k.extend_from_slice(kind.as_bytes());
+        k.push(0);
+    }
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
 impl WriteTables<'_> {
+    /// Writes the aggregates changed in this transaction, in contact id
+    /// order (called by `flush`): a contact's several events in one batch
+    /// write its record once, and records written in key order fill their
+    /// pages (rewritten as they grow, one event at a time, they left the
+    /// table's pages about half empty).
+    pub(super) fn flush_stats(&mut self) -> Result<(), StoreError> {
+        for (contact, bytes) in std::mem::take(&mut self.stats_written) {
+            match bytes {
+                Some(b) => self.tables.shop_stats.insert(contact, b.as_slice())?,
+                None => self.tables.shop_stats.remove(contact)?,
+            };
+        }
+        Ok(())
+    }
+
     /// Stores an order. (A contact's orders are listed in its `ShopStats`,
     /// which the caller updates in the same transaction.) A new order id
-    /// gets the store's next order number: `orders_v2` is keyed by it, so
+    /// gets the store's next order number: `orders_v3` is keyed by it, so
     /// that orders are appended in the order they arrive (keyed by the
     /// shop's ids, which arrive in no order, the table's pages stayed
     /// about half empty).
@@ -66,14 +108,18 @@ impl WriteTables<'_> {
                 n
             }
         };
+        let (terms, t) = (&mut self.terms, &mut self.tables);
+        let bytes = encode_order(o, &mut |s| terms.intern(&mut t.term_ids, &mut t.terms, s))?;
         let before = self
             .tables
             .orders
-            .insert(number, enc(o).as_slice())?
+            .insert(number, bytes.as_slice())?
             .map(|v| v.value().to_vec());
         if self.changes.is_some() {
             let before = match before {
-                Some(b) => Some(Arc::new(dec::<Order>("orders", &b)?)),
+                Some(b) => Some(Arc::new(decode_order(&b, &|n| {
+                    self.terms.name(&self.tables.terms, n)
+                })?)),
                 None => None,
             };
             self.note(|| Change::Order {
@@ -85,28 +131,21 @@ impl WriteTables<'_> {
     }
 
     /// Records an event's (type, id); false if it was recorded before (a
-    /// duplicate). One B-tree operation for the common case.
-    pub fn record_event(&mut self, kind: &str, id: &str, at_ms: i64) -> Result<bool, StoreError> {
-        let old = self
+    /// duplicate). One B-tree operation.
+    pub fn record_event(&mut self, kind: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
             .tables
             .shop_events
-            .insert((kind, id), at_ms)?
-            .map(|v| v.value());
-        match old {
-            None => Ok(true),
-            Some(v) => {
-                if v != at_ms {
-                    self.tables.shop_events.insert((kind, id), v)?;
-                }
-                Ok(false)
-            }
-        }
+            .insert(event_key(kind, id).as_slice(), ())?
+            .is_none())
     }
 
     /// Forgets an event recorded by [`WriteTables::record_event`] (it was
     /// rejected after all, and may be sent again fixed).
     pub fn forget_event(&mut self, kind: &str, id: &str) -> Result<(), StoreError> {
-        self.tables.shop_events.remove((kind, id))?;
+        self.tables
+            .shop_events
+            .remove(event_key(kind, id).as_slice())?;
         Ok(())
     }
 
@@ -118,7 +157,9 @@ impl WriteTables<'_> {
         s: &ShopStats,
         delta: StatsDelta,
     ) -> Result<(), StoreError> {
-        self.tables.shop_stats.insert(contact, enc(s).as_slice())?;
+        let (terms, t) = (&mut self.terms, &mut self.tables);
+        let bytes = encode_stats(s, &mut |x| terms.intern(&mut t.term_ids, &mut t.terms, x))?;
+        self.stats_written.insert(contact, Some(bytes));
         self.note(|| Change::Stats {
             contact,
             scalars: Box::new(ShopStats {
@@ -173,7 +214,7 @@ impl WriteTables<'_> {
                 }
                 self.tables.order_attribution.remove(o.order_id.as_str())?;
             }
-            self.tables.shop_stats.remove(contact)?;
+            self.stats_written.insert(contact, None);
             let empty = ShopStats::default();
             self.note(|| Change::Stats {
                 contact,
@@ -259,11 +300,13 @@ impl ReadView {
         &self,
         mut f: impl FnMut(Vec<(u64, ShopStats)>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let terms = super::terms::all(self.tables.terms()?)?;
+        let name = |n| super::terms::in_list(&terms, n);
         let mut raw: Vec<(u64, Vec<u8>)> = Vec::with_capacity(CHUNK);
         let mut decode = |raw: &mut Vec<(u64, Vec<u8>)>| -> Result<(), StoreError> {
             let chunk = raw
                 .par_iter()
-                .map(|(id, b)| Ok((*id, dec("shop_stats", b)?)))
+                .map(|(id, b)| Ok((*id, decode_stats(b, &name)?)))
                 .collect::<Result<Vec<_>, StoreError>>()?;
             raw.clear();
             f(chunk)
@@ -313,5 +356,21 @@ impl ReadView {
             f(k.value(), dec("carts", v.value())?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_key;
+
+    #[test]
+    fn event_keys_tell_type_and_id_apart() {
+        assert_eq!(event_key("order", "o-1"), event_key("order", "o-1"));
+        assert_ne!(event_key("order", "o-1"), event_key("order", "o-2"));
+        assert_ne!(event_key("order", "o-1"), event_key("cart", "o-1"));
+        // A type without a code of its own is spelled out.
+        assert_ne!(event_key("ab", "c"), event_key("a", "bc"));
+        assert_eq!(event_key("order", "7"), b"\x027");
+        assert_eq!(event_key("refund", "7"), b"\x00refund\x007");
     }
 }

@@ -28,7 +28,7 @@ use redb::{
 };
 
 /// The schema this binary writes. Bump it together with a migration.
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 
 /// The oldest schema this binary can upgrade from.
 pub const OLDEST_UPGRADABLE: u64 = 1;
@@ -274,20 +274,30 @@ tables! {
     /// the URL recorded here.
     LINKS, links: (&'static [u8], u32) => &'static [u8] = "links_v1";
 
-    /// (event type, event id) → the event's `at` (ms): every event of
+    /// (a byte for the event type, the event id) → (): every event of
     /// `POST /api/v1/events` that was accepted, so that a re-sent one is
-    /// recognised as a duplicate.
-    SHOP_EVENTS, shop_events: (&'static str, &'static str) => i64 = "shop_events_v1";
+    /// recognised as a duplicate (`store::shop::event_key`; schema 6).
+    SHOP_EVENTS, shop_events: &'static [u8] => () = "shop_events_v2";
 
-    /// Order number (the store's, in the order orders arrived) → `Order`
-    /// (postcard), the latest version of each order (schema 5).
-    ORDERS, orders: u64 => &'static [u8] = "orders_v2";
+    /// Order number (the store's, in the order orders arrived) → the latest
+    /// version of the order (`shop_codec`: postcard with term numbers,
+    /// schema 6).
+    ORDERS, orders: u64 => &'static [u8] = "orders_v3";
 
     /// The shop's order id → the order's number in `orders_v2` (schema 5).
     ORDER_NUMBERS, order_numbers: &'static str => u64 = "order_numbers_v1";
 
-    /// Contact id → `ShopStats` (postcard): the aggregates segments read.
-    SHOP_STATS, shop_stats: u64 => &'static [u8] = "shop_stats_v1";
+    /// Contact id → `ShopStats` (`shop_codec`: postcard with term numbers,
+    /// schema 6): the aggregates segments read.
+    SHOP_STATS, shop_stats: u64 => &'static [u8] = "shop_stats_v2";
+
+    /// Term number → text: the dictionary of strings that repeat across
+    /// orders and aggregates (SKUs, categories, item names, currencies,
+    /// statuses, payment types; `store::terms`, schema 6).
+    TERMS, terms: u32 => &'static str = "terms_v1";
+
+    /// Text → term number (the other way of `terms_v1`).
+    TERM_IDS, term_ids: &'static str => u32 = "term_ids_v1";
 
     /// Contact id → `Cart` (postcard): the current cart; an emptied cart is kept
     /// without items (its time orders later events).
@@ -478,6 +488,13 @@ tables! {
 pub mod legacy {
     use redb::TableDefinition;
 
+    /// v1–v5: (event type, event id) → the event's `at` (ms).
+    pub const SHOP_EVENTS_V1: TableDefinition<(&str, &str), i64> =
+        TableDefinition::new("shop_events_v1");
+    /// v5: order number → `Order` (postcard).
+    pub const ORDERS_V2: TableDefinition<u64, &[u8]> = TableDefinition::new("orders_v2");
+    /// v1–v5: contact id → `ShopStats` (postcard).
+    pub const SHOP_STATS_V1: TableDefinition<u64, &[u8]> = TableDefinition::new("shop_stats_v1");
     /// v1–v4: the shop's order id → `Order` (postcard).
     pub const ORDERS_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("orders_v1");
     /// v1–v4: (contact id, sequence) → `HistoryEvent` (JSON).
