@@ -50,7 +50,9 @@ pub(super) fn get_bin<'k, K: redb::Key + 'static, T: DeserializeOwned>(
 /// id (a type without a byte of its own: 0, the type, a 0 byte, the id).
 /// Keys stay in the order of the shop's ids, so that a batch of events with
 /// ids close together writes few pages (hashed keys, tried, scattered every
-/// batch over the whole table: ingest halved at a million contacts).
+/// batch over the whole table: ingest halved at a million contacts). The
+/// codes are part of the stored format: a new type may take the next one,
+/// none may change.
 pub(super) fn event_key(kind: &str, id: &str) -> Vec<u8> {
     let code: u8 = match kind {
         "customer" => 1,
