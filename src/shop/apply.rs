@@ -225,7 +225,7 @@ fn apply(
                 None => crate::track::attribute_order(t, &order, keys)?,
                 Some(b) => crate::track::reattribute_order(t, b, &order)?,
             }
-            t.put_order(&order)?;
+            t.put_order(&order, before.as_ref())?;
             match &before {
                 None => {
                     let mut s = t.stats(contact)?.unwrap_or_default();

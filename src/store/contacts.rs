@@ -82,7 +82,7 @@ pub(super) fn decode_contact(id: u64, b: &[u8]) -> Result<Contact, StoreError> {
         table: "contacts",
         message,
     };
-    let s: Stored = postcard::from_bytes(b).map_err(|e| corrupt(e.to_string()))?;
+    let s: Stored = super::shop_codec::dec("contacts", b)?;
     let time = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
             .ok_or_else(|| corrupt(format!("contact {id}: time {ms} out of range")))

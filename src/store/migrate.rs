@@ -148,28 +148,14 @@ fn v4_to_v5(txn: &WriteTransaction) -> Result<(), StoreError> {
             + rows(txn, legacy::HISTORY_V1)?
             + rows(txn, legacy::ORDERS_V1)?,
     );
-    {
-        let old = txn.open_table(legacy::CONTACTS_V1)?;
-        let mut new = txn.open_table(CONTACTS)?;
-        for r in old.iter()? {
-            let (_, v) = r?;
-            let c: Contact = super::from_json("contacts", v.value())?;
-            new.insert(c.id, super::contacts::encode_contact(&c).as_slice())?;
-            p.row();
-        }
-    }
-    txn.delete_table(legacy::CONTACTS_V1)?;
-    {
-        let old = txn.open_table(legacy::HISTORY_V1)?;
-        let mut new = txn.open_table(HISTORY)?;
-        for r in old.iter()? {
-            let (k, v) = r?;
-            let e: super::HistoryEvent = super::from_json("contact_history", v.value())?;
-            new.insert(k.value(), super::track::encode_history(&e).as_slice())?;
-            p.row();
-        }
-    }
-    txn.delete_table(legacy::HISTORY_V1)?;
+    reencode(txn, legacy::CONTACTS_V1, CONTACTS, &mut p, |b| {
+        let c: Contact = super::from_json("contacts", b)?;
+        Ok(super::contacts::encode_contact(&c))
+    })?;
+    reencode(txn, legacy::HISTORY_V1, HISTORY, &mut p, |b| {
+        let e: super::HistoryEvent = super::from_json("contact_history", b)?;
+        Ok(super::track::encode_history(&e))
+    })?;
     renumber_orders(txn, &mut p)?;
     tracing::info!(rows = p.done, "migrated the store to schema 5");
     Ok(())
@@ -178,7 +164,7 @@ fn v4_to_v5(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// Re-encodes orders and aggregates with the term dictionary
 /// (`shop_codec`) and drops the schema-5 tables.
 fn v5_to_v6(txn: &WriteTransaction) -> Result<(), StoreError> {
-    use super::shop_codec::{encode_order, encode_stats};
+    use super::shop_codec::{dec, encode_order, encode_stats};
     use crate::shop::model::{Order, ShopStats};
     let mut p = Progress::new(
         "v5 to v6: orders and aggregates with the term dictionary",
@@ -191,22 +177,12 @@ fn v5_to_v6(txn: &WriteTransaction) -> Result<(), StoreError> {
         let mut names = txn.open_table(TERMS)?;
         let mut interner = super::terms::Interner::default();
         let mut intern = |s: &str| interner.intern(&mut ids, &mut names, s);
-        reencode(
-            txn,
-            legacy::ORDERS_V2,
-            ORDERS,
-            "orders",
-            &mut p,
-            |o: Order| encode_order(&o, &mut intern),
-        )?;
-        reencode(
-            txn,
-            legacy::SHOP_STATS_V1,
-            SHOP_STATS,
-            "shop_stats",
-            &mut p,
-            |s: ShopStats| encode_stats(&s, &mut intern),
-        )?;
+        reencode(txn, legacy::ORDERS_V2, ORDERS, &mut p, |b| {
+            encode_order(&dec::<Order>("orders", b)?, &mut intern)
+        })?;
+        reencode(txn, legacy::SHOP_STATS_V1, SHOP_STATS, &mut p, |b| {
+            encode_stats(&dec::<ShopStats>("shop_stats", b)?, &mut intern)
+        })?;
     }
     {
         let old = txn.open_table(legacy::SHOP_EVENTS_V1)?;
@@ -218,31 +194,30 @@ fn v5_to_v6(txn: &WriteTransaction) -> Result<(), StoreError> {
             p.row();
         }
     }
-    txn.delete_table(legacy::ORDERS_V2)?;
-    txn.delete_table(legacy::SHOP_STATS_V1)?;
     txn.delete_table(legacy::SHOP_EVENTS_V1)?;
     tracing::info!(rows = p.done, "migrated the store to schema 6");
     Ok(())
 }
 
-/// Copies every row of the schema-5 table `old` (a postcard domain value)
-/// to `new`, the value re-encoded by `f`.
-fn reencode<T: serde::de::DeserializeOwned>(
+/// Copies every row of `old` to `new` under the same key, the value
+/// re-encoded by `f`, and drops `old`.
+fn reencode<K: redb::Key + 'static>(
     txn: &WriteTransaction,
-    old: TableDefinition<u64, &[u8]>,
-    new: TableDefinition<u64, &[u8]>,
-    name: &'static str,
+    old: TableDefinition<K, &[u8]>,
+    new: TableDefinition<K, &[u8]>,
     p: &mut Progress,
-    mut f: impl FnMut(T) -> Result<Vec<u8>, StoreError>,
+    mut f: impl FnMut(&[u8]) -> Result<Vec<u8>, StoreError>,
 ) -> Result<(), StoreError> {
-    let old = txn.open_table(old)?;
-    let mut new = txn.open_table(new)?;
-    for r in old.iter()? {
-        let (k, v) = r?;
-        let value: T = super::shop_codec::decode_v5(name, v.value())?;
-        new.insert(k.value(), f(value)?.as_slice())?;
-        p.row();
+    {
+        let from = txn.open_table(old)?;
+        let mut to = txn.open_table(new)?;
+        for r in from.iter()? {
+            let (k, v) = r?;
+            to.insert(k.value(), f(v.value())?.as_slice())?;
+            p.row();
+        }
     }
+    txn.delete_table(old)?;
     Ok(())
 }
 

@@ -1395,7 +1395,7 @@ pub enum Sequence {
     Inbound,
     /// Text messages.
     Sms,
-    /// Orders (the store's own number of each, `orders_v2`'s key).
+    /// Orders (the store's own number of each, `orders_v3`'s key).
     Order,
 }
 

@@ -184,12 +184,12 @@ pub trait ReadTables {
             .get(order_id)?
             .map(|v| v.value());
         match number {
-            Some(n) => match self.tables().orders()?.get(n)? {
-                Some(v) => Ok(Some(super::shop_codec::decode_order(v.value(), &|t| {
-                    self.term_name(t)
-                })?)),
-                None => Ok(None),
-            },
+            Some(n) => self
+                .tables()
+                .orders()?
+                .get(n)?
+                .map(|v| super::shop_codec::decode_order(v.value(), &|t| self.term_name(t)))
+                .transpose(),
             None => Ok(None),
         }
     }
@@ -214,12 +214,11 @@ pub trait ReadTables {
 
     /// A contact's aggregates.
     fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
-        match self.tables().shop_stats()?.get(contact)? {
-            Some(v) => Ok(Some(super::shop_codec::decode_stats(v.value(), &|t| {
-                self.term_name(t)
-            })?)),
-            None => Ok(None),
-        }
+        self.tables()
+            .shop_stats()?
+            .get(contact)?
+            .map(|v| super::shop_codec::decode_stats(v.value(), &|t| self.term_name(t)))
+            .transpose()
     }
 
     /// A contact's cart.
@@ -391,16 +390,20 @@ impl ReadTables for WriteTables<'_> {
         self.terms.name(&self.tables.terms, n)
     }
 
+    /// The transaction's own version first (aggregates are written at
+    /// `flush`), then the table's.
     fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
-        let name = |t| self.term_name(t);
-        match self.stats_written.get(&contact) {
-            Some(Some(b)) => Ok(Some(super::shop_codec::decode_stats(b, &name)?)),
-            Some(None) => Ok(None),
-            None => match self.tables.shop_stats.get(contact)? {
-                Some(v) => Ok(Some(super::shop_codec::decode_stats(v.value(), &name)?)),
-                None => Ok(None),
-            },
-        }
+        let stored;
+        let bytes = match self.stats_written.get(&contact) {
+            Some(pending) => pending.as_deref(),
+            None => {
+                stored = self.tables.shop_stats.get(contact)?;
+                stored.as_ref().map(|v| v.value())
+            }
+        };
+        bytes
+            .map(|b| super::shop_codec::decode_stats(b, &|t| self.term_name(t)))
+            .transpose()
     }
 }
 

@@ -10,30 +10,15 @@ use redb::ReadableTable;
 const CHUNK: usize = 8192;
 
 use super::tables::*;
-use serde::Serialize;
+use super::terms::Text;
 use serde::de::DeserializeOwned;
 
-use super::shop_codec::{decode_order, decode_stats, encode_order, encode_stats};
+use super::shop_codec::{dec, decode_stats, enc, encode_order, encode_stats};
 use super::{
     Change, ReadTables, ReadView, Sequence, StoreError, WriteTables, from_json, get_json, to_json,
 };
 use crate::segment::StoredSegment;
 use crate::shop::model::{Cart, Order, ShopStats, StatsDelta, WaitEntry};
-
-/// Shop records (orders, aggregates, carts) are written for every event, so
-/// they are kept in postcard, several times cheaper to encode and decode than
-/// JSON.
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    // These plain data types (strings, numbers, maps, options) always encode.
-    postcard::to_allocvec(v).unwrap_or_default()
-}
-
-fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(b).map_err(|e| StoreError::Corrupt {
-        table,
-        message: e.to_string(),
-    })
-}
 
 pub(super) fn get_bin<'k, K: redb::Key + 'static, T: DeserializeOwned>(
     t: &impl ReadableTable<K, &'static [u8]>,
@@ -75,6 +60,13 @@ pub(super) fn event_key(kind: &str, id: &str) -> Vec<u8> {
 }
 
 impl WriteTables<'_> {
+    /// The record form of a string (`store::terms`), for the encoders of
+    /// `shop_codec`: the transaction's interner over its term tables.
+    fn interner(&mut self) -> impl FnMut(&str) -> Result<Text, StoreError> + '_ {
+        let (terms, t) = (&mut self.terms, &mut self.tables);
+        move |s| terms.intern(&mut t.term_ids, &mut t.terms, s)
+    }
+
     /// Writes the aggregates changed in this transaction, in contact id
     /// order (called by `flush`): a contact's several events in one batch
     /// write its record once, and records written in key order fill their
@@ -95,8 +87,10 @@ impl WriteTables<'_> {
     /// gets the store's next order number: `orders_v3` is keyed by it, so
     /// that orders are appended in the order they arrive (keyed by the
     /// shop's ids, which arrive in no order, the table's pages stayed
-    /// about half empty).
-    pub fn put_order(&mut self, o: &Order) -> Result<(), StoreError> {
+    /// about half empty). `before` is the stored version the caller read in
+    /// this transaction ([`ReadTables::order`]), handed on to the observer
+    /// rather than decoded again.
+    pub fn put_order(&mut self, o: &Order, before: Option<&Order>) -> Result<(), StoreError> {
         let known = self
             .tables
             .order_numbers
@@ -110,25 +104,12 @@ impl WriteTables<'_> {
                 n
             }
         };
-        let (terms, t) = (&mut self.terms, &mut self.tables);
-        let bytes = encode_order(o, &mut |s| terms.intern(&mut t.term_ids, &mut t.terms, s))?;
-        let before = self
-            .tables
-            .orders
-            .insert(number, bytes.as_slice())?
-            .map(|v| v.value().to_vec());
-        if self.changes.is_some() {
-            let before = match before {
-                Some(b) => Some(Arc::new(decode_order(&b, &|n| {
-                    self.terms.name(&self.tables.terms, n)
-                })?)),
-                None => None,
-            };
-            self.note(|| Change::Order {
-                before,
-                order: Arc::new(o.clone()),
-            });
-        }
+        let bytes = encode_order(o, &mut self.interner())?;
+        self.tables.orders.insert(number, bytes.as_slice())?;
+        self.note(|| Change::Order {
+            before: before.map(|b| Arc::new(b.clone())),
+            order: Arc::new(o.clone()),
+        });
         Ok(())
     }
 
@@ -159,8 +140,7 @@ impl WriteTables<'_> {
         s: &ShopStats,
         delta: StatsDelta,
     ) -> Result<(), StoreError> {
-        let (terms, t) = (&mut self.terms, &mut self.tables);
-        let bytes = encode_stats(s, &mut |x| terms.intern(&mut t.term_ids, &mut t.terms, x))?;
+        let bytes = encode_stats(s, &mut self.interner())?;
         self.stats_written.insert(contact, Some(bytes));
         self.note(|| Change::Stats {
             contact,

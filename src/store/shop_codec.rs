@@ -7,7 +7,8 @@
 //! these functions see the stored form.
 //!
 //! Schema 5 kept the domain types themselves in postcard (`orders_v2`,
-//! `shop_stats_v1`); `migrate::v5_to_v6` reads them with [`decode_v5`].
+//! `shop_stats_v1`); `migrate::v5_to_v6` reads them with [`dec`]. Carts
+//! are still the domain type in postcard ([`enc`], [`dec`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -58,23 +59,20 @@ struct StoredStats {
     orders: Vec<String>,
 }
 
-fn corrupt(table: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
+/// Postcard bytes of a shop record. Shop records are written for every
+/// event, so they are kept in postcard, several times cheaper to encode and
+/// decode than JSON.
+pub(super) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // These plain data types (strings, numbers, maps, options) always encode.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+/// A postcard record of `table` read back (damage reported as such).
+pub(super) fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(|e| StoreError::Corrupt {
         table,
         message: e.to_string(),
-    }
-}
-
-fn to_bytes<T: Serialize>(table: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_allocvec(v).map_err(|e| corrupt(table, e))
-}
-
-/// Reads a schema-5 record (the domain type itself in postcard).
-pub(super) fn decode_v5<T: DeserializeOwned>(
-    table: &'static str,
-    b: &[u8],
-) -> Result<T, StoreError> {
-    postcard::from_bytes(b).map_err(|e| corrupt(table, e))
+    })
 }
 
 /// An order's stored bytes; `intern` gives each string its record form.
@@ -105,7 +103,7 @@ pub(super) fn encode_order(
         delivery_day: o.delivery_date.map(day_of_date),
         attribution: o.attribution.clone(),
     };
-    to_bytes("orders", &stored)
+    Ok(enc(&stored))
 }
 
 /// An order from its stored bytes; `name` resolves term numbers.
@@ -113,7 +111,7 @@ pub(super) fn decode_order(
     b: &[u8],
     name: &impl Fn(u32) -> Result<String, StoreError>,
 ) -> Result<Order, StoreError> {
-    let s: StoredOrder = postcard::from_bytes(b).map_err(|e| corrupt("orders", e))?;
+    let s: StoredOrder = dec("orders", b)?;
     let mut items = Vec::with_capacity(s.items.len());
     for i in s.items {
         items.push(Item {
@@ -168,7 +166,7 @@ pub(super) fn encode_stats(
         logins: s.logins,
         orders: s.orders.clone(),
     };
-    to_bytes("shop_stats", &stored)
+    Ok(enc(&stored))
 }
 
 /// A contact's aggregates from their stored bytes.
@@ -176,7 +174,7 @@ pub(super) fn decode_stats(
     b: &[u8],
     name: &impl Fn(u32) -> Result<String, StoreError>,
 ) -> Result<ShopStats, StoreError> {
-    let s: StoredStats = postcard::from_bytes(b).map_err(|e| corrupt("shop_stats", e))?;
+    let s: StoredStats = dec("shop_stats", b)?;
     let terms = |v: Vec<(Text, Vec<i32>)>| -> Result<BTreeMap<String, Vec<i32>>, StoreError> {
         v.into_iter()
             .map(|(k, days)| Ok((k.resolve(name)?, days)))
@@ -271,7 +269,7 @@ mod tests {
         let mut short = o.clone();
         short.items.truncate(1);
         let b = encode_order(&short, &mut |s| d.intern(s))?;
-        let v5 = postcard::to_allocvec(&short).map_err(|e| corrupt("orders", e))?;
+        let v5 = enc(&short);
         assert!(b.len() * 2 < v5.len(), "{} vs {}", b.len(), v5.len());
         let mut s = ShopStats::default();
         s.add_order(&o);

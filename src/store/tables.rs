@@ -284,7 +284,8 @@ tables! {
     /// schema 6).
     ORDERS, orders: u64 => &'static [u8] = "orders_v3";
 
-    /// The shop's order id → the order's number in `orders_v2` (schema 5).
+    /// The shop's order id → the order's number, the key of `orders_v3`
+    /// (schema 5).
     ORDER_NUMBERS, order_numbers: &'static str => u64 = "order_numbers_v1";
 
     /// Contact id → `ShopStats` (`shop_codec`: postcard with term numbers,

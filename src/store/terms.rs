@@ -106,10 +106,15 @@ pub(super) fn name(
 ) -> Result<String, StoreError> {
     match names.get(n)? {
         Some(v) => Ok(v.value().to_string()),
-        None => Err(StoreError::Corrupt {
-            table: "terms",
-            message: format!("term {n} is used by a record but missing"),
-        }),
+        None => Err(missing(n)),
+    }
+}
+
+/// A record names term `n`, which the dictionary lacks: damage.
+fn missing(n: u32) -> StoreError {
+    StoreError::Corrupt {
+        table: "terms",
+        message: format!("term {n} is used by a record but missing"),
     }
 }
 
@@ -134,10 +139,7 @@ pub(super) fn all(
 pub(super) fn in_list(list: &[Option<String>], n: u32) -> Result<String, StoreError> {
     list.get(n as usize)
         .and_then(|s| s.clone())
-        .ok_or_else(|| StoreError::Corrupt {
-            table: "terms",
-            message: format!("term {n} is used by a record but missing"),
-        })
+        .ok_or_else(|| missing(n))
 }
 
 impl Text {
