@@ -4,7 +4,7 @@
 //! (contacts per consent state) are read from it at scrape time, so they are
 //! exact and cost nothing between scrapes.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -156,6 +156,10 @@ pub struct Metrics {
     store_commits: Gauge,
     /// Store write jobs committed.
     store_jobs: Gauge,
+    /// Seconds the store writer spent in commits.
+    store_commit_seconds: Gauge<f64, AtomicU64>,
+    /// Seconds the store writer waited for the segment index.
+    store_handoff_seconds: Gauge<f64, AtomicU64>,
     /// 1 for the store's state now, 0 for the others.
     store_state: Family<StoreStateLabels, Gauge>,
     /// Free bytes of the store's filesystem.
@@ -281,6 +285,18 @@ impl Metrics {
             "store_jobs",
             "Store write jobs committed since start (grouped into commits)",
             store_jobs.clone(),
+        );
+        let store_commit_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "store_commit_seconds",
+            "Seconds the store writer spent committing (writing and syncing pages) since start",
+            store_commit_seconds.clone(),
+        );
+        let store_handoff_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "store_handoff_seconds",
+            "Seconds the store writer waited, after a commit, for the segment index to take the changes of earlier commits, since start",
+            store_handoff_seconds.clone(),
         );
         let store_state = Family::<StoreStateLabels, Gauge>::default();
         registry.register(
@@ -498,6 +514,8 @@ impl Metrics {
             import_rows,
             store_commits,
             store_jobs,
+            store_commit_seconds,
+            store_handoff_seconds,
             store_state,
             store_free_bytes,
             store_reserve_bytes,
@@ -579,6 +597,11 @@ impl Metrics {
             .set(store.stats.commits.load(Ordering::Relaxed) as i64);
         self.store_jobs
             .set(store.stats.jobs.load(Ordering::Relaxed) as i64);
+        let secs = |v: &AtomicU64| v.load(Ordering::Relaxed) as f64 / 1e6;
+        self.store_commit_seconds
+            .set(secs(&store.stats.commit_micros));
+        self.store_handoff_seconds
+            .set(secs(&store.stats.handoff_micros));
     }
 
     async fn read_figures(&self, store: &Store) -> Result<(), StoreError> {

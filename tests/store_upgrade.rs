@@ -24,6 +24,9 @@
 //!   orders with categories, names, payment types, a delivery date, a
 //!   cancelled order, an update and a login, and saves two contacts' shop
 //!   export).
+//! - `tests/fixtures/store-v7/` was made by commit 89854ea (schema 6, the
+//!   last with finished messages as JSON) with `tests/fixtures/make-store.py`
+//!   (which since also saves every finished message's record).
 //!
 //! Each script also saved what that binary's API answered (`expected.json`).
 //! This binary must answer the same (it may add keys), and the new tables
@@ -376,6 +379,49 @@ fn migration_to_the_term_dictionary_keeps_every_order_and_aggregate() {
         shop(&h, "c04@example.test")["orders"][1]["items"][1]["sku"],
         "SCARF-2"
     );
+}
+
+#[test]
+fn migration_to_compact_finished_messages_keeps_every_record() {
+    let (mut h, want) = start_on_fixture("store-v7");
+    assert!(
+        h.log().contains("migrated the store to schema 7"),
+        "{}",
+        h.log()
+    );
+    let finished = want["finished"].as_object().expect("finished messages");
+    assert!(finished.len() >= 10, "{}", finished.len());
+    for (id, m) in finished {
+        assert_eq!(get(&h, &format!("/api/v1/queue/{id}")), *m, "message {id}");
+    }
+    // same_answers erases c09: its finished messages are scrubbed (rewritten
+    // in the new form by this binary), and its queued one finishes.
+    same_answers(&h, &want);
+    let check = |h: &Herald| {
+        for (id, m) in finished {
+            let got = get(h, &format!("/api/v1/queue/{id}"));
+            if m.to_string().contains("c09@example.test") {
+                assert!(!got.to_string().contains("c09@example.test"), "{got}");
+                assert_eq!(got["recipients"][0]["address"], "(erased)", "{got}");
+                assert_eq!(got["message_id"], m["message_id"], "{got}");
+            } else {
+                assert_eq!(got, *m, "message {id}");
+            }
+        }
+    };
+    check(&h);
+    let q = want["queued_id"].as_u64().expect("queued id");
+    let m = get(&h, &format!("/api/v1/queue/{q}"));
+    assert!(!m["finished"].is_null(), "{m}");
+    // The consent log was re-encoded too.
+    assert_subset(
+        &want["consent"],
+        &get(&h, "/api/v1/contacts/gone@example.test/consent"),
+        "consent",
+    );
+    h.stop_and_start();
+    check(&h);
+    assert_eq!(get(&h, &format!("/api/v1/queue/{q}")), m);
 }
 
 #[test]

@@ -42,8 +42,10 @@ pub const BATCH_ROWS: usize = 10_000;
 /// every batch waiting into one transaction, so while it commits, the next
 /// ones queue up and commit together: fewer, larger transactions, which is
 /// what keeps random inserts into the e-mail index cheap. Bounded, so memory
-/// stays flat (at most this many batches of parsed rows).
-const MAX_IN_FLIGHT: usize = 2;
+/// stays flat (at most this many batches of parsed rows). Parsing a batch
+/// takes about a third of the time writing it does, so with four in flight
+/// the writer folds two or three into each transaction (BENCHMARKS.md).
+const MAX_IN_FLIGHT: usize = 4;
 
 /// How many rejected rows an import's reply lists inline; all of them are
 /// stored and can be paged with `GET /api/v1/contacts/import/{id}/rejects`.
@@ -509,7 +511,8 @@ pub fn run_import(
                     collect(finish(p)?, &mut inline, &mut total_rejects);
                 }
                 let n = full.records;
-                pending.push_back(send_batch(store, import.id, sent, full, &now)?);
+                // More rows follow: this batch need not be synced alone.
+                pending.push_back(send_batch(store, import.id, sent, full, false, &now)?);
                 sent += n;
             }
         };
@@ -524,7 +527,7 @@ pub fn run_import(
                     last_line: 0,
                 },
             );
-            pending.push_back(send_batch(store, import.id, sent, last, &now)?);
+            pending.push_back(send_batch(store, import.id, sent, last, true, &now)?);
         }
         while let Some(p) = pending.pop_front() {
             collect(finish(p)?, &mut inline, &mut total_rejects);
@@ -651,16 +654,23 @@ fn mark_interrupted(store: &Store, id: u64, message: String, at: DateTime<Utc>) 
     }
 }
 
+/// Sends one batch to the writer; `sync`: the batch must be on disk
+/// before it is answered (the last one), else it may wait for a later
+/// synced commit ([`crate::store::WriteTables::sync_later`]).
 fn send_batch(
     store: &Store,
     import_id: u64,
     expected: u64,
     batch: Batch,
+    sync: bool,
     now: &impl Fn() -> DateTime<Utc>,
 ) -> Result<Pending, StoreError> {
     let at = now();
     store.bulk_allowed()?;
     store.write_blocking(move |t| {
+        if !sync {
+            t.sync_later();
+        }
         let salt = t.salt()?;
         let Some(mut rec) = t.import(import_id)? else {
             return Ok(Err(format!("import {import_id} vanished")));
@@ -1086,7 +1096,7 @@ mod tests {
             records: 1,
             last_line: 7,
         };
-        let refused = wait(send_batch(&store, 1, 0, batch, &Utc::now)?)?;
+        let refused = wait(send_batch(&store, 1, 0, batch, true, &Utc::now)?)?;
         assert!(refused.is_err());
         assert_eq!(
             store.read_blocking(|r| r.contact_id_by_email("x@example.com"))?,

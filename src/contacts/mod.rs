@@ -17,6 +17,7 @@ pub mod model;
 pub mod signup;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -329,11 +330,18 @@ pub fn apply_upsert(
     now: DateTime<Utc>,
 ) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
     let salt = t.salt()?;
-    apply_upsert_salted(t, &salt, email, update, create, now)
+    Ok(apply_upsert_salted(t, &salt, email, update, create, now)?.map(owned))
 }
 
-/// [`apply_upsert`] with the installation salt already read (imports read it
-/// once per batch).
+/// The contact out of its shared form (a copy when the store's observer
+/// holds it too).
+fn owned((o, c): (UpsertOutcome, Arc<Contact>)) -> (UpsertOutcome, Contact) {
+    (o, Arc::unwrap_or_clone(c))
+}
+
+/// [`apply_upsert`] with the installation salt already read (imports and
+/// event batches read it once per batch); the contact as stored is shared
+/// with the store's observer rather than copied for the caller.
 pub fn apply_upsert_salted(
     t: &mut WriteTables<'_>,
     salt: &[u8],
@@ -341,7 +349,7 @@ pub fn apply_upsert_salted(
     update: ContactUpdate,
     create: bool,
     now: DateTime<Utc>,
-) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
+) -> Result<Result<(UpsertOutcome, Arc<Contact>), ContactError>, StoreError> {
     let existing = match t.contact_id_by_email(&email.key)? {
         Some(id) => t.contact(id)?,
         None => None,
@@ -377,7 +385,7 @@ pub fn apply_update_by_id(
         None => Ok(Err(ContactError::NotFound(format!(
             "no contact with id {id}"
         )))),
-        Some(c) => apply_to(t, Some(c), None, update, now),
+        Some(c) => Ok(apply_to(t, Some(c), None, update, now)?.map(owned)),
     }
 }
 
@@ -387,7 +395,7 @@ fn apply_to(
     email: Option<&Email>,
     update: ContactUpdate,
     now: DateTime<Utc>,
-) -> Result<Result<(UpsertOutcome, Contact), ContactError>, StoreError> {
+) -> Result<Result<(UpsertOutcome, Arc<Contact>), ContactError>, StoreError> {
     // Check everything first; write only when all of it passes. Field values
     // were parsed against definitions read before this transaction; a field
     // deleted or changed since must not receive them.
@@ -502,14 +510,15 @@ fn apply_to(
 
     let outcome = match &existing {
         None => UpsertOutcome::Created,
-        Some(old) if *old == c => return Ok(Ok((UpsertOutcome::Unchanged, c))),
+        Some(old) if *old == c => return Ok(Ok((UpsertOutcome::Unchanged, Arc::new(c)))),
         Some(_) => UpsertOutcome::Updated,
     };
     if existing.is_none() {
         c.id = t.next_id(Sequence::Contact)?;
     }
     c.updated_at = now;
-    t.put_contact(&c, existing.as_ref())?;
+    let c = Arc::new(c);
+    t.put_shared_contact(&c, existing.as_ref())?;
     for ev in [consent_event, sms_event].into_iter().flatten() {
         t.append_consent(c.id, &ev)?;
     }

@@ -14,12 +14,60 @@ use redb::ReadableTable;
 
 use super::tables::*;
 use super::{
-    Change, ReadTables, ReadView, Sequence, StoreError, WriteTables, all_json, from_json, get_json,
-    meta_u64, to_json,
+    Change, ReadTables, ReadView, Sequence, StoreError, WriteTables, all_json, get_json, meta_u64,
+    to_json,
 };
 use crate::contacts::model::{
     ConsentEvent, ConsentState, Contact, FieldDef, FieldValue, ImportRecord, List, Suppression,
 };
+
+/// A consent log entry as `consent_log_v2` keeps it (schema 7): postcard,
+/// every field present, the time in ms; the enums by their variants'
+/// positions (new ones go at the end; a test pins them).
+/// `consent_log_v1` was the JSON of [`ConsentEvent`], four times the size.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredConsent {
+    at: i64,
+    channel: crate::contacts::model::Channel,
+    from: ConsentState,
+    to: ConsentState,
+    source: crate::contacts::model::ConsentSource,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    note: Option<String>,
+}
+
+/// A consent log entry's `consent_log_v2` value.
+pub(super) fn encode_consent(e: &ConsentEvent) -> Vec<u8> {
+    super::shop_codec::enc(&StoredConsent {
+        at: e.at.timestamp_millis(),
+        channel: e.channel,
+        from: e.from,
+        to: e.to,
+        source: e.source,
+        ip: e.ip.clone(),
+        user_agent: e.user_agent.clone(),
+        note: e.note.clone(),
+    })
+}
+
+/// A consent log entry from its `consent_log_v2` value.
+pub(super) fn decode_consent(b: &[u8]) -> Result<ConsentEvent, StoreError> {
+    let s: StoredConsent = super::shop_codec::dec("consent_log", b)?;
+    Ok(ConsentEvent {
+        at: chrono::DateTime::from_timestamp_millis(s.at).ok_or(StoreError::Corrupt {
+            table: "consent_log",
+            message: format!("time {} out of range", s.at),
+        })?,
+        channel: s.channel,
+        from: s.from,
+        to: s.to,
+        source: s.source,
+        ip: s.ip,
+        user_agent: s.user_agent,
+        note: s.note,
+    })
+}
 
 /// A contact as `contacts_v2` keeps it: postcard, every field present and
 /// in this order, the id left to the key (schema 5; `contacts_v1` was the
@@ -146,6 +194,25 @@ impl WriteTables<'_> {
     /// Writes a contact and keeps every index and count in step with `before`,
     /// the previously stored version (None for a new contact).
     pub fn put_contact(&mut self, c: &Contact, before: Option<&Contact>) -> Result<(), StoreError> {
+        self.put_contact_with(c, before, || Arc::new(c.clone()))
+    }
+
+    /// [`WriteTables::put_contact`] of a contact the caller already shares:
+    /// the observer's change holds it without a copy.
+    pub fn put_shared_contact(
+        &mut self,
+        c: &Arc<Contact>,
+        before: Option<&Contact>,
+    ) -> Result<(), StoreError> {
+        self.put_contact_with(c, before, || c.clone())
+    }
+
+    fn put_contact_with(
+        &mut self,
+        c: &Contact,
+        before: Option<&Contact>,
+        shared: impl FnOnce() -> Arc<Contact>,
+    ) -> Result<(), StoreError> {
         // The lower-cased key is needed only when the index changes.
         let key = if before.is_some_and(|b| b.email == c.email) {
             String::new()
@@ -213,7 +280,7 @@ impl WriteTables<'_> {
             .contacts
             .insert(c.id, encode_contact(c).as_slice())?;
         self.note(|| Change::Contact {
-            contact: Arc::new(c.clone()),
+            contact: shared(),
             removed_lists: old_lists.difference(&c.lists).copied().collect(),
             removed_tags: old_tags.difference(&c.tags).cloned().collect(),
             added_lists: c.lists.difference(old_lists).copied().collect(),
@@ -263,7 +330,7 @@ impl WriteTables<'_> {
         let seq = self.next_id(Sequence::Consent)?;
         self.tables
             .consent_log
-            .insert((contact_id, seq), to_json(e).as_slice())?;
+            .insert((contact_id, seq), encode_consent(e).as_slice())?;
         Ok(())
     }
 
@@ -499,7 +566,7 @@ impl ReadView {
         let mut out = Vec::new();
         for r in t.range((contact_id, 0)..=(contact_id, u64::MAX))? {
             let (_, v) = r?;
-            out.push(from_json("consent_log", v.value())?);
+            out.push(decode_consent(v.value())?);
         }
         Ok(out)
     }
@@ -545,6 +612,33 @@ impl ReadView {
 
 #[cfg(test)]
 mod tests {
+    /// Consent entries come back as they went in; the enums' positions are
+    /// part of the stored form.
+    #[test]
+    fn consent_entries_come_back_and_enum_positions_are_pinned() -> Result<(), super::StoreError> {
+        use crate::contacts::model::{Channel, ConsentEvent, ConsentSource, ConsentState};
+        let e = ConsentEvent {
+            at: chrono::DateTime::from_timestamp_millis(1_764_900_000_123).unwrap_or_default(),
+            channel: Channel::Sms,
+            from: ConsentState::Withdrawn,
+            to: ConsentState::Granted,
+            source: ConsentSource::Reply,
+            ip: Some("192.0.2.7".into()),
+            user_agent: None,
+            note: Some("import 4".into()),
+        };
+        let b = super::encode_consent(&e);
+        assert_eq!(super::decode_consent(&b)?, e);
+        assert!(b.len() * 3 < super::to_json(&e).len(), "{}", b.len());
+        let pos = |b: Vec<u8>| b.first().copied();
+        use super::super::shop_codec::enc;
+        assert_eq!(pos(enc(&ConsentState::Invalid)), Some(4));
+        assert_eq!(pos(enc(&ConsentSource::Reply)), Some(6));
+        assert_eq!(pos(enc(&Channel::Sms)), Some(1));
+        assert!(super::decode_consent(&b[..3]).is_err());
+        Ok(())
+    }
+
     use super::*;
     use crate::contacts::model::FieldValue;
 

@@ -112,6 +112,9 @@ pub fn run(txn: &WriteTransaction, from: u64) -> Result<(), StoreError> {
     if from < 6 {
         v5_to_v6(txn)?;
     }
+    if from < 7 {
+        v6_to_v7(txn)?;
+    }
     Ok(())
 }
 
@@ -196,6 +199,32 @@ fn v5_to_v6(txn: &WriteTransaction) -> Result<(), StoreError> {
     }
     txn.delete_table(legacy::SHOP_EVENTS_V1)?;
     tracing::info!(rows = p.done, "migrated the store to schema 6");
+    Ok(())
+}
+
+/// Re-encodes the finished messages from JSON (`queue_done_v1`) to
+/// postcard with the term dictionary (`queue_codec`), and the consent log
+/// from JSON to postcard, and drops the old tables.
+fn v6_to_v7(txn: &WriteTransaction) -> Result<(), StoreError> {
+    use crate::contacts::model::ConsentEvent;
+    use crate::delivery::model::QueuedMessage;
+    let mut p = Progress::new(
+        "v6 to v7: compact finished messages and consent log",
+        rows(txn, legacy::QUEUE_DONE_V1)? + rows(txn, legacy::CONSENT_LOG_V1)?,
+    );
+    reencode(txn, legacy::CONSENT_LOG_V1, CONSENT_LOG, &mut p, |b| {
+        let e: ConsentEvent = super::from_json("consent_log", b)?;
+        Ok(super::contacts::encode_consent(&e))
+    })?;
+    let mut ids = txn.open_table(TERM_IDS)?;
+    let mut names = txn.open_table(TERMS)?;
+    let mut interner = super::terms::Interner::default();
+    let mut intern = |s: &str| interner.intern(&mut ids, &mut names, s);
+    reencode(txn, legacy::QUEUE_DONE_V1, QUEUE_DONE, &mut p, |b| {
+        let m: QueuedMessage = super::from_json("queue_done", b)?;
+        super::queue_codec::encode_message(&m, &mut intern)
+    })?;
+    tracing::info!(rows = p.done, "migrated the store to schema 7");
     Ok(())
 }
 
@@ -363,7 +392,7 @@ fn v1_to_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
         + rows(txn, legacy::CAMPAIGN_LINKS)?
         + rows(txn, legacy::LINK_CLICKERS)?
         + rows(txn, QUEUE)?
-        + rows(txn, QUEUE_DONE)?;
+        + rows(txn, legacy::QUEUE_DONE_V1)?;
     let mut p = Progress::new("v1 to v2: send-keyed tables", total);
     {
         let old = txn.open_table(legacy::CAMPAIGN_SENDS)?;
@@ -431,7 +460,7 @@ fn v1_to_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
         }
     }
     rewrite_queue_records(txn, QUEUE, &mut p)?;
-    rewrite_queue_records(txn, QUEUE_DONE, &mut p)?;
+    rewrite_queue_records(txn, legacy::QUEUE_DONE_V1, &mut p)?;
     txn.delete_table(legacy::CAMPAIGN_SENDS)?;
     txn.delete_table(legacy::CAMPAIGN_ENGAGEMENT)?;
     txn.delete_table(legacy::CAMPAIGN_COUNTS)?;

@@ -36,7 +36,9 @@ pub mod health;
 mod inbound;
 mod migrate;
 mod mta_sts;
+mod notify;
 mod queue;
+mod queue_codec;
 mod read;
 mod render;
 mod send;
@@ -193,9 +195,10 @@ from_redb!(
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// A committed change that derived in-memory state (the segment index) must
-/// follow. The writer hands each transaction's changes to the observer after
-/// the commit and before any caller is answered, in commit order, so whatever
-/// a caller was told is stored is already visible to segments.
+/// follow. Each transaction's changes reach the observer after the commit
+/// and before any caller is answered, in commit order, so whatever a caller
+/// was told is stored is already visible to segments (on the notifier
+/// thread, [`notify`], while the writer goes on with the next batch).
 #[derive(Debug, Clone)]
 pub enum Change {
     /// A contact was created or changed: its new version, and the lists and
@@ -310,6 +313,10 @@ pub const DEFAULT_CACHE_BYTES: usize = crate::config::storage::DEFAULT_CACHE_BYT
 /// Largest number of jobs folded into one transaction.
 const MAX_BATCH_JOBS: usize = 512;
 
+/// Most commits in a row left unsynced ([`WriteTables::sync_later`]): the
+/// next one is synced, and so is the last before the writer goes idle.
+const MAX_UNSYNCED: u32 = 32;
+
 /// How long the writer waits for more jobs before committing a batch, when
 /// the store is busy.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(0);
@@ -321,6 +328,11 @@ pub struct StoreStats {
     pub commits: AtomicU64,
     /// Jobs committed (one API write, one import batch…).
     pub jobs: AtomicU64,
+    /// Time spent in redb's commit (writing and syncing pages), µs.
+    pub commit_micros: AtomicU64,
+    /// Time the writer waited to hand a committed batch to the notifier
+    /// (the segment index was behind), µs.
+    pub handoff_micros: AtomicU64,
 }
 
 /// The open database, or nothing while it is being re-opened. Readers take
@@ -370,6 +382,8 @@ pub struct Store {
     /// The number of the writer's last committed batch (see
     /// [`Store::close`]).
     commit_seq: Arc<AtomicU64>,
+    /// Where the writer hands committed batches (for its barrier).
+    notifier: notify::Notifier,
 }
 
 impl Store {
@@ -422,6 +436,8 @@ impl Store {
         let health = Arc::new(health::Health::new(dir, config));
         let links = Arc::new(render::LinkCache::default());
         let commit_seq = Arc::new(AtomicU64::new(seq));
+        let (notifier, notify_thread) = notify::Notifier::start(observer.clone())
+            .map_err(|e| StoreError::Io(format!("cannot start the store notifier: {e}")))?;
         let thread = {
             let w = Writer {
                 slot: slot.clone(),
@@ -434,6 +450,9 @@ impl Store {
                 links: links.clone(),
                 seq,
                 commit_seq: commit_seq.clone(),
+                notifier: notifier.clone(),
+                notify_thread: Some(notify_thread),
+                unsynced: 0,
             };
             std::thread::Builder::new()
                 .name("herald-store-writer".into())
@@ -450,6 +469,7 @@ impl Store {
             health,
             links,
             commit_seq,
+            notifier,
         })
     }
 
@@ -640,6 +660,8 @@ impl Store {
     ) -> Result<ReadView, StoreError> {
         let me = self.clone();
         let rx = self.write_blocking(move |_t| {
+            // Every earlier commit has reached the observer.
+            me.notifier.barrier();
             at_boundary();
             Ok(me.begin_read()?.1)
         })?;
@@ -784,6 +806,12 @@ struct Writer {
     seq: u64,
     /// `seq`, for the store's handles.
     commit_seq: Arc<AtomicU64>,
+    /// Feeds the observer and answers callers after each commit.
+    notifier: notify::Notifier,
+    /// Its thread, joined when the writer stops.
+    notify_thread: Option<std::thread::JoinHandle<()>>,
+    /// Commits since the last synced one.
+    unsynced: u32,
 }
 
 /// The meta key a re-opened store writes (and removes) to prove it has
@@ -855,7 +883,7 @@ fn stored_commit_seq(db: &Database) -> Result<u64, StoreError> {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Work>) {
         let mut busy = false;
-        while let Some(first) = rx.blocking_recv() {
+        while let Some(first) = self.next_work(&mut rx) {
             let mut jobs = vec![first];
             // Under load (the last batch had several jobs), linger a moment
             // for more: every commit costs an fsync, so fewer, larger batches
@@ -896,23 +924,25 @@ impl Writer {
             let result = run_batch(
                 &db,
                 jobs,
-                self.observer.get().is_some(),
-                self.hook.get(),
-                seq,
+                Options {
+                    observed: self.observer.get().is_some(),
+                    hook: self.hook.get(),
+                    seq,
+                    may_skip_sync: self.unsynced + 1 < MAX_UNSYNCED,
+                },
+                &self.stats,
             );
             drop(db);
             match result {
                 Ok(c) => {
+                    self.unsynced = if c.synced { 0 } else { self.unsynced + 1 };
                     if let Mark::Seq(n) = c.mark {
                         self.seq = n;
                         self.commit_seq.store(n, Ordering::Release);
                     }
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats.jobs.fetch_add(n, Ordering::Relaxed);
-                    self.deliver(c.changes, c.links);
-                    for c in c.completions {
-                        c(Ok(()));
-                    }
+                    self.deliver(c.changes, c.links, c.completions);
                 }
                 Err(BatchError::NotCommitted(e, done)) => {
                     tracing::error!(error = %e, jobs = n, "store write transaction failed; the batch was not committed");
@@ -953,20 +983,65 @@ impl Writer {
         while let Some(w) = rx.blocking_recv() {
             refuse(w, &StoreError::Closed);
         }
+        self.sync();
+        self.notifier.stop();
+        if let Some(t) = self.notify_thread.take() {
+            let _ = t.join();
+        }
         if let Some(db) = self.slot.take() {
             close_db(db);
         }
     }
 
-    /// Hands a committed batch's changes to the observer and its links to
-    /// the link cache.
-    fn deliver(&self, changes: Vec<Change>, links: NewLinks) {
-        self.links.extend(links);
-        if let Some(o) = self.observer.get()
-            && !changes.is_empty()
-        {
-            o(changes);
+    /// The next piece of work; before waiting for it, a commit left
+    /// unsynced is synced (the writer never idles on one).
+    fn next_work(&mut self, rx: &mut mpsc::Receiver<Work>) -> Option<Work> {
+        if self.unsynced > 0 {
+            match rx.try_recv() {
+                Ok(w) => return Some(w),
+                Err(mpsc::error::TryRecvError::Empty) => self.sync(),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.sync();
+                    return None;
+                }
+            }
         }
+        rx.blocking_recv()
+    }
+
+    /// Makes the commits left unsynced durable, with a synced commit of
+    /// the last batch's number. A failure marks the store unavailable (the
+    /// next work re-opens it; the file is as of the last synced commit).
+    fn sync(&mut self) {
+        if self.unsynced == 0 {
+            return;
+        }
+        let synced = self.slot.get().and_then(|(_, db)| {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?
+                .insert(COMMIT_SEQ_KEY, self.seq.to_be_bytes().as_slice())?;
+            txn.commit()?;
+            Ok(())
+        });
+        match synced {
+            Ok(()) => self.unsynced = 0,
+            Err(e) => {
+                tracing::error!(error = %e, "store: syncing the last commits failed");
+                self.health.set_unavailable(&e.cause());
+            }
+        }
+    }
+
+    /// Adds a committed batch's links to the link cache and hands its
+    /// changes (for the observer) and its callers (to answer after them)
+    /// to the notifier.
+    fn deliver(&self, changes: Vec<Change>, links: NewLinks, completions: Vec<Completion>) {
+        self.links.extend(links);
+        let started = std::time::Instant::now();
+        self.notifier.committed(changes, completions);
+        self.stats
+            .handoff_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 
     /// After an I/O error: refuses all work, closes the database and opens
@@ -983,6 +1058,16 @@ impl Writer {
     ) -> bool {
         self.health.set_unavailable(why);
         tracing::error!(error = why, path = %self.path.display(), "store: unavailable; refusing work and re-opening the file");
+        if self.unsynced > 0 {
+            // Import batches committed without a sync may be gone from the
+            // re-opened file (the import then stops, its record says where);
+            // the segment index keeps their rows until the next start.
+            tracing::warn!(
+                commits = self.unsynced,
+                "store: commits not yet synced may be lost with the file; the segment index may list their contacts until herald restarts"
+            );
+            self.unsynced = 0;
+        }
         if let Some(db) = self.slot.take() {
             close_db(db);
         }
@@ -1044,14 +1129,14 @@ impl Writer {
                 tracing::info!(
                     "store: the batch whose commit failed was stored after all; its callers are answered as such"
                 );
-                for c in done {
-                    c(Ok(()));
-                }
+                // The in-memory views follow what the file holds.
+                self.deliver(u.changes, u.links, done);
             }
             (true, None) => {
                 tracing::warn!(
                     "store: a batch whose callers were told its outcome was unknown was stored"
                 );
+                self.deliver(u.changes, u.links, Vec::new());
             }
             (false, Some(done)) => {
                 for c in done {
@@ -1064,10 +1149,6 @@ impl Writer {
             (false, None) => {
                 tracing::info!("store: the batch whose outcome was unknown was not stored");
             }
-        }
-        if committed {
-            // The in-memory views follow what the file holds.
-            self.deliver(u.changes, u.links);
         }
     }
 
@@ -1210,6 +1291,19 @@ struct Batch {
     completions: Vec<Completion>,
     changes: Vec<Change>,
     links: NewLinks,
+    /// Committed with a sync (else: see [`WriteTables::sync_later`]).
+    synced: bool,
+}
+
+/// How [`run_batch`] runs a batch.
+struct Options<'h> {
+    /// Whether an observer wants the changes.
+    observed: bool,
+    hook: Option<&'h Hook>,
+    /// The batch's number.
+    seq: u64,
+    /// Whether the commit may skip the sync, if every job allows it.
+    may_skip_sync: bool,
 }
 
 enum BatchError {
@@ -1224,15 +1318,15 @@ type BatchResult = Result<Batch, BatchError>;
 /// Runs one batch in one write transaction; a batch with jobs is numbered
 /// `seq` (kept under [`COMMIT_SEQ_KEY`]) so that a failed commit can be
 /// settled later (a batch of hits alone by its first hit, [`Mark`]).
-fn run_batch(
-    db: &Database,
-    work: Vec<Work>,
-    observed: bool,
-    hook: Option<&Hook>,
-    seq: u64,
-) -> BatchResult {
+fn run_batch(db: &Database, work: Vec<Work>, o: Options, stats: &StoreStats) -> BatchResult {
+    let Options {
+        observed,
+        hook,
+        seq,
+        may_skip_sync,
+    } = o;
     // If no transaction can be started, every caller is told why, unrun.
-    let txn = match db.begin_write() {
+    let mut txn = match db.begin_write() {
         Ok(t) => t,
         Err(e) => {
             let e = StoreError::from(e);
@@ -1256,6 +1350,7 @@ fn run_batch(
     let mut failed = None;
     let mut changes = Vec::new();
     let mut links = Vec::new();
+    let mut skip_sync = false;
     let jobs_run = jobs.len();
     if jobs.is_empty() {
         let appended = (|| -> Result<(), StoreError> {
@@ -1313,6 +1408,7 @@ fn run_batch(
                 }
                 changes = tables.changes.take().unwrap_or_default();
                 links = std::mem::take(&mut tables.links_written);
+                skip_sync = may_skip_sync && hits.is_empty() && tables.sync_later == jobs_run;
             }
             Err(e) => failed = Some(e),
         }
@@ -1325,13 +1421,20 @@ fn run_batch(
         Some((k, _)) if jobs_run == 0 => Mark::Hit(*k),
         _ => Mark::Seq(seq),
     };
+    let synced = !(skip_sync && txn.set_durability(redb::Durability::None).is_ok());
     let batch = Batch {
         mark,
         completions,
         changes,
         links,
+        synced,
     };
-    match txn.commit() {
+    let started = std::time::Instant::now();
+    let committed = txn.commit();
+    stats
+        .commit_micros
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match committed {
         Ok(()) => Ok(batch),
         Err(e) => Err(BatchError::Uncertain(e.into(), Box::new(batch))),
     }
@@ -1432,7 +1535,7 @@ pub struct WriteTables<'t> {
     changes: Option<Vec<Change>>,
     /// Counters (id sequences, per-state counts) read once and written back
     /// once per transaction by `flush`, instead of once per row.
-    counters: std::collections::HashMap<&'static str, u64>,
+    counters: std::collections::BTreeMap<&'static str, u64>,
     /// Pending changes to lists' member counts, applied by `flush`.
     list_deltas: std::collections::HashMap<u64, i64>,
     /// Pending changes to send counters (total, hourly, per link),
@@ -1451,7 +1554,7 @@ pub struct WriteTables<'t> {
     any_suppressed: bool,
     /// Field definitions, read once per transaction when first needed, so
     /// that every write checks values against the definitions it commits with.
-    field_defs: Option<std::collections::HashMap<String, FieldDef>>,
+    field_defs: Option<std::collections::BTreeMap<String, FieldDef>>,
     /// Links recorded in this transaction, for the link cache once it
     /// commits.
     links_written: NewLinks,
@@ -1461,9 +1564,23 @@ pub struct WriteTables<'t> {
     /// by `flush` in contact order (`WriteTables::flush_stats`); reads in
     /// the transaction see them.
     stats_written: std::collections::BTreeMap<u64, Option<Vec<u8>>>,
+    /// Jobs that said their commit need not be synced at once
+    /// ([`WriteTables::sync_later`]).
+    sync_later: usize,
 }
 
 impl<'t> WriteTables<'t> {
+    /// Says that this job's writes need not reach the disk before its
+    /// caller is answered: nobody outside is told of them yet (an import
+    /// batch before the import's last; the last one, and the import's
+    /// outcome, are synced). When every job of a transaction says so, the
+    /// writer commits it without syncing ([`MAX_UNSYNCED`]); the next synced
+    /// commit makes it durable. After a crash the store is as of the last
+    /// synced commit, consistent, and the import resumes from there.
+    pub fn sync_later(&mut self) {
+        self.sync_later += 1;
+    }
+
     fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
         let tables = Tables::open(txn)?;
         let any_suppressed = !tables.suppressions.is_empty()?;
@@ -1482,6 +1599,7 @@ impl<'t> WriteTables<'t> {
             links_written: Vec::new(),
             terms: Default::default(),
             stats_written: Default::default(),
+            sync_later: 0,
         })
     }
 

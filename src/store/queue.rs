@@ -56,16 +56,25 @@ pub(super) fn index_addresses(txn: &redb::WriteTransaction) -> Result<(), StoreE
         .unwrap_or_default();
     let mut index = txn.open_table(QUEUE_BY_ADDRESS)?;
     let mut n = 0u64;
-    for table in [QUEUE, QUEUE_DONE] {
-        let t = txn.open_table(table)?;
-        for r in t.iter()? {
-            let (_, v) = r?;
-            let m: QueuedMessage = from_json("queue", v.value())?;
-            for rc in &m.recipients {
-                index.insert((address_key(&salt, &rc.address).as_slice(), m.id), ())?;
-                n += 1;
-            }
+    let mut add = |m: QueuedMessage| -> Result<(), StoreError> {
+        for rc in &m.recipients {
+            index.insert((address_key(&salt, &rc.address).as_slice(), m.id), ())?;
+            n += 1;
         }
+        Ok(())
+    };
+    for r in txn.open_table(QUEUE)?.iter()? {
+        add(from_json("queue", r?.1.value())?)?;
+    }
+    let names = txn.open_table(TERMS)?;
+    for r in txn.open_table(QUEUE_DONE)?.iter()? {
+        let (k, v) = r?;
+        let name = |t| super::terms::name(&names, t);
+        add(super::queue_codec::decode_message(
+            k.value(),
+            v.value(),
+            &name,
+        )?)?;
     }
     meta.insert(ADDRESS_INDEX_BUILT, 1u64.to_be_bytes().as_slice())?;
     if n > 0 {
@@ -112,7 +121,8 @@ impl WriteTables<'_> {
 
     /// Rewrites the record of a finished message (erasure scrubs it).
     pub fn put_finished_message(&mut self, m: &QueuedMessage) -> Result<(), StoreError> {
-        self.tables.queue_done.insert(m.id, to_json(m).as_slice())?;
+        let b = super::queue_codec::encode_message(m, &mut self.interner())?;
+        self.tables.queue_done.insert(m.id, b.as_slice())?;
         Ok(())
     }
 
@@ -181,10 +191,7 @@ impl WriteTables<'_> {
                 },
             )?;
         }
-        self.tables
-            .queue_done
-            .insert(m.id, to_json(&m).as_slice())?;
-        Ok(())
+        self.put_finished_message(&m)
     }
 
     /// Up to `limit` messages in the queue with ids above `after`, in id
@@ -309,7 +316,8 @@ mod tests {
     use super::*;
 
     /// A store whose queue records predate `queue_by_address_v1` gets them
-    /// indexed when it is opened, so erasure and the export find them.
+    /// indexed when it is opened (after the migration to schema 7), so
+    /// erasure and the export find them.
     #[test]
     fn old_queue_records_are_indexed_at_open() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
@@ -320,8 +328,16 @@ mod tests {
         {
             let db = redb::Database::create(dir.path().join("herald.redb"))?;
             let txn = db.begin_write()?;
-            txn.open_table(QUEUE_DONE)?.insert(9, m.as_bytes())?;
-            txn.open_table(META)?.remove(ADDRESS_INDEX_BUILT)?;
+            // A schema-6 store: its finished messages are JSON in the
+            // table the migration to schema 7 re-encodes.
+            txn.delete_table(QUEUE_DONE)?;
+            txn.open_table(super::super::tables::legacy::QUEUE_DONE_V1)?
+                .insert(9, m.as_bytes())?;
+            {
+                let mut meta = txn.open_table(META)?;
+                meta.remove(ADDRESS_INDEX_BUILT)?;
+                meta.insert("schema_version", 6u64.to_be_bytes().as_slice())?;
+            }
             txn.commit()?;
         }
         let store = super::super::Store::open(dir.path())?;

@@ -156,7 +156,11 @@ pub trait ReadTables {
 
     /// A message every recipient of which is done.
     fn finished_message(&self, id: u64) -> Result<Option<QueuedMessage>, StoreError> {
-        get_json(self.tables().queue_done()?, "queue_done", id)
+        self.tables()
+            .queue_done()?
+            .get(id)?
+            .map(|v| super::queue_codec::decode_message(id, v.value(), &|t| self.term_name(t)))
+            .transpose()
     }
 
     /// The ids of every message, queued or finished, to the address whose

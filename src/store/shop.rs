@@ -61,8 +61,9 @@ pub(super) fn event_key(kind: &str, id: &str) -> Vec<u8> {
 
 impl WriteTables<'_> {
     /// The record form of a string (`store::terms`), for the encoders of
-    /// `shop_codec`: the transaction's interner over its term tables.
-    fn interner(&mut self) -> impl FnMut(&str) -> Result<Text, StoreError> + '_ {
+    /// `shop_codec` and `queue_codec`: the transaction's interner over its
+    /// term tables.
+    pub(super) fn interner(&mut self) -> impl FnMut(&str) -> Result<Text, StoreError> + '_ {
         let (terms, t) = (&mut self.terms, &mut self.tables);
         move |s| terms.intern(&mut t.term_ids, &mut t.terms, s)
     }

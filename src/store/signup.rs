@@ -72,7 +72,7 @@ impl WriteTables<'_> {
             .rev()
         {
             let (_, v) = r?;
-            let e: crate::contacts::model::ConsentEvent = from_json("consent_log", v.value())?;
+            let e = super::contacts::decode_consent(v.value())?;
             if matches!(e.to, ConsentState::Withdrawn | ConsentState::Invalid) {
                 return Ok(Some(e.at.timestamp_millis()));
             }

@@ -28,7 +28,7 @@ use redb::{
 };
 
 /// The schema this binary writes. Bump it together with a migration.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// The oldest schema this binary can upgrade from.
 pub const OLDEST_UPGRADABLE: u64 = 1;
@@ -223,8 +223,9 @@ tables! {
     /// (tag, contact id) → ().
     TAG_MEMBERS, tag_members: (&'static str, u64) => () = "tag_members_v1";
 
-    /// (contact id, sequence) → `ConsentEvent` (JSON). Append-only until erasure.
-    CONSENT_LOG, consent_log: (u64, u64) => &'static [u8] = "consent_log_v1";
+    /// (contact id, sequence) → `ConsentEvent` (postcard, `store::contacts`;
+    /// schema 7). Append-only until erasure.
+    CONSENT_LOG, consent_log: (u64, u64) => &'static [u8] = "consent_log_v2";
 
     /// Field name → `FieldDef` (JSON).
     FIELDS, fields: &'static str => &'static [u8] = "fields_v1";
@@ -256,9 +257,10 @@ tables! {
     /// (due time in ms, queue id) → (): which queued messages are due when.
     QUEUE_DUE, queue_due: (i64, u64) => () = "queue_due_v1";
 
-    /// Queue id → `QueuedMessage` (JSON) of finished messages: every recipient
-    /// delivered or failed. Kept for reports and for `GET /api/v1/queue/{id}`.
-    QUEUE_DONE, queue_done: u64 => &'static [u8] = "queue_done_v1";
+    /// Queue id → the record of a finished message (every recipient
+    /// delivered or failed; postcard with terms, `store::queue_codec`).
+    /// Kept for reports and for `GET /api/v1/queue/{id}`.
+    QUEUE_DONE, queue_done: u64 => &'static [u8] = "queue_done_v2";
 
     /// (salted SHA-256 of the lower-cased recipient address, queue id) → ():
     /// every message, queued or finished, to an address. Written when a message
@@ -489,6 +491,11 @@ tables! {
 pub mod legacy {
     use redb::TableDefinition;
 
+    /// v1–v6: (contact id, sequence) → `ConsentEvent` (JSON).
+    pub const CONSENT_LOG_V1: TableDefinition<(u64, u64), &[u8]> =
+        TableDefinition::new("consent_log_v1");
+    /// v1–v6: queue id → a finished `QueuedMessage` (JSON).
+    pub const QUEUE_DONE_V1: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_done_v1");
     /// v1–v5: (event type, event id) → the event's `at` (ms).
     pub const SHOP_EVENTS_V1: TableDefinition<(&str, &str), i64> =
         TableDefinition::new("shop_events_v1");
