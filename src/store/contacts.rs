@@ -39,7 +39,7 @@ struct StoredConsent {
 
 /// A consent log entry's `consent_log_v2` value.
 pub(super) fn encode_consent(e: &ConsentEvent) -> Vec<u8> {
-    super::shop_codec::enc(&StoredConsent {
+    super::enc(&StoredConsent {
         at: e.at.timestamp_millis(),
         channel: e.channel,
         from: e.from,
@@ -53,7 +53,7 @@ pub(super) fn encode_consent(e: &ConsentEvent) -> Vec<u8> {
 
 /// A consent log entry from its `consent_log_v2` value.
 pub(super) fn decode_consent(b: &[u8]) -> Result<ConsentEvent, StoreError> {
-    let s: StoredConsent = super::shop_codec::dec("consent_log", b)?;
+    let s: StoredConsent = super::dec("consent_log", b)?;
     Ok(ConsentEvent {
         at: chrono::DateTime::from_timestamp_millis(s.at).ok_or(StoreError::Corrupt {
             table: "consent_log",
@@ -130,7 +130,7 @@ pub(super) fn decode_contact(id: u64, b: &[u8]) -> Result<Contact, StoreError> {
         table: "contacts",
         message,
     };
-    let s: Stored = super::shop_codec::dec("contacts", b)?;
+    let s: Stored = super::dec("contacts", b)?;
     let time = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
             .ok_or_else(|| corrupt(format!("contact {id}: time {ms} out of range")))
@@ -612,6 +612,9 @@ impl ReadView {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::contacts::model::FieldValue;
+
     /// Consent entries come back as they went in; the enums' positions are
     /// part of the stored form.
     #[test]
@@ -631,16 +634,13 @@ mod tests {
         assert_eq!(super::decode_consent(&b)?, e);
         assert!(b.len() * 3 < super::to_json(&e).len(), "{}", b.len());
         let pos = |b: Vec<u8>| b.first().copied();
-        use super::super::shop_codec::enc;
+        use super::super::enc;
         assert_eq!(pos(enc(&ConsentState::Invalid)), Some(4));
         assert_eq!(pos(enc(&ConsentSource::Reply)), Some(6));
         assert_eq!(pos(enc(&Channel::Sms)), Some(1));
         assert!(super::decode_consent(&b[..3]).is_err());
         Ok(())
     }
-
-    use super::*;
-    use crate::contacts::model::FieldValue;
 
     /// Every part of a contact survives the stored form, which is less
     /// than half the JSON's size for a contact of the shop fields.

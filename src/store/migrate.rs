@@ -167,7 +167,8 @@ fn v4_to_v5(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// Re-encodes orders and aggregates with the term dictionary
 /// (`shop_codec`) and drops the schema-5 tables.
 fn v5_to_v6(txn: &WriteTransaction) -> Result<(), StoreError> {
-    use super::shop_codec::{dec, encode_order, encode_stats};
+    use super::dec;
+    use super::shop_codec::{encode_order, encode_stats};
     use crate::shop::model::{Order, ShopStats};
     let mut p = Progress::new(
         "v5 to v6: orders and aggregates with the term dictionary",

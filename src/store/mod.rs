@@ -1453,6 +1453,23 @@ fn from_json<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, St
     })
 }
 
+/// Postcard bytes of a record. The records written for every event or
+/// message (contacts, history, orders, aggregates, carts, consent entries,
+/// finished messages) are kept in postcard: several times smaller, and
+/// cheaper to encode and decode, than JSON.
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // These plain data types (strings, numbers, maps, options) always encode.
+    postcard::to_allocvec(v).unwrap_or_default()
+}
+
+/// A postcard record of `table` read back (damage reported as such).
+fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(b).map_err(|e| StoreError::Corrupt {
+        table,
+        message: e.to_string(),
+    })
+}
+
 // Read helpers shared by write and read views (generic over redb's traits).
 
 fn get_json<'k, K: redb::Key + 'static, T: DeserializeOwned>(
@@ -1579,6 +1596,14 @@ impl<'t> WriteTables<'t> {
     /// synced commit, consistent, and the import resumes from there.
     pub fn sync_later(&mut self) {
         self.sync_later += 1;
+    }
+
+    /// The record form of a string (`store::terms`), for the encoders of
+    /// `shop_codec` and `queue_codec`: the transaction's interner over its
+    /// term tables.
+    fn interner(&mut self) -> impl FnMut(&str) -> Result<terms::Text, StoreError> + '_ {
+        let (terms, t) = (&mut self.terms, &mut self.tables);
+        move |s| terms.intern(&mut t.term_ids, &mut t.terms, s)
     }
 
     fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {

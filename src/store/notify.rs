@@ -118,7 +118,7 @@ mod tests {
     /// before its callers are answered, and a barrier returns only after
     /// everything before it.
     #[test]
-    fn order_is_kept_and_callers_follow_the_observer() {
+    fn order_is_kept_and_callers_follow_the_observer() -> std::io::Result<()> {
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
         let observer = Arc::new(OnceLock::new());
         let l = log.clone();
@@ -129,7 +129,7 @@ mod tests {
             }
         });
         assert!(observer.set(o).is_ok());
-        let (n, thread) = Notifier::start(observer).expect("thread");
+        let (n, thread) = Notifier::start(observer)?;
         for i in 1..=3usize {
             let l = log.clone();
             let answer: Completion = Box::new(move |r| {
@@ -155,5 +155,6 @@ mod tests {
         );
         n.stop();
         assert!(thread.join().is_ok());
+        Ok(())
     }
 }

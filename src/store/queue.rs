@@ -67,9 +67,9 @@ pub(super) fn index_addresses(txn: &redb::WriteTransaction) -> Result<(), StoreE
         add(from_json("queue", r?.1.value())?)?;
     }
     let names = txn.open_table(TERMS)?;
+    let name = |t| super::terms::name(&names, t);
     for r in txn.open_table(QUEUE_DONE)?.iter()? {
         let (k, v) = r?;
-        let name = |t| super::terms::name(&names, t);
         add(super::queue_codec::decode_message(
             k.value(),
             v.value(),

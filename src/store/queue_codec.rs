@@ -17,9 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
-use super::shop_codec::{dec, enc};
 use super::terms::Text;
+use super::{StoreError, dec, enc};
 use crate::delivery::model::{
     BounceClass, MailKind, NotSent, QueuedMessage, RcptState, Recipient, ReportNote,
 };

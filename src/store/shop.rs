@@ -10,13 +10,13 @@ use redb::ReadableTable;
 const CHUNK: usize = 8192;
 
 use super::tables::*;
-use super::terms::Text;
 use serde::de::DeserializeOwned;
 
-use super::shop_codec::{dec, decode_stats, enc, encode_order, encode_stats};
+use super::shop_codec::{decode_stats, encode_order, encode_stats};
 use super::{
     Change, ReadTables, ReadView, Sequence, StoreError, WriteTables, from_json, get_json, to_json,
 };
+use super::{dec, enc};
 use crate::segment::StoredSegment;
 use crate::shop::model::{Cart, Order, ShopStats, StatsDelta, WaitEntry};
 
@@ -60,14 +60,6 @@ pub(super) fn event_key(kind: &str, id: &str) -> Vec<u8> {
 }
 
 impl WriteTables<'_> {
-    /// The record form of a string (`store::terms`), for the encoders of
-    /// `shop_codec` and `queue_codec`: the transaction's interner over its
-    /// term tables.
-    pub(super) fn interner(&mut self) -> impl FnMut(&str) -> Result<Text, StoreError> + '_ {
-        let (terms, t) = (&mut self.terms, &mut self.tables);
-        move |s| terms.intern(&mut t.term_ids, &mut t.terms, s)
-    }
-
     /// Writes the aggregates changed in this transaction, in contact id
     /// order (called by `flush`): a contact's several events in one batch
     /// write its record once, and records written in key order fill their

@@ -7,16 +7,15 @@
 //! these functions see the stored form.
 //!
 //! Schema 5 kept the domain types themselves in postcard (`orders_v2`,
-//! `shop_stats_v1`); `migrate::v5_to_v6` reads them with [`dec`]. Carts
-//! are still the domain type in postcard ([`enc`], [`dec`]).
+//! `shop_stats_v1`); `migrate::v5_to_v6` reads them with `store::dec`.
+//! Carts are still the domain type in postcard (`store::enc`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
 use super::terms::Text;
+use super::{StoreError, dec, enc};
 use crate::shop::model::{Item, Order, ShopStats, date_of_day, day_of_date};
 
 #[derive(Serialize, Deserialize)]
@@ -57,22 +56,6 @@ struct StoredStats {
     last_login: Option<i64>,
     logins: u32,
     orders: Vec<String>,
-}
-
-/// Postcard bytes of a shop record. Shop records are written for every
-/// event, so they are kept in postcard, several times cheaper to encode and
-/// decode than JSON.
-pub(super) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    // These plain data types (strings, numbers, maps, options) always encode.
-    postcard::to_allocvec(v).unwrap_or_default()
-}
-
-/// A postcard record of `table` read back (damage reported as such).
-pub(super) fn dec<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(b).map_err(|e| StoreError::Corrupt {
-        table,
-        message: e.to_string(),
-    })
 }
 
 /// An order's stored bytes; `intern` gives each string its record form.

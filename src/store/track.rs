@@ -98,7 +98,7 @@ pub(super) fn encode_history(e: &HistoryEvent) -> Vec<u8> {
 /// own fields are [`StoredRef`]'s, in the same order (its
 /// `skip_serializing_if` matters only to JSON).
 pub(super) fn decode_history(b: &[u8]) -> Result<HistoryEvent, StoreError> {
-    super::shop_codec::dec("contact_history", b)
+    super::dec("contact_history", b)
 }
 
 /// A contact's last click by hand: (send kind code, send id, packed
