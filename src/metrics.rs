@@ -156,6 +156,8 @@ pub struct Metrics {
     store_commits: Gauge,
     /// Store write jobs committed.
     store_jobs: Gauge,
+    /// Store commits that synced the file.
+    store_syncs: Gauge,
     /// Seconds the store writer spent in commits.
     store_commit_seconds: Gauge<f64, AtomicU64>,
     /// Seconds the store writer waited for the segment index.
@@ -285,6 +287,12 @@ impl Metrics {
             "store_jobs",
             "Store write jobs committed since start (grouped into commits)",
             store_jobs.clone(),
+        );
+        let store_syncs = Gauge::default();
+        registry.register(
+            "store_syncs",
+            "Store commits that synced the file since start (the others were import batches whose sync waited for a later commit)",
+            store_syncs.clone(),
         );
         let store_commit_seconds = Gauge::<f64, AtomicU64>::default();
         registry.register(
@@ -514,6 +522,7 @@ impl Metrics {
             import_rows,
             store_commits,
             store_jobs,
+            store_syncs,
             store_commit_seconds,
             store_handoff_seconds,
             store_state,
@@ -597,6 +606,8 @@ impl Metrics {
             .set(store.stats.commits.load(Ordering::Relaxed) as i64);
         self.store_jobs
             .set(store.stats.jobs.load(Ordering::Relaxed) as i64);
+        self.store_syncs
+            .set(store.stats.syncs.load(Ordering::Relaxed) as i64);
         let secs = |v: &AtomicU64| v.load(Ordering::Relaxed) as f64 / 1e6;
         self.store_commit_seconds
             .set(secs(&store.stats.commit_micros));

@@ -23,14 +23,15 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::io::Read;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::model::*;
 use super::{
-    ContactError, ContactUpdate, UpsertOutcome, apply_upsert_salted, check_code, check_field_name,
-    check_tag,
+    ContactError, ContactUpdate, UpsertOutcome, UpsertPlan, apply_upsert_planned, check_code,
+    check_field_name, check_tag,
 };
 use crate::store::ReadTables as _;
 use crate::store::{Sequence, Store, StoreError};
@@ -173,6 +174,8 @@ struct Row {
 }
 
 struct Batch {
+    /// When its rows were read: the time of their changes.
+    at: DateTime<Utc>,
     rows: Vec<Row>,
     rejects: Vec<(u64, String)>,
     merged: u64,
@@ -397,6 +400,17 @@ pub fn run_import(
         })
         .collect();
 
+    // The definitions the rows are parsed against; each batch checks once
+    // that they still hold (not every value).
+    // The definitions the rows are parsed against; each batch checks once
+    // that they still hold (not every value).
+    let defs: Arc<[FieldDef]> = columns
+        .iter()
+        .filter_map(|c| match c {
+            Column::Field(d) => Some(d.clone()),
+            _ => None,
+        })
+        .collect();
     let ctx = RowContext {
         delimiter,
         columns: &columns,
@@ -412,6 +426,7 @@ pub fn run_import(
     let mut inline: Vec<Reject> = Vec::new();
     let mut total_rejects: u64 = 0;
     let mut batch = Batch {
+        at: now(),
         rows: Vec::with_capacity(BATCH_ROWS),
         rejects: Vec::new(),
         merged: 0,
@@ -498,6 +513,7 @@ pub fn run_import(
                 let full = std::mem::replace(
                     &mut batch,
                     Batch {
+                        at: now(),
                         rows: Vec::with_capacity(BATCH_ROWS),
                         rejects: Vec::new(),
                         merged: 0,
@@ -512,7 +528,7 @@ pub fn run_import(
                 }
                 let n = full.records;
                 // More rows follow: this batch need not be synced alone.
-                pending.push_back(send_batch(store, import.id, sent, full, false, &now)?);
+                pending.push_back(send_batch(store, import.id, sent, full, &defs, false)?);
                 sent += n;
             }
         };
@@ -520,6 +536,7 @@ pub fn run_import(
             let last = std::mem::replace(
                 &mut batch,
                 Batch {
+                    at: now(),
                     rows: Vec::new(),
                     rejects: Vec::new(),
                     merged: 0,
@@ -527,7 +544,7 @@ pub fn run_import(
                     last_line: 0,
                 },
             );
-            pending.push_back(send_batch(store, import.id, sent, last, true, &now)?);
+            pending.push_back(send_batch(store, import.id, sent, last, &defs, true)?);
         }
         while let Some(p) = pending.pop_front() {
             collect(finish(p)?, &mut inline, &mut total_rejects);
@@ -654,19 +671,21 @@ fn mark_interrupted(store: &Store, id: u64, message: String, at: DateTime<Utc>) 
     }
 }
 
-/// Sends one batch to the writer; `sync`: the batch must be on disk
-/// before it is answered (the last one), else it may wait for a later
-/// synced commit ([`crate::store::WriteTables::sync_later`]).
+/// Sends one batch to the writer; `defs`: the field definitions its values
+/// were parsed against; `sync`: the batch must be on disk before it is
+/// answered (the last one), else it may wait for a later synced commit
+/// ([`crate::store::WriteTables::sync_later`]).
 fn send_batch(
     store: &Store,
     import_id: u64,
     expected: u64,
     batch: Batch,
+    defs: &Arc<[FieldDef]>,
     sync: bool,
-    now: &impl Fn() -> DateTime<Utc>,
 ) -> Result<Pending, StoreError> {
-    let at = now();
+    let at = batch.at;
     store.bulk_allowed()?;
+    let defs = defs.clone();
     store.write_blocking(move |t| {
         if !sync {
             t.sync_later();
@@ -682,9 +701,19 @@ fn send_batch(
             )));
         }
 
+        let mut fields_checked = true;
+        for d in defs.iter() {
+            fields_checked &= t.field_cached(&d.name)?.is_some_and(|now| now == d);
+        }
+        let plan = UpsertPlan {
+            // Mostly new addresses so far (a first import): claim each.
+            claim_first: rec.created >= rec.updated + rec.unchanged,
+            fields_checked,
+        };
         let mut rejects = batch.rejects;
         for row in batch.rows {
-            match apply_upsert_salted(t, &salt, &row.email, row.update, true, at)? {
+            let (email, update) = (&row.email, row.update);
+            match apply_upsert_planned(t, &salt, email, update, at, plan)? {
                 Ok((UpsertOutcome::Created, _)) => rec.created += 1,
                 Ok((UpsertOutcome::Updated, _)) => rec.updated += 1,
                 Ok((UpsertOutcome::Unchanged, _)) => rec.unchanged += 1,
@@ -1090,13 +1119,14 @@ mod tests {
             update: ContactUpdate::default(),
         };
         let batch = Batch {
+            at: Utc::now(),
             rows: vec![row],
             rejects: vec![],
             merged: 0,
             records: 1,
             last_line: 7,
         };
-        let refused = wait(send_batch(&store, 1, 0, batch, true, &Utc::now)?)?;
+        let refused = wait(send_batch(&store, 1, 0, batch, &Arc::from([]), true)?)?;
         assert!(refused.is_err());
         assert_eq!(
             store.read_blocking(|r| r.contact_id_by_email("x@example.com"))?,

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::store::ReadTables as _;
-use crate::store::{Sequence, StoreError, WriteTables, suppression_key};
+use crate::store::{AddressClaim, Sequence, StoreError, WriteTables, suppression_key};
 use model::*;
 
 /// Why a contact operation was refused. Each variant maps to one API error code.
@@ -350,7 +350,54 @@ pub fn apply_upsert_salted(
     create: bool,
     now: DateTime<Utc>,
 ) -> Result<Result<(UpsertOutcome, Arc<Contact>), ContactError>, StoreError> {
-    let existing = match t.contact_id_by_email(&email.key)? {
+    apply_upsert_with(t, salt, email, update, create, now, UpsertPlan::default())
+}
+
+/// How [`apply_upsert_planned`] goes about an upsert; the outcome is the
+/// same either way, only the work differs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpsertPlan {
+    /// Claim the address in the index first
+    /// ([`WriteTables::claim_address`]): one descent for a new address,
+    /// two writes for a known one. For batches of mostly new addresses.
+    pub claim_first: bool,
+    /// The caller checked, in this transaction, that the update's fields
+    /// still have the definitions its values were parsed against (an
+    /// import does it once per batch): no check per value.
+    pub fields_checked: bool,
+}
+
+/// [`apply_upsert_salted`] of a row that creates its contact if absent,
+/// done as `plan` says.
+pub fn apply_upsert_planned(
+    t: &mut WriteTables<'_>,
+    salt: &[u8],
+    email: &Email,
+    update: ContactUpdate,
+    now: DateTime<Utc>,
+    plan: UpsertPlan,
+) -> Result<Result<(UpsertOutcome, Arc<Contact>), ContactError>, StoreError> {
+    apply_upsert_with(t, salt, email, update, true, now, plan)
+}
+
+fn apply_upsert_with(
+    t: &mut WriteTables<'_>,
+    salt: &[u8],
+    email: &Email,
+    update: ContactUpdate,
+    create: bool,
+    now: DateTime<Utc>,
+    plan: UpsertPlan,
+) -> Result<Result<(UpsertOutcome, Arc<Contact>), ContactError>, StoreError> {
+    let (known, claimed) = if create && plan.claim_first {
+        match t.claim_address(&email.key)? {
+            AddressClaim::New(id) => (None, Some(id)),
+            AddressClaim::Known(id) => (Some(id), None),
+        }
+    } else {
+        (t.contact_id_by_email(&email.key)?, None)
+    };
+    let existing = match known {
         Some(id) => t.contact(id)?,
         None => None,
     };
@@ -360,10 +407,11 @@ pub fn apply_upsert_salted(
         && t.any_suppressed()
         && let Some(s) = t.suppression(&suppression_key(salt, &email.key))?
     {
-        return Ok(Err(ContactError::Suppressed {
+        let e = ContactError::Suppressed {
             reason: s.reason,
             at: s.at.format("%Y-%m-%d").to_string(),
-        }));
+        };
+        return refused(t, &email.key, claimed, e);
     }
     if existing.is_none() && !create {
         return Ok(Err(ContactError::NotFound(format!(
@@ -371,7 +419,35 @@ pub fn apply_upsert_salted(
             email.display
         ))));
     }
-    apply_to(t, existing, Some(email), update, now)
+    let how = Writing {
+        claimed,
+        fields_checked: plan.fields_checked,
+    };
+    match apply_to(t, existing, Some(email), update, now, how)? {
+        Err(e) => refused(t, &email.key, claimed, e),
+        ok => Ok(ok),
+    }
+}
+
+/// A row refused after its address was claimed gives the claim back.
+fn refused<T>(
+    t: &mut WriteTables<'_>,
+    key: &str,
+    claimed: Option<u64>,
+    e: ContactError,
+) -> Result<Result<T, ContactError>, StoreError> {
+    if let Some(id) = claimed {
+        t.release_address(key, id)?;
+    }
+    Ok(Err(e))
+}
+
+/// What [`apply_to`] may skip: the address already claimed for a new
+/// contact (with this id), the fields already checked.
+#[derive(Debug, Clone, Copy, Default)]
+struct Writing {
+    claimed: Option<u64>,
+    fields_checked: bool,
 }
 
 /// Applies an update to an existing contact found by id.
@@ -385,7 +461,7 @@ pub fn apply_update_by_id(
         None => Ok(Err(ContactError::NotFound(format!(
             "no contact with id {id}"
         )))),
-        Some(c) => Ok(apply_to(t, Some(c), None, update, now)?.map(owned)),
+        Some(c) => Ok(apply_to(t, Some(c), None, update, now, Writing::default())?.map(owned)),
     }
 }
 
@@ -395,11 +471,17 @@ fn apply_to(
     email: Option<&Email>,
     update: ContactUpdate,
     now: DateTime<Utc>,
+    how: Writing,
 ) -> Result<Result<(UpsertOutcome, Arc<Contact>), ContactError>, StoreError> {
     // Check everything first; write only when all of it passes. Field values
     // were parsed against definitions read before this transaction; a field
     // deleted or changed since must not receive them.
-    for (name, v) in &update.fields {
+    let unchecked = if how.fields_checked {
+        None
+    } else {
+        Some(&update.fields)
+    };
+    for (name, v) in unchecked.into_iter().flatten() {
         let Some(v) = v else { continue };
         match t.field_cached(name)? {
             None => return Ok(Err(ContactError::UnknownField(name.clone()))),
@@ -417,30 +499,68 @@ fn apply_to(
             return Ok(Err(ContactError::NotFound(format!("no list with id {l}"))));
         }
     }
-    let mut c = match &existing {
-        Some(c) => c.clone(),
-        None => {
-            let Some(email) = email else {
-                return Ok(Err(ContactError::Invalid(
-                    "a new contact needs an e-mail address".into(),
-                )));
-            };
-            Contact {
-                id: 0,
-                email: email.display.clone(),
-                consent: ConsentState::Unknown,
-                phone: None,
-                sms_consent: ConsentState::Unknown,
-                language: None,
-                site: None,
-                fields: BTreeMap::new(),
-                lists: BTreeSet::new(),
-                tags: BTreeSet::new(),
-                created_at: now,
-                updated_at: now,
-            }
+    let mut c = match (&existing, email) {
+        (Some(c), _) => c.clone(),
+        (None, Some(email)) => blank(email, now),
+        (None, None) => {
+            return Ok(Err(ContactError::Invalid(
+                "a new contact needs an e-mail address".into(),
+            )));
         }
     };
+    let events = match build(&mut c, update, now) {
+        Ok(events) => events,
+        Err(e) => return Ok(Err(e)),
+    };
+
+    let outcome = match &existing {
+        None => UpsertOutcome::Created,
+        Some(old) if *old == c => return Ok(Ok((UpsertOutcome::Unchanged, Arc::new(c)))),
+        Some(_) => UpsertOutcome::Updated,
+    };
+    if existing.is_none() {
+        c.id = match how.claimed {
+            Some(id) => id,
+            None => t.next_id(Sequence::Contact)?,
+        };
+    }
+    c.updated_at = now;
+    let c = Arc::new(c);
+    match how.claimed {
+        Some(_) => t.put_claimed_contact(&c)?,
+        None => t.put_shared_contact(&c, existing.as_ref())?,
+    }
+    for ev in events.into_iter().flatten() {
+        t.append_consent(c.id, &ev)?;
+    }
+    Ok(Ok((outcome, c)))
+}
+
+/// A contact not stored yet: the address, nothing else.
+fn blank(email: &Email, now: DateTime<Utc>) -> Contact {
+    Contact {
+        id: 0,
+        email: email.display.clone(),
+        consent: ConsentState::Unknown,
+        phone: None,
+        sms_consent: ConsentState::Unknown,
+        language: None,
+        site: None,
+        fields: BTreeMap::new(),
+        lists: BTreeSet::new(),
+        tags: BTreeSet::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Applies `update` to `c` (pure: what the store allows was checked):
+/// the consent log entries it makes (e-mail, SMS), or why it may not.
+fn build(
+    c: &mut Contact,
+    update: ContactUpdate,
+    now: DateTime<Utc>,
+) -> Result<[Option<ConsentEvent>; 2], ContactError> {
     let ContactUpdate {
         fields,
         language,
@@ -453,10 +573,7 @@ fn apply_to(
         add_tags,
         remove_tags,
     } = update;
-    let consent_event = match consent_change(&mut c.consent, consent, Channel::Email, now) {
-        Ok(ev) => ev,
-        Err(e) => return Ok(Err(e)),
-    };
+    let consent_event = consent_change(&mut c.consent, consent, Channel::Email, now)?;
     // SMS consent was given for a number: a new one (or none) starts over,
     // unless this same update says what it is.
     let sms_consent = match (&phone, sms_consent) {
@@ -479,24 +596,12 @@ fn apply_to(
         .is_some_and(|ch| ch.to == ConsentState::Granted)
         && c.phone.is_none()
     {
-        return Ok(Err(ContactError::Invalid(
+        return Err(ContactError::Invalid(
             "SMS consent cannot be granted to a contact without a phone number".into(),
-        )));
+        ));
     }
-    let sms_event = match consent_change(&mut c.sms_consent, sms_consent, Channel::Sms, now) {
-        Ok(ev) => ev,
-        Err(e) => return Ok(Err(e)),
-    };
-    for (k, v) in fields {
-        match v {
-            Some(v) => {
-                c.fields.insert(k, v);
-            }
-            None => {
-                c.fields.remove(&k);
-            }
-        }
-    }
+    let sms_event = consent_change(&mut c.sms_consent, sms_consent, Channel::Sms, now)?;
+    set_fields(&mut c.fields, fields);
     if let Some(l) = language {
         c.language = l;
     }
@@ -507,22 +612,24 @@ fn apply_to(
     c.lists.retain(|l| !remove_lists.contains(l));
     c.tags.extend(add_tags);
     c.tags.retain(|x| !remove_tags.contains(x));
+    Ok([consent_event, sms_event])
+}
 
-    let outcome = match &existing {
-        None => UpsertOutcome::Created,
-        Some(old) if *old == c => return Ok(Ok((UpsertOutcome::Unchanged, Arc::new(c)))),
-        Some(_) => UpsertOutcome::Updated,
-    };
-    if existing.is_none() {
-        c.id = t.next_id(Sequence::Contact)?;
+/// Sets (`Some`) or clears (`None`) each of `update`'s values.
+fn set_fields(
+    fields: &mut BTreeMap<String, FieldValue>,
+    update: BTreeMap<String, Option<FieldValue>>,
+) {
+    for (k, v) in update {
+        match v {
+            Some(v) => {
+                fields.insert(k, v);
+            }
+            None => {
+                fields.remove(&k);
+            }
+        }
     }
-    c.updated_at = now;
-    let c = Arc::new(c);
-    t.put_shared_contact(&c, existing.as_ref())?;
-    for ev in [consent_event, sms_event].into_iter().flatten() {
-        t.append_consent(c.id, &ev)?;
-    }
-    Ok(Ok((outcome, c)))
 }
 
 /// Applies a requested change to one consent (`state`, of `channel`): the

@@ -120,8 +120,7 @@ pub(super) fn encode_contact(c: &Contact) -> Vec<u8> {
         created_ms: c.created_at.timestamp_millis(),
         updated_ms: c.updated_at.timestamp_millis(),
     };
-    // Strings, numbers, dates and maps: postcard always encodes them.
-    postcard::to_allocvec(&stored).unwrap_or_default()
+    super::enc(&stored)
 }
 
 /// Contact `id` from its `contacts_v2` value.
@@ -171,6 +170,23 @@ fn consent_count_key(s: ConsentState) -> &'static str {
     }
 }
 
+/// What [`WriteTables::claim_address`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressClaim {
+    /// The address was not known: it is now indexed with this new id,
+    /// for the contact about to be written (or released).
+    New(u64),
+    /// The address belongs to this contact id; nothing changed.
+    Known(u64),
+}
+
+/// Whether a new contact's address is in the index already (claimed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Indexed {
+    Not,
+    Already,
+}
+
 /// Which index a contact listing walks.
 #[derive(Debug, Clone)]
 pub enum ContactIndex {
@@ -194,7 +210,7 @@ impl WriteTables<'_> {
     /// Writes a contact and keeps every index and count in step with `before`,
     /// the previously stored version (None for a new contact).
     pub fn put_contact(&mut self, c: &Contact, before: Option<&Contact>) -> Result<(), StoreError> {
-        self.put_contact_with(c, before, || Arc::new(c.clone()))
+        self.put_contact_with(c, before, || Arc::new(c.clone()), Indexed::Not)
     }
 
     /// [`WriteTables::put_contact`] of a contact the caller already shares:
@@ -204,7 +220,49 @@ impl WriteTables<'_> {
         c: &Arc<Contact>,
         before: Option<&Contact>,
     ) -> Result<(), StoreError> {
-        self.put_contact_with(c, before, || c.clone())
+        self.put_contact_with(c, before, || c.clone(), Indexed::Not)
+    }
+
+    /// [`WriteTables::put_shared_contact`] of a new contact whose address
+    /// [`WriteTables::claim_address`] already put in the index.
+    pub fn put_claimed_contact(&mut self, c: &Arc<Contact>) -> Result<(), StoreError> {
+        self.put_contact_with(c, None, || c.clone(), Indexed::Already)
+    }
+
+    /// Claims a not yet known address for a new contact in one descent of
+    /// the address index: the entry is written with the id the contact
+    /// will have. An address that was there keeps its entry (a second
+    /// write) and its id is returned. For batches of mostly new addresses,
+    /// where a lookup and then an insert would descend twice.
+    pub fn claim_address(&mut self, key: &str) -> Result<AddressClaim, StoreError> {
+        let id = self.next_id(Sequence::Contact)?;
+        let old = self
+            .tables
+            .contact_by_email
+            .insert(key, id)?
+            .map(|g| g.value());
+        let Some(old) = old else {
+            return Ok(AddressClaim::New(id));
+        };
+        self.tables.contact_by_email.insert(key, old)?;
+        self.release_id(id)?;
+        Ok(AddressClaim::Known(old))
+    }
+
+    /// Gives back a [`AddressClaim::New`] that did not become a contact
+    /// (its row was refused).
+    pub fn release_address(&mut self, key: &str, id: u64) -> Result<(), StoreError> {
+        self.tables.contact_by_email.remove(key)?;
+        self.release_id(id)
+    }
+
+    /// Takes back the last contact id handed out, if it is still the last
+    /// (ids are never reused; a gap would only look odd).
+    fn release_id(&mut self, id: u64) -> Result<(), StoreError> {
+        if self.bump(Sequence::Contact.key(), 0)? == id {
+            self.bump(Sequence::Contact.key(), -1)?;
+        }
+        Ok(())
     }
 
     fn put_contact_with(
@@ -212,16 +270,19 @@ impl WriteTables<'_> {
         c: &Contact,
         before: Option<&Contact>,
         shared: impl FnOnce() -> Arc<Contact>,
+        indexed: Indexed,
     ) -> Result<(), StoreError> {
         // The lower-cased key is needed only when the index changes.
-        let key = if before.is_some_and(|b| b.email == c.email) {
+        let key = if before.is_some_and(|b| b.email == c.email) || indexed == Indexed::Already {
             String::new()
         } else {
             c.email.to_lowercase()
         };
         match before {
             None => {
-                self.tables.contact_by_email.insert(key.as_str(), c.id)?;
+                if indexed == Indexed::Not {
+                    self.tables.contact_by_email.insert(key.as_str(), c.id)?;
+                }
                 self.tables
                     .contact_by_consent
                     .insert((c.consent.code(), c.id), ())?;

@@ -54,7 +54,7 @@ pub mod usage;
 mod users;
 
 pub use audience::{decode_ids, encode_ids};
-pub use contacts::{ContactIndex, suppression_key};
+pub use contacts::{AddressClaim, ContactIndex, suppression_key};
 pub use inbound::SoftStreak;
 pub use queue::{DueEntry, QueueSummary};
 pub use read::ReadTables;
@@ -328,6 +328,9 @@ pub struct StoreStats {
     pub commits: AtomicU64,
     /// Jobs committed (one API write, one import batch…).
     pub jobs: AtomicU64,
+    /// Commits that synced the file (every commit but the import batches
+    /// [`WriteTables::sync_later`] lets wait, and the writer's syncs of them).
+    pub syncs: AtomicU64,
     /// Time spent in redb's commit (writing and syncing pages), µs.
     pub commit_micros: AtomicU64,
     /// Time the writer waited to hand a committed batch to the notifier
@@ -1016,6 +1019,7 @@ impl Writer {
         if self.unsynced == 0 {
             return;
         }
+        let started = std::time::Instant::now();
         let synced = self.slot.get().and_then(|(_, db)| {
             let txn = db.begin_write()?;
             txn.open_table(META)?
@@ -1023,6 +1027,10 @@ impl Writer {
             txn.commit()?;
             Ok(())
         });
+        let s = &self.stats;
+        s.commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        s.syncs.fetch_add(1, Ordering::Relaxed);
         match synced {
             Ok(()) => self.unsynced = 0,
             Err(e) => {
@@ -1434,6 +1442,9 @@ fn run_batch(db: &Database, work: Vec<Work>, o: Options, stats: &StoreStats) -> 
     stats
         .commit_micros
         .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    if synced {
+        stats.syncs.fetch_add(1, Ordering::Relaxed);
+    }
     match committed {
         Ok(()) => Ok(batch),
         Err(e) => Err(BatchError::Uncertain(e.into(), Box::new(batch))),
@@ -1453,13 +1464,18 @@ fn from_json<T: DeserializeOwned>(table: &'static str, b: &[u8]) -> Result<T, St
     })
 }
 
+/// The buffer [`enc`] starts with: most records fit.
+const ENC_CAPACITY: usize = 256;
+
 /// Postcard bytes of a record. The records written for every event or
 /// message (contacts, history, orders, aggregates, carts, consent entries,
 /// finished messages) are kept in postcard: several times smaller, and
 /// cheaper to encode and decode, than JSON.
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     // These plain data types (strings, numbers, maps, options) always encode.
-    postcard::to_allocvec(v).unwrap_or_default()
+    // Records are tens to a few hundred bytes: one allocation, not a
+    // doubling from empty.
+    postcard::to_extend(v, Vec::with_capacity(ENC_CAPACITY)).unwrap_or_default()
 }
 
 /// A postcard record of `table` read back (damage reported as such).
