@@ -711,15 +711,20 @@ fn send_batch(
             fields_checked,
         };
         let mut rejects = batch.rejects;
-        for row in batch.rows {
-            let (email, update) = (&row.email, row.update);
-            match apply_upsert_planned(t, &salt, email, update, at, plan)? {
-                Ok((UpsertOutcome::Created, _)) => rec.created += 1,
-                Ok((UpsertOutcome::Updated, _)) => rec.updated += 1,
-                Ok((UpsertOutcome::Unchanged, _)) => rec.unchanged += 1,
-                Err(e) => rejects.push((row.line, e.to_string())),
+        // The rows' records and index writes are made at the batch's end,
+        // on two threads (`WriteTables::deferring`).
+        t.deferring(batch.rows.len(), |t| {
+            for row in batch.rows {
+                let (email, update) = (&row.email, row.update);
+                match apply_upsert_planned(t, &salt, email, update, at, plan)? {
+                    Ok((UpsertOutcome::Created, _)) => rec.created += 1,
+                    Ok((UpsertOutcome::Updated, _)) => rec.updated += 1,
+                    Ok((UpsertOutcome::Unchanged, _)) => rec.unchanged += 1,
+                    Err(e) => rejects.push((row.line, e.to_string())),
+                }
             }
-        }
+            Ok(())
+        })?;
         rejects.sort_by_key(|r| r.0);
         for (line, reason) in &rejects {
             t.put_import_reject(import_id, *line, reason)?;

@@ -200,11 +200,92 @@ pub enum ContactIndex {
     Consent(ConsentState),
 }
 
+/// What [`WriteTables::deferring`] holds back until its job ends.
+pub(super) struct Deferred {
+    /// The contacts the job wrote, as last written, by id.
+    contacts: BTreeMap<u64, Arc<Contact>>,
+    /// The index and log writes, in the order they were made.
+    side: Vec<SideWrite>,
+    /// The consent log entries' values, one after another.
+    log_bytes: Vec<u8>,
+}
+
+/// One held-back write of the tables [`write_side`] makes.
+enum SideWrite {
+    Consent {
+        code: u8,
+        id: u64,
+        add: bool,
+    },
+    Member {
+        list: u64,
+        id: u64,
+        add: bool,
+    },
+    /// A consent log entry; its value ends at `end` in `log_bytes`, where
+    /// the previous one ended it starts.
+    Log {
+        contact: u64,
+        seq: u64,
+        end: usize,
+    },
+}
+
+/// Makes held-back index and log writes in order (on the second thread of
+/// [`WriteTables::deferring`]).
+fn write_side(
+    consent: &mut redb::Table<(u8, u64), ()>,
+    members: &mut redb::Table<(u64, u64), ()>,
+    log: &mut redb::Table<(u64, u64), &'static [u8]>,
+    side: &[SideWrite],
+    log_bytes: &[u8],
+) -> Result<(), StoreError> {
+    let mut start = 0;
+    for w in side {
+        match *w {
+            SideWrite::Consent {
+                code,
+                id,
+                add: true,
+            } => {
+                consent.insert((code, id), ())?;
+            }
+            SideWrite::Consent {
+                code,
+                id,
+                add: false,
+            } => {
+                consent.remove((code, id))?;
+            }
+            SideWrite::Member {
+                list,
+                id,
+                add: true,
+            } => {
+                members.insert((list, id), ())?;
+            }
+            SideWrite::Member {
+                list,
+                id,
+                add: false,
+            } => {
+                members.remove((list, id))?;
+            }
+            SideWrite::Log { contact, seq, end } => {
+                let value = log_bytes.get(start..end).unwrap_or_default();
+                log.insert((contact, seq), value)?;
+                start = end;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl WriteTables<'_> {
     /// Whether a contact exists (ids are never reused: `false` means it was
     /// erased, or never was).
     pub fn contact_exists(&self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.tables.contacts.get(id)?.is_some())
+        Ok(self.deferred_contact(id).is_some() || self.tables.contacts.get(id)?.is_some())
     }
 
     /// Writes a contact and keeps every index and count in step with `before`,
@@ -269,7 +350,7 @@ impl WriteTables<'_> {
         &mut self,
         c: &Contact,
         before: Option<&Contact>,
-        shared: impl FnOnce() -> Arc<Contact>,
+        shared: impl Fn() -> Arc<Contact>,
         indexed: Indexed,
     ) -> Result<(), StoreError> {
         // The lower-cased key is needed only when the index changes.
@@ -283,9 +364,7 @@ impl WriteTables<'_> {
                 if indexed == Indexed::Not {
                     self.tables.contact_by_email.insert(key.as_str(), c.id)?;
                 }
-                self.tables
-                    .contact_by_consent
-                    .insert((c.consent.code(), c.id), ())?;
+                self.consent_entry(c.consent.code(), c.id, true)?;
                 self.bump(consent_count_key(c.consent), 1)?;
             }
             Some(b) => {
@@ -297,12 +376,8 @@ impl WriteTables<'_> {
                     }
                 }
                 if b.consent != c.consent {
-                    self.tables
-                        .contact_by_consent
-                        .remove((b.consent.code(), c.id))?;
-                    self.tables
-                        .contact_by_consent
-                        .insert((c.consent.code(), c.id), ())?;
+                    self.consent_entry(b.consent.code(), c.id, false)?;
+                    self.consent_entry(c.consent.code(), c.id, true)?;
                     self.bump(consent_count_key(b.consent), -1)?;
                     self.bump(consent_count_key(c.consent), 1)?;
                 }
@@ -324,11 +399,11 @@ impl WriteTables<'_> {
         let (old_lists, old_tags) =
             before.map_or((&empty_lists, &empty_tags), |b| (&b.lists, &b.tags));
         for l in c.lists.difference(old_lists) {
-            self.tables.list_members.insert((*l, c.id), ())?;
+            self.member_entry(*l, c.id, true)?;
             self.list_count(*l, 1)?;
         }
         for l in old_lists.difference(&c.lists) {
-            self.tables.list_members.remove((*l, c.id))?;
+            self.member_entry(*l, c.id, false)?;
             self.list_count(*l, -1)?;
         }
         for t in c.tags.difference(old_tags) {
@@ -337,9 +412,16 @@ impl WriteTables<'_> {
         for t in old_tags.difference(&c.tags) {
             self.tables.tag_members.remove((t.as_str(), c.id))?;
         }
-        self.tables
-            .contacts
-            .insert(c.id, encode_contact(c).as_slice())?;
+        match &mut self.deferred {
+            Some(d) => {
+                d.contacts.insert(c.id, shared());
+            }
+            None => {
+                self.tables
+                    .contacts
+                    .insert(c.id, encode_contact(c).as_slice())?;
+            }
+        }
         self.note(|| Change::Contact {
             contact: shared(),
             removed_lists: old_lists.difference(&c.lists).copied().collect(),
@@ -389,10 +471,118 @@ impl WriteTables<'_> {
     /// Appends to a contact's consent log.
     pub fn append_consent(&mut self, contact_id: u64, e: &ConsentEvent) -> Result<(), StoreError> {
         let seq = self.next_id(Sequence::Consent)?;
-        self.tables
-            .consent_log
-            .insert((contact_id, seq), encode_consent(e).as_slice())?;
+        let bytes = encode_consent(e);
+        match &mut self.deferred {
+            Some(d) => {
+                d.log_bytes.extend_from_slice(&bytes);
+                d.side.push(SideWrite::Log {
+                    contact: contact_id,
+                    seq,
+                    end: d.log_bytes.len(),
+                });
+            }
+            None => {
+                self.tables
+                    .consent_log
+                    .insert((contact_id, seq), bytes.as_slice())?;
+            }
+        }
         Ok(())
+    }
+
+    /// Adds or removes a consent index entry (held back while deferring).
+    fn consent_entry(&mut self, code: u8, id: u64, add: bool) -> Result<(), StoreError> {
+        match &mut self.deferred {
+            Some(d) => d.side.push(SideWrite::Consent { code, id, add }),
+            None if add => {
+                self.tables.contact_by_consent.insert((code, id), ())?;
+            }
+            None => {
+                self.tables.contact_by_consent.remove((code, id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds or removes a list membership (held back while deferring).
+    fn member_entry(&mut self, list: u64, id: u64, add: bool) -> Result<(), StoreError> {
+        match &mut self.deferred {
+            Some(d) => d.side.push(SideWrite::Member { list, id, add }),
+            None if add => {
+                self.tables.list_members.insert((list, id), ())?;
+            }
+            None => {
+                self.tables.list_members.remove((list, id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `job`, a run of contact upserts (an import batch), with the
+    /// contact records and the consent index, list membership and consent
+    /// log writes held back, then makes them at its end: the records on
+    /// this thread, in id order, and the rest, in the order they were made,
+    /// on a second one (redb writes separate tables of one transaction
+    /// concurrently). Reads of a contact in the job see the held-back
+    /// record ([`ReadTables::contact`]); the job must not read the three
+    /// held-back tables, and only contact upserts write them. A job that
+    /// fails leaves its transaction to be aborted, so nothing held back is
+    /// written.
+    /// `rows` is how many upserts the job makes, for the buffers' sizes.
+    pub fn deferring<R>(
+        &mut self,
+        rows: usize,
+        job: impl FnOnce(&mut Self) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.deferred = Some(Deferred {
+            contacts: BTreeMap::new(),
+            // A new contact: its consent entry, membership and log entry.
+            side: Vec::with_capacity(rows * 3),
+            log_bytes: Vec::with_capacity(rows * 40),
+        });
+        let r = job(self);
+        let held = self.deferred.take();
+        let r = r?;
+        if let Some(d) = held {
+            self.write_deferred(d)?;
+        }
+        Ok(r)
+    }
+
+    /// The held-back record of contact `id`, if a deferring job wrote it.
+    pub(super) fn deferred_contact(&self, id: u64) -> Option<&Arc<Contact>> {
+        self.deferred.as_ref()?.contacts.get(&id)
+    }
+
+    fn write_deferred(&mut self, d: Deferred) -> Result<(), StoreError> {
+        let super::tables::Tables {
+            contacts,
+            contact_by_consent,
+            list_members,
+            consent_log,
+            ..
+        } = &mut self.tables;
+        let side = |c: &mut _, m: &mut _, l: &mut _| write_side(c, m, l, &d.side, &d.log_bytes);
+        std::thread::scope(|s| {
+            let helper = std::thread::Builder::new()
+                .name("herald-store-ix".into())
+                .spawn_scoped(s, || side(contact_by_consent, list_members, consent_log));
+            let records = (|| {
+                for (id, c) in &d.contacts {
+                    contacts.insert(*id, encode_contact(c).as_slice())?;
+                }
+                Ok::<_, StoreError>(())
+            })();
+            let indexes = match helper {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(StoreError::Redb("the index writer thread panicked".into()))
+                }),
+                Err(e) => Err(StoreError::Redb(format!(
+                    "cannot start the index writer thread: {e}"
+                ))),
+            };
+            records.and(indexes)
+        })
     }
 
     /// Whether the salted hash of this address is suppressed.

@@ -1600,6 +1600,9 @@ pub struct WriteTables<'t> {
     /// Jobs that said their commit need not be synced at once
     /// ([`WriteTables::sync_later`]).
     sync_later: usize,
+    /// While a job runs in [`WriteTables::deferring`]: the contact records
+    /// and index writes it holds back, made at its end on two threads.
+    deferred: Option<contacts::Deferred>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -1641,6 +1644,7 @@ impl<'t> WriteTables<'t> {
             terms: Default::default(),
             stats_written: Default::default(),
             sync_later: 0,
+            deferred: None,
         })
     }
 
@@ -1855,6 +1859,82 @@ mod tests {
             created_at: now,
             updated_at: now,
         }
+    }
+
+    /// A deferring job (an import batch) that writes a contact twice and
+    /// changes its consent and lists ends with the indexes, the consent
+    /// log and the record as the same writes made one by one leave them;
+    /// reads in the job see the held-back record.
+    #[test]
+    fn deferred_writes_end_as_direct_ones_would() -> TestResult {
+        use crate::contacts::model::{ConsentEvent, ConsentSource};
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let now = chrono::Utc::now();
+        for id in [1, 2] {
+            let list = List {
+                id,
+                name: format!("l{id}"),
+                description: None,
+                member_count: 0,
+                created_at: now,
+            };
+            store.write_wait(move |t| t.put_list(&list, None))?;
+        }
+        let event = move |from, to| ConsentEvent {
+            at: now,
+            channel: Default::default(),
+            from,
+            to,
+            source: ConsentSource::Import,
+            ip: None,
+            user_agent: None,
+            note: None,
+        };
+        let seen = store.write_wait(move |t| {
+            t.deferring(2, |t| {
+                let mut first = contact(1, 1);
+                first.consent = ConsentState::Granted;
+                t.put_contact(&first, None)?;
+                t.append_consent(1, &event(ConsentState::Unknown, ConsentState::Granted))?;
+                let seen = t.contact(1)?.map(|c| c.consent);
+                let mut second = first.clone();
+                second.consent = ConsentState::Withdrawn;
+                second.lists = [2].into_iter().collect();
+                t.put_contact(&second, Some(&first))?;
+                t.append_consent(1, &event(ConsentState::Granted, ConsentState::Withdrawn))?;
+                t.put_contact(&contact(2, 1), None)?;
+                Ok((seen, t.contact_exists(2)?))
+            })
+        })?;
+        assert_eq!(seen, (Some(ConsentState::Granted), true));
+        store.read_blocking(|r| {
+            assert_eq!(
+                r.contact(1)?.map(|c| c.consent),
+                Some(ConsentState::Withdrawn)
+            );
+            let ids = |i: contacts::ContactIndex| r.contact_ids(&i, 0, 10);
+            assert_eq!(ids(contacts::ContactIndex::List(1))?, vec![2]);
+            assert_eq!(ids(contacts::ContactIndex::List(2))?, vec![1]);
+            assert_eq!(
+                ids(contacts::ContactIndex::Consent(ConsentState::Granted))?,
+                Vec::<u64>::new()
+            );
+            assert_eq!(
+                ids(contacts::ContactIndex::Consent(ConsentState::Withdrawn))?,
+                vec![1]
+            );
+            assert_eq!(
+                ids(contacts::ContactIndex::Consent(ConsentState::Unknown))?,
+                vec![2]
+            );
+            let log: Vec<_> = r.consent_log(1)?.into_iter().map(|e| e.to).collect();
+            assert_eq!(log, vec![ConsentState::Granted, ConsentState::Withdrawn]);
+            let counts = |id| r.list(id).map(|l| l.map(|l| l.member_count));
+            assert_eq!((counts(1)?, counts(2)?), (Some(1), Some(1)));
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Regression: editing a list in the same transaction as a member change

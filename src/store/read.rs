@@ -394,6 +394,18 @@ impl ReadTables for WriteTables<'_> {
         self.terms.name(&self.tables.terms, n)
     }
 
+    /// A record a deferring job holds back first
+    /// ([`WriteTables::deferring`]), then the table's.
+    fn contact(&self, id: u64) -> Result<Option<Contact>, StoreError> {
+        if let Some(c) = self.deferred_contact(id) {
+            return Ok(Some(Contact::clone(c)));
+        }
+        match self.tables.contacts.get(id)? {
+            Some(v) => Ok(Some(super::contacts::decode_contact(id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// The transaction's own version first (aggregates are written at
     /// `flush`), then the table's.
     fn stats(&self, contact: u64) -> Result<Option<ShopStats>, StoreError> {
