@@ -258,6 +258,18 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
             }
         })
     };
+    // The segment index gives back its spare room once a bulk ingest is
+    // over (`Index::tidy`).
+    let index_tidy = {
+        let index = index_at_stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::segment::TIDY_EVERY).await;
+                let i = index.clone();
+                let _ = tokio::task::spawn_blocking(move || i.tidy()).await;
+            }
+        })
+    };
     // A store that cannot be re-opened ends the daemon (non-zero): the
     // service manager restarts it.
     let lost = {
@@ -281,6 +293,7 @@ pub async fn serve(snap: Snapshot) -> anyhow::Result<()> {
     };
     http::serve(listeners, state.clone(), stop).await;
     space_watch.abort();
+    index_tidy.abort();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // One stop for all in-flight work: campaign workers commit the batch in
     // hand and end (the rest of each audience is sent after the next start,

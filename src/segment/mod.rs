@@ -564,6 +564,23 @@ pub struct Index {
     pub build_time: RwLock<Option<Duration>>,
     /// Why the startup build failed, if it did.
     failed: RwLock<Option<String>>,
+    /// Changes applied since the start.
+    applied: std::sync::atomic::AtomicU64,
+    /// [`Index::tidy`]'s marks: `applied` at its last call and at its
+    /// last trim.
+    tidy_marks: std::sync::Mutex<(u64, u64)>,
+}
+
+/// How often the daemon calls [`Index::tidy`].
+pub const TIDY_EVERY: Duration = Duration::from_secs(10);
+
+/// Changes after which an index that has gone quiet is trimmed.
+const TIDY_AFTER: u64 = 100_000;
+
+/// Whether [`Index::tidy`] trims: no change since its last call (`seen`),
+/// and at least [`TIDY_AFTER`] since the last trim.
+fn should_tidy(applied: u64, seen: u64, trimmed: u64) -> bool {
+    applied == seen && applied.saturating_sub(trimmed) >= TIDY_AFTER
 }
 
 /// What evaluating a segment gave.
@@ -589,7 +606,40 @@ impl Index {
             ready: tokio::sync::watch::channel(false).0,
             build_time: RwLock::new(None),
             failed: RwLock::new(None),
+            applied: Default::default(),
+            tidy_marks: Default::default(),
         })
+    }
+
+    /// Gives back the spare room the index's vectors took while changes
+    /// flowed in (each grows by an eighth when full), once they have
+    /// stopped for a whole [`TIDY_EVERY`] after at least [`TIDY_AFTER`] of
+    /// them: after a bulk ingest the index is as small as one built from
+    /// the store. Segment requests wait for the trim (a copy of the
+    /// index, about a second at 10M contacts). Returns the bytes before
+    /// and after, when it trimmed. Blocking: call it off the runtime.
+    pub fn tidy(&self) -> Option<(usize, usize)> {
+        use std::sync::atomic::Ordering;
+        let applied = self.applied.load(Ordering::Relaxed);
+        let mut marks = self.tidy_marks.lock().ok()?;
+        let (seen, trimmed) = *marks;
+        marks.0 = applied;
+        if !should_tidy(applied, seen, trimmed) {
+            return None;
+        }
+        marks.1 = applied;
+        let started = Instant::now();
+        let mut d = self.data.write().ok()?;
+        let before = d.heap_bytes();
+        d.shrink();
+        let after = d.heap_bytes();
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            before_mb = before / (1 << 20),
+            after_mb = after / (1 << 20),
+            "segment index trimmed"
+        );
+        Some((before, after))
     }
 
     /// Subscribes to the store's changes and builds the index from a snapshot
@@ -745,6 +795,8 @@ impl Index {
                 d.apply(c);
             }
         }
+        self.applied
+            .fetch_add(changes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits until the startup build is done.
@@ -915,6 +967,19 @@ pub async fn find_usable(
 
 #[cfg(test)]
 mod tests {
+
+    /// The index is trimmed once changes stop after enough of them, not
+    /// while they flow, and not again until as many more.
+    #[test]
+    fn tidy_waits_for_a_quiet_interval_after_enough_changes() {
+        let n = super::TIDY_AFTER;
+        assert!(!super::should_tidy(n - 1, n - 1, 0));
+        assert!(!super::should_tidy(n + 5, n, 0), "still changing");
+        assert!(super::should_tidy(n, n, 0));
+        assert!(!super::should_tidy(n + 10, n + 10, n));
+        assert!(super::should_tidy(2 * n, 2 * n, n));
+    }
+
     use super::*;
 
     /// Most recently engaged first (open or click, whichever is later);
