@@ -967,20 +967,19 @@ pub async fn find_usable(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// The index is trimmed once changes stop after enough of them, not
     /// while they flow, and not again until as many more.
     #[test]
     fn tidy_waits_for_a_quiet_interval_after_enough_changes() {
-        let n = super::TIDY_AFTER;
-        assert!(!super::should_tidy(n - 1, n - 1, 0));
-        assert!(!super::should_tidy(n + 5, n, 0), "still changing");
-        assert!(super::should_tidy(n, n, 0));
-        assert!(!super::should_tidy(n + 10, n + 10, n));
-        assert!(super::should_tidy(2 * n, 2 * n, n));
+        let n = TIDY_AFTER;
+        assert!(!should_tidy(n - 1, n - 1, 0));
+        assert!(!should_tidy(n + 5, n, 0), "still changing");
+        assert!(should_tidy(n, n, 0));
+        assert!(!should_tidy(n + 10, n + 10, n));
+        assert!(should_tidy(2 * n, 2 * n, n));
     }
-
-    use super::*;
 
     /// Most recently engaged first (open or click, whichever is later);
     /// the never engaged and unknown ids after, in their order.

@@ -528,6 +528,7 @@ impl WriteTables<'_> {
     /// held-back tables, and only contact upserts write them. A job that
     /// fails leaves its transaction to be aborted, so nothing held back is
     /// written.
+    ///
     /// `rows` is how many upserts the job makes, for the buffers' sizes.
     pub fn deferring<R>(
         &mut self,
