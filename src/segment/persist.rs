@@ -9,8 +9,10 @@
 //! file is used only if its stamp is the store's as it opens; any commit
 //! since (a run ended by `kill -9`, a crash) moves the store's number on,
 //! so a stale file is never used, and the index is built from the store as
-//! before. The body carries its SHA-256: a torn or damaged file is detected
-//! and rebuilt too.
+//! before. The body carries its CRC-32: a torn or damaged file is detected
+//! and rebuilt too. (A checksum against accidents, not a signature: whoever
+//! can write the storage folder can rewrite the store itself. CRC-32 runs
+//! at memory speed; SHA-256 took 0.95 s of a 10M start.)
 //!
 //! Layout: `MAGIC`, then the postcard-encoded [`Header`] (its length first,
 //! a `u32` little-endian), then the postcard-encoded index data.
@@ -25,7 +27,7 @@ use super::index::Data;
 
 /// The file's first bytes; the digit is the layout of [`Data`]: change it
 /// whenever a type of `segment::index` changes what it serializes.
-const MAGIC: &[u8; 8] = b"HSEGIDX1";
+const MAGIC: &[u8; 8] = b"HSEGIDX2";
 
 /// The file name in the storage folder.
 pub const FILE_NAME: &str = "segment-index.bin";
@@ -45,7 +47,7 @@ pub struct Stamp {
 struct Header {
     stamp: Stamp,
     body_len: u64,
-    body_sha256: [u8; 32],
+    body_crc32: u32,
 }
 
 /// Why a saved index was not used or not saved.
@@ -82,6 +84,7 @@ pub fn read(path: &Path, want: &Stamp) -> Result<Data, PersistError> {
         path: path.into(),
         message: e.to_string(),
     };
+    let started = std::time::Instant::now();
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PersistError::Missing),
@@ -120,10 +123,21 @@ pub fn read(path: &Path, want: &Stamp) -> Result<Data, PersistError> {
             header.body_len
         )));
     }
-    if <[u8; 32]>::from(Sha256::digest(body)) != header.body_sha256 {
+    let read = started.elapsed();
+    if crc32fast::hash(body) != header.body_crc32 {
         return Err(damaged("checksum mismatch".into()));
     }
-    postcard::from_bytes(body).map_err(|e| damaged(e.to_string()))
+    let checked = started.elapsed();
+    let data = postcard::from_bytes(body).map_err(|e| damaged(e.to_string()))?;
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    tracing::info!(
+        size_mb = bytes.len() >> 20,
+        read_ms = ms(read),
+        check_ms = ms(checked - read),
+        decode_ms = ms(started.elapsed() - checked),
+        "segment index file read"
+    );
+    Ok(data)
 }
 
 /// Saves `data` at `path` stamped `stamp`: written to a temporary file
@@ -141,7 +155,7 @@ pub fn write(path: &Path, data: &Data, stamp: Stamp) -> Result<u64, PersistError
     let header = Header {
         stamp,
         body_len: body.len() as u64,
-        body_sha256: Sha256::digest(&body).into(),
+        body_crc32: crc32fast::hash(&body),
     };
     let head = postcard::to_allocvec(&header).map_err(|e| PersistError::Damaged {
         path: path.into(),
