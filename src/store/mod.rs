@@ -1607,12 +1607,15 @@ pub struct WriteTables<'t> {
 
 impl<'t> WriteTables<'t> {
     /// Says that this job's writes need not reach the disk before its
-    /// caller is answered: nobody outside is told of them yet (an import
-    /// batch before the import's last; the last one, and the import's
-    /// outcome, are synced). When every job of a transaction says so, the
-    /// writer commits it without syncing ([`MAX_UNSYNCED`]); the next synced
-    /// commit makes it durable. After a crash the store is as of the last
-    /// synced commit, consistent, and the import resumes from there.
+    /// caller is answered: nothing has been acknowledged on them yet (an
+    /// import batch before the import's last; the last one, and the
+    /// import's outcome, are synced). When every job of a transaction says
+    /// so, the writer commits it without syncing ([`MAX_UNSYNCED`]); the
+    /// next synced commit makes it durable. Readers see such a commit at
+    /// once (the import's progress counts it), so a crash before the next
+    /// sync rolls a running import's progress back with its rows: the store
+    /// is as of the last synced commit, consistent, and the import resumes
+    /// from there.
     pub fn sync_later(&mut self) {
         self.sync_later += 1;
     }
