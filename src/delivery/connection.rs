@@ -17,7 +17,8 @@
 //!    unless another connection to it has a working session.
 //! 4. Job after job: re-reads the record and body, sends the recipients
 //!    still pending, records the outcome ([`super::outcome::finish_job`])
-//!    before taking the next job; up to `messages_per_connection`, waiting
+//!    while it transfers the next message, whose final dot waits for that
+//!    record (see [`send_jobs`]); up to `messages_per_connection`, waiting
 //!    at most [`LINGER`] for more and closing rather than idling more than
 //!    [`MAX_RATE_WAIT`] for a rate slot.
 //!
@@ -122,18 +123,23 @@ impl Link {
         }
     }
 
-    /// One transaction: `Err` when the link is no longer usable.
+    /// One transaction: `Err` when the link is no longer usable. `gate`:
+    /// see [`Session::send`]; a capture waits for it before writing.
     async fn send(
         &mut self,
         sender: &str,
         j: &Job,
         body: Vec<u8>,
+        gate: &mut smtp::Gate,
     ) -> Result<Vec<smtp::RcptResult>, Reply> {
         let rcpts: Vec<&str> = j.rcpts.iter().map(|(_, a)| a.as_str()).collect();
         let dir = match self {
-            Link::Smtp(session) => return session.send(&j.return_path, &rcpts, &body).await,
+            Link::Smtp(session) => {
+                return session.send(&j.return_path, &rcpts, &body, gate).await;
+            }
             Link::Capture(dir) => dir.clone(),
         };
+        smtp::open(gate).await;
         let env = super::capture::Envelope {
             queue_id: j.msg,
             sender: sender.to_string(),
@@ -251,12 +257,16 @@ async fn open(
     Err(Unreachable::Servers(last_error))
 }
 
-/// Sends `first` and then the destination's next jobs over `session`, each
-/// outcome recorded before the next job is taken. Returns whether the
-/// session is still usable (worth a QUIT).
+/// Sends `first` and then the destination's next jobs over `session`.
+/// Each outcome is recorded while the next message is transferred, and
+/// that message's final dot waits for the record ([`Session::send`]): at
+/// most one message per connection is accepted by the server and not yet
+/// recorded, the bound a `kill -9` can send twice, as when each outcome was
+/// awaited before the next job. Returns whether the session is still usable
+/// (worth a QUIT).
 async fn send_jobs(
     inner: &Arc<Inner>,
-    config: &Config,
+    config: &Arc<Config>,
     sender: &Sender,
     lane: &Lane,
     session: &mut Link,
@@ -272,6 +282,8 @@ async fn send_jobs(
     let host = session.host();
     let mut job = Some(first);
     let mut sent = 0usize;
+    // The previous message's outcome, being recorded.
+    let mut recording: smtp::Gate = None;
     while let Some(j) = job.take() {
         if !session.fits(inner.config.get().delivery.capture.as_ref()) {
             // A reload switched capture on or off: this link no longer
@@ -286,20 +298,20 @@ async fn send_jobs(
                 continue;
             }
             Loaded::Failed(j, text) => {
+                smtp::open(&mut recording).await;
                 finish_job(inner, config, j, None, |_| Outcome::Temporary(text.clone())).await;
                 return true;
             }
         };
-        let result = session.send(&sender.id, &j, body).await;
+        let result = session.send(&sender.id, &j, body, &mut recording).await;
+        // A send that ended before its data did not wait.
+        smtp::open(&mut recording).await;
         sent += 1;
         match result {
             Ok(results) => {
                 let (failed, delivered) = replies_of(&results);
                 observe(inner, lane, &failed, delivered);
-                finish_job(inner, config, j, Some(&host), |i| {
-                    Outcome::of_rcpt(results.get(i))
-                })
-                .await;
+                recording = Some(record(inner, config, j, &host, results));
             }
             Err(reply) => {
                 observe(inner, lane, &[reply.text.as_str()], false);
@@ -342,7 +354,33 @@ async fn send_jobs(
             None => job = Some(j),
         }
     }
+    smtp::open(&mut recording).await;
     true
+}
+
+/// Records a transaction's outcome on a task of its own, so that the
+/// connection can transfer its next message meanwhile; the returned gate
+/// is ready once the outcome is committed.
+fn record(
+    inner: &Arc<Inner>,
+    config: &Arc<Config>,
+    j: Job,
+    host: &str,
+    results: Vec<smtp::RcptResult>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let (inner, config, host) = (inner.clone(), config.clone(), host.to_string());
+    let msg = j.msg;
+    let task = tokio::spawn(async move {
+        finish_job(&inner, &config, j, Some(&host), |i| {
+            Outcome::of_rcpt(results.get(i))
+        })
+        .await;
+    });
+    Box::pin(async move {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, msg, "recording a delivery outcome failed");
+        }
+    })
 }
 
 /// A job ready to send, or why not.

@@ -40,6 +40,20 @@ pub fn dot_stuffed(body: &[u8]) -> Vec<u8> {
 
 use crate::config::Secret;
 
+/// The end of a message's data after its last line end (RFC 5321 §4.1.1.4).
+const DOT: &[u8] = b".\r\n";
+
+/// What a message's final dot waits for: the previous message's outcome
+/// being recorded ([`Session::send`]). `None`: nothing to wait for.
+pub type Gate = Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
+/// Waits for `gate` and empties it.
+pub async fn open(gate: &mut Gate) {
+    if let Some(g) = gate.take() {
+        g.await;
+    }
+}
+
 /// The stream under a session: plain TCP or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -441,11 +455,18 @@ impl Session {
 
     /// Sends one message to `rcpts`. `Err` means the connection is no longer
     /// usable; every recipient not yet delivered is then to be retried.
+    ///
+    /// `gate` (the previous message's outcome being recorded) is awaited
+    /// after the message data is written and before its final dot: the
+    /// transfer overlaps the record's commit, and the server accepts this
+    /// message only once the previous one is recorded. A send that ends
+    /// before its data leaves `gate` to the caller.
     pub async fn send(
         &mut self,
         from: &str,
         rcpts: &[&str],
         message: &[u8],
+        gate: &mut Gate,
     ) -> Result<Vec<RcptResult>, Reply> {
         if self.dirty {
             self.client
@@ -525,9 +546,23 @@ impl Session {
         // The terminating CRLF.CRLF supplies the message's last line end.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
         let data = dot_stuffed(body);
-        let final_reply = tokio::time::timeout(self.client.timeout, async {
+        let (text, dot) = data.split_at(data.len().saturating_sub(DOT.len()));
+        let timeout = self.client.timeout;
+        tokio::time::timeout(timeout, async {
             use tokio::io::AsyncWriteExt as _;
-            self.client.stream.write_all(&data).await?;
+            self.client.stream.write_all(text).await?;
+            self.client.stream.flush().await
+        })
+        .await
+        .map_err(|_| Reply::local("timed out sending the message data"))?
+        .map_err(|e| {
+            let e = mail_send::Error::Io(e);
+            describe_at(&e, &self.closed, "during DATA (sending the message data)")
+        })?;
+        open(gate).await;
+        let final_reply = tokio::time::timeout(timeout, async {
+            use tokio::io::AsyncWriteExt as _;
+            self.client.stream.write_all(dot).await?;
             self.client.stream.flush().await?;
             self.client.read().await
         })
@@ -691,7 +726,101 @@ pub fn relay_connector(ca_certs: &[Vec<u8>]) -> Result<TlsConnector, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::dot_stuffed;
+    use super::{Gate, RcptResult, Session, Target, TlsMode, dot_stuffed, relay_connector};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+
+    /// A minimal SMTP server for one session: PIPELINING, every command
+    /// accepted; what it receives is appended to `seen`.
+    async fn serve_one(listener: tokio::net::TcpListener, seen: Arc<Mutex<Vec<u8>>>) {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (r, mut w) = stream.into_split();
+        let mut r = BufReader::new(r);
+        let _ = w.write_all(b"220 test ESMTP\r\n").await;
+        let mut in_data = false;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            seen.lock().unwrap().extend_from_slice(&line);
+            let reply: &[u8] = if in_data {
+                if line != b".\r\n" {
+                    continue;
+                }
+                in_data = false;
+                b"250 2.0.0 queued\r\n"
+            } else if line.starts_with(b"EHLO") {
+                b"250-test\r\n250 PIPELINING\r\n"
+            } else if line.starts_with(b"DATA") {
+                in_data = true;
+                b"354 go on\r\n"
+            } else if line.starts_with(b"QUIT") {
+                b"221 bye\r\n"
+            } else {
+                b"250 2.1.0 ok\r\n"
+            };
+            let _ = w.write_all(reply).await;
+        }
+    }
+
+    /// The final dot of a message waits for its gate (the previous
+    /// message's outcome being recorded): the data is on the server before,
+    /// the end of the data only after the gate opens.
+    #[tokio::test]
+    async fn the_final_dot_waits_for_the_gate() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let server = tokio::spawn(serve_one(listener, seen.clone()));
+        let target = Target {
+            addr,
+            host: "test".into(),
+            helo: "client.test".into(),
+            tls: TlsMode::Off,
+            auth: None,
+            connector: relay_connector(&[]).unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            source: None,
+            tls_required_by: None,
+        };
+        let mut session = Session::connect(&target).await.unwrap();
+        let (open, opened) = tokio::sync::oneshot::channel::<()>();
+        let mut gate: Gate = Some(Box::pin(async move {
+            let _ = opened.await;
+        }));
+        let message = b"Subject: t\r\n\r\nthe body line\r\n";
+        let check = async {
+            let has = |s: &Mutex<Vec<u8>>, needle: &[u8]| {
+                memchr::memmem::find(&s.lock().unwrap(), needle).is_some()
+            };
+            while !has(&seen, b"the body line\r\n") {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Time for a client that does not wait to send its dot.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let ended_early = has(&seen, b"\r\n.\r\n");
+            let _ = open.send(());
+            ended_early
+        };
+        let (sent, ended_early) = tokio::join!(
+            session.send("a@client.test", &["b@test"], message, &mut gate),
+            check
+        );
+        assert!(!ended_early, "the data ended before the gate opened");
+        assert!(gate.is_none(), "the gate was not taken");
+        let results = sent.unwrap();
+        assert!(matches!(results.as_slice(), [RcptResult::Delivered(_)]));
+        assert!(memchr::memmem::find(&seen.lock().unwrap(), b"the body line\r\n.\r\n").is_some());
+        session.quit().await;
+        server.await.unwrap();
+    }
 
     #[test]
     fn dots_at_line_starts_are_doubled() {
