@@ -139,7 +139,7 @@ impl Link {
             }
             Link::Capture(dir) => dir.clone(),
         };
-        smtp::open(gate).await;
+        smtp::pass(gate).await;
         let env = super::capture::Envelope {
             queue_id: j.msg,
             sender: sender.to_string(),
@@ -298,14 +298,14 @@ async fn send_jobs(
                 continue;
             }
             Loaded::Failed(j, text) => {
-                smtp::open(&mut recording).await;
+                smtp::pass(&mut recording).await;
                 finish_job(inner, config, j, None, |_| Outcome::Temporary(text.clone())).await;
                 return true;
             }
         };
         let result = session.send(&sender.id, &j, body, &mut recording).await;
         // A send that ended before its data did not wait.
-        smtp::open(&mut recording).await;
+        smtp::pass(&mut recording).await;
         sent += 1;
         match result {
             Ok(results) => {
@@ -354,7 +354,7 @@ async fn send_jobs(
             None => job = Some(j),
         }
     }
-    smtp::open(&mut recording).await;
+    smtp::pass(&mut recording).await;
     true
 }
 
@@ -367,7 +367,7 @@ fn record(
     j: Job,
     host: &str,
     results: Vec<smtp::RcptResult>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+) -> smtp::Pending {
     let (inner, config, host) = (inner.clone(), config.clone(), host.to_string());
     let msg = j.msg;
     let task = tokio::spawn(async move {

@@ -43,12 +43,15 @@ use crate::config::Secret;
 /// The end of a message's data after its last line end (RFC 5321 §4.1.1.4).
 const DOT: &[u8] = b".\r\n";
 
+/// A record being committed: ready once it is.
+pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// What a message's final dot waits for: the previous message's outcome
 /// being recorded ([`Session::send`]). `None`: nothing to wait for.
-pub type Gate = Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+pub type Gate = Option<Pending>;
 
-/// Waits for `gate` and empties it.
-pub async fn open(gate: &mut Gate) {
+/// Waits for `gate` to open and empties it.
+pub async fn pass(gate: &mut Gate) {
     if let Some(g) = gate.take() {
         g.await;
     }
@@ -559,7 +562,7 @@ impl Session {
             let e = mail_send::Error::Io(e);
             describe_at(&e, &self.closed, "during DATA (sending the message data)")
         })?;
-        open(gate).await;
+        pass(gate).await;
         let final_reply = tokio::time::timeout(timeout, async {
             use tokio::io::AsyncWriteExt as _;
             self.client.stream.write_all(dot).await?;
@@ -748,7 +751,7 @@ mod tests {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-            seen.lock().unwrap().extend_from_slice(&line);
+            locked(&seen).extend_from_slice(&line);
             let reply: &[u8] = if in_data {
                 if line != b".\r\n" {
                     continue;
@@ -773,9 +776,9 @@ mod tests {
     /// message's outcome being recorded): the data is on the server before,
     /// the end of the data only after the gate opens.
     #[tokio::test]
-    async fn the_final_dot_waits_for_the_gate() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    async fn the_final_dot_waits_for_the_gate() -> Result<(), Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let server = tokio::spawn(serve_one(listener, seen.clone()));
         let target = Target {
@@ -784,13 +787,13 @@ mod tests {
             helo: "client.test".into(),
             tls: TlsMode::Off,
             auth: None,
-            connector: relay_connector(&[]).unwrap(),
+            connector: relay_connector(&[])?,
             connect_timeout: Duration::from_secs(5),
             command_timeout: Duration::from_secs(5),
             source: None,
             tls_required_by: None,
         };
-        let mut session = Session::connect(&target).await.unwrap();
+        let mut session = Session::connect(&target).await.map_err(|e| e.reply.text)?;
         let (open, opened) = tokio::sync::oneshot::channel::<()>();
         let mut gate: Gate = Some(Box::pin(async move {
             let _ = opened.await;
@@ -798,7 +801,7 @@ mod tests {
         let message = b"Subject: t\r\n\r\nthe body line\r\n";
         let check = async {
             let has = |s: &Mutex<Vec<u8>>, needle: &[u8]| {
-                memchr::memmem::find(&s.lock().unwrap(), needle).is_some()
+                memchr::memmem::find(&locked(s), needle).is_some()
             };
             while !has(&seen, b"the body line\r\n") {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -815,11 +818,18 @@ mod tests {
         );
         assert!(!ended_early, "the data ended before the gate opened");
         assert!(gate.is_none(), "the gate was not taken");
-        let results = sent.unwrap();
+        let results = sent.map_err(|r| r.text)?;
         assert!(matches!(results.as_slice(), [RcptResult::Delivered(_)]));
-        assert!(memchr::memmem::find(&seen.lock().unwrap(), b"the body line\r\n.\r\n").is_some());
+        assert!(memchr::memmem::find(&locked(&seen), b"the body line\r\n.\r\n").is_some());
         session.quit().await;
-        server.await.unwrap();
+        server.await?;
+        Ok(())
+    }
+
+    /// The bytes the server saw (a panic elsewhere does not hide them).
+    fn locked(seen: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        seen.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     #[test]
