@@ -685,6 +685,57 @@ fn queue_status_retry_and_purge_over_api_and_cli() {
     assert_eq!(h.post_json("/api/v1/queue/retry", json!({})).status, 400);
 }
 
+/// A journal file left over (as by a `kill -9` after the journal's sync and
+/// before the store's): at the next start its outcome is recorded before the
+/// scheduler loads the queue, so the message is not sent again, and the
+/// file is deleted. A torn frame after it (an append the kill cut short) is
+/// ignored.
+#[test]
+fn an_outcome_left_in_the_journal_is_recorded_at_start_and_not_sent_again() {
+    let dns = dns();
+    let port = common::peers::free_port();
+    let mut s = start(&dns, port, "retry_schedule = [\"1h\"]", "");
+    let id = send(&s.herald, &["alice@implicit.test"], "journaled");
+    s.herald.wait_message(id, Duration::from_secs(20), |m| {
+        m["recipients"][0]["state"] == "deferred"
+    });
+    assert_eq!(s.herald.stop(), Some(0), "{}", s.herald.log());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let entry = json!({"msg": id, "now": now, "host": "mx.implicit.test",
+        "outcomes": [[0, {"delivered": "250 2.0.0 queued as J1"}]], "warm": null});
+    let body = serde_json::to_vec(&entry).unwrap();
+    let mut file = Vec::new();
+    file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    file.extend_from_slice(&body);
+    file.extend_from_slice(&[7, 0, 0, 0, 1, 2]); // torn
+    let journal = s.herald.dir.path().join("data/journal");
+    let left = journal.join("outcomes-0000000999.log");
+    std::fs::write(&left, &file).unwrap();
+    let sink = Sink::start_on(port, &[]);
+    s.herald.start_again();
+    let m = s.herald.wait_message(id, Duration::from_secs(20), finished);
+    assert_eq!(states(&m), ["delivered"]);
+    assert_eq!(m["recipients"][0]["reply"], "250 2.0.0 queued as J1", "{m}");
+    assert_eq!(m["recipients"][0]["attempts"], 2, "{m}");
+    // Asked to retry the domain, there is nothing left to send.
+    s.herald
+        .post_json("/api/v1/queue/retry", json!({"domain": "implicit.test"}));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.received(), 0);
+    assert!(!left.exists(), "the replayed file is deleted");
+    assert!(
+        s.herald
+            .log()
+            .contains("outcome journal: a torn or damaged frame"),
+        "{}",
+        s.herald.log()
+    );
+}
+
 #[test]
 fn queued_mail_survives_a_restart_and_is_delivered_after_it() {
     let dns = dns();

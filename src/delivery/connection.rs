@@ -32,7 +32,7 @@ use super::engine::{Inner, lock};
 use super::model::BounceClass;
 use super::mta_sts::{Applied, Mode};
 use super::mx::{MxError, MxHost};
-use super::outcome::{Outcome, finish_job};
+use super::outcome::{Outcome, finish_job, finish_job_journaled};
 use super::scheduler::{
     DestKey, Job, Lane, defer_orphans, drain_jobs, forget_rcpts, give_back_slot, none_live,
     observe, pop_job, release_jobs, reserve_slot, set_live, should_close, starved, unpop_job,
@@ -259,11 +259,13 @@ async fn open(
 
 /// Sends `first` and then the destination's next jobs over `session`.
 /// Each outcome is recorded while the next message is transferred, and
-/// that message's final dot waits for the record ([`Session::send`]): at
-/// most one message per connection is accepted by the server and not yet
+/// that message's final dot waits until the outcome is durable (in the
+/// outcome journal, [`super::journal`]; [`Session::send`]): at most one
+/// message per connection is accepted by the server and not yet durably
 /// recorded, the bound a `kill -9` can send twice, as when each outcome was
 /// awaited before the next job. Returns whether the session is still usable
-/// (worth a QUIT).
+/// (worth a QUIT), once every outcome it recorded is committed to the
+/// store (the connection's shutdown guard covers those commits).
 async fn send_jobs(
     inner: &Arc<Inner>,
     config: &Arc<Config>,
@@ -271,6 +273,26 @@ async fn send_jobs(
     lane: &Lane,
     session: &mut Link,
     first: Job,
+) -> bool {
+    let mut records = Vec::new();
+    let usable = send_loop(inner, config, sender, lane, session, first, &mut records).await;
+    for r in records {
+        if let Err(e) = r.await {
+            tracing::error!(error = %e, "recording a delivery outcome failed");
+        }
+    }
+    usable
+}
+
+/// [`send_jobs`]'s loop; the tasks recording its outcomes go to `records`.
+async fn send_loop(
+    inner: &Arc<Inner>,
+    config: &Arc<Config>,
+    sender: &Sender,
+    lane: &Lane,
+    session: &mut Link,
+    first: Job,
+    records: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> bool {
     let key = &lane.dest;
     let per_connection = lane
@@ -311,7 +333,10 @@ async fn send_jobs(
             Ok(results) => {
                 let (failed, delivered) = replies_of(&results);
                 observe(inner, lane, &failed, delivered);
-                recording = Some(record(inner, config, j, &host, results));
+                records.retain(|r| !r.is_finished());
+                let (gate, task) = record(inner, config, j, &host, results);
+                records.push(task);
+                recording = Some(gate);
             }
             Err(reply) => {
                 observe(inner, lane, &[reply.text.as_str()], false);
@@ -360,27 +385,34 @@ async fn send_jobs(
 
 /// Records a transaction's outcome on a task of its own, so that the
 /// connection can transfer its next message meanwhile; the returned gate
-/// is ready once the outcome is committed.
+/// is ready once the outcome is durable, the task ends once the store has
+/// committed it.
 fn record(
     inner: &Arc<Inner>,
     config: &Arc<Config>,
     j: Job,
     host: &str,
     results: Vec<smtp::RcptResult>,
-) -> smtp::Pending {
+) -> (smtp::Pending, tokio::task::JoinHandle<()>) {
     let (inner, config, host) = (inner.clone(), config.clone(), host.to_string());
-    let msg = j.msg;
+    let (durable, is_durable) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        finish_job(&inner, &config, j, Some(&host), |i| {
-            Outcome::of_rcpt(results.get(i))
-        })
+        finish_job_journaled(
+            &inner,
+            &config,
+            j,
+            Some(&host),
+            |i| Outcome::of_rcpt(results.get(i)),
+            durable,
+        )
         .await;
     });
-    Box::pin(async move {
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, msg, "recording a delivery outcome failed");
-        }
-    })
+    // A task that ended without saying so (the store closed, or a panic,
+    // which `send_jobs` logs) opens the gate too.
+    let gate = Box::pin(async move {
+        let _ = is_durable.await;
+    });
+    (gate, task)
 }
 
 /// A job ready to send, or why not.

@@ -51,6 +51,11 @@ pub(super) type RelayTlsKey = (String, Vec<Vec<u8>>);
 pub(super) struct Inner {
     /// Queue records, bodies and outcomes.
     pub(super) store: Store,
+    /// Where outcomes are made durable before the store commits them.
+    pub(super) journal: super::journal::Journal,
+    /// The journal's files left over from the last run, recorded by
+    /// [`Engine::run`] before the scheduler starts.
+    journal_left: Mutex<Vec<std::path::PathBuf>>,
     /// The running configuration (senders, limits, retry schedule); read
     /// afresh by each fill and each connection, so a reload takes effect.
     pub(super) config: Arc<Current>,
@@ -153,6 +158,8 @@ impl Engine {
             clock.clone(),
             metrics.mta_sts_failures.clone(),
         );
+        let (journal, journal_left) = super::journal::Journal::open(&c.storage.dir, store.clone())
+            .map_err(|e| e.to_string())?;
         let outcome = |o: &'static str| {
             metrics
                 .delivery
@@ -162,6 +169,8 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 store,
+                journal,
+                journal_left: Mutex::new(journal_left),
                 config,
                 clock,
                 mx,
@@ -270,6 +279,8 @@ impl Engine {
         let guard = self.inner.activity.guard("delivery scheduler");
         let inner = self.inner;
         async move {
+            let left = std::mem::take(&mut *lock(&inner.journal_left));
+            super::outcome::replay_journal(&inner, left).await;
             super::scheduler::run(inner).await;
             drop(guard);
         }

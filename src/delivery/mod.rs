@@ -7,7 +7,8 @@
 //!   destination, connection limits), connection tasks (`connection.rs`:
 //!   MX lookup ([`mx`]), SMTP ([`smtp`]), job after job) and [`outcome`]
 //!   (recording outcomes, retries, bounce classification ([`bounce`]),
-//!   consent at delivery, erasure, admin retry and purge).
+//!   consent at delivery, erasure, admin retry and purge); [`journal`]
+//!   makes a connection's outcomes durable before the store commits them.
 //! - [`mta_sts`]: MTA-STS (RFC 8461) policies of destination domains: look-up,
 //!   fetch, cache; `connection.rs` applies them to the MX hosts.
 //! - [`capture`]: the capture outbox (`[delivery] capture`): finished
@@ -18,6 +19,7 @@ pub mod capture;
 mod connection;
 pub mod dkim;
 pub mod engine;
+pub mod journal;
 pub mod model;
 pub mod mta_sts;
 pub mod mx;

@@ -26,6 +26,7 @@ use super::bounce;
 use super::engine::{Inner, now_ms};
 use super::model::{BounceClass, MailKind, NotSent, QueuedMessage, RcptState, Recipient};
 use super::scheduler::{Job, release_jobs};
+use super::shaping::WarmUse;
 use super::smtp::RcptResult;
 use crate::config::Config;
 use crate::config::delivery::DeliveryConfig;
@@ -39,7 +40,8 @@ use crate::store::{StoreError, WriteTables};
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
 /// What happened to one recipient in one attempt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// 250 after DATA.
     Delivered(String),
@@ -245,27 +247,39 @@ pub(super) async fn finish_job(
     host: Option<&str>,
     outcome_of: impl Fn(usize) -> Outcome,
 ) {
+    record_job(inner, config, job, host, outcome_of, None).await
+}
+
+/// [`finish_job`] through the outcome journal ([`super::journal`]): the
+/// outcome is appended to the journal, `durable` is told once it is synced
+/// there, and the store commits it without a sync of its own. Should the
+/// journal fail, the store's commit is synced and `durable` told after it.
+pub(super) async fn finish_job_journaled(
+    inner: &Arc<Inner>,
+    config: &Config,
+    job: Job,
+    host: Option<&str>,
+    outcome_of: impl Fn(usize) -> Outcome,
+    durable: tokio::sync::oneshot::Sender<()>,
+) {
+    record_job(inner, config, job, host, outcome_of, Some(durable)).await
+}
+
+async fn record_job(
+    inner: &Arc<Inner>,
+    config: &Config,
+    job: Job,
+    host: Option<&str>,
+    outcome_of: impl Fn(usize) -> Outcome,
+    mut durable: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     let outcomes: Vec<(usize, Outcome)> = job
         .rcpts
         .iter()
         .enumerate()
         .map(|(i, (idx, _))| (*idx, outcome_of(i)))
         .collect();
-    for (_, o) in &outcomes {
-        match o {
-            Outcome::Delivered(_) => inner.delivered.inc(),
-            Outcome::Temporary(_) => inner.deferred.inc(),
-            Outcome::Permanent(_, class) => {
-                inner
-                    .bounces
-                    .get_or_create(&crate::metrics::BounceLabels {
-                        class: class.as_str(),
-                    })
-                    .inc();
-                inner.failed.inc()
-            }
-        };
-    }
+    count_metrics(inner, &outcomes);
     let now = now_ms(&inner.clock);
     let policy = RetryPolicy::of(&config.delivery);
     let id = job.msg;
@@ -284,6 +298,32 @@ pub(super) async fn finish_job(
         super::scheduler::warm_give_back(inner, &mut job, deferred as u64);
     }
     let warm = job.warm.clone().filter(|u| u.n > 0);
+    // Held until the store has committed the outcome: its journal file is
+    // kept until then.
+    let ticket = match durable.take() {
+        Some(tell) => {
+            let entry = super::journal::Entry {
+                msg: id,
+                now,
+                host: host.clone(),
+                outcomes: outcomes.clone(),
+                warm: warm.clone(),
+            };
+            match inner.journal.append(&entry).await {
+                Ok(t) => {
+                    let _ = tell.send(());
+                    Some(t)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, msg = id, "outcome not journaled; the store syncs it");
+                    durable = Some(tell);
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let journaled = ticket.is_some();
     // The job stays in the active set until its outcome is committed: were
     // it released after a failed write, the next fill would load the
     // message again and send a delivered recipient a second time.
@@ -294,13 +334,11 @@ pub(super) async fn finish_job(
         let written = inner
             .store
             .write(move |t| {
-                record_outcomes(t, id, &outcomes2, host2.as_deref(), now, &policy2)?;
-                if let Some(u) = &warm2 {
-                    for scope in &u.scopes {
-                        t.add_warmup_used(&u.sender, scope, u.period, u.n)?;
-                    }
+                if journaled {
+                    t.sync_later();
                 }
-                Ok(())
+                record_outcomes(t, id, &outcomes2, host2.as_deref(), now, &policy2)?;
+                add_warm_use(t, warm2.as_ref())
             })
             .await;
         match written {
@@ -310,9 +348,13 @@ pub(super) async fn finish_job(
                         .store
                         .report_loop("delivery outcomes", &Ok::<(), String>(()));
                 }
+                if let Some(tell) = durable.take() {
+                    let _ = tell.send(());
+                }
                 inner.outcomes_recorded.notify_one();
                 break;
             }
+            // Journaled, it is recorded at the next start.
             Err(StoreError::Closed) => return,
             Err(e) => {
                 inner
@@ -324,6 +366,7 @@ pub(super) async fn finish_job(
             }
         }
     }
+    drop(ticket);
     release_jobs(inner, std::slice::from_ref(&job));
     for (i, o) in &outcomes {
         match o {
@@ -334,6 +377,112 @@ pub(super) async fn finish_job(
             }
         }
     }
+}
+
+/// Counts outcomes in the delivery metrics.
+fn count_metrics(inner: &Inner, outcomes: &[(usize, Outcome)]) {
+    for (_, o) in outcomes {
+        match o {
+            Outcome::Delivered(_) => inner.delivered.inc(),
+            Outcome::Temporary(_) => inner.deferred.inc(),
+            Outcome::Permanent(_, class) => {
+                inner
+                    .bounces
+                    .get_or_create(&crate::metrics::BounceLabels {
+                        class: class.as_str(),
+                    })
+                    .inc();
+                inner.failed.inc()
+            }
+        };
+    }
+}
+
+fn add_warm_use(t: &mut WriteTables<'_>, warm: Option<&WarmUse>) -> Result<(), StoreError> {
+    if let Some(u) = warm {
+        for scope in &u.scopes {
+            t.add_warmup_used(&u.sender, scope, u.period, u.n)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records the outcomes of the journal's files left over from the last run
+/// (read by [`super::journal::read`]) that the store does not hold, with a
+/// synced commit, and deletes the files. Runs before the scheduler loads
+/// the queue. A recipient holds an entry's outcome when it is no longer
+/// pending or was updated at or after the entry's time (its outcome
+/// records set `updated` to that time); so an entry the store already
+/// holds is not applied twice (a deferral would count a second attempt).
+/// On failure the files are kept for the next start.
+pub(super) async fn replay_journal(inner: &Arc<Inner>, files: Vec<std::path::PathBuf>) {
+    if files.is_empty() {
+        return;
+    }
+    let entries = match super::journal::read(&files) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the outcome journal; its outcomes are not recorded");
+            return;
+        }
+    };
+    let policy = RetryPolicy::of(&inner.config.get().delivery);
+    let total = entries.len();
+    let mut applied = 0usize;
+    for chunk in entries.chunks(CHUNK) {
+        let (chunk, policy) = (chunk.to_vec(), policy.clone());
+        match inner
+            .store
+            .write(move |t| {
+                let mut n = 0;
+                for e in &chunk {
+                    n += usize::from(replay_entry(t, e, &policy)?);
+                }
+                Ok(n)
+            })
+            .await
+        {
+            Ok(n) => applied += n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the outcome journal's outcomes; its files are kept");
+                return;
+            }
+        }
+    }
+    tracing::info!(
+        entries = total,
+        recorded = applied,
+        "outcome journal: outcomes of the last run recorded"
+    );
+    super::journal::remove(&files);
+}
+
+/// Applies one journal entry's outcomes that `t` does not hold; true when
+/// some were.
+fn replay_entry(
+    t: &mut WriteTables<'_>,
+    e: &super::journal::Entry,
+    policy: &RetryPolicy,
+) -> Result<bool, StoreError> {
+    let Some(m) = t.queued_message(e.msg)? else {
+        return Ok(false); // finished (or purged)
+    };
+    let fresh: Vec<(usize, Outcome)> = e
+        .outcomes
+        .iter()
+        .filter(|(i, _)| {
+            m.recipients
+                .get(*i)
+                .is_some_and(|r| r.state.is_pending() && r.updated.is_none_or(|u| u < e.now))
+        })
+        .cloned()
+        .collect();
+    if fresh.is_empty() {
+        return Ok(false);
+    }
+    record_outcomes(t, e.msg, &fresh, e.host.as_deref(), e.now, policy)?;
+    add_warm_use(t, e.warm.as_ref())?;
+    Ok(true)
 }
 
 /// The pending recipients of `m` that its kind of mail may no longer reach
@@ -943,6 +1092,72 @@ mod tests {
     /// The store side: states, the send's counters, the contact made
     /// `invalid` by a hard bounce only, and a finished message leaving the
     /// queue with its body.
+    /// A queued API message `id` to `recipients`, created at 0.
+    fn queued(id: u64, recipients: Vec<Recipient>, send: Option<SendRef>) -> QueuedMessage {
+        QueuedMessage {
+            id,
+            sender: "s".into(),
+            return_path: "r@example.org".into(),
+            message_id: format!("{id}@example.org"),
+            created: 0,
+            size: 4,
+            source: "api".into(),
+            recipients,
+            due: None,
+            finished: None,
+            purged: None,
+            send,
+            kind: None,
+        }
+    }
+
+    /// A journal entry is applied once: again (the store already holds it,
+    /// as after a stop before its file was deleted) it changes nothing, so a
+    /// deferral does not count a second attempt; a delivery finishes the
+    /// message once.
+    #[test]
+    fn a_journal_entry_the_store_holds_is_not_applied_again()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use super::super::journal::Entry;
+        let dir = tempfile::tempdir()?;
+        let store = crate::store::Store::open(dir.path())?;
+        store.write_wait(|t| {
+            for id in [1, 2] {
+                let rcpt = Recipient::queued(format!("u{id}@example.com"), None);
+                let mut m = queued(id, vec![rcpt], None);
+                t.put_message(&mut m, Some(b"body"))?;
+            }
+            Ok(())
+        })?;
+        let entry = |msg, now, o: Outcome| Entry {
+            msg,
+            now,
+            host: Some("mx".into()),
+            outcomes: vec![(0, o)],
+            warm: None,
+        };
+        let deferred = entry(1, 1000, Outcome::Temporary("451 later".into()));
+        let delivered = entry(2, 1000, Outcome::Delivered("250 ok".into()));
+        let later = entry(1, 2000, Outcome::Delivered("250 ok".into()));
+        let applied = store.write_wait(move |t| {
+            let p = policy();
+            let mut applied = Vec::new();
+            for e in [&deferred, &delivered, &deferred, &delivered, &later, &later] {
+                applied.push(replay_entry(t, e, &p)?);
+            }
+            Ok(applied)
+        })?;
+        // Each applied once; the later attempt of message 1 is new.
+        assert_eq!(applied, [true, true, false, false, true, false]);
+        let (one, two) = store.read_blocking(|v| Ok((v.message(1)?, v.message(2)?)))?;
+        let one = one.ok_or("message 1")?;
+        assert_eq!(one.recipients[0].state, RcptState::Delivered);
+        assert_eq!(one.recipients[0].attempts, 2, "one deferral, one delivery");
+        assert_eq!(two.ok_or("message 2")?.recipients[0].attempts, 1);
+        store.close();
+        Ok(())
+    }
+
     #[test]
     fn record_outcomes_commits_states_counts_and_invalid_contacts()
     -> Result<(), Box<dyn std::error::Error>> {
@@ -984,21 +1199,7 @@ mod tests {
                 .collect();
             let others = vec![Recipient::queued("e@example.com".into(), None)];
             for (id, recipients) in [(1, recipients), (2, others)] {
-                let mut m = QueuedMessage {
-                    id,
-                    sender: "s".into(),
-                    return_path: "r@example.org".into(),
-                    message_id: format!("{id}@example.org"),
-                    created: 0,
-                    size: 4,
-                    source: "api".into(),
-                    recipients,
-                    due: None,
-                    finished: None,
-                    purged: None,
-                    send: Some(send),
-                    kind: None,
-                };
+                let mut m = queued(id, recipients, Some(send));
                 t.put_message(&mut m, Some(b"body"))?;
             }
             Ok(())

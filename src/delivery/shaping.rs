@@ -362,7 +362,7 @@ pub(super) enum WarmRoom {
 }
 
 /// The warm-up counters a job's recipients count against.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 pub struct WarmUse {
     /// Sender id.
     pub sender: String,

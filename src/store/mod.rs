@@ -317,6 +317,11 @@ const MAX_BATCH_JOBS: usize = 512;
 /// next one is synced, and so is the last before the writer goes idle.
 const MAX_UNSYNCED: u32 = 32;
 
+/// How long the writer with unsynced commits waits for more work before it
+/// syncs them: a sync costs per page written, and a busy store's pauses
+/// (e.g. while connections wait for the outcome journal) are shorter.
+const SYNC_WHEN_IDLE_FOR: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// How long the writer waits for more jobs before committing a batch, when
 /// the store is busy.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(0);
@@ -996,18 +1001,25 @@ impl Writer {
         }
     }
 
-    /// The next piece of work; before waiting for it, a commit left
-    /// unsynced is synced (the writer never idles on one).
+    /// The next piece of work; a commit left unsynced is synced once no
+    /// work came for [`SYNC_WHEN_IDLE_FOR`] (the writer never idles on one).
     fn next_work(&mut self, rx: &mut mpsc::Receiver<Work>) -> Option<Work> {
         if self.unsynced > 0 {
-            match rx.try_recv() {
-                Ok(w) => return Some(w),
-                Err(mpsc::error::TryRecvError::Empty) => self.sync(),
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.sync();
-                    return None;
+            let until = std::time::Instant::now() + SYNC_WHEN_IDLE_FOR;
+            loop {
+                match rx.try_recv() {
+                    Ok(w) => return Some(w),
+                    Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < until => {
+                        std::thread::sleep(std::time::Duration::from_micros(100));
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.sync();
+                        return None;
+                    }
                 }
             }
+            self.sync();
         }
         rx.blocking_recv()
     }
