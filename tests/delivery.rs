@@ -1158,6 +1158,12 @@ fn sigterm_finishes_and_records_the_transaction_in_hand() {
         1,
         "the transaction in hand was finished"
     );
+    // Its outcome went through the outcome journal, whose files a clean
+    // stop deletes once the store holds them.
+    let left: Vec<_> = std::fs::read_dir(s.herald.dir.path().join("data/journal"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "journal files left: {left:?}");
 
     s.herald.restart();
     let m = s.herald.wait_message(id, Duration::from_secs(20), finished);

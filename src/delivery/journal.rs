@@ -22,7 +22,8 @@
 //! or a stop before their deletion) are read up to a torn last frame (an
 //! append the crash cut short, never acknowledged), the outcomes the store
 //! does not hold yet are recorded with a sync, and the files are deleted,
-//! all before the scheduler loads the queue.
+//! all before the scheduler loads the queue. A clean stop deletes the
+//! last file as well.
 //!
 //! A write error switches the journal off until the next start: outcomes
 //! are then committed with a sync each, as without it.
@@ -300,7 +301,15 @@ impl Appender {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if self.len > 0 => self.rotate(),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // The engine is gone (a stop): the last file goes too
+                    // once its outcomes are durable in the store, so a
+                    // clean stop leaves no file to read at the next start.
+                    let last = self.current.clone();
+                    self.retired.push(last);
+                    self.collect();
+                    return;
+                }
             }
             self.collect();
         }

@@ -426,6 +426,12 @@ pub(super) async fn replay_journal(inner: &Arc<Inner>, files: Vec<std::path::Pat
             return;
         }
     };
+    if entries.is_empty() {
+        // A clean stop leaves its last file empty or with outcomes
+        // already durable; only those with entries are worth a word.
+        super::journal::remove(&files);
+        return;
+    }
     let policy = RetryPolicy::of(&inner.config.get().delivery);
     let total = entries.len();
     let mut applied = 0usize;
