@@ -277,11 +277,31 @@ async fn send_jobs(
     let mut records = Vec::new();
     let usable = send_loop(inner, config, sender, lane, session, first, &mut records).await;
     for r in records {
-        if let Err(e) = r.await {
-            tracing::error!(error = %e, "recording a delivery outcome failed");
-        }
+        log_failed_record(r.await);
     }
     usable
+}
+
+/// Logs a record task that panicked.
+fn log_failed_record(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        tracing::error!(error = %e, "recording a delivery outcome failed");
+    }
+}
+
+/// Drops the record tasks that have ended (logging a panicked one), so a
+/// long-lived connection keeps only those still committing.
+fn reap(records: &mut Vec<tokio::task::JoinHandle<()>>) {
+    use futures_util::FutureExt;
+    records.retain_mut(
+        |r| match r.is_finished().then(|| r.now_or_never()).flatten() {
+            Some(result) => {
+                log_failed_record(result);
+                false
+            }
+            None => true,
+        },
+    );
 }
 
 /// [`send_jobs`]'s loop; the tasks recording its outcomes go to `records`.
@@ -333,7 +353,7 @@ async fn send_loop(
             Ok(results) => {
                 let (failed, delivered) = replies_of(&results);
                 observe(inner, lane, &failed, delivered);
-                records.retain(|r| !r.is_finished());
+                reap(records);
                 let (gate, task) = record(inner, config, j, &host, results);
                 records.push(task);
                 recording = Some(gate);

@@ -309,17 +309,9 @@ async fn record_job(
                 outcomes: outcomes.clone(),
                 warm: warm.clone(),
             };
-            match inner.journal.append(&entry).await {
-                Ok(t) => {
-                    let _ = tell.send(());
-                    Some(t)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, msg = id, "outcome not journaled; the store syncs it");
-                    durable = Some(tell);
-                    None
-                }
-            }
+            let (ticket, untold) = journal_outcome(inner, &entry, tell).await;
+            durable = untold;
+            ticket
         }
         None => None,
     };
@@ -375,6 +367,29 @@ async fn record_job(
             Outcome::Permanent(r, c) => {
                 tracing::info!(msg = id, rcpt = i, class = c.as_str(), reply = %r, "failed")
             }
+        }
+    }
+}
+
+/// Appends `entry` to the outcome journal and tells `tell` once it is
+/// durable there. On a journal error `tell` comes back: the store's commit
+/// is then synced, and `tell` told after it.
+async fn journal_outcome(
+    inner: &Inner,
+    entry: &super::journal::Entry,
+    tell: tokio::sync::oneshot::Sender<()>,
+) -> (
+    Option<super::journal::Ticket>,
+    Option<tokio::sync::oneshot::Sender<()>>,
+) {
+    match inner.journal.append(entry).await {
+        Ok(t) => {
+            let _ = tell.send(());
+            (Some(t), None)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, msg = entry.msg, "outcome not journaled; the store syncs it");
+            (None, Some(tell))
         }
     }
 }
