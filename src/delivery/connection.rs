@@ -17,8 +17,8 @@
 //!    unless another connection to it has a working session.
 //! 4. Job after job: re-reads the record and body, sends the recipients
 //!    still pending, records the outcome ([`super::outcome::finish_job`])
-//!    while it transfers the next message, whose final dot waits for that
-//!    record (see [`send_jobs`]); up to `messages_per_connection`, waiting
+//!    while it transfers the next message, whose final dot waits until
+//!    that outcome is durable (see [`send_jobs`]); up to `messages_per_connection`, waiting
 //!    at most [`LINGER`] for more and closing rather than idling more than
 //!    [`MAX_RATE_WAIT`] for a rate slot.
 //!

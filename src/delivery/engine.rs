@@ -51,11 +51,10 @@ pub(super) type RelayTlsKey = (String, Vec<Vec<u8>>);
 pub(super) struct Inner {
     /// Queue records, bodies and outcomes.
     pub(super) store: Store,
-    /// Where outcomes are made durable before the store commits them.
+    /// Where outcomes are made durable before the store commits them; the
+    /// files an earlier run left are recorded by [`Engine::run`] before the
+    /// scheduler starts.
     pub(super) journal: super::journal::Journal,
-    /// The journal's files left over from the last run, recorded by
-    /// [`Engine::run`] before the scheduler starts.
-    journal_left: Mutex<Vec<std::path::PathBuf>>,
     /// The running configuration (senders, limits, retry schedule); read
     /// afresh by each fill and each connection, so a reload takes effect.
     pub(super) config: Arc<Current>,
@@ -158,7 +157,7 @@ impl Engine {
             clock.clone(),
             metrics.mta_sts_failures.clone(),
         );
-        let (journal, journal_left) = super::journal::Journal::open(&c.storage.dir, store.clone())
+        let journal = super::journal::Journal::open(&c.storage.dir, store.clone())
             .map_err(|e| e.to_string())?;
         let outcome = |o: &'static str| {
             metrics
@@ -170,7 +169,6 @@ impl Engine {
             inner: Arc::new(Inner {
                 store,
                 journal,
-                journal_left: Mutex::new(journal_left),
                 config,
                 clock,
                 mx,
@@ -279,8 +277,7 @@ impl Engine {
         let guard = self.inner.activity.guard("delivery scheduler");
         let inner = self.inner;
         async move {
-            let left = std::mem::take(&mut *lock(&inner.journal_left));
-            super::outcome::replay_journal(&inner, left).await;
+            super::outcome::replay_journal(&inner).await;
             super::scheduler::run(inner).await;
             drop(guard);
         }

@@ -18,7 +18,7 @@
 //! entry`. A file is retired when it passes [`ROTATE_BYTES`] or the journal
 //! has been idle for [`IDLE`], and deleted once every outcome in it was
 //! committed to the store and a synced store commit followed. At start
-//! ([`read`], `outcome::replay_journal`) the files left over (by a crash,
+//! ([`Journal::left_over`], [`read`], `outcome::replay_journal`) the files left over (by a crash,
 //! or a stop before their deletion) are read up to a torn last frame (an
 //! append the crash cut short, never acknowledged), the outcomes the store
 //! does not hold yet are recorded with a sync, and the files are deleted,
@@ -121,25 +121,26 @@ struct Append {
 /// ends when the handle is dropped.
 pub struct Journal {
     tx: mpsc::Sender<Append>,
+    dir: PathBuf,
+    /// This run's first generation: files below it are left over.
+    first: u64,
 }
 
 impl Journal {
     /// Starts a new file after those in `storage`'s journal directory and
-    /// the appender thread; returns the files found there, oldest first,
-    /// for [`read`]. `store` gets the synced commit that lets a retired
-    /// file go.
-    pub fn open(storage: &Path, store: Store) -> Result<(Journal, Vec<PathBuf>), JournalError> {
+    /// the appender thread. `store` gets the synced commit that lets a
+    /// retired file go.
+    pub fn open(storage: &Path, store: Store) -> Result<Journal, JournalError> {
         let dir = storage.join(DIR);
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        let left = files_in(&dir)?;
-        let next = left.last().map_or(0, |(g, _)| g + 1);
-        let (file, current) = create(&dir, next)?;
+        let first = files_in(&dir)?.last().map_or(0, |(g, _)| g + 1);
+        let (file, current) = create(&dir, first)?;
         let appender = Appender {
-            dir,
+            dir: dir.clone(),
             file,
             current,
             len: 0,
-            next: next + 1,
+            next: first + 1,
             retired: Vec::new(),
             store,
             off: false,
@@ -149,7 +150,17 @@ impl Journal {
             .name("herald-journal".into())
             .spawn(move || appender.run(rx))
             .map_err(|e| io(storage, e))?;
-        Ok((Journal { tx }, left.into_iter().map(|(_, p)| p).collect()))
+        Ok(Journal { tx, dir, first })
+    }
+
+    /// The files left by earlier runs (a crash, or a stop before their
+    /// deletion), oldest first, for [`read`].
+    pub fn left_over(&self) -> Result<Vec<PathBuf>, JournalError> {
+        Ok(files_in(&self.dir)?
+            .into_iter()
+            .filter(|(g, _)| *g < self.first)
+            .map(|(_, p)| p)
+            .collect())
     }
 
     /// Appends `entry`; answers once it is durable.

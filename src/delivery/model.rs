@@ -247,6 +247,27 @@ pub struct QueuedMessage {
 }
 
 impl QueuedMessage {
+    /// For tests: an API message `id` to `recipients`, created at 0, with
+    /// a four-byte body size.
+    #[cfg(test)]
+    pub fn sample(id: u64, recipients: Vec<Recipient>, send: Option<SendRef>) -> QueuedMessage {
+        QueuedMessage {
+            id,
+            sender: "s".into(),
+            return_path: "r@example.org".into(),
+            message_id: format!("{id}@example.org"),
+            created: 0,
+            size: 4,
+            source: "api".into(),
+            recipients,
+            due: None,
+            finished: None,
+            purged: None,
+            send,
+            kind: None,
+        }
+    }
+
     /// The consent rule delivery applies: the stored kind, or for records
     /// written before it was stored, marketing for a campaign message and
     /// transactional for a template message.

@@ -271,7 +271,7 @@ async fn record_job(
     job: Job,
     host: Option<&str>,
     outcome_of: impl Fn(usize) -> Outcome,
-    mut durable: Option<tokio::sync::oneshot::Sender<()>>,
+    durable: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let outcomes: Vec<(usize, Outcome)> = job
         .rcpts
@@ -298,9 +298,10 @@ async fn record_job(
         super::scheduler::warm_give_back(inner, &mut job, deferred as u64);
     }
     let warm = job.warm.clone().filter(|u| u.n > 0);
-    // Held until the store has committed the outcome: its journal file is
-    // kept until then.
-    let ticket = match durable.take() {
+    // The ticket is held until the store has committed the outcome (its
+    // journal file is kept until then); `durable` is still to be told when
+    // the store's synced commit must make the outcome durable.
+    let (ticket, mut durable) = match durable {
         Some(tell) => {
             let entry = super::journal::Entry {
                 msg: id,
@@ -309,11 +310,9 @@ async fn record_job(
                 outcomes: outcomes.clone(),
                 warm: warm.clone(),
             };
-            let (ticket, untold) = journal_outcome(inner, &entry, tell).await;
-            durable = untold;
-            ticket
+            journal_outcome(inner, &entry, tell).await
         }
-        None => None,
+        None => (None, None),
     };
     let journaled = ticket.is_some();
     // The job stays in the active set until its outcome is committed: were
@@ -422,18 +421,23 @@ fn add_warm_use(t: &mut WriteTables<'_>, warm: Option<&WarmUse>) -> Result<(), S
     Ok(())
 }
 
-/// Records the outcomes of the journal's files left over from the last run
-/// (read by [`super::journal::read`]) that the store does not hold, with a
-/// synced commit, and deletes the files. Runs before the scheduler loads
+/// Records the outcomes of the journal's files left over from earlier runs
+/// ([`super::journal::Journal::left_over`], [`super::journal::read`]) that
+/// the store does not hold, with a synced commit, and deletes the files. Runs before the scheduler loads
 /// the queue. A recipient holds an entry's outcome when it is no longer
 /// pending or was updated at or after the entry's time (its outcome
 /// records set `updated` to that time); so an entry the store already
 /// holds is not applied twice (a deferral would count a second attempt).
 /// On failure the files are kept for the next start.
-pub(super) async fn replay_journal(inner: &Arc<Inner>, files: Vec<std::path::PathBuf>) {
-    if files.is_empty() {
-        return;
-    }
+pub(super) async fn replay_journal(inner: &Arc<Inner>) {
+    let files = match inner.journal.left_over() {
+        Ok(f) if f.is_empty() => return,
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list the outcome journal; its outcomes are not recorded");
+            return;
+        }
+    };
     let entries = match super::journal::read(&files) {
         Ok(e) => e,
         Err(e) => {
@@ -1110,28 +1114,6 @@ mod tests {
         }
     }
 
-    /// The store side: states, the send's counters, the contact made
-    /// `invalid` by a hard bounce only, and a finished message leaving the
-    /// queue with its body.
-    /// A queued API message `id` to `recipients`, created at 0.
-    fn queued(id: u64, recipients: Vec<Recipient>, send: Option<SendRef>) -> QueuedMessage {
-        QueuedMessage {
-            id,
-            sender: "s".into(),
-            return_path: "r@example.org".into(),
-            message_id: format!("{id}@example.org"),
-            created: 0,
-            size: 4,
-            source: "api".into(),
-            recipients,
-            due: None,
-            finished: None,
-            purged: None,
-            send,
-            kind: None,
-        }
-    }
-
     /// A journal entry is applied once: again (the store already holds it,
     /// as after a stop before its file was deleted) it changes nothing, so a
     /// deferral does not count a second attempt; a delivery finishes the
@@ -1145,7 +1127,7 @@ mod tests {
         store.write_wait(|t| {
             for id in [1, 2] {
                 let rcpt = Recipient::queued(format!("u{id}@example.com"), None);
-                let mut m = queued(id, vec![rcpt], None);
+                let mut m = QueuedMessage::sample(id, vec![rcpt], None);
                 t.put_message(&mut m, Some(b"body"))?;
             }
             Ok(())
@@ -1179,6 +1161,9 @@ mod tests {
         Ok(())
     }
 
+    /// The store side: states, the send's counters, the contact made
+    /// `invalid` by a hard bounce only, and a finished message leaving the
+    /// queue with its body.
     #[test]
     fn record_outcomes_commits_states_counts_and_invalid_contacts()
     -> Result<(), Box<dyn std::error::Error>> {
@@ -1220,7 +1205,7 @@ mod tests {
                 .collect();
             let others = vec![Recipient::queued("e@example.com".into(), None)];
             for (id, recipients) in [(1, recipients), (2, others)] {
-                let mut m = queued(id, recipients, Some(send));
+                let mut m = QueuedMessage::sample(id, recipients, Some(send));
                 t.put_message(&mut m, Some(b"body"))?;
             }
             Ok(())

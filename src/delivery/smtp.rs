@@ -43,11 +43,11 @@ use crate::config::Secret;
 /// The end of a message's data after its last line end (RFC 5321 §4.1.1.4).
 const DOT: &[u8] = b".\r\n";
 
-/// A record being committed: ready once it is.
+/// An outcome being recorded: ready once it is durable.
 pub type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// What a message's final dot waits for: the previous message's outcome
-/// being recorded ([`Session::send`]). `None`: nothing to wait for.
+/// being made durable ([`Session::send`]). `None`: nothing to wait for.
 pub type Gate = Option<Pending>;
 
 /// Waits for `gate` to open and empties it.
@@ -461,8 +461,8 @@ impl Session {
     ///
     /// `gate` (the previous message's outcome being recorded) is awaited
     /// after the message data is written and before its final dot: the
-    /// transfer overlaps the record's commit, and the server accepts this
-    /// message only once the previous one is recorded. A send that ends
+    /// transfer overlaps the record, and the server accepts this message
+    /// only once the previous one's outcome is durable. A send that ends
     /// before its data leaves `gate` to the caller.
     pub async fn send(
         &mut self,

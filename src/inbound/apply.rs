@@ -695,25 +695,13 @@ mod tests {
             for id in 1..=n {
                 let mut r = Recipient::queued("a@example.com".into(), Some(c.id));
                 r.state = RcptState::Delivered;
-                let mut m = QueuedMessage {
-                    id,
-                    sender: "s".into(),
-                    return_path: "r@example.org".into(),
-                    message_id: format!("{id}@example.org"),
-                    created: 0,
-                    size: 4,
-                    source: "campaign:1".into(),
-                    recipients: vec![r],
-                    due: None,
-                    finished: None,
-                    purged: None,
-                    send: Some(SendRef {
-                        kind: SendKind::Campaign,
-                        id: 1,
-                        variant: 0,
-                    }),
-                    kind: None,
+                let send = SendRef {
+                    kind: SendKind::Campaign,
+                    id: 1,
+                    variant: 0,
                 };
+                let mut m = QueuedMessage::sample(id, vec![r], Some(send));
+                m.source = "campaign:1".into();
                 t.put_message(&mut m, Some(b"body"))?;
                 t.finish_message(m, 0)?;
             }
