@@ -430,25 +430,29 @@ fn add_warm_use(t: &mut WriteTables<'_>, warm: Option<&WarmUse>) -> Result<(), S
 /// holds is not applied twice (a deferral would count a second attempt).
 /// On failure the files are kept for the next start.
 pub(super) async fn replay_journal(inner: &Arc<Inner>) {
-    let files = match inner.journal.left_over() {
-        Ok(f) if f.is_empty() => return,
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list the outcome journal; its outcomes are not recorded");
+    // File I/O: off the async runtime.
+    let me = inner.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let files = me.journal.left_over()?;
+        let entries = super::journal::read(&files)?;
+        Ok::<_, super::journal::JournalError>((files, entries))
+    })
+    .await;
+    let (files, entries) = match found {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the outcome journal; its outcomes are not recorded");
             return;
         }
-    };
-    let entries = match super::journal::read(&files) {
-        Ok(e) => e,
         Err(e) => {
-            tracing::error!(error = %e, "cannot read the outcome journal; its outcomes are not recorded");
+            tracing::error!(error = %e, "reading the outcome journal failed");
             return;
         }
     };
     if entries.is_empty() {
-        // A clean stop leaves its last file empty or with outcomes
-        // already durable; only those with entries are worth a word.
-        super::journal::remove(&files);
+        // None left, or files without a whole entry (a crash right after
+        // a file was started): nothing worth a word.
+        remove_files(files).await;
         return;
     }
     let policy = RetryPolicy::of(&inner.config.get().delivery);
@@ -479,7 +483,15 @@ pub(super) async fn replay_journal(inner: &Arc<Inner>) {
         recorded = applied,
         "outcome journal: outcomes of the last run recorded"
     );
-    super::journal::remove(&files);
+    remove_files(files).await;
+}
+
+/// Deletes journal files on a blocking thread.
+async fn remove_files(files: Vec<std::path::PathBuf>) {
+    if files.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || super::journal::remove(&files)).await;
 }
 
 /// Applies one journal entry's outcomes that `t` does not hold; true when
