@@ -61,19 +61,23 @@ pub fn decode_ids(b: &[u8]) -> Result<Vec<u64>, StoreError> {
 impl WriteTables<'_> {
     /// Stores a campaign record under `id`.
     pub fn put_campaign_record<T: Serialize>(&mut self, id: u64, c: &T) -> Result<(), StoreError> {
-        self.tables.campaigns.insert(id, to_json(c).as_slice())?;
+        self.tables
+            .campaigns
+            .open()?
+            .insert(id, to_json(c).as_slice())?;
         Ok(())
     }
 
     /// Deletes a campaign that never sent (a draft): its record only.
     pub fn delete_campaign(&mut self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.tables.campaigns.remove(id)?.is_some())
+        Ok(self.tables.campaigns.open()?.remove(id)?.is_some())
     }
 
     /// Stores a part's recipients.
     pub fn put_audience(&mut self, id: u64, part: u32, ids: &[u64]) -> Result<(), StoreError> {
         self.tables
             .campaign_audience
+            .open()?
             .insert((id, part), encode_ids(ids).as_slice())?;
         Ok(())
     }

@@ -38,24 +38,34 @@ impl WriteTables<'_> {
         let was = self.run_due(key)?;
         if was != due {
             if let Some(d) = was {
-                self.tables.auto_due.remove((d.at, flow, contact, occ))?;
+                self.tables
+                    .auto_due
+                    .open()?
+                    .remove((d.at, flow, contact, occ))?;
                 self.tables
                     .auto_flow_due
+                    .open()?
                     .remove((flow, d.step, d.at, contact, occ))?;
             }
             if let Some(d) = due {
                 self.tables
                     .auto_due
+                    .open()?
                     .insert((d.at, flow, contact, occ), ())?;
                 self.tables
                     .auto_flow_due
+                    .open()?
                     .insert((flow, d.step, d.at, contact, occ), ())?;
             }
         }
-        self.tables.auto_runs.insert(key, to_json(run).as_slice())?;
+        self.tables
+            .auto_runs
+            .open()?
+            .insert(key, to_json(run).as_slice())?;
         let w = due.map_or((u32::MAX, 0), |d| (d.step, d.at));
         self.tables
             .auto_by_contact
+            .open()?
             .insert((contact, flow, occ), w)?;
         Ok(())
     }
@@ -66,6 +76,7 @@ impl WriteTables<'_> {
         for r in self
             .tables
             .auto_by_contact
+            .read()?
             .range((contact, flow, 0)..=(contact, flow, u64::MAX))?
         {
             let (k, _) = r?;
@@ -79,34 +90,37 @@ impl WriteTables<'_> {
     pub(super) fn delete_automation_data(&mut self, contact: u64) -> Result<(), StoreError> {
         for (flow, c, occ) in self.runs_of(contact)? {
             if let Some(d) = self.run_due((flow, c, occ))? {
-                self.tables.auto_due.remove((d.at, flow, c, occ))?;
+                self.tables.auto_due.open()?.remove((d.at, flow, c, occ))?;
                 self.tables
                     .auto_flow_due
+                    .open()?
                     .remove((flow, d.step, d.at, c, occ))?;
             }
-            self.tables.auto_runs.remove((flow, c, occ))?;
-            self.tables.auto_by_contact.remove((c, flow, occ))?;
-            self.tables.auto_entries.remove((flow, c))?;
+            self.tables.auto_runs.open()?.remove((flow, c, occ))?;
+            self.tables.auto_by_contact.open()?.remove((c, flow, occ))?;
+            self.tables.auto_entries.open()?.remove((flow, c))?;
         }
         let flows: Vec<u64> = self
             .tables
             .auto_members
+            .open()?
             .iter()?
             .filter_map(|r| r.ok().map(|(k, _)| k.value()))
             .filter(|(_, c)| *c == contact)
             .map(|(f, _)| f)
             .collect();
         for f in flows {
-            self.tables.auto_members.remove((f, contact))?;
+            self.tables.auto_members.open()?.remove((f, contact))?;
         }
         let recent: Vec<i64> = self
             .tables
             .send_recent
+            .open()?
             .range((contact, i64::MIN)..=(contact, i64::MAX))?
             .map(|r| r.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()?;
         for at in recent {
-            self.tables.send_recent.remove((contact, at))?;
+            self.tables.send_recent.open()?.remove((contact, at))?;
         }
         Ok(())
     }
@@ -118,10 +132,14 @@ impl WriteTables<'_> {
         if self.run_due(key)?.is_some_and(|d| d.at == at) {
             return Ok(());
         }
-        self.tables.auto_due.remove((at, flow, contact, occ))?;
+        self.tables
+            .auto_due
+            .open()?
+            .remove((at, flow, contact, occ))?;
         let stale: Vec<u32> = self
             .tables
             .auto_flow_due
+            .open()?
             .range((flow, 0, i64::MIN, 0, 0)..=(flow, u32::MAX, i64::MAX, u64::MAX, u64::MAX))?
             .filter_map(|r| r.ok().map(|(k, _)| k.value()))
             .filter(|(_, _, a, c, o)| *a == at && *c == contact && *o == occ)
@@ -130,6 +148,7 @@ impl WriteTables<'_> {
         for step in stale {
             self.tables
                 .auto_flow_due
+                .open()?
                 .remove((flow, step, at, contact, occ))?;
         }
         Ok(())
@@ -141,6 +160,7 @@ impl WriteTables<'_> {
         for r in self
             .tables
             .auto_flow_due
+            .read()?
             .range((flow, 0, i64::MIN, 0, 0)..=(flow, u32::MAX, i64::MAX, u64::MAX, u64::MAX))?
         {
             let (k, _) = r?;
@@ -161,10 +181,10 @@ impl WriteTables<'_> {
         left: &[u64],
     ) -> Result<(), StoreError> {
         for c in joined {
-            self.tables.auto_members.insert((flow, *c), ())?;
+            self.tables.auto_members.open()?.insert((flow, *c), ())?;
         }
         for c in left {
-            self.tables.auto_members.remove((flow, *c))?;
+            self.tables.auto_members.open()?.remove((flow, *c))?;
         }
         Ok(())
     }
@@ -174,13 +194,17 @@ impl WriteTables<'_> {
         Ok(self
             .tables
             .auto_entries
+            .read()?
             .get((flow, contact))?
             .map(|v| v.value()))
     }
 
     /// Records that the contact entered the flow at `at` (ms).
     pub fn put_entered(&mut self, flow: u64, contact: u64, at: i64) -> Result<(), StoreError> {
-        self.tables.auto_entries.insert((flow, contact), at)?;
+        self.tables
+            .auto_entries
+            .open()?
+            .insert((flow, contact), at)?;
         Ok(())
     }
 
@@ -205,13 +229,16 @@ impl WriteTables<'_> {
 
     /// Stores a flow record (JSON of the caller's type) under its name.
     pub fn put_flow_record<T: Serialize>(&mut self, name: &str, f: &T) -> Result<(), StoreError> {
-        self.tables.auto_flows.insert(name, to_json(f).as_slice())?;
+        self.tables
+            .auto_flows
+            .open()?
+            .insert(name, to_json(f).as_slice())?;
         Ok(())
     }
 
     /// Deletes a flow record; false if there was none.
     pub fn delete_flow_record(&mut self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.tables.auto_flows.remove(name)?.is_some())
+        Ok(self.tables.auto_flows.open()?.remove(name)?.is_some())
     }
 
     /// Marketing messages queued for `contact` since `since` (ms), and the
@@ -224,17 +251,19 @@ impl WriteTables<'_> {
         let old: Vec<i64> = self
             .tables
             .send_recent
+            .open()?
             .range((contact, i64::MIN)..(contact, since))?
             .map(|r| r.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()?;
         for at in old {
-            self.tables.send_recent.remove((contact, at))?;
+            self.tables.send_recent.open()?.remove((contact, at))?;
         }
         let mut n = 0u32;
         let mut oldest = None;
         for r in self
             .tables
             .send_recent
+            .open()?
             .range((contact, since)..=(contact, i64::MAX))?
         {
             let (k, v) = r?;
@@ -249,11 +278,13 @@ impl WriteTables<'_> {
         let n = self
             .tables
             .send_recent
+            .open()?
             .get((contact, at))?
             .map(|v| v.value())
             .unwrap_or(0);
         self.tables
             .send_recent
+            .open()?
             .insert((contact, at), n.saturating_add(1))?;
         Ok(())
     }

@@ -285,7 +285,7 @@ impl WriteTables<'_> {
     /// Whether a contact exists (ids are never reused: `false` means it was
     /// erased, or never was).
     pub fn contact_exists(&self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.deferred_contact(id).is_some() || self.tables.contacts.get(id)?.is_some())
+        Ok(self.deferred_contact(id).is_some() || self.tables.contacts.read()?.get(id)?.is_some())
     }
 
     /// Writes a contact and keeps every index and count in step with `before`,
@@ -320,12 +320,13 @@ impl WriteTables<'_> {
         let old = self
             .tables
             .contact_by_email
+            .open()?
             .insert(key, id)?
             .map(|g| g.value());
         let Some(old) = old else {
             return Ok(AddressClaim::New(id));
         };
-        self.tables.contact_by_email.insert(key, old)?;
+        self.tables.contact_by_email.open()?.insert(key, old)?;
         self.release_id(id)?;
         Ok(AddressClaim::Known(old))
     }
@@ -333,7 +334,7 @@ impl WriteTables<'_> {
     /// Gives back a [`AddressClaim::New`] that did not become a contact
     /// (its row was refused).
     pub fn release_address(&mut self, key: &str, id: u64) -> Result<(), StoreError> {
-        self.tables.contact_by_email.remove(key)?;
+        self.tables.contact_by_email.open()?.remove(key)?;
         self.release_id(id)
     }
 
@@ -362,7 +363,10 @@ impl WriteTables<'_> {
         match before {
             None => {
                 if indexed == Indexed::Not {
-                    self.tables.contact_by_email.insert(key.as_str(), c.id)?;
+                    self.tables
+                        .contact_by_email
+                        .open()?
+                        .insert(key.as_str(), c.id)?;
                 }
                 self.consent_entry(c.consent.code(), c.id, true)?;
                 self.bump(consent_count_key(c.consent), 1)?;
@@ -371,8 +375,14 @@ impl WriteTables<'_> {
                 if b.email != c.email {
                     let old_key = b.email.to_lowercase();
                     if old_key != key {
-                        self.tables.contact_by_email.remove(old_key.as_str())?;
-                        self.tables.contact_by_email.insert(key.as_str(), c.id)?;
+                        self.tables
+                            .contact_by_email
+                            .open()?
+                            .remove(old_key.as_str())?;
+                        self.tables
+                            .contact_by_email
+                            .open()?
+                            .insert(key.as_str(), c.id)?;
                     }
                 }
                 if b.consent != c.consent {
@@ -386,11 +396,12 @@ impl WriteTables<'_> {
         let old_phone = before.and_then(|b| b.phone.as_deref());
         if old_phone != c.phone.as_deref() {
             if let Some(p) = old_phone {
-                self.tables.contact_by_phone.remove((p, c.id))?;
+                self.tables.contact_by_phone.open()?.remove((p, c.id))?;
             }
             if let Some(p) = &c.phone {
                 self.tables
                     .contact_by_phone
+                    .open()?
                     .insert((p.as_str(), c.id), ())?;
             }
         }
@@ -407,10 +418,13 @@ impl WriteTables<'_> {
             self.list_count(*l, -1)?;
         }
         for t in c.tags.difference(old_tags) {
-            self.tables.tag_members.insert((t.as_str(), c.id), ())?;
+            self.tables
+                .tag_members
+                .open()?
+                .insert((t.as_str(), c.id), ())?;
         }
         for t in old_tags.difference(&c.tags) {
-            self.tables.tag_members.remove((t.as_str(), c.id))?;
+            self.tables.tag_members.open()?.remove((t.as_str(), c.id))?;
         }
         match &mut self.deferred {
             Some(d) => {
@@ -419,6 +433,7 @@ impl WriteTables<'_> {
             None => {
                 self.tables
                     .contacts
+                    .open()?
                     .insert(c.id, encode_contact(c).as_slice())?;
             }
         }
@@ -447,23 +462,26 @@ impl WriteTables<'_> {
         self.put_contact(&gone, Some(c))?;
         self.tables
             .contact_by_email
+            .open()?
             .remove(c.email.to_lowercase().as_str())?;
         self.tables
             .contact_by_consent
+            .open()?
             .remove((c.consent.code(), c.id))?;
         self.bump(consent_count_key(c.consent), -1)?;
-        self.tables.contacts.remove(c.id)?;
+        self.tables.contacts.open()?.remove(c.id)?;
         self.delete_shop_data(c.id)?;
         self.delete_automation_data(c.id)?;
         self.note(|| Change::ContactDeleted(c.id));
         let seqs: Vec<u64> = self
             .tables
             .consent_log
+            .open()?
             .range((c.id, 0)..=(c.id, u64::MAX))?
             .map(|r| r.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()?;
         for s in seqs {
-            self.tables.consent_log.remove((c.id, s))?;
+            self.tables.consent_log.open()?.remove((c.id, s))?;
         }
         Ok(())
     }
@@ -484,6 +502,7 @@ impl WriteTables<'_> {
             None => {
                 self.tables
                     .consent_log
+                    .open()?
                     .insert((contact_id, seq), bytes.as_slice())?;
             }
         }
@@ -495,10 +514,13 @@ impl WriteTables<'_> {
         match &mut self.deferred {
             Some(d) => d.side.push(SideWrite::Consent { code, id, add }),
             None if add => {
-                self.tables.contact_by_consent.insert((code, id), ())?;
+                self.tables
+                    .contact_by_consent
+                    .open()?
+                    .insert((code, id), ())?;
             }
             None => {
-                self.tables.contact_by_consent.remove((code, id))?;
+                self.tables.contact_by_consent.open()?.remove((code, id))?;
             }
         }
         Ok(())
@@ -509,10 +531,10 @@ impl WriteTables<'_> {
         match &mut self.deferred {
             Some(d) => d.side.push(SideWrite::Member { list, id, add }),
             None if add => {
-                self.tables.list_members.insert((list, id), ())?;
+                self.tables.list_members.open()?.insert((list, id), ())?;
             }
             None => {
-                self.tables.list_members.remove((list, id))?;
+                self.tables.list_members.open()?.remove((list, id))?;
             }
         }
         Ok(())
@@ -563,6 +585,12 @@ impl WriteTables<'_> {
             consent_log,
             ..
         } = &mut self.tables;
+        let (contacts, contact_by_consent, list_members, consent_log) = (
+            contacts.open()?,
+            contact_by_consent.open()?,
+            list_members.open()?,
+            consent_log.open()?,
+        );
         let side = |c: &mut _, m: &mut _, l: &mut _| write_side(c, m, l, &d.side, &d.log_bytes);
         std::thread::scope(|s| {
             let helper = std::thread::Builder::new()
@@ -588,7 +616,7 @@ impl WriteTables<'_> {
 
     /// Whether the salted hash of this address is suppressed.
     pub fn suppression(&self, hash: &[u8]) -> Result<Option<Suppression>, StoreError> {
-        get_json(&self.tables.suppressions, "suppressions", hash)
+        get_json(self.tables.suppressions.read()?, "suppressions", hash)
     }
 
     /// Whether any address is suppressed at all (cheap; lets callers skip
@@ -602,6 +630,7 @@ impl WriteTables<'_> {
         self.any_suppressed = true;
         self.tables
             .suppressions
+            .open()?
             .insert(hash, to_json(s).as_slice())?;
         Ok(())
     }
@@ -609,7 +638,7 @@ impl WriteTables<'_> {
     /// A field definition, from a per-transaction cache (for per-row checks).
     pub fn field_cached(&mut self, name: &str) -> Result<Option<&FieldDef>, StoreError> {
         if self.field_defs.is_none() {
-            let all: Vec<FieldDef> = all_json(&self.tables.fields, "fields")?;
+            let all: Vec<FieldDef> = all_json(self.tables.fields.read()?, "fields")?;
             self.field_defs = Some(all.into_iter().map(|f| (f.name.clone(), f)).collect());
         }
         Ok(self.field_defs.as_ref().and_then(|m| m.get(name)))
@@ -622,6 +651,7 @@ impl WriteTables<'_> {
         }
         self.tables
             .fields
+            .open()?
             .insert(f.name.as_str(), to_json(f).as_slice())?;
         Ok(())
     }
@@ -629,12 +659,12 @@ impl WriteTables<'_> {
     /// Deletes a field and removes its values from every contact. Returns how
     /// many contacts had a value.
     pub fn delete_field(&mut self, name: &str) -> Result<u64, StoreError> {
-        self.tables.fields.remove(name)?;
+        self.tables.fields.open()?.remove(name)?;
         if let Some(m) = self.field_defs.as_mut() {
             m.remove(name);
         }
         let mut changed = Vec::new();
-        for r in self.tables.contacts.iter()? {
+        for r in self.tables.contacts.open()?.iter()? {
             let (k, v) = r?;
             let mut c = decode_contact(k.value(), v.value())?;
             if c.fields.remove(name).is_some() {
@@ -644,6 +674,7 @@ impl WriteTables<'_> {
         for c in &changed {
             self.tables
                 .contacts
+                .open()?
                 .insert(c.id, encode_contact(c).as_slice())?;
         }
         self.note(|| Change::FieldDeleted(name.to_string()));
@@ -652,7 +683,7 @@ impl WriteTables<'_> {
 
     /// Whether a list exists (cheaper than [`ReadTables::list`]).
     pub fn list_exists(&self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.tables.lists.get(id)?.is_some())
+        Ok(self.tables.lists.read()?.get(id)?.is_some())
     }
 
     /// Writes a list, keeping the name index in step with `old_name`.
@@ -660,16 +691,21 @@ impl WriteTables<'_> {
         if let Some(old) = old_name {
             self.tables
                 .list_by_name
+                .open()?
                 .remove(old.to_lowercase().as_str())?;
         }
         self.tables
             .list_by_name
+            .open()?
             .insert(l.name.to_lowercase().as_str(), l.id)?;
         // `l` comes from `list()`, whose member_count already includes this
         // transaction's pending changes: they are now part of the record and
         // must not be applied again by `flush`.
         self.list_deltas.remove(&l.id);
-        self.tables.lists.insert(l.id, to_json(l).as_slice())?;
+        self.tables
+            .lists
+            .open()?
+            .insert(l.id, to_json(l).as_slice())?;
         Ok(())
     }
 
@@ -678,22 +714,25 @@ impl WriteTables<'_> {
         let members: Vec<u64> = self
             .tables
             .list_members
+            .open()?
             .range((l.id, 0)..=(l.id, u64::MAX))?
             .map(|r| r.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()?;
         for id in members {
-            self.tables.list_members.remove((l.id, id))?;
+            self.tables.list_members.open()?.remove((l.id, id))?;
             if let Some(mut c) = self.contact(id)? {
                 c.lists.remove(&l.id);
                 self.tables
                     .contacts
+                    .open()?
                     .insert(c.id, encode_contact(&c).as_slice())?;
             }
         }
         self.tables
             .list_by_name
+            .open()?
             .remove(l.name.to_lowercase().as_str())?;
-        self.tables.lists.remove(l.id)?;
+        self.tables.lists.open()?.remove(l.id)?;
         self.list_deltas.remove(&l.id);
         self.note(|| Change::ListDeleted(l.id));
         Ok(())
@@ -701,7 +740,10 @@ impl WriteTables<'_> {
 
     /// Writes an import record.
     pub fn put_import(&mut self, r: &ImportRecord) -> Result<(), StoreError> {
-        self.tables.imports.insert(r.id, to_json(r).as_slice())?;
+        self.tables
+            .imports
+            .open()?
+            .insert(r.id, to_json(r).as_slice())?;
         Ok(())
     }
 
@@ -711,13 +753,14 @@ impl WriteTables<'_> {
         let lines: Vec<u64> = self
             .tables
             .import_rejects
+            .open()?
             .range((id, 0)..=(id, u64::MAX))?
             .map(|r| r.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()?;
         for l in &lines {
-            self.tables.import_rejects.remove((id, *l))?;
+            self.tables.import_rejects.open()?.remove((id, *l))?;
         }
-        self.tables.imports.remove(id)?;
+        self.tables.imports.open()?.remove(id)?;
         Ok(lines.len() as u64)
     }
 
@@ -728,7 +771,10 @@ impl WriteTables<'_> {
         line: u64,
         reason: &str,
     ) -> Result<(), StoreError> {
-        self.tables.import_rejects.insert((import, line), reason)?;
+        self.tables
+            .import_rejects
+            .open()?
+            .insert((import, line), reason)?;
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ impl WriteTables<'_> {
         low_water: Option<u64>,
         now_ms: i64,
     ) -> Result<AddedCoupons, StoreError> {
-        let mut info: PoolInfo = get_json(&self.tables.coupon_pools, "coupon_pools", pool)?
+        let mut info: PoolInfo = get_json(self.tables.coupon_pools.read()?, "coupon_pools", pool)?
             .unwrap_or(PoolInfo {
                 low_water: 0,
                 added: 0,
@@ -41,6 +41,7 @@ impl WriteTables<'_> {
             if self
                 .tables
                 .coupon_codes
+                .open()?
                 .get((pool, code.as_str()))?
                 .is_some()
             {
@@ -49,17 +50,20 @@ impl WriteTables<'_> {
             }
             self.tables
                 .coupon_codes
+                .open()?
                 .insert((pool, code.as_str()), free.as_slice())?;
             // `added` is the upload sequence: never reused, so the free
             // table keeps upload order across uploads.
             self.tables
                 .coupon_free
+                .open()?
                 .insert((pool, info.added), code.as_str())?;
             info.added += 1;
             out.added += 1;
         }
         self.tables
             .coupon_pools
+            .open()?
             .insert(pool, to_json(&info).as_slice())?;
         Ok(out)
     }
@@ -73,13 +77,14 @@ impl WriteTables<'_> {
         owner: &str,
         now_ms: i64,
     ) -> Result<Option<String>, StoreError> {
-        if let Some(code) = self.tables.coupon_owners.get((pool, owner))? {
+        if let Some(code) = self.tables.coupon_owners.open()?.get((pool, owner))? {
             return Ok(Some(code.value().to_string()));
         }
         let code = self.take_coupon(pool, owner, now_ms)?;
         if let Some(c) = &code {
             self.tables
                 .coupon_owners
+                .open()?
                 .insert((pool, owner), c.as_str())?;
         }
         Ok(code)
@@ -96,13 +101,14 @@ impl WriteTables<'_> {
         now_ms: i64,
     ) -> Result<Option<String>, StoreError> {
         let Some(mut info) =
-            get_json::<&str, PoolInfo>(&self.tables.coupon_pools, "coupon_pools", pool)?
+            get_json::<&str, PoolInfo>(self.tables.coupon_pools.read()?, "coupon_pools", pool)?
         else {
             return Ok(None);
         };
         let first = self
             .tables
             .coupon_free
+            .open()?
             .range((pool, 0u64)..=(pool, u64::MAX))?
             .next()
             .transpose()?
@@ -110,9 +116,9 @@ impl WriteTables<'_> {
         let Some((seq, code)) = first else {
             return Ok(None);
         };
-        self.tables.coupon_free.remove((pool, seq))?;
+        self.tables.coupon_free.open()?.remove((pool, seq))?;
         let state: Option<CodeState> = get_json(
-            &self.tables.coupon_codes,
+            self.tables.coupon_codes.read()?,
             "coupon_codes",
             (pool, code.as_str()),
         )?;
@@ -137,10 +143,12 @@ impl WriteTables<'_> {
         };
         self.tables
             .coupon_codes
+            .open()?
             .insert((pool, code.as_str()), to_json(&given).as_slice())?;
         info.given += 1;
         self.tables
             .coupon_pools
+            .open()?
             .insert(pool, to_json(&info).as_slice())?;
         Ok(Some(code))
     }

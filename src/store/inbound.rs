@@ -26,8 +26,11 @@ impl WriteTables<'_> {
     pub fn add_inbound(&mut self, r: &mut InboundRecord, raw: &[u8]) -> Result<u64, StoreError> {
         let id = self.next_id(Sequence::Inbound)?;
         r.id = id;
-        self.tables.inbound.insert(id, to_json(r).as_slice())?;
-        self.tables.inbound_raw.insert(id, raw)?;
+        self.tables
+            .inbound
+            .open()?
+            .insert(id, to_json(r).as_slice())?;
+        self.tables.inbound_raw.open()?.insert(id, raw)?;
         Ok(id)
     }
 
@@ -36,7 +39,7 @@ impl WriteTables<'_> {
     /// `[inbound] keep_reports`, a little at every new report.
     pub fn prune_inbound(&mut self, before: i64, n: usize) -> Result<usize, StoreError> {
         let mut old = Vec::new();
-        for r in self.tables.inbound.iter()? {
+        for r in self.tables.inbound.open()?.iter()? {
             let (k, v) = r?;
             let rec: InboundRecord = from_json("inbound", v.value())?;
             if rec.at >= before || old.len() >= n {
@@ -45,10 +48,10 @@ impl WriteTables<'_> {
             old.push((k.value(), rec.contact));
         }
         for (id, contact) in &old {
-            self.tables.inbound.remove(*id)?;
-            self.tables.inbound_raw.remove(*id)?;
+            self.tables.inbound.open()?.remove(*id)?;
+            self.tables.inbound_raw.open()?.remove(*id)?;
             if let Some(c) = contact {
-                self.tables.inbound_by_contact.remove((*c, *id))?;
+                self.tables.inbound_by_contact.open()?.remove((*c, *id))?;
             }
         }
         Ok(old.len())
@@ -56,7 +59,10 @@ impl WriteTables<'_> {
 
     /// Notes that report `id` is about `contact`.
     pub fn index_inbound(&mut self, contact: u64, id: u64) -> Result<(), StoreError> {
-        self.tables.inbound_by_contact.insert((contact, id), ())?;
+        self.tables
+            .inbound_by_contact
+            .open()?
+            .insert((contact, id), ())?;
         Ok(())
     }
 
@@ -67,11 +73,13 @@ impl WriteTables<'_> {
         let ids: Vec<u64> = self
             .tables
             .inbound_by_contact
+            .open()?
             .range((contact, 0u64)..=(contact, u64::MAX))?
             .map(|r| r.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()?;
         for id in ids {
-            let found: Option<InboundRecord> = get_json(&self.tables.inbound, "inbound", id)?;
+            let found: Option<InboundRecord> =
+                get_json(self.tables.inbound.read()?, "inbound", id)?;
             if let Some(mut r) = found {
                 r.recipient = None;
                 r.subject = None;
@@ -81,21 +89,27 @@ impl WriteTables<'_> {
                 });
                 self.put_inbound(&r)?;
             }
-            self.tables.inbound_raw.remove(id)?;
-            self.tables.inbound_by_contact.remove((contact, id))?;
+            self.tables.inbound_raw.open()?.remove(id)?;
+            self.tables
+                .inbound_by_contact
+                .open()?
+                .remove((contact, id))?;
         }
         Ok(())
     }
 
     /// Rewrites an inbound report (its effects, once applied).
     pub fn put_inbound(&mut self, r: &InboundRecord) -> Result<(), StoreError> {
-        self.tables.inbound.insert(r.id, to_json(r).as_slice())?;
+        self.tables
+            .inbound
+            .open()?
+            .insert(r.id, to_json(r).as_slice())?;
         Ok(())
     }
 
     /// A contact's soft-bounce streak.
     pub fn soft_streak(&self, contact: u64) -> Result<Option<SoftStreak>, StoreError> {
-        Ok(self.tables.soft_bounces.get(contact)?.map(|v| {
+        Ok(self.tables.soft_bounces.read()?.get(contact)?.map(|v| {
             let (count, first, last) = v.value();
             SoftStreak { count, first, last }
         }))
@@ -111,10 +125,11 @@ impl WriteTables<'_> {
             Some(s) => {
                 self.tables
                     .soft_bounces
+                    .open()?
                     .insert(contact, (s.count, s.first, s.last))?;
             }
             None => {
-                self.tables.soft_bounces.remove(contact)?;
+                self.tables.soft_bounces.open()?.remove(contact)?;
             }
         }
         Ok(())
@@ -127,6 +142,7 @@ impl WriteTables<'_> {
         let range = self
             .tables
             .history
+            .read()?
             .range((contact, 0u64)..=(contact, u64::MAX))?;
         for r in range.rev() {
             let (_, v) = r?;
@@ -145,7 +161,7 @@ impl WriteTables<'_> {
     pub fn delete_suppression(&mut self, hash: &[u8]) -> Result<Option<Suppression>, StoreError> {
         let old = self.suppression(hash)?;
         if old.is_some() {
-            self.tables.suppressions.remove(hash)?;
+            self.tables.suppressions.open()?.remove(hash)?;
         }
         Ok(old)
     }

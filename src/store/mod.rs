@@ -1419,12 +1419,9 @@ fn run_batch(db: &Database, work: Vec<Work>, o: Options, stats: &StoreStats) -> 
                     failed = Some(e);
                 }
                 if failed.is_none()
-                    && let Err(e) = tables
-                        .tables
-                        .meta
-                        .insert(COMMIT_SEQ_KEY, seq.to_be_bytes().as_slice())
+                    && let Err(e) = tables.put_commit_seq(seq)
                 {
-                    failed = Some(e.into());
+                    failed = Some(e);
                 }
                 changes = tables.changes.take().unwrap_or_default();
                 links = std::mem::take(&mut tables.links_written);
@@ -1637,12 +1634,12 @@ impl<'t> WriteTables<'t> {
     /// term tables.
     fn interner(&mut self) -> impl FnMut(&str) -> Result<terms::Text, StoreError> + '_ {
         let (terms, t) = (&mut self.terms, &mut self.tables);
-        move |s| terms.intern(&mut t.term_ids, &mut t.terms, s)
+        move |s| terms.intern(t.term_ids.open()?, t.terms.open()?, s)
     }
 
     fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
-        let tables = Tables::open(txn)?;
-        let any_suppressed = !tables.suppressions.is_empty()?;
+        let tables = Tables::new(txn);
+        let any_suppressed = !tables.suppressions.read()?.is_empty()?;
         Ok(WriteTables {
             tables,
             changes: None,
@@ -1689,11 +1686,20 @@ impl<'t> WriteTables<'t> {
     fn bump(&mut self, key: &'static str, delta: i64) -> Result<u64, StoreError> {
         let now = match self.counters.get(key) {
             Some(v) => *v,
-            None => meta_u64(&self.tables.meta, key)?,
+            None => meta_u64(self.tables.meta.read()?, key)?,
         };
         let next = now.saturating_add_signed(delta);
         self.counters.insert(key, next);
         Ok(next)
+    }
+
+    /// Records the number of the batch being committed (in `meta`).
+    fn put_commit_seq(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.tables
+            .meta
+            .open()?
+            .insert(COMMIT_SEQ_KEY, seq.to_be_bytes().as_slice())?;
+        Ok(())
     }
 
     /// Writes cached counters and list member counts back. Called by the
@@ -1702,29 +1708,55 @@ impl<'t> WriteTables<'t> {
         self.flush_stats()?;
         let t = &mut self.tables;
         for (k, v) in std::mem::take(&mut self.counters) {
-            t.meta.insert(k, v.to_be_bytes().as_slice())?;
+            t.meta.open()?.insert(k, v.to_be_bytes().as_slice())?;
         }
         for (k, d) in std::mem::take(&mut self.count_deltas) {
-            let now = t.send_counts.get(k)?.map(|v| v.value()).unwrap_or(0);
-            t.send_counts.insert(k, now.saturating_add_signed(d))?;
+            let now = t
+                .send_counts
+                .open()?
+                .get(k)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            t.send_counts
+                .open()?
+                .insert(k, now.saturating_add_signed(d))?;
         }
         for (k, d) in std::mem::take(&mut self.hourly_deltas) {
-            let now = t.send_hourly.get(k)?.map(|v| v.value()).unwrap_or(0);
-            t.send_hourly.insert(k, now.saturating_add_signed(d))?;
+            let now = t
+                .send_hourly
+                .open()?
+                .get(k)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            t.send_hourly
+                .open()?
+                .insert(k, now.saturating_add_signed(d))?;
         }
         for ((flow, step, name), d) in std::mem::take(&mut self.step_deltas) {
             let k = (flow, step, name.as_str());
-            let now = t.auto_counts.get(k)?.map(|v| v.value()).unwrap_or(0);
-            t.auto_counts.insert(k, now.saturating_add(d))?;
+            let now = t
+                .auto_counts
+                .open()?
+                .get(k)?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            t.auto_counts.open()?.insert(k, now.saturating_add(d))?;
         }
         for (k, d) in std::mem::take(&mut self.link_deltas) {
-            let now = t.send_links.get(k)?.map(|v| v.value()).unwrap_or(0);
-            t.send_links.insert(k, now.saturating_add_signed(d))?;
+            let now = t.send_links.open()?.get(k)?.map(|v| v.value()).unwrap_or(0);
+            t.send_links
+                .open()?
+                .insert(k, now.saturating_add_signed(d))?;
         }
         for ((kind, id, slot, cur), (orders, cents)) in std::mem::take(&mut self.money_deltas) {
             let k = (kind, id, slot, cur.as_str());
-            let (o, c) = t.send_money.get(k)?.map(|v| v.value()).unwrap_or((0, 0));
-            t.send_money.insert(
+            let (o, c) = t
+                .send_money
+                .open()?
+                .get(k)?
+                .map(|v| v.value())
+                .unwrap_or((0, 0));
+            t.send_money.open()?.insert(
                 k,
                 (
                     o.saturating_add_signed(orders),
@@ -1733,9 +1765,9 @@ impl<'t> WriteTables<'t> {
             )?;
         }
         for (id, delta) in std::mem::take(&mut self.list_deltas) {
-            if let Some(mut l) = get_json::<u64, List>(&t.lists, "lists", id)? {
+            if let Some(mut l) = get_json::<u64, List>(t.lists.read()?, "lists", id)? {
                 l.member_count = l.member_count.saturating_add_signed(delta);
-                t.lists.insert(id, to_json(&l).as_slice())?;
+                t.lists.open()?.insert(id, to_json(&l).as_slice())?;
             }
         }
         Ok(())

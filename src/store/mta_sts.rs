@@ -9,13 +9,16 @@ use crate::delivery::mta_sts::Cached;
 impl WriteTables<'_> {
     /// Stores (or replaces) the cached policy of `domain` (lower case).
     pub fn put_mta_sts(&mut self, domain: &str, c: &Cached) -> Result<(), StoreError> {
-        self.tables.mta_sts.insert(domain, to_json(c).as_slice())?;
+        self.tables
+            .mta_sts
+            .open()?
+            .insert(domain, to_json(c).as_slice())?;
         Ok(())
     }
 
     /// Forgets the cached policy of `domain` (it expired).
     pub fn delete_mta_sts(&mut self, domain: &str) -> Result<(), StoreError> {
-        self.tables.mta_sts.remove(domain)?;
+        self.tables.mta_sts.open()?.remove(domain)?;
         Ok(())
     }
 }

@@ -99,20 +99,24 @@ impl WriteTables<'_> {
         let due = m.next_due();
         if m.due != due {
             if let Some(old) = m.due {
-                self.tables.queue_due.remove((old, m.id))?;
+                self.tables.queue_due.open()?.remove((old, m.id))?;
             }
             if let Some(new) = due {
-                self.tables.queue_due.insert((new, m.id), ())?;
+                self.tables.queue_due.open()?.insert((new, m.id), ())?;
             }
             m.due = due;
         }
-        self.tables.queue.insert(m.id, to_json(m).as_slice())?;
+        self.tables
+            .queue
+            .open()?
+            .insert(m.id, to_json(m).as_slice())?;
         if let Some(b) = body {
-            self.tables.queue_bodies.insert(m.id, b)?;
+            self.tables.queue_bodies.open()?.insert(m.id, b)?;
             let salt = self.salt()?;
             for r in &m.recipients {
                 self.tables
                     .queue_by_address
+                    .open()?
                     .insert((address_key(&salt, &r.address).as_slice(), m.id), ())?;
             }
         }
@@ -122,7 +126,7 @@ impl WriteTables<'_> {
     /// Rewrites the record of a finished message (erasure scrubs it).
     pub fn put_finished_message(&mut self, m: &QueuedMessage) -> Result<(), StoreError> {
         let b = super::queue_codec::encode_message(m, &mut self.interner())?;
-        self.tables.queue_done.insert(m.id, b.as_slice())?;
+        self.tables.queue_done.open()?.insert(m.id, b.as_slice())?;
         Ok(())
     }
 
@@ -130,7 +134,7 @@ impl WriteTables<'_> {
     /// records they point to were scrubbed).
     pub fn unindex_address(&mut self, key: &[u8]) -> Result<(), StoreError> {
         for id in self.message_ids_to(key)? {
-            self.tables.queue_by_address.remove((key, id))?;
+            self.tables.queue_by_address.open()?.remove((key, id))?;
         }
         Ok(())
     }
@@ -147,10 +151,10 @@ impl WriteTables<'_> {
     /// drops its body.
     pub fn finish_message(&mut self, mut m: QueuedMessage, now: i64) -> Result<(), StoreError> {
         if let Some(old) = m.due.take() {
-            self.tables.queue_due.remove((old, m.id))?;
+            self.tables.queue_due.open()?.remove((old, m.id))?;
         }
-        self.tables.queue.remove(m.id)?;
-        self.tables.queue_bodies.remove(m.id)?;
+        self.tables.queue.open()?.remove(m.id)?;
+        self.tables.queue_bodies.open()?.remove(m.id)?;
         let delivered = m
             .recipients
             .iter()
@@ -202,7 +206,7 @@ impl WriteTables<'_> {
         limit: usize,
     ) -> Result<Vec<QueuedMessage>, StoreError> {
         let mut out = Vec::new();
-        for r in self.tables.queue.range(after.saturating_add(1)..)? {
+        for r in self.tables.queue.read()?.range(after.saturating_add(1)..)? {
             let (_, v) = r?;
             out.push(from_json("queue", v.value())?);
             if out.len() >= limit {

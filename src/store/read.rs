@@ -391,7 +391,7 @@ impl ReadTables for WriteTables<'_> {
     }
 
     fn term_name(&self, n: u32) -> Result<String, StoreError> {
-        self.terms.name(&self.tables.terms, n)
+        self.terms.name(self.tables.terms.read()?, n)
     }
 
     /// A record a deferring job holds back first
@@ -400,7 +400,7 @@ impl ReadTables for WriteTables<'_> {
         if let Some(c) = self.deferred_contact(id) {
             return Ok(Some(Contact::clone(c)));
         }
-        match self.tables.contacts.get(id)? {
+        match self.tables.contacts.read()?.get(id)? {
             Some(v) => Ok(Some(super::contacts::decode_contact(id, v.value())?)),
             None => Ok(None),
         }
@@ -413,7 +413,7 @@ impl ReadTables for WriteTables<'_> {
         let bytes = match self.stats_written.get(&contact) {
             Some(pending) => pending.as_deref(),
             None => {
-                stored = self.tables.shop_stats.get(contact)?;
+                stored = self.tables.shop_stats.read()?.get(contact)?;
                 stored.as_ref().map(|v| v.value())
             }
         };

@@ -13,6 +13,7 @@ impl WriteTables<'_> {
         let before = self
             .tables
             .products
+            .open()?
             .insert(p.sku.as_str(), to_json(p).as_slice())?
             .map(|v| v.value().to_vec());
         // Back in stock: from a known stock of none to some.
@@ -29,7 +30,7 @@ impl WriteTables<'_> {
 
     /// Deletes a product; false if there was none.
     pub fn delete_product(&mut self, sku: &str) -> Result<bool, StoreError> {
-        Ok(self.tables.products.remove(sku)?.is_some())
+        Ok(self.tables.products.open()?.remove(sku)?.is_some())
     }
 
     /// Records links of a send. A link number, once recorded, keeps its URL:
@@ -41,7 +42,7 @@ impl WriteTables<'_> {
         links: &[(u32, LinkRecord)],
     ) -> Result<(), StoreError> {
         for (n, rec) in links {
-            if let Some(old) = self.tables.links.get((send, *n))? {
+            if let Some(old) = self.tables.links.open()?.get((send, *n))? {
                 let old: LinkRecord = from_json("links", old.value())?;
                 if &old != rec {
                     return Err(StoreError::Corrupt {
@@ -53,6 +54,7 @@ impl WriteTables<'_> {
             }
             self.tables
                 .links
+                .open()?
                 .insert((send, *n), to_json(rec).as_slice())?;
             self.links_written.push((send.to_vec(), *n, rec.clone()));
         }

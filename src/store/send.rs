@@ -72,6 +72,7 @@ impl WriteTables<'_> {
     ) -> Result<(), StoreError> {
         self.tables
             .send_ledger
+            .open()?
             .insert(round_key(s, contact), (s.variant, queue_id))?;
         self.bump_send_at(s, Counter::Sent, 1, at)
     }
@@ -159,6 +160,7 @@ impl WriteTables<'_> {
         Ok(self
             .tables
             .send_clickers
+            .open()?
             .insert((s.kind.code(), s.id, s.variant, link, contact), ())?
             .is_none())
     }
@@ -177,6 +179,7 @@ impl WriteTables<'_> {
         let (old, mut open_at, mut click_at) = self
             .tables
             .send_engagement
+            .open()?
             .get(key)?
             .map(|v| v.value())
             .unwrap_or((0, 0, 0));
@@ -188,6 +191,7 @@ impl WriteTables<'_> {
         }
         self.tables
             .send_engagement
+            .open()?
             .insert(key, (old | flags, open_at, click_at))?;
         if flags & (OPENED | CLICKED) != 0 {
             self.note(|| Change::Engaged {
@@ -222,13 +226,17 @@ impl WriteTables<'_> {
         let existing = self
             .tables
             .send_names
+            .open()?
             .get((kind.code(), id))?
             .map(|v| v.value().to_string());
         match existing {
             Some(other) if other != name => Ok(Some(other)),
             Some(_) => Ok(None),
             None => {
-                self.tables.send_names.insert((kind.code(), id), name)?;
+                self.tables
+                    .send_names
+                    .open()?
+                    .insert((kind.code(), id), name)?;
                 Ok(None)
             }
         }

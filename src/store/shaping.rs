@@ -19,13 +19,15 @@ impl WriteTables<'_> {
         let old = self
             .tables
             .warmup
+            .open()?
             .get((sender, scope, period))?
             .map_or(0, |v| v.value());
         self.tables
             .warmup
+            .open()?
             .insert((sender, scope, period), old.saturating_add(n))?;
         if let Some(stale) = period.checked_sub(8) {
-            self.tables.warmup.remove((sender, scope, stale))?;
+            self.tables.warmup.open()?.remove((sender, scope, stale))?;
         }
         Ok(())
     }

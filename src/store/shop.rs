@@ -68,8 +68,12 @@ impl WriteTables<'_> {
     pub(super) fn flush_stats(&mut self) -> Result<(), StoreError> {
         for (contact, bytes) in std::mem::take(&mut self.stats_written) {
             match bytes {
-                Some(b) => self.tables.shop_stats.insert(contact, b.as_slice())?,
-                None => self.tables.shop_stats.remove(contact)?,
+                Some(b) => self
+                    .tables
+                    .shop_stats
+                    .open()?
+                    .insert(contact, b.as_slice())?,
+                None => self.tables.shop_stats.open()?.remove(contact)?,
             };
         }
         Ok(())
@@ -87,18 +91,25 @@ impl WriteTables<'_> {
         let known = self
             .tables
             .order_numbers
+            .open()?
             .get(o.order_id.as_str())?
             .map(|v| v.value());
         let number = match known {
             Some(n) => n,
             None => {
                 let n = self.next_id(Sequence::Order)?;
-                self.tables.order_numbers.insert(o.order_id.as_str(), n)?;
+                self.tables
+                    .order_numbers
+                    .open()?
+                    .insert(o.order_id.as_str(), n)?;
                 n
             }
         };
         let bytes = encode_order(o, &mut self.interner())?;
-        self.tables.orders.insert(number, bytes.as_slice())?;
+        self.tables
+            .orders
+            .open()?
+            .insert(number, bytes.as_slice())?;
         self.note(|| Change::Order {
             before: before.map(|b| Arc::new(b.clone())),
             order: Arc::new(o.clone()),
@@ -112,6 +123,7 @@ impl WriteTables<'_> {
         Ok(self
             .tables
             .shop_events
+            .open()?
             .insert(event_key(kind, id).as_slice(), ())?
             .is_none())
     }
@@ -121,6 +133,7 @@ impl WriteTables<'_> {
     pub fn forget_event(&mut self, kind: &str, id: &str) -> Result<(), StoreError> {
         self.tables
             .shop_events
+            .open()?
             .remove(event_key(kind, id).as_slice())?;
         Ok(())
     }
@@ -158,7 +171,10 @@ impl WriteTables<'_> {
         cart: Cart,
         before: Option<Cart>,
     ) -> Result<(), StoreError> {
-        self.tables.carts.insert(contact, enc(&cart).as_slice())?;
+        self.tables
+            .carts
+            .open()?
+            .insert(contact, enc(&cart).as_slice())?;
         self.note(|| Change::Cart {
             contact,
             before: before.filter(|b| !b.items.is_empty()).map(Arc::new),
@@ -171,23 +187,37 @@ impl WriteTables<'_> {
     pub fn put_wait(&mut self, sku: &str, contact: u64, e: &WaitEntry) -> Result<(), StoreError> {
         self.tables
             .waitlist
+            .open()?
             .insert((sku, contact), to_json(e).as_slice())?;
         Ok(())
     }
 
     /// Removes a wait-list entry; false if there was none.
     pub fn delete_wait(&mut self, sku: &str, contact: u64) -> Result<bool, StoreError> {
-        Ok(self.tables.waitlist.remove((sku, contact))?.is_some())
+        Ok(self
+            .tables
+            .waitlist
+            .open()?
+            .remove((sku, contact))?
+            .is_some())
     }
 
     /// Removes every shop record of a contact (erasure).
     pub(super) fn delete_shop_data(&mut self, contact: u64) -> Result<(), StoreError> {
         if let Some(old) = self.stats(contact)? {
             for o in self.orders_of(contact, &old.orders)? {
-                if let Some(n) = self.tables.order_numbers.remove(o.order_id.as_str())? {
-                    self.tables.orders.remove(n.value())?;
+                if let Some(n) = self
+                    .tables
+                    .order_numbers
+                    .open()?
+                    .remove(o.order_id.as_str())?
+                {
+                    self.tables.orders.open()?.remove(n.value())?;
                 }
-                self.tables.order_attribution.remove(o.order_id.as_str())?;
+                self.tables
+                    .order_attribution
+                    .open()?
+                    .remove(o.order_id.as_str())?;
             }
             self.stats_written.insert(contact, None);
             let empty = ShopStats::default();
@@ -198,7 +228,7 @@ impl WriteTables<'_> {
             });
         }
         if let Some(old) = self.cart(contact)? {
-            self.tables.carts.remove(contact)?;
+            self.tables.carts.open()?.remove(contact)?;
             self.note(|| Change::Cart {
                 contact,
                 before: (!old.items.is_empty()).then(|| Arc::new(old)),
@@ -206,7 +236,7 @@ impl WriteTables<'_> {
             });
         }
         let mut waits = Vec::new();
-        for r in self.tables.waitlist.iter()? {
+        for r in self.tables.waitlist.open()?.iter()? {
             let (k, _) = r?;
             let (sku, c) = k.value();
             if c == contact {
@@ -214,27 +244,31 @@ impl WriteTables<'_> {
             }
         }
         for sku in waits {
-            self.tables.waitlist.remove((sku.as_str(), contact))?;
+            self.tables
+                .waitlist
+                .open()?
+                .remove((sku.as_str(), contact))?;
         }
         Ok(())
     }
 
     /// An API-created segment.
     pub fn segment(&self, name: &str) -> Result<Option<StoredSegment>, StoreError> {
-        get_json(&self.tables.segments, "segments", name)
+        get_json(self.tables.segments.read()?, "segments", name)
     }
 
     /// Stores an API-created segment.
     pub fn put_segment(&mut self, s: &StoredSegment) -> Result<(), StoreError> {
         self.tables
             .segments
+            .open()?
             .insert(s.name.as_str(), to_json(s).as_slice())?;
         Ok(())
     }
 
     /// Deletes an API-created segment; false if there was none.
     pub fn delete_segment(&mut self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.tables.segments.remove(name)?.is_some())
+        Ok(self.tables.segments.open()?.remove(name)?.is_some())
     }
 }
 

@@ -30,6 +30,7 @@ impl WriteTables<'_> {
         let n = self.next_id(super::Sequence::Signup)?;
         self.tables
             .signup_requests
+            .open()?
             .insert((contact, n), to_json(r).as_slice())?;
         Ok(n)
     }
@@ -41,7 +42,11 @@ impl WriteTables<'_> {
         contact: u64,
         request: u64,
     ) -> Result<Option<SignupRequest>, StoreError> {
-        let old = self.tables.signup_requests.remove((contact, request))?;
+        let old = self
+            .tables
+            .signup_requests
+            .open()?
+            .remove((contact, request))?;
         match old {
             Some(v) => Ok(Some(from_json("signup_requests", v.value())?)),
             None => Ok(None),
@@ -53,11 +58,12 @@ impl WriteTables<'_> {
         let keys: Vec<(u64, u64)> = self
             .tables
             .signup_requests
+            .open()?
             .range((contact, 0)..=(contact, u64::MAX))?
             .map(|r| r.map(|(k, _)| k.value()))
             .collect::<Result<_, _>>()?;
         for k in keys {
-            self.tables.signup_requests.remove(k)?;
+            self.tables.signup_requests.open()?.remove(k)?;
         }
         Ok(())
     }
@@ -68,6 +74,7 @@ impl WriteTables<'_> {
         for r in self
             .tables
             .consent_log
+            .read()?
             .range((contact, 0)..=(contact, u64::MAX))?
             .rev()
         {

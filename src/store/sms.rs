@@ -17,10 +17,10 @@ impl WriteTables<'_> {
         let new_due = due(r);
         if old_due != new_due {
             if let Some(d) = old_due {
-                self.tables.sms_due.remove((d, r.id))?;
+                self.tables.sms_due.open()?.remove((d, r.id))?;
             }
             if let Some(d) = new_due {
-                self.tables.sms_due.insert((d, r.id), ())?;
+                self.tables.sms_due.open()?.insert((d, r.id), ())?;
             }
         }
         let old_gid = before.and_then(|b| b.gateway_id.as_deref());
@@ -29,12 +29,19 @@ impl WriteTables<'_> {
         {
             self.tables
                 .sms_by_gateway_id
+                .open()?
                 .insert((r.gateway.as_str(), g.as_str()), r.id)?;
         }
         if before.is_none() {
-            self.tables.sms_by_contact.insert((r.contact, r.id), ())?;
+            self.tables
+                .sms_by_contact
+                .open()?
+                .insert((r.contact, r.id), ())?;
         }
-        self.tables.sms.insert(r.id, to_json(r).as_slice())?;
+        self.tables
+            .sms
+            .open()?
+            .insert(r.id, to_json(r).as_slice())?;
         Ok(())
     }
 
@@ -47,6 +54,7 @@ impl WriteTables<'_> {
         for e in self
             .tables
             .sms_by_contact
+            .open()?
             .range((contact, 0)..=(contact, u64::MAX))?
         {
             ids.push(e?.0.value().1);
@@ -69,7 +77,7 @@ impl WriteTables<'_> {
                 }
             }
             self.put_sms(&r, Some(&before))?;
-            self.tables.sms_by_contact.remove((contact, *id))?;
+            self.tables.sms_by_contact.open()?.remove((contact, *id))?;
         }
         Ok(ids.len())
     }

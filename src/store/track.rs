@@ -111,20 +111,21 @@ impl WriteTables<'_> {
         let seq = self.next_id(Sequence::History)?;
         self.tables
             .history
+            .open()?
             .insert((contact, seq), encode_history(e).as_slice())?;
         Ok(())
     }
 
     /// Remembers a contact's last click by hand.
     pub fn set_last_click(&mut self, contact: u64, c: LastClick) -> Result<(), StoreError> {
-        self.tables.last_click.insert(contact, c)?;
+        self.tables.last_click.open()?.insert(contact, c)?;
         Ok(())
     }
 
     /// Appends a hit to the journal under `seq` (the journal's caller
     /// numbers hits in memory, so that appending touches no other table).
     pub fn push_hit(&mut self, seq: u64, hit: &[u8]) -> Result<(), StoreError> {
-        self.tables.hits.insert(seq, hit)?;
+        self.tables.hits.open()?.insert(seq, hit)?;
         Ok(())
     }
 
@@ -132,13 +133,13 @@ impl WriteTables<'_> {
     pub fn take_hits(&mut self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut out = Vec::new();
         let mut last = None;
-        for r in self.tables.hits.iter()?.take(limit) {
+        for r in self.tables.hits.open()?.iter()?.take(limit) {
             let (k, v) = r?;
             last = Some(k.value());
             out.push(v.value().to_vec());
         }
         if let Some(last) = last {
-            self.tables.hits.retain_in(..=last, |_, _| false)?;
+            self.tables.hits.open()?.retain_in(..=last, |_, _| false)?;
         }
         Ok(out)
     }
@@ -152,6 +153,7 @@ impl WriteTables<'_> {
         let by = if a.by == "parameter" { 1 } else { 2 };
         self.tables
             .order_attribution
+            .open()?
             .insert(order, (a.kind, a.id, a.slot, a.link, by))?;
         Ok(())
     }
@@ -161,13 +163,14 @@ impl WriteTables<'_> {
         let keys: Vec<(u64, u64)> = self
             .tables
             .history
+            .open()?
             .range((contact, 0u64)..=(contact, u64::MAX))?
             .map(|r| r.map(|(k, _)| k.value()))
             .collect::<Result<_, _>>()?;
         for k in keys {
-            self.tables.history.remove(k)?;
+            self.tables.history.open()?.remove(k)?;
         }
-        self.tables.last_click.remove(contact)?;
+        self.tables.last_click.open()?.remove(contact)?;
         Ok(())
     }
 }

@@ -13,23 +13,24 @@ impl WriteTables<'_> {
     pub fn put_user(&mut self, u: &User) -> Result<(), StoreError> {
         self.tables
             .users
+            .open()?
             .insert(u.name.as_str(), to_json(u).as_slice())?;
         Ok(())
     }
 
     /// A user by name (inside a write).
     pub fn user_for_write(&self, name: &str) -> Result<Option<User>, StoreError> {
-        get_json(&self.tables.users, "users", name)
+        get_json(self.tables.users.read()?, "users", name)
     }
 
     /// Every user (inside a write).
     pub fn users_for_write(&self) -> Result<Vec<User>, StoreError> {
-        super::all_json(&self.tables.users, "users")
+        super::all_json(self.tables.users.read()?, "users")
     }
 
     /// Removes a user and every session of theirs; false when there was none.
     pub fn delete_user(&mut self, name: &str) -> Result<bool, StoreError> {
-        let had = self.tables.users.remove(name)?.is_some();
+        let had = self.tables.users.open()?.remove(name)?.is_some();
         self.delete_sessions_of(name)?;
         Ok(had)
     }
@@ -37,7 +38,7 @@ impl WriteTables<'_> {
     /// Ends every session of a user (password changed, user removed).
     pub fn delete_sessions_of(&mut self, name: &str) -> Result<(), StoreError> {
         let mut gone = Vec::new();
-        for r in self.tables.sessions.iter()? {
+        for r in self.tables.sessions.open()?.iter()? {
             let (k, v) = r?;
             let s: Session = from_json("sessions", v.value())?;
             if s.user == name {
@@ -45,7 +46,7 @@ impl WriteTables<'_> {
             }
         }
         for k in gone {
-            self.tables.sessions.remove(k.as_str())?;
+            self.tables.sessions.open()?.remove(k.as_str())?;
         }
         Ok(())
     }
@@ -54,7 +55,7 @@ impl WriteTables<'_> {
     /// removed on the way (there are few: one per login).
     pub fn put_session(&mut self, key: &str, s: &Session, now: i64) -> Result<(), StoreError> {
         let mut expired = Vec::new();
-        for r in self.tables.sessions.iter()? {
+        for r in self.tables.sessions.open()?.iter()? {
             let (k, v) = r?;
             let old: Session = from_json("sessions", v.value())?;
             if old.expires <= now {
@@ -62,25 +63,32 @@ impl WriteTables<'_> {
             }
         }
         for k in expired {
-            self.tables.sessions.remove(k.as_str())?;
+            self.tables.sessions.open()?.remove(k.as_str())?;
         }
-        self.tables.sessions.insert(key, to_json(s).as_slice())?;
+        self.tables
+            .sessions
+            .open()?
+            .insert(key, to_json(s).as_slice())?;
         Ok(())
     }
 
     /// Ends a session (logout).
     pub fn delete_session(&mut self, key: &str) -> Result<(), StoreError> {
-        self.tables.sessions.remove(key)?;
+        self.tables.sessions.open()?.remove(key)?;
         Ok(())
     }
 
     /// Appends an entry to the activity log; returns its sequence number.
     pub fn append_activity(&mut self, a: &Activity) -> Result<u64, StoreError> {
         let seq = self.next_id(Sequence::Activity)?;
-        self.tables.activity.insert(seq, to_json(a).as_slice())?;
+        self.tables
+            .activity
+            .open()?
+            .insert(seq, to_json(a).as_slice())?;
         if let Some(object) = &a.object {
             self.tables
                 .activity_by_object
+                .open()?
                 .insert((object.as_str(), seq), ())?;
         }
         Ok(seq)
@@ -91,6 +99,7 @@ impl WriteTables<'_> {
         Ok(self
             .tables
             .owners
+            .read()?
             .get(object)?
             .map(|v| v.value().to_string()))
     }
@@ -99,10 +108,10 @@ impl WriteTables<'_> {
     pub fn set_owner(&mut self, object: &str, user: Option<&str>) -> Result<(), StoreError> {
         match user {
             Some(u) => {
-                self.tables.owners.insert(object, u)?;
+                self.tables.owners.open()?.insert(object, u)?;
             }
             None => {
-                self.tables.owners.remove(object)?;
+                self.tables.owners.open()?.remove(object)?;
             }
         }
         Ok(())
