@@ -2,6 +2,8 @@
 //! `fixture` with ten personal tokens and four products, rendered, links
 //! rewritten and pixel added, and built into a MIME message (no DKIM), for
 //! batches of 1,000 contacts on a rayon pool of 1 and of 2 threads.
+//! Then, outside criterion, the cores each pool size keeps busy and the CPU
+//! one message costs on it (`render/cores_busy` lines on stderr).
 //!
 //! Run: `cargo bench --bench render`. Results: BENCHMARKS.md.
 
@@ -55,28 +57,81 @@ fn bench(c: &mut Criterion) {
     const BATCH: u64 = 1000;
     g.throughput(Throughput::Elements(BATCH));
     g.sample_size(20);
+    let contacts = contacts_of(BATCH);
     for threads in [1usize, 2] {
         let pool = bulk::pool(threads).unwrap();
-        let contacts: Vec<_> = (0..BATCH).map(fixture::contact).collect();
         g.bench_function(format!("batch_{BATCH}_threads_{threads}"), |b| {
-            b.iter(|| {
-                let mut n = 0usize;
-                bulk::run(
-                    &compiled,
-                    &pool,
-                    250,
-                    contacts.iter().cloned(),
-                    || 0,
-                    |batch| {
-                        n += batch.len();
-                        ControlFlow::Continue(())
-                    },
-                );
-                black_box(n)
-            })
+            b.iter(|| black_box(render_all(&compiled, &pool, &contacts)))
         });
     }
     g.finish();
+    cores_busy(&compiled, &contacts);
+}
+
+/// Renders and builds a message for each of `contacts` through
+/// `bulk::run` in batches of 250; the number built.
+fn render_all(
+    compiled: &herald::render::Compiled,
+    pool: &rayon::ThreadPool,
+    contacts: &[herald::render::Recipient],
+) -> usize {
+    let mut n = 0usize;
+    bulk::run(
+        compiled,
+        pool,
+        250,
+        contacts.iter().cloned(),
+        || 0,
+        |batch| {
+            n += batch.len();
+            ControlFlow::Continue(())
+        },
+    );
+    n
+}
+
+fn contacts_of(n: u64) -> Vec<herald::render::Recipient> {
+    (0..n).map(fixture::contact).collect()
+}
+
+/// How many cores each pool size keeps busy, and the CPU one message
+/// costs on it (user and system), over 20 batches: with one figure per
+/// pool size, the scaling from one thread to two splits into the cores the
+/// pool kept busy (the batch hand-offs leave some idle) and what each
+/// message cost on a core (more when both cores render: they share caches
+/// and memory bandwidth). BENCHMARKS.md, rendering, has the figures.
+fn cores_busy(compiled: &herald::render::Compiled, contacts: &[herald::render::Recipient]) {
+    const RUNS: usize = 20;
+    for threads in [1usize, 2] {
+        let pool = bulk::pool(threads).unwrap();
+        let (cpu0, t0) = (process_cpu(), std::time::Instant::now());
+        let n: usize = (0..RUNS)
+            .map(|_| render_all(compiled, &pool, contacts))
+            .sum();
+        let (wall, cpu1) = (t0.elapsed().as_secs_f64(), process_cpu());
+        let (user, system) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
+        eprintln!(
+            "render/cores_busy threads {threads}: {:.0} msg/s, {:.2} cores busy, \
+             {:.1} µs CPU per message ({:.1} user, {:.1} system)",
+            n as f64 / wall,
+            (user + system) / wall,
+            (user + system) / n as f64 * 1e6,
+            user / n as f64 * 1e6,
+            system / n as f64 * 1e6,
+        );
+    }
+}
+
+/// CPU seconds (user, system) of this process so far.
+fn process_cpu() -> (f64, f64) {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a rusage into the pointer it is given.
+    let u = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(u.ru_utime), secs(u.ru_stime))
 }
 
 criterion_group!(benches, bench);
