@@ -316,8 +316,7 @@ impl Appender {
                     // The engine is gone (a stop): the last file goes too
                     // once its outcomes are durable in the store, so a
                     // clean stop leaves no file to read at the next start.
-                    let last = self.current.clone();
-                    self.retired.push(last);
+                    self.retired.push(self.current.clone());
                     self.collect();
                     return;
                 }

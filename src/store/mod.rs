@@ -176,6 +176,18 @@ fn redb_error(e: redb::Error) -> StoreError {
     }
 }
 
+/// Sets the count under `key` in `table` to `update` of what it was (0
+/// when absent): the flush of a transaction's summed counter deltas.
+fn update_count<'k, K: redb::Key + 'static>(
+    table: &mut redb::Table<'_, K, u64>,
+    key: K::SelfType<'k>,
+    update: impl FnOnce(u64) -> u64,
+) -> Result<(), StoreError> {
+    let now = table.get(&key)?.map(|v| v.value()).unwrap_or(0);
+    table.insert(&key, update(now))?;
+    Ok(())
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
@@ -1711,52 +1723,23 @@ impl<'t> WriteTables<'t> {
             t.meta.open()?.insert(k, v.to_be_bytes().as_slice())?;
         }
         for (k, d) in std::mem::take(&mut self.count_deltas) {
-            let now = t
-                .send_counts
-                .open()?
-                .get(k)?
-                .map(|v| v.value())
-                .unwrap_or(0);
-            t.send_counts
-                .open()?
-                .insert(k, now.saturating_add_signed(d))?;
+            update_count(t.send_counts.open()?, k, |n| n.saturating_add_signed(d))?;
         }
         for (k, d) in std::mem::take(&mut self.hourly_deltas) {
-            let now = t
-                .send_hourly
-                .open()?
-                .get(k)?
-                .map(|v| v.value())
-                .unwrap_or(0);
-            t.send_hourly
-                .open()?
-                .insert(k, now.saturating_add_signed(d))?;
+            update_count(t.send_hourly.open()?, k, |n| n.saturating_add_signed(d))?;
         }
         for ((flow, step, name), d) in std::mem::take(&mut self.step_deltas) {
             let k = (flow, step, name.as_str());
-            let now = t
-                .auto_counts
-                .open()?
-                .get(k)?
-                .map(|v| v.value())
-                .unwrap_or(0);
-            t.auto_counts.open()?.insert(k, now.saturating_add(d))?;
+            update_count(t.auto_counts.open()?, k, |n| n.saturating_add(d))?;
         }
         for (k, d) in std::mem::take(&mut self.link_deltas) {
-            let now = t.send_links.open()?.get(k)?.map(|v| v.value()).unwrap_or(0);
-            t.send_links
-                .open()?
-                .insert(k, now.saturating_add_signed(d))?;
+            update_count(t.send_links.open()?, k, |n| n.saturating_add_signed(d))?;
         }
         for ((kind, id, slot, cur), (orders, cents)) in std::mem::take(&mut self.money_deltas) {
             let k = (kind, id, slot, cur.as_str());
-            let (o, c) = t
-                .send_money
-                .open()?
-                .get(k)?
-                .map(|v| v.value())
-                .unwrap_or((0, 0));
-            t.send_money.open()?.insert(
+            let money = t.send_money.open()?;
+            let (o, c) = money.get(k)?.map(|v| v.value()).unwrap_or((0, 0));
+            money.insert(
                 k,
                 (
                     o.saturating_add_signed(orders),
