@@ -269,6 +269,11 @@ fn a_toml_syntax_error_on_sighup_is_logged_once_with_file_and_line() {
 /// A daemon delivering `implicit.test` mail to the sink on `port` with the
 /// first retry an hour away (one attempt in the test's time).
 fn delivering_to(dns: &Dns, port: u16) -> Herald {
+    delivering_to_with(dns, port, "")
+}
+
+/// [`delivering_to`] with more `[delivery]` settings.
+fn delivering_to_with(dns: &Dns, port: u16, delivery: &str) -> Herald {
     let extra = format!(
         r#"
 [delivery]
@@ -277,7 +282,7 @@ smtp_port = {port}
 retry_schedule = ["1h"]
 connect_timeout = "5s"
 command_timeout = "5s"
-
+{delivery}
 [[sender]]
 id = "shop"
 from = "Shop <news@shop.test>"
@@ -285,6 +290,76 @@ from = "Shop <news@shop.test>"
         dns.port
     );
     Herald::start_with(&extra)
+}
+
+/// The queue record of message `id` once every recipient has had at least
+/// `attempts` attempts.
+fn after_attempts(h: &Herald, id: u64, attempts: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = h.get(&format!("/api/v1/queue/{id}"));
+        assert_eq!(m.status, 200, "{}", m.body);
+        let rc = &m.body["recipients"][0];
+        if rc["attempts"].as_u64().unwrap_or(0) >= attempts {
+            return rc.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no attempt {attempts}: {}",
+            m.body
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The next message's envelope goes with a final dot (RFC 2920). When the
+/// server then drops the session, that message is recorded too (deferred,
+/// saying its data was not sent), not left in flight.
+#[test]
+fn a_message_whose_envelope_went_ahead_on_a_lost_session_is_deferred() {
+    let dns = Dns::start(&["--host-record=implicit.test,127.0.0.1".into()]);
+    let port = common::peers::free_port();
+    let mut h = delivering_to_with(&dns, port, "max_connections_per_domain = 1\n");
+    // Queued while nothing listens: each is deferred once, then all three
+    // are released together to a server that hangs up at the first dot.
+    let ids: Vec<u64> = (0..3)
+        .map(|i| {
+            let r = h.post_json(
+                "/api/v1/messages",
+                json!({"sender": "shop", "to": [format!("user{i}@implicit.test")],
+                       "subject": "Hi", "text": "Hello\n"}),
+            );
+            assert_eq!(r.status, 202, "{}", r.body);
+            r.body["id"].as_u64().unwrap()
+        })
+        .collect();
+    for id in &ids {
+        after_attempts(&h, *id, 1);
+    }
+    let sink = Sink::start_on(port, &["-q", "."]);
+    let r = h.post_json("/api/v1/queue/retry", json!({"domain": "implicit.test"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let records: Vec<Value> = ids.iter().map(|id| after_attempts(&h, *id, 2)).collect();
+    for rc in &records {
+        assert_eq!(rc["state"], "deferred", "{rc}");
+        let reply = rc["reply"].as_str().unwrap_or_default();
+        assert!(
+            reply.contains("the server closed the connection"),
+            "{reply}"
+        );
+    }
+    let ahead = records
+        .iter()
+        .filter(|rc| {
+            rc["reply"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("this message was next on the connection, its data not sent")
+        })
+        .count();
+    assert!(ahead >= 1, "no envelope went ahead: {records:?}");
+    drop(sink);
+    h.stop();
 }
 
 /// Sends one message and waits for its first attempt; returns the

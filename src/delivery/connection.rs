@@ -18,7 +18,9 @@
 //! 4. Job after job: re-reads the record and body, sends the recipients
 //!    still pending, records the outcome ([`super::outcome::finish_job`])
 //!    while it transfers the next message, whose final dot waits until
-//!    that outcome is durable (see [`send_jobs`]); up to `messages_per_connection`, waiting
+//!    that outcome is durable (see [`send_jobs`]). With a pipelining server
+//!    the next ready job's envelope goes with the final dot
+//!    ([`take_next`], [`smtp::Session::end`]); up to `messages_per_connection`, waiting
 //!    at most [`LINGER`] for more and closing rather than idling more than
 //!    [`MAX_RATE_WAIT`] for a rate slot.
 //!
@@ -124,21 +126,51 @@ impl Link {
     }
 
     /// One transaction: `Err` when the link is no longer usable. `gate`:
-    /// see [`Session::send`]; a capture waits for it before writing.
+    /// see [`Session::send`]; a capture waits for it before writing. With
+    /// `may_follow`, a pipelining session takes the next ready job while
+    /// the gate is closed ([`take_next`]) and sends its envelope with this
+    /// message's final dot: that job comes back loaded, to be sent next on
+    /// this link (or, on `Err`, to be recorded as this one is).
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &mut self,
-        sender: &str,
+        inner: &Inner,
+        sender: &Sender,
+        lane: &Lane,
         j: &Job,
         body: Vec<u8>,
         gate: &mut smtp::Gate,
-    ) -> Result<Vec<smtp::RcptResult>, Reply> {
+        may_follow: bool,
+    ) -> (Result<Vec<smtp::RcptResult>, Reply>, Option<(Job, Vec<u8>)>) {
         let rcpts: Vec<&str> = j.rcpts.iter().map(|(_, a)| a.as_str()).collect();
         let dir = match self {
             Link::Smtp(session) => {
-                return session.send(&j.return_path, &rcpts, &body, gate).await;
+                let sent = match session.transfer(&j.return_path, &rcpts, &body).await {
+                    Ok(smtp::Transfer::Sent(sent)) => sent,
+                    Ok(smtp::Transfer::Done(out)) => return (Ok(out), None),
+                    Err(e) => return (Err(e), None),
+                };
+                let follow = may_follow && session.pipelines();
+                let ((), next) = tokio::join!(smtp::pass(gate), async {
+                    if follow {
+                        take_next(inner, sender, lane).await
+                    } else {
+                        None
+                    }
+                });
+                let next_rcpts: Vec<&str> = next
+                    .as_ref()
+                    .map(|(nj, _)| nj.rcpts.iter().map(|(_, a)| a.as_str()).collect())
+                    .unwrap_or_default();
+                let envelope = next
+                    .as_ref()
+                    .map(|(nj, _)| (nj.return_path.as_str(), next_rcpts.as_slice()));
+                let result = session.end(sent, envelope).await;
+                return (result, next);
             }
             Link::Capture(dir) => dir.clone(),
         };
+        let sender = &sender.id;
         smtp::pass(gate).await;
         let env = super::capture::Envelope {
             queue_id: j.msg,
@@ -152,7 +184,7 @@ impl Link {
         let written =
             tokio::task::spawn_blocking(move || super::capture::write(&dir, &env, first, &body))
                 .await;
-        match written {
+        let result = match written {
             Ok(Ok(name)) => {
                 let r = Reply {
                     code: 250,
@@ -168,7 +200,8 @@ impl Link {
                 code: 451,
                 text: format!("451 4.3.0 capture failed: {e}"),
             }),
-        }
+        };
+        (result, None)
     }
 }
 
@@ -323,29 +356,42 @@ async fn send_loop(
         });
     let host = session.host();
     let mut job = Some(first);
+    // The next job, loaded, whose envelope went with the last final dot.
+    let mut ahead: Option<(Job, Vec<u8>)> = None;
     let mut sent = 0usize;
     // The previous message's outcome, being recorded.
     let mut recording: smtp::Gate = None;
-    while let Some(j) = job.take() {
-        if !session.fits(inner.config.get().delivery.capture.as_ref()) {
-            // A reload switched capture on or off: this link no longer
-            // fits; the job goes back for a connection that does.
-            unpop_job(inner, key, j);
-            break;
-        }
-        let (j, body) = match load(inner, j).await {
-            Loaded::Ready(j, body) => (j, body),
-            Loaded::Nothing => {
-                job = wait_for_job(inner, lane).await;
-                continue;
-            }
-            Loaded::Failed(j, text) => {
-                smtp::pass(&mut recording).await;
-                finish_job(inner, config, j, None, |_| Outcome::Temporary(text.clone())).await;
-                return true;
+    loop {
+        let (j, body) = match ahead.take() {
+            // Its envelope is with the server already: it goes on this link.
+            Some(loaded) => loaded,
+            None => {
+                let Some(j) = job.take() else { break };
+                if !session.fits(inner.config.get().delivery.capture.as_ref()) {
+                    // A reload switched capture on or off: this link no
+                    // longer fits; the job goes back for a connection that does.
+                    unpop_job(inner, key, j);
+                    break;
+                }
+                match load(inner, j).await {
+                    Loaded::Ready(j, body) => (j, body),
+                    Loaded::Nothing => {
+                        job = wait_for_job(inner, lane).await;
+                        continue;
+                    }
+                    Loaded::Failed(j, text) => {
+                        smtp::pass(&mut recording).await;
+                        finish_job(inner, config, j, None, |_| Outcome::Temporary(text.clone()))
+                            .await;
+                        return true;
+                    }
+                }
             }
         };
-        let result = session.send(&sender.id, &j, body, &mut recording).await;
+        let may_follow = sent + 1 < per_connection && !should_close(inner, lane);
+        let (result, next) = session
+            .send(inner, sender, lane, &j, body, &mut recording, may_follow)
+            .await;
         // A send that ended before its data did not wait.
         smtp::pass(&mut recording).await;
         sent += 1;
@@ -365,8 +411,22 @@ async fn send_loop(
                     Outcome::Temporary(text.clone())
                 })
                 .await;
+                if let Some((nj, _)) = next {
+                    // Its envelope went ahead on the lost session.
+                    let text = format!(
+                        "{text}; this message was next on the connection, its data not sent"
+                    );
+                    finish_job(inner, config, nj, Some(&host), |_| {
+                        Outcome::Temporary(text.clone())
+                    })
+                    .await;
+                }
                 return false;
             }
+        }
+        if next.is_some() {
+            ahead = next;
+            continue;
         }
         if sent >= per_connection || should_close(inner, lane) {
             break;
@@ -401,6 +461,32 @@ async fn send_loop(
     }
     smtp::pass(&mut recording).await;
     true
+}
+
+/// The next job, loaded, if one is ready now, its rate slot (if any) is
+/// due now and the engine is not stopping: its envelope can go with this
+/// message's final dot. Otherwise nothing is taken.
+async fn take_next(inner: &Inner, sender: &Sender, lane: &Lane) -> Option<(Job, Vec<u8>)> {
+    if inner.activity.is_stopping() || starved(inner, lane) {
+        return None;
+    }
+    let j = pop_job(inner, lane)?;
+    if let Some(slot) = reserve_slot(inner, sender, lane)
+        && slot.at > tokio::time::Instant::now() + Duration::from_millis(1)
+    {
+        give_back_slot(inner, sender, lane, &slot);
+        unpop_job(inner, &lane.dest, j);
+        return None;
+    }
+    match load(inner, j).await {
+        Loaded::Ready(j, body) => Some((j, body)),
+        Loaded::Nothing => None,
+        // The ordinary path reads it again and records the failure.
+        Loaded::Failed(j, _) => {
+            unpop_job(inner, &lane.dest, j);
+            None
+        }
+    }
 }
 
 /// Records a transaction's outcome on a task of its own, so that the

@@ -277,6 +277,69 @@ pub struct Session {
     dirty: bool,
     /// Set when the server closed the connection (an empty read).
     closed: Arc<AtomicBool>,
+    /// The next message's envelope, sent with the last final dot, and its
+    /// replies (or why they did not all come).
+    ahead: Option<Ahead>,
+}
+
+/// An envelope sent ahead ([`Session::end`]).
+struct Ahead {
+    from: String,
+    rcpts: Vec<String>,
+    replies: Result<Vec<Response<String>>, Reply>,
+}
+
+/// What [`Session::transfer`] did.
+pub enum Transfer {
+    /// The transaction is over without its data (MAIL refused, no recipient
+    /// accepted, DATA refused): each recipient's result.
+    Done(Vec<RcptResult>),
+    /// The data is written; [`Session::end`] sends the final dot.
+    Sent(DataSent),
+}
+
+/// A transaction whose data is written, its final dot still to send.
+pub struct DataSent {
+    rcpt_replies: Vec<Reply>,
+}
+
+/// The step named when the server hangs up after the message data.
+const DURING_DATA: &str = "during DATA (the message data was sent, no reply came)";
+
+/// A pipelined group's timeout.
+const TIMED_OUT: &str = "timed out waiting for the server";
+
+/// MAIL FROM and one RCPT TO per recipient.
+fn envelope_commands(from: &str, rcpts: &[&str]) -> (String, Vec<String>) {
+    let mail = format!("MAIL FROM:<{from}>\r\n");
+    (
+        mail,
+        rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect(),
+    )
+}
+
+/// An envelope's pipelined group: MAIL, the RCPTs, DATA.
+fn pipelined_envelope<'a>(mail: &'a str, rcpt_cmds: &'a [String]) -> Vec<(&'a [u8], &'a str)> {
+    let mut cmds: Vec<(&[u8], &str)> = Vec::with_capacity(rcpt_cmds.len() + 2);
+    cmds.push((mail.as_bytes(), "at MAIL FROM"));
+    cmds.extend(rcpt_cmds.iter().map(|c| (c.as_bytes(), "at RCPT TO")));
+    cmds.push((b"DATA\r\n", "at DATA"));
+    cmds
+}
+
+/// The replies to a pipelined envelope: MAIL's, each RCPT's, DATA's.
+fn envelope_replies(
+    replies: &[Response<String>],
+    rcpts: usize,
+) -> Result<(Reply, Vec<Reply>, Option<Reply>), Reply> {
+    if replies.len() != rcpts + 2 {
+        return Err(Reply::local("the server sent fewer replies than commands"));
+    }
+    let mut it = replies.iter().map(Reply::from_response);
+    let mail = it.next().unwrap_or_else(|| Reply::local("no reply"));
+    let rr: Vec<Reply> = it.by_ref().take(rcpts).collect();
+    let data = it.next().unwrap_or_else(|| Reply::local("no reply"));
+    Ok((mail, rr, Some(data)))
 }
 
 /// Why a connection could not be set up: the reply or local error, and
@@ -426,6 +489,7 @@ impl Session {
             host: t.host.clone(),
             dirty: false,
             closed,
+            ahead: None,
         }
     }
 
@@ -463,7 +527,9 @@ impl Session {
     /// after the message data is written and before its final dot: the
     /// transfer overlaps the record, and the server accepts this message
     /// only once the previous one's outcome is durable. A send that ends
-    /// before its data leaves `gate` to the caller.
+    /// before its data leaves `gate` to the caller. ([`Session::transfer`]
+    /// and [`Session::end`] are its two halves, for a caller that sends the
+    /// next message's envelope with this one's final dot.)
     pub async fn send(
         &mut self,
         from: &str,
@@ -471,50 +537,30 @@ impl Session {
         message: &[u8],
         gate: &mut Gate,
     ) -> Result<Vec<RcptResult>, Reply> {
-        if self.dirty {
-            self.client
-                .rset()
-                .await
-                .map_err(|e| describe_at(&e, &self.closed, "at RSET"))?;
-            self.dirty = false;
+        match self.transfer(from, rcpts, message).await? {
+            Transfer::Done(out) => Ok(out),
+            Transfer::Sent(sent) => {
+                pass(gate).await;
+                self.end(sent, None).await
+            }
         }
-        self.dirty = true;
-        let mail = format!("MAIL FROM:<{from}>\r\n");
-        let rcpt_cmds: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
-        let (mail_reply, rcpt_replies, data_reply) = if self.pipelining {
-            let mut cmds: Vec<(&[u8], &str)> = Vec::with_capacity(rcpts.len() + 2);
-            cmds.push((mail.as_bytes(), "at MAIL FROM"));
-            cmds.extend(rcpt_cmds.iter().map(|c| (c.as_bytes(), "at RCPT TO")));
-            cmds.push((b"DATA\r\n", "at DATA"));
-            let replies = self.pipelined(&cmds).await?;
-            if replies.len() != rcpts.len() + 2 {
-                return Err(Reply::local("the server sent fewer replies than commands"));
-            }
-            let mut it = replies.iter().map(Reply::from_response);
-            let mail = it.next().unwrap_or_else(|| Reply::local("no reply"));
-            let mut rr = Vec::with_capacity(rcpts.len());
-            for _ in rcpts {
-                rr.push(it.next().unwrap_or_else(|| Reply::local("no reply")));
-            }
-            let data = it.next().unwrap_or_else(|| Reply::local("no reply"));
-            (mail, rr, Some(data))
-        } else {
-            let mail = self.cmd(&mail, "at MAIL FROM").await?;
-            if !mail.is_ok() {
-                (mail, Vec::new(), None)
-            } else {
-                let mut rr = Vec::with_capacity(rcpts.len());
-                for c in &rcpt_cmds {
-                    rr.push(self.cmd(c, "at RCPT TO").await?);
-                }
-                let data = if rr.iter().any(Reply::is_ok) {
-                    Some(self.cmd("DATA\r\n", "at DATA").await?)
-                } else {
-                    None
-                };
-                (mail, rr, data)
-            }
-        };
+    }
+
+    /// Whether the server takes pipelined commands (RFC 2920).
+    pub fn pipelines(&self) -> bool {
+        self.pipelining
+    }
+
+    /// The first half of a transaction: the envelope (MAIL, RCPT, DATA;
+    /// already answered when it went ahead with the previous message's
+    /// final dot) and the message data, all but its final dot.
+    pub async fn transfer(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        message: &[u8],
+    ) -> Result<Transfer, Reply> {
+        let (mail_reply, rcpt_replies, data_reply) = self.envelope(from, rcpts).await?;
         let all = |r: &Reply| -> Vec<RcptResult> {
             rcpts.iter().map(|_| result_of(r, Stage::Message)).collect()
         };
@@ -523,7 +569,7 @@ impl Session {
                 // A pipelining server that still said 354: end the empty data.
                 self.cmd(".\r\n", "at the end of an empty DATA").await?;
             }
-            return Ok(all(&mail_reply));
+            return Ok(Transfer::Done(all(&mail_reply)));
         }
         let accepted = rcpt_replies.iter().filter(|r| r.is_ok()).count();
         let data_reply = match data_reply {
@@ -535,21 +581,23 @@ impl Session {
             Some(d) => d,
             None => Reply::local("no recipient was accepted"),
         };
-        let mut out = Vec::with_capacity(rcpts.len());
         if accepted == 0 || data_reply.code != 354 {
-            for r in &rcpt_replies {
-                out.push(if r.is_ok() {
-                    result_of(&data_reply, Stage::Message)
-                } else {
-                    result_of(r, Stage::Rcpt)
-                });
-            }
-            return Ok(out);
+            let out = rcpt_replies
+                .iter()
+                .map(|r| {
+                    if r.is_ok() {
+                        result_of(&data_reply, Stage::Message)
+                    } else {
+                        result_of(r, Stage::Rcpt)
+                    }
+                })
+                .collect();
+            return Ok(Transfer::Done(out));
         }
         // The terminating CRLF.CRLF supplies the message's last line end.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
         let data = dot_stuffed(body);
-        let (text, dot) = data.split_at(data.len().saturating_sub(DOT.len()));
+        let text = &data[..data.len().saturating_sub(DOT.len())];
         let timeout = self.client.timeout;
         tokio::time::timeout(timeout, async {
             use tokio::io::AsyncWriteExt as _;
@@ -562,36 +610,113 @@ impl Session {
             let e = mail_send::Error::Io(e);
             describe_at(&e, &self.closed, "during DATA (sending the message data)")
         })?;
-        pass(gate).await;
-        let final_reply = tokio::time::timeout(timeout, async {
-            use tokio::io::AsyncWriteExt as _;
-            self.client.stream.write_all(dot).await?;
-            self.client.stream.flush().await?;
-            self.client.read().await
-        })
-        .await
-        .map_err(|_| Reply::local("timed out waiting for the reply to the message data"))?
-        .map_err(|e| {
-            describe_at(
-                &e,
-                &self.closed,
-                "during DATA (the message data was sent, no reply came)",
-            )
-        })?;
+        Ok(Transfer::Sent(DataSent { rcpt_replies }))
+    }
+
+    /// The replies to MAIL, each RCPT and DATA (none to DATA when sent one
+    /// by one and no recipient was accepted).
+    async fn envelope(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), Reply> {
+        if let Some(ahead) = self.ahead.take() {
+            if ahead.from != from || ahead.rcpts.iter().ne(rcpts.iter()) {
+                // Never: the connection task sends what it sent ahead. The
+                // server may be in its DATA phase: the session must end.
+                return Err(Reply::local(
+                    "the envelope sent ahead is not this message's",
+                ));
+            }
+            self.dirty = true;
+            return envelope_replies(&ahead.replies?, rcpts.len());
+        }
+        if self.dirty {
+            self.client
+                .rset()
+                .await
+                .map_err(|e| describe_at(&e, &self.closed, "at RSET"))?;
+            self.dirty = false;
+        }
+        self.dirty = true;
+        let (mail, rcpt_cmds) = envelope_commands(from, rcpts);
+        if self.pipelining {
+            let cmds = pipelined_envelope(&mail, &rcpt_cmds);
+            let replies = self.pipelined(&cmds).await?;
+            envelope_replies(&replies, rcpts.len())
+        } else {
+            let mail = self.cmd(&mail, "at MAIL FROM").await?;
+            if !mail.is_ok() {
+                return Ok((mail, Vec::new(), None));
+            }
+            let mut rr = Vec::with_capacity(rcpts.len());
+            for c in &rcpt_cmds {
+                rr.push(self.cmd(c, "at RCPT TO").await?);
+            }
+            let data = if rr.iter().any(Reply::is_ok) {
+                Some(self.cmd("DATA\r\n", "at DATA").await?)
+            } else {
+                None
+            };
+            Ok((mail, rr, data))
+        }
+    }
+
+    /// The second half of a transaction: the final dot and its reply. With
+    /// `next` (a pipelining server), the next message's envelope goes in the
+    /// same group (RFC 2920 §3.1: the message data may open a group, MAIL
+    /// and RCPT go anywhere in it, DATA ends it), one round trip fewer per
+    /// message; its replies are kept for that message's [`Session::transfer`].
+    pub async fn end(
+        &mut self,
+        sent: DataSent,
+        next: Option<(&str, &[&str])>,
+    ) -> Result<Vec<RcptResult>, Reply> {
+        let next = next.filter(|_| self.pipelining);
+        let (mail, rcpt_cmds) =
+            next.map_or_else(Default::default, |(f, r)| envelope_commands(f, r));
+        let mut cmds: Vec<(&[u8], &str)> = vec![(DOT, DURING_DATA)];
+        if next.is_some() {
+            cmds.extend(pipelined_envelope(&mail, &rcpt_cmds));
+        }
+        let (replies, failed) = self.pipelined_partial(&cmds).await;
+        let mut replies = replies.into_iter();
+        let Some(final_reply) = replies.next() else {
+            return Err(match failed {
+                Some(r) if r.text == TIMED_OUT => {
+                    Reply::local("timed out waiting for the reply to the message data")
+                }
+                Some(r) => r,
+                None => Reply::local("no reply to the message data"),
+            });
+        };
+        if let Some((from, rcpts)) = next {
+            self.ahead = Some(Ahead {
+                from: from.to_string(),
+                rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+                replies: match failed {
+                    None => Ok(replies.collect()),
+                    Some(e) => Err(e),
+                },
+            });
+        }
         let final_reply = Reply::from_response(&final_reply);
         if final_reply.is_ok() {
             self.dirty = false;
         }
-        for r in &rcpt_replies {
-            out.push(if !r.is_ok() {
-                result_of(r, Stage::Rcpt)
-            } else if final_reply.is_ok() {
-                RcptResult::Delivered(final_reply.clone())
-            } else {
-                result_of(&final_reply, Stage::Message)
-            });
-        }
-        Ok(out)
+        Ok(sent
+            .rcpt_replies
+            .iter()
+            .map(|r| {
+                if !r.is_ok() {
+                    result_of(r, Stage::Rcpt)
+                } else if final_reply.is_ok() {
+                    RcptResult::Delivered(final_reply.clone())
+                } else {
+                    result_of(&final_reply, Stage::Message)
+                }
+            })
+            .collect())
     }
 
     /// Sends one command and reads its reply; `step` says where a failure
@@ -609,6 +734,18 @@ impl Session {
     /// connection closed half-way is reported at the command whose reply
     /// is missing.
     async fn pipelined(&mut self, cmds: &[(&[u8], &str)]) -> Result<Vec<Response<String>>, Reply> {
+        match self.pipelined_partial(cmds).await {
+            (replies, None) => Ok(replies),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// [`Session::pipelined`], keeping the replies that came before a
+    /// failure (the failure's reply second).
+    async fn pipelined_partial(
+        &mut self,
+        cmds: &[(&[u8], &str)],
+    ) -> (Vec<Response<String>>, Option<Reply>) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let closed_at = |got: usize| {
             let step = cmds.get(got).map_or("", |(_, s)| *s);
@@ -661,14 +798,20 @@ impl Session {
             }
             Ok(())
         };
-        tokio::time::timeout(self.client.timeout, io)
-            .await
-            .map_err(|_| Reply::local("timed out waiting for the server"))??;
-        Ok(replies)
+        let failed = match tokio::time::timeout(self.client.timeout, io).await {
+            Err(_) => Some(Reply::local(TIMED_OUT)),
+            Ok(Err(e)) => Some(e),
+            Ok(Ok(())) => None,
+        };
+        (replies, failed)
     }
 
-    /// Ends the session politely.
+    /// Ends the session politely (only by closing it while an envelope sent
+    /// ahead may have opened a DATA phase: the server drops that message).
     pub async fn quit(mut self) {
+        if self.ahead.is_some() {
+            return;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.client.cmd(b"QUIT\r\n")).await;
     }
 }
@@ -729,14 +872,27 @@ pub fn relay_connector(ca_certs: &[Vec<u8>]) -> Result<TlsConnector, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Gate, RcptResult, Session, Target, TlsMode, dot_stuffed, relay_connector};
+    use super::{
+        Gate, RcptResult, Session, Stage, Target, TlsMode, Transfer, dot_stuffed, relay_connector,
+    };
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
     /// A minimal SMTP server for one session: PIPELINING, every command
-    /// accepted; what it receives is appended to `seen`.
+    /// accepted but `RCPT TO:<bad@test>`; what it receives is appended to
+    /// `seen`.
     async fn serve_one(listener: tokio::net::TcpListener, seen: Arc<Mutex<Vec<u8>>>) {
+        serve_with(listener, seen, Arc::default()).await
+    }
+
+    /// [`serve_one`]; for each final dot, `pipelined` gets whether more of
+    /// the client's input had come with it (in the same read).
+    async fn serve_with(
+        listener: tokio::net::TcpListener,
+        seen: Arc<Mutex<Vec<u8>>>,
+        pipelined: Arc<Mutex<Vec<bool>>>,
+    ) {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
@@ -757,7 +913,13 @@ mod tests {
                     continue;
                 }
                 in_data = false;
+                pipelined
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(!r.buffer().is_empty());
                 b"250 2.0.0 queued\r\n"
+            } else if line.starts_with(b"RCPT TO:<bad@test>") {
+                b"550 5.1.1 no such user\r\n"
             } else if line.starts_with(b"EHLO") {
                 b"250-test\r\n250 PIPELINING\r\n"
             } else if line.starts_with(b"DATA") {
@@ -781,19 +943,9 @@ mod tests {
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let server = tokio::spawn(serve_one(listener, seen.clone()));
-        let target = Target {
-            addr,
-            host: "test".into(),
-            helo: "client.test".into(),
-            tls: TlsMode::Off,
-            auth: None,
-            connector: relay_connector(&[])?,
-            connect_timeout: Duration::from_secs(5),
-            command_timeout: Duration::from_secs(5),
-            source: None,
-            tls_required_by: None,
-        };
-        let mut session = Session::connect(&target).await.map_err(|e| e.reply.text)?;
+        let mut session = Session::connect(&target(addr)?)
+            .await
+            .map_err(|e| e.reply.text)?;
         let (open, opened) = tokio::sync::oneshot::channel::<()>();
         let mut gate: Gate = Some(Box::pin(async move {
             let _ = opened.await;
@@ -824,6 +976,92 @@ mod tests {
         session.quit().await;
         server.await?;
         Ok(())
+    }
+
+    /// The next message's envelope goes with a final dot (one round trip
+    /// fewer per message); its replies, a refused recipient too, answer
+    /// that message's transfer.
+    #[tokio::test]
+    async fn the_next_envelope_goes_with_the_final_dot() -> Result<(), Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let pipelined = Arc::new(Mutex::new(Vec::new()));
+        let server = tokio::spawn(serve_with(listener, seen.clone(), pipelined.clone()));
+        let mut session = Session::connect(&target(addr)?)
+            .await
+            .map_err(|e| e.reply.text)?;
+        let message = b"Subject: t\r\n\r\nbody\r\n";
+        let mut last = Vec::new();
+        let envelopes: [(&str, &[&str]); 3] = [
+            ("a1@client.test", &["b@test"]),
+            ("a2@client.test", &["bad@test", "c@test"]),
+            ("a3@client.test", &["bad@test"]),
+        ];
+        for (i, (from, rcpts)) in envelopes.iter().enumerate() {
+            let sent = match session
+                .transfer(from, rcpts, message)
+                .await
+                .map_err(|r| r.text)?
+            {
+                Transfer::Sent(sent) => sent,
+                Transfer::Done(out) => {
+                    last = out;
+                    continue;
+                }
+            };
+            let next = envelopes.get(i + 1).map(|(f, r)| (*f, *r));
+            last = session.end(sent, next).await.map_err(|r| r.text)?;
+            match i {
+                0 => assert!(matches!(last.as_slice(), [RcptResult::Delivered(_)])),
+                _ => assert!(
+                    matches!(
+                        last.as_slice(),
+                        [
+                            RcptResult::Permanent(_, Stage::Rcpt),
+                            RcptResult::Delivered(_)
+                        ]
+                    ),
+                    "{:?}",
+                    last.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>()
+                ),
+            }
+        }
+        // The third message's one recipient was refused in its envelope.
+        assert!(matches!(
+            last.as_slice(),
+            [RcptResult::Permanent(_, Stage::Rcpt)]
+        ));
+        session.quit().await;
+        server.await?;
+        let all = String::from_utf8_lossy(&locked(&seen)).into_owned();
+        assert!(
+            all.contains("body\r\n.\r\nMAIL FROM:<a2@client.test>\r\nRCPT TO:<bad@test>"),
+            "{all}"
+        );
+        // Both ends of data that had a next envelope came with it in one read.
+        let flags = pipelined
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        assert_eq!(flags.get(..2), Some(&[true, true][..]), "{flags:?}");
+        Ok(())
+    }
+
+    /// A client target for a test server on `addr`.
+    fn target(addr: std::net::SocketAddr) -> Result<Target, Box<dyn std::error::Error>> {
+        Ok(Target {
+            addr,
+            host: "test".into(),
+            helo: "client.test".into(),
+            tls: TlsMode::Off,
+            auth: None,
+            connector: relay_connector(&[])?,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            source: None,
+            tls_required_by: None,
+        })
     }
 
     /// The bytes the server saw (a panic elsewhere does not hide them).
