@@ -217,18 +217,22 @@ pub fn sign(sender: &Sender, message: Vec<u8>) -> Result<Vec<u8>, SignError> {
 /// them (smuggling), and dot-stuffing and the DKIM body hash would differ.
 pub fn crlf_line_ends(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 50);
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            _ => out.push(b),
+    // Copies the runs between line-end bytes whole (memchr), not byte by byte.
+    let mut last = 0;
+    for i in memchr::memchr2_iter(b'\r', b'\n', bytes) {
+        if i < last {
+            // The LF of a CRLF, copied with its CR.
+            continue;
         }
-        i += 1;
+        out.extend_from_slice(&bytes[last..i]);
+        out.extend_from_slice(b"\r\n");
+        last = if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            i + 2
+        } else {
+            i + 1
+        };
     }
+    out.extend_from_slice(&bytes[last..]);
     out
 }
 
@@ -647,4 +651,48 @@ fn prepare_raw(
     }
     out.extend_from_slice(&crlf);
     Ok((out, message_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crlf_line_ends;
+
+    /// The byte-by-byte definition: CRLF stays, a bare CR or LF becomes CRLF.
+    fn reference(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b'\r' if bytes.get(i + 1) == Some(&b'\n') => {
+                    out.extend_from_slice(b"\r\n");
+                    i += 1;
+                }
+                b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+                _ => out.push(b),
+            }
+            i += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn line_ends_become_crlf_as_byte_by_byte_for_every_short_input() {
+        // Every string of up to 8 bytes over {a, CR, LF}.
+        let alphabet = [b'a', b'\r', b'\n'];
+        for len in 0..=8u32 {
+            for n in 0..3usize.pow(len) {
+                let mut k = n;
+                let input: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = alphabet[k % 3];
+                        k /= 3;
+                        b
+                    })
+                    .collect();
+                assert_eq!(crlf_line_ends(&input), reference(&input), "{input:?}");
+            }
+        }
+        let long = b"line one\nline two\r\nthree\rfour\n\n".repeat(100);
+        assert_eq!(crlf_line_ends(&long), reference(&long));
+    }
 }
