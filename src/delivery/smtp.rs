@@ -287,6 +287,8 @@ struct Ahead {
     from: String,
     rcpts: Vec<String>,
     replies: Result<Vec<Response<String>>, Reply>,
+    /// The server refused the message whose final dot it followed.
+    after_refusal: bool,
 }
 
 /// What [`Session::transfer`] did.
@@ -629,7 +631,19 @@ impl Session {
                 ));
             }
             self.dirty = true;
-            return envelope_replies(&ahead.replies?, rcpts.len());
+            let (mail, rr, data) = envelope_replies(&ahead.replies?, rcpts.len())?;
+            if ahead.after_refusal && !mail.is_ok() {
+                // Sent before the server refused the previous message: a
+                // server that took that badly may not have started a new
+                // transaction (without an envelope ahead, Herald sends RSET
+                // first). Not this message's fault: it waits for a new
+                // session, and this one ends.
+                return Err(Reply::local(format!(
+                    "MAIL FROM refused right after the previous message was refused: {}",
+                    mail.text
+                )));
+            }
+            return Ok((mail, rr, data));
         }
         if self.dirty {
             self.client
@@ -690,6 +704,7 @@ impl Session {
                 None => Reply::local("no reply to the message data"),
             });
         };
+        let final_reply = Reply::from_response(&final_reply);
         if let Some((from, rcpts)) = next {
             self.ahead = Some(Ahead {
                 from: from.to_string(),
@@ -698,9 +713,9 @@ impl Session {
                     None => Ok(replies.collect()),
                     Some(e) => Err(e),
                 },
+                after_refusal: !final_reply.is_ok(),
             });
         }
-        let final_reply = Reply::from_response(&final_reply);
         if final_reply.is_ok() {
             self.dirty = false;
         }
@@ -900,6 +915,7 @@ mod tests {
         let mut r = BufReader::new(r);
         let _ = w.write_all(b"220 test ESMTP\r\n").await;
         let mut in_data = false;
+        let (mut refuse, mut confused) = (false, false);
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -910,6 +926,7 @@ mod tests {
             locked(&seen).extend_from_slice(&line);
             let reply: &[u8] = if in_data {
                 if line != b".\r\n" {
+                    refuse |= line.starts_with(b"refuse me");
                     continue;
                 }
                 in_data = false;
@@ -917,7 +934,15 @@ mod tests {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(!r.buffer().is_empty());
-                b"250 2.0.0 queued\r\n"
+                if std::mem::take(&mut refuse) {
+                    // A server that takes a refusal badly: its next MAIL fails.
+                    confused = true;
+                    b"554 5.7.1 refused\r\n"
+                } else {
+                    b"250 2.0.0 queued\r\n"
+                }
+            } else if line.starts_with(b"MAIL") && std::mem::take(&mut confused) {
+                b"503 5.5.1 nested MAIL command\r\n"
             } else if line.starts_with(b"RCPT TO:<bad@test>") {
                 b"550 5.1.1 no such user\r\n"
             } else if line.starts_with(b"EHLO") {
@@ -1045,6 +1070,52 @@ mod tests {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         assert_eq!(flags.get(..2), Some(&[true, true][..]), "{flags:?}");
+        Ok(())
+    }
+
+    /// An envelope that went ahead with the final dot of a message the
+    /// server refused, and whose MAIL the server then refused too, ends the
+    /// session (the message waits for another) rather than failing the
+    /// message on a reply that may be about the server's state.
+    #[tokio::test]
+    async fn a_refusal_after_a_refused_message_ends_the_session()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(serve_one(listener, Arc::default()));
+        let mut session = Session::connect(&target(addr)?)
+            .await
+            .map_err(|e| e.reply.text)?;
+        let Transfer::Sent(sent) = session
+            .transfer(
+                "a@client.test",
+                &["b@test"],
+                b"Subject: t\r\n\r\nrefuse me\r\n",
+            )
+            .await
+            .map_err(|r| r.text)?
+        else {
+            return Err("no data phase".into());
+        };
+        let next: &[&str] = &["c@test"];
+        let first = session
+            .end(sent, Some(("a@client.test", next)))
+            .await
+            .map_err(|r| r.text)?;
+        assert!(matches!(
+            first.as_slice(),
+            [RcptResult::Permanent(_, Stage::Message)]
+        ));
+        let second = session
+            .transfer("a@client.test", next, b"Subject: t\r\n\r\nok\r\n")
+            .await;
+        let Err(reply) = second else {
+            return Err("the second message was not sent back for a new session".into());
+        };
+        assert!(reply.text.contains("503"), "{}", reply.text);
+        assert!(!reply.is_permanent(), "{}", reply.text);
+        drop(session);
+        server.await?;
         Ok(())
     }
 
