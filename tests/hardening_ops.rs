@@ -372,17 +372,7 @@ fn first_attempt(h: &Herald) -> Value {
     );
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.body["id"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = h.get(&format!("/api/v1/queue/{id}"));
-        assert_eq!(m.status, 200, "{}", m.body);
-        let rc = &m.body["recipients"][0];
-        if rc["attempts"].as_u64().unwrap_or(0) >= 1 {
-            return rc.clone();
-        }
-        assert!(Instant::now() < deadline, "no attempt: {}", m.body);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    after_attempts(h, id, 1)
 }
 
 #[test]
