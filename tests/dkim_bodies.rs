@@ -45,6 +45,12 @@ fn bodies() -> Vec<(&'static str, String)> {
             "long_lines",
             format!("{long_words}\r\n{long_words}\t\r\n{long_words}\r\n \r\n"),
         ),
+        // Over 64 KiB: built and signed on a blocking thread, the others
+        // on the task that takes them (`queue::INLINE_BUILD_BYTES`).
+        (
+            "large",
+            "A line of a large body, with a tab\tand trailing space \r\n".repeat(2000) + " \r\n",
+        ),
     ]
 }
 

@@ -68,6 +68,28 @@ pub enum Content {
     Parts(Parts),
 }
 
+impl Content {
+    /// About how many bytes the content holds (the parts' text summed).
+    pub fn approx_len(&self) -> usize {
+        match self {
+            Content::Raw(b) => b.len(),
+            Content::Parts(p) => {
+                let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+                p.subject.len()
+                    + opt(&p.from)
+                    + opt(&p.to)
+                    + opt(&p.reply_to)
+                    + opt(&p.text)
+                    + opt(&p.html)
+                    + p.headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            }
+        }
+    }
+}
+
 /// The parts of a message Herald builds.
 #[derive(Debug, Clone, Default)]
 pub struct Parts {
@@ -133,13 +155,13 @@ pub async fn enqueue(
     let source = msg.source.clone();
     let kind = msg.kind;
     let content = msg.content;
-    let (body, message_id) = {
+    let rcpts: Vec<String> = recipients.iter().map(|r| r.address.clone()).collect();
+    let (body, message_id) = if content.approx_len() <= INLINE_BUILD_BYTES {
+        build_and_sign(&sender, &rcpts, content, message_id, now)?
+    } else {
         let sender = sender.clone();
-        let rcpts: Vec<String> = recipients.iter().map(|r| r.address.clone()).collect();
         tokio::task::spawn_blocking(move || {
-            let (bytes, mid) =
-                build(&sender, &rcpts, content, message_id, now).map_err(EnqueueError::Invalid)?;
-            Ok::<_, EnqueueError>((sign(&sender, bytes)?, mid))
+            build_and_sign(&sender, &rcpts, content, message_id, now)
         })
         .await
         .map_err(|e| EnqueueError::Invalid(format!("building the message failed: {e}")))??
@@ -172,6 +194,27 @@ pub async fn enqueue(
         })
         .await?;
     Ok((id, message_id))
+}
+
+/// Content up to this size is built and signed on the task that takes it;
+/// larger content on a blocking thread. A message of 20 KB takes ~0.35 ms
+/// of CPU (the RSA-2048 signature most of it): less than the hop to a
+/// blocking thread and back costs on a busy two-core machine (0.8 ms of
+/// wall time for the same work, measured under the pipeline benchmark),
+/// and the canonicalization and hashing of a larger body grow with it.
+const INLINE_BUILD_BYTES: usize = 64 * 1024;
+
+/// Builds the message and signs it with every key of its sender.
+fn build_and_sign(
+    sender: &Sender,
+    rcpts: &[String],
+    content: Content,
+    message_id: String,
+    now: i64,
+) -> Result<(Vec<u8>, String), EnqueueError> {
+    let (bytes, mid) =
+        build(sender, rcpts, content, message_id, now).map_err(EnqueueError::Invalid)?;
+    Ok((sign(sender, bytes)?, mid))
 }
 
 /// Names the contact of each recipient given without one whose address is
@@ -655,7 +698,22 @@ fn prepare_raw(
 
 #[cfg(test)]
 mod tests {
-    use super::crlf_line_ends;
+    use super::{Content, Parts, crlf_line_ends};
+
+    #[test]
+    fn content_size_counts_raw_bytes_and_every_part() {
+        assert_eq!(Content::Raw(vec![b'x'; 70_000]).approx_len(), 70_000);
+        let parts = Parts {
+            from: Some("a".into()),
+            to: Some("bb".into()),
+            reply_to: None,
+            subject: "ccc".into(),
+            text: Some("d".repeat(40_000)),
+            html: Some("e".repeat(30_000)),
+            headers: vec![("X-F".into(), "gg".into())],
+        };
+        assert_eq!(Content::Parts(parts).approx_len(), 1 + 2 + 3 + 70_000 + 5);
+    }
 
     /// The byte-by-byte definition: CRLF stays, a bare CR or LF becomes CRLF.
     fn reference(bytes: &[u8]) -> Vec<u8> {
