@@ -157,7 +157,12 @@ pub async fn enqueue(
     let content = msg.content;
     let rcpts: Vec<String> = recipients.iter().map(|r| r.address.clone()).collect();
     let (body, message_id) = if content.approx_len() <= INLINE_BUILD_BYTES {
-        build_and_sign(&sender, &rcpts, content, message_id, now)?
+        // A panic in the builder or signer is answered as on the blocking
+        // thread (its JoinError), not by dropping the connection.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            build_and_sign(&sender, &rcpts, content, message_id, now)
+        }))
+        .map_err(|_| EnqueueError::Invalid("building the message failed: it panicked".into()))??
     } else {
         let sender = sender.clone();
         tokio::task::spawn_blocking(move || {
