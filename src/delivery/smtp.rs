@@ -308,8 +308,22 @@ pub struct DataSent {
 /// The step named when the server hangs up after the message data.
 const DURING_DATA: &str = "during DATA (the message data was sent, no reply came)";
 
-/// A pipelined group's timeout.
-const TIMED_OUT: &str = "timed out waiting for the server";
+/// Why a pipelined group did not get all its replies.
+enum GroupFailure {
+    /// The command timeout passed.
+    TimedOut,
+    /// The server hung up, or a read or write failed: where.
+    Failed(Reply),
+}
+
+impl GroupFailure {
+    fn reply(self) -> Reply {
+        match self {
+            GroupFailure::TimedOut => Reply::local("timed out waiting for the server"),
+            GroupFailure::Failed(r) => r,
+        }
+    }
+}
 
 /// MAIL FROM and one RCPT TO per recipient.
 fn envelope_commands(from: &str, rcpts: &[&str]) -> (String, Vec<String>) {
@@ -697,10 +711,10 @@ impl Session {
         let mut replies = replies.into_iter();
         let Some(final_reply) = replies.next() else {
             return Err(match failed {
-                Some(r) if r.text == TIMED_OUT => {
+                Some(GroupFailure::TimedOut) => {
                     Reply::local("timed out waiting for the reply to the message data")
                 }
-                Some(r) => r,
+                Some(GroupFailure::Failed(r)) => r,
                 None => Reply::local("no reply to the message data"),
             });
         };
@@ -711,7 +725,7 @@ impl Session {
                 rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
                 replies: match failed {
                     None => Ok(replies.collect()),
-                    Some(e) => Err(e),
+                    Some(e) => Err(e.reply()),
                 },
                 after_refusal: !final_reply.is_ok(),
             });
@@ -751,16 +765,16 @@ impl Session {
     async fn pipelined(&mut self, cmds: &[(&[u8], &str)]) -> Result<Vec<Response<String>>, Reply> {
         match self.pipelined_partial(cmds).await {
             (replies, None) => Ok(replies),
-            (_, Some(e)) => Err(e),
+            (_, Some(e)) => Err(e.reply()),
         }
     }
 
     /// [`Session::pipelined`], keeping the replies that came before a
-    /// failure (the failure's reply second).
+    /// failure, and why the rest did not come.
     async fn pipelined_partial(
         &mut self,
         cmds: &[(&[u8], &str)],
-    ) -> (Vec<Response<String>>, Option<Reply>) {
+    ) -> (Vec<Response<String>>, Option<GroupFailure>) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let closed_at = |got: usize| {
             let step = cmds.get(got).map_or("", |(_, s)| *s);
@@ -814,8 +828,8 @@ impl Session {
             Ok(())
         };
         let failed = match tokio::time::timeout(self.client.timeout, io).await {
-            Err(_) => Some(Reply::local(TIMED_OUT)),
-            Ok(Err(e)) => Some(e),
+            Err(_) => Some(GroupFailure::TimedOut),
+            Ok(Err(e)) => Some(GroupFailure::Failed(e)),
             Ok(Ok(())) => None,
         };
         (replies, failed)
@@ -930,10 +944,7 @@ mod tests {
                     continue;
                 }
                 in_data = false;
-                pipelined
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(!r.buffer().is_empty());
+                locked(&pipelined).push(!r.buffer().is_empty());
                 if std::mem::take(&mut refuse) {
                     // A server that takes a refusal badly: its next MAIL fails.
                     confused = true;
@@ -1065,10 +1076,7 @@ mod tests {
             "{all}"
         );
         // Both ends of data that had a next envelope came with it in one read.
-        let flags = pipelined
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let flags = locked(&pipelined).clone();
         assert_eq!(flags.get(..2), Some(&[true, true][..]), "{flags:?}");
         Ok(())
     }
@@ -1135,10 +1143,9 @@ mod tests {
         })
     }
 
-    /// The bytes the server saw (a panic elsewhere does not hide them).
-    fn locked(seen: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
-        seen.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// What a test server saw (a panic elsewhere does not hide it).
+    fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     #[test]
