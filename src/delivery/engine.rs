@@ -80,6 +80,8 @@ pub(super) struct Inner {
     pub(super) jobs_added: Notify,
     /// The daemon's in-flight work and stop signal.
     pub(super) activity: Activity,
+    /// Gathers delivery outcomes into store batches.
+    pub(super) outcome_batch: super::outcome_batch::Batcher,
     /// Outcomes were recorded (one permit, for one listener: the send
     /// layer's users that wait for outcomes, such as campaign completion).
     pub(super) outcomes_recorded: Arc<Notify>,
@@ -180,6 +182,7 @@ impl Engine {
                 new_work: Notify::new(),
                 jobs_added: Notify::new(),
                 activity,
+                outcome_batch: Default::default(),
                 outcomes_recorded: Arc::new(Notify::new()),
                 abandon: tokio_util::sync::CancellationToken::new(),
                 delivered: outcome("delivered"),
@@ -278,6 +281,7 @@ impl Engine {
         let inner = self.inner;
         async move {
             super::outcome::replay_journal(&inner).await;
+            tokio::spawn(super::index::run(inner.clone()));
             super::scheduler::run(inner).await;
             drop(guard);
         }

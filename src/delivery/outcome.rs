@@ -314,22 +314,57 @@ async fn record_job(
         }
         None => (None, None),
     };
-    let journaled = ticket.is_some();
+    let item = super::outcome_batch::Item {
+        msg: id,
+        outcomes,
+        host,
+        now,
+        policy,
+        warm,
+        journaled: ticket.is_some(),
+    };
     // The job stays in the active set until its outcome is committed: were
     // it released after a failed write, the next fill would load the
-    // message again and send a delivered recipient a second time.
+    // message again and send a delivered recipient a second time. First
+    // with the outcomes of other messages (`outcome_batch`); should that
+    // batch fail, alone until it is written.
+    let recorded = inner.outcome_batch.record(&inner.store, item.clone()).await
+        || write_alone(inner, &item).await;
+    if !recorded {
+        // The store is closing; journaled, it is recorded at the next start.
+        return;
+    }
+    if let Some(tell) = durable.take() {
+        let _ = tell.send(());
+    }
+    inner.outcomes_recorded.notify_one();
+    drop(ticket);
+    release_jobs(inner, std::slice::from_ref(&job));
+    for (i, o) in &item.outcomes {
+        match o {
+            Outcome::Delivered(r) => tracing::debug!(msg = id, rcpt = i, reply = %r, "delivered"),
+            Outcome::Temporary(r) => tracing::info!(msg = id, rcpt = i, reply = %r, "deferred"),
+            Outcome::Permanent(r, c) => {
+                tracing::info!(msg = id, rcpt = i, class = c.as_str(), reply = %r, "failed")
+            }
+        }
+    }
+}
+
+/// Writes one message's outcomes as a job of its own, retrying (with a
+/// growing pause) until it is committed; `false` if the store closed first.
+async fn write_alone(inner: &Inner, item: &super::outcome_batch::Item) -> bool {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let (outcomes2, policy2, host2) = (outcomes.clone(), policy.clone(), host.clone());
-        let warm2 = warm.clone();
+        let i = item.clone();
         let written = inner
             .store
             .write(move |t| {
-                if journaled {
+                if i.journaled {
                     t.sync_later();
                 }
-                record_outcomes(t, id, &outcomes2, host2.as_deref(), now, &policy2)?;
-                add_warm_use(t, warm2.as_ref())
+                record_outcomes(t, i.msg, &i.outcomes, i.host.as_deref(), i.now, &i.policy)?;
+                add_warm_use(t, i.warm.as_ref())
             })
             .await;
         match written {
@@ -339,32 +374,16 @@ async fn record_job(
                         .store
                         .report_loop("delivery outcomes", &Ok::<(), String>(()));
                 }
-                if let Some(tell) = durable.take() {
-                    let _ = tell.send(());
-                }
-                inner.outcomes_recorded.notify_one();
-                break;
+                return true;
             }
-            // Journaled, it is recorded at the next start.
-            Err(StoreError::Closed) => return,
+            Err(StoreError::Closed) => return false,
             Err(e) => {
                 inner
                     .store
                     .report_loop("delivery outcomes", &Err::<(), _>(&e));
-                tracing::error!(error = %e, msg = id, "cannot record a delivery outcome; retrying");
+                tracing::error!(error = %e, msg = item.msg, "cannot record a delivery outcome; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-    drop(ticket);
-    release_jobs(inner, std::slice::from_ref(&job));
-    for (i, o) in &outcomes {
-        match o {
-            Outcome::Delivered(r) => tracing::debug!(msg = id, rcpt = i, reply = %r, "delivered"),
-            Outcome::Temporary(r) => tracing::info!(msg = id, rcpt = i, reply = %r, "deferred"),
-            Outcome::Permanent(r, c) => {
-                tracing::info!(msg = id, rcpt = i, class = c.as_str(), reply = %r, "failed")
             }
         }
     }
@@ -412,7 +431,10 @@ fn count_metrics(inner: &Inner, outcomes: &[(usize, Outcome)]) {
     }
 }
 
-fn add_warm_use(t: &mut WriteTables<'_>, warm: Option<&WarmUse>) -> Result<(), StoreError> {
+pub(super) fn add_warm_use(
+    t: &mut WriteTables<'_>,
+    warm: Option<&WarmUse>,
+) -> Result<(), StoreError> {
     if let Some(u) = warm {
         for scope in &u.scopes {
             t.add_warmup_used(&u.sender, scope, u.period, u.n)?;

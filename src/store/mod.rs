@@ -56,7 +56,7 @@ mod users;
 pub use audience::{decode_ids, encode_ids};
 pub use contacts::{AddressClaim, ContactIndex, suppression_key};
 pub use inbound::SoftStreak;
-pub use queue::{DueEntry, QueueSummary};
+pub use queue::{AddressIndexMark, DueEntry, QueueSummary};
 pub use read::ReadTables;
 pub use send::{LinkCounts, SendCounts, SendMoney, hour_of};
 pub use sms::SmsTables;
@@ -800,6 +800,7 @@ fn prepare_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     // Create every table so that read transactions can open them.
     tables::create_all(&txn)?;
     queue::index_addresses(&txn)?;
+    queue::mark_addresses_indexed(&txn)?;
     txn.commit()?;
     Ok(())
 }

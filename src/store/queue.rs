@@ -36,11 +36,41 @@ const NOT_SENT_NO_CONSENT: &str = "count.rcpt.not_sent.no_consent";
 const NOT_SENT_SUPPRESSED: &str = "count.rcpt.not_sent.suppressed";
 /// Set in META once every queue record is in `queue_by_address_v1`.
 const ADDRESS_INDEX_BUILT: &str = "index.queue_by_address";
+/// In META: every message with a queue id up to this one is in
+/// `queue_by_address_v1`. A message is not indexed when it is queued (its
+/// hashed key would land on a random page of the index, one more scattered
+/// page in every synced commit that accepts mail); it is indexed later, in
+/// bulk, by [`WriteTables::index_recent_addresses`], and until then lookups
+/// find it by reading the records above this mark.
+const ADDRESS_INDEX_UPTO: &str = "index.queue_by_address.upto";
 
 /// The key of a recipient address in `queue_by_address_v1`: the same salted
 /// hash the suppression list uses, so an erased address is found by it.
 fn address_key(salt: &[u8], address: &str) -> Vec<u8> {
     suppression_key(salt, &address.to_lowercase())
+}
+
+/// The index keys of a message's recipients (an erased address has none).
+fn indexed_keys(salt: &[u8], m: &QueuedMessage) -> Vec<(Vec<u8>, u64)> {
+    m.recipients
+        .iter()
+        .filter(|r| r.address != crate::delivery::outcome::ERASED)
+        .map(|r| (address_key(salt, &r.address), m.id))
+        .collect()
+}
+
+/// Whether `m` has a recipient whose address hashes to `key`.
+pub(super) fn is_to(salt: &[u8], m: &QueuedMessage, key: &[u8]) -> bool {
+    m.recipients
+        .iter()
+        .any(|r| address_key(salt, &r.address) == key)
+}
+
+/// The index's mark in META.
+pub(super) fn address_index_upto(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<u64, StoreError> {
+    meta_u64(meta, ADDRESS_INDEX_UPTO)
 }
 
 /// Fills `queue_by_address_v1` from the queue and its finished log, once
@@ -86,11 +116,39 @@ pub(super) fn index_addresses(txn: &redb::WriteTransaction) -> Result<(), StoreE
     Ok(())
 }
 
+/// Sets the index's mark in a store that has none: a store written before
+/// the mark existed indexed every message as it was queued (or at open,
+/// [`index_addresses`]), so its mark is its last queue id (0 in a new store).
+pub(super) fn mark_addresses_indexed(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(ADDRESS_INDEX_UPTO)?.is_none() {
+        let last = meta_u64(&meta, super::Sequence::Message.key())?;
+        meta.insert(ADDRESS_INDEX_UPTO, last.to_be_bytes().as_slice())?;
+    }
+    Ok(())
+}
+
+/// Where the address index stands: every message with a queue id up to
+/// `upto` is indexed; the queue's last id is `last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressIndexMark {
+    /// Messages up to this queue id are indexed.
+    pub upto: u64,
+    /// The last queue id given out.
+    pub last: u64,
+}
+
+impl AddressIndexMark {
+    /// How many queue ids are above the mark.
+    pub fn backlog(&self) -> u64 {
+        self.last.saturating_sub(self.upto)
+    }
+}
+
 impl WriteTables<'_> {
     /// Stores a queued message (and its body, when given), moving its entry in
-    /// the due index to its earliest pending recipient. A body is given once,
-    /// when the message is queued: then its recipients' addresses are
-    /// indexed too.
+    /// the due index to its earliest pending recipient. Its recipients'
+    /// addresses are indexed later ([`ADDRESS_INDEX_UPTO`]).
     pub fn put_message(
         &mut self,
         m: &mut QueuedMessage,
@@ -112,14 +170,60 @@ impl WriteTables<'_> {
             .insert(m.id, to_json(m).as_slice())?;
         if let Some(b) = body {
             self.tables.queue_bodies.open()?.insert(m.id, b)?;
-            let salt = self.salt()?;
-            for r in &m.recipients {
-                self.tables
-                    .queue_by_address
-                    .open()?
-                    .insert((address_key(&salt, &r.address).as_slice(), m.id), ())?;
-            }
         }
+        Ok(())
+    }
+
+    /// Indexes the recipient addresses of up to `limit` queue ids above the
+    /// index's mark (queued or finished; an id whose record is gone has
+    /// nothing to index) and moves the mark past them. Returns the mark
+    /// after. The writes go with the next synced commit
+    /// ([`WriteTables::sync_later`]): lost in a crash, the mark goes back
+    /// with them.
+    pub fn index_recent_addresses(&mut self, limit: u64) -> Result<AddressIndexMark, StoreError> {
+        let mark = self.address_index_mark()?;
+        let upto = mark.upto.saturating_add(limit).min(mark.last);
+        if upto == mark.upto {
+            return Ok(mark);
+        }
+        self.sync_later();
+        let salt = self.salt()?;
+        let mut keys = Vec::new();
+        for r in self.tables.queue()?.range(mark.upto + 1..=upto)? {
+            let (_, v) = r?;
+            let m: QueuedMessage = from_json("queue", v.value())?;
+            keys.extend(indexed_keys(&salt, &m));
+        }
+        let done: Vec<(u64, Vec<u8>)> = self
+            .tables
+            .queue_done()?
+            .range(mark.upto + 1..=upto)?
+            .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (id, b) in done {
+            let m = super::queue_codec::decode_message(id, &b, &|t| self.term_name(t))?;
+            keys.extend(indexed_keys(&salt, &m));
+        }
+        keys.sort_unstable();
+        let index = self.tables.queue_by_address.open()?;
+        for k in &keys {
+            index.insert((k.0.as_slice(), k.1), ())?;
+        }
+        self.tables
+            .meta
+            .open()?
+            .insert(ADDRESS_INDEX_UPTO, upto.to_be_bytes().as_slice())?;
+        Ok(AddressIndexMark { upto, ..mark })
+    }
+
+    /// Overwrites a queued message's record with bytes that do not decode
+    /// (tests of what a damaged record does).
+    #[cfg(test)]
+    pub fn damage_queued_message(&mut self, id: u64) -> Result<(), StoreError> {
+        self.tables
+            .queue
+            .open()?
+            .insert(id, b"not json".as_slice())?;
         Ok(())
     }
 
@@ -350,6 +454,112 @@ mod tests {
             v.messages_to(&key)
         })?;
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), vec![9]);
+        store.close();
+        Ok(())
+    }
+
+    /// A message is found by its recipient before the address index holds
+    /// it (by its record, above the mark) and after; indexing moves the
+    /// mark a chunk at a time and leaves out an erased address.
+    #[test]
+    fn messages_are_found_before_and_after_they_are_indexed()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use crate::delivery::model::Recipient;
+        let dir = tempfile::tempdir()?;
+        let store = super::super::Store::open(dir.path())?;
+        store.write_wait(|t| {
+            let to: [&[&str]; 5] = [
+                &["ann@x.example"],
+                &["bob@x.example"],
+                &["Ann@X.example"],
+                &["ann@x.example", "bob@x.example"],
+                &["cy@x.example"],
+            ];
+            for addresses in to {
+                let id = t.next_id(super::super::Sequence::Message)?;
+                let rcpts = addresses
+                    .iter()
+                    .map(|a| Recipient::queued(a.to_string(), None))
+                    .collect();
+                t.put_message(&mut QueuedMessage::sample(id, rcpts, None), Some(b"b"))?;
+            }
+            // One of them finished: found in the finished log.
+            let m = t.queued_message(2)?.ok_or(StoreError::Closed)?;
+            t.finish_message(m, 1)
+        })?;
+        let ids_to = |a: &'static str| {
+            store.read_blocking(|v| v.message_ids_to(&address_key(&v.salt()?, a)))
+        };
+        let entries = || {
+            use redb::ReadableTableMetadata as _;
+            store.read_blocking(|v| Ok(v.tables().queue_by_address()?.len()?))
+        };
+        let expect = |cy: Vec<u64>| -> Result<(), Box<dyn std::error::Error>> {
+            assert_eq!(ids_to("ann@x.example")?, vec![1, 3, 4]);
+            assert_eq!(ids_to("BOB@x.example")?, vec![2, 4]);
+            assert_eq!(ids_to("cy@x.example")?, cy);
+            Ok(())
+        };
+        let mark = store.read_blocking(|v| v.address_index_mark())?;
+        assert_eq!((mark.upto, mark.last, mark.backlog()), (0, 5, 5));
+        assert_eq!(entries()?, 0, "nothing is indexed as it is queued");
+        expect(vec![5])?;
+
+        let mark = store.write_wait(|t| t.index_recent_addresses(3))?;
+        assert_eq!((mark.upto, mark.backlog()), (3, 2));
+        assert_eq!(entries()?, 3, "ann 1, bob 2, ann 3");
+        expect(vec![5])?;
+
+        // cy's address is erased before it is indexed: it is never indexed.
+        store.write_wait(|t| {
+            let key = address_key(&t.salt()?, "cy@x.example");
+            crate::delivery::outcome::erase_recipient(t, &key, 10)
+        })?;
+        let mark = store.write_wait(|t| t.index_recent_addresses(100))?;
+        assert_eq!((mark.upto, mark.backlog()), (5, 0));
+        assert_eq!(entries()?, 5, "and ann 4, bob 4");
+        expect(vec![])?;
+        let again = store.write_wait(|t| t.index_recent_addresses(100))?;
+        assert_eq!(again, mark, "nothing left to index");
+        store.close();
+        Ok(())
+    }
+
+    /// A store written before the index had a mark indexed every message
+    /// as it was queued: opened now, its mark is its last queue id, and its
+    /// messages are found through the index alone.
+    #[test]
+    fn a_store_without_the_mark_counts_every_message_indexed()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use crate::delivery::model::Recipient;
+        let dir = tempfile::tempdir()?;
+        let store = super::super::Store::open(dir.path())?;
+        store.write_wait(|t| {
+            let salt = t.salt()?;
+            for _ in 0..3 {
+                let id = t.next_id(super::super::Sequence::Message)?;
+                let mut m = QueuedMessage::sample(
+                    id,
+                    vec![Recipient::queued("a@x.example".into(), None)],
+                    None,
+                );
+                t.put_message(&mut m, Some(b"b"))?;
+                // As the previous version did, at enqueue.
+                t.tables
+                    .queue_by_address
+                    .open()?
+                    .insert((address_key(&salt, "a@x.example").as_slice(), id), ())?;
+            }
+            t.tables.meta.open()?.remove(ADDRESS_INDEX_UPTO)?;
+            Ok(())
+        })?;
+        store.close();
+        let store = super::super::Store::open(dir.path())?;
+        let mark = store.read_blocking(|v| v.address_index_mark())?;
+        assert_eq!((mark.upto, mark.last), (3, 3));
+        let found =
+            store.read_blocking(|v| v.message_ids_to(&address_key(&v.salt()?, "a@x.example")))?;
+        assert_eq!(found, vec![1, 2, 3]);
         store.close();
         Ok(())
     }

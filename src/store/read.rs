@@ -165,7 +165,8 @@ pub trait ReadTables {
 
     /// The ids of every message, queued or finished, to the address whose
     /// salted hash is `key` (see [`crate::store::suppression_key`]), in
-    /// queue id order.
+    /// queue id order: those the address index holds, and those above its
+    /// mark, found by their records (`store::queue`, `ADDRESS_INDEX_UPTO`).
     fn message_ids_to(&self, key: &[u8]) -> Result<Vec<u64>, StoreError> {
         let mut out = Vec::new();
         for r in self
@@ -175,7 +176,35 @@ pub trait ReadTables {
         {
             out.push(r?.0.value().1);
         }
+        let above = self.address_index_mark()?.upto + 1;
+        let salt = self.salt()?;
+        for r in self.tables().queue()?.range(above..)? {
+            let (k, v) = r?;
+            let m: QueuedMessage = super::from_json("queue", v.value())?;
+            if super::queue::is_to(&salt, &m, key) {
+                out.push(k.value());
+            }
+        }
+        for r in self.tables().queue_done()?.range(above..)? {
+            let (k, v) = r?;
+            let m =
+                super::queue_codec::decode_message(k.value(), v.value(), &|t| self.term_name(t))?;
+            if super::queue::is_to(&salt, &m, key) {
+                out.push(k.value());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
         Ok(out)
+    }
+
+    /// Where the recipient address index stands.
+    fn address_index_mark(&self) -> Result<super::queue::AddressIndexMark, StoreError> {
+        let meta = self.tables().meta()?;
+        Ok(super::queue::AddressIndexMark {
+            upto: super::queue::address_index_upto(meta)?,
+            last: super::meta_u64(meta, super::Sequence::Message.key())?,
+        })
     }
 
     // Shop data and the catalogue (`store/shop.rs`, `store/render.rs`).
