@@ -7,7 +7,10 @@
 //! and body, the finished log, the counters) then add scattered pages to
 //! that commit's fdatasync, which the caller waits for. Gathered for
 //! [`WINDOW`], the outcomes of many messages share those pages and land in
-//! one commit in a few dozen.
+//! one commit in a few dozen. Only journaled outcomes wait: one whose
+//! caller waits for the store's commit (no journal entry: a connection
+//! deferring a dead destination's jobs one after another, a gate with the
+//! journal off) is written with what is already there, at once.
 //!
 //! An outcome is durable before it gets here (the outcome journal), or its
 //! caller waits for this batch's synced commit (the journal failed). A
@@ -74,16 +77,30 @@ impl Batcher {
 /// Gathers and writes batches, one at a time, while anyone sends.
 async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<(Item, oneshot::Sender<bool>)>) {
     while let Some(first) = rx.recv().await {
+        let mut waits = !first.0.journaled;
         let mut items = vec![first];
         let until = tokio::time::Instant::now() + WINDOW;
-        while items.len() < MAX_ITEMS {
+        // An outcome not in the journal has a caller waiting for its commit
+        // (a connection deferring its jobs one by one, a gate with the
+        // journal off): it ends the window at once.
+        while items.len() < MAX_ITEMS && !waits {
             tokio::select! {
                 biased;
                 item = rx.recv() => match item {
-                    Some(i) => items.push(i),
+                    Some(i) => {
+                        waits = !i.0.journaled;
+                        items.push(i);
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+        // And whatever else is already waiting comes along.
+        while items.len() < MAX_ITEMS {
+            match rx.try_recv() {
+                Ok(i) => items.push(i),
+                Err(_) => break,
             }
         }
         write(&store, items).await;
@@ -117,7 +134,20 @@ async fn write(store: &Store, items: Vec<(Item, oneshot::Sender<bool>)>) {
 mod tests {
     use super::*;
     use crate::delivery::model::{QueuedMessage, Recipient};
-    use crate::store::ReadTables as _;
+    use crate::store::{ReadTables as _, StoreError};
+
+    /// A store with messages 1..=n queued, one recipient each.
+    fn store_with_messages(dir: &std::path::Path, n: u64) -> Result<Store, StoreError> {
+        let store = Store::open(dir)?;
+        store.write_wait(move |t| {
+            for id in 1..=n {
+                let rcpt = Recipient::queued(format!("u{id}@example.com"), None);
+                t.put_message(&mut QueuedMessage::sample(id, vec![rcpt], None), Some(b"b"))?;
+            }
+            Ok(())
+        })?;
+        Ok(store)
+    }
 
     fn delivered(msg: u64) -> Item {
         Item {
@@ -142,14 +172,7 @@ mod tests {
     fn a_batch_commits_together_and_a_bad_outcome_fails_it_for_all()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = Store::open(dir.path())?;
-        store.write_wait(|t| {
-            for id in 1..=3 {
-                let rcpt = Recipient::queued(format!("u{id}@example.com"), None);
-                t.put_message(&mut QueuedMessage::sample(id, vec![rcpt], None), Some(b"b"))?;
-            }
-            Ok(())
-        })?;
+        let store = store_with_messages(dir.path(), 3)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -179,6 +202,36 @@ mod tests {
         assert!(!finished(3)?);
         assert!(rt.block_on(batcher.record(&store, delivered(3))));
         assert!(finished(3)?);
+        drop(rt);
+        store.close();
+        Ok(())
+    }
+
+    /// A journaled outcome waits up to [`WINDOW`] for others; one whose
+    /// caller waits for the commit (not journaled) is written at once.
+    /// Timed on tokio's paused clock, which moves only to a pending timer.
+    #[test]
+    fn only_journaled_outcomes_wait_for_others() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = store_with_messages(dir.path(), 2)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()?;
+        let batcher = Batcher::default();
+        let waited = |item: Item| {
+            rt.block_on(async {
+                let start = tokio::time::Instant::now();
+                let ok = batcher.record(&store, item).await;
+                (ok, start.elapsed())
+            })
+        };
+        let waiting_caller = Item {
+            journaled: false,
+            ..delivered(1)
+        };
+        assert_eq!(waited(waiting_caller), (true, Duration::ZERO));
+        assert_eq!(waited(delivered(2)), (true, WINDOW));
         drop(rt);
         store.close();
         Ok(())
