@@ -60,7 +60,15 @@ pub(super) async fn run(inner: Arc<Inner>) {
         if !due(mark.backlog(), in_tick) {
             continue;
         }
-        match inner.store.write(|t| t.index_recent_addresses(CHUNK)).await {
+        match inner
+            .store
+            .write(|t| {
+                // Nothing waits for it: the next synced commit makes it durable.
+                t.sync_later();
+                t.index_recent_addresses(CHUNK)
+            })
+            .await
+        {
             Ok(m) => tracing::debug!(
                 upto = m.upto,
                 backlog = m.backlog(),

@@ -663,6 +663,10 @@ fn not_sent(
 /// nothing to send is finished, its body deleted. Runs in the erasure's
 /// transaction; returns how many recipients were taken out unsent.
 pub fn erase_recipient(t: &mut WriteTables<'_>, key: &[u8], now: i64) -> Result<usize, StoreError> {
+    // The messages not yet in the address index are indexed first: the
+    // lookup then reads the index alone, and so does the next erasure
+    // (several in a row would each read every record above the mark).
+    t.index_recent_addresses(u64::MAX)?;
     let salt = t.salt()?;
     let mut unsent = 0;
     for id in t.message_ids_to(key)? {
