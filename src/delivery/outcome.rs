@@ -363,8 +363,7 @@ async fn write_alone(inner: &Inner, item: &super::outcome_batch::Item) -> bool {
                 if i.journaled {
                     t.sync_later();
                 }
-                record_outcomes(t, i.msg, &i.outcomes, i.host.as_deref(), i.now, &i.policy)?;
-                add_warm_use(t, i.warm.as_ref())
+                i.write(t)
             })
             .await;
         match written {

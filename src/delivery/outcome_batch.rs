@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::outcome::{Outcome, RetryPolicy, add_warm_use, record_outcomes};
 use super::shaping::WarmUse;
-use crate::store::Store;
+use crate::store::{Store, StoreError, WriteTables};
 
 /// How long the first outcome of a batch waits for others.
 const WINDOW: Duration = Duration::from_millis(10);
@@ -49,6 +49,21 @@ pub(super) struct Item {
     pub warm: Option<WarmUse>,
     /// Already durable in the outcome journal: the commit need not sync.
     pub journaled: bool,
+}
+
+impl Item {
+    /// Writes these outcomes in the job's transaction.
+    pub(super) fn write(&self, t: &mut WriteTables<'_>) -> Result<(), StoreError> {
+        record_outcomes(
+            t,
+            self.msg,
+            &self.outcomes,
+            self.host.as_deref(),
+            self.now,
+            &self.policy,
+        )?;
+        add_warm_use(t, self.warm.as_ref())
+    }
 }
 
 /// Gathers outcomes into batches; its task starts on first use.
@@ -115,11 +130,7 @@ async fn write(store: &Store, items: Vec<(Item, oneshot::Sender<bool>)>) {
             if work.iter().all(|i| i.journaled) {
                 t.sync_later();
             }
-            for i in &work {
-                record_outcomes(t, i.msg, &i.outcomes, i.host.as_deref(), i.now, &i.policy)?;
-                add_warm_use(t, i.warm.as_ref())?;
-            }
-            Ok(())
+            work.iter().try_for_each(|i| i.write(t))
         })
         .await;
     if let Err(e) = &written {
@@ -134,7 +145,7 @@ async fn write(store: &Store, items: Vec<(Item, oneshot::Sender<bool>)>) {
 mod tests {
     use super::*;
     use crate::delivery::model::{QueuedMessage, Recipient};
-    use crate::store::{ReadTables as _, StoreError};
+    use crate::store::ReadTables as _;
 
     /// A store with messages 1..=n queued, one recipient each.
     fn store_with_messages(dir: &std::path::Path, n: u64) -> Result<Store, StoreError> {

@@ -187,21 +187,9 @@ impl WriteTables<'_> {
         }
         let salt = self.salt()?;
         let mut keys = Vec::new();
-        for r in self.tables.queue()?.range(mark.upto + 1..=upto)? {
-            let (_, v) = r?;
-            let m: QueuedMessage = from_json("queue", v.value())?;
-            keys.extend(indexed_keys(&salt, &m));
-        }
-        let done: Vec<(u64, Vec<u8>)> = self
-            .tables
-            .queue_done()?
-            .range(mark.upto + 1..=upto)?
-            .map(|r| r.map(|(k, v)| (k.value(), v.value().to_vec())))
-            .collect::<Result<_, _>>()?;
-        for (id, b) in done {
-            let m = super::queue_codec::decode_message(id, &b, &|t| self.term_name(t))?;
-            keys.extend(indexed_keys(&salt, &m));
-        }
+        self.for_each_message_in(mark.upto + 1..=upto, |m| {
+            keys.extend(indexed_keys(&salt, m))
+        })?;
         keys.sort_unstable();
         let index = self.tables.queue_by_address.open()?;
         for k in &keys {

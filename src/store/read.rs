@@ -178,24 +178,35 @@ pub trait ReadTables {
         }
         let above = self.address_index_mark()?.upto + 1;
         let salt = self.salt()?;
-        for r in self.tables().queue()?.range(above..)? {
-            let (k, v) = r?;
-            let m: QueuedMessage = super::from_json("queue", v.value())?;
-            if super::queue::is_to(&salt, &m, key) {
-                out.push(k.value());
+        self.for_each_message_in(above..=u64::MAX, |m| {
+            if super::queue::is_to(&salt, m, key) {
+                out.push(m.id);
             }
-        }
-        for r in self.tables().queue_done()?.range(above..)? {
-            let (k, v) = r?;
-            let m =
-                super::queue_codec::decode_message(k.value(), v.value(), &|t| self.term_name(t))?;
-            if super::queue::is_to(&salt, &m, key) {
-                out.push(k.value());
-            }
-        }
+        })?;
         out.sort_unstable();
         out.dedup();
         Ok(out)
+    }
+
+    /// Calls `f` with every message, queued or finished, whose queue id is
+    /// in `ids` (the queued ones first).
+    fn for_each_message_in(
+        &self,
+        ids: std::ops::RangeInclusive<u64>,
+        mut f: impl FnMut(&QueuedMessage),
+    ) -> Result<(), StoreError> {
+        for r in self.tables().queue()?.range(ids.clone())? {
+            f(&super::from_json("queue", r?.1.value())?);
+        }
+        for r in self.tables().queue_done()?.range(ids)? {
+            let (k, v) = r?;
+            f(&super::queue_codec::decode_message(
+                k.value(),
+                v.value(),
+                &|t| self.term_name(t),
+            )?);
+        }
+        Ok(())
     }
 
     /// Where the recipient address index stands.
